@@ -1,0 +1,69 @@
+"""ferryman: crash-safe, resumable ingestion.
+
+Sensors find work, jobs process it, results land in a database or in S3, and
+nothing is lost or done twice when processes are killed, machines restart or
+several instances run at once.
+"""
+
+from ferryman.app import App
+from ferryman.errors import (
+    ConfigurationError,
+    FerrymanError,
+    LeaseLost,
+    PayloadError,
+    Reject,
+    SchemaMismatch,
+    StoreError,
+    StoreUnavailable,
+    UnknownJob,
+    UnknownSensor,
+)
+from ferryman.model import (
+    Backoff,
+    Evaluation,
+    EvaluationOutcome,
+    JobSummary,
+    Message,
+    Run,
+    RunEvent,
+    RunEventKind,
+    RunRequest,
+    RunStatus,
+    SensorResult,
+    SensorState,
+    SubmitResult,
+    WorkerInfo,
+)
+from ferryman.worker import JobContext, WorkReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Backoff",
+    "ConfigurationError",
+    "Evaluation",
+    "EvaluationOutcome",
+    "FerrymanError",
+    "JobContext",
+    "JobSummary",
+    "LeaseLost",
+    "Message",
+    "PayloadError",
+    "Reject",
+    "Run",
+    "RunEvent",
+    "RunEventKind",
+    "RunRequest",
+    "RunStatus",
+    "SchemaMismatch",
+    "SensorResult",
+    "SensorState",
+    "StoreError",
+    "StoreUnavailable",
+    "SubmitResult",
+    "UnknownJob",
+    "UnknownSensor",
+    "WorkReport",
+    "WorkerInfo",
+]

@@ -1,0 +1,89 @@
+"""Every exception ferryman raises derives from :class:`FerrymanError`.
+
+::
+
+    FerrymanError
+    ├── ConfigurationError      a wrong argument, URL or name, found before anything is written
+    │   ├── UnknownJob          a job name this app has not registered
+    │   └── UnknownSensor       a sensor name this app has not registered
+    ├── PayloadError            a payload or checkpoint that is not JSON-serialisable
+    ├── StoreError              the store database failed; the driver error is the ``__cause__``
+    │   ├── StoreUnavailable    the database cannot be reached
+    │   └── SchemaMismatch      the database schema is older or newer than this code
+    ├── LeaseLost               a worker's lease on a run was taken over; its write was rolled back
+    └── Reject                  raised by a job: the input is bad, fail the run now, never retry
+
+Driver exceptions (psycopg, sqlite3, SQLAlchemy) are translated at the store
+boundary with ``raise ... from exc`` so callers only need to know this tree.
+"""
+
+from __future__ import annotations
+
+
+class FerrymanError(Exception):
+    """Root of every exception ferryman raises."""
+
+
+class ConfigurationError(FerrymanError):
+    """A wrong argument, store URL, or registration, detected before any write."""
+
+
+class UnknownJob(ConfigurationError):
+    """A job name that the app has not registered."""
+
+    def __init__(self, job: str, known: list[str] | None = None) -> None:
+        hint = f" (registered: {', '.join(sorted(known))})" if known else ""
+        super().__init__(f"unknown job {job!r}{hint}")
+        self.job = job
+
+
+class UnknownSensor(ConfigurationError):
+    """A sensor name that the app has not registered."""
+
+    def __init__(self, sensor: str, known: list[str] | None = None) -> None:
+        hint = f" (registered: {', '.join(sorted(known))})" if known else ""
+        super().__init__(f"unknown sensor {sensor!r}{hint}")
+        self.sensor = sensor
+
+
+class PayloadError(FerrymanError):
+    """A payload or checkpoint that cannot be stored as JSON. Nothing was written."""
+
+
+class StoreError(FerrymanError):
+    """The store database failed. The driver's exception is ``__cause__``."""
+
+
+class StoreUnavailable(StoreError):
+    """The store database cannot be reached (down, wrong host, wrong path)."""
+
+
+class SchemaMismatch(StoreError):
+    """The store's schema revision is not the one this version of ferryman expects."""
+
+
+class LeaseLost(FerrymanError):
+    """The worker no longer holds the lease on a run.
+
+    Raised by fenced writes (heartbeat, checkpoint, ``ctx.transaction()``): another
+    worker claimed the run after this one's lease expired, or the run was released
+    or cancelled. The write was rolled back; the run's new owner decides its fate.
+    """
+
+    def __init__(self, run_id: int, lease_token: int) -> None:
+        super().__init__(f"lease on run {run_id} (token {lease_token}) was lost")
+        self.run_id = run_id
+        self.lease_token = lease_token
+
+
+class Reject(FerrymanError):
+    """Raised by a job to say its input is bad.
+
+    The run becomes ``failed`` at once with ``reason`` kept as its last error; it
+    is never retried automatically (``ferryman retry`` re-runs it after the data
+    has been fixed).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

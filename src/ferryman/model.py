@@ -1,0 +1,251 @@
+"""Domain records and enums.
+
+Records read from the store are frozen and keyword-only; they are built from
+database rows in one place (:mod:`ferryman.store.records`).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the job rejected its input; never retried automatically
+    DEAD = "dead"  # attempts exhausted
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL_STATUSES
+
+
+_FINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.DEAD, RunStatus.CANCELLED}
+)
+
+
+class RunEventKind(str, enum.Enum):
+    """One transition in a run's processing log."""
+
+    REQUESTED = "requested"
+    CLAIMED = "claimed"
+    CHECKPOINTED = "checkpointed"
+    SUCCEEDED = "succeeded"
+    RETRY_SCHEDULED = "retry_scheduled"
+    FAILED = "failed"
+    DEAD = "dead"
+    LEASE_EXPIRED = "lease_expired"
+    RELEASED = "released"
+    REQUEUED = "requeued"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EvaluationOutcome(str, enum.Enum):
+    """How a sensor evaluation ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+    CONFLICT = "conflict"  # another evaluator advanced the cursor first; nothing was written
+    MANUAL = "manual"  # an operator set the cursor
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Deterministic exponential backoff.
+
+    The delay before attempt ``n + 1`` is ``min(max, base * factor ** (n - 1))``
+    spread by ``jitter`` (a fraction, ``0.1`` = ±10 %). The spread comes from a
+    hash of a caller-supplied key and ``n``, not from a random draw, so the same
+    run and attempt always wait the same time and many runs failing together do
+    not retry in lockstep.
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    max: float = 300.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.max < 0 or self.factor < 1 or not 0 <= self.jitter < 1:
+            raise ValueError(
+                f"invalid backoff {self!r}: need base >= 0, max >= 0, factor >= 1, 0 <= jitter < 1"
+            )
+
+    def delay(self, attempt: int, key: str) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        exponent = max(attempt - 1, 0)
+        # Cap the exponent so huge attempt counts cannot overflow the float.
+        raw = min(self.max, self.base * self.factor ** min(exponent, 1024))
+        digest = hashlib.sha256(f"{key}\x00{attempt}".encode()).digest()
+        spread = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+        return min(self.max, raw * (1.0 + self.jitter * (2.0 * spread - 1.0)))
+
+
+DEFAULT_JOB_BACKOFF = Backoff(base=1.0, factor=2.0, max=300.0)
+DEFAULT_SENSOR_BACKOFF = Backoff(base=30.0, factor=2.0, max=600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """A request that ``job`` run once for ``run_key``.
+
+    ``(job, run_key)`` is unique in the store: requesting the same key again
+    returns the existing run instead of creating a second one. ``payload`` must
+    be JSON-serialisable.
+    """
+
+    run_key: str
+    payload: Any = None
+    job: str | None = None  # set by sensors that route items to several jobs
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.run_key, str) or not self.run_key:
+            raise ValueError(f"run_key must be a non-empty string, got {self.run_key!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SensorResult:
+    """What a poll sensor returns: the runs it wants and the cursor that stands for them.
+
+    The runs and the cursor commit in one transaction; if the cursor is ``None``
+    the stored cursor is kept.
+    """
+
+    run_requests: Sequence[RunRequest] = ()
+    cursor: str | None = None
+    skipped: int = 0  # items seen but routed to no job; recorded on the evaluation
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message delivered to a push sensor."""
+
+    message_id: str
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitResult:
+    """Outcome of :meth:`ferryman.App.submit`.
+
+    ``run_ids`` is in request order; a request whose ``(job, run_key)`` already
+    existed maps to the existing run and counts as deduplicated.
+    """
+
+    run_ids: tuple[int, ...]
+    created: int
+    deduplicated: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """One accepted run request and where it stands."""
+
+    id: int
+    job: str
+    run_key: str
+    status: RunStatus
+    attempt: int
+    max_attempts: int
+    payload: Any
+    last_error: str | None
+    checkpoint: Any
+    lease_owner: str | None
+    lease_token: int
+    lease_expires_at: datetime | None
+    available_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunEvent:
+    """One row of the processing log."""
+
+    id: int
+    run_id: int
+    kind: RunEventKind
+    at: datetime
+    attempt: int
+    worker_id: str | None
+    lease_token: int | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """A worker process as it registered itself."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen_at: datetime
+    stopped_at: datetime | None
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSummary:
+    """Counts for one job, as shown by ``ferryman status``."""
+
+    job: str
+    counts: dict[RunStatus, int]
+    oldest_due_age: float | None  # seconds the oldest due, queued run has waited
+    registered: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SensorState:
+    """The durable state of one sensor."""
+
+    name: str
+    kind: str
+    cursor: str | None
+    state_version: int
+    status: str
+    consecutive_failures: int
+    next_evaluation_at: datetime | None
+    last_evaluation_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evaluation:
+    """One evaluation of a sensor, as kept in its history."""
+
+    id: int
+    sensor: str
+    idempotency_key: str | None
+    outcome: EvaluationOutcome
+    cursor_before: str | None
+    cursor_after: str | None
+    state_version_before: int
+    state_version_after: int | None
+    runs_requested: int
+    runs_deduplicated: int
+    items_skipped: int
+    error: str | None
+    started_at: datetime
+    finished_at: datetime
+    run_ids: tuple[int, ...] = ()

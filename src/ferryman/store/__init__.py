@@ -1,0 +1,185 @@
+"""The durable state of a ferryman app, and the only package that speaks SQL.
+
+:class:`Store` opens the database named by a URL, checks (and on SQLite
+applies) its schema revision, and offers the operations the rest of ferryman
+needs in terms of domain objects. Each method is one transaction unless it
+takes a caller's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.errors import StoreError
+from ferryman.model import JobSummary, Run, RunEvent, RunStatus, SubmitResult, WorkerInfo
+from ferryman.store import migrate
+from ferryman.store.dialect import Backend, create_backend, translated_errors
+from ferryman.store.runs import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, RunQueries
+from ferryman.store.workers import WorkerQueries
+
+__all__ = [
+    "ClaimedRun",
+    "Lease",
+    "NewRun",
+    "Outcome",
+    "OutcomeKind",
+    "Store",
+]
+
+
+class Store:
+    """A ferryman store database.
+
+    ``create``: apply migrations when the schema is missing or older than the
+    code. ``None`` (the default) means yes for SQLite — the embedded default
+    needs no setup — and no for PostgreSQL, where schema changes are an
+    operator's decision (``ferryman db upgrade``).
+    """
+
+    def __init__(self, url: str | sa.URL, *, create: bool | None = None, pool_size: int = 10):
+        self.backend: Backend = create_backend(url, pool_size=pool_size)
+        self.runs = RunQueries(self.backend)
+        self.workers = WorkerQueries(self.backend)
+        auto_upgrade = self.backend.is_sqlite if create is None else create
+        try:
+            with self.write("checking the schema revision") as conn:
+                migrate.check(conn, self.backend.safe_url, auto_upgrade=auto_upgrade)
+        except BaseException:
+            self.backend.dispose()
+            raise
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine for writes on the store database."""
+        return self.backend.engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend.is_sqlite
+
+    def close(self) -> None:
+        self.backend.dispose()
+
+    @contextlib.contextmanager
+    def write(self, doing: str) -> Iterator[sa.Connection]:
+        """A write transaction; driver errors become :class:`StoreError`."""
+        with translated_errors(self.backend, doing), self.backend.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self, doing: str) -> Iterator[sa.Connection]:
+        with translated_errors(self.backend, doing), self.backend.read_engine.begin() as conn:
+            yield conn
+
+    # -- runs ----------------------------------------------------------------
+
+    def enqueue(self, new_runs: Sequence[NewRun], conn: sa.Connection | None = None) -> SubmitResult:
+        if conn is not None:
+            with translated_errors(self.backend, "enqueueing runs"):
+                return self.runs.enqueue(conn, new_runs)
+        with self.write("enqueueing runs") as own:
+            return self.runs.enqueue(own, new_runs)
+
+    def claim(
+        self, *, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[ClaimedRun]:
+        with self.write("claiming runs") as conn:
+            return self.runs.claim(
+                conn, worker_id=worker_id, jobs=jobs, limit=limit, lease_seconds=lease_seconds
+            )
+
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
+        with self.write("renewing leases") as conn:
+            return self.runs.renew(conn, leases, lease_seconds)
+
+    def checkpoint(self, lease: Lease, *, attempt: int, worker_id: str, data_json: str) -> None:
+        with self.write("writing a checkpoint") as conn:
+            self.runs.checkpoint(
+                conn, lease, attempt=attempt, worker_id=worker_id, checkpoint_json=data_json
+            )
+
+    def finish(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[bool]:
+        with self.write("recording run outcomes") as conn:
+            return self.runs.finish(conn, outcomes, worker_id=worker_id)
+
+    def release(self, leases: Sequence[Lease], *, worker_id: str, reason: str) -> list[int]:
+        with self.write("releasing runs") as conn:
+            return self.runs.release(conn, leases, worker_id=worker_id, reason=reason)
+
+    def requeue(
+        self,
+        *,
+        run_ids: Sequence[int] | None = None,
+        job: str | None = None,
+        statuses: Sequence[RunStatus] = (RunStatus.FAILED, RunStatus.DEAD),
+        by: str | None = None,
+    ) -> list[int]:
+        with self.write("requeueing runs") as conn:
+            return self.runs.requeue(conn, run_ids=run_ids, job=job, statuses=statuses, by=by)
+
+    def cancel(self, run_id: int, *, by: str | None = None) -> bool:
+        with self.write("cancelling a run") as conn:
+            return self.runs.cancel(conn, run_id, by=by)
+
+    def get_runs(self, **filters: Any) -> list[Run]:
+        with self.read("reading runs") as conn:
+            return self.runs.get_runs(conn, **filters)
+
+    def get_run(self, run_id: int) -> Run | None:
+        with self.read("reading a run") as conn:
+            return self.runs.get_run(conn, run_id)
+
+    def get_events(self, run_id: int) -> list[RunEvent]:
+        with self.read("reading a run's processing log") as conn:
+            return self.runs.get_events(conn, run_id)
+
+    def summary(self, registered_jobs: Sequence[str]) -> list[JobSummary]:
+        with self.read("summarising runs") as conn:
+            counts = self.runs.counts(conn)
+            oldest = self.runs.oldest_due(conn)
+        names = sorted(set(counts) | set(registered_jobs))
+        return [
+            JobSummary(
+                job=name,
+                counts=counts.get(name, {}),
+                oldest_due_age=oldest.get(name),
+                registered=name in registered_jobs,
+            )
+            for name in names
+        ]
+
+    # -- workers -------------------------------------------------------------
+
+    def register_worker(self, *, worker_id: str, host: str, pid: int, jobs: Sequence[str]) -> None:
+        with self.write("registering a worker") as conn:
+            self.workers.register(conn, worker_id=worker_id, host=host, pid=pid, jobs=jobs)
+
+    def worker_seen(self, worker_id: str) -> None:
+        with self.write("recording a worker heartbeat") as conn:
+            self.workers.seen(conn, worker_id)
+
+    def worker_stopped(self, worker_id: str) -> None:
+        with self.write("recording a worker stop") as conn:
+            self.workers.stopped(conn, worker_id)
+
+    def list_workers(self, *, alive_within: float, include_stopped: bool = False) -> list[WorkerInfo]:
+        with self.read("listing workers") as conn:
+            return self.workers.list(conn, alive_within=alive_within, include_stopped=include_stopped)
+
+
+def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:
+    """Bring the store's schema to this code's revision; return (before, after)."""
+    backend = create_backend(url, pool_size=1)
+    try:
+        with translated_errors(backend, "upgrading the schema"), backend.engine.begin() as conn:
+            before = migrate.revisions(conn).current
+            after = migrate.check(conn, backend.safe_url, auto_upgrade=True)
+        return before, after.head
+    except StoreError:
+        raise
+    finally:
+        backend.dispose()

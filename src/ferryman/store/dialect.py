@@ -1,0 +1,185 @@
+"""Everything that differs between SQLite and PostgreSQL, in one place.
+
+* The backend is chosen by the URL: ``sqlite:///path`` or ``postgresql://...``
+  (psycopg 3 is always the driver).
+* SQLite: WAL journal, ``synchronous=FULL`` (a commit survives power loss),
+  foreign keys on, a busy timeout, and every write transaction opened with
+  ``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock.
+  Reads use a second engine with plain ``BEGIN`` so they never wait for writers.
+* The clock is the database's: leases taken by workers on several hosts are
+  compared against one clock, not against each host's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+
+from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The engines and SQL fragments for one store database."""
+
+    url: sa.URL
+    engine: Engine  # writes (BEGIN IMMEDIATE on SQLite)
+    read_engine: Engine  # reads that never block writers
+    is_sqlite: bool
+    now: sa.ColumnElement[float]
+
+    @property
+    def safe_url(self) -> str:
+        return safe_url(self.url)
+
+    def insert(self, table: sa.Table) -> Any:
+        """An INSERT that supports ``on_conflict_do_nothing`` on this backend."""
+        return sqlite_insert(table) if self.is_sqlite else postgresql_insert(table)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+
+def safe_url(url: sa.URL) -> str:
+    """The URL with any password hidden, fit for messages and logs."""
+    return url.render_as_string(hide_password=True)
+
+
+def parse_url(raw: str | sa.URL) -> sa.URL:
+    """Parse and normalise a store URL, with a clear error when it is wrong."""
+    if isinstance(raw, sa.URL):
+        url = raw
+    else:
+        try:
+            url = sa.make_url(raw)
+        except sa.exc.ArgumentError as exc:
+            raise ConfigurationError(
+                f"invalid store URL {raw!r}: expected sqlite:///path/to/file.db "
+                "or postgresql://user@host/dbname"
+            ) from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.get_driver_name() not in ("pysqlite", ""):
+            raise ConfigurationError(f"unsupported SQLite driver in {safe_url(url)}; use sqlite:///")
+        if not url.database or url.database == ":memory:":
+            raise ConfigurationError(
+                f"store URL {safe_url(url)} names no file; an in-memory SQLite database "
+                "cannot be shared between connections, use sqlite:///path/to/file.db"
+            )
+        return url.set(drivername="sqlite+pysqlite")
+    if backend in ("postgresql", "postgres"):
+        if url.get_driver_name() not in ("psycopg", "", "postgres", "postgresql"):
+            raise ConfigurationError(
+                f"unsupported PostgreSQL driver {url.get_driver_name()!r} in "
+                f"{safe_url(url)}; ferryman uses psycopg 3 (postgresql+psycopg://)"
+            )
+        return url.set(drivername="postgresql+psycopg")
+    raise ConfigurationError(
+        f"unsupported store URL {safe_url(url)}: ferryman stores state in SQLite "
+        "(sqlite:///path/to/file.db) or PostgreSQL (postgresql://user@host/dbname)"
+    )
+
+
+def create_backend(raw_url: str | sa.URL, *, pool_size: int = 10) -> Backend:
+    url = parse_url(raw_url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_backend(url, pool_size)
+    return _postgres_backend(url, pool_size)
+
+
+def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
+    path = Path(url.database or "")
+    if not path.parent.exists():
+        raise ConfigurationError(
+            f"store URL {safe_url(url)}: directory {str(path.parent)!r} does not exist"
+        )
+
+    def make(begin: str) -> Engine:
+        engine = sa.create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=2 * pool_size,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _configure(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            # Let SQLAlchemy's begin hook, not the sqlite3 module, open transactions.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    now = sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)", sa.Double())
+    return Backend(
+        url=url,
+        engine=make("BEGIN IMMEDIATE"),
+        read_engine=make("BEGIN"),
+        is_sqlite=True,
+        now=now,
+    )
+
+
+def _postgres_backend(url: sa.URL, pool_size: int) -> Backend:
+    engine = sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=2 * pool_size,
+        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+    )
+    now = sa.literal_column("extract(epoch from clock_timestamp())::float8", sa.Double())
+    return Backend(url=url, engine=engine, read_engine=engine, is_sqlite=False, now=now)
+
+
+@contextlib.contextmanager
+def translated_errors(backend: Backend, doing: str) -> Iterator[None]:
+    """Turn driver exceptions raised while ``doing`` into :class:`StoreError`."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        raise translate(backend, doing, exc) from exc
+
+
+def translate(backend: Backend, doing: str, exc: sa.exc.DBAPIError) -> StoreError:
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    if exc.connection_invalidated or _is_connect_failure(exc):
+        return StoreUnavailable(f"cannot reach store {backend.safe_url} while {doing}: {detail}")
+    return StoreError(f"store {backend.safe_url} failed while {doing}: {detail}")
+
+
+def _is_connect_failure(exc: sa.exc.DBAPIError) -> bool:
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return "unable to open database file" in str(orig)
+    import psycopg  # local: only needed when a PostgreSQL error is being classified
+
+    if not isinstance(orig, psycopg.OperationalError):
+        return False
+    # No SQLSTATE: the client never got an answer. Class 08 is a connection
+    # exception, 57P0x an administrator or crash shutdown of the server.
+    sqlstate = orig.sqlstate
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate.startswith("57P")

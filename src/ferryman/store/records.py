@@ -1,0 +1,121 @@
+"""Rows to domain records, in one place."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.errors import PayloadError
+from ferryman.model import (
+    Evaluation,
+    EvaluationOutcome,
+    Run,
+    RunEvent,
+    RunEventKind,
+    RunStatus,
+    SensorState,
+    WorkerInfo,
+)
+
+
+def to_json(value: Any, what: str) -> str:
+    """Serialise ``value`` or raise :class:`PayloadError` naming ``what`` it belongs to."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def from_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def to_datetime(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def _required_datetime(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def run_from_row(row: sa.RowMapping) -> Run:
+    return Run(
+        id=row["id"],
+        job=row["job"],
+        run_key=row["run_key"],
+        status=RunStatus(row["status"]),
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        payload=from_json(row["payload"]),
+        last_error=row["last_error"],
+        checkpoint=from_json(row["checkpoint"]),
+        lease_owner=row["lease_owner"],
+        lease_token=row["lease_token"],
+        lease_expires_at=to_datetime(row["lease_expires_at"]),
+        available_at=_required_datetime(row["available_at"]),
+        created_at=_required_datetime(row["created_at"]),
+        updated_at=_required_datetime(row["updated_at"]),
+        started_at=to_datetime(row["started_at"]),
+        finished_at=to_datetime(row["finished_at"]),
+    )
+
+
+def run_event_from_row(row: sa.RowMapping) -> RunEvent:
+    return RunEvent(
+        id=row["id"],
+        run_id=row["run_id"],
+        kind=RunEventKind(row["kind"]),
+        at=_required_datetime(row["at"]),
+        attempt=row["attempt"],
+        worker_id=row["worker_id"],
+        lease_token=row["lease_token"],
+        detail=from_json(row["detail"]) or {},
+    )
+
+
+def worker_from_row(row: sa.RowMapping, *, alive: bool) -> WorkerInfo:
+    return WorkerInfo(
+        id=row["id"],
+        host=row["host"],
+        pid=row["pid"],
+        started_at=_required_datetime(row["started_at"]),
+        last_seen_at=_required_datetime(row["last_seen_at"]),
+        stopped_at=to_datetime(row["stopped_at"]),
+        alive=alive,
+    )
+
+
+def sensor_from_row(row: sa.RowMapping) -> SensorState:
+    return SensorState(
+        name=row["name"],
+        kind=row["kind"],
+        cursor=row["cursor"],
+        state_version=row["state_version"],
+        status=row["status"],
+        consecutive_failures=row["consecutive_failures"],
+        next_evaluation_at=to_datetime(row["next_evaluation_at"]),
+        last_evaluation_at=to_datetime(row["last_evaluation_at"]),
+    )
+
+
+def evaluation_from_row(row: sa.RowMapping) -> Evaluation:
+    return Evaluation(
+        id=row["id"],
+        sensor=row["sensor"],
+        idempotency_key=row["idempotency_key"],
+        outcome=EvaluationOutcome(row["outcome"]),
+        cursor_before=row["cursor_before"],
+        cursor_after=row["cursor_after"],
+        state_version_before=row["state_version_before"],
+        state_version_after=row["state_version_after"],
+        runs_requested=row["runs_requested"],
+        runs_deduplicated=row["runs_deduplicated"],
+        items_skipped=row["items_skipped"],
+        error=row["error"],
+        started_at=_required_datetime(row["started_at"]),
+        finished_at=_required_datetime(row["finished_at"]),
+        run_ids=tuple(from_json(row["run_ids"]) or ()),
+    )

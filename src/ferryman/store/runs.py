@@ -1,0 +1,576 @@
+"""SQL for runs and their processing log: enqueue, claim, fenced writes, queries.
+
+Every write a worker makes for a run is *fenced*: it matches the row only
+while ``lease_token`` is still the token the worker got when it claimed the
+run. A claim (and a release) increments the token, so a worker whose lease
+was taken over matches nothing and its write is refused with ``LeaseLost``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from ferryman.errors import LeaseLost
+from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
+from ferryman.store import records
+from ferryman.store.dialect import Backend
+from ferryman.store.schema import run_events, runs
+
+# Rows per statement when a batch is written; keeps every statement well under
+# the bound-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
+CHUNK = 1000
+EVENT_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    job: str
+    run_key: str
+    payload_json: str
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on a run: valid while the run's token is still ``token``."""
+
+    run_id: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    id: int
+    job: str
+    run_key: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    lease_token: int
+    checkpoint: Any
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.id, self.lease_token)
+
+
+class OutcomeKind(enum.Enum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, to be written fenced by its lease."""
+
+    kind: OutcomeKind
+    lease: Lease
+    attempt: int
+    error: str | None = None
+    retry_delay: float = 0.0
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _event(
+    run_id: int,
+    kind: RunEventKind,
+    at: float,
+    attempt: int,
+    worker_id: str | None = None,
+    lease_token: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "kind": kind.value,
+        "at": at,
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "lease_token": lease_token,
+        "detail": None if detail is None else records.to_json(detail, "event detail"),
+    }
+
+
+def _error_summary(error: str | None) -> str | None:
+    if error is None:
+        return None
+    first = error.strip().splitlines()[-1] if error.strip() else ""
+    return first[:EVENT_ERROR_CHARS]
+
+
+class RunQueries:
+    """The run queue and processing log on one store database."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def now(self, conn: sa.Connection) -> float:
+        return float(conn.execute(sa.select(self.backend.now)).scalar_one())
+
+    # -- enqueue -------------------------------------------------------------
+
+    def enqueue(self, conn: sa.Connection, new_runs: Sequence[NewRun]) -> SubmitResult:
+        """Insert runs, skipping any ``(job, run_key)`` that exists; log ``requested``.
+
+        Runs inside ``conn``'s transaction: the caller commits (or rolls back)
+        the runs together with whatever else it wrote.
+        """
+        if not new_runs:
+            return SubmitResult(run_ids=(), created=0, deduplicated=0)
+        now = self.now(conn)
+        unique: dict[tuple[str, str], NewRun] = {}
+        for new in new_runs:
+            unique.setdefault((new.job, new.run_key), new)
+        rows = [
+            {
+                "job": new.job,
+                "run_key": new.run_key,
+                "payload": new.payload_json,
+                "status": RunStatus.QUEUED.value,
+                "attempt": 0,
+                "max_attempts": new.max_attempts,
+                "available_at": now,
+                "lease_token": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for new in unique.values()
+        ]
+        ids: dict[tuple[str, str], int] = {}
+        created: list[int] = []
+        insert = (
+            self.backend.insert(runs)
+            .on_conflict_do_nothing(index_elements=["job", "run_key"])
+            .returning(runs.c.id, runs.c.job, runs.c.run_key)
+        )
+        for chunk in _chunks(rows):
+            for row in conn.execute(insert, list(chunk)):
+                ids[(row.job, row.run_key)] = row.id
+                created.append(row.id)
+        missing = [key for key in unique if key not in ids]
+        for chunk in _chunks(missing, CHUNK // 2):
+            query = sa.select(runs.c.id, runs.c.job, runs.c.run_key).where(
+                sa.tuple_(runs.c.job, runs.c.run_key).in_(list(chunk))
+            )
+            for row in conn.execute(query):
+                ids[(row.job, row.run_key)] = row.id
+        if created:
+            events = [_event(run_id, RunEventKind.REQUESTED, now, 0) for run_id in created]
+            for chunk in _chunks(events):
+                conn.execute(run_events.insert(), list(chunk))
+        return SubmitResult(
+            run_ids=tuple(ids[(new.job, new.run_key)] for new in new_runs),
+            created=len(created),
+            deduplicated=len(new_runs) - len(created),
+        )
+
+    # -- claim ---------------------------------------------------------------
+
+    def claim(
+        self,
+        conn: sa.Connection,
+        *,
+        worker_id: str,
+        jobs: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+    ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` due runs of ``jobs`` to ``worker_id``.
+
+        Due means queued and available, or running under an expired lease. An
+        expired run whose attempts are used up becomes ``dead`` instead of
+        being claimed again, so a job that kills its worker cannot loop forever.
+        """
+        now = self.now(conn)
+        expired = conn.execute(
+            sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
+            .where(
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_expires_at < now,
+                runs.c.job.in_(jobs),
+            )
+            .order_by(runs.c.lease_expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        events: list[dict[str, Any]] = []
+        to_claim: list[int] = []
+        exhausted: list[sa.Row[Any]] = []
+        for row in expired:
+            events.append(
+                _event(
+                    row.id,
+                    RunEventKind.LEASE_EXPIRED,
+                    now,
+                    row.attempt,
+                    detail={"previous_owner": row.lease_owner},
+                )
+            )
+            if row.attempt >= row.max_attempts:
+                exhausted.append(row)
+                events.append(
+                    _event(
+                        row.id,
+                        RunEventKind.DEAD,
+                        now,
+                        row.attempt,
+                        detail={"error": "lease expired on the last attempt"},
+                    )
+                )
+            else:
+                to_claim.append(row.id)
+        for row in exhausted:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == row.id)
+                .values(
+                    status=RunStatus.DEAD.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    lease_token=runs.c.lease_token + 1,
+                    finished_at=now,
+                    updated_at=now,
+                    last_error=(
+                        f"lease expired on attempt {row.attempt} of {row.max_attempts}: the "
+                        "worker stopped without finishing (killed, hung or cut off)"
+                    ),
+                )
+            )
+        room = limit - len(to_claim)
+        if room > 0:
+            to_claim.extend(
+                conn.execute(
+                    sa.select(runs.c.id)
+                    .where(
+                        runs.c.status == RunStatus.QUEUED.value,
+                        runs.c.available_at <= now,
+                        runs.c.job.in_(jobs),
+                    )
+                    .order_by(runs.c.available_at, runs.c.id)
+                    .limit(room)
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+        claimed: list[ClaimedRun] = []
+        if to_claim:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.id.in_(to_claim))
+                .values(
+                    status=RunStatus.RUNNING.value,
+                    attempt=runs.c.attempt + 1,
+                    lease_owner=worker_id,
+                    lease_token=runs.c.lease_token + 1,
+                    lease_expires_at=now + lease_seconds,
+                    started_at=now,
+                    updated_at=now,
+                )
+                .returning(
+                    runs.c.id,
+                    runs.c.job,
+                    runs.c.run_key,
+                    runs.c.payload,
+                    runs.c.attempt,
+                    runs.c.max_attempts,
+                    runs.c.lease_token,
+                    runs.c.checkpoint,
+                )
+            )
+            for row in result:
+                claimed.append(
+                    ClaimedRun(
+                        id=row.id,
+                        job=row.job,
+                        run_key=row.run_key,
+                        payload=records.from_json(row.payload),
+                        attempt=row.attempt,
+                        max_attempts=row.max_attempts,
+                        lease_token=row.lease_token,
+                        checkpoint=records.from_json(row.checkpoint),
+                    )
+                )
+                events.append(
+                    _event(row.id, RunEventKind.CLAIMED, now, row.attempt, worker_id, row.lease_token)
+                )
+        if events:
+            conn.execute(run_events.insert(), events)
+        order = {run_id: position for position, run_id in enumerate(to_claim)}
+        claimed.sort(key=lambda run: order[run.id])
+        return claimed
+
+    # -- fenced writes -------------------------------------------------------
+
+    def _fence(self, leases: Sequence[Lease]) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            runs.c.status == RunStatus.RUNNING.value,
+            sa.tuple_(runs.c.id, runs.c.lease_token).in_([(le.run_id, le.token) for le in leases]),
+        )
+
+    def renew(self, conn: sa.Connection, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
+        """Extend the given leases; return the ids of runs whose lease was lost."""
+        if not leases:
+            return set()
+        now = self.now(conn)
+        kept: set[int] = set()
+        for chunk in _chunks(leases, CHUNK // 2):
+            kept.update(
+                conn.execute(
+                    runs.update()
+                    .where(self._fence(chunk))
+                    .values(lease_expires_at=now + lease_seconds)
+                    .returning(runs.c.id)
+                ).scalars()
+            )
+        return {lease.run_id for lease in leases} - kept
+
+    def checkpoint(
+        self,
+        conn: sa.Connection,
+        lease: Lease,
+        *,
+        attempt: int,
+        worker_id: str,
+        checkpoint_json: str,
+    ) -> None:
+        now = self.now(conn)
+        matched = conn.execute(
+            runs.update()
+            .where(self._fence([lease]))
+            .values(checkpoint=checkpoint_json, updated_at=now)
+        ).rowcount
+        if matched != 1:
+            raise LeaseLost(lease.run_id, lease.token)
+        conn.execute(
+            run_events.insert(),
+            [_event(lease.run_id, RunEventKind.CHECKPOINTED, now, attempt, worker_id, lease.token)],
+        )
+
+    def succeed_within(
+        self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
+    ) -> None:
+        """Write the run's success inside the caller's transaction, or raise LeaseLost."""
+        accepted = self.finish(
+            conn, [Outcome(OutcomeKind.SUCCEEDED, lease, attempt)], worker_id=worker_id
+        )
+        if not accepted[0]:
+            raise LeaseLost(lease.run_id, lease.token)
+
+    def finish(
+        self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str
+    ) -> list[bool]:
+        """Write how attempts ended, each fenced by its lease.
+
+        Returns, per outcome, whether it was accepted (False: the lease was
+        lost and the run belongs to someone else now).
+        """
+        now = self.now(conn)
+        accepted: set[int] = set()
+        successes = [o.lease for o in outcomes if o.kind is OutcomeKind.SUCCEEDED]
+        for chunk in _chunks(successes, CHUNK // 2):
+            accepted.update(
+                conn.execute(
+                    runs.update()
+                    .where(self._fence(chunk))
+                    .values(
+                        status=RunStatus.SUCCEEDED.value,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        finished_at=now,
+                        updated_at=now,
+                    )
+                    .returning(runs.c.id)
+                ).scalars()
+            )
+        for outcome in outcomes:
+            if outcome.kind is OutcomeKind.SUCCEEDED:
+                continue
+            values: dict[str, Any] = {
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "last_error": outcome.error,
+                "updated_at": now,
+            }
+            if outcome.kind is OutcomeKind.RETRY:
+                values.update(status=RunStatus.QUEUED.value, available_at=now + outcome.retry_delay)
+            else:
+                status = RunStatus.FAILED if outcome.kind is OutcomeKind.FAILED else RunStatus.DEAD
+                values.update(status=status.value, finished_at=now)
+            matched = conn.execute(
+                runs.update().where(self._fence([outcome.lease])).values(**values)
+            ).rowcount
+            if matched == 1:
+                accepted.add(outcome.lease.run_id)
+        events = []
+        for outcome in outcomes:
+            if outcome.lease.run_id not in accepted:
+                continue
+            detail: dict[str, Any] | None = None
+            if outcome.kind is OutcomeKind.RETRY:
+                kind = RunEventKind.RETRY_SCHEDULED
+                detail = {
+                    "delay": round(outcome.retry_delay, 3),
+                    "error": _error_summary(outcome.error),
+                }
+            elif outcome.kind is OutcomeKind.SUCCEEDED:
+                kind = RunEventKind.SUCCEEDED
+            else:
+                kind = RunEventKind.FAILED if outcome.kind is OutcomeKind.FAILED else RunEventKind.DEAD
+                detail = {"error": _error_summary(outcome.error)}
+            events.append(
+                _event(
+                    outcome.lease.run_id,
+                    kind,
+                    now,
+                    outcome.attempt,
+                    worker_id,
+                    outcome.lease.token,
+                    detail,
+                )
+            )
+        if events:
+            conn.execute(run_events.insert(), events)
+        return [o.lease.run_id in accepted for o in outcomes]
+
+    def release(
+        self, conn: sa.Connection, leases: Sequence[Lease], *, worker_id: str, reason: str
+    ) -> list[int]:
+        """Give runs back to the queue without using up an attempt."""
+        if not leases:
+            return []
+        now = self.now(conn)
+        released = conn.execute(
+            runs.update()
+            .where(self._fence(leases))
+            .values(
+                status=RunStatus.QUEUED.value,
+                attempt=runs.c.attempt - 1,
+                lease_owner=None,
+                lease_expires_at=None,
+                lease_token=runs.c.lease_token + 1,
+                available_at=now,
+                updated_at=now,
+            )
+            .returning(runs.c.id, runs.c.attempt)
+        ).all()
+        if released:
+            conn.execute(
+                run_events.insert(),
+                [
+                    _event(r.id, RunEventKind.RELEASED, now, r.attempt, worker_id, None, {"reason": reason})
+                    for r in released
+                ],
+            )
+        return [r.id for r in released]
+
+    # -- operator actions ----------------------------------------------------
+
+    def requeue(
+        self,
+        conn: sa.Connection,
+        *,
+        run_ids: Sequence[int] | None = None,
+        job: str | None = None,
+        statuses: Sequence[RunStatus] = (RunStatus.FAILED, RunStatus.DEAD),
+        by: str | None = None,
+    ) -> list[int]:
+        """Put failed or dead runs back in the queue with a fresh attempt budget."""
+        now = self.now(conn)
+        query = runs.update().where(runs.c.status.in_([s.value for s in statuses]))
+        if run_ids is not None:
+            query = query.where(runs.c.id.in_(list(run_ids)))
+        if job is not None:
+            query = query.where(runs.c.job == job)
+        requeued = conn.execute(
+            query.values(
+                status=RunStatus.QUEUED.value,
+                attempt=0,
+                available_at=now,
+                finished_at=None,
+                updated_at=now,
+            ).returning(runs.c.id)
+        ).scalars().all()
+        for chunk in _chunks(requeued):
+            conn.execute(
+                run_events.insert(),
+                [_event(rid, RunEventKind.REQUEUED, now, 0, by) for rid in chunk],
+            )
+        return list(requeued)
+
+    def cancel(self, conn: sa.Connection, run_id: int, *, by: str | None = None) -> bool:
+        """Cancel a queued run. Returns False if it was not queued."""
+        now = self.now(conn)
+        row = conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED.value)
+            .values(status=RunStatus.CANCELLED.value, finished_at=now, updated_at=now)
+            .returning(runs.c.attempt)
+        ).first()
+        if row is None:
+            return False
+        conn.execute(
+            run_events.insert(), [_event(run_id, RunEventKind.CANCELLED, now, row.attempt, by)]
+        )
+        return True
+
+    # -- reads ---------------------------------------------------------------
+
+    def get_runs(
+        self,
+        conn: sa.Connection,
+        *,
+        job: str | None = None,
+        status: RunStatus | None = None,
+        limit: int | None = None,
+        before_id: int | None = None,
+    ) -> list[Run]:
+        query = sa.select(runs).order_by(runs.c.id.desc() if limit else runs.c.id)
+        if job is not None:
+            query = query.where(runs.c.job == job)
+        if status is not None:
+            query = query.where(runs.c.status == RunStatus(status).value)
+        if before_id is not None:
+            query = query.where(runs.c.id < before_id)
+        if limit is not None:
+            query = query.limit(limit)
+        return [records.run_from_row(row) for row in conn.execute(query).mappings()]
+
+    def get_run(self, conn: sa.Connection, run_id: int) -> Run | None:
+        row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+        return None if row is None else records.run_from_row(row)
+
+    def get_events(self, conn: sa.Connection, run_id: int) -> list[RunEvent]:
+        query = sa.select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id)
+        return [records.run_event_from_row(row) for row in conn.execute(query).mappings()]
+
+    def counts(self, conn: sa.Connection) -> dict[str, dict[RunStatus, int]]:
+        rows = conn.execute(
+            sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
+        )
+        counts: dict[str, dict[RunStatus, int]] = {}
+        for job, status, count in rows:
+            counts.setdefault(job, {})[RunStatus(status)] = count
+        return counts
+
+    def oldest_due(self, conn: sa.Connection) -> dict[str, float]:
+        """Seconds the oldest due queued run of each job has waited."""
+        now = self.now(conn)
+        rows = conn.execute(
+            sa.select(runs.c.job, sa.func.min(runs.c.available_at))
+            .where(runs.c.status == RunStatus.QUEUED.value, runs.c.available_at <= now)
+            .group_by(runs.c.job)
+        )
+        return {job: max(0.0, now - oldest) for job, oldest in rows}

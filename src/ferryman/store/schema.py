@@ -1,0 +1,150 @@
+"""The store's tables, one definition for SQLite and PostgreSQL.
+
+Times are seconds since the epoch as double precision, taken from the
+database's own clock (see :mod:`ferryman.store.dialect`), so that leases held
+by workers on different hosts are compared against one clock.
+
+The migrations under ``migrations/versions`` must produce exactly these
+tables; ``tests/unit/test_migrations.py`` compares the two.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# BIGINT ids on PostgreSQL; SQLite only makes INTEGER PRIMARY KEY an alias of the rowid.
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Epoch = sa.Double()
+# JSON documents are stored as text: identical on both backends, and ferryman
+# never queries inside them.
+JsonText = sa.Text
+
+runs = sa.Table(
+    "ferryman_runs",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.Text, nullable=False),
+    sa.Column("run_key", sa.Text, nullable=False),
+    sa.Column("payload", JsonText, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("available_at", Epoch, nullable=False),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_token", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("lease_expires_at", Epoch),
+    sa.Column("checkpoint", JsonText),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.Column("started_at", Epoch),
+    sa.Column("finished_at", Epoch),
+    sa.UniqueConstraint("job", "run_key"),
+    sa.CheckConstraint(
+        "status IN ('queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled')",
+        name="ck_ferryman_runs_status",
+    ),
+)
+# Claims read the due queue in order; a partial index keeps it small however
+# many finished runs the table holds.
+sa.Index(
+    "ix_ferryman_runs_due",
+    runs.c.available_at,
+    runs.c.id,
+    postgresql_where=runs.c.status == "queued",
+    sqlite_where=runs.c.status == "queued",
+)
+sa.Index(
+    "ix_ferryman_runs_leases",
+    runs.c.lease_expires_at,
+    postgresql_where=runs.c.status == "running",
+    sqlite_where=runs.c.status == "running",
+)
+sa.Index("ix_ferryman_runs_job_status", runs.c.job, runs.c.status, runs.c.id)
+sa.Index("ix_ferryman_runs_status_id", runs.c.status, runs.c.id)
+
+run_events = sa.Table(
+    "ferryman_run_events",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column(
+        "run_id",
+        Id,
+        sa.ForeignKey("ferryman_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("at", Epoch, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker_id", sa.Text),
+    sa.Column("lease_token", sa.BigInteger),
+    sa.Column("detail", JsonText),
+)
+sa.Index("ix_ferryman_run_events_run_id", run_events.c.run_id, run_events.c.id)
+sa.Index("ix_ferryman_run_events_at", run_events.c.at)
+
+sensors = sa.Table(
+    "ferryman_sensors",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("cursor", sa.Text),
+    sa.Column("state_version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("status", sa.Text, nullable=False, server_default="running"),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_evaluation_at", Epoch),
+    sa.Column("last_evaluation_at", Epoch),
+    sa.Column("updated_at", Epoch, nullable=False),
+)
+
+sensor_evaluations = sa.Table(
+    "ferryman_sensor_evaluations",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column(
+        "sensor",
+        sa.Text,
+        sa.ForeignKey("ferryman_sensors.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("idempotency_key", sa.Text, unique=True),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("cursor_before", sa.Text),
+    sa.Column("cursor_after", sa.Text),
+    sa.Column("state_version_before", sa.BigInteger, nullable=False),
+    sa.Column("state_version_after", sa.BigInteger),
+    sa.Column("runs_requested", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("runs_deduplicated", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("items_skipped", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("run_ids", JsonText),
+    sa.Column("error", sa.Text),
+    sa.Column("evaluator", sa.Text),
+    sa.Column("started_at", Epoch, nullable=False),
+    sa.Column("finished_at", Epoch, nullable=False),
+)
+sa.Index(
+    "ix_ferryman_sensor_evaluations_sensor",
+    sensor_evaluations.c.sensor,
+    sensor_evaluations.c.id,
+)
+
+workers = sa.Table(
+    "ferryman_workers",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("jobs", JsonText, nullable=False),
+    sa.Column("started_at", Epoch, nullable=False),
+    sa.Column("last_seen_at", Epoch, nullable=False),
+    sa.Column("stopped_at", Epoch),
+)

@@ -1,0 +1,413 @@
+"""The worker: claim due runs under a lease, execute them, commit outcomes fenced.
+
+Threads of one worker process, each named and supervised:
+
+* the caller's thread runs the **claim loop**: it leases up to
+  ``concurrency + prefetch`` runs in batches and hands them to
+* ``concurrency`` **job threads**, which call the job functions and produce
+  outcomes, which
+* the **committer** writes, many per transaction (group commit) — a run counts
+  as done only once its outcome is durable;
+* the **heartbeat** renews every held lease each ``lease_seconds / 3`` and
+  flags runs whose lease was lost.
+
+A crash of the committer or the heartbeat stops the worker with an error
+rather than letting it run on without durable outcomes or live leases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from ferryman.errors import FerrymanError, LeaseLost, Reject, StoreError
+from ferryman.model import Backoff
+from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
+from ferryman.worker.context import JobContext
+
+log = logging.getLogger("ferryman.worker")
+
+TRACEBACK_HEAD = 2_000
+TRACEBACK_TAIL = 6_000
+STORE_RETRY_MAX_DELAY = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefinition:
+    name: str
+    fn: Callable[[JobContext, Any], Any]
+    max_attempts: int
+    backoff: Backoff
+
+
+@dataclass(slots=True)
+class WorkReport:
+    """What one call of :meth:`ferryman.App.work` did."""
+
+    worker_id: str = ""
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    dead: int = 0
+    lease_lost: int = 0
+    released: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The traceback, trimmed in the middle so the cause and the raise site both survive."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    if len(text) <= TRACEBACK_HEAD + TRACEBACK_TAIL:
+        return text
+    cut = len(text) - TRACEBACK_HEAD - TRACEBACK_TAIL
+    return f"{text[:TRACEBACK_HEAD]}\n  ... {cut} characters cut ...\n{text[-TRACEBACK_TAIL:]}"
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(slots=True)
+class _Held:
+    run: ClaimedRun
+    context: JobContext | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        jobs: dict[str, JobDefinition],
+        *,
+        lease_seconds: float,
+        concurrency: int = 4,
+        prefetch: int = 0,
+        claim_batch: int = 100,
+        poll_interval: float = 0.5,
+        grace_seconds: float = 30.0,
+        worker_id: str | None = None,
+        on_outcome: Callable[[ClaimedRun, str], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not jobs:
+            raise FerrymanError("this app has no jobs to work on")
+        self.store = store
+        self.jobs = jobs
+        self.lease_seconds = lease_seconds
+        self.concurrency = concurrency
+        self.capacity = concurrency + max(prefetch, 0)
+        self.claim_batch = claim_batch
+        self.poll_interval = poll_interval
+        self.grace_seconds = grace_seconds
+        self.worker_id = worker_id or new_worker_id()
+        self.report = WorkReport(worker_id=self.worker_id)
+        self._on_outcome = on_outcome
+        self._held: dict[int, _Held] = {}
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._abandon = threading.Event()  # stop waiting for running jobs
+        self._closed = threading.Event()
+        self._unstarted: list[ClaimedRun] = []  # claimed, but stopping began before they ran
+        self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
+        self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
+        self._crash: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- public --------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs get ``grace_seconds`` to finish."""
+        if self._stopping.is_set():
+            self._abandon.set()
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def run(self, *, until_idle: bool = False, handle_signals: bool = True) -> WorkReport:
+        restore = self._install_signal_handlers() if handle_signals else None
+        self._register()
+        try:
+            self._start_threads()
+            self._claim_loop(until_idle)
+            self._drain()
+        finally:
+            self._shutdown()
+            if restore:
+                restore()
+        if self._crash is not None:
+            raise FerrymanError(f"worker {self.worker_id} stopped: {self._crash}") from self._crash
+        return self.report
+
+    # -- claim loop ----------------------------------------------------------
+
+    def _claim_loop(self, until_idle: bool) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            with self._changed:
+                room = self.capacity - len(self._held)
+                if room <= 0:
+                    self._changed.wait(self.poll_interval)
+                    continue
+            try:
+                claimed = self.store.claim(
+                    worker_id=self.worker_id,
+                    jobs=list(self.jobs),
+                    limit=min(room, self.claim_batch),
+                    lease_seconds=self.lease_seconds,
+                )
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                delay = min(STORE_RETRY_MAX_DELAY, 0.1 * 2**failures)
+                log.warning("claim failed, retrying in %.1fs: %s", delay, exc)
+                self._stopping.wait(delay)
+                continue
+            if claimed:
+                self.report.claimed += len(claimed)
+                with self._changed:
+                    for run in claimed:
+                        self._held[run.id] = _Held(run)
+                for run in claimed:
+                    self._runnable.put(run)
+                continue
+            with self._changed:
+                if until_idle and not self._held:
+                    return
+                self._changed.wait(self.poll_interval)
+
+    def _drain(self) -> None:
+        """Wait for held runs to finish, then release what is left."""
+        deadline = time.monotonic() + self.grace_seconds
+        with self._changed:
+            while self._held and self._crash is None and not self._abandon.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(min(remaining, self.poll_interval))
+            leftovers = [held.run for held in self._held.values()] + self._unstarted
+            self._unstarted = []
+        if not leftovers:
+            return
+        # Releasing bumps the lease token, so the jobs still running here can no
+        # longer commit: whoever claims the runs next owns them alone.
+        try:
+            released = self.store.release(
+                [run.lease for run in leftovers],
+                worker_id=self.worker_id,
+                reason="worker stopped before the job finished",
+            )
+        except StoreError as exc:
+            log.error("could not release %d runs; their leases will expire: %s", len(leftovers), exc)
+            return
+        self.report.released += len(released)
+        log.info("released %d runs without using an attempt", len(released))
+
+    # -- threads -------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        def supervised(name: str, target: Callable[[], None]) -> threading.Thread:
+            def body() -> None:
+                try:
+                    target()
+                except BaseException as exc:  # supervision: record and stop the worker
+                    log.exception("worker thread %s crashed", name)
+                    self._crash = exc
+                    self.report.errors.append(f"{name}: {exc!r}")
+                    self._stopping.set()
+                    self._abandon.set()
+                    with self._changed:
+                        self._changed.notify_all()
+
+            thread = threading.Thread(target=body, name=f"ferryman-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            return thread
+
+        for index in range(self.concurrency):
+            supervised(f"job-{index}", self._job_thread)
+        supervised("committer", self._committer)
+        supervised("heartbeat", self._heartbeat)
+
+    def _shutdown(self) -> None:
+        for _ in range(self.concurrency):
+            self._runnable.put(None)
+        self._outcomes.put(None)
+        self._stopping.set()
+        self._closed.set()
+        with self._changed:
+            self._changed.notify_all()
+        for thread in self._threads:
+            if thread.name in ("ferryman-committer", "ferryman-heartbeat"):
+                thread.join(timeout=self.lease_seconds)
+        try:
+            self.store.worker_stopped(self.worker_id)
+        except StoreError as exc:
+            log.warning("could not record the worker's stop: %s", exc)
+
+    def _job_thread(self) -> None:
+        while True:
+            run = self._runnable.get()
+            if run is None:
+                return
+            if self._stopping.is_set():
+                with self._changed:  # never started: released with the rest, no attempt used
+                    self._unstarted.append(run)
+                    self._held.pop(run.id, None)
+                    self._changed.notify_all()
+                continue
+            outcome = self._execute(run)
+            if outcome is None:
+                self._forget(run.id)
+            else:
+                self._outcomes.put((run, outcome))
+
+    def _execute(self, run: ClaimedRun) -> Outcome | None:
+        definition = self.jobs[run.job]
+        context = JobContext(
+            store=self.store, run=run, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+        )
+        with self._changed:
+            held = self._held.get(run.id)
+            if held is not None:
+                held.context = context
+        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
+        try:
+            definition.fn(context, run.payload)
+        except LeaseLost:
+            self._lease_lost(run)
+            return None
+        except Reject as reject:
+            log.info("run rejected: %s", reject.reason, extra=fields)
+            return Outcome(OutcomeKind.FAILED, run.lease, run.attempt, error=reject.reason)
+        except Exception as exc:
+            error = describe_error(exc)
+            if run.attempt >= run.max_attempts:
+                log.warning("run dead after %d attempts: %r", run.attempt, exc, extra=fields)
+                return Outcome(OutcomeKind.DEAD, run.lease, run.attempt, error=error)
+            delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
+            log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
+            return Outcome(OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay)
+        if context.succeeded_in_transaction:
+            self._done(run, "succeeded")
+            self._forget(run.id)
+            return None
+        return Outcome(OutcomeKind.SUCCEEDED, run.lease, run.attempt)
+
+    def _committer(self) -> None:
+        batch_limit = 1000
+        while True:
+            first = self._outcomes.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < batch_limit:
+                try:
+                    item = self._outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._outcomes.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            accepted = self._commit(batch)
+            for (run, outcome), ok in zip(batch, accepted, strict=True):
+                if ok:
+                    self._done(run, outcome.kind.value)
+                else:
+                    self._lease_lost(run)
+                self._forget(run.id)
+
+    def _commit(self, batch: Sequence[tuple[ClaimedRun, Outcome]]) -> list[bool]:
+        failures = 0
+        while True:
+            try:
+                return self.store.finish([outcome for _, outcome in batch], worker_id=self.worker_id)
+            except StoreError as exc:
+                # The outcomes stay in memory and the leases stay renewed while
+                # we retry; if the store stays away past the lease, the fenced
+                # write refuses them and another worker redoes the runs.
+                failures += 1
+                delay = min(STORE_RETRY_MAX_DELAY, 0.1 * 2**failures)
+                log.warning("recording %d outcomes failed, retrying in %.1fs: %s", len(batch), delay, exc)
+                if self._abandon.wait(delay):
+                    return [False] * len(batch)
+
+    def _heartbeat(self) -> None:
+        interval = self.lease_seconds / 3
+        while not self._closed.wait(interval):
+            with self._changed:
+                held = list(self._held.values())
+            try:
+                lost = self.store.renew([h.run.lease for h in held], self.lease_seconds)
+                self.store.worker_seen(self.worker_id)
+            except StoreError as exc:
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            for h in held:
+                if h.run.id in lost and h.context is not None:
+                    h.context.mark_lease_lost()
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _forget(self, run_id: int) -> None:
+        with self._changed:
+            self._held.pop(run_id, None)
+            self._changed.notify_all()
+
+    def _done(self, run: ClaimedRun, outcome: str) -> None:
+        counter = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "dead": "dead"}
+        attribute = counter[outcome]
+        setattr(self.report, attribute, getattr(self.report, attribute) + 1)
+        if self._on_outcome is not None:
+            self._on_outcome(run, outcome)
+
+    def _lease_lost(self, run: ClaimedRun) -> None:
+        self.report.lease_lost += 1
+        log.warning(
+            "lease lost; another worker owns the run now, nothing was committed here",
+            extra={"run_id": run.id, "job": run.job, "attempt": run.attempt},
+        )
+        if self._on_outcome is not None:
+            self._on_outcome(run, "lease_lost")
+
+    def _register(self) -> None:
+        self.store.register_worker(
+            worker_id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            jobs=list(self.jobs),
+        )
+
+    def _install_signal_handlers(self) -> Callable[[], None] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: no new claims; a second signal stops waiting", signal.Signals(signum).name)
+            self.stop()
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+

@@ -1,0 +1,89 @@
+"""Shared fixtures: real SQLite files and real PostgreSQL databases.
+
+PostgreSQL tests use the server on 127.0.0.1:5432 (override with
+``FERRYMAN_TEST_PG``). A template database is migrated once per session and
+each test gets its own copy with ``CREATE DATABASE ... TEMPLATE``, which takes
+milliseconds. The tests fail, rather than skip, when the server is missing:
+a run that skipped them proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+import ferryman as fm
+from ferryman.store import upgrade
+
+PG_ADMIN = os.environ.get("FERRYMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEMPLATE = f"ferryman_template_{os.getpid()}"
+
+
+def _admin() -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(PG_ADMIN, autocommit=True)
+
+
+def _database_url(name: str) -> str:
+    url = sa.make_url(PG_ADMIN).set(database=name, drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def drop_database(name: str) -> None:
+    with _admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    try:
+        with _admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN} is required for these tests: {exc}")
+    upgrade(_database_url(TEMPLATE))
+    yield TEMPLATE
+    drop_database(TEMPLATE)
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    name = f"ferryman_test_{uuid.uuid4().hex[:12]}"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield _database_url(name)
+    drop_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: object) -> str:
+    return f"sqlite:///{tmp_path}/store.db"  # type: ignore[str-bytes-safe]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The same test on a real SQLite file and on a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def make_app(store_url: str) -> Iterator[type[fm.App]]:
+    """Build Apps on this test's store; they are closed after the test."""
+    apps: list[fm.App] = []
+
+    class TestApp(fm.App):
+        def __init__(self, store: str | None = None, **kwargs: object) -> None:
+            super().__init__(store or store_url, **kwargs)  # type: ignore[arg-type]
+            apps.append(self)
+
+    yield TestApp
+    for app in apps:
+        app.close()
