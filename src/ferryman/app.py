@@ -77,6 +77,13 @@ class App:
         """SQLAlchemy engine on the store database, for writing data and runs together."""
         return self.store.engine
 
+    def use_store(self, store: str | sa.URL) -> None:
+        """Point the App at another store (before it is first used), e.g. from ``--store``."""
+        with self._store_lock:
+            if self._store is not None:
+                raise ConfigurationError("use_store() must be called before the store is opened")
+            self.store_url = store
+
     def close(self) -> None:
         """Close the store's connections. The App reopens them if used again."""
         with self._store_lock:

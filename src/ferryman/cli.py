@@ -1,0 +1,405 @@
+"""The ``ferryman`` command.
+
+Exit codes: 0 done; 1 the operation found nothing to do on what was asked
+(e.g. no such run); 2 usage or configuration error; 3 the store cannot be
+reached; 4 the store's schema does not match this version; 5 another store
+error. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ferryman import logs
+from ferryman.app import DEFAULT_STORE, App
+from ferryman.errors import (
+    FerrymanError,
+    SchemaMismatch,
+    StoreError,
+    StoreUnavailable,
+)
+from ferryman.model import RunStatus
+from ferryman.store import upgrade as upgrade_store
+
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_SCHEMA = 4
+EXIT_STORE = 5
+
+cli = typer.Typer(
+    name="ferryman",
+    help="Crash-safe, resumable ingestion: sensors, jobs, runs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+runs_cli = typer.Typer(help="List runs, or show one with its processing log.")
+db_cli = typer.Typer(help="Store schema.", no_args_is_help=True)
+cli.add_typer(runs_cli, name="runs")
+cli.add_typer(db_cli, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+@dataclasses.dataclass
+class Settings:
+    app_spec: str | None = None
+    store: str | None = None
+    _app: App | None = None
+
+    def app(self, *, need_jobs: bool = False) -> App:
+        if self._app is None:
+            self._app = self._load(need_jobs)
+        return self._app
+
+    def _load(self, need_jobs: bool) -> App:
+        if self.app_spec is None:
+            if need_jobs:
+                fail("this command runs jobs: name the app with --app module:attribute "
+                     "(or FERRYMAN_APP)", EXIT_USAGE)
+            return App(self.store or DEFAULT_STORE)
+        app = load_app(self.app_spec)
+        if self.store is not None:
+            app.use_store(self.store)
+        return app
+
+
+settings = Settings()
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` or ``path/to/file.py:attribute``."""
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                fail(f"--app {spec}: no file {path}", EXIT_USAGE)
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert module_spec is not None and module_spec.loader is not None
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module
+            module_spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(f"--app {spec}: cannot import {module_name!r}: {exc}", EXIT_USAGE)
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        fail(f"--app {spec}: {module_name}.{attribute} is not a ferryman.App", EXIT_USAGE)
+    return app
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def exit_code(exc: FerrymanError) -> int:
+    if isinstance(exc, StoreUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, SchemaMismatch):
+        return EXIT_SCHEMA
+    if isinstance(exc, StoreError):
+        return EXIT_STORE
+    return EXIT_USAGE
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, default=_json_default, indent=2) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return _seconds((datetime.now(UTC) - moment).total_seconds())
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _first_line(text: str | None, width: int = 80) -> str:
+    if not text:
+        return ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:width] if lines else ""
+
+
+# -- global options ----------------------------------------------------------
+
+
+@cli.callback()
+def main_options(
+    app: Annotated[
+        str | None,
+        typer.Option("--app", envvar="FERRYMAN_APP", help="The App to load: module:attribute."),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="FERRYMAN_STORE",
+            help=f"Store URL (default {DEFAULT_STORE}); overrides the App's.",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+) -> None:
+    settings.app_spec = app
+    settings.store = store
+    logs.configure(log_level, log_format)
+
+
+# -- work --------------------------------------------------------------------
+
+
+@cli.command()
+def work(
+    concurrency: Annotated[int, typer.Option(min=1, help="Job threads per process.")] = 4,
+    processes: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (for CPU-bound jobs).")
+    ] = None,
+    until_idle: Annotated[bool, typer.Option(help="Stop when no run is due.")] = False,
+    jobs: Annotated[str | None, typer.Option(help="Comma-separated jobs to work on.")] = None,
+    prefetch: Annotated[int, typer.Option(min=0, help="Runs claimed ahead of free threads.")] = 0,
+    grace: Annotated[float, typer.Option(help="Seconds running jobs get on SIGTERM.")] = 30.0,
+) -> None:
+    """Claim and execute due runs until stopped (SIGTERM/SIGINT) or idle."""
+    app = settings.app(need_jobs=True)
+    report = app.work(
+        until_idle=until_idle,
+        concurrency=concurrency,
+        processes=processes,
+        jobs=jobs.split(",") if jobs else None,
+        prefetch=prefetch,
+        grace_seconds=grace,
+    )
+    err.print(
+        f"worked: {report.succeeded} succeeded, {report.retried} retried, {report.failed} failed, "
+        f"{report.dead} dead, {report.lease_lost} lost their lease, {report.released} released",
+        highlight=False,
+    )
+
+
+# -- status ------------------------------------------------------------------
+
+
+@cli.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Run counts per job and status, oldest due run, live workers."""
+    app = settings.app()
+    summaries = app.status()
+    workers = app.workers()
+    if as_json:
+        print_json({"jobs": summaries, "workers": workers})
+        return
+    table = Table(title="runs")
+    table.add_column("job")
+    for run_status in RunStatus:
+        table.add_column(run_status.value, justify="right")
+    table.add_column("oldest due", justify="right")
+    for summary in summaries:
+        name = summary.job if summary.registered or settings.app_spec is None else (
+            f"{summary.job} [yellow](not in this app)[/]"
+        )
+        table.add_row(
+            name,
+            *(str(summary.counts.get(s, 0)) for s in RunStatus),
+            _seconds(summary.oldest_due_age),
+        )
+    out.print(table)
+    unregistered = [s.job for s in summaries if not s.registered and s.counts.get(RunStatus.QUEUED)]
+    if settings.app_spec is not None and unregistered:
+        err.print(
+            f"[yellow]warning:[/] queued runs of jobs this app does not register: "
+            f"{', '.join(unregistered)}; no worker of this app will run them (renamed job?)",
+            highlight=False,
+        )
+    out.print(f"live workers: {len(workers)}", highlight=False)
+    for worker in workers:
+        out.print(f"  {worker.id} (pid {worker.pid}, up {_age(worker.started_at)})", highlight=False)
+
+
+@cli.command()
+def workers(
+    all_workers: Annotated[bool, typer.Option("--all", help="Include stopped workers.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Workers and when they were last seen."""
+    found = settings.app().workers(include_stopped=all_workers)
+    if as_json:
+        print_json(found)
+        return
+    table = Table(title="workers")
+    for column in ("id", "host", "pid", "started", "last seen", "state"):
+        table.add_column(column)
+    for worker in found:
+        state = "alive" if worker.alive else ("stopped" if worker.stopped_at else "lost")
+        table.add_row(
+            worker.id,
+            worker.host,
+            str(worker.pid),
+            worker.started_at.isoformat(timespec="seconds"),
+            f"{_age(worker.last_seen_at)} ago",
+            state,
+        )
+    out.print(table)
+
+
+# -- runs --------------------------------------------------------------------
+
+
+@runs_cli.callback(invoke_without_command=True)
+def runs_list(
+    ctx: typer.Context,
+    status_filter: Annotated[RunStatus | None, typer.Option("--status")] = None,
+    job: Annotated[str | None, typer.Option("--job")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Newest N runs.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Newest runs, filtered by status and job."""
+    if ctx.invoked_subcommand is not None:
+        return
+    found = settings.app().get_runs(job=job, status=status_filter, limit=limit)
+    if as_json:
+        print_json(found)
+        return
+    table = Table(title=f"runs (newest {limit})")
+    for column in ("id", "job", "run_key", "status", "attempt", "updated", "last error"):
+        table.add_column(column, overflow="fold")
+    for run in found:
+        table.add_row(
+            str(run.id),
+            run.job,
+            run.run_key,
+            run.status.value,
+            f"{run.attempt}/{run.max_attempts}",
+            f"{_age(run.updated_at)} ago",
+            _first_line(run.last_error),
+        )
+    out.print(table)
+
+
+@runs_cli.command("show")
+def runs_show(
+    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One run with its processing log and full last error."""
+    app = settings.app()
+    run = app.get_run(run_id)
+    if run is None:
+        fail(f"no run {run_id} in store", EXIT_NOT_FOUND)
+    events = app.get_run_events(run_id)
+    if as_json:
+        print_json({"run": run, "events": events})
+        return
+    out.print(
+        f"[bold]run {run.id}[/] {run.job} {run.run_key!r}: [bold]{run.status.value}[/] "
+        f"attempt {run.attempt}/{run.max_attempts}",
+        highlight=False,
+    )
+    out.print(f"payload: {json.dumps(run.payload)[:500]}", highlight=False, soft_wrap=True)
+    if run.checkpoint is not None:
+        out.print(f"checkpoint: {json.dumps(run.checkpoint)[:500]}", highlight=False)
+    table = Table(title="processing log")
+    for column in ("at", "event", "attempt", "worker", "token", "detail"):
+        table.add_column(column, overflow="fold")
+    for event in events:
+        table.add_row(
+            event.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            event.kind.value,
+            str(event.attempt),
+            event.worker_id or "",
+            "" if event.lease_token is None else str(event.lease_token),
+            json.dumps(event.detail) if event.detail else "",
+        )
+    out.print(table)
+    if run.last_error:
+        out.print("[bold]last error[/]")
+        out.print(run.last_error, highlight=False, markup=False)
+
+
+@cli.command()
+def retry(
+    run_ids: Annotated[list[int] | None, typer.Argument(help="Run ids.")] = None,
+    job: Annotated[str | None, typer.Option("--job")] = None,
+    status_filter: Annotated[
+        RunStatus | None, typer.Option("--status", help="failed or dead (default both).")
+    ] = None,
+) -> None:
+    """Put failed or dead runs back in the queue, same run_key, fresh attempts."""
+    if not run_ids and job is None and status_filter is None:
+        fail("name run ids, or --job and/or --status", EXIT_USAGE)
+    requeued = settings.app().retry(run_ids or None, job=job, status=status_filter, by="cli")
+    out.print(f"requeued {len(requeued)} runs", highlight=False)
+    if not requeued:
+        raise typer.Exit(EXIT_NOT_FOUND)
+
+
+@cli.command()
+def cancel(run_id: Annotated[int, typer.Argument(help="Run id.")]) -> None:
+    """Cancel a queued run."""
+    if not settings.app().cancel(run_id, by="cli"):
+        fail(f"run {run_id} is not queued (or does not exist); nothing cancelled", EXIT_NOT_FOUND)
+    out.print(f"cancelled run {run_id}", highlight=False)
+
+
+# -- db ----------------------------------------------------------------------
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the store's tables to this version's schema."""
+    url = settings.store or (settings.app().store_url if settings.app_spec else DEFAULT_STORE)
+    before, after = upgrade_store(url)
+    if before == (after,):
+        out.print(f"store already at revision {after}", highlight=False)
+    else:
+        out.print(f"store upgraded from {', '.join(before) or 'nothing'} to {after}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point: errors become one line on stderr and an exit code."""
+    try:
+        cli()
+    except FerrymanError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exit_code(exc))
+
+
+__all__ = ["EXIT_NOT_FOUND", "EXIT_SCHEMA", "EXIT_UNAVAILABLE", "EXIT_USAGE", "cli", "main"]

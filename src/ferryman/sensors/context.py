@@ -1,0 +1,24 @@
+"""What a sensor sees while it is evaluated."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SensorContext:
+    """Handed to a sensor function on each evaluation.
+
+    ``sensor`` is the sensor's registered name; ``evaluation_started_at`` is
+    when this evaluation began (UTC); ``logger`` carries the sensor's name in
+    every record.
+    """
+
+    sensor: str
+    evaluation_started_at: datetime
+    state_version: int = 0
+    logger: logging.LoggerAdapter[logging.Logger] = field(
+        default_factory=lambda: logging.LoggerAdapter(logging.getLogger("ferryman.sensor"))
+    )
