@@ -99,6 +99,7 @@ class App:
     @overload
     def job(
         self,
+        /,
         *,
         name: str | None = None,
         max_attempts: int = 5,
@@ -107,13 +108,13 @@ class App:
 
     def job(
         self,
-        fn: F | None = None,
+        fn: JobFunction | None = None,
         /,
         *,
         name: str | None = None,
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
-    ) -> F | Callable[[F], F]:
+    ) -> Any:
         """Register ``fn(ctx, payload)`` as a job.
 
         A run is attempted at most ``max_attempts`` times; between attempts it
@@ -123,7 +124,7 @@ class App:
         if max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
 
-        def register(function: F) -> F:
+        def register(function: JobFunction) -> JobFunction:
             job_name = name or function.__name__
             if job_name in self._jobs:
                 raise ConfigurationError(f"job {job_name!r} is registered twice")
@@ -252,12 +253,12 @@ class App:
         """Put failed or dead runs back in the queue under their run_key, with fresh attempts."""
         if run_ids is None and job is None and status is None:
             raise ConfigurationError("retry needs run ids, a job, or a status")
-        statuses = (
-            (RunStatus.FAILED, RunStatus.DEAD) if status is None else (RunStatus(status),)
-        )
+        statuses = (RunStatus.FAILED, RunStatus.DEAD) if status is None else (RunStatus(status),)
         for candidate in statuses:
             if candidate not in (RunStatus.FAILED, RunStatus.DEAD):
-                raise ConfigurationError(f"only failed or dead runs can be retried, not {candidate}")
+                raise ConfigurationError(
+                    f"only failed or dead runs can be retried, not {candidate}"
+                )
         return self.store.requeue(run_ids=run_ids, job=job, statuses=statuses, by=by)
 
     def cancel(self, run_id: int, *, by: str | None = None) -> bool:

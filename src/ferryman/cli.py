@@ -70,8 +70,11 @@ class Settings:
     def _load(self, need_jobs: bool) -> App:
         if self.app_spec is None:
             if need_jobs:
-                fail("this command runs jobs: name the app with --app module:attribute "
-                     "(or FERRYMAN_APP)", EXIT_USAGE)
+                fail(
+                    "this command runs jobs: name the app with --app module:attribute "
+                    "(or FERRYMAN_APP)",
+                    EXIT_USAGE,
+                )
             return App(self.store or DEFAULT_STORE)
         app = load_app(self.app_spec)
         if self.store is not None:
@@ -233,8 +236,10 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         table.add_column(run_status.value, justify="right")
     table.add_column("oldest due", justify="right")
     for summary in summaries:
-        name = summary.job if summary.registered or settings.app_spec is None else (
-            f"{summary.job} [yellow](not in this app)[/]"
+        name = (
+            summary.job
+            if summary.registered or settings.app_spec is None
+            else (f"{summary.job} [yellow](not in this app)[/]")
         )
         table.add_row(
             name,
@@ -251,7 +256,9 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         )
     out.print(f"live workers: {len(workers)}", highlight=False)
     for worker in workers:
-        out.print(f"  {worker.id} (pid {worker.pid}, up {_age(worker.started_at)})", highlight=False)
+        out.print(
+            f"  {worker.id} (pid {worker.pid}, up {_age(worker.started_at)})", highlight=False
+        )
 
 
 @cli.command()
@@ -390,7 +397,9 @@ def db_upgrade() -> None:
     if before == (after,):
         out.print(f"store already at revision {after}", highlight=False)
     else:
-        out.print(f"store upgraded from {', '.join(before) or 'nothing'} to {after}", highlight=False)
+        out.print(
+            f"store upgraded from {', '.join(before) or 'nothing'} to {after}", highlight=False
+        )
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """Where a run is in its life."""
 
     QUEUED = "queued"
@@ -23,9 +23,6 @@ class RunStatus(str, enum.Enum):
     FAILED = "failed"  # the job rejected its input; never retried automatically
     DEAD = "dead"  # attempts exhausted
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_final(self) -> bool:
@@ -37,7 +34,7 @@ _FINAL_STATUSES = frozenset(
 )
 
 
-class RunEventKind(str, enum.Enum):
+class RunEventKind(enum.StrEnum):
     """One transition in a run's processing log."""
 
     REQUESTED = "requested"
@@ -52,20 +49,14 @@ class RunEventKind(str, enum.Enum):
     REQUEUED = "requeued"
     CANCELLED = "cancelled"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class EvaluationOutcome(str, enum.Enum):
+class EvaluationOutcome(enum.StrEnum):
     """How a sensor evaluation ended."""
 
     OK = "ok"
     FAILED = "failed"
     CONFLICT = "conflict"  # another evaluator advanced the cursor first; nothing was written
     MANUAL = "manual"  # an operator set the cursor
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

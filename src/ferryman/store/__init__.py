@@ -77,7 +77,9 @@ class Store:
 
     # -- runs ----------------------------------------------------------------
 
-    def enqueue(self, new_runs: Sequence[NewRun], conn: sa.Connection | None = None) -> SubmitResult:
+    def enqueue(
+        self, new_runs: Sequence[NewRun], conn: sa.Connection | None = None
+    ) -> SubmitResult:
         if conn is not None:
             with translated_errors(self.backend, "enqueueing runs"):
                 return self.runs.enqueue(conn, new_runs)
@@ -166,9 +168,13 @@ class Store:
         with self.write("recording a worker stop") as conn:
             self.workers.stopped(conn, worker_id)
 
-    def list_workers(self, *, alive_within: float, include_stopped: bool = False) -> list[WorkerInfo]:
+    def list_workers(
+        self, *, alive_within: float, include_stopped: bool = False
+    ) -> list[WorkerInfo]:
         with self.read("listing workers") as conn:
-            return self.workers.list(conn, alive_within=alive_within, include_stopped=include_stopped)
+            return self.workers.list(
+                conn, alive_within=alive_within, include_stopped=include_stopped
+            )
 
 
 def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:

@@ -75,7 +75,9 @@ def parse_url(raw: str | sa.URL) -> sa.URL:
     backend = url.get_backend_name()
     if backend == "sqlite":
         if url.get_driver_name() not in ("pysqlite", ""):
-            raise ConfigurationError(f"unsupported SQLite driver in {safe_url(url)}; use sqlite:///")
+            raise ConfigurationError(
+                f"unsupported SQLite driver in {safe_url(url)}; use sqlite:///"
+            )
         if not url.database or url.database == ":memory:":
             raise ConfigurationError(
                 f"store URL {safe_url(url)} names no file; an in-memory SQLite database "
@@ -134,7 +136,9 @@ def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
 
         return engine
 
-    now = sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)", sa.Double())
+    now: sa.ColumnElement[float] = sa.literal_column(
+        "((julianday('now') - 2440587.5) * 86400.0)", sa.Double()
+    )
     return Backend(
         url=url,
         engine=make("BEGIN IMMEDIATE"),
@@ -151,7 +155,9 @@ def _postgres_backend(url: sa.URL, pool_size: int) -> Backend:
         max_overflow=2 * pool_size,
         connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
     )
-    now = sa.literal_column("extract(epoch from clock_timestamp())::float8", sa.Double())
+    now: sa.ColumnElement[float] = sa.literal_column(
+        "extract(epoch from clock_timestamp())::float8", sa.Double()
+    )
     return Backend(url=url, engine=engine, read_engine=engine, is_sqlite=False, now=now)
 
 

@@ -162,9 +162,9 @@ class RunQueries:
                 ids[(row.job, row.run_key)] = row.id
                 created.append(row.id)
         missing = [key for key in unique if key not in ids]
-        for chunk in _chunks(missing, CHUNK // 2):
+        for keys in _chunks(missing, CHUNK // 2):
             query = sa.select(runs.c.id, runs.c.job, runs.c.run_key).where(
-                sa.tuple_(runs.c.job, runs.c.run_key).in_(list(chunk))
+                sa.tuple_(runs.c.job, runs.c.run_key).in_(list(keys))
             )
             for row in conn.execute(query):
                 ids[(row.job, row.run_key)] = row.id
@@ -209,7 +209,7 @@ class RunQueries:
         ).all()
         events: list[dict[str, Any]] = []
         to_claim: list[int] = []
-        exhausted: list[sa.Row[Any]] = []
+        exhausted: list[Any] = []
         for row in expired:
             events.append(
                 _event(
@@ -304,7 +304,9 @@ class RunQueries:
                     )
                 )
                 events.append(
-                    _event(row.id, RunEventKind.CLAIMED, now, row.attempt, worker_id, row.lease_token)
+                    _event(
+                        row.id, RunEventKind.CLAIMED, now, row.attempt, worker_id, row.lease_token
+                    )
                 )
         if events:
             conn.execute(run_events.insert(), events)
@@ -428,7 +430,9 @@ class RunQueries:
             elif outcome.kind is OutcomeKind.SUCCEEDED:
                 kind = RunEventKind.SUCCEEDED
             else:
-                kind = RunEventKind.FAILED if outcome.kind is OutcomeKind.FAILED else RunEventKind.DEAD
+                kind = (
+                    RunEventKind.FAILED if outcome.kind is OutcomeKind.FAILED else RunEventKind.DEAD
+                )
                 detail = {"error": _error_summary(outcome.error)}
             events.append(
                 _event(
@@ -470,7 +474,15 @@ class RunQueries:
             conn.execute(
                 run_events.insert(),
                 [
-                    _event(r.id, RunEventKind.RELEASED, now, r.attempt, worker_id, None, {"reason": reason})
+                    _event(
+                        r.id,
+                        RunEventKind.RELEASED,
+                        now,
+                        r.attempt,
+                        worker_id,
+                        None,
+                        {"reason": reason},
+                    )
                     for r in released
                 ],
             )
@@ -494,15 +506,19 @@ class RunQueries:
             query = query.where(runs.c.id.in_(list(run_ids)))
         if job is not None:
             query = query.where(runs.c.job == job)
-        requeued = conn.execute(
-            query.values(
-                status=RunStatus.QUEUED.value,
-                attempt=0,
-                available_at=now,
-                finished_at=None,
-                updated_at=now,
-            ).returning(runs.c.id)
-        ).scalars().all()
+        requeued = (
+            conn.execute(
+                query.values(
+                    status=RunStatus.QUEUED.value,
+                    attempt=0,
+                    available_at=now,
+                    finished_at=None,
+                    updated_at=now,
+                ).returning(runs.c.id)
+            )
+            .scalars()
+            .all()
+        )
         for chunk in _chunks(requeued):
             conn.execute(
                 run_events.insert(),
@@ -558,7 +574,9 @@ class RunQueries:
 
     def counts(self, conn: sa.Connection) -> dict[str, dict[RunStatus, int]]:
         rows = conn.execute(
-            sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
+            sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(
+                runs.c.job, runs.c.status
+            )
         )
         counts: dict[str, dict[RunStatus, int]] = {}
         for job, status, count in rows:

@@ -23,7 +23,7 @@ metadata = sa.MetaData(
 
 # BIGINT ids on PostgreSQL; SQLite only makes INTEGER PRIMARY KEY an alias of the rowid.
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Epoch = sa.Double()
+Epoch: sa.Double[float] = sa.Double()
 # JSON documents are stored as text: identical on both backends, and ferryman
 # never queries inside them.
 JsonText = sa.Text

@@ -10,6 +10,7 @@ its runs come back to the queue when their leases expire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,10 +64,8 @@ def run_processes(
         nonlocal stopping
         stopping = True
         for pid in list(children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     previous = {}
     if threading.current_thread() is threading.main_thread():

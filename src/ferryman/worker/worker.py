@@ -165,6 +165,9 @@ class Worker:
                 if room <= 0:
                     self._changed.wait(self.poll_interval)
                     continue
+                # Idle only counts if nothing was held before this claim: a run
+                # finishing meanwhile may have been requeued for an immediate retry.
+                nothing_held = not self._held
             try:
                 claimed = self.store.claim(
                     worker_id=self.worker_id,
@@ -187,9 +190,9 @@ class Worker:
                 for run in claimed:
                     self._runnable.put(run)
                 continue
+            if until_idle and nothing_held:
+                return
             with self._changed:
-                if until_idle and not self._held:
-                    return
                 self._changed.wait(self.poll_interval)
 
     def _drain(self) -> None:
@@ -214,7 +217,9 @@ class Worker:
                 reason="worker stopped before the job finished",
             )
         except StoreError as exc:
-            log.error("could not release %d runs; their leases will expire: %s", len(leftovers), exc)
+            log.error(
+                "could not release %d runs; their leases will expire: %s", len(leftovers), exc
+            )
             return
         self.report.released += len(released)
         log.info("released %d runs without using an attempt", len(released))
@@ -303,7 +308,9 @@ class Worker:
                 return Outcome(OutcomeKind.DEAD, run.lease, run.attempt, error=error)
             delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
             log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
-            return Outcome(OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay)
+            return Outcome(
+                OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay
+            )
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
             self._forget(run.id)
@@ -338,14 +345,18 @@ class Worker:
         failures = 0
         while True:
             try:
-                return self.store.finish([outcome for _, outcome in batch], worker_id=self.worker_id)
+                return self.store.finish(
+                    [outcome for _, outcome in batch], worker_id=self.worker_id
+                )
             except StoreError as exc:
                 # The outcomes stay in memory and the leases stay renewed while
                 # we retry; if the store stays away past the lease, the fenced
                 # write refuses them and another worker redoes the runs.
                 failures += 1
                 delay = min(STORE_RETRY_MAX_DELAY, 0.1 * 2**failures)
-                log.warning("recording %d outcomes failed, retrying in %.1fs: %s", len(batch), delay, exc)
+                log.warning(
+                    "recording %d outcomes failed, retrying in %.1fs: %s", len(batch), delay, exc
+                )
                 if self._abandon.wait(delay):
                     return [False] * len(batch)
 
@@ -400,7 +411,10 @@ class Worker:
             return None
 
         def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s: no new claims; a second signal stops waiting", signal.Signals(signum).name)
+            log.info(
+                "received %s: no new claims; a second signal stops waiting",
+                signal.Signals(signum).name,
+            )
             self.stop()
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -410,4 +424,3 @@ class Worker:
                 signal.signal(sig, old)
 
         return restore
-

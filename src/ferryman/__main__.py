@@ -1,0 +1,5 @@
+"""``python -m ferryman`` is the ``ferryman`` command."""
+
+from ferryman.cli import main
+
+main()

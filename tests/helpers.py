@@ -1,0 +1,27 @@
+"""Small test utilities shared by the suites."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], *, timeout: float = 30.0, what: str = "") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``.
+
+    This waits for an observable state (a row, a file, a status), never for a
+    fixed time.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
