@@ -19,6 +19,7 @@ from ferryman.errors import LeaseLost
 from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
 from ferryman.store import records
 from ferryman.store.dialect import Backend
+from ferryman.store.notify import notify_jobs
 from ferryman.store.schema import run_events, runs
 
 # Rows per statement when a batch is written; keeps every statement well under
@@ -121,6 +122,10 @@ class RunQueries:
     def now(self, conn: sa.Connection) -> float:
         return float(conn.execute(sa.select(self.backend.now)).scalar_one())
 
+    def _wake_workers(self, conn: sa.Connection, jobs: Iterable[str]) -> None:
+        if not self.backend.is_sqlite:
+            notify_jobs(conn, jobs)
+
     # -- enqueue -------------------------------------------------------------
 
     def enqueue(self, conn: sa.Connection, new_runs: Sequence[NewRun]) -> SubmitResult:
@@ -172,6 +177,7 @@ class RunQueries:
             events = [_event(run_id, RunEventKind.REQUESTED, now, 0) for run_id in created]
             for chunk in _chunks(events):
                 conn.execute(run_events.insert(), list(chunk))
+            self._wake_workers(conn, {new.job for new in unique.values()})
         return SubmitResult(
             run_ids=tuple(ids[(new.job, new.run_key)] for new in new_runs),
             created=len(created),
@@ -468,8 +474,9 @@ class RunQueries:
                 available_at=now,
                 updated_at=now,
             )
-            .returning(runs.c.id, runs.c.attempt)
+            .returning(runs.c.id, runs.c.attempt, runs.c.job)
         ).all()
+        self._wake_workers(conn, {r.job for r in released})
         if released:
             conn.execute(
                 run_events.insert(),
@@ -506,25 +513,23 @@ class RunQueries:
             query = query.where(runs.c.id.in_(list(run_ids)))
         if job is not None:
             query = query.where(runs.c.job == job)
-        requeued = (
-            conn.execute(
-                query.values(
-                    status=RunStatus.QUEUED.value,
-                    attempt=0,
-                    available_at=now,
-                    finished_at=None,
-                    updated_at=now,
-                ).returning(runs.c.id)
-            )
-            .scalars()
-            .all()
-        )
-        for chunk in _chunks(requeued):
+        requeued = conn.execute(
+            query.values(
+                status=RunStatus.QUEUED.value,
+                attempt=0,
+                available_at=now,
+                finished_at=None,
+                updated_at=now,
+            ).returning(runs.c.id, runs.c.job)
+        ).all()
+        self._wake_workers(conn, {row.job for row in requeued})
+        ids = [row.id for row in requeued]
+        for chunk in _chunks(ids):
             conn.execute(
                 run_events.insert(),
                 [_event(rid, RunEventKind.REQUEUED, now, 0, by) for rid in chunk],
             )
-        return list(requeued)
+        return ids
 
     def cancel(self, conn: sa.Connection, run_id: int, *, by: str | None = None) -> bool:
         """Cancel a queued run. Returns False if it was not queued."""

@@ -34,6 +34,7 @@ from typing import Any
 from ferryman.errors import FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
+from ferryman.store.notify import Listener
 from ferryman.worker.context import JobContext
 
 log = logging.getLogger("ferryman.worker")
@@ -124,6 +125,7 @@ class Worker:
         self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
         self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
         self._crash: BaseException | None = None
+        self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
 
     # -- public --------------------------------------------------------------
@@ -249,6 +251,13 @@ class Worker:
             supervised(f"job-{index}", self._job_thread)
         supervised("committer", self._committer)
         supervised("heartbeat", self._heartbeat)
+        if not self.store.is_sqlite:
+            self._listener = Listener(
+                self.store.backend.url,
+                lambda job: self.wake() if job in self.jobs else None,
+                name="ferryman-listener",
+            )
+            self._listener.start()
 
     def _shutdown(self) -> None:
         for _ in range(self.concurrency):
@@ -256,6 +265,8 @@ class Worker:
         self._outcomes.put(None)
         self._stopping.set()
         self._closed.set()
+        if self._listener is not None:
+            self._listener.stop()
         with self._changed:
             self._changed.notify_all()
         for thread in self._threads:

@@ -1,0 +1,97 @@
+"""``ferryman work`` as a real process: signals and the process pool."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import ferryman as fm
+from tests.helpers import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_worker(store_url: str, gate: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    env["FERRYMAN_TEST_GATE"] = str(gate)
+    command = [sys.executable, "-m", "ferryman", "--app", "tests.worker_app:app"]
+    return subprocess.Popen(
+        [*command, "--store", store_url, "work", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigterm_finishes_running_jobs_within_grace(store_url: str, tmp_path: Path) -> None:
+    from tests.worker_app import app
+
+    app.use_store(store_url)
+    try:
+        (run_id,) = app.submit("hold", fm.RunRequest("quick")).run_ids
+        worker = start_worker(store_url, tmp_path, "--concurrency", "1", "--grace", "30")
+        wait_until(lambda: (tmp_path / "quick.started").exists(), what="the job to start")
+        worker.send_signal(signal.SIGTERM)
+        (tmp_path / "quick.go").touch()  # the job finishes inside the grace period
+        _, stderr = worker.communicate(timeout=60)
+        assert worker.returncode == 0, stderr
+        run = app.get_run(run_id)
+        assert run is not None and run.status is fm.RunStatus.SUCCEEDED
+    finally:
+        app.close()
+
+
+def test_sigterm_releases_what_outlives_the_grace(store_url: str, tmp_path: Path) -> None:
+    from tests.worker_app import app
+
+    app.use_store(store_url)
+    try:
+        ids = app.submit("hold", fm.RunRequest("stuck"), fm.RunRequest("waiting")).run_ids
+        worker = start_worker(
+            store_url, tmp_path, "--concurrency", "1", "--prefetch", "1", "--grace", "0.5"
+        )
+        wait_until(lambda: (tmp_path / "stuck.started").exists(), what="the job to start")
+        wait_until(
+            lambda: all(r.status is fm.RunStatus.RUNNING for r in app.get_runs(job="hold")),
+            what="both runs to be claimed",
+        )
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+        assert worker.returncode == 0, stderr
+        assert "2 released" in stderr
+        for run_id in ids:
+            run = app.get_run(run_id)
+            assert run is not None
+            assert (run.status, run.attempt) == (fm.RunStatus.QUEUED, 0)
+            assert [e.kind.value for e in app.get_run_events(run_id)][-1] == "released"
+    finally:
+        app.close()
+
+
+def test_process_pool_spreads_runs_over_processes(store_url: str, tmp_path: Path) -> None:
+    from tests.worker_app import app
+
+    app.use_store(store_url)
+    try:
+        app.submit("spin", *(fm.RunRequest(f"r{i}", {"rounds": 20_000}) for i in range(60)))
+        worker = start_worker(
+            store_url, tmp_path, "--processes", "2", "--concurrency", "1", "--until-idle"
+        )
+        _, stderr = worker.communicate(timeout=120)
+        assert worker.returncode == 0, stderr
+        assert "60 succeeded" in stderr
+        runs = app.get_runs(job="spin")
+        assert {r.status for r in runs} == {fm.RunStatus.SUCCEEDED}
+        claimers = {
+            e.worker_id for r in runs for e in app.get_run_events(r.id) if e.kind.value == "claimed"
+        }
+        pids = {worker_id.split(":")[1] for worker_id in claimers if worker_id}
+        assert len(pids) == 2
+        assert str(worker.pid) not in pids  # the supervisor only supervises
+    finally:
+        app.close()
