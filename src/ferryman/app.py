@@ -178,7 +178,7 @@ class App:
         concurrency: int = 4,
         processes: int | None = None,
         jobs: Sequence[str] | None = None,
-        prefetch: int = 0,
+        prefetch: int | None = None,
         claim_batch: int = 100,
         poll_interval: float = 0.5,
         grace_seconds: float = 30.0,
@@ -188,7 +188,10 @@ class App:
 
         ``concurrency`` job threads per process; ``processes`` forks that many
         worker processes (for CPU-bound jobs), each with ``concurrency``
-        threads. ``jobs`` limits the worker to some of the app's jobs. On
+        threads. A worker holds up to ``concurrency + prefetch`` runs
+        (``prefetch`` defaults to ``concurrency``) so claims come in batches;
+        with long jobs and several workers, a smaller prefetch spreads runs
+        more evenly. ``jobs`` limits the worker to some of the app's jobs. On
         SIGTERM or SIGINT the worker stops claiming, gives running jobs
         ``grace_seconds`` and releases the rest without using up an attempt.
         """
@@ -201,7 +204,7 @@ class App:
                 selected,
                 lease_seconds=self.lease_seconds,
                 concurrency=concurrency,
-                prefetch=prefetch,
+                prefetch=concurrency if prefetch is None else prefetch,
                 claim_batch=claim_batch,
                 poll_interval=poll_interval,
                 grace_seconds=grace_seconds,

@@ -198,7 +198,10 @@ def work(
     ] = None,
     until_idle: Annotated[bool, typer.Option(help="Stop when no run is due.")] = False,
     jobs: Annotated[str | None, typer.Option(help="Comma-separated jobs to work on.")] = None,
-    prefetch: Annotated[int, typer.Option(min=0, help="Runs claimed ahead of free threads.")] = 0,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(min=0, help="Runs claimed ahead of free threads (default: concurrency)."),
+    ] = None,
     grace: Annotated[float, typer.Option(help="Seconds running jobs get on SIGTERM.")] = 30.0,
 ) -> None:
     """Claim and execute due runs until stopped (SIGTERM/SIGINT) or idle."""

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from ferryman.errors import LeaseLost
 from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
-from ferryman.store import records
+from ferryman.store import postgres, records
 from ferryman.store.dialect import Backend
 from ferryman.store.notify import notify_jobs
 from ferryman.store.schema import run_events, runs
@@ -113,6 +113,19 @@ def _error_summary(error: str | None) -> str | None:
     return first[:EVENT_ERROR_CHARS]
 
 
+def _claimed_run(row: Any) -> ClaimedRun:
+    return ClaimedRun(
+        id=row.id,
+        job=row.job,
+        run_key=row.run_key,
+        payload=records.from_json(row.payload),
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        lease_token=row.lease_token,
+        checkpoint=records.from_json(row.checkpoint),
+    )
+
+
 class RunQueries:
     """The run queue and processing log on one store database."""
 
@@ -140,32 +153,12 @@ class RunQueries:
         unique: dict[tuple[str, str], NewRun] = {}
         for new in new_runs:
             unique.setdefault((new.job, new.run_key), new)
-        rows = [
-            {
-                "job": new.job,
-                "run_key": new.run_key,
-                "payload": new.payload_json,
-                "status": RunStatus.QUEUED.value,
-                "attempt": 0,
-                "max_attempts": new.max_attempts,
-                "available_at": now,
-                "lease_token": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for new in unique.values()
-        ]
+        insert = self._insert_portable if self.backend.is_sqlite else postgres.enqueue
         ids: dict[tuple[str, str], int] = {}
         created: list[int] = []
-        insert = (
-            self.backend.insert(runs)
-            .on_conflict_do_nothing(index_elements=["job", "run_key"])
-            .returning(runs.c.id, runs.c.job, runs.c.run_key)
-        )
-        for chunk in _chunks(rows):
-            for row in conn.execute(insert, list(chunk)):
-                ids[(row.job, row.run_key)] = row.id
-                created.append(row.id)
+        for run_id, job, run_key in insert(conn, list(unique.values()), now):
+            ids[(job, run_key)] = run_id
+            created.append(run_id)
         missing = [key for key in unique if key not in ids]
         for keys in _chunks(missing, CHUNK // 2):
             query = sa.select(runs.c.id, runs.c.job, runs.c.run_key).where(
@@ -174,15 +167,44 @@ class RunQueries:
             for row in conn.execute(query):
                 ids[(row.job, row.run_key)] = row.id
         if created:
-            events = [_event(run_id, RunEventKind.REQUESTED, now, 0) for run_id in created]
-            for chunk in _chunks(events):
-                conn.execute(run_events.insert(), list(chunk))
             self._wake_workers(conn, {new.job for new in unique.values()})
         return SubmitResult(
             run_ids=tuple(ids[(new.job, new.run_key)] for new in new_runs),
             created=len(created),
             deduplicated=len(new_runs) - len(created),
         )
+
+    def _insert_portable(
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+    ) -> list[tuple[int, str, str]]:
+        """Insert runs not yet present and log ``requested``; return what was created."""
+        insert = (
+            self.backend.insert(runs)
+            .on_conflict_do_nothing(index_elements=["job", "run_key"])
+            .returning(runs.c.id, runs.c.job, runs.c.run_key)
+        )
+        created: list[tuple[int, str, str]] = []
+        for chunk in _chunks(new_runs):
+            rows = [
+                {
+                    "job": new.job,
+                    "run_key": new.run_key,
+                    "payload": new.payload_json,
+                    "status": RunStatus.QUEUED.value,
+                    "attempt": 0,
+                    "max_attempts": new.max_attempts,
+                    "available_at": now,
+                    "lease_token": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for new in chunk
+            ]
+            created.extend((row.id, row.job, row.run_key) for row in conn.execute(insert, rows))
+        events = [_event(run_id, RunEventKind.REQUESTED, now, 0) for run_id, _, _ in created]
+        for events_chunk in _chunks(events):
+            conn.execute(run_events.insert(), list(events_chunk))
+        return created
 
     # -- claim ---------------------------------------------------------------
 
@@ -257,21 +279,36 @@ class RunQueries:
                 )
             )
         room = limit - len(to_claim)
-        if room > 0:
-            to_claim.extend(
-                conn.execute(
-                    sa.select(runs.c.id)
-                    .where(
-                        runs.c.status == RunStatus.QUEUED.value,
-                        runs.c.available_at <= now,
-                        runs.c.job.in_(jobs),
-                    )
-                    .order_by(runs.c.available_at, runs.c.id)
-                    .limit(room)
-                    .with_for_update(skip_locked=True)
-                ).scalars()
+        due_rows: list[Any] = []
+        if room > 0 and not self.backend.is_sqlite:
+            due_rows = postgres.claim_due(
+                conn,
+                worker_id=worker_id,
+                jobs=jobs,
+                limit=room,
+                now=now,
+                lease_seconds=lease_seconds,
             )
+        elif room > 0:
+            # Walk each job's due queue in index order, then keep the oldest.
+            candidates: list[tuple[float, int]] = []
+            for job in jobs:
+                candidates.extend(
+                    (row.available_at, row.id)
+                    for row in conn.execute(
+                        sa.select(runs.c.id, runs.c.available_at)
+                        .where(
+                            runs.c.job == job,
+                            runs.c.status == RunStatus.QUEUED.value,
+                            runs.c.available_at <= now,
+                        )
+                        .order_by(runs.c.available_at, runs.c.id)
+                        .limit(room)
+                    )
+                )
+            to_claim.extend(run_id for _, run_id in sorted(candidates)[:room])
         claimed: list[ClaimedRun] = []
+        result: Iterable[Any] = ()
         if to_claim:
             result = conn.execute(
                 runs.update()
@@ -296,28 +333,16 @@ class RunQueries:
                     runs.c.checkpoint,
                 )
             )
-            for row in result:
-                claimed.append(
-                    ClaimedRun(
-                        id=row.id,
-                        job=row.job,
-                        run_key=row.run_key,
-                        payload=records.from_json(row.payload),
-                        attempt=row.attempt,
-                        max_attempts=row.max_attempts,
-                        lease_token=row.lease_token,
-                        checkpoint=records.from_json(row.checkpoint),
-                    )
-                )
-                events.append(
-                    _event(
-                        row.id, RunEventKind.CLAIMED, now, row.attempt, worker_id, row.lease_token
-                    )
-                )
+        for row in result:
+            claimed.append(_claimed_run(row))
+            events.append(
+                _event(row.id, RunEventKind.CLAIMED, now, row.attempt, worker_id, row.lease_token)
+            )
         if events:
             conn.execute(run_events.insert(), events)
         order = {run_id: position for position, run_id in enumerate(to_claim)}
         claimed.sort(key=lambda run: order[run.id])
+        claimed.extend(_claimed_run(row) for row in due_rows)  # logged by the statement
         return claimed
 
     # -- fenced writes -------------------------------------------------------
@@ -388,6 +413,13 @@ class RunQueries:
         now = self.now(conn)
         accepted: set[int] = set()
         successes = [o.lease for o in outcomes if o.kind is OutcomeKind.SUCCEEDED]
+        logged: set[int] = set()  # outcomes whose event the statement already wrote
+        if successes and not self.backend.is_sqlite:
+            accepted = postgres.succeed(
+                conn, [(le.run_id, le.token) for le in successes], worker_id=worker_id, now=now
+            )
+            logged = set(accepted)
+            successes = []
         for chunk in _chunks(successes, CHUNK // 2):
             accepted.update(
                 conn.execute(
@@ -424,7 +456,7 @@ class RunQueries:
                 accepted.add(outcome.lease.run_id)
         events = []
         for outcome in outcomes:
-            if outcome.lease.run_id not in accepted:
+            if outcome.lease.run_id not in accepted or outcome.lease.run_id in logged:
                 continue
             detail: dict[str, Any] | None = None
             if outcome.kind is OutcomeKind.RETRY:

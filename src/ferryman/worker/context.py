@@ -114,7 +114,7 @@ class JobContext:
             )
         if self._lease_lost.is_set():
             raise LeaseLost(self.run_id, self.lease.token)
-        with self._store.engine.connect() as conn, conn.begin():
+        with self._store.transaction() as conn:
             yield conn
             self._store.runs.succeed_within(
                 conn, self.lease, attempt=self.attempt, worker_id=self.worker_id

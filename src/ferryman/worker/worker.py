@@ -111,6 +111,7 @@ class Worker:
         self.concurrency = concurrency
         self.capacity = concurrency + max(prefetch, 0)
         self.claim_batch = claim_batch
+        self._refill_at = max(1, min(claim_batch, self.capacity) // 2)
         self.poll_interval = poll_interval
         self.grace_seconds = grace_seconds
         self.worker_id = worker_id or new_worker_id()
@@ -164,7 +165,11 @@ class Worker:
         while not self._stopping.is_set():
             with self._changed:
                 room = self.capacity - len(self._held)
-                if room <= 0:
+                # While job threads still have claimed runs waiting, let room
+                # build up to a real batch: one claim transaction per handful
+                # of runs would cost more than the runs themselves.
+                starving = self._runnable.qsize() == 0
+                if room <= 0 or (not starving and room < self._refill_at):
                     self._changed.wait(self.poll_interval)
                     continue
                 # Idle only counts if nothing was held before this claim: a run

@@ -47,7 +47,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_ferryman_runs_due",
         "ferryman_runs",
-        ["available_at", "id"],
+        ["job", "available_at", "id"],
         postgresql_where=sa.text("status = 'queued'"),
         sqlite_where=sa.text("status = 'queued'"),
     )
@@ -80,7 +80,6 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_ferryman_run_events_run_id", "ferryman_run_events", ["run_id", "id"])
-    op.create_index("ix_ferryman_run_events_at", "ferryman_run_events", ["at"])
 
     op.create_table(
         "ferryman_sensors",
@@ -149,7 +148,6 @@ def downgrade() -> None:
     op.drop_index("ix_ferryman_sensor_evaluations_sensor", "ferryman_sensor_evaluations")
     op.drop_table("ferryman_sensor_evaluations")
     op.drop_table("ferryman_sensors")
-    op.drop_index("ix_ferryman_run_events_at", "ferryman_run_events")
     op.drop_index("ix_ferryman_run_events_run_id", "ferryman_run_events")
     op.drop_table("ferryman_run_events")
     op.drop_index("ix_ferryman_runs_status_id", "ferryman_runs")
