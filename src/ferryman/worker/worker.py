@@ -401,12 +401,14 @@ class Worker:
     def _done(self, run: ClaimedRun, outcome: str) -> None:
         counter = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "dead": "dead"}
         attribute = counter[outcome]
-        setattr(self.report, attribute, getattr(self.report, attribute) + 1)
+        with self._changed:  # job threads and the committer both count
+            setattr(self.report, attribute, getattr(self.report, attribute) + 1)
         if self._on_outcome is not None:
             self._on_outcome(run, outcome)
 
     def _lease_lost(self, run: ClaimedRun) -> None:
-        self.report.lease_lost += 1
+        with self._changed:
+            self.report.lease_lost += 1
         log.warning(
             "lease lost; another worker owns the run now, nothing was committed here",
             extra={"run_id": run.id, "job": run.job, "attempt": run.attempt},

@@ -1,0 +1,93 @@
+"""Starting worker processes and reading the store, for tests that kill workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+import ferryman as fm
+from ferryman.store.schema import run_events, runs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_worker(store_url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m tests.crash.worker_main STORE ARGS``, its output appended to ``log``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.crash.worker_main", store_url, *args],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker (if it still runs) and reap it."""
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
+
+
+def status_counts(app: fm.App) -> dict[str, int]:
+    with app.store.read("counting runs") as conn:
+        rows = conn.execute(sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status))
+        return {status: count for status, count in rows}
+
+
+def live_leases(app: fm.App) -> int:
+    """Running runs whose lease has not yet expired, by the store's own clock."""
+    with app.store.read("counting live leases") as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).where(
+                    runs.c.status == fm.RunStatus.RUNNING.value,
+                    runs.c.lease_expires_at >= app.store.backend.now,
+                )
+            ).scalar_one()
+        )
+
+
+def lease_expired(app: fm.App, run_id: int) -> bool:
+    """The run is running and its lease expired, by the store's own clock."""
+    with app.store.read("reading a lease") as conn:
+        expired = conn.execute(
+            sa.select(runs.c.lease_expires_at < app.store.backend.now).where(
+                runs.c.id == run_id, runs.c.status == fm.RunStatus.RUNNING.value
+            )
+        ).scalar_one_or_none()
+        return bool(expired)
+
+
+def processing_log(app: fm.App) -> dict[str, list[dict[str, Any]]]:
+    """Every run's events, oldest first, keyed by run_key."""
+    query = (
+        sa.select(
+            runs.c.run_key,
+            run_events.c.kind,
+            run_events.c.attempt,
+            run_events.c.worker_id,
+            run_events.c.lease_token,
+        )
+        .join(runs, runs.c.id == run_events.c.run_id)
+        .order_by(run_events.c.id)
+    )
+    log: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with app.store.read("reading the processing log") as conn:
+        for row in conn.execute(query).mappings():
+            log[row["run_key"]].append(dict(row))
+    return dict(log)

@@ -1,0 +1,178 @@
+"""Crash storm: workers SIGKILLed at random while they work; every effect lands once.
+
+Three worker processes run jobs that take a few milliseconds, checkpoint and
+write their effect through ``ctx.transaction()``. Every 0.2-0.8 s one of them,
+chosen at random, is killed with SIGKILL and replaced. Kills land in claims,
+in jobs, in checkpoints and in commits. Afterwards a last worker picks up
+what the dead ones left (the storm stops, killing every worker, while the
+last tenth of the runs is still in flight), and the whole store is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import ferryman as fm
+from tests.crash.support import (
+    live_leases,
+    processing_log,
+    read_report,
+    start_worker,
+    status_counts,
+    stop,
+)
+from tests.crash.worker_main import build_app, effects, metadata
+from tests.helpers import wait_until
+
+RUNS = 500
+WORKERS = 3
+LEASE_SECONDS = 2.0
+STORM_SECONDS = 25.0
+KILL_INTERVAL = (0.2, 0.8)
+WORK_MS = (5, 30)
+# The storm ends with every worker killed while the last runs are in flight.
+STORM_UNTIL_SUCCEEDED = RUNS * 9 // 10
+# Killing workers costs attempts, never an error: no retry, failure or death.
+EXPECTED_KINDS = {"requested", "claimed", "checkpointed", "lease_expired", "succeeded"}
+
+
+@pytest.mark.crash
+@pytest.mark.timeout(180)
+def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path: Path) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    context = f"seed={seed}, worker logs in {tmp_path}"
+    app = build_app(store_url, lease_seconds=LEASE_SECONDS)
+    try:
+        metadata.create_all(app.engine)
+        app.submit(
+            "storm",
+            *(
+                fm.RunRequest(f"run-{i:04d}", {"checkpoint": i % 2 == 0, "work_ms": WORK_MS})
+                for i in range(RUNS)
+            ),
+        )
+        worker_args = ("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "3")
+        worker_args += ("--prefetch", "1")
+
+        def start(slot: int) -> subprocess.Popen[bytes]:
+            return start_worker(store_url, tmp_path / f"worker-{slot}.log", *worker_args)
+
+        # -- the storm ---------------------------------------------------------
+        workers = [start(slot) for slot in range(WORKERS)]
+        kills = 0
+        deadline = time.monotonic() + STORM_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(rng.uniform(*KILL_INTERVAL))  # the storm's rhythm, not a wait
+                slot = rng.randrange(WORKERS)
+                stop(workers[slot])
+                kills += 1
+                workers[slot] = start(slot)
+                if status_counts(app).get("succeeded", 0) >= STORM_UNTIL_SUCCEEDED:
+                    break
+        finally:
+            for worker in workers:
+                stop(worker)
+        during_storm = status_counts(app)
+
+        # -- recovery: a last worker takes over what the dead ones held ----------
+        wait_until(
+            lambda: live_leases(app) == 0,
+            timeout=LEASE_SECONDS * 10,
+            what="the killed workers' leases to expire",
+        )
+        report_path = tmp_path / "final-report.json"
+        final = start_worker(
+            store_url,
+            tmp_path / "final.log",
+            *worker_args,
+            "--until-idle",
+            "--report",
+            str(report_path),
+        )
+        try:
+            returncode = final.wait(timeout=60)
+        finally:
+            stop(final)
+        assert returncode == 0, (tmp_path / "final.log").read_text()
+        report = read_report(report_path)
+
+        # -- the whole store -----------------------------------------------------
+        assert status_counts(app) == {"succeeded": RUNS}, context
+        left_over = RUNS - during_storm.get("succeeded", 0)
+        assert (report["succeeded"], report["lease_lost"], report["errors"]) == (
+            left_over,
+            0,
+            [],
+        ), context
+
+        with app.store.read("reading effects") as conn:
+            effect_rows = {
+                row.run_key: row for row in conn.execute(sa.select(effects).order_by(effects.c.id))
+            }
+            per_key = Counter(conn.execute(sa.select(effects.c.run_key)).scalars())
+        duplicates = {key: n for key, n in per_key.items() if n != 1}
+        assert duplicates == {}, f"effects applied more than once: {duplicates} ({context})"
+        assert sum(per_key.values()) == RUNS
+        assert set(per_key) == {f"run-{i:04d}" for i in range(RUNS)}
+
+        runs = {run.run_key: run for run in app.get_runs(job="storm")}
+        log = processing_log(app)
+        assert set(log) == set(runs)
+        lease_expiries = 0
+        resumed = 0
+        for run_key, events in log.items():
+            kinds = Counter(event["kind"] for event in events)
+            assert set(kinds) <= EXPECTED_KINDS, (run_key, events, context)
+            assert kinds["succeeded"] == 1, (run_key, events, context)
+            lease_expiries += kinds["lease_expired"]
+
+            claims = [event for event in events if event["kind"] == "claimed"]
+            tokens = [claim["lease_token"] for claim in claims]
+            assert tokens == sorted(set(tokens)), (run_key, tokens, context)
+            assert [claim["attempt"] for claim in claims] == list(range(1, len(claims) + 1))
+
+            # The effect was written by the attempt the log says succeeded, and
+            # that attempt held the newest lease on the run.
+            (success,) = (event for event in events if event["kind"] == "succeeded")
+            effect = effect_rows[run_key]
+            assert (effect.worker_id, effect.attempt, effect.lease_token) == (
+                success["worker_id"],
+                success["attempt"],
+                success["lease_token"],
+            ), (run_key, events, context)
+            assert (success["worker_id"], success["lease_token"]) == (
+                claims[-1]["worker_id"],
+                claims[-1]["lease_token"],
+            )
+            assert runs[run_key].attempt == success["attempt"]
+
+            # A checkpoint survives the worker that wrote it.
+            if runs[run_key].payload["checkpoint"]:
+                assert runs[run_key].checkpoint == {
+                    "attempt": effect.attempt,
+                    "pid": effect.worker_pid,
+                }
+                if effect.resumed_from is not None:
+                    resumed += 1
+                    assert json.loads(effect.resumed_from)["attempt"] < effect.attempt
+
+        # The storm did strike: killed workers held runs and others took them over.
+        assert kills >= 10, context
+        assert lease_expiries > 0, context
+        assert left_over > 0, context
+        print(
+            f"{kills} kills, {lease_expiries} leases expired, {resumed} runs resumed from "
+            f"a checkpoint, {left_over} runs left for the last worker ({context})"
+        )
+    finally:
+        app.close()
