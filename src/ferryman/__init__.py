@@ -34,6 +34,7 @@ from ferryman.model import (
     SubmitResult,
     WorkerInfo,
 )
+from ferryman.sensors import SensorContext
 from ferryman.worker import JobContext, WorkReport
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ __all__ = [
     "RunRequest",
     "RunStatus",
     "SchemaMismatch",
+    "SensorContext",
     "SensorResult",
     "SensorState",
     "StoreError",

@@ -12,14 +12,27 @@ import sqlalchemy as sa
 from ferryman.errors import ConfigurationError, UnknownJob
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
+    DEFAULT_SENSOR_BACKOFF,
     Backoff,
+    Evaluation,
     JobSummary,
     Run,
     RunEvent,
     RunRequest,
     RunStatus,
+    SensorState,
     SubmitResult,
     WorkerInfo,
+)
+from ferryman.sensors.daemon import SensorDaemon, run_daemon
+from ferryman.sensors.engine import SensorEngine
+from ferryman.sensors.registry import (
+    DEFAULT_POLL_TIMEOUT,
+    DEFAULT_PUSH_TIMEOUT,
+    SensorDefinition,
+    SensorFunction,
+    SensorKind,
+    define_sensor,
 )
 from ferryman.store import NewRun, Store
 from ferryman.store.records import to_json
@@ -32,6 +45,7 @@ log = logging.getLogger("ferryman")
 DEFAULT_STORE = "sqlite:///ferryman.db"
 JobFunction = Callable[[JobContext, Any], Any]
 F = TypeVar("F", bound=JobFunction)
+S = TypeVar("S", bound=SensorFunction)
 
 
 class App:
@@ -44,6 +58,13 @@ class App:
 
     ``lease_seconds`` is how long a worker's claim on a run lasts without a
     heartbeat; workers renew it every third of that.
+
+    ``evaluation_retention`` is how many evaluations of each sensor are kept
+    (the newest); ``ferryman run`` prunes older ones now and then, and
+    :meth:`prune_evaluations` does it on demand. ``None`` keeps everything.
+    Pruning never touches a sensor's state. A push message whose evaluation
+    was pruned is no longer recognised as a redelivery (its runs still are,
+    by run_key), so keep at least as many as can be redelivered.
     """
 
     def __init__(
@@ -52,15 +73,23 @@ class App:
         *,
         lease_seconds: float = 30.0,
         create: bool | None = None,
+        evaluation_retention: int | None = 10_000,
     ) -> None:
         if lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be positive, got {lease_seconds}")
+        if evaluation_retention is not None and evaluation_retention < 1:
+            raise ConfigurationError(
+                f"evaluation_retention must be at least 1 (or None), got {evaluation_retention}"
+            )
         self.store_url = store
         self.lease_seconds = lease_seconds
         self._create = create
         self._store: Store | None = None
         self._store_lock = threading.Lock()
         self._jobs: dict[str, JobDefinition] = {}
+        self.evaluation_retention = evaluation_retention
+        self._sensors: dict[str, SensorDefinition] = {}
+        self._sensor_engine = SensorEngine(lambda: self.store, self._sensors, self._new_runs)
 
     # -- store ---------------------------------------------------------------
 
@@ -142,6 +171,86 @@ class App:
             return self._jobs[name]
         except KeyError:
             raise UnknownJob(name, list(self._jobs)) from None
+
+    def poll_sensor(
+        self,
+        job: str | None = None,
+        *,
+        interval: float = 30.0,
+        backoff: Backoff = DEFAULT_SENSOR_BACKOFF,
+        name: str | None = None,
+        jobs: Sequence[str] | None = None,
+        timeout: float | None = DEFAULT_POLL_TIMEOUT,
+    ) -> Callable[[S], S]:
+        """Register ``fn(ctx, cursor) -> SensorResult``, evaluated every ``interval`` seconds.
+
+        The function runs outside any transaction; the runs it requests, its
+        evaluation and its new cursor then commit in one transaction, and only
+        if no other evaluator advanced the sensor meanwhile. A failure (an
+        exception, a bad result, more than ``timeout`` seconds) keeps the
+        cursor and delays the next evaluation by ``backoff``. A run request
+        goes to ``job`` unless its ``RunRequest.job`` names one of ``jobs``.
+        With a ``timeout`` the function runs on a thread of its own; a call
+        that outlives it is abandoned and its result never commits.
+        """
+
+        def register(function: S) -> S:
+            self._add_sensor(
+                define_sensor(
+                    function,
+                    kind=SensorKind.POLL,
+                    name=name,
+                    job=job,
+                    jobs=jobs,
+                    interval=interval,
+                    backoff=backoff,
+                    timeout=timeout,
+                )
+            )
+            return function
+
+        return register
+
+    def push_sensor(
+        self,
+        job: str | None = None,
+        *,
+        name: str | None = None,
+        jobs: Sequence[str] | None = None,
+        timeout: float | None = DEFAULT_PUSH_TIMEOUT,
+    ) -> Callable[[S], S]:
+        """Register ``fn(ctx, message) -> list[RunRequest]``, called by :meth:`ingest`.
+
+        Each message is evaluated once: a redelivered ``message_id`` returns
+        the first evaluation and writes nothing. Routing is as for
+        :meth:`poll_sensor`.
+        """
+
+        def register(function: S) -> S:
+            self._add_sensor(
+                define_sensor(
+                    function,
+                    kind=SensorKind.PUSH,
+                    name=name,
+                    job=job,
+                    jobs=jobs,
+                    backoff=DEFAULT_SENSOR_BACKOFF,
+                    timeout=timeout,
+                )
+            )
+            return function
+
+        return register
+
+    def _add_sensor(self, definition: SensorDefinition) -> None:
+        if definition.name in self._sensors:
+            raise ConfigurationError(f"sensor {definition.name!r} is registered twice")
+        self._sensors[definition.name] = definition
+
+    @property
+    def sensor_definitions(self) -> dict[str, SensorDefinition]:
+        """The registered poll and push sensors, by name."""
+        return dict(self._sensors)
 
     # -- runs ----------------------------------------------------------------
 
@@ -277,3 +386,96 @@ class App:
         return self.store.list_workers(
             alive_within=self.lease_seconds, include_stopped=include_stopped
         )
+
+    # -- sensors -------------------------------------------------------------
+
+    def tick(
+        self, sensors: Sequence[str] | None = None, *, force: bool = False
+    ) -> list[Evaluation]:
+        """Evaluate every due poll sensor once (or the named ones; ``force``: even if not due).
+
+        Paused sensors are skipped. Returns the evaluations recorded, in
+        sensor-name order: ``ok``, ``failed`` or ``conflict``.
+        """
+        return self._sensor_engine.tick(sensors, force=force)
+
+    def ingest(self, sensor: str, message_id: str, payload: Any = None) -> Evaluation:
+        """Deliver a message to a push sensor, exactly once per ``message_id``.
+
+        The runs it requests and its evaluation commit together under the
+        unique key ``push:{sensor}:{message_id}``; a redelivery, even a
+        concurrent one from another process, writes nothing and returns the
+        first evaluation. A failed evaluation keeps no key, so delivering the
+        message again retries it. If the store fails, :class:`~ferryman.StoreError`
+        is raised and nothing was recorded: acknowledge a message only once
+        ``ingest`` has returned an ``ok`` evaluation.
+        """
+        return self._sensor_engine.ingest(sensor, message_id, payload)
+
+    def get_sensor(self, name: str) -> SensorState:
+        """The sensor's durable state: cursor, state_version, status, failures, schedule."""
+        return self._sensor_engine.get_sensor(name)
+
+    def sensors(self) -> list[SensorState]:
+        """Every sensor in the store and every registered one, by name."""
+        return self._sensor_engine.sensors()
+
+    def get_evaluations(self, name: str, limit: int | None = None) -> list[Evaluation]:
+        """The sensor's evaluation history, oldest first; with ``limit``, the newest ``limit``."""
+        return self._sensor_engine.get_evaluations(name, limit)
+
+    def pause_sensor(self, name: str) -> SensorState:
+        """Stop evaluating the sensor (everywhere) until :meth:`resume_sensor`."""
+        return self._sensor_engine.set_status(name, paused=True)
+
+    def resume_sensor(self, name: str) -> SensorState:
+        """Evaluate the sensor again, starting at once."""
+        return self._sensor_engine.set_status(name, paused=False)
+
+    def set_cursor(self, name: str, value: str | None, *, by: str | None = None) -> Evaluation:
+        """Move the sensor's cursor: a ``manual`` evaluation recording ``by``, swapped like any.
+
+        Any evaluation under way when it commits loses its race and writes nothing.
+        """
+        return self._sensor_engine.set_cursor(name, value, by=by)
+
+    def prune_evaluations(self, keep_last: int | None = None) -> int:
+        """Delete all but the newest ``keep_last`` (default ``evaluation_retention``)
+        evaluations of each sensor; return how many were deleted."""
+        keep = self.evaluation_retention if keep_last is None else keep_last
+        return 0 if keep is None else self._sensor_engine.prune(keep)
+
+    def run(
+        self,
+        *,
+        concurrency: int = 4,
+        jobs: Sequence[str] | None = None,
+        prefetch: int = 0,
+        grace_seconds: float = 30.0,
+        sensor_concurrency: int = 8,
+    ) -> WorkReport:
+        """The daemon: the sensor loop on a supervised thread, a worker on this one.
+
+        Poll sensors are evaluated when due, each on its own thread (at most
+        ``sensor_concurrency`` at once); evaluation history is pruned to
+        ``evaluation_retention`` now and then. SIGTERM or SIGINT stop the
+        worker (see :meth:`work`) and then the sensor loop.
+        """
+        if not self._jobs and not self._sensors:
+            raise ConfigurationError("this app registers no job and no sensor: nothing to run")
+        daemon = SensorDaemon(
+            self._sensor_engine,
+            max_concurrent=sensor_concurrency,
+            keep_last=self.evaluation_retention,
+        )
+
+        def work() -> WorkReport:
+            return self.work(
+                until_idle=False,
+                concurrency=concurrency,
+                jobs=jobs,
+                prefetch=prefetch,
+                grace_seconds=grace_seconds,
+            )
+
+        return run_daemon(daemon, work if self._jobs else None, grace_seconds=grace_seconds)

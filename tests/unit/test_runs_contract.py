@@ -154,7 +154,30 @@ def test_effects_roll_back_when_the_job_fails(make_app: type[fm.App]) -> None:
     assert [tuple(row) for row in rows] == [("r", 2)]
     (run,) = app.get_runs()
     assert run.status is fm.RunStatus.SUCCEEDED
-    assert "ConnectionError: upstream went away" in (run.last_error or "")
+    assert run.last_error is None  # the first attempt's error lives on in the log
+    (retry,) = [e for e in app.get_run_events(run.id) if e.kind.value == "retry_scheduled"]
+    assert retry.detail["error"] == "ConnectionError: upstream went away"
+
+
+def test_an_error_after_the_committed_transaction_keeps_the_success(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+
+    @app.job(max_attempts=3)
+    def load(ctx: fm.JobContext, payload: object) -> None:
+        with ctx.transaction() as conn:
+            conn.execute(effects.insert().values(run_key=ctx.run_key, attempt=ctx.attempt))
+        raise RuntimeError("cleanup failed after the commit")
+
+    create_effects(app)
+    app.submit("load", fm.RunRequest("r"))
+    report = app.work(until_idle=True, handle_signals=False)
+
+    assert (report.succeeded, report.retried, report.lease_lost) == (1, 0, 0)
+    assert effect_keys(app) == ["r"]
+    (run,) = app.get_runs()
+    assert (run.status, run.attempt) == (fm.RunStatus.SUCCEEDED, 1)
 
 
 def test_reject_fails_at_once_and_keeps_the_reason(make_app: type[fm.App]) -> None:

@@ -9,6 +9,7 @@ takes a caller's connection.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,10 +17,26 @@ from typing import Any
 import sqlalchemy as sa
 
 from ferryman.errors import StoreError
-from ferryman.model import JobSummary, Run, RunEvent, RunStatus, SubmitResult, WorkerInfo
+from ferryman.model import (
+    Evaluation,
+    JobSummary,
+    Run,
+    RunEvent,
+    RunStatus,
+    SensorState,
+    SubmitResult,
+    WorkerInfo,
+)
 from ferryman.store import migrate
 from ferryman.store.dialect import Backend, create_backend, translated_errors
 from ferryman.store.runs import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, RunQueries
+from ferryman.store.sensors import (
+    PollCommit,
+    PollFailure,
+    PushCommit,
+    ScheduleEntry,
+    SensorQueries,
+)
 from ferryman.store.workers import WorkerQueries
 
 __all__ = [
@@ -28,6 +45,10 @@ __all__ = [
     "NewRun",
     "Outcome",
     "OutcomeKind",
+    "PollCommit",
+    "PollFailure",
+    "PushCommit",
+    "ScheduleEntry",
     "Store",
 ]
 
@@ -50,8 +71,12 @@ class Store:
         self.workers = WorkerQueries(self.backend)
         auto_upgrade = self.backend.is_sqlite if create is None else create
         try:
-            with self.write("checking the schema revision") as conn:
-                migrate.check(conn, self.backend.safe_url, auto_upgrade=auto_upgrade)
+            # A read settles the common case without queueing behind writers.
+            with self.read("checking the schema revision") as conn:
+                up_to_date = migrate.revisions(conn).up_to_date
+            if not up_to_date:
+                with self.write("checking the schema revision") as conn:
+                    migrate.check(conn, self.backend.safe_url, auto_upgrade=auto_upgrade)
         except BaseException:
             self.backend.dispose()
             raise
@@ -191,6 +216,81 @@ class Store:
             return self.workers.list(
                 conn, alive_within=alive_within, include_stopped=include_stopped
             )
+
+    # -- sensors -------------------------------------------------------------
+
+    @functools.cached_property
+    def sensors(self) -> SensorQueries:
+        return SensorQueries(self.backend, self.runs)
+
+    def ensure_sensors(self, declared: Sequence[tuple[str, str]]) -> None:
+        """Create the rows of the given ``(name, kind)`` sensors that have none yet."""
+        with self.write("registering sensors") as conn:
+            self.sensors.ensure(conn, declared)
+
+    def get_sensor_state(self, name: str) -> SensorState | None:
+        with self.read("reading a sensor") as conn:
+            return self.sensors.state(conn, name)
+
+    def read_sensor(self, name: str) -> tuple[SensorState | None, float]:
+        """The sensor's state and the database clock, read together."""
+        with self.read("reading a sensor") as conn:
+            return self.sensors.state(conn, name), self.sensors.now(conn)
+
+    def list_sensor_states(self) -> list[SensorState]:
+        with self.read("listing sensors") as conn:
+            return self.sensors.states(conn)
+
+    def sensor_schedule(self, names: Sequence[str]) -> tuple[float, list[ScheduleEntry]]:
+        with self.read("reading the sensor schedule") as conn:
+            return self.sensors.schedule(conn, names)
+
+    def set_sensor_status(self, name: str, status: str) -> SensorState | None:
+        with self.write("changing a sensor's status") as conn:
+            return self.sensors.set_status(conn, name, status)
+
+    def commit_poll_evaluation(self, commit: PollCommit) -> Evaluation:
+        """Runs, evaluation and cursor in one transaction, or a ``conflict`` row alone."""
+        with self.write("committing a sensor evaluation") as conn:
+            return self.sensors.commit_poll(conn, commit)
+
+    def record_poll_failure(self, failure: PollFailure) -> Evaluation:
+        with self.write("recording a sensor failure") as conn:
+            return self.sensors.fail_poll(conn, failure)
+
+    def set_sensor_cursor(self, name: str, cursor: str | None, *, by: str) -> Evaluation | None:
+        with self.write("setting a sensor cursor") as conn:
+            return self.sensors.set_cursor(conn, name, cursor, by=by)
+
+    def find_push_delivery(
+        self, name: str, idempotency_key: str
+    ) -> tuple[SensorState | None, Evaluation | None, float]:
+        """The message's earlier evaluation if any; else the sensor's state and the clock."""
+        with self.read("looking up a delivery") as conn:
+            earlier = self.sensors.find(conn, idempotency_key)
+            if earlier is not None:  # a redelivery: one query
+                return None, earlier, 0.0
+            return self.sensors.state(conn, name), None, self.sensors.now(conn)
+
+    def commit_push_evaluation(self, commit: PushCommit) -> tuple[Evaluation, bool]:
+        with self.write("committing a push evaluation") as conn:
+            return self.sensors.commit_push(conn, commit)
+
+    def record_push_failure(
+        self, *, sensor: str, error: str, started_at: float, evaluator: str
+    ) -> Evaluation:
+        with self.write("recording a push failure") as conn:
+            return self.sensors.fail_push(
+                conn, sensor=sensor, error=error, started_at=started_at, evaluator=evaluator
+            )
+
+    def get_evaluations(self, name: str, limit: int | None = None) -> list[Evaluation]:
+        with self.read("reading sensor evaluations") as conn:
+            return self.sensors.evaluations(conn, name, limit)
+
+    def prune_evaluations(self, keep_last: int) -> int:
+        with self.write("pruning sensor evaluations") as conn:
+            return self.sensors.prune(conn, keep_last)
 
 
 def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:

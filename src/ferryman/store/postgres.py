@@ -75,7 +75,7 @@ SUCCEED = sa.text(
     WITH done AS (
         UPDATE {runs.name} AS r
         SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL,
-            finished_at = :now, updated_at = :now
+            last_error = NULL, finished_at = :now, updated_at = :now
         FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])) AS held(id, token)
         WHERE r.id = held.id AND r.lease_token = held.token AND r.status = 'running'
         RETURNING r.id, r.attempt, r.lease_token

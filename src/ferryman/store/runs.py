@@ -429,6 +429,7 @@ class RunQueries:
                         status=RunStatus.SUCCEEDED.value,
                         lease_owner=None,
                         lease_expires_at=None,
+                        last_error=None,
                         finished_at=now,
                         updated_at=now,
                     )

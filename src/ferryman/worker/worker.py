@@ -314,24 +314,34 @@ class Worker:
         except LeaseLost:
             self._lease_lost(run)
             return None
-        except Reject as reject:
-            log.info("run rejected: %s", reject.reason, extra=fields)
-            return Outcome(OutcomeKind.FAILED, run.lease, run.attempt, error=reject.reason)
         except Exception as exc:
-            error = describe_error(exc)
-            if run.attempt >= run.max_attempts:
-                log.warning("run dead after %d attempts: %r", run.attempt, exc, extra=fields)
-                return Outcome(OutcomeKind.DEAD, run.lease, run.attempt, error=error)
-            delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
-            log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
-            return Outcome(
-                OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay
+            if not context.succeeded_in_transaction:
+                return self._failure(run, definition, exc)
+            # The success is committed and cannot be taken back; say so loudly.
+            log.warning(
+                "job raised after ctx.transaction() committed its success; the run stays "
+                "succeeded: %r",
+                exc,
+                extra=fields,
             )
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
-            self._forget(run.id)
             return None
         return Outcome(OutcomeKind.SUCCEEDED, run.lease, run.attempt)
+
+    def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: Exception) -> Outcome:
+        """Reject → failed now; any other error → retry after backoff, or dead."""
+        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
+        if isinstance(exc, Reject):
+            log.info("run rejected: %s", exc.reason, extra=fields)
+            return Outcome(OutcomeKind.FAILED, run.lease, run.attempt, error=exc.reason)
+        error = describe_error(exc)
+        if run.attempt >= run.max_attempts:
+            log.warning("run dead after %d attempts: %r", run.attempt, exc, extra=fields)
+            return Outcome(OutcomeKind.DEAD, run.lease, run.attempt, error=error)
+        delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
+        log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
+        return Outcome(OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay)
 
     def _committer(self) -> None:
         batch_limit = 1000

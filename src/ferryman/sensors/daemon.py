@@ -1,0 +1,217 @@
+"""The sensor loop of ``ferryman run``: each due poll sensor evaluated on its own thread.
+
+One named, supervised thread (``ferryman-sensors``) reads the schedule from
+the store and starts an evaluation thread (``ferryman-sensor-eval-<name>``)
+for each running sensor that is due and not already being evaluated by this
+process, oldest due first, at most ``max_concurrent`` at a time. A slow
+sensor therefore delays only itself; a hung one is cut off by its
+``timeout`` (recorded as a failed evaluation) and frees its slot. Several
+processes may run the loop against one store: the compare-and-swap on each
+sensor's ``state_version`` lets exactly one evaluation per version count.
+
+The loop also prunes the evaluation history now and then. If the loop
+itself crashes it is logged and restarted after a growing delay; a store
+that cannot be reached is retried the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from ferryman.errors import ConfigurationError, StoreError
+from ferryman.sensors.engine import SensorEngine
+from ferryman.sensors.registry import SensorDefinition
+from ferryman.store.sensors import RUNNING
+from ferryman.worker.worker import WorkReport
+
+log = logging.getLogger("ferryman.sensors")
+
+IDLE_WAIT = 1.0  # how often the schedule is re-read for changes made elsewhere
+PRUNE_EVERY = 600.0
+RESTART_MAX_DELAY = 30.0
+
+
+class SensorDaemon:
+    """The supervised sensor loop. ``start()``, then ``stop()`` and ``join()``."""
+
+    def __init__(
+        self,
+        engine: SensorEngine,
+        *,
+        max_concurrent: int = 8,
+        keep_last: int | None = None,
+        idle_wait: float = IDLE_WAIT,
+        prune_every: float = PRUNE_EVERY,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ConfigurationError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        self.engine = engine
+        self.max_concurrent = max_concurrent
+        self.keep_last = keep_last
+        self.idle_wait = idle_wait
+        self.prune_every = prune_every
+        self.crashes = 0
+        self.last_crash: BaseException | None = None
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, threading.Thread] = {}
+        self._thread: threading.Thread | None = None
+        self._next_prune = 0.0
+
+    # -- control -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._supervise, name="ferryman-sensors", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Start no new evaluation; those under way finish (or time out) on their own."""
+        self._stopping.set()
+        self._wake.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the loop and the evaluations under way; True if all ended in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        threads = [self._thread] if self._thread is not None else []
+        with self._lock:
+            threads += list(self._in_flight.values())
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+    @property
+    def in_flight(self) -> list[str]:
+        with self._lock:
+            return sorted(self._in_flight)
+
+    # -- loop ----------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._loop()
+            except Exception as exc:  # supervision: log, count, restart
+                self.crashes += 1
+                self.last_crash = exc
+                delay = min(RESTART_MAX_DELAY, 0.5 * 2**self.crashes)
+                log.exception(
+                    "sensor loop crashed (%d so far); restarting in %.1fs", self.crashes, delay
+                )
+                self._stopping.wait(delay)
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                wait = self._round()
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                wait = min(RESTART_MAX_DELAY, 0.2 * 2**failures)
+                log.warning("sensor loop cannot reach the store, retrying in %.1fs: %s", wait, exc)
+            self._wake.wait(wait)
+
+    def _round(self) -> float:
+        """Start what is due; return how long to wait before looking again."""
+        definitions = {d.name: d for d in self.engine.poll_definitions()}
+        if not definitions:
+            return self.idle_wait
+        self.engine.ensure(list(definitions.values()))
+        self._maybe_prune()
+        now, entries = self.engine.store.sensor_schedule(sorted(definitions))
+        wait = self.idle_wait
+        due: list[tuple[float, str]] = []
+        busy = set(self.in_flight)
+        for entry in entries:
+            if entry.status != RUNNING or entry.name in busy:
+                continue
+            if entry.due(now):
+                due.append((entry.next_evaluation_at or 0.0, entry.name))
+            elif entry.next_evaluation_at is not None:
+                wait = min(wait, entry.next_evaluation_at - now)
+        for _, name in sorted(due):  # the longest-waiting sensor first
+            if self._stopping.is_set():
+                break
+            with self._lock:
+                if len(self._in_flight) >= self.max_concurrent:
+                    break
+                thread = threading.Thread(
+                    target=self._evaluate,
+                    args=(definitions[name],),
+                    name=f"ferryman-sensor-eval-{name}",
+                    daemon=True,
+                )
+                self._in_flight[name] = thread
+            thread.start()
+        return max(wait, 0.0)
+
+    def _evaluate(self, definition: SensorDefinition) -> None:
+        fields = {"sensor": definition.name}
+        try:
+            self.engine.evaluate(definition)
+        except StoreError as exc:
+            log.warning("evaluation could not be recorded: %s", exc, extra=fields)
+        except Exception:
+            log.exception("evaluation crashed", extra=fields)
+        finally:
+            with self._lock:
+                self._in_flight.pop(definition.name, None)
+            self._wake.set()
+
+    def _maybe_prune(self) -> None:
+        if self.keep_last is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.prune_every
+        self.engine.prune(self.keep_last)
+
+
+def run_daemon(
+    daemon: SensorDaemon,
+    work: Callable[[], WorkReport] | None,
+    *,
+    grace_seconds: float,
+) -> WorkReport:
+    """Run the sensor loop beside ``work`` (the worker, on this thread) until stopped.
+
+    The worker handles SIGTERM and SIGINT: it drains and returns, then the
+    sensor loop is stopped and given ``grace_seconds`` for evaluations under
+    way (whatever they have not committed is simply not committed). Without
+    a worker, the signals stop the sensor loop directly.
+    """
+    daemon.start()
+    try:
+        if work is not None:
+            return work()
+        _wait_for_signal(daemon)
+        return WorkReport()
+    finally:
+        daemon.stop()
+        if not daemon.join(grace_seconds):
+            log.warning("sensor evaluations still running at exit: %s", ", ".join(daemon.in_flight))
+
+
+def _wait_for_signal(daemon: SensorDaemon) -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping the sensor loop", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

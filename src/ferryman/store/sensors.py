@@ -1,0 +1,433 @@
+"""SQL for sensors: their durable state and their evaluation history.
+
+A sensor's row holds its cursor, its ``state_version``, its status and its
+schedule. Every change that stands for an evaluation — a poll evaluation's new
+cursor, a failure's backoff, an operator's ``set_cursor`` — is a
+compare-and-swap on ``state_version``::
+
+    UPDATE ferryman_sensors SET cursor = ?, state_version = state_version + 1, ...
+    WHERE name = ? AND state_version = ?
+
+made in the same transaction as the runs it stands for and its evaluation
+row. An evaluator whose swap matches no row lost the race: it writes a
+``conflict`` evaluation and nothing else.
+
+Cursors are stored as the text the sensors layer encodes
+(:mod:`ferryman.sensors.cursor`); this module never looks inside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ferryman.model import Evaluation, EvaluationOutcome, SensorState
+from ferryman.store import records
+from ferryman.store.dialect import Backend
+from ferryman.store.runs import NewRun, RunQueries
+from ferryman.store.schema import sensor_evaluations, sensors
+
+RUNNING = "running"
+PAUSED = "paused"
+
+
+@dataclass(frozen=True, slots=True)
+class PollCommit:
+    """A poll evaluation's result, to be committed if ``state_version`` is still current."""
+
+    sensor: str
+    state_version: int  # the version the evaluation read
+    cursor_before: str | None  # stored (encoded) cursors
+    cursor_after: str | None
+    new_runs: Sequence[NewRun]
+    skipped: int
+    started_at: float
+    next_delay: float  # seconds until the next evaluation is due
+    evaluator: str
+
+
+@dataclass(frozen=True, slots=True)
+class PollFailure:
+    """A failed poll evaluation: the cursor stays, the next evaluation backs off."""
+
+    sensor: str
+    state_version: int
+    cursor_before: str | None
+    error: str
+    started_at: float
+    failures: int  # consecutive failures, this one included
+    next_delay: float
+    evaluator: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushCommit:
+    """A push evaluation: its runs, under the message's idempotency key."""
+
+    sensor: str
+    idempotency_key: str
+    new_runs: Sequence[NewRun]
+    skipped: int
+    started_at: float
+    evaluator: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    name: str
+    status: str
+    next_evaluation_at: float | None
+
+    def due(self, now: float) -> bool:
+        """Running, and never evaluated or its next evaluation time has come."""
+        return self.status == RUNNING and (
+            self.next_evaluation_at is None or self.next_evaluation_at <= now
+        )
+
+
+def _sorted_runs(new_runs: Sequence[NewRun]) -> list[NewRun]:
+    # One global order for the unique-index locks that inserting runs takes, so
+    # two evaluations requesting overlapping run keys cannot deadlock.
+    return sorted(new_runs, key=lambda new: (new.job, new.run_key))
+
+
+class SensorQueries:
+    """Sensor state and evaluation history on one store database."""
+
+    def __init__(self, backend: Backend, runs: RunQueries) -> None:
+        self.backend = backend
+        self.runs = runs
+
+    def now(self, conn: sa.Connection) -> float:
+        return float(conn.execute(sa.select(self.backend.now)).scalar_one())
+
+    # -- state ---------------------------------------------------------------
+
+    def ensure(self, conn: sa.Connection, declared: Sequence[tuple[str, str]]) -> None:
+        """Create the rows of sensors that have none yet: due at once, no cursor."""
+        if not declared:
+            return
+        now = self.now(conn)
+        insert = (
+            self.backend.insert(sensors)
+            .values([{"name": name, "kind": kind, "updated_at": now} for name, kind in declared])
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        conn.execute(insert)
+
+    def _state_query(self) -> sa.Select[tuple[object, ...]]:
+        # Push evaluations do not touch the sensor's row (so that concurrent
+        # deliveries never wait on one another); their last time is the newest
+        # evaluation's.
+        newest = (
+            sa.select(sensor_evaluations.c.finished_at)
+            .where(sensor_evaluations.c.sensor == sensors.c.name)
+            .order_by(sensor_evaluations.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        last = sa.case((sensors.c.kind == "push", newest), else_=sensors.c.last_evaluation_at)
+        columns = [c for c in sensors.c if c.name != "last_evaluation_at"]
+        return sa.select(*columns, last.label("last_evaluation_at"))
+
+    def state(self, conn: sa.Connection, name: str) -> SensorState | None:
+        row = conn.execute(self._state_query().where(sensors.c.name == name)).mappings().first()
+        return None if row is None else records.sensor_from_row(row)
+
+    def states(self, conn: sa.Connection) -> list[SensorState]:
+        query = self._state_query().order_by(sensors.c.name)
+        return [records.sensor_from_row(row) for row in conn.execute(query).mappings()]
+
+    def schedule(
+        self, conn: sa.Connection, names: Sequence[str]
+    ) -> tuple[float, list[ScheduleEntry]]:
+        """The database's clock now, and when each named sensor is next due."""
+        now = self.now(conn)
+        rows = conn.execute(
+            sa.select(sensors.c.name, sensors.c.status, sensors.c.next_evaluation_at).where(
+                sensors.c.name.in_(list(names))
+            )
+        )
+        return now, [ScheduleEntry(row.name, row.status, row.next_evaluation_at) for row in rows]
+
+    def set_status(self, conn: sa.Connection, name: str, status: str) -> SensorState | None:
+        """Pause or resume; resuming makes the sensor due at once. ``state_version`` is
+        kept: an evaluation already under way still commits (its runs and cursor
+        belong together)."""
+        now = self.now(conn)
+        values: dict[str, object] = {"status": status, "updated_at": now}
+        if status == RUNNING:
+            values["next_evaluation_at"] = now
+        matched = conn.execute(
+            sensors.update().where(sensors.c.name == name).values(**values)
+        ).rowcount
+        return self.state(conn, name) if matched else None
+
+    # -- poll evaluations ----------------------------------------------------
+
+    def _swap(self, conn: sa.Connection, name: str, state_version: int, **values: object) -> bool:
+        """The compare-and-swap: True if ``state_version`` was current and is now one more."""
+        won = conn.execute(
+            sensors.update()
+            .where(sensors.c.name == name, sensors.c.state_version == state_version)
+            .values(state_version=sensors.c.state_version + 1, **values)
+            .returning(sensors.c.state_version)
+        ).first()
+        return won is not None
+
+    def commit_poll(self, conn: sa.Connection, commit: PollCommit) -> Evaluation:
+        """Advance the cursor and insert the runs it stands for, or record a conflict.
+
+        The swap comes first: on PostgreSQL it locks the sensor's row, so a
+        concurrent evaluator waits, then finds the version moved and writes
+        only its ``conflict`` row; the runs are inserted by the winner alone.
+        """
+        now = self.now(conn)
+        won = self._swap(
+            conn,
+            commit.sensor,
+            commit.state_version,
+            cursor=commit.cursor_after,
+            consecutive_failures=0,
+            next_evaluation_at=now + commit.next_delay,
+            last_evaluation_at=now,
+            updated_at=now,
+        )
+        base = {
+            "sensor": commit.sensor,
+            "cursor_before": commit.cursor_before,
+            "state_version_before": commit.state_version,
+            "items_skipped": commit.skipped,
+            "evaluator": commit.evaluator,
+            "started_at": commit.started_at,
+            "finished_at": now,
+        }
+        if not won:
+            return self._insert(
+                conn,
+                **base,
+                outcome=EvaluationOutcome.CONFLICT.value,
+                error=(
+                    f"another evaluator advanced sensor {commit.sensor!r} past state version "
+                    f"{commit.state_version} first; this evaluation's "
+                    f"{len(commit.new_runs)} run requests and cursor were discarded"
+                ),
+            )
+        submitted = self.runs.enqueue(conn, _sorted_runs(commit.new_runs))
+        return self._insert(
+            conn,
+            **base,
+            idempotency_key=f"poll:{commit.sensor}:{commit.state_version}",
+            outcome=EvaluationOutcome.OK.value,
+            cursor_after=commit.cursor_after,
+            state_version_after=commit.state_version + 1,
+            runs_requested=len(submitted.run_ids),
+            runs_deduplicated=submitted.deduplicated,
+            run_ids=records.to_json(sorted(set(submitted.run_ids)), "run ids"),
+        )
+
+    def fail_poll(self, conn: sa.Connection, failure: PollFailure) -> Evaluation:
+        """Record a failure and back off; the cursor stays.
+
+        The failure bumps ``state_version`` too, so the late result of an
+        evaluation recorded as timed out can no longer commit.
+        """
+        now = self.now(conn)
+        won = self._swap(
+            conn,
+            failure.sensor,
+            failure.state_version,
+            consecutive_failures=failure.failures,
+            next_evaluation_at=now + failure.next_delay,
+            last_evaluation_at=now,
+            updated_at=now,
+        )
+        return self._insert(
+            conn,
+            sensor=failure.sensor,
+            idempotency_key=f"poll:{failure.sensor}:{failure.state_version}" if won else None,
+            outcome=(EvaluationOutcome.FAILED if won else EvaluationOutcome.CONFLICT).value,
+            cursor_before=failure.cursor_before,
+            cursor_after=failure.cursor_before if won else None,
+            state_version_before=failure.state_version,
+            state_version_after=failure.state_version + 1 if won else None,
+            error=failure.error,
+            evaluator=failure.evaluator,
+            started_at=failure.started_at,
+            finished_at=now,
+        )
+
+    def set_cursor(
+        self, conn: sa.Connection, name: str, cursor: str | None, *, by: str
+    ) -> Evaluation | None:
+        """An operator's cursor change: a swapped ``manual`` evaluation, due at once.
+
+        The row is locked first (``FOR UPDATE``; SQLite's write transaction
+        already excludes other writers), so the swap cannot lose.
+        """
+        row = conn.execute(
+            sa.select(sensors.c.cursor, sensors.c.state_version)
+            .where(sensors.c.name == name)
+            .with_for_update()
+        ).first()
+        if row is None:
+            return None
+        now = self.now(conn)
+        swapped = self._swap(
+            conn,
+            name,
+            row.state_version,
+            cursor=cursor,
+            consecutive_failures=0,
+            next_evaluation_at=now,
+            updated_at=now,
+        )
+        assert swapped, "the sensor row is locked by this transaction"
+        return self._insert(
+            conn,
+            sensor=name,
+            idempotency_key=f"poll:{name}:{row.state_version}",
+            outcome=EvaluationOutcome.MANUAL.value,
+            cursor_before=row.cursor,
+            cursor_after=cursor,
+            state_version_before=row.state_version,
+            state_version_after=row.state_version + 1,
+            evaluator=by,
+            started_at=now,
+            finished_at=now,
+        )
+
+    # -- push evaluations ----------------------------------------------------
+
+    def find(self, conn: sa.Connection, idempotency_key: str) -> Evaluation | None:
+        row = (
+            conn.execute(
+                sa.select(sensor_evaluations).where(
+                    sensor_evaluations.c.idempotency_key == idempotency_key
+                )
+            )
+            .mappings()
+            .first()
+        )
+        return None if row is None else records.evaluation_from_row(row)
+
+    def commit_push(self, conn: sa.Connection, commit: PushCommit) -> tuple[Evaluation, bool]:
+        """Claim the message's idempotency key, then insert its runs.
+
+        Returns the evaluation and whether this call created it. When the key
+        is taken (the unique index settles concurrent deliveries: on
+        PostgreSQL the insert waits for the other transaction), nothing is
+        written and the first delivery's evaluation is returned.
+        """
+        version = (
+            sa.select(sensors.c.state_version)
+            .where(sensors.c.name == commit.sensor)
+            .scalar_subquery()
+        )
+        inserted = conn.execute(
+            self.backend.insert(sensor_evaluations)
+            .values(
+                sensor=commit.sensor,
+                idempotency_key=commit.idempotency_key,
+                outcome=EvaluationOutcome.OK.value,
+                state_version_before=version,
+                state_version_after=version,
+                items_skipped=commit.skipped,
+                evaluator=commit.evaluator,
+                started_at=commit.started_at,
+                finished_at=self.backend.now,
+            )
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(sensor_evaluations.c.id)
+        ).scalar_one_or_none()
+        if inserted is None:
+            existing = self.find(conn, commit.idempotency_key)
+            assert existing is not None, "a conflicting key belongs to a committed row"
+            return existing, False
+        submitted = self.runs.enqueue(conn, _sorted_runs(commit.new_runs))
+        row = (
+            conn.execute(
+                sensor_evaluations.update()
+                .where(sensor_evaluations.c.id == inserted)
+                .values(
+                    runs_requested=len(submitted.run_ids),
+                    runs_deduplicated=submitted.deduplicated,
+                    run_ids=records.to_json(sorted(set(submitted.run_ids)), "run ids"),
+                    finished_at=self.backend.now,
+                )
+                .returning(*sensor_evaluations.c)
+            )
+            .mappings()
+            .one()
+        )
+        return records.evaluation_from_row(row), True
+
+    def fail_push(
+        self, conn: sa.Connection, *, sensor: str, error: str, started_at: float, evaluator: str
+    ) -> Evaluation:
+        """A failed delivery, kept without the idempotency key so a redelivery runs again."""
+        version = conn.execute(
+            sa.select(sensors.c.state_version).where(sensors.c.name == sensor)
+        ).scalar_one()
+        return self._insert(
+            conn,
+            sensor=sensor,
+            outcome=EvaluationOutcome.FAILED.value,
+            state_version_before=version,
+            error=error,
+            evaluator=evaluator,
+            started_at=started_at,
+            finished_at=self.now(conn),
+        )
+
+    # -- history -------------------------------------------------------------
+
+    def _insert(self, conn: sa.Connection, **values: object) -> Evaluation:
+        row = (
+            conn.execute(
+                sensor_evaluations.insert().values(**values).returning(*sensor_evaluations.c)
+            )
+            .mappings()
+            .one()
+        )
+        return records.evaluation_from_row(row)
+
+    def evaluations(
+        self, conn: sa.Connection, name: str, limit: int | None = None
+    ) -> list[Evaluation]:
+        """Oldest first; with ``limit``, the newest ``limit`` of them (still oldest first)."""
+        query = sa.select(sensor_evaluations).where(sensor_evaluations.c.sensor == name)
+        if limit is not None:
+            query = query.order_by(sensor_evaluations.c.id.desc()).limit(limit)
+            rows = list(conn.execute(query).mappings())[::-1]
+        else:
+            rows = list(conn.execute(query.order_by(sensor_evaluations.c.id)).mappings())
+        return [records.evaluation_from_row(row) for row in rows]
+
+    def prune(self, conn: sa.Connection, keep_last: int) -> int:
+        """Delete all but the newest ``keep_last`` evaluations of each sensor.
+
+        Sensor rows are never touched. A push message whose evaluation was
+        pruned is no longer recognised as a redelivery (its runs still are,
+        by run_key).
+        """
+        names = conn.execute(sa.select(sensors.c.name).order_by(sensors.c.name)).scalars().all()
+        deleted = 0
+        for name in names:
+            cutoff = conn.execute(
+                sa.select(sensor_evaluations.c.id)
+                .where(sensor_evaluations.c.sensor == name)
+                .order_by(sensor_evaluations.c.id.desc())
+                .offset(keep_last)
+                .limit(1)
+            ).scalar_one_or_none()
+            if cutoff is None:
+                continue
+            deleted += conn.execute(
+                sensor_evaluations.delete().where(
+                    sensor_evaluations.c.sensor == name, sensor_evaluations.c.id <= cutoff
+                )
+            ).rowcount
+        return deleted
