@@ -450,7 +450,7 @@ class App:
         *,
         concurrency: int = 4,
         jobs: Sequence[str] | None = None,
-        prefetch: int = 0,
+        prefetch: int | None = None,
         grace_seconds: float = 30.0,
         sensor_concurrency: int = 8,
     ) -> WorkReport:

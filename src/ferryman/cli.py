@@ -1,9 +1,7 @@
 """The ``ferryman`` command.
 
-Exit codes: 0 done; 1 the operation found nothing to do on what was asked
-(e.g. no such run); 2 usage or configuration error; 3 the store cannot be
-reached; 4 the store's schema does not match this version; 5 another store
-error. Errors are one line on stderr, never a traceback.
+Exit codes are listed in :mod:`ferryman.cli_output`; errors are one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,16 +13,28 @@ import importlib.util
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ferryman import logs
+from ferryman import cli_sensors, logs
 from ferryman.app import DEFAULT_STORE, App
+from ferryman.cli_output import (
+    EXIT_NOT_FOUND,
+    EXIT_SCHEMA,
+    EXIT_STORE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    age,
+    duration,
+    err,
+    fail,
+    last_line,
+    out,
+    print_json,
+)
 from ferryman.errors import (
     FerrymanError,
     SchemaMismatch,
@@ -33,12 +43,6 @@ from ferryman.errors import (
 )
 from ferryman.model import RunStatus
 from ferryman.store import upgrade as upgrade_store
-
-EXIT_NOT_FOUND = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-EXIT_SCHEMA = 4
-EXIT_STORE = 5
 
 cli = typer.Typer(
     name="ferryman",
@@ -51,9 +55,6 @@ runs_cli = typer.Typer(help="List runs, or show one with its processing log.")
 db_cli = typer.Typer(help="Store schema.", no_args_is_help=True)
 cli.add_typer(runs_cli, name="runs")
 cli.add_typer(db_cli, name="db")
-
-out = Console()
-err = Console(stderr=True)
 
 
 @dataclasses.dataclass
@@ -110,11 +111,6 @@ def load_app(spec: str) -> App:
     return app
 
 
-def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def exit_code(exc: FerrymanError) -> int:
     if isinstance(exc, StoreUnavailable):
         return EXIT_UNAVAILABLE
@@ -123,43 +119,6 @@ def exit_code(exc: FerrymanError) -> int:
     if isinstance(exc, StoreError):
         return EXIT_STORE
     return EXIT_USAGE
-
-
-def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, default=_json_default, indent=2) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def _age(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    return _seconds((datetime.now(UTC) - moment).total_seconds())
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 120:
-        return f"{value:.1f}s"
-    if value < 7200:
-        return f"{value / 60:.1f}m"
-    return f"{value / 3600:.1f}h"
-
-
-def _first_line(text: str | None, width: int = 80) -> str:
-    if not text:
-        return ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:width] if lines else ""
 
 
 # -- global options ----------------------------------------------------------
@@ -221,6 +180,33 @@ def work(
     )
 
 
+@cli.command()
+def run(
+    concurrency: Annotated[int, typer.Option(min=1, help="Job threads.")] = 4,
+    jobs: Annotated[str | None, typer.Option(help="Comma-separated jobs to work on.")] = None,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(min=0, help="Runs claimed ahead of free threads (default: concurrency)."),
+    ] = None,
+    grace: Annotated[float, typer.Option(help="Seconds running jobs get on SIGTERM.")] = 30.0,
+    sensor_concurrency: Annotated[int, typer.Option(min=1, help="Sensor evaluations at once.")] = 8,
+) -> None:
+    """The daemon: evaluate sensors when due and work on runs, until SIGTERM/SIGINT."""
+    app = settings.app(need_jobs=True)
+    report = app.run(
+        concurrency=concurrency,
+        jobs=jobs.split(",") if jobs else None,
+        prefetch=prefetch,
+        grace_seconds=grace,
+        sensor_concurrency=sensor_concurrency,
+    )
+    err.print(
+        f"stopped: {report.succeeded} succeeded, {report.retried} retried, {report.failed} "
+        f"failed, {report.dead} dead, {report.released} released",
+        highlight=False,
+    )
+
+
 # -- status ------------------------------------------------------------------
 
 
@@ -247,7 +233,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         table.add_row(
             name,
             *(str(summary.counts.get(s, 0)) for s in RunStatus),
-            _seconds(summary.oldest_due_age),
+            duration(summary.oldest_due_age),
         )
     out.print(table)
     unregistered = [s.job for s in summaries if not s.registered and s.counts.get(RunStatus.QUEUED)]
@@ -259,9 +245,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         )
     out.print(f"live workers: {len(workers)}", highlight=False)
     for worker in workers:
-        out.print(
-            f"  {worker.id} (pid {worker.pid}, up {_age(worker.started_at)})", highlight=False
-        )
+        out.print(f"  {worker.id} (pid {worker.pid}, up {age(worker.started_at)})", highlight=False)
 
 
 @cli.command()
@@ -284,7 +268,7 @@ def workers(
             worker.host,
             str(worker.pid),
             worker.started_at.isoformat(timespec="seconds"),
-            f"{_age(worker.last_seen_at)} ago",
+            f"{age(worker.last_seen_at)} ago",
             state,
         )
     out.print(table)
@@ -318,8 +302,8 @@ def runs_list(
             run.run_key,
             run.status.value,
             f"{run.attempt}/{run.max_attempts}",
-            f"{_age(run.updated_at)} ago",
-            _first_line(run.last_error),
+            f"{age(run.updated_at)} ago",
+            last_line(run.last_error),
         )
     out.print(table)
 
@@ -364,18 +348,24 @@ def runs_show(
         out.print(run.last_error, highlight=False, markup=False)
 
 
+class RetryableStatus(enum.StrEnum):
+    FAILED = "failed"
+    DEAD = "dead"
+
+
 @cli.command()
 def retry(
     run_ids: Annotated[list[int] | None, typer.Argument(help="Run ids.")] = None,
     job: Annotated[str | None, typer.Option("--job")] = None,
     status_filter: Annotated[
-        RunStatus | None, typer.Option("--status", help="failed or dead (default both).")
+        RetryableStatus | None, typer.Option("--status", help="failed or dead (default both).")
     ] = None,
 ) -> None:
     """Put failed or dead runs back in the queue, same run_key, fresh attempts."""
     if not run_ids and job is None and status_filter is None:
         fail("name run ids, or --job and/or --status", EXIT_USAGE)
-    requeued = settings.app().retry(run_ids or None, job=job, status=status_filter, by="cli")
+    status = None if status_filter is None else RunStatus(status_filter.value)
+    requeued = settings.app().retry(run_ids or None, job=job, status=status, by="cli")
     out.print(f"requeued {len(requeued)} runs", highlight=False)
     if not requeued:
         raise typer.Exit(EXIT_NOT_FOUND)
@@ -403,6 +393,9 @@ def db_upgrade() -> None:
         out.print(
             f"store upgraded from {', '.join(before) or 'nothing'} to {after}", highlight=False
         )
+
+
+cli_sensors.register(cli, lambda: settings.app())
 
 
 def main() -> None:

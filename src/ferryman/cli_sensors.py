@@ -9,48 +9,29 @@ line on stderr.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ferryman.app import App
+from ferryman.cli_output import (
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    duration,
+    fail,
+    last_line,
+    out,
+    print_json,
+)
 from ferryman.errors import UnknownSensor
 from ferryman.model import Evaluation, EvaluationOutcome, SensorState
-
-EXIT_NOT_FOUND = 1  # also: an evaluation that failed
-EXIT_USAGE = 2
-
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, default=_json_default, indent=2) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def _when(moment: datetime | None) -> str:
@@ -59,20 +40,7 @@ def _when(moment: datetime | None) -> str:
     seconds = (moment - datetime.now(UTC)).total_seconds()
     if seconds <= 0:
         return "due"
-    return f"in {_duration(seconds)}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _last_line(text: str | None, width: int = 80) -> str:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1][:width] if lines else ""
+    return f"in {duration(seconds)}"
 
 
 def _cursor(value: str | None) -> str:
@@ -94,7 +62,7 @@ def _evaluation_row(evaluation: Evaluation) -> list[str]:
         f"{evaluation.runs_requested} / {evaluation.runs_deduplicated}",
         str(evaluation.items_skipped),
         f"{duration:.3f}s",
-        escape(_last_line(evaluation.error)),
+        escape(last_line(evaluation.error)),
     ]
 
 
@@ -125,11 +93,11 @@ def _read_payload(raw: str | None) -> Any:
         try:
             text = path.read_text()
         except OSError as exc:
-            _fail(f"--payload {raw}: cannot read {path}: {exc.strerror or exc}", EXIT_USAGE)
+            fail(f"--payload {raw}: cannot read {path}: {exc.strerror or exc}", EXIT_USAGE)
     try:
         return json.loads(text)
     except ValueError as exc:
-        _fail(f"--payload is not JSON: {exc}", EXIT_USAGE)
+        fail(f"--payload is not JSON: {exc}", EXIT_USAGE)
 
 
 def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
@@ -144,7 +112,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         try:
             return action(load_app())
         except UnknownSensor as exc:
-            _fail(f"{exc}; is it registered by the --app you named?", EXIT_NOT_FOUND)
+            fail(f"{exc}; is it registered by the --app you named?", EXIT_NOT_FOUND)
 
     @sensors_cli.callback(invoke_without_command=True)
     def sensors_list(
@@ -161,7 +129,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
             newest = app.get_evaluations(state.name, limit=1)
             last[state.name] = newest[-1] if newest else None
         if as_json:
-            _print_json(
+            print_json(
                 [
                     {
                         **dataclasses.asdict(state),
@@ -188,7 +156,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
             evaluation = last[state.name]
             outcome = "-" if evaluation is None else evaluation.outcome.value
             if evaluation is not None and evaluation.outcome is EvaluationOutcome.FAILED:
-                outcome = f"[red]failed[/]: {escape(_last_line(evaluation.error, 60))}"
+                outcome = f"[red]failed[/]: {escape(last_line(evaluation.error, 60))}"
             table.add_row(
                 escape(state.name),
                 state.kind,
@@ -224,7 +192,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
     ) -> None:
         """Move a sensor's cursor; recorded as a `manual` evaluation."""
         if (value is None) == (not clear):
-            _fail("give a VALUE or --clear (not both)", EXIT_USAGE)
+            fail("give a VALUE or --clear (not both)", EXIT_USAGE)
         who = by or f"cli:{os.environ.get('USER') or 'unknown'}"
         evaluation: Evaluation = known(lambda app: app.set_cursor(name, value, by=who))
         out.print(
@@ -243,7 +211,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         """A sensor's evaluation history, oldest first."""
         found: list[Evaluation] = known(lambda app: app.get_evaluations(name, limit=limit))
         if as_json:
-            _print_json(found)
+            print_json(found)
             return
         out.print(_evaluations_table(f"evaluations of {name} (newest {limit})", found))
 
@@ -260,7 +228,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         document = _read_payload(payload)
         evaluation: Evaluation = known(lambda app: app.ingest(sensor, message_id, document))
         if as_json:
-            _print_json(evaluation)
+            print_json(evaluation)
         else:
             out.print(
                 f"message {message_id}: evaluation {evaluation.id} {evaluation.outcome.value}, "
@@ -269,7 +237,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
                 highlight=False,
             )
         if evaluation.outcome is EvaluationOutcome.FAILED:
-            _fail(f"sensor {sensor}: {_last_line(evaluation.error, 300)}", EXIT_NOT_FOUND)
+            fail(f"sensor {sensor}: {last_line(evaluation.error, 300)}", EXIT_NOT_FOUND)
 
     @cli.command("tick")
     def tick(
@@ -282,20 +250,20 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         """Evaluate every due poll sensor once, then exit (for cron)."""
         app = load_app()
         if not any(d.kind == "poll" for d in app.sensor_definitions.values()):
-            _fail(
+            fail(
                 "this app registers no poll sensor: name the app with --app module:attribute",
                 EXIT_USAGE,
             )
         done: list[Evaluation] = known(lambda app: app.tick(sensor or None, force=force))
         if as_json:
-            _print_json(done)
+            print_json(done)
         elif done:
             out.print(_evaluations_table("evaluations", done))
         else:
             out.print("no sensor was due", highlight=False)
         failed = [e.sensor for e in done if e.outcome is EvaluationOutcome.FAILED]
         if failed:
-            _fail(f"evaluation failed for {', '.join(failed)}", EXIT_NOT_FOUND)
+            fail(f"evaluation failed for {', '.join(failed)}", EXIT_NOT_FOUND)
 
 
 def _next(state: SensorState) -> str:

@@ -240,3 +240,4 @@ class Evaluation:
     started_at: datetime
     finished_at: datetime
     run_ids: tuple[int, ...] = ()
+    evaluator: str | None = None  # who evaluated: a daemon's host:pid, or who set the cursor

@@ -21,6 +21,7 @@ EXPECTED = [
     "RunRequest",
     "RunStatus",
     "SchemaMismatch",
+    "SensorContext",
     "SensorResult",
     "SensorState",
     "StoreError",

@@ -118,4 +118,5 @@ def evaluation_from_row(row: sa.RowMapping) -> Evaluation:
         started_at=_required_datetime(row["started_at"]),
         finished_at=_required_datetime(row["finished_at"]),
         run_ids=tuple(from_json(row["run_ids"]) or ()),
+        evaluator=row["evaluator"],
     )

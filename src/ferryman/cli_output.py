@@ -1,0 +1,70 @@
+"""Output shared by the ``ferryman`` commands: consoles, errors, JSON, durations.
+
+Exit codes: 0 done; 1 the operation found nothing to do on what was asked
+(no such run or sensor, an evaluation that failed); 2 usage or configuration
+error; 3 the store cannot be reached; 4 the store's schema does not match
+this version; 5 another store error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_SCHEMA = 4
+EXIT_STORE = 5
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One line on stderr, then exit with ``code``."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, default=_json_default, indent=2) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def age(moment: datetime | None) -> str:
+    """How long ago ``moment`` was."""
+    return "-" if moment is None else duration((datetime.now(UTC) - moment).total_seconds())
+
+
+def last_line(text: str | None, width: int = 80) -> str:
+    """The last non-empty line of ``text`` (an error's summary), cut to ``width``."""
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1][:width] if lines else ""
