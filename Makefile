@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo/run_demo.py
+	$(BIN)/python -m examples.demo.run_demo
 
 test: $(STAMP) lint
 	$(BIN)/pytest

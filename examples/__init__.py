@@ -1,0 +1,1 @@
+"""Runnable ferryman pipelines; run them from the repository root."""

@@ -1,0 +1,1 @@
+"""The demo pipeline: `make demo` runs it (see run_demo.py)."""
