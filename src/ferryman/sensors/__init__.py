@@ -20,3 +20,12 @@ __all__ = [
     "SensorKind",
     "UnreadableCursor",
 ]
+
+# -- built-in sensors ----------------------------------------------------------
+# fm.sensors.folder, fm.sensors.s3_prefix, fm.sensors.sql_table: factories of
+# poll-sensor functions (see ferryman.sensors.builtin).
+from ferryman.sensors.builtin.folder import folder as folder
+from ferryman.sensors.builtin.s3 import s3_prefix as s3_prefix
+from ferryman.sensors.builtin.sql_table import sql_table as sql_table
+
+__all__ += ["folder", "s3_prefix", "sql_table"]

@@ -1,0 +1,397 @@
+"""``fm.sensors.folder``: new and changed files in a directory.
+
+Each file version becomes one run: the run_key is
+``relative/path@mtime_ns:size``, so a file rewritten in place (new size or
+modification time) is a new version and gets a new run, while the same
+version is never requested twice.
+
+How nothing is missed, with a cursor of bounded size (see
+:mod:`ferryman.sensors.builtin.watermark`):
+
+* A file's *change time* is its inode change time (``st_ctime``), which the
+  kernel sets on every write, on ``rename()`` and on ``utime()``: a file moved
+  in with ``mv`` keeps its old mtime but gets a fresh ctime, so it is newer
+  than the watermark. The mtime is also taken into account when it is the
+  later of the two, unless it lies in the future (``touch -d tomorrow`` must
+  not push the watermark ahead of every file still to come).
+* Files changed less than ``stable_for`` seconds ago are still being written:
+  they are left for a later evaluation and the cursor stays below them.
+* The watermark is the change time of the newest file decided; files that
+  turn up later with a change time up to ``safety_window`` seconds older
+  (equal timestamps, coarse filesystem clocks, a file server's clock behind
+  this host's) are still found, because the cursor's edge remembers which
+  files above the floor were already decided.
+* In recursive mode, a directory whose ctime is newer than its mtime was
+  renamed (moved in) or had its permissions changed since its content last
+  changed; the files under it are treated as changed then too, because
+  ``rename()`` of a directory does not touch the ctime of the files inside.
+  A directory moved in *and* written to within one evaluation interval loses
+  that signal: move files, not directories, into a watched tree.
+
+Paths are confined to the folder: symlinks are followed only when their
+target resolves inside the folder (others are skipped with a warning naming
+the link), and symlinked directories are not descended into. A file that
+cannot be read, or that vanishes between listing and stat, is logged with its
+path and counted in ``SensorResult.skipped``; the other files go on. An
+unreadable file is reported for ``safety_window`` seconds and then left until
+its permissions change (``chmod`` sets a new ctime, which makes it new again).
+
+Cost: one ``os.scandir`` pass and one ``stat`` per matching file, no file is
+opened; files older than the floor are dismissed after the stat.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ferryman.errors import ConfigurationError
+from ferryman.model import RunRequest, SensorResult
+from ferryman.sensors.builtin.routing import EXAMPLES_LOGGED, UNROUTED, Router, Routes
+from ferryman.sensors.builtin.watermark import Watermark, identity_digest
+from ferryman.sensors.context import SensorContext
+
+CURSOR_KIND = "folder"
+# An mtime this far past the clock is taken as set by hand, not by a write.
+FUTURE_MTIME_TOLERANCE_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FolderReport:
+    """What one evaluation of a folder sensor saw (``sensor.last_report``)."""
+
+    files_matched: int
+    new: int
+    waiting: int
+    unrouted: int
+    errors: int
+    cursor_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    changed: int  # microseconds
+    relpath: str
+    run_key: str
+    digest: bytes
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(slots=True)
+class _Scan:
+    candidates: list[_Candidate]
+    waiting_min: int | None = None
+    waiting: int = 0
+    matched: int = 0
+    errors: int = 0
+    refused: list[tuple[int, bytes | None]] = field(default_factory=list)
+
+
+def _changed_us(st: os.stat_result, now_ns: int) -> int:
+    ctime, mtime = st.st_ctime_ns, st.st_mtime_ns
+    changed = max(ctime, mtime) if mtime <= now_ns + FUTURE_MTIME_TOLERANCE_NS else ctime
+    return -(-changed // 1000)  # ceiling: never earlier than the real change
+
+
+class FolderSensor:
+    """A poll sensor over one directory; see :func:`folder`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        pattern: str,
+        *,
+        recursive: bool,
+        stable_for: float,
+        routes: Routes | None,
+        max_per_evaluation: int,
+        safety_window: float,
+        max_edge: int,
+        clock: Callable[[], float],
+        name: str | None,
+    ) -> None:
+        if stable_for < 0 or safety_window < 0:
+            raise ConfigurationError("stable_for and safety_window must not be negative")
+        if max_per_evaluation < 1 or max_edge < 1:
+            raise ConfigurationError("max_per_evaluation and max_edge must be at least 1")
+        self.path = os.fspath(path)
+        self.pattern = pattern
+        self.recursive = recursive
+        self.stable_for = stable_for
+        self.router = Router.build(routes)
+        self.max_per_evaluation = max_per_evaluation
+        self.safety_window = safety_window
+        self.max_edge = max_edge
+        self.clock = clock
+        self.last_report: FolderReport | None = None
+        # A pattern with a slash is matched against the relative path, otherwise the name.
+        self._match_path = "/" in pattern
+        self._pattern = re.compile(fnmatch.translate(pattern))
+        self._hidden_ok = pattern.startswith(".")
+        slug = re.sub(r"\W+", "_", os.path.basename(os.path.normpath(self.path))).strip("_")
+        self.__name__ = self.__qualname__ = name or f"folder_{slug or 'root'}"
+        self.__doc__ = f"New and changed files matching {pattern!r} in {self.path}."
+
+    def __repr__(self) -> str:
+        return f"<folder sensor {self.__name__} {self.path!r} {self.pattern!r}>"
+
+    def __call__(self, ctx: SensorContext, cursor: str | None) -> SensorResult:
+        now_ns = int(self.clock() * 1e9)
+        state = Watermark.decode(cursor, CURSOR_KIND)
+        root = os.path.realpath(self.path)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"folder sensor {self.__name__}: {self.path} is not a directory"
+            )
+        cutoff = (now_ns - int(self.stable_for * 1e9)) // 1000
+        scan = self._scan(ctx, root, state, now_ns, cutoff)
+        scan.candidates.sort(key=lambda c: (c.changed, c.relpath))
+        chosen = scan.candidates[: self.max_per_evaluation]
+        rest = scan.candidates[self.max_per_evaluation :]
+
+        requests: list[RunRequest] = []
+        decided: list[tuple[int, bytes | None]] = list(scan.refused)
+        unrouted: list[str] = []
+        errors = scan.errors
+        for candidate in chosen:
+            if not os.access(candidate.path, os.R_OK):
+                ctx.logger.error(
+                    "file %s is not readable by this process; skipped until its permissions change",
+                    candidate.relpath,
+                )
+                errors += 1
+                decided.append((candidate.changed, None))
+                continue
+            decided.append((candidate.changed, candidate.digest))
+            job = self.router.job_for(candidate.relpath)
+            if job is UNROUTED:
+                unrouted.append(candidate.relpath)
+                continue
+            payload = {
+                "path": candidate.path,
+                "relpath": candidate.relpath,
+                "size": candidate.size,
+                "mtime_ns": candidate.mtime_ns,
+            }
+            requests.append(
+                RunRequest(candidate.run_key, payload, job if isinstance(job, str) else None)
+            )
+        if unrouted:
+            ctx.logger.warning(
+                "%d files match no route and were skipped, e.g. %s",
+                len(unrouted),
+                ", ".join(unrouted[:EXAMPLES_LOGGED]),
+            )
+
+        undecided = [c.changed for c in rest]
+        if scan.waiting_min is not None:
+            undecided.append(scan.waiting_min)
+        state.advance(
+            decided,
+            window=int(self.safety_window * 1e6),
+            max_edge=self.max_edge,
+            ceiling=cutoff,
+            undecided_min=min(undecided) if undecided else None,
+            log=ctx.logger,
+        )
+        new_cursor = state.encode(CURSOR_KIND)
+        self.last_report = FolderReport(
+            files_matched=scan.matched,
+            new=len(requests),
+            waiting=scan.waiting + len(rest),
+            unrouted=len(unrouted),
+            errors=errors,
+            cursor_bytes=len(new_cursor or ""),
+        )
+        if scan.waiting:
+            ctx.logger.debug("%d files are still being written; waiting", scan.waiting)
+        return SensorResult(
+            run_requests=requests, cursor=new_cursor, skipped=len(unrouted) + errors
+        )
+
+    # -- listing -------------------------------------------------------------
+
+    def _scan(
+        self, ctx: SensorContext, root: str, state: Watermark, now_ns: int, cutoff: int
+    ) -> _Scan:
+        scan = _Scan(candidates=[])
+        floor = state.floor
+        edge = state.edge
+        pattern = self._pattern
+        match_path = self._match_path
+        hidden_ok = self._hidden_ok
+        is_regular = stat.S_ISREG
+        future_mtime = now_ns + FUTURE_MTIME_TOLERANCE_NS
+        # (directory path, relative prefix, change time inherited from a moved-in parent)
+        stack: list[tuple[str, str, int]] = [(root, "", 0)]
+        while stack:
+            directory, prefix, inherited = stack.pop()
+            try:
+                entries = os.scandir(directory)
+            except OSError as exc:
+                if directory == root:
+                    raise
+                ctx.logger.error("directory %s cannot be listed: %s", prefix.rstrip("/"), exc)
+                scan.errors += 1
+                continue
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(".") and not hidden_ok:
+                        continue
+                    relpath = prefix + name
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if self.recursive:
+                                stack.append(self._subdirectory(entry, relpath, inherited))
+                            continue
+                        if not pattern.match(relpath if match_path else name):
+                            continue
+                        if entry.is_symlink():
+                            found = self._symlink(ctx, entry, root, relpath, state, now_ns, scan)
+                            if found is None:
+                                continue
+                            st, path, changed = found
+                        else:
+                            st = entry.stat(follow_symlinks=False)
+                            if not is_regular(st.st_mode):
+                                continue
+                            path = entry.path
+                            # _changed_us, inlined: this line runs once per file in the folder.
+                            changed_ns = st.st_ctime_ns
+                            if changed_ns < st.st_mtime_ns <= future_mtime:
+                                changed_ns = st.st_mtime_ns
+                            changed = -(-changed_ns // 1000)
+                    except FileNotFoundError:
+                        ctx.logger.warning("file %s vanished while the folder was listed", relpath)
+                        scan.errors += 1
+                        continue
+                    except OSError as exc:
+                        ctx.logger.error("file %s cannot be examined: %s", relpath, exc)
+                        scan.errors += 1
+                        continue
+                    scan.matched += 1
+                    if inherited > changed:
+                        changed = inherited
+                    if floor is not None and changed <= floor:
+                        continue
+                    run_key = f"{relpath}@{st.st_mtime_ns}:{st.st_size}"
+                    digest = identity_digest(run_key)
+                    if digest in edge:
+                        continue
+                    if changed > cutoff:
+                        scan.waiting += 1
+                        if scan.waiting_min is None or changed < scan.waiting_min:
+                            scan.waiting_min = changed
+                        continue
+                    scan.candidates.append(
+                        _Candidate(
+                            changed, relpath, run_key, digest, path, st.st_size, st.st_mtime_ns
+                        )
+                    )
+        return scan
+
+    def _subdirectory(
+        self, entry: os.DirEntry[str], relpath: str, inherited: int
+    ) -> tuple[str, str, int]:
+        st = entry.stat(follow_symlinks=False)
+        if st.st_ctime_ns > st.st_mtime_ns:
+            # Renamed or re-permissioned since its content last changed: its files
+            # may be new here even though their own ctime is old.
+            inherited = max(inherited, -(-st.st_ctime_ns // 1000))
+        return entry.path, relpath + "/", inherited
+
+    def _symlink(
+        self,
+        ctx: SensorContext,
+        entry: os.DirEntry[str],
+        root: str,
+        relpath: str,
+        state: Watermark,
+        now_ns: int,
+        scan: _Scan,
+    ) -> tuple[os.stat_result, str, int] | None:
+        link = entry.stat(follow_symlinks=False)
+        target = os.path.realpath(entry.path)
+        problem = None
+        if os.path.commonpath([root, target]) != root:
+            problem = f"symlink {relpath} points outside the folder (to {target}); skipped"
+        else:
+            try:
+                st = os.stat(target)
+            except FileNotFoundError:
+                problem = f"symlink {relpath} points to {target}, which does not exist; skipped"
+        if problem is not None:
+            # Refused once per version of the link, like a file: reported when first seen.
+            changed = _changed_us(link, now_ns)
+            digest = identity_digest(f"{relpath}@{link.st_ctime_ns}:symlink")
+            if state.is_new(changed, digest):
+                ctx.logger.warning("%s", problem)
+                scan.errors += 1
+                scan.refused.append((changed, digest))
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return st, target, max(_changed_us(st, now_ns), _changed_us(link, now_ns))
+
+
+def folder(
+    path: str | os.PathLike[str],
+    pattern: str = "*",
+    *,
+    recursive: bool = False,
+    stable_for: float = 2.0,
+    routes: Routes | None = None,
+    max_per_evaluation: int = 1000,
+    safety_window: float = 30.0,
+    max_edge: int = 2_000,
+    clock: Callable[[], float] = time.time,
+    name: str | None = None,
+) -> FolderSensor:
+    """A poll sensor that requests one run per new or changed file in ``path``.
+
+    Guarantee: every regular file matching ``pattern`` (a glob on the file
+    name, or on the relative path when it contains ``/``; names starting with
+    a dot only match a pattern that does; with ``recursive``, in
+    subdirectories too, except hidden and symlinked ones) that is still there
+    when an evaluation runs after it has not changed for ``stable_for``
+    seconds is requested once per version — a version being its size and
+    modification time — including files moved in with an old mtime, files
+    sharing a timestamp, and files rewritten in place. This holds as long as a
+    file's change time when it appears is at most ``safety_window`` seconds
+    older than the newest file decided before it: always on a local
+    filesystem (the kernel stamps the ctime), and on a network filesystem
+    while the server's clock is within that of this host's. The run_key is
+    ``relpath@mtime_ns:size``; the payload is ``{"path": absolute path,
+    "relpath": path relative to the folder, "size", "mtime_ns"}``.
+
+    ``routes`` maps regexes searched in the relative path to job names (first
+    match wins); unmatched files are counted as skipped. At most
+    ``max_per_evaluation`` files are decided per evaluation, oldest first; the
+    rest wait for the next. ``safety_window`` is how much older than the
+    newest decided file a late file may look and still be found; the cursor
+    remembers at most ``max_edge`` files. ``clock`` returns the current time
+    in seconds (injected by tests). ``name`` becomes the function's
+    ``__name__`` (default ``folder_<basename>``).
+
+    Use as ``app.poll_sensor(job="load", interval=30)(fm.sensors.folder("/data/in", "*.csv"))``.
+    """
+    return FolderSensor(
+        path,
+        pattern,
+        recursive=recursive,
+        stable_for=stable_for,
+        routes=routes,
+        max_per_evaluation=max_per_evaluation,
+        safety_window=safety_window,
+        max_edge=max_edge,
+        clock=clock,
+        name=name,
+    )
