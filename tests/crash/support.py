@@ -62,6 +62,15 @@ def live_leases(app: fm.App) -> int:
         )
 
 
+def lease_holders(app: fm.App) -> set[int]:
+    """Pids of the workers that hold a lease on a running run right now."""
+    with app.store.read("reading lease owners") as conn:
+        owners = conn.execute(
+            sa.select(runs.c.lease_owner).where(runs.c.status == fm.RunStatus.RUNNING.value)
+        ).scalars()
+        return {int(owner.split(":")[1]) for owner in owners if owner}
+
+
 def lease_expired(app: fm.App, run_id: int) -> bool:
     """The run is running and its lease expired, by the store's own clock."""
     with app.store.read("reading a lease") as conn:

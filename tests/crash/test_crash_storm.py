@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 import ferryman as fm
 from tests.crash.support import (
+    lease_holders,
     live_leases,
     processing_log,
     read_report,
@@ -37,7 +38,7 @@ WORKERS = 3
 LEASE_SECONDS = 2.0
 STORM_SECONDS = 25.0
 KILL_INTERVAL = (0.2, 0.8)
-WORK_MS = (5, 30)
+WORK_MS = (20, 60)
 # The storm ends with every worker killed while the last runs are in flight.
 STORM_UNTIL_SUCCEEDED = RUNS * 9 // 10
 # Killing workers costs attempts, never an error: no retry, failure or death.
@@ -73,7 +74,11 @@ def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path:
         try:
             while time.monotonic() < deadline:
                 time.sleep(rng.uniform(*KILL_INTERVAL))  # the storm's rhythm, not a wait
-                slot = rng.randrange(WORKERS)
+                # A random worker among those holding runs, so that kills land
+                # mid-work rather than on a process still starting up.
+                holders = lease_holders(app)
+                busy = [i for i, w in enumerate(workers) if w.pid in holders]
+                slot = rng.choice(busy) if busy else rng.randrange(WORKERS)
                 stop(workers[slot])
                 kills += 1
                 workers[slot] = start(slot)
