@@ -48,7 +48,7 @@ def _cursor(value: str | None) -> str:
 
 
 def _evaluation_row(evaluation: Evaluation) -> list[str]:
-    duration = (evaluation.finished_at - evaluation.started_at).total_seconds()
+    took = (evaluation.finished_at - evaluation.started_at).total_seconds()
     moved = (
         f"{_cursor(evaluation.cursor_before)} → {_cursor(evaluation.cursor_after)}"
         if evaluation.state_version_after is not None
@@ -56,12 +56,13 @@ def _evaluation_row(evaluation: Evaluation) -> list[str]:
     )
     return [
         str(evaluation.id),
+        escape(evaluation.sensor),
         evaluation.finished_at.strftime("%m-%d %H:%M:%S"),
         evaluation.outcome.value,
         moved,
         f"{evaluation.runs_requested} / {evaluation.runs_deduplicated}",
         str(evaluation.items_skipped),
-        f"{duration:.3f}s",
+        f"{took:.3f}s",
         escape(last_line(evaluation.error)),
     ]
 
@@ -70,6 +71,7 @@ def _evaluations_table(title: str, evaluations: Sequence[Evaluation]) -> Table:
     table = Table(title=title)
     for column in (
         "id",
+        "sensor",
         "finished",
         "outcome",
         "cursor",

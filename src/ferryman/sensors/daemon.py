@@ -122,11 +122,12 @@ class SensorDaemon:
 
     def _round(self) -> float:
         """Start what is due; return how long to wait before looking again."""
+        # Push-only apps are pruned too: their history holds the redelivery keys.
+        self._maybe_prune()
         definitions = {d.name: d for d in self.engine.poll_definitions()}
         if not definitions:
             return self.idle_wait
         self.engine.ensure(list(definitions.values()))
-        self._maybe_prune()
         now, entries = self.engine.store.sensor_schedule(sorted(definitions))
         wait = self.idle_wait
         due: list[tuple[float, str]] = []
