@@ -20,11 +20,13 @@ from ferryman.model import (
     WorkerInfo,
 )
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
 
 def to_json(value: Any, what: str) -> str:
     """Serialise ``value`` or raise :class:`PayloadError` naming ``what`` it belongs to."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from exc
 

@@ -200,6 +200,8 @@ class Worker:
             if until_idle and nothing_held:
                 return
             with self._changed:
+                if until_idle and not self._held:
+                    continue  # the last run finished during the claim: check once more
                 self._changed.wait(self.poll_interval)
 
     def _drain(self) -> None:
