@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 from ferryman.errors import ConfigurationError
 from ferryman.model import RunRequest, SensorResult
-from ferryman.sensors.builtin.routing import EXAMPLES_LOGGED, UNROUTED, Router, Routes
+from ferryman.sensors.builtin.routing import UNROUTED, Router, Routes, warn_unrouted
 from ferryman.sensors.builtin.watermark import Watermark, identity_digest
 from ferryman.sensors.context import SensorContext
 
@@ -183,12 +183,7 @@ class FolderSensor:
             requests.append(
                 RunRequest(candidate.run_key, payload, job if isinstance(job, str) else None)
             )
-        if unrouted:
-            ctx.logger.warning(
-                "%d files match no route and were skipped, e.g. %s",
-                len(unrouted),
-                ", ".join(unrouted[:EXAMPLES_LOGGED]),
-            )
+        warn_unrouted(ctx.logger, "files", unrouted)
 
         undecided = [c.changed for c in rest]
         if scan.waiting_min is not None:

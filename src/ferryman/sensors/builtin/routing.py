@@ -13,8 +13,9 @@ stays ``None``).
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ferryman.errors import ConfigurationError
@@ -91,3 +92,16 @@ class Router:
             if pattern.search(name):
                 return job
         return UNROUTED
+
+
+def warn_unrouted(
+    logger: logging.LoggerAdapter[logging.Logger], what: str, names: Sequence[str]
+) -> None:
+    """Log, once per evaluation, the ``what`` (files, objects, rows) that matched no route."""
+    if names:
+        logger.warning(
+            "%d %s match no route and were skipped, e.g. %s",
+            len(names),
+            what,
+            ", ".join(names[:EXAMPLES_LOGGED]),
+        )

@@ -46,7 +46,7 @@ from typing import Any
 
 from ferryman.errors import ConfigurationError
 from ferryman.model import RunRequest, SensorResult
-from ferryman.sensors.builtin.routing import EXAMPLES_LOGGED, UNROUTED, Router, Routes
+from ferryman.sensors.builtin.routing import UNROUTED, Router, Routes, warn_unrouted
 from ferryman.sensors.builtin.watermark import Watermark, identity_digest
 from ferryman.sensors.context import SensorContext
 
@@ -183,12 +183,7 @@ class S3PrefixSensor:
             requests.append(
                 RunRequest(candidate.run_key, payload, job if isinstance(job, str) else None)
             )
-        if unrouted:
-            ctx.logger.warning(
-                "%d objects match no route and were skipped, e.g. %s",
-                len(unrouted),
-                ", ".join(unrouted[:EXAMPLES_LOGGED]),
-            )
+        warn_unrouted(ctx.logger, "objects", unrouted)
         state.advance(
             ((c.changed, c.digest) for c in chosen),
             window=int(self.safety_window),

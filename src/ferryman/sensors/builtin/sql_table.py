@@ -46,7 +46,7 @@ import sqlalchemy as sa
 
 from ferryman.errors import ConfigurationError
 from ferryman.model import RunRequest, SensorResult
-from ferryman.sensors.builtin.routing import EXAMPLES_LOGGED, UNROUTED, Router, Routes
+from ferryman.sensors.builtin.routing import UNROUTED, Router, Routes, warn_unrouted
 from ferryman.sensors.builtin.sql_state import (
     Batch,
     CursorState,
@@ -254,14 +254,6 @@ class SqlTableSensor:
         payload = {name: json_safe(value) for name, value in row.items()}
         return RunRequest(run_key, payload, job if isinstance(job, str) else None)
 
-    def _log_skipped(self, ctx: SensorContext, skipped: list[str]) -> None:
-        if skipped:
-            ctx.logger.warning(
-                "%d rows match no route and were skipped, e.g. %s",
-                len(skipped),
-                ", ".join(skipped[:EXAMPLES_LOGGED]),
-            )
-
     def _lag_ms(self) -> int:
         if self.commit_lag is not None:
             return int(self.commit_lag * 1000)
@@ -316,7 +308,7 @@ class SqlTableSensor:
         if keys:
             state.recent.append(Batch(now_ms, high, keys))
         self._settle(state, now_ms, truncated=truncated, read_up_to=high)
-        self._log_skipped(ctx, skipped)
+        warn_unrouted(ctx.logger, "rows", skipped)
         new_cursor = state.encode()
         self.last_report = {
             "new": len(requests),
@@ -428,7 +420,7 @@ class SqlTableSensor:
             if len(requests) >= self.max_per_evaluation or scanned >= self.max_scan:
                 reached_end = len(page) < self.batch_size
                 break
-        self._log_skipped(ctx, skipped)
+        warn_unrouted(ctx.logger, "rows", skipped)
         new_cursor = encode_scan_cursor(None if reached_end else last)
         self.last_report = {"new": len(requests), "scanned": scanned, "unrouted": len(skipped)}
         return SensorResult(run_requests=requests, cursor=new_cursor, skipped=len(skipped))
