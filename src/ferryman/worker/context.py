@@ -121,6 +121,18 @@ class JobContext:
             )
         self._succeeded_in_transaction = True
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A connection to the store database for reads, in a transaction of its own.
+
+        Read what the job needs here (a staging row, say) and do the slow part
+        of the work before :meth:`transaction`, which holds the write lock on
+        SQLite for as long as it is open. Reads are not fenced: nothing read
+        here commits anything, and on SQLite the read never blocks a writer.
+        """
+        with self._store.read(f"reading for run {self.run_id}") as conn:
+            yield conn
+
     def checkpoint(self, data: Any) -> None:
         """Durably record progress; a later attempt finds it in :attr:`last_checkpoint`."""
         data_json = to_json(data, f"checkpoint of run {self.run_id} ({self.job} {self.run_key!r})")
