@@ -9,6 +9,7 @@ from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
 
+from ferryman import logs
 from ferryman.errors import ConfigurationError, UnknownJob
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
@@ -292,6 +293,7 @@ class App:
         poll_interval: float = 0.5,
         grace_seconds: float = 30.0,
         handle_signals: bool = True,
+        on_started: Callable[[], None] | None = None,
     ) -> WorkReport:
         """Claim and execute due runs; with ``until_idle``, return when none is due.
 
@@ -303,6 +305,9 @@ class App:
         more evenly. ``jobs`` limits the worker to some of the app's jobs. On
         SIGTERM or SIGINT the worker stops claiming, gives running jobs
         ``grace_seconds`` and releases the rest without using up an attempt.
+        ``on_started`` is called in this process once the workers are up
+        (after forking them, with ``processes``): start threads of your own
+        there, not before, so that no child inherits them half-way.
         """
         selected = {name: self._job(name) for name in (jobs or self._jobs)}
         store = self.store
@@ -320,15 +325,23 @@ class App:
             )
 
         if processes is None:
-            return make_worker().run(until_idle=until_idle, handle_signals=handle_signals)
+            worker = make_worker()
+            if on_started is not None:
+                on_started()
+            return worker.run(until_idle=until_idle, handle_signals=handle_signals)
 
         def after_fork() -> None:
             # Connections inherited from the parent belong to the parent.
             store.backend.engine.dispose(close=False)
             store.backend.read_engine.dispose(close=False)
+            logs.after_fork()
 
         return run_processes(
-            make_worker, processes=processes, until_idle=until_idle, after_fork=after_fork
+            make_worker,
+            processes=processes,
+            until_idle=until_idle,
+            after_fork=after_fork,
+            on_started=on_started,
         )
 
     def get_runs(

@@ -6,6 +6,7 @@ stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import importlib
@@ -35,6 +36,7 @@ from ferryman.cli_output import (
     out,
     print_json,
 )
+from ferryman.cli_progress import WorkProgress
 from ferryman.errors import (
     FerrymanError,
     SchemaMismatch,
@@ -43,6 +45,9 @@ from ferryman.errors import (
 )
 from ferryman.model import RunStatus
 from ferryman.store import upgrade as upgrade_store
+
+LIVE_INTERVAL = 0.5  # seconds between refreshes of the progress view
+LOG_INTERVAL = 30.0  # seconds between progress log lines when not on a terminal
 
 cli = typer.Typer(
     name="ferryman",
@@ -162,17 +167,36 @@ def work(
         typer.Option(min=0, help="Runs claimed ahead of free threads (default: concurrency)."),
     ] = None,
     grace: Annotated[float, typer.Option(help="Seconds running jobs get on SIGTERM.")] = 30.0,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Live progress view (done, failed, rate, ETA; logs below WARNING held back). "
+            "Default: on when stderr is a terminal, else a progress log line every 30 s.",
+        ),
+    ] = None,
 ) -> None:
     """Claim and execute due runs until stopped (SIGTERM/SIGINT) or idle."""
     app = settings.app(need_jobs=True)
-    report = app.work(
-        until_idle=until_idle,
-        concurrency=concurrency,
-        processes=processes,
-        jobs=jobs.split(",") if jobs else None,
-        prefetch=prefetch,
-        grace_seconds=grace,
+    served = jobs.split(",") if jobs else list(app.jobs)
+    live = err.is_terminal if progress is None else progress
+    view = WorkProgress(
+        app, served, err, live=live, interval=LIVE_INTERVAL if live else LOG_INTERVAL
     )
+    watching = progress is not False
+    with logs.through_console(err) if live else contextlib.nullcontext():
+        try:
+            report = app.work(
+                until_idle=until_idle,
+                concurrency=concurrency,
+                processes=processes,
+                jobs=served,
+                prefetch=prefetch,
+                grace_seconds=grace,
+                on_started=view.start if watching else None,
+            )
+        finally:
+            view.stop()
     err.print(
         f"worked: {report.succeeded} succeeded, {report.retried} retried, {report.failed} failed, "
         f"{report.dead} dead, {report.lease_lost} lost their lease, {report.released} released",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
+
+from rich.console import Console
 
 # Fields ferryman attaches to records through ``extra=``; shown when present.
 CONTEXT_FIELDS = ("run_id", "job", "run_key", "attempt", "sensor", "worker_id", "transfer_id")
@@ -52,3 +56,57 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # Alembic announces every migration context at INFO; only its warnings matter here.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class ConsoleHandler(logging.Handler):
+    """Writes formatted records through a Rich console, above its live progress view."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def through_console(console: Console, *, level: int = logging.WARNING) -> Iterator[None]:
+    """Route the root logger's output through ``console`` (same format) for the block.
+
+    Records below ``level`` are held back meanwhile: a live view on the
+    console already counts what they would say one line per run.
+    """
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    saved_level = root.level
+    root.setLevel(max(saved_level, level))
+    replacements: list[logging.Handler] = []
+    for handler in saved:
+        replacement = ConsoleHandler(console)
+        replacement.setFormatter(handler.formatter)
+        replacement.setLevel(handler.level)
+        replacements.append(replacement)
+    root.handlers[:] = replacements
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(saved_level)
+
+
+def after_fork() -> None:
+    """In a forked child: log straight to stderr instead of through the parent's console.
+
+    The console's lock may have been held by one of the parent's threads at
+    the moment of the fork, and would then stay locked in the child for ever.
+    """
+    root = logging.getLogger()
+    for index, handler in enumerate(root.handlers):
+        if isinstance(handler, ConsoleHandler):
+            replacement = logging.StreamHandler(sys.stderr)
+            replacement.setFormatter(handler.formatter)
+            replacement.setLevel(handler.level)
+            root.handlers[index] = replacement

@@ -34,6 +34,7 @@ def run_processes(
     processes: int,
     until_idle: bool,
     after_fork: Callable[[], None],
+    on_started: Callable[[], None] | None = None,
 ) -> WorkReport:
     if threading.active_count() > 1:
         log.warning("forking worker processes while other threads run; prefer starting them first")
@@ -73,6 +74,8 @@ def run_processes(
     try:
         for _ in range(processes):
             spawn()
+        if on_started is not None:
+            on_started()
         while children:
             try:
                 pid, status = os.wait()
