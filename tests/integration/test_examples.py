@@ -12,11 +12,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("module", ["examples.demo.run_demo", "examples.sensors.check_examples"])
-def test_example_runs(module: str) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["examples.demo.run_demo"],
+        ["examples.sensors.check_examples"],
+        ["examples.xml_to_tables", "--apps", "300"],
+    ],
+)
+def test_example_runs(command: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
     result = subprocess.run(
-        [sys.executable, "-m", module],
+        [sys.executable, "-m", *command],
         cwd=REPO,
         env=env,
         capture_output=True,
