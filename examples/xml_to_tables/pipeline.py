@@ -62,9 +62,12 @@ def write_rows(conn: sa.Connection, rows: Rows) -> None:
             conn.execute(table.insert(), rows[table.name])
 
 
+# Only the key is copied into each run's payload; the job reads the document itself.
+staged_applications = fm.sensors.sql_table(
+    app, "app_xml", "app_id", mode="missing", columns=["app_id"]
+)
 app.poll_sensor(job="load_application", interval=5.0, name="staged_applications")(
-    # Only the key is copied into each run's payload; the job reads the document itself.
-    fm.sensors.sql_table(app, "app_xml", "app_id", mode="missing", columns=["app_id"])
+    staged_applications
 )
 
 
