@@ -131,9 +131,74 @@ class RunQueries:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # Built once: SQLAlchemy memoises a statement object's cache key, so
+        # the hot paths below skip building and keying a statement per call.
+        self._now_query = sa.select(backend.now)
+        self._succeed_one = (
+            runs.update()
+            .where(
+                runs.c.id == sa.bindparam("run_id"),
+                runs.c.lease_token == sa.bindparam("token"),
+                runs.c.status == RunStatus.RUNNING.value,
+            )
+            .values(
+                status=RunStatus.SUCCEEDED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                last_error=None,
+                finished_at=backend.now,
+                updated_at=backend.now,
+            )
+            .returning(runs.c.finished_at)
+        )
+        self._log_event = run_events.insert()
+        self._expired_query = (
+            sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
+            .where(
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_expires_at < sa.bindparam("now"),
+                runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
+            )
+            .order_by(runs.c.lease_expires_at)
+            .limit(sa.bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+        self._due_query = (
+            sa.select(runs.c.id, runs.c.available_at)
+            .where(
+                runs.c.job == sa.bindparam("job"),
+                runs.c.status == RunStatus.QUEUED.value,
+                runs.c.available_at <= sa.bindparam("now"),
+            )
+            .order_by(runs.c.available_at, runs.c.id)
+            .limit(sa.bindparam("limit"))
+        )
+        self._lease_runs = (
+            runs.update()
+            .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(
+                status=RunStatus.RUNNING.value,
+                attempt=runs.c.attempt + 1,
+                lease_owner=sa.bindparam("owner"),
+                lease_token=runs.c.lease_token + 1,
+                lease_expires_at=sa.bindparam("expires_at"),
+                started_at=sa.bindparam("at"),
+                updated_at=sa.bindparam("at"),
+            )
+            .returning(
+                runs.c.id,
+                runs.c.job,
+                runs.c.run_key,
+                runs.c.payload,
+                runs.c.attempt,
+                runs.c.max_attempts,
+                runs.c.lease_token,
+                runs.c.checkpoint,
+            )
+        )
 
     def now(self, conn: sa.Connection) -> float:
-        return float(conn.execute(sa.select(self.backend.now)).scalar_one())
+        return float(conn.execute(self._now_query).scalar_one())
 
     def _wake_workers(self, conn: sa.Connection, jobs: Iterable[str]) -> None:
         if not self.backend.is_sqlite:
@@ -225,15 +290,7 @@ class RunQueries:
         """
         now = self.now(conn)
         expired = conn.execute(
-            sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
-            .where(
-                runs.c.status == RunStatus.RUNNING.value,
-                runs.c.lease_expires_at < now,
-                runs.c.job.in_(jobs),
-            )
-            .order_by(runs.c.lease_expires_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+            self._expired_query, {"now": now, "jobs": list(jobs), "limit": limit}
         ).all()
         events: list[dict[str, Any]] = []
         to_claim: list[int] = []
@@ -296,14 +353,7 @@ class RunQueries:
                 candidates.extend(
                     (row.available_at, row.id)
                     for row in conn.execute(
-                        sa.select(runs.c.id, runs.c.available_at)
-                        .where(
-                            runs.c.job == job,
-                            runs.c.status == RunStatus.QUEUED.value,
-                            runs.c.available_at <= now,
-                        )
-                        .order_by(runs.c.available_at, runs.c.id)
-                        .limit(room)
+                        self._due_query, {"job": job, "now": now, "limit": room}
                     )
                 )
             to_claim.extend(run_id for _, run_id in sorted(candidates)[:room])
@@ -311,27 +361,13 @@ class RunQueries:
         result: Iterable[Any] = ()
         if to_claim:
             result = conn.execute(
-                runs.update()
-                .where(runs.c.id.in_(to_claim))
-                .values(
-                    status=RunStatus.RUNNING.value,
-                    attempt=runs.c.attempt + 1,
-                    lease_owner=worker_id,
-                    lease_token=runs.c.lease_token + 1,
-                    lease_expires_at=now + lease_seconds,
-                    started_at=now,
-                    updated_at=now,
-                )
-                .returning(
-                    runs.c.id,
-                    runs.c.job,
-                    runs.c.run_key,
-                    runs.c.payload,
-                    runs.c.attempt,
-                    runs.c.max_attempts,
-                    runs.c.lease_token,
-                    runs.c.checkpoint,
-                )
+                self._lease_runs,
+                {
+                    "ids": to_claim,
+                    "owner": worker_id,
+                    "expires_at": now + lease_seconds,
+                    "at": now,
+                },
             )
         for row in result:
             claimed.append(_claimed_run(row))
@@ -396,11 +432,31 @@ class RunQueries:
         self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
     ) -> None:
         """Write the run's success inside the caller's transaction, or raise LeaseLost."""
-        accepted = self.finish(
-            conn, [Outcome(OutcomeKind.SUCCEEDED, lease, attempt)], worker_id=worker_id
-        )
-        if not accepted[0]:
+        if not self.backend.is_sqlite:
+            accepted = self.finish(
+                conn, [Outcome(OutcomeKind.SUCCEEDED, lease, attempt)], worker_id=worker_id
+            )
+            if not accepted[0]:
+                raise LeaseLost(lease.run_id, lease.token)
+            return
+        # One run, once per job that writes through ctx.transaction(): the
+        # general path's statement building would cost more than the writes.
+        finished_at = conn.execute(
+            self._succeed_one, {"run_id": lease.run_id, "token": lease.token}
+        ).scalar_one_or_none()
+        if finished_at is None:
             raise LeaseLost(lease.run_id, lease.token)
+        conn.execute(
+            self._log_event,
+            _event(
+                lease.run_id,
+                RunEventKind.SUCCEEDED,
+                finished_at,
+                attempt,
+                worker_id,
+                lease.token,
+            ),
+        )
 
     def finish(
         self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str
