@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -64,9 +63,6 @@ class Store:
 
     def __init__(self, url: str | sa.URL, *, create: bool | None = None, pool_size: int = 10):
         self.backend: Backend = create_backend(url, pool_size=pool_size)
-        self._writer_lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if self.backend.is_sqlite else contextlib.nullcontext()
-        )
         self.runs = RunQueries(self.backend)
         self.workers = WorkerQueries(self.backend)
         auto_upgrade = self.backend.is_sqlite if create is None else create
@@ -104,11 +100,11 @@ class Store:
         """A write transaction on the store database, errors untranslated.
 
         SQLite admits one writer at a time and makes the others sleep in its
-        busy handler (1, 2, 5 ... 100 ms); writers of this process queue on a
-        lock instead, so they follow each other without those sleeps. Other
-        processes still meet the busy timeout.
+        busy handler (1, 2, 5 ... 100 ms); the store's writers, in this
+        process and in others, queue on the backend's writer lock instead, so
+        they follow each other without those sleeps.
         """
-        with self._writer_lock, self.backend.engine.begin() as conn:
+        with self.backend.writer_lock, self.backend.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager

@@ -13,7 +13,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,10 @@ class Backend:
     read_engine: Engine  # reads that never block writers
     is_sqlite: bool
     now: sa.ColumnElement[float]
+    # Held around every write transaction the store opens (see WriterQueue).
+    writer_lock: contextlib.AbstractContextManager[Any] = dataclasses.field(
+        default_factory=contextlib.nullcontext
+    )
 
     @property
     def safe_url(self) -> str:
@@ -53,6 +61,52 @@ class Backend:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+
+class WriterQueue:
+    """Writers of one SQLite store take turns here, across threads and processes.
+
+    SQLite admits one writer at a time and makes the others sleep in its busy
+    handler, retrying after 1, 2, 5 ... up to 100 ms: two busy worker
+    processes spend much of their time asleep while the database is free. An
+    exclusive ``flock`` on a file next to the database queues them instead,
+    and the kernel hands it to the next writer the moment the last one lets
+    go, or dies: a killed process never leaves it held. Threads of one
+    process queue on a plain lock first, since ``flock`` is per open file.
+    Writers that do not go through the store (a user's own engine) still meet
+    SQLite's busy timeout, as before.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(f"{database.name}-writer.lock")
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            # A forked child must not share its parent's open file: a flock
+            # belongs to the open file, so parent and child would hold it as one.
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
 
 
 def safe_url(url: sa.URL) -> str:
@@ -145,6 +199,7 @@ def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
         read_engine=make("BEGIN"),
         is_sqlite=True,
         now=now,
+        writer_lock=WriterQueue(path),
     )
 
 
