@@ -149,7 +149,9 @@ def measure(
                 pipeline.app.close()
                 pipeline.staged_applications.close()  # its engine is on the previous store
                 pipeline.app.use_store(url)
-                pipeline.app.tick()
+                # One evaluation requests at most 10,000 runs: tick until it finds none.
+                while any(e.runs_requested for e in pipeline.app.tick(force=True)):
+                    pass
                 started = time.perf_counter()
                 report = pipeline.app.work(
                     until_idle=True,
