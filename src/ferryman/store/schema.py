@@ -150,3 +150,81 @@ workers = sa.Table(
     sa.Column("last_seen_at", Epoch, nullable=False),
     sa.Column("stopped_at", Epoch),
 )
+
+# One row per resumable upload of a local file to an S3 object (see
+# ferryman.transfer). ``owner_token`` fences the transfer's writes the way
+# ``lease_token`` fences a run's: taking a transfer over increments it.
+transfers = sa.Table(
+    "ferryman_transfers",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("bucket", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("follow", sa.Boolean, nullable=False),
+    sa.Column("part_size", sa.BigInteger, nullable=False),
+    sa.Column("upload_id", sa.Text),
+    sa.Column("source_size", sa.BigInteger),
+    sa.Column("source_mtime", Epoch),
+    sa.Column("bytes_confirmed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("parts_confirmed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("total_size", sa.BigInteger),
+    sa.Column("sha256", sa.Text),
+    sa.Column("checksum", sa.Text),
+    sa.Column("etag", sa.Text),
+    sa.Column("verified_by", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("user_metadata", JsonText),
+    sa.Column("sidecar_key", sa.Text),
+    sa.Column(
+        "run_id",
+        Id,
+        sa.ForeignKey("ferryman_runs.id", ondelete="SET NULL"),
+    ),
+    sa.Column("owner", sa.Text),
+    sa.Column("owner_token", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("lease_expires_at", Epoch),
+    sa.Column("resumes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.Column("finished_at", Epoch),
+    sa.CheckConstraint(
+        "status IN ('active', 'succeeded', 'failed')",
+        name="ck_ferryman_transfers_status",
+    ),
+)
+# At most one active transfer writes an object: a second upload to the same
+# key would race the first one's CompleteMultipartUpload.
+sa.Index(
+    "ix_ferryman_transfers_active_object",
+    transfers.c.bucket,
+    transfers.c.key,
+    unique=True,
+    postgresql_where=transfers.c.status == "active",
+    sqlite_where=transfers.c.status == "active",
+)
+sa.Index("ix_ferryman_transfers_status_id", transfers.c.status, transfers.c.id)
+sa.Index("ix_ferryman_transfers_run_id", transfers.c.run_id)
+
+# A part counts once S3 returned its ETag *and* its row committed here.
+transfer_parts = sa.Table(
+    "ferryman_transfer_parts",
+    metadata,
+    sa.Column(
+        "transfer_id",
+        Id,
+        sa.ForeignKey("ferryman_transfers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("part_number", sa.Integer, nullable=False),
+    sa.Column("start", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("etag", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("adopted", sa.Boolean, nullable=False),
+    sa.Column("owner_token", sa.BigInteger, nullable=False),
+    sa.Column("confirmed_at", Epoch, nullable=False),
+    sa.PrimaryKeyConstraint("transfer_id", "part_number"),
+)
