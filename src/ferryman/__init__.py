@@ -5,6 +5,7 @@ nothing is lost or done twice when processes are killed, machines restart or
 several instances run at once.
 """
 
+from ferryman import transfer
 from ferryman.app import App
 from ferryman.errors import (
     ConfigurationError,
@@ -12,9 +13,14 @@ from ferryman.errors import (
     LeaseLost,
     PayloadError,
     Reject,
+    S3Error,
+    S3Unavailable,
     SchemaMismatch,
     StoreError,
     StoreUnavailable,
+    TransferConflict,
+    TransferError,
+    TransferFailed,
     UnknownJob,
     UnknownSensor,
 )
@@ -32,6 +38,9 @@ from ferryman.model import (
     SensorResult,
     SensorState,
     SubmitResult,
+    Transfer,
+    TransferPart,
+    TransferStatus,
     WorkerInfo,
 )
 from ferryman.sensors import SensorContext
@@ -57,6 +66,8 @@ __all__ = [
     "RunEventKind",
     "RunRequest",
     "RunStatus",
+    "S3Error",
+    "S3Unavailable",
     "SchemaMismatch",
     "SensorContext",
     "SensorResult",
@@ -64,8 +75,15 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "SubmitResult",
+    "Transfer",
+    "TransferConflict",
+    "TransferError",
+    "TransferFailed",
+    "TransferPart",
+    "TransferStatus",
     "UnknownJob",
     "UnknownSensor",
     "WorkReport",
     "WorkerInfo",
+    "transfer",
 ]

@@ -11,7 +11,12 @@
     │   ├── StoreUnavailable    the database cannot be reached
     │   └── SchemaMismatch      the database schema is older or newer than this code
     ├── LeaseLost               a worker's lease on a run was taken over; its write was rolled back
-    └── Reject                  raised by a job: the input is bad, fail the run now, never retry
+    ├── Reject                  raised by a job: the input is bad, fail the run now, never retry
+    └── TransferError           an upload to S3 did not complete
+        ├── TransferFailed      the transfer is recorded ``failed`` with a reason; upload aborted
+        ├── TransferConflict    another live process owns the transfer, or took it over
+        └── S3Error             S3 refused a request; ``code`` is S3's error code
+            └── S3Unavailable   the endpoint could not be reached, even after retries
 
 Driver exceptions (psycopg, sqlite3, SQLAlchemy) are translated at the store
 boundary with ``raise ... from exc`` so callers only need to know this tree.
@@ -87,3 +92,41 @@ class Reject(FerrymanError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TransferError(FerrymanError):
+    """An upload to S3 did not complete; what was confirmed stays recorded for a resume."""
+
+
+class TransferFailed(TransferError):
+    """The transfer is recorded ``failed`` and its multipart upload was aborted.
+
+    ``reason`` is one of ``source_missing`` (the file is gone), ``source_changed``
+    (bytes behind a confirmed part changed, or the file changed during a
+    non-follow upload), ``too_large``, ``verify_failed`` or ``aborted``.
+    """
+
+    def __init__(self, transfer_id: int, reason: str, detail: str) -> None:
+        super().__init__(f"transfer {transfer_id} failed ({reason}): {detail}")
+        self.transfer_id = transfer_id
+        self.reason = reason
+        self.detail = detail
+
+
+class TransferConflict(TransferError):
+    """Another live process owns this transfer (or took it over while we ran).
+
+    Nothing this process still had in flight was recorded; the owner carries on.
+    """
+
+
+class S3Error(TransferError):
+    """S3 refused a request (``code``: ``AccessDenied``, ``NoSuchBucket`` ...)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class S3Unavailable(S3Error):
+    """The S3 endpoint could not be reached (or kept failing) after every retry."""

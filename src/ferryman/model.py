@@ -241,3 +241,77 @@ class Evaluation:
     finished_at: datetime
     run_ids: tuple[int, ...] = ()
     evaluator: str | None = None  # who evaluated: a daemon's host:pid, or who set the cursor
+
+
+class TransferStatus(enum.StrEnum):
+    """Where a transfer (a resumable upload to S3) is in its life."""
+
+    ACTIVE = "active"  # parts are being sent, or it waits to be resumed
+    SUCCEEDED = "succeeded"  # object completed and verified (and its sidecar written)
+    FAILED = "failed"  # see ``reason``; its multipart upload was aborted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferPart:
+    """One confirmed part: S3 returned its ETag and this row committed.
+
+    ``sha256`` is the base64 SHA-256 of the part's bytes, as sent in
+    ``ChecksumSHA256``; ``adopted`` marks a part found on S3 after a crash
+    (sent, but its row never committed) whose bytes matched the file.
+    """
+
+    part_number: int
+    start: int
+    size: int
+    etag: str
+    sha256: str
+    adopted: bool
+    confirmed_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transfer:
+    """A resumable upload of a local file to an S3 object, as the store records it.
+
+    ``bytes_confirmed`` counts only parts S3 acknowledged *and* whose rows
+    committed. ``sha256`` (hex, of the whole object), ``checksum`` (S3's
+    composite SHA-256 of the parts, ``base64-N``) and ``etag`` are set once
+    the object is completed and verified; ``verified_by`` says how
+    (``checksum``, ``etag`` or ``size``). A failed transfer has a ``reason``:
+    ``source_missing``, ``source_changed``, ``too_large``, ``verify_failed``
+    or ``aborted``.
+    """
+
+    id: int
+    source_path: str
+    bucket: str
+    key: str
+    status: TransferStatus
+    follow: bool
+    part_size: int
+    upload_id: str | None
+    source_size: int | None
+    source_mtime: float | None
+    bytes_confirmed: int
+    parts_confirmed: int
+    total_size: int | None
+    sha256: str | None
+    checksum: str | None
+    etag: str | None
+    verified_by: str | None
+    reason: str | None
+    error: str | None
+    user_metadata: Any
+    sidecar_key: str | None
+    run_id: int | None
+    owner: str | None
+    owner_token: int
+    lease_expires_at: datetime | None
+    resumes: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"

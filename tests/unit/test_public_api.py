@@ -20,6 +20,8 @@ EXPECTED = [
     "RunEventKind",
     "RunRequest",
     "RunStatus",
+    "S3Error",
+    "S3Unavailable",
     "SchemaMismatch",
     "SensorContext",
     "SensorResult",
@@ -27,10 +29,17 @@ EXPECTED = [
     "StoreError",
     "StoreUnavailable",
     "SubmitResult",
+    "Transfer",
+    "TransferConflict",
+    "TransferError",
+    "TransferFailed",
+    "TransferPart",
+    "TransferStatus",
     "UnknownJob",
     "UnknownSensor",
     "WorkReport",
     "WorkerInfo",
+    "transfer",
 ]
 
 

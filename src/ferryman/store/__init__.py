@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +24,9 @@ from ferryman.model import (
     RunStatus,
     SensorState,
     SubmitResult,
+    Transfer,
+    TransferPart,
+    TransferStatus,
     WorkerInfo,
 )
 from ferryman.store import migrate
@@ -36,12 +39,22 @@ from ferryman.store.sensors import (
     ScheduleEntry,
     SensorQueries,
 )
+from ferryman.store.transfers import (
+    ConfirmedPart,
+    NewTransfer,
+    OpenedTransfer,
+    TransferFence,
+    TransferQueries,
+)
 from ferryman.store.workers import WorkerQueries
 
 __all__ = [
     "ClaimedRun",
+    "ConfirmedPart",
     "Lease",
     "NewRun",
+    "NewTransfer",
+    "OpenedTransfer",
     "Outcome",
     "OutcomeKind",
     "PollCommit",
@@ -49,6 +62,7 @@ __all__ = [
     "PushCommit",
     "ScheduleEntry",
     "Store",
+    "TransferFence",
 ]
 
 
@@ -65,6 +79,7 @@ class Store:
         self.backend: Backend = create_backend(url, pool_size=pool_size)
         self.runs = RunQueries(self.backend)
         self.workers = WorkerQueries(self.backend)
+        self.transfers = TransferQueries(self.backend)
         auto_upgrade = self.backend.is_sqlite if create is None else create
         try:
             # A read settles the common case without queueing behind writers.
@@ -287,6 +302,86 @@ class Store:
     def prune_evaluations(self, keep_last: int) -> int:
         with self.write("pruning sensor evaluations") as conn:
             return self.sensors.prune(conn, keep_last)
+
+    # -- transfers -----------------------------------------------------------
+
+    def open_transfer(
+        self,
+        new: NewTransfer,
+        *,
+        owner: str,
+        lease_seconds: float,
+        run_lease: Lease | None,
+        may_take_over: Callable[[Transfer, float], bool],
+    ) -> OpenedTransfer:
+        """Resume the active transfer of the object (taking it over) or create one."""
+        with self.write("opening a transfer") as conn:
+            return self.transfers.open(
+                conn,
+                new,
+                owner=owner,
+                lease_seconds=lease_seconds,
+                run_lease=run_lease,
+                may_take_over=may_take_over,
+            )
+
+    def renew_transfer(self, fence: TransferFence, lease_seconds: float) -> None:
+        with self.write("renewing a transfer") as conn:
+            self.transfers.renew(conn, fence, lease_seconds)
+
+    def set_transfer_upload(
+        self, fence: TransferFence, upload_id: str | None, part_size: int
+    ) -> None:
+        with self.write("recording a multipart upload") as conn:
+            self.transfers.set_upload(conn, fence, upload_id, part_size)
+
+    def record_transfer_source(self, fence: TransferFence, *, size: int, mtime: float) -> None:
+        with self.write("recording a transfer's source") as conn:
+            self.transfers.record_source(conn, fence, size=size, mtime=mtime)
+
+    def confirm_part(self, fence: TransferFence, part: ConfirmedPart, lease_seconds: float) -> None:
+        """Commit a part S3 acknowledged, fenced; from now on it is never sent again."""
+        with self.write("confirming an uploaded part") as conn:
+            self.transfers.confirm_part(conn, fence, part, lease_seconds)
+
+    def forget_parts(self, fence: TransferFence, part_numbers: Sequence[int]) -> None:
+        with self.write("forgetting parts S3 does not have") as conn:
+            self.transfers.forget_parts(conn, fence, part_numbers)
+
+    def record_transfer_object(self, fence: TransferFence, **verified: Any) -> None:
+        with self.write("recording a completed object") as conn:
+            self.transfers.record_object(conn, fence, **verified)
+
+    def finish_transfer(
+        self,
+        fence: TransferFence,
+        status: TransferStatus,
+        *,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self.write("finishing a transfer") as conn:
+            self.transfers.finish(conn, fence, status, reason=reason, error=error)
+
+    def get_transfer(self, transfer_id: int) -> Transfer | None:
+        with self.read("reading a transfer") as conn:
+            return self.transfers.get(conn, transfer_id)
+
+    def get_transfer_parts(self, transfer_id: int) -> list[TransferPart]:
+        with self.read("reading a transfer's parts") as conn:
+            return self.transfers.parts(conn, transfer_id)
+
+    def list_transfers(self, **filters: Any) -> list[Transfer]:
+        with self.read("listing transfers") as conn:
+            return self.transfers.list(conn, **filters)
+
+    def latest_transfer(self, *, source_path: str, bucket: str, key: str) -> Transfer | None:
+        with self.read("reading a transfer") as conn:
+            return self.transfers.latest_for(conn, source_path=source_path, bucket=bucket, key=key)
+
+    def active_upload_ids(self) -> set[str]:
+        with self.read("listing active uploads") as conn:
+            return self.transfers.active_upload_ids(conn)
 
 
 def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:

@@ -17,6 +17,9 @@ from ferryman.model import (
     RunEventKind,
     RunStatus,
     SensorState,
+    Transfer,
+    TransferPart,
+    TransferStatus,
     WorkerInfo,
 )
 
@@ -121,4 +124,50 @@ def evaluation_from_row(row: sa.RowMapping) -> Evaluation:
         finished_at=_required_datetime(row["finished_at"]),
         run_ids=tuple(from_json(row["run_ids"]) or ()),
         evaluator=row["evaluator"],
+    )
+
+
+def transfer_from_row(row: sa.RowMapping) -> Transfer:
+    return Transfer(
+        id=row["id"],
+        source_path=row["source_path"],
+        bucket=row["bucket"],
+        key=row["key"],
+        status=TransferStatus(row["status"]),
+        follow=bool(row["follow"]),
+        part_size=row["part_size"],
+        upload_id=row["upload_id"],
+        source_size=row["source_size"],
+        source_mtime=row["source_mtime"],
+        bytes_confirmed=row["bytes_confirmed"],
+        parts_confirmed=row["parts_confirmed"],
+        total_size=row["total_size"],
+        sha256=row["sha256"],
+        checksum=row["checksum"],
+        etag=row["etag"],
+        verified_by=row["verified_by"],
+        reason=row["reason"],
+        error=row["error"],
+        user_metadata=from_json(row["user_metadata"]),
+        sidecar_key=row["sidecar_key"],
+        run_id=row["run_id"],
+        owner=row["owner"],
+        owner_token=row["owner_token"],
+        lease_expires_at=to_datetime(row["lease_expires_at"]),
+        resumes=row["resumes"],
+        created_at=_required_datetime(row["created_at"]),
+        updated_at=_required_datetime(row["updated_at"]),
+        finished_at=to_datetime(row["finished_at"]),
+    )
+
+
+def transfer_part_from_row(row: sa.RowMapping) -> TransferPart:
+    return TransferPart(
+        part_number=row["part_number"],
+        start=row["start"],
+        size=row["size"],
+        etag=row["etag"],
+        sha256=row["sha256"],
+        adopted=bool(row["adopted"]),
+        confirmed_at=_required_datetime(row["confirmed_at"]),
     )

@@ -1,0 +1,410 @@
+"""SQL for transfers (resumable S3 uploads) and their confirmed parts.
+
+Every write a transfer makes is *fenced* twice over:
+
+* by the transfer's ``owner_token``: whoever opens (takes over) a transfer
+  increments it, so a process that lost the transfer to another matches no
+  row and its write is refused with :class:`~ferryman.TransferConflict`;
+* inside a job, also by the run's ``lease_token``: the run row is touched
+  with the same condition a checkpoint uses, in the same transaction, so a
+  worker whose lease was taken over writes nothing and gets
+  :class:`~ferryman.LeaseLost`.
+
+A part row is the commit point of the upload's progress: it is written only
+after S3 returned the part's ETag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.errors import ConfigurationError, LeaseLost, TransferConflict
+from ferryman.model import RunStatus, Transfer, TransferPart, TransferStatus
+from ferryman.store import records
+from ferryman.store.dialect import Backend
+from ferryman.store.runs import Lease
+from ferryman.store.schema import runs, transfer_parts, transfers
+
+ACTIVE = TransferStatus.ACTIVE.value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTransfer:
+    """What a caller asks to upload; matched against an active transfer to resume it."""
+
+    source_path: str
+    bucket: str
+    key: str
+    part_size: int
+    follow: bool
+    source_size: int
+    source_mtime: float
+    user_metadata_json: str | None
+    sidecar_key: str | None
+    run_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferFence:
+    """The right to write a transfer: its id, the token it was opened with, the run's lease."""
+
+    transfer_id: int
+    token: int
+    run_lease: Lease | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenedTransfer:
+    transfer: Transfer
+    parts: list[TransferPart]
+    fence: TransferFence
+    created: bool  # False: an earlier transfer was taken over to be resumed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfirmedPart:
+    part_number: int
+    start: int
+    size: int
+    etag: str
+    sha256: str
+    adopted: bool = False
+
+
+class TransferQueries:
+    """Transfers and their parts on one store database."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def now(self, conn: sa.Connection) -> float:
+        return float(conn.execute(sa.select(self.backend.now)).scalar_one())
+
+    # -- fencing -------------------------------------------------------------
+
+    def _fenced(self, conn: sa.Connection, fence: TransferFence, now: float, **values: Any) -> None:
+        """Update the transfer row under ``fence`` or raise; nothing is written on refusal."""
+        if fence.run_lease is not None:
+            self._check_run(conn, fence.run_lease, now)
+        matched = conn.execute(
+            transfers.update()
+            .where(
+                transfers.c.id == fence.transfer_id,
+                transfers.c.owner_token == fence.token,
+                transfers.c.status == ACTIVE,
+            )
+            .values(updated_at=now, **values)
+        ).rowcount
+        if matched != 1:
+            if fence.run_lease is not None:
+                raise LeaseLost(fence.run_lease.run_id, fence.run_lease.token)
+            raise TransferConflict(
+                f"transfer {fence.transfer_id} was taken over by another process "
+                f"(or finished) while this one held token {fence.token}"
+            )
+
+    # -- open / resume -------------------------------------------------------
+
+    def open(
+        self,
+        conn: sa.Connection,
+        new: NewTransfer,
+        *,
+        owner: str,
+        lease_seconds: float,
+        run_lease: Lease | None,
+        may_take_over: Callable[[Transfer, float], bool],
+    ) -> OpenedTransfer:
+        """Resume the active transfer of ``new``'s object, or create one.
+
+        An active transfer of the same object from another source path is a
+        conflict (one object, one writer). One from the same path is taken
+        over (``owner_token`` + 1) when it belongs to the same run, or when
+        ``may_take_over(transfer, now)`` says its owner is gone.
+        """
+        now = self.now(conn)
+        found = (
+            conn.execute(
+                sa.select(transfers)
+                .where(
+                    transfers.c.bucket == new.bucket,
+                    transfers.c.key == new.key,
+                    transfers.c.status == ACTIVE,
+                )
+                .with_for_update()
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if run_lease is not None:
+            self._check_run(conn, run_lease, now)
+        if found is None:
+            token = 1
+            transfer_id = conn.execute(
+                transfers.insert()
+                .values(
+                    source_path=new.source_path,
+                    bucket=new.bucket,
+                    key=new.key,
+                    status=ACTIVE,
+                    follow=new.follow,
+                    part_size=new.part_size,
+                    source_size=new.source_size,
+                    source_mtime=new.source_mtime,
+                    user_metadata=new.user_metadata_json,
+                    sidecar_key=new.sidecar_key,
+                    run_id=new.run_id,
+                    owner=owner,
+                    owner_token=token,
+                    lease_expires_at=now + lease_seconds,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(transfers.c.id)
+            ).scalar_one()
+            created = True
+        else:
+            existing = records.transfer_from_row(found)
+            if existing.source_path != new.source_path:
+                raise ConfigurationError(
+                    f"{existing.uri} is already being uploaded by transfer {existing.id} "
+                    f"from {existing.source_path}; one object has one writer"
+                )
+            same_run = new.run_id is not None and existing.run_id == new.run_id
+            if not same_run and not may_take_over(existing, now):
+                raise TransferConflict(
+                    f"transfer {existing.id} of {existing.source_path} to {existing.uri} is "
+                    f"being uploaded by {existing.owner}; run again once it stops"
+                )
+            transfer_id = existing.id
+            token = existing.owner_token + 1
+            conn.execute(
+                transfers.update()
+                .where(transfers.c.id == transfer_id)
+                .values(
+                    owner=owner,
+                    owner_token=token,
+                    run_id=new.run_id if new.run_id is not None else existing.run_id,
+                    lease_expires_at=now + lease_seconds,
+                    resumes=transfers.c.resumes + 1,
+                    updated_at=now,
+                )
+            )
+            created = False
+        transfer = self.get(conn, transfer_id)
+        assert transfer is not None
+        return OpenedTransfer(
+            transfer=transfer,
+            parts=self.parts(conn, transfer_id),
+            fence=TransferFence(transfer_id, token, run_lease),
+            created=created,
+        )
+
+    def _check_run(self, conn: sa.Connection, lease: Lease, now: float) -> None:
+        """Touch the run under its lease, as a checkpoint does, or raise LeaseLost."""
+        touched = conn.execute(
+            runs.update()
+            .where(
+                runs.c.id == lease.run_id,
+                runs.c.lease_token == lease.token,
+                runs.c.status == RunStatus.RUNNING.value,
+            )
+            .values(updated_at=now)
+        ).rowcount
+        if touched != 1:
+            raise LeaseLost(lease.run_id, lease.token)
+
+    # -- fenced writes -------------------------------------------------------
+
+    def renew(self, conn: sa.Connection, fence: TransferFence, lease_seconds: float) -> None:
+        now = self.now(conn)
+        self._fenced(conn, fence, now, lease_expires_at=now + lease_seconds)
+
+    def set_upload(
+        self, conn: sa.Connection, fence: TransferFence, upload_id: str | None, part_size: int
+    ) -> None:
+        """Record a new multipart upload; any parts of an earlier one are forgotten."""
+        now = self.now(conn)
+        self._fenced(
+            conn,
+            fence,
+            now,
+            upload_id=upload_id,
+            part_size=part_size,
+            bytes_confirmed=0,
+            parts_confirmed=0,
+        )
+        conn.execute(
+            transfer_parts.delete().where(transfer_parts.c.transfer_id == fence.transfer_id)
+        )
+
+    def record_source(
+        self, conn: sa.Connection, fence: TransferFence, *, size: int, mtime: float
+    ) -> None:
+        self._fenced(conn, fence, self.now(conn), source_size=size, source_mtime=mtime)
+
+    def confirm_part(
+        self, conn: sa.Connection, fence: TransferFence, part: ConfirmedPart, lease_seconds: float
+    ) -> None:
+        """Record a part S3 acknowledged; replaces an earlier row of the same number."""
+        now = self.now(conn)
+        self._fenced(conn, fence, now, lease_expires_at=now + lease_seconds)
+        conn.execute(
+            transfer_parts.delete().where(
+                transfer_parts.c.transfer_id == fence.transfer_id,
+                transfer_parts.c.part_number == part.part_number,
+            )
+        )
+        conn.execute(
+            transfer_parts.insert().values(
+                transfer_id=fence.transfer_id,
+                part_number=part.part_number,
+                start=part.start,
+                size=part.size,
+                etag=part.etag,
+                sha256=part.sha256,
+                adopted=part.adopted,
+                owner_token=fence.token,
+                confirmed_at=now,
+            )
+        )
+        self._recount(conn, fence.transfer_id)
+
+    def forget_parts(
+        self, conn: sa.Connection, fence: TransferFence, part_numbers: Sequence[int]
+    ) -> None:
+        """Drop part rows S3 no longer has: they will be sent again."""
+        self._fenced(conn, fence, self.now(conn))
+        conn.execute(
+            transfer_parts.delete().where(
+                transfer_parts.c.transfer_id == fence.transfer_id,
+                transfer_parts.c.part_number.in_(list(part_numbers)),
+            )
+        )
+        self._recount(conn, fence.transfer_id)
+
+    def _recount(self, conn: sa.Connection, transfer_id: int) -> None:
+        totals = sa.select(
+            sa.func.coalesce(sa.func.sum(transfer_parts.c.size), 0),
+            sa.func.count(),
+        ).where(transfer_parts.c.transfer_id == transfer_id)
+        confirmed, count = conn.execute(totals).one()
+        conn.execute(
+            transfers.update()
+            .where(transfers.c.id == transfer_id)
+            .values(bytes_confirmed=int(confirmed), parts_confirmed=int(count))
+        )
+
+    def record_object(
+        self,
+        conn: sa.Connection,
+        fence: TransferFence,
+        *,
+        total_size: int,
+        sha256: str,
+        checksum: str,
+        etag: str,
+        verified_by: str,
+    ) -> None:
+        """The object is complete and verified; the transfer stays active until its sidecar."""
+        self._fenced(
+            conn,
+            fence,
+            self.now(conn),
+            total_size=total_size,
+            sha256=sha256,
+            checksum=checksum,
+            etag=etag,
+            verified_by=verified_by,
+        )
+
+    def finish(
+        self,
+        conn: sa.Connection,
+        fence: TransferFence,
+        status: TransferStatus,
+        *,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        now = self.now(conn)
+        self._fenced(
+            conn,
+            fence,
+            now,
+            status=status.value,
+            reason=reason,
+            error=error,
+            finished_at=now,
+            lease_expires_at=None,
+        )
+
+    # -- reads ---------------------------------------------------------------
+
+    def get(self, conn: sa.Connection, transfer_id: int) -> Transfer | None:
+        row = (
+            conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id))
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else records.transfer_from_row(row)
+
+    def parts(self, conn: sa.Connection, transfer_id: int) -> list[TransferPart]:
+        rows = conn.execute(
+            sa.select(transfer_parts)
+            .where(transfer_parts.c.transfer_id == transfer_id)
+            .order_by(transfer_parts.c.part_number)
+        ).mappings()
+        return [records.transfer_part_from_row(row) for row in rows]
+
+    def list(
+        self,
+        conn: sa.Connection,
+        *,
+        status: TransferStatus | None = None,
+        run_id: int | None = None,
+        standalone: bool = False,
+        limit: int | None = None,
+    ) -> list[Transfer]:
+        """Newest first."""
+        query = sa.select(transfers).order_by(transfers.c.id.desc())
+        if status is not None:
+            query = query.where(transfers.c.status == status.value)
+        if run_id is not None:
+            query = query.where(transfers.c.run_id == run_id)
+        if standalone:
+            query = query.where(transfers.c.run_id.is_(None))
+        if limit is not None:
+            query = query.limit(limit)
+        return [records.transfer_from_row(row) for row in conn.execute(query).mappings()]
+
+    def latest_for(
+        self, conn: sa.Connection, *, source_path: str, bucket: str, key: str
+    ) -> Transfer | None:
+        """The newest transfer of this file to this object, whatever its status."""
+        row = (
+            conn.execute(
+                sa.select(transfers)
+                .where(
+                    transfers.c.source_path == source_path,
+                    transfers.c.bucket == bucket,
+                    transfers.c.key == key,
+                )
+                .order_by(transfers.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else records.transfer_from_row(row)
+
+    def active_upload_ids(self, conn: sa.Connection) -> set[str]:
+        """Upload ids an active transfer owns (and may still resume)."""
+        query = sa.select(transfers.c.upload_id).where(
+            transfers.c.status == ACTIVE, transfers.c.upload_id.is_not(None)
+        )
+        return {str(upload_id) for upload_id in conn.execute(query).scalars()}

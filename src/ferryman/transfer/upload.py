@@ -1,0 +1,764 @@
+"""Resumable multipart uploads of local files to S3.
+
+The commit rule: a part counts only after S3 returned its ETag *and* its row
+committed in the store (fenced by the transfer's token and, inside a job, by
+the run's lease). A crash therefore loses at most the parts in flight — at
+most ``concurrency`` of them — and on resume S3 is the truth: ``ListParts``
+is reconciled with the stored parts, a part S3 has but the store lacks is
+adopted when its bytes match the file, stored parts S3 lost are sent again,
+and confirmed parts are re-read (to check the file did not change behind
+them) but never re-sent.
+
+Memory is bounded by ``part_size * (concurrency + 1)``: the reader holds one
+part and at most ``concurrency`` are in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from ferryman.errors import (
+    ConfigurationError,
+    LeaseLost,
+    S3Error,
+    TransferConflict,
+    TransferFailed,
+)
+from ferryman.model import Transfer, TransferPart, TransferStatus
+from ferryman.store import ConfirmedPart, NewTransfer, Store, TransferFence
+from ferryman.store.records import to_json
+from ferryman.transfer.s3 import (
+    MAX_PARTS,
+    Retrying,
+    choose_part_size,
+    format_size,
+    log,
+)
+
+OnChange = Literal["fail", "restart"]
+LEASE_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferProgress:
+    """Progress of one upload, reported after each confirmed part.
+
+    ``total`` is ``None`` while a followed file may still grow;
+    ``resumed_bytes`` is what earlier runs had confirmed when this one began.
+    """
+
+    transfer_id: int
+    bytes_confirmed: int
+    parts_confirmed: int
+    total: int | None
+    resumed_bytes: int
+    done: bool = False
+
+
+Progress = Callable[[TransferProgress], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    part_size: int | None
+    concurrency: int
+    follow: bool
+    stable_for: float
+    done_file: Path | None
+    poll_interval: float
+    on_change: OnChange
+    lease_seconds: float
+
+
+class _Restart(Exception):
+    """The source changed and the caller asked for a fresh upload."""
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_gone(transfer: Transfer, now: float) -> bool:
+    """May this process take ``transfer`` over? Yes if its owner is dead or its lease expired.
+
+    A process on this host is checked directly (a SIGKILLed upload is resumed at
+    once, not after its lease); other hosts only by the lease.
+    """
+    host, _, pid = (transfer.owner or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid():
+            return True  # an earlier call in this process gave up on it
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+    expires = transfer.lease_expires_at
+    return expires is None or expires.timestamp() < now
+
+
+def _code(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, S3Error) else ""
+
+
+def _sha256_b64(data: bytes | memoryview) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def composite_checksum(parts: list[TransferPart]) -> str:
+    """S3's COMPOSITE SHA-256 of a multipart object: hash of the part hashes, ``-N``."""
+    digest = hashlib.sha256(b"".join(base64.b64decode(p.sha256) for p in parts)).digest()
+    return f"{base64.b64encode(digest).decode()}-{len(parts)}"
+
+
+def composite_etag(parts: list[TransferPart]) -> str:
+    """The ETag S3 gives a multipart object (MD5 of the part MD5s, ``-N``)."""
+    try:
+        md5s = b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts)
+    except ValueError:  # a server whose part ETags are not MD5s
+        return ""
+    return f"{hashlib.md5(md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+class Uploader:
+    """One call of :func:`ferryman.transfer.upload`: open, reconcile, send, complete, verify."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        s3: Retrying,
+        path: Path,
+        bucket: str,
+        key: str,
+        options: Options,
+        metadata: Mapping[str, Any] | None,
+        sidecar_key: str | None,
+        run_lease: Any,
+        run_id: int | None,
+        progress: Progress | None,
+    ) -> None:
+        self.store = store
+        self.s3 = s3
+        self.path = path
+        self.bucket = bucket
+        self.key = key
+        self.options = options
+        self.metadata = metadata
+        self.sidecar_key = sidecar_key
+        self.run_lease = run_lease
+        self.run_id = run_id
+        self.progress = progress
+        self.log = logging.LoggerAdapter(
+            log, {"source": str(path), "object": f"s3://{bucket}/{key}", "run_id": run_id}
+        )
+        self._lock = threading.Lock()
+        self._confirmed_bytes = 0
+        self._confirmed_parts = 0
+        self._resumed_bytes = 0
+        self._total: int | None = None
+        self._stop = threading.Event()
+        self._lost: BaseException | None = None
+
+    # -- the whole transfer --------------------------------------------------
+
+    def run(self) -> Transfer:
+        stat = self._stat_or_none()
+        done = self.store.latest_transfer(
+            source_path=str(self.path), bucket=self.bucket, key=self.key
+        )
+        if (
+            stat is not None
+            and done is not None
+            and done.status is TransferStatus.SUCCEEDED
+            and done.total_size == stat.st_size
+            and done.source_mtime == stat.st_mtime
+            and self._object_etag() == done.etag
+        ):
+            self._report(done.id, done.bytes_confirmed, done.parts_confirmed, done.total_size)
+            return done  # this very file is already there, verified
+        if stat is None and (done is None or done.status is not TransferStatus.ACTIVE):
+            raise ConfigurationError(f"source file {self.path} does not exist")
+        size = stat.st_size if stat is not None else 0
+        part_size = choose_part_size(size, self.options.part_size)
+        opened = self.store.open_transfer(
+            NewTransfer(
+                source_path=str(self.path),
+                bucket=self.bucket,
+                key=self.key,
+                part_size=part_size,
+                follow=self.options.follow,
+                source_size=size,
+                source_mtime=stat.st_mtime if stat is not None else 0.0,
+                user_metadata_json=None
+                if self.metadata is None
+                else to_json(dict(self.metadata), "transfer metadata"),
+                sidecar_key=self.sidecar_key,
+                run_id=self.run_id,
+            ),
+            owner=owner_id(),
+            lease_seconds=self.options.lease_seconds,
+            run_lease=self.run_lease,
+            may_take_over=owner_is_gone,
+        )
+        self.fence: TransferFence = opened.fence
+        transfer = opened.transfer
+        self._resumed_bytes = transfer.bytes_confirmed
+        if not opened.created:
+            self.log.info(
+                "resuming transfer %d: %s in %d parts already confirmed",
+                transfer.id,
+                format_size(transfer.bytes_confirmed),
+                transfer.parts_confirmed,
+                extra={"transfer_id": transfer.id},
+            )
+        heartbeat = threading.Thread(
+            target=self._heartbeat, name=f"ferryman-transfer-{transfer.id}-lease", daemon=True
+        )
+        heartbeat.start()
+        try:
+            for _ in range(3):  # a restart after a source change, at most twice
+                try:
+                    return self._upload(transfer)
+                except _Restart:
+                    transfer = self._fresh_upload(transfer)
+            self._fail(transfer, "source_changed", f"{self.path} kept changing during upload")
+        finally:
+            self._stop.set()
+            heartbeat.join()
+
+    def _object_etag(self) -> str | None:
+        try:
+            head = self.s3("head_object", self.key, Bucket=self.bucket, Key=self.key)
+        except S3Error as exc:
+            if exc.code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return str(head.get("ETag", "")).strip('"')
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.options.lease_seconds / 3):
+            try:
+                self.store.renew_transfer(self.fence, self.options.lease_seconds)
+            except (LeaseLost, TransferConflict) as exc:
+                self._lost = exc
+                return
+            except Exception:  # a store hiccup: the next renewal (or part) tries again
+                self.log.warning("renewing the transfer's lease failed", exc_info=True)
+
+    def _upload(self, transfer: Transfer) -> Transfer:
+        if transfer.etag is not None:  # completed and verified before a crash
+            return self._finish(transfer)
+        stat = self._stat_or_none()
+        if stat is None:
+            self._fail(transfer, "source_missing", f"{self.path} no longer exists")
+        if transfer.upload_id is None:
+            if stat.st_size == 0 and not self.options.follow:
+                return self._put_empty(transfer)
+            created = self.s3(
+                "create_multipart_upload",
+                self.key,
+                Bucket=self.bucket,
+                Key=self.key,
+                ChecksumAlgorithm="SHA256",
+            )
+            # A crash right here leaves an upload no transfer owns: `transfers gc` aborts it.
+            self.store.set_transfer_upload(self.fence, created["UploadId"], transfer.part_size)
+            transfer = self._reload()
+            stored: list[TransferPart] = []
+            on_s3: dict[int, dict[str, Any]] = {}
+        else:
+            stored, on_s3 = self._reconcile(transfer)
+            if stored is None:
+                return self._finish(self._reload())
+            transfer = self._reload()  # the upload may have been replaced
+        return self._send(transfer, stored, on_s3)
+
+    # -- resume --------------------------------------------------------------
+
+    def _reconcile(self, transfer: Transfer) -> tuple[Any, dict[int, dict[str, Any]]]:
+        """Stored parts that S3 still has, and S3's parts by number; (None, {}) if completed."""
+        assert transfer.upload_id is not None
+        stored = self.store.get_transfer_parts(transfer.id)
+        try:
+            on_s3 = self._list_parts(transfer.upload_id)
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+            if self._adopt_completed_object(transfer, stored):
+                return None, {}
+            self.log.warning(
+                "multipart upload of transfer %d is gone from S3 (aborted elsewhere?); "
+                "starting a new one",
+                transfer.id,
+            )
+            self._new_upload(transfer)
+            return [], {}
+        lost = [
+            p.part_number
+            for p in stored
+            if p.part_number not in on_s3
+            or on_s3[p.part_number]["ETag"].strip('"') != p.etag.strip('"')
+        ]
+        if lost:
+            self.log.warning("S3 lacks %d confirmed parts; they will be sent again", len(lost))
+            self.store.forget_parts(self.fence, lost)
+            stored = [p for p in stored if p.part_number not in lost]
+        return stored, {n: p for n, p in on_s3.items() if n not in {s.part_number for s in stored}}
+
+    def _list_parts(self, upload_id: str) -> dict[int, dict[str, Any]]:
+        parts: dict[int, dict[str, Any]] = {}
+        marker = 0
+        while True:
+            page = self.s3(
+                "list_parts",
+                self.key,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                MaxParts=1000,
+                PartNumberMarker=marker,
+            )
+            for part in page.get("Parts", []):
+                parts[int(part["PartNumber"])] = part
+            following = int(page.get("NextPartNumberMarker") or 0)
+            # Some servers page wrongly when numbers have gaps: stop unless the marker moves on.
+            if not page.get("IsTruncated") or following <= marker:
+                return parts
+            marker = following
+
+    def _adopt_completed_object(self, transfer: Transfer, stored: list[TransferPart]) -> bool:
+        """After a crash between CompleteMultipartUpload and its record: is the object ours?"""
+        if not stored:
+            return False
+        try:
+            head = self.s3(
+                "head_object", self.key, Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"
+            )
+        except S3Error as exc:
+            if exc.code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        total = sum(p.size for p in stored)
+        if int(head["ContentLength"]) != total:
+            return False
+        ours = head.get("ChecksumSHA256") == composite_checksum(stored) or str(
+            head.get("ETag", "")
+        ).strip('"') == composite_etag(stored)
+        if not ours:
+            return False
+        self.log.info("transfer %d: object was completed before a crash", transfer.id)
+        sha = self._hash_file(total)
+        self._verify_and_record(transfer, stored, total, sha)
+        return True
+
+    def _new_upload(self, transfer: Transfer) -> None:
+        created = self.s3(
+            "create_multipart_upload",
+            self.key,
+            Bucket=self.bucket,
+            Key=self.key,
+            ChecksumAlgorithm="SHA256",
+        )
+        self.store.set_transfer_upload(self.fence, created["UploadId"], transfer.part_size)
+
+    def _fresh_upload(self, transfer: Transfer) -> Transfer:
+        """Throw away the upload so far (the source changed and a restart was asked for)."""
+        self._abort(transfer.upload_id)
+        stat = self._stat_or_none()
+        if stat is None:
+            self._fail(transfer, "source_missing", f"{self.path} no longer exists")
+        self.store.record_transfer_source(self.fence, size=stat.st_size, mtime=stat.st_mtime)
+        part_size = choose_part_size(stat.st_size, self.options.part_size)
+        self.store.set_transfer_upload(self.fence, None, part_size)
+        self.log.warning("transfer %d: source changed; uploading it again", transfer.id)
+        self._resumed_bytes = 0
+        return self._reload()
+
+    # -- sending -------------------------------------------------------------
+
+    def _send(
+        self, transfer: Transfer, stored: list[TransferPart], on_s3: dict[int, dict[str, Any]]
+    ) -> Transfer:
+        assert transfer.upload_id is not None
+        opts = self.options
+        part_size = transfer.part_size
+        confirmed = {p.part_number: p for p in stored}
+        self._confirmed_bytes = sum(p.size for p in stored)
+        self._confirmed_parts = len(stored)
+        start_stat = os.stat(self.path)
+        confirmed_end = max((p.start + p.size for p in stored), default=0)
+        if start_stat.st_size < confirmed_end:
+            self._changed(transfer, f"{self.path} shrank below the confirmed {confirmed_end} B")
+        if not opts.follow:
+            self._total = start_stat.st_size
+            self.store.record_transfer_source(
+                self.fence, size=start_stat.st_size, mtime=start_stat.st_mtime
+            )
+        whole = hashlib.sha256()
+        slots = threading.BoundedSemaphore(opts.concurrency)
+        futures: list[Future[None]] = []
+        number, offset = 1, 0
+        last_change = time.monotonic()
+        seen = (start_stat.st_size, start_stat.st_mtime_ns)
+        final_size: int | None = None if opts.follow else start_stat.st_size
+        observed = start_stat.st_size
+        with (
+            open(self.path, "rb", buffering=0) as source,
+            ThreadPoolExecutor(opts.concurrency, thread_name_prefix="ferryman-part") as pool,
+        ):
+            while True:
+                self._raise_if_lost(futures)
+                if final_size is None:
+                    stat = self._stat_or_none()
+                    if stat is None:
+                        self._fail(transfer, "source_missing", f"{self.path} disappeared")
+                    if (stat.st_size, stat.st_mtime_ns) != seen:
+                        seen, last_change = (stat.st_size, stat.st_mtime_ns), time.monotonic()
+                    finished = (
+                        opts.done_file.exists()
+                        if opts.done_file is not None
+                        else time.monotonic() - last_change >= opts.stable_for
+                    )
+                    if finished:
+                        # Decided once: the last (short) part must really be the last.
+                        final_size = os.stat(self.path).st_size
+                        self._total = final_size
+                    elif offset + part_size > stat.st_size:
+                        time.sleep(opts.poll_interval)  # waiting for the file to grow
+                        continue
+                    observed = stat.st_size
+                size = observed if final_size is None else final_size
+                if offset >= size and not (offset == 0 and size == 0):
+                    break
+                length = min(part_size, size - offset)
+                if number > MAX_PARTS:
+                    self._fail(
+                        transfer,
+                        "too_large",
+                        f"{self.path} needs more than {MAX_PARTS:,} parts of "
+                        f"{format_size(part_size)}; give a larger part size",
+                    )
+                data = os.pread(source.fileno(), length, offset)
+                if len(data) != length:
+                    self._changed(transfer, f"{self.path} was truncated while being read")
+                whole.update(data)
+                if number in confirmed:
+                    self._check_confirmed(transfer, confirmed[number], data)
+                elif not self._adopt(number, offset, data, on_s3.get(number)):
+                    slots.acquire()
+                    self._raise_if_lost(futures)
+                    futures.append(
+                        pool.submit(
+                            self._send_part, slots, transfer.upload_id, number, offset, data
+                        )
+                    )
+                    futures = [f for f in futures if not f.done() or f.exception() is not None]
+                del data
+                offset += length
+                number += 1
+                if size == 0:
+                    break
+            wait(futures, return_when=FIRST_EXCEPTION)
+            self._raise_if_lost(futures)
+        end = os.stat(self.path)
+        if opts.follow:
+            self.store.record_transfer_source(self.fence, size=offset, mtime=end.st_mtime)
+        elif (end.st_size, end.st_mtime_ns) != (start_stat.st_size, start_stat.st_mtime_ns):
+            self._changed(transfer, f"{self.path} changed while it was being uploaded")
+        parts = self.store.get_transfer_parts(transfer.id)
+        numbers = [p.part_number for p in parts]
+        if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != offset:
+            raise AssertionError(f"transfer {transfer.id}: parts {numbers} do not cover {offset} B")
+        self._complete(transfer, parts)
+        self._verify_and_record(transfer, parts, offset, whole.hexdigest())
+        return self._finish(self._reload())
+
+    def _send_part(
+        self,
+        slots: threading.BoundedSemaphore,
+        upload_id: str,
+        number: int,
+        start: int,
+        data: bytes,
+    ) -> None:
+        try:
+            if self._lost is not None:
+                raise self._lost
+            checksum = _sha256_b64(data)
+            self.log.debug(
+                "sending part %d (%d B)", number, len(data), extra={"part_number": number}
+            )
+            response = self.s3(
+                "upload_part",
+                f"{self.fence.transfer_id}:{number}",
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumSHA256=checksum,
+            )
+            part = ConfirmedPart(
+                part_number=number,
+                start=start,
+                size=len(data),
+                etag=response["ETag"].strip('"'),
+                sha256=checksum,
+            )
+            self.store.confirm_part(self.fence, part, self.options.lease_seconds)
+            self._count(part.size)
+        finally:
+            slots.release()
+
+    def _adopt(self, number: int, start: int, data: bytes, on_s3: dict[str, Any] | None) -> bool:
+        """Record a part S3 has but the store lacks, if its bytes are this file's."""
+        if on_s3 is None or int(on_s3.get("Size", -1)) != len(data):
+            return False
+        checksum = _sha256_b64(data)
+        etag = str(on_s3["ETag"]).strip('"')
+        if on_s3.get("ChecksumSHA256"):
+            matches = on_s3["ChecksumSHA256"] == checksum
+        else:  # servers that do not list checksums: a plain part ETag is the MD5
+            matches = etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if not matches:
+            return False
+        part = ConfirmedPart(
+            part_number=number,
+            start=start,
+            size=len(data),
+            etag=etag,
+            sha256=checksum,
+            adopted=True,
+        )
+        self.store.confirm_part(self.fence, part, self.options.lease_seconds)
+        self.log.info("adopted part %d found on S3 after a crash", number)
+        self._count(len(data))
+        return True
+
+    def _check_confirmed(self, transfer: Transfer, part: TransferPart, data: bytes) -> None:
+        if len(data) != part.size or _sha256_b64(data) != part.sha256:
+            self._changed(
+                transfer,
+                f"bytes {part.start}-{part.start + part.size} of {self.path} changed after "
+                f"part {part.part_number} was uploaded",
+            )
+
+    def _raise_if_lost(self, futures: list[Future[None]]) -> None:
+        if self._lost is not None:
+            raise self._lost
+        for future in futures:
+            error = future.exception() if future.done() else None
+            if error is not None:
+                raise error
+
+    def _count(self, size: int) -> None:
+        with self._lock:
+            self._confirmed_bytes += size
+            self._confirmed_parts += 1
+            confirmed, parts = self._confirmed_bytes, self._confirmed_parts
+        self._report(self.fence.transfer_id, confirmed, parts, self._total)
+
+    def _report(self, transfer_id: int, confirmed: int, parts: int, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress(
+                TransferProgress(
+                    transfer_id=transfer_id,
+                    bytes_confirmed=confirmed,
+                    parts_confirmed=parts,
+                    total=total,
+                    resumed_bytes=self._resumed_bytes,
+                    done=total is not None and confirmed >= total,
+                )
+            )
+
+    # -- completion ----------------------------------------------------------
+
+    def _complete(self, transfer: Transfer, parts: list[TransferPart]) -> None:
+        try:
+            self.s3(
+                "complete_multipart_upload",
+                self.key,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=transfer.upload_id,
+                MultipartUpload={
+                    "Parts": [
+                        {"PartNumber": p.part_number, "ETag": p.etag, "ChecksumSHA256": p.sha256}
+                        for p in parts
+                    ]
+                },
+            )
+        except S3Error as exc:
+            # A retry after a lost response finds the upload gone: it did complete.
+            if exc.code != "NoSuchUpload":
+                raise
+
+    def _verify_and_record(
+        self, transfer: Transfer, parts: list[TransferPart], total: int, sha256: str
+    ) -> None:
+        """HeadObject: size, then S3's composite SHA-256 (or the multipart ETag)."""
+        head = self.s3(
+            "head_object", self.key, Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"
+        )
+        checksum = composite_checksum(parts)
+        etag = str(head.get("ETag", "")).strip('"')
+        if int(head["ContentLength"]) != total:
+            self._fail(
+                transfer,
+                "verify_failed",
+                f"object has {head['ContentLength']} B, the file {total} B",
+                abort=False,
+            )
+        if head.get("ChecksumSHA256") and "-" in head["ChecksumSHA256"]:
+            verified_by = "checksum"
+            if head["ChecksumSHA256"] != checksum:
+                self._fail(
+                    transfer,
+                    "verify_failed",
+                    f"S3 checksum {head['ChecksumSHA256']} != expected {checksum}",
+                    abort=False,
+                )
+        elif etag.endswith(f"-{len(parts)}"):
+            verified_by = "etag"
+            if etag != composite_etag(parts):
+                self._fail(transfer, "verify_failed", f"ETag {etag} != expected", abort=False)
+        else:
+            verified_by = "size"
+        self.store.record_transfer_object(
+            self.fence,
+            total_size=total,
+            sha256=sha256,
+            checksum=checksum,
+            etag=etag,
+            verified_by=verified_by,
+        )
+        self.log.info(
+            "transfer %d: object complete, %s, verified by %s",
+            transfer.id,
+            format_size(total),
+            verified_by,
+        )
+
+    def _put_empty(self, transfer: Transfer) -> Transfer:
+        empty = _sha256_b64(b"")
+        response = self.s3(
+            "put_object", self.key, Bucket=self.bucket, Key=self.key, Body=b"", ChecksumSHA256=empty
+        )
+        self.store.record_transfer_object(
+            self.fence,
+            total_size=0,
+            sha256=hashlib.sha256(b"").hexdigest(),
+            checksum=empty,
+            etag=str(response.get("ETag", "")).strip('"'),
+            verified_by="checksum",
+        )
+        return self._finish(self._reload())
+
+    def _finish(self, transfer: Transfer) -> Transfer:
+        """Write the sidecar (only now: the object is verified), then mark success."""
+        if transfer.sidecar_key is not None:
+            parts = self.store.get_transfer_parts(transfer.id)
+            document = {
+                "object": transfer.uri,
+                "size": transfer.total_size,
+                "sha256": transfer.sha256,
+                "checksum_sha256": transfer.checksum,
+                "etag": transfer.etag,
+                "verified_by": transfer.verified_by,
+                "part_size": transfer.part_size,
+                "parts": [
+                    {"part_number": p.part_number, "size": p.size, "sha256": p.sha256}
+                    for p in parts
+                ],
+                "source_path": transfer.source_path,
+                "source_mtime": transfer.source_mtime,
+                "started_at": transfer.created_at.isoformat(),
+                "completed_at": transfer.updated_at.isoformat(),
+                "transfer_id": transfer.id,
+                "run_id": transfer.run_id,
+                "metadata": transfer.user_metadata,
+            }
+            body = json.dumps(document, indent=2, sort_keys=True).encode()
+            self.s3(
+                "put_object",
+                transfer.sidecar_key,
+                Bucket=self.bucket,
+                Key=transfer.sidecar_key,
+                Body=body,
+                ContentType="application/json",
+                ChecksumSHA256=_sha256_b64(body),
+            )
+        self.store.finish_transfer(self.fence, TransferStatus.SUCCEEDED)
+        final = self._reload()
+        self._report(final.id, final.bytes_confirmed, final.parts_confirmed, final.total_size)
+        return final
+
+    # -- failures ------------------------------------------------------------
+
+    def _changed(self, transfer: Transfer, detail: str) -> NoReturn:
+        if self.options.on_change == "restart":
+            raise _Restart(detail)
+        self._fail(transfer, "source_changed", detail)
+
+    def _fail(
+        self, transfer: Transfer, reason: str, detail: str, *, abort: bool = True
+    ) -> NoReturn:
+        """Record the failure, abort the multipart upload, raise :class:`TransferFailed`."""
+        self._stop.set()
+        if abort:
+            self._abort(self._reload().upload_id)
+        self.store.finish_transfer(
+            self.fence, TransferStatus.FAILED, reason=reason, error=f"{reason}: {detail}"
+        )
+        self.log.error("transfer %d failed: %s: %s", transfer.id, reason, detail)
+        raise TransferFailed(transfer.id, reason, detail)
+
+    def _abort(self, upload_id: str | None) -> None:
+        if upload_id is None:
+            return
+        try:
+            self.s3(
+                "abort_multipart_upload",
+                self.key,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+            )
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+
+    # -- helpers -------------------------------------------------------------
+
+    def _stat_or_none(self) -> os.stat_result | None:
+        try:
+            return os.stat(self.path)
+        except FileNotFoundError:
+            return None
+
+    def _reload(self) -> Transfer:
+        transfer = self.store.get_transfer(self.fence.transfer_id)
+        assert transfer is not None
+        self._current = transfer
+        return transfer
+
+    def _hash_file(self, size: int) -> str:
+        whole = hashlib.sha256()
+        with open(self.path, "rb") as source:
+            while chunk := source.read(min(8 * 1024 * 1024, size)):
+                whole.update(chunk)
+        return whole.hexdigest()
