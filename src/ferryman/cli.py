@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ferryman import cli_sensors, logs
+from ferryman import cli_sensors, cli_transfers, logs
 from ferryman.app import DEFAULT_STORE, App
 from ferryman.cli_output import (
     EXIT_NOT_FOUND,
@@ -420,6 +420,7 @@ def db_upgrade() -> None:
 
 
 cli_sensors.register(cli, lambda: settings.app())
+cli_transfers.register(cli, lambda: settings.app())
 
 
 def main() -> None:

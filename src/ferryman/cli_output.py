@@ -3,7 +3,8 @@
 Exit codes: 0 done; 1 the operation found nothing to do on what was asked
 (no such run or sensor, an evaluation that failed); 2 usage or configuration
 error; 3 the store cannot be reached; 4 the store's schema does not match
-this version; 5 another store error.
+this version; 5 another store error; 6 S3 refused a request (access
+denied); 7 S3 cannot be reached; 8 a transfer failed and was recorded so.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_SCHEMA = 4
 EXIT_STORE = 5
+EXIT_S3_REFUSED = 6
+EXIT_S3_UNAVAILABLE = 7
+EXIT_TRANSFER_FAILED = 8
 
 out = Console()
 err = Console(stderr=True)

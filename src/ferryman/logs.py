@@ -56,6 +56,10 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # Alembic announces every migration context at INFO; only its warnings matter here.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The AWS SDK's DEBUG lines carry request headers (signatures, tokens) and
+    # every byte count; ferryman's own transfer logs say what matters.
+    for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class ConsoleHandler(logging.Handler):

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.store.schema import transfers
 
 MiB = 1024 * 1024
 
@@ -48,3 +55,55 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: source.read(MiB), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_upload(
+    store_url: str, log: Path, env: dict[str, str], *args: str
+) -> subprocess.Popen[bytes]:
+    """``ferryman --store URL --log-level DEBUG upload ARGS``, its output appended to ``log``."""
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ferryman",
+                "--store",
+                store_url,
+                "--log-level",
+                "DEBUG",
+                "upload",
+                *args,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def sends(log_text: str) -> list[int]:
+    """Part numbers in the order the uploads logged sending them."""
+    return [int(n) for n in re.findall(r"sending part (\d+) ", log_text)]
+
+
+def transfer_row(store_url: str, source: Path) -> dict[str, Any] | None:
+    """The newest transfer of ``source`` as a plain dict, read straight from the store."""
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            row = (
+                conn.execute(
+                    sa.select(transfers)
+                    .where(transfers.c.source_path == str(source))
+                    .order_by(transfers.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .one_or_none()
+            )
+            return None if row is None else dict(row)
+    finally:
+        engine.dispose()

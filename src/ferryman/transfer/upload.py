@@ -216,6 +216,7 @@ class Uploader:
         )
         self.fence: TransferFence = opened.fence
         transfer = opened.transfer
+        self.log = logging.LoggerAdapter(log, {**(self.log.extra or {}), "transfer_id": transfer.id})
         self._resumed_bytes = transfer.bytes_confirmed
         if not opened.created:
             self.log.info(
@@ -223,7 +224,6 @@ class Uploader:
                 transfer.id,
                 format_size(transfer.bytes_confirmed),
                 transfer.parts_confirmed,
-                extra={"transfer_id": transfer.id},
             )
         heartbeat = threading.Thread(
             target=self._heartbeat, name=f"ferryman-transfer-{transfer.id}-lease", daemon=True
@@ -499,9 +499,7 @@ class Uploader:
             if self._lost is not None:
                 raise self._lost
             checksum = _sha256_b64(data)
-            self.log.debug(
-                "sending part %d (%d B)", number, len(data), extra={"part_number": number}
-            )
+            self.log.debug("sending part %d (%d B)", number, len(data))
             response = self.s3(
                 "upload_part",
                 f"{self.fence.transfer_id}:{number}",
