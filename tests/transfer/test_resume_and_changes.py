@@ -1,0 +1,176 @@
+"""Resume, reconciliation with ListParts, and source changes (moto server on loopback).
+
+An upload is interrupted in-process by a progress callback that raises once
+some parts are confirmed: the transfer stays ``active`` with those parts
+recorded, as after a crash right after a part committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ferryman as fm
+from ferryman.store import Store
+from tests.s3_fixtures import s3_bucket, s3_client, s3_endpoint, s3_server
+from tests.transfer.support import MiB, file_sha256, object_sha256, write_random
+
+__all__ = ["s3_bucket", "s3_client", "s3_endpoint", "s3_server"]  # fixtures used here
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(parts: int) -> Any:
+    def progress(update: fm.transfer.TransferProgress) -> None:
+        if update.parts_confirmed >= parts and not update.done:
+            raise Interrupted(f"stopped after {update.parts_confirmed} parts")
+
+    return progress
+
+
+def partial(source: Path, url: str, store_url: str, parts: int = 1) -> fm.Transfer:
+    """Upload until ``parts`` are confirmed, then stop as a crash would."""
+    with pytest.raises(Interrupted):
+        fm.transfer.upload(
+            source,
+            url,
+            part_size=5 * MiB,
+            concurrency=1,
+            store=store_url,
+            progress=interrupt_after(parts),
+        )
+    store = Store(store_url)
+    try:
+        (transfer,) = store.list_transfers(status=fm.TransferStatus.ACTIVE)
+        return transfer
+    finally:
+        store.close()
+
+
+def uploads(client: Any, bucket: str) -> list[Any]:
+    return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def test_resume_sends_only_what_is_missing_and_adopts_parts_s3_has(
+    tmp_path: Path, store_url: str, s3_client: Any, s3_bucket: str
+) -> None:
+    source = write_random(tmp_path / "f.bin", 22 * MiB)
+    url = f"s3://{s3_bucket}/f.bin"
+    before = partial(source, url, store_url, parts=1)
+    assert before.parts_confirmed == 1 and before.upload_id is not None
+    data = source.read_bytes()
+    # A crash after S3 took part 2 but before its row committed; part 3 arrived damaged.
+    for number, body in ((2, data[5 * MiB : 10 * MiB]), (3, b"x" * (5 * MiB))):
+        s3_client.upload_part(
+            Bucket=s3_bucket,
+            Key="f.bin",
+            UploadId=before.upload_id,
+            PartNumber=number,
+            Body=body,
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(),
+        )
+    seen: list[fm.transfer.TransferProgress] = []
+    done = fm.transfer.upload(source, url, store=store_url, progress=seen.append)
+    assert done.id == before.id and done.status is fm.TransferStatus.SUCCEEDED
+    assert done.resumes == 1 and done.part_size == 5 * MiB
+    assert seen[0].resumed_bytes == 5 * MiB
+    store = Store(store_url)
+    parts = store.get_transfer_parts(done.id)
+    store.close()
+    assert [p.adopted for p in parts] == [False, True, False, False, False]
+    assert object_sha256(s3_client, s3_bucket, "f.bin") == file_sha256(source)
+    assert uploads(s3_client, s3_bucket) == []
+
+
+@pytest.mark.parametrize("change", ["modified", "truncated", "missing"])
+def test_a_source_changed_between_runs_fails_and_aborts(
+    tmp_path: Path, store_url: str, s3_client: Any, s3_bucket: str, change: str
+) -> None:
+    source = write_random(tmp_path / "f.bin", 12 * MiB)
+    url = f"s3://{s3_bucket}/f.bin"
+    before = partial(source, url, store_url, parts=1)
+    if change == "modified":
+        with source.open("r+b") as f:
+            f.seek(1000)
+            f.write(b"changed")
+    elif change == "truncated":
+        with source.open("r+b") as f:
+            f.truncate(3 * MiB)
+    else:
+        source.unlink()
+    reason = "source_missing" if change == "missing" else "source_changed"
+    with pytest.raises(fm.TransferFailed, match=reason) as caught:
+        fm.transfer.upload(source, url, store=store_url)
+    assert caught.value.reason == reason
+    store = Store(store_url)
+    failed = store.get_transfer(before.id)
+    store.close()
+    assert failed is not None and failed.status is fm.TransferStatus.FAILED
+    assert failed.reason == reason and failed.error and failed.error.startswith(reason)
+    assert uploads(s3_client, s3_bucket) == []  # the multipart upload was aborted
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=s3_bucket)  # no object at all
+
+
+def test_restart_on_change_uploads_the_new_file(
+    tmp_path: Path, sqlite_url: str, s3_client: Any, s3_bucket: str
+) -> None:
+    source = write_random(tmp_path / "f.bin", 12 * MiB)
+    url = f"s3://{s3_bucket}/f.bin"
+    partial(source, url, sqlite_url, parts=1)
+    write_random(source, 11 * MiB)
+    done = fm.transfer.upload(source, url, store=sqlite_url, on_change="restart")
+    assert done.status is fm.TransferStatus.SUCCEEDED and done.total_size == 11 * MiB
+    assert object_sha256(s3_client, s3_bucket, "f.bin") == file_sha256(source)
+    assert uploads(s3_client, s3_bucket) == []
+
+
+def test_a_source_changed_during_the_upload_fails(
+    tmp_path: Path, sqlite_url: str, s3_client: Any, s3_bucket: str
+) -> None:
+    source = write_random(tmp_path / "f.bin", 16 * MiB)
+
+    def append_once(update: fm.transfer.TransferProgress) -> None:
+        if update.parts_confirmed == 1:
+            with source.open("ab") as f:
+                f.write(b"late bytes")
+
+    with pytest.raises(fm.TransferFailed, match="source_changed"):
+        fm.transfer.upload(
+            source,
+            f"s3://{s3_bucket}/f.bin",
+            part_size=5 * MiB,
+            concurrency=1,
+            store=sqlite_url,
+            progress=append_once,
+        )
+    assert uploads(s3_client, s3_bucket) == []
+
+
+def test_a_live_owner_is_not_taken_over(
+    tmp_path: Path, sqlite_url: str, s3_bucket: str, s3_endpoint: str
+) -> None:
+    source = write_random(tmp_path / "f.bin", 12 * MiB)
+    url = f"s3://{s3_bucket}/f.bin"
+    before = partial(source, url, sqlite_url)
+    store = Store(sqlite_url)
+    try:
+        # Pretend a live process on another host holds it with a fresh lease.
+        with store.write("test: hand the transfer to another host") as conn:
+            conn.exec_driver_sql(
+                "UPDATE ferryman_transfers SET owner = 'elsewhere:1', "
+                "lease_expires_at = lease_expires_at + 3600 WHERE id = ?",
+                (before.id,),
+            )
+        with pytest.raises(fm.TransferConflict, match="being uploaded by elsewhere:1"):
+            fm.transfer.upload(source, url, store=store)
+        other = write_random(tmp_path / "g.bin", 100)
+        with pytest.raises(fm.ConfigurationError, match="one object has one writer"):
+            fm.transfer.upload(other, url, store=store)
+    finally:
+        store.close()

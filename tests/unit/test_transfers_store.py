@@ -1,0 +1,118 @@
+"""The transfers tables: fenced part records on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+import ferryman as fm
+from ferryman.store import ConfirmedPart, NewTransfer, Store
+from ferryman.store.transfers import TransferFence
+
+
+def new(run_id: int | None = None, path: str = "/data/a.bin") -> NewTransfer:
+    return NewTransfer(
+        source_path=path,
+        bucket="b",
+        key="k",
+        part_size=5 << 20,
+        follow=False,
+        source_size=12 << 20,
+        source_mtime=1.0,
+        user_metadata_json=None,
+        sidecar_key=None,
+        run_id=run_id,
+    )
+
+
+def part(number: int) -> ConfirmedPart:
+    return ConfirmedPart(
+        part_number=number,
+        start=(number - 1) * (5 << 20),
+        size=5 << 20,
+        etag=f"e{number}",
+        sha256="s",
+    )
+
+
+def never(_transfer: fm.Transfer, _now: float) -> bool:
+    return False
+
+
+def always(_transfer: fm.Transfer, _now: float) -> bool:
+    return True
+
+
+def test_a_taken_over_transfer_refuses_the_old_owner(store_url: str) -> None:
+    store = Store(store_url, create=True)
+    try:
+        first = store.open_transfer(
+            new(), owner="h:1", lease_seconds=30, run_lease=None, may_take_over=never
+        )
+        assert first.created and first.fence.token == 1
+        store.confirm_part(first.fence, part(1), 30)
+        with pytest.raises(fm.TransferConflict, match="being uploaded by h:1"):
+            store.open_transfer(
+                new(), owner="h:2", lease_seconds=30, run_lease=None, may_take_over=never
+            )
+        second = store.open_transfer(
+            new(), owner="h:2", lease_seconds=30, run_lease=None, may_take_over=always
+        )
+        assert not second.created and second.fence.token == 2
+        assert [p.part_number for p in second.parts] == [1]
+        with pytest.raises(fm.TransferConflict, match="taken over"):
+            store.confirm_part(first.fence, part(2), 30)
+        store.confirm_part(second.fence, part(2), 30)
+        transfer = store.get_transfer(second.transfer.id)
+        assert transfer is not None
+        assert (transfer.parts_confirmed, transfer.bytes_confirmed) == (2, 10 << 20)
+        assert transfer.owner == "h:2" and transfer.resumes == 1
+        with pytest.raises(fm.ConfigurationError, match="one object has one writer"):
+            store.open_transfer(
+                new(path="/other"),
+                owner="h:3",
+                lease_seconds=30,
+                run_lease=None,
+                may_take_over=always,
+            )
+    finally:
+        store.close()
+
+
+def test_inside_a_job_part_records_are_fenced_by_the_run_lease(make_app: type[fm.App]) -> None:
+    app = make_app()
+
+    @app.job
+    def upload(ctx: fm.JobContext, payload: object) -> None: ...
+
+    app.submit("upload", fm.RunRequest("r1"))
+    store = app.store
+    (claimed,) = store.claim(worker_id="w:1", jobs=["upload"], limit=1, lease_seconds=30)
+    opened = store.open_transfer(
+        new(run_id=claimed.id),
+        owner="w:1",
+        lease_seconds=30,
+        run_lease=claimed.lease,
+        may_take_over=never,
+    )
+    store.confirm_part(opened.fence, part(1), 30)
+    store.release([claimed.lease], worker_id="w:1", reason="test")  # the lease moves on
+    with pytest.raises(fm.LeaseLost):
+        store.confirm_part(opened.fence, part(2), 30)
+    with pytest.raises(fm.LeaseLost):
+        store.finish_transfer(opened.fence, fm.TransferStatus.SUCCEEDED)
+    assert [p.part_number for p in store.get_transfer_parts(opened.transfer.id)] == [1]
+
+    # The retried run (same run id, new lease) takes the transfer over at once.
+    (again,) = store.claim(worker_id="w:2", jobs=["upload"], limit=1, lease_seconds=30)
+    resumed = store.open_transfer(
+        new(run_id=again.id),
+        owner="w:2",
+        lease_seconds=30,
+        run_lease=again.lease,
+        may_take_over=never,
+    )
+    assert not resumed.created and [p.part_number for p in resumed.parts] == [1]
+    store.confirm_part(resumed.fence, part(2), 30)
+    stale = TransferFence(opened.fence.transfer_id, resumed.fence.token, claimed.lease)
+    with pytest.raises(fm.LeaseLost):
+        store.confirm_part(stale, part(3), 30)
