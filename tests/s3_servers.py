@@ -102,6 +102,7 @@ class SeaweedServer:
             "-ip.bind=127.0.0.1",
             f"-s3.config={self.config}",
             "-webdav=false",
+            "-s3.autoCreateBucket=false",  # a missing bucket must stay missing
             "-admin.ui=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
