@@ -466,6 +466,7 @@ class App:
         prefetch: int | None = None,
         grace_seconds: float = 30.0,
         sensor_concurrency: int = 8,
+        resume_transfers: bool = True,
     ) -> WorkReport:
         """The daemon: the sensor loop on a supervised thread, a worker on this one.
 
@@ -473,6 +474,10 @@ class App:
         ``sensor_concurrency`` at once); evaluation history is pruned to
         ``evaluation_retention`` now and then. SIGTERM or SIGINT stop the
         worker (see :meth:`work`) and then the sensor loop.
+
+        With ``resume_transfers``, standalone uploads (``ferryman upload``)
+        that a crash left active are resumed on a background thread at
+        start; transfers inside jobs resume with their runs.
         """
         if not self._jobs and not self._sensors:
             raise ConfigurationError("this app registers no job and no sensor: nothing to run")
@@ -491,4 +496,15 @@ class App:
                 grace_seconds=grace_seconds,
             )
 
-        return run_daemon(daemon, work if self._jobs else None, grace_seconds=grace_seconds)
+        # Imported here: the transfer package loads boto3 only when it is used.
+        from ferryman.transfer.janitor import TransferResumer
+
+        resumer = TransferResumer(self.store) if resume_transfers else None
+        if resumer is not None:
+            resumer.start()
+        try:
+            return run_daemon(daemon, work if self._jobs else None, grace_seconds=grace_seconds)
+        finally:
+            if resumer is not None:
+                # An upload cut short here stays active and resumes next time.
+                resumer.stop(timeout=grace_seconds)

@@ -174,3 +174,26 @@ def test_a_live_owner_is_not_taken_over(
             fm.transfer.upload(other, url, store=store)
     finally:
         store.close()
+
+
+def test_the_daemon_resumes_standalone_transfers_left_active(
+    tmp_path: Path, sqlite_url: str, s3_client: Any, s3_bucket: str
+) -> None:
+    from ferryman.transfer.janitor import TransferResumer, resumable
+    from tests.helpers import wait_until
+
+    source = write_random(tmp_path / "f.bin", 12 * MiB)
+    before = partial(source, f"s3://{s3_bucket}/f.bin", sqlite_url)
+    store = Store(sqlite_url)
+    try:
+        assert [t.id for t in resumable(store)] == [before.id]
+        resumer = TransferResumer(store)
+        resumer.start()
+        wait_until(lambda: resumer.resumed == [before.id], timeout=60, what="the resume")
+        resumer.stop(timeout=10)
+        done = store.get_transfer(before.id)
+        assert done is not None and done.status is fm.TransferStatus.SUCCEEDED
+        assert resumable(store) == []
+    finally:
+        store.close()
+    assert object_sha256(s3_client, s3_bucket, "f.bin") == file_sha256(source)
