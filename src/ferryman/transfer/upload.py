@@ -216,7 +216,9 @@ class Uploader:
         )
         self.fence: TransferFence = opened.fence
         transfer = opened.transfer
-        self.log = logging.LoggerAdapter(log, {**(self.log.extra or {}), "transfer_id": transfer.id})
+        self.log = logging.LoggerAdapter(
+            log, {**(self.log.extra or {}), "transfer_id": transfer.id}
+        )
         self._resumed_bytes = transfer.bytes_confirmed
         if not opened.created:
             self.log.info(
@@ -266,6 +268,8 @@ class Uploader:
         if stat is None:
             self._fail(transfer, "source_missing", f"{self.path} no longer exists")
         if transfer.upload_id is None:
+            if transfer.resumes:
+                self._abort_strays()
             if stat.st_size == 0 and not self.options.follow:
                 return self._put_empty(transfer)
             created = self.s3(
@@ -364,6 +368,20 @@ class Uploader:
         sha = self._hash_file(total)
         self._verify_and_record(transfer, stored, total, sha)
         return True
+
+    def _abort_strays(self) -> None:
+        """Abort uploads of this key no active transfer owns.
+
+        A crash between CreateMultipartUpload and recording its id leaves one;
+        this transfer is the key's only writer (one active transfer per
+        object), so such an upload can only be that leftover.
+        """
+        owned = self.store.active_upload_ids()
+        page = self.s3("list_multipart_uploads", self.key, Bucket=self.bucket, Prefix=self.key)
+        for upload in page.get("Uploads", []):
+            if upload["Key"] == self.key and upload["UploadId"] not in owned:
+                self.log.info("aborting upload %s left by a crash", upload["UploadId"])
+                self._abort(upload["UploadId"])
 
     def _new_upload(self, transfer: Transfer) -> None:
         created = self.s3(
