@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from ferryman.errors import LeaseLost
 from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
@@ -126,6 +128,31 @@ def _claimed_run(row: Any) -> ClaimedRun:
     )
 
 
+class _DriverStatement:
+    """A Core statement compiled once for SQLite and run on the driver's cursor.
+
+    Still one parameterised statement inside the caller's transaction; only
+    SQLAlchemy's per-execution work (events, result wrapping) is skipped.
+    """
+
+    def __init__(self, statement: sa.ClauseElement) -> None:
+        compiled = statement.compile(dialect=sqlite_dialect())
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self.names = tuple(compiled.positiontup or ())
+        self.defaults = dict(compiled.params)
+
+    def execute(self, conn: sa.Connection, params: dict[str, Any]) -> Any:
+        """Run it; the first row it returns, if any."""
+        values = {**self.defaults, **params}
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, [values[name] for name in self.names])
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+
+
 class RunQueries:
     """The run queue and processing log on one store database."""
 
@@ -152,6 +179,14 @@ class RunQueries:
             .returning(runs.c.finished_at)
         )
         self._log_event = run_events.insert()
+        # The same two statements, compiled once to SQLite's driver SQL: a job
+        # that loads rows through ctx.transaction() pays for them on every run,
+        # and SQLAlchemy's per-execution bookkeeping cost more than SQLite did.
+        self._sqlite_succeed = _DriverStatement(self._succeed_one)
+        event_columns = [column.name for column in run_events.c if column.name != "id"]
+        self._sqlite_log_event = _DriverStatement(
+            run_events.insert().values({name: sa.bindparam(name) for name in event_columns})
+        )
         self._expired_query = (
             sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
             .where(
@@ -441,17 +476,15 @@ class RunQueries:
             return
         # One run, once per job that writes through ctx.transaction(): the
         # general path's statement building would cost more than the writes.
-        finished_at = conn.execute(
-            self._succeed_one, {"run_id": lease.run_id, "token": lease.token}
-        ).scalar_one_or_none()
-        if finished_at is None:
+        row = self._sqlite_succeed.execute(conn, {"run_id": lease.run_id, "token": lease.token})
+        if row is None:
             raise LeaseLost(lease.run_id, lease.token)
-        conn.execute(
-            self._log_event,
+        self._sqlite_log_event.execute(
+            conn,
             _event(
                 lease.run_id,
                 RunEventKind.SUCCEEDED,
-                finished_at,
+                row[0],
                 attempt,
                 worker_id,
                 lease.token,

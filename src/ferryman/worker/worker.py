@@ -408,7 +408,12 @@ class Worker:
     def _forget(self, run_id: int) -> None:
         with self._changed:
             self._held.pop(run_id, None)
-            self._changed.notify_all()
+            # Wake the claim loop only when it has something to do: room for a
+            # batch has just opened, or nothing is held (idle, or draining).
+            # Waking it after every run made it compete with the job threads
+            # for the GIL on every run, for nothing.
+            if not self._held or self.capacity - len(self._held) == self._refill_at:
+                self._changed.notify_all()
 
     def _done(self, run: ClaimedRun, outcome: str) -> None:
         counter = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "dead": "dead"}
