@@ -161,7 +161,7 @@ class RunQueries:
         # Built once: SQLAlchemy memoises a statement object's cache key, so
         # the hot paths below skip building and keying a statement per call.
         self._now_query = sa.select(backend.now)
-        self._succeed_one = (
+        succeed_one = (
             runs.update()
             .where(
                 runs.c.id == sa.bindparam("run_id"),
@@ -178,11 +178,11 @@ class RunQueries:
             )
             .returning(runs.c.finished_at)
         )
-        self._log_event = run_events.insert()
-        # The same two statements, compiled once to SQLite's driver SQL: a job
-        # that loads rows through ctx.transaction() pays for them on every run,
-        # and SQLAlchemy's per-execution bookkeeping cost more than SQLite did.
-        self._sqlite_succeed = _DriverStatement(self._succeed_one)
+        # A job's own success and its log row, compiled once to SQLite's driver
+        # SQL: a job that loads rows through ctx.transaction() pays for them on
+        # every run, and SQLAlchemy's per-execution bookkeeping cost more than
+        # SQLite did.
+        self._sqlite_succeed = _DriverStatement(succeed_one)
         event_columns = [column.name for column in run_events.c if column.name != "id"]
         self._sqlite_log_event = _DriverStatement(
             run_events.insert().values({name: sa.bindparam(name) for name in event_columns})
