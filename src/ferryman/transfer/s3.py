@@ -124,6 +124,11 @@ def make_client(concurrency: int) -> Any:
 
     config = Config(
         retries={"total_max_attempts": 1, "mode": "standard"},
+        # Every part carries its SHA-256 in a signed x-amz-checksum-sha256
+        # header, which the server checks: signing the body too would make
+        # client and server hash each part once more (botocore does so over
+        # plain HTTP unless told not to) for no added integrity.
+        s3={"payload_signing_enabled": False},
         max_pool_connections=concurrency + 4,
         connect_timeout=5,
         read_timeout=60,

