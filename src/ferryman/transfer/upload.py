@@ -479,9 +479,12 @@ class Uploader:
                 elif not self._adopt(number, offset, data, on_s3.get(number)):
                     slots.acquire()
                     self._raise_if_lost(futures)
+                    # Handed over in a box the part thread empties, so that no
+                    # reference held by the pool keeps the bytes alive after
+                    # S3 has them.
                     futures.append(
                         pool.submit(
-                            self._send_part, slots, transfer.upload_id, number, offset, data
+                            self._send_part, slots, transfer.upload_id, number, offset, [data]
                         )
                     )
                     futures = [f for f in futures if not f.done() or f.exception() is not None]
@@ -511,13 +514,16 @@ class Uploader:
         upload_id: str,
         number: int,
         start: int,
-        data: bytes,
+        box: list[bytes],
     ) -> None:
+        data = box.pop()
+        released = False
         try:
             if self._lost is not None:
                 raise self._lost
             checksum = _sha256_b64(data)
-            self.log.debug("sending part %d (%d B)", number, len(data))
+            size = len(data)
+            self.log.debug("sending part %d (%d B)", number, size)
             response = self.s3(
                 "upload_part",
                 f"{self.fence.transfer_id}:{number}",
@@ -528,17 +534,24 @@ class Uploader:
                 Body=data,
                 ChecksumSHA256=checksum,
             )
+            # S3 has the bytes: let the next part start sending while this one's
+            # row commits (an fsync). Memory stays bounded, since the bytes are
+            # dropped here; the part still counts only once its row is committed.
+            del data
+            slots.release()
+            released = True
             part = ConfirmedPart(
                 part_number=number,
                 start=start,
-                size=len(data),
+                size=size,
                 etag=response["ETag"].strip('"'),
                 sha256=checksum,
             )
             self.store.confirm_part(self.fence, part, self.options.lease_seconds)
             self._count(part.size)
         finally:
-            slots.release()
+            if not released:
+                slots.release()
 
     def _adopt(self, number: int, start: int, data: bytes, on_s3: dict[str, Any] | None) -> bool:
         """Record a part S3 has but the store lacks, if its bytes are this file's."""
