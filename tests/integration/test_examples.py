@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
         ["examples.demo.run_demo"],
         ["examples.sensors.check_examples"],
         ["examples.xml_to_tables", "--apps", "300"],
+        ["examples.folder_to_s3.check_example"],
     ],
 )
 def test_example_runs(command: list[str]) -> None:
