@@ -33,7 +33,7 @@ from tests.crash.support import (
 from tests.crash.worker_main import build_app, effects, metadata
 from tests.helpers import wait_until
 
-RUNS = 500
+RUNS = 1200
 WORKERS = 3
 LEASE_SECONDS = 2.0
 STORM_SECONDS = 25.0

@@ -2,7 +2,7 @@
 
 Three ``ferryman work`` instances of ``examples/xml_to_tables`` load staged
 applications (5 % of them broken) while one of them, picked at random among
-those holding runs, is SIGKILLed and restarted every 0.3-1.0 s. When the storm
+those holding runs, is SIGKILLed and restarted every 0.2-0.7 s. When the storm
 ends a last instance finishes what the dead ones held. Then the whole store is
 checked: each good application's rows exist exactly once in every table and
 equal a reference mapping done in this process; each bad one is ``failed``
@@ -39,7 +39,7 @@ BAD_SHARE = 0.05
 WORKERS = 3
 LEASE_SECONDS = 2.0
 STORM_SECONDS = 40.0
-KILL_INTERVAL = (0.3, 1.0)
+KILL_INTERVAL = (0.2, 0.7)
 STORM_UNTIL_DONE = APPS * 9 // 10
 EXPECTED_KINDS = {"requested", "claimed", "lease_expired", "succeeded", "failed"}
 
@@ -61,7 +61,7 @@ def test_xml_pipeline_loads_each_application_once_through_a_kill_storm(
         assert ticked.returncode == 0, ticked.stderr
         assert status_counts(app) == {"queued": APPS}
 
-        worker_args = ("work", "--concurrency", "2", "--prefetch", "2", "--no-progress")
+        worker_args = ("work", "--concurrency", "1", "--prefetch", "1", "--no-progress")
 
         def start(slot: int) -> subprocess.Popen[bytes]:
             log = tmp_path / f"worker-{slot}.log"
