@@ -1,0 +1,10 @@
+"""The HTTP side of ferryman: a JSON API, dashboard pages and ``/metrics``.
+
+Served by ``ferryman serve`` alone or by ``ferryman run --serve`` next to the
+daemon. Reads go through :mod:`ferryman.store.views`; writes go through the
+:class:`~ferryman.App`, the same calls the CLI makes.
+"""
+
+from ferryman.web.server import WebSettings, create_app
+
+__all__ = ["WebSettings", "create_app"]

@@ -1,0 +1,5 @@
+"""Placeholder router, replaced by the api module proper."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

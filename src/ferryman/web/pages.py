@@ -1,0 +1,5 @@
+"""Placeholder router, replaced by the pages module proper."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,55 @@
+"""Builds the FastAPI application from its three parts.
+
+``api`` (JSON under ``/api``), ``pages`` (the dashboard) and ``metrics``
+(``/metrics``) each own one router; this module only wires them to the
+:class:`~ferryman.App` and the settings they share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fastapi import FastAPI
+
+from ferryman.app import App
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WebSettings:
+    """What the server needs besides the App.
+
+    ``token`` guards every mutating request (API bearer token, dashboard
+    sign-in). ``read_only`` refuses every mutation whatever the token.
+    """
+
+    token: str
+    read_only: bool = False
+
+
+def create_app(app: App, settings: WebSettings) -> FastAPI:
+    """The ASGI application for ``app``'s store."""
+    # Imported here so that `import ferryman.web` stays cheap for the CLI.
+    from ferryman.web import api, metrics, pages
+
+    web = FastAPI(
+        title="ferryman",
+        summary="Sensors, runs and transfers of one ferryman store.",
+        version=_version(),
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    web.state.ferryman = app
+    web.state.settings = settings
+    web.include_router(api.router, prefix="/api")
+    web.include_router(metrics.router)
+    web.include_router(pages.router)
+    return web
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ferryman")
+    except PackageNotFoundError:
+        return "0"
