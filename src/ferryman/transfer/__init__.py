@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff, Transfer
 from ferryman.store import Store
+from ferryman.transfer.progress import Progress, TransferProgress
 from ferryman.transfer.s3 import (
     MAX_PART_SIZE,
     MAX_PARTS,
@@ -42,14 +43,7 @@ from ferryman.transfer.s3 import (
     parse_s3_url,
     parse_size,
 )
-from ferryman.transfer.upload import (
-    LEASE_SECONDS,
-    OnChange,
-    Options,
-    Progress,
-    TransferProgress,
-    Uploader,
-)
+from ferryman.transfer.upload import LEASE_SECONDS, OnChange, Options, Uploader
 
 if TYPE_CHECKING:
     from ferryman.app import App

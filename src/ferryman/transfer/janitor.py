@@ -19,8 +19,8 @@ from typing import Any
 from ferryman.errors import FerrymanError
 from ferryman.model import Transfer, TransferStatus
 from ferryman.store import Store
+from ferryman.transfer.owners import owner_is_gone
 from ferryman.transfer.s3 import Retrying, make_client, parse_s3_url
-from ferryman.transfer.upload import owner_is_gone
 
 log = logging.getLogger("ferryman.transfer")
 

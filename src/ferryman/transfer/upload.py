@@ -15,15 +15,12 @@ part and at most ``concurrency`` are in flight.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +36,22 @@ from ferryman.errors import (
 from ferryman.model import Transfer, TransferPart, TransferStatus
 from ferryman.store import ConfirmedPart, NewTransfer, Store, TransferFence
 from ferryman.store.records import to_json
+from ferryman.transfer.objects import (
+    composite_checksum,
+    composite_etag,
+    sha256_b64,
+    sidecar_document,
+    verify_head,
+)
+from ferryman.transfer.owners import owner_id, owner_is_gone
+from ferryman.transfer.progress import Progress, ProgressCounter
+from ferryman.transfer.resume import (
+    S3Parts,
+    adoptable_checksum,
+    list_parts,
+    parts_s3_lost,
+    stray_upload_ids,
+)
 from ferryman.transfer.s3 import (
     MAX_PARTS,
     Retrying,
@@ -49,25 +62,6 @@ from ferryman.transfer.s3 import (
 
 OnChange = Literal["fail", "restart"]
 LEASE_SECONDS = 30.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TransferProgress:
-    """Progress of one upload, reported after each confirmed part.
-
-    ``total`` is ``None`` while a followed file may still grow;
-    ``resumed_bytes`` is what earlier runs had confirmed when this one began.
-    """
-
-    transfer_id: int
-    bytes_confirmed: int
-    parts_confirmed: int
-    total: int | None
-    resumed_bytes: int
-    done: bool = False
-
-
-Progress = Callable[[TransferProgress], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,53 +78,6 @@ class Options:
 
 class _Restart(Exception):
     """The source changed and the caller asked for a fresh upload."""
-
-
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_is_gone(transfer: Transfer, now: float) -> bool:
-    """May this process take ``transfer`` over? Yes if its owner is dead or its lease expired.
-
-    A process on this host is checked directly (a SIGKILLed upload is resumed at
-    once, not after its lease); other hosts only by the lease.
-    """
-    host, _, pid = (transfer.owner or "").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        if int(pid) == os.getpid():
-            return True  # an earlier call in this process gave up on it
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass  # alive, another user's
-    expires = transfer.lease_expires_at
-    return expires is None or expires.timestamp() < now
-
-
-def _code(exc: BaseException) -> str:
-    return exc.code if isinstance(exc, S3Error) else ""
-
-
-def _sha256_b64(data: bytes | memoryview) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def composite_checksum(parts: list[TransferPart]) -> str:
-    """S3's COMPOSITE SHA-256 of a multipart object: hash of the part hashes, ``-N``."""
-    digest = hashlib.sha256(b"".join(base64.b64decode(p.sha256) for p in parts)).digest()
-    return f"{base64.b64encode(digest).decode()}-{len(parts)}"
-
-
-def composite_etag(parts: list[TransferPart]) -> str:
-    """The ETag S3 gives a multipart object (MD5 of the part MD5s, ``-N``)."""
-    try:
-        md5s = b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts)
-    except ValueError:  # a server whose part ETags are not MD5s
-        return ""
-    return f"{hashlib.md5(md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 class Uploader:
@@ -161,15 +108,10 @@ class Uploader:
         self.sidecar_key = sidecar_key
         self.run_lease = run_lease
         self.run_id = run_id
-        self.progress = progress
         self.log = logging.LoggerAdapter(
             log, {"source": str(path), "object": f"s3://{bucket}/{key}", "run_id": run_id}
         )
-        self._lock = threading.Lock()
-        self._confirmed_bytes = 0
-        self._confirmed_parts = 0
-        self._resumed_bytes = 0
-        self._total: int | None = None
+        self.counter = ProgressCounter(progress)
         self._stop = threading.Event()
         self._lost: BaseException | None = None
 
@@ -188,7 +130,7 @@ class Uploader:
             and done.source_mtime == stat.st_mtime
             and self._object_etag() == done.etag
         ):
-            self._report(done.id, done.bytes_confirmed, done.parts_confirmed, done.total_size)
+            self.counter.report_transfer(done)
             return done  # this very file is already there, verified
         if stat is None and (done is None or done.status is not TransferStatus.ACTIVE):
             raise ConfigurationError(f"source file {self.path} does not exist")
@@ -219,7 +161,7 @@ class Uploader:
         self.log = logging.LoggerAdapter(
             log, {**(self.log.extra or {}), "transfer_id": transfer.id}
         )
-        self._resumed_bytes = transfer.bytes_confirmed
+        self.counter.resumed_bytes = transfer.bytes_confirmed
         if not opened.created:
             self.log.info(
                 "resuming transfer %d: %s in %d parts already confirmed",
@@ -283,7 +225,7 @@ class Uploader:
             self.store.set_transfer_upload(self.fence, created["UploadId"], transfer.part_size)
             transfer = self._reload()
             stored: list[TransferPart] = []
-            on_s3: dict[int, dict[str, Any]] = {}
+            on_s3: S3Parts = {}
         else:
             stored, on_s3 = self._reconcile(transfer)
             if stored is None:
@@ -293,12 +235,12 @@ class Uploader:
 
     # -- resume --------------------------------------------------------------
 
-    def _reconcile(self, transfer: Transfer) -> tuple[Any, dict[int, dict[str, Any]]]:
+    def _reconcile(self, transfer: Transfer) -> tuple[Any, S3Parts]:
         """Stored parts that S3 still has, and S3's parts by number; (None, {}) if completed."""
         assert transfer.upload_id is not None
         stored = self.store.get_transfer_parts(transfer.id)
         try:
-            on_s3 = self._list_parts(transfer.upload_id)
+            on_s3 = list_parts(self.s3, self.bucket, self.key, transfer.upload_id)
         except S3Error as exc:
             if exc.code != "NoSuchUpload":
                 raise
@@ -311,38 +253,12 @@ class Uploader:
             )
             self._new_upload(transfer)
             return [], {}
-        lost = [
-            p.part_number
-            for p in stored
-            if p.part_number not in on_s3
-            or on_s3[p.part_number]["ETag"].strip('"') != p.etag.strip('"')
-        ]
+        lost = parts_s3_lost(stored, on_s3)
         if lost:
             self.log.warning("S3 lacks %d confirmed parts; they will be sent again", len(lost))
             self.store.forget_parts(self.fence, lost)
             stored = [p for p in stored if p.part_number not in lost]
         return stored, {n: p for n, p in on_s3.items() if n not in {s.part_number for s in stored}}
-
-    def _list_parts(self, upload_id: str) -> dict[int, dict[str, Any]]:
-        parts: dict[int, dict[str, Any]] = {}
-        marker = 0
-        while True:
-            page = self.s3(
-                "list_parts",
-                self.key,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                MaxParts=1000,
-                PartNumberMarker=marker,
-            )
-            for part in page.get("Parts", []):
-                parts[int(part["PartNumber"])] = part
-            following = int(page.get("NextPartNumberMarker") or 0)
-            # Some servers page wrongly when numbers have gaps: stop unless the marker moves on.
-            if not page.get("IsTruncated") or following <= marker:
-                return parts
-            marker = following
 
     def _adopt_completed_object(self, transfer: Transfer, stored: list[TransferPart]) -> bool:
         """After a crash between CompleteMultipartUpload and its record: is the object ours?"""
@@ -377,11 +293,9 @@ class Uploader:
         object), so such an upload can only be that leftover.
         """
         owned = self.store.active_upload_ids()
-        page = self.s3("list_multipart_uploads", self.key, Bucket=self.bucket, Prefix=self.key)
-        for upload in page.get("Uploads", []):
-            if upload["Key"] == self.key and upload["UploadId"] not in owned:
-                self.log.info("aborting upload %s left by a crash", upload["UploadId"])
-                self._abort(upload["UploadId"])
+        for upload_id in stray_upload_ids(self.s3, self.bucket, self.key, owned):
+            self.log.info("aborting upload %s left by a crash", upload_id)
+            self._abort(upload_id)
 
     def _new_upload(self, transfer: Transfer) -> None:
         created = self.s3(
@@ -403,26 +317,27 @@ class Uploader:
         part_size = choose_part_size(stat.st_size, self.options.part_size)
         self.store.set_transfer_upload(self.fence, None, part_size)
         self.log.warning("transfer %d: source changed; uploading it again", transfer.id)
-        self._resumed_bytes = 0
+        self.counter.resumed_bytes = 0
         return self._reload()
 
     # -- sending -------------------------------------------------------------
 
-    def _send(
-        self, transfer: Transfer, stored: list[TransferPart], on_s3: dict[int, dict[str, Any]]
-    ) -> Transfer:
+    def _send(self, transfer: Transfer, stored: list[TransferPart], on_s3: S3Parts) -> Transfer:
         assert transfer.upload_id is not None
         opts = self.options
         part_size = transfer.part_size
         confirmed = {p.part_number: p for p in stored}
-        self._confirmed_bytes = sum(p.size for p in stored)
-        self._confirmed_parts = len(stored)
+        self.counter.start(
+            transfer_id=transfer.id,
+            confirmed_bytes=sum(p.size for p in stored),
+            confirmed_parts=len(stored),
+        )
         start_stat = os.stat(self.path)
         confirmed_end = max((p.start + p.size for p in stored), default=0)
         if start_stat.st_size < confirmed_end:
             self._changed(transfer, f"{self.path} shrank below the confirmed {confirmed_end} B")
         if not opts.follow:
-            self._total = start_stat.st_size
+            self.counter.total = start_stat.st_size
             self.store.record_transfer_source(
                 self.fence, size=start_stat.st_size, mtime=start_stat.st_mtime
             )
@@ -454,7 +369,7 @@ class Uploader:
                     if finished:
                         # Decided once: the last (short) part must really be the last.
                         final_size = os.stat(self.path).st_size
-                        self._total = final_size
+                        self.counter.total = final_size
                     elif offset + part_size > stat.st_size:
                         time.sleep(opts.poll_interval)  # waiting for the file to grow
                         continue
@@ -521,7 +436,7 @@ class Uploader:
         try:
             if self._lost is not None:
                 raise self._lost
-            checksum = _sha256_b64(data)
+            checksum = sha256_b64(data)
             size = len(data)
             self.log.debug("sending part %d (%d B)", number, size)
             response = self.s3(
@@ -548,38 +463,31 @@ class Uploader:
                 sha256=checksum,
             )
             self.store.confirm_part(self.fence, part, self.options.lease_seconds)
-            self._count(part.size)
+            self.counter.count(part.size)
         finally:
             if not released:
                 slots.release()
 
     def _adopt(self, number: int, start: int, data: bytes, on_s3: dict[str, Any] | None) -> bool:
         """Record a part S3 has but the store lacks, if its bytes are this file's."""
-        if on_s3 is None or int(on_s3.get("Size", -1)) != len(data):
-            return False
-        checksum = _sha256_b64(data)
-        etag = str(on_s3["ETag"]).strip('"')
-        if on_s3.get("ChecksumSHA256"):
-            matches = on_s3["ChecksumSHA256"] == checksum
-        else:  # servers that do not list checksums: a plain part ETag is the MD5
-            matches = etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
-        if not matches:
+        checksum = adoptable_checksum(on_s3, data)
+        if on_s3 is None or checksum is None:
             return False
         part = ConfirmedPart(
             part_number=number,
             start=start,
             size=len(data),
-            etag=etag,
+            etag=str(on_s3["ETag"]).strip('"'),
             sha256=checksum,
             adopted=True,
         )
         self.store.confirm_part(self.fence, part, self.options.lease_seconds)
         self.log.info("adopted part %d found on S3 after a crash", number)
-        self._count(len(data))
+        self.counter.count(len(data))
         return True
 
     def _check_confirmed(self, transfer: Transfer, part: TransferPart, data: bytes) -> None:
-        if len(data) != part.size or _sha256_b64(data) != part.sha256:
+        if len(data) != part.size or sha256_b64(data) != part.sha256:
             self._changed(
                 transfer,
                 f"bytes {part.start}-{part.start + part.size} of {self.path} changed after "
@@ -593,26 +501,6 @@ class Uploader:
             error = future.exception() if future.done() else None
             if error is not None:
                 raise error
-
-    def _count(self, size: int) -> None:
-        with self._lock:
-            self._confirmed_bytes += size
-            self._confirmed_parts += 1
-            confirmed, parts = self._confirmed_bytes, self._confirmed_parts
-        self._report(self.fence.transfer_id, confirmed, parts, self._total)
-
-    def _report(self, transfer_id: int, confirmed: int, parts: int, total: int | None) -> None:
-        if self.progress is not None:
-            self.progress(
-                TransferProgress(
-                    transfer_id=transfer_id,
-                    bytes_confirmed=confirmed,
-                    parts_confirmed=parts,
-                    total=total,
-                    resumed_bytes=self._resumed_bytes,
-                    done=total is not None and confirmed >= total,
-                )
-            )
 
     # -- completion ----------------------------------------------------------
 
@@ -643,47 +531,26 @@ class Uploader:
         head = self.s3(
             "head_object", self.key, Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"
         )
-        checksum = composite_checksum(parts)
-        etag = str(head.get("ETag", "")).strip('"')
-        if int(head["ContentLength"]) != total:
-            self._fail(
-                transfer,
-                "verify_failed",
-                f"object has {head['ContentLength']} B, the file {total} B",
-                abort=False,
-            )
-        if head.get("ChecksumSHA256") and "-" in head["ChecksumSHA256"]:
-            verified_by = "checksum"
-            if head["ChecksumSHA256"] != checksum:
-                self._fail(
-                    transfer,
-                    "verify_failed",
-                    f"S3 checksum {head['ChecksumSHA256']} != expected {checksum}",
-                    abort=False,
-                )
-        elif etag.endswith(f"-{len(parts)}"):
-            verified_by = "etag"
-            if etag != composite_etag(parts):
-                self._fail(transfer, "verify_failed", f"ETag {etag} != expected", abort=False)
-        else:
-            verified_by = "size"
+        verification = verify_head(head, parts, total)
+        if verification.mismatch is not None:
+            self._fail(transfer, "verify_failed", verification.mismatch, abort=False)
         self.store.record_transfer_object(
             self.fence,
             total_size=total,
             sha256=sha256,
-            checksum=checksum,
-            etag=etag,
-            verified_by=verified_by,
+            checksum=verification.checksum,
+            etag=verification.etag,
+            verified_by=verification.verified_by,
         )
         self.log.info(
             "transfer %d: object complete, %s, verified by %s",
             transfer.id,
             format_size(total),
-            verified_by,
+            verification.verified_by,
         )
 
     def _put_empty(self, transfer: Transfer) -> Transfer:
-        empty = _sha256_b64(b"")
+        empty = sha256_b64(b"")
         response = self.s3(
             "put_object", self.key, Bucket=self.bucket, Key=self.key, Body=b"", ChecksumSHA256=empty
         )
@@ -700,28 +567,7 @@ class Uploader:
     def _finish(self, transfer: Transfer) -> Transfer:
         """Write the sidecar (only now: the object is verified), then mark success."""
         if transfer.sidecar_key is not None:
-            parts = self.store.get_transfer_parts(transfer.id)
-            document = {
-                "object": transfer.uri,
-                "size": transfer.total_size,
-                "sha256": transfer.sha256,
-                "checksum_sha256": transfer.checksum,
-                "etag": transfer.etag,
-                "verified_by": transfer.verified_by,
-                "part_size": transfer.part_size,
-                "parts": [
-                    {"part_number": p.part_number, "size": p.size, "sha256": p.sha256}
-                    for p in parts
-                ],
-                "source_path": transfer.source_path,
-                "source_mtime": transfer.source_mtime,
-                "started_at": transfer.created_at.isoformat(),
-                "completed_at": transfer.updated_at.isoformat(),
-                "transfer_id": transfer.id,
-                "run_id": transfer.run_id,
-                "metadata": transfer.user_metadata,
-            }
-            body = json.dumps(document, indent=2, sort_keys=True).encode()
+            body = sidecar_document(transfer, self.store.get_transfer_parts(transfer.id))
             self.s3(
                 "put_object",
                 transfer.sidecar_key,
@@ -729,11 +575,11 @@ class Uploader:
                 Key=transfer.sidecar_key,
                 Body=body,
                 ContentType="application/json",
-                ChecksumSHA256=_sha256_b64(body),
+                ChecksumSHA256=sha256_b64(body),
             )
         self.store.finish_transfer(self.fence, TransferStatus.SUCCEEDED)
         final = self._reload()
-        self._report(final.id, final.bytes_confirmed, final.parts_confirmed, final.total_size)
+        self.counter.report_transfer(final)
         return final
 
     # -- failures ------------------------------------------------------------

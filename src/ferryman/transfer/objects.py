@@ -1,0 +1,99 @@
+"""What a finished upload is checked against, and what is written about it.
+
+S3 describes a multipart object by digests of its parts: the COMPOSITE
+SHA-256 (a hash of the part hashes) where the server keeps checksums, and the
+multipart ETag (an MD5 of the part MD5s) everywhere. :func:`verify_head`
+compares a ``HeadObject`` response with the parts ferryman recorded;
+:func:`sidecar_document` is the JSON written next to a verified object.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ferryman.model import Transfer, TransferPart
+
+
+def sha256_b64(data: bytes | memoryview) -> str:
+    """The SHA-256 of ``data`` as S3's ``ChecksumSHA256`` header wants it."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def composite_checksum(parts: Sequence[TransferPart]) -> str:
+    """S3's COMPOSITE SHA-256 of a multipart object: hash of the part hashes, ``-N``."""
+    digest = hashlib.sha256(b"".join(base64.b64decode(p.sha256) for p in parts)).digest()
+    return f"{base64.b64encode(digest).decode()}-{len(parts)}"
+
+
+def composite_etag(parts: Sequence[TransferPart]) -> str:
+    """The ETag S3 gives a multipart object (MD5 of the part MD5s, ``-N``)."""
+    try:
+        md5s = b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts)
+    except ValueError:  # a server whose part ETags are not MD5s
+        return ""
+    return f"{hashlib.md5(md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verification:
+    """The outcome of :func:`verify_head`: how the object was checked, or why it failed."""
+
+    verified_by: str  # "checksum", "etag" or "size"
+    etag: str
+    checksum: str
+    mismatch: str | None = None
+
+
+def verify_head(head: Mapping[str, Any], parts: Sequence[TransferPart], total: int) -> Verification:
+    """Check a ``HeadObject`` response (asked with ``ChecksumMode=ENABLED``).
+
+    The size must be the file's; then S3's composite SHA-256 must equal the
+    one computed from the recorded parts, or, where the server lists no
+    checksum, the multipart ETag must equal the one from the part ETags.
+    """
+    checksum = composite_checksum(parts)
+    etag = str(head.get("ETag", "")).strip('"')
+    if int(head["ContentLength"]) != total:
+        return Verification(
+            verified_by="size",
+            etag=etag,
+            checksum=checksum,
+            mismatch=f"object has {head['ContentLength']} B, the file {total} B",
+        )
+    listed = head.get("ChecksumSHA256")
+    if listed and "-" in listed:
+        mismatch = None if listed == checksum else f"S3 checksum {listed} != expected {checksum}"
+        return Verification(verified_by="checksum", etag=etag, checksum=checksum, mismatch=mismatch)
+    if etag.endswith(f"-{len(parts)}"):
+        mismatch = None if etag == composite_etag(parts) else f"ETag {etag} != expected"
+        return Verification(verified_by="etag", etag=etag, checksum=checksum, mismatch=mismatch)
+    return Verification(verified_by="size", etag=etag, checksum=checksum)
+
+
+def sidecar_document(transfer: Transfer, parts: Sequence[TransferPart]) -> bytes:
+    """The JSON sidecar of a verified object: size, digests, parts, source, times, metadata."""
+    document = {
+        "object": transfer.uri,
+        "size": transfer.total_size,
+        "sha256": transfer.sha256,
+        "checksum_sha256": transfer.checksum,
+        "etag": transfer.etag,
+        "verified_by": transfer.verified_by,
+        "part_size": transfer.part_size,
+        "parts": [
+            {"part_number": p.part_number, "size": p.size, "sha256": p.sha256} for p in parts
+        ],
+        "source_path": transfer.source_path,
+        "source_mtime": transfer.source_mtime,
+        "started_at": transfer.created_at.isoformat(),
+        "completed_at": transfer.updated_at.isoformat(),
+        "transfer_id": transfer.id,
+        "run_id": transfer.run_id,
+        "metadata": transfer.user_metadata,
+    }
+    return json.dumps(document, indent=2, sort_keys=True).encode()
