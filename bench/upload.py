@@ -110,7 +110,8 @@ def run_variant(args: argparse.Namespace) -> None:
             max_concurrency=args.concurrency,
         )
     )
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    baseline_kib, cpu_before = before.ru_maxrss, before.ru_utime + before.ru_stime
     started = time.perf_counter()
     if args.variant == "ferryman":
         fm.transfer.upload(
@@ -123,12 +124,23 @@ def run_variant(args: argparse.Namespace) -> None:
     else:
         client.upload_file(args.path, args.bucket, key, Config=config)
     seconds = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(
-            {"seconds": seconds, "peak_mib": peak_kib / 1024, "baseline_mib": baseline_kib / 1024}
+            {
+                "seconds": seconds,
+                "peak_mib": usage.ru_maxrss / 1024,
+                "baseline_mib": baseline_kib / 1024,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_before,
+            }
         )
     )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
@@ -196,11 +208,17 @@ def main() -> None:
             best: dict[str, dict[str, Any]] = {}
             for round_number in range(1, args.rounds + 1):
                 for variant in VARIANTS:
+                    assert server.process is not None
+                    server_cpu = process_cpu_seconds(server.process.pid)
                     result = measure(variant, args, path, bucket, env)
+                    result["server_cpu_seconds"] = (
+                        process_cpu_seconds(server.process.pid) - server_cpu
+                    )
                     rate = args.size_mib / result["seconds"]
                     print(
                         f"round {round_number}: {variant:<14} {rate:8,.1f} MiB/s, "
-                        f"peak RSS {result['peak_mib']:,.0f} MiB",
+                        f"peak RSS {result['peak_mib']:,.0f} MiB, CPU s client "
+                        f"{result['cpu_seconds']:.1f} server {result['server_cpu_seconds']:.1f}",
                         flush=True,
                     )
                     if variant not in best or result["seconds"] < best[variant]["seconds"]:
@@ -216,13 +234,17 @@ def main() -> None:
         f"\n{args.size_mib:,} MiB file, parts of {args.part_size_mib} MiB, "
         f"concurrency {args.concurrency} (part x concurrency = {window} MiB)"
     )
-    print(f"{'variant':<16}{'MiB/s':>10}{'peak RSS MiB':>14}{'before upload':>15}")
+    print(
+        f"{'variant':<16}{'MiB/s':>10}{'peak RSS MiB':>14}{'before upload':>15}"
+        f"{'client CPU s':>14}{'server CPU s':>14}"
+    )
     for variant in VARIANTS:
         result = best[variant]
         rate = args.size_mib / result["seconds"]
         print(
             f"{variant:<16}{rate:>10,.1f}{result['peak_mib']:>14,.0f}"
-            f"{result['baseline_mib']:>15,.0f}"
+            f"{result['baseline_mib']:>15,.0f}{result['cpu_seconds']:>14.1f}"
+            f"{result['server_cpu_seconds']:>14.1f}"
         )
     print(f"{'read ceiling':<16}{read_mib_s:>10,.0f}")
     print(f"{'SHA-256 ceiling':<16}{hash_mib_s:>10,.0f}")
