@@ -190,15 +190,12 @@ def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
 
         return engine
 
-    now: sa.ColumnElement[float] = sa.literal_column(
-        "((julianday('now') - 2440587.5) * 86400.0)", sa.Double()
-    )
     return Backend(
         url=url,
         engine=make("BEGIN IMMEDIATE"),
         read_engine=make("BEGIN"),
         is_sqlite=True,
-        now=now,
+        now=database_now("sqlite"),
         writer_lock=WriterQueue(path),
     )
 
@@ -210,10 +207,16 @@ def _postgres_backend(url: sa.URL, pool_size: int) -> Backend:
         max_overflow=2 * pool_size,
         connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
     )
-    now: sa.ColumnElement[float] = sa.literal_column(
-        "extract(epoch from clock_timestamp())::float8", sa.Double()
+    return Backend(
+        url=url, engine=engine, read_engine=engine, is_sqlite=False, now=database_now("postgresql")
     )
-    return Backend(url=url, engine=engine, read_engine=engine, is_sqlite=False, now=now)
+
+
+def database_now(dialect: str) -> sa.ColumnElement[float]:
+    """The database's clock in seconds since the epoch, the one every lease is measured by."""
+    if dialect == "sqlite":
+        return sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)", sa.Double())
+    return sa.literal_column("extract(epoch from clock_timestamp())::float8", sa.Double())
 
 
 @contextlib.contextmanager

@@ -74,6 +74,8 @@ sa.Index(
 )
 sa.Index("ix_ferryman_runs_job_status", runs.c.job, runs.c.status, runs.c.id)
 sa.Index("ix_ferryman_runs_status_id", runs.c.status, runs.c.id)
+# Throughput per minute on the dashboard and in /metrics reads the last hour only.
+sa.Index("ix_ferryman_runs_finished_at", runs.c.finished_at)
 
 run_events = sa.Table(
     "ferryman_run_events",

@@ -1,0 +1,418 @@
+"""Read-only views of the store for the HTTP API, the dashboard and ``/metrics``.
+
+Every list is paged by keyset (``before_id``, newest first), so a page costs
+the same on the millionth run as on the first: each query walks an index
+from one end and stops after ``limit`` rows. Counts come from the
+``(job, status, id)`` index, never from a scan of the runs themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+
+from ferryman.model import (
+    Evaluation,
+    EvaluationOutcome,
+    Run,
+    RunEvent,
+    RunStatus,
+    SensorState,
+    Transfer,
+    TransferPart,
+    TransferStatus,
+    WorkerInfo,
+)
+from ferryman.store import records
+from ferryman.store.dialect import database_now
+from ferryman.store.schema import (
+    run_events,
+    runs,
+    sensor_evaluations,
+    sensors,
+    transfer_parts,
+    transfers,
+    workers,
+)
+
+T = TypeVar("T")
+
+MAX_PAGE = 500
+THROUGHPUT_MINUTES = 60
+DEAD_LETTER_SAMPLE = 5000  # newest failed and dead runs grouped on the dead-letter page
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Page(Generic[T]):
+    """One page, newest first; ``next_before`` is the ``before_id`` of the next page."""
+
+    items: list[T]
+    next_before: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MinuteCount:
+    """Runs that finished in one minute (``minute`` is its start, seconds since the epoch)."""
+
+    minute: float
+    succeeded: int
+    failed: int  # failed or dead
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Overview:
+    """What the overview page shows."""
+
+    now: float
+    counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
+    oldest_due_age: dict[str, float]  # job -> seconds its oldest due run has waited
+    sensors: list[SensorState]  # failing first
+    throughput: list[MinuteCount]  # the last hour, oldest minute first, no gaps
+    live_workers: int
+    active_transfers: int
+
+    def total(self, status: RunStatus) -> int:
+        return sum(by_status.get(status, 0) for by_status in self.counts.values())
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunDetail:
+    """A run with its processing log, oldest event first."""
+
+    run: Run
+    events: list[RunEvent]
+    transfers: list[Transfer]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorGroup:
+    """Failed or dead runs of one job that ended with the same error line."""
+
+    job: str
+    status: RunStatus
+    error: str  # the last line of the error: the exception and its message
+    count: int
+    newest_run_id: int
+    run_ids: list[int]  # newest first, at most 100
+    first_seen: datetime | None
+    last_seen: datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerView:
+    """A worker and the runs it holds now."""
+
+    worker: WorkerInfo
+    running: list[Run]
+
+
+def _limit(limit: int) -> int:
+    return max(1, min(limit, MAX_PAGE))
+
+
+def _page(items: list[T], limit: int, ident: int | None) -> Page[T]:
+    """``items`` were fetched with ``limit + 1``: one more tells whether a next page exists."""
+    if len(items) > limit:
+        return Page(items=items[:limit], next_before=ident)
+    return Page(items=items, next_before=None)
+
+
+def now(conn: sa.Connection) -> float:
+    """The database's clock, the one every lease and timestamp uses."""
+    return float(conn.execute(sa.select(database_now(conn.dialect.name))).scalar_one())
+
+
+# -- runs ----------------------------------------------------------------------
+
+
+def run_counts(conn: sa.Connection) -> dict[str, dict[RunStatus, int]]:
+    """Runs by job and status, read from the ``(job, status, id)`` index."""
+    rows = conn.execute(
+        sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
+    )
+    counts: dict[str, dict[RunStatus, int]] = {}
+    for job, status, count in rows:
+        counts.setdefault(job, {})[RunStatus(status)] = int(count)
+    return counts
+
+
+def oldest_due_age(conn: sa.Connection, at: float) -> dict[str, float]:
+    """Seconds the oldest due queued run of each job has waited (the claim index)."""
+    rows = conn.execute(
+        sa.select(runs.c.job, sa.func.min(runs.c.available_at))
+        .where(runs.c.status == RunStatus.QUEUED.value, runs.c.available_at <= at)
+        .group_by(runs.c.job)
+    )
+    return {job: max(0.0, at - oldest) for job, oldest in rows}
+
+
+def throughput(
+    conn: sa.Connection, at: float, minutes: int = THROUGHPUT_MINUTES
+) -> list[MinuteCount]:
+    """Runs finished per minute over the last ``minutes``, from the ``finished_at`` index."""
+    start = (at // 60 - minutes + 1) * 60
+    minute = sa.func.floor(runs.c.finished_at / 60).label("minute")
+    rows = conn.execute(
+        sa.select(minute, runs.c.status, sa.func.count())
+        .where(runs.c.finished_at >= start)
+        .group_by(minute, runs.c.status)
+    )
+    succeeded: dict[int, int] = {}
+    failed: dict[int, int] = {}
+    for bucket, status, count in rows:
+        if status == RunStatus.SUCCEEDED.value:
+            succeeded[int(bucket)] = succeeded.get(int(bucket), 0) + int(count)
+        elif status in (RunStatus.FAILED.value, RunStatus.DEAD.value):
+            failed[int(bucket)] = failed.get(int(bucket), 0) + int(count)
+    first = int(start // 60)
+    return [
+        MinuteCount(minute=m * 60.0, succeeded=succeeded.get(m, 0), failed=failed.get(m, 0))
+        for m in range(first, first + minutes)
+    ]
+
+
+def list_runs(
+    conn: sa.Connection,
+    *,
+    job: str | None = None,
+    status: RunStatus | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> Page[Run]:
+    """Runs newest first; ``since``/``until`` bound when they were created."""
+    limit = _limit(limit)
+    query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit + 1)
+    if job is not None:
+        query = query.where(runs.c.job == job)
+    if status is not None:
+        query = query.where(runs.c.status == RunStatus(status).value)
+    if since is not None:
+        query = query.where(runs.c.created_at >= since)
+    if until is not None:
+        query = query.where(runs.c.created_at < until)
+    if before_id is not None:
+        query = query.where(runs.c.id < before_id)
+    items = [records.run_from_row(row) for row in conn.execute(query).mappings()]
+    return _page(items, limit, items[limit - 1].id if len(items) > limit else None)
+
+
+def run_detail(conn: sa.Connection, run_id: int) -> RunDetail | None:
+    row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+    if row is None:
+        return None
+    events = conn.execute(
+        sa.select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id)
+    ).mappings()
+    owned = conn.execute(
+        sa.select(transfers).where(transfers.c.run_id == run_id).order_by(transfers.c.id)
+    ).mappings()
+    return RunDetail(
+        run=records.run_from_row(row),
+        events=[records.run_event_from_row(e) for e in events],
+        transfers=[records.transfer_from_row(t) for t in owned],
+    )
+
+
+def error_line(error: str | None) -> str:
+    """The line that names an error: the last non-empty line of a traceback."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no error recorded)"
+
+
+def dead_letters(
+    conn: sa.Connection, *, job: str | None = None, sample: int = DEAD_LETTER_SAMPLE
+) -> list[ErrorGroup]:
+    """Failed and dead runs grouped by job, status and error line, largest group first.
+
+    Groups are built from the newest ``sample`` failed and dead runs (read from
+    the ``(status, id)`` index), so the page stays fast however many there are.
+    """
+    query = (
+        sa.select(runs.c.id, runs.c.job, runs.c.status, runs.c.last_error, runs.c.finished_at)
+        .where(runs.c.status.in_([RunStatus.FAILED.value, RunStatus.DEAD.value]))
+        .order_by(runs.c.id.desc())
+        .limit(sample)
+    )
+    if job is not None:
+        query = query.where(runs.c.job == job)
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for row in conn.execute(query):
+        groups.setdefault((row.job, row.status, error_line(row.last_error)), []).append(row)
+    result = []
+    for (job_name, status, error), rows in groups.items():
+        finished = [r.finished_at for r in rows if r.finished_at is not None]
+        result.append(
+            ErrorGroup(
+                job=job_name,
+                status=RunStatus(status),
+                error=error,
+                count=len(rows),
+                newest_run_id=rows[0].id,
+                run_ids=[r.id for r in rows[:100]],
+                first_seen=records.to_datetime(min(finished)) if finished else None,
+                last_seen=records.to_datetime(max(finished)) if finished else None,
+            )
+        )
+    return sorted(result, key=lambda g: (-g.count, -g.newest_run_id))
+
+
+# -- sensors -------------------------------------------------------------------
+
+
+def list_sensors(conn: sa.Connection) -> list[SensorState]:
+    """Every sensor, failing first, then paused, then by name."""
+    rows = conn.execute(sa.select(sensors)).mappings()
+    states = [records.sensor_from_row(row) for row in rows]
+    return sorted(states, key=lambda s: (-s.consecutive_failures, s.status != "paused", s.name))
+
+
+def get_sensor(conn: sa.Connection, name: str) -> SensorState | None:
+    row = conn.execute(sa.select(sensors).where(sensors.c.name == name)).mappings().first()
+    return None if row is None else records.sensor_from_row(row)
+
+
+def list_evaluations(
+    conn: sa.Connection,
+    name: str,
+    *,
+    outcome: EvaluationOutcome | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> Page[Evaluation]:
+    """A sensor's evaluations, newest first."""
+    limit = _limit(limit)
+    query = (
+        sa.select(sensor_evaluations)
+        .where(sensor_evaluations.c.sensor == name)
+        .order_by(sensor_evaluations.c.id.desc())
+        .limit(limit + 1)
+    )
+    if outcome is not None:
+        query = query.where(sensor_evaluations.c.outcome == EvaluationOutcome(outcome).value)
+    if before_id is not None:
+        query = query.where(sensor_evaluations.c.id < before_id)
+    items = [records.evaluation_from_row(row) for row in conn.execute(query).mappings()]
+    return _page(items, limit, items[limit - 1].id if len(items) > limit else None)
+
+
+def cursor_history(conn: sa.Connection, name: str, limit: int = 50) -> list[Evaluation]:
+    """The newest evaluations that moved the sensor's cursor, newest first."""
+    query = (
+        sa.select(sensor_evaluations)
+        .where(
+            sensor_evaluations.c.sensor == name,
+            sensor_evaluations.c.state_version_after.is_not(None),
+            sa.or_(
+                sensor_evaluations.c.cursor_after != sensor_evaluations.c.cursor_before,
+                sensor_evaluations.c.cursor_before.is_(None)
+                != sensor_evaluations.c.cursor_after.is_(None),
+            ),
+        )
+        .order_by(sensor_evaluations.c.id.desc())
+        .limit(_limit(limit))
+    )
+    return [records.evaluation_from_row(row) for row in conn.execute(query).mappings()]
+
+
+def evaluation_counts(conn: sa.Connection) -> dict[str, dict[EvaluationOutcome, int]]:
+    rows = conn.execute(
+        sa.select(
+            sensor_evaluations.c.sensor, sensor_evaluations.c.outcome, sa.func.count()
+        ).group_by(sensor_evaluations.c.sensor, sensor_evaluations.c.outcome)
+    )
+    counts: dict[str, dict[EvaluationOutcome, int]] = {}
+    for sensor, outcome, count in rows:
+        counts.setdefault(sensor, {})[EvaluationOutcome(outcome)] = int(count)
+    return counts
+
+
+# -- transfers and workers -----------------------------------------------------
+
+
+def list_transfers(
+    conn: sa.Connection,
+    *,
+    status: TransferStatus | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> Page[Transfer]:
+    limit = _limit(limit)
+    query = sa.select(transfers).order_by(transfers.c.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(transfers.c.status == TransferStatus(status).value)
+    if before_id is not None:
+        query = query.where(transfers.c.id < before_id)
+    items = [records.transfer_from_row(row) for row in conn.execute(query).mappings()]
+    return _page(items, limit, items[limit - 1].id if len(items) > limit else None)
+
+
+def transfer_detail(
+    conn: sa.Connection, transfer_id: int
+) -> tuple[Transfer, list[TransferPart]] | None:
+    row = conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).mappings().first()
+    if row is None:
+        return None
+    parts = conn.execute(
+        sa.select(transfer_parts)
+        .where(transfer_parts.c.transfer_id == transfer_id)
+        .order_by(transfer_parts.c.part_number)
+    ).mappings()
+    return records.transfer_from_row(row), [records.transfer_part_from_row(p) for p in parts]
+
+
+def count_active_transfers(conn: sa.Connection) -> int:
+    query = sa.select(sa.func.count()).where(transfers.c.status == TransferStatus.ACTIVE.value)
+    return int(conn.execute(query).scalar_one())
+
+
+def list_workers(
+    conn: sa.Connection, at: float, *, alive_within: float, limit: int = 200
+) -> list[WorkerView]:
+    """Workers newest first: live ones, and the latest that stopped or went silent."""
+    rows = conn.execute(
+        sa.select(workers).order_by(workers.c.started_at.desc()).limit(_limit(limit))
+    ).mappings()
+    found = [
+        records.worker_from_row(
+            row, alive=row["stopped_at"] is None and row["last_seen_at"] >= at - alive_within
+        )
+        for row in rows
+    ]
+    running: dict[str, list[Run]] = {}
+    held = conn.execute(
+        sa.select(runs).where(runs.c.status == RunStatus.RUNNING.value).order_by(runs.c.id)
+    ).mappings()
+    for row in held:
+        running.setdefault(row["lease_owner"] or "", []).append(records.run_from_row(row))
+    return [WorkerView(worker=w, running=running.get(w.id, [])) for w in found]
+
+
+def count_live_workers(conn: sa.Connection, at: float, *, alive_within: float) -> int:
+    query = sa.select(sa.func.count()).where(
+        workers.c.stopped_at.is_(None), workers.c.last_seen_at >= at - alive_within
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def overview(conn: sa.Connection, *, alive_within: float) -> Overview:
+    at = now(conn)
+    return Overview(
+        now=at,
+        counts=run_counts(conn),
+        oldest_due_age=oldest_due_age(conn, at),
+        sensors=list_sensors(conn),
+        throughput=throughput(conn, at),
+        live_workers=count_live_workers(conn, at, alive_within=alive_within),
+        active_transfers=count_active_transfers(conn),
+    )
+
+
+def runs_by_ids(conn: sa.Connection, run_ids: Sequence[int]) -> list[Run]:
+    query = sa.select(runs).where(runs.c.id.in_(list(run_ids))).order_by(runs.c.id.desc())
+    return [records.run_from_row(row) for row in conn.execute(query).mappings()]
