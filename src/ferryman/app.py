@@ -134,6 +134,7 @@ class App:
         name: str | None = None,
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
+        sensitive: Sequence[str] = (),
     ) -> Callable[[F], F]: ...
 
     def job(
@@ -144,12 +145,15 @@ class App:
         name: str | None = None,
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
+        sensitive: Sequence[str] = (),
     ) -> Any:
         """Register ``fn(ctx, payload)`` as a job.
 
         A run is attempted at most ``max_attempts`` times; between attempts it
         waits ``backoff.delay(attempt)``. Raising :class:`ferryman.Reject` fails
-        the run at once without retries.
+        the run at once without retries. Payload keys named in ``sensitive``
+        (at any depth) are shown as ``***`` by the API, the dashboard and
+        ``ferryman runs show``; the store keeps them, since the job needs them.
         """
         if max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -158,7 +162,9 @@ class App:
             job_name = name or function.__name__
             if job_name in self._jobs:
                 raise ConfigurationError(f"job {job_name!r} is registered twice")
-            self._jobs[job_name] = JobDefinition(job_name, function, max_attempts, backoff)
+            self._jobs[job_name] = JobDefinition(
+                job_name, function, max_attempts, backoff, frozenset(sensitive)
+            )
             return function
 
         return register(fn) if fn is not None else register
@@ -424,6 +430,15 @@ class App:
         ``ingest`` has returned an ``ok`` evaluation.
         """
         return self._sensor_engine.ingest(sensor, message_id, payload)
+
+    def deliver(self, sensor: str, message_id: str, payload: Any = None) -> tuple[Evaluation, bool]:
+        """:meth:`ingest`, also saying whether this call recorded the evaluation.
+
+        ``False``: the message had been delivered before (perhaps by a
+        concurrent call, in any process) and the first evaluation is returned.
+        The HTTP ingest endpoint answers 201 or 200 from it.
+        """
+        return self._sensor_engine.deliver(sensor, message_id, payload)
 
     def get_sensor(self, name: str) -> SensorState:
         """The sensor's durable state: cursor, state_version, status, failures, schedule."""

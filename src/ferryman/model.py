@@ -315,3 +315,20 @@ class Transfer:
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+REDACTED = "***"
+
+
+def redact(value: Any, sensitive: frozenset[str] | set[str]) -> Any:
+    """``value`` with every mapping key in ``sensitive`` (at any depth) shown as ``***``."""
+    if not sensitive:
+        return value
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if key in sensitive else redact(item, sensitive)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item, sensitive) for item in value]
+    return value

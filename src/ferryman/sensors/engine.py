@@ -343,6 +343,14 @@ class SensorEngine:
 
     def ingest(self, name: str, message_id: str, payload: Any = None) -> Evaluation:
         """Deliver one message to a push sensor; a redelivery returns the first evaluation."""
+        return self.deliver(name, message_id, payload)[0]
+
+    def deliver(self, name: str, message_id: str, payload: Any = None) -> tuple[Evaluation, bool]:
+        """:meth:`ingest`, also telling whether this call recorded the evaluation.
+
+        False means the message had been delivered before (perhaps by a
+        concurrent call) and the first evaluation is returned.
+        """
         definition = self.definition(name, SensorKind.PUSH)
         if not isinstance(message_id, str) or not message_id:
             raise ConfigurationError(f"message_id must be a non-empty string, got {message_id!r}")
@@ -352,7 +360,7 @@ class SensorEngine:
         state, existing, started = store.find_push_delivery(name, key)
         if existing is not None:
             log.debug("message %r was delivered before", message_id, extra={"sensor": name})
-            return present_evaluation(existing)
+            return present_evaluation(existing), False
         if state is None:
             raise StoreError(f"sensor {name!r} has no row in the store")
         if state.status != RUNNING:
@@ -361,7 +369,7 @@ class SensorEngine:
                 started,
                 f"sensor {name!r} is paused: message {message_id!r} was not processed; "
                 "deliver it again after it is resumed",
-            )
+            ), True
         context = self._context(definition, state, started)
         message = Message(message_id, payload)
         called = call_with_timeout(
@@ -375,9 +383,9 @@ class SensorEngine:
                 started,
                 f"sensor {name!r} did not return within its timeout of {definition.timeout}s "
                 f"for message {message_id!r}; its late result, if any, is discarded",
-            )
+            ), True
         if called.error is not None or called.value is None:
-            return self._fail_push(name, started, _describe(called.error))
+            return self._fail_push(name, started, _describe(called.error)), True
         evaluation, created = store.commit_push_evaluation(
             PushCommit(
                 sensor=name,
@@ -390,7 +398,7 @@ class SensorEngine:
         )
         if created:
             _log_evaluation(evaluation)
-        return present_evaluation(evaluation)
+        return present_evaluation(evaluation), created
 
     def _prepare_push(
         self, definition: SensorDefinition, context: SensorContext, message: Message

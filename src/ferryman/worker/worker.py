@@ -50,6 +50,7 @@ class JobDefinition:
     fn: Callable[[JobContext, Any], Any]
     max_attempts: int
     backoff: Backoff
+    sensitive: frozenset[str] = frozenset()  # payload keys never shown (see App.job)
 
 
 @dataclass(slots=True)
