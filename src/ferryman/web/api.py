@@ -1,5 +1,314 @@
-"""Placeholder router, replaced by the api module proper."""
+"""The JSON API, mounted at ``/api``.
 
-from fastapi import APIRouter
+Reads are open (the server binds to loopback unless told otherwise);
+every request that changes state needs the bearer token. Reads go through
+:mod:`ferryman.store.views`; writes through the :class:`~ferryman.App`, the
+same calls the CLI makes, so the API can do nothing the CLI could not.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+
+from ferryman.app import App
+from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus
+from ferryman.store import views
+from ferryman.web.deps import AppDep, require_token
+from ferryman.web.schemas import (
+    CancelOut,
+    CursorIn,
+    ErrorGroupOut,
+    ErrorOut,
+    EvaluationOut,
+    EvaluationPage,
+    JobCountsOut,
+    MessageIn,
+    MinuteOut,
+    RetryIn,
+    RetryOut,
+    RunDetailOut,
+    RunEventOut,
+    RunOut,
+    RunPage,
+    SensorOut,
+    SummaryOut,
+    TransferDetailOut,
+    TransferOut,
+    TransferPage,
+    TransferPartOut,
+    WorkerOut,
+)
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorOut, "description": "the request cannot be carried out"},
+    404: {"model": ErrorOut, "description": "no such sensor, run or transfer"},
+    503: {"model": ErrorOut, "description": "the store cannot be reached"},
+}
+GUARDED: dict[int | str, dict[str, object]] = {
+    **ERRORS,
+    401: {"model": ErrorOut, "description": "no bearer token"},
+    403: {"model": ErrorOut, "description": "wrong token, or the server is read-only"},
+}
+
+router = APIRouter(responses=ERRORS)
+Token = Depends(require_token)
+
+BeforeId = Annotated[int | None, Query(ge=1, le=2**62, description="ids below this one")]
+Limit = Annotated[int, Query(ge=1, le=views.MAX_PAGE)]
+RunId = Annotated[int, Path(ge=1, le=2**62)]
+SensorName = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+def sensitive_fields(app: App) -> dict[str, frozenset[str]]:
+    """Payload keys each job hides (see ``App.job(sensitive=...)``)."""
+    return {name: job.sensitive for name, job in app.jobs.items()}
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{what} not found")
+
+
+# -- reads ---------------------------------------------------------------------
+
+
+@router.get("/summary", response_model=SummaryOut, tags=["summary"])
+def summary(app: AppDep) -> SummaryOut:
+    """Runs by job and status, failing sensors first, throughput over the last hour."""
+    with app.store.read("reading the overview") as conn:
+        overview = views.overview(conn, alive_within=app.lease_seconds)
+    totals: dict[str, int] = {}
+    for counts in overview.counts.values():
+        for run_status, count in counts.items():
+            totals[run_status.value] = totals.get(run_status.value, 0) + count
+    return SummaryOut(
+        jobs=[
+            JobCountsOut(
+                job=job,
+                counts={s.value: n for s, n in counts.items()},
+                oldest_due_age_seconds=overview.oldest_due_age.get(job),
+            )
+            for job, counts in sorted(overview.counts.items())
+        ],
+        totals=totals,
+        sensors=[SensorOut.of(s) for s in overview.sensors],
+        throughput=[MinuteOut.of(m) for m in overview.throughput],
+        live_workers=overview.live_workers,
+        active_transfers=overview.active_transfers,
+    )
+
+
+@router.get("/sensors", response_model=list[SensorOut], tags=["sensors"])
+def list_sensors(app: AppDep) -> list[SensorOut]:
+    """Every sensor in the store, failing first."""
+    with app.store.read("listing sensors") as conn:
+        return [SensorOut.of(s) for s in views.list_sensors(conn)]
+
+
+@router.get("/sensors/{name}", response_model=SensorOut, tags=["sensors"])
+def get_sensor(app: AppDep, name: SensorName) -> SensorOut:
+    with app.store.read("reading a sensor") as conn:
+        state = views.get_sensor(conn, name)
+    if state is None:
+        raise _not_found(f"sensor {name!r}")
+    return SensorOut.of(state)
+
+
+@router.get("/sensors/{name}/evaluations", response_model=EvaluationPage, tags=["sensors"])
+def list_evaluations(
+    app: AppDep,
+    name: SensorName,
+    before_id: BeforeId = None,
+    limit: Limit = 50,
+    outcome: EvaluationOutcome | None = None,
+) -> EvaluationPage:
+    """The sensor's evaluations, newest first."""
+    with app.store.read("listing evaluations") as conn:
+        if views.get_sensor(conn, name) is None:
+            raise _not_found(f"sensor {name!r}")
+        page = views.list_evaluations(conn, name, outcome=outcome, before_id=before_id, limit=limit)
+    return EvaluationPage(
+        items=[EvaluationOut.of(e) for e in page.items], next_before=page.next_before
+    )
+
+
+@router.get("/runs", response_model=RunPage, tags=["runs"])
+def list_runs(
+    app: AppDep,
+    job: Annotated[str | None, Query(max_length=200)] = None,
+    status: RunStatus | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_id: BeforeId = None,
+    limit: Limit = 50,
+) -> RunPage:
+    """Runs newest first, filtered by job, status and creation time."""
+    with app.store.read("listing runs") as conn:
+        page = views.list_runs(
+            conn,
+            job=job,
+            status=status,
+            since=since.timestamp() if since is not None else None,
+            until=until.timestamp() if until is not None else None,
+            before_id=before_id,
+            limit=limit,
+        )
+    hidden = sensitive_fields(app)
+    return RunPage(
+        items=[RunOut.of(r, hidden.get(r.job, frozenset())) for r in page.items],
+        next_before=page.next_before,
+    )
+
+
+@router.get("/runs/{run_id}", response_model=RunDetailOut, tags=["runs"])
+def get_run(app: AppDep, run_id: RunId) -> RunDetailOut:
+    """A run with its processing log (oldest first) and its last error in full."""
+    with app.store.read("reading a run") as conn:
+        detail = views.run_detail(conn, run_id)
+    if detail is None:
+        raise _not_found(f"run {run_id}")
+    hidden = sensitive_fields(app).get(detail.run.job, frozenset())
+    return RunDetailOut(
+        run=RunOut.of(detail.run, hidden),
+        events=[RunEventOut.of(e) for e in detail.events],
+        transfers=[TransferOut.of(t) for t in detail.transfers],
+    )
+
+
+@router.get("/dead-letters", response_model=list[ErrorGroupOut], tags=["runs"])
+def dead_letters(
+    app: AppDep, job: Annotated[str | None, Query(max_length=200)] = None
+) -> list[ErrorGroupOut]:
+    """Failed and dead runs grouped by job, status and error, largest group first."""
+    with app.store.read("grouping failed runs") as conn:
+        return [ErrorGroupOut.of(g) for g in views.dead_letters(conn, job=job)]
+
+
+@router.get("/transfers", response_model=TransferPage, tags=["transfers"])
+def list_transfers(
+    app: AppDep,
+    status: TransferStatus | None = None,
+    before_id: BeforeId = None,
+    limit: Limit = 50,
+) -> TransferPage:
+    with app.store.read("listing transfers") as conn:
+        page = views.list_transfers(conn, status=status, before_id=before_id, limit=limit)
+    return TransferPage(items=[TransferOut.of(t) for t in page.items], next_before=page.next_before)
+
+
+@router.get("/transfers/{transfer_id}", response_model=TransferDetailOut, tags=["transfers"])
+def get_transfer(app: AppDep, transfer_id: RunId) -> TransferDetailOut:
+    with app.store.read("reading a transfer") as conn:
+        found = views.transfer_detail(conn, transfer_id)
+    if found is None:
+        raise _not_found(f"transfer {transfer_id}")
+    transfer, parts = found
+    return TransferDetailOut(
+        transfer=TransferOut.of(transfer), parts=[TransferPartOut.of(p) for p in parts]
+    )
+
+
+@router.get("/workers", response_model=list[WorkerOut], tags=["workers"])
+def list_workers(app: AppDep) -> list[WorkerOut]:
+    """Workers newest first, live or not, with the runs each holds."""
+    with app.store.read("listing workers") as conn:
+        found = views.list_workers(conn, views.now(conn), alive_within=app.lease_seconds)
+    return [WorkerOut.of(w) for w in found]
+
+
+# -- mutations -----------------------------------------------------------------
+
+
+@router.post(
+    "/sensors/{name}/pause",
+    response_model=SensorOut,
+    dependencies=[Token],
+    responses=GUARDED,
+    tags=["sensors"],
+)
+def pause_sensor(app: AppDep, name: SensorName) -> SensorOut:
+    """Stop evaluating the sensor, everywhere, until it is resumed."""
+    return SensorOut.of(app.pause_sensor(name))
+
+
+@router.post(
+    "/sensors/{name}/resume",
+    response_model=SensorOut,
+    dependencies=[Token],
+    responses=GUARDED,
+    tags=["sensors"],
+)
+def resume_sensor(app: AppDep, name: SensorName) -> SensorOut:
+    return SensorOut.of(app.resume_sensor(name))
+
+
+@router.put(
+    "/sensors/{name}/cursor",
+    response_model=EvaluationOut,
+    dependencies=[Token],
+    responses=GUARDED,
+    tags=["sensors"],
+)
+def set_cursor(app: AppDep, name: SensorName, body: CursorIn) -> EvaluationOut:
+    """Move the cursor; recorded as a ``manual`` evaluation naming ``by``."""
+    return EvaluationOut.of(app.set_cursor(name, body.cursor, by=body.by or "api"))
+
+
+@router.post(
+    "/sensors/{name}/messages",
+    response_model=EvaluationOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Token],
+    responses={
+        **GUARDED,
+        200: {"model": EvaluationOut, "description": "delivered before: the first evaluation"},
+        422: {"description": "the sensor failed on the message; deliver it again later"},
+    },
+    tags=["sensors"],
+)
+def ingest(app: AppDep, name: SensorName, body: MessageIn, response: Response) -> EvaluationOut:
+    """Deliver a message to a push sensor, exactly once per ``message_id``.
+
+    201: recorded now. 200: delivered before, the first evaluation is
+    returned and nothing new is written. An evaluation with outcome
+    ``failed`` (the sensor raised, or it is paused) kept no key: the
+    message was not processed and must be delivered again.
+    """
+    evaluation, first = app.deliver(name, body.message_id, body.payload)
+    if not first:
+        response.status_code = status.HTTP_200_OK
+    elif evaluation.outcome is not EvaluationOutcome.OK:
+        response.status_code = 422
+    return EvaluationOut.of(evaluation)
+
+
+@router.post(
+    "/runs/retry", response_model=RetryOut, dependencies=[Token], responses=GUARDED, tags=["runs"]
+)
+def retry(app: AppDep, body: RetryIn) -> RetryOut:
+    """Queue failed or dead runs again: by id, or every one of a job and/or status."""
+    if body.run_ids is None and body.job is None and body.status is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "give run_ids, a job or a status")
+    return RetryOut(retried=app.retry(body.run_ids, job=body.job, status=body.status, by="api"))
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    response_model=CancelOut,
+    dependencies=[Token],
+    responses={**GUARDED, 409: {"model": ErrorOut, "description": "the run is not queued"}},
+    tags=["runs"],
+)
+def cancel(app: AppDep, run_id: RunId) -> CancelOut:
+    """Cancel a queued run."""
+    run = app.get_run(run_id)
+    if run is None:
+        raise _not_found(f"run {run_id}")
+    if not app.cancel(run_id, by="api"):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}, not queued")
+    cancelled = app.get_run(run_id)
+    assert cancelled is not None
+    hidden = sensitive_fields(app).get(cancelled.job, frozenset())
+    return CancelOut(cancelled=True, run=RunOut.of(cancelled, hidden))

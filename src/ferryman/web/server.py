@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ferryman.app import App
+from ferryman.errors import (
+    ConfigurationError,
+    FerrymanError,
+    PayloadError,
+    StoreError,
+    UnknownJob,
+    UnknownSensor,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,7 +52,27 @@ def create_app(app: App, settings: WebSettings) -> FastAPI:
     web.include_router(api.router, prefix="/api")
     web.include_router(metrics.router)
     web.include_router(pages.router)
+    web.add_exception_handler(FerrymanError, _ferryman_error)
     return web
+
+
+def _status_of(exc: FerrymanError) -> int:
+    if isinstance(exc, UnknownSensor | UnknownJob):
+        return 404
+    if isinstance(exc, ConfigurationError | PayloadError):
+        return 400
+    if isinstance(exc, StoreError):
+        return 503  # the store is down or refused: worth trying again later
+    return 400
+
+
+async def _ferryman_error(request: Request, exc: Exception) -> Response:
+    """ferryman's own errors as a 4xx/503 with their one-line message, never a 500."""
+    assert isinstance(exc, FerrymanError)
+    code = _status_of(exc)
+    if request.url.path.startswith("/api"):
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+    return PlainTextResponse(str(exc), status_code=code)
 
 
 def _version() -> str:

@@ -1,0 +1,74 @@
+"""Fixtures for the web tests: the app on both stores, a client in-process, a real server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import uvicorn
+from starlette.testclient import TestClient
+
+import ferryman as fm
+from ferryman.web import WebSettings, create_app
+from tests.helpers import wait_until
+from tests.web.web_app import make_app, populate
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def web_app(store_url: str) -> Iterator[fm.App]:
+    """The test app with some history, on SQLite and on PostgreSQL."""
+    app = make_app(store_url)
+    populate(app)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def client(web_app: fm.App) -> Iterator[TestClient]:
+    with TestClient(create_app(web_app, WebSettings(token=TOKEN))) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+
+def start_server(app: fm.App, settings: WebSettings) -> LiveServer:
+    """uvicorn on a free loopback port, on a thread; stop with :func:`stop_server`."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(app, settings), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="test-web-server", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=20, what="the web server to start")
+    return LiveServer(url=f"http://127.0.0.1:{port}", server=server, thread=thread)
+
+
+def stop_server(live: LiveServer) -> None:
+    live.server.should_exit = True
+    live.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(web_app: fm.App) -> Iterator[LiveServer]:
+    live = start_server(web_app, WebSettings(token=TOKEN))
+    yield live
+    stop_server(live)

@@ -1,0 +1,52 @@
+"""The app the web tests serve: a job that fails until told not to, sensors of both kinds.
+
+Importable as ``tests.web.web_app:make_app(store)``; ``FLAKY_FIXED`` names a
+file whose existence makes the ``flaky`` job succeed (the browser test
+creates it before pressing retry).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ferryman as fm
+
+FLAKY_FIXED = "FERRYMAN_TEST_FLAKY_FIXED"
+
+
+def make_app(store: str) -> fm.App:
+    app = fm.App(store, lease_seconds=5.0)
+
+    @app.job(sensitive=("password",))
+    def load(ctx: fm.JobContext, payload: dict[str, object]) -> None:
+        if payload.get("reject"):
+            raise fm.Reject(f"record {payload.get('n')}: bad input")
+
+    @app.job(max_attempts=1)
+    def flaky(ctx: fm.JobContext, payload: dict[str, object]) -> None:
+        marker = os.environ.get(FLAKY_FIXED)
+        if marker is None or not Path(marker).exists():
+            raise RuntimeError(f"upstream unavailable for {payload.get('n')}")
+
+    @app.poll_sensor(job="load", interval=3600, backoff=fm.Backoff(base=1.0))
+    def numbers(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
+        n = int(cursor or 0) + 1
+        return fm.SensorResult(run_requests=[fm.RunRequest(f"n-{n}", {"n": n})], cursor=str(n))
+
+    @app.push_sensor(job="load")
+    def inbox(ctx: fm.SensorContext, message: fm.Message) -> list[fm.RunRequest]:
+        return [fm.RunRequest(f"msg-{message.message_id}", message.payload)]
+
+    return app
+
+
+def populate(app: fm.App) -> None:
+    """Some history: succeeded, rejected and dead runs, evaluations of both sensors."""
+    app.tick(force=True)
+    app.tick(force=True)
+    app.submit("load", fm.RunRequest("secret-1", {"n": 1, "password": "hunter2"}))
+    app.submit("load", fm.RunRequest("bad-1", {"n": 2, "reject": True}))
+    app.submit("flaky", fm.RunRequest("flaky-1", {"n": 3}))
+    app.ingest("inbox", "m-1", {"n": 4})
+    app.work(until_idle=True, concurrency=1, handle_signals=False)
