@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ferryman import cli_sensors, cli_transfers, logs
+from ferryman import cli_sensors, cli_serve, cli_transfers, logs
 from ferryman.app import DEFAULT_STORE, App
 from ferryman.cli_output import (
     EXIT_NOT_FOUND,
@@ -38,6 +38,7 @@ from ferryman.cli_output import (
 )
 from ferryman.cli_progress import WorkProgress
 from ferryman.errors import (
+    ConfigurationError,
     FerrymanError,
     SchemaMismatch,
     StoreError,
@@ -214,16 +215,42 @@ def run(
     ] = None,
     grace: Annotated[float, typer.Option(help="Seconds running jobs get on SIGTERM.")] = 30.0,
     sensor_concurrency: Annotated[int, typer.Option(min=1, help="Sensor evaluations at once.")] = 8,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the dashboard and API too.")
+    ] = True,
+    host: cli_serve.HostOption = "127.0.0.1",
+    port: cli_serve.PortOption = 8765,
 ) -> None:
-    """The daemon: evaluate sensors when due and work on runs, until SIGTERM/SIGINT."""
+    """The daemon: evaluate sensors when due and work on runs, until SIGTERM/SIGINT.
+
+    With --serve (the default) the dashboard, the JSON API and /metrics are
+    served from the same process, on 127.0.0.1:8765 unless told otherwise.
+    """
     app = settings.app(need_jobs=True)
-    report = app.run(
-        concurrency=concurrency,
-        jobs=jobs.split(",") if jobs else None,
-        prefetch=prefetch,
-        grace_seconds=grace,
-        sensor_concurrency=sensor_concurrency,
-    )
+    web = None
+    if serve:
+        from ferryman.web.serving import BackgroundServer, make_server, resolve_token
+
+        try:
+            token = resolve_token()
+            web = BackgroundServer(
+                make_server(app, host=host, port=port, token=token, read_only=False)
+            )
+            web.start()
+        except ConfigurationError as exc:
+            fail(str(exc), EXIT_USAGE)
+        cli_serve.announce(host, port, token.value, token.generated)
+    try:
+        report = app.run(
+            concurrency=concurrency,
+            jobs=jobs.split(",") if jobs else None,
+            prefetch=prefetch,
+            grace_seconds=grace,
+            sensor_concurrency=sensor_concurrency,
+        )
+    finally:
+        if web is not None:
+            web.stop()
     err.print(
         f"stopped: {report.succeeded} succeeded, {report.retried} retried, {report.failed} "
         f"failed, {report.dead} dead, {report.released} released",
@@ -421,6 +448,7 @@ def db_upgrade() -> None:
 
 cli_sensors.register(cli, lambda: settings.app())
 cli_transfers.register(cli, lambda: settings.app())
+cli_serve.register(cli, lambda: settings.app())
 
 
 def main() -> None:

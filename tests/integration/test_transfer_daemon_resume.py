@@ -67,6 +67,7 @@ def test_the_daemon_resumes_a_killed_upload_to_the_exact_object(
                 "--log-level",
                 "DEBUG",
                 "run",
+                "--no-serve",
             ],
             cwd=REPO,
             env=env,

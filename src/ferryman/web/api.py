@@ -72,6 +72,8 @@ def _not_found(what: str) -> HTTPException:
 
 
 # -- reads ---------------------------------------------------------------------
+# (POST /runs/retry comes before /runs/{run_id}: routes match in order, and
+# "retry" would otherwise be taken for a run id.)
 
 
 @router.get("/summary", response_model=SummaryOut, tags=["summary"])
@@ -162,7 +164,17 @@ def list_runs(
     )
 
 
-@router.get("/runs/{run_id}", response_model=RunDetailOut, tags=["runs"])
+@router.post(
+    "/runs/retry", response_model=RetryOut, dependencies=[Token], responses=GUARDED, tags=["runs"]
+)
+def retry(app: AppDep, body: RetryIn) -> RetryOut:
+    """Queue failed or dead runs again: by id, or every one of a job and/or status."""
+    if body.run_ids is None and body.job is None and body.status is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "give run_ids, a job or a status")
+    return RetryOut(retried=app.retry(body.run_ids, job=body.job, status=body.status, by="api"))
+
+
+@router.get("/runs/{run_id:int}", response_model=RunDetailOut, tags=["runs"])
 def get_run(app: AppDep, run_id: RunId) -> RunDetailOut:
     """A run with its processing log (oldest first) and its last error in full."""
     with app.store.read("reading a run") as conn:
@@ -198,7 +210,7 @@ def list_transfers(
     return TransferPage(items=[TransferOut.of(t) for t in page.items], next_before=page.next_before)
 
 
-@router.get("/transfers/{transfer_id}", response_model=TransferDetailOut, tags=["transfers"])
+@router.get("/transfers/{transfer_id:int}", response_model=TransferDetailOut, tags=["transfers"])
 def get_transfer(app: AppDep, transfer_id: RunId) -> TransferDetailOut:
     with app.store.read("reading a transfer") as conn:
         found = views.transfer_detail(conn, transfer_id)
@@ -285,17 +297,7 @@ def ingest(app: AppDep, name: SensorName, body: MessageIn, response: Response) -
 
 
 @router.post(
-    "/runs/retry", response_model=RetryOut, dependencies=[Token], responses=GUARDED, tags=["runs"]
-)
-def retry(app: AppDep, body: RetryIn) -> RetryOut:
-    """Queue failed or dead runs again: by id, or every one of a job and/or status."""
-    if body.run_ids is None and body.job is None and body.status is None:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "give run_ids, a job or a status")
-    return RetryOut(retried=app.retry(body.run_ids, job=body.job, status=body.status, by="api"))
-
-
-@router.post(
-    "/runs/{run_id}/cancel",
+    "/runs/{run_id:int}/cancel",
     response_model=CancelOut,
     dependencies=[Token],
     responses={**GUARDED, 409: {"model": ErrorOut, "description": "the run is not queued"}},

@@ -1,0 +1,137 @@
+"""Running the web server: alone (``ferryman serve``) or beside the daemon (``ferryman run``).
+
+Secure by default: it binds to 127.0.0.1; a token guards every mutation
+(``FERRYMAN_API_TOKEN``, or one generated at start and printed once, never
+logged); and it refuses to listen beyond loopback unless the token was
+configured, since a printed one-off token on a shared address helps no one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from ferryman.app import App
+from ferryman.errors import ConfigurationError
+from ferryman.web.server import WebSettings, create_app
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+TOKEN_VARIABLE = "FERRYMAN_API_TOKEN"  # noqa: S105 - the variable's name, not a token
+MIN_TOKEN_LENGTH = 16
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+log = logging.getLogger("ferryman.web")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    value: str
+    generated: bool  # made up at start: shown once to whoever started the server
+
+
+def resolve_token(environ: dict[str, str] | None = None) -> Token:
+    """The API token from ``FERRYMAN_API_TOKEN``, or a fresh random one."""
+    configured = (environ if environ is not None else dict(os.environ)).get(TOKEN_VARIABLE, "")
+    if configured:
+        if len(configured) < MIN_TOKEN_LENGTH:
+            raise ConfigurationError(
+                f"{TOKEN_VARIABLE} is too short to guard anything: use at least "
+                f"{MIN_TOKEN_LENGTH} characters"
+            )
+        return Token(configured, generated=False)
+    return Token(secrets.token_urlsafe(24), generated=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(host: str, token: Token) -> None:
+    """Refuse a non-loopback address unless the token was configured."""
+    if not is_loopback(host) and token.generated:
+        raise ConfigurationError(
+            f"refusing to listen on {host} without a configured token: set "
+            f"{TOKEN_VARIABLE} (the dashboard and API would be reachable from other machines)"
+        )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending with status 0 on SIGTERM/SIGINT like every ferryman command.
+
+    uvicorn re-raises the signal after a graceful shutdown, so the process
+    would report death by signal although it stopped cleanly.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def make_server(app: App, *, host: str, port: int, token: Token, read_only: bool) -> uvicorn.Server:
+    check_bind(host, token)
+    web = create_app(app, WebSettings(token=token.value, read_only=read_only))
+    config = uvicorn.Config(
+        web,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,  # one line per request would drown the daemon's own logs
+        server_header=False,
+    )
+    return _Server(config)
+
+
+class BackgroundServer:
+    """The web server on a named thread, beside ``App.run``'s sensors and workers."""
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self.server = server
+        self.thread = threading.Thread(target=self._serve, name="ferryman-web", daemon=True)
+        self.error: BaseException | None = None
+
+    def _serve(self) -> None:
+        try:
+            self.server.run()
+        except BaseException as exc:  # a port in use, say: the daemon goes on without pages
+            self.error = exc
+            log.error("the web server stopped: %s", exc)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start serving; raise if the server is not listening within ``timeout``."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)  # uvicorn offers no event to wait on
+        if not self.server.started:
+            raise ConfigurationError(
+                f"the web server did not start on {self.server.config.host}:"
+                f"{self.server.config.port}: {self.error or 'timed out'}"
+            )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
