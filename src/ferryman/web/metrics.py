@@ -1,5 +1,194 @@
-"""Placeholder router, replaced by the metrics module proper."""
+"""``/metrics`` in Prometheus' text format, computed from the store.
 
-from fastapi import APIRouter
+Every figure comes from the store, not from this process's memory, so it is
+right whichever processes and hosts do the work, and it survives restarts.
+
+* Gauges (``ferryman_runs``, ``ferryman_oldest_due_run_age_seconds``,
+  ``ferryman_transfer_*``, ``ferryman_workers_live``) are read at scrape time
+  from indexes.
+* Counters and histograms (run finishes and their durations, lease
+  expirations, retries, evaluations and their durations) are folded in from
+  the append-only processing log and evaluation history: each scrape reads
+  only the rows written since the last, by primary key. The first scrape of
+  a process folds the whole history once. On PostgreSQL rows are folded once
+  they are a few seconds old, because ids there commit out of order.
+* Scrapes within ``cache_seconds`` of each other share one reading, so
+  several Prometheus servers cost the store no more than one.
+
+A run's duration is that of the attempt that finished it: from its start to
+its ``succeeded``, ``failed`` or ``dead`` event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ferryman.app import App
+from ferryman.model import RunEventKind, RunStatus, TransferStatus
+from ferryman.store import metrics_queries, views
+from ferryman.store.metrics_queries import DURATION_BUCKETS, Folded, Histogram
 
 router = APIRouter()
+
+CACHE_SECONDS = 5.0
+POSTGRES_SETTLE_SECONDS = 5.0
+
+
+def _histogram(name: str, documentation: str, label: str, by: dict[str, Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=[label])
+    for value, histogram in sorted(by.items()):
+        cumulative, buckets = 0, []
+        for bound, count in zip(DURATION_BUCKETS, histogram.buckets, strict=True):
+            cumulative += count
+            buckets.append((repr(bound), cumulative))
+        buckets.append(("+Inf", histogram.count))
+        family.add_metric([value], buckets, histogram.total)
+    return family
+
+
+class StoreCollector:
+    """A prometheus_client collector over one App's store."""
+
+    def __init__(self, app: App, *, cache_seconds: float = CACHE_SECONDS) -> None:
+        self.app = app
+        self.cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._folded = Folded()
+        self._cached: list[Metric] = []
+        self._cached_at = float("-inf")
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if time.monotonic() - self._cached_at >= self.cache_seconds:
+                self._cached = list(self._read())
+                self._cached_at = time.monotonic()
+            yield from self._cached
+
+    def _read(self) -> Iterable[Metric]:
+        store = self.app.store
+        settle = 0.0 if store.is_sqlite else POSTGRES_SETTLE_SECONDS
+        with store.read("reading metrics") as conn:
+            now = views.now(conn)
+            counts = views.run_counts(conn)
+            oldest = views.oldest_due_age(conn, now)
+            totals = metrics_queries.transfer_totals(conn)
+            live = views.count_live_workers(conn, now, alive_within=self.app.lease_seconds)
+            metrics_queries.fold_events(conn, self._folded, now - settle)
+            metrics_queries.fold_evaluations(conn, self._folded, now - settle)
+        folded = self._folded
+
+        runs = GaugeMetricFamily("ferryman_runs", "Runs in the store", labels=["job", "status"])
+        for job, by_status in sorted(counts.items()):
+            for status in RunStatus:
+                runs.add_metric([job, status.value], by_status.get(status, 0))
+        yield runs
+
+        age = GaugeMetricFamily(
+            "ferryman_oldest_due_run_age_seconds",
+            "How long the oldest queued run that is due has waited, by job",
+            labels=["job"],
+        )
+        for job in sorted(counts):
+            age.add_metric([job], oldest.get(job, 0.0))
+        yield age
+
+        finished = CounterMetricFamily(
+            "ferryman_run_finishes",
+            "Attempts that ended a run, by job and outcome (succeeded, failed, dead)",
+            labels=["job", "outcome"],
+        )
+        expirations = CounterMetricFamily(
+            "ferryman_lease_expirations",
+            "Leases that expired (a worker died or stalled), by job",
+            labels=["job"],
+        )
+        retries = CounterMetricFamily(
+            "ferryman_retries",
+            "Runs put back in the queue: retries scheduled after an error, and manual "
+            "retries of failed or dead runs, by job and kind",
+            labels=["job", "kind"],
+        )
+        jobs = sorted({job for job, _ in folded.events} | set(counts))
+        for job in jobs:
+            for kind in metrics_queries.FINISHING_KINDS:
+                finished.add_metric([job, kind.value], folded.events.get((job, kind.value), 0))
+            expired = folded.events.get((job, RunEventKind.LEASE_EXPIRED.value), 0)
+            expirations.add_metric([job], expired)
+            for kind in (RunEventKind.RETRY_SCHEDULED, RunEventKind.REQUEUED):
+                retries.add_metric([job, kind.value], folded.events.get((job, kind.value), 0))
+        yield finished
+        yield expirations
+        yield retries
+        yield _histogram(
+            "ferryman_run_duration_seconds",
+            "Duration of the attempt that finished each run, by job",
+            "job",
+            folded.run_durations,
+        )
+
+        evaluations = CounterMetricFamily(
+            "ferryman_evaluations",
+            "Sensor evaluations by sensor and outcome (ok, failed, conflict, manual)",
+            labels=["sensor", "outcome"],
+        )
+        for (sensor, outcome), count in sorted(folded.evaluations.items()):
+            evaluations.add_metric([sensor, outcome], count)
+        yield evaluations
+        yield _histogram(
+            "ferryman_evaluation_duration_seconds",
+            "Duration of sensor evaluations, by sensor",
+            "sensor",
+            folded.evaluation_durations,
+        )
+
+        transfer_bytes = GaugeMetricFamily(
+            "ferryman_transfer_bytes_confirmed",
+            "Bytes of transfers S3 acknowledged and the store recorded, by transfer status",
+            labels=["status"],
+        )
+        transfer_parts = GaugeMetricFamily(
+            "ferryman_transfer_parts_confirmed",
+            "Parts of transfers S3 acknowledged and the store recorded, by transfer status",
+            labels=["status"],
+        )
+        transfer_count = GaugeMetricFamily(
+            "ferryman_transfers", "Transfers by status", labels=["status"]
+        )
+        for transfer_status in TransferStatus:
+            total = totals.get(transfer_status, metrics_queries.TransferTotals(0, 0, 0))
+            transfer_bytes.add_metric([transfer_status.value], total.bytes_confirmed)
+            transfer_parts.add_metric([transfer_status.value], total.parts_confirmed)
+            transfer_count.add_metric([transfer_status.value], total.transfers)
+        yield transfer_bytes
+        yield transfer_parts
+        yield transfer_count
+
+        yield GaugeMetricFamily(
+            "ferryman_workers_live", "Workers that sent a heartbeat within a lease", value=live
+        )
+
+
+def registry_for(app: App) -> CollectorRegistry:
+    """A registry of its own per App, so two Apps in one process never share figures."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(app))
+    return registry
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    """Prometheus exposition of the store's runs, evaluations and transfers."""
+    registry: CollectorRegistry = request.app.state.metrics
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -49,6 +49,7 @@ def create_app(app: App, settings: WebSettings) -> FastAPI:
     )
     web.state.ferryman = app
     web.state.settings = settings
+    web.state.metrics = metrics.registry_for(app)
     web.include_router(api.router, prefix="/api")
     web.include_router(metrics.router)
     web.include_router(pages.router)

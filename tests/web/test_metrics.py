@@ -1,0 +1,126 @@
+"""/metrics on both stores: the figures a user would graph, read back from the exposition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+import ferryman as fm
+from ferryman.store import ConfirmedPart, NewTransfer
+from tests.helpers import wait_until
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: TestClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def lease_expired(store: Any, run_id: int) -> bool:
+    with store.read("reading the clock") as conn:
+        now = store.runs.now(conn)
+    run = store.get_run(run_id)
+    return (
+        run is not None
+        and run.lease_expires_at is not None
+        and (run.lease_expires_at.timestamp() < now)
+    )
+
+
+def test_metrics_count_runs_evaluations_leases_and_retries(
+    client: TestClient, web_app: fm.App, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A worker that claimed a run and died: its lease expires, another finishes it.
+    (orphan,) = web_app.submit("load", fm.RunRequest("orphan", {"n": 5})).run_ids
+    web_app.store.claim(worker_id="gone", jobs=["load"], limit=1, lease_seconds=0.2)
+    wait_until(lambda: lease_expired(web_app.store, orphan), what="the lease to expire")
+    # The dead flaky run is retried by hand and succeeds.
+    (dead,) = [r.id for r in web_app.get_runs(job="flaky")]
+    web_app.retry([dead])
+    fixed = tmp_path / "fixed"
+    fixed.touch()
+    monkeypatch.setenv("FERRYMAN_TEST_FLAKY_FIXED", str(fixed))
+    web_app.work(until_idle=True, concurrency=1, handle_signals=False)
+    # A queued run that is due, waiting for a worker.
+    web_app.submit("load", fm.RunRequest("waiting", {"n": 6}))
+
+    def settled() -> Samples | None:
+        samples = scrape(client)
+        finishes = value(samples, "ferryman_run_finishes_total", job="load", outcome="succeeded")
+        return samples if finishes == 5 else None
+
+    # Counters fold in rows once they are settled (seconds, on PostgreSQL).
+    samples = wait_until(settled, what="the finishes to be counted")
+    assert value(samples, "ferryman_runs", job="load", status="succeeded") == 5
+    assert value(samples, "ferryman_runs", job="load", status="failed") == 1
+    assert value(samples, "ferryman_runs", job="load", status="queued") == 1
+    assert value(samples, "ferryman_runs", job="flaky", status="succeeded") == 1
+    assert value(samples, "ferryman_runs", job="flaky", status="dead") == 0
+    assert value(samples, "ferryman_run_finishes_total", job="load", outcome="failed") == 1
+    assert value(samples, "ferryman_run_finishes_total", job="flaky", outcome="dead") == 1
+    assert value(samples, "ferryman_run_finishes_total", job="flaky", outcome="succeeded") == 1
+    assert value(samples, "ferryman_lease_expirations_total", job="load") == 1
+    assert value(samples, "ferryman_retries_total", job="flaky", kind="requeued") == 1
+    # One observation per finish; every duration fits under the last bound.
+    assert value(samples, "ferryman_run_duration_seconds_count", job="load") == 6
+    assert value(samples, "ferryman_run_duration_seconds_bucket", job="load", le="+Inf") == 6
+    assert value(samples, "ferryman_run_duration_seconds_bucket", job="load", le="3600.0") == 6
+    assert value(samples, "ferryman_run_duration_seconds_sum", job="load") > 0
+    assert value(samples, "ferryman_oldest_due_run_age_seconds", job="load") >= 0
+    assert value(samples, "ferryman_evaluations_total", sensor="numbers", outcome="ok") == 2
+    assert value(samples, "ferryman_evaluations_total", sensor="inbox", outcome="ok") == 1
+    assert value(samples, "ferryman_evaluation_duration_seconds_count", sensor="numbers") == 2
+
+
+def test_metrics_show_transfer_bytes_and_parts(client: TestClient, web_app: fm.App) -> None:
+    store = web_app.store
+    opened = store.open_transfer(
+        NewTransfer(
+            source_path="/data/a.bin",
+            bucket="bucket",
+            key="a.bin",
+            part_size=5 * 1024 * 1024,
+            follow=False,
+            source_size=12 * 1024 * 1024,
+            source_mtime=1.0,
+            user_metadata_json=None,
+            sidecar_key=None,
+            run_id=None,
+        ),
+        owner="test:1",
+        lease_seconds=30,
+        run_lease=None,
+        may_take_over=lambda transfer, now: False,
+    )
+    store.set_transfer_upload(opened.fence, "upload-1", 5 * 1024 * 1024)
+    for number in (1, 2):
+        store.confirm_part(
+            opened.fence,
+            ConfirmedPart(
+                part_number=number,
+                start=(number - 1) * 5 * 1024 * 1024,
+                size=5 * 1024 * 1024,
+                etag=f"etag-{number}",
+                sha256="c2hh",
+            ),
+            30,
+        )
+    samples = scrape(client)
+    assert value(samples, "ferryman_transfers", status="active") == 1
+    assert value(samples, "ferryman_transfer_bytes_confirmed", status="active") == 10 * 1024**2
+    assert value(samples, "ferryman_transfer_parts_confirmed", status="active") == 2
