@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ferryman.app import App
 from ferryman.errors import (
@@ -53,8 +55,24 @@ def create_app(app: App, settings: WebSettings) -> FastAPI:
     web.include_router(api.router, prefix="/api")
     web.include_router(metrics.router)
     web.include_router(pages.router)
+    web.mount("/static", pages.static_files, name="static")
     web.add_exception_handler(FerrymanError, _ferryman_error)
+    web.add_exception_handler(StarletteHTTPException, _http_error)
     return web
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(("/api", "/metrics", "/openapi.json"))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """JSON for the API, a page in the dashboard's layout for everything else."""
+    assert isinstance(exc, StarletteHTTPException)
+    if _is_api(request) or request.url.path.startswith("/static"):
+        return await http_exception_handler(request, exc)
+    from ferryman.web.pages import page_error
+
+    return page_error(request, exc.status_code, str(exc.detail))
 
 
 def _status_of(exc: FerrymanError) -> int:
@@ -71,9 +89,11 @@ async def _ferryman_error(request: Request, exc: Exception) -> Response:
     """ferryman's own errors as a 4xx/503 with their one-line message, never a 500."""
     assert isinstance(exc, FerrymanError)
     code = _status_of(exc)
-    if request.url.path.startswith("/api"):
+    if _is_api(request):
         return JSONResponse({"detail": str(exc)}, status_code=code)
-    return PlainTextResponse(str(exc), status_code=code)
+    from ferryman.web.pages import page_error
+
+    return page_error(request, code, str(exc))
 
 
 def _version() -> str:
