@@ -97,7 +97,10 @@ def _local(target: str) -> str:
 def _guard(request: Request, settings: WebSettings, csrf: str) -> Response | None:
     """A response refusing the change, or None when it may go ahead."""
     if session.session_id(request, settings) is None:
-        back = urllib.parse.quote(request.headers.get("referer", "/") or "/")
+        # Back to the page the button was on, once signed in (its path only).
+        referer = urllib.parse.urlsplit(request.headers.get("referer", ""))
+        page = referer.path + (f"?{referer.query}" if referer.query else "")
+        back = urllib.parse.quote(_local(page or "/"))
         return RedirectResponse(f"/login?next={back}", status_code=status.HTTP_303_SEE_OTHER)
     if not session.csrf_matches(request, settings, csrf):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the form is stale or forged: reload it")
