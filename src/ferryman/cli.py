@@ -44,7 +44,7 @@ from ferryman.errors import (
     StoreError,
     StoreUnavailable,
 )
-from ferryman.model import RunStatus
+from ferryman.model import Run, RunStatus, redact
 from ferryman.store import upgrade as upgrade_store
 
 LIVE_INTERVAL = 0.5  # seconds between refreshes of the progress view
@@ -328,6 +328,14 @@ def workers(
 # -- runs --------------------------------------------------------------------
 
 
+def shown(app: App, run: Run) -> Run:
+    """The run with the payload keys its job marks sensitive shown as ``***``."""
+    job = app.jobs.get(run.job)
+    if job is None or not job.sensitive:
+        return run
+    return dataclasses.replace(run, payload=redact(run.payload, job.sensitive))
+
+
 @runs_cli.callback(invoke_without_command=True)
 def runs_list(
     ctx: typer.Context,
@@ -339,7 +347,8 @@ def runs_list(
     """Newest runs, filtered by status and job."""
     if ctx.invoked_subcommand is not None:
         return
-    found = settings.app().get_runs(job=job, status=status_filter, limit=limit)
+    app = settings.app()
+    found = [shown(app, run) for run in app.get_runs(job=job, status=status_filter, limit=limit)]
     if as_json:
         print_json(found)
         return
@@ -369,6 +378,7 @@ def runs_show(
     run = app.get_run(run_id)
     if run is None:
         fail(f"no run {run_id} in store", EXIT_NOT_FOUND)
+    run = shown(app, run)
     events = app.get_run_events(run_id)
     if as_json:
         print_json({"run": run, "events": events})

@@ -156,3 +156,27 @@ def test_run_serves_the_api_beside_the_daemon_with_a_printed_token(
     processes[0].send_signal(signal.SIGTERM)
     assert processes[0].wait(timeout=60) == 0
     assert not answers(f"{base}/api/summary")
+
+
+def test_the_cli_hides_sensitive_payload_fields_too(store: str) -> None:
+    from tests.web.web_app import make_app, populate
+
+    app = make_app(store)
+    populate(app)
+    (secret,) = [r.id for r in app.get_runs() if r.run_key == "secret-1"]
+    app.close()
+    for args in (
+        ("runs", "show", str(secret)),
+        ("runs", "show", str(secret), "--json"),
+        ("runs", "--json"),
+    ):
+        done = subprocess.run(
+            ferryman(*args, store=store),
+            cwd=REPO,
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "hunter2" not in done.stdout and "***" in done.stdout
