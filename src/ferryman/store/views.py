@@ -9,6 +9,7 @@ from one end and stops after ``limit`` rows. Counts come from the
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -43,7 +44,9 @@ T = TypeVar("T")
 
 MAX_PAGE = 500
 THROUGHPUT_MINUTES = 60
-DEAD_LETTER_SAMPLE = 5000  # newest failed and dead runs grouped on the dead-letter page
+DEAD_LETTER_SAMPLE = 2000  # newest failed and dead runs grouped on the dead-letter page
+MAX_GROUPS = 100
+ERROR_TAIL = 400  # characters read from the end of each error: its last line is in there
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,7 +97,7 @@ class ErrorGroup:
 
     job: str
     status: RunStatus
-    error: str  # the last line of the error: the exception and its message
+    error: str  # the last line of the error, numbers shown as N
     count: int
     newest_run_id: int
     run_ids: list[int]  # newest first, at most 100
@@ -225,16 +228,31 @@ def error_line(error: str | None) -> str:
     return lines[-1][:300] if lines else "(no error recorded)"
 
 
+def error_kind(error: str | None) -> str:
+    """:func:`error_line` with its numbers as ``N``: errors that differ only in an id group."""
+    return re.sub(r"\d+", "N", error_line(error))
+
+
 def dead_letters(
     conn: sa.Connection, *, job: str | None = None, sample: int = DEAD_LETTER_SAMPLE
 ) -> list[ErrorGroup]:
     """Failed and dead runs grouped by job, status and error line, largest group first.
 
+    Error lines that differ only in their numbers (an id, a line number) group
+    together; at most ``MAX_GROUPS`` groups are returned.
+
     Groups are built from the newest ``sample`` failed and dead runs (read from
     the ``(status, id)`` index), so the page stays fast however many there are.
     """
+    # Only the end of each error is read: tracebacks are long, their last line is what groups.
+    length = sa.func.length(runs.c.last_error)
+    tail = sa.func.substr(
+        runs.c.last_error, sa.case((length > ERROR_TAIL, length - ERROR_TAIL + 1), else_=1)
+    )
     query = (
-        sa.select(runs.c.id, runs.c.job, runs.c.status, runs.c.last_error, runs.c.finished_at)
+        sa.select(
+            runs.c.id, runs.c.job, runs.c.status, tail.label("last_error"), runs.c.finished_at
+        )
         .where(runs.c.status.in_([RunStatus.FAILED.value, RunStatus.DEAD.value]))
         .order_by(runs.c.id.desc())
         .limit(sample)
@@ -243,7 +261,7 @@ def dead_letters(
         query = query.where(runs.c.job == job)
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for row in conn.execute(query):
-        groups.setdefault((row.job, row.status, error_line(row.last_error)), []).append(row)
+        groups.setdefault((row.job, row.status, error_kind(row.last_error)), []).append(row)
     result = []
     for (job_name, status, error), rows in groups.items():
         finished = [r.finished_at for r in rows if r.finished_at is not None]
@@ -259,7 +277,7 @@ def dead_letters(
                 last_seen=records.to_datetime(max(finished)) if finished else None,
             )
         )
-    return sorted(result, key=lambda g: (-g.count, -g.newest_run_id))
+    return sorted(result, key=lambda g: (-g.count, -g.newest_run_id))[:MAX_GROUPS]
 
 
 # -- sensors -------------------------------------------------------------------
