@@ -1,0 +1,355 @@
+"""Dashboard and API latency with 1,000,000 runs and 100,000 evaluations in the store.
+
+Seeds a store on each backend (PostgreSQL: a scratch database
+``ferryman_bench_web`` on 127.0.0.1:5432, filled with ``COPY``; SQLite: a file
+under the system's temporary folder), starts the real server (``ferryman
+serve``) on a loopback port, and times requests with httpx from this process:
+the overview (page and API), the runs list filtered by job and status, a page
+deep in the runs list, a run page (page and API), a sensor page and
+``/metrics``. Prints p50 / p95 / max per endpoint; the target is p95 < 200 ms.
+
+The seeded stores are kept between runs; ``--reseed`` builds them again.
+Runs are spread over the last week, newest ids last, 90 % succeeded, 4 %
+failed, 2 % dead, the rest queued or running, over ten jobs; one run in ten
+has a processing log of three events, and failed and dead runs carry a
+traceback.
+
+    .venv/bin/python bench/web.py [--runs 1000000] [--evaluations 100000] [--stores sqlite,postgres]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and bench/queue.py
+# would shadow the standard library's queue module.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse
+import json
+import random
+import socket
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+DATABASE = "ferryman_bench_web"
+SQLITE_PATH = Path(tempfile.gettempdir()) / "ferryman-bench-web" / "store.db"
+TOKEN = "bench-token-0123456789"
+JOBS = [f"job-{n}" for n in range(10)]
+SENSORS = [f"sensor-{n}" for n in range(5)]
+WEEK = 7 * 24 * 3600.0
+TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "pipeline.py", line 42, in load\n'
+    "    rows = parse(document)\n"
+    "ValueError: record {n}: amount is not a number"
+)
+
+RUN_COLUMNS = (
+    "id, job, run_key, payload, status, attempt, max_attempts, available_at, lease_owner, "
+    "lease_token, lease_expires_at, last_error, created_at, updated_at, started_at, finished_at"
+)
+EVENT_COLUMNS = "run_id, kind, at, attempt, worker_id, lease_token, detail"
+EVALUATION_COLUMNS = (
+    "sensor, idempotency_key, outcome, cursor_before, cursor_after, state_version_before, "
+    "state_version_after, runs_requested, runs_deduplicated, items_skipped, run_ids, error, "
+    "evaluator, started_at, finished_at"
+)
+
+
+def status_of(n: int) -> str:
+    bucket = n % 100
+    if bucket < 90:
+        return "succeeded"
+    if bucket < 94:
+        return "failed"
+    if bucket < 96:
+        return "dead"
+    return "queued" if bucket < 99 else "running"
+
+
+def run_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
+    for n in range(1, count + 1):
+        created = now - WEEK + WEEK * n / count
+        status = status_of(n)
+        finished = (
+            created + 0.05 + (n % 7) * 0.01 if status in ("succeeded", "failed", "dead") else None
+        )
+        running = status == "running"
+        yield (
+            n,
+            JOBS[n % len(JOBS)],
+            f"key-{n}",
+            json.dumps({"n": n, "path": f"/data/in/{n}.xml"}),
+            status,
+            1 if status != "queued" else 0,
+            5,
+            created,
+            "bench-worker" if running else None,
+            1 if status != "queued" else 0,
+            now + 3600 if running else None,
+            TRACEBACK.format(n=n) if status in ("failed", "dead") else None,
+            created,
+            finished or created,
+            created + 0.01 if status != "queued" else None,
+            finished,
+        )
+
+
+def event_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
+    for n in range(10, count + 1, 10):
+        created = now - WEEK + WEEK * n / count
+        yield (n, "requested", created, 0, None, None, None)
+        yield (n, "claimed", created + 0.01, 1, "bench-worker", 1, None)
+        status = status_of(n)
+        if status in ("succeeded", "failed", "dead"):
+            yield (n, status, created + 0.05, 1, "bench-worker", 1, None)
+
+
+def evaluation_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
+    for n in range(1, count + 1):
+        at = now - WEEK + WEEK * n / count
+        sensor = SENSORS[n % len(SENSORS)]
+        version = n // len(SENSORS)
+        failed = n % 50 == 0
+        yield (
+            sensor,
+            None,
+            "failed" if failed else "ok",
+            json.dumps({"v": 1, "value": str(version)}),
+            None if failed else json.dumps({"v": 1, "value": str(version + 1)}),
+            version,
+            None if failed else version + 1,
+            0 if failed else 1,
+            0,
+            0,
+            "[]",
+            "TimeoutError: listing took too long" if failed else None,
+            "bench:1",
+            at,
+            at + 0.02,
+        )
+
+
+def sensor_rows(now: float, evaluations: int) -> list[tuple[object, ...]]:
+    per_sensor = evaluations // len(SENSORS)
+    return [
+        (
+            name,
+            "poll",
+            json.dumps({"v": 1, "value": str(per_sensor)}),
+            per_sensor,
+            "running",
+            0,
+            now + 30,
+            now,
+            now,
+        )
+        for name in SENSORS
+    ]
+
+
+SENSOR_COLUMNS = (
+    "name, kind, cursor, state_version, status, consecutive_failures, next_evaluation_at, "
+    "last_evaluation_at, updated_at"
+)
+
+
+# -- seeding -------------------------------------------------------------------
+
+
+def pg_url(admin: str, database: str) -> str:
+    base = admin.rsplit("/", 1)[0]
+    return f"{base}/{database}"
+
+
+def seed_postgres(admin: str, runs: int, evaluations: int, reseed: bool) -> str:
+    from ferryman.store import upgrade
+
+    url = pg_url(admin, DATABASE)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+        ).fetchone()
+        if exists and not reseed:
+            print(f"postgres: reusing database {DATABASE} (--reseed to rebuild)", flush=True)
+            return url.replace("postgresql://", "postgresql+psycopg://")
+        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    sa_url = url.replace("postgresql://", "postgresql+psycopg://")
+    upgrade(sa_url)
+    started = time.perf_counter()
+    now = time.time()
+    with psycopg.connect(url) as conn, conn.cursor() as cursor:
+        for table, columns, rows in (
+            ("ferryman_runs", RUN_COLUMNS, run_rows(runs, now)),
+            ("ferryman_run_events", EVENT_COLUMNS, event_rows(runs, now)),
+            ("ferryman_sensors", SENSOR_COLUMNS, iter(sensor_rows(now, evaluations))),
+            ("ferryman_sensor_evaluations", EVALUATION_COLUMNS, evaluation_rows(evaluations, now)),
+        ):
+            with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        cursor.execute("SELECT setval('ferryman_runs_id_seq', %s)", (runs,))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    print(f"postgres: seeded in {time.perf_counter() - started:.0f} s", flush=True)
+    return sa_url
+
+
+def seed_sqlite(runs: int, evaluations: int, reseed: bool) -> str:
+    from ferryman.store import upgrade
+
+    url = f"sqlite:///{SQLITE_PATH}"
+    if SQLITE_PATH.exists() and not reseed:
+        print(f"sqlite: reusing {SQLITE_PATH} (--reseed to rebuild)", flush=True)
+        return url
+    SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in SQLITE_PATH.parent.glob("store.db*"):
+        leftover.unlink()
+    upgrade(url)
+    started = time.perf_counter()
+    now = time.time()
+    conn = sqlite3.connect(SQLITE_PATH)
+    conn.execute("PRAGMA synchronous=OFF")  # seeding only: the bench reads afterwards
+    for table, columns, rows in (
+        ("ferryman_runs", RUN_COLUMNS, run_rows(runs, now)),
+        ("ferryman_run_events", EVENT_COLUMNS, event_rows(runs, now)),
+        ("ferryman_sensors", SENSOR_COLUMNS, iter(sensor_rows(now, evaluations))),
+        ("ferryman_sensor_evaluations", EVALUATION_COLUMNS, evaluation_rows(evaluations, now)),
+    ):
+        marks = ", ".join("?" for _ in columns.split(","))
+        with conn:
+            conn.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+    conn.execute("ANALYZE")
+    conn.close()
+    print(f"sqlite: seeded in {time.perf_counter() - started:.0f} s", flush=True)
+    return url
+
+
+# -- measuring -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def serve(url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    env["FERRYMAN_API_TOKEN"] = TOKEN
+    env["PYTHONPATH"] = str(REPO / "src")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ferryman", "--store", url, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/api/sensors", timeout=5).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"ferryman serve did not start on {base}")
+
+
+def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
+    logged = [n for n in (rng.randrange(10, runs, 10) for _ in range(50))]
+    middle = runs // 2
+    return {
+        "overview page /": ["/"],
+        "overview API /api/summary": ["/api/summary"],
+        "runs page, job + status": [f"/runs?job={rng.choice(JOBS)}&status=dead" for _ in range(20)],
+        "runs API, job + status": [
+            f"/api/runs?job={rng.choice(JOBS)}&status=failed&limit=50" for _ in range(20)
+        ],
+        "runs API, deep page": [
+            f"/api/runs?status=succeeded&before_id={middle - i * 997}" for i in range(20)
+        ],
+        "run page /runs/{id}": [f"/runs/{n}" for n in logged],
+        "run API /api/runs/{id}": [f"/api/runs/{n}" for n in logged],
+        "sensor page": [f"/sensors/{name}" for name in SENSORS],
+        "dead letters page": ["/dead-letters"],
+        "/metrics": ["/metrics"],
+    }
+
+
+def measure(base: str, paths: list[str], requests: int) -> list[float]:
+    timings = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for path in paths[:3]:  # warm caches and connections
+            client.get(path).raise_for_status()
+        for index in range(requests):
+            started = time.perf_counter()
+            response = client.get(paths[index % len(paths)])
+            timings.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+    return timings
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--evaluations", type=int, default=100_000)
+    parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument("--requests", type=int, default=100, help="per endpoint")
+    parser.add_argument("--reseed", action="store_true")
+    parser.add_argument("--pg", default=os.environ.get("FERRYMAN_BENCH_PG", DEFAULT_PG))
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+
+    rows: list[str] = []
+    for kind in args.stores.split(","):
+        url = (
+            seed_sqlite(args.runs, args.evaluations, args.reseed)
+            if kind == "sqlite"
+            else seed_postgres(args.pg, args.runs, args.evaluations, args.reseed)
+        )
+        process, base = serve(url)
+        try:
+            first = time.perf_counter()
+            httpx.get(f"{base}/metrics", timeout=600).raise_for_status()
+            print(
+                f"{kind}: first /metrics (folds the whole log) {time.perf_counter() - first:.1f} s"
+            )
+            for name, paths in endpoints(args.runs, random.Random(7)).items():
+                timings = measure(base, paths, args.requests)
+                p50, p95 = statistics.median(timings), percentile(timings, 0.95)
+                flag = "" if p95 < 200 else "  (over 200 ms)"
+                line = f"{kind:<9}{name:<30}{p50:>9.1f}{p95:>9.1f}{max(timings):>9.1f}{flag}"
+                print(line, flush=True)
+                rows.append(line)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    print(f"\n{args.runs:,} runs, {args.evaluations:,} evaluations; milliseconds per request")
+    print(f"{'store':<9}{'endpoint':<30}{'p50':>9}{'p95':>9}{'max':>9}")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
