@@ -46,7 +46,8 @@ def create_app(app: App, settings: WebSettings) -> FastAPI:
         title="ferryman",
         summary="Sensors, runs and transfers of one ferryman store.",
         version=_version(),
-        docs_url="/api/docs",
+        # FastAPI's docs pages load their scripts from a CDN: none served here.
+        docs_url=None,
         redoc_url=None,
     )
     web.state.ferryman = app
