@@ -114,12 +114,17 @@ class Store:
     def transaction(self) -> Iterator[sa.Connection]:
         """A write transaction on the store database, errors untranslated.
 
-        SQLite admits one writer at a time and makes the others sleep in its
-        busy handler (1, 2, 5 ... 100 ms); the store's writers, in this
-        process and in others, queue on the backend's writer lock instead, so
-        they follow each other without those sleeps.
+        Returns once what the block wrote is committed. On SQLite the
+        transaction may be shared with this process's other writers of the
+        moment (see :mod:`ferryman.store.group_commit`): one commit, one wait
+        for the disk, for all of them; each block still keeps all or nothing.
         """
-        with self.backend.writer_lock, self.backend.engine.begin() as conn:
+        group = self.backend.group_commit
+        if group is None:
+            with self.backend.engine.begin() as conn:
+                yield conn
+            return
+        with group.transaction() as conn:
             yield conn
 
     @contextlib.contextmanager

@@ -5,6 +5,7 @@
 * SQLite: WAL journal, ``synchronous=FULL`` (a commit survives power loss),
   foreign keys on, a busy timeout, and every write transaction opened with
   ``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock.
+  The store's writes in one process share commits (``group_commit.py``).
   Reads use a second engine with plain ``BEGIN`` so they never wait for writers.
 * The clock is the database's: leases taken by workers on several hosts are
   compared against one clock, not against each host's.
@@ -13,11 +14,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fcntl
-import os
 import sqlite3
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
+from ferryman.store.group_commit import GroupCommit
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_CONNECT_TIMEOUT_S = 10
@@ -44,10 +42,8 @@ class Backend:
     read_engine: Engine  # reads that never block writers
     is_sqlite: bool
     now: sa.ColumnElement[float]
-    # Held around every write transaction the store opens (see WriterQueue).
-    writer_lock: contextlib.AbstractContextManager[Any] = dataclasses.field(
-        default_factory=contextlib.nullcontext
-    )
+    # SQLite: the store's write transactions in this process share commits.
+    group_commit: GroupCommit | None = None
 
     @property
     def safe_url(self) -> str:
@@ -58,55 +54,11 @@ class Backend:
         return sqlite_insert(table) if self.is_sqlite else postgresql_insert(table)
 
     def dispose(self) -> None:
+        if self.group_commit is not None:
+            self.group_commit.close()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
-
-
-class WriterQueue:
-    """Writers of one SQLite store take turns here, across threads and processes.
-
-    SQLite admits one writer at a time and makes the others sleep in its busy
-    handler, retrying after 1, 2, 5 ... up to 100 ms: two busy worker
-    processes spend much of their time asleep while the database is free. An
-    exclusive ``flock`` on a file next to the database queues them instead,
-    and the kernel hands it to the next writer the moment the last one lets
-    go, or dies: a killed process never leaves it held. Threads of one
-    process queue on a plain lock first, since ``flock`` is per open file.
-    Writers that do not go through the store (a user's own engine) still meet
-    SQLite's busy timeout, as before.
-    """
-
-    def __init__(self, database: Path) -> None:
-        self.path = database.with_name(f"{database.name}-writer.lock")
-        self._threads = threading.Lock()
-        self._fd: int | None = None
-        self._pid = 0
-
-    def __enter__(self) -> None:
-        self._threads.acquire()
-        try:
-            fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
-        except BaseException:
-            self._threads.release()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            if self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._threads.release()
-
-    def _descriptor(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            # A forked child must not share its parent's open file: a flock
-            # belongs to the open file, so parent and child would hold it as one.
-            if self._fd is not None:
-                os.close(self._fd)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = os.getpid()
-        return self._fd
 
 
 def safe_url(url: sa.URL) -> str:
@@ -181,22 +133,29 @@ def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql(begin)
+            # On the driver: a statement through SQLAlchemy would cost more
+            # than the BEGIN itself, on every transaction.
+            try:
+                conn.connection.dbapi_connection.execute(begin).close()  # type: ignore[union-attr]
+            except sqlite3.Error as exc:
+                raise sa.exc.OperationalError(begin, (), exc) from exc
 
         return engine
 
+    engine = make("BEGIN IMMEDIATE")
     return Backend(
         url=url,
-        engine=make("BEGIN IMMEDIATE"),
+        engine=engine,
         read_engine=make("BEGIN"),
         is_sqlite=True,
         now=database_now("sqlite"),
-        writer_lock=WriterQueue(path),
+        group_commit=GroupCommit(engine, path, where=safe_url(url)),
     )
 
 

@@ -1,0 +1,323 @@
+"""Group commit for SQLite: the store's write transactions in one process share commits.
+
+SQLite admits one writer at a time and, with ``synchronous=FULL``, every
+commit waits for the disk. A worker whose jobs write through
+``ctx.transaction()`` would pay that wait once per run, one run after the
+other, and a second worker process would only queue behind the first.
+
+:class:`GroupCommit` lets the threads of one process that write to the store
+at about the same time share one commit, as PostgreSQL does with its WAL:
+
+* A writer takes its turn on the process's mutex. The first one opens a
+  write transaction (``BEGIN IMMEDIATE``, after the writer lock file below);
+  each later one joins it inside a ``SAVEPOINT``.
+* A writer whose block raised rolls back to its savepoint: what it wrote is
+  gone, what the others wrote stays.
+* A writer that finished its block leaves the transaction open if another
+  writer is already waiting for the mutex, and waits for the commit;
+  otherwise it commits, for everyone in the transaction, and wakes them.
+* So a writer's block returns only once what it wrote is durable, exactly as
+  with a transaction of its own; if the shared commit fails, every writer in
+  it gets the error and none of their writes is kept.
+
+Nobody waits for a group to fill: a transaction stays open only while
+another writer is queued, so a lone writer commits at once, and under load
+the groups grow by themselves — the writers that arrive during one commit's
+disk wait form the next.
+
+Across processes, transactions queue on an exclusive ``flock`` of
+``<store>-writer.lock`` instead of sleeping in SQLite's busy handler (1, 2,
+5 ... 100 ms): the kernel hands the lock to the next process the moment the
+last one lets go, or dies, so a killed process never leaves it held. Writers
+that do not go through the store (a user's own engine) meet SQLite's busy
+timeout, as before.
+
+The write lock is what every other process waits for, so the time it is held
+is kept short: the process keeps one connection for its writes, and opens,
+commits and marks savepoints on the driver directly (SQLAlchemy's
+connection stays inside one transaction that never ends, from its point of
+view), which costs a fraction of a checkout, a ``begin()`` and a ``commit()``
+through the pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.errors import FerrymanError, StoreError
+
+SAVEPOINT = "ferryman_writer"
+
+
+class WriterLockFile:
+    """An exclusive ``flock`` next to the database, held by one process's open transaction."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(f"{database.name}-writer.lock")
+        self._fd: int | None = None
+        self._pid = 0
+
+    def acquire(self) -> None:
+        fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            # A forked child must not share its parent's open file: a flock
+            # belongs to the open file, so parent and child would hold it as one.
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+
+class _Group:
+    """One open write transaction and the writers that joined it."""
+
+    __slots__ = ("committed", "error", "members")
+
+    def __init__(self) -> None:
+        self.members = 0  # writers whose block finished and who wait for the commit
+        self.committed = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _Session:
+    """This process's connection for the store's writes, kept between transactions."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.pid = os.getpid()
+        self.connection = engine.connect()
+        driver = self.connection.connection.dbapi_connection
+        assert isinstance(driver, sqlite3.Connection)
+        self.driver: sqlite3.Connection = driver
+        self._begun_for_sqlalchemy: bool = False
+
+    def begin(self) -> None:
+        if not self._begun_for_sqlalchemy:
+            # SQLAlchemy's begin, once: its hook sends BEGIN IMMEDIATE, and from
+            # then on the connection is inside a transaction as SQLAlchemy sees it.
+            self.connection.begin()
+            self._begun_for_sqlalchemy = True
+        else:
+            self.sql("BEGIN IMMEDIATE")
+
+    def sql(self, statement: str) -> None:
+        self.driver.execute(statement).close()
+
+    @property
+    def usable(self) -> bool:
+        """Still inside the transaction, for SQLite and for SQLAlchemy alike."""
+        return (
+            self.driver.in_transaction
+            and self.connection.in_transaction()
+            and not self.connection.invalidated
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.connection.close()  # rolls back whatever is open
+
+
+class GroupCommit:
+    """The write transactions of one SQLite store in this process (see the module)."""
+
+    def __init__(self, engine: sa.Engine, database: Path, *, where: str) -> None:
+        self._engine = engine
+        self._where = where  # the store, for messages
+        self.lock_file = WriterLockFile(database)
+        self._mutex = threading.Lock()
+        self._queued = 0  # writers waiting for the mutex
+        self._counting = threading.Lock()
+        self._holder: int | None = None  # thread holding the mutex
+        self._session: _Session | None = None
+        self._group: _Group | None = None
+        self._inherited: list[_Session] = []  # a parent's connection: never touched, never closed
+        self.commits = 0  # for tests and benchmarks: commits, and the writers they carried
+        self.committed_writers = 0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction, shared with this process's concurrent writers.
+
+        Returns once what the block wrote is committed; raises (and keeps
+        nothing of the block) if the block raised or the shared commit failed.
+        """
+        self._take_turn()
+        try:
+            group = self._group or self._open()
+            session = self._session
+            assert session is not None
+            # The first writer of a transaction rolls back all of it on failure;
+            # the others only what they wrote since their savepoint.
+            joined = group.members > 0
+            if joined:
+                self._driver_sql(session, f"SAVEPOINT {SAVEPOINT}", "marking a savepoint")
+        except BaseException:
+            self._end_turn()
+            raise
+        try:
+            yield session.connection
+            if not session.usable:
+                raise StoreError(
+                    f"store {self._where}: the write transaction was rolled back inside "
+                    "the block (by SQLite after a failed write, or by a rollback on its "
+                    "connection); nothing of the block was kept"
+                )
+            if joined:
+                self._driver_sql(session, f"RELEASE {SAVEPOINT}", "releasing a savepoint")
+        except BaseException:
+            self._withdraw(group, session, joined)
+            self._end_turn()
+            raise
+        group.members += 1
+        self._end_turn()
+        group.committed.wait()
+        if group.error is not None:
+            raise StoreError(
+                f"store {self._where}: the commit failed and nothing of this transaction "
+                f"was kept: {_first_line(group.error)}"
+            ) from group.error
+
+    def close(self) -> None:
+        """Close this process's write connection (between transactions)."""
+        with self._mutex:
+            if self._session is not None and self._session.pid == os.getpid():
+                self._session.close()
+            self._session = None
+
+    # -- turns ---------------------------------------------------------------
+
+    def _take_turn(self) -> None:
+        if self._holder == threading.get_ident():
+            raise FerrymanError(
+                "a store write was started inside another store write of the same thread "
+                "(ctx.checkpoint(), app.submit() or ctx.heartbeat() inside ctx.transaction()?); "
+                "on SQLite it would wait for itself. Write through the transaction's "
+                "connection, or after the block"
+            )
+        with self._counting:
+            self._queued += 1
+        try:
+            self._mutex.acquire()
+        finally:
+            with self._counting:
+                self._queued -= 1
+        self._holder = threading.get_ident()
+
+    def _end_turn(self) -> None:
+        """Commit now unless another writer is queued to join; then pass the turn on."""
+        try:
+            group = self._group
+            if group is not None:
+                with self._counting:
+                    queued = self._queued
+                if not queued:
+                    self._close(group, commit=group.members > 0 and group.error is None)
+        finally:
+            self._holder = None
+            self._mutex.release()
+
+    # -- the transaction -----------------------------------------------------
+
+    def _open(self) -> _Group:
+        session = self._session
+        if session is not None and session.pid != os.getpid():
+            self._inherited.append(session)  # the parent's, across a fork: leave it be
+            session = self._session = None
+        self.lock_file.acquire()
+        try:
+            if session is None:
+                session = self._session = _Session(self._engine)
+            self._driver_begin(session)
+        except BaseException:
+            self._discard_session()
+            self.lock_file.release()
+            raise
+        group = self._group = _Group()
+        return group
+
+    def _withdraw(self, group: _Group, session: _Session, joined: bool) -> None:
+        """Undo a failed writer's block, keeping the other writers' work if it can."""
+        if joined and session.usable:
+            try:
+                session.sql(f"ROLLBACK TO {SAVEPOINT}")
+                session.sql(f"RELEASE {SAVEPOINT}")
+                return
+            except sqlite3.Error as exc:
+                group.error = exc
+        elif joined:
+            group.error = StoreError("the transaction was rolled back by a failed write")
+        self._close(group, commit=False)
+
+    def _close(self, group: _Group, *, commit: bool) -> None:
+        self._group = None
+        session = self._session
+        try:
+            if commit and session is not None:
+                try:
+                    session.sql("COMMIT")
+                    self.commits += 1
+                    self.committed_writers += group.members
+                except sqlite3.Error as exc:
+                    group.error = exc
+            if not commit or group.error is not None:
+                self._rollback()
+        finally:
+            self.lock_file.release()
+            group.committed.set()
+
+    def _rollback(self) -> None:
+        """End SQLite's transaction; keep the connection if SQLAlchemy's view is intact."""
+        session = self._session
+        if session is None:
+            return
+        try:
+            if session.driver.in_transaction:
+                session.sql("ROLLBACK")
+        except sqlite3.Error:
+            self._discard_session()
+            return
+        if session.connection.invalidated or not session.connection.in_transaction():
+            self._discard_session()  # the block ended SQLAlchemy's transaction: start afresh
+
+    def _discard_session(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # -- the driver ----------------------------------------------------------
+
+    def _driver_begin(self, session: _Session) -> None:
+        try:
+            session.begin()
+        except sqlite3.Error as exc:
+            raise self._error("opening a write transaction", exc) from exc
+
+    def _driver_sql(self, session: _Session, statement: str, doing: str) -> None:
+        try:
+            session.sql(statement)
+        except sqlite3.Error as exc:
+            raise self._error(doing, exc) from exc
+
+    def _error(self, doing: str, exc: Any) -> StoreError:
+        return StoreError(f"store {self._where} failed while {doing}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)  # a driver error wrapped by SQLAlchemy
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
