@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
-from sqlalchemy.sql.compiler import SQLCompiler
 
 from ferryman.errors import LeaseLost
 from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
-from ferryman.store import postgres, records
+from ferryman.store import postgres, records, sqlite
 from ferryman.store.dialect import Backend
 from ferryman.store.notify import notify_jobs
 from ferryman.store.schema import run_events, runs
@@ -115,6 +113,68 @@ def _error_summary(error: str | None) -> str | None:
     return first[:EVENT_ERROR_CHARS]
 
 
+def _end_values(outcome: Outcome, now: float) -> dict[str, Any]:
+    """A retry is queued again after its delay; a rejection or a death is finished now."""
+    if outcome.kind is OutcomeKind.RETRY:
+        return {
+            "status": RunStatus.QUEUED.value,
+            "available_at": now + outcome.retry_delay,
+            "finished_at": None,
+            "error": outcome.error,
+            "now": now,
+        }
+    status = RunStatus.FAILED if outcome.kind is OutcomeKind.FAILED else RunStatus.DEAD
+    return {
+        "status": status.value,
+        "available_at": None,
+        "finished_at": now,
+        "error": outcome.error,
+        "now": now,
+    }
+
+
+def _outcome_event(outcome: Outcome, now: float, worker_id: str) -> dict[str, Any]:
+    detail: dict[str, Any] | None = None
+    if outcome.kind is OutcomeKind.RETRY:
+        kind = RunEventKind.RETRY_SCHEDULED
+        detail = {"delay": round(outcome.retry_delay, 3), "error": _error_summary(outcome.error)}
+    elif outcome.kind is OutcomeKind.SUCCEEDED:
+        kind = RunEventKind.SUCCEEDED
+    else:
+        kind = RunEventKind.FAILED if outcome.kind is OutcomeKind.FAILED else RunEventKind.DEAD
+        detail = {"error": _error_summary(outcome.error)}
+    return _event(
+        outcome.lease.run_id, kind, now, outcome.attempt, worker_id, outcome.lease.token, detail
+    )
+
+
+def _lease_update(run_ids: Any) -> sa.Update:
+    """The claim itself: lease the runs of ``run_ids`` (a list or a subquery), one more attempt."""
+    return (
+        runs.update()
+        .where(runs.c.id.in_(run_ids))
+        .values(
+            status=RunStatus.RUNNING.value,
+            attempt=runs.c.attempt + 1,
+            lease_owner=sa.bindparam("owner"),
+            lease_token=runs.c.lease_token + 1,
+            lease_expires_at=sa.bindparam("expires_at"),
+            started_at=sa.bindparam("at"),
+            updated_at=sa.bindparam("at"),
+        )
+        .returning(
+            runs.c.id,
+            runs.c.job,
+            runs.c.run_key,
+            runs.c.payload,
+            runs.c.attempt,
+            runs.c.max_attempts,
+            runs.c.lease_token,
+            runs.c.checkpoint,
+        )
+    )
+
+
 def _claimed_run(row: Any) -> ClaimedRun:
     return ClaimedRun(
         id=row.id,
@@ -128,31 +188,6 @@ def _claimed_run(row: Any) -> ClaimedRun:
     )
 
 
-class _DriverStatement:
-    """A Core statement compiled once for SQLite and run on the driver's cursor.
-
-    Still one parameterised statement inside the caller's transaction; only
-    SQLAlchemy's per-execution work (events, result wrapping) is skipped.
-    """
-
-    def __init__(self, statement: sa.ClauseElement) -> None:
-        compiled = statement.compile(dialect=sqlite_dialect())
-        assert isinstance(compiled, SQLCompiler)
-        self.sql = compiled.string
-        self.names = tuple(compiled.positiontup or ())
-        self.defaults = dict(compiled.params)
-
-    def execute(self, conn: sa.Connection, params: dict[str, Any]) -> Any:
-        """Run it; the first row it returns, if any."""
-        values = {**self.defaults, **params}
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(self.sql, [values[name] for name in self.names])
-            return cursor.fetchone()
-        finally:
-            cursor.close()
-
-
 class RunQueries:
     """The run queue and processing log on one store database."""
 
@@ -161,32 +196,6 @@ class RunQueries:
         # Built once: SQLAlchemy memoises a statement object's cache key, so
         # the hot paths below skip building and keying a statement per call.
         self._now_query = sa.select(backend.now)
-        succeed_one = (
-            runs.update()
-            .where(
-                runs.c.id == sa.bindparam("run_id"),
-                runs.c.lease_token == sa.bindparam("token"),
-                runs.c.status == RunStatus.RUNNING.value,
-            )
-            .values(
-                status=RunStatus.SUCCEEDED.value,
-                lease_owner=None,
-                lease_expires_at=None,
-                last_error=None,
-                finished_at=backend.now,
-                updated_at=backend.now,
-            )
-            .returning(runs.c.finished_at)
-        )
-        # A job's own success and its log row, compiled once to SQLite's driver
-        # SQL: a job that loads rows through ctx.transaction() pays for them on
-        # every run, and SQLAlchemy's per-execution bookkeeping cost more than
-        # SQLite did.
-        self._sqlite_succeed = _DriverStatement(succeed_one)
-        event_columns = [column.name for column in run_events.c if column.name != "id"]
-        self._sqlite_log_event = _DriverStatement(
-            run_events.insert().values({name: sa.bindparam(name) for name in event_columns})
-        )
         self._expired_query = (
             sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
             .where(
@@ -198,41 +207,12 @@ class RunQueries:
             .limit(sa.bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
-        self._due_query = (
-            sa.select(runs.c.id, runs.c.available_at)
-            .where(
-                runs.c.job == sa.bindparam("job"),
-                runs.c.status == RunStatus.QUEUED.value,
-                runs.c.available_at <= sa.bindparam("now"),
-            )
-            .order_by(runs.c.available_at, runs.c.id)
-            .limit(sa.bindparam("limit"))
-        )
-        self._lease_runs = (
-            runs.update()
-            .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
-            .values(
-                status=RunStatus.RUNNING.value,
-                attempt=runs.c.attempt + 1,
-                lease_owner=sa.bindparam("owner"),
-                lease_token=runs.c.lease_token + 1,
-                lease_expires_at=sa.bindparam("expires_at"),
-                started_at=sa.bindparam("at"),
-                updated_at=sa.bindparam("at"),
-            )
-            .returning(
-                runs.c.id,
-                runs.c.job,
-                runs.c.run_key,
-                runs.c.payload,
-                runs.c.attempt,
-                runs.c.max_attempts,
-                runs.c.lease_token,
-                runs.c.checkpoint,
-            )
-        )
+        self._lease_runs = _lease_update(sa.bindparam("ids", expanding=True))
+        self._sqlite_lease = sqlite.DriverStatement(_lease_update(sqlite.json_list_param("ids")))
 
     def now(self, conn: sa.Connection) -> float:
+        if self.backend.is_sqlite:
+            return float(sqlite.NOW.first(conn, {})[0])
         return float(conn.execute(self._now_query).scalar_one())
 
     def _wake_workers(self, conn: sa.Connection, jobs: Iterable[str]) -> None:
@@ -324,9 +304,7 @@ class RunQueries:
         being claimed again, so a job that kills its worker cannot loop forever.
         """
         now = self.now(conn)
-        expired = conn.execute(
-            self._expired_query, {"now": now, "jobs": list(jobs), "limit": limit}
-        ).all()
+        expired = self._expired_leases(conn, now=now, jobs=jobs, limit=limit)
         events: list[dict[str, Any]] = []
         to_claim: list[int] = []
         exhausted: list[Any] = []
@@ -386,35 +364,62 @@ class RunQueries:
             candidates: list[tuple[float, int]] = []
             for job in jobs:
                 candidates.extend(
-                    (row.available_at, row.id)
-                    for row in conn.execute(
-                        self._due_query, {"job": job, "now": now, "limit": room}
+                    (available_at, run_id)
+                    for run_id, available_at in sqlite.DUE.rows(
+                        conn, {"job": job, "now": now, "limit": room}
                     )
                 )
             to_claim.extend(run_id for _, run_id in sorted(candidates)[:room])
         claimed: list[ClaimedRun] = []
         result: Iterable[Any] = ()
         if to_claim:
-            result = conn.execute(
-                self._lease_runs,
-                {
-                    "ids": to_claim,
-                    "owner": worker_id,
-                    "expires_at": now + lease_seconds,
-                    "at": now,
-                },
+            result = self._lease(
+                conn, to_claim, worker_id=worker_id, now=now, lease_seconds=lease_seconds
             )
         for row in result:
             claimed.append(_claimed_run(row))
             events.append(
                 _event(row.id, RunEventKind.CLAIMED, now, row.attempt, worker_id, row.lease_token)
             )
-        if events:
-            conn.execute(run_events.insert(), events)
+        self._log(conn, events)
         order = {run_id: position for position, run_id in enumerate(to_claim)}
         claimed.sort(key=lambda run: order[run.id])
         claimed.extend(_claimed_run(row) for row in due_rows)  # logged by the statement
         return claimed
+
+    def _expired_leases(
+        self, conn: sa.Connection, *, now: float, jobs: Sequence[str], limit: int
+    ) -> Sequence[Any]:
+        if self.backend.is_sqlite:
+            return sqlite.EXPIRED.rows(
+                conn, {"now": now, "jobs": sqlite.json_list(jobs), "limit": limit}
+            )
+        return conn.execute(
+            self._expired_query, {"now": now, "jobs": list(jobs), "limit": limit}
+        ).all()
+
+    def _lease(
+        self,
+        conn: sa.Connection,
+        run_ids: Sequence[int],
+        *,
+        worker_id: str,
+        now: float,
+        lease_seconds: float,
+    ) -> Iterable[Any]:
+        params = {"owner": worker_id, "expires_at": now + lease_seconds, "at": now}
+        if self.backend.is_sqlite:
+            return self._sqlite_lease.rows(conn, {**params, "ids": sqlite.json_list(run_ids)})
+        return conn.execute(self._lease_runs, {**params, "ids": list(run_ids)})
+
+    def _log(self, conn: sa.Connection, events: Sequence[dict[str, Any]]) -> None:
+        """Append processing-log rows in the caller's transaction."""
+        if not events:
+            return
+        if self.backend.is_sqlite:
+            sqlite.LOG_EVENT.many(conn, events)
+        else:
+            conn.execute(run_events.insert(), list(events))
 
     # -- fenced writes -------------------------------------------------------
 
@@ -474,21 +479,12 @@ class RunQueries:
             if not accepted[0]:
                 raise LeaseLost(lease.run_id, lease.token)
             return
-        # One run, once per job that writes through ctx.transaction(): the
-        # general path's statement building would cost more than the writes.
-        row = self._sqlite_succeed.execute(conn, {"run_id": lease.run_id, "token": lease.token})
+        row = sqlite.SUCCEED.first(conn, {"run_id": lease.run_id, "token": lease.token})
         if row is None:
             raise LeaseLost(lease.run_id, lease.token)
-        self._sqlite_log_event.execute(
+        sqlite.LOG_EVENT.many(
             conn,
-            _event(
-                lease.run_id,
-                RunEventKind.SUCCEEDED,
-                row[0],
-                attempt,
-                worker_id,
-                lease.token,
-            ),
+            [_event(lease.run_id, RunEventKind.SUCCEEDED, row[0], attempt, worker_id, lease.token)],
         )
 
     def finish(
@@ -500,82 +496,67 @@ class RunQueries:
         lost and the run belongs to someone else now).
         """
         now = self.now(conn)
+        if self.backend.is_sqlite:
+            accepted = self._finish_each_sqlite(conn, outcomes, now)
+            logged: set[int] = set()
+        else:
+            accepted, logged = self._finish_postgres(conn, outcomes, worker_id, now)
+        self._log(
+            conn,
+            [
+                _outcome_event(outcome, now, worker_id)
+                for outcome in outcomes
+                if outcome.lease.run_id in accepted and outcome.lease.run_id not in logged
+            ],
+        )
+        return [o.lease.run_id in accepted for o in outcomes]
+
+    def _finish_each_sqlite(
+        self, conn: sa.Connection, outcomes: Sequence[Outcome], now: float
+    ) -> set[int]:
+        """One fenced UPDATE per outcome: microseconds each on the driver."""
         accepted: set[int] = set()
+        for outcome in outcomes:
+            fence = {"run_id": outcome.lease.run_id, "token": outcome.lease.token}
+            if outcome.kind is OutcomeKind.SUCCEEDED:
+                row = sqlite.SUCCEED.first(conn, fence)
+            else:
+                row = sqlite.END.first(conn, {**fence, **_end_values(outcome, now)})
+            if row is not None:
+                accepted.add(outcome.lease.run_id)
+        return accepted
+
+    def _finish_postgres(
+        self, conn: sa.Connection, outcomes: Sequence[Outcome], worker_id: str, now: float
+    ) -> tuple[set[int], set[int]]:
+        """Successes in one statement that logs them too; then the others one by one."""
         successes = [o.lease for o in outcomes if o.kind is OutcomeKind.SUCCEEDED]
-        logged: set[int] = set()  # outcomes whose event the statement already wrote
-        if successes and not self.backend.is_sqlite:
+        accepted: set[int] = set()
+        if successes:
             accepted = postgres.succeed(
                 conn, [(le.run_id, le.token) for le in successes], worker_id=worker_id, now=now
             )
-            logged = set(accepted)
-            successes = []
-        for chunk in _chunks(successes, CHUNK // 2):
-            accepted.update(
-                conn.execute(
-                    runs.update()
-                    .where(self._fence(chunk))
-                    .values(
-                        status=RunStatus.SUCCEEDED.value,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        last_error=None,
-                        finished_at=now,
-                        updated_at=now,
-                    )
-                    .returning(runs.c.id)
-                ).scalars()
-            )
+        logged = set(accepted)  # the statement wrote their events
         for outcome in outcomes:
             if outcome.kind is OutcomeKind.SUCCEEDED:
                 continue
-            values: dict[str, Any] = {
+            values = _end_values(outcome, now)
+            changes: dict[str, Any] = {
+                "status": values["status"],
+                "last_error": values["error"],
                 "lease_owner": None,
                 "lease_expires_at": None,
-                "last_error": outcome.error,
                 "updated_at": now,
             }
-            if outcome.kind is OutcomeKind.RETRY:
-                values.update(status=RunStatus.QUEUED.value, available_at=now + outcome.retry_delay)
-            else:
-                status = RunStatus.FAILED if outcome.kind is OutcomeKind.FAILED else RunStatus.DEAD
-                values.update(status=status.value, finished_at=now)
+            for column in ("available_at", "finished_at"):
+                if values[column] is not None:
+                    changes[column] = values[column]
             matched = conn.execute(
-                runs.update().where(self._fence([outcome.lease])).values(**values)
+                runs.update().where(self._fence([outcome.lease])).values(**changes)
             ).rowcount
             if matched == 1:
                 accepted.add(outcome.lease.run_id)
-        events = []
-        for outcome in outcomes:
-            if outcome.lease.run_id not in accepted or outcome.lease.run_id in logged:
-                continue
-            detail: dict[str, Any] | None = None
-            if outcome.kind is OutcomeKind.RETRY:
-                kind = RunEventKind.RETRY_SCHEDULED
-                detail = {
-                    "delay": round(outcome.retry_delay, 3),
-                    "error": _error_summary(outcome.error),
-                }
-            elif outcome.kind is OutcomeKind.SUCCEEDED:
-                kind = RunEventKind.SUCCEEDED
-            else:
-                kind = (
-                    RunEventKind.FAILED if outcome.kind is OutcomeKind.FAILED else RunEventKind.DEAD
-                )
-                detail = {"error": _error_summary(outcome.error)}
-            events.append(
-                _event(
-                    outcome.lease.run_id,
-                    kind,
-                    now,
-                    outcome.attempt,
-                    worker_id,
-                    outcome.lease.token,
-                    detail,
-                )
-            )
-        if events:
-            conn.execute(run_events.insert(), events)
-        return [o.lease.run_id in accepted for o in outcomes]
+        return accepted, logged
 
     def release(
         self, conn: sa.Connection, leases: Sequence[Lease], *, worker_id: str, reason: str
