@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,14 +41,23 @@ class JobContext:
         self._store = store
         self._run = run
         self._lease_seconds = lease_seconds
-        self._lease_lost = threading.Event()
+        # Set by the heartbeat thread, read by the job's: a flag is enough.
+        self._lease_lost = False
         self._succeeded_in_transaction = False
         self._last_checkpoint = run.checkpoint
         self.worker_id = worker_id
-        self.logger = RunLogger(
-            logging.getLogger(f"ferryman.job.{run.job}"),
-            {"run_id": run.id, "job": run.job, "run_key": run.run_key, "attempt": run.attempt},
-        )
+        self._logger: RunLogger | None = None
+
+    @property
+    def logger(self) -> RunLogger:
+        """A logger whose records carry the run's id, job, run_key and attempt."""
+        if self._logger is None:
+            run = self._run
+            self._logger = RunLogger(
+                logging.getLogger(f"ferryman.job.{run.job}"),
+                {"run_id": run.id, "job": run.job, "run_key": run.run_key, "attempt": run.attempt},
+            )
+        return self._logger
 
     @property
     def run_id(self) -> int:
@@ -88,14 +96,14 @@ class JobContext:
     @property
     def lease_lost(self) -> bool:
         """True once a heartbeat found that another worker took the run over."""
-        return self._lease_lost.is_set()
+        return self._lease_lost
 
     @property
     def succeeded_in_transaction(self) -> bool:
         return self._succeeded_in_transaction
 
     def mark_lease_lost(self) -> None:
-        self._lease_lost.set()
+        self._lease_lost = True
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
@@ -112,7 +120,7 @@ class JobContext:
                 f"run {self.run_id}: ctx.transaction() already committed this run's success; "
                 "write all of the run's effects in one transaction"
             )
-        if self._lease_lost.is_set():
+        if self._lease_lost:
             raise LeaseLost(self.run_id, self.lease.token)
         with self._store.transaction() as conn:
             yield conn
@@ -145,5 +153,5 @@ class JobContext:
         """Renew the lease now (the worker also does so every ``lease_seconds / 3``)."""
         lost = self._store.renew([self.lease], self._lease_seconds)
         if lost:
-            self._lease_lost.set()
+            self._lease_lost = True
             raise LeaseLost(self.run_id, self.lease.token)
