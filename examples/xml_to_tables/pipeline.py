@@ -55,11 +55,16 @@ def load_application(ctx: fm.JobContext, row: dict[str, Any]) -> None:
         write_rows(conn, rows)
 
 
+# Built once: SQLAlchemy then reuses each statement's compiled form without
+# building and keying a new INSERT per application.
+INSERTS = [(table.name, table.insert()) for table in TARGET_TABLES]
+
+
 def write_rows(conn: sa.Connection, rows: Rows) -> None:
     """Insert one application's rows, parents first (one executemany per table)."""
-    for table in TARGET_TABLES:
-        if rows[table.name]:
-            conn.execute(table.insert(), rows[table.name])
+    for table_name, insert in INSERTS:
+        if rows[table_name]:
+            conn.execute(insert, rows[table_name])
 
 
 # Only the key is copied into each run's payload; the job reads the document itself.
