@@ -47,6 +47,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,6 @@ class _Session:
     """This process's connection for the store's writes, kept between transactions."""
 
     def __init__(self, engine: sa.Engine) -> None:
-        self.pid = os.getpid()
         self.connection = engine.connect()
         driver = self.connection.connection.dbapi_connection
         assert isinstance(driver, sqlite3.Connection)
@@ -148,6 +148,7 @@ class GroupCommit:
         self._inherited: list[_Session] = []  # a parent's connection: never touched, never closed
         self.commits = 0  # for tests and benchmarks: commits, and the writers they carried
         self.committed_writers = 0
+        _in_this_process.add(self)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
@@ -172,11 +173,7 @@ class GroupCommit:
         try:
             yield session.connection
             if not session.usable:
-                raise StoreError(
-                    f"store {self._where}: the write transaction was rolled back inside "
-                    "the block (by SQLite after a failed write, or by a rollback on its "
-                    "connection); nothing of the block was kept"
-                )
+                raise self._ended_inside(session)
             if joined:
                 self._driver_sql(session, f"RELEASE {SAVEPOINT}", "releasing a savepoint")
         except BaseException:
@@ -193,10 +190,21 @@ class GroupCommit:
             ) from group.error
 
     def close(self) -> None:
-        """Close this process's write connection (between transactions)."""
+        """Commit what writers left waiting, then close this process's write connection."""
         with self._mutex:
-            if self._session is not None and self._session.pid == os.getpid():
-                self._session.close()
+            if self._group is not None:
+                self._close(self._group, commit=self._group.members > 0)
+            self._discard_session()
+
+    def _forget_parent(self) -> None:
+        """In a forked child: nothing of the parent's turns, transaction or connection."""
+        self._mutex = threading.Lock()
+        self._counting = threading.Lock()
+        self._queued = 0
+        self._holder = None
+        self._group = None
+        if self._session is not None:
+            self._inherited.append(self._session)  # the parent's: never touched, never closed
             self._session = None
 
     # -- turns ---------------------------------------------------------------
@@ -235,9 +243,6 @@ class GroupCommit:
 
     def _open(self) -> _Group:
         session = self._session
-        if session is not None and session.pid != os.getpid():
-            self._inherited.append(session)  # the parent's, across a fork: leave it be
-            session = self._session = None
         self.lock_file.acquire()
         try:
             if session is None:
@@ -269,7 +274,7 @@ class GroupCommit:
         try:
             if commit and session is not None:
                 try:
-                    session.sql("COMMIT")
+                    session.driver.commit()
                     self.commits += 1
                     self.committed_writers += group.members
                 except sqlite3.Error as exc:
@@ -286,8 +291,7 @@ class GroupCommit:
         if session is None:
             return
         try:
-            if session.driver.in_transaction:
-                session.sql("ROLLBACK")
+            session.driver.rollback()
         except sqlite3.Error:
             self._discard_session()
             return
@@ -313,8 +317,30 @@ class GroupCommit:
         except sqlite3.Error as exc:
             raise self._error(doing, exc) from exc
 
+    def _ended_inside(self, session: _Session) -> StoreError:
+        if not session.connection.in_transaction() or session.connection.invalidated:
+            return StoreError(
+                f"store {self._where}: the block committed or rolled back the store's "
+                "connection itself; leave that to the store, which commits when the block ends"
+            )
+        return StoreError(
+            f"store {self._where}: SQLite rolled the write transaction back after a failed "
+            "write inside the block (a full disk?); nothing of it was kept"
+        )
+
     def _error(self, doing: str, exc: Any) -> StoreError:
         return StoreError(f"store {self._where} failed while {doing}: {_first_line(exc)}")
+
+
+_in_this_process: weakref.WeakSet[GroupCommit] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for group_commit in list(_in_this_process):
+        group_commit._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _first_line(exc: BaseException) -> str:
