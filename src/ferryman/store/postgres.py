@@ -88,6 +88,42 @@ SUCCEED = sa.text(
 )
 
 
+# A job's own success inside its ctx.transaction(), once per run: the clock is
+# read in the statement, and the statement runs on psycopg's cursor, so the
+# success costs one round trip and none of SQLAlchemy's per-execution work.
+SUCCEED_ONE = f"""
+    WITH clock AS (
+        SELECT extract(epoch from clock_timestamp())::float8 AS now
+    ), done AS (
+        UPDATE {runs.name} AS r
+        SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL,
+            last_error = NULL, finished_at = clock.now, updated_at = clock.now
+        FROM clock
+        WHERE r.id = %(run_id)s AND r.lease_token = %(token)s AND r.status = 'running'
+        RETURNING r.id, clock.now AS at
+    ), logged AS (
+        INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
+        SELECT id, 'succeeded', at, %(attempt)s, %(worker)s, %(token)s FROM done
+    )
+    SELECT id FROM done
+"""
+
+
+def succeed_one(
+    conn: sa.Connection, run_id: int, token: int, *, attempt: int, worker_id: str
+) -> bool:
+    """Record one run's success in the caller's transaction; False if the lease was lost."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(
+            SUCCEED_ONE,
+            {"run_id": run_id, "token": token, "attempt": attempt, "worker": worker_id},
+        )
+        return cursor.fetchone() is not None
+    finally:
+        cursor.close()
+
+
 def enqueue(conn: sa.Connection, new_runs: Sequence[Any], now: float) -> list[tuple[int, str, str]]:
     rows = conn.execute(
         ENQUEUE,

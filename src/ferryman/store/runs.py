@@ -473,10 +473,9 @@ class RunQueries:
     ) -> None:
         """Write the run's success inside the caller's transaction, or raise LeaseLost."""
         if not self.backend.is_sqlite:
-            accepted = self.finish(
-                conn, [Outcome(OutcomeKind.SUCCEEDED, lease, attempt)], worker_id=worker_id
-            )
-            if not accepted[0]:
+            if not postgres.succeed_one(
+                conn, lease.run_id, lease.token, attempt=attempt, worker_id=worker_id
+            ):
                 raise LeaseLost(lease.run_id, lease.token)
             return
         row = sqlite.SUCCEED.first(conn, {"run_id": lease.run_id, "token": lease.token})
