@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,18 @@ def web_app(store_url: str) -> Iterator[fm.App]:
 def client(web_app: fm.App) -> Iterator[TestClient]:
     with TestClient(create_app(web_app, WebSettings(token=TOKEN))) as test_client:
         yield test_client
+
+
+def sign_in(client: TestClient) -> str:
+    """Sign in through the form; return the CSRF token the pages now carry."""
+    response = client.post("/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False)
+    assert response.status_code == 303 and "ferryman_session" in response.cookies
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+    page = client.get("/sensors/numbers").text
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert found is not None
+    return found.group(1)
 
 
 def free_port() -> int:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 import ferryman as fm
+from ferryman.store import views
+from tests.helpers import wait_until
 from tests.web.conftest import AUTH
+from tests.web.web_app import MIB, add_transfer
 
 
 def run_by_key(client: TestClient, key: str) -> dict[str, Any]:
@@ -183,3 +190,105 @@ def test_openapi_schema_lists_every_endpoint(client: TestClient) -> None:
         "/api/transfers/{transfer_id}",
         "/api/workers",
     } <= set(paths)
+
+
+def test_a_live_worker_is_listed_with_the_run_it_holds(client: TestClient, web_app: fm.App) -> None:
+    release = threading.Event()
+
+    @web_app.job(name="hold")
+    def hold(ctx: fm.JobContext, payload: object) -> None:
+        release.wait(timeout=60)
+
+    (held,) = web_app.submit("hold", fm.RunRequest("held-1", {})).run_ids
+    worker = threading.Thread(
+        target=web_app.work,
+        kwargs={"until_idle": True, "concurrency": 1, "jobs": ["hold"], "handle_signals": False},
+    )
+    worker.start()
+    try:
+
+        def holding() -> list[dict[str, Any]]:
+            return [w for w in client.get("/api/workers").json() if w["running"] == [held]]
+
+        (live,) = wait_until(holding, what="a worker holding the run")
+        assert live["alive"] is True and live["stopped_at"] is None
+        others = [w for w in client.get("/api/workers").json() if w["id"] != live["id"]]
+        assert others and all(not w["alive"] and w["running"] == [] for w in others)
+        run = client.get(f"/api/runs/{held}").json()["run"]
+        assert run["status"] == "running" and run["lease_owner"] == live["id"]
+        page = client.get("/workers").text
+        assert f'<a href="/runs/{held}">{held}</a>' in page
+    finally:
+        release.set()
+        worker.join(timeout=60)
+    (stopped,) = [w for w in client.get("/api/workers").json() if w["id"] == live["id"]]
+    assert stopped["alive"] is False and stopped["running"] == []
+    assert stopped["stopped_at"] is not None
+
+
+def test_a_transfer_shows_its_bytes_and_parts(client: TestClient, web_app: fm.App) -> None:
+    transfer_id = add_transfer(web_app, parts=2, source_size=12 * MIB)
+    detail = client.get(f"/api/transfers/{transfer_id}").json()
+    transfer = detail["transfer"]
+    assert transfer["uri"] == "s3://bucket/a.bin" and transfer["status"] == "active"
+    assert (transfer["bytes_confirmed"], transfer["parts_confirmed"]) == (10 * MIB, 2)
+    assert transfer["source_size"] == 12 * MIB and transfer["part_size"] == 5 * MIB
+    assert [(p["part_number"], p["start"], p["size"]) for p in detail["parts"]] == [
+        (1, 0, 5 * MIB),
+        (2, 5 * MIB, 5 * MIB),
+    ]
+    listed = client.get("/api/transfers", params={"status": "active"}).json()["items"]
+    assert [t["id"] for t in listed] == [transfer_id]
+
+
+@pytest.fixture
+def server_far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The server's local time is UTC-5: a naive time read as local time would be 5 h off."""
+    monkeypatch.setenv("TZ", "EST+5")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def runs_created_apart(app: fm.App, keys: list[str]) -> list[float]:
+    """Submit a run per key, each created after the database clock moved on; their times."""
+    created = []
+    for key in keys:
+        (run_id,) = app.submit("load", fm.RunRequest(key, {"n": 0})).run_ids
+        run = app.get_run(run_id)
+        assert run is not None
+        created.append(run.created_at.timestamp())
+
+        def clock_moved_on() -> bool:
+            with app.store.read("reading the clock") as conn:
+                return views.now(conn) > created[-1] + 0.01
+
+        wait_until(clock_moved_on, what="the database clock to move on")
+    return created
+
+
+def test_runs_in_a_since_until_window(
+    client: TestClient, web_app: fm.App, server_far_from_utc: None
+) -> None:
+    first, second, third = runs_created_apart(web_app, ["w-1", "w-2", "w-3"])
+    since = datetime.fromtimestamp((first + second) / 2, UTC)
+    until = datetime.fromtimestamp((second + third) / 2, UTC)
+
+    def keys(**window: str) -> list[str]:
+        page = client.get("/api/runs", params={"limit": 500, **window}).json()
+        return [r["run_key"] for r in page["items"]]
+
+    assert keys(since=since.isoformat(), until=until.isoformat()) == ["w-2"]
+    assert keys(since=since.isoformat()) == ["w-3", "w-2"]
+    earlier = keys(until=since.isoformat())
+    assert earlier[0] == "w-1" and len(earlier) == 7  # the six of populate() too
+    # The same instants in another offset, and without one: read as UTC.
+    east = timezone(timedelta(hours=2))
+    assert keys(since=since.astimezone(east).isoformat(), until=until.isoformat()) == ["w-2"]
+    naive = {"since": since.replace(tzinfo=None).isoformat()}
+    naive["until"] = until.replace(tzinfo=None).isoformat()
+    assert keys(**naive) == ["w-2"]
+    page = client.get("/runs", params=naive).text  # the pages read it the same way
+    assert "<code>w-2</code>" in page
+    assert "<code>w-1</code>" not in page and "<code>w-3</code>" not in page

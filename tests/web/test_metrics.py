@@ -10,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import ferryman as fm
-from ferryman.store import ConfirmedPart, NewTransfer
 from tests.helpers import wait_until
+from tests.web.web_app import add_transfer
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -88,38 +88,7 @@ def test_metrics_count_runs_evaluations_leases_and_retries(
 
 
 def test_metrics_show_transfer_bytes_and_parts(client: TestClient, web_app: fm.App) -> None:
-    store = web_app.store
-    opened = store.open_transfer(
-        NewTransfer(
-            source_path="/data/a.bin",
-            bucket="bucket",
-            key="a.bin",
-            part_size=5 * 1024 * 1024,
-            follow=False,
-            source_size=12 * 1024 * 1024,
-            source_mtime=1.0,
-            user_metadata_json=None,
-            sidecar_key=None,
-            run_id=None,
-        ),
-        owner="test:1",
-        lease_seconds=30,
-        run_lease=None,
-        may_take_over=lambda transfer, now: False,
-    )
-    store.set_transfer_upload(opened.fence, "upload-1", 5 * 1024 * 1024)
-    for number in (1, 2):
-        store.confirm_part(
-            opened.fence,
-            ConfirmedPart(
-                part_number=number,
-                start=(number - 1) * 5 * 1024 * 1024,
-                size=5 * 1024 * 1024,
-                etag=f"etag-{number}",
-                sha256="c2hh",
-            ),
-            30,
-        )
+    add_transfer(web_app, parts=2)
     samples = scrape(client)
     assert value(samples, "ferryman_transfers", status="active") == 1
     assert value(samples, "ferryman_transfer_bytes_confirmed", status="active") == 10 * 1024**2

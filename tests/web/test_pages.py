@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
 from starlette.testclient import TestClient
 
 import ferryman as fm
-from tests.web.conftest import TOKEN
+from ferryman.store import views
+from tests.web.conftest import AUTH, TOKEN, sign_in
+from tests.web.web_app import MIB, add_transfer
 
 PAGES = ["/", "/sensors", "/sensors/numbers", "/runs", "/dead-letters", "/transfers", "/workers"]
-
-
-def sign_in(client: TestClient) -> str:
-    """Sign in through the form; return the CSRF token the pages now carry."""
-    response = client.post("/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False)
-    assert response.status_code == 303 and "ferryman_session" in response.cookies
-    cookie = response.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
-    page = client.get("/sensors/numbers").text
-    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
-    assert found is not None
-    return found.group(1)
 
 
 def run_id(app: fm.App, key: str) -> int:
@@ -114,3 +105,98 @@ def test_a_read_only_server_disables_every_button(web_app: fm.App) -> None:
         refused = client.post("/sensors/numbers/pause", data={"csrf": csrf})
         assert refused.status_code == 403 and "read-only" in refused.text
     assert web_app.get_sensor("numbers").status == "running"
+
+
+def section(page: str, heading: str) -> str:
+    """The part of a page under an ``<h2>`` heading, up to the next one."""
+    start = page.index(f"<h2>{heading}</h2>")
+    end = page.find("<h2>", start + 1)
+    return page[start : end if end != -1 else len(page)]
+
+
+def test_the_overview_lists_failing_sensors_first(client: TestClient, web_app: fm.App) -> None:
+    # "weather" sorts last by name: only its failures can put it first.
+    @web_app.poll_sensor(job="load", interval=3600, backoff=fm.Backoff(base=1.0))
+    def weather(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
+        raise RuntimeError("weather service down")
+
+    web_app.tick(["weather"], force=True)
+    web_app.tick(["weather"], force=True)
+    sensors = section(client.get("/").text, "Sensors")
+    rows = re.findall(r'<tr class="(\w*)">\s*<td><a href="/sensors/(\w+)">', sensors)
+    assert rows == [("failing", "weather"), ("", "inbox"), ("", "numbers")]
+    assert "<td>2</td>" in sensors  # failures in a row
+    summary = client.get("/api/summary").json()["sensors"]
+    assert [(s["name"], s["consecutive_failures"]) for s in summary] == [
+        ("weather", 2),
+        ("inbox", 0),
+        ("numbers", 0),
+    ]
+
+
+def test_the_sensor_page_shows_the_cursor_history(client: TestClient) -> None:
+    moved = client.put(
+        "/api/sensors/numbers/cursor", json={"cursor": "40", "by": "alice"}, headers=AUTH
+    )
+    assert moved.status_code == 200
+    history = section(client.get("/sensors/numbers").text, "Cursor history")
+    items = re.findall(r"<li>(.*?)</li>", history, flags=re.DOTALL)
+    moves = [
+        re.search(r"<code>([^<]*)</code> → <code>([^<]*)</code>\s*<span[^>]*>(\w+)</span>", item)
+        for item in items
+    ]
+    assert [m.groups() if m else None for m in moves] == [
+        ("2", "40", "manual"),
+        ("1", "2", "ok"),
+        ("—", "1", "ok"),
+    ]
+    assert items[0].rstrip().endswith("by alice")
+    assert client.get("/sensors/inbox").status_code == 200
+
+
+def test_a_transfer_page_shows_its_progress_and_parts(client: TestClient, web_app: fm.App) -> None:
+    transfer_id = add_transfer(web_app, parts=2, source_size=12 * MIB)
+    page = client.get(f"/transfers/{transfer_id}").text
+    assert f'<progress max="{12 * MIB}" value="{10 * MIB}"></progress>' in page
+    assert "10.0 MiB of 12.0 MiB in 2 parts" in page
+    assert "<code>s3://bucket/a.bin</code>" in page
+    parts = section(page, "Parts")
+    assert "sha-of-part-1" in parts and "sha-of-part-2" in parts
+    listing = client.get("/transfers", params={"status": "active"}).text
+    assert f'<a href="/transfers/{transfer_id}">{transfer_id}</a>' in listing
+    assert "10.0 MiB of 12.0 MiB" in listing
+
+
+def test_job_names_are_read_from_the_index(web_app: fm.App) -> None:
+    other = fm.App(web_app.store_url)  # a job this app does not register: a renamed one, say
+
+    @other.job
+    def archive(ctx: fm.JobContext, payload: object) -> None: ...
+
+    other.submit("archive", fm.RunRequest("a-1", {}))
+    other.close()
+    with web_app.store.read("listing job names") as conn:
+        assert views.job_names(conn) == ["archive", "flaky", "load"]
+
+
+def test_job_names_of_an_empty_store(store_url: str) -> None:
+    app = fm.App(store_url)
+    try:
+        with app.store.read("listing job names") as conn:
+            assert views.job_names(conn) == []
+    finally:
+        app.close()
+
+
+def test_the_runs_page_offers_every_job_with_runs_and_every_registered_one(
+    client: TestClient, web_app: fm.App
+) -> None:
+    @web_app.job
+    def idle(ctx: fm.JobContext, payload: object) -> None: ...
+
+    page = client.get("/runs").text
+    offered = re.findall(r'<option value="([^"]+)"', page.split('name="status"')[0])
+    assert offered == ["flaky", "idle", "load"]
+    chosen = client.get("/runs", params={"job": "flaky"}).text
+    assert '<option value="flaky" selected>' in chosen
+    assert html.escape("upstream unavailable for 3") in chosen

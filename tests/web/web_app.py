@@ -1,5 +1,8 @@
 """The app the web tests serve: a job that fails until told not to, sensors of both kinds.
 
+``add_transfer`` records an upload under way, through the store's own
+transfer calls (the ones an upload makes), without S3.
+
 Importable as ``tests.web.web_app:make_app(store)``; ``FLAKY_FIXED`` names a
 file whose existence makes the ``flaky`` job succeed (the browser test
 creates it before pressing retry).
@@ -11,6 +14,7 @@ import os
 from pathlib import Path
 
 import ferryman as fm
+from ferryman.store import ConfirmedPart, NewTransfer
 
 FLAKY_FIXED = "FERRYMAN_TEST_FLAKY_FIXED"
 
@@ -50,3 +54,43 @@ def populate(app: fm.App) -> None:
     app.submit("flaky", fm.RunRequest("flaky-1", {"n": 3}))
     app.ingest("inbox", "m-1", {"n": 4})
     app.work(until_idle=True, concurrency=1, handle_signals=False)
+
+
+MIB = 1024 * 1024
+
+
+def add_transfer(app: fm.App, *, parts: int, source_size: int = 12 * MIB) -> int:
+    """An active upload of ``source_size`` bytes with ``parts`` parts of 5 MiB confirmed."""
+    store = app.store
+    opened = store.open_transfer(
+        NewTransfer(
+            source_path="/data/a.bin",
+            bucket="bucket",
+            key="a.bin",
+            part_size=5 * MIB,
+            follow=False,
+            source_size=source_size,
+            source_mtime=1.0,
+            user_metadata_json=None,
+            sidecar_key=None,
+            run_id=None,
+        ),
+        owner="test:1",
+        lease_seconds=30,
+        run_lease=None,
+        may_take_over=lambda transfer, now: False,
+    )
+    store.set_transfer_upload(opened.fence, "upload-1", 5 * MIB)
+    for number in range(1, parts + 1):
+        store.confirm_part(
+            opened.fence,
+            ConfirmedPart(
+                part_number=number,
+                start=(number - 1) * 5 * MIB,
+                size=5 * MIB,
+                etag=f"etag-{number}",
+                sha256=f"sha-of-part-{number}",
+            ),
+            30,
+        )
+    return opened.transfer.id

@@ -8,7 +8,7 @@ same calls the CLI makes, so the API can do nothing the CLI could not.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, st
 from ferryman.app import App
 from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus
 from ferryman.store import views
-from ferryman.web.deps import AppDep, require_token
+from ferryman.web.deps import AppDep, BeforeId, RecordId, require_token
 from ferryman.web.schemas import (
     CancelOut,
     CursorIn,
@@ -56,15 +56,26 @@ GUARDED: dict[int | str, dict[str, object]] = {
 router = APIRouter(responses=ERRORS)
 Token = Depends(require_token)
 
-BeforeId = Annotated[int | None, Query(ge=1, le=2**62, description="ids below this one")]
 Limit = Annotated[int, Query(ge=1, le=views.MAX_PAGE)]
-RunId = Annotated[int, Path(ge=1, le=2**62)]
 SensorName = Annotated[str, Path(min_length=1, max_length=200)]
 
 
 def sensitive_fields(app: App) -> dict[str, frozenset[str]]:
     """Payload keys each job hides (see ``App.job(sensitive=...)``)."""
     return {name: job.sensitive for name, job in app.jobs.items()}
+
+
+def epoch_seconds(moment: datetime | None) -> float | None:
+    """Seconds since the epoch; a time without an offset is UTC, as on the pages.
+
+    (``datetime.timestamp()`` would read a naive time as the server's local
+    time, so the same query would mean different runs on different hosts.)
+    """
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _not_found(what: str) -> HTTPException:
@@ -146,14 +157,18 @@ def list_runs(
     before_id: BeforeId = None,
     limit: Limit = 50,
 ) -> RunPage:
-    """Runs newest first, filtered by job, status and creation time."""
+    """Runs newest first, filtered by job, status and creation time.
+
+    ``since`` (inclusive) and ``until`` (exclusive) bound the creation time;
+    a time without an offset is UTC.
+    """
     with app.store.read("listing runs") as conn:
         page = views.list_runs(
             conn,
             job=job,
             status=status,
-            since=since.timestamp() if since is not None else None,
-            until=until.timestamp() if until is not None else None,
+            since=epoch_seconds(since),
+            until=epoch_seconds(until),
             before_id=before_id,
             limit=limit,
         )
@@ -175,7 +190,7 @@ def retry(app: AppDep, body: RetryIn) -> RetryOut:
 
 
 @router.get("/runs/{run_id:int}", response_model=RunDetailOut, tags=["runs"])
-def get_run(app: AppDep, run_id: RunId) -> RunDetailOut:
+def get_run(app: AppDep, run_id: RecordId) -> RunDetailOut:
     """A run with its processing log (oldest first) and its last error in full."""
     with app.store.read("reading a run") as conn:
         detail = views.run_detail(conn, run_id)
@@ -211,7 +226,7 @@ def list_transfers(
 
 
 @router.get("/transfers/{transfer_id:int}", response_model=TransferDetailOut, tags=["transfers"])
-def get_transfer(app: AppDep, transfer_id: RunId) -> TransferDetailOut:
+def get_transfer(app: AppDep, transfer_id: RecordId) -> TransferDetailOut:
     with app.store.read("reading a transfer") as conn:
         found = views.transfer_detail(conn, transfer_id)
     if found is None:
@@ -303,7 +318,7 @@ def ingest(app: AppDep, name: SensorName, body: MessageIn, response: Response) -
     responses={**GUARDED, 409: {"model": ErrorOut, "description": "the run is not queued"}},
     tags=["runs"],
 )
-def cancel(app: AppDep, run_id: RunId) -> CancelOut:
+def cancel(app: AppDep, run_id: RecordId) -> CancelOut:
     """Cancel a queued run."""
     run = app.get_run(run_id)
     if run is None:

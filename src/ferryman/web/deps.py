@@ -5,10 +5,20 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 
 from ferryman.app import App
 from ferryman.web.server import WebSettings
+
+# Ids of runs, transfers and evaluations are 64-bit in the store, and none
+# comes near this. A larger one is refused as input (422) before any query:
+# SQLite's driver cannot even bind an integer above 2**63 - 1 (OverflowError,
+# no database error: it would be a 500), and PostgreSQL's "out of range for
+# bigint" would come back as a store error (a 503, "try again later").
+MAX_ID = 2**62
+
+RecordId = Annotated[int, Path(ge=1, le=MAX_ID)]
+BeforeId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="ids below this one")]
 
 
 def get_app(request: Request) -> App:

@@ -9,6 +9,7 @@ a one-line notice.
 from __future__ import annotations
 
 import math
+import re
 import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from ferryman.app import App
 from ferryman.model import RunStatus, TransferStatus, redact
 from ferryman.store import views
 from ferryman.web import session
-from ferryman.web.deps import AppDep, SettingsDep, token_matches
+from ferryman.web.deps import MAX_ID, AppDep, BeforeId, RecordId, SettingsDep, token_matches
 from ferryman.web.server import WebSettings
 
 HERE = Path(__file__).parent
@@ -212,7 +213,7 @@ def sensor_page(
     app: AppDep,
     settings: SettingsDep,
     name: str,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: BeforeId = None,
 ) -> Response:
     from ferryman.sensors.engine import present_evaluation
 
@@ -305,7 +306,7 @@ def runs_page(
     status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
     since: Annotated[str, Query(max_length=40)] = "",
     until: Annotated[str, Query(max_length=40)] = "",
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: BeforeId = None,
 ) -> Response:
     with app.store.read("listing runs") as conn:
         page = views.list_runs(
@@ -317,7 +318,7 @@ def runs_page(
             before_id=before_id,
             limit=PAGE,
         )
-        jobs = sorted(set(views.run_counts(conn)) | set(app.jobs))
+        jobs = sorted(set(views.job_names(conn)) | set(app.jobs))
     filters = {"job": job, "status": status_filter.value if status_filter else "", "since": since}
     filters["until"] = until
     next_query = urllib.parse.urlencode(
@@ -336,7 +337,7 @@ def runs_page(
 
 
 @router.get("/runs/{run_id}")
-def run_page(request: Request, app: AppDep, settings: SettingsDep, run_id: int) -> Response:
+def run_page(request: Request, app: AppDep, settings: SettingsDep, run_id: RecordId) -> Response:
     with app.store.read("reading a run") as conn:
         detail = views.run_detail(conn, run_id)
     if detail is None:
@@ -357,7 +358,7 @@ def retry_run(
     request: Request,
     app: AppDep,
     settings: SettingsDep,
-    run_id: int,
+    run_id: RecordId,
     csrf: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     refused = _guard(request, settings, csrf)
@@ -373,7 +374,7 @@ def cancel_run(
     request: Request,
     app: AppDep,
     settings: SettingsDep,
-    run_id: int,
+    run_id: RecordId,
     csrf: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     refused = _guard(request, settings, csrf)
@@ -397,6 +398,21 @@ def dead_letters_page(
     )
 
 
+def _run_ids(listed: str) -> list[int]:
+    """The ids of a comma-separated list, each checked like an id in a path."""
+    ids = []
+    for part in (part.strip() for part in listed.split(",")):
+        if not part:
+            continue
+        # Digits only: int() would also take "1_000", "+5" and non-ASCII digits.
+        if re.fullmatch(r"[0-9]{1,19}", part) is None or not 1 <= int(part) <= MAX_ID:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST, f"not a run id: {part[:30]!r} (ids are 1 to 2**62)"
+            )
+        ids.append(int(part))
+    return ids
+
+
 @router.post("/dead-letters/retry")
 def retry_group(
     request: Request,
@@ -408,10 +424,7 @@ def retry_group(
     refused = _guard(request, settings, csrf)
     if refused is not None:
         return refused
-    try:
-        ids = [int(part) for part in run_ids.split(",") if part.strip()]
-    except ValueError:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "run ids must be numbers") from None
+    ids = _run_ids(run_ids)
     if not ids:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "no runs to retry")
     retried = app.retry(ids, by="dashboard")
@@ -427,7 +440,7 @@ def transfers_page(
     app: AppDep,
     settings: SettingsDep,
     status_filter: Annotated[TransferStatus | None, Query(alias="status")] = None,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: BeforeId = None,
 ) -> Response:
     with app.store.read("listing transfers") as conn:
         page = views.list_transfers(conn, status=status_filter, before_id=before_id, limit=PAGE)
@@ -438,7 +451,7 @@ def transfers_page(
 
 @router.get("/transfers/{transfer_id}")
 def transfer_page(
-    request: Request, app: AppDep, settings: SettingsDep, transfer_id: int
+    request: Request, app: AppDep, settings: SettingsDep, transfer_id: RecordId
 ) -> Response:
     with app.store.read("reading a transfer") as conn:
         found = views.transfer_detail(conn, transfer_id)

@@ -7,7 +7,7 @@ keys its job marks ``sensitive`` replaced by ``***``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -22,6 +22,7 @@ from ferryman.model import (
 )
 from ferryman.sensors.engine import present_evaluation, present_state
 from ferryman.store.views import ErrorGroup, MinuteCount, WorkerView
+from ferryman.web.deps import MAX_ID
 
 
 class RunOut(BaseModel):
@@ -327,7 +328,9 @@ class CursorIn(BaseModel):
 
 
 class RetryIn(BaseModel):
-    run_ids: list[int] | None = Field(default=None, max_length=10_000)
+    run_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
+        default=None, max_length=10_000
+    )
     job: str | None = Field(default=None, max_length=200)
     status: str | None = Field(default=None, pattern="^(failed|dead)$")
 

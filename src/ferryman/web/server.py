@@ -10,7 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -59,6 +63,7 @@ def create_app(app: App, settings: WebSettings) -> FastAPI:
     web.mount("/static", pages.static_files, name="static")
     web.add_exception_handler(FerrymanError, _ferryman_error)
     web.add_exception_handler(StarletteHTTPException, _http_error)
+    web.add_exception_handler(RequestValidationError, _invalid_request)
     return web
 
 
@@ -74,6 +79,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     from ferryman.web.pages import page_error
 
     return page_error(request, exc.status_code, str(exc.detail))
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """422: FastAPI's JSON for the API, a page saying what was wrong for everything else."""
+    assert isinstance(exc, RequestValidationError)
+    if _is_api(request) or request.url.path.startswith("/static"):
+        return await request_validation_exception_handler(request, exc)
+    from ferryman.web.pages import page_error
+
+    return page_error(request, 422, _what_was_wrong(exc))
+
+
+def _what_was_wrong(exc: RequestValidationError) -> str:
+    """One line per problem, named by the parameter: "run_id: Input should be ..."."""
+    problems = []
+    for error in exc.errors():
+        location = [str(part) for part in error.get("loc", ())]
+        where = ".".join(location[1:]) or ".".join(location) or "request"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems)[:500] or "the request is not valid"
 
 
 def _status_of(exc: FerrymanError) -> int:
