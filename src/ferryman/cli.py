@@ -38,7 +38,6 @@ from ferryman.cli_output import (
 )
 from ferryman.cli_progress import WorkProgress
 from ferryman.errors import (
-    ConfigurationError,
     FerrymanError,
     SchemaMismatch,
     StoreError,
@@ -220,26 +219,19 @@ def run(
     ] = True,
     host: cli_serve.HostOption = "127.0.0.1",
     port: cli_serve.PortOption = 8765,
+    read_only: cli_serve.ReadOnlyOption = False,
 ) -> None:
     """The daemon: evaluate sensors when due and work on runs, until SIGTERM/SIGINT.
 
     With --serve (the default) the dashboard, the JSON API and /metrics are
     served from the same process, on 127.0.0.1:8765 unless told otherwise.
+    If that port is taken (another daemon on this host), a warning says so
+    and the daemon goes on without them.
     """
     app = settings.app(need_jobs=True)
     web = None
     if serve:
-        from ferryman.web.serving import BackgroundServer, make_server, resolve_token
-
-        try:
-            token = resolve_token()
-            web = BackgroundServer(
-                make_server(app, host=host, port=port, token=token, read_only=False)
-            )
-            web.start()
-        except ConfigurationError as exc:
-            fail(str(exc), EXIT_USAGE)
-        cli_serve.announce(host, port, token.value, token.generated)
+        web = cli_serve.start_beside_daemon(app, host=host, port=port, read_only=read_only)
     try:
         report = app.run(
             concurrency=concurrency,

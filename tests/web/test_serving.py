@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -156,6 +157,94 @@ def test_run_serves_the_api_beside_the_daemon_with_a_printed_token(
     processes[0].send_signal(signal.SIGTERM)
     assert processes[0].wait(timeout=60) == 0
     assert not answers(f"{base}/api/summary")
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port something else listens on, as a first ferryman run's would."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_serve_on_a_taken_port_stops_with_a_one_line_error(store: str, taken_port: int) -> None:
+    done = subprocess.run(
+        ferryman("serve", "--port", str(taken_port), store=store),
+        cwd=REPO,
+        env=environment(FERRYMAN_API_TOKEN=TOKEN),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.strip() == (
+        f"error: 127.0.0.1:{taken_port} is already in use (by another ferryman on this "
+        "host?): choose a free port with --port"
+    )
+
+
+def test_run_on_a_taken_port_warns_and_goes_on_without_pages(
+    store: str, tmp_path: Path, taken_port: int, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    log = tmp_path / "run.log"
+    processes.append(
+        start(ferryman("run", "--port", str(taken_port), store=store), environment(), log)
+    )
+    wait_until(
+        lambda: f"127.0.0.1:{taken_port} is already in use" in log.read_text(),
+        timeout=60,
+        what="the warning about the taken port",
+    )
+    warning = [line for line in log.read_text().splitlines() if "already in use" in line]
+    assert len(warning) == 1 and " WARNING ferryman.web " in warning[0]
+    assert "goes on without the dashboard" in warning[0] and "--port" in warning[0]
+    assert "--no-serve" in warning[0]
+    # The sensors and workers run all the same: the sensor's runs are worked off.
+    from tests.web.web_app import make_app
+
+    app = make_app(store)
+    try:
+        wait_until(
+            lambda: any(
+                r.run_key == "n-1" and r.status.value == "succeeded"
+                for r in app.get_runs(job="load")
+            ),
+            timeout=60,
+            what="the daemon to evaluate its sensor and run what it requested",
+        )
+    finally:
+        app.close()
+    processes[0].send_signal(signal.SIGTERM)
+    assert processes[0].wait(timeout=60) == 0
+    output = log.read_text()
+    assert "dashboard and API on" not in output and "API token" not in output
+    assert "Traceback" not in output
+
+
+def test_run_read_only_serves_pages_but_refuses_changes(
+    store: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    port = free_port()
+    processes.append(
+        start(
+            ferryman("run", "--port", str(port), "--read-only", store=store),
+            environment(FERRYMAN_API_TOKEN=TOKEN),
+            tmp_path / "run.log",
+        )
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: answers(f"{base}/api/summary"), timeout=60, what="ferryman run --read-only")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    refused = httpx.post(f"{base}/api/sensors/numbers/pause", headers=headers)
+    assert refused.status_code == 403 and "read-only" in refused.json()["detail"]
+    ingest = httpx.post(
+        f"{base}/api/sensors/inbox/messages", json={"message_id": "m"}, headers=headers
+    )
+    assert ingest.status_code == 403
+    assert httpx.get(f"{base}/api/sensors/numbers").json()["status"] == "running"
+    processes[0].send_signal(signal.SIGTERM)
+    assert processes[0].wait(timeout=60) == 0
 
 
 def test_the_cli_hides_sensitive_payload_fields_too(store: str) -> None:

@@ -4,16 +4,22 @@ Secure by default: it binds to 127.0.0.1; a token guards every mutation
 (``FERRYMAN_API_TOKEN``, or one generated at start and printed once, never
 logged); and it refuses to listen beyond loopback unless the token was
 configured, since a printed one-off token on a shared address helps no one.
+
+The port is bound before the server starts (:func:`listen`), so a taken port
+is known at once: ``ferryman serve`` stops with a one-line error, ``ferryman
+run`` warns and goes on without pages (see ``cli_serve.start_beside_daemon``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -71,6 +77,45 @@ def check_bind(host: str, token: Token) -> None:
         )
 
 
+class PortInUse(ConfigurationError):
+    """The address is taken, by another ferryman on this host for instance."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port} is already in use (by another ferryman on this host?)")
+        self.host = host
+        self.port = port
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A socket listening on ``host:port`` now, for the server to take over.
+
+    Bound here rather than by uvicorn, which reports a taken port only as a
+    log line and ``sys.exit(1)`` from inside its event loop: bound here, the
+    caller knows at once and can say what to do. Raises :class:`PortInUse`
+    when the port is taken, :class:`ConfigurationError` for any other reason
+    the address cannot be used.
+    """
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from exc
+    listener = socket.socket(family, kind, protocol)
+    try:
+        # As uvicorn does: a restart may bind over connections still in TIME_WAIT.
+        # It does not let two servers share a port: listen() below refuses that.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(backlog)
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from exc
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return listener
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, ending with status 0 on SIGTERM/SIGINT like every ferryman command.
 
@@ -106,22 +151,32 @@ def make_server(app: App, *, host: str, port: int, token: Token, read_only: bool
 
 
 class BackgroundServer:
-    """The web server on a named thread, beside ``App.run``'s sensors and workers."""
+    """The web server on a named thread, beside ``App.run``'s sensors and workers.
 
-    def __init__(self, server: uvicorn.Server) -> None:
+    ``listener`` comes from :func:`listen`: the port is already ours, so a
+    taken port is dealt with before this thread exists.
+    """
+
+    def __init__(self, server: uvicorn.Server, listener: socket.socket) -> None:
         self.server = server
+        self.listener = listener
         self.thread = threading.Thread(target=self._serve, name="ferryman-web", daemon=True)
         self.error: BaseException | None = None
 
     def _serve(self) -> None:
         try:
-            self.server.run()
-        except BaseException as exc:  # a port in use, say: the daemon goes on without pages
+            self.server.run(sockets=[self.listener])
+        except BaseException as exc:  # uvicorn ends with SystemExit: catch that too
+            # Before the server is up, start() reports this and the command
+            # stops. After, nothing else hears of it: logged, and the daemon
+            # goes on without pages (its sensors and workers matter more).
             self.error = exc
-            log.error("the web server stopped: %s", exc)
+            log.error("the web server stopped: %r", exc)
+        finally:
+            self.listener.close()
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start serving; raise if the server is not listening within ``timeout``."""
+        """Start serving; raise if the server is not serving within ``timeout``."""
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
