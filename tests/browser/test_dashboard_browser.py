@@ -3,37 +3,25 @@
 A real uvicorn server on a loopback port serves a SQLite store with a dead
 run and two sensors. The user opens the overview, drills into the dead run,
 signs in, presses Retry, a worker runs it, and the page shows it succeeded;
-then pauses a sensor from its page. Screenshots land in pytest's temporary
-directory (the path is printed) for a human to look at.
+then pauses a sensor from its page. Screenshots of each step, and of the
+page at the moment a step fails, are kept for a human to look at: in
+artifacts/screenshots/ at the repository root, or in $FERRYMAN_ARTIFACTS
+(see conftest.py; each path is printed).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 import ferryman as fm
 from ferryman.web import WebSettings
+from tests.browser.conftest import shot
 from tests.web.conftest import TOKEN, LiveServer, start_server, stop_server
 from tests.web.web_app import FLAKY_FIXED, make_app, populate
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--headless"]
-        )
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
@@ -46,37 +34,24 @@ def served(sqlite_url: str) -> Iterator[tuple[fm.App, LiveServer]]:
     app.close()
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1366, "height": 800})
-    opened = context.new_page()
-    yield opened
-    context.close()
-
-
-def shot(page: Page, folder: Path, name: str) -> None:
-    path = folder / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
-
-
 def test_drill_into_a_dead_run_retry_it_and_see_it_succeed(
     served: tuple[fm.App, LiveServer],
     page: Page,
+    screenshots: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     app, live = served
     page.goto(f"{live.url}/")
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
-    shot(page, tmp_path, "1-overview")
+    shot(page, screenshots, "1-overview")
 
     page.get_by_role("link", name="Dead letters").click()
     expect(page.get_by_text("RuntimeError: upstream unavailable for N")).to_be_visible()
     page.get_by_role("link", name="newest").first.click()
     expect(page.locator("#run-status")).to_have_text("dead")
     expect(page.locator("pre.traceback")).to_contain_text("Traceback (most recent call last)")
-    shot(page, tmp_path, "2-dead-run")
+    shot(page, screenshots, "2-dead-run")
 
     page.get_by_role("button", name="Retry").click()  # not signed in: asked for the token
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
@@ -95,11 +70,11 @@ def test_drill_into_a_dead_run_retry_it_and_see_it_succeed(
     page.reload()
     expect(page.locator("#run-status")).to_have_text("succeeded")
     expect(page.locator(".timeline")).to_contain_text("requeued")
-    shot(page, tmp_path, "3-retried-run")
+    shot(page, screenshots, "3-retried-run")
 
 
 def test_pause_a_sensor_from_its_page(
-    served: tuple[fm.App, LiveServer], page: Page, tmp_path: Path
+    served: tuple[fm.App, LiveServer], page: Page, screenshots: Path
 ) -> None:
     app, live = served
     page.goto(f"{live.url}/login?next=/sensors")
@@ -112,4 +87,4 @@ def test_pause_a_sensor_from_its_page(
     expect(page.get_by_role("status")).to_contain_text("sensor numbers paused")
     expect(page.get_by_role("button", name="Resume")).to_be_visible()
     assert app.get_sensor("numbers").status == "paused"
-    shot(page, tmp_path, "4-paused-sensor")
+    shot(page, screenshots, "4-paused-sensor")
