@@ -11,7 +11,8 @@ loaded four ways:
 * **bare loop, 2 processes**: the same, the ids split by parity.
 * **ferryman, 1 process** and **ferryman, 2 processes**: the example's
   ``load_application`` job through ``app.work(until_idle=True,
-  concurrency=1, prefetch=--prefetch, processes=N)``; the sensor's tick that
+  concurrency=--concurrency, prefetch=--prefetch, processes=N)`` (4 job
+  threads and 64 runs claimed ahead per process by default); the sensor's tick that
   requested the runs is not timed, everything from the first claim to the
   last durable outcome is, and the exactly-once checks of
   ``examples/xml_to_tables/verify.py`` must pass afterwards.
@@ -36,11 +37,13 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
     sys.path.pop(0)
 
 import argparse
+import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -130,20 +133,37 @@ def timed_bare(store_url: str, app_ids: list[int], processes: int) -> float:
     return time.perf_counter() - started
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of this machine have spent busy (not idle, not waiting on I/O)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    rate: float  # applications per second
+    machine_cpu_ms: float  # busy CPU of the whole machine (database server included) per app
+
+
 def measure(
     kind: str,
     pg_admin: str,
     apps: list[GeneratedApplication],
     what: str,
     processes: int,
+    concurrency: int,
     prefetch: int,
-) -> float:
+) -> Measurement:
     app_ids = [a.app_id for a in apps]
     with fresh_store(kind, pg_admin) as url:
         app = prepare(url, apps)
         try:
+            busy = machine_busy_seconds()
             if what == "bare":
                 elapsed = timed_bare(url, app_ids, processes)
+                busy = machine_busy_seconds() - busy
             else:
                 # The sensor lives on the example's App; tick through it on this store.
                 pipeline.app.close()
@@ -152,15 +172,17 @@ def measure(
                 # One evaluation requests at most 10,000 runs: tick until it finds none.
                 while any(e.runs_requested for e in pipeline.app.tick(force=True)):
                     pass
+                sensor_busy = machine_busy_seconds() - busy
                 started = time.perf_counter()
                 report = pipeline.app.work(
                     until_idle=True,
-                    concurrency=1,
+                    concurrency=concurrency,
                     prefetch=prefetch,
                     processes=None if processes == 1 else processes,
                     handle_signals=False,
                 )
                 elapsed = time.perf_counter() - started
+                busy = machine_busy_seconds() - busy - sensor_busy
                 assert not report.errors, report.errors
                 problems = {name: n for name, n in verify(app.engine).items() if n}
                 assert not problems, problems
@@ -171,7 +193,7 @@ def measure(
         finally:
             app.close()
             pipeline.app.close()
-    return len(apps) / elapsed
+    return Measurement(rate=len(apps) / elapsed, machine_cpu_ms=busy * 1000 / len(apps))
 
 
 def main() -> None:
@@ -181,8 +203,20 @@ def main() -> None:
     parser.add_argument(
         "--prefetch",
         type=int,
-        default=16,
-        help="runs a ferryman worker claims ahead of its one job thread (default 16)",
+        default=64,
+        help="runs a ferryman worker process claims ahead of its job threads (default 64)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="job threads per ferryman worker process (default 4)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="times every configuration is measured; medians are reported (default 3)",
     )
     parser.add_argument("--pg", default=os.environ.get("FERRYMAN_BENCH_PG", DEFAULT_PG))
     args = parser.parse_args()
@@ -196,32 +230,55 @@ def main() -> None:
     mapping_rate = min(2000, len(apps)) / (time.perf_counter() - started)
     print(f"parse + validate + map alone, no database: {mapping_rate:,.0f} apps/s\n")
 
-    runs: list[tuple[str, str, int]] = [
-        ("bare loop", "bare", 1),
-        ("ferryman", "ferryman", 1),
-        ("bare loop", "bare", 2),
-        ("ferryman", "ferryman", 2),
-    ]
-    header = f"{'store':<10} {'system':<10} {'processes':>9} {'apps/s':>9}"
-    rows: list[str] = []
+    configurations = [("bare", 1), ("ferryman", 1), ("bare", 2), ("ferryman", 2)]
+    label = {"bare": "bare loop", "ferryman": "ferryman"}
+    summaries: list[str] = []
+    table: list[str] = []
     for kind in args.stores.split(","):
-        rates: dict[tuple[str, int], float] = {}
-        for label, what, processes in runs:
-            rate = measure(kind, args.pg, apps, what, processes, args.prefetch)
-            rates[(what, processes)] = rate
-            line = f"{kind:<10} {label:<10} {processes:>9} {rate:>9,.0f}"
-            print(line, flush=True)
-            rows.append(line)
-        share = rates[("ferryman", 1)] / rates[("bare", 1)]
-        scaling = rates[("ferryman", 2)] / rates[("ferryman", 1)]
-        summary = (
-            f"{kind}: ferryman 1 process = {share:.0%} of the bare loop (target ≥ 85%); "
-            f"2 processes = {scaling:.2f}x its 1-process rate (target ≥ 1.6x)"
+        results: dict[tuple[str, int], list[Measurement]] = {c: [] for c in configurations}
+        shares: list[float] = []
+        scalings: list[float] = []
+        for round_number in range(1, args.rounds + 1):
+            # One round measures all four, one after the other, so that the
+            # ratios compare runs made minutes apart, not a whole bench apart:
+            # this machine's speed drifts by a third over an hour.
+            found: dict[tuple[str, int], Measurement] = {}
+            for what, processes in configurations:
+                found[(what, processes)] = measure(
+                    kind, args.pg, apps, what, processes, args.concurrency, args.prefetch
+                )
+                result = found[(what, processes)]
+                results[(what, processes)].append(result)
+                print(
+                    f"round {round_number} {kind:<10} {label[what]:<10} {processes} process(es): "
+                    f"{result.rate:7,.0f} apps/s, machine CPU {result.machine_cpu_ms:.2f} ms/app",
+                    flush=True,
+                )
+            shares.append(found[("ferryman", 1)].rate / found[("bare", 1)].rate)
+            scalings.append(found[("ferryman", 2)].rate / found[("ferryman", 1)].rate)
+        for what, processes in configurations:
+            rate = statistics.median(m.rate for m in results[(what, processes)])
+            cpu = statistics.median(m.machine_cpu_ms for m in results[(what, processes)])
+            # Two cores can do no more than 2 s of CPU work per second.
+            ceiling = 2000 / cpu
+            table.append(
+                f"| {kind} | {label[what]} | {processes} | {rate:,.0f} | {cpu:.2f} | "
+                f"{ceiling:,.0f} |"
+            )
+        summaries.append(
+            f"{kind}: ferryman with 1 process = {statistics.median(shares):.0%} of the bare "
+            f"loop (target ≥ 85%; rounds: {', '.join(f'{s:.0%}' for s in shares)}); "
+            f"2 processes = {statistics.median(scalings):.2f}x its 1-process rate (target "
+            f"≥ 1.6x; rounds: {', '.join(f'{s:.2f}x' for s in scalings)})"
         )
-        print(summary + "\n", flush=True)
-        rows.append(summary)
-    print(header)
-    print("\n".join(rows))
+    print(
+        f"\nmedians of {args.rounds} rounds, {args.apps:,} applications, "
+        f"ferryman with {args.concurrency} job threads and prefetch {args.prefetch} per process:"
+    )
+    print("| store | system | processes | apps/s | machine CPU ms/app | 2-core ceiling apps/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    print("\n".join(table))
+    print("\n".join(summaries))
 
 
 if __name__ == "__main__":
