@@ -4,9 +4,13 @@ Seeds a store on each backend (PostgreSQL: a scratch database
 ``ferryman_bench_web`` on 127.0.0.1:5432, filled with ``COPY``; SQLite: a file
 under the system's temporary folder), starts the real server (``ferryman
 serve``) on a loopback port, and times requests with httpx from this process:
-the overview (page and API), the runs list filtered by job and status, a page
-deep in the runs list, a run page (page and API), a sensor page and
-``/metrics``. Prints p50 / p95 / max per endpoint; the target is p95 < 200 ms.
+the overview (page and API), the runs list filtered by job and status, by an
+hour's window and a page deep in it, a run page (page and API), the sensors,
+a sensor page, the workers, the dead letters and ``/metrics``. Prints p50 /
+p95 / max per endpoint; the target is p95 < 200 ms. The overview serves the
+latest count of runs by job and status and recounts it in the background
+every few seconds (``ferryman/web/run_counts.py``); the first request, which
+waits for a count, is timed on its own, as is the first ``/metrics``.
 
 The seeded stores are kept between runs; ``--reseed`` builds them again.
 Runs are spread over the last week, newest ids last, 90 % succeeded, 4 %
@@ -37,6 +41,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -272,6 +277,12 @@ def serve(url: str) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit(f"ferryman serve did not start on {base}")
 
 
+def hour_ago(hours: int) -> str:
+    """An ISO 8601 time ``hours`` before now, in UTC, to the minute."""
+    moment = datetime.now(UTC) - timedelta(hours=hours)
+    return moment.strftime("%Y-%m-%dT%H:%M")
+
+
 def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
     logged = [n for n in (rng.randrange(10, runs, 10) for _ in range(50))]
     middle = runs // 2
@@ -285,9 +296,19 @@ def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
         "runs API, deep page": [
             f"/api/runs?status=succeeded&before_id={middle - i * 997}" for i in range(20)
         ],
+        "runs page, deep page": [f"/runs?before_id={middle - i * 997}" for i in range(20)],
+        "runs page, one hour a day ago": [
+            f"/runs?since={hour_ago(25 + i)}&until={hour_ago(24 + i)}" for i in range(20)
+        ],
+        "runs API, job + one hour": [
+            f"/api/runs?job={rng.choice(JOBS)}&since={hour_ago(30 + i)}&until={hour_ago(29 + i)}"
+            for i in range(20)
+        ],
         "run page /runs/{id}": [f"/runs/{n}" for n in logged],
         "run API /api/runs/{id}": [f"/api/runs/{n}" for n in logged],
+        "sensors page": ["/sensors"],
         "sensor page": [f"/sensors/{name}" for name in SENSORS],
+        "workers page": ["/workers"],
         "dead letters page": ["/dead-letters"],
         "/metrics": ["/metrics"],
     }
@@ -335,6 +356,14 @@ def main() -> None:
             httpx.get(f"{base}/metrics", timeout=600).raise_for_status()
             print(
                 f"{kind}: first /metrics (folds the whole log) {time.perf_counter() - first:.1f} s"
+            )
+            # The overview serves the latest count of runs by job and status and
+            # recounts in the background; the first request waits for a count.
+            first = time.perf_counter()
+            httpx.get(f"{base}/", timeout=600).raise_for_status()
+            print(
+                f"{kind}: first overview (counts every run) "
+                f"{(time.perf_counter() - first) * 1000:.0f} ms"
             )
             for name, paths in endpoints(args.runs, random.Random(7)).items():
                 timings = measure(base, paths, args.requests)

@@ -226,6 +226,49 @@ def test_a_live_worker_is_listed_with_the_run_it_holds(client: TestClient, web_a
     assert stopped["stopped_at"] is not None
 
 
+def test_a_worker_holding_many_runs_lists_the_oldest_twenty_and_counts_them_all(
+    client: TestClient, web_app: fm.App
+) -> None:
+    release = threading.Event()
+
+    @web_app.job(name="hold")
+    def hold(ctx: fm.JobContext, payload: object) -> None:
+        release.wait(timeout=60)
+
+    held = web_app.submit("hold", *[fm.RunRequest(f"held-{n}", {}) for n in range(25)]).run_ids
+    worker = threading.Thread(
+        target=web_app.work,
+        kwargs={"until_idle": True, "concurrency": 25, "jobs": ["hold"], "handle_signals": False},
+    )
+    worker.start()
+    try:
+        (busy,) = wait_until(
+            lambda: [w for w in client.get("/api/workers").json() if w["holding"] == 25],
+            what="a worker holding all 25 runs",
+        )
+        assert busy["running"] == sorted(held)[:20]
+        assert "25 in all" in client.get("/workers").text
+    finally:
+        release.set()
+        worker.join(timeout=60)
+
+
+def test_the_summary_says_when_it_counted_and_recounts_in_the_background(
+    client: TestClient, web_app: fm.App
+) -> None:
+    first = client.get("/api/summary").json()
+    assert first["totals"] == {"succeeded": 4, "failed": 1, "dead": 1}
+    counted_at = datetime.fromisoformat(first["counts_as_of"])
+    assert abs(counted_at.timestamp() - time.time()) < 60
+    web_app.submit("load", fm.RunRequest("queued-later", {}))
+    # The count is at most a few seconds old; the next ones see the new run.
+    later = wait_until(
+        lambda: (s := client.get("/api/summary").json())["totals"].get("queued") == 1 and s,
+        what="the summary to count the new run",
+    )
+    assert datetime.fromisoformat(later["counts_as_of"]) > counted_at
+
+
 def test_a_transfer_shows_its_bytes_and_parts(client: TestClient, web_app: fm.App) -> None:
     transfer_id = add_transfer(web_app, parts=2, source_size=12 * MIB)
     detail = client.get(f"/api/transfers/{transfer_id}").json()

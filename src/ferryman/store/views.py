@@ -71,6 +71,7 @@ class Overview:
     """What the overview page shows."""
 
     now: float
+    counted_at: float  # when ``counts`` were taken (they may be a few seconds old)
     counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
     oldest_due_age: dict[str, float]  # job -> seconds its oldest due run has waited
     sensors: list[SensorState]  # failing first
@@ -107,10 +108,11 @@ class ErrorGroup:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerView:
-    """A worker and the runs it holds now."""
+    """A worker and the runs it holds now (the first few of them, and how many)."""
 
     worker: WorkerInfo
     running: list[Run]
+    holding: int = 0
 
 
 def _limit(limit: int) -> int:
@@ -143,6 +145,14 @@ def run_counts(conn: sa.Connection) -> dict[str, dict[RunStatus, int]]:
     return counts
 
 
+def _job_names_cte() -> Any:
+    """Every job that has runs, by a loose index scan (see :func:`job_names`)."""
+    first = sa.select(sa.func.min(runs.c.job).label("job"))
+    names = first.cte("job_names", recursive=True)
+    following = sa.select(sa.func.min(runs.c.job)).where(runs.c.job > names.c.job).scalar_subquery()
+    return names.union_all(sa.select(following.label("job")).where(names.c.job.is_not(None)))
+
+
 def job_names(conn: sa.Connection) -> list[str]:
     """Every job that has runs, in the database's order; cheap however many runs there are.
 
@@ -151,22 +161,29 @@ def job_names(conn: sa.Connection) -> list[str]:
     reads one index entry per job instead of every run (a ``DISTINCT`` or
     ``GROUP BY`` reads them all, on PostgreSQL and on SQLite alike).
     """
-    first = sa.select(sa.func.min(runs.c.job).label("job"))
-    names = first.cte("job_names", recursive=True)
-    following = sa.select(sa.func.min(runs.c.job)).where(runs.c.job > names.c.job).scalar_subquery()
-    names = names.union_all(sa.select(following.label("job")).where(names.c.job.is_not(None)))
+    names = _job_names_cte()
     query = sa.select(names.c.job).where(names.c.job.is_not(None))
     return [job for (job,) in conn.execute(query)]
 
 
 def oldest_due_age(conn: sa.Connection, at: float) -> dict[str, float]:
-    """Seconds the oldest due queued run of each job has waited (the claim index)."""
-    rows = conn.execute(
-        sa.select(runs.c.job, sa.func.min(runs.c.available_at))
-        .where(runs.c.status == RunStatus.QUEUED.value, runs.c.available_at <= at)
-        .group_by(runs.c.job)
+    """Seconds the oldest due queued run of each job has waited.
+
+    One seek per job into the claim index (``job, available_at`` over queued
+    runs), however many runs are queued: a GROUP BY would read them all.
+    """
+    names = _job_names_cte()
+    oldest = (
+        sa.select(sa.func.min(runs.c.available_at))
+        .where(
+            runs.c.job == names.c.job,
+            runs.c.status == RunStatus.QUEUED.value,
+            runs.c.available_at <= at,
+        )
+        .scalar_subquery()
     )
-    return {job: max(0.0, at - oldest) for job, oldest in rows}
+    rows = conn.execute(sa.select(names.c.job, oldest).where(names.c.job.is_not(None)))
+    return {job: max(0.0, at - first) for job, first in rows if first is not None}
 
 
 def throughput(
@@ -405,10 +422,17 @@ def count_active_transfers(conn: sa.Connection) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+WORKER_RUNS_SHOWN = 20
+
+
 def list_workers(
     conn: sa.Connection, at: float, *, alive_within: float, limit: int = 200
 ) -> list[WorkerView]:
-    """Workers newest first: live ones, and the latest that stopped or went silent."""
+    """Workers newest first: live ones, and the latest that stopped or went silent.
+
+    Each with the number of runs it holds and the oldest
+    :data:`WORKER_RUNS_SHOWN` of them: a worker may hold thousands.
+    """
     rows = conn.execute(
         sa.select(workers).order_by(workers.c.started_at.desc()).limit(_limit(limit))
     ).mappings()
@@ -418,13 +442,30 @@ def list_workers(
         )
         for row in rows
     ]
-    running: dict[str, list[Run]] = {}
-    held = conn.execute(
-        sa.select(runs).where(runs.c.status == RunStatus.RUNNING.value).order_by(runs.c.id)
-    ).mappings()
-    for row in held:
-        running.setdefault(row["lease_owner"] or "", []).append(records.run_from_row(row))
-    return [WorkerView(worker=w, running=running.get(w.id, [])) for w in found]
+    owners = [w.id for w in found]
+    if not owners:
+        return []
+    running = runs.c.status == RunStatus.RUNNING.value
+    held: dict[str, int] = dict(
+        conn.execute(
+            sa.select(runs.c.lease_owner, sa.func.count())
+            .where(running, runs.c.lease_owner.in_(owners))
+            .group_by(runs.c.lease_owner)
+        ).all()
+    )
+    position = (
+        sa.func.row_number().over(partition_by=runs.c.lease_owner, order_by=runs.c.id).label("n")
+    )
+    numbered = sa.select(runs, position).where(running, runs.c.lease_owner.in_(owners)).subquery()
+    shown: dict[str, list[Run]] = {}
+    for row in conn.execute(
+        sa.select(numbered).where(numbered.c.n <= WORKER_RUNS_SHOWN).order_by(numbered.c.id)
+    ).mappings():
+        shown.setdefault(row["lease_owner"], []).append(records.run_from_row(row))
+    return [
+        WorkerView(worker=w, running=shown.get(w.id, []), holding=int(held.get(w.id, 0)))
+        for w in found
+    ]
 
 
 def count_live_workers(conn: sa.Connection, at: float, *, alive_within: float) -> int:
@@ -434,11 +475,21 @@ def count_live_workers(conn: sa.Connection, at: float, *, alive_within: float) -
     return int(conn.execute(query).scalar_one())
 
 
-def overview(conn: sa.Connection, *, alive_within: float) -> Overview:
+def overview(
+    conn: sa.Connection,
+    *,
+    alive_within: float,
+    counts: dict[str, dict[RunStatus, int]] | None = None,
+    counted_at: float | None = None,
+) -> Overview:
+    """The overview; ``counts`` (taken at ``counted_at``) saves counting every run again."""
     at = now(conn)
+    if counts is None:
+        counts, counted_at = run_counts(conn), at
     return Overview(
         now=at,
-        counts=run_counts(conn),
+        counted_at=at if counted_at is None else counted_at,
+        counts=counts,
         oldest_due_age=oldest_due_age(conn, at),
         sensors=list_sensors(conn),
         throughput=throughput(conn, at),

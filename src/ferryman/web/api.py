@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, st
 from ferryman.app import App
 from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus
 from ferryman.store import views
-from ferryman.web.deps import AppDep, BeforeId, RecordId, require_token
+from ferryman.web.deps import AppDep, BeforeId, RecordId, RunCountsDep, require_token
 from ferryman.web.schemas import (
     CancelOut,
     CursorIn,
@@ -88,10 +88,17 @@ def _not_found(what: str) -> HTTPException:
 
 
 @router.get("/summary", response_model=SummaryOut, tags=["summary"])
-def summary(app: AppDep) -> SummaryOut:
-    """Runs by job and status, failing sensors first, throughput over the last hour."""
+def summary(app: AppDep, run_counts: RunCountsDep) -> SummaryOut:
+    """Runs by job and status, failing sensors first, throughput over the last hour.
+
+    The counts by job and status are recounted in the background at most
+    every few seconds (``counts_as_of`` says when); everything else is read now.
+    """
+    counted = run_counts.current()
     with app.store.read("reading the overview") as conn:
-        overview = views.overview(conn, alive_within=app.lease_seconds)
+        overview = views.overview(
+            conn, alive_within=app.lease_seconds, counts=counted.counts, counted_at=counted.at
+        )
     totals: dict[str, int] = {}
     for counts in overview.counts.values():
         for run_status, count in counts.items():
@@ -110,6 +117,7 @@ def summary(app: AppDep) -> SummaryOut:
         throughput=[MinuteOut.of(m) for m in overview.throughput],
         live_workers=overview.live_workers,
         active_transfers=overview.active_transfers,
+        counts_as_of=datetime.fromtimestamp(overview.counted_at, UTC),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 
 from ferryman.app import App
+from ferryman.web.run_counts import RunCounts
 from ferryman.web.server import WebSettings
 
 # Ids of runs, transfers and evaluations are 64-bit in the store, and none
@@ -24,6 +25,11 @@ BeforeId = Annotated[int | None, Query(ge=1, le=MAX_ID, description="ids below t
 def get_app(request: Request) -> App:
     app: App = request.app.state.ferryman
     return app
+
+
+def get_run_counts(request: Request) -> RunCounts:
+    counts: RunCounts = request.app.state.run_counts
+    return counts
 
 
 def get_settings(request: Request) -> WebSettings:
@@ -57,3 +63,4 @@ def require_token(
 
 AppDep = Annotated[App, Depends(get_app)]
 SettingsDep = Annotated[WebSettings, Depends(get_settings)]
+RunCountsDep = Annotated[RunCounts, Depends(get_run_counts)]

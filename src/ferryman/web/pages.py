@@ -24,7 +24,15 @@ from ferryman.app import App
 from ferryman.model import RunStatus, TransferStatus, redact
 from ferryman.store import views
 from ferryman.web import session
-from ferryman.web.deps import MAX_ID, AppDep, BeforeId, RecordId, SettingsDep, token_matches
+from ferryman.web.deps import (
+    MAX_ID,
+    AppDep,
+    BeforeId,
+    RecordId,
+    RunCountsDep,
+    SettingsDep,
+    token_matches,
+)
 from ferryman.web.server import WebSettings
 
 HERE = Path(__file__).parent
@@ -63,7 +71,14 @@ def _size(count: int | None) -> str:
 
 
 templates.env.filters["age"] = _age
+
+
+def _when_epoch(seconds: float) -> str:
+    return _when(datetime.fromtimestamp(seconds, UTC))
+
+
 templates.env.filters["when"] = _when
+templates.env.filters["when_epoch"] = _when_epoch
 templates.env.filters["size"] = _size
 
 
@@ -177,9 +192,14 @@ def _chart(throughput: list[views.MinuteCount]) -> dict[str, Any]:
 
 
 @router.get("/")
-def overview(request: Request, app: AppDep, settings: SettingsDep) -> Response:
+def overview(
+    request: Request, app: AppDep, settings: SettingsDep, run_counts: RunCountsDep
+) -> Response:
+    counted = run_counts.current()
     with app.store.read("reading the overview") as conn:
-        found = views.overview(conn, alive_within=app.lease_seconds)
+        found = views.overview(
+            conn, alive_within=app.lease_seconds, counts=counted.counts, counted_at=counted.at
+        )
     return render(
         request,
         "overview.html",

@@ -268,6 +268,7 @@ class SummaryOut(BaseModel):
     throughput: list[MinuteOut] = Field(description="runs finished per minute, last hour")
     live_workers: int
     active_transfers: int
+    counts_as_of: datetime = Field(description="when jobs and totals were counted")
 
 
 class ErrorGroupOut(BaseModel):
@@ -302,7 +303,8 @@ class WorkerOut(BaseModel):
     started_at: datetime
     last_seen_at: datetime
     stopped_at: datetime | None
-    running: list[int] = Field(description="ids of the runs it holds now")
+    running: list[int] = Field(description="ids of the runs it holds now (the oldest 20)")
+    holding: int = Field(description="how many runs it holds now")
 
     @classmethod
     def of(cls, view: WorkerView) -> WorkerOut:
@@ -316,6 +318,7 @@ class WorkerOut(BaseModel):
             last_seen_at=worker.last_seen_at,
             stopped_at=worker.stopped_at,
             running=[run.id for run in view.running],
+            holding=view.holding,
         )
 
 

@@ -45,6 +45,7 @@ def create_app(app: App, settings: WebSettings) -> FastAPI:
     """The ASGI application for ``app``'s store."""
     # Imported here so that `import ferryman.web` stays cheap for the CLI.
     from ferryman.web import api, metrics, pages
+    from ferryman.web.run_counts import RunCounts
 
     web = FastAPI(
         title="ferryman",
@@ -57,6 +58,7 @@ def create_app(app: App, settings: WebSettings) -> FastAPI:
     web.state.ferryman = app
     web.state.settings = settings
     web.state.metrics = metrics.registry_for(app)
+    web.state.run_counts = RunCounts(app)
     web.include_router(api.router, prefix="/api")
     web.include_router(metrics.router)
     web.include_router(pages.router)

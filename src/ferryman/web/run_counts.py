@@ -1,0 +1,81 @@
+"""Runs by job and status for the overview, recounted in the background.
+
+Counting runs by job and status is the one read on the overview whose cost
+grows with the store: it walks the whole ``(job, status, id)`` index, about
+a tenth of a second per million runs. Every other part of the overview is
+an index seek. So the server keeps the latest count and serves it at once,
+saying when it was taken; a request that finds it older than ``max_age``
+starts a recount on a thread of its own and still gets the count it has.
+Only the very first request waits for a count. While nobody looks, nothing
+is counted.
+
+``max_age`` grows with the time a count takes (ten times it, at least two
+seconds), so a huge store is recounted less often rather than kept busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from ferryman.app import App
+from ferryman.model import RunStatus
+from ferryman.store import views
+
+log = logging.getLogger("ferryman.web")
+
+MIN_AGE_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
+    at: float  # the database's clock when they were counted, seconds since the epoch
+
+
+class RunCounts:
+    """The latest count of one App's runs by job and status (see the module)."""
+
+    def __init__(self, app: App, *, min_age: float = MIN_AGE_SECONDS) -> None:
+        self.app = app
+        self.min_age = min_age
+        self._lock = threading.Lock()
+        self._latest: Counted | None = None
+        self._taken = float("-inf")  # time.monotonic() of the latest count
+        self._took = 0.0
+        self._recounting = False
+
+    def current(self) -> Counted:
+        with self._lock:
+            latest = self._latest
+            stale = time.monotonic() - self._taken >= max(self.min_age, 10 * self._took)
+            start = latest is not None and stale and not self._recounting
+            if start:
+                self._recounting = True
+        if latest is None:
+            return self._count()
+        if start:
+            threading.Thread(target=self._recount, name="ferryman-web-counts", daemon=True).start()
+        return latest
+
+    def _recount(self) -> None:
+        try:
+            self._count()
+        except Exception:  # the next request tries again; until then, the last count stands
+            log.warning("recounting runs for the overview failed", exc_info=True)
+        finally:
+            with self._lock:
+                self._recounting = False
+
+    def _count(self) -> Counted:
+        started = time.monotonic()
+        with self.app.store.read("counting runs") as conn:
+            counted = Counted(counts=views.run_counts(conn), at=views.now(conn))
+        with self._lock:
+            if self._latest is None or counted.at >= self._latest.at:
+                self._latest = counted
+                self._taken = started
+                self._took = time.monotonic() - started
+        return counted
