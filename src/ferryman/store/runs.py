@@ -234,9 +234,13 @@ class RunQueries:
         for new in new_runs:
             unique.setdefault((new.job, new.run_key), new)
         insert = self._insert_portable if self.backend.is_sqlite else postgres.enqueue
+        # Inserted in key order: two producers submitting overlapping keys in
+        # different orders would otherwise each wait on the other's unique-index
+        # entry (a deadlock on PostgreSQL); in one order, one simply waits.
+        in_key_order = [unique[key] for key in sorted(unique)]
         ids: dict[tuple[str, str], int] = {}
         created: list[int] = []
-        for run_id, job, run_key in insert(conn, list(unique.values()), now):
+        for run_id, job, run_key in insert(conn, in_key_order, now):
             ids[(job, run_key)] = run_id
             created.append(run_id)
         missing = [key for key in unique if key not in ids]
