@@ -154,6 +154,13 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         restart_on_change: Annotated[
             bool, typer.Option(help="Upload afresh if the file changed under a confirmed part.")
         ] = False,
+        file_sha256: Annotated[
+            bool,
+            typer.Option(
+                help="Record the whole file's SHA-256 (one more pass over its bytes); "
+                "the object is verified by its parts' checksums either way."
+            ),
+        ] = True,
         retries: Annotated[int, typer.Option(min=1, help="Attempts per S3 request.")] = 10,
         as_json: Annotated[
             bool, typer.Option("--json", help="Print the transfer as JSON.")
@@ -193,6 +200,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
                     done_file=done_file,
                     metadata=user_metadata,
                     sidecar=sidecar or user_metadata is not None,
+                    file_sha256=file_sha256,
                     on_change="restart" if restart_on_change else "fail",
                     store=app,
                     retries=retries,
@@ -213,9 +221,10 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
             return
         resumed = bar.last.resumed_bytes if bar.last is not None else 0
         how = f", resumed from {format_size(resumed)}" if resumed else ""
+        digest = f"sha256 {transfer.sha256}, " if transfer.sha256 else ""
         out.print(
             f"uploaded {escape(transfer.uri)}: {format_size(transfer.total_size or 0)} in "
-            f"{transfer.parts_confirmed} parts{how}; sha256 {transfer.sha256}, "
+            f"{transfer.parts_confirmed} parts{how}; {digest}"
             f"verified by {transfer.verified_by} (transfer {transfer.id})",
             highlight=False,
             soft_wrap=True,

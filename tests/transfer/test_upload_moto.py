@@ -50,6 +50,32 @@ def test_upload_is_verified_and_recorded(
     assert again.id == transfer.id  # already there: nothing sent
 
 
+def test_without_the_file_digest_the_object_is_still_verified_by_its_parts(
+    tmp_path: Path, sqlite_url: str, s3_client: Any, s3_bucket: str
+) -> None:
+    source = write_random(tmp_path / "data.bin", 11 * MiB)
+    transfer = fm.transfer.upload(
+        source,
+        f"s3://{s3_bucket}/in/nodigest.bin",
+        part_size=5 * MiB,
+        store=sqlite_url,
+        sidecar=True,
+        file_sha256=False,
+    )
+    assert transfer.status is fm.TransferStatus.SUCCEEDED
+    assert transfer.sha256 is None
+    assert transfer.verified_by in ("checksum", "etag")
+    assert (
+        object_sha256(s3_client, s3_bucket, "in/nodigest.bin")
+        == hashlib.sha256(source.read_bytes()).hexdigest()
+    )
+    sidecar = json.loads(
+        s3_client.get_object(Bucket=s3_bucket, Key="in/nodigest.bin.meta.json")["Body"].read()
+    )
+    assert sidecar["sha256"] is None
+    assert [p["size"] for p in sidecar["parts"]] == [5 * MiB, 5 * MiB, 1 * MiB]
+
+
 def test_empty_and_single_part_files(
     tmp_path: Path, sqlite_url: str, s3_client: Any, s3_bucket: str
 ) -> None:

@@ -305,7 +305,7 @@ class TransferQueries:
         fence: TransferFence,
         *,
         total_size: int,
-        sha256: str,
+        sha256: str | None,
         checksum: str,
         etag: str,
         verified_by: str,

@@ -74,6 +74,7 @@ class Options:
     poll_interval: float
     on_change: OnChange
     lease_seconds: float
+    file_sha256: bool = True  # the whole file's digest, one more pass over its bytes
 
 
 class _Restart(Exception):
@@ -281,7 +282,7 @@ class Uploader:
         if not ours:
             return False
         self.log.info("transfer %d: object was completed before a crash", transfer.id)
-        sha = self._hash_file(total)
+        sha = self._hash_file(total) if self.options.file_sha256 else None
         self._verify_and_record(transfer, stored, total, sha)
         return True
 
@@ -341,7 +342,7 @@ class Uploader:
             self.store.record_transfer_source(
                 self.fence, size=start_stat.st_size, mtime=start_stat.st_mtime
             )
-        whole = hashlib.sha256()
+        whole = hashlib.sha256() if opts.file_sha256 else None
         slots = threading.BoundedSemaphore(opts.concurrency)
         futures: list[Future[None]] = []
         number, offset = 1, 0
@@ -388,7 +389,8 @@ class Uploader:
                 data = os.pread(source.fileno(), length, offset)
                 if len(data) != length:
                     self._changed(transfer, f"{self.path} was truncated while being read")
-                whole.update(data)
+                if whole is not None:
+                    whole.update(data)
                 if number in confirmed:
                     self._check_confirmed(transfer, confirmed[number], data)
                 elif not self._adopt(number, offset, data, on_s3.get(number)):
@@ -420,7 +422,9 @@ class Uploader:
         if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != offset:
             raise AssertionError(f"transfer {transfer.id}: parts {numbers} do not cover {offset} B")
         self._complete(transfer, parts)
-        self._verify_and_record(transfer, parts, offset, whole.hexdigest())
+        self._verify_and_record(
+            transfer, parts, offset, None if whole is None else whole.hexdigest()
+        )
         return self._finish(self._reload())
 
     def _send_part(
@@ -525,7 +529,7 @@ class Uploader:
                 raise
 
     def _verify_and_record(
-        self, transfer: Transfer, parts: list[TransferPart], total: int, sha256: str
+        self, transfer: Transfer, parts: list[TransferPart], total: int, sha256: str | None
     ) -> None:
         """HeadObject: size, then S3's composite SHA-256 (or the multipart ETag)."""
         head = self.s3(
