@@ -54,6 +54,8 @@ class Listener:
                         for notification in conn.notifies(timeout=1.0):
                             self._on_job(notification.payload)
             except psycopg.Error as exc:
+                if self._stop.is_set():
+                    return  # stopped while waiting: a connection closed under us is no news
                 failures += 1
                 delay = min(RECONNECT_MAX_DELAY, 0.2 * 2**failures)
                 log.warning("wake-up listener lost its connection, polling meanwhile: %s", exc)
