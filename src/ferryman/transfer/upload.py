@@ -352,7 +352,9 @@ class Uploader:
         observed = start_stat.st_size
         with (
             open(self.path, "rb", buffering=0) as source,
-            ThreadPoolExecutor(opts.concurrency, thread_name_prefix="ferryman-part") as pool,
+            # Twice the slots: a part thread still committing its row has given
+            # its slot back, and the next part must not wait for that thread.
+            ThreadPoolExecutor(2 * opts.concurrency, thread_name_prefix="ferryman-part") as pool,
         ):
             while True:
                 self._raise_if_lost(futures)
