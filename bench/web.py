@@ -4,8 +4,9 @@ Seeds a store on each backend (PostgreSQL: a scratch database
 ``ferryman_bench_web`` on 127.0.0.1:5432, filled with ``COPY``; SQLite: a file
 under the system's temporary folder), starts the real server (``ferryman
 serve``) on a loopback port, and times requests with httpx from this process:
-the overview (page and API), the runs list filtered by job and status, by an
-hour's window and a page deep in it, a run page (page and API), the sensors,
+the overview (page and API), the runs list filtered by job and status, a
+page deep in it, by an hour's window a day and six days back and by
+everything until six days back, a run page (page and API), the sensors,
 a sensor page, the workers, the dead letters and ``/metrics``. Prints p50 /
 p95 / max per endpoint; the target is p95 < 200 ms. The overview serves the
 latest count of runs by job and status and recounts it in the background
@@ -300,6 +301,10 @@ def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
         "runs page, one hour a day ago": [
             f"/runs?since={hour_ago(25 + i)}&until={hour_ago(24 + i)}" for i in range(20)
         ],
+        "runs page, one hour 6 days ago": [
+            f"/runs?since={hour_ago(145 + i)}&until={hour_ago(144 + i)}" for i in range(20)
+        ],
+        "runs page, until 6 days ago": [f"/runs?until={hour_ago(144 + i)}" for i in range(20)],
         "runs API, job + one hour": [
             f"/api/runs?job={rng.choice(JOBS)}&since={hour_ago(30 + i)}&until={hour_ago(29 + i)}"
             for i in range(20)

@@ -55,9 +55,9 @@ def test_postgres_without_tables_asks_for_an_upgrade(pg_template: str) -> None:
         with pytest.raises(fm.SchemaMismatch, match=r"has no ferryman tables.*ferryman db upgrade"):
             Store(url)
         before, after = upgrade(url)
-        assert (before, after) == ((), "0003")
+        assert (before, after) == ((), "0004")
         Store(url).close()  # now it opens
-        assert upgrade(url) == (("0003",), "0003")
+        assert upgrade(url) == (("0004",), "0004")
     finally:
         drop_database("ferryman_empty_check")
 

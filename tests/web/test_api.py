@@ -335,3 +335,41 @@ def test_runs_in_a_since_until_window(
     page = client.get("/runs", params=naive).text  # the pages read it the same way
     assert "<code>w-2</code>" in page
     assert "<code>w-1</code>" not in page and "<code>w-3</code>" not in page
+
+
+def test_a_time_window_pages_in_creation_order_even_when_ids_are_not(
+    client: TestClient, web_app: fm.App
+) -> None:
+    # Producers committing concurrently can give a later run an earlier id;
+    # the window's pages follow creation times, each run on exactly one page.
+    from ferryman.store.schema import runs
+
+    run_ids = web_app.submit(
+        "load", *(fm.RunRequest(f"t-{i}", {"n": i}) for i in range(12))
+    ).run_ids
+    base = 1_000_000_000.0  # 2001: before every other run of the store
+    created = {run_id: base + (7 * index) % 12 for index, run_id in enumerate(run_ids)}
+    created[run_ids[5]] = created[run_ids[6]]  # a tie, broken by id
+    with web_app.engine.begin() as conn:
+        for run_id, at in created.items():
+            conn.execute(runs.update().where(runs.c.id == run_id).values(created_at=at))
+    window = {
+        "since": datetime.fromtimestamp(base, UTC).isoformat(),
+        "until": datetime.fromtimestamp(base + 12, UTC).isoformat(),
+    }
+    seen: list[int] = []
+    before: int | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 5, **window}
+        if before is not None:
+            params["before_id"] = before
+        page = client.get("/api/runs", params=params).json()
+        seen += [item["id"] for item in page["items"]]
+        before = page["next_before"]
+        if before is None:
+            break
+    assert seen == sorted(run_ids, key=lambda run_id: (created[run_id], run_id), reverse=True)
+    assert seen != sorted(run_ids, reverse=True)  # not simply id order
+    inner = {"since": window["since"], "until": datetime.fromtimestamp(base + 3, UTC).isoformat()}
+    listed = client.get("/api/runs", params={"limit": 50, **inner}).json()["items"]
+    assert {item["id"] for item in listed} == {r for r, at in created.items() if at < base + 3}

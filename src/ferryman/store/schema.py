@@ -74,6 +74,8 @@ sa.Index(
 )
 sa.Index("ix_ferryman_runs_job_status", runs.c.job, runs.c.status, runs.c.id)
 sa.Index("ix_ferryman_runs_status_id", runs.c.status, runs.c.id)
+# The runs list within a time window reads it in creation order from here.
+sa.Index("ix_ferryman_runs_created_at", runs.c.created_at, runs.c.id)
 # Throughput per minute on the dashboard and in /metrics reads the last hour only.
 sa.Index("ix_ferryman_runs_finished_at", runs.c.finished_at)
 

@@ -168,7 +168,9 @@ def list_runs(
     """Runs newest first, filtered by job, status and creation time.
 
     ``since`` (inclusive) and ``until`` (exclusive) bound the creation time;
-    a time without an offset is UTC.
+    a time without an offset is UTC. Without them the runs are in id order;
+    with either, in creation order (then id). ``next_before`` pages on in
+    the same order either way.
     """
     with app.store.read("listing runs") as conn:
         page = views.list_runs(
