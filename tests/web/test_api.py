@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 import ferryman as fm
 from ferryman.store import views
+from ferryman.store.schema import runs as runs_table
 from tests.helpers import wait_until
 from tests.web.conftest import AUTH
 from tests.web.web_app import MIB, add_transfer
@@ -41,20 +42,23 @@ def test_runs_filter_and_page_by_keyset(client: TestClient) -> None:
     assert "upstream unavailable for 3" in dead["items"][0]["last_error"]
     load = client.get("/api/runs", params={"job": "load", "status": "succeeded"}).json()
     assert len(load["items"]) == 4
-    seen: list[int] = []
-    before: int | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 2}
-        if before is not None:
-            params["before_id"] = before
-        page = client.get("/api/runs", params=params).json()
-        seen += [r["id"] for r in page["items"]]
-        before = page["next_before"]
-        if before is None:
-            break
+    seen = all_run_ids(client, limit=2)
     assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen)) == 6
     future = client.get("/api/runs", params={"since": "2999-01-01T00:00:00Z"}).json()
     assert future["items"] == []
+
+
+def all_run_ids(client: TestClient, **params: Any) -> list[int]:
+    """The ids of every run ``/api/runs`` lists with ``params``, page after page."""
+    seen: list[int] = []
+    before: int | None = None
+    while True:
+        paging = {} if before is None else {"before_id": before}
+        page = client.get("/api/runs", params={**params, **paging}).json()
+        seen += [item["id"] for item in page["items"]]
+        before = page["next_before"]
+        if before is None:
+            return seen
 
 
 def test_a_run_shows_its_processing_log_and_hides_sensitive_fields(client: TestClient) -> None:
@@ -342,8 +346,6 @@ def test_a_time_window_pages_in_creation_order_even_when_ids_are_not(
 ) -> None:
     # Producers committing concurrently can give a later run an earlier id;
     # the window's pages follow creation times, each run on exactly one page.
-    from ferryman.store.schema import runs
-
     run_ids = web_app.submit(
         "load", *(fm.RunRequest(f"t-{i}", {"n": i}) for i in range(12))
     ).run_ids
@@ -352,22 +354,12 @@ def test_a_time_window_pages_in_creation_order_even_when_ids_are_not(
     created[run_ids[5]] = created[run_ids[6]]  # a tie, broken by id
     with web_app.engine.begin() as conn:
         for run_id, at in created.items():
-            conn.execute(runs.update().where(runs.c.id == run_id).values(created_at=at))
+            conn.execute(runs_table.update().where(runs_table.c.id == run_id).values(created_at=at))
     window = {
         "since": datetime.fromtimestamp(base, UTC).isoformat(),
         "until": datetime.fromtimestamp(base + 12, UTC).isoformat(),
     }
-    seen: list[int] = []
-    before: int | None = None
-    for _ in range(10):
-        params: dict[str, Any] = {"limit": 5, **window}
-        if before is not None:
-            params["before_id"] = before
-        page = client.get("/api/runs", params=params).json()
-        seen += [item["id"] for item in page["items"]]
-        before = page["next_before"]
-        if before is None:
-            break
+    seen = all_run_ids(client, limit=5, **window)
     assert seen == sorted(run_ids, key=lambda run_id: (created[run_id], run_id), reverse=True)
     assert seen != sorted(run_ids, reverse=True)  # not simply id order
     inner = {"since": window["since"], "until": datetime.fromtimestamp(base + 3, UTC).isoformat()}
