@@ -52,6 +52,22 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait()
 
 
+def serving(
+    processes: list[subprocess.Popen[bytes]],
+    command: list[str],
+    store: str,
+    env: dict[str, str],
+    log: Path,
+) -> str:
+    """Start ``ferryman COMMAND --port P`` and wait until its API answers; its base URL."""
+    port = free_port()
+    processes.append(start(ferryman(*command, "--port", str(port), store=store), env, log))
+    base = f"http://127.0.0.1:{port}"
+    what = f"ferryman {' '.join(command)}"
+    wait_until(lambda: answers(f"{base}/api/summary"), timeout=60, what=what)
+    return base
+
+
 def answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
@@ -85,17 +101,8 @@ def test_serve_refuses_a_public_address_without_a_configured_token(store: str) -
 def test_serve_with_a_configured_token_guards_mutations(
     store: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    port = free_port()
     log = tmp_path / "serve.log"
-    processes.append(
-        start(
-            ferryman("serve", "--port", str(port), store=store),
-            environment(FERRYMAN_API_TOKEN=TOKEN),
-            log,
-        )
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: answers(f"{base}/api/summary"), timeout=60, what="ferryman serve")
+    base = serving(processes, ["serve"], store, environment(FERRYMAN_API_TOKEN=TOKEN), log)
     pause = f"{base}/api/sensors/numbers/pause"
     assert httpx.post(pause).status_code == 401
     assert httpx.post(pause, headers={"Authorization": "Bearer wrong"}).status_code == 403
@@ -109,16 +116,13 @@ def test_serve_with_a_configured_token_guards_mutations(
 def test_serve_read_only_refuses_every_change(
     store: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    port = free_port()
-    processes.append(
-        start(
-            ferryman("serve", "--port", str(port), "--read-only", store=store),
-            environment(FERRYMAN_API_TOKEN=TOKEN),
-            tmp_path / "serve.log",
-        )
+    base = serving(
+        processes,
+        ["serve", "--read-only"],
+        store,
+        environment(FERRYMAN_API_TOKEN=TOKEN),
+        tmp_path / "serve.log",
     )
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: answers(f"{base}/api/summary"), timeout=60, what="ferryman serve")
     refused = httpx.post(
         f"{base}/api/sensors/numbers/pause", headers={"Authorization": f"Bearer {TOKEN}"}
     )
@@ -128,11 +132,8 @@ def test_serve_read_only_refuses_every_change(
 def test_run_serves_the_api_beside_the_daemon_with_a_printed_token(
     store: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    port = free_port()
     log = tmp_path / "run.log"
-    processes.append(start(ferryman("run", "--port", str(port), store=store), environment(), log))
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: answers(f"{base}/api/summary"), timeout=60, what="ferryman run --serve")
+    base = serving(processes, ["run"], store, environment(), log)
     printed = wait_until(
         lambda: re.search(r"API token \(set FERRYMAN_API_TOKEN[^)]*\): (\S+)", log.read_text()),
         what="the generated token on stderr",
@@ -225,16 +226,13 @@ def test_run_on_a_taken_port_warns_and_goes_on_without_pages(
 def test_run_read_only_serves_pages_but_refuses_changes(
     store: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    port = free_port()
-    processes.append(
-        start(
-            ferryman("run", "--port", str(port), "--read-only", store=store),
-            environment(FERRYMAN_API_TOKEN=TOKEN),
-            tmp_path / "run.log",
-        )
+    base = serving(
+        processes,
+        ["run", "--read-only"],
+        store,
+        environment(FERRYMAN_API_TOKEN=TOKEN),
+        tmp_path / "run.log",
     )
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: answers(f"{base}/api/summary"), timeout=60, what="ferryman run --read-only")
     headers = {"Authorization": f"Bearer {TOKEN}"}
     refused = httpx.post(f"{base}/api/sensors/numbers/pause", headers=headers)
     assert refused.status_code == 403 and "read-only" in refused.json()["detail"]
