@@ -134,21 +134,33 @@ class TransferQueries:
         now = self.now(conn)
         if run_lease is not None:
             self._check_run(conn, run_lease, now)
-        found = self._active(conn, new.bucket, new.key)
-        if found is None:
-            transfer_id, token = self._insert(conn, new, owner, lease_seconds, now), 1
-            created = True
+        # Two openers may both find no active transfer (PostgreSQL). The
+        # partial unique index lets one insert; the other's insert does nothing,
+        # and its next SELECT (READ COMMITTED: a fresh snapshot per statement)
+        # finds the winner's row and judges it like any other.
+        for _ in range(3):
+            found = self._active(conn, new.bucket, new.key)
+            if found is not None:
+                transfer_id, token = self._take_over(
+                    conn,
+                    found,
+                    new,
+                    owner=owner,
+                    lease_seconds=lease_seconds,
+                    now=now,
+                    may_take_over=may_take_over,
+                )
+                created = False
+                break
+            inserted = self._insert(conn, new, owner, lease_seconds, now)
+            if inserted is not None:
+                transfer_id, token, created = inserted, 1, True
+                break
         else:
-            transfer_id, token = self._take_over(
-                conn,
-                found,
-                new,
-                owner=owner,
-                lease_seconds=lease_seconds,
-                now=now,
-                may_take_over=may_take_over,
+            raise TransferConflict(
+                f"s3://{new.bucket}/{new.key} is being uploaded by another process "
+                "that started at the same moment; run again once it stops"
             )
-            created = False
         transfer = self.get(conn, transfer_id)
         assert transfer is not None
         return OpenedTransfer(
@@ -177,10 +189,10 @@ class TransferQueries:
 
     def _insert(
         self, conn: sa.Connection, new: NewTransfer, owner: str, lease_seconds: float, now: float
-    ) -> int:
-        """A new active transfer's id."""
+    ) -> int | None:
+        """A new active transfer's id; None if another opener's row holds the object."""
         inserted = conn.execute(
-            transfers.insert()
+            self.backend.insert(transfers)
             .values(
                 source_path=new.source_path,
                 bucket=new.bucket,
@@ -199,9 +211,16 @@ class TransferQueries:
                 created_at=now,
                 updated_at=now,
             )
+            # PostgreSQL waits here for a concurrent opener's transaction and
+            # then skips the row instead of raising a unique violation. The
+            # predicate is spelled as in the index, so that it is inferred.
+            .on_conflict_do_nothing(
+                index_elements=[transfers.c.bucket, transfers.c.key],
+                index_where=sa.text("status = 'active'"),
+            )
             .returning(transfers.c.id)
-        ).scalar_one()
-        return int(inserted)
+        ).scalar_one_or_none()
+        return None if inserted is None else int(inserted)
 
     def _take_over(
         self,
