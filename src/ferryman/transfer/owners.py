@@ -9,8 +9,9 @@ still running here are kept in :data:`_live`, so a call that returned (or
 raised) is known to be over without waiting for its lease.
 
 Thread: :class:`Hold` renews a held transfer's lease on
-``ferryman-transfer-<id>-lease``; a refused renewal is kept in ``Hold.lost``,
-which the upload raises.
+``ferryman-transfer-<id>-lease``. It never dies silently: a refused renewal,
+a lease that could not be renewed for its whole length, or a crash of the
+thread itself is logged and kept in ``Hold.lost``, which the upload raises.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-from ferryman.errors import FerrymanError, LeaseLost, TransferConflict
+from ferryman.errors import FerrymanError, LeaseLost, StoreError, TransferConflict
 from ferryman.model import Transfer
 from ferryman.store import Store, TransferFence
 
@@ -93,8 +95,11 @@ class Hold:
 
     Inside the block a thread renews the lease every third of its length.
     A refused renewal (the transfer taken over, the run's lease lost) ends
-    the hold at once; the upload checks :attr:`lost` between parts and
-    raises it.
+    the hold at once. A store error is logged and retried at the next beat;
+    once renewals have failed for a whole lease another call may take the
+    transfer over, so the hold ends with that error. Any other exception is a
+    fault of the thread itself: logged and kept, never swallowed. The upload
+    checks :attr:`lost` between parts and raises it.
 
     Leaving the block by an exception (the call stopped short), a transfer
     still active is released, so the next call resumes it now rather than
@@ -140,14 +145,32 @@ class Hold:
         self._thread.join()
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
+        interval = self.lease_seconds / 3
+        renewed = time.monotonic()
+        while not self._stop.wait(interval):
             try:
                 self.store.renew_transfer(self.fence, self.lease_seconds)
+                renewed = time.monotonic()
             except (LeaseLost, TransferConflict) as exc:
                 self.lost = exc
                 return
-            except Exception:  # a store hiccup: the next renewal (or part) tries again
-                self.log.warning("renewing the transfer's lease failed", exc_info=True)
+            except StoreError as exc:
+                failing = time.monotonic() - renewed
+                if failing < self.lease_seconds:
+                    self.log.warning("renewing the transfer's lease failed, retrying: %s", exc)
+                    continue
+                self.log.error(
+                    "transfer %d: its lease could not be renewed for %.0fs; stopping: %s",
+                    self.fence.transfer_id,
+                    failing,
+                    exc,
+                )
+                self.lost = exc
+                return
+            except Exception as exc:
+                self.log.exception("the transfer's lease heartbeat crashed")
+                self.lost = exc
+                return
 
     def _release(self) -> None:
         # A failure here only costs the next call a wait for the lease: logged, not raised.
