@@ -171,7 +171,7 @@ def test_a_live_owner_is_not_taken_over(
         with store.write("test: hand the transfer to another host") as conn:
             conn.exec_driver_sql(
                 "UPDATE ferryman_transfers SET owner = 'elsewhere:1', "
-                "lease_expires_at = lease_expires_at + 3600 WHERE id = ?",
+                "lease_expires_at = updated_at + 3600 WHERE id = ?",
                 (before.id,),
             )
         with pytest.raises(fm.TransferConflict, match="being uploaded by elsewhere:1"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import ferryman as fm
 from ferryman.store import ConfirmedPart, NewTransfer, Store
 from ferryman.store.transfers import TransferFence
+from ferryman.transfer.owners import owner_is_gone, upload_call
 
 
 def new(run_id: int | None = None, path: str = "/data/a.bin") -> NewTransfer:
@@ -116,3 +119,73 @@ def test_inside_a_job_part_records_are_fenced_by_the_run_lease(make_app: type[fm
     stale = TransferFence(opened.fence.transfer_id, resumed.fence.token, claimed.lease)
     with pytest.raises(fm.LeaseLost):
         store.confirm_part(stale, part(3), 30)
+
+
+def test_a_transfer_belongs_to_one_upload_call_of_one_run_attempt(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    app.job(name="ship")(lambda ctx, payload: None)
+    app.submit("ship", fm.RunRequest("v1"), fm.RunRequest("v2"))
+    store = app.store
+    first_run, second_run = sorted(
+        store.claim(worker_id="host:1:w", jobs=["ship"], limit=2, lease_seconds=30),
+        key=lambda run: run.run_key,
+    )
+
+    def open_for(run: Any, owner: str) -> Any:
+        return store.open_transfer(
+            new(run_id=run.id),
+            owner=owner,
+            lease_seconds=30,
+            run_lease=run.lease,
+            may_take_over=owner_is_gone,
+        )
+
+    with upload_call() as first_owner:
+        first = open_for(first_run, first_owner)
+        store.confirm_part(first.fence, part(1), 30)
+        with (
+            upload_call() as second_owner,
+            pytest.raises(fm.TransferConflict, match=f"by {first_owner} for run {first_run.id}"),
+        ):
+            open_for(second_run, second_owner)
+        # Refused without touching the holder: its lease and transfer go on.
+        assert store.renew([first_run.lease], 30) == set()  # nothing lost
+        store.confirm_part(first.fence, part(2), 30)
+    # That call returned without finishing: the next one takes over and resumes.
+    with upload_call() as third_owner:
+        resumed = open_for(second_run, third_owner)
+    assert not resumed.created and resumed.fence.token == first.fence.token + 1
+    assert [p.part_number for p in resumed.parts] == [1, 2]
+    # The first run's lease is intact; only its transfer moved on.
+    with pytest.raises(fm.TransferConflict, match="taken over by another upload"):
+        store.confirm_part(first.fence, part(3), 30)
+    assert store.renew([first_run.lease], 30) == set()  # nothing lost
+
+
+def test_an_upload_that_stops_short_releases_its_transfer_at_once(store_url: str) -> None:
+    store = Store(store_url, create=True)
+    try:
+
+        def open_as(owner: str) -> Any:
+            return store.open_transfer(
+                new(),
+                owner=owner,
+                lease_seconds=3600,
+                run_lease=None,
+                may_take_over=owner_is_gone,
+            )
+
+        held = open_as("elsewhere:1/1")  # a live call on another host, an hour's lease
+        with upload_call() as owner:
+            with pytest.raises(fm.TransferConflict, match="being uploaded by elsewhere:1/1"):
+                open_as(owner)
+            assert store.release_transfer(held.fence)
+            taken = open_as(owner)
+        assert taken.fence.token == held.fence.token + 1
+        assert not store.release_transfer(held.fence)  # the old call's release takes nothing
+        with pytest.raises(fm.TransferConflict):
+            store.renew_transfer(held.fence, 30)
+    finally:
+        store.close()

@@ -334,6 +334,10 @@ class Store:
         with self.write("renewing a transfer") as conn:
             self.transfers.renew(conn, fence, lease_seconds)
 
+    def release_transfer(self, fence: TransferFence) -> bool:
+        with self.write("releasing a transfer") as conn:
+            return self.transfers.release(conn, fence)
+
     def set_transfer_upload(
         self, fence: TransferFence, upload_id: str | None, part_size: int
     ) -> None:

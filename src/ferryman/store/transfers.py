@@ -3,7 +3,7 @@
 Every write a transfer makes is *fenced* twice over:
 
 * by the transfer's ``owner_token``: whoever opens (takes over) a transfer
-  increments it, so a process that lost the transfer to another matches no
+  increments it, so an upload that lost the transfer to another matches no
   row and its write is refused with :class:`~ferryman.TransferConflict`;
 * inside a job, also by the run's ``lease_token``: the run row is touched
   with the same condition a checkpoint uses, in the same transaction, so a
@@ -87,7 +87,12 @@ class TransferQueries:
     # -- fencing -------------------------------------------------------------
 
     def _fenced(self, conn: sa.Connection, fence: TransferFence, now: float, **values: Any) -> None:
-        """Update the transfer row under ``fence`` or raise; nothing is written on refusal."""
+        """Update the transfer row under ``fence`` or raise; nothing is written on refusal.
+
+        The run's lease is checked first, so :class:`~ferryman.LeaseLost` means
+        just that; a run whose lease is intact but whose transfer was taken
+        over (or finished) by another upload gets :class:`~ferryman.TransferConflict`.
+        """
         if fence.run_lease is not None:
             self._check_run(conn, fence.run_lease, now)
         matched = conn.execute(
@@ -100,10 +105,8 @@ class TransferQueries:
             .values(updated_at=now, **values)
         ).rowcount
         if matched != 1:
-            if fence.run_lease is not None:
-                raise LeaseLost(fence.run_lease.run_id, fence.run_lease.token)
             raise TransferConflict(
-                f"transfer {fence.transfer_id} was taken over by another process "
+                f"transfer {fence.transfer_id} was taken over by another upload "
                 f"(or finished) while this one held token {fence.token}"
             )
 
@@ -123,78 +126,41 @@ class TransferQueries:
 
         An active transfer of the same object from another source path is a
         conflict (one object, one writer). One from the same path is taken
-        over (``owner_token`` + 1) when it belongs to the same run, or when
-        ``may_take_over(transfer, now)`` says its owner is gone.
+        over (``owner_token`` + 1) when it belongs to the same run — whose
+        lease the caller holds, so any earlier attempt is over — or when
+        ``may_take_over(transfer, now)`` says its owner is gone; otherwise
+        :class:`~ferryman.TransferConflict`.
         """
         now = self.now(conn)
-        found = (
-            conn.execute(
-                sa.select(transfers)
-                .where(
-                    transfers.c.bucket == new.bucket,
-                    transfers.c.key == new.key,
-                    transfers.c.status == ACTIVE,
-                )
-                .with_for_update()
-            )
-            .mappings()
-            .one_or_none()
-        )
         if run_lease is not None:
             self._check_run(conn, run_lease, now)
-        if found is None:
-            token = 1
-            transfer_id = conn.execute(
-                transfers.insert()
-                .values(
-                    source_path=new.source_path,
-                    bucket=new.bucket,
-                    key=new.key,
-                    status=ACTIVE,
-                    follow=new.follow,
-                    part_size=new.part_size,
-                    source_size=new.source_size,
-                    source_mtime=new.source_mtime,
-                    user_metadata=new.user_metadata_json,
-                    sidecar_key=new.sidecar_key,
-                    run_id=new.run_id,
+        # Two openers may both find no active transfer (PostgreSQL). The
+        # partial unique index lets one insert; the other's insert does nothing,
+        # and its next SELECT (READ COMMITTED: a fresh snapshot per statement)
+        # finds the winner's row and judges it like any other.
+        for _ in range(3):
+            found = self._active(conn, new.bucket, new.key)
+            if found is not None:
+                transfer_id, token = self._take_over(
+                    conn,
+                    found,
+                    new,
                     owner=owner,
-                    owner_token=token,
-                    lease_expires_at=now + lease_seconds,
-                    created_at=now,
-                    updated_at=now,
+                    lease_seconds=lease_seconds,
+                    now=now,
+                    may_take_over=may_take_over,
                 )
-                .returning(transfers.c.id)
-            ).scalar_one()
-            created = True
+                created = False
+                break
+            inserted = self._insert(conn, new, owner, lease_seconds, now)
+            if inserted is not None:
+                transfer_id, token, created = inserted, 1, True
+                break
         else:
-            existing = records.transfer_from_row(found)
-            if existing.source_path != new.source_path:
-                raise ConfigurationError(
-                    f"{existing.uri} is already being uploaded by transfer {existing.id} "
-                    f"from {existing.source_path}; one object has one writer"
-                )
-            same_run = new.run_id is not None and existing.run_id == new.run_id
-            if not same_run and not may_take_over(existing, now):
-                raise TransferConflict(
-                    f"transfer {existing.id} of {existing.source_path} to {existing.uri} is "
-                    f"being uploaded by {existing.owner}; run again once it stops"
-                )
-            transfer_id = existing.id
-            token = existing.owner_token + 1
-            conn.execute(
-                transfers.update()
-                .where(transfers.c.id == transfer_id)
-                .values(
-                    owner=owner,
-                    owner_token=token,
-                    run_id=new.run_id if new.run_id is not None else existing.run_id,
-                    lease_expires_at=now + lease_seconds,
-                    resumes=transfers.c.resumes + 1,
-                    updated_at=now,
-                )
+            raise TransferConflict(
+                f"s3://{new.bucket}/{new.key} is being uploaded by another process "
+                "that started at the same moment; run again once it stops"
             )
-            created = False
         transfer = self.get(conn, transfer_id)
         assert transfer is not None
         return OpenedTransfer(
@@ -203,6 +169,97 @@ class TransferQueries:
             fence=TransferFence(transfer_id, token, run_lease),
             created=created,
         )
+
+    def _active(self, conn: sa.Connection, bucket: str, key: str) -> Transfer | None:
+        """The object's active transfer, locked for this transaction."""
+        row = (
+            conn.execute(
+                sa.select(transfers)
+                .where(
+                    transfers.c.bucket == bucket,
+                    transfers.c.key == key,
+                    transfers.c.status == ACTIVE,
+                )
+                .with_for_update()
+            )
+            .mappings()
+            .one_or_none()
+        )
+        return None if row is None else records.transfer_from_row(row)
+
+    def _insert(
+        self, conn: sa.Connection, new: NewTransfer, owner: str, lease_seconds: float, now: float
+    ) -> int | None:
+        """A new active transfer's id; None if another opener's row holds the object."""
+        inserted = conn.execute(
+            self.backend.insert(transfers)
+            .values(
+                source_path=new.source_path,
+                bucket=new.bucket,
+                key=new.key,
+                status=ACTIVE,
+                follow=new.follow,
+                part_size=new.part_size,
+                source_size=new.source_size,
+                source_mtime=new.source_mtime,
+                user_metadata=new.user_metadata_json,
+                sidecar_key=new.sidecar_key,
+                run_id=new.run_id,
+                owner=owner,
+                owner_token=1,
+                lease_expires_at=now + lease_seconds,
+                created_at=now,
+                updated_at=now,
+            )
+            # PostgreSQL waits here for a concurrent opener's transaction and
+            # then skips the row instead of raising a unique violation. The
+            # predicate is spelled as in the index, so that it is inferred.
+            .on_conflict_do_nothing(
+                index_elements=[transfers.c.bucket, transfers.c.key],
+                index_where=sa.text("status = 'active'"),
+            )
+            .returning(transfers.c.id)
+        ).scalar_one_or_none()
+        return None if inserted is None else int(inserted)
+
+    def _take_over(
+        self,
+        conn: sa.Connection,
+        existing: Transfer,
+        new: NewTransfer,
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        may_take_over: Callable[[Transfer, float], bool],
+    ) -> tuple[int, int]:
+        """Take ``existing`` over for ``owner`` (its id and new token), or raise."""
+        if existing.source_path != new.source_path:
+            raise ConfigurationError(
+                f"{existing.uri} is already being uploaded by transfer {existing.id} "
+                f"from {existing.source_path}; one object has one writer"
+            )
+        same_run = new.run_id is not None and existing.run_id == new.run_id
+        if not same_run and not may_take_over(existing, now):
+            holder = "" if existing.run_id is None else f" for run {existing.run_id}"
+            raise TransferConflict(
+                f"transfer {existing.id} of {existing.source_path} to {existing.uri} is "
+                f"being uploaded by {existing.owner}{holder}; run again once it stops"
+            )
+        token = existing.owner_token + 1
+        conn.execute(
+            transfers.update()
+            .where(transfers.c.id == existing.id)
+            .values(
+                owner=owner,
+                owner_token=token,
+                run_id=new.run_id if new.run_id is not None else existing.run_id,
+                lease_expires_at=now + lease_seconds,
+                resumes=transfers.c.resumes + 1,
+                updated_at=now,
+            )
+        )
+        return existing.id, token
 
     def _check_run(self, conn: sa.Connection, lease: Lease, now: float) -> None:
         """Touch the run under its lease, as a checkpoint does, or raise LeaseLost."""
@@ -223,6 +280,25 @@ class TransferQueries:
     def renew(self, conn: sa.Connection, fence: TransferFence, lease_seconds: float) -> None:
         now = self.now(conn)
         self._fenced(conn, fence, now, lease_expires_at=now + lease_seconds)
+
+    def release(self, conn: sa.Connection, fence: TransferFence) -> bool:
+        """End the lease of an upload call that stopped short: the next one may take over now.
+
+        No lease (NULL) means no holder. Fenced by the transfer's token alone:
+        giving up a lease takes no right the caller might have lost. False if
+        the transfer had already moved on.
+        """
+        return bool(
+            conn.execute(
+                transfers.update()
+                .where(
+                    transfers.c.id == fence.transfer_id,
+                    transfers.c.owner_token == fence.token,
+                    transfers.c.status == ACTIVE,
+                )
+                .values(lease_expires_at=None, updated_at=self.backend.now)
+            ).rowcount
+        )
 
     def set_upload(
         self, conn: sa.Connection, fence: TransferFence, upload_id: str | None, part_size: int

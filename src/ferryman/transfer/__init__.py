@@ -15,8 +15,11 @@ Guarantees (see docs/guarantees.md):
   show the file's size and S3's composite SHA-256 of the parts (or, where a
   server lists none, the multipart ETag). The file's own SHA-256 is recorded
   and written to the optional JSON sidecar — only after verification.
-* **Fenced.** Inside a job every write is fenced by the run's lease; alone,
-  by the transfer's owner token (a re-run takes over from a dead process).
+* **Fenced.** One upload call holds a transfer at a time (inside a job, one
+  attempt of its run): every write is fenced by the transfer's owner token
+  and, inside a job, by the run's lease. Another call of the same object is
+  refused until the holder is gone (returned, dead, or its lease expired),
+  then takes the transfer over and resumes it.
 """
 
 from __future__ import annotations
@@ -118,14 +121,19 @@ def upload(
     are fenced by the run's lease (:class:`~ferryman.LeaseLost` once lost)
     and a retried run resumes it. Alone, the state goes to ``store`` (a URL,
     :class:`~ferryman.App` or Store), else ``FERRYMAN_STORE``, else
-    ``sqlite:///ferryman.db``. S3 settings come from the standard AWS
-    environment (``AWS_ENDPOINT_URL``, profiles ...) unless ``client`` is
-    given; transient S3 errors are retried ``retries`` times with a
-    deterministic ``backoff``.
+    ``sqlite:///ferryman.db``. While another upload (another run, another
+    process) holds the object, the call raises
+    :class:`~ferryman.TransferConflict` and changes nothing; in a job that
+    is an ordinary failure of the attempt, retried after the job's backoff.
+    S3 settings come from the standard AWS environment
+    (``AWS_ENDPOINT_URL``, profiles ...) unless ``client`` is given;
+    transient S3 errors are retried ``retries`` times with a deterministic
+    ``backoff``.
 
     Raises :class:`~ferryman.TransferFailed` (recorded ``failed``, upload
     aborted), :class:`~ferryman.S3Error` / :class:`~ferryman.S3Unavailable`
-    (nothing lost: run again to resume), :class:`~ferryman.TransferConflict`,
+    (nothing lost: run again to resume), :class:`~ferryman.TransferConflict`
+    (another upload holds the object: run again once it stops),
     :class:`~ferryman.ConfigurationError` for bad arguments or a missing file.
     """
     bucket, key = parse_s3_url(url)

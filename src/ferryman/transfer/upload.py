@@ -28,9 +28,7 @@ from typing import Any, Literal, NoReturn
 
 from ferryman.errors import (
     ConfigurationError,
-    LeaseLost,
     S3Error,
-    TransferConflict,
     TransferFailed,
 )
 from ferryman.model import Transfer, TransferPart, TransferStatus
@@ -43,7 +41,7 @@ from ferryman.transfer.objects import (
     sidecar_document,
     verify_head,
 )
-from ferryman.transfer.owners import owner_id, owner_is_gone
+from ferryman.transfer.owners import Hold, owner_is_gone, upload_call
 from ferryman.transfer.progress import Progress, ProgressCounter
 from ferryman.transfer.resume import (
     S3Parts,
@@ -113,8 +111,6 @@ class Uploader:
             log, {"source": str(path), "object": f"s3://{bucket}/{key}", "run_id": run_id}
         )
         self.counter = ProgressCounter(progress)
-        self._stop = threading.Event()
-        self._lost: BaseException | None = None
 
     # -- the whole transfer --------------------------------------------------
 
@@ -135,14 +131,25 @@ class Uploader:
             return done  # this very file is already there, verified
         if stat is None and (done is None or done.status is not TransferStatus.ACTIVE):
             raise ConfigurationError(f"source file {self.path} does not exist")
+        with upload_call() as owner:
+            transfer = self._open(owner, stat)
+            with Hold(self.store, self.fence, self.options.lease_seconds, self.log) as self.hold:
+                for _ in range(3):  # a restart after a source change, at most twice
+                    try:
+                        return self._upload(transfer)
+                    except _Restart:
+                        transfer = self._fresh_upload(transfer)
+                self._fail(transfer, "source_changed", f"{self.path} kept changing during upload")
+
+    def _open(self, owner: str, stat: os.stat_result | None) -> Transfer:
+        """Create the transfer, or take over the object's active one to resume it."""
         size = stat.st_size if stat is not None else 0
-        part_size = choose_part_size(size, self.options.part_size)
         opened = self.store.open_transfer(
             NewTransfer(
                 source_path=str(self.path),
                 bucket=self.bucket,
                 key=self.key,
-                part_size=part_size,
+                part_size=choose_part_size(size, self.options.part_size),
                 follow=self.options.follow,
                 source_size=size,
                 source_mtime=stat.st_mtime if stat is not None else 0.0,
@@ -152,7 +159,7 @@ class Uploader:
                 sidecar_key=self.sidecar_key,
                 run_id=self.run_id,
             ),
-            owner=owner_id(),
+            owner=owner,
             lease_seconds=self.options.lease_seconds,
             run_lease=self.run_lease,
             may_take_over=owner_is_gone,
@@ -170,20 +177,7 @@ class Uploader:
                 format_size(transfer.bytes_confirmed),
                 transfer.parts_confirmed,
             )
-        heartbeat = threading.Thread(
-            target=self._heartbeat, name=f"ferryman-transfer-{transfer.id}-lease", daemon=True
-        )
-        heartbeat.start()
-        try:
-            for _ in range(3):  # a restart after a source change, at most twice
-                try:
-                    return self._upload(transfer)
-                except _Restart:
-                    transfer = self._fresh_upload(transfer)
-            self._fail(transfer, "source_changed", f"{self.path} kept changing during upload")
-        finally:
-            self._stop.set()
-            heartbeat.join()
+        return transfer
 
     def _object_etag(self) -> str | None:
         try:
@@ -193,16 +187,6 @@ class Uploader:
                 return None
             raise
         return str(head.get("ETag", "")).strip('"')
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.options.lease_seconds / 3):
-            try:
-                self.store.renew_transfer(self.fence, self.options.lease_seconds)
-            except (LeaseLost, TransferConflict) as exc:
-                self._lost = exc
-                return
-            except Exception:  # a store hiccup: the next renewal (or part) tries again
-                self.log.warning("renewing the transfer's lease failed", exc_info=True)
 
     def _upload(self, transfer: Transfer) -> Transfer:
         if transfer.etag is not None:  # completed and verified before a crash
@@ -215,15 +199,7 @@ class Uploader:
                 self._abort_strays()
             if stat.st_size == 0 and not self.options.follow:
                 return self._put_empty(transfer)
-            created = self.s3(
-                "create_multipart_upload",
-                self.key,
-                Bucket=self.bucket,
-                Key=self.key,
-                ChecksumAlgorithm="SHA256",
-            )
-            # A crash right here leaves an upload no transfer owns: `transfers gc` aborts it.
-            self.store.set_transfer_upload(self.fence, created["UploadId"], transfer.part_size)
+            self._new_upload(transfer)
             transfer = self._reload()
             stored: list[TransferPart] = []
             on_s3: S3Parts = {}
@@ -306,6 +282,7 @@ class Uploader:
             Key=self.key,
             ChecksumAlgorithm="SHA256",
         )
+        # A crash right here leaves an upload no transfer owns: `transfers gc` aborts it.
         self.store.set_transfer_upload(self.fence, created["UploadId"], transfer.part_size)
 
     def _fresh_upload(self, transfer: Transfer) -> Transfer:
@@ -440,8 +417,8 @@ class Uploader:
         data = box.pop()
         released = False
         try:
-            if self._lost is not None:
-                raise self._lost
+            if self.hold.lost is not None:
+                raise self.hold.lost
             checksum = sha256_b64(data)
             size = len(data)
             self.log.debug("sending part %d (%d B)", number, size)
@@ -501,8 +478,8 @@ class Uploader:
             )
 
     def _raise_if_lost(self, futures: list[Future[None]]) -> None:
-        if self._lost is not None:
-            raise self._lost
+        if self.hold.lost is not None:
+            raise self.hold.lost
         for future in futures:
             error = future.exception() if future.done() else None
             if error is not None:
@@ -599,7 +576,7 @@ class Uploader:
         self, transfer: Transfer, reason: str, detail: str, *, abort: bool = True
     ) -> NoReturn:
         """Record the failure, abort the multipart upload, raise :class:`TransferFailed`."""
-        self._stop.set()
+        self.hold.stop()
         if abort:
             self._abort(self._reload().upload_id)
         self.store.finish_transfer(
