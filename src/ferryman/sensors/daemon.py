@@ -163,18 +163,22 @@ class SensorDaemon:
         return max(wait, 0.0)
 
     def _evaluate(self, definition: SensorDefinition) -> None:
+        # Whatever escapes the engine means not even a failed evaluation was
+        # recorded, so the sensor's schedule did not move: its slot is held for
+        # a while, or it would be due again at once and fail in a loop.
         fields = {"sensor": definition.name}
         try:
             self.engine.evaluate(definition)
             self._crashed_in_a_row.pop(definition.name, None)
-        except StoreError as exc:  # the loop's own store backoff applies
-            log.warning("evaluation could not be recorded: %s", exc, extra=fields)
+        except StoreError as exc:  # the store answers reads but refuses writes
+            crashes = self._count_crash(definition.name)
+            delay = min(RESTART_MAX_DELAY, 0.2 * 2**crashes)
+            log.warning(
+                "evaluation could not be recorded, next try in %.1fs: %s", delay, exc, extra=fields
+            )
+            self._stopping.wait(delay)
         except Exception:
-            # Not even a failed evaluation could be recorded, so the sensor's
-            # schedule did not move: hold its slot for its backoff, or it would
-            # be due again at once and crash in a loop.
-            crashes = self._crashed_in_a_row.get(definition.name, 0) + 1
-            self._crashed_in_a_row[definition.name] = crashes
+            crashes = self._count_crash(definition.name)
             delay = max(MIN_CRASH_DELAY, definition.backoff.delay(crashes, key=definition.name))
             log.exception(
                 "evaluation crashed (%d in a row); next try in %.1fs", crashes, delay, extra=fields
@@ -184,6 +188,11 @@ class SensorDaemon:
             with self._lock:
                 self._in_flight.pop(definition.name, None)
             self._wake.set()
+
+    def _count_crash(self, name: str) -> int:
+        crashes = self._crashed_in_a_row.get(name, 0) + 1
+        self._crashed_in_a_row[name] = crashes
+        return crashes
 
     def _maybe_prune(self) -> None:
         if time.monotonic() < self._next_prune:
