@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -25,3 +27,17 @@ def wait_until(condition: Callable[[], T], *, timeout: float = 30.0, what: str =
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def incompressible(length: int) -> str:
+    """A text of ``length`` characters that no compression shrinks (the same every time).
+
+    A long key of one repeated letter would be compressed by PostgreSQL to a
+    few bytes and slip under any index size limit a real key runs into.
+    """
+    blocks = []
+    digest = b"ferryman"
+    while sum(map(len, blocks)) < length:
+        digest = hashlib.sha256(digest).digest()
+        blocks.append(base64.b32encode(digest).decode().rstrip("="))
+    return "".join(blocks)[:length]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
@@ -36,7 +38,7 @@ from ferryman.sensors.registry import (
     define_sensor,
 )
 from ferryman.store import NewRun, Store
-from ferryman.store.records import to_json
+from ferryman.store.records import shown_key, to_json
 from ferryman.worker.context import JobContext
 from ferryman.worker.processes import run_processes
 from ferryman.worker.worker import JobDefinition, Worker, WorkReport
@@ -44,6 +46,7 @@ from ferryman.worker.worker import JobDefinition, Worker, WorkReport
 log = logging.getLogger("ferryman")
 
 DEFAULT_STORE = "sqlite:///ferryman.db"
+DEFAULT_DELIVERY_RETENTION = timedelta(days=7)
 JobFunction = Callable[[JobContext, Any], Any]
 F = TypeVar("F", bound=JobFunction)
 S = TypeVar("S", bound=SensorFunction)
@@ -63,9 +66,15 @@ class App:
     ``evaluation_retention`` is how many evaluations of each sensor are kept
     (the newest); ``ferryman run`` prunes older ones now and then, and
     :meth:`prune_evaluations` does it on demand. ``None`` keeps everything.
-    Pruning never touches a sensor's state. A push message whose evaluation
-    was pruned is no longer recognised as a redelivery (its runs still are,
-    by run_key), so keep at least as many as can be redelivered.
+    Pruning never touches a sensor's state.
+
+    ``delivery_retention`` is how long a delivered push message is
+    remembered (a :class:`~datetime.timedelta` or seconds; seven days by
+    default, ``None`` for ever): a redelivery within it writes nothing and
+    returns the first evaluation, which is kept as long as the delivery. Past
+    it the message is evaluated again, though its runs are still deduplicated
+    by run_key. ``ferryman run`` forgets older deliveries now and then, and
+    :meth:`prune_deliveries` (or :meth:`prune_evaluations`) does it on demand.
     """
 
     def __init__(
@@ -75,6 +84,7 @@ class App:
         lease_seconds: float = 30.0,
         create: bool | None = None,
         evaluation_retention: int | None = 10_000,
+        delivery_retention: timedelta | float | None = DEFAULT_DELIVERY_RETENTION,
     ) -> None:
         if lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be positive, got {lease_seconds}")
@@ -89,8 +99,16 @@ class App:
         self._store_lock = threading.Lock()
         self._jobs: dict[str, JobDefinition] = {}
         self.evaluation_retention = evaluation_retention
+        self.delivery_retention = _retention(delivery_retention)
         self._sensors: dict[str, SensorDefinition] = {}
-        self._sensor_engine = SensorEngine(lambda: self.store, self._sensors, self._new_runs)
+        self._sensor_engine = SensorEngine(
+            lambda: self.store,
+            self._sensors,
+            self._new_runs,
+            delivery_retention=(
+                None if self.delivery_retention is None else self.delivery_retention.total_seconds()
+            ),
+        )
 
     # -- store ---------------------------------------------------------------
 
@@ -270,7 +288,9 @@ class App:
         thousand). With ``conn``, they are written in the caller's own
         transaction on the store database and commit or roll back with it.
         A request with a payload that is not JSON-serialisable refuses the
-        whole batch before anything is written.
+        whole batch before anything is written, and so does a run_key that
+        cannot be stored exactly (it holds NUL or a lone surrogate); keys of
+        any length are fine.
         """
         new_runs = self._new_runs([(job, request) for request in run_requests])
         return self.store.enqueue(new_runs, conn=conn)
@@ -280,7 +300,8 @@ class App:
         for job, request in requests:
             definition = self._job(request.job or job)
             payload_json = to_json(
-                request.payload, f"payload of job {definition.name!r} run_key {request.run_key!r}"
+                request.payload,
+                f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
             )
             new_runs.append(
                 NewRun(definition.name, request.run_key, payload_json, definition.max_attempts)
@@ -419,15 +440,18 @@ class App:
         return self._sensor_engine.tick(sensors, force=force)
 
     def ingest(self, sensor: str, message_id: str, payload: Any = None) -> Evaluation:
-        """Deliver a message to a push sensor, exactly once per ``message_id``.
+        """Deliver a message to a push sensor, exactly once per ``(sensor, message_id)``.
 
-        The runs it requests and its evaluation commit together under the
-        unique key ``push:{sensor}:{message_id}``; a redelivery, even a
-        concurrent one from another process, writes nothing and returns the
-        first evaluation. A failed evaluation keeps no key, so delivering the
-        message again retries it. If the store fails, :class:`~ferryman.StoreError`
-        is raised and nothing was recorded: acknowledge a message only once
-        ``ingest`` has returned an ``ok`` evaluation.
+        The runs it requests, its evaluation and its delivery commit together;
+        the delivery is unique by sensor and message id (of any length), so a
+        redelivery within ``delivery_retention``, even a concurrent one from
+        another process, writes nothing and returns the first evaluation. A
+        failed evaluation records no delivery, so delivering the message again
+        retries it. A message id that cannot be stored exactly (NUL, a lone
+        surrogate) is refused with :class:`~ferryman.PayloadError`. If the
+        store fails, :class:`~ferryman.StoreError` is raised and nothing was
+        recorded: acknowledge a message only once ``ingest`` has returned an
+        ``ok`` evaluation.
         """
         return self._sensor_engine.ingest(sensor, message_id, payload)
 
@@ -469,9 +493,21 @@ class App:
 
     def prune_evaluations(self, keep_last: int | None = None) -> int:
         """Delete all but the newest ``keep_last`` (default ``evaluation_retention``)
-        evaluations of each sensor; return how many were deleted."""
+        evaluations of each sensor; return how many were deleted.
+
+        Push deliveries older than ``delivery_retention`` are forgotten first;
+        the evaluation of a delivery still remembered is kept.
+        """
         keep = self.evaluation_retention if keep_last is None else keep_last
-        return 0 if keep is None else self._sensor_engine.prune(keep)
+        return self._sensor_engine.prune(keep)
+
+    def prune_deliveries(self) -> int:
+        """Forget push deliveries older than ``delivery_retention``; return how many.
+
+        A message delivered again after that is evaluated again; its runs are
+        still deduplicated by run_key.
+        """
+        return self._sensor_engine.prune_deliveries()
 
     def run(
         self,
@@ -487,7 +523,8 @@ class App:
 
         Poll sensors are evaluated when due, each on its own thread (at most
         ``sensor_concurrency`` at once); evaluation history is pruned to
-        ``evaluation_retention`` now and then. SIGTERM or SIGINT stop the
+        ``evaluation_retention`` and push deliveries to ``delivery_retention``
+        now and then. SIGTERM or SIGINT stop the
         worker (see :meth:`work`) and then the sensor loop.
 
         With ``resume_transfers``, standalone uploads (``ferryman upload``)
@@ -523,3 +560,15 @@ class App:
             if resumer is not None:
                 # An upload cut short here stays active and resumes next time.
                 resumer.stop(timeout=grace_seconds)
+
+
+def _retention(value: timedelta | float | None) -> timedelta | None:
+    """``delivery_retention`` as a timedelta, or ConfigurationError naming it."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+        raise ConfigurationError(
+            f"delivery_retention must be a finite duration >= 0 (or None), got {value!r}"
+        )
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)

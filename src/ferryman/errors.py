@@ -6,7 +6,7 @@
     ├── ConfigurationError      a wrong argument, URL or name, found before anything is written
     │   ├── UnknownJob          a job name this app has not registered
     │   └── UnknownSensor       a sensor name this app has not registered
-    ├── PayloadError            a payload or checkpoint that is not JSON-serialisable
+    ├── PayloadError            a payload that is not JSON, or a key that cannot be stored
     ├── StoreError              the store database failed; the driver error is the ``__cause__``
     │   ├── StoreUnavailable    the database cannot be reached
     │   └── SchemaMismatch      the database schema is older or newer than this code
@@ -52,7 +52,8 @@ class UnknownSensor(ConfigurationError):
 
 
 class PayloadError(FerrymanError):
-    """A payload or checkpoint that cannot be stored as JSON. Nothing was written."""
+    """A payload or checkpoint that is not JSON, or a run_key or message_id that cannot
+    be stored exactly (it holds NUL or a lone surrogate). Nothing was written."""
 
 
 class StoreError(FerrymanError):

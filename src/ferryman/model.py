@@ -241,6 +241,7 @@ class Evaluation:
     finished_at: datetime
     run_ids: tuple[int, ...] = ()
     evaluator: str | None = None  # who evaluated: a daemon's host:pid, or who set the cursor
+    message_id: str | None = None  # the message a push evaluation was for
 
 
 class TransferStatus(enum.StrEnum):

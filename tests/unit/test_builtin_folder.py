@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -425,3 +426,109 @@ def test_100k_files_with_100_new_evaluate_from_a_bounded_cursor(
     record_property("evaluation_seconds", round(time.perf_counter() - started, 3))
     assert sorted(names(keys)) == [f"new{index:03d}.csv" for index in range(100)]
     assert sensor.last_report is not None and sensor.last_report.files_matched == 100_100
+
+
+# -- names that are not UTF-8 and deep paths, through the store ---------------------
+
+UNDECODABLE = b"report-\xff\xfe.csv"  # Latin-1 bytes in a name, as a Windows share may hand over
+DEEP_PARTS = ["d" * 200] * 15  # a relative path of some 3 kB, past PostgreSQL's btree limit
+
+
+def undecodable_and_deep_files(inbox: Path) -> Path:
+    write(inbox / "good.csv", "good")
+    with open(os.path.join(os.fsencode(inbox), UNDECODABLE), "w") as handle:
+        handle.write("latin-1 named")
+    deep = inbox.joinpath(*DEEP_PARTS, "deep.csv")
+    write(deep, "deep")
+    return deep
+
+
+def test_undecodable_names_and_deep_paths_are_requested_with_openable_paths(
+    make_app: type[fm.App], inbox: Path, later: Clock
+) -> None:
+    deep = undecodable_and_deep_files(inbox)
+    app = make_app()
+    contents: dict[str, str] = {}
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, Any]) -> None:
+        with open(payload["path"]) as handle:  # the payload's path opens the file as it is
+            contents[ctx.run_key] = handle.read()
+
+    app.poll_sensor(job="load", interval=30, name="incoming")(
+        fm.sensors.folder(inbox, "*.csv", recursive=True, clock=later)
+    )
+    (evaluation,) = app.tick(force=True)
+    assert (evaluation.outcome, evaluation.runs_requested) == (fm.EvaluationOutcome.OK, 3)
+    app.work(until_idle=True, concurrency=1, handle_signals=False)
+    assert sorted(contents.values()) == ["deep", "good", "latin-1 named"]
+    by_content = {text: key for key, text in contents.items()}
+    # The undecodable bytes are spelled \xNN in the run_key, which is marked as escaped.
+    escaped = by_content["latin-1 named"]
+    assert escaped.startswith("report-\\xff\\xfe.csv@") and escaped.endswith(":escaped")
+    assert escaped.isprintable()
+    assert by_content["deep"].startswith(str(deep.relative_to(inbox)) + "@")
+    (latin,) = [run for run in app.get_runs() if run.run_key == escaped]
+    assert os.fsencode(latin.payload["relpath"]) == UNDECODABLE
+    assert {run.status for run in app.get_runs()} == {fm.RunStatus.SUCCEEDED}
+    (again,) = app.tick(force=True)  # each file once
+    assert (again.outcome, again.runs_requested) == (fm.EvaluationOutcome.OK, 0)
+
+
+def test_escaped_run_keys_are_reversible_and_never_collide(inbox: Path, later: Clock) -> None:
+    from ferryman.sensors.builtin.folder import relpath_of
+
+    # Undecodable names, and valid names spelled like their escaped forms.
+    file_names = [
+        UNDECODABLE,
+        b"a\xff.csv",
+        b"a\\xff.csv",
+        b"back\\slash-\xff.csv",
+        b"a\\xff.csv@1:2",
+    ]
+    for name in file_names:
+        with open(os.path.join(os.fsencode(inbox), name), "w") as handle:
+            handle.write("same size")
+    keys = Driver(fm.sensors.folder(inbox, "*.csv*", clock=later)).keys()
+    assert len(set(keys)) == len(file_names)
+    assert all(key.isprintable() for key in keys)
+    assert sorted(relpath_of(key) for key in keys) == sorted(file_names)
+
+
+def test_tick_on_the_command_line_requests_an_undecodable_file_in_one_line(
+    tmp_path: Path, inbox: Path
+) -> None:
+    undecodable_and_deep_files(inbox)
+    module = tmp_path / "undecodable_app.py"
+    module.write_text(
+        textwrap.dedent(
+            f"""
+            import ferryman as fm
+
+            app = fm.App()
+
+            @app.job
+            def load(ctx, payload):
+                pass
+
+            app.poll_sensor(job="load", name="incoming")(
+                fm.sensors.folder({str(inbox)!r}, "*.csv", recursive=True, stable_for=0)
+            )
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    env["PYTHONPATH"] = str(tmp_path)
+    command = [sys.executable, "-m", "ferryman", "--app", "undecodable_app:app"]
+    command += ["--store", f"sqlite:///{tmp_path}/store.db", "tick", "--json"]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    (evaluation,) = json.loads(result.stdout)
+    assert (evaluation["outcome"], evaluation["runs_requested"]) == ("ok", 3)

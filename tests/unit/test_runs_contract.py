@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import ferryman as fm
 from ferryman.store import Store
 from ferryman.worker.context import JobContext
-from tests.helpers import wait_until
+from tests.helpers import incompressible, wait_until
 
 effects = sa.table("effects", sa.column("run_key"), sa.column("attempt"))
 
@@ -113,6 +113,65 @@ def test_large_batch_is_one_call(make_app: type[fm.App]) -> None:
     assert result.created == 2500
     assert len(set(result.run_ids)) == 2500
     assert app.submit("load", *requests).deduplicated == 2500
+
+
+def test_run_keys_up_to_64_kib_are_one_run_each(make_app: type[fm.App]) -> None:
+    app = make_app()
+    seen: list[str] = []
+    base = incompressible(64 * 1024 - 1)  # compressed, a repeated letter would fit
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None:
+        seen.append(ctx.run_key)
+
+    first = app.submit("load", fm.RunRequest(base + "a"), fm.RunRequest(base + "b"))
+    again = app.submit("load", fm.RunRequest(base + "a"))
+    assert (first.created, again.created, again.deduplicated) == (2, 0, 1)
+    assert again.run_ids == first.run_ids[:1]
+    assert sorted(run.run_key for run in app.get_runs()) == [base + "a", base + "b"]
+    app.work(until_idle=True, concurrency=1, handle_signals=False)
+    assert sorted(seen) == [base + "a", base + "b"]  # the job sees its key in full
+
+
+@pytest.mark.parametrize(
+    ("run_key", "problem"), [("a\x00b", "NUL"), ("name-\udcff.csv", "lone surrogate")]
+)
+def test_a_run_key_that_cannot_be_stored_is_refused_naming_it(
+    make_app: type[fm.App], run_key: str, problem: str
+) -> None:
+    app = make_app()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    with pytest.raises(fm.PayloadError, match=f"run_key of job 'load'.*{problem}"):
+        app.submit("load", fm.RunRequest("ok"), fm.RunRequest(run_key))
+    assert app.get_runs() == []  # the whole batch was refused before anything was written
+
+
+def test_texts_with_lone_surrogates_are_stored_and_never_stop_the_worker(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    name = "report-\udcff.csv"  # how Python names an undecodable byte in a file name
+
+    @app.job(max_attempts=2, backoff=fm.Backoff(base=0))
+    def load(ctx: fm.JobContext, payload: dict[str, str]) -> None:
+        assert payload["name"] == name  # payload strings come back exactly
+        raise ValueError(f"cannot parse {payload['name']}\x00")
+
+    @app.job
+    def other(ctx: fm.JobContext, payload: object) -> None: ...
+
+    app.submit("load", fm.RunRequest("r1", {"name": name}))
+    app.submit("other", fm.RunRequest("r2"))
+    report = app.work(until_idle=True, concurrency=2, handle_signals=False)
+    assert report.succeeded == 1
+    (dead,) = app.get_runs(job="load")
+    assert dead.status is fm.RunStatus.DEAD and dead.payload == {"name": name}
+    # Errors are free text: stored with the surrogate and the NUL escaped.
+    assert "ValueError: cannot parse report-\\udcff.csv\\x00" in (dead.last_error or "")
+    assert [run.status for run in app.get_runs(job="other")] == [fm.RunStatus.SUCCEEDED]
 
 
 # -- outcomes ----------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
+from ferryman.sensors import SensorDaemon
 from ferryman.sensors.cursor import UnreadableCursor, decode_cursor, encode_cursor
 from tests.sensor_apps import assert_history_consistent
 
@@ -205,10 +207,6 @@ def test_a_bad_result_fails_the_evaluation_with_a_clear_error(make_app: type[fm.
         (["not", "a", "result"], "returned list, expected ferryman.SensorResult"),
         (fm.SensorResult(cursor=7), "returned a int cursor"),  # type: ignore[arg-type]
         (
-            fm.SensorResult(run_requests=[fm.RunRequest("x", {"at": datetime(2026, 1, 1)})]),
-            "payload of job 'load' run_key 'x' is not JSON-serialisable",
-        ),
-        (
             fm.SensorResult(run_requests=[fm.RunRequest("x", job="elsewhere")]),
             "routed run_key 'x' to job 'elsewhere', which is not among its jobs ['load']",
         ),
@@ -228,6 +226,99 @@ def test_a_bad_result_fails_the_evaluation_with_a_clear_error(make_app: type[fm.
         assert app.get_runs() == []
         state = app.get_sensor("bad")
         assert (state.cursor, state.consecutive_failures) == (None, failures)
+
+
+def test_a_bad_item_is_skipped_with_its_reason_and_the_others_go_on(
+    make_app: type[fm.App],
+) -> None:
+    app = make_sensor_app(make_app)
+
+    @app.poll_sensor(job="load", interval=0, backoff=fm.Backoff(base=0))
+    def items(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
+        return fm.SensorResult(
+            run_requests=[
+                fm.RunRequest("good-1", {"n": 1}),
+                fm.RunRequest("when", {"at": datetime(2026, 1, 1)}),
+                fm.RunRequest("nul\x00key"),
+                fm.RunRequest("nan", {"value": float("nan")}),
+                fm.RunRequest("good-2", {"n": 2}),
+            ],
+            cursor="5",
+            skipped=1,
+        )
+
+    (evaluation,) = app.tick()
+    assert evaluation.outcome is fm.EvaluationOutcome.OK
+    assert run_keys(app) == ["good-1", "good-2"]
+    assert app.get_sensor("items").cursor == "5"
+    assert (evaluation.runs_requested, evaluation.items_skipped) == (2, 4)
+    reasons = evaluation.error or ""
+    assert reasons.startswith("3 run requests skipped")
+    assert "payload of job 'load' run_key 'when' is not JSON-serialisable" in reasons
+    assert "run_key of job 'load'" in reasons and "NUL" in reasons
+    assert "payload of job 'load' run_key 'nan' is not JSON-serialisable" in reasons
+    assert app.get_sensor("items").consecutive_failures == 0
+
+
+def test_an_error_in_ferrymans_own_code_after_the_sensor_is_a_failed_evaluation(
+    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_sensor_app(make_app)
+
+    @app.poll_sensor(job="load", interval=0, backoff=fm.Backoff(base=60))
+    def numbers(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
+        return fm.SensorResult(run_requests=[fm.RunRequest("n1")], cursor="1")
+
+    def broken(commit: object) -> fm.Evaluation:
+        raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(app.store, "commit_poll_evaluation", broken)
+    (evaluation,) = app.tick()
+    assert evaluation.outcome is fm.EvaluationOutcome.FAILED
+    assert "UnicodeEncodeError" in (evaluation.error or "")
+    state = app.get_sensor("numbers")
+    assert (state.cursor, state.consecutive_failures) == (None, 1)
+    assert state.next_evaluation_at is not None and state.last_evaluation_at is not None
+    assert (state.next_evaluation_at - state.last_evaluation_at).total_seconds() > 50
+    assert app.tick() == []  # backing off, not evaluated again at once
+    monkeypatch.undo()
+    (recovered,) = app.tick(force=True)
+    assert recovered.outcome is fm.EvaluationOutcome.OK and run_keys(app) == ["n1"]
+
+
+@pytest.mark.parametrize(
+    ("error", "least_delay"),
+    [(RuntimeError("a bug in recording"), 1.0), (fm.StoreError("disk full"), 0.4)],
+)
+def test_an_evaluation_that_cannot_even_be_recorded_backs_off_in_the_daemon(
+    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch, error: Exception, least_delay: float
+) -> None:
+    app = make_sensor_app(make_app)
+    calls: list[float] = []
+    twice = threading.Event()
+    backoff = fm.Backoff(base=1.0, jitter=0.0)  # the sensor's own: 1 s after a first failure
+
+    @app.poll_sensor(job="load", interval=0, backoff=backoff)
+    def doomed(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            twice.set()
+        return fm.SensorResult(cursor="1")
+
+    def broken(*args: object, **kwargs: object) -> fm.Evaluation:
+        raise error
+
+    monkeypatch.setattr(app.store, "commit_poll_evaluation", broken)
+    monkeypatch.setattr(app.store, "record_poll_failure", broken)
+    loop = SensorDaemon(app._sensor_engine, idle_wait=0.05)
+    loop.start()
+    try:
+        assert twice.wait(30), "the sensor was not evaluated again after its crash"
+    finally:
+        loop.stop()
+        assert loop.join(30)
+    assert calls[1] - calls[0] >= least_delay  # held back, not evaluated again at once
+    assert loop.crashes == 0  # the loop itself carried on
 
 
 def test_unreadable_stored_cursor_fails_that_sensor_only(make_app: type[fm.App]) -> None:

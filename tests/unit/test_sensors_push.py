@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
+
+import pytest
 
 import ferryman as fm
+from tests.helpers import incompressible
 from tests.sensor_apps import PUSH_MESSAGES, assert_exactly_once, push_app
 
 
@@ -114,3 +118,107 @@ def test_concurrent_redelivery_from_eight_threads(store_url: str) -> None:
         assert_exactly_once(app)
     finally:
         app.close()
+
+
+def test_message_ids_are_compared_per_sensor_not_as_one_string(make_app: type[fm.App]) -> None:
+    app = make_app()
+    calls: list[tuple[str, str]] = []
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    def record(ctx: fm.SensorContext, message: fm.Message) -> fm.RunRequest:
+        calls.append((ctx.sensor, message.message_id))
+        return fm.RunRequest(f"{ctx.sensor}/{message.message_id}")
+
+    app.push_sensor(job="load", name="orders")(record)
+    app.push_sensor(job="load", name="orders:eu")(record)
+
+    # "push:orders:eu:42" both ways: one message each, never one taken for the other.
+    first, created_first = app.deliver("orders", "eu:42")
+    second, created_second = app.deliver("orders:eu", "42")
+    assert created_first and created_second
+    assert first.id != second.id
+    assert (first.message_id, second.message_id) == ("eu:42", "42")
+    assert calls == [("orders", "eu:42"), ("orders:eu", "42")]
+    assert sorted(run.run_key for run in app.get_runs()) == ["orders/eu:42", "orders:eu/42"]
+    assert app.deliver("orders:eu", "42") == (second, False)  # a real redelivery still is one
+
+
+def recording_app(make_app: type[fm.App], **settings: object) -> tuple[fm.App, list[str]]:
+    """An app whose push sensor ``hook`` requests run ``run-<message id>``, and its calls."""
+    app = make_app(**settings)
+    calls: list[str] = []
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    @app.push_sensor(job="load")
+    def hook(ctx: fm.SensorContext, message: fm.Message) -> fm.RunRequest:
+        calls.append(message.message_id)
+        return fm.RunRequest(f"run-{message.message_id}")
+
+    return app, calls
+
+
+def test_a_redelivery_is_recognised_after_its_evaluation_history_was_pruned(
+    make_app: type[fm.App],
+) -> None:
+    app, calls = recording_app(make_app, evaluation_retention=1)
+    first = app.ingest("hook", "m-1")
+    for message_id in ("m-2", "m-3"):
+        app.ingest("hook", message_id)
+    app.prune_evaluations()
+    assert app.deliver("hook", "m-1") == (first, False)  # its evaluation is kept with it
+    assert calls == ["m-1", "m-2", "m-3"]
+
+
+def test_deliveries_are_forgotten_after_the_retention_window(make_app: type[fm.App]) -> None:
+    # Three apps on one store, remembering deliveries 7 days (the default), 0 s, for ever.
+    keep, kept_calls = recording_app(make_app)
+    forget, forgotten_calls = recording_app(make_app, delivery_retention=0.0)
+    forever, _ = recording_app(make_app, delivery_retention=None)
+
+    assert keep.delivery_retention == timedelta(days=7)
+    first = keep.ingest("hook", "m-1")
+    assert keep.prune_deliveries() == 0  # within the default seven days
+    assert keep.deliver("hook", "m-1") == (first, False)
+
+    assert forget.prune_deliveries() == 1  # the same store, with a window of zero
+    again, created = forget.deliver("hook", "m-1")
+    assert created and again.id != first.id  # not recognised any more: evaluated again
+    assert (again.runs_requested, again.runs_deduplicated) == (1, 1)  # its run_key still holds
+    assert kept_calls == forgotten_calls == ["m-1"]
+    assert [run.run_key for run in keep.get_runs()] == ["run-m-1"]
+
+    assert forever.prune_deliveries() == 0
+    assert forever.deliver("hook", "m-1")[1] is False
+    with pytest.raises(fm.ConfigurationError, match="delivery_retention"):
+        make_app(delivery_retention=-1.0)
+    with pytest.raises(fm.ConfigurationError, match="delivery_retention"):
+        make_app(delivery_retention=float("nan"))
+
+
+def test_message_ids_up_to_64_kib_are_delivered_once_each(make_app: type[fm.App]) -> None:
+    app, _ = recording_app(make_app)
+    long_id = incompressible(64 * 1024 - 1)
+    first, created = app.deliver("hook", long_id + "a")
+    assert created and first.outcome is fm.EvaluationOutcome.OK
+    assert first.message_id == long_id + "a"
+    assert app.deliver("hook", long_id + "a") == (first, False)
+    other, created = app.deliver("hook", long_id + "b")  # differs in the last character only
+    assert created and other.id != first.id
+    assert sorted(run.run_key[-1] for run in app.get_runs()) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("message_id", "problem"), [("m\x00-1", "NUL"), ("m-\udcff", "lone surrogate")]
+)
+def test_a_message_id_that_cannot_be_stored_is_refused_naming_it(
+    make_app: type[fm.App], message_id: str, problem: str
+) -> None:
+    app, calls = recording_app(make_app)
+    with pytest.raises(fm.PayloadError, match=f"message_id of sensor 'hook'.*{problem}"):
+        app.ingest("hook", message_id)
+    assert calls == []
+    assert app.get_evaluations("hook") == [] and app.get_runs() == []

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 import ferryman as fm
-from ferryman.store import Store, upgrade
+from ferryman.store import Store, migrate, upgrade
 from ferryman.store.migrate import VERSION_TABLE
 from ferryman.store.schema import metadata
 from tests.conftest import drop_database
@@ -55,9 +58,9 @@ def test_postgres_without_tables_asks_for_an_upgrade(pg_template: str) -> None:
         with pytest.raises(fm.SchemaMismatch, match=r"has no ferryman tables.*ferryman db upgrade"):
             Store(url)
         before, after = upgrade(url)
-        assert (before, after) == ((), "0004")
+        assert (before, after) == ((), "0005")
         Store(url).close()  # now it opens
-        assert upgrade(url) == (("0004",), "0004")
+        assert upgrade(url) == (("0005",), "0005")
     finally:
         drop_database("ferryman_empty_check")
 
@@ -103,3 +106,98 @@ def test_unreachable_postgres_is_a_clear_error() -> None:
 def test_missing_postgres_database_is_a_clear_error() -> None:
     with pytest.raises(fm.StoreUnavailable, match='database "ferryman_no_such_db" does not exist'):
         Store(pg_template_url("ferryman_no_such_db"))
+
+
+@pytest.fixture
+def unmigrated_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a PostgreSQL database made for this test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/old.db"
+        return
+    from tests.conftest import _admin, _database_url
+
+    name = f"ferryman_old_{uuid.uuid4().hex[:12]}"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _database_url(name)
+    finally:
+        drop_database(name)
+
+
+def store_at_0004_with_history(url: str) -> None:
+    """What ferryman 0004 wrote: runs with their log and a transfer, push and poll history."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrate._config(conn), "0004")
+            for statement in (
+                "INSERT INTO ferryman_runs (id, job, run_key, payload, status, max_attempts,"
+                " available_at, created_at, updated_at) VALUES"
+                " (1, 'load', 'a', '{}', 'succeeded', 5, 1, 1, 1),"
+                " (2, 'load', 'b', '{}', 'queued', 5, 1, 1, 1)",
+                "INSERT INTO ferryman_run_events (run_id, kind, at, attempt) VALUES"
+                " (1, 'requested', 1, 0), (1, 'succeeded', 2, 1), (2, 'requested', 1, 0)",
+                "INSERT INTO ferryman_transfers (id, source_path, bucket, key, status, follow,"
+                " part_size, run_id, created_at, updated_at) VALUES"
+                " (1, '/x', 'b', 'k', 'succeeded', false, 5242880, 1, 1, 1)",
+                "INSERT INTO ferryman_sensors (name, kind, updated_at) VALUES"
+                " ('orders', 'push', 1), ('orders:eu', 'push', 1), ('poller', 'poll', 1)",
+                "INSERT INTO ferryman_sensor_evaluations (id, sensor, idempotency_key, outcome,"
+                " state_version_before, state_version_after, started_at, finished_at) VALUES"
+                " (1, 'orders', 'push:orders:eu:42', 'ok', 0, 0, 1, 1),"
+                " (2, 'orders:eu', 'push:orders:eu:7', 'ok', 0, 0, 1, 1),"
+                " (3, 'orders', NULL, 'failed', 0, NULL, 1, 1),"
+                " (4, 'poller', 'poll:poller:0', 'ok', 0, 1, 1, 1)",
+            ):
+                conn.execute(sa.text(statement))
+            if conn.dialect.name == "postgresql":  # the ids above were given, not drawn
+                for table in ("ferryman_runs", "ferryman_sensor_evaluations"):
+                    conn.execute(
+                        sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 10)")
+                    )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("unmigrated_url", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("via", ["db upgrade", "opening with create=True"])
+def test_upgrading_to_0005_keeps_runs_logs_and_deliveries(unmigrated_url: str, via: str) -> None:
+    store_at_0004_with_history(unmigrated_url)
+    if via == "db upgrade":
+        assert upgrade(unmigrated_url) == (("0004",), "0005")
+    else:
+        Store(unmigrated_url, create=True).close()
+    app = fm.App(unmigrated_url)
+    try:
+
+        @app.job
+        def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+        def hook(ctx: fm.SensorContext, message: fm.Message) -> None: ...
+
+        app.push_sensor(job="load", name="orders")(hook)
+        app.push_sensor(job="load", name="orders:eu")(hook)
+
+        # Nothing referring to the runs was lost while their table was rebuilt.
+        assert [len(app.get_run_events(run_id)) for run_id in (1, 2)] == [2, 1]
+        transfer = app.store.get_transfer(1)
+        assert transfer is not None and transfer.run_id == 1
+        # Existing run keys still deduplicate, new ones do not.
+        again = app.submit("load", fm.RunRequest("a"), fm.RunRequest("b"), fm.RunRequest("c"))
+        assert (again.run_ids[:2], again.created) == ((1, 2), 1)
+        # Delivered messages moved to their own table, read by (sensor, message_id).
+        first = app.get_evaluations("orders")[0]
+        assert (first.message_id, first.idempotency_key) == ("eu:42", "push:orders:eu:42")
+        assert app.deliver("orders", "eu:42") == (first, False)
+        assert app.deliver("orders:eu", "7")[1] is False
+        assert app.deliver("orders:eu", "42")[1] is True  # never delivered: no longer mistaken
+        assert app.get_evaluations("poller")[0].message_id is None
+        with app.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            assert compare_metadata(context, metadata) == []
+            if conn.dialect.name == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        app.close()

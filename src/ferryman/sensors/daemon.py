@@ -9,7 +9,10 @@ sensor therefore delays only itself; a hung one is cut off by its
 processes may run the loop against one store: the compare-and-swap on each
 sensor's ``state_version`` lets exactly one evaluation per version count.
 
-The loop also prunes the evaluation history now and then. If the loop
+The loop also prunes the evaluation history and forgets old push
+deliveries now and then. An evaluation that crashes before even its failure
+could be recorded keeps its sensor's slot for the sensor's backoff, so it is
+never retried in a tight loop. If the loop
 itself crashes it is logged and restarted after a growing delay; a store
 that cannot be reached is retried the same way.
 """
@@ -34,6 +37,7 @@ log = logging.getLogger("ferryman.sensors")
 IDLE_WAIT = 1.0  # how often the schedule is re-read for changes made elsewhere
 PRUNE_EVERY = 600.0
 RESTART_MAX_DELAY = 30.0
+MIN_CRASH_DELAY = 1.0  # even with a zero backoff, an evaluation that crashed waits this long
 
 
 class SensorDaemon:
@@ -63,6 +67,9 @@ class SensorDaemon:
         self._in_flight: dict[str, threading.Thread] = {}
         self._thread: threading.Thread | None = None
         self._next_prune = 0.0
+        # Per sensor, evaluations in a row that crashed before recording anything;
+        # each sensor's key is touched only by its own evaluation thread.
+        self._crashed_in_a_row: dict[str, int] = {}
 
     # -- control -------------------------------------------------------------
 
@@ -122,7 +129,7 @@ class SensorDaemon:
 
     def _round(self) -> float:
         """Start what is due; return how long to wait before looking again."""
-        # Push-only apps are pruned too: their history holds the redelivery keys.
+        # Push-only apps are pruned too: they have deliveries to forget.
         self._maybe_prune()
         definitions = {d.name: d for d in self.engine.poll_definitions()}
         if not definitions:
@@ -156,20 +163,39 @@ class SensorDaemon:
         return max(wait, 0.0)
 
     def _evaluate(self, definition: SensorDefinition) -> None:
+        # Whatever escapes the engine means not even a failed evaluation was
+        # recorded, so the sensor's schedule did not move: its slot is held for
+        # a while, or it would be due again at once and fail in a loop.
         fields = {"sensor": definition.name}
         try:
             self.engine.evaluate(definition)
-        except StoreError as exc:
-            log.warning("evaluation could not be recorded: %s", exc, extra=fields)
+            self._crashed_in_a_row.pop(definition.name, None)
+        except StoreError as exc:  # the store answers reads but refuses writes
+            crashes = self._count_crash(definition.name)
+            delay = min(RESTART_MAX_DELAY, 0.2 * 2**crashes)
+            log.warning(
+                "evaluation could not be recorded, next try in %.1fs: %s", delay, exc, extra=fields
+            )
+            self._stopping.wait(delay)
         except Exception:
-            log.exception("evaluation crashed", extra=fields)
+            crashes = self._count_crash(definition.name)
+            delay = max(MIN_CRASH_DELAY, definition.backoff.delay(crashes, key=definition.name))
+            log.exception(
+                "evaluation crashed (%d in a row); next try in %.1fs", crashes, delay, extra=fields
+            )
+            self._stopping.wait(delay)
         finally:
             with self._lock:
                 self._in_flight.pop(definition.name, None)
             self._wake.set()
 
+    def _count_crash(self, name: str) -> int:
+        crashes = self._crashed_in_a_row.get(name, 0) + 1
+        self._crashed_in_a_row[name] = crashes
+        return crashes
+
     def _maybe_prune(self) -> None:
-        if self.keep_last is None or time.monotonic() < self._next_prune:
+        if time.monotonic() < self._next_prune:
             return
         self._next_prune = time.monotonic() + self.prune_every
         self.engine.prune(self.keep_last)

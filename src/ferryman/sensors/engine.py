@@ -10,18 +10,25 @@ race records a ``conflict`` and nothing else.
 
 A **failure** — an exception, a result that is not a
 :class:`~ferryman.SensorResult`, a run routed to a job the sensor may not
-use, a payload that is not JSON, a stored cursor this code cannot read, or
-the function outliving its ``timeout`` — leaves the cursor where it was,
-records a ``failed`` evaluation with the error, and makes the sensor wait
+use, a stored cursor this code cannot read, the function outliving its
+``timeout``, or any error in ferryman's own code before the result is
+committed — leaves the cursor where it was, records a ``failed`` evaluation
+with the error, and makes the sensor wait
 ``backoff.delay(consecutive_failures, key=name)`` before it is due again.
 The failure bumps ``state_version`` too, so nothing that evaluation
 computed can commit later.
 
+A **bad item** — a run request whose payload is not JSON or whose run_key
+cannot be stored exactly — is not a failure: it is skipped, counted in
+``items_skipped`` and named with its reason in the evaluation's ``error``,
+and the other requests and the cursor commit. One bad item never holds the
+others back.
+
 A **push evaluation** runs ``fn(ctx, message)`` once per message: its
-evaluation carries the idempotency key ``push:{sensor}:{message_id}``,
-unique in the store, so a redelivered message writes nothing and gets the
-first delivery's evaluation back. A failed delivery is recorded without the
-key, so delivering the message again runs the sensor again.
+delivery is recorded under ``(sensor, message_id)``, unique in the store,
+so a redelivered message writes nothing and gets the first delivery's
+evaluation back. A failed delivery is recorded as an evaluation but not as
+a delivery, so delivering the message again runs the sensor again.
 """
 
 from __future__ import annotations
@@ -32,11 +39,11 @@ import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from ferryman.errors import ConfigurationError, PayloadError, StoreError, UnknownJob, UnknownSensor
+from ferryman.errors import ConfigurationError, PayloadError, StoreError, UnknownSensor
 from ferryman.model import (
     Evaluation,
     EvaluationOutcome,
@@ -45,75 +52,31 @@ from ferryman.model import (
     SensorResult,
     SensorState,
 )
+from ferryman.sensors.calls import (
+    Prepared,
+    SensorOutputError,
+    call_with_timeout,
+    describe,
+    last_line,
+    skipped_count,
+)
 from ferryman.sensors.context import SensorContext
 from ferryman.sensors.cursor import UnreadableCursor, decode_cursor, encode_cursor, shown_cursor
-from ferryman.sensors.registry import RoutingError, SensorDefinition, SensorKind
+from ferryman.sensors.registry import SensorDefinition, SensorKind
 from ferryman.store import NewRun, PollCommit, PollFailure, PushCommit, Store
+from ferryman.store.records import checked_key
 from ferryman.store.sensors import PAUSED, RUNNING
 from ferryman.worker.worker import describe_error
 
 log = logging.getLogger("ferryman.sensors")
 
 TICK_THREADS = 8
-T = TypeVar("T")
 NewRunsFactory = Callable[[Sequence[tuple[str, RunRequest]]], list[NewRun]]
-
-
-class SensorOutputError(ValueError):
-    """A sensor returned something that is not what its kind must return."""
-
-
-# Errors in what a sensor returned are explained in one line; anything else
-# the sensor raised is kept with its (trimmed) traceback.
-_OUTPUT_ERRORS = (SensorOutputError, RoutingError, UnknownJob, PayloadError)
 
 
 def evaluator_id() -> str:
     """Who evaluated: host and process, kept on each evaluation row."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(slots=True)
-class _Called(Generic[T]):
-    value: T | None = None
-    error: BaseException | None = None
-    timed_out: bool = False
-
-
-def call_with_timeout(fn: Callable[[], T], timeout: float | None, *, name: str) -> _Called[T]:
-    """Call ``fn``; with a ``timeout``, on a thread of its own that is abandoned if late.
-
-    Python cannot stop a thread, so a late call keeps running in the
-    background; its result is dropped, never committed.
-    """
-    outcome: _Called[T] = _Called()
-    if timeout is None:
-        try:
-            outcome.value = fn()
-        except Exception as exc:
-            outcome.error = exc
-        return outcome
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            outcome.value = fn()
-        except BaseException as exc:  # reported to the evaluating thread, not lost
-            outcome.error = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    if not done.wait(timeout):
-        return _Called(timed_out=True)
-    return outcome
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    new_runs: list[NewRun]
-    cursor: str | None
-    skipped: int
 
 
 def present_state(state: SensorState) -> SensorState:
@@ -137,10 +100,13 @@ class SensorEngine:
         store: Callable[[], Store],
         definitions: Mapping[str, SensorDefinition],
         new_runs: NewRunsFactory,
+        *,
+        delivery_retention: float | None = None,
     ) -> None:
         self._store = store
         self.definitions = definitions
         self._new_runs_factory = new_runs
+        self.delivery_retention = delivery_retention  # seconds; None keeps deliveries
         self._ensured: set[str] = set()
         self._ensured_in: Store | None = None
         self._ensured_lock = threading.Lock()
@@ -220,10 +186,30 @@ class SensorEngine:
             raise StoreError(f"sensor {definition.name!r} has no row in the store")
         if state.status != RUNNING:
             return None
+        fields = {"sensor": definition.name}
+        result: Evaluation | str
+        try:
+            result = self._run_and_commit(store, definition, state, started)
+        except StoreError as exc:
+            log.warning("committing the evaluation failed: %s", exc, extra=fields)
+            result = f"committing the evaluation failed: {exc}"
+        except Exception as exc:  # a fault of ferryman's own: fail and back off, never loop
+            error = describe_error(exc)
+            log.error("the evaluation failed inside ferryman: %s", last_line(error), extra=fields)
+            result = f"the evaluation failed inside ferryman: {error}"
+        if isinstance(result, str):
+            return self._fail(definition, state, started, result)
+        _log_evaluation(result)
+        return present_evaluation(result)
+
+    def _run_and_commit(
+        self, store: Store, definition: SensorDefinition, state: SensorState, started: float
+    ) -> Evaluation | str:
+        """Call the sensor and commit what it returned; a str says why the evaluation failed."""
         try:
             cursor = decode_cursor(definition.name, state.cursor)
         except UnreadableCursor as exc:
-            return self._fail(definition, state, started, str(exc))
+            return str(exc)
         context = self._context(definition, state, started)
         called = call_with_timeout(
             lambda: self._prepare_poll(definition, context, cursor),
@@ -231,40 +217,31 @@ class SensorEngine:
             name=f"ferryman-sensor-{definition.name}",
         )
         if called.timed_out:
-            return self._fail(
-                definition,
-                state,
-                started,
+            return (
                 f"sensor {definition.name!r} did not return within its timeout of "
                 f"{definition.timeout}s; the evaluation failed and its late result, if any, "
-                "is discarded",
+                "is discarded"
             )
         if called.error is not None or called.value is None:
-            return self._fail(definition, state, started, _describe(called.error))
+            return describe(called.error)
         prepared = called.value
-        commit = PollCommit(
-            sensor=definition.name,
-            state_version=state.state_version,
-            cursor_before=state.cursor,
-            cursor_after=(
-                state.cursor if prepared.cursor is None else encode_cursor(prepared.cursor)
-            ),
-            new_runs=prepared.new_runs,
-            skipped=prepared.skipped,
-            started_at=started,
-            next_delay=definition.interval,
-            evaluator=evaluator_id(),
-        )
-        try:
-            evaluation = store.commit_poll_evaluation(commit)
-        except StoreError as exc:
-            log.warning(
-                "committing the evaluation failed: %s", exc, extra={"sensor": definition.name}
+        _log_refused(definition.name, prepared)
+        return store.commit_poll_evaluation(
+            PollCommit(
+                sensor=definition.name,
+                state_version=state.state_version,
+                cursor_before=state.cursor,
+                cursor_after=(
+                    state.cursor if prepared.cursor is None else encode_cursor(prepared.cursor)
+                ),
+                new_runs=prepared.new_runs,
+                skipped=prepared.skipped,
+                started_at=started,
+                next_delay=definition.interval,
+                evaluator=evaluator_id(),
+                skip_reasons=prepared.skip_reasons,
             )
-            error = f"committing the evaluation failed: {exc}"
-            return self._fail(definition, state, started, error)
-        _log_evaluation(evaluation)
-        return present_evaluation(evaluation)
+        )
 
     def _context(
         self, definition: SensorDefinition, state: SensorState, started: float
@@ -282,7 +259,7 @@ class SensorEngine:
 
     def _prepare_poll(
         self, definition: SensorDefinition, context: SensorContext, cursor: str | None
-    ) -> _Prepared:
+    ) -> Prepared:
         result = definition.fn(context, cursor)
         if not isinstance(result, SensorResult):
             raise SensorOutputError(
@@ -294,13 +271,22 @@ class SensorEngine:
                 f"poll sensor {definition.name!r} returned a {type(result.cursor).__name__} "
                 "cursor; a cursor is a str (or None to keep the stored one)"
             )
-        return _Prepared(
-            self._new_runs(definition, result.run_requests),
-            result.cursor,
-            _skipped(definition, result),
-        )
+        return self._prepared(definition, result.run_requests, result.cursor, result)
 
-    def _new_runs(self, definition: SensorDefinition, requests: Any) -> list[NewRun]:
+    def _prepared(
+        self,
+        definition: SensorDefinition,
+        requests: Any,
+        cursor: str | None,
+        result: SensorResult | None,
+    ) -> Prepared:
+        """The runs to insert, each request checked on its own.
+
+        A request that is not a RunRequest, or routed to a job the sensor may
+        not use, fails the evaluation: the sensor itself is wrong. A request
+        whose payload or run_key cannot be stored is refused alone, with its
+        reason: bad data in one item must not hold back the others.
+        """
         requested = list(requests)
         for request in requested:
             if not isinstance(request, RunRequest):
@@ -308,7 +294,16 @@ class SensorEngine:
                     f"sensor {definition.name!r} returned a {type(request).__name__} "
                     "among its run requests; expected ferryman.RunRequest"
                 )
-        return self._new_runs_factory([(definition.route(r), r) for r in requested])
+        routed = [(definition.route(request), request) for request in requested]
+        new_runs: list[NewRun] = []
+        refused: list[str] = []
+        for job_and_request in routed:
+            try:
+                new_runs.extend(self._new_runs_factory([job_and_request]))
+            except PayloadError as exc:
+                refused.append(str(exc))
+        skipped = 0 if result is None else skipped_count(definition, result)
+        return Prepared(new_runs, cursor, skipped + len(refused), refused)
 
     def _fail(
         self, definition: SensorDefinition, state: SensorState, started: float, error: str
@@ -332,7 +327,7 @@ class SensorEngine:
                 "evaluation failed (%d in a row), next in %.1fs: %s",
                 failures,
                 delay,
-                _last_line(error),
+                last_line(error),
                 extra={"sensor": definition.name},
             )
         else:
@@ -349,86 +344,117 @@ class SensorEngine:
         """:meth:`ingest`, also telling whether this call recorded the evaluation.
 
         False means the message had been delivered before (perhaps by a
-        concurrent call) and the first evaluation is returned.
+        concurrent call) and the first evaluation is returned. A message id
+        that cannot be stored exactly is refused with
+        :class:`~ferryman.PayloadError` before the sensor runs.
         """
         definition = self.definition(name, SensorKind.PUSH)
         if not isinstance(message_id, str) or not message_id:
             raise ConfigurationError(f"message_id must be a non-empty string, got {message_id!r}")
-        key = f"push:{name}:{message_id}"
+        checked_key(message_id, f"message_id of sensor {name!r}")
         store = self.store
         self.ensure([definition])
-        state, existing, started = store.find_push_delivery(name, key)
+        state, existing, started = store.find_push_delivery(name, message_id)
+        shown = _shown_id(message_id)
         if existing is not None:
-            log.debug("message %r was delivered before", message_id, extra={"sensor": name})
+            log.debug("message %s was delivered before", shown, extra={"sensor": name})
             return present_evaluation(existing), False
         if state is None:
             raise StoreError(f"sensor {name!r} has no row in the store")
         if state.status != RUNNING:
             return self._fail_push(
                 name,
+                message_id,
                 started,
-                f"sensor {name!r} is paused: message {message_id!r} was not processed; "
+                f"sensor {name!r} is paused: message {shown} was not processed; "
                 "deliver it again after it is resumed",
             ), True
+        try:
+            result = self._run_and_commit_push(
+                store, definition, state, started, message_id, payload
+            )
+        except StoreError:
+            raise  # nothing was recorded: the caller must not acknowledge the message
+        except Exception as exc:  # a fault of ferryman's own: the message stays undelivered
+            result = (
+                f"the delivery of message {shown} failed inside ferryman: {describe_error(exc)}"
+            )
+        if isinstance(result, str):
+            return self._fail_push(name, message_id, started, result), True
+        evaluation, created = result
+        if created:
+            _log_evaluation(evaluation)
+        return present_evaluation(evaluation), created
+
+    def _run_and_commit_push(
+        self,
+        store: Store,
+        definition: SensorDefinition,
+        state: SensorState,
+        started: float,
+        message_id: str,
+        payload: Any,
+    ) -> tuple[Evaluation, bool] | str:
+        """Call the sensor on the message and commit; a str says why the delivery failed."""
         context = self._context(definition, state, started)
         message = Message(message_id, payload)
         called = call_with_timeout(
             lambda: self._prepare_push(definition, context, message),
             definition.timeout,
-            name=f"ferryman-sensor-{name}",
+            name=f"ferryman-sensor-{definition.name}",
         )
         if called.timed_out:
-            return self._fail_push(
-                name,
-                started,
-                f"sensor {name!r} did not return within its timeout of {definition.timeout}s "
-                f"for message {message_id!r}; its late result, if any, is discarded",
-            ), True
+            return (
+                f"sensor {definition.name!r} did not return within its timeout of "
+                f"{definition.timeout}s for message {_shown_id(message_id)}; its late result, "
+                "if any, is discarded"
+            )
         if called.error is not None or called.value is None:
-            return self._fail_push(name, started, _describe(called.error)), True
-        evaluation, created = store.commit_push_evaluation(
+            return describe(called.error)
+        prepared = called.value
+        _log_refused(definition.name, prepared)
+        return store.commit_push_evaluation(
             PushCommit(
-                sensor=name,
-                idempotency_key=key,
-                new_runs=called.value.new_runs,
-                skipped=called.value.skipped,
+                sensor=definition.name,
+                message_id=message_id,
+                new_runs=prepared.new_runs,
+                skipped=prepared.skipped,
                 started_at=started,
                 evaluator=evaluator_id(),
+                skip_reasons=prepared.skip_reasons,
             )
         )
-        if created:
-            _log_evaluation(evaluation)
-        return present_evaluation(evaluation), created
 
     def _prepare_push(
         self, definition: SensorDefinition, context: SensorContext, message: Message
-    ) -> _Prepared:
+    ) -> Prepared:
         result = definition.fn(context, message)
-        skipped = 0
         if result is None:
-            requests: Sequence[RunRequest] = ()
-        elif isinstance(result, RunRequest):
-            requests = (result,)
-        elif isinstance(result, SensorResult):
+            return self._prepared(definition, (), None, None)
+        if isinstance(result, RunRequest):
+            return self._prepared(definition, (result,), None, None)
+        if isinstance(result, SensorResult):
             if result.cursor is not None:
                 raise SensorOutputError(
                     f"push sensor {definition.name!r} returned a cursor; push sensors have none"
                 )
-            requests, skipped = result.run_requests, _skipped(definition, result)
-        elif isinstance(result, list | tuple):
-            requests = result
-        else:
-            raise SensorOutputError(
-                f"push sensor {definition.name!r} returned {type(result).__name__}, "
-                "expected a list of ferryman.RunRequest"
-            )
-        return _Prepared(self._new_runs(definition, requests), None, skipped)
-
-    def _fail_push(self, name: str, started: float, error: str) -> Evaluation:
-        evaluation = self.store.record_push_failure(
-            sensor=name, error=error, started_at=started, evaluator=evaluator_id()
+            return self._prepared(definition, result.run_requests, None, result)
+        if isinstance(result, list | tuple):
+            return self._prepared(definition, result, None, None)
+        raise SensorOutputError(
+            f"push sensor {definition.name!r} returned {type(result).__name__}, "
+            "expected a list of ferryman.RunRequest"
         )
-        log.warning("delivery failed: %s", _last_line(error), extra={"sensor": name})
+
+    def _fail_push(self, name: str, message_id: str, started: float, error: str) -> Evaluation:
+        evaluation = self.store.record_push_failure(
+            sensor=name,
+            message_id=message_id,
+            error=error,
+            started_at=started,
+            evaluator=evaluator_id(),
+        )
+        log.warning("delivery failed: %s", last_line(error), extra={"sensor": name})
         return present_evaluation(evaluation)
 
     # -- state and history ---------------------------------------------------
@@ -492,35 +518,37 @@ class SensorEngine:
         log.info("cursor set to %r by %s", value, by or "api", extra={"sensor": name})
         return present_evaluation(evaluation)
 
-    def prune(self, keep_last: int) -> int:
-        if keep_last < 0:
+    def prune_deliveries(self) -> int:
+        """Forget push deliveries older than ``delivery_retention``; how many were."""
+        if self.delivery_retention is None:
+            return 0
+        forgotten = self.store.prune_deliveries(self.delivery_retention)
+        if forgotten:
+            log.info("forgot %d push deliveries older than %ss", forgotten, self.delivery_retention)
+        return forgotten
+
+    def prune(self, keep_last: int | None) -> int:
+        """Forget old deliveries, then keep the newest ``keep_last`` evaluations per sensor
+        (and those of deliveries still remembered); return how many evaluations went."""
+        if keep_last is not None and keep_last < 0:
             raise ConfigurationError(f"keep_last must be >= 0, got {keep_last}")
+        self.prune_deliveries()  # first: their evaluations may go now
+        if keep_last is None:
+            return 0
         deleted = self.store.prune_evaluations(keep_last)
         if deleted:
             log.info("pruned %d evaluations, kept the last %d per sensor", deleted, keep_last)
         return deleted
 
 
-def _skipped(definition: SensorDefinition, result: SensorResult) -> int:
-    if not isinstance(result.skipped, int) or result.skipped < 0:
-        raise SensorOutputError(
-            f"sensor {definition.name!r} returned skipped={result.skipped!r}; "
-            "it counts items seen but routed to no job (an int >= 0)"
-        )
-    return result.skipped
+def _shown_id(message_id: str) -> str:
+    """A message id for a one-line message: quoted, and cut if very long."""
+    return repr(message_id) if len(message_id) <= 200 else f"{message_id[:200]!r}..."
 
 
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "the sensor returned nothing"
-    if isinstance(error, _OUTPUT_ERRORS):
-        return str(error)
-    return describe_error(error)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+def _log_refused(sensor: str, prepared: Prepared) -> None:
+    if prepared.refused:
+        log.warning("%s", prepared.skip_reasons, extra={"sensor": sensor})
 
 
 def _log_evaluation(evaluation: Evaluation) -> None:

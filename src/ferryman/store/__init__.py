@@ -86,7 +86,7 @@ class Store:
             with self.read("checking the schema revision") as conn:
                 up_to_date = migrate.revisions(conn).up_to_date
             if not up_to_date:
-                with self.write("checking the schema revision") as conn:
+                with _schema_transaction(self.backend, "checking the schema revision") as conn:
                     migrate.check(conn, self.backend.safe_url, auto_upgrade=auto_upgrade)
         except BaseException:
             self.backend.dispose()
@@ -279,11 +279,11 @@ class Store:
             return self.sensors.set_cursor(conn, name, cursor, by=by)
 
     def find_push_delivery(
-        self, name: str, idempotency_key: str
+        self, name: str, message_id: str
     ) -> tuple[SensorState | None, Evaluation | None, float]:
         """The message's earlier evaluation if any; else the sensor's state and the clock."""
         with self.read("looking up a delivery") as conn:
-            earlier = self.sensors.find(conn, idempotency_key)
+            earlier = self.sensors.find(conn, name, message_id)
             if earlier is not None:  # a redelivery: one query
                 return None, earlier, 0.0
             return self.sensors.state(conn, name), None, self.sensors.now(conn)
@@ -293,11 +293,16 @@ class Store:
             return self.sensors.commit_push(conn, commit)
 
     def record_push_failure(
-        self, *, sensor: str, error: str, started_at: float, evaluator: str
+        self, *, sensor: str, message_id: str, error: str, started_at: float, evaluator: str
     ) -> Evaluation:
         with self.write("recording a push failure") as conn:
             return self.sensors.fail_push(
-                conn, sensor=sensor, error=error, started_at=started_at, evaluator=evaluator
+                conn,
+                sensor=sensor,
+                message_id=message_id,
+                error=error,
+                started_at=started_at,
+                evaluator=evaluator,
             )
 
     def get_evaluations(self, name: str, limit: int | None = None) -> list[Evaluation]:
@@ -307,6 +312,11 @@ class Store:
     def prune_evaluations(self, keep_last: int) -> int:
         with self.write("pruning sensor evaluations") as conn:
             return self.sensors.prune(conn, keep_last)
+
+    def prune_deliveries(self, older_than: float) -> int:
+        """Forget push deliveries recorded ``older_than`` seconds ago or earlier."""
+        with self.write("pruning push deliveries") as conn:
+            return self.sensors.prune_deliveries(conn, older_than)
 
     # -- transfers -----------------------------------------------------------
 
@@ -393,11 +403,42 @@ class Store:
             return self.transfers.active_upload_ids(conn)
 
 
+@contextlib.contextmanager
+def _schema_transaction(backend: Backend, doing: str) -> Iterator[sa.Connection]:
+    """The write transaction in which the schema is checked and upgraded.
+
+    On SQLite it runs with foreign keys off: a migration that must rebuild a
+    table (SQLite cannot drop a constraint otherwise) drops the old one, and
+    with foreign keys on that drop would delete every row referring to it
+    (the processing log). The pragma only takes effect outside a transaction,
+    hence on the driver before BEGIN; the references are checked before the
+    commit instead.
+    """
+    with translated_errors(backend, doing), backend.engine.connect() as conn:
+        driver: Any = conn.connection.dbapi_connection
+        if backend.is_sqlite:
+            driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                yield conn
+                if backend.is_sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise StoreError(
+                            f"store {backend.safe_url}: the schema upgrade left a row of "
+                            f"{broken[0]} referring to a missing row of {broken[2]}; "
+                            "nothing was changed"
+                        )
+        finally:
+            if backend.is_sqlite:
+                driver.execute("PRAGMA foreign_keys=ON")
+
+
 def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:
     """Bring the store's schema to this code's revision; return (before, after)."""
     backend = create_backend(url, pool_size=1)
     try:
-        with translated_errors(backend, "upgrading the schema"), backend.engine.begin() as conn:
+        with _schema_transaction(backend, "upgrading the schema") as conn:
             before = migrate.revisions(conn).current
             after = migrate.check(conn, backend.safe_url, auto_upgrade=True)
         return before, after.head

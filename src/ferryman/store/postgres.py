@@ -17,22 +17,27 @@ import sqlalchemy as sa
 
 from ferryman.store.schema import run_events, runs
 
+# Unique by the key's digest (see ferryman.store.keys): a key of any length
+# fits. Rows are inserted in the order given, which the caller sorted.
 ENQUEUE = sa.text(
     f"""
     WITH inserted AS (
-        INSERT INTO {runs.name} (job, run_key, payload, status, attempt, max_attempts,
-                                 available_at, lease_token, created_at, updated_at)
-        SELECT job, run_key, payload, 'queued', 0, max_attempts, :now, 0, :now, :now
+        INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
+                                 max_attempts, available_at, lease_token, created_at,
+                                 updated_at)
+        SELECT job, run_key, key_digest, payload, 'queued', 0, max_attempts, :now, 0,
+               :now, :now
         FROM unnest(CAST(:jobs AS text[]), CAST(:run_keys AS text[]),
-                    CAST(:payloads AS text[]), CAST(:max_attempts AS integer[]))
-             AS input(job, run_key, payload, max_attempts)
-        ON CONFLICT (job, run_key) DO NOTHING
-        RETURNING id, job, run_key
+                    CAST(:digests AS bytea[]), CAST(:payloads AS text[]),
+                    CAST(:max_attempts AS integer[]))
+             AS input(job, run_key, key_digest, payload, max_attempts)
+        ON CONFLICT (key_digest) DO NOTHING
+        RETURNING id, key_digest
     ), logged AS (
         INSERT INTO {run_events.name} (run_id, kind, at, attempt)
         SELECT id, 'requested', :now, 0 FROM inserted
     )
-    SELECT id, job, run_key FROM inserted
+    SELECT id, key_digest FROM inserted
     """
 )
 
@@ -124,18 +129,19 @@ def succeed_one(
         cursor.close()
 
 
-def enqueue(conn: sa.Connection, new_runs: Sequence[Any], now: float) -> list[tuple[int, str, str]]:
+def enqueue(conn: sa.Connection, new_runs: Sequence[Any], now: float) -> list[tuple[int, bytes]]:
     rows = conn.execute(
         ENQUEUE,
         {
             "jobs": [new.job for new in new_runs],
             "run_keys": [new.run_key for new in new_runs],
+            "digests": [new.key_digest for new in new_runs],
             "payloads": [new.payload_json for new in new_runs],
             "max_attempts": [new.max_attempts for new in new_runs],
             "now": now,
         },
     )
-    return [(row.id, row.job, row.run_key) for row in rows]
+    return [(row.id, bytes(row.key_digest)) for row in rows]
 
 
 def claim_due(

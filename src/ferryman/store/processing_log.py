@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import sqlalchemy as sa
 
+from ferryman.store.keys import run_key_digest
 from ferryman.store.schema import runs
 
 LOOKUP_CHUNK = 500
@@ -27,15 +28,19 @@ def existing_run_keys(
 ) -> set[tuple[str, str]]:
     """The ``(job, run_key)`` pairs among ``run_keys_by_job`` that have a run in the store.
 
-    Served by the unique index on ``(job, run_key)``; at most ``LOOKUP_CHUNK``
+    Served by the unique index on the keys' digests; at most ``LOOKUP_CHUNK``
     keys per query.
     """
+    by_digest = {
+        run_key_digest(job, key): (job, key)
+        for job, keys in run_keys_by_job.items()
+        for key in keys
+    }
+    digests = list(by_digest)
     found: set[tuple[str, str]] = set()
-    for job, keys in run_keys_by_job.items():
-        for start in range(0, len(keys), LOOKUP_CHUNK):
-            chunk = list(keys[start : start + LOOKUP_CHUNK])
-            query = sa.select(runs.c.job, runs.c.run_key).where(
-                runs.c.job == job, runs.c.run_key.in_(chunk)
-            )
-            found.update((row.job, row.run_key) for row in conn.execute(query))
+    for start in range(0, len(digests), LOOKUP_CHUNK):
+        query = sa.select(runs.c.key_digest).where(
+            runs.c.key_digest.in_(digests[start : start + LOOKUP_CHUNK])
+        )
+        found.update(by_digest[bytes(digest)] for digest in conn.execute(query).scalars())
     return found

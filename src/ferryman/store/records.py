@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,26 @@ from ferryman.model import (
     WorkerInfo,
 )
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# ASCII output: every string, lone surrogates and NUL included, is written as
+# JSON escapes and read back exactly (see the text rules below).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+# Characters no store column can hold as they are: NUL (PostgreSQL text refuses
+# it) and the lone surrogates by which Python spells undecodable bytes (UTF-8
+# has no encoding for them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+SHOWN_KEY_CHARS = 100
+
+# The text rules at the store boundary, in one place:
+#
+# * JSON documents (payloads, checkpoints, log details) are stored losslessly:
+#   any string in them comes back exactly as it was given (to_json).
+# * Free text (errors, reasons, evaluators) is stored with what cannot be
+#   stored escaped as ``\x00`` and ``\udcff`` (clean_text): it is read by people.
+#   Shown anywhere (the API, the dashboard), JSON documents get the same escape
+#   (displayable), since UTF-8 output cannot hold a lone surrogate either.
+# * Keys (run keys, message ids) are identities: an escaped key could equal
+#   another, real one, so a key that cannot be stored exactly is refused with
+#   a PayloadError naming it (checked_key). Refused before anything is written.
 
 
 def to_json(value: Any, what: str) -> str:
@@ -32,6 +52,47 @@ def to_json(value: Any, what: str) -> str:
         return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def clean_text(text: str) -> str:
+    """``text`` as it can be stored: NUL and lone surrogates as backslash escapes."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return _UNSTORABLE.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+def clean_optional(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
+
+
+def displayable(value: Any) -> Any:
+    """A JSON value for display (the API, pages): its strings as :func:`clean_text` makes
+    them. What is stored and handed to jobs stays exact; UTF-8 output cannot hold it."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {displayable(key): displayable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [displayable(item) for item in value]
+    return value
+
+
+def shown_key(key: str) -> str:
+    """A key for a one-line message: quoted, escaped, and cut if very long."""
+    return repr(key[:SHOWN_KEY_CHARS]) + ("..." if len(key) > SHOWN_KEY_CHARS else "")
+
+
+def checked_key(key: str, what: str) -> str:
+    """``key`` if it can be stored exactly; else :class:`PayloadError` naming ``what``."""
+    found = _UNSTORABLE.search(key)
+    if found is None:
+        return key
+    problem = "a NUL character" if found.group() == "\x00" else "a lone surrogate"
+    raise PayloadError(
+        f"{what} {shown_key(key)} cannot be stored: it holds {problem} "
+        f"({found.group()!r} at position {found.start()}); keys are stored exactly, "
+        "so they must be valid Unicode text without NUL"
+    )
 
 
 def from_json(text: str | None) -> Any:
@@ -124,6 +185,7 @@ def evaluation_from_row(row: sa.RowMapping) -> Evaluation:
         finished_at=_required_datetime(row["finished_at"]),
         run_ids=tuple(from_json(row["run_ids"]) or ()),
         evaluator=row["evaluator"],
+        message_id=row["message_id"],
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from ferryman.errors import LeaseLost
 from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
 from ferryman.store import postgres, records, sqlite
 from ferryman.store.dialect import Backend
+from ferryman.store.keys import run_key_digest
 from ferryman.store.notify import notify_jobs
 from ferryman.store.schema import run_events, runs
 
@@ -30,10 +31,19 @@ EVENT_ERROR_CHARS = 500
 
 @dataclass(frozen=True, slots=True)
 class NewRun:
+    """A run to enqueue. Built only with a key the store can hold exactly
+    (:class:`~ferryman.PayloadError` naming it otherwise), so a batch is refused
+    before anything is written."""
+
     job: str
     run_key: str
     payload_json: str
     max_attempts: int
+    key_digest: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        records.checked_key(self.run_key, f"run_key of job {self.job!r}")
+        object.__setattr__(self, "key_digest", run_key_digest(self.job, self.run_key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +120,7 @@ def _error_summary(error: str | None) -> str | None:
     if error is None:
         return None
     first = error.strip().splitlines()[-1] if error.strip() else ""
-    return first[:EVENT_ERROR_CHARS]
+    return records.clean_text(first[:EVENT_ERROR_CHARS])
 
 
 def _end_values(outcome: Outcome, now: float) -> dict[str, Any]:
@@ -120,7 +130,7 @@ def _end_values(outcome: Outcome, now: float) -> dict[str, Any]:
             "status": RunStatus.QUEUED.value,
             "available_at": now + outcome.retry_delay,
             "finished_at": None,
-            "error": outcome.error,
+            "error": records.clean_optional(outcome.error),
             "now": now,
         }
     status = RunStatus.FAILED if outcome.kind is OutcomeKind.FAILED else RunStatus.DEAD
@@ -128,7 +138,7 @@ def _end_values(outcome: Outcome, now: float) -> dict[str, Any]:
         "status": status.value,
         "available_at": None,
         "finished_at": now,
-        "error": outcome.error,
+        "error": records.clean_optional(outcome.error),
         "now": now,
     }
 
@@ -230,49 +240,50 @@ class RunQueries:
         if not new_runs:
             return SubmitResult(run_ids=(), created=0, deduplicated=0)
         now = self.now(conn)
-        unique: dict[tuple[str, str], NewRun] = {}
+        unique: dict[bytes, NewRun] = {}
         for new in new_runs:
-            unique.setdefault((new.job, new.run_key), new)
+            unique.setdefault(new.key_digest, new)
         insert = self._insert_portable if self.backend.is_sqlite else postgres.enqueue
         # Inserted in key order: two producers submitting overlapping keys in
         # different orders would otherwise each wait on the other's unique-index
         # entry (a deadlock on PostgreSQL); in one order, one simply waits.
-        in_key_order = [unique[key] for key in sorted(unique)]
-        ids: dict[tuple[str, str], int] = {}
+        in_key_order = sorted(unique.values(), key=lambda new: (new.job, new.run_key))
+        ids: dict[bytes, int] = {}
         created: list[int] = []
-        for run_id, job, run_key in insert(conn, in_key_order, now):
-            ids[(job, run_key)] = run_id
+        for run_id, digest in insert(conn, in_key_order, now):
+            ids[digest] = run_id
             created.append(run_id)
-        missing = [key for key in unique if key not in ids]
-        for keys in _chunks(missing, CHUNK // 2):
-            query = sa.select(runs.c.id, runs.c.job, runs.c.run_key).where(
-                sa.tuple_(runs.c.job, runs.c.run_key).in_(list(keys))
+        missing = [digest for digest in unique if digest not in ids]
+        for digests in _chunks(missing):
+            query = sa.select(runs.c.id, runs.c.key_digest).where(
+                runs.c.key_digest.in_(list(digests))
             )
             for row in conn.execute(query):
-                ids[(row.job, row.run_key)] = row.id
+                ids[bytes(row.key_digest)] = row.id
         if created:
             self._wake_workers(conn, {new.job for new in unique.values()})
         return SubmitResult(
-            run_ids=tuple(ids[(new.job, new.run_key)] for new in new_runs),
+            run_ids=tuple(ids[new.key_digest] for new in new_runs),
             created=len(created),
             deduplicated=len(new_runs) - len(created),
         )
 
     def _insert_portable(
         self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
-    ) -> list[tuple[int, str, str]]:
+    ) -> list[tuple[int, bytes]]:
         """Insert runs not yet present and log ``requested``; return what was created."""
         insert = (
             self.backend.insert(runs)
-            .on_conflict_do_nothing(index_elements=["job", "run_key"])
-            .returning(runs.c.id, runs.c.job, runs.c.run_key)
+            .on_conflict_do_nothing(index_elements=["key_digest"])
+            .returning(runs.c.id, runs.c.key_digest)
         )
-        created: list[tuple[int, str, str]] = []
+        created: list[tuple[int, bytes]] = []
         for chunk in _chunks(new_runs):
             rows = [
                 {
                     "job": new.job,
                     "run_key": new.run_key,
+                    "key_digest": new.key_digest,
                     "payload": new.payload_json,
                     "status": RunStatus.QUEUED.value,
                     "attempt": 0,
@@ -284,8 +295,8 @@ class RunQueries:
                 }
                 for new in chunk
             ]
-            created.extend((row.id, row.job, row.run_key) for row in conn.execute(insert, rows))
-        events = [_event(run_id, RunEventKind.REQUESTED, now, 0) for run_id, _, _ in created]
+            created.extend((row.id, bytes(row.key_digest)) for row in conn.execute(insert, rows))
+        events = [_event(run_id, RunEventKind.REQUESTED, now, 0) for run_id, _ in created]
         for events_chunk in _chunks(events):
             conn.execute(run_events.insert(), list(events_chunk))
         return created

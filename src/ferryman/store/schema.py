@@ -27,6 +27,9 @@ Epoch: sa.Double[float] = sa.Double()
 # JSON documents are stored as text: identical on both backends, and ferryman
 # never queries inside them.
 JsonText = sa.Text
+# SHA-256 of a key (see ferryman.store.keys): unique where the key itself may be
+# too long for a B-tree entry.
+Digest = sa.LargeBinary
 
 runs = sa.Table(
     "ferryman_runs",
@@ -34,6 +37,7 @@ runs = sa.Table(
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("job", sa.Text, nullable=False),
     sa.Column("run_key", sa.Text, nullable=False),
+    sa.Column("key_digest", Digest, nullable=False),  # keys.run_key_digest(job, run_key)
     sa.Column("payload", JsonText, nullable=False),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
@@ -48,7 +52,7 @@ runs = sa.Table(
     sa.Column("updated_at", Epoch, nullable=False),
     sa.Column("started_at", Epoch),
     sa.Column("finished_at", Epoch),
-    sa.UniqueConstraint("job", "run_key"),
+    sa.UniqueConstraint("key_digest"),
     sa.CheckConstraint(
         "status IN ('queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled')",
         name="ck_ferryman_runs_status",
@@ -78,6 +82,10 @@ sa.Index("ix_ferryman_runs_status_id", runs.c.status, runs.c.id)
 sa.Index("ix_ferryman_runs_created_at", runs.c.created_at, runs.c.id)
 # Throughput per minute on the dashboard and in /metrics reads the last hour only.
 sa.Index("ix_ferryman_runs_finished_at", runs.c.finished_at)
+# The SQL table sensor's anti-join compares run keys in SQL, where no digest can
+# be computed on SQLite. A hash index (PostgreSQL) takes keys of any length; on
+# SQLite, which has no such limit, the same declaration is a plain B-tree.
+sa.Index("ix_ferryman_runs_run_key", runs.c.run_key, postgresql_using="hash")
 
 run_events = sa.Table(
     "ferryman_run_events",
@@ -122,7 +130,10 @@ sensor_evaluations = sa.Table(
         sa.ForeignKey("ferryman_sensors.name", ondelete="CASCADE"),
         nullable=False,
     ),
-    sa.Column("idempotency_key", sa.Text, unique=True),
+    # poll:{sensor}:{state_version}, or push:{sensor}:{message_id} (kept for
+    # readers; push deliveries are unique in ferryman_push_deliveries).
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("message_id", sa.Text),  # push evaluations: the message, in full
     sa.Column("outcome", sa.Text, nullable=False),
     sa.Column("cursor_before", sa.Text),
     sa.Column("cursor_after", sa.Text),
@@ -142,6 +153,45 @@ sa.Index(
     sensor_evaluations.c.sensor,
     sensor_evaluations.c.id,
 )
+# One evaluation per poll state version: a second line of defence behind the
+# compare-and-swap on the sensor's state_version.
+sa.Index(
+    "ix_ferryman_sensor_evaluations_poll_key",
+    sensor_evaluations.c.idempotency_key,
+    unique=True,
+    postgresql_where=sensor_evaluations.c.message_id.is_(None),
+    sqlite_where=sensor_evaluations.c.message_id.is_(None),
+)
+
+# One row per push message delivered to a sensor: its redeliveries are
+# recognised here, for ``delivery_retention`` after the delivery, however much
+# evaluation history has been pruned. The evaluation it names is kept as long
+# as the row (pruning evaluations skips it), so a redelivery gets it back.
+push_deliveries = sa.Table(
+    "ferryman_push_deliveries",
+    metadata,
+    sa.Column(
+        "sensor",
+        sa.Text,
+        sa.ForeignKey("ferryman_sensors.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("message_digest", Digest, nullable=False),  # keys.message_digest(message_id)
+    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column(
+        "evaluation_id",
+        Id,
+        # named by hand: the naming convention's name passes PostgreSQL's 63 characters
+        sa.ForeignKey(
+            "ferryman_sensor_evaluations.id", name="fk_ferryman_push_deliveries_evaluation_id"
+        ),
+        nullable=False,
+    ),
+    sa.Column("delivered_at", Epoch, nullable=False),
+    sa.PrimaryKeyConstraint("sensor", "message_digest"),
+)
+sa.Index("ix_ferryman_push_deliveries_delivered_at", push_deliveries.c.delivered_at)
+sa.Index("ix_ferryman_push_deliveries_evaluation_id", push_deliveries.c.evaluation_id)
 
 workers = sa.Table(
     "ferryman_workers",

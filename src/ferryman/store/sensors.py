@@ -12,6 +12,12 @@ made in the same transaction as the runs it stands for and its evaluation
 row. An evaluator whose swap matches no row lost the race: it writes a
 ``conflict`` evaluation and nothing else.
 
+A push message is recorded once per ``(sensor, message_id)`` in
+``ferryman_push_deliveries``, unique by the sensor and the digest of the id
+(:mod:`ferryman.store.keys`), in the transaction that writes its runs and
+its evaluation. Deliveries are forgotten by age (``prune_deliveries``), not
+with the evaluation history; an evaluation is kept as long as its delivery.
+
 Cursors are stored as the text the sensors layer encodes
 (:mod:`ferryman.sensors.cursor`); this module never looks inside them.
 """
@@ -20,14 +26,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from ferryman.model import Evaluation, EvaluationOutcome, SensorState
 from ferryman.store import records
 from ferryman.store.dialect import Backend
+from ferryman.store.keys import message_digest
 from ferryman.store.runs import NewRun, RunQueries
-from ferryman.store.schema import sensor_evaluations, sensors
+from ferryman.store.schema import push_deliveries, sensor_evaluations, sensors
 
 RUNNING = "running"
 PAUSED = "paused"
@@ -46,6 +54,7 @@ class PollCommit:
     started_at: float
     next_delay: float  # seconds until the next evaluation is due
     evaluator: str
+    skip_reasons: str | None = None  # why run requests were refused, kept as the error
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +73,15 @@ class PollFailure:
 
 @dataclass(frozen=True, slots=True)
 class PushCommit:
-    """A push evaluation: its runs, under the message's idempotency key."""
+    """A push evaluation: its runs, recorded once per ``(sensor, message_id)``."""
 
     sensor: str
-    idempotency_key: str
+    message_id: str
     new_runs: Sequence[NewRun]
     skipped: int
     started_at: float
     evaluator: str
+    skip_reasons: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +95,6 @@ class ScheduleEntry:
         return self.status == RUNNING and (
             self.next_evaluation_at is None or self.next_evaluation_at <= now
         )
-
-
-def _sorted_runs(new_runs: Sequence[NewRun]) -> list[NewRun]:
-    # One global order for the unique-index locks that inserting runs takes, so
-    # two evaluations requesting overlapping run keys cannot deadlock.
-    return sorted(new_runs, key=lambda new: (new.job, new.run_key))
 
 
 class SensorQueries:
@@ -215,11 +219,12 @@ class SensorQueries:
                     f"{len(commit.new_runs)} run requests and cursor were discarded"
                 ),
             )
-        submitted = self.runs.enqueue(conn, _sorted_runs(commit.new_runs))
+        submitted = self.runs.enqueue(conn, commit.new_runs)
         return self._insert(
             conn,
             **base,
             idempotency_key=f"poll:{commit.sensor}:{commit.state_version}",
+            error=commit.skip_reasons,
             outcome=EvaluationOutcome.OK.value,
             cursor_after=commit.cursor_after,
             state_version_after=commit.state_version + 1,
@@ -301,11 +306,15 @@ class SensorQueries:
 
     # -- push evaluations ----------------------------------------------------
 
-    def find(self, conn: sa.Connection, idempotency_key: str) -> Evaluation | None:
+    def find(self, conn: sa.Connection, sensor: str, message_id: str) -> Evaluation | None:
+        """The evaluation of the message's first delivery, while the delivery is kept."""
         row = (
             conn.execute(
-                sa.select(sensor_evaluations).where(
-                    sensor_evaluations.c.idempotency_key == idempotency_key
+                sa.select(sensor_evaluations)
+                .join(push_deliveries, push_deliveries.c.evaluation_id == sensor_evaluations.c.id)
+                .where(
+                    push_deliveries.c.sensor == sensor,
+                    push_deliveries.c.message_digest == message_digest(message_id),
                 )
             )
             .mappings()
@@ -314,43 +323,22 @@ class SensorQueries:
         return None if row is None else records.evaluation_from_row(row)
 
     def commit_push(self, conn: sa.Connection, commit: PushCommit) -> tuple[Evaluation, bool]:
-        """Claim the message's idempotency key, then insert its runs.
+        """Record the message's delivery with its evaluation, then insert its runs.
 
-        Returns the evaluation and whether this call created it. When the key
-        is taken (the unique index settles concurrent deliveries: on
-        PostgreSQL the insert waits for the other transaction), nothing is
-        written and the first delivery's evaluation is returned.
+        Returns the evaluation and whether this call created it. When a
+        concurrent call recorded the delivery first, nothing is written and
+        the first delivery's evaluation is returned.
         """
-        version = (
-            sa.select(sensors.c.state_version)
-            .where(sensors.c.name == commit.sensor)
-            .scalar_subquery()
-        )
-        inserted = conn.execute(
-            self.backend.insert(sensor_evaluations)
-            .values(
-                sensor=commit.sensor,
-                idempotency_key=commit.idempotency_key,
-                outcome=EvaluationOutcome.OK.value,
-                state_version_before=version,
-                state_version_after=version,
-                items_skipped=commit.skipped,
-                evaluator=commit.evaluator,
-                started_at=commit.started_at,
-                finished_at=self.backend.now,
-            )
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(sensor_evaluations.c.id)
-        ).scalar_one_or_none()
-        if inserted is None:
-            existing = self.find(conn, commit.idempotency_key)
-            assert existing is not None, "a conflicting key belongs to a committed row"
+        evaluation_id = self._deliver(conn, commit)
+        if evaluation_id is None:
+            existing = self.find(conn, commit.sensor, commit.message_id)
+            assert existing is not None, "a conflicting delivery belongs to a committed row"
             return existing, False
-        submitted = self.runs.enqueue(conn, _sorted_runs(commit.new_runs))
+        submitted = self.runs.enqueue(conn, commit.new_runs)
         row = (
             conn.execute(
                 sensor_evaluations.update()
-                .where(sensor_evaluations.c.id == inserted)
+                .where(sensor_evaluations.c.id == evaluation_id)
                 .values(
                     runs_requested=len(submitted.run_ids),
                     runs_deduplicated=submitted.deduplicated,
@@ -364,16 +352,72 @@ class SensorQueries:
         )
         return records.evaluation_from_row(row), True
 
+    def _deliver(self, conn: sa.Connection, commit: PushCommit) -> int | None:
+        """Insert the evaluation and claim the delivery for it; None if already delivered.
+
+        The delivery is unique by ``(sensor, message digest)``; on PostgreSQL
+        a concurrent insert of the same one waits for the other transaction.
+        The loser takes its own evaluation row back, so it writes nothing.
+        """
+        version = (
+            sa.select(sensors.c.state_version)
+            .where(sensors.c.name == commit.sensor)
+            .scalar_subquery()
+        )
+        evaluation_id: int = conn.execute(
+            sensor_evaluations.insert()
+            .values(
+                sensor=commit.sensor,
+                idempotency_key=f"push:{commit.sensor}:{commit.message_id}",
+                message_id=commit.message_id,
+                outcome=EvaluationOutcome.OK.value,
+                state_version_before=version,
+                state_version_after=version,
+                items_skipped=commit.skipped,
+                error=records.clean_optional(commit.skip_reasons),
+                evaluator=records.clean_text(commit.evaluator),
+                started_at=commit.started_at,
+                finished_at=self.backend.now,
+            )
+            .returning(sensor_evaluations.c.id)
+        ).scalar_one()
+        delivered = conn.execute(
+            self.backend.insert(push_deliveries)
+            .values(
+                sensor=commit.sensor,
+                message_digest=message_digest(commit.message_id),
+                message_id=commit.message_id,
+                evaluation_id=evaluation_id,
+                delivered_at=self.backend.now,
+            )
+            .on_conflict_do_nothing(index_elements=["sensor", "message_digest"])
+            .returning(push_deliveries.c.evaluation_id)
+        ).scalar_one_or_none()
+        if delivered is None:
+            conn.execute(
+                sensor_evaluations.delete().where(sensor_evaluations.c.id == evaluation_id)
+            )
+            return None
+        return evaluation_id
+
     def fail_push(
-        self, conn: sa.Connection, *, sensor: str, error: str, started_at: float, evaluator: str
+        self,
+        conn: sa.Connection,
+        *,
+        sensor: str,
+        message_id: str,
+        error: str,
+        started_at: float,
+        evaluator: str,
     ) -> Evaluation:
-        """A failed delivery, kept without the idempotency key so a redelivery runs again."""
+        """A failed delivery: recorded, but not as delivered, so a redelivery runs again."""
         version = conn.execute(
             sa.select(sensors.c.state_version).where(sensors.c.name == sensor)
         ).scalar_one()
         return self._insert(
             conn,
             sensor=sensor,
+            message_id=message_id,
             outcome=EvaluationOutcome.FAILED.value,
             state_version_before=version,
             error=error,
@@ -382,9 +426,24 @@ class SensorQueries:
             finished_at=self.now(conn),
         )
 
+    def prune_deliveries(self, conn: sa.Connection, older_than: float) -> int:
+        """Forget the deliveries recorded ``older_than`` seconds ago or earlier.
+
+        A message delivered again after that is evaluated again (its runs are
+        still deduplicated by run_key); its first evaluation may now be pruned.
+        """
+        return conn.execute(
+            push_deliveries.delete().where(
+                push_deliveries.c.delivered_at <= self.now(conn) - older_than
+            )
+        ).rowcount
+
     # -- history -------------------------------------------------------------
 
-    def _insert(self, conn: sa.Connection, **values: object) -> Evaluation:
+    def _insert(self, conn: sa.Connection, **values: Any) -> Evaluation:
+        for free_text in ("error", "evaluator"):  # errors may quote undecodable names
+            if values.get(free_text) is not None:
+                values[free_text] = records.clean_text(values[free_text])
         row = (
             conn.execute(
                 sensor_evaluations.insert().values(**values).returning(*sensor_evaluations.c)
@@ -409,9 +468,8 @@ class SensorQueries:
     def prune(self, conn: sa.Connection, keep_last: int) -> int:
         """Delete all but the newest ``keep_last`` evaluations of each sensor.
 
-        Sensor rows are never touched. A push message whose evaluation was
-        pruned is no longer recognised as a redelivery (its runs still are,
-        by run_key).
+        Sensor rows are never touched, nor the evaluation of a delivery still
+        kept (see :meth:`prune_deliveries`): a redelivery returns it.
         """
         names = conn.execute(sa.select(sensors.c.name).order_by(sensors.c.name)).scalars().all()
         deleted = 0
@@ -425,9 +483,14 @@ class SensorQueries:
             ).scalar_one_or_none()
             if cutoff is None:
                 continue
+            delivered = sa.exists().where(
+                push_deliveries.c.evaluation_id == sensor_evaluations.c.id
+            )
             deleted += conn.execute(
                 sensor_evaluations.delete().where(
-                    sensor_evaluations.c.sensor == name, sensor_evaluations.c.id <= cutoff
+                    sensor_evaluations.c.sensor == name,
+                    sensor_evaluations.c.id <= cutoff,
+                    ~delivered,
                 )
             ).rowcount
         return deleted

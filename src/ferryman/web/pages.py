@@ -23,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from ferryman.app import App
 from ferryman.model import RunStatus, TransferStatus, redact
 from ferryman.store import views
+from ferryman.store.records import displayable
 from ferryman.web import session
 from ferryman.web.deps import (
     MAX_ID,
@@ -70,6 +71,9 @@ def _size(count: int | None) -> str:
     return f"{count} B"
 
 
+# Every value a page shows, escaped where UTF-8 cannot hold it (a lone surrogate
+# from an undecodable file name): one bad name must not break the page.
+templates.env.finalize = displayable
 templates.env.filters["age"] = _age
 
 

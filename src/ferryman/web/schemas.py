@@ -21,8 +21,11 @@ from ferryman.model import (
     redact,
 )
 from ferryman.sensors.engine import present_evaluation, present_state
+from ferryman.store.records import displayable
 from ferryman.store.views import ErrorGroup, MinuteCount, WorkerView
 from ferryman.web.deps import MAX_ID
+
+MAX_MESSAGE_ID = 1024 * 1024  # characters; the store takes ids of any length
 
 
 class RunOut(BaseModel):
@@ -50,7 +53,7 @@ class RunOut(BaseModel):
             status=run.status.value,
             attempt=run.attempt,
             max_attempts=run.max_attempts,
-            payload=redact(run.payload, sensitive),
+            payload=displayable(redact(run.payload, sensitive)),
             last_error=run.last_error,
             lease_owner=run.lease_owner,
             available_at=run.available_at,
@@ -84,7 +87,7 @@ class RunEventOut(BaseModel):
             attempt=event.attempt,
             worker_id=event.worker_id,
             lease_token=event.lease_token,
-            detail=event.detail,
+            detail=displayable(event.detail),
         )
 
 
@@ -188,7 +191,7 @@ class SensorOut(BaseModel):
         return cls(
             name=state.name,
             kind=state.kind,
-            cursor=state.cursor,
+            cursor=displayable(state.cursor),
             state_version=state.state_version,
             status=state.status,
             consecutive_failures=state.consecutive_failures,
@@ -221,8 +224,8 @@ class EvaluationOut(BaseModel):
             id=evaluation.id,
             sensor=evaluation.sensor,
             outcome=evaluation.outcome.value,
-            cursor_before=evaluation.cursor_before,
-            cursor_after=evaluation.cursor_after,
+            cursor_before=displayable(evaluation.cursor_before),
+            cursor_after=displayable(evaluation.cursor_after),
             state_version_before=evaluation.state_version_before,
             state_version_after=evaluation.state_version_after,
             runs_requested=evaluation.runs_requested,
@@ -348,7 +351,8 @@ class CancelOut(BaseModel):
 
 
 class MessageIn(BaseModel):
-    message_id: str = Field(min_length=1, max_length=500)
+    # Any length ingest() takes (keys are unique by digest), within the body limit.
+    message_id: str = Field(min_length=1, max_length=MAX_MESSAGE_ID)
     payload: Any = None
 
 

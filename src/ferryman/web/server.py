@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi import FastAPI, Request
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +25,7 @@ from ferryman.errors import (
     UnknownJob,
     UnknownSensor,
 )
+from ferryman.store.records import displayable
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -87,7 +86,12 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
     """422: FastAPI's JSON for the API, a page saying what was wrong for everything else."""
     assert isinstance(exc, RequestValidationError)
     if _is_api(request) or request.url.path.startswith("/static"):
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI's own answer, with the echoed input made displayable: a lone
+        # surrogate sent as a JSON escape would otherwise make it a 500.
+        return JSONResponse(
+            {"detail": displayable(jsonable_encoder(exc.errors()))},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
     from ferryman.web.pages import page_error
 
     return page_error(request, 422, _what_was_wrong(exc))

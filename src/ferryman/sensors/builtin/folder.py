@@ -5,6 +5,15 @@ Each file version becomes one run: the run_key is
 modification time) is a new version and gets a new run, while the same
 version is never requested twice.
 
+A name that is not valid UTF-8 (bytes from another encoding) is requested
+too. Python spells its undecodable bytes as lone surrogates, which no store
+can hold in a key, so its run_key spells them ``\\xNN`` instead, doubles
+its backslashes and ends in ``:escaped`` (``report-\\xff.csv@mtime_ns:size:escaped``):
+no other file's key can look the same, and :func:`relpath_of` gives the
+name's bytes back. Its payload's ``path`` and ``relpath`` are the names as
+Python spells them (``os.fsdecode``), stored exactly, so ``open(path)`` opens
+the file.
+
 How nothing is missed, with a cursor of bounded size (see
 :mod:`ferryman.sensors.builtin.watermark`):
 
@@ -57,6 +66,8 @@ from ferryman.sensors.builtin.watermark import Watermark, identity_digest
 from ferryman.sensors.context import SensorContext
 
 CURSOR_KIND = "folder"
+ESCAPED = ":escaped"  # ends the run_key of a name that is not valid UTF-8
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 # An mtime this far past the clock is taken as set by hand, not by a write.
 FUTURE_MTIME_TOLERANCE_NS = 1_000_000_000
 
@@ -278,6 +289,8 @@ class FolderSensor:
                     if floor is not None and changed <= floor:
                         continue
                     run_key = f"{relpath}@{st.st_mtime_ns}:{st.st_size}"
+                    if not run_key.isascii():
+                        run_key = _storable_run_key(relpath, st)
                     digest = identity_digest(run_key)
                     if digest in edge:
                         continue
@@ -335,6 +348,29 @@ class FolderSensor:
         if not stat.S_ISREG(st.st_mode):
             return None
         return st, target, max(_changed_us(st, now_ns), _changed_us(link, now_ns))
+
+
+def _storable_run_key(relpath: str, st: os.stat_result) -> str:
+    """The run_key of a name that may not be valid UTF-8: escaped if it is not."""
+    try:
+        relpath.encode()
+    except UnicodeEncodeError:  # lone surrogates: bytes os.fsdecode could not decode
+        raw = os.fsencode(relpath).replace(b"\\", b"\\\\")
+        escaped = raw.decode("utf-8", "backslashreplace")
+        return f"{escaped}@{st.st_mtime_ns}:{st.st_size}{ESCAPED}"
+    return f"{relpath}@{st.st_mtime_ns}:{st.st_size}"
+
+
+def relpath_of(run_key: str) -> bytes:
+    """The path relative to the folder, as bytes, of the file a folder run_key names."""
+    name, _, version = run_key.rpartition("@")
+    if not version.endswith(ESCAPED):
+        return os.fsencode(name)
+    # \xNN back to the lone surrogate os.fsdecode makes of byte NN, then to bytes.
+    return _ESCAPE.sub(
+        lambda found: "\\" if found.group(1) == "\\" else chr(0xDC00 + int(found.group(1)[1:], 16)),
+        name,
+    ).encode("utf-8", "surrogateescape")
 
 
 def folder(
