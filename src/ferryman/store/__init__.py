@@ -30,6 +30,7 @@ from ferryman.model import (
     WorkerInfo,
 )
 from ferryman.store import migrate
+from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, create_backend, translated_errors
 from ferryman.store.runs import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, RunQueries
 from ferryman.store.sensors import (
@@ -80,6 +81,7 @@ class Store:
         self.runs = RunQueries(self.backend)
         self.workers = WorkerQueries(self.backend)
         self.transfers = TransferQueries(self.backend)
+        self._blocks = BlockGuard(self.backend.engine)
         auto_upgrade = self.backend.is_sqlite if create is None else create
         try:
             # A read settles the common case without queueing behind writers.
@@ -118,13 +120,15 @@ class Store:
         transaction may be shared with this process's other writers of the
         moment (see :mod:`ferryman.store.group_commit`): one commit, one wait
         for the disk, for all of them; each block still keeps all or nothing.
+        The block may not commit or roll back the connection itself, and
+        results it leaves open are closed when it ends
+        (:mod:`ferryman.store.blocks`).
         """
         group = self.backend.group_commit
-        if group is None:
-            with self.backend.engine.begin() as conn:
-                yield conn
-            return
-        with group.transaction() as conn:
+        with (
+            self.backend.engine.begin() if group is None else group.transaction() as conn,
+            self._blocks.block(conn, shared=group is not None),
+        ):
             yield conn
 
     @contextlib.contextmanager

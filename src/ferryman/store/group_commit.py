@@ -121,11 +121,12 @@ class _Session:
     @property
     def usable(self) -> bool:
         """Still inside the transaction, for SQLite and for SQLAlchemy alike."""
-        return (
-            self.driver.in_transaction
-            and self.connection.in_transaction()
-            and not self.connection.invalidated
-        )
+        return self.in_driver_transaction and self.connection.in_transaction()
+
+    @property
+    def in_driver_transaction(self) -> bool:
+        """Still inside SQLite's transaction, whatever SQLAlchemy believes."""
+        return self.driver.in_transaction and not self.connection.invalidated
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -257,14 +258,22 @@ class GroupCommit:
 
     def _withdraw(self, group: _Group, session: _Session, joined: bool) -> None:
         """Undo a failed writer's block, keeping the other writers' work if it can."""
-        if joined and session.usable:
+        if joined and session.in_driver_transaction:
             try:
                 session.sql(f"ROLLBACK TO {SAVEPOINT}")
                 session.sql(f"RELEASE {SAVEPOINT}")
-                return
             except sqlite3.Error as exc:
                 group.error = exc
-        elif joined:
+                self._close(group, commit=False)
+                return
+            if not session.usable:
+                # The block's refused commit or rollback ended the transaction
+                # for SQLAlchemy only (store/blocks.py): SQLite's is intact, so
+                # the writers waiting in it commit now, and the next writer
+                # starts on a fresh connection.
+                self._close(group, commit=group.members > 0 and group.error is None)
+            return
+        if joined:
             group.error = StoreError("the transaction was rolled back by a failed write")
         self._close(group, commit=False)
 
@@ -281,6 +290,8 @@ class GroupCommit:
                     group.error = exc
             if not commit or group.error is not None:
                 self._rollback()
+            elif session is not None and not session.connection.in_transaction():
+                self._discard_session()  # committed on the driver; SQLAlchemy's view is gone
         finally:
             self.lock_file.release()
             group.committed.set()
