@@ -3,7 +3,9 @@
 * The backend is chosen by the URL: ``sqlite:///path`` or ``postgresql://...``
   (psycopg 3 is always the driver).
 * SQLite: WAL journal, ``synchronous=FULL`` (a commit survives power loss),
-  foreign keys on, a busy timeout, and every write transaction opened with
+  foreign keys on, a busy timeout (30 s, or ``?busy_timeout=SECONDS`` in the
+  URL) that bounds every wait for another process's write lock, and every
+  write transaction opened with
   ``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock.
   The store's writes in one process share commits (``group_commit.py``).
   Reads use a second engine with plain ``BEGIN`` so they never wait for writers.
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from sqlalchemy.engine import Engine
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
 from ferryman.store.group_commit import GroupCommit
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_BUSY_TIMEOUT_S = 30.0  # the default; ``?busy_timeout=SECONDS`` in the URL sets another
 POSTGRES_CONNECT_TIMEOUT_S = 10
 
 
@@ -110,7 +113,30 @@ def create_backend(raw_url: str | sa.URL, *, pool_size: int = 10) -> Backend:
     return _postgres_backend(url, pool_size)
 
 
+def sqlite_busy_timeout(url: sa.URL) -> tuple[sa.URL, float]:
+    """The URL without ``busy_timeout``, and that timeout in seconds (30 by default).
+
+    It bounds every wait for another process's write lock: in SQLite's busy
+    handler and on the writer lock file (:mod:`ferryman.store.group_commit`).
+    """
+    raw = url.query.get("busy_timeout")
+    if raw is None:
+        return url, SQLITE_BUSY_TIMEOUT_S
+    text = raw if isinstance(raw, str) else raw[-1]
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigurationError(
+            f"store URL {safe_url(url)}: busy_timeout must be a positive number of seconds, "
+            f"got {text!r}"
+        )
+    return url.difference_update_query(["busy_timeout"]), seconds
+
+
 def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
+    url, busy_timeout = sqlite_busy_timeout(url)
     path = Path(url.database or "")
     if not path.parent.exists():
         raise ConfigurationError(
@@ -122,7 +148,7 @@ def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
             url,
             pool_size=pool_size,
             max_overflow=2 * pool_size,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            connect_args={"timeout": busy_timeout, "check_same_thread": False},
         )
 
         @event.listens_for(engine, "connect")
@@ -134,7 +160,7 @@ def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA temp_store=MEMORY")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout * 1000)}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -155,7 +181,7 @@ def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
         read_engine=make("BEGIN"),
         is_sqlite=True,
         now=database_now("sqlite"),
-        group_commit=GroupCommit(engine, path, where=safe_url(url)),
+        group_commit=GroupCommit(engine, path, where=safe_url(url), lock_timeout=busy_timeout),
     )
 
 
