@@ -11,12 +11,16 @@
   Reads use a second engine with plain ``BEGIN`` so they never wait for writers.
 * The clock is the database's: leases taken by workers on several hosts are
   compared against one clock, not against each host's.
+* Driver errors are translated here into errors that name the cause
+  (:func:`translate`): a wrong setup, an outage, a full disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,18 +210,86 @@ def database_now(dialect: str) -> sa.ColumnElement[float]:
 
 @contextlib.contextmanager
 def translated_errors(backend: Backend, doing: str) -> Iterator[None]:
-    """Turn driver exceptions raised while ``doing`` into :class:`StoreError`."""
+    """Turn driver exceptions raised while ``doing`` into ferryman's (see :func:`translate`)."""
     try:
         yield
     except sa.exc.DBAPIError as exc:
         raise translate(backend, doing, exc) from exc
 
 
-def translate(backend: Backend, doing: str, exc: sa.exc.DBAPIError) -> StoreError:
-    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+def translate(
+    backend: Backend, doing: str, exc: sa.exc.DBAPIError
+) -> StoreError | ConfigurationError:
+    """The error that names the cause: a wrong URL or setup, an outage, or the database's own.
+
+    A wrong URL or server setup (no such database or role, a refused
+    password) is a :class:`ConfigurationError`: no retry cures it. A server
+    that cannot be reached, or a write lock held past the busy timeout, is
+    :class:`StoreUnavailable`: it may come back.
+    """
+    orig = exc.orig
+    detail = str(orig).strip().splitlines()[0] if orig is not None else str(exc)
+    where = backend.safe_url
+    if isinstance(orig, sqlite3.Error):
+        known = _sqlite_failure(backend, doing, str(orig))
+        if known is not None:
+            return known
+    elif orig is not None:
+        refused = _postgres_refusal(orig)
+        if refused is not None:
+            return ConfigurationError(f"store {where}: {refused}")
     if exc.connection_invalidated or _is_connect_failure(exc):
-        return StoreUnavailable(f"cannot reach store {backend.safe_url} while {doing}: {detail}")
-    return StoreError(f"store {backend.safe_url} failed while {doing}: {detail}")
+        return StoreUnavailable(f"cannot reach store {where} while {doing}: {detail}")
+    return StoreError(f"store {where} failed while {doing}: {detail}")
+
+
+# Refusals at connect time that no retry cures. libpq reports them without a
+# SQLSTATE, so the server's message is matched (servers whose lc_messages is
+# not English are reported as unreachable, as before).
+_POSTGRES_REFUSALS = (
+    ('database "[^"]*" does not exist', "create it, or name another database in the store URL"),
+    ('role "[^"]*" does not exist', "create the role, or name another user in the store URL"),
+    ('password authentication failed for user "[^"]*"', "check the password in the store URL"),
+    ("no pg_hba.conf entry for [^\n]*", "the server's pg_hba.conf does not admit this connection"),
+    ("no password supplied", "put the password in the store URL or in ~/.pgpass"),
+)
+_POSTGRES_REFUSAL_SQLSTATES = ("3D000", "28000", "28P01")  # no database; role or password
+
+
+def _postgres_refusal(orig: BaseException) -> str | None:
+    text = str(orig)
+    for pattern, advice in _POSTGRES_REFUSALS:
+        found = re.search(pattern, text)
+        if found is not None:
+            return f"{found.group(0)} ({advice})"
+    if getattr(orig, "sqlstate", None) in _POSTGRES_REFUSAL_SQLSTATES:
+        return text.strip().splitlines()[0]
+    return None
+
+
+DISK_NEARLY_FULL = 1 << 20  # bytes: less than this free, and SQLite cannot grow its files
+
+
+def _sqlite_failure(backend: Backend, doing: str, text: str) -> StoreError | None:
+    where = backend.safe_url
+    if "database is locked" in text:
+        return StoreUnavailable(
+            f"store {where}: another process held the database's write lock past the busy "
+            f"timeout while {doing} (SQLite: {text})"
+        )
+    if "disk I/O error" in text or "database or disk is full" in text:
+        directory = Path(backend.url.database or "").resolve().parent
+        try:
+            stats = os.statvfs(directory)
+        except OSError:
+            return None
+        free = stats.f_bavail * stats.f_frsize
+        if free < DISK_NEARLY_FULL:
+            return StoreError(
+                f"store {where}: the disk holding {directory} is full ({free:,} bytes free) "
+                f"while {doing}; free space there and retry (SQLite: {text})"
+            )
+    return None
 
 
 def _is_connect_failure(exc: sa.exc.DBAPIError) -> bool:
