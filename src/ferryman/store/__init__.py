@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.errors import StoreError
+from ferryman.errors import StoreError, StoreUnavailable
 from ferryman.model import (
+    Backoff,
     Evaluation,
     JobSummary,
     Run,
@@ -64,6 +67,7 @@ __all__ = [
     "ScheduleEntry",
     "Store",
     "TransferFence",
+    "open_store",
 ]
 
 
@@ -405,3 +409,46 @@ def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:
         raise
     finally:
         backend.dispose()
+
+
+log = logging.getLogger("ferryman.store")
+
+# Between tries to open a store that cannot be reached yet: quick at first (a
+# database restarting), then every few seconds (a host still booting).
+CONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=5.0)
+
+
+def open_store(
+    url: str | sa.URL,
+    *,
+    create: bool | None = None,
+    timeout: float | None = 0.0,
+    log_level: int = logging.WARNING,
+) -> Store:
+    """Open the store, trying again while it cannot be reached.
+
+    ``timeout``: how long to keep trying, in seconds (``None``: until it
+    answers; ``0``: once). Each failed try is logged in one line at
+    ``log_level``. Only :class:`~ferryman.StoreUnavailable` is retried: a
+    wrong URL, a missing database or role, a refused password or a schema
+    that does not match raise at once, since waiting cures none of them.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    tries = 0
+    while True:
+        try:
+            return Store(url, create=create)
+        except StoreUnavailable as exc:
+            tries += 1
+            delay = CONNECT_BACKOFF.delay(tries, str(url))
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if timeout == 0:
+                        raise
+                    raise StoreUnavailable(
+                        f"{exc} (gave up after {timeout:g}s and {tries} tries)"
+                    ) from exc
+                delay = min(delay, left)
+            log.log(log_level, "store not reachable (try %d), next in %.1fs: %s", tries, delay, exc)
+            time.sleep(delay)
