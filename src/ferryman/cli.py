@@ -278,6 +278,10 @@ def run(
     finally:
         if web is not None:
             web.stop()
+        # Closing the store's connections can take a while (on SQLite the
+        # last one checkpoints the write-ahead log into the database file):
+        # done before the line below, so that "stopped" is true when printed.
+        app.close()
     err.print(
         f"stopped: {report.succeeded} succeeded, {report.retried} retried, {report.failed} "
         f"failed, {report.dead} dead, {report.released} released",

@@ -1,11 +1,13 @@
-"""Starting while the store is down: daemons wait for it, one-shot commands give up in time.
+"""The store away at start or for a while: daemons wait and resume, one-shot commands give up.
 
 A private PostgreSQL cluster (tests/private_pg.py) plays the database that
-comes up after the host's other services; the shared server is not touched.
+comes up after the host's other services, or restarts; the shared server is
+not touched.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from typing import IO
 import pytest
 
 import ferryman as fm
+from ferryman.sensors import SensorDaemon
 from ferryman.store import upgrade
 from tests.helpers import wait_until
 from tests.private_pg import PrivatePostgres, private_postgres
@@ -137,3 +140,51 @@ def test_a_one_shot_command_gives_up_after_its_connect_timeout(cluster: PrivateP
     assert lines[0].startswith(f"error: cannot reach store {cluster.url()}")
     assert "gave up after 1s" in lines[0]
     assert elapsed < 10  # the interpreter's start-up included
+
+
+def test_the_sensor_loop_resumes_as_soon_as_the_store_is_back(
+    cluster: PrivatePostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.start()
+    app = fm.App(cluster.url())
+
+    @app.job
+    def count(ctx: fm.JobContext, payload: object) -> None: ...
+
+    @app.poll_sensor(job="count", interval=0.1)
+    def counter(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
+        n = int(cursor or 0) + 1
+        return fm.SensorResult(run_requests=[fm.RunRequest(str(n))], cursor=str(n))
+
+    caplog.set_level(logging.INFO, logger="ferryman.sensors")
+    loop = SensorDaemon(app._sensor_engine)
+    loop.start()
+    try:
+        wait_until(lambda: app.get_sensor("counter").state_version >= 3, what="evaluations")
+        cluster.stop()
+
+        def store_failures() -> int:
+            return sum(
+                r.name == "ferryman.sensors" and "retrying in" in r.getMessage()
+                for r in caplog.records
+            )
+
+        # By the sixth failure in a row the loop waits several seconds between tries.
+        wait_until(lambda: store_failures() >= 6, timeout=60, what="the loop to back off")
+        before = store_failures()
+        cluster.start()
+        back = time.monotonic()
+        version = app.get_sensor("counter").state_version
+        wait_until(
+            lambda: app.get_sensor("counter").state_version > version,
+            timeout=60,
+            what="an evaluation after the store came back",
+        )
+        assert time.monotonic() - back < 5
+        assert store_failures() - before <= 1  # at most the try on a stale connection
+        assert any("the store answers again" in r.getMessage() for r in caplog.records)
+    finally:
+        loop.stop()
+        assert loop.join(30)
+        app.close()
+    assert loop.crashes == 0

@@ -135,6 +135,10 @@ class Store:
         ):
             yield conn
 
+    def ping(self, timeout: float) -> bool:
+        """True if the database answers a trivial query within about ``timeout`` seconds."""
+        return self.backend.ping(timeout)
+
     @contextlib.contextmanager
     def read(self, doing: str) -> Iterator[sa.Connection]:
         with translated_errors(self.backend, doing), self.backend.read_engine.begin() as conn:

@@ -60,6 +60,33 @@ class Backend:
         """An INSERT that supports ``on_conflict_do_nothing`` on this backend."""
         return sqlite_insert(table) if self.is_sqlite else postgresql_insert(table)
 
+    def ping(self, timeout: float) -> bool:
+        """True if the database answers ``SELECT 1`` within about ``timeout`` seconds.
+
+        PostgreSQL is asked on a connection of its own, not the pool's: after
+        an outage the pool holds connections to a server that is gone.
+        """
+        if self.is_sqlite:
+            try:
+                with self.read_engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1").close()
+                return True
+            except sa.exc.DBAPIError:
+                return False
+        import psycopg  # local: only PostgreSQL stores get here
+
+        try:
+            with psycopg.connect(
+                self.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                connect_timeout=max(1, math.ceil(timeout)),
+                options=f"-c statement_timeout={round(timeout * 1000)}",
+                autocommit=True,
+            ) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
     def dispose(self) -> None:
         if self.group_commit is not None:
             self.group_commit.close()

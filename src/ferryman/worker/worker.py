@@ -43,6 +43,7 @@ TRACEBACK_HEAD = 2_000
 TRACEBACK_TAIL = 6_000
 STORE_RETRY_MAX_DELAY = 5.0
 REGISTER_BACKOFF = Backoff(base=0.2, factor=2.0, max=STORE_RETRY_MAX_DELAY)
+JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +285,12 @@ class Worker:
         for thread in self._threads:
             if thread.name in ("ferryman-committer", "ferryman-heartbeat"):
                 thread.join(timeout=self.lease_seconds)
+        # Idle job threads end at the sentinel above; one still in a job that
+        # outlived the grace is left behind (its run was released, it cannot commit).
+        idle_by = time.monotonic() + JOB_THREAD_JOIN
+        for thread in self._threads:
+            if thread.name.startswith("ferryman-job-"):
+                thread.join(timeout=max(0.0, idle_by - time.monotonic()))
         try:
             self.store.worker_stopped(self.worker_id)
         except StoreError as exc:
