@@ -91,7 +91,8 @@ def full_disk() -> Iterator[Path]:
             fill(mount / "filler")
             yield mount
         finally:
-            subprocess.run(["umount", str(mount)], check=True)
+            # Lazily: a descriptor left open by a failing store must not leave it mounted.
+            subprocess.run(["umount", "--lazy", str(mount)], check=True)
     finally:
         mount.rmdir()
 
