@@ -37,7 +37,7 @@ from ferryman.sensors.registry import (
     SensorKind,
     define_sensor,
 )
-from ferryman.store import NewRun, Store
+from ferryman.store import NewRun, Store, open_store
 from ferryman.store.records import shown_key, to_json
 from ferryman.worker.context import JobContext
 from ferryman.worker.processes import run_processes
@@ -118,6 +118,23 @@ class App:
         with self._store_lock:
             if self._store is None:
                 self._store = Store(self.store_url, create=self._create)
+            return self._store
+
+    def connect(self, timeout: float | None = None, *, log_level: int = logging.WARNING) -> Store:
+        """Open the store now, waiting while it cannot be reached (a database still starting).
+
+        Each failed try is logged in one line at ``log_level``, and the next
+        comes after a growing delay (0.2 s, doubling, at most 5 s). After
+        ``timeout`` seconds (``None``: never) :class:`~ferryman.StoreUnavailable`
+        is raised. A missing database or role, a refused password and a schema
+        that does not match are raised at once: waiting cures none of them.
+        ``ferryman run``, ``work`` and ``serve`` wait like this at start.
+        """
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(
+                    self.store_url, create=self._create, timeout=timeout, log_level=log_level
+                )
             return self._store
 
     @property

@@ -12,6 +12,7 @@ import enum
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -62,15 +63,29 @@ cli.add_typer(runs_cli, name="runs")
 cli.add_typer(db_cli, name="db")
 
 
+# Commands that serve until stopped wait for their store as long as it takes
+# (a database still booting with the host); the others give up after a while.
+LONG_RUNNING = ("run", "work", "serve")
+ONE_SHOT_CONNECT_TIMEOUT = 10.0
+
+
 @dataclasses.dataclass
 class Settings:
     app_spec: str | None = None
     store: str | None = None
+    connect_timeout: float | None = ONE_SHOT_CONNECT_TIMEOUT
+    long_running: bool = False
     _app: App | None = None
 
-    def app(self, *, need_jobs: bool = False) -> App:
+    def app(self, *, need_jobs: bool = False, connect: bool = True) -> App:
+        """The App, with its store open (waiting up to ``--connect-timeout`` for it)."""
         if self._app is None:
             self._app = self._load(need_jobs)
+        if connect:
+            # Each try is worth a log line for a daemon; a one-shot command
+            # says it once, in its error.
+            level = logging.WARNING if self.long_running else logging.DEBUG
+            self._app.connect(self.connect_timeout, log_level=level)
         return self._app
 
     def _load(self, need_jobs: bool) -> App:
@@ -131,6 +146,7 @@ def exit_code(exc: FerrymanError) -> int:
 
 @cli.callback()
 def main_options(
+    ctx: typer.Context,
     app: Annotated[
         str | None,
         typer.Option("--app", envvar="FERRYMAN_APP", help="The App to load: module:attribute."),
@@ -145,9 +161,28 @@ def main_options(
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+    connect_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--connect-timeout",
+            min=0,
+            metavar="SECONDS",
+            help="How long to wait at start for a store that cannot be reached, trying again "
+            "with backoff (default: forever for run, work and serve; "
+            f"{ONE_SHOT_CONNECT_TIMEOUT:g} s for the other commands).",
+        ),
+    ] = None,
 ) -> None:
     settings.app_spec = app
     settings.store = store
+    settings.long_running = ctx.invoked_subcommand in LONG_RUNNING
+    settings.connect_timeout = (
+        connect_timeout
+        if connect_timeout is not None
+        else None
+        if settings.long_running
+        else ONE_SHOT_CONNECT_TIMEOUT
+    )
     logs.configure(log_level, log_format)
 
 
@@ -243,6 +278,10 @@ def run(
     finally:
         if web is not None:
             web.stop()
+        # Closing the store's connections can take a while (on SQLite the
+        # last one checkpoints the write-ahead log into the database file):
+        # done before the line below, so that "stopped" is true when printed.
+        app.close()
     err.print(
         f"stopped: {report.succeeded} succeeded, {report.retried} retried, {report.failed} "
         f"failed, {report.dead} dead, {report.released} released",
@@ -438,7 +477,9 @@ def cancel(run_id: Annotated[int, typer.Argument(help="Run id.")]) -> None:
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Create or upgrade the store's tables to this version's schema."""
-    url = settings.store or (settings.app().store_url if settings.app_spec else DEFAULT_STORE)
+    url = settings.store or (
+        settings.app(connect=False).store_url if settings.app_spec else DEFAULT_STORE
+    )
     before, after = upgrade_store(url)
     if before == (after,):
         out.print(f"store already at revision {after}", highlight=False)

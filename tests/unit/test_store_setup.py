@@ -104,7 +104,9 @@ def test_unreachable_postgres_is_a_clear_error() -> None:
 
 
 def test_missing_postgres_database_is_a_clear_error() -> None:
-    with pytest.raises(fm.StoreUnavailable, match='database "ferryman_no_such_db" does not exist'):
+    with pytest.raises(
+        fm.ConfigurationError, match='database "ferryman_no_such_db" does not exist'
+    ):
         Store(pg_template_url("ferryman_no_such_db"))
 
 

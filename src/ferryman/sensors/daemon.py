@@ -14,7 +14,11 @@ deliveries now and then. An evaluation that crashes before even its failure
 could be recorded keeps its sensor's slot for the sensor's backoff, so it is
 never retried in a tight loop. If the loop
 itself crashes it is logged and restarted after a growing delay; a store
-that cannot be reached is retried the same way.
+that cannot be reached is retried the same way, but probed every second
+meanwhile, so the sensors resume as soon as it answers again rather than at
+the end of a delay that grew while it was away. That delay is the loop's
+own: a sensor whose function fails backs off by its own ``backoff``,
+recorded in the store, whatever the loop does.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from ferryman.errors import ConfigurationError, StoreError
+from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
+from ferryman.model import Backoff
 from ferryman.sensors.engine import SensorEngine
 from ferryman.sensors.registry import SensorDefinition
 from ferryman.store.sensors import RUNNING
@@ -38,6 +43,10 @@ IDLE_WAIT = 1.0  # how often the schedule is re-read for changes made elsewhere
 PRUNE_EVERY = 600.0
 RESTART_MAX_DELAY = 30.0
 MIN_CRASH_DELAY = 1.0  # even with a zero backoff, an evaluation that crashed waits this long
+CRASH_BACKOFF = Backoff(base=1.0, factor=2.0, max=RESTART_MAX_DELAY)
+STORE_BACKOFF = Backoff(base=0.2, factor=2.0, max=RESTART_MAX_DELAY)
+PROBE_EVERY = 1.0  # while the store is away: how often to ask whether it is back
+PROBE_TIMEOUT = 2.0
 
 
 class SensorDaemon:
@@ -108,7 +117,7 @@ class SensorDaemon:
             except Exception as exc:  # supervision: log, count, restart
                 self.crashes += 1
                 self.last_crash = exc
-                delay = min(RESTART_MAX_DELAY, 0.5 * 2**self.crashes)
+                delay = CRASH_BACKOFF.delay(self.crashes, "sensor loop")
                 log.exception(
                     "sensor loop crashed (%d so far); restarting in %.1fs", self.crashes, delay
                 )
@@ -123,9 +132,22 @@ class SensorDaemon:
                 failures = 0
             except StoreError as exc:
                 failures += 1
-                wait = min(RESTART_MAX_DELAY, 0.2 * 2**failures)
-                log.warning("sensor loop cannot reach the store, retrying in %.1fs: %s", wait, exc)
+                delay = STORE_BACKOFF.delay(failures, "sensor loop")
+                log.warning("sensor loop: store failed, retrying in %.1fs: %s", delay, exc)
+                self._back_off(delay, probe=isinstance(exc, StoreUnavailable))
+                continue
             self._wake.wait(wait)
+
+    def _back_off(self, delay: float, *, probe: bool) -> None:
+        """Wait ``delay``; with ``probe``, only until the store answers again."""
+        deadline = time.monotonic() + delay
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stopping.wait(min(left, PROBE_EVERY) if probe else left):
+                return
+            if probe and self.engine.store.ping(PROBE_TIMEOUT):
+                log.info("sensor loop: the store answers again, resuming")
+                return
 
     def _round(self) -> float:
         """Start what is due; return how long to wait before looking again."""

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.errors import StoreError
+from ferryman.errors import StoreError, StoreUnavailable
 from ferryman.model import (
+    Backoff,
     Evaluation,
     JobSummary,
     Run,
@@ -30,6 +33,7 @@ from ferryman.model import (
     WorkerInfo,
 )
 from ferryman.store import migrate
+from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, create_backend, translated_errors
 from ferryman.store.runs import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, RunQueries
 from ferryman.store.sensors import (
@@ -63,6 +67,7 @@ __all__ = [
     "ScheduleEntry",
     "Store",
     "TransferFence",
+    "open_store",
 ]
 
 
@@ -80,6 +85,7 @@ class Store:
         self.runs = RunQueries(self.backend)
         self.workers = WorkerQueries(self.backend)
         self.transfers = TransferQueries(self.backend)
+        self._blocks = BlockGuard(self.backend.engine)
         auto_upgrade = self.backend.is_sqlite if create is None else create
         try:
             # A read settles the common case without queueing behind writers.
@@ -118,14 +124,20 @@ class Store:
         transaction may be shared with this process's other writers of the
         moment (see :mod:`ferryman.store.group_commit`): one commit, one wait
         for the disk, for all of them; each block still keeps all or nothing.
+        The block may not commit or roll back the connection itself, and
+        results it leaves open are closed when it ends
+        (:mod:`ferryman.store.blocks`).
         """
         group = self.backend.group_commit
-        if group is None:
-            with self.backend.engine.begin() as conn:
-                yield conn
-            return
-        with group.transaction() as conn:
+        with (
+            self.backend.engine.begin() if group is None else group.transaction() as conn,
+            self._blocks.block(conn, shared=group is not None),
+        ):
             yield conn
+
+    def ping(self, timeout: float) -> bool:
+        """True if the database answers a trivial query within about ``timeout`` seconds."""
+        return self.backend.ping(timeout)
 
     @contextlib.contextmanager
     def read(self, doing: str) -> Iterator[sa.Connection]:
@@ -446,3 +458,46 @@ def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:
         raise
     finally:
         backend.dispose()
+
+
+log = logging.getLogger("ferryman.store")
+
+# Between tries to open a store that cannot be reached yet: quick at first (a
+# database restarting), then every few seconds (a host still booting).
+CONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=5.0)
+
+
+def open_store(
+    url: str | sa.URL,
+    *,
+    create: bool | None = None,
+    timeout: float | None = 0.0,
+    log_level: int = logging.WARNING,
+) -> Store:
+    """Open the store, trying again while it cannot be reached.
+
+    ``timeout``: how long to keep trying, in seconds (``None``: until it
+    answers; ``0``: once). Each failed try is logged in one line at
+    ``log_level``. Only :class:`~ferryman.StoreUnavailable` is retried: a
+    wrong URL, a missing database or role, a refused password or a schema
+    that does not match raise at once, since waiting cures none of them.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    tries = 0
+    while True:
+        try:
+            return Store(url, create=create)
+        except StoreUnavailable as exc:
+            tries += 1
+            delay = CONNECT_BACKOFF.delay(tries, str(url))
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if timeout == 0:
+                        raise
+                    raise StoreUnavailable(
+                        f"{exc} (gave up after {timeout:g}s and {tries} tries)"
+                    ) from exc
+                delay = min(delay, left)
+            log.log(log_level, "store not reachable (try %d), next in %.1fs: %s", tries, delay, exc)
+            time.sleep(delay)

@@ -28,9 +28,11 @@ disk wait form the next.
 Across processes, transactions queue on an exclusive ``flock`` of
 ``<store>-writer.lock`` instead of sleeping in SQLite's busy handler (1, 2,
 5 ... 100 ms): the kernel hands the lock to the next process the moment the
-last one lets go, or dies, so a killed process never leaves it held. Writers
-that do not go through the store (a user's own engine) meet SQLite's busy
-timeout, as before.
+last one lets go, or dies, so a killed process never leaves it held. A
+paused one does keep it, so a writer waits for it at most the busy timeout
+and then gives up with :class:`~ferryman.StoreUnavailable` (see
+:class:`WriterLockFile`). Writers that do not go through the store (a user's
+own engine) meet SQLite's busy timeout, as before.
 
 The write lock is what every other process waits for, so the time it is held
 is kept short: the process keeps one connection for its writes, and opens,
@@ -54,25 +56,62 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.errors import FerrymanError, StoreError
+from ferryman.errors import FerrymanError, StoreError, StoreUnavailable
 
 SAVEPOINT = "ferryman_writer"
 
 
 class WriterLockFile:
-    """An exclusive ``flock`` next to the database, held by one process's open transaction."""
+    """An exclusive ``flock`` next to the database, held by one process's open transaction.
 
-    def __init__(self, database: Path) -> None:
+    ``flock`` itself cannot give up, and a process paused (SIGSTOP, a frozen
+    VM) inside its transaction keeps the lock for as long as it is paused. So
+    when the lock is taken, a thread of this process waits for it in the
+    kernel — the hand-over stays immediate — while the writer waits at most
+    ``timeout`` seconds for that thread and then raises
+    :class:`~ferryman.StoreUnavailable`; callers retry with backoff. The
+    waiting thread is reused by the next try rather than doubled, and lets the
+    lock go at once if it gets it after everyone gave up.
+    """
+
+    def __init__(self, database: Path, *, timeout: float) -> None:
         self.path = database.with_name(f"{database.name}-writer.lock")
+        self.timeout = timeout
         self._fd: int | None = None
         self._pid = 0
+        self._waiter: _LockWaiter | None = None
 
     def acquire(self) -> None:
-        fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+        fd = self._descriptor()
+        waiter = self._waiter
+        # While an earlier try's thread is still blocked in flock, it alone may
+        # take the lock: a second flock of the same open file would succeed the
+        # moment that thread got it, and that thread would then let it go.
+        if waiter is None or not waiter.resume():
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._waiter = None
+                return
+            except BlockingIOError:
+                pass  # another process is writing: wait below, at most self.timeout
+            waiter = self._waiter = _LockWaiter(fd, self.path)
+        if not waiter.wait(self.timeout):
+            raise StoreUnavailable(
+                f"gave up after {self.timeout:g}s waiting for the write lock {self.path}: "
+                "another process holds it inside a write transaction (paused or stuck?); "
+                "SQLite cannot take it from a paused process (see docs/operations.md)"
+            )
+        self._waiter = None
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (unlocking it), unless a waiting thread still uses it."""
+        if self._fd is not None and self._pid == os.getpid() and self._waiter is None:
+            os.close(self._fd)
+            self._fd = None
 
     def _descriptor(self) -> int:
         if self._fd is None or self._pid != os.getpid():
@@ -82,7 +121,55 @@ class WriterLockFile:
                 os.close(self._fd)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._pid = os.getpid()
+            self._waiter = None  # the parent's waiting thread did not come along
         return self._fd
+
+
+class _LockWaiter:
+    """A thread blocked in ``flock`` for a writer that may stop waiting for it."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd = fd
+        self._path = path
+        self._decided = threading.Lock()
+        self._granted = threading.Event()
+        self._abandoned = False
+        self._finished = False  # it gave the lock back: nobody wanted it any more
+        self.error: OSError | None = None
+        threading.Thread(
+            target=self._wait, name=f"ferryman-writer-lock-{path.name}", daemon=True
+        ).start()
+
+    def _wait(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self.error = exc
+        with self._decided:
+            if self._abandoned and self.error is None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._finished = True
+                return
+            self._granted.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True once this process holds the lock; False if ``timeout`` passed first."""
+        self._granted.wait(timeout)
+        with self._decided:
+            if not self._granted.is_set():
+                self._abandoned = True
+                return False
+        if self.error is not None:
+            raise StoreError(f"cannot lock {self._path}: {self.error}") from self.error
+        return True
+
+    def resume(self) -> bool:
+        """Wait for this thread again; False if it is gone and a new one is needed."""
+        with self._decided:
+            if self._finished or self._granted.is_set():
+                return False
+            self._abandoned = False
+            return True
 
 
 class _Group:
@@ -121,11 +208,12 @@ class _Session:
     @property
     def usable(self) -> bool:
         """Still inside the transaction, for SQLite and for SQLAlchemy alike."""
-        return (
-            self.driver.in_transaction
-            and self.connection.in_transaction()
-            and not self.connection.invalidated
-        )
+        return self.in_driver_transaction and self.connection.in_transaction()
+
+    @property
+    def in_driver_transaction(self) -> bool:
+        """Still inside SQLite's transaction, whatever SQLAlchemy believes."""
+        return self.driver.in_transaction and not self.connection.invalidated
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -135,10 +223,12 @@ class _Session:
 class GroupCommit:
     """The write transactions of one SQLite store in this process (see the module)."""
 
-    def __init__(self, engine: sa.Engine, database: Path, *, where: str) -> None:
+    def __init__(
+        self, engine: sa.Engine, database: Path, *, where: str, lock_timeout: float
+    ) -> None:
         self._engine = engine
         self._where = where  # the store, for messages
-        self.lock_file = WriterLockFile(database)
+        self.lock_file = WriterLockFile(database, timeout=lock_timeout)
         self._mutex = threading.Lock()
         self._queued = 0  # writers waiting for the mutex
         self._counting = threading.Lock()
@@ -195,6 +285,7 @@ class GroupCommit:
             if self._group is not None:
                 self._close(self._group, commit=self._group.members > 0)
             self._discard_session()
+            self.lock_file.close()
 
     def _forget_parent(self) -> None:
         """In a forked child: nothing of the parent's turns, transaction or connection."""
@@ -243,7 +334,7 @@ class GroupCommit:
 
     def _open(self) -> _Group:
         session = self._session
-        self.lock_file.acquire()
+        self.lock_file.acquire()  # raises without the lock: nothing to release
         try:
             if session is None:
                 session = self._session = _Session(self._engine)
@@ -257,14 +348,22 @@ class GroupCommit:
 
     def _withdraw(self, group: _Group, session: _Session, joined: bool) -> None:
         """Undo a failed writer's block, keeping the other writers' work if it can."""
-        if joined and session.usable:
+        if joined and session.in_driver_transaction:
             try:
                 session.sql(f"ROLLBACK TO {SAVEPOINT}")
                 session.sql(f"RELEASE {SAVEPOINT}")
-                return
             except sqlite3.Error as exc:
                 group.error = exc
-        elif joined:
+                self._close(group, commit=False)
+                return
+            if not session.usable:
+                # The block's refused commit or rollback ended the transaction
+                # for SQLAlchemy only (store/blocks.py): SQLite's is intact, so
+                # the writers waiting in it commit now, and the next writer
+                # starts on a fresh connection.
+                self._close(group, commit=group.members > 0 and group.error is None)
+            return
+        if joined:
             group.error = StoreError("the transaction was rolled back by a failed write")
         self._close(group, commit=False)
 
@@ -281,6 +380,8 @@ class GroupCommit:
                     group.error = exc
             if not commit or group.error is not None:
                 self._rollback()
+            elif session is not None and not session.connection.in_transaction():
+                self._discard_session()  # committed on the driver; SQLAlchemy's view is gone
         finally:
             self.lock_file.release()
             group.committed.set()

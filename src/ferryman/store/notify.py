@@ -15,10 +15,15 @@ from collections.abc import Callable, Iterable
 import psycopg
 import sqlalchemy as sa
 
+from ferryman.model import Backoff
+
 log = logging.getLogger("ferryman.store")
 
 CHANNEL = "ferryman_runs"
-RECONNECT_MAX_DELAY = 10.0
+RECONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=10.0)
+# How often the thread looks up from its wait to see whether it should stop:
+# stop() waits for it, and a stopping worker should not linger for it.
+STOP_CHECK = 0.2
 
 
 def notify_jobs(conn: sa.Connection, jobs: Iterable[str]) -> None:
@@ -40,8 +45,11 @@ class Listener:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening; return once the thread and its connection are gone (or ``timeout``)."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         failures = 0
@@ -51,12 +59,12 @@ class Listener:
                     conn.execute(f"LISTEN {CHANNEL}")
                     failures = 0
                     while not self._stop.is_set():
-                        for notification in conn.notifies(timeout=1.0):
+                        for notification in conn.notifies(timeout=STOP_CHECK):
                             self._on_job(notification.payload)
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     return  # stopped while waiting: a connection closed under us is no news
                 failures += 1
-                delay = min(RECONNECT_MAX_DELAY, 0.2 * 2**failures)
+                delay = RECONNECT_BACKOFF.delay(failures, self._thread.name)
                 log.warning("wake-up listener lost its connection, polling meanwhile: %s", exc)
                 self._stop.wait(delay)

@@ -42,6 +42,8 @@ log = logging.getLogger("ferryman.worker")
 TRACEBACK_HEAD = 2_000
 TRACEBACK_TAIL = 6_000
 STORE_RETRY_MAX_DELAY = 5.0
+REGISTER_BACKOFF = Backoff(base=0.2, factor=2.0, max=STORE_RETRY_MAX_DELAY)
+JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +148,10 @@ class Worker:
 
     def run(self, *, until_idle: bool = False, handle_signals: bool = True) -> WorkReport:
         restore = self._install_signal_handlers() if handle_signals else None
-        self._register()
+        if not self._register():  # stopped before the store could be written
+            if restore:
+                restore()
+            return self.report
         try:
             self._start_threads()
             self._claim_loop(until_idle)
@@ -280,6 +285,12 @@ class Worker:
         for thread in self._threads:
             if thread.name in ("ferryman-committer", "ferryman-heartbeat"):
                 thread.join(timeout=self.lease_seconds)
+        # Idle job threads end at the sentinel above; one still in a job that
+        # outlived the grace is left behind (its run was released, it cannot commit).
+        idle_by = time.monotonic() + JOB_THREAD_JOIN
+        for thread in self._threads:
+            if thread.name.startswith("ferryman-job-"):
+                thread.join(timeout=max(0.0, idle_by - time.monotonic()))
         try:
             self.store.worker_stopped(self.worker_id)
         except StoreError as exc:
@@ -434,13 +445,29 @@ class Worker:
         if self._on_outcome is not None:
             self._on_outcome(run, "lease_lost")
 
-    def _register(self) -> None:
-        self.store.register_worker(
-            worker_id=self.worker_id,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            jobs=list(self.jobs),
-        )
+    def _register(self) -> bool:
+        """Record this worker in the store, retrying as the other loops do; False if stopped."""
+        tries = 0
+        while not self._stopping.is_set():
+            try:
+                self.store.register_worker(
+                    worker_id=self.worker_id,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    jobs=list(self.jobs),
+                )
+                return True
+            except StoreError as exc:
+                tries += 1
+                delay = REGISTER_BACKOFF.delay(tries, self.worker_id)
+                log.warning(
+                    "registering the worker failed (try %d), retrying in %.1fs: %s",
+                    tries,
+                    delay,
+                    exc,
+                )
+                self._stopping.wait(delay)
+        return False
 
     def _install_signal_handlers(self) -> Callable[[], None] | None:
         if threading.current_thread() is not threading.main_thread():
