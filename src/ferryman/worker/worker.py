@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from ferryman.errors import FerrymanError, LeaseLost, Reject, StoreError
+from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.notify import Listener
@@ -103,7 +103,7 @@ class Worker:
         on_outcome: Callable[[ClaimedRun, str], None] | None = None,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
         if not jobs:
             raise FerrymanError("this app has no jobs to work on")
         self.store = store
