@@ -12,7 +12,16 @@ Threads of one worker process, each named and supervised:
   flags runs whose lease was lost.
 
 A crash of the committer or the heartbeat stops the worker with an error
-rather than letting it run on without durable outcomes or live leases.
+rather than letting it run on without durable outcomes or live leases. The
+runs it had started are then left to their leases, so a crash counts their
+attempt: a run that crashes every worker it meets ends ``dead`` after
+``max_attempts`` instead of being handed back forever.
+
+Whatever a job raises is the outcome of its attempt, ``SystemExit`` and other
+``BaseException`` included: a library calling ``sys.exit()`` fails the run,
+never the worker. ``KeyboardInterrupt`` in the thread that called
+:meth:`Worker.run` means "stop", as SIGINT does: no new claims, drain,
+release, then re-raise.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ log = logging.getLogger("ferryman.worker")
 
 TRACEBACK_HEAD = 2_000
 TRACEBACK_TAIL = 6_000
-STORE_RETRY_MAX_DELAY = 5.0
+# Between tries of a store write that failed (claims, outcomes).
+STORE_RETRY = Backoff(base=0.2, factor=2.0, max=5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,16 +157,26 @@ class Worker:
     def run(self, *, until_idle: bool = False, handle_signals: bool = True) -> WorkReport:
         restore = self._install_signal_handlers() if handle_signals else None
         self._register()
+        interrupted: KeyboardInterrupt | None = None
         try:
             self._start_threads()
-            self._claim_loop(until_idle)
-            self._drain()
+            try:
+                self._claim_loop(until_idle)
+            except KeyboardInterrupt as exc:
+                # Ctrl-C without our signal handlers: stop as SIGINT would.
+                log.info("interrupted: no new claims; a second interrupt stops waiting")
+                interrupted = exc
+                self.stop()
+            if not self._drain():
+                interrupted = interrupted or KeyboardInterrupt()
         finally:
             self._shutdown()
             if restore:
                 restore()
         if self._crash is not None:
             raise FerrymanError(f"worker {self.worker_id} stopped: {self._crash}") from self._crash
+        if interrupted is not None:
+            raise interrupted
         return self.report
 
     # -- claim loop ----------------------------------------------------------
@@ -186,7 +206,7 @@ class Worker:
                 failures = 0
             except StoreError as exc:
                 failures += 1
-                delay = min(STORE_RETRY_MAX_DELAY, 0.1 * 2**failures)
+                delay = STORE_RETRY.delay(failures, self.worker_id)
                 log.warning("claim failed, retrying in %.1fs: %s", delay, exc)
                 self._stopping.wait(delay)
                 continue
@@ -205,19 +225,30 @@ class Worker:
                     continue  # the last run finished during the claim: check once more
                 self._changed.wait(self.poll_interval)
 
-    def _drain(self) -> None:
-        """Wait for held runs to finish, then release what is left."""
-        deadline = time.monotonic() + self.grace_seconds
+    def _drain(self) -> bool:
+        """Wait for held runs to finish, then release what is left.
+
+        Returns False if a KeyboardInterrupt cut the wait short (what is left
+        is released all the same).
+        """
+        calm = self._wait_for_held()
         with self._changed:
-            while self._held and self._crash is None and not self._abandon.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._changed.wait(min(remaining, self.poll_interval))
-            leftovers = [held.run for held in self._held.values()] + self._unstarted
+            # After a crash, a run that had started keeps its lease, so that
+            # its attempt counts: a run that crashes every worker it meets
+            # ends dead instead of being handed back for ever.
+            crashed = self._crash is not None
+            kept = [h.run for h in self._held.values() if crashed and h.context is not None]
+            leftovers = [h.run for h in self._held.values() if not crashed or h.context is None]
+            leftovers += self._unstarted
             self._unstarted = []
+        if kept:
+            log.warning(
+                "%d runs this crashed worker had started keep their leases; when those "
+                "expire another worker takes them over, using an attempt",
+                len(kept),
+            )
         if not leftovers:
-            return
+            return calm
         # Releasing bumps the lease token, so the jobs still running here can no
         # longer commit: whoever claims the runs next owns them alone.
         try:
@@ -230,9 +261,25 @@ class Worker:
             log.error(
                 "could not release %d runs; their leases will expire: %s", len(leftovers), exc
             )
-            return
+            return calm
         self.report.released += len(released)
         log.info("released %d runs without using an attempt", len(released))
+        return calm
+
+    def _wait_for_held(self) -> bool:
+        """Give held runs ``grace_seconds``; False if a KeyboardInterrupt ended the wait."""
+        deadline = time.monotonic() + self.grace_seconds
+        with self._changed:
+            while self._held and self._crash is None and not self._abandon.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    self._changed.wait(min(remaining, self.poll_interval))
+                except KeyboardInterrupt:
+                    self._abandon.set()  # a second interrupt stops waiting, as a signal does
+                    return False
+        return True
 
     # -- threads -------------------------------------------------------------
 
@@ -317,7 +364,10 @@ class Worker:
         except LeaseLost:
             self._lease_lost(run)
             return None
-        except Exception as exc:
+        # Whatever the job raises ends its attempt, SystemExit and the other
+        # BaseExceptions included: this is a job thread, so a KeyboardInterrupt
+        # here was raised by the job, not by Ctrl-C (which reaches the claim loop).
+        except BaseException as exc:
             if not context.succeeded_in_transaction:
                 return self._failure(run, definition, exc)
             # The success is committed and cannot be taken back; say so loudly.
@@ -332,7 +382,7 @@ class Worker:
             return None
         return Outcome(OutcomeKind.SUCCEEDED, run.lease, run.attempt)
 
-    def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: Exception) -> Outcome:
+    def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
         """Reject → failed now; any other error → retry after backoff, or dead."""
         fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         if isinstance(exc, Reject):
@@ -382,7 +432,7 @@ class Worker:
                 # we retry; if the store stays away past the lease, the fenced
                 # write refuses them and another worker redoes the runs.
                 failures += 1
-                delay = min(STORE_RETRY_MAX_DELAY, 0.1 * 2**failures)
+                delay = STORE_RETRY.delay(failures, self.worker_id)
                 log.warning(
                     "recording %d outcomes failed, retrying in %.1fs: %s", len(batch), delay, exc
                 )
