@@ -29,7 +29,7 @@ from ferryman.model import (
     TransferStatus,
     WorkerInfo,
 )
-from ferryman.store import migrate
+from ferryman.store import faults, migrate
 from ferryman.store.dialect import Backend, create_backend, translated_errors
 from ferryman.store.runs import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, RunQueries
 from ferryman.store.sensors import (
@@ -77,6 +77,9 @@ class Store:
 
     def __init__(self, url: str | sa.URL, *, create: bool | None = None, pool_size: int = 10):
         self.backend: Backend = create_backend(url, pool_size=pool_size)
+        # Errors of the store's own connections are marked when the database
+        # failed, so a job's attempt lost to an outage is not counted.
+        faults.watch(self.backend.engine, self.backend.read_engine)
         self.runs = RunQueries(self.backend)
         self.workers = WorkerQueries(self.backend)
         self.transfers = TransferQueries(self.backend)

@@ -19,9 +19,11 @@ attempt: a run that crashes every worker it meets ends ``dead`` after
 
 Whatever a job raises is the outcome of its attempt, ``SystemExit`` and other
 ``BaseException`` included: a library calling ``sys.exit()`` fails the run,
-never the worker. ``KeyboardInterrupt`` in the thread that called
-:meth:`Worker.run` means "stop", as SIGINT does: no new claims, drain,
-release, then re-raise.
+never the worker. Only when the store's database failed under the attempt
+(see :mod:`ferryman.store.faults`) is the attempt given back: the job thread
+releases the run, once the store answers again, without using an attempt.
+``KeyboardInterrupt`` in the thread that called :meth:`Worker.run` means
+"stop", as SIGINT does: no new claims, drain, release, then re-raise.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
+from ferryman.store.faults import caused_by_store
 from ferryman.store.notify import Listener
 from ferryman.worker.context import JobContext
 
@@ -50,8 +53,12 @@ log = logging.getLogger("ferryman.worker")
 
 TRACEBACK_HEAD = 2_000
 TRACEBACK_TAIL = 6_000
-# Between tries of a store write that failed (claims, outcomes).
+# Between tries of a store write that failed (claims, outcomes, releases).
 STORE_RETRY = Backoff(base=0.2, factor=2.0, max=5.0)
+# Attempts of one run given back in a row by this process because the store
+# failed under them; past this, the failure counts. A job that makes the store
+# fail itself (kills its own connection, fills the disk) must not loop forever.
+GIVE_BACK_LIMIT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +81,7 @@ class WorkReport:
     failed: int = 0
     dead: int = 0
     lease_lost: int = 0
-    released: int = 0
+    released: int = 0  # given back without using an attempt (on stop, or the store failed)
     errors: list[str] = field(default_factory=list)
 
 
@@ -85,6 +92,11 @@ def describe_error(exc: BaseException) -> str:
         return text
     cut = len(text) - TRACEBACK_HEAD - TRACEBACK_TAIL
     return f"{text[:TRACEBACK_HEAD]}\n  ... {cut} characters cut ...\n{text[-TRACEBACK_TAIL:]}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def new_worker_id() -> str:
@@ -137,6 +149,7 @@ class Worker:
         self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
         self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
         self._crash: BaseException | None = None
+        self._given_back: dict[int, int] = {}  # run id -> attempts given back in a row
         self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
 
@@ -369,6 +382,9 @@ class Worker:
         # here was raised by the job, not by Ctrl-C (which reaches the claim loop).
         except BaseException as exc:
             if not context.succeeded_in_transaction:
+                if caused_by_store(exc) and self._may_give_back(run, exc):
+                    self._give_back(run, exc)
+                    return None
                 return self._failure(run, definition, exc)
             # The success is committed and cannot be taken back; say so loudly.
             log.warning(
@@ -377,6 +393,7 @@ class Worker:
                 exc,
                 extra=fields,
             )
+        self._given_back.pop(run.id, None)
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
             return None
@@ -384,6 +401,7 @@ class Worker:
 
     def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
         """Reject → failed now; any other error → retry after backoff, or dead."""
+        self._given_back.pop(run.id, None)
         fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         if isinstance(exc, Reject):
             log.info("run rejected: %s", exc.reason, extra=fields)
@@ -395,6 +413,61 @@ class Worker:
         delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
         log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
         return Outcome(OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay)
+
+    def _may_give_back(self, run: ClaimedRun, exc: BaseException) -> bool:
+        """False once this process gave the run's attempt back too often in a row."""
+        given = self._given_back.get(run.id, 0)
+        if given < GIVE_BACK_LIMIT:
+            if len(self._given_back) > 10_000:  # runs that went to other workers
+                self._given_back.clear()
+            self._given_back[run.id] = given + 1
+            return True
+        log.warning(
+            "the store failed under this run %d times in a row; this time the attempt counts: %r",
+            given,
+            exc,
+            extra={"run_id": run.id, "job": run.job, "attempt": run.attempt},
+        )
+        return False
+
+    def _give_back(self, run: ClaimedRun, exc: BaseException) -> None:
+        """Release a run whose attempt the store's failure cut short, once the store answers.
+
+        Whatever the attempt wrote through ``ctx.transaction()`` was rolled back
+        with it, so running the job again is safe. If the transaction did
+        commit (the connection dropped while the commit was on its way), the
+        run is ``succeeded`` and the fenced release leaves it alone.
+        """
+        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
+        reason = f"the store failed during the attempt, which does not count: {_first_line(exc)}"
+        failures = 0
+        while True:
+            try:
+                released = self.store.release(
+                    [run.lease], worker_id=self.worker_id, reason=reason[:1000]
+                )
+                break
+            except StoreError as store_exc:
+                failures += 1
+                delay = STORE_RETRY.delay(failures, self.worker_id)
+                log.warning("giving a run back failed, retrying in %.1fs: %s", delay, store_exc)
+                if self._closed.wait(delay) or self._abandon.is_set():
+                    return  # still held: the drain releases it with the rest, or it expires
+        if released:
+            with self._changed:
+                self.report.released += 1
+            log.warning(
+                "the store failed under the job; run released, attempt not used: %r",
+                exc,
+                extra=fields,
+            )
+        else:
+            log.warning(
+                "the store failed under the job, and the run is no longer this worker's: its "
+                "success committed before the connection dropped, or its lease was lost",
+                extra=fields,
+            )
+        self._forget(run.id)
 
     def _committer(self) -> None:
         batch_limit = 1000
@@ -441,13 +514,20 @@ class Worker:
 
     def _heartbeat(self) -> None:
         interval = self.lease_seconds / 3
-        while not self._closed.wait(interval):
+        failures = 0
+        # After a failed renewal, try again soon: once the store is back, the
+        # leases must be renewed before they expire and cost their runs an attempt.
+        while not self._closed.wait(
+            min(interval, STORE_RETRY.delay(failures, self.worker_id)) if failures else interval
+        ):
             with self._changed:
                 held = list(self._held.values())
             try:
                 lost = self.store.renew([h.run.lease for h in held], self.lease_seconds)
                 self.store.worker_seen(self.worker_id)
+                failures = 0
             except StoreError as exc:
+                failures += 1
                 log.warning("lease renewal failed: %s", exc)
                 continue
             for h in held:
