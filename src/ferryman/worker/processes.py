@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from types import FrameType
+from typing import NoReturn
 
 from ferryman.model import Backoff
 from ferryman.worker.worker import Worker, WorkReport
@@ -47,26 +48,16 @@ def run_processes(
         log.warning("forking worker processes while other threads run; prefer starting them first")
     children: dict[int, tuple[int, float]] = {}  # pid -> read end of its report pipe, start
     stopping = _StopFlag()
-    early_deaths = 0
+    restarts = _Restarts()
     total = WorkReport(worker_id=f"supervisor:{os.getpid()}")
 
     def spawn() -> None:
         read_end, write_end = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child
+        if pid == 0:
             os.close(read_end)
             stopping.close()
-            code = 0
-            try:
-                after_fork()
-                report = make_worker().run(until_idle=until_idle, handle_signals=True)
-                os.write(write_end, json.dumps(asdict(report)).encode())
-            except BaseException:
-                log.exception("worker process failed")
-                code = 1
-            finally:
-                os.close(write_end)
-                os._exit(code)
+            _child(write_end, make_worker, until_idle=until_idle, after_fork=after_fork)
         os.close(write_end)
         children[pid] = (read_end, time.monotonic())
 
@@ -76,9 +67,7 @@ def run_processes(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore_signals = _install(forward)
     try:
         for _ in range(processes):
             spawn()
@@ -96,23 +85,65 @@ def run_processes(
             _collect(read_end, total)
             code = os.waitstatus_to_exitcode(status)
             if code != 0 and not stopping.is_set() and not until_idle:
-                lived = time.monotonic() - started
-                early_deaths = 0 if lived >= HEALTHY_SECONDS else early_deaths + 1
-                delay = RESTART_BACKOFF.delay(max(early_deaths, 1), "worker process")
-                log.warning(
-                    "worker process %d exited with %d after %.0fs; starting a replacement in %.1fs",
-                    *(pid, code, lived, delay),
-                )
-                # Woken early by SIGTERM or SIGINT: then no replacement.
-                if not stopping.wait(delay):
+                if restarts.wait(pid, code, time.monotonic() - started, stopping):
                     spawn()
             elif code != 0:
                 total.errors.append(f"worker process {pid} exited with {code}")
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
         stopping.close()
     return total
+
+
+def _install(handler: Callable[[int, FrameType | None], None]) -> Callable[[], None]:
+    """Handle SIGTERM and SIGINT with ``handler`` (main thread only); the result undoes it."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def _child(
+    write_end: int,
+    make_worker: Callable[[], Worker],
+    *,
+    until_idle: bool,
+    after_fork: Callable[[], None],
+) -> NoReturn:
+    """The body of a forked worker process; it never returns."""
+    code = 0
+    try:
+        after_fork()
+        report = make_worker().run(until_idle=until_idle, handle_signals=True)
+        os.write(write_end, json.dumps(asdict(report)).encode())
+    except BaseException:
+        log.exception("worker process failed")
+        code = 1
+    finally:
+        os.close(write_end)
+        os._exit(code)
+
+
+class _Restarts:
+    """The wait before replacing a child: longer while children keep dying young."""
+
+    def __init__(self) -> None:
+        self._early_deaths = 0
+
+    def wait(self, pid: int, code: int, lived: float, stopping: _StopFlag) -> bool:
+        """Wait before a replacement of child ``pid``; False if a stop signal came meanwhile."""
+        self._early_deaths = 0 if lived >= HEALTHY_SECONDS else self._early_deaths + 1
+        delay = RESTART_BACKOFF.delay(max(self._early_deaths, 1), "worker process")
+        log.warning(
+            "worker process %d exited with %d after %.0fs; starting a replacement in %.1fs",
+            *(pid, code, lived, delay),
+        )
+        return not stopping.wait(delay)
 
 
 class _StopFlag:
