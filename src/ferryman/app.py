@@ -539,18 +539,23 @@ class App:
 def _check_work_settings(
     *,
     concurrency: int,
-    processes: int | None = None,
-    prefetch: int | None = None,
-    claim_batch: int = 1,
-    poll_interval: float = 1.0,
+    prefetch: int | None,
     grace_seconds: float,
+    processes: int | None = None,
+    claim_batch: int | None = None,
+    poll_interval: float | None = None,
 ) -> None:
-    """Refuse a worker setting out of range (NaN and infinities included), naming it."""
+    """Refuse a worker setting out of range (NaN and infinities included), naming it.
+
+    ``None`` is the default of the optional ones, and always fine.
+    """
     settings.count("concurrency", concurrency, minimum=1)
-    if processes is not None:
-        settings.count("processes", processes, minimum=1)
+    settings.seconds("grace_seconds", grace_seconds)
     if prefetch is not None:
         settings.count("prefetch", prefetch, minimum=0)
-    settings.count("claim_batch", claim_batch, minimum=1)
-    settings.seconds("poll_interval", poll_interval, inclusive=False)
-    settings.seconds("grace_seconds", grace_seconds)
+    if processes is not None:
+        settings.count("processes", processes, minimum=1)
+    if claim_batch is not None:
+        settings.count("claim_batch", claim_batch, minimum=1)
+    if poll_interval is not None:
+        settings.seconds("poll_interval", poll_interval, inclusive=False)
