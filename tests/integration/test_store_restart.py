@@ -1,10 +1,12 @@
-"""PostgreSQL restarted under a working worker: nothing lost, nothing doubled, no attempt used.
+"""PostgreSQL failing under a working worker: nothing lost, nothing doubled, no attempt used.
 
 The database is a private cluster (``tests/private_pg.py``) restarted with
 ``pg_ctl restart -m fast`` and then ``-m immediate`` while a worker runs 400
 runs, each allowed one attempt, whose job writes its effect through
 ``ctx.transaction()``: an attempt the outage cut short must be given back, so
-a single counted attempt lost to it would leave a run ``dead``.
+a single counted attempt lost to it would leave a run ``dead``. And a proxy
+(``tests/pg_proxy.py``) loses the answer to a claim's commit, the moment of an
+outage where the store did what the worker was told failed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ferryman as fm
 from ferryman.store import upgrade
 from ferryman.worker import Worker
 from tests.helpers import wait_until
+from tests.pg_proxy import LostCommitAnswer
 from tests.private_pg import PrivateCluster
 
 RUNS = 400
@@ -96,3 +99,41 @@ def test_postgres_restarts_mid_run_lose_double_and_use_up_nothing(
         assert worker.report.dead == 0 and worker.report.released == len(given_back)
     finally:
         app.close()
+
+
+def test_a_claim_whose_answer_is_lost_uses_no_attempt(pg_url: str) -> None:
+    database = sa.make_url(pg_url).database
+    assert database is not None
+    # The claim's statements lock with SKIP LOCKED; its COMMIT lands, its answer is lost.
+    with LostCommitAnswer(("127.0.0.1", 5432), arm=b"SKIP LOCKED") as proxy:
+        app = fm.App(proxy.url(database), lease_seconds=30)
+
+        @app.job(max_attempts=1)
+        def load(ctx: fm.JobContext, payload: object) -> None:
+            with ctx.transaction() as conn:
+                conn.execute(sa.text("INSERT INTO effects VALUES (:k)"), {"k": ctx.run_key})
+
+        try:
+            with app.engine.begin() as conn:
+                conn.execute(sa.text("CREATE TABLE effects (run_key TEXT NOT NULL)"))
+            ids = app.submit("load", *(fm.RunRequest(f"r-{i:02}") for i in range(20))).run_ids
+            report = app.work(until_idle=True, handle_signals=False, concurrency=2)
+
+            assert proxy.fired.is_set()
+            runs = [app.get_run(run_id) for run_id in ids]
+            # Without a release, the runs of the lost claim would sit `running` until
+            # their leases expired, then end dead with the attempt counted.
+            assert [(r.status, r.attempt) for r in runs if r is not None] == [
+                (fm.RunStatus.SUCCEEDED, 1)
+            ] * 20
+            lost = [
+                run_id
+                for run_id in ids
+                if "released" in [e.kind.value for e in app.get_run_events(run_id)]
+            ]
+            assert lost and report.released == len(lost)
+            with app.engine.begin() as conn:
+                keys = conn.execute(sa.text("SELECT run_key FROM effects")).scalars().all()
+            assert sorted(keys) == [f"r-{i:02}" for i in range(20)]
+        finally:
+            app.close()

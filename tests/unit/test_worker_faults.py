@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 import ferryman as fm
 from ferryman.worker import Worker
-from ferryman.worker.worker import GIVE_BACK_LIMIT
+from ferryman.worker.outages import GIVE_BACK_LIMIT
 from tests.helpers import wait_until
 from tests.unit.test_runs_contract import create_effects, effect_keys, kinds, lease_expired
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -170,6 +170,16 @@ class Store:
 
     def release(self, leases: Sequence[Lease], *, worker_id: str, reason: str) -> list[int]:
         with self.write("releasing runs") as conn:
+            return self.runs.release(conn, leases, worker_id=worker_id, reason=reason)
+
+    def release_unheld(self, *, worker_id: str, held: Collection[int], reason: str) -> list[int]:
+        """Release the runs leased to ``worker_id`` that are not in ``held``.
+
+        A claim whose commit landed while its answer was lost (the connection
+        dropped) leaves runs leased to a worker that does not know it has them.
+        """
+        with self.write("releasing runs leased to this worker without its knowing") as conn:
+            leases = [le for le in self.runs.leased_to(conn, worker_id) if le.run_id not in held]
             return self.runs.release(conn, leases, worker_id=worker_id, reason=reason)
 
     def requeue(

@@ -20,7 +20,7 @@ attempt: a run that crashes every worker it meets ends ``dead`` after
 Whatever a job raises is the outcome of its attempt, ``SystemExit`` and other
 ``BaseException`` included: a library calling ``sys.exit()`` fails the run,
 never the worker. Only when the store's database failed under the attempt
-(see :mod:`ferryman.store.faults`) is the attempt given back: the job thread
+(see :mod:`ferryman.worker.outages`) is the attempt given back: the job thread
 releases the run, once the store answers again, without using an attempt.
 ``KeyboardInterrupt`` in the thread that called :meth:`Worker.run` means
 "stop", as SIGINT does: no new claims, drain, release, then re-raise.
@@ -45,20 +45,14 @@ from typing import Any
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
-from ferryman.store.faults import caused_by_store
 from ferryman.store.notify import Listener
 from ferryman.worker.context import JobContext
+from ferryman.worker.outages import STORE_RETRY, Outages
 
 log = logging.getLogger("ferryman.worker")
 
 TRACEBACK_HEAD = 2_000
 TRACEBACK_TAIL = 6_000
-# Between tries of a store write that failed (claims, outcomes, releases).
-STORE_RETRY = Backoff(base=0.2, factor=2.0, max=5.0)
-# Attempts of one run given back in a row by this process because the store
-# failed under them; past this, the failure counts. A job that makes the store
-# fail itself (kills its own connection, fills the disk) must not loop forever.
-GIVE_BACK_LIMIT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +86,6 @@ def describe_error(exc: BaseException) -> str:
         return text
     cut = len(text) - TRACEBACK_HEAD - TRACEBACK_TAIL
     return f"{text[:TRACEBACK_HEAD]}\n  ... {cut} characters cut ...\n{text[-TRACEBACK_TAIL:]}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def new_worker_id() -> str:
@@ -149,7 +138,7 @@ class Worker:
         self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
         self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
         self._crash: BaseException | None = None
-        self._given_back: dict[int, int] = {}  # run id -> attempts given back in a row
+        self._outages = Outages(store, self.worker_id, stop_trying=self._closed)
         self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
 
@@ -219,6 +208,8 @@ class Worker:
                 failures = 0
             except StoreError as exc:
                 failures += 1
+                # The claim may have committed with its answer lost on the way.
+                self._outages.orphans_possible = True
                 delay = STORE_RETRY.delay(failures, self.worker_id)
                 log.warning("claim failed, retrying in %.1fs: %s", delay, exc)
                 self._stopping.wait(delay)
@@ -230,6 +221,9 @@ class Worker:
                         self._held[run.id] = _Held(run)
                 for run in claimed:
                     self._runnable.put(run)
+            if self._outages.orphans_possible and self._release_orphans():
+                continue  # they are due again: claim at once
+            if claimed:
                 continue
             if until_idle and nothing_held:
                 return
@@ -237,6 +231,15 @@ class Worker:
                 if until_idle and not self._held:
                     continue  # the last run finished during the claim: check once more
                 self._changed.wait(self.poll_interval)
+
+    def _release_orphans(self) -> bool:
+        """Release runs a failed claim leased to this worker all the same; any released?"""
+        with self._changed:
+            held = set(self._held)
+        released = self._outages.release_orphans(held)
+        with self._changed:
+            self.report.released += released
+        return released > 0
 
     def _drain(self) -> bool:
         """Wait for held runs to finish, then release what is left.
@@ -382,7 +385,7 @@ class Worker:
         # here was raised by the job, not by Ctrl-C (which reaches the claim loop).
         except BaseException as exc:
             if not context.succeeded_in_transaction:
-                if caused_by_store(exc) and self._may_give_back(run, exc):
+                if self._outages.may_give_back(run, exc):
                     self._give_back(run, exc)
                     return None
                 return self._failure(run, definition, exc)
@@ -393,7 +396,7 @@ class Worker:
                 exc,
                 extra=fields,
             )
-        self._given_back.pop(run.id, None)
+        self._outages.forget(run.id)
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
             return None
@@ -401,7 +404,6 @@ class Worker:
 
     def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
         """Reject → failed now; any other error → retry after backoff, or dead."""
-        self._given_back.pop(run.id, None)
         fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         if isinstance(exc, Reject):
             log.info("run rejected: %s", exc.reason, extra=fields)
@@ -414,45 +416,12 @@ class Worker:
         log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
         return Outcome(OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay)
 
-    def _may_give_back(self, run: ClaimedRun, exc: BaseException) -> bool:
-        """False once this process gave the run's attempt back too often in a row."""
-        given = self._given_back.get(run.id, 0)
-        if given < GIVE_BACK_LIMIT:
-            if len(self._given_back) > 10_000:  # runs that went to other workers
-                self._given_back.clear()
-            self._given_back[run.id] = given + 1
-            return True
-        log.warning(
-            "the store failed under this run %d times in a row; this time the attempt counts: %r",
-            given,
-            exc,
-            extra={"run_id": run.id, "job": run.job, "attempt": run.attempt},
-        )
-        return False
-
     def _give_back(self, run: ClaimedRun, exc: BaseException) -> None:
-        """Release a run whose attempt the store's failure cut short, once the store answers.
-
-        Whatever the attempt wrote through ``ctx.transaction()`` was rolled back
-        with it, so running the job again is safe. If the transaction did
-        commit (the connection dropped while the commit was on its way), the
-        run is ``succeeded`` and the fenced release leaves it alone.
-        """
+        """The store failed under the attempt: release the run, its attempt not counted."""
         fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
-        reason = f"the store failed during the attempt, which does not count: {_first_line(exc)}"
-        failures = 0
-        while True:
-            try:
-                released = self.store.release(
-                    [run.lease], worker_id=self.worker_id, reason=reason[:1000]
-                )
-                break
-            except StoreError as store_exc:
-                failures += 1
-                delay = STORE_RETRY.delay(failures, self.worker_id)
-                log.warning("giving a run back failed, retrying in %.1fs: %s", delay, store_exc)
-                if self._closed.wait(delay) or self._abandon.is_set():
-                    return  # still held: the drain releases it with the rest, or it expires
+        released = self._outages.give_back(run, exc)
+        if released is None:
+            return  # shutting down: still held, released with the rest or left to its lease
         if released:
             with self._changed:
                 self.report.released += 1
