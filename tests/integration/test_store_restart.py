@@ -101,6 +101,7 @@ def test_postgres_restarts_mid_run_lose_double_and_use_up_nothing(
         app.close()
 
 
+@pytest.mark.postgres
 def test_a_claim_whose_answer_is_lost_uses_no_attempt(pg_url: str) -> None:
     database = sa.make_url(pg_url).database
     assert database is not None
