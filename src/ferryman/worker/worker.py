@@ -168,9 +168,12 @@ class Worker:
                 # Ctrl-C without our signal handlers: stop as SIGINT would.
                 log.info("interrupted: no new claims; a second interrupt stops waiting")
                 interrupted = exc
+                self._outages.orphans_possible = True  # it may have cut a claim short
                 self.stop()
             if not self._drain():
                 interrupted = interrupted or KeyboardInterrupt()
+            if self._outages.orphans_possible:
+                self._release_orphans()
         finally:
             self._shutdown()
             if restore:
