@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 import ferryman as fm
 from ferryman.store import upgrade
+from tests.private_pg import private_pg as private_pg  # a cluster a test may restart
 
 PG_ADMIN = os.environ.get("FERRYMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEMPLATE = f"ferryman_template_{os.getpid()}"

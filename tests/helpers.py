@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -41,3 +42,11 @@ def incompressible(length: int) -> str:
         digest = hashlib.sha256(digest).digest()
         blocks.append(base64.b32encode(digest).decode().rstrip("="))
     return "".join(blocks)[:length]
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -2,13 +2,15 @@
 
 ``hold`` blocks until a file named after its run key appears in
 ``FERRYMAN_TEST_GATE`` (a directory), so tests can catch a run mid-job
-without guessing at timings; ``spin`` burns a little CPU.
+without guessing at timings; ``spin`` burns a little CPU; ``quits`` calls
+``sys.exit()``, as some libraries do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,3 +35,8 @@ def spin(ctx: fm.JobContext, payload: dict[str, int]) -> None:
     digest = b""
     for _ in range(payload["rounds"]):
         digest = hashlib.sha256(digest).digest()
+
+
+@app.job(max_attempts=2, backoff=fm.Backoff(base=0))
+def quits(ctx: fm.JobContext, payload: object) -> None:
+    sys.exit(3)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
 
-from ferryman import logs
+from ferryman import logs, settings
 from ferryman.errors import ConfigurationError, UnknownJob
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
@@ -86,12 +86,9 @@ class App:
         evaluation_retention: int | None = 10_000,
         delivery_retention: timedelta | float | None = DEFAULT_DELIVERY_RETENTION,
     ) -> None:
-        if lease_seconds <= 0:
-            raise ConfigurationError(f"lease_seconds must be positive, got {lease_seconds}")
-        if evaluation_retention is not None and evaluation_retention < 1:
-            raise ConfigurationError(
-                f"evaluation_retention must be at least 1 (or None), got {evaluation_retention}"
-            )
+        lease_seconds = settings.seconds("lease_seconds", lease_seconds, inclusive=False)
+        if evaluation_retention is not None:
+            settings.count("evaluation_retention", evaluation_retention, minimum=1)
         self.store_url = store
         self.lease_seconds = lease_seconds
         self._create = create
@@ -190,8 +187,9 @@ class App:
         (at any depth) are shown as ``***`` by the API, the dashboard and
         ``ferryman runs show``; the store keeps them, since the job needs them.
         """
-        if max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
+        settings.count("max_attempts", max_attempts, minimum=1)
+        if not isinstance(backoff, Backoff):
+            raise ConfigurationError(f"backoff must be a ferryman.Backoff, got {backoff!r}")
 
         def register(function: JobFunction) -> JobFunction:
             job_name = name or function.__name__
@@ -353,6 +351,14 @@ class App:
         (after forking them, with ``processes``): start threads of your own
         there, not before, so that no child inherits them half-way.
         """
+        _check_work_settings(
+            concurrency=concurrency,
+            processes=processes,
+            prefetch=prefetch,
+            claim_batch=claim_batch,
+            poll_interval=poll_interval,
+            grace_seconds=grace_seconds,
+        )
         selected = {name: self._job(name) for name in (jobs or self._jobs)}
         store = self.store
 
@@ -550,6 +556,11 @@ class App:
         """
         if not self._jobs and not self._sensors:
             raise ConfigurationError("this app registers no job and no sensor: nothing to run")
+        # Checked here: work() runs on another thread, where an error would come late.
+        _check_work_settings(
+            concurrency=concurrency, prefetch=prefetch, grace_seconds=grace_seconds
+        )
+        settings.count("sensor_concurrency", sensor_concurrency, minimum=1)
         daemon = SensorDaemon(
             self._sensor_engine,
             max_concurrent=sensor_concurrency,
@@ -589,3 +600,28 @@ def _retention(value: timedelta | float | None) -> timedelta | None:
             f"delivery_retention must be a finite duration >= 0 (or None), got {value!r}"
         )
     return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
+
+
+def _check_work_settings(
+    *,
+    concurrency: int,
+    prefetch: int | None,
+    grace_seconds: float,
+    processes: int | None = None,
+    claim_batch: int | None = None,
+    poll_interval: float | None = None,
+) -> None:
+    """Refuse a worker setting out of range (NaN and infinities included), naming it.
+
+    ``None`` is the default of the optional ones, and always fine.
+    """
+    settings.count("concurrency", concurrency, minimum=1)
+    settings.seconds("grace_seconds", grace_seconds)
+    if prefetch is not None:
+        settings.count("prefetch", prefetch, minimum=0)
+    if processes is not None:
+        settings.count("processes", processes, minimum=1)
+    if claim_batch is not None:
+        settings.count("claim_batch", claim_batch, minimum=1)
+    if poll_interval is not None:
+        settings.seconds("poll_interval", poll_interval, inclusive=False)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ferryman.errors import ConfigurationError
+from ferryman.settings import seconds
+
 
 class RunStatus(enum.StrEnum):
     """Where a run is in its life."""
@@ -67,7 +70,9 @@ class Backoff:
     spread by ``jitter`` (a fraction, ``0.1`` = ±10 %). The spread comes from a
     hash of a caller-supplied key and ``n``, not from a random draw, so the same
     run and attempt always wait the same time and many runs failing together do
-    not retry in lockstep.
+    not retry in lockstep. Each field is a finite number (``base``, ``max`` >= 0,
+    ``factor`` >= 1, ``0 <= jitter < 1``); anything else is a
+    :class:`~ferryman.ConfigurationError` naming the field.
     """
 
     base: float = 1.0
@@ -76,16 +81,22 @@ class Backoff:
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.base < 0 or self.max < 0 or self.factor < 1 or not 0 <= self.jitter < 1:
-            raise ValueError(
-                f"invalid backoff {self!r}: need base >= 0, max >= 0, factor >= 1, 0 <= jitter < 1"
-            )
+        seconds("Backoff.base", self.base)
+        seconds("Backoff.max", self.max)
+        seconds("Backoff.factor", self.factor, minimum=1.0)
+        seconds("Backoff.jitter", self.jitter)
+        if self.jitter >= 1:
+            raise ConfigurationError(f"Backoff.jitter must be below 1, got {self.jitter!r}")
 
     def delay(self, attempt: int, key: str) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         exponent = max(attempt - 1, 0)
-        # Cap the exponent so huge attempt counts cannot overflow the float.
-        raw = min(self.max, self.base * self.factor ** min(exponent, 1024))
+        try:
+            raw = min(self.max, self.base * self.factor**exponent)
+        except OverflowError:  # factor ** exponent beyond a float: far past max
+            raw = self.max
+        if self.base == 0:
+            raw = 0.0
         digest = hashlib.sha256(f"{key}\x00{attempt}".encode()).digest()
         spread = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
         return min(self.max, raw * (1.0 + self.jitter * (2.0 * spread - 1.0)))

@@ -24,13 +24,13 @@ import ferryman as fm
 from ferryman.sensors import SensorDaemon
 from ferryman.store import upgrade
 from tests.helpers import wait_until
-from tests.private_pg import PrivatePostgres, private_postgres
+from tests.private_pg import PrivateCluster, private_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def cluster() -> Iterator[PrivatePostgres]:
+def cluster() -> Iterator[PrivateCluster]:
     """A private cluster holding a migrated store, stopped."""
     with private_postgres() as pg:
         pg.start()
@@ -65,7 +65,7 @@ class Lines:
         self._thread.join(timeout=30)
 
 
-def start(cluster: PrivatePostgres, *args: str) -> tuple[subprocess.Popen[str], Lines]:
+def start(cluster: PrivateCluster, *args: str) -> tuple[subprocess.Popen[str], Lines]:
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "ferryman", "--app", "tests.cli_app:app"),
@@ -81,7 +81,7 @@ def start(cluster: PrivatePostgres, *args: str) -> tuple[subprocess.Popen[str], 
     return process, Lines(process.stderr)
 
 
-def test_work_and_run_wait_for_a_database_that_comes_up_later(cluster: PrivatePostgres) -> None:
+def test_work_and_run_wait_for_a_database_that_comes_up_later(cluster: PrivateCluster) -> None:
     worker, worker_log = start(cluster, "work", "--concurrency", "2")
     daemon, daemon_log = start(cluster, "run", "--no-serve", "--concurrency", "2")
     try:
@@ -120,7 +120,7 @@ def test_work_and_run_wait_for_a_database_that_comes_up_later(cluster: PrivatePo
     assert not any("Traceback" in line for line in worker_log.lines + daemon_log.lines)
 
 
-def test_a_one_shot_command_gives_up_after_its_connect_timeout(cluster: PrivatePostgres) -> None:
+def test_a_one_shot_command_gives_up_after_its_connect_timeout(cluster: PrivateCluster) -> None:
     started = time.monotonic()
     done = subprocess.run(
         [
@@ -143,7 +143,7 @@ def test_a_one_shot_command_gives_up_after_its_connect_timeout(cluster: PrivateP
 
 
 def test_the_sensor_loop_resumes_as_soon_as_the_store_is_back(
-    cluster: PrivatePostgres, caplog: pytest.LogCaptureFixture
+    cluster: PrivateCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster.start()
     app = fm.App(cluster.url())

@@ -28,6 +28,14 @@ def start_worker(store_url: str, gate: Path, *args: str) -> subprocess.Popen[str
     )
 
 
+def stop_worker(worker: subprocess.Popen[str]) -> str:
+    """SIGTERM, then the worker's stderr once it has exited cleanly."""
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
+    return stderr
+
+
 def test_sigterm_finishes_running_jobs_within_grace(store_url: str, tmp_path: Path) -> None:
     from tests.worker_app import app
 
@@ -60,9 +68,7 @@ def test_sigterm_releases_what_outlives_the_grace(store_url: str, tmp_path: Path
             lambda: all(r.status is fm.RunStatus.RUNNING for r in app.get_runs(job="hold")),
             what="both runs to be claimed",
         )
-        worker.send_signal(signal.SIGTERM)
-        _, stderr = worker.communicate(timeout=60)
-        assert worker.returncode == 0, stderr
+        stderr = stop_worker(worker)
         assert "2 released" in stderr
         for run_id in ids:
             run = app.get_run(run_id)
@@ -94,4 +100,39 @@ def test_process_pool_spreads_runs_over_processes(store_url: str, tmp_path: Path
         assert len(pids) == 2
         assert str(worker.pid) not in pids  # the supervisor only supervises
     finally:
+        app.close()
+
+
+def test_a_job_calling_sys_exit_fails_its_run_and_no_process_dies(
+    store_url: str, tmp_path: Path
+) -> None:
+    from tests.worker_app import app
+
+    app.use_store(store_url)
+    (quit_id,) = app.submit("quits", fm.RunRequest("q")).run_ids
+    app.submit("spin", *(fm.RunRequest(f"r{i}", {"rounds": 100}) for i in range(10)))
+    worker = start_worker(store_url, tmp_path, "--processes", "2", "--concurrency", "1")
+    try:
+
+        def ended() -> fm.Run | None:
+            run = app.get_run(quit_id)
+            return run if run is not None and run.status.is_final else None
+
+        run = wait_until(ended, what="the run calling sys.exit() to end")
+        wait_until(
+            lambda: all(r.status is fm.RunStatus.SUCCEEDED for r in app.get_runs(job="spin")),
+            what="the other runs to succeed",
+        )
+        stderr = stop_worker(worker)
+        assert (run.status, run.attempt) == (fm.RunStatus.DEAD, 2)
+        assert "SystemExit: 3" in (run.last_error or "")
+        # No child crashed, so the supervisor never had one to replace.
+        assert "starting a replacement" not in stderr and "exited with" not in stderr
+        assert [e.kind.value for e in app.get_run_events(quit_id)] == [
+            *("requested", "claimed", "retry_scheduled", "claimed", "dead")
+        ]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
         app.close()

@@ -478,9 +478,9 @@ def test_registration_errors() -> None:
 
     with pytest.raises(fm.ConfigurationError, match="sends runs nowhere"):
         app.poll_sensor()(fn)
-    with pytest.raises(fm.ConfigurationError, match="interval must be >= 0"):
+    with pytest.raises(fm.ConfigurationError, match="interval must be a finite number >= 0"):
         app.poll_sensor(job="x", interval=-1)(fn)
-    with pytest.raises(fm.ConfigurationError, match="timeout must be positive"):
+    with pytest.raises(fm.ConfigurationError, match="timeout must be a finite number > 0"):
         app.poll_sensor(job="x", timeout=0)(fn)
     app.poll_sensor(job="x")(fn)
     with pytest.raises(fm.ConfigurationError, match="registered twice"):

@@ -16,7 +16,7 @@ import pytest
 import ferryman as fm
 from ferryman.store import Store
 from tests.conftest import PG_ADMIN
-from tests.private_pg import PrivatePostgres, private_postgres
+from tests.private_pg import PrivateCluster, private_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,13 +50,13 @@ def test_an_unknown_role_is_a_configuration_error_that_names_it() -> None:
 
 
 @pytest.fixture(scope="module")
-def password_cluster() -> Iterator[PrivatePostgres]:
+def password_cluster() -> Iterator[PrivateCluster]:
     with private_postgres(password="right-password") as cluster:
         cluster.start()
         yield cluster
 
 
-def test_a_refused_password_is_a_configuration_error(password_cluster: PrivatePostgres) -> None:
+def test_a_refused_password_is_a_configuration_error(password_cluster: PrivateCluster) -> None:
     with pytest.raises(fm.ConfigurationError) as info:
         Store(password_cluster.url(password="wrong-password"))
     message = str(info.value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from starlette.testclient import TestClient
 
 import ferryman as fm
 from ferryman.web import WebSettings, create_app
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.web.web_app import make_app, populate
 
 TOKEN = "test-token-0123456789"
@@ -46,13 +45,6 @@ def sign_in(client: TestClient) -> str:
     found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
     assert found is not None
     return found.group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

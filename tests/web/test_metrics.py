@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import ferryman as fm
+from ferryman.store.metrics_queries import DURATION_BUCKETS
 from tests.helpers import wait_until
 from tests.web.web_app import add_transfer
 
@@ -93,3 +94,57 @@ def test_metrics_show_transfer_bytes_and_parts(client: TestClient, web_app: fm.A
     assert value(samples, "ferryman_transfers", status="active") == 1
     assert value(samples, "ferryman_transfer_bytes_confirmed", status="active") == 10 * 1024**2
     assert value(samples, "ferryman_transfer_parts_confirmed", status="active") == 2
+
+
+def attempt_durations(app: fm.App, job: str) -> list[float]:
+    """Each finish's duration from the claim of its own attempt, read from the processing log."""
+    durations = []
+    for run in app.get_runs(job=job):
+        claimed_at: dict[int | None, float] = {}
+        for event in app.get_run_events(run.id):
+            if event.kind is fm.RunEventKind.CLAIMED:
+                claimed_at[event.lease_token] = event.at.timestamp()
+            elif event.kind.value in ("succeeded", "failed", "dead"):
+                durations.append(event.at.timestamp() - claimed_at[event.lease_token])
+    return durations
+
+
+def test_run_durations_are_per_attempt_after_retries_by_hand(
+    client: TestClient, web_app: fm.App, tmp_path: Path
+) -> None:
+    fixed = tmp_path / "fixed"
+
+    @web_app.job(max_attempts=1)
+    def fragile(ctx: fm.JobContext, payload: object) -> None:
+        if not fixed.exists():
+            raise RuntimeError("upstream unavailable")
+
+    web_app.submit("fragile", *(fm.RunRequest(f"f-{i}") for i in range(20)))
+    web_app.work(until_idle=True, concurrency=2, handle_signals=False)
+    assert {run.status for run in web_app.get_runs(job="fragile")} == {fm.RunStatus.DEAD}
+    fixed.touch()
+    assert len(web_app.retry(job="fragile")) == 20
+    web_app.work(until_idle=True, concurrency=2, handle_signals=False)
+    assert {run.status for run in web_app.get_runs(job="fragile")} == {fm.RunStatus.SUCCEEDED}
+
+    def settled() -> Samples | None:
+        samples = scrape(client)
+        count = value(samples, "ferryman_run_duration_seconds_count", job="fragile")
+        return samples if count == 40 else None
+
+    samples = wait_until(settled, what="the 40 finishes to be timed")
+    expected = attempt_durations(web_app, "fragile")
+    assert len(expected) == 40 and min(expected) >= 0
+    total = value(samples, "ferryman_run_duration_seconds_sum", job="fragile")
+    assert total >= 0
+    assert total == pytest.approx(sum(expected), abs=1e-3)
+    assert value(samples, "ferryman_run_duration_seconds_bucket", job="fragile", le="+Inf") == 40
+    cumulative = [
+        value(samples, "ferryman_run_duration_seconds_bucket", job="fragile", le=repr(bound))
+        for bound in DURATION_BUCKETS
+    ]
+    assert cumulative == sorted(cumulative) and cumulative[-1] <= 40
+    for bound, observed in zip(DURATION_BUCKETS, cumulative, strict=True):
+        # Timestamps read back through the API are rounded to microseconds.
+        assert sum(d <= bound - 1e-5 for d in expected) <= observed
+        assert observed <= sum(d <= bound + 1e-5 for d in expected)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ferryman import settings
 from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff, RunRequest
 from ferryman.sensors.context import SensorContext
@@ -78,13 +78,13 @@ def define_sensor(
         raise ConfigurationError(
             f"sensor {sensor_name!r} sends runs nowhere: give job= (and/or jobs= for routing)"
         )
-    if kind is SensorKind.POLL and not (math.isfinite(interval) and interval >= 0):
+    if kind is SensorKind.POLL:
+        settings.seconds(f"sensor {sensor_name!r}: interval", interval)
+    if timeout is not None:
+        settings.seconds(f"sensor {sensor_name!r}: timeout", timeout, inclusive=False)
+    if not isinstance(backoff, Backoff):
         raise ConfigurationError(
-            f"sensor {sensor_name!r}: interval must be >= 0 seconds, got {interval}"
-        )
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise ConfigurationError(
-            f"sensor {sensor_name!r}: timeout must be positive (or None), got {timeout}"
+            f"sensor {sensor_name!r}: backoff must be a ferryman.Backoff, got {backoff!r}"
         )
     if not callable(fn):
         raise ConfigurationError(f"sensor {sensor_name!r}: {fn!r} is not callable")

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ from ferryman.model import (
     TransferStatus,
     WorkerInfo,
 )
-from ferryman.store import migrate
+from ferryman.store import faults, migrate
 from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, create_backend, translated_errors
 from ferryman.store.runs import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, RunQueries
@@ -82,6 +82,9 @@ class Store:
 
     def __init__(self, url: str | sa.URL, *, create: bool | None = None, pool_size: int = 10):
         self.backend: Backend = create_backend(url, pool_size=pool_size)
+        # Errors of the store's own connections are marked when the database
+        # failed, so a job's attempt lost to an outage is not counted.
+        faults.watch(self.backend.engine, self.backend.read_engine)
         self.runs = RunQueries(self.backend)
         self.workers = WorkerQueries(self.backend)
         self.transfers = TransferQueries(self.backend)
@@ -179,6 +182,16 @@ class Store:
 
     def release(self, leases: Sequence[Lease], *, worker_id: str, reason: str) -> list[int]:
         with self.write("releasing runs") as conn:
+            return self.runs.release(conn, leases, worker_id=worker_id, reason=reason)
+
+    def release_unheld(self, *, worker_id: str, held: Collection[int], reason: str) -> list[int]:
+        """Release the runs leased to ``worker_id`` that are not in ``held``.
+
+        A claim whose commit landed while its answer was lost (the connection
+        dropped) leaves runs leased to a worker that does not know it has them.
+        """
+        with self.write("releasing runs leased to this worker without its knowing") as conn:
+            leases = [le for le in self.runs.leased_to(conn, worker_id) if le.run_id not in held]
             return self.runs.release(conn, leases, worker_id=worker_id, reason=reason)
 
     def requeue(

@@ -64,20 +64,22 @@ class Folded:
 
 
 def _bucket_columns(duration: sa.ColumnElement[float]) -> list[sa.ColumnElement[int]]:
+    """Observations per bucket, not cumulative; the first bucket has no lower bound,
+    so that the cumulative counts never miss an observation the count has."""
+    lower = (None, *DURATION_BUCKETS[:-1])
     return [
         sa.func.sum(
             sa.case(
                 (
-                    sa.and_(
-                        duration > (DURATION_BUCKETS[i - 1] if i else -1.0),
-                        duration <= bound,
-                    ),
+                    duration <= bound
+                    if low is None
+                    else sa.and_(duration > low, duration <= bound),
                     1,
                 ),
                 else_=0,
             )
         )
-        for i, bound in enumerate(DURATION_BUCKETS)
+        for low, bound in zip(lower, DURATION_BUCKETS, strict=True)
     ]
 
 
@@ -96,14 +98,30 @@ def _settled_high(
 
 
 def fold_events(conn: sa.Connection, folded: Folded, cutoff: float) -> None:
-    """Count log rows after ``folded.event_watermark``: by job and kind, durations of finishes."""
+    """Count log rows after ``folded.event_watermark``: by job and kind, durations of finishes.
+
+    A finish is timed from the ``claimed`` row of its own attempt, found by
+    the lease token both carry (every claim takes a new token). Not from the
+    run's ``started_at``: that is the start of the run's *latest* attempt, so
+    after a retry by hand it lies after the earlier finishes, whose durations
+    came out negative. A run that died because its lease expired on the last
+    attempt is counted but not timed: its attempt ended unseen. Durations are
+    never negative, even if the database's clock stepped back.
+    """
     high = _settled_high(conn, run_events.c.id, run_events.c.at, folded.event_watermark, cutoff)
     if high is None:
         return
+    claim = run_events.alias("claim")
     finishing = [k.value for k in FINISHING_KINDS]
-    duration = run_events.c.at - runs.c.started_at
-    is_finish = sa.and_(run_events.c.kind.in_(finishing), runs.c.started_at.is_not(None))
-    timed = sa.case((is_finish, duration), else_=None)
+    elapsed = run_events.c.at - claim.c.at
+    duration = sa.case((elapsed < 0, 0.0), else_=elapsed)
+    timed = sa.case((run_events.c.kind.in_(finishing), duration), else_=None)
+    own_claim = sa.and_(
+        claim.c.run_id == run_events.c.run_id,
+        claim.c.lease_token == run_events.c.lease_token,
+        claim.c.kind == RunEventKind.CLAIMED.value,
+        run_events.c.kind.in_(finishing),
+    )
     while folded.event_watermark < high:
         low, upper = folded.event_watermark, min(high, folded.event_watermark + FOLD_CHUNK)
         query = (
@@ -115,7 +133,9 @@ def fold_events(conn: sa.Connection, folded: Folded, cutoff: float) -> None:
                 sa.func.coalesce(sa.func.sum(timed), 0.0),
                 *_bucket_columns(timed),
             )
-            .select_from(run_events.join(runs, runs.c.id == run_events.c.run_id))
+            .select_from(
+                run_events.join(runs, runs.c.id == run_events.c.run_id).outerjoin(claim, own_claim)
+            )
             .where(run_events.c.id > low, run_events.c.id <= upper)
             .group_by(runs.c.job, run_events.c.kind)
         )

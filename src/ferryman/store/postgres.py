@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 
+from ferryman.store import faults
 from ferryman.store.schema import run_events, runs
 
 # Unique by the key's digest (see ferryman.store.keys): a key of any length
@@ -118,13 +120,18 @@ def succeed_one(
     conn: sa.Connection, run_id: int, token: int, *, attempt: int, worker_id: str
 ) -> bool:
     """Record one run's success in the caller's transaction; False if the lease was lost."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    driver = conn.connection.dbapi_connection
+    cursor = driver.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(
             SUCCEED_ONE,
             {"run_id": run_id, "token": token, "attempt": attempt, "worker": worker_id},
         )
         return cursor.fetchone() is not None
+    except psycopg.Error as exc:
+        # Raised as SQLAlchemy would, so that a connection lost here is known
+        # for the store's failure and not the job's.
+        raise faults.driver_error(SUCCEED_ONE, exc, driver) from exc
     finally:
         cursor.close()
 

@@ -612,6 +612,15 @@ class RunQueries:
             )
         return [r.id for r in released]
 
+    def leased_to(self, conn: sa.Connection, worker_id: str) -> list[Lease]:
+        """The leases ``worker_id`` holds on running runs, as the store sees them."""
+        rows = conn.execute(
+            sa.select(runs.c.id, runs.c.lease_token).where(
+                runs.c.status == RunStatus.RUNNING.value, runs.c.lease_owner == worker_id
+            )
+        )
+        return [Lease(row.id, row.lease_token) for row in rows]
+
     # -- operator actions ----------------------------------------------------
 
     def requeue(

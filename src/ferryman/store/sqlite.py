@@ -7,13 +7,16 @@ every other worker process is waiting for. So the statements a worker runs
 for every run are Core statements compiled once to SQLite's SQL and executed
 on the driver's cursor, inside the caller's transaction: still parameterised,
 with exactly the semantics of the portable code in :mod:`ferryman.store.runs`
-(the contract tests run both stores). Lists travel as one JSON parameter
+(the contract tests run both stores). A driver error is raised as SQLAlchemy
+would raise it (:func:`ferryman.store.faults.driver_error`), so it is
+translated and classified like any other. Lists travel as one JSON parameter
 (``json_each``), so a statement's text does not depend on a batch's size.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +26,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from ferryman.model import RunStatus
+from ferryman.store import faults
 from ferryman.store.dialect import database_now
 from ferryman.store.schema import run_events, runs
 
@@ -46,8 +50,11 @@ class DriverStatement:
         """Run it; its rows, whose columns read by name as well as by position."""
         cursor = _cursor(conn)
         try:
-            cursor.execute(self.sql, self._values(params))
-            rows: list[Any] = cursor.fetchall()
+            try:
+                cursor.execute(self.sql, self._values(params))
+                rows: list[Any] = cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise faults.driver_error(self.sql, exc) from exc
             if not rows:
                 return rows
             if self._row is None:
@@ -66,6 +73,8 @@ class DriverStatement:
         cursor = _cursor(conn)
         try:
             cursor.executemany(self.sql, [self._values(p) for p in params])
+        except sqlite3.Error as exc:
+            raise faults.driver_error(self.sql, exc) from exc
         finally:
             cursor.close()
 

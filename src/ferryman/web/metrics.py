@@ -15,8 +15,13 @@ right whichever processes and hosts do the work, and it survives restarts.
 * Scrapes within ``cache_seconds`` of each other share one reading, so
   several Prometheus servers cost the store no more than one.
 
-A run's duration is that of the attempt that finished it: from its start to
-its ``succeeded``, ``failed`` or ``dead`` event.
+A run's duration is that of the attempt that finished it: from that
+attempt's own claim to its ``succeeded``, ``failed`` or ``dead`` event, so a
+run retried by hand is timed by its last attempt, never across attempts, and
+no duration is negative. A run that died because its lease expired on its
+last attempt counts as a ``dead`` finish but is not timed (its attempt ended
+unseen). Every bucket count is at most the histogram's count, which is the
+``+Inf`` bucket.
 """
 
 from __future__ import annotations

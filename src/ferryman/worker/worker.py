@@ -12,7 +12,18 @@ Threads of one worker process, each named and supervised:
   flags runs whose lease was lost.
 
 A crash of the committer or the heartbeat stops the worker with an error
-rather than letting it run on without durable outcomes or live leases.
+rather than letting it run on without durable outcomes or live leases. The
+runs it had started are then left to their leases, so a crash counts their
+attempt: a run that crashes every worker it meets ends ``dead`` after
+``max_attempts`` instead of being handed back forever.
+
+Whatever a job raises is the outcome of its attempt, ``SystemExit`` and other
+``BaseException`` included: a library calling ``sys.exit()`` fails the run,
+never the worker. Only when the store's database failed under the attempt
+(see :mod:`ferryman.worker.outages`) is the attempt given back: the job thread
+releases the run, once the store answers again, without using an attempt.
+``KeyboardInterrupt`` in the thread that called :meth:`Worker.run` means
+"stop", as SIGINT does: no new claims, drain, release, then re-raise.
 """
 
 from __future__ import annotations
@@ -31,18 +42,17 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from ferryman.errors import FerrymanError, LeaseLost, Reject, StoreError
+from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.notify import Listener
 from ferryman.worker.context import JobContext
+from ferryman.worker.outages import STORE_RETRY, Outages
 
 log = logging.getLogger("ferryman.worker")
 
 TRACEBACK_HEAD = 2_000
 TRACEBACK_TAIL = 6_000
-STORE_RETRY_MAX_DELAY = 5.0
-REGISTER_BACKOFF = Backoff(base=0.2, factor=2.0, max=STORE_RETRY_MAX_DELAY)
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
 
 
@@ -66,7 +76,7 @@ class WorkReport:
     failed: int = 0
     dead: int = 0
     lease_lost: int = 0
-    released: int = 0
+    released: int = 0  # given back without using an attempt (on stop, or the store failed)
     errors: list[str] = field(default_factory=list)
 
 
@@ -105,7 +115,7 @@ class Worker:
         on_outcome: Callable[[ClaimedRun, str], None] | None = None,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
         if not jobs:
             raise FerrymanError("this app has no jobs to work on")
         self.store = store
@@ -129,6 +139,7 @@ class Worker:
         self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
         self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
         self._crash: BaseException | None = None
+        self._outages = Outages(store, self.worker_id, stop_trying=self._closed)
         self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
 
@@ -152,16 +163,29 @@ class Worker:
             if restore:
                 restore()
             return self.report
+        interrupted: KeyboardInterrupt | None = None
         try:
             self._start_threads()
-            self._claim_loop(until_idle)
-            self._drain()
+            try:
+                self._claim_loop(until_idle)
+            except KeyboardInterrupt as exc:
+                # Ctrl-C without our signal handlers: stop as SIGINT would.
+                log.info("interrupted: no new claims; a second interrupt stops waiting")
+                interrupted = exc
+                self._outages.orphans_possible = True  # it may have cut a claim short
+                self.stop()
+            if not self._drain():
+                interrupted = interrupted or KeyboardInterrupt()
+            if self._outages.orphans_possible:
+                self._release_orphans()
         finally:
             self._shutdown()
             if restore:
                 restore()
         if self._crash is not None:
             raise FerrymanError(f"worker {self.worker_id} stopped: {self._crash}") from self._crash
+        if interrupted is not None:
+            raise interrupted
         return self.report
 
     # -- claim loop ----------------------------------------------------------
@@ -191,7 +215,9 @@ class Worker:
                 failures = 0
             except StoreError as exc:
                 failures += 1
-                delay = min(STORE_RETRY_MAX_DELAY, 0.1 * 2**failures)
+                # The claim may have committed with its answer lost on the way.
+                self._outages.orphans_possible = True
+                delay = STORE_RETRY.delay(failures, self.worker_id)
                 log.warning("claim failed, retrying in %.1fs: %s", delay, exc)
                 self._stopping.wait(delay)
                 continue
@@ -202,6 +228,9 @@ class Worker:
                         self._held[run.id] = _Held(run)
                 for run in claimed:
                     self._runnable.put(run)
+            if self._outages.orphans_possible and self._release_orphans():
+                continue  # they are due again: claim at once
+            if claimed:
                 continue
             if until_idle and nothing_held:
                 return
@@ -210,19 +239,39 @@ class Worker:
                     continue  # the last run finished during the claim: check once more
                 self._changed.wait(self.poll_interval)
 
-    def _drain(self) -> None:
-        """Wait for held runs to finish, then release what is left."""
-        deadline = time.monotonic() + self.grace_seconds
+    def _release_orphans(self) -> bool:
+        """Release runs a failed claim leased to this worker all the same; any released?"""
         with self._changed:
-            while self._held and self._crash is None and not self._abandon.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._changed.wait(min(remaining, self.poll_interval))
-            leftovers = [held.run for held in self._held.values()] + self._unstarted
+            held = set(self._held)
+        released = self._outages.release_orphans(held)
+        with self._changed:
+            self.report.released += released
+        return released > 0
+
+    def _drain(self) -> bool:
+        """Wait for held runs to finish, then release what is left.
+
+        Returns False if a KeyboardInterrupt cut the wait short (what is left
+        is released all the same).
+        """
+        calm = self._wait_for_held()
+        with self._changed:
+            # After a crash, a run that had started keeps its lease, so that
+            # its attempt counts: a run that crashes every worker it meets
+            # ends dead instead of being handed back for ever.
+            crashed = self._crash is not None
+            kept = [h.run for h in self._held.values() if crashed and h.context is not None]
+            leftovers = [h.run for h in self._held.values() if not crashed or h.context is None]
+            leftovers += self._unstarted
             self._unstarted = []
+        if kept:
+            log.warning(
+                "%d runs this crashed worker had started keep their leases; when those "
+                "expire another worker takes them over, using an attempt",
+                len(kept),
+            )
         if not leftovers:
-            return
+            return calm
         # Releasing bumps the lease token, so the jobs still running here can no
         # longer commit: whoever claims the runs next owns them alone.
         try:
@@ -235,9 +284,25 @@ class Worker:
             log.error(
                 "could not release %d runs; their leases will expire: %s", len(leftovers), exc
             )
-            return
+            return calm
         self.report.released += len(released)
         log.info("released %d runs without using an attempt", len(released))
+        return calm
+
+    def _wait_for_held(self) -> bool:
+        """Give held runs ``grace_seconds``; False if a KeyboardInterrupt ended the wait."""
+        deadline = time.monotonic() + self.grace_seconds
+        with self._changed:
+            while self._held and self._crash is None and not self._abandon.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    self._changed.wait(min(remaining, self.poll_interval))
+                except KeyboardInterrupt:
+                    self._abandon.set()  # a second interrupt stops waiting, as a signal does
+                    return False
+        return True
 
     # -- threads -------------------------------------------------------------
 
@@ -328,8 +393,14 @@ class Worker:
         except LeaseLost:
             self._lease_lost(run)
             return None
-        except Exception as exc:
+        # Whatever the job raises ends its attempt, SystemExit and the other
+        # BaseExceptions included: this is a job thread, so a KeyboardInterrupt
+        # here was raised by the job, not by Ctrl-C (which reaches the claim loop).
+        except BaseException as exc:
             if not context.succeeded_in_transaction:
+                if self._outages.may_give_back(run, exc):
+                    self._give_back(run, exc)
+                    return None
                 return self._failure(run, definition, exc)
             # The success is committed and cannot be taken back; say so loudly.
             log.warning(
@@ -338,12 +409,13 @@ class Worker:
                 exc,
                 extra=fields,
             )
+        self._outages.forget(run.id)
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
             return None
         return Outcome(OutcomeKind.SUCCEEDED, run.lease, run.attempt)
 
-    def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: Exception) -> Outcome:
+    def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
         """Reject → failed now; any other error → retry after backoff, or dead."""
         fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         if isinstance(exc, Reject):
@@ -356,6 +428,28 @@ class Worker:
         delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
         log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
         return Outcome(OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay)
+
+    def _give_back(self, run: ClaimedRun, exc: BaseException) -> None:
+        """The store failed under the attempt: release the run, its attempt not counted."""
+        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
+        released = self._outages.give_back(run, exc)
+        if released is None:
+            return  # shutting down: still held, released with the rest or left to its lease
+        if released:
+            with self._changed:
+                self.report.released += 1
+            log.warning(
+                "the store failed under the job; run released, attempt not used: %r",
+                exc,
+                extra=fields,
+            )
+        else:
+            log.warning(
+                "the store failed under the job, and the run is no longer this worker's: its "
+                "success committed before the connection dropped, or its lease was lost",
+                extra=fields,
+            )
+        self._forget(run.id)
 
     def _committer(self) -> None:
         batch_limit = 1000
@@ -393,7 +487,7 @@ class Worker:
                 # we retry; if the store stays away past the lease, the fenced
                 # write refuses them and another worker redoes the runs.
                 failures += 1
-                delay = min(STORE_RETRY_MAX_DELAY, 0.1 * 2**failures)
+                delay = STORE_RETRY.delay(failures, self.worker_id)
                 log.warning(
                     "recording %d outcomes failed, retrying in %.1fs: %s", len(batch), delay, exc
                 )
@@ -402,13 +496,20 @@ class Worker:
 
     def _heartbeat(self) -> None:
         interval = self.lease_seconds / 3
-        while not self._closed.wait(interval):
+        failures = 0
+        # After a failed renewal, try again soon: once the store is back, the
+        # leases must be renewed before they expire and cost their runs an attempt.
+        while not self._closed.wait(
+            min(interval, STORE_RETRY.delay(failures, self.worker_id)) if failures else interval
+        ):
             with self._changed:
                 held = list(self._held.values())
             try:
                 lost = self.store.renew([h.run.lease for h in held], self.lease_seconds)
                 self.store.worker_seen(self.worker_id)
+                failures = 0
             except StoreError as exc:
+                failures += 1
                 log.warning("lease renewal failed: %s", exc)
                 continue
             for h in held:
@@ -459,7 +560,7 @@ class Worker:
                 return True
             except StoreError as exc:
                 tries += 1
-                delay = REGISTER_BACKOFF.delay(tries, self.worker_id)
+                delay = STORE_RETRY.delay(tries, self.worker_id)
                 log.warning(
                     "registering the worker failed (try %d), retrying in %.1fs: %s",
                     tries,
