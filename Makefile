@@ -25,17 +25,25 @@ services:
 	.ci/services
 
 # The browser tests drive Debian's chromium through Playwright (pointed at
-# /usr/bin/chromium, so Playwright downloads no browser of its own). Installed
-# from Debian's packages when it is missing, with sudo when not root.
+# /usr/bin/chromium, so Playwright downloads no browser of its own); the docs'
+# commands (tests/docs) pipe the JSON API through jq. Each is installed from
+# Debian's packages when it is missing, with sudo when not root.
 CHROMIUM := /usr/bin/chromium
+JQ := /usr/bin/jq
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_GET = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-browser: $(CHROMIUM)
+browser: $(CHROMIUM) $(JQ)
 
 $(CHROMIUM):
 	@echo "installing chromium for the browser tests" >&2
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+	$(APT_GET) update -qq
+	$(APT_GET) install -y -qq chromium >/dev/null
+
+$(JQ):
+	@echo "installing jq for the docs' commands" >&2
+	$(APT_GET) update -qq
+	$(APT_GET) install -y -qq jq >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench

@@ -1,4 +1,4 @@
-"""The README's `make test` prepares the machine itself: chromium, then the services.
+"""The README's `make test` prepares the machine itself: chromium and jq, then the services.
 
 Running the suite from inside the suite proves nothing, so these read what
 make would do (``make -n``) with chromium missing and with it present.
@@ -28,13 +28,15 @@ def position(lines: list[str], text: str) -> int:
 
 
 def test_make_test_installs_chromium_when_missing_then_checks_services() -> None:
-    lines = plan("CHROMIUM=/nonexistent/chromium")
+    lines = plan("CHROMIUM=/nonexistent/chromium", "JQ=/nonexistent/jq")
     pytest_at = position(lines, "/pytest")
     assert position(lines, "apt-get install -y -qq chromium") < pytest_at
+    assert position(lines, "apt-get install -y -qq jq") < pytest_at
     assert position(lines, ".ci/services") < pytest_at
 
 
 def test_make_test_leaves_an_installed_chromium_alone() -> None:
-    lines = plan(f"CHROMIUM={sys.executable}")  # any file that exists
+    present = sys.executable  # any file that exists
+    lines = plan(f"CHROMIUM={present}", f"JQ={present}")
     assert not [line for line in lines if "apt-get" in line]
     assert position(lines, ".ci/services") < position(lines, "/pytest")
