@@ -36,8 +36,9 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """One line on stderr, then exit with ``code``."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """One line on stderr (line breaks in ``message`` folded), then exit with ``code``."""
+    line = " ".join(message.split())
+    err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

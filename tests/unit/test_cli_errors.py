@@ -117,6 +117,8 @@ def test_markup_and_line_breaks_in_a_message_are_shown_as_they_are(tmp_path: Pat
     missing = tmp_path / "[bold]no" / "such\ndir"
     result = ferryman(tmp_path, "--store", f"sqlite:///{missing}/s.db", "status")
     one_line_error(result, 2, "[bold]no", "does not exist")
+    named = ferryman(tmp_path, "--app", "no\nsuch:app", "status")
+    one_line_error(named, 2, "--app no such:app: cannot import")
 
 
 def test_an_app_that_fails_to_import_is_named_with_its_line(tmp_path: Path) -> None:
