@@ -1,10 +1,11 @@
-# Two entry points that work on a fresh machine: `make demo` and `make test`.
+# Two entry points that work on a fresh machine: `make demo` and `make test`
+# (which installs and starts what the tests need: see `browser` and `services`).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint services browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +16,34 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo.run_demo
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser services
 	$(BIN)/pytest
+
+# The servers the tests talk to (PostgreSQL, MariaDB, Redis, RabbitMQ, NATS,
+# Mosquitto): started if they are down, a loud failure if one stays down.
+services:
+	.ci/services
+
+# The browser tests drive Debian's chromium through Playwright (pointed at
+# /usr/bin/chromium, so Playwright downloads no browser of its own); the docs'
+# commands (tests/docs) pipe the JSON API through jq. Each is installed from
+# Debian's packages when it is missing, with sudo when not root.
+CHROMIUM := /usr/bin/chromium
+JQ := /usr/bin/jq
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_GET = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+browser: $(CHROMIUM) $(JQ)
+
+$(CHROMIUM):
+	@echo "installing chromium for the browser tests" >&2
+	$(APT_GET) update -qq
+	$(APT_GET) install -y -qq chromium >/dev/null
+
+$(JQ):
+	@echo "installing jq for the docs' commands" >&2
+	$(APT_GET) update -qq
+	$(APT_GET) install -y -qq jq >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench

@@ -24,7 +24,7 @@ DEFAULT_STORE = f"sqlite:///{STATE_DIR / 'demo.db'}"
 
 if "FERRYMAN_STORE" not in os.environ:
     STATE_DIR.mkdir(exist_ok=True)  # SQLite creates the file, not its directory
-app = fm.App(os.environ.get("FERRYMAN_STORE", DEFAULT_STORE))
+app = fm.App(os.environ.get("FERRYMAN_STORE", DEFAULT_STORE))  # or "postgresql://user@host/db"
 
 metadata = sa.MetaData()
 orders = sa.Table(
@@ -69,11 +69,11 @@ def load_order(ctx: fm.JobContext, order: dict[str, Any]) -> None:
     """
     amount = order.get("amount")
     if amount is None:
-        raise fm.Reject(f"order {order['id']} has no amount")
+        raise fm.Reject(f"order {order['id']} has no amount")  # failed now, never retried
     if not isinstance(amount, int | float) or amount <= 0:
         raise fm.Reject(f"order {order['id']}: amount {amount!r} is not a positive number")
-    rate = usd_rate(order["currency"], attempt=ctx.attempt)
-    with ctx.transaction() as conn:
+    rate = usd_rate(order["currency"], attempt=ctx.attempt)  # raising here means: retry
+    with ctx.transaction() as conn:  # commits together with the run's success
         conn.execute(
             orders.insert().values(
                 order_id=order["id"],

@@ -63,14 +63,14 @@ def main() -> None:
     requests = [fm.RunRequest(run_key=order["id"], payload=order) for order in ORDERS]
     submitted = app.submit("load_order", *requests)
     print(f"submitted {len(requests)} orders: {submitted.created} runs created")
-    again = app.submit("load_order", requests[0])
+    again = app.submit("load_order", requests[0])  # deduplicated: the same run
     print(
         f"submitted o-1001 again: {again.created} created, {again.deduplicated} deduplicated "
         f"(it is still run {again.run_ids[0]})"
     )
 
     heading("work until nothing is due")
-    report = app.work(until_idle=True, concurrency=2)
+    report = app.work(until_idle=True, concurrency=2)  # returns when nothing is due
     print(
         f"{report.claimed} attempts: {report.succeeded} succeeded, {report.retried} retried, "
         f"{report.failed} failed, {report.dead} dead"

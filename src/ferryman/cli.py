@@ -21,12 +21,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ferryman import cli_sensors, cli_serve, cli_transfers, logs
+from ferryman import cli_errors, cli_sensors, cli_serve, cli_transfers, logs
 from ferryman.app import DEFAULT_STORE, App
+from ferryman.cli_errors import describe
 from ferryman.cli_output import (
     EXIT_NOT_FOUND,
     EXIT_SCHEMA,
-    EXIT_STORE,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     age,
@@ -38,17 +38,13 @@ from ferryman.cli_output import (
     print_json,
 )
 from ferryman.cli_progress import WorkProgress
-from ferryman.errors import (
-    FerrymanError,
-    SchemaMismatch,
-    StoreError,
-    StoreUnavailable,
-)
 from ferryman.model import Run, RunStatus, redact
 from ferryman.store import upgrade as upgrade_store
 
 LIVE_INTERVAL = 0.5  # seconds between refreshes of the progress view
 LOG_INTERVAL = 30.0  # seconds between progress log lines when not on a terminal
+
+log = logging.getLogger("ferryman.cli")
 
 cli = typer.Typer(
     name="ferryman",
@@ -125,23 +121,29 @@ def load_app(spec: str) -> App:
             module = importlib.import_module(module_name)
     except ImportError as exc:
         fail(f"--app {spec}: cannot import {module_name!r}: {exc}", EXIT_USAGE)
+    except Exception as exc:  # the app's own module failed while it was imported
+        log.debug("importing %s failed", module_name, exc_info=exc)
+        fail(f"--app {spec}: importing {module_name!r} raised {describe(exc)}", EXIT_USAGE)
     app = getattr(module, attribute, None)
     if not isinstance(app, App):
         fail(f"--app {spec}: {module_name}.{attribute} is not a ferryman.App", EXIT_USAGE)
     return app
 
 
-def exit_code(exc: FerrymanError) -> int:
-    if isinstance(exc, StoreUnavailable):
-        return EXIT_UNAVAILABLE
-    if isinstance(exc, SchemaMismatch):
-        return EXIT_SCHEMA
-    if isinstance(exc, StoreError):
-        return EXIT_STORE
-    return EXIT_USAGE
-
-
 # -- global options ----------------------------------------------------------
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 @cli.callback()
@@ -159,8 +161,12 @@ def main_options(
             help=f"Store URL (default {DEFAULT_STORE}); overrides the App's.",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
-    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Log level.")
+    ] = LogLevel.INFO,
+    log_format: Annotated[
+        LogFormat, typer.Option(case_sensitive=False, help="text or json.")
+    ] = LogFormat.TEXT,
     connect_timeout: Annotated[
         float | None,
         typer.Option(
@@ -183,7 +189,7 @@ def main_options(
         if settings.long_running
         else ONE_SHOT_CONNECT_TIMEOUT
     )
-    logs.configure(log_level, log_format)
+    logs.configure(log_level.value, log_format.value)
 
 
 # -- work --------------------------------------------------------------------
@@ -495,12 +501,8 @@ cli_serve.register(cli, lambda: settings.app())
 
 
 def main() -> None:
-    """Console-script entry point: errors become one line on stderr and an exit code."""
-    try:
-        cli()
-    except FerrymanError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exit_code(exc))
+    """Console-script entry point: every error is one line on stderr and an exit code."""
+    cli_errors.run(cli)
 
 
 __all__ = ["EXIT_NOT_FOUND", "EXIT_SCHEMA", "EXIT_UNAVAILABLE", "EXIT_USAGE", "cli", "main"]

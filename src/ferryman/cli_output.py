@@ -4,7 +4,8 @@ Exit codes: 0 done; 1 the operation found nothing to do on what was asked
 (no such run or sensor, an evaluation that failed); 2 usage or configuration
 error; 3 the store cannot be reached; 4 the store's schema does not match
 this version; 5 another store error; 6 S3 refused a request (access
-denied); 7 S3 cannot be reached; 8 a transfer failed and was recorded so.
+denied); 7 S3 cannot be reached; 8 a transfer failed and was recorded so;
+70 an unexpected error (a bug in ferryman or in the loaded app).
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ EXIT_STORE = 5
 EXIT_S3_REFUSED = 6
 EXIT_S3_UNAVAILABLE = 7
 EXIT_TRANSFER_FAILED = 8
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 
 out = Console()
 err = Console(stderr=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """One line on stderr, then exit with ``code``."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """One line on stderr (line breaks in ``message`` folded), then exit with ``code``."""
+    line = " ".join(message.split())
+    err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

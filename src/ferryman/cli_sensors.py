@@ -9,6 +9,7 @@ line on stderr.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -84,6 +85,18 @@ def _evaluations_table(title: str, evaluations: Sequence[Evaluation]) -> Table:
     for evaluation in evaluations:
         table.add_row(*_evaluation_row(evaluation))
     return table
+
+
+def login_name() -> str:
+    """The name of the user running the command, for the record of who moved a cursor.
+
+    ``getpass.getuser()`` reads ``LOGNAME``, ``USER``... and then the password
+    database; a uid with no entry there (a container's) is shown as ``uid:N``.
+    """
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
 
 
 def _read_payload(raw: str | None) -> Any:
@@ -189,13 +202,13 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         value: Annotated[str | None, typer.Argument(help="The new cursor.")] = None,
         clear: Annotated[bool, typer.Option("--clear", help="Remove the cursor.")] = False,
         by: Annotated[
-            str | None, typer.Option("--by", help="Who moves it (default $USER).")
+            str | None, typer.Option("--by", help="Who moves it (default cli:LOGIN_NAME).")
         ] = None,
     ) -> None:
         """Move a sensor's cursor; recorded as a `manual` evaluation."""
         if (value is None) == (not clear):
             fail("give a VALUE or --clear (not both)", EXIT_USAGE)
-        who = by or f"cli:{os.environ.get('USER') or 'unknown'}"
+        who = by or f"cli:{login_name()}"
         evaluation: Evaluation = known(lambda app: app.set_cursor(name, value, by=who))
         out.print(
             f"sensor {name} cursor {_cursor(evaluation.cursor_before)} → "

@@ -512,6 +512,15 @@ class SensorEngine:
         if value is not None and not isinstance(value, str):
             raise ConfigurationError(f"a cursor is a str or None, got {type(value).__name__}")
         self._known(name)
+        definition = self.definitions.get(name)
+        # The built-in sensors read a cursor of their own format: refuse one they cannot
+        # read now, rather than fail every evaluation after it. Other cursors are free text.
+        check = getattr(definition.fn, "check_cursor", None) if definition else None
+        if value is not None and check is not None:
+            try:
+                check(value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"sensor {name!r}: {exc}") from exc
         evaluation = self.store.set_sensor_cursor(name, encode_cursor(value), by=by or "api")
         if evaluation is None:
             raise UnknownSensor(name, list(self.definitions))

@@ -134,8 +134,11 @@ def make_client(concurrency: int) -> Any:
         read_timeout=60,
         tcp_keepalive=True,
     )
-    # A session per client: boto3's default session is not thread-safe.
-    return boto3.session.Session().client("s3", config=config)
+    try:
+        # A session per client: boto3's default session is not thread-safe.
+        return boto3.session.Session().client("s3", config=config)
+    except Exception as exc:  # botocore's errors, and ValueError for a bad AWS_ENDPOINT_URL
+        raise settings_error(exc) from exc
 
 
 def endpoint_of(client: Any) -> str:
@@ -171,7 +174,7 @@ class Retrying:
             except BotoCoreError as exc:
                 # Connection refused/reset/closed, timeouts, truncated responses.
                 if not _is_transient(exc):
-                    raise
+                    raise settings_error(exc, operation) from exc
                 if attempt == self.attempts:
                     raise S3Unavailable(
                         f"cannot reach S3 at {endpoint_of(self.client)} ({operation}, "
@@ -236,3 +239,50 @@ def _is_transient(exc: Exception) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# botocore's errors about the AWS settings themselves (profile, credentials, region),
+# raised before any request reaches S3: the fix is in the environment, not in S3.
+_SETTINGS_ERRORS = (
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "CredentialRetrievalError",
+    "UnknownCredentialError",
+    "ProfileNotFound",
+    "ConfigNotFound",
+    "InvalidConfigError",
+    "NoRegionError",
+    "InvalidRegionError",
+    "SSOError",
+    "TokenRetrievalError",
+    "NoAuthTokenError",
+)
+
+
+def settings_error(exc: Exception, operation: str = "") -> ConfigurationError | S3Error:
+    """A botocore error that no retry can fix, in ferryman's terms (credentials never shown).
+
+    Missing or unknown profiles, credentials and regions, and a malformed
+    ``AWS_ENDPOINT_URL``, are a :class:`~ferryman.ConfigurationError` naming the
+    setting to fix; anything else botocore refuses is an :class:`~ferryman.S3Error`.
+    """
+    from botocore import exceptions as bx
+
+    kinds = tuple(getattr(bx, name) for name in _SETTINGS_ERRORS if hasattr(bx, name))
+    reason = _first_line(exc)
+    if isinstance(exc, bx.ProfileNotFound):
+        return ConfigurationError(
+            f"AWS profile {exc.kwargs.get('profile')!r} not found in the AWS config files "
+            "(~/.aws/config, ~/.aws/credentials): check AWS_PROFILE"
+        )
+    if isinstance(exc, bx.NoCredentialsError):
+        return ConfigurationError(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or AWS_PROFILE"
+        )
+    if isinstance(exc, kinds):
+        return ConfigurationError(f"AWS settings: {reason}")
+    if isinstance(exc, ValueError) and not isinstance(exc, bx.BotoCoreError):
+        return ConfigurationError(f"AWS settings: {reason} (check AWS_ENDPOINT_URL)")
+    where = f" ({operation})" if operation else ""
+    return S3Error(f"S3 client error{where}: {type(exc).__name__}: {reason}", type(exc).__name__)

@@ -153,6 +153,14 @@ class FolderSensor:
     def __repr__(self) -> str:
         return f"<folder sensor {self.__name__} {self.path!r} {self.pattern!r}>"
 
+    def check_cursor(self, cursor: str) -> None:
+        """Raise :class:`~ferryman.ConfigurationError` unless this sensor can read ``cursor``.
+
+        Called before an operator's cursor is committed (``set-cursor``, the API,
+        the dashboard), so a cursor that would fail every evaluation is refused.
+        """
+        Watermark.decode(cursor, CURSOR_KIND)
+
     def __call__(self, ctx: SensorContext, cursor: str | None) -> SensorResult:
         now_ns = int(self.clock() * 1e9)
         state = Watermark.decode(cursor, CURSOR_KIND)

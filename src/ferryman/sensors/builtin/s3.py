@@ -134,6 +134,14 @@ class S3PrefixSensor:
                 self._client = boto3.client("s3")
             return self._client
 
+    def check_cursor(self, cursor: str) -> None:
+        """Raise :class:`~ferryman.ConfigurationError` unless this sensor can read ``cursor``.
+
+        Called before an operator's cursor is committed (``set-cursor``, the API,
+        the dashboard), so a cursor that would fail every evaluation is refused.
+        """
+        Watermark.decode(cursor, CURSOR_KIND)
+
     def __call__(self, ctx: SensorContext, cursor: str | None) -> SensorResult:
         now = int(self.clock())
         state = Watermark.decode(cursor, CURSOR_KIND)

@@ -236,6 +236,17 @@ class SqlTableSensor:
 
     # -- evaluation ------------------------------------------------------------
 
+    def check_cursor(self, cursor: str) -> None:
+        """Raise :class:`~ferryman.ConfigurationError` unless this sensor can read ``cursor``.
+
+        Called before an operator's cursor is committed (``set-cursor``, the API,
+        the dashboard), so a cursor that would fail every evaluation is refused.
+        """
+        if self.mode == "cursor":
+            CursorState.decode(cursor)
+        else:
+            decode_scan_cursor(cursor)
+
     def __call__(self, ctx: SensorContext, cursor: str | None) -> SensorResult:
         with self.engine.connect() as conn:
             table = self._reflect(conn)
