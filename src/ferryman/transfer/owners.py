@@ -175,8 +175,10 @@ class Hold:
     def _release(self) -> None:
         # A failure here only costs the next call a wait for the lease: logged, not raised.
         try:
+            # DEBUG: the error that cut the call short is what the user needs to
+            # read (the CLI promises it as the one line on stderr).
             if self.store.release_transfer(self.fence):
-                self.log.info("transfer %d left active for a later call", self.fence.transfer_id)
+                self.log.debug("transfer %d left active for a later call", self.fence.transfer_id)
         except FerrymanError as exc:
             self.log.warning(
                 "could not release transfer %d; another call may take it over once its "
