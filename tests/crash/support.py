@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,18 @@ from ferryman.store.schema import run_events, runs
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_worker(store_url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """``python -m tests.crash.worker_main STORE ARGS``, its output appended to ``log``."""
+def start_worker(
+    store_url: str, log: Path, *args: str, prefix: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """``python -m tests.crash.worker_main STORE ARGS``, its output appended to ``log``.
+
+    ``prefix`` goes before the command, e.g. ``ip netns exec NAME`` to start
+    the worker in a network namespace.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
     with log.open("ab") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.crash.worker_main", store_url, *args],
+            [*prefix, sys.executable, "-m", "tests.crash.worker_main", store_url, *args],
             cwd=REPO,
             env=env,
             stdout=output,
@@ -100,3 +107,17 @@ def processing_log(app: fm.App) -> dict[str, list[dict[str, Any]]]:
         for row in conn.execute(query).mappings():
             log[row["run_key"]].append(dict(row))
     return dict(log)
+
+
+def assert_taken_over(app: fm.App, run_id: int, first: str, second: str) -> None:
+    """The run's log: claimed by worker ``first``, its lease expired, then ``second``
+    claimed it and succeeded; nothing else, ``first`` least of all."""
+    events = app.get_run_events(run_id)
+    assert [(e.kind.value, e.worker_id, e.lease_token, e.attempt) for e in events] == [
+        ("requested", None, None, 0),
+        ("claimed", first, 1, 1),
+        ("lease_expired", None, None, 1),
+        ("claimed", second, 2, 2),
+        ("succeeded", second, 2, 2),
+    ], (run_id, events)
+    assert events[2].detail == {"previous_owner": first}
