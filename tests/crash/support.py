@@ -11,12 +11,64 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
 from ferryman.store.schema import run_events, runs
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def storm_setting(name: str, default: float) -> float:
+    """A storm's size or pace: ``FERRYMAN_STORM_<NAME>`` if set, else ``default``.
+
+    The suite runs the storms at their defaults; ``make soak`` (tests/crash/soak.py)
+    sets these to run longer ones.
+    """
+    return float(os.environ.get(f"FERRYMAN_STORM_{name}", default))
+
+
+def storm_range(name: str, default: tuple[float, float]) -> tuple[float, float]:
+    """``(low, high)`` from ``FERRYMAN_STORM_<NAME>=low,high`` if set, else ``default``."""
+    raw = os.environ.get(f"FERRYMAN_STORM_{name}")
+    if raw is None:
+        return default
+    low, high = (float(part) for part in raw.split(","))
+    return (low, high)
+
+
+def storm_store(request: pytest.FixtureRequest, default: str) -> str:
+    """The store URL of a storm that runs on one store: ``FERRYMAN_STORM_STORE``
+    (``sqlite`` or ``postgres``) if set, else ``default``."""
+    kind = os.environ.get("FERRYMAN_STORM_STORE", default)
+    if kind not in ("sqlite", "postgres"):
+        raise ValueError(f"FERRYMAN_STORM_STORE={kind!r}: expected sqlite or postgres")
+    return str(request.getfixturevalue("sqlite_url" if kind == "sqlite" else "pg_url"))
+
+
+def report_storm(
+    storm: str, store_url: str, *, kills: int, unit: str, items: int, lost: int, duplicated: int
+) -> None:
+    """Append what a storm did as one JSON line to ``FERRYMAN_STORM_REPORT``, when set.
+
+    Written before the storm's assertions, so a failing storm still says what
+    it lost or doubled; ``make soak`` collects the lines into its table.
+    """
+    path = os.environ.get("FERRYMAN_STORM_REPORT")
+    if not path:
+        return
+    line = {
+        "storm": storm,
+        "store": "sqlite" if store_url.startswith("sqlite") else "postgres",
+        "kills": kills,
+        "unit": unit,
+        "items": items,
+        "lost": lost,
+        "duplicated": duplicated,
+    }
+    with Path(path).open("a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def start_worker(
