@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ $(BENCH_STAMP): pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python bench/queue.py $(BENCH_ARGS)
+
+# The crash storms, longer and on both stores, until 1,000 SIGKILLs (20-30 min;
+# tests/crash/soak.py). Not part of `make test`. SOAK_ARGS: e.g. --kills 2000.
+SOAK_ARGS ?=
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.crash.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
