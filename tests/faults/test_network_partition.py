@@ -97,7 +97,7 @@ def cut_past_the_leases(link: Link, app: fm.App, run_ids: list[int]) -> None:
     wait_until(cut_cleanly, timeout=120, what="a cut while A holds no transaction")
 
 
-@pytest.mark.crash
+@pytest.mark.fault
 @pytest.mark.timeout(150)
 def test_a_worker_cut_off_from_postgres_is_fenced_then_resumes(
     link: Link, cluster: Cluster, tmp_path: Path

@@ -101,7 +101,7 @@ def job_errors(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-@pytest.mark.crash
+@pytest.mark.fault
 @pytest.mark.timeout(120)
 def test_a_full_disk_fails_writes_clearly_and_the_same_worker_carries_on(
     small_disk: Path, tmp_path: Path
