@@ -43,7 +43,7 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python bench/queue.py $(BENCH_ARGS)
 
-# The crash storms, longer and on both stores, until 1,000 SIGKILLs (20-30 min;
+# The crash storms, longer and on both stores, until 1,000 SIGKILLs (about 20 min;
 # tests/crash/soak.py). Not part of `make test`. SOAK_ARGS: e.g. --kills 2000.
 SOAK_ARGS ?=
 

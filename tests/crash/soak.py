@@ -27,7 +27,7 @@ fell short.
 It lives next to the storms, not in ``bench/``: it measures no speed, it
 runs the crash tests with their fixtures (a database per test, SeaweedFS),
 and its verdict is theirs. At ``--scale 1`` one round makes about 1,200
-kills in 20-30 minutes on two cores.
+kills in about 20 minutes on two cores.
 """
 
 from __future__ import annotations
