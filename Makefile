@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint services browser bench clean
+.PHONY: demo test lint services browser bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,13 @@ $(BENCH_STAMP): pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python bench/queue.py $(BENCH_ARGS)
+
+# The crash storms, longer and on both stores, until 1,000 SIGKILLs (about 20 min;
+# tests/crash/soak.py). Not part of `make test`. SOAK_ARGS: e.g. --kills 2000.
+SOAK_ARGS ?=
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.crash.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
@@ -18,12 +20,69 @@ from ferryman.store.schema import run_events, runs
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_worker(store_url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """``python -m tests.crash.worker_main STORE ARGS``, its output appended to ``log``."""
+def storm_setting(name: str, default: float) -> float:
+    """A storm's size or pace: ``FERRYMAN_STORM_<NAME>`` if set, else ``default``.
+
+    The suite runs the storms at their defaults; ``make soak`` (tests/crash/soak.py)
+    sets these to run longer ones.
+    """
+    return float(os.environ.get(f"FERRYMAN_STORM_{name}", default))
+
+
+def storm_range(name: str, default: tuple[float, float]) -> tuple[float, float]:
+    """``(low, high)`` from ``FERRYMAN_STORM_<NAME>=low,high`` if set, else ``default``."""
+    raw = os.environ.get(f"FERRYMAN_STORM_{name}")
+    if raw is None:
+        return default
+    low, high = (float(part) for part in raw.split(","))
+    return (low, high)
+
+
+def storm_store(request: pytest.FixtureRequest, default: str) -> str:
+    """The store URL of a storm that runs on one store: ``FERRYMAN_STORM_STORE``
+    (``sqlite`` or ``postgres``) if set, else ``default``."""
+    kind = os.environ.get("FERRYMAN_STORM_STORE", default)
+    if kind not in ("sqlite", "postgres"):
+        raise ValueError(f"FERRYMAN_STORM_STORE={kind!r}: expected sqlite or postgres")
+    return str(request.getfixturevalue("sqlite_url" if kind == "sqlite" else "pg_url"))
+
+
+def report_storm(
+    storm: str, store_url: str, *, kills: int, unit: str, items: int, lost: int, duplicated: int
+) -> None:
+    """Append what a storm did as one JSON line to ``FERRYMAN_STORM_REPORT``, when set.
+
+    Written before the storm's assertions, so a failing storm still says what
+    it lost or doubled; ``make soak`` collects the lines into its table.
+    """
+    path = os.environ.get("FERRYMAN_STORM_REPORT")
+    if not path:
+        return
+    line = {
+        "storm": storm,
+        "store": "sqlite" if store_url.startswith("sqlite") else "postgres",
+        "kills": kills,
+        "unit": unit,
+        "items": items,
+        "lost": lost,
+        "duplicated": duplicated,
+    }
+    with Path(path).open("a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
+def start_worker(
+    store_url: str, log: Path, *args: str, prefix: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """``python -m tests.crash.worker_main STORE ARGS``, its output appended to ``log``.
+
+    ``prefix`` goes before the command, e.g. ``ip netns exec NAME`` to start
+    the worker in a network namespace.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
     with log.open("ab") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.crash.worker_main", store_url, *args],
+            [*prefix, sys.executable, "-m", "tests.crash.worker_main", store_url, *args],
             cwd=REPO,
             env=env,
             stdout=output,
@@ -100,3 +159,17 @@ def processing_log(app: fm.App) -> dict[str, list[dict[str, Any]]]:
         for row in conn.execute(query).mappings():
             log[row["run_key"]].append(dict(row))
     return dict(log)
+
+
+def assert_taken_over(app: fm.App, run_id: int, first: str, second: str) -> None:
+    """The run's log: claimed by worker ``first``, its lease expired, then ``second``
+    claimed it and succeeded; nothing else, ``first`` least of all."""
+    events = app.get_run_events(run_id)
+    assert [(e.kind.value, e.worker_id, e.lease_token, e.attempt) for e in events] == [
+        ("requested", None, None, 0),
+        ("claimed", first, 1, 1),
+        ("lease_expired", None, None, 1),
+        ("claimed", second, 2, 2),
+        ("succeeded", second, 2, 2),
+    ], (run_id, events)
+    assert events[2].detail == {"previous_owner": first}

@@ -26,18 +26,23 @@ from tests.crash.support import (
     live_leases,
     processing_log,
     read_report,
+    report_storm,
     start_worker,
     status_counts,
     stop,
+    storm_range,
+    storm_setting,
 )
 from tests.crash.worker_main import build_app, effects, metadata
 from tests.helpers import wait_until
 
-RUNS = 1200
+# make soak sets FERRYMAN_STORM_RUNS, _SECONDS and _KILL_INTERVAL for longer storms.
+RUNS = int(storm_setting("RUNS", 1200))
 WORKERS = 3
 LEASE_SECONDS = 2.0
-STORM_SECONDS = 25.0
-KILL_INTERVAL = (0.2, 0.8)
+STORM_SECONDS = storm_setting("SECONDS", 25.0)
+KILL_INTERVAL = storm_range("KILL_INTERVAL", (0.2, 0.8))
+TIMEOUT = 180 + (STORM_SECONDS - 25.0) + (RUNS - 1200) / 50  # what a longer storm adds
 WORK_MS = (20, 60)
 # The storm ends with every worker killed while the last runs are in flight.
 STORM_UNTIL_SUCCEEDED = RUNS * 9 // 10
@@ -46,7 +51,7 @@ EXPECTED_KINDS = {"requested", "claimed", "checkpointed", "lease_expired", "succ
 
 
 @pytest.mark.crash
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(TIMEOUT)
 def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path: Path) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -105,9 +110,23 @@ def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path:
             str(report_path),
         )
         try:
-            returncode = final.wait(timeout=60)
+            returncode = final.wait(timeout=max(60, RUNS / 20))
         finally:
             stop(final)
+        with app.store.read("reading effects") as conn:
+            effect_rows = {
+                row.run_key: row for row in conn.execute(sa.select(effects).order_by(effects.c.id))
+            }
+            per_key = Counter(conn.execute(sa.select(effects.c.run_key)).scalars())
+        report_storm(
+            "workers",
+            store_url,
+            kills=kills,
+            unit="runs",
+            items=RUNS,
+            lost=len({f"run-{i:04d}" for i in range(RUNS)} - set(per_key)),
+            duplicated=sum(n - 1 for n in per_key.values()),
+        )
         assert returncode == 0, (tmp_path / "final.log").read_text()
         report = read_report(report_path)
 
@@ -120,11 +139,6 @@ def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path:
             [],
         ), context
 
-        with app.store.read("reading effects") as conn:
-            effect_rows = {
-                row.run_key: row for row in conn.execute(sa.select(effects).order_by(effects.c.id))
-            }
-            per_key = Counter(conn.execute(sa.select(effects.c.run_key)).scalars())
         duplicates = {key: n for key, n in per_key.items() if n != 1}
         assert duplicates == {}, f"effects applied more than once: {duplicates} ({context})"
         assert sum(per_key.values()) == RUNS

@@ -22,13 +22,16 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
+from tests.crash.support import report_storm, storm_setting
 from tests.helpers import wait_until
 from tests.integration.test_sensors_concurrency import start
 from tests.sensor_apps import assert_history_consistent, files_app
 
 DAEMONS = 2
-KILLS = 30
-TIME_BUDGET = 10.0  # seconds of killing per store
+# make soak sets FERRYMAN_STORM_KILLS and _SECONDS for longer storms.
+KILLS = int(storm_setting("KILLS", 30))
+TIME_BUDGET = storm_setting("SECONDS", 10.0)  # seconds of killing per store
+TIMEOUT = 300 + (TIME_BUDGET - 10.0)  # the suite's default, plus what a longer storm adds
 
 
 def evaluated(app: fm.App, daemons: list[subprocess.Popen[str]]) -> list[subprocess.Popen[str]]:
@@ -44,6 +47,7 @@ def evaluated(app: fm.App, daemons: list[subprocess.Popen[str]]) -> list[subproc
 
 
 @pytest.mark.crash
+@pytest.mark.timeout(TIMEOUT)
 def test_sigkill_during_evaluations_loses_and_doubles_nothing(
     store_url: str, tmp_path: Path
 ) -> None:
@@ -90,6 +94,15 @@ def test_sigkill_during_evaluations_loses_and_doubles_nothing(
             if evaluation.runs_requested == 0:
                 break
         run_keys = [run.run_key for run in app.get_runs(job="ingest_file")]
+        report_storm(
+            "sensors",
+            store_url,
+            kills=kills,
+            unit="files",
+            items=len(files),
+            lost=len(set(files) - set(run_keys)),
+            duplicated=len(run_keys) - len(set(run_keys)),
+        )
         assert sorted(run_keys) == files, f"seed {seed}"
         assert len(set(run_keys)) == len(run_keys)
         assert app.get_sensor("files").cursor == files[-1]

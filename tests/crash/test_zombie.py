@@ -19,7 +19,13 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
-from tests.crash.support import lease_expired, read_report, start_worker, stop
+from tests.crash.support import (
+    assert_taken_over,
+    lease_expired,
+    read_report,
+    start_worker,
+    stop,
+)
 from tests.crash.worker_main import build_app, effects, metadata
 from tests.helpers import wait_until
 
@@ -136,16 +142,7 @@ def test_paused_worker_cannot_commit_after_its_run_was_taken_over(
             ("zombie-1", b.pid, 2, 2)
         ]
 
-        a_id, b_id = a_report["worker_id"], b_report["worker_id"]
-        events = app.get_run_events(run_id)
-        assert [(e.kind.value, e.worker_id, e.lease_token, e.attempt) for e in events] == [
-            ("requested", None, None, 0),
-            ("claimed", a_id, 1, 1),
-            ("lease_expired", None, None, 1),
-            ("claimed", b_id, 2, 2),
-            ("succeeded", b_id, 2, 2),
-        ]
-        assert events[2].detail == {"previous_owner": a_id}
+        assert_taken_over(app, run_id, a_report["worker_id"], b_report["worker_id"])
     finally:
         for process in processes:
             if process.poll() is None:
