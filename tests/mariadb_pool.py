@@ -228,6 +228,9 @@ def pool_fixture(prefix: str) -> Iterator[DatabasePool]:
         pool.start()
     except (pymysql.err.OperationalError, sa.exc.OperationalError) as exc:
         pytest.fail(f"MariaDB at {sa.make_url(MARIADB_ADMIN)!r} is required for these tests: {exc}")
+    except BaseException:
+        pool.close()  # the template, made before what failed
+        raise
     try:
         yield pool
     finally:
