@@ -1,10 +1,13 @@
-"""Shared fixtures: real SQLite files and real PostgreSQL databases.
+"""Shared fixtures: real SQLite files, real PostgreSQL and MariaDB databases.
 
 PostgreSQL tests use the server on 127.0.0.1:5432 (override with
 ``FERRYMAN_TEST_PG``). A template database is migrated once per session and
 each test gets its own copy with ``CREATE DATABASE ... TEMPLATE``, which takes
-milliseconds. The tests fail, rather than skip, when the server is missing:
-a run that skipped them proves nothing.
+milliseconds. MariaDB tests use the server on 127.0.0.1:3306 (override with
+``FERRYMAN_TEST_MARIADB``); each test gets a migrated database of its own,
+emptied of an earlier test's rows (:mod:`tests.mariadb_pool`). The tests fail,
+rather than skip, when a server is missing: a run that skipped them proves
+nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sqlalchemy as sa
 
 import ferryman as fm
 from ferryman.store import upgrade
+from tests.mariadb_pool import DatabasePool, database_url, pool_fixture
 from tests.private_pg import private_pg as private_pg  # a cluster a test may restart
 
 PG_ADMIN = os.environ.get("FERRYMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -67,12 +71,30 @@ def sqlite_url(tmp_path: object) -> str:
     return f"sqlite:///{tmp_path}/store.db"  # type: ignore[str-bytes-safe]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(scope="session")
+def mariadb_databases() -> Iterator[DatabasePool]:
+    yield from pool_fixture(f"ferryman_test_{os.getpid()}")
+
+
+@pytest.fixture
+def mariadb_url(mariadb_databases: DatabasePool) -> Iterator[str]:
+    """A migrated MariaDB database of this test's own, holding no rows."""
+    name = mariadb_databases.take()
+    yield database_url(name)
+    mariadb_databases.give_back(name)
+
+
+# The stores every contract test runs on (``store_url``), each by its fixture.
+# "mariadb" joins STORES once ferryman opens MariaDB stores (its backend class);
+# until then mariadb_url serves the schema and migration tests alone.
+STORE_FIXTURES = {"sqlite": "sqlite_url", "postgres": "pg_url", "mariadb": "mariadb_url"}
+STORES = ("sqlite", "postgres")
+
+
+@pytest.fixture(params=STORES)
 def store_url(request: pytest.FixtureRequest) -> str:
-    """The same test on a real SQLite file and on a real PostgreSQL database."""
-    if request.param == "sqlite":
-        return str(request.getfixturevalue("sqlite_url"))
-    return str(request.getfixturevalue("pg_url"))
+    """The same test on a real SQLite file and on real PostgreSQL (and MariaDB) databases."""
+    return str(request.getfixturevalue(STORE_FIXTURES[request.param]))
 
 
 @pytest.fixture

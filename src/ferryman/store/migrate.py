@@ -1,22 +1,46 @@
-"""Schema revisions: check at start-up, upgrade on request (or on first use of SQLite)."""
+"""Schema revisions: check at start-up, upgrade on request (or on first use of SQLite).
+
+Concurrent upgrades are serialised: on SQLite by the write transaction, on
+PostgreSQL by a transaction-scoped advisory lock, on MariaDB by a named lock
+(:func:`upgrade_lock`) held across the upgrade's commit.
+
+MariaDB's DDL is not transactional: each CREATE, ALTER and DROP commits at
+once. An upgrade cut short there (the server or the process died, a statement
+failed) leaves the steps it made in place and the revision unchanged. The
+MariaDB steps of every migration can run again (``IF NOT EXISTS``,
+``IF EXISTS``, updates that compute the same values again), so running the
+upgrade again completes it; until then ferryman refuses the store as one at
+the old revision.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from ferryman.errors import SchemaMismatch
+from ferryman.errors import SchemaMismatch, StoreUnavailable
+from ferryman.store import schema
 
 VERSION_TABLE = "ferryman_alembic_version"
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant shared by every ferryman process; serialises concurrent upgrades on PostgreSQL.
 _PG_MIGRATION_LOCK = 0x6665_7272_796D_616E  # "ferryman"
+# MariaDB's named locks are the server's, not a database's: the name carries the
+# database, so that stores in two databases of one server upgrade independently.
+_MARIADB_LOCK = sa.func.concat("ferryman.schema.", sa.func.database())
+# How long an upgrade waits for another process's. PostgreSQL waits without end;
+# GET_LOCK needs a bound (a holder that died has released the lock already).
+MARIADB_LOCK_TIMEOUT_S = 600
 
 
 def _config(connection: sa.Connection | None = None) -> Config:
@@ -57,11 +81,14 @@ def check(connection: sa.Connection, where: str, *, auto_upgrade: bool) -> Revis
     """Make sure the schema is the one this code expects, upgrading if allowed.
 
     Must be called inside a write transaction: on SQLite that transaction holds
-    the database's write lock, on PostgreSQL an advisory lock is taken, so
-    processes starting at once do not migrate twice.
+    the database's write lock, on PostgreSQL an advisory lock is taken, on
+    MariaDB the caller holds :func:`upgrade_lock`, so processes starting at
+    once do not migrate twice.
     """
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+    elif connection.dialect.name in schema.MARIADB and not _holds_upgrade_lock(connection):
+        raise RuntimeError("on MariaDB the schema is checked inside upgrade_lock(connection)")
     found = revisions(connection)
     if found.up_to_date:
         return found
@@ -82,3 +109,119 @@ def check(connection: sa.Connection, where: str, *, auto_upgrade: bool) -> Revis
         )
     command.upgrade(_config(connection), "head")
     return revisions(connection)
+
+
+def _holds_upgrade_lock(connection: sa.Connection) -> bool:
+    holder, me = connection.execute(
+        sa.select(sa.func.is_used_lock(_MARIADB_LOCK), sa.func.connection_id())
+    ).one()
+    return holder is not None and holder == me
+
+
+@contextlib.contextmanager
+def upgrade_lock(connection: sa.Connection, where: str) -> Iterator[None]:
+    """Serialise schema checks and upgrades of one MariaDB database; elsewhere nothing.
+
+    Enter it before the transaction that calls :func:`check` and leave it
+    after that transaction ends: a named lock belongs to the session, not to
+    a transaction, and the next process must find the upgrade committed when
+    it gets the lock. The server releases it if the connection drops.
+    """
+    if connection.dialect.name not in schema.MARIADB:
+        yield
+        return
+    got, holder = connection.execute(
+        sa.select(
+            sa.func.get_lock(_MARIADB_LOCK, MARIADB_LOCK_TIMEOUT_S),
+            sa.func.is_used_lock(_MARIADB_LOCK),
+        )
+    ).one()
+    connection.commit()  # the lock outlives it; the caller begins its own transaction
+    if got != 1:
+        raise StoreUnavailable(
+            f"store {where}: another process (MariaDB connection {holder}) has been checking "
+            f"or upgrading the schema for over {MARIADB_LOCK_TIMEOUT_S} s; it shows in the "
+            "server's SHOW PROCESSLIST"
+        )
+    try:
+        yield
+    finally:
+        if not connection.invalidated:
+            connection.rollback()  # a transaction the block left open
+            connection.execute(sa.select(sa.func.release_lock(_MARIADB_LOCK)))
+            connection.commit()
+
+
+def differences(connection: sa.Connection) -> list[Any]:
+    """How the database's tables differ from :mod:`ferryman.store.schema`: [] if not at all.
+
+    Alembic's comparison against the tables as this dialect creates them (a
+    partial index, or what stands in for it on MariaDB); on MariaDB also the
+    generated columns that stand in for unique partial indexes, and the
+    prefix lengths of indexes on long text.
+    """
+    dialect = connection.dialect.name
+    generated = {
+        (key.table.name, name)
+        for key in schema.MARIADB_UNIQUE_WHERE
+        for name in (key.column, key.index.name)
+    }
+
+    def compared(item: Any, name: str | None, type_: str, reflected: bool, _other: Any) -> bool:
+        if reflected and type_ in ("column", "index") and dialect in schema.MARIADB:
+            return (item.table.name, name) not in generated
+        return True
+
+    context = MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE, "include_object": compared}
+    )
+    found: list[Any] = list(compare_metadata(context, _as_created_on(dialect)))
+    if dialect in schema.MARIADB:
+        found.extend(_mariadb_differences(sa.inspect(connection)))
+    return found
+
+
+def _as_created_on(dialect: str) -> sa.MetaData:
+    """The declared tables with the indexes this dialect has, and only those.
+
+    Alembic pairs indexes by name before it filters them, so the two
+    declarations of one index (partial, and MariaDB's) must not both be there.
+    """
+    tables = sa.MetaData(naming_convention=schema.metadata.naming_convention)
+    for table in schema.metadata.sorted_tables:
+        copy = table.to_metadata(tables)
+        for index in table.indexes:
+            if not schema.created_on(index, dialect):
+                copy.indexes -= {ix for ix in copy.indexes if _same_index(ix, index)}
+    return tables
+
+
+def _same_index(one: sa.Index, other: sa.Index) -> bool:
+    names = [column.name for column in one.columns]
+    return one.name == other.name and names == [column.name for column in other.columns]
+
+
+def _mariadb_differences(inspector: sa.Inspector) -> list[Any]:
+    found: list[Any] = []
+    for key in schema.MARIADB_UNIQUE_WHERE:
+        columns = {column["name"]: column for column in inspector.get_columns(key.table.name)}
+        column = columns.get(key.column)
+        computed = None if column is None else column.get("computed")
+        if not (computed and computed.get("persisted")):
+            found.append(("missing_generated_column", key.table.name, key.column))
+        index = _reflected_index(inspector, key.table.name, str(key.index.name))
+        if index is None or not index["unique"] or index["column_names"] != [key.column]:
+            found.append(("missing_unique_index", key.table.name, key.index.name))
+    for table in schema.metadata.sorted_tables:
+        for declared in table.indexes:
+            length = declared.dialect_options["mariadb"]["length"]
+            reflected = _reflected_index(inspector, table.name, str(declared.name))
+            if length and reflected is not None:
+                options = reflected.get("dialect_options", {})
+                if options.get("mariadb_length", options.get("mysql_length")) != length:
+                    found.append(("modify_prefix_length", table.name, declared.name, length))
+    return found
+
+
+def _reflected_index(inspector: sa.Inspector, table: str, name: str) -> Any:
+    return next((ix for ix in inspector.get_indexes(table) if ix["name"] == name), None)

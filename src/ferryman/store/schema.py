@@ -1,16 +1,34 @@
-"""The store's tables, one definition for SQLite and PostgreSQL.
+"""The store's tables, one definition for SQLite, PostgreSQL and MariaDB.
 
 Times are seconds since the epoch as double precision, taken from the
 database's own clock (see :mod:`ferryman.store.dialect`), so that leases held
 by workers on different hosts are compared against one clock.
 
+MariaDB differs in three ways, each declared here beside the table it changes
+(docs/internals/mariadb.md has the reasons and the measurements):
+
+* an indexed or key column needs a bounded type: names are ``VARCHAR(255)``,
+  statuses ``VARCHAR(32)``, and everything else ``LONGTEXT`` (``TEXT`` stops at
+  64 KiB); keys of any length stay unique through their SHA-256 digests;
+* tables are InnoDB in ``utf8mb4_nopad_bin``, so that ``'A'``/``'a'``,
+  ``'é'``/``'e'`` and ``'a'``/``'a '`` stay distinct keys, as on PostgreSQL;
+* it has no partial indexes: a partial index leads with the column of its
+  predicate there instead, and a unique partial index becomes a unique index
+  on a generated column that is NULL outside the index's rows
+  (:class:`MariaDBUniqueWhere`).
+
 The migrations under ``migrations/versions`` must produce exactly these
-tables; ``tests/unit/test_migrations.py`` compares the two.
+tables; ``tests/unit/test_store_setup.py`` and ``test_mariadb_schema.py``
+compare the two (:func:`ferryman.store.migrate.differences`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 metadata = sa.MetaData(
     naming_convention={
@@ -21,33 +39,142 @@ metadata = sa.MetaData(
     }
 )
 
-# BIGINT ids on PostgreSQL; SQLite only makes INTEGER PRIMARY KEY an alias of the rowid.
+# SQLAlchemy's names for MariaDB: ``mariadb://`` URLs, and ``mysql://`` ones.
+MARIADB = ("mariadb", "mysql")
+# The longest job, sensor and worker name a MariaDB store holds, in characters:
+# they are keys of indexes there, and an index entry is bounded (3072 bytes,
+# 4 per character in utf8mb4). SQLite and PostgreSQL take any length.
+NAME_LENGTH = 255
+STATUS_LENGTH = 32  # the longest status value is 9 characters
+# The characters of a run key that its MariaDB index holds (a prefix index:
+# the comparison reads the whole key from the row).
+RUN_KEY_PREFIX = 255
+
+# Tables on MariaDB: InnoDB (transactions, row locks, SKIP LOCKED), and a
+# binary collation that pads no spaces, so that keys compare as PostgreSQL's
+# do: byte for byte ('a ' != 'a', 'A' != 'a', 'é' != 'e').
+MARIADB_TABLE: dict[str, Any] = {
+    "mariadb_engine": "InnoDB",
+    "mariadb_charset": "utf8mb4",
+    "mariadb_collate": "utf8mb4_nopad_bin",
+}
+
+# BIGINT ids on PostgreSQL and MariaDB; SQLite only makes INTEGER PRIMARY KEY an
+# alias of the rowid.
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Epoch: sa.Double[float] = sa.Double()
-# JSON documents are stored as text: identical on both backends, and ferryman
+# Text of any length. MariaDB's TEXT holds 64 KiB at most; LONGTEXT 4 GiB.
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), *MARIADB)
+# Text that MariaDB indexes: bounded there (see NAME_LENGTH), unbounded elsewhere.
+Name = sa.Text().with_variant(sa.String(NAME_LENGTH), *MARIADB)
+Status = sa.Text().with_variant(sa.String(STATUS_LENGTH), *MARIADB)
+# JSON documents are stored as text: identical on every backend, and ferryman
 # never queries inside them.
-JsonText = sa.Text
+JsonText = LongText
 # SHA-256 of a key (see ferryman.store.keys): unique where the key itself may be
 # too long for a B-tree entry.
-Digest = sa.LargeBinary
+Digest = sa.LargeBinary().with_variant(mysql.BINARY(32), *MARIADB)
+
+
+def _created_when(mariadb: bool) -> Any:
+    """The ``ddl_if`` condition of an index made on MariaDB alone, or everywhere else."""
+
+    def when(
+        ddl: object,
+        target: object,
+        bind: object,
+        tables: object = None,
+        state: object = None,
+        *,
+        dialect: sa.Dialect,
+        **kw: Any,
+    ) -> bool:
+        return (dialect.name in MARIADB) == mariadb
+
+    return when
+
+
+def mariadb_only(index: sa.Index) -> sa.Index:
+    """Create ``index`` on MariaDB alone (it stands in for a partial index there)."""
+    index.info["mariadb"] = True
+    return index.ddl_if(callable_=_created_when(True))
+
+
+def except_mariadb(index: sa.Index) -> sa.Index:
+    """Create ``index`` on SQLite and PostgreSQL alone (a partial index)."""
+    index.info["mariadb"] = False
+    return index.ddl_if(callable_=_created_when(False))
+
+
+def created_on(index: sa.Index, dialect: str) -> bool:
+    """Whether ``index`` exists in a store on ``dialect``."""
+    only = index.info.get("mariadb")
+    return only is None or only == (dialect in MARIADB)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MariaDBUniqueWhere:
+    """A unique partial index, as MariaDB (which has none) holds it.
+
+    A stored generated column holds the SHA-256 of the indexed columns (NUL
+    between them) where the row satisfies the predicate, and NULL elsewhere; a
+    unique index on it, under the partial index's name, admits any number of
+    NULLs, so it refuses exactly what the partial index refuses, whatever the
+    columns' lengths. The column is stored (``PERSISTENT``) rather than
+    virtual so that InnoDB never evaluates the expression again to maintain
+    the index (in purge and rollback); it costs 33 bytes a row.
+    """
+
+    index: sa.Index  # the partial index it stands for on SQLite and PostgreSQL
+    column: str
+    predicate: str  # the partial index's WHERE, in MariaDB's SQL
+
+    @property
+    def table(self) -> sa.Table:
+        table = self.index.table
+        assert isinstance(table, sa.Table)
+        return table
+
+    @property
+    def expression(self) -> str:
+        names = [f"`{column.name}`" for column in self.index.columns]
+        value = names[0] if len(names) == 1 else f"CONCAT({', CHAR(0), '.join(names)})"
+        return f"IF({self.predicate}, UNHEX(SHA2({value}, 256)), NULL)"
+
+    def ddl(self) -> str:
+        """The ALTER TABLE that adds the column and its unique index."""
+        return (
+            f"ALTER TABLE {self.table.name} ADD COLUMN IF NOT EXISTS `{self.column}` "
+            f"BINARY(32) AS ({self.expression}) PERSISTENT, "
+            f"ADD UNIQUE INDEX IF NOT EXISTS {self.index.name} (`{self.column}`)"
+        )
+
+    def attach(self) -> None:
+        """Add the column and index whenever the table is created on MariaDB."""
+        sa.event.listen(self.table, "after_create", self._after_create)
+
+    def _after_create(self, _table: sa.Table, connection: sa.Connection, **_kw: Any) -> None:
+        if connection.dialect.name in MARIADB:
+            connection.exec_driver_sql(self.ddl())
+
 
 runs = sa.Table(
     "ferryman_runs",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("job", sa.Text, nullable=False),
-    sa.Column("run_key", sa.Text, nullable=False),
+    sa.Column("job", Name, nullable=False),
+    sa.Column("run_key", LongText, nullable=False),
     sa.Column("key_digest", Digest, nullable=False),  # keys.run_key_digest(job, run_key)
     sa.Column("payload", JsonText, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("status", Status, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
     sa.Column("max_attempts", sa.Integer, nullable=False),
     sa.Column("available_at", Epoch, nullable=False),
-    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_owner", LongText),
     sa.Column("lease_token", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("lease_expires_at", Epoch),
     sa.Column("checkpoint", JsonText),
-    sa.Column("last_error", sa.Text),
+    sa.Column("last_error", LongText),
     sa.Column("created_at", Epoch, nullable=False),
     sa.Column("updated_at", Epoch, nullable=False),
     sa.Column("started_at", Epoch),
@@ -57,25 +184,36 @@ runs = sa.Table(
         "status IN ('queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled')",
         name="ck_ferryman_runs_status",
     ),
+    **MARIADB_TABLE,
 )
 # Claims read each job's due queue in order; a partial index keeps it small
 # however many finished runs the table holds, and leading with the job lets a
 # claim walk it in order even when the planner's statistics are stale (right
 # after a bulk enqueue) instead of sorting every due run.
-sa.Index(
-    "ix_ferryman_runs_due",
-    runs.c.job,
-    runs.c.available_at,
-    runs.c.id,
-    postgresql_where=runs.c.status == "queued",
-    sqlite_where=runs.c.status == "queued",
+except_mariadb(
+    sa.Index(
+        "ix_ferryman_runs_due",
+        runs.c.job,
+        runs.c.available_at,
+        runs.c.id,
+        postgresql_where=runs.c.status == "queued",
+        sqlite_where=runs.c.status == "queued",
+    )
 )
-sa.Index(
-    "ix_ferryman_runs_leases",
-    runs.c.lease_expires_at,
-    postgresql_where=runs.c.status == "running",
-    sqlite_where=runs.c.status == "running",
+except_mariadb(
+    sa.Index(
+        "ix_ferryman_runs_leases",
+        runs.c.lease_expires_at,
+        postgresql_where=runs.c.status == "running",
+        sqlite_where=runs.c.status == "running",
+    )
 )
+# MariaDB has no partial indexes: the same indexes lead with the status there, so
+# that a claim's equality on it reads the same entries in the same order.
+mariadb_only(
+    sa.Index("ix_ferryman_runs_due", runs.c.status, runs.c.job, runs.c.available_at, runs.c.id)
+)
+mariadb_only(sa.Index("ix_ferryman_runs_leases", runs.c.status, runs.c.lease_expires_at))
 sa.Index("ix_ferryman_runs_job_status", runs.c.job, runs.c.status, runs.c.id)
 sa.Index("ix_ferryman_runs_status_id", runs.c.status, runs.c.id)
 # The runs list within a time window reads it in creation order from here.
@@ -84,8 +222,14 @@ sa.Index("ix_ferryman_runs_created_at", runs.c.created_at, runs.c.id)
 sa.Index("ix_ferryman_runs_finished_at", runs.c.finished_at)
 # The SQL table sensor's anti-join compares run keys in SQL, where no digest can
 # be computed on SQLite. A hash index (PostgreSQL) takes keys of any length; on
-# SQLite, which has no such limit, the same declaration is a plain B-tree.
-sa.Index("ix_ferryman_runs_run_key", runs.c.run_key, postgresql_using="hash")
+# SQLite, which has no such limit, the same declaration is a plain B-tree; on
+# MariaDB it indexes the keys' first characters.
+sa.Index(
+    "ix_ferryman_runs_run_key",
+    runs.c.run_key,
+    postgresql_using="hash",
+    mariadb_length={"run_key": RUN_KEY_PREFIX},
+)
 
 run_events = sa.Table(
     "ferryman_run_events",
@@ -97,27 +241,29 @@ run_events = sa.Table(
         sa.ForeignKey("ferryman_runs.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("kind", LongText, nullable=False),
     sa.Column("at", Epoch, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("worker_id", sa.Text),
+    sa.Column("worker_id", LongText),
     sa.Column("lease_token", sa.BigInteger),
     sa.Column("detail", JsonText),
+    **MARIADB_TABLE,
 )
 sa.Index("ix_ferryman_run_events_run_id", run_events.c.run_id, run_events.c.id)
 
 sensors = sa.Table(
     "ferryman_sensors",
     metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("kind", sa.Text, nullable=False),
-    sa.Column("cursor", sa.Text),
+    sa.Column("name", Name, primary_key=True),
+    sa.Column("kind", LongText, nullable=False),
+    sa.Column("cursor", LongText),
     sa.Column("state_version", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("status", sa.Text, nullable=False, server_default="running"),
+    sa.Column("status", LongText, nullable=False, server_default="running"),
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_evaluation_at", Epoch),
     sa.Column("last_evaluation_at", Epoch),
     sa.Column("updated_at", Epoch, nullable=False),
+    **MARIADB_TABLE,
 )
 
 sensor_evaluations = sa.Table(
@@ -126,27 +272,28 @@ sensor_evaluations = sa.Table(
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column(
         "sensor",
-        sa.Text,
+        Name,
         sa.ForeignKey("ferryman_sensors.name", ondelete="CASCADE"),
         nullable=False,
     ),
     # poll:{sensor}:{state_version}, or push:{sensor}:{message_id} (kept for
     # readers; push deliveries are unique in ferryman_push_deliveries).
-    sa.Column("idempotency_key", sa.Text),
-    sa.Column("message_id", sa.Text),  # push evaluations: the message, in full
-    sa.Column("outcome", sa.Text, nullable=False),
-    sa.Column("cursor_before", sa.Text),
-    sa.Column("cursor_after", sa.Text),
+    sa.Column("idempotency_key", LongText),
+    sa.Column("message_id", LongText),  # push evaluations: the message, in full
+    sa.Column("outcome", LongText, nullable=False),
+    sa.Column("cursor_before", LongText),
+    sa.Column("cursor_after", LongText),
     sa.Column("state_version_before", sa.BigInteger, nullable=False),
     sa.Column("state_version_after", sa.BigInteger),
     sa.Column("runs_requested", sa.Integer, nullable=False, server_default="0"),
     sa.Column("runs_deduplicated", sa.Integer, nullable=False, server_default="0"),
     sa.Column("items_skipped", sa.Integer, nullable=False, server_default="0"),
     sa.Column("run_ids", JsonText),
-    sa.Column("error", sa.Text),
-    sa.Column("evaluator", sa.Text),
+    sa.Column("error", LongText),
+    sa.Column("evaluator", LongText),
     sa.Column("started_at", Epoch, nullable=False),
     sa.Column("finished_at", Epoch, nullable=False),
+    **MARIADB_TABLE,
 )
 sa.Index(
     "ix_ferryman_sensor_evaluations_sensor",
@@ -155,12 +302,18 @@ sa.Index(
 )
 # One evaluation per poll state version: a second line of defence behind the
 # compare-and-swap on the sensor's state_version.
-sa.Index(
-    "ix_ferryman_sensor_evaluations_poll_key",
-    sensor_evaluations.c.idempotency_key,
-    unique=True,
-    postgresql_where=sensor_evaluations.c.message_id.is_(None),
-    sqlite_where=sensor_evaluations.c.message_id.is_(None),
+POLL_KEY = MariaDBUniqueWhere(
+    index=except_mariadb(
+        sa.Index(
+            "ix_ferryman_sensor_evaluations_poll_key",
+            sensor_evaluations.c.idempotency_key,
+            unique=True,
+            postgresql_where=sensor_evaluations.c.message_id.is_(None),
+            sqlite_where=sensor_evaluations.c.message_id.is_(None),
+        )
+    ),
+    column="poll_key_digest",
+    predicate="`message_id` IS NULL",
 )
 
 # One row per push message delivered to a sensor: its redeliveries are
@@ -172,12 +325,12 @@ push_deliveries = sa.Table(
     metadata,
     sa.Column(
         "sensor",
-        sa.Text,
+        Name,
         sa.ForeignKey("ferryman_sensors.name", ondelete="CASCADE"),
         nullable=False,
     ),
     sa.Column("message_digest", Digest, nullable=False),  # keys.message_digest(message_id)
-    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column("message_id", LongText, nullable=False),
     sa.Column(
         "evaluation_id",
         Id,
@@ -189,6 +342,7 @@ push_deliveries = sa.Table(
     ),
     sa.Column("delivered_at", Epoch, nullable=False),
     sa.PrimaryKeyConstraint("sensor", "message_digest"),
+    **MARIADB_TABLE,
 )
 sa.Index("ix_ferryman_push_deliveries_delivered_at", push_deliveries.c.delivered_at)
 sa.Index("ix_ferryman_push_deliveries_evaluation_id", push_deliveries.c.evaluation_id)
@@ -196,13 +350,14 @@ sa.Index("ix_ferryman_push_deliveries_evaluation_id", push_deliveries.c.evaluati
 workers = sa.Table(
     "ferryman_workers",
     metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("id", Name, primary_key=True),
+    sa.Column("host", LongText, nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("jobs", JsonText, nullable=False),
     sa.Column("started_at", Epoch, nullable=False),
     sa.Column("last_seen_at", Epoch, nullable=False),
     sa.Column("stopped_at", Epoch),
+    **MARIADB_TABLE,
 )
 
 # One row per resumable upload of a local file to an S3 object (see
@@ -212,32 +367,32 @@ transfers = sa.Table(
     "ferryman_transfers",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("source_path", sa.Text, nullable=False),
-    sa.Column("bucket", sa.Text, nullable=False),
-    sa.Column("key", sa.Text, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("source_path", LongText, nullable=False),
+    sa.Column("bucket", LongText, nullable=False),
+    sa.Column("key", LongText, nullable=False),
+    sa.Column("status", Status, nullable=False),
     sa.Column("follow", sa.Boolean, nullable=False),
     sa.Column("part_size", sa.BigInteger, nullable=False),
-    sa.Column("upload_id", sa.Text),
+    sa.Column("upload_id", LongText),
     sa.Column("source_size", sa.BigInteger),
     sa.Column("source_mtime", Epoch),
     sa.Column("bytes_confirmed", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("parts_confirmed", sa.Integer, nullable=False, server_default="0"),
     sa.Column("total_size", sa.BigInteger),
-    sa.Column("sha256", sa.Text),
-    sa.Column("checksum", sa.Text),
-    sa.Column("etag", sa.Text),
-    sa.Column("verified_by", sa.Text),
-    sa.Column("reason", sa.Text),
-    sa.Column("error", sa.Text),
+    sa.Column("sha256", LongText),
+    sa.Column("checksum", LongText),
+    sa.Column("etag", LongText),
+    sa.Column("verified_by", LongText),
+    sa.Column("reason", LongText),
+    sa.Column("error", LongText),
     sa.Column("user_metadata", JsonText),
-    sa.Column("sidecar_key", sa.Text),
+    sa.Column("sidecar_key", LongText),
     sa.Column(
         "run_id",
         Id,
         sa.ForeignKey("ferryman_runs.id", ondelete="SET NULL"),
     ),
-    sa.Column("owner", sa.Text),
+    sa.Column("owner", LongText),
     sa.Column("owner_token", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("lease_expires_at", Epoch),
     sa.Column("resumes", sa.Integer, nullable=False, server_default="0"),
@@ -248,16 +403,23 @@ transfers = sa.Table(
         "status IN ('active', 'succeeded', 'failed')",
         name="ck_ferryman_transfers_status",
     ),
+    **MARIADB_TABLE,
 )
 # At most one active transfer writes an object: a second upload to the same
 # key would race the first one's CompleteMultipartUpload.
-sa.Index(
-    "ix_ferryman_transfers_active_object",
-    transfers.c.bucket,
-    transfers.c.key,
-    unique=True,
-    postgresql_where=transfers.c.status == "active",
-    sqlite_where=transfers.c.status == "active",
+ACTIVE_OBJECT = MariaDBUniqueWhere(
+    index=except_mariadb(
+        sa.Index(
+            "ix_ferryman_transfers_active_object",
+            transfers.c.bucket,
+            transfers.c.key,
+            unique=True,
+            postgresql_where=transfers.c.status == "active",
+            sqlite_where=transfers.c.status == "active",
+        )
+    ),
+    column="active_object_digest",
+    predicate="`status` = 'active'",
 )
 sa.Index("ix_ferryman_transfers_status_id", transfers.c.status, transfers.c.id)
 sa.Index("ix_ferryman_transfers_run_id", transfers.c.run_id)
@@ -275,10 +437,17 @@ transfer_parts = sa.Table(
     sa.Column("part_number", sa.Integer, nullable=False),
     sa.Column("start", sa.BigInteger, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("etag", sa.Text, nullable=False),
-    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("etag", LongText, nullable=False),
+    sa.Column("sha256", LongText, nullable=False),
     sa.Column("adopted", sa.Boolean, nullable=False),
     sa.Column("owner_token", sa.BigInteger, nullable=False),
     sa.Column("confirmed_at", Epoch, nullable=False),
     sa.PrimaryKeyConstraint("transfer_id", "part_number"),
+    **MARIADB_TABLE,
 )
+
+# The generated columns and indexes that stand in for unique partial indexes on
+# MariaDB; they are not columns of the tables above (no query reads them).
+MARIADB_UNIQUE_WHERE = (POLL_KEY, ACTIVE_OBJECT)
+for _unique_where in MARIADB_UNIQUE_WHERE:
+    _unique_where.attach()

@@ -1,5 +1,9 @@
 """transfers and their parts (resumable S3 multipart uploads)
 
+On MariaDB, which has no partial indexes, one active transfer per object is
+kept by a unique index on a stored generated column: the SHA-256 of bucket,
+NUL and key while the transfer is active, NULL otherwise.
+
 Revision ID: 0002
 Revises: 0001
 """
@@ -9,40 +13,68 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from ferryman.store.migrations.types import (
+    MARIADB_TABLE,
+    Id,
+    LongText,
+    Status,
+    on_mariadb,
+)
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+ACTIVE_OBJECT_ON_MARIADB = (
+    "ALTER TABLE ferryman_transfers ADD COLUMN IF NOT EXISTS active_object_digest BINARY(32) "
+    "AS (IF(`status` = 'active', UNHEX(SHA2(CONCAT(`bucket`, CHAR(0), `key`), 256)), NULL)) "
+    "PERSISTENT, ADD UNIQUE INDEX IF NOT EXISTS ix_ferryman_transfers_active_object "
+    "(active_object_digest)"
+)
+
+
+def _active_object_index() -> None:
+    if on_mariadb():
+        op.execute(ACTIVE_OBJECT_ON_MARIADB)
+        return
+    op.create_index(
+        "ix_ferryman_transfers_active_object",
+        "ferryman_transfers",
+        ["bucket", "key"],
+        unique=True,
+        postgresql_where=sa.text("status = 'active'"),
+        sqlite_where=sa.text("status = 'active'"),
+    )
 
 
 def upgrade() -> None:
+    again = on_mariadb()  # MariaDB commits each step: a second run skips the done ones
     op.create_table(
         "ferryman_transfers",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
-        sa.Column("source_path", sa.Text, nullable=False),
-        sa.Column("bucket", sa.Text, nullable=False),
-        sa.Column("key", sa.Text, nullable=False),
-        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("source_path", LongText, nullable=False),
+        sa.Column("bucket", LongText, nullable=False),
+        sa.Column("key", LongText, nullable=False),
+        sa.Column("status", Status, nullable=False),
         sa.Column("follow", sa.Boolean, nullable=False),
         sa.Column("part_size", sa.BigInteger, nullable=False),
-        sa.Column("upload_id", sa.Text),
+        sa.Column("upload_id", LongText),
         sa.Column("source_size", sa.BigInteger),
         sa.Column("source_mtime", sa.Double),
         sa.Column("bytes_confirmed", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("parts_confirmed", sa.Integer, nullable=False, server_default="0"),
         sa.Column("total_size", sa.BigInteger),
-        sa.Column("sha256", sa.Text),
-        sa.Column("checksum", sa.Text),
-        sa.Column("etag", sa.Text),
-        sa.Column("verified_by", sa.Text),
-        sa.Column("reason", sa.Text),
-        sa.Column("error", sa.Text),
-        sa.Column("user_metadata", sa.Text),
-        sa.Column("sidecar_key", sa.Text),
+        sa.Column("sha256", LongText),
+        sa.Column("checksum", LongText),
+        sa.Column("etag", LongText),
+        sa.Column("verified_by", LongText),
+        sa.Column("reason", LongText),
+        sa.Column("error", LongText),
+        sa.Column("user_metadata", LongText),
+        sa.Column("sidecar_key", LongText),
         sa.Column("run_id", Id),
-        sa.Column("owner", sa.Text),
+        sa.Column("owner", LongText),
         sa.Column("owner_token", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("lease_expires_at", sa.Double),
         sa.Column("resumes", sa.Integer, nullable=False, server_default="0"),
@@ -60,17 +92,19 @@ def upgrade() -> None:
             "status IN ('active', 'succeeded', 'failed')",
             name="ck_ferryman_transfers_status",
         ),
+        **MARIADB_TABLE,
+        if_not_exists=again,
+    )
+    _active_object_index()
+    op.create_index(
+        "ix_ferryman_transfers_status_id",
+        "ferryman_transfers",
+        ["status", "id"],
+        if_not_exists=again,
     )
     op.create_index(
-        "ix_ferryman_transfers_active_object",
-        "ferryman_transfers",
-        ["bucket", "key"],
-        unique=True,
-        postgresql_where=sa.text("status = 'active'"),
-        sqlite_where=sa.text("status = 'active'"),
+        "ix_ferryman_transfers_run_id", "ferryman_transfers", ["run_id"], if_not_exists=again
     )
-    op.create_index("ix_ferryman_transfers_status_id", "ferryman_transfers", ["status", "id"])
-    op.create_index("ix_ferryman_transfers_run_id", "ferryman_transfers", ["run_id"])
 
     op.create_table(
         "ferryman_transfer_parts",
@@ -78,8 +112,8 @@ def upgrade() -> None:
         sa.Column("part_number", sa.Integer, nullable=False),
         sa.Column("start", sa.BigInteger, nullable=False),
         sa.Column("size", sa.BigInteger, nullable=False),
-        sa.Column("etag", sa.Text, nullable=False),
-        sa.Column("sha256", sa.Text, nullable=False),
+        sa.Column("etag", LongText, nullable=False),
+        sa.Column("sha256", LongText, nullable=False),
         sa.Column("adopted", sa.Boolean, nullable=False),
         sa.Column("owner_token", sa.BigInteger, nullable=False),
         sa.Column("confirmed_at", sa.Double, nullable=False),
@@ -90,12 +124,15 @@ def upgrade() -> None:
             name="fk_ferryman_transfer_parts_transfer_id_ferryman_transfers",
             ondelete="CASCADE",
         ),
+        **MARIADB_TABLE,
+        if_not_exists=again,
     )
 
 
 def downgrade() -> None:
     op.drop_table("ferryman_transfer_parts")
-    op.drop_index("ix_ferryman_transfers_run_id", "ferryman_transfers")
-    op.drop_index("ix_ferryman_transfers_status_id", "ferryman_transfers")
-    op.drop_index("ix_ferryman_transfers_active_object", "ferryman_transfers")
+    if not on_mariadb():  # there the index of a foreign key goes with its table only
+        op.drop_index("ix_ferryman_transfers_run_id", "ferryman_transfers")
+        op.drop_index("ix_ferryman_transfers_status_id", "ferryman_transfers")
+        op.drop_index("ix_ferryman_transfers_active_object", "ferryman_transfers")
     op.drop_table("ferryman_transfers")

@@ -15,6 +15,12 @@ table would delete every processing-log row with it: ferryman opens the
 connection for migrations so (``Store``, ``ferryman db upgrade``), and this
 migration refuses to run otherwise.
 
+MariaDB has no partial index: the unique poll key is a unique index on a
+stored generated column there (the key's SHA-256 for poll evaluations, NULL
+for push ones), and the run key index holds the keys' first 255 characters.
+Its steps can run again, so an upgrade cut short is completed by running it
+again (MariaDB commits each DDL statement at once).
+
 The digests computed here must equal those of ``ferryman.store.keys``.
 
 Revision ID: 0005
@@ -30,12 +36,20 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from alembic import op
 
+from ferryman.store.migrations.types import (
+    MARIADB_TABLE,
+    Digest,
+    Id,
+    LongText,
+    Name,
+    on_mariadb,
+)
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 RUNS = "ferryman_runs"
 EVALUATIONS = "ferryman_sensor_evaluations"
 DELIVERIES = "ferryman_push_deliveries"
@@ -54,6 +68,26 @@ EVALUATION_COLUMNS = (
 # "orders:eu" + "42"; the sensor column can).
 PUSH_PREFIX = "substr(idempotency_key, 1, length(sensor) + 6) = 'push:' || sensor || ':'"
 MESSAGE_ID = "substr(idempotency_key, length(sensor) + 7)"
+# MariaDB: LENGTH counts bytes there and || is OR; CHAR_LENGTH and CONCAT instead.
+MARIADB_PUSH_PREFIX = (
+    "SUBSTRING(idempotency_key, 1, CHAR_LENGTH(sensor) + 6) = CONCAT('push:', sensor, ':')"
+)
+MARIADB_MESSAGE_ID = "SUBSTRING(idempotency_key, CHAR_LENGTH(sensor) + 7)"
+MARIADB_STEPS = (
+    f"ALTER TABLE {RUNS} ADD COLUMN IF NOT EXISTS key_digest BINARY(32) AFTER run_key",
+    f"UPDATE {RUNS} SET key_digest = UNHEX(SHA2(CONCAT(job, CHAR(0), run_key), 256))",
+    f"ALTER TABLE {RUNS} MODIFY key_digest BINARY(32) NOT NULL",
+    f"ALTER TABLE {RUNS} ADD UNIQUE INDEX IF NOT EXISTS uq_ferryman_runs_key_digest (key_digest)",
+    f"ALTER TABLE {RUNS} DROP INDEX IF EXISTS uq_ferryman_runs_job_run_key",
+    f"ALTER TABLE {EVALUATIONS} ADD COLUMN IF NOT EXISTS message_id LONGTEXT AFTER idempotency_key",
+    f"UPDATE {EVALUATIONS} SET message_id = {MARIADB_MESSAGE_ID} WHERE {MARIADB_PUSH_PREFIX}",
+    f"ALTER TABLE {EVALUATIONS} DROP INDEX IF EXISTS "
+    "uq_ferryman_sensor_evaluations_idempotency_key",
+    # One poll evaluation per key: what the partial unique index is elsewhere.
+    f"ALTER TABLE {EVALUATIONS} ADD COLUMN IF NOT EXISTS poll_key_digest BINARY(32) "
+    "AS (IF(`message_id` IS NULL, UNHEX(SHA2(`idempotency_key`, 256)), NULL)) PERSISTENT, "
+    "ADD UNIQUE INDEX IF NOT EXISTS ix_ferryman_sensor_evaluations_poll_key (poll_key_digest)",
+)
 
 
 def _run_key_digest(job: str, run_key: str) -> bytes:
@@ -185,12 +219,12 @@ def _rebuild_sqlite(
     op.rename_table(f"{table}_new", table)
 
 
-def _deliveries() -> None:
+def _deliveries(again: bool) -> None:
     op.create_table(
         DELIVERIES,
-        sa.Column("sensor", sa.Text, nullable=False),
-        sa.Column("message_digest", sa.LargeBinary, nullable=False),
-        sa.Column("message_id", sa.Text, nullable=False),
+        sa.Column("sensor", Name, nullable=False),
+        sa.Column("message_digest", Digest, nullable=False),
+        sa.Column("message_id", LongText, nullable=False),
         sa.Column("evaluation_id", Id, nullable=False),
         sa.Column("delivered_at", sa.Double, nullable=False),
         sa.PrimaryKeyConstraint("sensor", "message_digest", name="pk_ferryman_push_deliveries"),
@@ -205,14 +239,27 @@ def _deliveries() -> None:
             [f"{EVALUATIONS}.id"],
             name="fk_ferryman_push_deliveries_evaluation_id",
         ),
+        **MARIADB_TABLE,
+        if_not_exists=again,
     )
-    op.create_index("ix_ferryman_push_deliveries_delivered_at", DELIVERIES, ["delivered_at"])
-    op.create_index("ix_ferryman_push_deliveries_evaluation_id", DELIVERIES, ["evaluation_id"])
-    digest = (
-        "ferryman_message_digest(message_id)"
-        if _is_sqlite()
-        else "sha256(convert_to(message_id, 'UTF8'))"
+    op.create_index(
+        "ix_ferryman_push_deliveries_delivered_at",
+        DELIVERIES,
+        ["delivered_at"],
+        if_not_exists=again,
     )
+    op.create_index(
+        "ix_ferryman_push_deliveries_evaluation_id",
+        DELIVERIES,
+        ["evaluation_id"],
+        if_not_exists=again,
+    )
+    if _is_sqlite():
+        digest = "ferryman_message_digest(message_id)"
+    elif on_mariadb():
+        digest = "UNHEX(SHA2(message_id, 256))"
+    else:
+        digest = "sha256(convert_to(message_id, 'UTF8'))"
     op.execute(
         f"INSERT INTO {DELIVERIES} (sensor, message_digest, message_id, evaluation_id, "
         f"delivered_at) SELECT sensor, {digest}, message_id, id, finished_at "
@@ -231,7 +278,24 @@ def _poll_key_index() -> None:
     )
 
 
+def _upgrade_mariadb() -> None:
+    """Every step can run again: an upgrade cut short is completed by running it again."""
+    for step in MARIADB_STEPS:
+        op.execute(step)
+    op.create_index(
+        "ix_ferryman_runs_run_key",
+        RUNS,
+        ["run_key"],
+        mariadb_length={"run_key": 255},
+        if_not_exists=True,
+    )
+    _deliveries(again=True)
+
+
 def upgrade() -> None:
+    if on_mariadb():
+        _upgrade_mariadb()
+        return
     if _is_sqlite():
         driver = _sqlite_driver()
         driver.create_function("ferryman_key_digest", 2, _run_key_digest, deterministic=True)
@@ -268,10 +332,14 @@ def upgrade() -> None:
         )
     op.create_index("ix_ferryman_runs_run_key", RUNS, ["run_key"], postgresql_using="hash")
     _poll_key_index()
-    _deliveries()
+    _deliveries(again=False)
 
 
 def downgrade() -> None:
+    if on_mariadb():
+        raise NotImplementedError(
+            "a MariaDB store is not downgraded below revision 0005; restore a backup instead"
+        )
     op.drop_table(DELIVERIES)
     op.drop_index("ix_ferryman_sensor_evaluations_poll_key", EVALUATIONS)
     op.drop_index("ix_ferryman_runs_run_key", RUNS)
