@@ -32,7 +32,7 @@ from ferryman.errors import (
     TransferFailed,
 )
 from ferryman.model import Transfer, TransferPart, TransferStatus
-from ferryman.store import ConfirmedPart, NewTransfer, Store, TransferFence
+from ferryman.store import CompletedObject, ConfirmedPart, NewTransfer, Store, TransferFence
 from ferryman.store.records import to_json
 from ferryman.transfer.objects import (
     composite_checksum,
@@ -519,11 +519,13 @@ class Uploader:
             self._fail(transfer, "verify_failed", verification.mismatch, abort=False)
         self.store.record_transfer_object(
             self.fence,
-            total_size=total,
-            sha256=sha256,
-            checksum=verification.checksum,
-            etag=verification.etag,
-            verified_by=verification.verified_by,
+            CompletedObject(
+                total_size=total,
+                sha256=sha256,
+                checksum=verification.checksum,
+                etag=verification.etag,
+                verified_by=verification.verified_by,
+            ),
         )
         self.log.info(
             "transfer %d: object complete, %s, verified by %s",
@@ -539,11 +541,13 @@ class Uploader:
         )
         self.store.record_transfer_object(
             self.fence,
-            total_size=0,
-            sha256=hashlib.sha256(b"").hexdigest(),
-            checksum=empty,
-            etag=str(response.get("ETag", "")).strip('"'),
-            verified_by="checksum",
+            CompletedObject(
+                total_size=0,
+                sha256=hashlib.sha256(b"").hexdigest(),
+                checksum=empty,
+                etag=str(response.get("ETag", "")).strip('"'),
+                verified_by="checksum",
+            ),
         )
         return self._finish(self._reload())
 
