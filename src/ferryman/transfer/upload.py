@@ -57,6 +57,7 @@ from ferryman.transfer.s3 import (
     format_size,
     log,
 )
+from ferryman.transfer.s3_object import S3Object
 
 OnChange = Literal["fail", "restart"]
 LEASE_SECONDS = 30.0
@@ -99,6 +100,7 @@ class Uploader:
     ) -> None:
         self.store = store
         self.s3 = s3
+        self.target = S3Object(s3, bucket, key)
         self.path = path
         self.bucket = bucket
         self.key = key
@@ -180,13 +182,8 @@ class Uploader:
         return transfer
 
     def _object_etag(self) -> str | None:
-        try:
-            head = self.s3("head_object", self.key, Bucket=self.bucket, Key=self.key)
-        except S3Error as exc:
-            if exc.code in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return str(head.get("ETag", "")).strip('"')
+        head = self.target.head_if_any()
+        return None if head is None else str(head.get("ETag", "")).strip('"')
 
     def _upload(self, transfer: Transfer) -> Transfer:
         if transfer.etag is not None:  # completed and verified before a crash
@@ -241,16 +238,9 @@ class Uploader:
         """After a crash between CompleteMultipartUpload and its record: is the object ours?"""
         if not stored:
             return False
-        try:
-            head = self.s3(
-                "head_object", self.key, Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"
-            )
-        except S3Error as exc:
-            if exc.code in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        head = self.target.head_if_any(checksums=True)
         total = sum(p.size for p in stored)
-        if int(head["ContentLength"]) != total:
+        if head is None or int(head["ContentLength"]) != total:
             return False
         ours = head.get("ChecksumSHA256") == composite_checksum(stored) or str(
             head.get("ETag", "")
@@ -272,22 +262,16 @@ class Uploader:
         owned = self.store.active_upload_ids()
         for upload_id in stray_upload_ids(self.s3, self.bucket, self.key, owned):
             self.log.info("aborting upload %s left by a crash", upload_id)
-            self._abort(upload_id)
+            self.target.abort(upload_id)
 
     def _new_upload(self, transfer: Transfer) -> None:
-        created = self.s3(
-            "create_multipart_upload",
-            self.key,
-            Bucket=self.bucket,
-            Key=self.key,
-            ChecksumAlgorithm="SHA256",
-        )
+        upload_id = self.target.create_upload()
         # A crash right here leaves an upload no transfer owns: `transfers gc` aborts it.
-        self.store.set_transfer_upload(self.fence, created["UploadId"], transfer.part_size)
+        self.store.set_transfer_upload(self.fence, upload_id, transfer.part_size)
 
     def _fresh_upload(self, transfer: Transfer) -> Transfer:
         """Throw away the upload so far (the source changed and a restart was asked for)."""
-        self._abort(transfer.upload_id)
+        self.target.abort(transfer.upload_id)
         stat = self._stat_or_none()
         if stat is None:
             self._fail(transfer, "source_missing", f"{self.path} no longer exists")
@@ -400,7 +384,7 @@ class Uploader:
         numbers = [p.part_number for p in parts]
         if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != offset:
             raise AssertionError(f"transfer {transfer.id}: parts {numbers} do not cover {offset} B")
-        self._complete(transfer, parts)
+        self.target.complete(transfer.upload_id, parts)
         self._verify_and_record(
             transfer, parts, offset, None if whole is None else whole.hexdigest()
         )
@@ -422,15 +406,8 @@ class Uploader:
             checksum = sha256_b64(data)
             size = len(data)
             self.log.debug("sending part %d (%d B)", number, size)
-            response = self.s3(
-                "upload_part",
-                f"{self.fence.transfer_id}:{number}",
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ChecksumSHA256=checksum,
+            etag = self.target.upload_part(
+                upload_id, number, data, checksum, retry_key=f"{self.fence.transfer_id}:{number}"
             )
             # S3 has the bytes: let the next part start sending while this one's
             # row commits (an fsync). Memory stays bounded, since the bytes are
@@ -442,7 +419,7 @@ class Uploader:
                 part_number=number,
                 start=start,
                 size=size,
-                etag=response["ETag"].strip('"'),
+                etag=etag,
                 sha256=checksum,
             )
             self.store.confirm_part(self.fence, part, self.options.lease_seconds)
@@ -487,34 +464,11 @@ class Uploader:
 
     # -- completion ----------------------------------------------------------
 
-    def _complete(self, transfer: Transfer, parts: list[TransferPart]) -> None:
-        try:
-            self.s3(
-                "complete_multipart_upload",
-                self.key,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=transfer.upload_id,
-                MultipartUpload={
-                    "Parts": [
-                        {"PartNumber": p.part_number, "ETag": p.etag, "ChecksumSHA256": p.sha256}
-                        for p in parts
-                    ]
-                },
-            )
-        except S3Error as exc:
-            # A retry after a lost response finds the upload gone: it did complete.
-            if exc.code != "NoSuchUpload":
-                raise
-
     def _verify_and_record(
         self, transfer: Transfer, parts: list[TransferPart], total: int, sha256: str | None
     ) -> None:
         """HeadObject: size, then S3's composite SHA-256 (or the multipart ETag)."""
-        head = self.s3(
-            "head_object", self.key, Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"
-        )
-        verification = verify_head(head, parts, total)
+        verification = verify_head(self.target.head(checksums=True), parts, total)
         if verification.mismatch is not None:
             self._fail(transfer, "verify_failed", verification.mismatch, abort=False)
         self.store.record_transfer_object(
@@ -536,16 +490,14 @@ class Uploader:
 
     def _put_empty(self, transfer: Transfer) -> Transfer:
         empty = sha256_b64(b"")
-        response = self.s3(
-            "put_object", self.key, Bucket=self.bucket, Key=self.key, Body=b"", ChecksumSHA256=empty
-        )
+        etag = self.target.put(self.key, b"", empty)
         self.store.record_transfer_object(
             self.fence,
             CompletedObject(
                 total_size=0,
                 sha256=hashlib.sha256(b"").hexdigest(),
                 checksum=empty,
-                etag=str(response.get("ETag", "")).strip('"'),
+                etag=etag,
                 verified_by="checksum",
             ),
         )
@@ -555,14 +507,8 @@ class Uploader:
         """Write the sidecar (only now: the object is verified), then mark success."""
         if transfer.sidecar_key is not None:
             body = sidecar_document(transfer, self.store.get_transfer_parts(transfer.id))
-            self.s3(
-                "put_object",
-                transfer.sidecar_key,
-                Bucket=self.bucket,
-                Key=transfer.sidecar_key,
-                Body=body,
-                ContentType="application/json",
-                ChecksumSHA256=sha256_b64(body),
+            self.target.put(
+                transfer.sidecar_key, body, sha256_b64(body), content_type="application/json"
             )
         self.store.finish_transfer(self.fence, TransferStatus.SUCCEEDED)
         final = self._reload()
@@ -582,27 +528,12 @@ class Uploader:
         """Record the failure, abort the multipart upload, raise :class:`TransferFailed`."""
         self.hold.stop()
         if abort:
-            self._abort(self._reload().upload_id)
+            self.target.abort(self._reload().upload_id)
         self.store.finish_transfer(
             self.fence, TransferStatus.FAILED, reason=reason, error=f"{reason}: {detail}"
         )
         self.log.error("transfer %d failed: %s: %s", transfer.id, reason, detail)
         raise TransferFailed(transfer.id, reason, detail)
-
-    def _abort(self, upload_id: str | None) -> None:
-        if upload_id is None:
-            return
-        try:
-            self.s3(
-                "abort_multipart_upload",
-                self.key,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-            )
-        except S3Error as exc:
-            if exc.code != "NoSuchUpload":
-                raise
 
     # -- helpers -------------------------------------------------------------
 
