@@ -11,6 +11,9 @@ them) but never re-sent.
 
 Memory is bounded by ``part_size * (concurrency + 1)``: the reader holds one
 part and at most ``concurrency`` are in flight.
+
+One upload call runs here: open, reconcile (:mod:`~ferryman.transfer.resume`),
+send, complete, verify, finish.
 """
 
 from __future__ import annotations
@@ -24,43 +27,30 @@ from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
-from ferryman.errors import (
-    ConfigurationError,
-    S3Error,
-    TransferFailed,
-)
+from ferryman.errors import ConfigurationError, TransferFailed
 from ferryman.model import Transfer, TransferPart, TransferStatus
-from ferryman.store import CompletedObject, ConfirmedPart, NewTransfer, Store, TransferFence
+from ferryman.store import CompletedObject, ConfirmedPart, Lease, NewTransfer, Store, TransferFence
 from ferryman.store.records import to_json
-from ferryman.transfer.objects import (
-    composite_checksum,
-    composite_etag,
-    sha256_b64,
-    sidecar_document,
-    verify_head,
-)
+from ferryman.transfer.objects import sha256_b64, sidecar_document, verify_head
 from ferryman.transfer.owners import Hold, owner_is_gone, upload_call
 from ferryman.transfer.progress import Progress, ProgressCounter
 from ferryman.transfer.resume import (
-    S3Parts,
-    adoptable_checksum,
-    list_parts,
-    parts_s3_lost,
+    CompletedBeforeCrash,
+    ListedPart,
+    Resumable,
+    UploadGone,
+    adoptable,
+    reconcile,
     stray_upload_ids,
 )
-from ferryman.transfer.s3 import (
-    MAX_PARTS,
-    Retrying,
-    choose_part_size,
-    format_size,
-    log,
-)
+from ferryman.transfer.s3 import MAX_PARTS, Retrying, choose_part_size, format_size, log
 from ferryman.transfer.s3_object import S3Object
 
 OnChange = Literal["fail", "restart"]
 LEASE_SECONDS = 30.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,16 +84,13 @@ class Uploader:
         options: Options,
         metadata: Mapping[str, Any] | None,
         sidecar_key: str | None,
-        run_lease: Any,
+        run_lease: Lease | None,
         run_id: int | None,
         progress: Progress | None,
     ) -> None:
         self.store = store
-        self.s3 = s3
         self.target = S3Object(s3, bucket, key)
         self.path = path
-        self.bucket = bucket
-        self.key = key
         self.options = options
         self.metadata = metadata
         self.sidecar_key = sidecar_key
@@ -119,7 +106,7 @@ class Uploader:
     def run(self) -> Transfer:
         stat = self._stat_or_none()
         done = self.store.latest_transfer(
-            source_path=str(self.path), bucket=self.bucket, key=self.key
+            source_path=str(self.path), bucket=self.target.bucket, key=self.target.key
         )
         if (
             stat is not None
@@ -134,23 +121,23 @@ class Uploader:
         if stat is None and (done is None or done.status is not TransferStatus.ACTIVE):
             raise ConfigurationError(f"source file {self.path} does not exist")
         with upload_call() as owner:
-            transfer = self._open(owner, stat)
+            transfer, stored = self._open(owner, stat)
             with Hold(self.store, self.fence, self.options.lease_seconds, self.log) as self.hold:
                 for _ in range(3):  # a restart after a source change, at most twice
                     try:
-                        return self._upload(transfer)
+                        return self._upload(transfer, stored)
                     except _Restart:
-                        transfer = self._fresh_upload(transfer)
+                        transfer, stored = self._fresh_upload(transfer), []
                 self._fail(transfer, "source_changed", f"{self.path} kept changing during upload")
 
-    def _open(self, owner: str, stat: os.stat_result | None) -> Transfer:
+    def _open(self, owner: str, stat: os.stat_result | None) -> tuple[Transfer, list[TransferPart]]:
         """Create the transfer, or take over the object's active one to resume it."""
         size = stat.st_size if stat is not None else 0
         opened = self.store.open_transfer(
             NewTransfer(
                 source_path=str(self.path),
-                bucket=self.bucket,
-                key=self.key,
+                bucket=self.target.bucket,
+                key=self.target.key,
                 part_size=choose_part_size(size, self.options.part_size),
                 follow=self.options.follow,
                 source_size=size,
@@ -179,13 +166,14 @@ class Uploader:
                 format_size(transfer.bytes_confirmed),
                 transfer.parts_confirmed,
             )
-        return transfer
+        return transfer, opened.parts
 
     def _object_etag(self) -> str | None:
         head = self.target.head_if_any()
         return None if head is None else str(head.get("ETag", "")).strip('"')
 
-    def _upload(self, transfer: Transfer) -> Transfer:
+    def _upload(self, transfer: Transfer, stored: list[TransferPart]) -> Transfer:
+        """Go on from where ``transfer`` (with its ``stored`` parts) stands."""
         if transfer.etag is not None:  # completed and verified before a crash
             return self._finish(transfer)
         stat = self._stat_or_none()
@@ -196,61 +184,29 @@ class Uploader:
                 self._abort_strays()
             if stat.st_size == 0 and not self.options.follow:
                 return self._put_empty(transfer)
-            self._new_upload(transfer)
-            transfer = self._reload()
-            stored: list[TransferPart] = []
-            on_s3: S3Parts = {}
-        else:
-            stored, on_s3 = self._reconcile(transfer)
-            if stored is None:
-                return self._finish(self._reload())
-            transfer = self._reload()  # the upload may have been replaced
-        return self._send(transfer, stored, on_s3)
+            return self._send(self._new_upload(transfer))
+        match reconcile(
+            self.target,
+            self.store,
+            self.fence,
+            transfer,
+            upload_id=transfer.upload_id,
+            stored=stored,
+            log=self.log,
+        ):
+            case Resumable() as resumable:
+                return self._send(resumable)
+            case CompletedBeforeCrash() as completed:
+                return self._finish_completed(completed)
+            case UploadGone(transfer=gone):
+                self.log.warning(
+                    "multipart upload of transfer %d is gone from S3 (aborted elsewhere?); "
+                    "starting a new one",
+                    gone.id,
+                )
+                return self._send(self._new_upload(gone))
 
-    # -- resume --------------------------------------------------------------
-
-    def _reconcile(self, transfer: Transfer) -> tuple[Any, S3Parts]:
-        """Stored parts that S3 still has, and S3's parts by number; (None, {}) if completed."""
-        assert transfer.upload_id is not None
-        stored = self.store.get_transfer_parts(transfer.id)
-        try:
-            on_s3 = list_parts(self.s3, self.bucket, self.key, transfer.upload_id)
-        except S3Error as exc:
-            if exc.code != "NoSuchUpload":
-                raise
-            if self._adopt_completed_object(transfer, stored):
-                return None, {}
-            self.log.warning(
-                "multipart upload of transfer %d is gone from S3 (aborted elsewhere?); "
-                "starting a new one",
-                transfer.id,
-            )
-            self._new_upload(transfer)
-            return [], {}
-        lost = parts_s3_lost(stored, on_s3)
-        if lost:
-            self.log.warning("S3 lacks %d confirmed parts; they will be sent again", len(lost))
-            self.store.forget_parts(self.fence, lost)
-            stored = [p for p in stored if p.part_number not in lost]
-        return stored, {n: p for n, p in on_s3.items() if n not in {s.part_number for s in stored}}
-
-    def _adopt_completed_object(self, transfer: Transfer, stored: list[TransferPart]) -> bool:
-        """After a crash between CompleteMultipartUpload and its record: is the object ours?"""
-        if not stored:
-            return False
-        head = self.target.head_if_any(checksums=True)
-        total = sum(p.size for p in stored)
-        if head is None or int(head["ContentLength"]) != total:
-            return False
-        ours = head.get("ChecksumSHA256") == composite_checksum(stored) or str(
-            head.get("ETag", "")
-        ).strip('"') == composite_etag(stored)
-        if not ours:
-            return False
-        self.log.info("transfer %d: object was completed before a crash", transfer.id)
-        sha = self._hash_file(total) if self.options.file_sha256 else None
-        self._verify_and_record(transfer, stored, total, sha)
-        return True
+    # -- starting over -------------------------------------------------------
 
     def _abort_strays(self) -> None:
         """Abort uploads of this key no active transfer owns.
@@ -260,14 +216,16 @@ class Uploader:
         object), so such an upload can only be that leftover.
         """
         owned = self.store.active_upload_ids()
-        for upload_id in stray_upload_ids(self.s3, self.bucket, self.key, owned):
+        for upload_id in stray_upload_ids(self.target, owned):
             self.log.info("aborting upload %s left by a crash", upload_id)
             self.target.abort(upload_id)
 
-    def _new_upload(self, transfer: Transfer) -> None:
+    def _new_upload(self, transfer: Transfer) -> Resumable:
+        """Start a multipart upload for ``transfer``: nothing confirmed yet."""
         upload_id = self.target.create_upload()
         # A crash right here leaves an upload no transfer owns: `transfers gc` aborts it.
-        self.store.set_transfer_upload(self.fence, upload_id, transfer.part_size)
+        started = self.store.set_transfer_upload(self.fence, upload_id, transfer.part_size)
+        return Resumable(transfer=started, upload_id=upload_id, confirmed={}, unconfirmed={})
 
     def _fresh_upload(self, transfer: Transfer) -> Transfer:
         """Throw away the upload so far (the source changed and a restart was asked for)."""
@@ -277,30 +235,31 @@ class Uploader:
             self._fail(transfer, "source_missing", f"{self.path} no longer exists")
         self.store.record_transfer_source(self.fence, size=stat.st_size, mtime=stat.st_mtime)
         part_size = choose_part_size(stat.st_size, self.options.part_size)
-        self.store.set_transfer_upload(self.fence, None, part_size)
+        fresh = self.store.set_transfer_upload(self.fence, None, part_size)
         self.log.warning("transfer %d: source changed; uploading it again", transfer.id)
         self.counter.resumed_bytes = 0
-        return self._reload()
+        return fresh
 
     # -- sending -------------------------------------------------------------
 
-    def _send(self, transfer: Transfer, stored: list[TransferPart], on_s3: S3Parts) -> Transfer:
-        assert transfer.upload_id is not None
+    def _send(self, plan: Resumable) -> Transfer:
+        transfer = plan.transfer
+        upload_id = plan.upload_id
         opts = self.options
         part_size = transfer.part_size
-        confirmed = {p.part_number: p for p in stored}
+        confirmed = plan.confirmed
         self.counter.start(
             transfer_id=transfer.id,
-            confirmed_bytes=sum(p.size for p in stored),
-            confirmed_parts=len(stored),
+            confirmed_bytes=sum(p.size for p in confirmed.values()),
+            confirmed_parts=len(confirmed),
         )
         start_stat = os.stat(self.path)
-        confirmed_end = max((p.start + p.size for p in stored), default=0)
+        confirmed_end = plan.confirmed_end
         if start_stat.st_size < confirmed_end:
             self._changed(transfer, f"{self.path} shrank below the confirmed {confirmed_end} B")
         if not opts.follow:
             self.counter.total = start_stat.st_size
-            self.store.record_transfer_source(
+            transfer = self.store.record_transfer_source(
                 self.fence, size=start_stat.st_size, mtime=start_stat.st_mtime
             )
         whole = hashlib.sha256() if opts.file_sha256 else None
@@ -356,16 +315,14 @@ class Uploader:
                     whole.update(data)
                 if number in confirmed:
                     self._check_confirmed(transfer, confirmed[number], data)
-                elif not self._adopt(number, offset, data, on_s3.get(number)):
+                elif not self._adopt(number, offset, data, plan.unconfirmed.get(number)):
                     slots.acquire()
                     self._raise_if_lost(futures)
                     # Handed over in a box the part thread empties, so that no
                     # reference held by the pool keeps the bytes alive after
                     # S3 has them.
                     futures.append(
-                        pool.submit(
-                            self._send_part, slots, transfer.upload_id, number, offset, [data]
-                        )
+                        pool.submit(self._send_part, slots, upload_id, number, offset, [data])
                     )
                     futures = [f for f in futures if not f.done() or f.exception() is not None]
                 del data
@@ -384,11 +341,12 @@ class Uploader:
         numbers = [p.part_number for p in parts]
         if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != offset:
             raise AssertionError(f"transfer {transfer.id}: parts {numbers} do not cover {offset} B")
-        self.target.complete(transfer.upload_id, parts)
-        self._verify_and_record(
-            transfer, parts, offset, None if whole is None else whole.hexdigest()
+        self.target.complete(upload_id, parts)
+        return self._finish(
+            self._verify_and_record(
+                transfer, parts, offset, None if whole is None else whole.hexdigest()
+            )
         )
-        return self._finish(self._reload())
 
     def _send_part(
         self,
@@ -428,19 +386,11 @@ class Uploader:
             if not released:
                 slots.release()
 
-    def _adopt(self, number: int, start: int, data: bytes, on_s3: dict[str, Any] | None) -> bool:
+    def _adopt(self, number: int, start: int, data: bytes, on_s3: ListedPart | None) -> bool:
         """Record a part S3 has but the store lacks, if its bytes are this file's."""
-        checksum = adoptable_checksum(on_s3, data)
-        if on_s3 is None or checksum is None:
+        part = adoptable(number, start, data, on_s3)
+        if part is None:
             return False
-        part = ConfirmedPart(
-            part_number=number,
-            start=start,
-            size=len(data),
-            etag=str(on_s3["ETag"]).strip('"'),
-            sha256=checksum,
-            adopted=True,
-        )
         self.store.confirm_part(self.fence, part, self.options.lease_seconds)
         self.log.info("adopted part %d found on S3 after a crash", number)
         self.counter.count(len(data))
@@ -464,14 +414,21 @@ class Uploader:
 
     # -- completion ----------------------------------------------------------
 
+    def _finish_completed(self, completed: CompletedBeforeCrash) -> Transfer:
+        """Record an object completed before a crash, as if just completed."""
+        transfer, total = completed.transfer, completed.total
+        self.log.info("transfer %d: object was completed before a crash", transfer.id)
+        sha = self._hash_file(total) if self.options.file_sha256 else None
+        return self._finish(self._verify_and_record(transfer, completed.parts, total, sha))
+
     def _verify_and_record(
         self, transfer: Transfer, parts: list[TransferPart], total: int, sha256: str | None
-    ) -> None:
+    ) -> Transfer:
         """HeadObject: size, then S3's composite SHA-256 (or the multipart ETag)."""
         verification = verify_head(self.target.head(checksums=True), parts, total)
         if verification.mismatch is not None:
             self._fail(transfer, "verify_failed", verification.mismatch, abort=False)
-        self.store.record_transfer_object(
+        recorded = self.store.record_transfer_object(
             self.fence,
             CompletedObject(
                 total_size=total,
@@ -487,11 +444,12 @@ class Uploader:
             format_size(total),
             verification.verified_by,
         )
+        return recorded
 
     def _put_empty(self, transfer: Transfer) -> Transfer:
         empty = sha256_b64(b"")
-        etag = self.target.put(self.key, b"", empty)
-        self.store.record_transfer_object(
+        etag = self.target.put(self.target.key, b"", empty)
+        recorded = self.store.record_transfer_object(
             self.fence,
             CompletedObject(
                 total_size=0,
@@ -501,7 +459,7 @@ class Uploader:
                 verified_by="checksum",
             ),
         )
-        return self._finish(self._reload())
+        return self._finish(recorded)
 
     def _finish(self, transfer: Transfer) -> Transfer:
         """Write the sidecar (only now: the object is verified), then mark success."""
@@ -510,8 +468,7 @@ class Uploader:
             self.target.put(
                 transfer.sidecar_key, body, sha256_b64(body), content_type="application/json"
             )
-        self.store.finish_transfer(self.fence, TransferStatus.SUCCEEDED)
-        final = self._reload()
+        final = self.store.finish_transfer(self.fence, TransferStatus.SUCCEEDED)
         self.counter.report_transfer(final)
         return final
 
@@ -525,10 +482,13 @@ class Uploader:
     def _fail(
         self, transfer: Transfer, reason: str, detail: str, *, abort: bool = True
     ) -> NoReturn:
-        """Record the failure, abort the multipart upload, raise :class:`TransferFailed`."""
+        """Record the failure, abort the multipart upload, raise :class:`TransferFailed`.
+
+        ``transfer`` is the record as this call last wrote it, so its upload id is current.
+        """
         self.hold.stop()
         if abort:
-            self.target.abort(self._reload().upload_id)
+            self.target.abort(transfer.upload_id)
         self.store.finish_transfer(
             self.fence, TransferStatus.FAILED, reason=reason, error=f"{reason}: {detail}"
         )
@@ -542,12 +502,6 @@ class Uploader:
             return os.stat(self.path)
         except FileNotFoundError:
             return None
-
-    def _reload(self) -> Transfer:
-        transfer = self.store.get_transfer(self.fence.transfer_id)
-        assert transfer is not None
-        self._current = transfer
-        return transfer
 
     def _hash_file(self, size: int) -> str:
         whole = hashlib.sha256()
