@@ -22,6 +22,7 @@ from ferryman.errors import S3Error
 from ferryman.model import Transfer, TransferPart
 from ferryman.store import ConfirmedPart, Store, TransferFence
 from ferryman.transfer.objects import composite_checksum, composite_etag, sha256_b64
+from ferryman.transfer.reader import Part
 from ferryman.transfer.s3_object import S3Object
 
 # Parts per ListParts page (S3's maximum). A setting, so that paging can be
@@ -175,27 +176,25 @@ def completed_from(target: S3Object, stored: Sequence[TransferPart]) -> bool:
     ).strip('"') == composite_etag(stored)
 
 
-def adoptable(
-    number: int, start: int, data: bytes, on_s3: ListedPart | None
-) -> ConfirmedPart | None:
-    """The part to record if S3's unconfirmed part ``on_s3`` holds exactly ``data``.
+def adoptable(part: Part, on_s3: ListedPart | None) -> ConfirmedPart | None:
+    """The part to record if S3's unconfirmed part ``on_s3`` holds exactly ``part``'s bytes.
 
     Compared by S3's listed checksum where the server lists one, else by the
     part's ETag, which for a plain part is the MD5 of its bytes.
     """
-    if on_s3 is None or on_s3.size != len(data):
+    if on_s3 is None or on_s3.size != len(part.data):
         return None
-    checksum = sha256_b64(data)
+    checksum = sha256_b64(part.data)
     if on_s3.sha256:
         matches = on_s3.sha256 == checksum
     else:
-        matches = on_s3.etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+        matches = on_s3.etag == hashlib.md5(part.data, usedforsecurity=False).hexdigest()
     if not matches:
         return None
     return ConfirmedPart(
-        part_number=number,
-        start=start,
-        size=len(data),
+        part_number=part.number,
+        start=part.start,
+        size=len(part.data),
         etag=on_s3.etag,
         sha256=checksum,
         adopted=True,

@@ -12,8 +12,11 @@ them) but never re-sent.
 Memory is bounded by ``part_size * (concurrency + 1)``: the reader holds one
 part and at most ``concurrency`` are in flight.
 
-One upload call runs here: open, reconcile (:mod:`~ferryman.transfer.resume`),
-send, complete, verify, finish.
+One upload call runs here — open, reconcile, send, complete, verify,
+finish — through its parts: :mod:`~ferryman.transfer.reader` reads the file
+(following a growing one), :mod:`~ferryman.transfer.sender` sends parts and
+confirms each, :mod:`~ferryman.transfer.resume` reconciles a resumed upload
+with S3, :mod:`~ferryman.transfer.s3_object` makes the calls on the object.
 """
 
 from __future__ import annotations
@@ -21,32 +24,30 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-import time
-from collections.abc import Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
 
-from ferryman.errors import ConfigurationError, TransferFailed
+from ferryman.errors import ConfigurationError, TransferError, TransferFailed
 from ferryman.model import Transfer, TransferPart, TransferStatus
-from ferryman.store import CompletedObject, ConfirmedPart, Lease, NewTransfer, Store, TransferFence
+from ferryman.store import CompletedObject, Lease, NewTransfer, Store, TransferFence
 from ferryman.store.records import to_json
 from ferryman.transfer.objects import sha256_b64, sidecar_document, verify_head
 from ferryman.transfer.owners import Hold, owner_is_gone, upload_call
 from ferryman.transfer.progress import Progress, ProgressCounter
+from ferryman.transfer.reader import Follow, PartReader, SourceError, hash_file
 from ferryman.transfer.resume import (
     CompletedBeforeCrash,
-    ListedPart,
     Resumable,
     UploadGone,
     adoptable,
     reconcile,
     stray_upload_ids,
 )
-from ferryman.transfer.s3 import MAX_PARTS, Retrying, choose_part_size, format_size, log
+from ferryman.transfer.s3 import Retrying, choose_part_size, format_size, log
 from ferryman.transfer.s3_object import S3Object
+from ferryman.transfer.sender import PartSender
 
 OnChange = Literal["fail", "restart"]
 LEASE_SECONDS = 30.0
@@ -243,158 +244,85 @@ class Uploader:
     # -- sending -------------------------------------------------------------
 
     def _send(self, plan: Resumable) -> Transfer:
+        """Read the file, send what S3 lacks, then complete and verify the object."""
         transfer = plan.transfer
-        upload_id = plan.upload_id
-        opts = self.options
-        part_size = transfer.part_size
-        confirmed = plan.confirmed
         self.counter.start(
             transfer_id=transfer.id,
-            confirmed_bytes=sum(p.size for p in confirmed.values()),
-            confirmed_parts=len(confirmed),
+            confirmed_bytes=sum(p.size for p in plan.confirmed.values()),
+            confirmed_parts=len(plan.confirmed),
         )
-        start_stat = os.stat(self.path)
-        confirmed_end = plan.confirmed_end
-        if start_stat.st_size < confirmed_end:
-            self._changed(transfer, f"{self.path} shrank below the confirmed {confirmed_end} B")
-        if not opts.follow:
-            self.counter.total = start_stat.st_size
+        reader = PartReader(
+            self.path,
+            part_size=transfer.part_size,
+            follow=self._follow(),
+            file_sha256=self.options.file_sha256,
+            on_final_size=self._total_known,
+        )
+        shrunk = reader.shrunk_below(plan.confirmed_end)
+        if shrunk is not None:
+            self._changed(transfer, shrunk)
+        if not self.options.follow:
+            self.counter.total = reader.start.st_size
             transfer = self.store.record_transfer_source(
-                self.fence, size=start_stat.st_size, mtime=start_stat.st_mtime
+                self.fence, size=reader.start.st_size, mtime=reader.start.st_mtime
             )
-        whole = hashlib.sha256() if opts.file_sha256 else None
-        slots = threading.BoundedSemaphore(opts.concurrency)
-        futures: list[Future[None]] = []
-        number, offset = 1, 0
-        last_change = time.monotonic()
-        seen = (start_stat.st_size, start_stat.st_mtime_ns)
-        final_size: int | None = None if opts.follow else start_stat.st_size
-        observed = start_stat.st_size
-        with (
-            open(self.path, "rb", buffering=0) as source,
-            # Twice the slots: a part thread still committing its row has given
-            # its slot back, and the next part must not wait for that thread.
-            ThreadPoolExecutor(2 * opts.concurrency, thread_name_prefix="ferryman-part") as pool,
-        ):
-            while True:
-                self._raise_if_lost(futures)
-                if final_size is None:
-                    stat = self._stat_or_none()
-                    if stat is None:
-                        self._fail(transfer, "source_missing", f"{self.path} disappeared")
-                    if (stat.st_size, stat.st_mtime_ns) != seen:
-                        seen, last_change = (stat.st_size, stat.st_mtime_ns), time.monotonic()
-                    finished = (
-                        opts.done_file.exists()
-                        if opts.done_file is not None
-                        else time.monotonic() - last_change >= opts.stable_for
-                    )
-                    if finished:
-                        # Decided once: the last (short) part must really be the last.
-                        final_size = os.stat(self.path).st_size
-                        self.counter.total = final_size
-                    elif offset + part_size > stat.st_size:
-                        time.sleep(opts.poll_interval)  # waiting for the file to grow
-                        continue
-                    observed = stat.st_size
-                size = observed if final_size is None else final_size
-                if offset >= size and not (offset == 0 and size == 0):
-                    break
-                length = min(part_size, size - offset)
-                if number > MAX_PARTS:
-                    self._fail(
-                        transfer,
-                        "too_large",
-                        f"{self.path} needs more than {MAX_PARTS:,} parts of "
-                        f"{format_size(part_size)}; give a larger part size",
-                    )
-                data = os.pread(source.fileno(), length, offset)
-                if len(data) != length:
-                    self._changed(transfer, f"{self.path} was truncated while being read")
-                if whole is not None:
-                    whole.update(data)
-                if number in confirmed:
-                    self._check_confirmed(transfer, confirmed[number], data)
-                elif not self._adopt(number, offset, data, plan.unconfirmed.get(number)):
-                    slots.acquire()
-                    self._raise_if_lost(futures)
-                    # Handed over in a box the part thread empties, so that no
-                    # reference held by the pool keeps the bytes alive after
-                    # S3 has them.
-                    futures.append(
-                        pool.submit(self._send_part, slots, upload_id, number, offset, [data])
-                    )
-                    futures = [f for f in futures if not f.done() or f.exception() is not None]
-                del data
-                offset += length
-                number += 1
-                if size == 0:
-                    break
-            wait(futures, return_when=FIRST_EXCEPTION)
-            self._raise_if_lost(futures)
-        end = os.stat(self.path)
-        if opts.follow:
-            self.store.record_transfer_source(self.fence, size=offset, mtime=end.st_mtime)
-        elif (end.st_size, end.st_mtime_ns) != (start_stat.st_size, start_stat.st_mtime_ns):
-            self._changed(transfer, f"{self.path} changed while it was being uploaded")
+        with open(self.path, "rb", buffering=0) as source, self._sender(plan.upload_id) as sender:
+            # A source problem is handled inside the pool: the upload is aborted
+            # before the parts still in flight are waited for.
+            self._checked(
+                transfer, lambda: self._send_parts(transfer, plan, reader, source.fileno(), sender)
+            )
+            sender.wait()
+        end = self._checked(transfer, reader.end)
+        size = reader.size_read
+        if self.options.follow:
+            self.store.record_transfer_source(self.fence, size=size, mtime=end.st_mtime)
         parts = self.store.get_transfer_parts(transfer.id)
-        numbers = [p.part_number for p in parts]
-        if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != offset:
-            raise AssertionError(f"transfer {transfer.id}: parts {numbers} do not cover {offset} B")
-        self.target.complete(upload_id, parts)
-        return self._finish(
-            self._verify_and_record(
-                transfer, parts, offset, None if whole is None else whole.hexdigest()
-            )
+        _check_coverage(transfer, parts, size)
+        self.target.complete(plan.upload_id, parts)
+        return self._finish(self._verify_and_record(transfer, parts, size, reader.sha256))
+
+    def _send_parts(
+        self,
+        transfer: Transfer,
+        plan: Resumable,
+        reader: PartReader,
+        source: int,
+        sender: PartSender,
+    ) -> None:
+        """Each part: check it if confirmed, adopt it if S3 has it, else send it."""
+        for part in reader.parts(source, between=sender.raise_if_failed):
+            confirmed = plan.confirmed.get(part.number)
+            if confirmed is not None:
+                self._check_confirmed(transfer, confirmed, part.data)
+            elif (adopted := adoptable(part, plan.unconfirmed.get(part.number))) is not None:
+                sender.adopt(adopted)
+            else:
+                sender.send(part)
+            # The bytes must not outlive their trip to S3: the sender drops its
+            # reference once they are sent, and this one would last a part longer.
+            del part
+
+    def _sender(self, upload_id: str) -> PartSender:
+        return PartSender(
+            target=self.target,
+            upload_id=upload_id,
+            hold=self.hold,
+            concurrency=self.options.concurrency,
+            counter=self.counter,
         )
 
-    def _send_part(
-        self,
-        slots: threading.BoundedSemaphore,
-        upload_id: str,
-        number: int,
-        start: int,
-        box: list[bytes],
-    ) -> None:
-        data = box.pop()
-        released = False
-        try:
-            if self.hold.lost is not None:
-                raise self.hold.lost
-            checksum = sha256_b64(data)
-            size = len(data)
-            self.log.debug("sending part %d (%d B)", number, size)
-            etag = self.target.upload_part(
-                upload_id, number, data, checksum, retry_key=f"{self.fence.transfer_id}:{number}"
-            )
-            # S3 has the bytes: let the next part start sending while this one's
-            # row commits (an fsync). Memory stays bounded, since the bytes are
-            # dropped here; the part still counts only once its row is committed.
-            del data
-            slots.release()
-            released = True
-            part = ConfirmedPart(
-                part_number=number,
-                start=start,
-                size=size,
-                etag=etag,
-                sha256=checksum,
-            )
-            self.store.confirm_part(self.fence, part, self.options.lease_seconds)
-            self.counter.count(part.size)
-        finally:
-            if not released:
-                slots.release()
+    def _follow(self) -> Follow | None:
+        if not self.options.follow:
+            return None
+        return Follow(
+            stable_for=self.options.stable_for,
+            done_file=self.options.done_file,
+            poll_interval=self.options.poll_interval,
+        )
 
-    def _adopt(self, number: int, start: int, data: bytes, on_s3: ListedPart | None) -> bool:
-        """Record a part S3 has but the store lacks, if its bytes are this file's."""
-        part = adoptable(number, start, data, on_s3)
-        if part is None:
-            return False
-        self.store.confirm_part(self.fence, part, self.options.lease_seconds)
-        self.log.info("adopted part %d found on S3 after a crash", number)
-        self.counter.count(len(data))
-        return True
+    def _total_known(self, size: int) -> None:
+        self.counter.total = size
 
     def _check_confirmed(self, transfer: Transfer, part: TransferPart, data: bytes) -> None:
         if len(data) != part.size or sha256_b64(data) != part.sha256:
@@ -404,21 +332,13 @@ class Uploader:
                 f"part {part.part_number} was uploaded",
             )
 
-    def _raise_if_lost(self, futures: list[Future[None]]) -> None:
-        if self.hold.lost is not None:
-            raise self.hold.lost
-        for future in futures:
-            error = future.exception() if future.done() else None
-            if error is not None:
-                raise error
-
     # -- completion ----------------------------------------------------------
 
     def _finish_completed(self, completed: CompletedBeforeCrash) -> Transfer:
         """Record an object completed before a crash, as if just completed."""
         transfer, total = completed.transfer, completed.total
         self.log.info("transfer %d: object was completed before a crash", transfer.id)
-        sha = self._hash_file(total) if self.options.file_sha256 else None
+        sha = hash_file(self.path, total) if self.options.file_sha256 else None
         return self._finish(self._verify_and_record(transfer, completed.parts, total, sha))
 
     def _verify_and_record(
@@ -474,6 +394,18 @@ class Uploader:
 
     # -- failures ------------------------------------------------------------
 
+    def _checked(self, transfer: Transfer, step: Callable[[], T]) -> T:
+        """``step()``; a :class:`SourceError` fails the transfer (or restarts it)."""
+        try:
+            return step()
+        except SourceError as exc:
+            problem = exc
+        # Out of the except block, so that the error raised carries no chained
+        # SourceError (a run records the whole traceback as its error).
+        if problem.reason == "source_changed":
+            self._changed(transfer, problem.detail)
+        self._fail(transfer, problem.reason, problem.detail)
+
     def _changed(self, transfer: Transfer, detail: str) -> NoReturn:
         if self.options.on_change == "restart":
             raise _Restart(detail)
@@ -503,9 +435,12 @@ class Uploader:
         except FileNotFoundError:
             return None
 
-    def _hash_file(self, size: int) -> str:
-        whole = hashlib.sha256()
-        with open(self.path, "rb") as source:
-            while chunk := source.read(min(8 * 1024 * 1024, size)):
-                whole.update(chunk)
-        return whole.hexdigest()
+
+def _check_coverage(transfer: Transfer, parts: Sequence[TransferPart], size: int) -> None:
+    """The confirmed parts must be numbered 1..n and hold the ``size`` bytes read."""
+    numbers = [p.part_number for p in parts]
+    if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != size:
+        raise TransferError(
+            f"transfer {transfer.id}: the confirmed parts {numbers} do not cover the {size} B "
+            "read; the object is not completed"
+        )
