@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import ferryman as fm
-from ferryman.store import ConfirmedPart, NewTransfer, Store
+from ferryman.store import CompletedObject, ConfirmedPart, NewTransfer, Store
 from ferryman.store.transfers import TransferFence
 from ferryman.transfer.owners import owner_is_gone, upload_call
 
@@ -187,5 +187,41 @@ def test_an_upload_that_stops_short_releases_its_transfer_at_once(store_url: str
         assert not store.release_transfer(held.fence)  # the old call's release takes nothing
         with pytest.raises(fm.TransferConflict):
             store.renew_transfer(held.fence, 30)
+    finally:
+        store.close()
+
+
+def test_each_transfer_write_returns_the_transfer_as_it_committed(store_url: str) -> None:
+    store = Store(store_url, create=True)
+    try:
+        opened = store.open_transfer(
+            new(), owner="h:1", lease_seconds=30, run_lease=None, may_take_over=never
+        )
+        fence = opened.fence
+
+        def committed() -> fm.Transfer | None:
+            return store.get_transfer(opened.transfer.id)
+
+        started = store.set_transfer_upload(fence, "upload-1", 5 << 20)
+        assert started.upload_id == "upload-1" and started == committed()
+        sourced = store.record_transfer_source(fence, size=15 << 20, mtime=2.0)
+        assert (sourced.source_size, sourced.source_mtime) == (15 << 20, 2.0)
+        assert sourced == committed()
+        for number in (1, 2, 3):
+            store.confirm_part(fence, part(number), 30)
+        forgotten = store.forget_parts(fence, [2])
+        assert (forgotten.parts_confirmed, forgotten.bytes_confirmed) == (2, 10 << 20)
+        assert forgotten == committed()
+        recorded = store.record_transfer_object(
+            fence,
+            CompletedObject(
+                total_size=15 << 20, sha256="f", checksum="c-3", etag="e-3", verified_by="etag"
+            ),
+        )
+        assert (recorded.etag, recorded.status) == ("e-3", fm.TransferStatus.ACTIVE)
+        assert recorded == committed()
+        finished = store.finish_transfer(fence, fm.TransferStatus.SUCCEEDED)
+        assert finished.status is fm.TransferStatus.SUCCEEDED and finished.finished_at is not None
+        assert finished == committed()
     finally:
         store.close()

@@ -44,6 +44,7 @@ from ferryman.store.sensors import (
     SensorQueries,
 )
 from ferryman.store.transfers import (
+    CompletedObject,
     ConfirmedPart,
     NewTransfer,
     OpenedTransfer,
@@ -54,6 +55,7 @@ from ferryman.store.workers import WorkerQueries
 
 __all__ = [
     "ClaimedRun",
+    "CompletedObject",
     "ConfirmedPart",
     "Lease",
     "NewRun",
@@ -375,26 +377,30 @@ class Store:
 
     def set_transfer_upload(
         self, fence: TransferFence, upload_id: str | None, part_size: int
-    ) -> None:
+    ) -> Transfer:
+        """Record a new multipart upload (or none), forgetting earlier parts; the new transfer."""
         with self.write("recording a multipart upload") as conn:
-            self.transfers.set_upload(conn, fence, upload_id, part_size)
+            return self.transfers.set_upload(conn, fence, upload_id, part_size)
 
-    def record_transfer_source(self, fence: TransferFence, *, size: int, mtime: float) -> None:
+    def record_transfer_source(self, fence: TransferFence, *, size: int, mtime: float) -> Transfer:
+        """Record the source file's size and mtime; the updated transfer."""
         with self.write("recording a transfer's source") as conn:
-            self.transfers.record_source(conn, fence, size=size, mtime=mtime)
+            return self.transfers.record_source(conn, fence, size=size, mtime=mtime)
 
     def confirm_part(self, fence: TransferFence, part: ConfirmedPart, lease_seconds: float) -> None:
         """Commit a part S3 acknowledged, fenced; from now on it is never sent again."""
         with self.write("confirming an uploaded part") as conn:
             self.transfers.confirm_part(conn, fence, part, lease_seconds)
 
-    def forget_parts(self, fence: TransferFence, part_numbers: Sequence[int]) -> None:
+    def forget_parts(self, fence: TransferFence, part_numbers: Sequence[int]) -> Transfer:
+        """Drop confirmed parts S3 no longer has (they are sent again); the updated transfer."""
         with self.write("forgetting parts S3 does not have") as conn:
-            self.transfers.forget_parts(conn, fence, part_numbers)
+            return self.transfers.forget_parts(conn, fence, part_numbers)
 
-    def record_transfer_object(self, fence: TransferFence, **verified: Any) -> None:
+    def record_transfer_object(self, fence: TransferFence, completed: CompletedObject) -> Transfer:
+        """Record the completed, verified object; the updated transfer (still active)."""
         with self.write("recording a completed object") as conn:
-            self.transfers.record_object(conn, fence, **verified)
+            return self.transfers.record_object(conn, fence, completed)
 
     def finish_transfer(
         self,
@@ -403,9 +409,10 @@ class Store:
         *,
         reason: str | None = None,
         error: str | None = None,
-    ) -> None:
+    ) -> Transfer:
+        """End the transfer ``succeeded`` or ``failed``; the transfer as finished."""
         with self.write("finishing a transfer") as conn:
-            self.transfers.finish(conn, fence, status, reason=reason, error=error)
+            return self.transfers.finish(conn, fence, status, reason=reason, error=error)
 
     def get_transfer(self, transfer_id: int) -> Transfer | None:
         with self.read("reading a transfer") as conn:

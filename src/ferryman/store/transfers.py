@@ -75,6 +75,17 @@ class ConfirmedPart:
     adopted: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletedObject:
+    """A completed object as verified: its size, the file's SHA-256, S3's digests, how checked."""
+
+    total_size: int
+    sha256: str | None  # hex, of the whole file; None when not computed
+    checksum: str  # S3's composite SHA-256 of the parts, ``base64-N``
+    etag: str
+    verified_by: str  # "checksum", "etag" or "size"
+
+
 class TransferQueries:
     """Transfers and their parts on one store database."""
 
@@ -161,10 +172,8 @@ class TransferQueries:
                 f"s3://{new.bucket}/{new.key} is being uploaded by another process "
                 "that started at the same moment; run again once it stops"
             )
-        transfer = self.get(conn, transfer_id)
-        assert transfer is not None
         return OpenedTransfer(
-            transfer=transfer,
+            transfer=self._current(conn, transfer_id),
             parts=self.parts(conn, transfer_id),
             fence=TransferFence(transfer_id, token, run_lease),
             created=created,
@@ -302,7 +311,7 @@ class TransferQueries:
 
     def set_upload(
         self, conn: sa.Connection, fence: TransferFence, upload_id: str | None, part_size: int
-    ) -> None:
+    ) -> Transfer:
         """Record a new multipart upload; any parts of an earlier one are forgotten."""
         now = self.now(conn)
         self._fenced(
@@ -317,11 +326,13 @@ class TransferQueries:
         conn.execute(
             transfer_parts.delete().where(transfer_parts.c.transfer_id == fence.transfer_id)
         )
+        return self._current(conn, fence.transfer_id)
 
     def record_source(
         self, conn: sa.Connection, fence: TransferFence, *, size: int, mtime: float
-    ) -> None:
+    ) -> Transfer:
         self._fenced(conn, fence, self.now(conn), source_size=size, source_mtime=mtime)
+        return self._current(conn, fence.transfer_id)
 
     def confirm_part(
         self, conn: sa.Connection, fence: TransferFence, part: ConfirmedPart, lease_seconds: float
@@ -352,7 +363,7 @@ class TransferQueries:
 
     def forget_parts(
         self, conn: sa.Connection, fence: TransferFence, part_numbers: Sequence[int]
-    ) -> None:
+    ) -> Transfer:
         """Drop part rows S3 no longer has: they will be sent again."""
         self._fenced(conn, fence, self.now(conn))
         conn.execute(
@@ -362,6 +373,7 @@ class TransferQueries:
             )
         )
         self._recount(conn, fence.transfer_id)
+        return self._current(conn, fence.transfer_id)
 
     def _recount(self, conn: sa.Connection, transfer_id: int) -> None:
         totals = sa.select(
@@ -376,27 +388,20 @@ class TransferQueries:
         )
 
     def record_object(
-        self,
-        conn: sa.Connection,
-        fence: TransferFence,
-        *,
-        total_size: int,
-        sha256: str | None,
-        checksum: str,
-        etag: str,
-        verified_by: str,
-    ) -> None:
+        self, conn: sa.Connection, fence: TransferFence, completed: CompletedObject
+    ) -> Transfer:
         """The object is complete and verified; the transfer stays active until its sidecar."""
         self._fenced(
             conn,
             fence,
             self.now(conn),
-            total_size=total_size,
-            sha256=sha256,
-            checksum=checksum,
-            etag=etag,
-            verified_by=verified_by,
+            total_size=completed.total_size,
+            sha256=completed.sha256,
+            checksum=completed.checksum,
+            etag=completed.etag,
+            verified_by=completed.verified_by,
         )
+        return self._current(conn, fence.transfer_id)
 
     def finish(
         self,
@@ -406,7 +411,7 @@ class TransferQueries:
         *,
         reason: str | None = None,
         error: str | None = None,
-    ) -> None:
+    ) -> Transfer:
         now = self.now(conn)
         self._fenced(
             conn,
@@ -418,8 +423,16 @@ class TransferQueries:
             finished_at=now,
             lease_expires_at=None,
         )
+        return self._current(conn, fence.transfer_id)
 
     # -- reads ---------------------------------------------------------------
+
+    def _current(self, conn: sa.Connection, transfer_id: int) -> Transfer:
+        """The row as this transaction left it: what a write hands back to its caller."""
+        row = (
+            conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).mappings().one()
+        )
+        return records.transfer_from_row(row)
 
     def get(self, conn: sa.Connection, transfer_id: int) -> Transfer | None:
         row = (

@@ -11,6 +11,12 @@ them) but never re-sent.
 
 Memory is bounded by ``part_size * (concurrency + 1)``: the reader holds one
 part and at most ``concurrency`` are in flight.
+
+One upload call runs here — open, reconcile, send, complete, verify,
+finish — through its parts: :mod:`~ferryman.transfer.reader` reads the file
+(following a growing one), :mod:`~ferryman.transfer.sender` sends parts and
+confirms each, :mod:`~ferryman.transfer.resume` reconciles a resumed upload
+with S3, :mod:`~ferryman.transfer.s3_object` makes the calls on the object.
 """
 
 from __future__ import annotations
@@ -18,48 +24,34 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-import time
-from collections.abc import Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
-from ferryman.errors import (
-    ConfigurationError,
-    S3Error,
-    TransferFailed,
-)
+from ferryman.errors import ConfigurationError, TransferError, TransferFailed
 from ferryman.model import Transfer, TransferPart, TransferStatus
-from ferryman.store import ConfirmedPart, NewTransfer, Store, TransferFence
+from ferryman.store import CompletedObject, Lease, NewTransfer, Store, TransferFence
 from ferryman.store.records import to_json
-from ferryman.transfer.objects import (
-    composite_checksum,
-    composite_etag,
-    sha256_b64,
-    sidecar_document,
-    verify_head,
-)
+from ferryman.transfer.objects import sha256_b64, sidecar_document, verify_head
 from ferryman.transfer.owners import Hold, owner_is_gone, upload_call
 from ferryman.transfer.progress import Progress, ProgressCounter
+from ferryman.transfer.reader import Follow, PartReader, SourceError, hash_file
 from ferryman.transfer.resume import (
-    S3Parts,
-    adoptable_checksum,
-    list_parts,
-    parts_s3_lost,
+    CompletedBeforeCrash,
+    Resumable,
+    UploadGone,
+    adoptable,
+    reconcile,
     stray_upload_ids,
 )
-from ferryman.transfer.s3 import (
-    MAX_PARTS,
-    Retrying,
-    choose_part_size,
-    format_size,
-    log,
-)
+from ferryman.transfer.s3 import Retrying, choose_part_size, format_size, log
+from ferryman.transfer.s3_object import S3Object
+from ferryman.transfer.sender import PartSender
 
 OnChange = Literal["fail", "restart"]
 LEASE_SECONDS = 30.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,15 +85,13 @@ class Uploader:
         options: Options,
         metadata: Mapping[str, Any] | None,
         sidecar_key: str | None,
-        run_lease: Any,
+        run_lease: Lease | None,
         run_id: int | None,
         progress: Progress | None,
     ) -> None:
         self.store = store
-        self.s3 = s3
+        self.target = S3Object(s3, bucket, key)
         self.path = path
-        self.bucket = bucket
-        self.key = key
         self.options = options
         self.metadata = metadata
         self.sidecar_key = sidecar_key
@@ -117,7 +107,7 @@ class Uploader:
     def run(self) -> Transfer:
         stat = self._stat_or_none()
         done = self.store.latest_transfer(
-            source_path=str(self.path), bucket=self.bucket, key=self.key
+            source_path=str(self.path), bucket=self.target.bucket, key=self.target.key
         )
         if (
             stat is not None
@@ -132,23 +122,23 @@ class Uploader:
         if stat is None and (done is None or done.status is not TransferStatus.ACTIVE):
             raise ConfigurationError(f"source file {self.path} does not exist")
         with upload_call() as owner:
-            transfer = self._open(owner, stat)
+            transfer, stored = self._open(owner, stat)
             with Hold(self.store, self.fence, self.options.lease_seconds, self.log) as self.hold:
                 for _ in range(3):  # a restart after a source change, at most twice
                     try:
-                        return self._upload(transfer)
+                        return self._upload(transfer, stored)
                     except _Restart:
-                        transfer = self._fresh_upload(transfer)
+                        transfer, stored = self._fresh_upload(transfer), []
                 self._fail(transfer, "source_changed", f"{self.path} kept changing during upload")
 
-    def _open(self, owner: str, stat: os.stat_result | None) -> Transfer:
+    def _open(self, owner: str, stat: os.stat_result | None) -> tuple[Transfer, list[TransferPart]]:
         """Create the transfer, or take over the object's active one to resume it."""
         size = stat.st_size if stat is not None else 0
         opened = self.store.open_transfer(
             NewTransfer(
                 source_path=str(self.path),
-                bucket=self.bucket,
-                key=self.key,
+                bucket=self.target.bucket,
+                key=self.target.key,
                 part_size=choose_part_size(size, self.options.part_size),
                 follow=self.options.follow,
                 source_size=size,
@@ -177,18 +167,14 @@ class Uploader:
                 format_size(transfer.bytes_confirmed),
                 transfer.parts_confirmed,
             )
-        return transfer
+        return transfer, opened.parts
 
     def _object_etag(self) -> str | None:
-        try:
-            head = self.s3("head_object", self.key, Bucket=self.bucket, Key=self.key)
-        except S3Error as exc:
-            if exc.code in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return str(head.get("ETag", "")).strip('"')
+        head = self.target.head_if_any()
+        return None if head is None else str(head.get("ETag", "")).strip('"')
 
-    def _upload(self, transfer: Transfer) -> Transfer:
+    def _upload(self, transfer: Transfer, stored: list[TransferPart]) -> Transfer:
+        """Go on from where ``transfer`` (with its ``stored`` parts) stands."""
         if transfer.etag is not None:  # completed and verified before a crash
             return self._finish(transfer)
         stat = self._stat_or_none()
@@ -199,68 +185,29 @@ class Uploader:
                 self._abort_strays()
             if stat.st_size == 0 and not self.options.follow:
                 return self._put_empty(transfer)
-            self._new_upload(transfer)
-            transfer = self._reload()
-            stored: list[TransferPart] = []
-            on_s3: S3Parts = {}
-        else:
-            stored, on_s3 = self._reconcile(transfer)
-            if stored is None:
-                return self._finish(self._reload())
-            transfer = self._reload()  # the upload may have been replaced
-        return self._send(transfer, stored, on_s3)
+            return self._send(self._new_upload(transfer))
+        match reconcile(
+            self.target,
+            self.store,
+            self.fence,
+            transfer,
+            upload_id=transfer.upload_id,
+            stored=stored,
+            log=self.log,
+        ):
+            case Resumable() as resumable:
+                return self._send(resumable)
+            case CompletedBeforeCrash() as completed:
+                return self._finish_completed(completed)
+            case UploadGone(transfer=gone):
+                self.log.warning(
+                    "multipart upload of transfer %d is gone from S3 (aborted elsewhere?); "
+                    "starting a new one",
+                    gone.id,
+                )
+                return self._send(self._new_upload(gone))
 
-    # -- resume --------------------------------------------------------------
-
-    def _reconcile(self, transfer: Transfer) -> tuple[Any, S3Parts]:
-        """Stored parts that S3 still has, and S3's parts by number; (None, {}) if completed."""
-        assert transfer.upload_id is not None
-        stored = self.store.get_transfer_parts(transfer.id)
-        try:
-            on_s3 = list_parts(self.s3, self.bucket, self.key, transfer.upload_id)
-        except S3Error as exc:
-            if exc.code != "NoSuchUpload":
-                raise
-            if self._adopt_completed_object(transfer, stored):
-                return None, {}
-            self.log.warning(
-                "multipart upload of transfer %d is gone from S3 (aborted elsewhere?); "
-                "starting a new one",
-                transfer.id,
-            )
-            self._new_upload(transfer)
-            return [], {}
-        lost = parts_s3_lost(stored, on_s3)
-        if lost:
-            self.log.warning("S3 lacks %d confirmed parts; they will be sent again", len(lost))
-            self.store.forget_parts(self.fence, lost)
-            stored = [p for p in stored if p.part_number not in lost]
-        return stored, {n: p for n, p in on_s3.items() if n not in {s.part_number for s in stored}}
-
-    def _adopt_completed_object(self, transfer: Transfer, stored: list[TransferPart]) -> bool:
-        """After a crash between CompleteMultipartUpload and its record: is the object ours?"""
-        if not stored:
-            return False
-        try:
-            head = self.s3(
-                "head_object", self.key, Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"
-            )
-        except S3Error as exc:
-            if exc.code in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        total = sum(p.size for p in stored)
-        if int(head["ContentLength"]) != total:
-            return False
-        ours = head.get("ChecksumSHA256") == composite_checksum(stored) or str(
-            head.get("ETag", "")
-        ).strip('"') == composite_etag(stored)
-        if not ours:
-            return False
-        self.log.info("transfer %d: object was completed before a crash", transfer.id)
-        sha = self._hash_file(total) if self.options.file_sha256 else None
-        self._verify_and_record(transfer, stored, total, sha)
-        return True
+    # -- starting over -------------------------------------------------------
 
     def _abort_strays(self) -> None:
         """Abort uploads of this key no active transfer owns.
@@ -270,204 +217,112 @@ class Uploader:
         object), so such an upload can only be that leftover.
         """
         owned = self.store.active_upload_ids()
-        for upload_id in stray_upload_ids(self.s3, self.bucket, self.key, owned):
+        for upload_id in stray_upload_ids(self.target, owned):
             self.log.info("aborting upload %s left by a crash", upload_id)
-            self._abort(upload_id)
+            self.target.abort(upload_id)
 
-    def _new_upload(self, transfer: Transfer) -> None:
-        created = self.s3(
-            "create_multipart_upload",
-            self.key,
-            Bucket=self.bucket,
-            Key=self.key,
-            ChecksumAlgorithm="SHA256",
-        )
+    def _new_upload(self, transfer: Transfer) -> Resumable:
+        """Start a multipart upload for ``transfer``: nothing confirmed yet."""
+        upload_id = self.target.create_upload()
         # A crash right here leaves an upload no transfer owns: `transfers gc` aborts it.
-        self.store.set_transfer_upload(self.fence, created["UploadId"], transfer.part_size)
+        started = self.store.set_transfer_upload(self.fence, upload_id, transfer.part_size)
+        return Resumable(transfer=started, upload_id=upload_id, confirmed={}, unconfirmed={})
 
     def _fresh_upload(self, transfer: Transfer) -> Transfer:
         """Throw away the upload so far (the source changed and a restart was asked for)."""
-        self._abort(transfer.upload_id)
+        self.target.abort(transfer.upload_id)
         stat = self._stat_or_none()
         if stat is None:
             self._fail(transfer, "source_missing", f"{self.path} no longer exists")
         self.store.record_transfer_source(self.fence, size=stat.st_size, mtime=stat.st_mtime)
         part_size = choose_part_size(stat.st_size, self.options.part_size)
-        self.store.set_transfer_upload(self.fence, None, part_size)
+        fresh = self.store.set_transfer_upload(self.fence, None, part_size)
         self.log.warning("transfer %d: source changed; uploading it again", transfer.id)
         self.counter.resumed_bytes = 0
-        return self._reload()
+        return fresh
 
     # -- sending -------------------------------------------------------------
 
-    def _send(self, transfer: Transfer, stored: list[TransferPart], on_s3: S3Parts) -> Transfer:
-        assert transfer.upload_id is not None
-        opts = self.options
-        part_size = transfer.part_size
-        confirmed = {p.part_number: p for p in stored}
+    def _send(self, plan: Resumable) -> Transfer:
+        """Read the file, send what S3 lacks, then complete and verify the object."""
+        transfer = plan.transfer
         self.counter.start(
             transfer_id=transfer.id,
-            confirmed_bytes=sum(p.size for p in stored),
-            confirmed_parts=len(stored),
+            confirmed_bytes=sum(p.size for p in plan.confirmed.values()),
+            confirmed_parts=len(plan.confirmed),
         )
-        start_stat = os.stat(self.path)
-        confirmed_end = max((p.start + p.size for p in stored), default=0)
-        if start_stat.st_size < confirmed_end:
-            self._changed(transfer, f"{self.path} shrank below the confirmed {confirmed_end} B")
-        if not opts.follow:
-            self.counter.total = start_stat.st_size
-            self.store.record_transfer_source(
-                self.fence, size=start_stat.st_size, mtime=start_stat.st_mtime
+        reader = PartReader(
+            self.path,
+            part_size=transfer.part_size,
+            follow=self._follow(),
+            file_sha256=self.options.file_sha256,
+            on_final_size=self._total_known,
+        )
+        shrunk = reader.shrunk_below(plan.confirmed_end)
+        if shrunk is not None:
+            self._changed(transfer, shrunk)
+        if not self.options.follow:
+            self.counter.total = reader.start.st_size
+            transfer = self.store.record_transfer_source(
+                self.fence, size=reader.start.st_size, mtime=reader.start.st_mtime
             )
-        whole = hashlib.sha256() if opts.file_sha256 else None
-        slots = threading.BoundedSemaphore(opts.concurrency)
-        futures: list[Future[None]] = []
-        number, offset = 1, 0
-        last_change = time.monotonic()
-        seen = (start_stat.st_size, start_stat.st_mtime_ns)
-        final_size: int | None = None if opts.follow else start_stat.st_size
-        observed = start_stat.st_size
-        with (
-            open(self.path, "rb", buffering=0) as source,
-            # Twice the slots: a part thread still committing its row has given
-            # its slot back, and the next part must not wait for that thread.
-            ThreadPoolExecutor(2 * opts.concurrency, thread_name_prefix="ferryman-part") as pool,
-        ):
-            while True:
-                self._raise_if_lost(futures)
-                if final_size is None:
-                    stat = self._stat_or_none()
-                    if stat is None:
-                        self._fail(transfer, "source_missing", f"{self.path} disappeared")
-                    if (stat.st_size, stat.st_mtime_ns) != seen:
-                        seen, last_change = (stat.st_size, stat.st_mtime_ns), time.monotonic()
-                    finished = (
-                        opts.done_file.exists()
-                        if opts.done_file is not None
-                        else time.monotonic() - last_change >= opts.stable_for
-                    )
-                    if finished:
-                        # Decided once: the last (short) part must really be the last.
-                        final_size = os.stat(self.path).st_size
-                        self.counter.total = final_size
-                    elif offset + part_size > stat.st_size:
-                        time.sleep(opts.poll_interval)  # waiting for the file to grow
-                        continue
-                    observed = stat.st_size
-                size = observed if final_size is None else final_size
-                if offset >= size and not (offset == 0 and size == 0):
-                    break
-                length = min(part_size, size - offset)
-                if number > MAX_PARTS:
-                    self._fail(
-                        transfer,
-                        "too_large",
-                        f"{self.path} needs more than {MAX_PARTS:,} parts of "
-                        f"{format_size(part_size)}; give a larger part size",
-                    )
-                data = os.pread(source.fileno(), length, offset)
-                if len(data) != length:
-                    self._changed(transfer, f"{self.path} was truncated while being read")
-                if whole is not None:
-                    whole.update(data)
-                if number in confirmed:
-                    self._check_confirmed(transfer, confirmed[number], data)
-                elif not self._adopt(number, offset, data, on_s3.get(number)):
-                    slots.acquire()
-                    self._raise_if_lost(futures)
-                    # Handed over in a box the part thread empties, so that no
-                    # reference held by the pool keeps the bytes alive after
-                    # S3 has them.
-                    futures.append(
-                        pool.submit(
-                            self._send_part, slots, transfer.upload_id, number, offset, [data]
-                        )
-                    )
-                    futures = [f for f in futures if not f.done() or f.exception() is not None]
-                del data
-                offset += length
-                number += 1
-                if size == 0:
-                    break
-            wait(futures, return_when=FIRST_EXCEPTION)
-            self._raise_if_lost(futures)
-        end = os.stat(self.path)
-        if opts.follow:
-            self.store.record_transfer_source(self.fence, size=offset, mtime=end.st_mtime)
-        elif (end.st_size, end.st_mtime_ns) != (start_stat.st_size, start_stat.st_mtime_ns):
-            self._changed(transfer, f"{self.path} changed while it was being uploaded")
+        with open(self.path, "rb", buffering=0) as source, self._sender(plan.upload_id) as sender:
+            # A source problem is handled inside the pool: the upload is aborted
+            # before the parts still in flight are waited for.
+            self._checked(
+                transfer, lambda: self._send_parts(transfer, plan, reader, source.fileno(), sender)
+            )
+            sender.wait()
+        end = self._checked(transfer, reader.end)
+        size = reader.size_read
+        if self.options.follow:
+            self.store.record_transfer_source(self.fence, size=size, mtime=end.st_mtime)
         parts = self.store.get_transfer_parts(transfer.id)
-        numbers = [p.part_number for p in parts]
-        if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != offset:
-            raise AssertionError(f"transfer {transfer.id}: parts {numbers} do not cover {offset} B")
-        self._complete(transfer, parts)
-        self._verify_and_record(
-            transfer, parts, offset, None if whole is None else whole.hexdigest()
-        )
-        return self._finish(self._reload())
+        _check_coverage(transfer, parts, size)
+        self.target.complete(plan.upload_id, parts)
+        return self._finish(self._verify_and_record(transfer, parts, size, reader.sha256))
 
-    def _send_part(
+    def _send_parts(
         self,
-        slots: threading.BoundedSemaphore,
-        upload_id: str,
-        number: int,
-        start: int,
-        box: list[bytes],
+        transfer: Transfer,
+        plan: Resumable,
+        reader: PartReader,
+        source: int,
+        sender: PartSender,
     ) -> None:
-        data = box.pop()
-        released = False
-        try:
-            if self.hold.lost is not None:
-                raise self.hold.lost
-            checksum = sha256_b64(data)
-            size = len(data)
-            self.log.debug("sending part %d (%d B)", number, size)
-            response = self.s3(
-                "upload_part",
-                f"{self.fence.transfer_id}:{number}",
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ChecksumSHA256=checksum,
-            )
-            # S3 has the bytes: let the next part start sending while this one's
-            # row commits (an fsync). Memory stays bounded, since the bytes are
-            # dropped here; the part still counts only once its row is committed.
-            del data
-            slots.release()
-            released = True
-            part = ConfirmedPart(
-                part_number=number,
-                start=start,
-                size=size,
-                etag=response["ETag"].strip('"'),
-                sha256=checksum,
-            )
-            self.store.confirm_part(self.fence, part, self.options.lease_seconds)
-            self.counter.count(part.size)
-        finally:
-            if not released:
-                slots.release()
+        """Each part: check it if confirmed, adopt it if S3 has it, else send it."""
+        for part in reader.parts(source, between=sender.raise_if_failed):
+            confirmed = plan.confirmed.get(part.number)
+            if confirmed is not None:
+                self._check_confirmed(transfer, confirmed, part.data)
+            elif (adopted := adoptable(part, plan.unconfirmed.get(part.number))) is not None:
+                sender.adopt(adopted)
+            else:
+                sender.send(part)
+            # The bytes must not outlive their trip to S3: the sender drops its
+            # reference once they are sent, and this one would last a part longer.
+            del part
 
-    def _adopt(self, number: int, start: int, data: bytes, on_s3: dict[str, Any] | None) -> bool:
-        """Record a part S3 has but the store lacks, if its bytes are this file's."""
-        checksum = adoptable_checksum(on_s3, data)
-        if on_s3 is None or checksum is None:
-            return False
-        part = ConfirmedPart(
-            part_number=number,
-            start=start,
-            size=len(data),
-            etag=str(on_s3["ETag"]).strip('"'),
-            sha256=checksum,
-            adopted=True,
+    def _sender(self, upload_id: str) -> PartSender:
+        return PartSender(
+            target=self.target,
+            upload_id=upload_id,
+            hold=self.hold,
+            concurrency=self.options.concurrency,
+            counter=self.counter,
         )
-        self.store.confirm_part(self.fence, part, self.options.lease_seconds)
-        self.log.info("adopted part %d found on S3 after a crash", number)
-        self.counter.count(len(data))
-        return True
+
+    def _follow(self) -> Follow | None:
+        if not self.options.follow:
+            return None
+        return Follow(
+            stable_for=self.options.stable_for,
+            done_file=self.options.done_file,
+            poll_interval=self.options.poll_interval,
+        )
+
+    def _total_known(self, size: int) -> None:
+        self.counter.total = size
 
     def _check_confirmed(self, transfer: Transfer, part: TransferPart, data: bytes) -> None:
         if len(data) != part.size or sha256_b64(data) != part.sha256:
@@ -477,53 +332,31 @@ class Uploader:
                 f"part {part.part_number} was uploaded",
             )
 
-    def _raise_if_lost(self, futures: list[Future[None]]) -> None:
-        if self.hold.lost is not None:
-            raise self.hold.lost
-        for future in futures:
-            error = future.exception() if future.done() else None
-            if error is not None:
-                raise error
-
     # -- completion ----------------------------------------------------------
 
-    def _complete(self, transfer: Transfer, parts: list[TransferPart]) -> None:
-        try:
-            self.s3(
-                "complete_multipart_upload",
-                self.key,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=transfer.upload_id,
-                MultipartUpload={
-                    "Parts": [
-                        {"PartNumber": p.part_number, "ETag": p.etag, "ChecksumSHA256": p.sha256}
-                        for p in parts
-                    ]
-                },
-            )
-        except S3Error as exc:
-            # A retry after a lost response finds the upload gone: it did complete.
-            if exc.code != "NoSuchUpload":
-                raise
+    def _finish_completed(self, completed: CompletedBeforeCrash) -> Transfer:
+        """Record an object completed before a crash, as if just completed."""
+        transfer, total = completed.transfer, completed.total
+        self.log.info("transfer %d: object was completed before a crash", transfer.id)
+        sha = hash_file(self.path, total) if self.options.file_sha256 else None
+        return self._finish(self._verify_and_record(transfer, completed.parts, total, sha))
 
     def _verify_and_record(
         self, transfer: Transfer, parts: list[TransferPart], total: int, sha256: str | None
-    ) -> None:
+    ) -> Transfer:
         """HeadObject: size, then S3's composite SHA-256 (or the multipart ETag)."""
-        head = self.s3(
-            "head_object", self.key, Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED"
-        )
-        verification = verify_head(head, parts, total)
+        verification = verify_head(self.target.head(checksums=True), parts, total)
         if verification.mismatch is not None:
             self._fail(transfer, "verify_failed", verification.mismatch, abort=False)
-        self.store.record_transfer_object(
+        recorded = self.store.record_transfer_object(
             self.fence,
-            total_size=total,
-            sha256=sha256,
-            checksum=verification.checksum,
-            etag=verification.etag,
-            verified_by=verification.verified_by,
+            CompletedObject(
+                total_size=total,
+                sha256=sha256,
+                checksum=verification.checksum,
+                etag=verification.etag,
+                verified_by=verification.verified_by,
+            ),
         )
         self.log.info(
             "transfer %d: object complete, %s, verified by %s",
@@ -531,41 +364,47 @@ class Uploader:
             format_size(total),
             verification.verified_by,
         )
+        return recorded
 
     def _put_empty(self, transfer: Transfer) -> Transfer:
         empty = sha256_b64(b"")
-        response = self.s3(
-            "put_object", self.key, Bucket=self.bucket, Key=self.key, Body=b"", ChecksumSHA256=empty
-        )
-        self.store.record_transfer_object(
+        etag = self.target.put(self.target.key, b"", empty)
+        recorded = self.store.record_transfer_object(
             self.fence,
-            total_size=0,
-            sha256=hashlib.sha256(b"").hexdigest(),
-            checksum=empty,
-            etag=str(response.get("ETag", "")).strip('"'),
-            verified_by="checksum",
+            CompletedObject(
+                total_size=0,
+                sha256=hashlib.sha256(b"").hexdigest(),
+                checksum=empty,
+                etag=etag,
+                verified_by="checksum",
+            ),
         )
-        return self._finish(self._reload())
+        return self._finish(recorded)
 
     def _finish(self, transfer: Transfer) -> Transfer:
         """Write the sidecar (only now: the object is verified), then mark success."""
         if transfer.sidecar_key is not None:
             body = sidecar_document(transfer, self.store.get_transfer_parts(transfer.id))
-            self.s3(
-                "put_object",
-                transfer.sidecar_key,
-                Bucket=self.bucket,
-                Key=transfer.sidecar_key,
-                Body=body,
-                ContentType="application/json",
-                ChecksumSHA256=sha256_b64(body),
+            self.target.put(
+                transfer.sidecar_key, body, sha256_b64(body), content_type="application/json"
             )
-        self.store.finish_transfer(self.fence, TransferStatus.SUCCEEDED)
-        final = self._reload()
+        final = self.store.finish_transfer(self.fence, TransferStatus.SUCCEEDED)
         self.counter.report_transfer(final)
         return final
 
     # -- failures ------------------------------------------------------------
+
+    def _checked(self, transfer: Transfer, step: Callable[[], T]) -> T:
+        """``step()``; a :class:`SourceError` fails the transfer (or restarts it)."""
+        try:
+            return step()
+        except SourceError as exc:
+            problem = exc
+        # Out of the except block, so that the error raised carries no chained
+        # SourceError (a run records the whole traceback as its error).
+        if problem.reason == "source_changed":
+            self._changed(transfer, problem.detail)
+        self._fail(transfer, problem.reason, problem.detail)
 
     def _changed(self, transfer: Transfer, detail: str) -> NoReturn:
         if self.options.on_change == "restart":
@@ -575,30 +414,18 @@ class Uploader:
     def _fail(
         self, transfer: Transfer, reason: str, detail: str, *, abort: bool = True
     ) -> NoReturn:
-        """Record the failure, abort the multipart upload, raise :class:`TransferFailed`."""
+        """Record the failure, abort the multipart upload, raise :class:`TransferFailed`.
+
+        ``transfer`` is the record as this call last wrote it, so its upload id is current.
+        """
         self.hold.stop()
         if abort:
-            self._abort(self._reload().upload_id)
+            self.target.abort(transfer.upload_id)
         self.store.finish_transfer(
             self.fence, TransferStatus.FAILED, reason=reason, error=f"{reason}: {detail}"
         )
         self.log.error("transfer %d failed: %s: %s", transfer.id, reason, detail)
         raise TransferFailed(transfer.id, reason, detail)
-
-    def _abort(self, upload_id: str | None) -> None:
-        if upload_id is None:
-            return
-        try:
-            self.s3(
-                "abort_multipart_upload",
-                self.key,
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-            )
-        except S3Error as exc:
-            if exc.code != "NoSuchUpload":
-                raise
 
     # -- helpers -------------------------------------------------------------
 
@@ -608,15 +435,12 @@ class Uploader:
         except FileNotFoundError:
             return None
 
-    def _reload(self) -> Transfer:
-        transfer = self.store.get_transfer(self.fence.transfer_id)
-        assert transfer is not None
-        self._current = transfer
-        return transfer
 
-    def _hash_file(self, size: int) -> str:
-        whole = hashlib.sha256()
-        with open(self.path, "rb") as source:
-            while chunk := source.read(min(8 * 1024 * 1024, size)):
-                whole.update(chunk)
-        return whole.hexdigest()
+def _check_coverage(transfer: Transfer, parts: Sequence[TransferPart], size: int) -> None:
+    """The confirmed parts must be numbered 1..n and hold the ``size`` bytes read."""
+    numbers = [p.part_number for p in parts]
+    if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != size:
+        raise TransferError(
+            f"transfer {transfer.id}: the confirmed parts {numbers} do not cover the {size} B "
+            "read; the object is not completed"
+        )
