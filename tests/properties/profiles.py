@@ -1,24 +1,29 @@
 """How hard the property tests try: bounded for the normal suite, heavier on demand.
 
 ``FERRYMAN_HYPOTHESIS_PROFILE=long`` (``make properties``) multiplies the
-examples and lengthens the state machine's runs, for a developer or a soak
-run; the default keeps the property tests to well under a minute on both
-stores together.
+examples, lengthens the state machine's runs and shrinks a failure to a
+minimal example, for a developer or a soak run. The default keeps the
+property tests to about a minute on both stores together and reports a
+failure as found: shrinking an example that talks to a database can take
+longer than the suite's time limit. A failure is kept in hypothesis's
+example database (``.hypothesis/``), so running the long profile next
+starts with it and shrinks it.
 """
 
 from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
-PROFILES = {"default": (1, 25), "long": (20, 80)}
+PROFILES = {"default": (1, 25), "long": (10, 60)}
 PROFILE = os.environ.get("FERRYMAN_HYPOTHESIS_PROFILE", "default")
 if PROFILE not in PROFILES:
     raise RuntimeError(
         f"FERRYMAN_HYPOTHESIS_PROFILE={PROFILE!r}: expected one of {', '.join(PROFILES)}"
     )
 SCALE, STEPS = PROFILES[PROFILE]
+PHASES = tuple(Phase) if PROFILE == "long" else (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 def bounded(max_examples: int, *, steps: int | None = None) -> settings:
@@ -35,6 +40,7 @@ def bounded(max_examples: int, *, steps: int | None = None) -> settings:
         max_examples=max_examples * SCALE,
         stateful_step_count=steps if steps is not None else STEPS,
         deadline=None,
+        phases=PHASES,
         suppress_health_check=[
             HealthCheck.function_scoped_fixture,
             HealthCheck.too_slow,

@@ -9,7 +9,6 @@ only grows.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,8 @@ LONG_LEASE = 3600.0
 LAPSE = 0.001
 WORKERS = ("worker-a", "worker-b", "worker-c")
 KEYS = tuple(f"key-{n}" for n in range(6))
-RETRY_DELAYS = (0.0, 0.0, 0.05)
+BACKOFF = 3600.0  # a retry's wait that never passes by itself during a test
+RETRY_DELAYS = (0.0, BACKOFF)
 TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.DEAD, RunStatus.CANCELLED})
 FINISHED = frozenset({RunStatus.FAILED, RunStatus.DEAD})
 ENDINGS = ("succeeded", "attempt_failed", "rejected")
@@ -43,8 +43,7 @@ class ModelRun:
     token: int = 0
     owner: str | None = None
     lapsed: int | None = None  # when its lease lapsed, in lapse order; None while it holds
-    due_from: float = -math.inf  # available_at lies between these two clock readings
-    due_by: float = -math.inf
+    due: bool = True  # while queued: may be claimed now (False: waiting out a backoff)
     checkpoint: Any = None
     last_error: str | None = None
     error_is_prefix: bool = False

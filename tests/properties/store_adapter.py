@@ -2,11 +2,12 @@
 
 The state machine drives the store as the worker does, through ``Store``'s
 methods and the records of :mod:`ferryman.store` (``NewRun``, ``Lease``,
-``Outcome``). Three things it needs are not methods of ``Store``: the
+``Outcome``). Four things it needs are not methods of ``Store``: the
 database's clock (leases are measured by it), the fenced success written
-inside a caller's transaction (what ``ctx.transaction()`` does), and a user
-table for the effects such a transaction commits. They live here, so that a
-restructuring of the store changes this file and no test.
+inside a caller's transaction (what ``ctx.transaction()`` does), a user
+table for the effects such a transaction commits, and a jump of the clock
+past a retry's backoff. They live here, so that a restructuring of the store
+changes this file and no test.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ferryman.store import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, Store
+from ferryman.store.schema import runs
 from tests.helpers import wait_until
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "database_now",
     "effect_rows",
     "enqueue_then_roll_back",
+    "let_backoff_pass",
     "succeed_with_effect",
     "wait_for_clock_past",
 ]
@@ -88,6 +91,22 @@ def succeed_with_effect(
     with store.transaction() as conn:
         conn.execute(effects.insert().values(**effect))
         store.runs.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
+
+
+def let_backoff_pass(store: Store, run_id: int) -> None:
+    """Jump the clock past a queued run's backoff: it is due from the database's now on.
+
+    A simulated jump of the clock for this run alone, through SQL: waiting out
+    a real backoff would make what a claim finds depend on the machine's
+    speed, and hypothesis needs every example to replay the same.
+    """
+    with store.transaction() as conn:
+        matched = conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.status == "queued")
+            .values(available_at=store.runs.now(conn))
+        ).rowcount
+    assert matched == 1, f"run {run_id} is not queued"
 
 
 def enqueue_then_roll_back(store: Store, new_runs: Sequence[NewRun]) -> None:

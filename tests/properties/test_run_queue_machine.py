@@ -24,21 +24,27 @@ step:
 When the example ends, the workers keep working until every run is
 finished (succeeded, failed, dead or cancelled), and the same checks hold.
 
-A lease lapses the way it does when its worker stops renewing: the holder's
-last heartbeat asks for a lease of 1 ms (``renew`` with
-``lease_seconds=0.001``), and the test waits until the *database* clock —
-the one claims compare expiry with — reads past it. Nothing is forged in
-SQL, so the expiry the store sees is one it computed itself; and once the
-wait is over the lease stays lapsed until someone acts, so every example
-replays identically, which hypothesis needs to shrink a failure. All other
-leases are an hour long and never lapse by themselves during a test.
+Time passes in two ways, both deterministic, since hypothesis must replay
+every example identically to shrink a failure:
+
+* A lease lapses the way it does when its worker stops renewing: the
+  holder's last heartbeat asks for a lease of 1 ms (``renew`` with
+  ``lease_seconds=0.001``), and the test waits until the *database* clock —
+  the one claims compare expiry with — reads past it. Nothing is forged, so
+  the expiry the store sees is one it computed itself, and once the wait is
+  over the lease stays lapsed until someone acts. All other leases are an
+  hour long and never lapse by themselves during a test.
+* A retry waits either no time or an hour; an hour passes for one run when
+  the test moves that run's ``available_at`` to the database's now through
+  SQL (a simulated clock jump, in the adapter). A real backoff of a few
+  milliseconds would make whether the next claim finds the run depend on
+  the machine's speed.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -163,7 +169,7 @@ class RunQueueMachine(RuleBasedStateMachine):
             retry_delay=delay,
         )
 
-    def apply_outcome(self, outcome: adapter.Outcome, clock: tuple[float, float]) -> None:
+    def apply_outcome(self, outcome: adapter.Outcome) -> None:
         run = self.runs[outcome.lease.run_id]
         run.owner, run.lapsed, run.error_is_prefix = None, None, False
         if outcome.kind is adapter.OutcomeKind.SUCCEEDED:
@@ -172,8 +178,7 @@ class RunQueueMachine(RuleBasedStateMachine):
         assert outcome.error is not None
         run.last_error = escaped(outcome.error)  # free text: NUL and surrogates escaped
         if outcome.kind is adapter.OutcomeKind.RETRY:
-            run.status = QUEUED
-            run.due_from, run.due_by = (moment + outcome.retry_delay for moment in clock)
+            run.status, run.due = QUEUED, outcome.retry_delay == 0
         else:
             kind = outcome.kind
             run.status = RunStatus.FAILED if kind is adapter.OutcomeKind.FAILED else RunStatus.DEAD
@@ -251,27 +256,22 @@ class RunQueueMachine(RuleBasedStateMachine):
         self, worker: str, limit: int, jobs: tuple[int, ...]
     ) -> list[adapter.ClaimedRun]:
         names = [self.jobs[index] for index in jobs]
-        before = adapter.database_now(self.store)
         claimed = self.store.claim(
             worker_id=worker, jobs=names, limit=limit, lease_seconds=LONG_LEASE
         )
-        after = adapter.database_now(self.store)
         candidates = [run for run in self.runs.values() if run.job in names]
         lapsed = sorted(
             (run for run in candidates if run.status is RUNNING and run.lapsed is not None),
             key=lambda run: run.lapsed or 0,
         )[:limit]
         taken_over = {run.id for run in lapsed if run.attempt < run.max_attempts}
-        queued = [run for run in candidates if run.status is QUEUED]
-        surely_due = [run for run in queued if run.due_by <= before]
-        maybe_due = {run.id for run in queued if run.due_from <= after}
+        due = {run.id for run in candidates if run.status is QUEUED and run.due}
         got = [run.id for run in claimed]
         assert len(set(got)) == len(got) <= limit
         assert taken_over <= set(got), "a lapsed lease was not taken over"
         from_queue = set(got) - taken_over
-        assert from_queue <= maybe_due, "a run was claimed before it was due"
-        room = limit - len(taken_over)
-        assert min(room, len(surely_due)) <= len(from_queue) <= room
+        assert from_queue <= due, "a run was claimed before it was due"
+        assert len(from_queue) == min(limit - len(taken_over), len(due))
         for claim in claimed:
             run = self.runs[claim.id]
             assert (claim.job, claim.run_key, claim.max_attempts) == (
@@ -341,9 +341,8 @@ class RunQueueMachine(RuleBasedStateMachine):
     def finish(self, pick: int, ending: str, delay: float, error: str) -> None:
         held = self.pick(self.current_leases(), pick)
         outcome = self.outcome(held, ending, delay, error)
-        before = adapter.database_now(self.store)
         assert self.store.finish([outcome], worker_id=held.worker) == [True]
-        self.apply_outcome(outcome, (before, adapter.database_now(self.store)))
+        self.apply_outcome(outcome)
 
     @precondition(lambda self: self.current_leases())
     @rule(pick=indexes, offset=st.integers(0, 100), note=notes)
@@ -400,13 +399,11 @@ class RunQueueMachine(RuleBasedStateMachine):
             for n, held in enumerate(leases)
         ]
         expected = [self.is_current(held) for held in leases]
-        before = adapter.database_now(self.store)
         accepted = self.store.finish(outcomes, worker_id=worker)
         assert accepted == expected, f"accepted {accepted}: only current leases may count"
-        clock = (before, adapter.database_now(self.store))
         for outcome, current in zip(outcomes, expected, strict=True):
             if current:
-                self.apply_outcome(outcome, clock)
+                self.apply_outcome(outcome)
 
     @precondition(lambda self: self.held)
     @rule(pick=indexes)
@@ -422,8 +419,20 @@ class RunQueueMachine(RuleBasedStateMachine):
         for run_id in current:
             run = self.runs[run_id]
             run.status, run.owner, run.lapsed = QUEUED, None, None
-            run.attempt, run.token = run.attempt - 1, run.token + 1
-            run.due_from = run.due_by = -math.inf
+            run.attempt, run.token, run.due = run.attempt - 1, run.token + 1, True
+
+    def waiting(self) -> list[ModelRun]:
+        return [run for run in self.runs.values() if run.status is QUEUED and not run.due]
+
+    @precondition(lambda self: self.waiting())
+    @rule(pick=indexes)
+    def backoff_passes(self, pick: int) -> None:
+        waiting = self.waiting()
+        self.backoff_passes_for(waiting[pick % len(waiting)])
+
+    def backoff_passes_for(self, run: ModelRun) -> None:
+        adapter.let_backoff_pass(self.store, run.id)
+        run.due = True
 
     # -- operators -------------------------------------------------------------------
 
@@ -448,8 +457,7 @@ class RunQueueMachine(RuleBasedStateMachine):
         assert sorted(requeued) == sorted(expected)
         for run_id in expected:
             run = self.runs[run_id]
-            run.status, run.attempt = QUEUED, 0
-            run.due_from = run.due_by = -math.inf
+            run.status, run.attempt, run.due = QUEUED, 0, True
 
     # -- after every step ------------------------------------------------------------
 
@@ -499,11 +507,10 @@ class RunQueueMachine(RuleBasedStateMachine):
             for held in list(self.held):
                 if self.is_current(held) and self.runs[held.lease.run_id].lapsed is None:
                     self.succeed_and_count(held)
-            claimed = self.claim_and_check(WORKERS[0], 3, (0, 1))
+            for run in self.waiting():
+                self.backoff_passes_for(run)
+            self.claim_and_check(WORKERS[0], 3, (0, 1))
             self.store_keeps_its_promises()
-            waiting = [run.due_by for run in self.runs.values() if run.status is QUEUED]
-            if not claimed and waiting:
-                adapter.wait_for_clock_past(self.store, min(waiting))
         unfinished = [run for run in self.runs.values() if run.status not in TERMINAL]
         assert unfinished == [], "runs left unfinished while workers kept working"
         self.store_keeps_its_promises()
