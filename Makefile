@@ -18,6 +18,12 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest
 
+# The property tests of tests/properties with 10 times the examples and longer
+# state-machine runs (see tests/properties/profiles.py); they take a while.
+.PHONY: properties
+properties: $(STAMP)
+	FERRYMAN_HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/properties -o timeout=3600
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench
