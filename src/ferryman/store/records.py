@@ -35,6 +35,7 @@ SHOWN_KEY_CHARS = 100
 # Deeper documents are refused: JSON parsers recurse once per level, and a
 # document must read back wherever it is read (a job thread, a web request).
 MAX_DEPTH = 100
+_CONTAINERS = (dict, list, tuple)
 
 # The text rules at the store boundary, in one place:
 #
@@ -94,9 +95,6 @@ def _check_document(value: Any, what: str) -> None:
             return
         level = deeper
     raise PayloadError(f"{what} is nested more than {MAX_DEPTH} levels deep")
-
-
-_CONTAINERS = (dict, list, tuple)
 
 
 def clean_text(text: str) -> str:
