@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import ferryman as fm
@@ -29,6 +29,7 @@ from tests.properties.texts import (
     escaped,
     expected_document,
     keys,
+    nested,
     same_document,
     storable,
     texts,
@@ -84,6 +85,12 @@ def test_keys_payloads_and_job_errors_are_stored_exactly_or_refused_by_name(
     serial = itertools.count()
 
     @bounded(100)
+    # Each of these once broke the rules; they run on every test run.
+    @example(key="reason", payload=None, failure=Failure(ValueError("bad \udcff"), reject=True))
+    @example(key="bytes", payload=None, failure=Failure(b"\xff", reject=True))
+    @example(key="deep", payload=nested(990), failure=None)
+    @example(key="int keys", payload={1: "one", "1": "the string one"}, failure=None)
+    @example(key="", payload=None, failure=None)
     @given(key=st.one_of(*[keys()] * 3, NOT_KEYS), payload=documents, failure=failures)
     def submit_one(key: Any, payload: Any, failure: Failure | None) -> None:
         if not isinstance(key, str) or not key:

@@ -144,7 +144,7 @@ class Opaque:
         return "<Opaque>"
 
 
-def _nested(depth: int) -> Any:
+def nested(depth: int) -> Any:
     value: Any = "bottom"
     for _ in range(depth):
         value = [value]
@@ -169,7 +169,7 @@ not_json = st.one_of(
 
 # At the bound and past it; 990 deep is what a JSON encoder still writes and a
 # parser called from a deeper stack no longer reads; 5,000, no encoder writes.
-deep_documents = st.sampled_from([99, 100, 101, 990, 5_000]).map(_nested)
+deep_documents = st.sampled_from([99, 100, 101, 990, 5_000]).map(nested)
 
 documents = st.one_of(
     *[json_documents] * 3,  # weighed towards what is stored, so the worker has work
