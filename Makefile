@@ -45,6 +45,12 @@ $(JQ):
 	$(APT_GET) update -qq
 	$(APT_GET) install -y -qq jq >/dev/null
 
+# The property tests of tests/properties with 10 times the examples and longer
+# state-machine runs (see tests/properties/profiles.py); they take a while.
+.PHONY: properties
+properties: $(STAMP)
+	FERRYMAN_HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/properties -o timeout=3600
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench

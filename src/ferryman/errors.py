@@ -52,8 +52,10 @@ class UnknownSensor(ConfigurationError):
 
 
 class PayloadError(FerrymanError):
-    """A payload or checkpoint that is not JSON, or a run_key or message_id that cannot
-    be stored exactly (it holds NUL or a lone surrogate). Nothing was written."""
+    """A payload or checkpoint that JSON cannot hold as it is (NaN, bytes, a key that is
+    not a string, nesting over 100 levels), or a run_key or message_id that cannot be
+    stored exactly (not a non-empty string, or holding NUL or a lone surrogate).
+    Nothing was written."""
 
 
 class StoreError(FerrymanError):
@@ -91,6 +93,9 @@ class Reject(FerrymanError):
     """
 
     def __init__(self, reason: str) -> None:
+        # Kept as text whatever was passed (an exception, bytes): it is stored
+        # as the run's last error.
+        reason = reason if isinstance(reason, str) else str(reason)
         super().__init__(reason)
         self.reason = reason
 

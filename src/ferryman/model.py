@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ferryman.errors import ConfigurationError
+from ferryman.errors import ConfigurationError, PayloadError
 from ferryman.settings import seconds
 
 
@@ -121,7 +121,7 @@ class RunRequest:
 
     def __post_init__(self) -> None:
         if not isinstance(self.run_key, str) or not self.run_key:
-            raise ValueError(f"run_key must be a non-empty string, got {self.run_key!r}")
+            raise PayloadError(f"run_key must be a non-empty string, got {self.run_key!r}")
 
 
 @dataclass(frozen=True, slots=True)

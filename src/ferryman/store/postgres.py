@@ -90,7 +90,7 @@ SUCCEED = sa.text(
         INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
         SELECT id, 'succeeded', :now, attempt, :worker, lease_token FROM done
     )
-    SELECT id FROM done
+    SELECT id, lease_token FROM done
     """
 )
 
@@ -176,7 +176,8 @@ def claim_due(
 
 def succeed(
     conn: sa.Connection, leases: Sequence[tuple[int, int]], *, worker_id: str, now: float
-) -> set[int]:
+) -> set[tuple[int, int]]:
+    """Record the successes of the given ``(run_id, token)`` leases; return those accepted."""
     rows = conn.execute(
         SUCCEED,
         {
@@ -186,4 +187,4 @@ def succeed(
             "worker": worker_id,
         },
     )
-    return {row.id for row in rows}
+    return {(row.id, row.lease_token) for row in rows}

@@ -32,11 +32,19 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 # has no encoding for them).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 SHOWN_KEY_CHARS = 100
+# Deeper documents are refused: JSON parsers recurse once per level, and a
+# document must read back wherever it is read (a job thread, a web request).
+MAX_DEPTH = 100
+_CONTAINERS = (dict, list, tuple)
 
 # The text rules at the store boundary, in one place:
 #
 # * JSON documents (payloads, checkpoints, log details) are stored losslessly:
-#   any string in them comes back exactly as it was given (to_json).
+#   any string in them comes back exactly as it was given (to_json). What JSON
+#   would store changed or could not read back is refused with a PayloadError
+#   naming it: NaN and infinities, objects that are not JSON, a key that is not
+#   a string (JSON would make 1 and "1" one key), nesting over MAX_DEPTH levels.
+#   Tuples are stored, and read back, as lists.
 # * Free text (errors, reasons, evaluators) is stored with what cannot be
 #   stored escaped as ``\x00`` and ``\udcff`` (clean_text): it is read by people.
 #   Shown anywhere (the API, the dashboard), JSON documents get the same escape
@@ -49,9 +57,44 @@ SHOWN_KEY_CHARS = 100
 def to_json(value: Any, what: str) -> str:
     """Serialise ``value`` or raise :class:`PayloadError` naming ``what`` it belongs to."""
     try:
-        return _ENCODER.encode(value)
+        text = _ENCODER.encode(value)
+    except RecursionError:
+        raise PayloadError(f"{what} is nested more than {MAX_DEPTH} levels deep") from None
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from exc
+    _check_document(value, what)
+    return text
+
+
+def _check_document(value: Any, what: str) -> None:
+    """Refuse what the encoder took but would not read back as given.
+
+    Level by level, without recursion; the encoder has already refused
+    cycles and everything that is not JSON. A payload of scalars costs a
+    microsecond or two.
+    """
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        deeper: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                for key in item:
+                    if not isinstance(key, str):
+                        raise PayloadError(
+                            f"{what} is not JSON-serialisable as it is: the key {key!r} is "
+                            "not a string, and JSON would make it one (1 and '1' would be "
+                            "the same key); use string keys"
+                        )
+                items: Any = item.values()
+            elif isinstance(item, list | tuple):
+                items = item
+            else:
+                continue
+            deeper.extend(child for child in items if isinstance(child, _CONTAINERS))
+        if not deeper:
+            return
+        level = deeper
+    raise PayloadError(f"{what} is nested more than {MAX_DEPTH} levels deep")
 
 
 def clean_text(text: str) -> str:

@@ -507,12 +507,15 @@ class RunQueries:
         """Write how attempts ended, each fenced by its lease.
 
         Returns, per outcome, whether it was accepted (False: the lease was
-        lost and the run belongs to someone else now).
+        lost and the run belongs to someone else now). Acceptance is per
+        lease, not per run: a batch can hold the outcome of a stale lease
+        next to the current lease's outcome for the same run (a worker that
+        took its own lapsed run over), and only the current one counts.
         """
         now = self.now(conn)
         if self.backend.is_sqlite:
             accepted = self._finish_each_sqlite(conn, outcomes, now)
-            logged: set[int] = set()
+            logged: set[Lease] = set()
         else:
             accepted, logged = self._finish_postgres(conn, outcomes, worker_id, now)
         self._log(
@@ -520,16 +523,16 @@ class RunQueries:
             [
                 _outcome_event(outcome, now, worker_id)
                 for outcome in outcomes
-                if outcome.lease.run_id in accepted and outcome.lease.run_id not in logged
+                if outcome.lease in accepted and outcome.lease not in logged
             ],
         )
-        return [o.lease.run_id in accepted for o in outcomes]
+        return [outcome.lease in accepted for outcome in outcomes]
 
     def _finish_each_sqlite(
         self, conn: sa.Connection, outcomes: Sequence[Outcome], now: float
-    ) -> set[int]:
+    ) -> set[Lease]:
         """One fenced UPDATE per outcome: microseconds each on the driver."""
-        accepted: set[int] = set()
+        accepted: set[Lease] = set()
         for outcome in outcomes:
             fence = {"run_id": outcome.lease.run_id, "token": outcome.lease.token}
             if outcome.kind is OutcomeKind.SUCCEEDED:
@@ -537,19 +540,22 @@ class RunQueries:
             else:
                 row = sqlite.END.first(conn, {**fence, **_end_values(outcome, now)})
             if row is not None:
-                accepted.add(outcome.lease.run_id)
+                accepted.add(outcome.lease)
         return accepted
 
     def _finish_postgres(
         self, conn: sa.Connection, outcomes: Sequence[Outcome], worker_id: str, now: float
-    ) -> tuple[set[int], set[int]]:
+    ) -> tuple[set[Lease], set[Lease]]:
         """Successes in one statement that logs them too; then the others one by one."""
         successes = [o.lease for o in outcomes if o.kind is OutcomeKind.SUCCEEDED]
-        accepted: set[int] = set()
+        accepted: set[Lease] = set()
         if successes:
-            accepted = postgres.succeed(
-                conn, [(le.run_id, le.token) for le in successes], worker_id=worker_id, now=now
-            )
+            accepted = {
+                Lease(run_id, token)
+                for run_id, token in postgres.succeed(
+                    conn, [(le.run_id, le.token) for le in successes], worker_id=worker_id, now=now
+                )
+            }
         logged = set(accepted)  # the statement wrote their events
         for outcome in outcomes:
             if outcome.kind is OutcomeKind.SUCCEEDED:
@@ -569,7 +575,7 @@ class RunQueries:
                 runs.update().where(self._fence([outcome.lease])).values(**changes)
             ).rowcount
             if matched == 1:
-                accepted.add(outcome.lease.run_id)
+                accepted.add(outcome.lease)
         return accepted, logged
 
     def release(
