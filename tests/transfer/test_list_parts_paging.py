@@ -51,6 +51,10 @@ def server(request: pytest.FixtureRequest) -> tuple[str, Any, str]:
     return "seaweedfs", request.getfixturevalue("seaweed_env").client(), bucket
 
 
+# Enough parts that the two landed beyond gaps still fit after the last one confirmed.
+PARTS = 7
+
+
 def stop_after_first_part(update: fm.transfer.TransferProgress) -> None:
     if update.parts_confirmed >= 1 and not update.done:
         raise Interrupted("a crash after the first part")
@@ -64,7 +68,7 @@ def test_parts_beyond_a_gap_are_adopted_or_resent_never_lost(
 ) -> None:
     name, client, bucket = server
     monkeypatch.setattr(resume, "LIST_PARTS_PAGE", 1)
-    source = write_random(tmp_path / "gaps.bin", 6 * PART)
+    source = write_random(tmp_path / "gaps.bin", PARTS * PART)
     url = f"s3://{bucket}/gaps.bin"
     with pytest.raises(Interrupted):
         fm.transfer.upload(
@@ -78,10 +82,11 @@ def test_parts_beyond_a_gap_are_adopted_or_resent_never_lost(
     store = Store(sqlite_url)
     try:
         (transfer,) = store.list_transfers(status=fm.TransferStatus.ACTIVE)
-        # The next part may already have been sent and committed while the first
-        # one's row was committing: a stop lands after one part or two.
+        # The sender's pool has two threads for one slot of concurrency, so
+        # while the first part's row commits, the next ones may be sent and
+        # committed too: a stop lands after one part and at most three.
         confirmed = transfer.parts_confirmed
-        assert confirmed in (1, 2) and transfer.upload_id is not None
+        assert 1 <= confirmed <= 3 and transfer.upload_id is not None
         # Two more parts reached S3 before the crash, with a gap before each.
         data = source.read_bytes()
         landed = [confirmed + 2, confirmed + 4]
@@ -102,7 +107,7 @@ def test_parts_beyond_a_gap_are_adopted_or_resent_never_lost(
         parts = store.get_transfer_parts(done.id)
     finally:
         store.close()
-    assert [p.part_number for p in parts] == [1, 2, 3, 4, 5, 6]
+    assert [p.part_number for p in parts] == list(range(1, PARTS + 1))
     adopted = [p.part_number for p in parts if p.adopted]
     if name == "seaweedfs":
         assert adopted == landed  # each found on a page of its own
