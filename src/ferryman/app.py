@@ -382,8 +382,7 @@ class App:
 
         def after_fork() -> None:
             # Connections inherited from the parent belong to the parent.
-            store.backend.engine.dispose(close=False)
-            store.backend.read_engine.dispose(close=False)
+            store.after_fork()
             logs.after_fork()
 
         return run_processes(

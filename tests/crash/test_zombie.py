@@ -40,7 +40,7 @@ def process_state(pid: int) -> str:
 
 def in_transaction(app: fm.App) -> bool:
     """Whether some other client is inside a transaction on the store database."""
-    if app.store.is_sqlite:
+    if app.store.backend.name == "sqlite":
         path = app.store.backend.url.database
         assert path is not None
         probe = sqlite3.connect(path, timeout=0, isolation_level=None)

@@ -34,7 +34,8 @@ from ferryman.model import Evaluation, EvaluationOutcome, SensorState
 from ferryman.store import records
 from ferryman.store.dialect import Backend
 from ferryman.store.keys import message_digest
-from ferryman.store.runs import NewRun, RunQueries
+from ferryman.store.queue import RunQueue
+from ferryman.store.run_rows import NewRun
 from ferryman.store.schema import push_deliveries, sensor_evaluations, sensors
 
 RUNNING = "running"
@@ -100,7 +101,7 @@ class ScheduleEntry:
 class SensorQueries:
     """Sensor state and evaluation history on one store database."""
 
-    def __init__(self, backend: Backend, runs: RunQueries) -> None:
+    def __init__(self, backend: Backend, runs: RunQueue) -> None:
         self.backend = backend
         self.runs = runs
 
@@ -114,12 +115,8 @@ class SensorQueries:
         if not declared:
             return
         now = self.now(conn)
-        insert = (
-            self.backend.insert(sensors)
-            .values([{"name": name, "kind": kind, "updated_at": now} for name, kind in declared])
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        conn.execute(insert)
+        rows = [{"name": name, "kind": kind, "updated_at": now} for name, kind in declared]
+        self.backend.insert_absent(conn, sensors, rows, unique=["name"])
 
     def _state_query(self) -> sa.Select[tuple[object, ...]]:
         # Push evaluations do not touch the sensor's row (so that concurrent
@@ -177,9 +174,8 @@ class SensorQueries:
             sensors.update()
             .where(sensors.c.name == name, sensors.c.state_version == state_version)
             .values(state_version=sensors.c.state_version + 1, **values)
-            .returning(sensors.c.state_version)
-        ).first()
-        return won is not None
+        ).rowcount
+        return bool(won == 1)
 
     def commit_poll(self, conn: sa.Connection, commit: PollCommit) -> Evaluation:
         """Advance the cursor and insert the runs it stands for, or record a conflict.
@@ -381,19 +377,22 @@ class SensorQueries:
             )
             .returning(sensor_evaluations.c.id)
         ).scalar_one()
-        delivered = conn.execute(
-            self.backend.insert(push_deliveries)
-            .values(
-                sensor=commit.sensor,
-                message_digest=message_digest(commit.message_id),
-                message_id=commit.message_id,
-                evaluation_id=evaluation_id,
-                delivered_at=self.backend.now,
-            )
-            .on_conflict_do_nothing(index_elements=["sensor", "message_digest"])
-            .returning(push_deliveries.c.evaluation_id)
-        ).scalar_one_or_none()
-        if delivered is None:
+        delivered = self.backend.insert_absent(
+            conn,
+            push_deliveries,
+            [
+                {
+                    "sensor": commit.sensor,
+                    "message_digest": message_digest(commit.message_id),
+                    "message_id": commit.message_id,
+                    "evaluation_id": evaluation_id,
+                    "delivered_at": self.backend.now,
+                }
+            ],
+            unique=["sensor", "message_digest"],
+            returning=push_deliveries.c.evaluation_id,
+        )
+        if not delivered:
             conn.execute(
                 sensor_evaluations.delete().where(sensor_evaluations.c.id == evaluation_id)
             )

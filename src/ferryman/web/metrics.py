@@ -83,7 +83,7 @@ class StoreCollector:
 
     def _read(self) -> Iterable[Metric]:
         store = self.app.store
-        settle = 0.0 if store.is_sqlite else POSTGRES_SETTLE_SECONDS
+        settle = 0.0 if store.ids_in_commit_order else POSTGRES_SETTLE_SECONDS
         with store.read("reading metrics") as conn:
             now = views.now(conn)
             counts = views.run_counts(conn)

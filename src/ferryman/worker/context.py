@@ -124,7 +124,7 @@ class JobContext:
             raise LeaseLost(self.run_id, self.lease.token)
         with self._store.transaction() as conn:
             yield conn
-            self._store.runs.succeed_within(
+            self._store.succeed_within(
                 conn, self.lease, attempt=self.attempt, worker_id=self.worker_id
             )
         self._succeeded_in_transaction = True

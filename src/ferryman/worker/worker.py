@@ -45,7 +45,7 @@ from typing import Any
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
-from ferryman.store.notify import Listener
+from ferryman.store.dialect import Listener
 from ferryman.worker.context import JobContext
 from ferryman.worker.outages import STORE_RETRY, Outages
 
@@ -329,12 +329,10 @@ class Worker:
             supervised(f"job-{index}", self._job_thread)
         supervised("committer", self._committer)
         supervised("heartbeat", self._heartbeat)
-        if not self.store.is_sqlite:
-            self._listener = Listener(
-                self.store.backend.url,
-                lambda job: self.wake() if job in self.jobs else None,
-                name="ferryman-listener",
-            )
+        self._listener = self.store.listener(
+            lambda job: self.wake() if job in self.jobs else None, name="ferryman-listener"
+        )
+        if self._listener is not None:
             self._listener.start()
 
     def _shutdown(self) -> None:
