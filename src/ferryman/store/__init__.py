@@ -197,6 +197,9 @@ class Store:
         Raises ``LeaseLost`` if the lease was lost; driver errors untranslated,
         as in the transaction around it.
         """
+        # A block refused for ending its transaction: SQLAlchemy holds that
+        # transaction for ended, so the success is not even tried.
+        self._blocks.check(conn)
         self.leases.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
 
     def finish(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[bool]:

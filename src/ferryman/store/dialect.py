@@ -328,10 +328,11 @@ class ClaimRequest:
 
 def _backends() -> tuple[type[Backend], ...]:
     # Imported here: each backend module imports this one for its base.
+    from ferryman.store.mariadb import MariaDBBackend
     from ferryman.store.postgres import PostgresBackend
     from ferryman.store.sqlite import SQLiteBackend
 
-    return (SQLiteBackend, PostgresBackend)
+    return (SQLiteBackend, PostgresBackend, MariaDBBackend)
 
 
 def backend_class(url: sa.URL) -> type[Backend]:

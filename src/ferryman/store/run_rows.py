@@ -94,6 +94,23 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
         yield items[start : start + size]
 
 
+def run_row(new: NewRun, now: float) -> dict[str, Any]:
+    """The row of a new run, queued and due at ``now``."""
+    return {
+        "job": new.job,
+        "run_key": new.run_key,
+        "key_digest": new.key_digest,
+        "payload": new.payload_json,
+        "status": RunStatus.QUEUED.value,
+        "attempt": 0,
+        "max_attempts": new.max_attempts,
+        "available_at": now,
+        "lease_token": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def event(
     run_id: int,
     kind: RunEventKind,

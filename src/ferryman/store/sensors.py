@@ -331,22 +331,18 @@ class SensorQueries:
             assert existing is not None, "a conflicting delivery belongs to a committed row"
             return existing, False
         submitted = self.runs.enqueue(conn, commit.new_runs)
-        row = (
-            conn.execute(
-                sensor_evaluations.update()
-                .where(sensor_evaluations.c.id == evaluation_id)
-                .values(
-                    runs_requested=len(submitted.run_ids),
-                    runs_deduplicated=submitted.deduplicated,
-                    run_ids=records.to_json(sorted(set(submitted.run_ids)), "run ids"),
-                    finished_at=self.backend.now,
-                )
-                .returning(*sensor_evaluations.c)
+        update = (
+            sensor_evaluations.update()
+            .where(sensor_evaluations.c.id == evaluation_id)
+            .values(
+                runs_requested=len(submitted.run_ids),
+                runs_deduplicated=submitted.deduplicated,
+                run_ids=records.to_json(sorted(set(submitted.run_ids)), "run ids"),
+                finished_at=self.backend.now,
             )
-            .mappings()
-            .one()
         )
-        return records.evaluation_from_row(row), True
+        (row,) = self.backend.update_returning(conn, update, *sensor_evaluations.c)
+        return records.evaluation_from_row(row._mapping), True
 
     def _deliver(self, conn: sa.Connection, commit: PushCommit) -> int | None:
         """Insert the evaluation and claim the delivery for it; None if already delivered.

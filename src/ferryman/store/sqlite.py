@@ -56,6 +56,7 @@ from ferryman.store.run_rows import (
     chunks,
     end_values,
     lease_update,
+    run_row,
 )
 from ferryman.store.run_rows import event as event_row
 from ferryman.store.schema import run_events, runs
@@ -326,22 +327,7 @@ class SQLiteBackend(Backend):
         )
         created: list[tuple[int, bytes]] = []
         for chunk in chunks(new_runs):
-            rows = [
-                {
-                    "job": new.job,
-                    "run_key": new.run_key,
-                    "key_digest": new.key_digest,
-                    "payload": new.payload_json,
-                    "status": RunStatus.QUEUED.value,
-                    "attempt": 0,
-                    "max_attempts": new.max_attempts,
-                    "available_at": now,
-                    "lease_token": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for new in chunk
-            ]
+            rows = [run_row(new, now) for new in chunk]
             created.extend((row.id, bytes(row.key_digest)) for row in conn.execute(insert, rows))
         events = [event_row(run_id, RunEventKind.REQUESTED, now, 0) for run_id, _ in created]
         for events_chunk in chunks(events):
