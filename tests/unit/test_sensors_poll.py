@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import ferryman as fm
 from ferryman.sensors import SensorDaemon
 from ferryman.sensors.cursor import UnreadableCursor, decode_cursor, encode_cursor
+from ferryman.store.schema import sensors
 from tests.sensor_apps import assert_history_consistent
 
 
@@ -31,17 +32,14 @@ def run_keys(app: fm.App, job: str = "load") -> list[str]:
 def stored_cursor(app: fm.App, name: str) -> str | None:
     with app.engine.begin() as conn:
         stored: str | None = conn.execute(
-            sa.text("SELECT cursor FROM ferryman_sensors WHERE name = :name"), {"name": name}
+            sa.select(sensors.c.cursor).where(sensors.c.name == name)
         ).scalar_one()
         return stored
 
 
 def set_stored_cursor(app: fm.App, name: str, stored: str) -> None:
     with app.engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE ferryman_sensors SET cursor = :cursor WHERE name = :name"),
-            {"cursor": stored, "name": name},
-        )
+        conn.execute(sensors.update().where(sensors.c.name == name).values(cursor=stored))
 
 
 # -- the commit rules --------------------------------------------------------

@@ -21,6 +21,7 @@ import ferryman as fm
 from ferryman.worker import Worker
 from ferryman.worker.outages import GIVE_BACK_LIMIT
 from tests.helpers import wait_until
+from tests.mariadb_pool import admin_connection, execute
 from tests.unit.test_runs_contract import create_effects, effect_keys, kinds, lease_expired
 
 
@@ -140,7 +141,7 @@ def test_a_users_integrity_error_in_the_transaction_is_the_jobs_failure(
             conn.execute(sa.text("INSERT INTO once VALUES ('same')"))
 
     with app.engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE once (name TEXT PRIMARY KEY)"))
+        conn.execute(sa.text("CREATE TABLE once (name VARCHAR(50) PRIMARY KEY)"))
     ids = app.submit("load", fm.RunRequest("a"), fm.RunRequest("b")).run_ids
     report = app.work(until_idle=True, handle_signals=False, concurrency=1)
 
@@ -163,6 +164,13 @@ def break_the_store_under(conn: sa.Connection, store_url: str) -> None:
             conn.execute(sa.text("INSERT INTO effects (run_key) VALUES (:k)"), {"k": "x" * 200_000})
         finally:
             conn.exec_driver_sql("PRAGMA max_page_count = 1073741823")
+        return
+    if conn.dialect.name == "mariadb":
+        # An administrator kills this connection, as a restart would.
+        connection_id = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+        with admin_connection() as admin:
+            execute(admin, f"KILL {int(connection_id)}")
+        conn.execute(sa.text("INSERT INTO effects (run_key) VALUES ('never')"))
         return
     # PostgreSQL: an administrator ends this connection, as a restart would.
     pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
