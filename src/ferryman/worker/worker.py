@@ -372,7 +372,7 @@ class Worker:
                 continue
             outcome = self._execute(run)
             if outcome is None:
-                self._forget(run.id)
+                self._forget(run)
             else:
                 self._outcomes.put((run, outcome))
 
@@ -447,7 +447,7 @@ class Worker:
                 "success committed before the connection dropped, or its lease was lost",
                 extra=fields,
             )
-        self._forget(run.id)
+        self._forget(run)
 
     def _committer(self) -> None:
         batch_limit = 1000
@@ -471,7 +471,7 @@ class Worker:
                     self._done(run, outcome.kind.value)
                 else:
                     self._lease_lost(run)
-                self._forget(run.id)
+                self._forget(run)
 
     def _commit(self, batch: Sequence[tuple[ClaimedRun, Outcome]]) -> list[bool]:
         failures = 0
@@ -516,9 +516,17 @@ class Worker:
 
     # -- bookkeeping ---------------------------------------------------------
 
-    def _forget(self, run_id: int) -> None:
+    def _forget(self, run: ClaimedRun) -> None:
+        """This claim of ``run`` has ended: the worker no longer holds it.
+
+        Only this claim: a run released or retried at once may already have
+        been claimed again, by the claim loop, before its previous claim was
+        forgotten, and that new claim must stay held.
+        """
         with self._changed:
-            self._held.pop(run_id, None)
+            held = self._held.get(run.id)
+            if held is not None and held.run.lease == run.lease:
+                del self._held[run.id]
             # Wake the claim loop only when it has something to do: room for a
             # batch has just opened, or nothing is held (idle, or draining).
             # Waking it after every run made it compete with the job threads
