@@ -17,6 +17,13 @@ database. What MariaDB does differently, each measured and explained in
   changed locks them (``SELECT ... FOR UPDATE``), updates them and reads
   them back, in one transaction. Claims lock due runs with ``FOR UPDATE SKIP
   LOCKED``, so two claims take different runs without waiting.
+* A locking read locks every row it reads that matches, not only those it
+  returns: one that sorted the matching rows itself (a plan picked on stale
+  statistics, right after a large enqueue) would lock all the due runs for a
+  ``LIMIT 1``, and a second worker's claim would skip them all and find
+  nothing. So the claim's reads are pinned to the index whose order is the
+  claim's (``FORCE INDEX``), and reads only what it returns; other locking
+  reads are by primary key.
 * There is no ``ON CONFLICT DO NOTHING``, and ``INSERT IGNORE`` would also
   store truncated values. An insert that may meet an existing key is run
   alone and its duplicate-key error (1062) caught: MariaDB undoes only that
@@ -30,6 +37,7 @@ database. What MariaDB does differently, each measured and explained in
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -55,6 +63,8 @@ CLOCK: sa.ColumnElement[float] = sa.literal_column(
 )
 
 DUPLICATE_KEY = 1062
+# Due runs a claim reads beyond those it wants, for those other claims hold.
+CLAIM_SLACK = 16
 # Error codes of a server that could not be reached or went away: cannot
 # connect (2002, 2003), gone away (2006), lost connection (2013), connection
 # killed (1927), disconnected for inactivity (4031), shutting down (1053).
@@ -98,16 +108,34 @@ class MariaDBBackend(Backend):
             .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
             .order_by(runs.c.id)
         )
+        # The oldest due runs, read without locks, in the claim's order.
         self._due_query = (
-            sa.select(runs.c.id)
+            sa.select(runs.c.id, runs.c.available_at)
             .where(
                 runs.c.status == RunStatus.QUEUED.value,
                 runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
+                sa.tuple_(runs.c.available_at, runs.c.id)
+                > sa.tuple_(sa.bindparam("after_at"), sa.bindparam("after_id")),
                 runs.c.available_at <= sa.bindparam("now"),
             )
             .order_by(runs.c.available_at, runs.c.id)
             .limit(sa.bindparam("limit"))
+            .with_hint(runs, "FORCE INDEX (ix_ferryman_runs_due)")
+        )
+        # Those of them still queued and not locked by another claim, locked by
+        # primary key in its order (so the read stops at ``limit``).
+        self._lock_due = (
+            sa.select(runs.c.id)
+            .where(
+                runs.c.id.in_(sa.bindparam("ids", expanding=True)),
+                runs.c.status == RunStatus.QUEUED.value,
+            )
+            .order_by(runs.c.id)
+            .limit(sa.bindparam("limit"))
             .with_for_update(skip_locked=True)
+        )
+        self._expired_query = self._expired_query.with_hint(
+            runs, "FORCE INDEX (ix_ferryman_runs_leases)"
         )
 
     @classmethod
@@ -226,7 +254,13 @@ class MariaDBBackend(Backend):
         key = table.c.id
         where = update.whereclause
         assert where is not None  # ferryman never updates a whole table
-        ids = list(conn.execute(sa.select(key).where(where).with_for_update()).scalars())
+        # The candidates by a plain read (it locks nothing), then locked by
+        # primary key: a locking read that scanned would wait for, and lock,
+        # every row it passed.
+        ids = list(conn.execute(sa.select(key).where(where)).scalars())
+        if ids:
+            locked = sa.select(key).where(key.in_(ids), where).with_for_update()
+            ids = list(conn.execute(locked).scalars())
         if not ids:
             return []
         conn.execute(update.where(key.in_(ids)))
@@ -280,9 +314,25 @@ class MariaDBBackend(Backend):
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
         """Lock the oldest due runs, skipping those another claim holds; lease them."""
         due: list[int] = []
-        if request.room > 0:
-            params = {"jobs": list(request.jobs), "now": request.now, "limit": request.room}
-            due = list(conn.execute(self._due_query, params).scalars())
+        after: tuple[float, int] = (-sys.float_info.max, 0)  # PyMySQL sends no infinity
+        while len(due) < request.room:
+            wanted = request.room - len(due)
+            candidates = conn.execute(
+                self._due_query,
+                {
+                    "jobs": list(request.jobs),
+                    "now": request.now,
+                    "after_at": after[0],
+                    "after_id": after[1],
+                    "limit": wanted + CLAIM_SLACK,
+                },
+            ).all()
+            if not candidates:
+                break
+            order = {row.id: position for position, row in enumerate(candidates)}
+            locked = conn.execute(self._lock_due, {"ids": list(order), "limit": wanted})
+            due.extend(sorted(locked.scalars(), key=order.__getitem__))
+            after = (candidates[-1].available_at, candidates[-1].id)
         return self.lease(conn, [*request.reclaim, *due], request)
 
     def lease(
