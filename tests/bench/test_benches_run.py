@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 
 from tests.conftest import PG_ADMIN
+from tests.mariadb_pool import MARIADB_ADMIN
 
 REPO = Path(__file__).resolve().parents[2]
 NUMBER = r"[\d,]+(?:\.\d+)?"
@@ -43,17 +44,20 @@ def run_bench(script: str, *arguments: str, timeout: float = 600) -> str:
     return output
 
 
-def test_queue_bench_measures_ferryman_on_both_stores() -> None:
+def test_queue_bench_measures_ferryman_on_every_store() -> None:
     output = run_bench(
-        "queue.py", "--runs", "200", "--one-by-one", "50", "--only", "ferryman", "--pg", PG_ADMIN
+        "queue.py",
+        *("--runs", "200", "--one-by-one", "50", "--only", "ferryman", "--store", "all"),
+        *("--pg", PG_ADMIN, "--mariadb", MARIADB_ADMIN),
     )
-    for store in ("postgres", "sqlite"):
+    for store in ("postgres", "sqlite", "mariadb"):
         row = re.search(
             rf"ferryman\s*│\s*{store}\s*│\s*({NUMBER})\s*│\s*({NUMBER})\s*│\s*({NUMBER})", output
         )
         assert row, f"no ferryman row with three figures for {store}:\n{output}"
     assert re.search(rf"PostgreSQL single-row commits/s: {NUMBER}", output), output
     assert re.search(rf"SQLite single-row commits/s: {NUMBER}", output), output
+    assert re.search(rf"MariaDB single-row commits/s: {NUMBER}", output), output
     assert "FAILED" not in output, output
 
 
