@@ -140,7 +140,7 @@ class MariaDBBackend(Backend):
 
     @classmethod
     def normalise(cls, url: sa.URL) -> sa.URL:
-        if url.get_driver_name() not in ("pymysql", "", "mariadb", "mysql"):
+        if "+" in url.drivername and url.get_driver_name() != "pymysql":
             raise ConfigurationError(
                 f"unsupported MariaDB driver {url.get_driver_name()!r} in {safe_url(url)}; "
                 "ferryman uses PyMySQL (mariadb+pymysql://)"
