@@ -134,8 +134,28 @@ class MariaDBBackend(Backend):
             .limit(sa.bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
-        self._expired_query = self._expired_query.with_hint(
-            runs, "FORCE INDEX (ix_ferryman_runs_leases)"
+        # Expired leases likewise: candidates without locks, then locked by key.
+        self._expired_candidates = (
+            sa.select(runs.c.id)
+            .where(
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_expires_at < sa.bindparam("now"),
+                runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
+            )
+            .order_by(runs.c.lease_expires_at)
+            .limit(sa.bindparam("limit"))
+            .with_hint(runs, "FORCE INDEX (ix_ferryman_runs_leases)")
+        )
+        self._lock_expired = (
+            sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
+            .where(
+                runs.c.id.in_(sa.bindparam("ids", expanding=True)),
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_expires_at < sa.bindparam("now"),
+            )
+            .order_by(runs.c.id)
+            .limit(sa.bindparam("limit"))
+            .with_for_update(skip_locked=True)
         )
 
     @classmethod
@@ -310,6 +330,16 @@ class MariaDBBackend(Backend):
                 sa.select(runs.c.id, runs.c.key_digest).where(runs.c.id.in_(created))
             ).tuples()
         )
+
+    def expired_leases(
+        self, conn: sa.Connection, *, now: float, jobs: Sequence[str], limit: int
+    ) -> Sequence[Any]:
+        params = {"now": now, "jobs": list(jobs), "limit": limit + CLAIM_SLACK}
+        candidates = list(conn.execute(self._expired_candidates, params).scalars())
+        if not candidates:
+            return []
+        params = {"ids": candidates, "now": now, "limit": limit}
+        return conn.execute(self._lock_expired, params).all()
 
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
         """Lock the oldest due runs, skipping those another claim holds; lease them."""
