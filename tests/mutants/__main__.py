@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -167,11 +167,31 @@ def markdown(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def baseline(chosen: Sequence[Mutation], jobs: int) -> int:
+    """Each mutation's tests on an unchanged copy: a test failing here would kill anything."""
+    logs = Path(tempfile.mkdtemp(prefix="ferryman-mutants-baseline-"))
+    print(f"the tests of {len(chosen)} mutations on src/ unchanged; pytest logs in {logs}")
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(lambda m: check(replace(m, edits=()), logs), chosen))
+    failing = [r for r in results if r.verdict != SURVIVED]
+    for result in failing:
+        print(f"  fails unmutated: {result.mutation.name}: {result.detail}")
+    minutes = (time.monotonic() - started) / 60
+    print(f"{len(results) - len(failing)} of {len(results)} pass unmutated; {minutes:.1f} minutes")
+    return 1 if failing else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make mutants", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="mutations checked at once")
     parser.add_argument("--only", action="append", default=[], help="names containing this")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="run each mutation's tests on src/ unchanged instead: they must all pass",
+    )
     args = parser.parse_args(argv)
 
     uncovered = [p for p in promises() if p not in {m.promise for m in MUTATIONS}]
@@ -179,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"promises of docs/guarantees.md without a mutation: {uncovered}", file=sys.stderr)
         return 1
     chosen = [m for m in MUTATIONS if not args.only or any(o in m.name for o in args.only)]
+    if args.baseline:
+        return baseline(chosen, args.jobs)
     logs = Path(tempfile.mkdtemp(prefix="ferryman-mutants-logs-"))
     with tempfile.TemporaryDirectory(prefix="ferryman-mutant-probe-") as probe:
         shutil.copytree(SOURCE / "ferryman", Path(probe) / "ferryman")
