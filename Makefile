@@ -85,7 +85,7 @@ soak: $(STAMP)
 
 # The mutation check of docs/guarantees.md: each mutation breaks the code behind a
 # promise in a copy of src/ and must make one of that promise's tests fail (about
-# 8 min; tests/mutants/). Not part of `make test`. MUTANTS_ARGS: e.g. --only SKIP.
+# 5 to 8 min; tests/mutants/). Not part of `make test`. MUTANTS_ARGS: e.g. --only SKIP.
 MUTANTS_ARGS ?=
 
 .PHONY: mutants
