@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
+from ferryman.store import Lease
 from ferryman.worker import Worker
 from ferryman.worker.outages import GIVE_BACK_LIMIT
 from tests.helpers import wait_until
@@ -91,6 +92,49 @@ def test_keyboard_interrupt_in_the_working_thread_stops_drains_and_releases(
     assert released is not None
     assert (released.status, released.attempt) == (fm.RunStatus.QUEUED, 0)
     assert kinds(app, second)[-1] == "released"
+
+
+def test_an_outcome_is_counted_only_once_it_is_committed(make_app: type[fm.App]) -> None:
+    app = make_app()
+    started = threading.Event()
+    proceed = threading.Event()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None:
+        if ctx.run_key == "taken":
+            started.set()
+            proceed.wait(30)  # returns after another worker took the run over
+
+    plain, taken = app.submit("load", fm.RunRequest("plain"), fm.RunRequest("taken")).run_ids
+    # One run at a time and none claimed ahead, so this worker cannot claim "taken" again.
+    worker = Worker(app.store, app.jobs, lease_seconds=30, concurrency=1, prefetch=0)
+    thread = threading.Thread(target=lambda: worker.run(until_idle=True, handle_signals=False))
+    thread.start()
+    try:
+        assert started.wait(30)
+        held = app.get_run(taken)
+        assert held is not None and held.lease_owner == worker.worker_id
+        # Another worker takes the run over while the job is still running.
+        app.store.release([Lease(taken, held.lease_token)], worker_id="B", reason="taken over by B")
+        (claimed,) = app.store.claim(worker_id="B", jobs=["load"], limit=1, lease_seconds=30)
+        assert claimed.id == taken
+    finally:
+        proceed.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+    # The job returned, but its outcome was refused: counted as a lost lease, not a success.
+    assert (worker.report.succeeded, worker.report.lease_lost) == (1, 1)
+    run = app.get_run(taken)
+    assert run is not None and (run.status, run.lease_owner) == (fm.RunStatus.RUNNING, "B")
+    # What the report counts is exactly what the store shows this worker completed.
+    completed = [
+        run_id
+        for run_id in (plain, taken)
+        for event in app.get_run_events(run_id)
+        if event.kind.value == "succeeded" and event.worker_id == worker.worker_id
+    ]
+    assert completed == [plain]
 
 
 def test_a_crashed_worker_leaves_started_runs_to_their_leases(make_app: type[fm.App]) -> None:
