@@ -66,7 +66,9 @@ def one(path: str, original: str, replacement: str) -> tuple[Edit, ...]:
     return (Edit(path, original, replacement),)
 
 
-RUNS = "ferryman/store/runs.py"
+DIALECT = "ferryman/store/dialect.py"
+LEASES = "ferryman/store/leases.py"
+RUN_ROWS = "ferryman/store/run_rows.py"
 SQLITE = "ferryman/store/sqlite.py"
 POSTGRES = "ferryman/store/postgres.py"
 SENSORS = "ferryman/store/sensors.py"
@@ -88,7 +90,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "enqueue without ON CONFLICT (SQLite)",
         ONE_RUN,
-        one(RUNS, '            .on_conflict_do_nothing(index_elements=["key_digest"])\n', ""),
+        one(SQLITE, '            .on_conflict_do_nothing(index_elements=["key_digest"])\n', ""),
         (f"{CONTRACT}::test_duplicate_run_keys_yield_one_run[sqlite]",),
     ),
     Mutation(
@@ -113,10 +115,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         IN_TRANSACTION,
         one(
             "ferryman/worker/context.py",
-            "            yield conn\n            self._store.runs.succeed_within(",
+            "            yield conn\n            self._store.succeed_within(",
             "            yield conn\n"
             "        with self._store.transaction() as conn:\n"
-            "            self._store.runs.succeed_within(",
+            "            self._store.succeed_within(",
         ),
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
     ),
@@ -192,7 +194,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "claim never takes an expired lease over (PostgreSQL)",
         "Nothing is lost when a worker dies",
         one(
-            RUNS,
+            DIALECT,
             '                runs.c.lease_expires_at < sa.bindparam("now"),\n',
             '                runs.c.lease_expires_at < sa.bindparam("now") - 1e12,\n',
         ),
@@ -222,11 +224,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "checkpoint not fenced",
         PAUSED,
         one(
-            RUNS,
-            "            .where(self._fence([lease]))\n"
-            "            .values(checkpoint=checkpoint_json, updated_at=now)\n",
-            "            .where(runs.c.id == lease.run_id)\n"
-            "            .values(checkpoint=checkpoint_json, updated_at=now)\n",
+            LEASES,
+            "runs.update().where(fence([lease])).values(checkpoint=checkpoint_json",
+            "runs.update().where(runs.c.id == lease.run_id).values(checkpoint=checkpoint_json",
         ),
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
     ),
@@ -234,9 +234,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "heartbeat renews without the token check",
         PAUSED,
         one(
-            RUNS,
-            "                    .where(self._fence(chunk))\n",
-            "                    .where(runs.c.id.in_([lease.run_id for lease in chunk]))\n",
+            LEASES,
+            "runs.update().where(fence(chunk))",
+            "runs.update().where(runs.c.id.in_([lease.run_id for lease in chunk]))",
         ),
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
     ),
@@ -300,7 +300,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a full SQLite disk counts as the job's failure",
         "A full disk (SQLite)",
         one(
-            "ferryman/store/faults.py",
+            SQLITE,
             "SQLITE_FAILURES = frozenset({5, 6, 7, 10, 13, 14, 15})",
             "SQLITE_FAILURES = frozenset({5, 6, 7, 10, 14, 15})",
         ),
@@ -315,7 +315,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "release without bumping the token",
         SIGTERM,
         one(
-            RUNS,
+            LEASES,
             "                lease_token=runs.c.lease_token + 1,\n"
             "                available_at=now,\n",
             "                available_at=now,\n",
@@ -326,7 +326,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "release uses up the attempt",
         SIGTERM,
         one(
-            RUNS,
+            LEASES,
             "                status=RunStatus.QUEUED.value,\n"
             "                attempt=runs.c.attempt - 1,\n",
             "                status=RunStatus.QUEUED.value,\n",
@@ -338,9 +338,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "lease expiry on the last attempt claims the run again",
         "A job that kills its worker cannot loop",
         one(
-            RUNS,
-            "            if row.attempt >= row.max_attempts:\n",
-            "            if row.attempt > row.max_attempts:\n",
+            LEASES,
+            "            if row.attempt < row.max_attempts:\n",
+            "            if row.attempt <= row.max_attempts:\n",
         ),
         (f"{CONTRACT}::test_lease_expiry_on_the_last_attempt_is_dead",),
     ),
@@ -381,7 +381,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a retry due at once, without its backoff",
         "Failures, retries and rejected input",
         one(
-            RUNS,
+            RUN_ROWS,
             '            "available_at": now + outcome.retry_delay,\n',
             '            "available_at": now,\n',
         ),
@@ -473,7 +473,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a run_key the store cannot hold passed on to it",
         "Keys and texts",
         one(
-            RUNS,
+            RUN_ROWS,
             '        records.checked_key(self.run_key, f"run_key of job {self.job!r}")\n',
             "",
         ),
