@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 import ferryman as fm
 from ferryman.sensors import SensorDaemon
 from ferryman.sensors.schedule import iso
+from ferryman.web import WebSettings, create_app
 from tests.helpers import wait_until
 from tests.sensor_apps import assert_history_consistent
 from tests.unit.test_sensors_cli import invoke
@@ -308,3 +311,20 @@ def test_the_daemon_evaluates_at_each_tick_not_in_between(make_app: type[fm.App]
     state = app.get_sensor("seconds")
     assert state.next_evaluation_at is not None and state.last_evaluation_at is not None
     assert state.next_evaluation_at - state.last_evaluation_at <= timedelta(seconds=1.5)
+
+
+def test_the_dashboard_shows_the_last_and_next_tick(make_app: type[fm.App]) -> None:
+    clock = FakeClock("2026-12-05T00:07:00Z")
+    app = schedule_app(make_app, clock)
+    evaluate(app)
+    clock.advance(minutes=5)
+    evaluate(app)
+    with TestClient(create_app(app, WebSettings(token="test-token-0123456789"))) as client:
+        page = client.get("/sensors/reports")
+        assert page.status_code == 200
+        cursor = re.search(r'<code id="cursor">([^<]*)</code>', page.text)
+        assert cursor is not None
+        assert cursor.group(1) == ("last tick 2026-12-05T00:10:00Z, next tick 2026-12-05T00:15:00Z")
+        assert "last tick 2026-12-05T00:05:00Z, next tick 2026-12-05T00:10:00Z" in page.text
+        listing = client.get("/sensors").text
+        assert "reports" in listing and "last tick 2026-12-05T00:10:00Z" in listing
