@@ -32,7 +32,9 @@ from tests.sensor_apps import assert_history_consistent
 
 DAEMONS = 2
 SPEED = 10.0
+# make soak sets FERRYMAN_STORM_SCHEDULE_TICKS for a longer storm.
 TICKS = int(storm_setting("SCHEDULE_TICKS", 200))
+TIMEOUT = 120 + 2 * TICKS / SPEED
 FAKE_START = datetime.fromisoformat("2026-06-01T12:00:00.5Z").timestamp()
 
 
@@ -69,7 +71,7 @@ def seconds_between(first: datetime, last: datetime) -> list[str]:
 
 
 @pytest.mark.crash
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(TIMEOUT)
 def test_sigkilled_daemons_run_each_tick_exactly_once(store_url: str) -> None:
     seed = int(os.environ.get("FERRYMAN_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
