@@ -87,6 +87,24 @@ def test_one_run_per_tick_with_exact_run_keys(make_app: type[fm.App]) -> None:
     assert sum(e.runs_requested for e in ok) == 4
 
 
+def test_a_new_expression_announces_its_own_next_tick(make_app: type[fm.App]) -> None:
+    clock = FakeClock("2026-12-05T00:03:00Z")
+    before = schedule_app(make_app, clock)
+    evaluate(before)
+    clock.advance(minutes=4)  # 00:07: the 00:05 tick of the old expression passed unseen
+    after = schedule_app(make_app, clock, cron="0 * * * *", interval=600)
+    evaluation = evaluate(after)
+    assert evaluation.runs_requested == 0
+    assert evaluation.cursor_after == (
+        "last tick 2026-12-05T00:00:00Z, next tick 2026-12-05T01:00:00Z"
+    )
+    # the next evaluation waits for the interval, not for a tick the cursor once announced
+    state = after.get_sensor("reports")
+    assert state.next_evaluation_at is not None and state.last_evaluation_at is not None
+    waited = state.next_evaluation_at - state.last_evaluation_at
+    assert abs(waited - timedelta(seconds=600)) < timedelta(seconds=1)
+
+
 def test_payload_is_a_value_or_a_function_of_the_tick(make_app: type[fm.App]) -> None:
     clock = FakeClock("2026-07-01T21:59:00Z")
     app = make_app()
@@ -308,6 +326,11 @@ def test_the_daemon_evaluates_at_each_tick_not_in_between(make_app: type[fm.App]
     assert [b - a for a, b in itertools.pairwise(instants)] == [timedelta(seconds=1)] * (
         len(instants) - 1
     )
+    # Each tick's run was requested right after the tick, on the store's clock (a
+    # few milliseconds; the bound leaves room for a machine busy with other work).
+    for run in app.get_runs():
+        tick = datetime.fromisoformat(run.run_key.split(":", 1)[1])
+        assert timedelta(0) <= run.created_at - tick < timedelta(seconds=2), run
     state = app.get_sensor("seconds")
     assert state.next_evaluation_at is not None and state.last_evaluation_at is not None
     assert state.next_evaluation_at - state.last_evaluation_at <= timedelta(seconds=1.5)

@@ -284,8 +284,10 @@ class Schedule:
                 shown,
                 iso(last or now),
             )
-        if last is not None and plan.last == last:
-            return SensorResult()  # no tick since the cursor: it stays
+        if last is not None and plan.last == last:  # no tick since the cursor: it stays,
+            # rewritten only if a new expression or zone announces another next tick
+            current = self.cursor_text(last)
+            return SensorResult(cursor=None if current == cursor else current)
         return SensorResult(
             run_requests=[self.run_request(tick) for tick in plan.ticks],
             cursor=self.cursor_text(plan.last),
