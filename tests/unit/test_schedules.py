@@ -131,6 +131,33 @@ def test_payload_is_a_value_or_a_function_of_the_tick(make_app: type[fm.App]) ->
     }
 
 
+def test_a_failing_payload_function_fails_the_evaluation_and_loses_no_tick(
+    make_app: type[fm.App],
+) -> None:
+    clock = FakeClock("2026-12-05T00:03:00Z")
+    broken = {"now": True}
+
+    def payload(tick: datetime) -> object:
+        if broken["now"]:
+            raise RuntimeError("the calendar service is down")
+        if tick.minute == 10:
+            return {"when": tick}  # not JSON: this tick's run is refused, with the reason
+        return {"minute": tick.minute}
+
+    app = schedule_app(make_app, clock, payload=payload, catch_up="all")
+    evaluate(app)
+    clock.advance(minutes=8)  # 00:11: the ticks 00:05 and 00:10 are due
+    (failed,) = app.tick(force=True)
+    assert failed.outcome is fm.EvaluationOutcome.FAILED
+    assert failed.error is not None and "the calendar service is down" in failed.error
+    assert keys(app) == []
+    broken["now"] = False
+    evaluation = evaluate(app)
+    assert keys(app) == ["reports:2026-12-05T00:05:00Z"]
+    assert evaluation.items_skipped == 1
+    assert evaluation.error is not None and "reports:2026-12-05T00:10:00Z" in evaluation.error
+
+
 @pytest.mark.parametrize(
     ("catch_up", "expected", "skipped"),
     [
