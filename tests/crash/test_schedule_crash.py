@@ -31,6 +31,7 @@ from tests.helpers import wait_until
 from tests.sensor_apps import assert_history_consistent
 
 DAEMONS = 2
+MIN_KILLS = 5
 SPEED = 10.0
 # make soak sets FERRYMAN_STORM_SCHEDULE_TICKS for a longer storm.
 TICKS = int(storm_setting("SCHEDULE_TICKS", 200))
@@ -85,7 +86,8 @@ def test_sigkilled_daemons_run_each_tick_exactly_once(store_url: str) -> None:
     daemons = [start(store_url, real_start) for _ in range(DAEMONS)]
     kills = 0
     try:
-        while clock() < end:
+        # At least MIN_KILLS kills, however slowly a loaded machine starts daemons.
+        while clock() < end or kills < MIN_KILLS:
             ready = wait_until(
                 lambda: [d for d in daemons if f"{host}:{d.pid}" in evaluators(app)],
                 what="a daemon evaluating",
@@ -101,7 +103,6 @@ def test_sigkilled_daemons_run_each_tick_exactly_once(store_url: str) -> None:
         for daemon in daemons:
             daemon.kill()
             daemon.wait()
-    assert kills >= 5, f"only {kills} kills over {TICKS} ticks (seed {seed})"
 
     try:
         (evaluation,) = app.tick(force=True)  # catch up what came since the last kill
