@@ -588,4 +588,38 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_inside_a_job_part_records_are_fenced_by_the_run_lease",
         ),
     ),
+    # -- schedules: one run per tick ---------------------------------------------
+    Mutation(
+        "a schedule's run_key taken from the clock, not from the tick",
+        "Schedules: one run per tick",
+        one(
+            "ferryman/sensors/schedule.py",
+            'return RunRequest(f"{self.name}:{iso(tick)}", payload)',
+            'return RunRequest(f"{self.name}:{iso(datetime.now(UTC))}", payload)',
+        ),
+        ("tests/unit/test_schedules.py::test_one_run_per_tick_with_exact_run_keys[sqlite]",),
+    ),
+    Mutation(
+        "a schedule evaluation asks again for the tick its cursor stands for",
+        "Schedules: one run per tick",
+        one(
+            "ferryman/sensors/schedule.py",
+            "            if last is not None and tick <= last:\n",
+            "            if last is not None and tick < last:\n",
+        ),
+        (
+            "tests/crash/test_schedule_crash.py::"
+            "test_sigkilled_daemons_run_each_tick_exactly_once[sqlite]",
+        ),
+    ),
+    Mutation(
+        "catch_up='latest' runs every missed tick",
+        "Schedules: one run per tick",
+        one(
+            "ferryman/sensors/schedule.py",
+            'limit = 1 if self.catch_up == "latest" else self.max_catch_up',
+            "limit = self.max_catch_up",
+        ),
+        ("tests/unit/test_schedules.py::test_catch_up_after_downtime[sqlite-latest-expected1-9]",),
+    ),
 )
