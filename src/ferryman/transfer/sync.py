@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from ferryman.app import App
-from ferryman.errors import ConfigurationError, Reject, TransferFailed
-from ferryman.model import Backoff, RunStatus, Transfer
+from ferryman.errors import ConfigurationError, Reject, S3Error, S3Unavailable, TransferFailed
+from ferryman.model import Backoff, Run, RunStatus, Transfer
 from ferryman.sensors.builtin.folder import FolderSensor, folder
 from ferryman.transfer.progress import TransferProgress
+from ferryman.transfer.s3 import make_client
 from ferryman.worker.context import JobContext
 
 log = logging.getLogger("ferryman.sync")
@@ -46,6 +47,10 @@ _TARGET = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-_]{1,254})(?:/(?P<pref
 # it is gone, or a newer version of it has its own run.
 SOURCE_REASONS = frozenset({"source_missing", "source_changed"})
 UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
+FAILED = (RunStatus.FAILED, RunStatus.DEAD)
+# A kill costs the runs it held an attempt each (taken up again after their
+# lease): attempts are many, and what no retry can fix is rejected at once.
+MAX_ATTEMPTS = 25
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,18 +179,39 @@ def sync_app(target: SyncTarget, store: str, *, lease_seconds: float, interval: 
     app = App(store, lease_seconds=lease_seconds)
     tally = SyncTally()
     name = target.name
+    # One client for every file (boto3 clients are thread-safe): making one
+    # per upload costs more CPU than uploading a small file.
+    client = _SharedClient(target.part_concurrency * 8)
 
-    @app.job(name=name, max_attempts=5, backoff=Backoff(base=2.0, factor=2.0, max=60.0))
+    @app.job(name=name, max_attempts=MAX_ATTEMPTS, backoff=Backoff(base=1.0, factor=2.0, max=30.0))
     def upload_file(ctx: JobContext, found: dict[str, Any]) -> None:
-        upload_found(ctx, found, target, tally)
+        upload_found(ctx, found, target, tally, client=client.get())
 
     sensor = target.sensor()
     app.poll_sensor(job=name, interval=interval, name=name)(sensor)
     return Sync(app, sensor, target, tally)
 
 
+class _SharedClient:
+    def __init__(self, connections: int) -> None:
+        self.connections = connections
+        self._lock = threading.Lock()
+        self._client: Any = None
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self.connections)
+            return self._client
+
+
 def upload_found(
-    ctx: JobContext, found: dict[str, Any], target: SyncTarget, tally: SyncTally
+    ctx: JobContext,
+    found: dict[str, Any],
+    target: SyncTarget,
+    tally: SyncTally,
+    *,
+    client: Any = None,
 ) -> None:
     """Upload the file version the sensor found; a vanished or changed file is reported."""
     from ferryman.transfer import upload  # the package imports this module's users
@@ -204,6 +230,7 @@ def upload_found(
             f"s3://{target.bucket}/{target.key_for(relpath)}",
             ctx=ctx,
             concurrency=target.part_concurrency,
+            client=client,
             sidecar=True,
             metadata={
                 "source_path": found["path"],
@@ -224,6 +251,11 @@ def upload_found(
             raise
         tally.failed(relpath, "source_missing", str(exc))
         raise Reject(f"source_missing: {exc}") from None
+    except S3Unavailable:
+        raise  # retried after the job's backoff
+    except S3Error as exc:  # refused (access denied, no such bucket): no retry helps
+        tally.failed(relpath, exc.code or "s3_refused", str(exc))
+        raise Reject(f"s3_refused: {exc}") from None
     fresh = transfer.finished_at is None or transfer.finished_at.timestamp() >= started
     tally.finished(relpath, transfer, fresh=fresh)
 
@@ -260,12 +292,23 @@ def sync_once(
     app, sensor, target, tally = sync.app, sync.sensor, sync.target, sync.tally
     name = target.name
     stop = stop or threading.Event()
+    again = [run.id for run in not_uploaded(app, name)]
+    if again:
+        log.info("trying again %d files an earlier sync could not upload", len(again))
+        app.retry(again, by="sync")
     while not stop.is_set():
         app.tick([name], force=True)
         report = sensor.last_report
         # Without handlers of its own the worker stops on KeyboardInterrupt,
         # which the command's SIGINT and SIGTERM handlers raise.
-        app.work(until_idle=True, concurrency=concurrency, jobs=[name], handle_signals=False)
+        # No prefetch: a kill leaves only the runs in work waiting for their lease.
+        app.work(
+            until_idle=True,
+            concurrency=concurrency,
+            prefetch=0,
+            jobs=[name],
+            handle_signals=False,
+        )
         unfinished = _unfinished(app, name)
         waiting = report.waiting if report is not None else 0
         if unfinished == 0 and (waiting == 0 or target.done_suffix is not None):
@@ -273,13 +316,42 @@ def sync_once(
                 break
             continue  # what the last evaluation found is done: look once more
         stop.wait(poll_interval)
+    problems = list(tally.problems)
+    seen = {p.relpath for p in problems}
+    for run in not_uploaded(app, name):
+        relpath = str(run.payload["relpath"])
+        if relpath not in seen:  # failed in an earlier sync, or its attempts ran out
+            detail = (run.last_error or "").strip().rpartition("\n")[2]
+            problems.append(FileProblem(relpath, run.status.value, detail))
     return SyncResult(
         uploaded=tally.uploaded,
         uploaded_bytes=tally.uploaded_bytes,
         already=tally.already,
         waiting=sensor.last_report.waiting if sensor.last_report is not None else 0,
-        problems=list(tally.problems),
+        problems=problems,
     )
+
+
+def not_uploaded(app: App, job: str) -> list[Run]:
+    """Failed or dead runs whose file version is still the file's, other than source problems.
+
+    A file that has changed since has a newer run; one that is gone needs
+    nothing. What is left is a file in the folder that S3 lacks.
+    """
+    found = []
+    for status in FAILED:
+        for run in app.get_runs(job=job, status=status):
+            payload = run.payload if isinstance(run.payload, dict) else {}
+            error = run.last_error or ""
+            if any(f"{reason}:" in error for reason in SOURCE_REASONS):
+                continue
+            try:
+                st = os.stat(payload["path"])
+            except (KeyError, OSError):
+                continue
+            if (st.st_size, st.st_mtime_ns) == (payload.get("size"), payload.get("mtime_ns")):
+                found.append(run)
+    return found
 
 
 def _unfinished(app: App, job: str) -> int:
