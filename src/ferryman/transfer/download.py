@@ -13,12 +13,13 @@ download runs, or between a crash and the resume, answers 412 — the
 download is recorded ``failed`` (``object_changed``), its temporary file
 removed, and nothing of the new version is mixed with the old.
 
-Verified before the rename, against the strongest checksum the object has:
-the whole file's SHA-256 from ``upload``'s sidecar (``<key>.meta.json``,
-when it describes this very object) or from ``x-amz-meta-sha256``; else
-S3's COMPOSITE SHA-256 of the parts (ranges are cut on the object's own
-part boundaries for that, so it costs no second pass); else S3's
-full-object SHA-256; else the size alone (``verified_by`` says which).
+Verified before the rename: against S3's COMPOSITE SHA-256 of the parts
+where the server lists one (the ranges are cut on the object's own part
+boundaries, so the ranges' SHA-256s, computed as they arrive, check it with
+no second pass over the bytes); else against the whole file's SHA-256 from
+``upload``'s sidecar (``<key>.meta.json``, when it describes this very
+object) or from ``x-amz-meta-sha256``; else S3's full-object SHA-256; else
+the size alone (``verified_by`` says which).
 Only then is the temporary file, which lives beside DEST, fsynced and
 renamed to DEST: DEST is either its old self or the complete object.
 
@@ -57,7 +58,7 @@ from ferryman.store import DownloadOutcome, NewDownload, Store
 from ferryman.transfer.progress import Progress, ProgressCounter
 from ferryman.transfer.s3 import DEFAULT_PART_SIZE, MiB, Retrying, format_size, log
 
-CHUNK = 1 * MiB  # bytes read from a response body at a time
+CHUNK = 4 * MiB  # bytes read from a response body at a time
 TEMP_SUFFIX = ".ferryman-download"
 # Ranges cut on the object's own part boundaries (to check S3's composite
 # checksum) only while parts are at most this big: memory stays bounded by
@@ -271,10 +272,12 @@ class Downloader:
             part_size = aligned
         else:
             part_size = DEFAULT_PART_SIZE
-        if whole:
-            return _Plan(part_size=part_size, expected=f"sha256:{whole.lower()}")
+        # S3's composite checksum first: the ranges' own SHA-256s check it, so the
+        # bytes are hashed once; a whole-file digest needs a second pass.
         if head.checksum and "-" in head.checksum and part_size == aligned:
             return _Plan(part_size=part_size, expected=f"composite:{head.checksum}")
+        if whole:
+            return _Plan(part_size=part_size, expected=f"sha256:{whole.lower()}")
         if head.checksum and "-" not in head.checksum and head.parts_count is None:
             # A single PUT's checksum is the whole object's; a multipart object's
             # checksum without "-N" is not (some servers list a part's there).
@@ -426,9 +429,11 @@ class Downloader:
             sha256=digest,
             confirmed_at=datetime.now(UTC),
         )
-        # The bytes are in the page cache now; the row makes them count. A
-        # machine crash may lose the bytes but keep the row: the resume re-reads
-        # and checks each confirmed range, so such a range is fetched again.
+        # On disk before the row makes them count, so that a confirmed range
+        # survives a power cut too; spread over the ranges, the writeback also
+        # overlaps the fetching instead of piling up before the rename. (The
+        # resume re-reads and checks every confirmed range all the same.)
+        os.fdatasync(fd)
         self.store.confirm_download_parts(download.id, [part])
         self.counter.count(size)
         return part

@@ -1,0 +1,149 @@
+"""S3 download speed: ``ferryman download`` next to boto3's ``download_file``, in one run.
+
+One object of ``--size-mib`` random bytes (default 1,024) is put on one
+SeaweedFS server (``weed mini``, started here on loopback) by
+``fm.transfer.upload`` with its sidecar, as a sync or an upload leaves it,
+and downloaded to a local file by:
+
+* **ferryman**: ``fm.transfer.download(url, dest, concurrency=C)`` with its
+  store on a SQLite file: ranged GETs pinned by ``If-Match``, every range
+  hashed and recorded before it counts, the whole file's SHA-256 checked
+  against the sidecar, fsynced and renamed into place before the call
+  returns;
+* **boto3 default**: ``client.download_file(bucket, key, dest)`` with
+  boto3's default ``TransferConfig`` (8 MiB ranges, 10 threads); nothing
+  verified, nothing to resume from;
+* **boto3 matched**: the same with ``max_concurrency=C``.
+
+The clock covers the download call alone: imports, the S3 clients and
+ferryman's store (a SQLite file) are made first. Variants run ``--rounds`` times
+(default 3), interleaved; the best round is reported. Every download is
+checked equal to the source afterwards (outside the clock).
+
+    .venv/bin/python bench/download.py [--size-mib 1024] [--concurrency 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and bench/queue.py
+# would shadow the standard library's queue module.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse
+import hashlib
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+VARIANTS = ("ferryman", "boto3 default", "boto3 matched")
+BOTO3 = ("boto3 default", "boto3 matched")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(8 * MiB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_once(
+    variant: str, client: Any, bucket: str, key: str, dest: Path, store: str, concurrency: int
+) -> float:
+    """One download of ``variant``; its seconds."""
+    from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+
+    import ferryman as fm
+
+    config = (
+        TransferConfig()
+        if variant == "boto3 default"
+        else TransferConfig(max_concurrency=concurrency)
+    )
+    ours = None
+    if variant == "ferryman":  # client and store made before the clock, as boto3's client is
+        from ferryman.store import Store
+        from ferryman.transfer.s3 import make_client
+
+        ours = make_client(concurrency)
+        Store(store).close()
+    started = time.perf_counter()
+    if variant == "ferryman":
+        fm.transfer.download(
+            f"s3://{bucket}/{key}", dest, concurrency=concurrency, store=store, client=ours
+        )
+    else:
+        client.download_file(bucket, key, str(dest), Config=config)
+    return time.perf_counter() - started
+
+
+def run(size_mib: int, concurrency: int, rounds: int, folder: Path) -> dict[str, float]:
+    """Start SeaweedFS, put the object, download it with every variant; best MiB/s of each."""
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "src"))
+    from tests.s3_servers import SeaweedServer
+
+    import ferryman as fm
+
+    source = folder / "source.bin"
+    with source.open("wb") as handle:
+        block = os.urandom(16 * MiB)
+        left = size_mib * MiB
+        while left > 0:
+            handle.write(block[: min(left, len(block))])
+            left -= min(left, len(block))
+    expected = sha256_of(source)
+    server = SeaweedServer(folder / "seaweed")
+    server.start()
+    try:
+        os.environ.update(server.environment)
+        client = server.client()
+        bucket, key = "download-bench", "bench/object.bin"
+        client.create_bucket(Bucket=bucket)
+        fm.transfer.upload(
+            source, f"s3://{bucket}/{key}", store=f"sqlite:///{folder}/upload.db", sidecar=True
+        )
+        best: dict[str, float] = {}
+        for round_number in range(1, rounds + 1):
+            for variant in VARIANTS:
+                dest = folder / f"{variant.replace(' ', '-')}.bin"
+                store = f"sqlite:///{folder}/{round_number}-{variant.replace(' ', '-')}.db"
+                seconds = download_once(variant, client, bucket, key, dest, store, concurrency)
+                if sha256_of(dest) != expected:
+                    raise SystemExit(f"{variant}: the downloaded file differs from the object")
+                dest.unlink()
+                rate = size_mib / seconds
+                print(f"round {round_number}: {variant:<14} {rate:8,.1f} MiB/s", flush=True)
+                best[variant] = max(best.get(variant, 0.0), rate)
+    finally:
+        server.kill()
+    return best
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ferryman-download-bench-") as folder:
+        best = run(args.size_mib, args.concurrency, args.rounds, Path(folder))
+    print(f"\n{args.size_mib:,} MiB object, concurrency {args.concurrency}, best of {args.rounds}")
+    print(f"{'variant':<16}{'MiB/s':>10}")
+    for variant in VARIANTS:
+        print(f"{variant:<16}{best[variant]:>10,.1f}")
+    peer = max(best[variant] for variant in BOTO3)
+    print(f"ferryman = {best['ferryman'] / peer:.2f}x boto3's best (target >= 1.0x)")
+    return best
+
+
+if __name__ == "__main__":
+    main()
