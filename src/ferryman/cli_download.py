@@ -60,6 +60,13 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         version_id: Annotated[
             str | None, typer.Option(help="A version of the object (versioned buckets).")
         ] = None,
+        fsync: Annotated[
+            bool,
+            typer.Option(
+                help="Sync the file to disk before renaming it to DEST (a power cut cannot "
+                "leave DEST partial); a kill never does either way."
+            ),
+        ] = True,
         retries: Annotated[int, typer.Option(min=1, help="Attempts per S3 request.")] = 10,
         as_json: Annotated[
             bool, typer.Option("--json", help="Print the download as JSON.")
@@ -82,6 +89,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
                     concurrency=concurrency,
                     part_size=size,
                     version_id=version_id,
+                    fsync=fsync,
                     store=app,
                     retries=retries,
                     progress=bar,

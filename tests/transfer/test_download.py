@@ -173,7 +173,11 @@ def test_an_object_replaced_during_the_download_is_refused_not_mixed(
             client.put_object(Bucket=seaweed_bucket, Key="report.bin", Body=new.read_bytes())
             replaced.append(True)
 
-    with pytest.raises(DownloadFailed, match=r"object_changed.*changed since this download began"):
+    # Through a slow link, so that ranges are still to come when the first is recorded.
+    with (
+        SlowProxy(seaweed_env.endpoint, rate=4 * MiB) as proxy,
+        pytest.raises(DownloadFailed, match=r"object_changed.*changed since this download began"),
+    ):
         fm.transfer.download(
             url,
             dest,
@@ -181,6 +185,7 @@ def test_an_object_replaced_during_the_download_is_refused_not_mixed(
             concurrency=1,
             part_size=5 * MiB,
             progress=replace_after_the_first_range,
+            client=seaweed_env.client(AWS_ENDPOINT_URL=proxy.endpoint),
         )
     assert dest.read_bytes() == b"the previous report"  # untouched
     assert not temp_path_for(dest).exists()

@@ -21,7 +21,9 @@ no second pass over the bytes); else against the whole file's SHA-256 from
 object) or from ``x-amz-meta-sha256``; else S3's full-object SHA-256; else
 the size alone (``verified_by`` says which).
 Only then is the temporary file, which lives beside DEST, fsynced and
-renamed to DEST: DEST is either its old self or the complete object.
+renamed to DEST: DEST is either its old self or the complete object, also
+after a power cut (``fsync=False`` skips that one sync: a kill still never
+leaves a partial DEST, a power cut right after the rename may).
 
 Threads: ``ferryman-download-<id>`` workers fetch ranges (``concurrency`` of
 them); a crash of one stops the download with its error, the ranges already
@@ -59,6 +61,7 @@ from ferryman.transfer.progress import Progress, ProgressCounter
 from ferryman.transfer.s3 import DEFAULT_PART_SIZE, MiB, Retrying, format_size, log
 
 CHUNK = 4 * MiB  # bytes read from a response body at a time
+CONFIRM_INTERVAL = 0.2  # seconds between the transactions that record written ranges
 TEMP_SUFFIX = ".ferryman-download"
 # Ranges cut on the object's own part boundaries (to check S3's composite
 # checksum) only while parts are at most this big: memory stays bounded by
@@ -120,7 +123,9 @@ class Downloader:
         part_size: int | None,
         version_id: str | None,
         progress: Progress | None,
+        fsync: bool = True,
     ) -> None:
+        self.fsync = fsync
         self.store = store
         self.s3 = s3
         self.bucket = bucket
@@ -185,7 +190,8 @@ class Downloader:
                 confirmed_parts=len(kept),
             )
             hashes = self._fetch_missing(download, kept, fd)
-            os.fsync(fd)
+            if self.fsync:  # DEST is whole on disk once renamed, power cut or not
+                os.fsync(fd)
             return self._verify_and_rename(download, hashes, fd)
 
     @contextlib.contextmanager
@@ -362,12 +368,15 @@ class Downloader:
         if not todo:
             return hashes
         stop = threading.Event()
-        with ThreadPoolExecutor(
-            max_workers=min(self.concurrency, len(todo)),
-            thread_name_prefix=f"ferryman-download-{download.id}",
-        ) as pool:
+        with (
+            _Confirmations(self.store, download.id, self.counter) as confirmations,
+            ThreadPoolExecutor(
+                max_workers=min(self.concurrency, len(todo)),
+                thread_name_prefix=f"ferryman-download-{download.id}",
+            ) as pool,
+        ):
             futures: list[Future[DownloadPart]] = [
-                pool.submit(self._fetch, download, number, start, size, fd, stop)
+                pool.submit(self._fetch, download, number, start, size, fd, stop, confirmations)
                 for number, start, size in todo
             ]
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -395,6 +404,7 @@ class Downloader:
         size: int,
         fd: int,
         stop: threading.Event,
+        confirmations: _Confirmations,
     ) -> DownloadPart:
         """One ranged GET, pinned to the version, streamed into the temporary file."""
         if stop.is_set():
@@ -429,13 +439,10 @@ class Downloader:
             sha256=digest,
             confirmed_at=datetime.now(UTC),
         )
-        # On disk before the row makes them count, so that a confirmed range
-        # survives a power cut too; spread over the ranges, the writeback also
-        # overlaps the fetching instead of piling up before the rename. (The
-        # resume re-reads and checks every confirmed range all the same.)
-        os.fdatasync(fd)
-        self.store.confirm_download_parts(download.id, [part])
-        self.counter.count(size)
+        # The bytes are in the page cache, which a killed process does not
+        # lose; a power cut may, and may keep the row: the resume re-reads and
+        # checks every confirmed range, so such a range is fetched again.
+        confirmations.add(part)
         return part
 
     def _stream(self, body: Any, fd: int, start: int, size: int) -> str:
@@ -490,7 +497,8 @@ class Downloader:
         if mismatch is not None:
             self._fail(download, "verify_failed", mismatch)
         os.replace(self.temp, self.dest)
-        _fsync_directory(self.dest.parent)
+        if self.fsync:
+            _fsync_directory(self.dest.parent)
         finished = self.store.finish_download(
             download.id,
             DownloadOutcome(
@@ -527,6 +535,64 @@ class Downloader:
         )
         self.log.error("download %d failed: %s: %s", download.id, reason, detail)
         raise DownloadFailed(download.id, reason, detail)
+
+
+class _Confirmations:
+    """Written ranges, committed to the store in groups on ``ferryman-download-<id>-confirm``.
+
+    One transaction every :data:`CONFIRM_INTERVAL` seconds for the ranges
+    written meanwhile, rather than one per range on the fetching threads: a
+    kill loses the ranges of the last interval (fetched again), nothing else.
+    A store error stops the download at its next range; leaving the block
+    commits what is left (also when the download stops short), or raises.
+    """
+
+    def __init__(self, store: Store, download_id: int, counter: ProgressCounter) -> None:
+        self.store = store
+        self.download_id = download_id
+        self.counter = counter
+        self.error: BaseException | None = None
+        self._pending: list[DownloadPart] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"ferryman-download-{download_id}-confirm", daemon=True
+        )
+
+    def __enter__(self) -> _Confirmations:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None and exc[1] is None:
+            raise self.error
+
+    def add(self, part: DownloadPart) -> None:
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            self._pending.append(part)
+
+    def _run(self) -> None:
+        while not self._stop.wait(CONFIRM_INTERVAL):
+            self._commit()
+        self._commit()
+
+    def _commit(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch or self.error is not None:
+            return
+        try:
+            self.store.confirm_download_parts(self.download_id, batch)
+        except BaseException as exc:  # kept and raised by the fetching threads
+            log.error("download %d: recording ranges failed: %s", self.download_id, exc)
+            self.error = exc
+            return
+        for part in batch:
+            self.counter.count(part.size)
 
 
 class _Stopped(Exception):
