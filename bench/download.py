@@ -143,7 +143,7 @@ def run(
                 dest.unlink()
                 rate = size_mib / seconds
                 print(
-                    f"round {round_number}: {variant:<14} {rate:8,.1f} MiB/s, CPU s client "
+                    f"round {round_number}: {variant:<20} {rate:8,.1f} MiB/s, CPU s client "
                     f"{cpu:.1f} server {server_cpu:.1f}",
                     flush=True,
                 )
@@ -164,10 +164,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="ferryman-download-bench-") as folder:
         best = run(args.size_mib, args.concurrency, args.rounds, Path(folder))
     print(f"\n{args.size_mib:,} MiB object, concurrency {args.concurrency}, best of {args.rounds}")
-    print(f"{'variant':<16}{'MiB/s':>10}{'client CPU s':>14}{'server CPU s':>14}")
+    print(f"{'variant':<20}{'MiB/s':>10}{'client CPU s':>14}{'server CPU s':>14}")
     for variant in VARIANTS:
         rate, cpu, server_cpu = best[variant]
-        print(f"{variant:<16}{rate:>10,.1f}{cpu:>14.1f}{server_cpu:>14.1f}")
+        print(f"{variant:<20}{rate:>10,.1f}{cpu:>14.1f}{server_cpu:>14.1f}")
     rates = {variant: figures[0] for variant, figures in best.items()}
     peer = max(rates[variant] for variant in BOTO3)
     for variant in VARIANTS[:2]:

@@ -275,7 +275,11 @@ def register(cli: typer.Typer, store_of: Callable[[], str]) -> None:
             SyncView(sync, live=live),
             _interruptible(stop),
         ):
-            result = sync_once(sync, concurrency=concurrency, stop=stop)
+            try:
+                result = sync_once(sync, concurrency=concurrency, stop=stop)
+            except ConfigurationError as exc:
+                sync.app.close()
+                fail(str(exc), EXIT_USAGE)
         sync.app.close()
         if as_json:
             print_json({**dataclasses.asdict(result), "interrupted": stop.is_set()})

@@ -34,7 +34,7 @@ from typing import Any
 
 from ferryman.app import App
 from ferryman.errors import ConfigurationError, Reject, S3Error, S3Unavailable, TransferFailed
-from ferryman.model import Backoff, Run, RunStatus, Transfer
+from ferryman.model import Backoff, EvaluationOutcome, Run, RunStatus, Transfer
 from ferryman.sensors.builtin.folder import FolderSensor, folder
 from ferryman.transfer.progress import TransferProgress
 from ferryman.transfer.s3 import make_client
@@ -297,7 +297,11 @@ def sync_once(
         log.info("trying again %d files an earlier sync could not upload", len(again))
         app.retry(again, by="sync")
     while not stop.is_set():
-        app.tick([name], force=True)
+        for evaluation in app.tick([name], force=True):
+            if evaluation.outcome is EvaluationOutcome.FAILED:
+                # The folder cannot be listed (gone, unreadable): no point going on.
+                error = (evaluation.error or "").strip().rpartition("\n")[2]
+                raise ConfigurationError(f"listing {target.root} failed: {error}")
         report = sensor.last_report
         # Without handlers of its own the worker stops on KeyboardInterrupt,
         # which the command's SIGINT and SIGTERM handlers raise.
