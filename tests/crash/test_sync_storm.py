@@ -19,7 +19,6 @@ import hashlib
 import random
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,10 +31,10 @@ import sqlalchemy as sa
 
 from ferryman.store import Store
 from ferryman.store.schema import transfer_parts, transfers
-from tests.crash.support import REPO, report_storm, storm_setting
+from tests.crash.support import report_storm, storm_setting
 from tests.helpers import wait_until
 from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
-from tests.transfer.support import MiB, file_sha256, write_random
+from tests.transfer.support import MiB, file_sha256, start_ferryman, write_random
 
 __all__ = ["seaweed", "seaweed_bucket", "seaweed_env"]  # fixtures used here
 
@@ -114,24 +113,7 @@ def progress(store_url: str) -> int:
 def start_sync(
     store_url: str, log: Path, env: dict[str, str], *args: str
 ) -> subprocess.Popen[bytes]:
-    with log.open("ab") as output:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ferryman",
-                "--store",
-                store_url,
-                "--log-level",
-                "DEBUG",
-                "sync",
-                *args,
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    return start_ferryman(store_url, log, env, "sync", *args)
 
 
 def moved_on(sync: subprocess.Popen[bytes], store_url: str, goal: int) -> bool:

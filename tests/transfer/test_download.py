@@ -20,7 +20,7 @@ from ferryman.transfer.download import temp_path_for
 from tests.helpers import wait_until
 from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
 from tests.slow_proxy import SlowProxy
-from tests.transfer.support import REPO, MiB, file_sha256, write_random
+from tests.transfer.support import REPO, MiB, file_sha256, start_ferryman, write_random
 
 __all__ = ["seaweed", "seaweed_bucket", "seaweed_env"]  # fixtures used here
 
@@ -58,24 +58,7 @@ RANGES = 9  # 40 MiB + 3 B in 5 MiB ranges
 
 
 def _start(store_url: str, log: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as output:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ferryman",
-                "--store",
-                store_url,
-                "--log-level",
-                "DEBUG",
-                "download",
-                *args,
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    return start_ferryman(store_url, log, env, "download", *args)
 
 
 def test_download_is_verified_by_s3s_composite_checksum_or_the_uploads_sidecar(
