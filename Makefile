@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint services browser bench soak clean
+.PHONY: demo test lint services browser bench soak sync-storm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,14 @@ MUTANTS_ARGS ?=
 .PHONY: mutants
 mutants: $(STAMP)
 	$(BIN)/python -m tests.mutants $(MUTANTS_ARGS)
+
+# The full sync storm: 200 files of which 10 are 50-300 MB (sparse), 30 s of
+# growth, ten SIGKILLs (tests/crash/test_sync_storm.py); the suite runs a
+# bounded tree. Not part of `make test`.
+sync-storm: $(STAMP)
+	FERRYMAN_STORM_SYNC_BIG=10 FERRYMAN_STORM_SYNC_BIG_MAX_MB=300 \
+	FERRYMAN_STORM_SYNC_GROW_SECONDS=30 FERRYMAN_STORM_SYNC_TIMEOUT=1800 \
+	$(BIN)/pytest tests/crash/test_sync_storm.py -q -p no:randomly
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from ferryman import transfer
 from ferryman.app import App
 from ferryman.errors import (
     ConfigurationError,
+    DownloadFailed,
     FerrymanError,
     LeaseLost,
     PayloadError,
@@ -26,6 +27,8 @@ from ferryman.errors import (
 )
 from ferryman.model import (
     Backoff,
+    Download,
+    DownloadPart,
     Evaluation,
     EvaluationOutcome,
     JobSummary,
@@ -52,6 +55,9 @@ __all__ = [
     "App",
     "Backoff",
     "ConfigurationError",
+    "Download",
+    "DownloadFailed",
+    "DownloadPart",
     "Evaluation",
     "EvaluationOutcome",
     "FerrymanError",

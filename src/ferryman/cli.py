@@ -21,7 +21,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ferryman import cli_errors, cli_sensors, cli_serve, cli_transfers, logs
+from ferryman import (
+    cli_download,
+    cli_errors,
+    cli_sensors,
+    cli_serve,
+    cli_sync,
+    cli_transfers,
+    logs,
+)
 from ferryman.app import DEFAULT_STORE, App
 from ferryman.cli_errors import describe
 from ferryman.cli_output import (
@@ -498,6 +506,8 @@ def db_upgrade() -> None:
 cli_sensors.register(cli, lambda: settings.app())
 cli_transfers.register(cli, lambda: settings.app())
 cli_serve.register(cli, lambda: settings.app())
+cli_download.register(cli, lambda: settings.app())
+cli_sync.register(cli, lambda: settings.store or DEFAULT_STORE)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@
     ├── Reject                  raised by a job: the input is bad, fail the run now, never retry
     └── TransferError           an upload to S3 did not complete
         ├── TransferFailed      the transfer is recorded ``failed`` with a reason; upload aborted
+        │   └── DownloadFailed  a download is recorded ``failed``: the object changed, or bad bytes
         ├── TransferConflict    another live process owns the transfer, or took it over
         └── S3Error             S3 refused a request; ``code`` is S3's error code
             └── S3Unavailable   the endpoint could not be reached, even after retries
@@ -117,6 +118,19 @@ class TransferFailed(TransferError):
         self.transfer_id = transfer_id
         self.reason = reason
         self.detail = detail
+
+
+class DownloadFailed(TransferFailed):
+    """The download is recorded ``failed`` and its temporary file removed; DEST is untouched.
+
+    ``reason`` is ``object_changed`` (the object is not the version the
+    download began with) or ``verify_failed`` (the bytes do not match the
+    object's checksum).
+    """
+
+    def __init__(self, download_id: int, reason: str, detail: str) -> None:
+        super().__init__(download_id, reason, detail)
+        self.args = (f"download {download_id} failed ({reason}): {detail}",)
 
 
 class TransferConflict(TransferError):

@@ -344,3 +344,59 @@ def redact(value: Any, sensitive: frozenset[str] | set[str]) -> Any:
     if isinstance(value, list | tuple):
         return [redact(item, sensitive) for item in value]
     return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownloadPart:
+    """One range of a download whose bytes are in the temporary file, its row committed.
+
+    ``sha256`` is the base64 SHA-256 of the range's bytes, checked against
+    the temporary file when the download resumes.
+    """
+
+    part_number: int
+    start: int
+    size: int
+    sha256: str
+    confirmed_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Download:
+    """A resumable download of an S3 object to a local path, as the store records it.
+
+    The object is pinned by ``etag`` (and ``version_id`` where the bucket
+    keeps versions): every ranged GET asks for exactly that version, so a
+    changed object fails the download (``reason`` ``object_changed``) rather
+    than mixing two versions. ``expected`` is the checksum the bytes were
+    checked against, ``verified_by`` says which (``sha256``, ``checksum``,
+    ``composite`` or ``size``). ``status`` is ``active``, ``succeeded`` (the
+    file is at ``dest_path``) or ``failed`` (``reason``: ``object_changed``,
+    ``verify_failed``).
+    """
+
+    id: int
+    dest_path: str
+    temp_path: str
+    bucket: str
+    key: str
+    version_id: str | None
+    etag: str
+    size: int
+    part_size: int
+    status: TransferStatus
+    bytes_done: int
+    parts_done: int
+    expected: str | None
+    sha256: str | None
+    verified_by: str | None
+    reason: str | None
+    error: str | None
+    resumes: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"

@@ -60,28 +60,25 @@ def file_sha256(path: Path) -> str:
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_upload(
+def start_ferryman(
     store_url: str, log: Path, env: dict[str, str], *args: str
 ) -> subprocess.Popen[bytes]:
-    """``ferryman --store URL --log-level DEBUG upload ARGS``, its output appended to ``log``."""
+    """``ferryman --store URL --log-level DEBUG ARGS``, its output appended to ``log``."""
     with log.open("ab") as output:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ferryman",
-                "--store",
-                store_url,
-                "--log-level",
-                "DEBUG",
-                "upload",
-                *args,
-            ],
+            [sys.executable, "-m", "ferryman", "--store", store_url, "--log-level", "DEBUG", *args],
             cwd=REPO,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
         )
+
+
+def start_upload(
+    store_url: str, log: Path, env: dict[str, str], *args: str
+) -> subprocess.Popen[bytes]:
+    """``ferryman --store URL --log-level DEBUG upload ARGS``, its output appended to ``log``."""
+    return start_ferryman(store_url, log, env, "upload", *args)
 
 
 def sends(log_text: str) -> list[int]:

@@ -533,3 +533,25 @@ def test_tick_on_the_command_line_requests_an_undecodable_file_in_one_line(
     assert "Traceback" not in result.stderr
     (evaluation,) = json.loads(result.stdout)
     assert (evaluation["outcome"], evaluation["runs_requested"]) == ("ok", 3)
+
+
+def test_several_include_globs_and_exclude_globs(inbox: Path, later: Clock) -> None:
+    for name in ("a.mp4", "b.mov", "c.mp4.tmp", "d.txt", "raw/e.mp4", "raw/skip/f.mp4"):
+        write(inbox / name)
+    sensor = fm.sensors.folder(
+        inbox, ["*.mp4", "*.mov"], exclude=["*.tmp", "raw/skip/*"], recursive=True, clock=later
+    )
+    assert sorted(names(Driver(sensor).keys())) == ["a.mp4", "b.mov", "raw/e.mp4"]
+
+
+def test_with_a_done_suffix_a_file_waits_for_its_marker_not_for_stability(inbox: Path) -> None:
+    now = Clock(time.time())  # every file is "still being written" by this clock
+    write(inbox / "cam1.ts", "frames")
+    write(inbox / "cam2.ts", "frames")
+    driver = Driver(fm.sensors.folder(inbox, "*", done_suffix=".done", clock=now))
+    assert driver.keys() == []
+    write(inbox / "cam2.ts.done", "")
+    assert names(driver.keys()) == ["cam2.ts"]  # the marker itself is never requested
+    write(inbox / "cam1.ts.done", "")
+    assert names(driver.keys()) == ["cam1.ts"]
+    assert driver.keys() == []

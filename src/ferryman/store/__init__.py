@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from ferryman.errors import StoreError, StoreUnavailable
 from ferryman.model import (
     Backoff,
+    Download,
+    DownloadPart,
     Evaluation,
     JobSummary,
     Run,
@@ -35,6 +37,12 @@ from ferryman.model import (
 from ferryman.store import faults, migrate
 from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, Listener, create_backend, translated_errors
+from ferryman.store.downloads import (
+    DownloadOutcome,
+    DownloadQueries,
+    NewDownload,
+    OpenedDownload,
+)
 from ferryman.store.leases import Leases
 from ferryman.store.queue import RunQueue
 from ferryman.store.run_rows import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind
@@ -59,9 +67,12 @@ __all__ = [
     "ClaimedRun",
     "CompletedObject",
     "ConfirmedPart",
+    "DownloadOutcome",
     "Lease",
+    "NewDownload",
     "NewRun",
     "NewTransfer",
+    "OpenedDownload",
     "OpenedTransfer",
     "Outcome",
     "OutcomeKind",
@@ -457,6 +468,38 @@ class Store:
     def active_upload_ids(self) -> set[str]:
         with self.read("listing active uploads") as conn:
             return self.transfers.active_upload_ids(conn)
+
+    # -- downloads (ferryman.transfer.download) --------------------------------
+
+    @functools.cached_property
+    def downloads(self) -> DownloadQueries:
+        return DownloadQueries(self.backend)
+
+    def open_download(self, new: NewDownload) -> OpenedDownload:
+        """Resume the destination's download of the same object version, or start afresh."""
+        with self.write("opening a download") as conn:
+            return self.downloads.open(conn, new)
+
+    def find_download(self, dest_path: str) -> Download | None:
+        with self.read("reading a download") as conn:
+            return self.downloads.find(conn, dest_path)
+
+    def confirm_download_parts(self, download_id: int, parts: Sequence[DownloadPart]) -> None:
+        """Commit parts whose bytes are in the temporary file; from now on never fetched again."""
+        with self.write("confirming downloaded parts") as conn:
+            self.downloads.confirm_parts(conn, download_id, parts)
+
+    def forget_download_parts(self, download_id: int, part_numbers: Sequence[int]) -> None:
+        with self.write("forgetting downloaded parts") as conn:
+            self.downloads.forget_parts(conn, download_id, part_numbers)
+
+    def finish_download(self, download_id: int, outcome: DownloadOutcome) -> Download:
+        with self.write("finishing a download") as conn:
+            return self.downloads.finish(conn, download_id, outcome)
+
+    def list_downloads(self, *, limit: int = 50) -> list[Download]:
+        with self.read("listing downloads") as conn:
+            return self.downloads.list(conn, limit=limit)
 
 
 def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 
 from ferryman.errors import PayloadError
 from ferryman.model import (
+    Download,
+    DownloadPart,
     Evaluation,
     EvaluationOutcome,
     Run,
@@ -274,5 +276,41 @@ def transfer_part_from_row(row: sa.RowMapping) -> TransferPart:
         etag=row["etag"],
         sha256=row["sha256"],
         adopted=bool(row["adopted"]),
+        confirmed_at=_required_datetime(row["confirmed_at"]),
+    )
+
+
+def download_from_row(row: sa.RowMapping) -> Download:
+    return Download(
+        id=row["id"],
+        dest_path=row["dest_path"],
+        temp_path=row["temp_path"],
+        bucket=row["bucket"],
+        key=row["key"],
+        version_id=row["version_id"],
+        etag=row["etag"],
+        size=row["size"],
+        part_size=row["part_size"],
+        status=TransferStatus(row["status"]),
+        bytes_done=row["bytes_done"],
+        parts_done=row["parts_done"],
+        expected=row["expected"],
+        sha256=row["sha256"],
+        verified_by=row["verified_by"],
+        reason=row["reason"],
+        error=row["error"],
+        resumes=row["resumes"],
+        created_at=_required_datetime(row["created_at"]),
+        updated_at=_required_datetime(row["updated_at"]),
+        finished_at=to_datetime(row["finished_at"]),
+    )
+
+
+def download_part_from_row(row: sa.RowMapping) -> DownloadPart:
+    return DownloadPart(
+        part_number=row["part_number"],
+        start=row["start"],
+        size=row["size"],
+        sha256=row["sha256"],
         confirmed_at=_required_datetime(row["confirmed_at"]),
     )

@@ -451,3 +451,60 @@ transfer_parts = sa.Table(
 MARIADB_UNIQUE_WHERE = (POLL_KEY, ACTIVE_OBJECT)
 for _unique_where in MARIADB_UNIQUE_WHERE:
     _unique_where.attach()
+
+# One row per destination path of `ferryman download` (the latest download to
+# it): the object pinned by its ETag (and version), the part size, how far it
+# got. ``dest_digest`` (SHA-256 of the destination path) is the unique key, the
+# path itself being of any length.
+downloads = sa.Table(
+    "ferryman_downloads",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("dest_digest", Digest, nullable=False),
+    sa.Column("dest_path", LongText, nullable=False),
+    sa.Column("temp_path", LongText, nullable=False),
+    sa.Column("bucket", LongText, nullable=False),
+    sa.Column("key", LongText, nullable=False),
+    sa.Column("version_id", LongText),
+    sa.Column("etag", LongText, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("part_size", sa.BigInteger, nullable=False),
+    sa.Column("status", Status, nullable=False),
+    sa.Column("bytes_done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("parts_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("expected", LongText),
+    sa.Column("sha256", LongText),
+    sa.Column("verified_by", LongText),
+    sa.Column("reason", LongText),
+    sa.Column("error", LongText),
+    sa.Column("resumes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.Column("finished_at", Epoch),
+    sa.UniqueConstraint("dest_digest"),
+    sa.CheckConstraint(
+        "status IN ('active', 'succeeded', 'failed')",
+        name="ck_ferryman_downloads_status",
+    ),
+    **MARIADB_TABLE,
+)
+sa.Index("ix_ferryman_downloads_status_id", downloads.c.status, downloads.c.id)
+
+# A part counts once its bytes are in the temporary file and this row committed.
+download_parts = sa.Table(
+    "ferryman_download_parts",
+    metadata,
+    sa.Column(
+        "download_id",
+        Id,
+        sa.ForeignKey("ferryman_downloads.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("part_number", sa.Integer, nullable=False),
+    sa.Column("start", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", LongText, nullable=False),
+    sa.Column("confirmed_at", Epoch, nullable=False),
+    sa.PrimaryKeyConstraint("download_id", "part_number"),
+    **MARIADB_TABLE,
+)

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ferryman.errors import ConfigurationError
-from ferryman.model import Backoff, Transfer
+from ferryman.model import Backoff, Download, Transfer
 from ferryman.store import Store
+from ferryman.transfer.download import Downloader, resolve_dest
 from ferryman.transfer.progress import Progress, TransferProgress
 from ferryman.transfer.s3 import (
     MAX_PART_SIZE,
@@ -60,6 +61,7 @@ __all__ = [
     "MIN_PART_SIZE",
     "TransferProgress",
     "choose_part_size",
+    "download",
     "parse_s3_url",
     "parse_size",
     "upload",
@@ -171,6 +173,69 @@ def upload(
             run_lease=None if ctx is None else ctx.lease,
             run_id=None if ctx is None else ctx.run_id,
             progress=progress,
+        ).run()
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    concurrency: int = 4,
+    part_size: int | None = None,
+    version_id: str | None = None,
+    fsync: bool = True,
+    store: str | sa.URL | Store | App | None = None,
+    client: Any = None,
+    retries: int = 10,
+    backoff: Backoff | None = None,
+    progress: Progress | None = None,
+) -> Download:
+    """Download ``url`` (``s3://bucket/key``) to ``dest``, resuming if it can.
+
+    Ranged GETs, ``concurrency`` at once, each range checkpointed in the
+    store once its bytes are in a temporary file beside ``dest``; call it
+    again after a crash and only the missing ranges are fetched. The object
+    is pinned by its ETag (``If-Match``) and version: an object that changed
+    since the download began is refused (:class:`~ferryman.errors.DownloadFailed`,
+    ``object_changed``), never mixed. The bytes are verified against the
+    object's checksum when it has one (the SHA-256 ``upload`` recorded in
+    its sidecar or ``x-amz-meta-sha256``, S3's composite or full-object
+    SHA-256), and the temporary file is renamed to ``dest`` only then.
+    ``dest`` may be a directory: the file is then named after the key.
+    ``fsync=False`` skips the fsync before the rename (about one second per
+    GiB on a slow disk): a killed download never leaves a partial ``dest``
+    either way, but a power cut just after the rename may.
+
+    ``part_size`` defaults to the object's own part size (so that S3's
+    composite checksum can be checked range by range), else 8 MiB. The
+    store is ``store``, else ``FERRYMAN_STORE``, else ``sqlite:///ferryman.db``;
+    S3 settings come from the standard AWS environment unless ``client`` is
+    given. Returns the :class:`~ferryman.Download`, ``succeeded``; a call
+    for an object version already downloaded to ``dest`` returns at once.
+    """
+    bucket, key = parse_s3_url(url)
+    if concurrency < 1:
+        raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+    if part_size is not None and part_size < 1:
+        raise ConfigurationError(f"part size must be positive, got {part_size}")
+    path = resolve_dest(dest, key)
+    s3 = Retrying(
+        client if client is not None else make_client(concurrency),
+        attempts=retries,
+        backoff=backoff or Backoff(base=0.2, factor=2.0, max=5.0),
+    )
+    with _store(None, store) as opened:
+        return Downloader(
+            store=opened,
+            s3=s3,
+            bucket=bucket,
+            key=key,
+            dest=path,
+            concurrency=concurrency,
+            part_size=part_size,
+            version_id=version_id,
+            progress=progress,
+            fsync=fsync,
         ).run()
 
 

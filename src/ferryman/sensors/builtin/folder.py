@@ -56,7 +56,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ferryman.errors import ConfigurationError
@@ -70,6 +70,28 @@ ESCAPED = ":escaped"  # ends the run_key of a name that is not valid UTF-8
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 # An mtime this far past the clock is taken as set by hand, not by a write.
 FUTURE_MTIME_TOLERANCE_NS = 1_000_000_000
+
+
+class _Globs:
+    """Glob patterns: each on the relative path if it has a slash, else on the name."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns = tuple(patterns)
+        on_path = [p for p in self.patterns if "/" in p]
+        on_name = [p for p in self.patterns if "/" not in p]
+        self._path = (
+            re.compile("|".join(fnmatch.translate(p) for p in on_path)) if on_path else None
+        )
+        self._name = (
+            re.compile("|".join(fnmatch.translate(p) for p in on_name)) if on_name else None
+        )
+        self.hidden_ok = any(p.startswith(".") or "/." in p for p in self.patterns)
+
+    def __call__(self, relpath: str, name: str) -> bool:
+        return bool(
+            (self._name is not None and self._name.match(name))
+            or (self._path is not None and self._path.match(relpath))
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,8 +139,10 @@ class FolderSensor:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        pattern: str,
+        pattern: str | Sequence[str],
         *,
+        exclude: Sequence[str] = (),
+        done_suffix: str | None = None,
         recursive: bool,
         stable_for: float,
         routes: Routes | None,
@@ -132,8 +156,11 @@ class FolderSensor:
             raise ConfigurationError("stable_for and safety_window must not be negative")
         if max_per_evaluation < 1 or max_edge < 1:
             raise ConfigurationError("max_per_evaluation and max_edge must be at least 1")
+        if done_suffix is not None and not done_suffix.strip(". "):
+            raise ConfigurationError(f"done_suffix must name a suffix, got {done_suffix!r}")
         self.path = os.fspath(path)
         self.pattern = pattern
+        self.done_suffix = done_suffix
         self.recursive = recursive
         self.stable_for = stable_for
         self.router = Router.build(routes)
@@ -143,9 +170,9 @@ class FolderSensor:
         self.clock = clock
         self.last_report: FolderReport | None = None
         # A pattern with a slash is matched against the relative path, otherwise the name.
-        self._match_path = "/" in pattern
-        self._pattern = re.compile(fnmatch.translate(pattern))
-        self._hidden_ok = pattern.startswith(".")
+        self._include = _Globs([pattern] if isinstance(pattern, str) else pattern)
+        self._exclude = _Globs(exclude)
+        self._hidden_ok = self._include.hidden_ok
         slug = re.sub(r"\W+", "_", os.path.basename(os.path.normpath(self.path))).strip("_")
         self.__name__ = self.__qualname__ = name or f"folder_{slug or 'root'}"
         self.__doc__ = f"New and changed files matching {pattern!r} in {self.path}."
@@ -238,8 +265,8 @@ class FolderSensor:
         scan = _Scan(candidates=[])
         floor = state.floor
         edge = state.edge
-        pattern = self._pattern
-        match_path = self._match_path
+        include, exclude = self._include, self._exclude
+        done_suffix = self.done_suffix
         hidden_ok = self._hidden_ok
         is_regular = stat.S_ISREG
         future_mtime = now_ns + FUTURE_MTIME_TOLERANCE_NS
@@ -266,8 +293,10 @@ class FolderSensor:
                             if self.recursive:
                                 stack.append(self._subdirectory(entry, relpath, inherited))
                             continue
-                        if not pattern.match(relpath if match_path else name):
+                        if not include(relpath, name) or exclude(relpath, name):
                             continue
+                        if done_suffix is not None and name.endswith(done_suffix):
+                            continue  # a marker, not a file to request
                         if entry.is_symlink():
                             found = self._symlink(ctx, entry, root, relpath, state, now_ns, scan)
                             if found is None:
@@ -302,7 +331,11 @@ class FolderSensor:
                     digest = identity_digest(run_key)
                     if digest in edge:
                         continue
-                    if changed > cutoff:
+                    if (
+                        changed > cutoff
+                        if done_suffix is None
+                        else not os.path.exists(path + done_suffix)
+                    ):
                         scan.waiting += 1
                         if scan.waiting_min is None or changed < scan.waiting_min:
                             scan.waiting_min = changed
@@ -383,8 +416,10 @@ def relpath_of(run_key: str) -> bytes:
 
 def folder(
     path: str | os.PathLike[str],
-    pattern: str = "*",
+    pattern: str | Sequence[str] = "*",
     *,
+    exclude: Sequence[str] = (),
+    done_suffix: str | None = None,
     recursive: bool = False,
     stable_for: float = 2.0,
     routes: Routes | None = None,
@@ -411,6 +446,13 @@ def folder(
     ``relpath@mtime_ns:size``; the payload is ``{"path": absolute path,
     "relpath": path relative to the folder, "size", "mtime_ns"}``.
 
+    ``pattern`` may be several globs (a file matching any is taken);
+    ``exclude`` globs (the same rules) leave a file out. With ``done_suffix``
+    (e.g. ``".done"``) a file is ready once ``<file><done_suffix>`` exists,
+    however recently it changed, instead of once it is stable; until then it
+    waits, and the markers themselves are never requested. A writer that
+    rewrites a file should remove its marker first.
+
     ``routes`` maps regexes searched in the relative path to job names (first
     match wins); unmatched files are counted as skipped. At most
     ``max_per_evaluation`` files are decided per evaluation, oldest first; the
@@ -425,6 +467,8 @@ def folder(
     return FolderSensor(
         path,
         pattern,
+        exclude=exclude,
+        done_suffix=done_suffix,
         recursive=recursive,
         stable_for=stable_for,
         routes=routes,

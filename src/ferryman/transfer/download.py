@@ -1,0 +1,642 @@
+"""Resumable, verified downloads of S3 objects to local files: ``fm.transfer.download``.
+
+The commit rule, mirrored from uploads: a range counts only once its bytes
+are in the temporary file *and* its row committed in the store. A crash
+loses at most the ranges in flight (``concurrency``); on resume every
+confirmed range is re-read from the temporary file and its SHA-256 checked
+(a range the disk lost is fetched again), the others are fetched.
+
+The object is pinned: the first ``HeadObject`` gives its ETag (and version
+id), recorded with the download, and every ranged GET carries
+``If-Match: <etag>`` (and the ``VersionId``). An object replaced while the
+download runs, or between a crash and the resume, answers 412 — the
+download is recorded ``failed`` (``object_changed``), its temporary file
+removed, and nothing of the new version is mixed with the old.
+
+Verified before the rename: against S3's COMPOSITE SHA-256 of the parts
+where the server lists one (the ranges are cut on the object's own part
+boundaries, so the ranges' SHA-256s, computed as they arrive, check it with
+no second pass over the bytes); else against the whole file's SHA-256 from
+``upload``'s sidecar (``<key>.meta.json``, when it describes this very
+object) or from ``x-amz-meta-sha256``; else S3's full-object SHA-256; else
+the size alone (``verified_by`` says which).
+Only then is the temporary file, which lives beside DEST, fsynced and
+renamed to DEST: DEST is either its old self or the complete object, also
+after a power cut (``fsync=False`` skips that one sync: a kill still never
+leaves a partial DEST, a power cut right after the rename may).
+
+Threads: ``ferryman-download-<id>`` workers fetch ranges (``concurrency`` of
+them); a crash of one stops the download with its error, the ranges already
+confirmed are kept. One process writes a destination at a time: it holds an
+exclusive ``flock`` on the temporary file, which the kernel releases when
+the process dies, so a SIGKILLed download is resumed at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ferryman.errors import (
+    ConfigurationError,
+    DownloadFailed,
+    S3Error,
+    TransferConflict,
+)
+from ferryman.model import Download, DownloadPart, TransferStatus
+from ferryman.store import DownloadOutcome, NewDownload, Store
+from ferryman.transfer.progress import Progress, ProgressCounter
+from ferryman.transfer.s3 import DEFAULT_PART_SIZE, MiB, Retrying, format_size, log
+
+CHUNK = 4 * MiB  # bytes read from a response body at a time
+CONFIRM_INTERVAL = 0.2  # seconds between the transactions that record written ranges
+TEMP_SUFFIX = ".ferryman-download"
+# Ranges cut on the object's own part boundaries (to check S3's composite
+# checksum) only while parts are at most this big: memory stays bounded by
+# the stream either way, but a range is also what a crash may lose.
+MAX_ALIGNED_PART = 256 * MiB
+_NO_OBJECT = frozenset({"404", "NoSuchKey", "NotFound"})
+_CHANGED = frozenset({"PreconditionFailed", "412"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Object:
+    """What HeadObject said: the version pinned and the checksums it offers."""
+
+    size: int
+    etag: str
+    version_id: str | None
+    checksum: str | None  # S3's ChecksumSHA256: full-object, or composite "b64-N"
+    metadata_sha256: str | None  # x-amz-meta-sha256 (hex)
+    parts_count: int | None
+    first_part_size: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Plan:
+    part_size: int
+    expected: str | None  # "sha256:<hex>", "checksum:<b64>", "composite:<b64-N>", or None
+
+
+def temp_path_for(dest: Path) -> Path:
+    """The temporary file of a download to ``dest``: beside it, hidden."""
+    return dest.with_name(f".{dest.name}{TEMP_SUFFIX}")
+
+
+def resolve_dest(dest: str | os.PathLike[str], key: str) -> Path:
+    """The file a download to ``dest`` writes: ``dest``, or the key's name inside a directory."""
+    path = Path(dest).absolute()
+    if path.is_dir():
+        name = key.rsplit("/", 1)[-1]
+        if name in ("", ".", ".."):
+            raise ConfigurationError(f"object key {key!r} has no file name to write into {path}")
+        path = path / name
+    if not path.parent.is_dir():
+        raise ConfigurationError(f"cannot download to {path}: {path.parent} is not a directory")
+    return path
+
+
+class Downloader:
+    """One call of :func:`ferryman.transfer.download`."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        s3: Retrying,
+        bucket: str,
+        key: str,
+        dest: Path,
+        concurrency: int,
+        part_size: int | None,
+        version_id: str | None,
+        progress: Progress | None,
+        fsync: bool = True,
+    ) -> None:
+        self.fsync = fsync
+        self.store = store
+        self.s3 = s3
+        self.bucket = bucket
+        self.key = key
+        self.dest = dest
+        self.temp = temp_path_for(dest)
+        self.concurrency = concurrency
+        self.part_size = part_size
+        self.version_id = version_id
+        self.counter = ProgressCounter(progress)
+        self.log = logging.LoggerAdapter(
+            log, {"object": f"s3://{bucket}/{key}", "destination": str(dest)}
+        )
+
+    # -- the whole download --------------------------------------------------
+
+    def run(self) -> Download:
+        with self._locked_temp() as fd:
+            head = self._head()
+            done = self.store.find_download(str(self.dest))
+            if done is not None and self._already_there(done, head):
+                self.counter.report(done.id, done.size, done.parts_done, done.size)
+                return done
+            if (
+                done is not None
+                and done.status is TransferStatus.ACTIVE
+                and (done.bucket, done.key) == (self.bucket, self.key)
+                and (done.etag, done.version_id) != (head.etag, head.version_id)
+            ):
+                self._object_changed(done, fd, f"its ETag is now {head.etag}")
+            plan = self._plan(head)
+            opened = self.store.open_download(
+                NewDownload(
+                    dest_path=str(self.dest),
+                    temp_path=str(self.temp),
+                    bucket=self.bucket,
+                    key=self.key,
+                    version_id=head.version_id,
+                    etag=head.etag,
+                    size=head.size,
+                    part_size=plan.part_size,
+                    expected=plan.expected,
+                )
+            )
+            download = opened.download
+            if opened.created:
+                os.ftruncate(fd, 0)
+            kept = self._check_confirmed(download, opened.parts, fd)
+            if kept and not opened.created:
+                self.log.info(
+                    "resuming download %d: %s in %d ranges already here",
+                    download.id,
+                    format_size(sum(p.size for p in kept.values())),
+                    len(kept),
+                )
+            os.ftruncate(fd, download.size)  # holes for the ranges still to come
+            self.counter.resumed_bytes = sum(p.size for p in kept.values())
+            self.counter.total = download.size
+            self.counter.start(
+                transfer_id=download.id,
+                confirmed_bytes=self.counter.resumed_bytes,
+                confirmed_parts=len(kept),
+            )
+            hashes = self._fetch_missing(download, kept, fd)
+            if self.fsync:  # DEST is whole on disk once renamed, power cut or not
+                os.fsync(fd)
+            return self._verify_and_rename(download, hashes, fd)
+
+    @contextlib.contextmanager
+    def _locked_temp(self) -> Iterator[int]:
+        fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TransferConflict(
+                    f"another download is writing {self.dest} (it holds {self.temp}); "
+                    "run again once it stops"
+                ) from None
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _already_there(self, done: Download, head: _Object) -> bool:
+        """The same object version was downloaded to DEST and DEST still has its size."""
+        if done.status is not TransferStatus.SUCCEEDED:
+            return False
+        if (done.bucket, done.key, done.etag, done.version_id) != (
+            self.bucket,
+            self.key,
+            head.etag,
+            head.version_id,
+        ):
+            return False
+        try:
+            return self.dest.stat().st_size == done.size
+        except FileNotFoundError:
+            return False
+
+    # -- what the object is --------------------------------------------------
+
+    def _head(self) -> _Object:
+        version = {"VersionId": self.version_id} if self.version_id else {}
+        try:
+            head = self.s3(
+                "head_object",
+                self.key,
+                Bucket=self.bucket,
+                Key=self.key,
+                ChecksumMode="ENABLED",
+                **version,
+            )
+        except S3Error as exc:
+            if exc.code in _NO_OBJECT:
+                raise S3Error(f"no object s3://{self.bucket}/{self.key}", "NoSuchKey") from exc
+            raise
+        etag = str(head.get("ETag", "")).strip('"')
+        parts_count = first_part = None
+        if "-" in etag and int(head["ContentLength"]) > 0:
+            first = self.s3(
+                "head_object",
+                self.key,
+                Bucket=self.bucket,
+                Key=self.key,
+                PartNumber=1,
+                IfMatch=f'"{etag}"',
+                **version,
+            )
+            parts_count = int(first.get("PartsCount") or 0) or None
+            first_part = int(first["ContentLength"])
+        metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return _Object(
+            size=int(head["ContentLength"]),
+            etag=etag,
+            version_id=head.get("VersionId") or self.version_id,
+            checksum=head.get("ChecksumSHA256"),
+            metadata_sha256=metadata.get("sha256"),
+            parts_count=parts_count,
+            first_part_size=first_part,
+        )
+
+    def _plan(self, head: _Object) -> _Plan:
+        """The range size, and the checksum the bytes will be held to."""
+        sidecar_sha = self._sidecar_sha256(head)
+        whole = sidecar_sha or head.metadata_sha256
+        aligned = self._aligned_part_size(head)
+        if self.part_size is not None:
+            part_size = self.part_size
+        elif aligned is not None:
+            part_size = aligned
+        else:
+            part_size = DEFAULT_PART_SIZE
+        # S3's composite checksum first: the ranges' own SHA-256s check it, so the
+        # bytes are hashed once; a whole-file digest needs a second pass.
+        if head.checksum and "-" in head.checksum and part_size == aligned:
+            return _Plan(part_size=part_size, expected=f"composite:{head.checksum}")
+        if whole:
+            return _Plan(part_size=part_size, expected=f"sha256:{whole.lower()}")
+        if head.checksum and "-" not in head.checksum and head.parts_count is None:
+            # A single PUT's checksum is the whole object's; a multipart object's
+            # checksum without "-N" is not (some servers list a part's there).
+            return _Plan(part_size=part_size, expected=f"checksum:{head.checksum}")
+        return _Plan(part_size=part_size, expected=None)
+
+    def _aligned_part_size(self, head: _Object) -> int | None:
+        """The object's part size, if its parts are all that size but the last."""
+        size, first, count = head.size, head.first_part_size, head.parts_count
+        if first is None or count is None or first <= 0 or first > MAX_ALIGNED_PART:
+            return None
+        last = size - (count - 1) * first
+        return first if 0 < last <= first else None
+
+    def _sidecar_sha256(self, head: _Object) -> str | None:
+        """The file's SHA-256 from ``upload``'s sidecar, if it describes this object."""
+        try:
+            response = self.s3(
+                "get_object",
+                f"{self.key}.meta.json",
+                Bucket=self.bucket,
+                Key=f"{self.key}.meta.json",
+            )
+            document = json.loads(response["Body"].read())
+        except S3Error as exc:
+            if exc.code in _NO_OBJECT:
+                return None
+            raise
+        except ValueError:
+            self.log.warning("s3://%s/%s.meta.json is not JSON; ignored", self.bucket, self.key)
+            return None
+        if not isinstance(document, Mapping):
+            return None
+        if (
+            str(document.get("etag", "")).strip('"') != head.etag
+            or document.get("size") != head.size
+        ):
+            return None  # a sidecar of another version of the object
+        sha = document.get("sha256")
+        return sha if isinstance(sha, str) and len(sha) == 64 else None
+
+    # -- resuming ------------------------------------------------------------
+
+    def _ranges(self, download: Download) -> list[tuple[int, int, int]]:
+        """``(part_number, start, size)`` of every range of the object."""
+        size, step = download.size, download.part_size
+        return [
+            (number, start, min(step, size - start))
+            for number, start in enumerate(range(0, size, step), start=1)
+        ]
+
+    def _check_confirmed(
+        self, download: Download, parts: list[DownloadPart], fd: int
+    ) -> dict[int, DownloadPart]:
+        """Confirmed ranges whose bytes the temporary file still holds; forget the others."""
+        kept: dict[int, DownloadPart] = {}
+        lost: list[int] = []
+        for part in parts:
+            data = os.pread(fd, part.size, part.start)
+            if len(data) == part.size and _b64_sha256(data) == part.sha256:
+                kept[part.part_number] = part
+            else:
+                lost.append(part.part_number)
+        if lost:
+            self.log.warning(
+                "download %d: %d confirmed ranges are not in %s any more; fetching them again",
+                download.id,
+                len(lost),
+                self.temp,
+            )
+            self.store.forget_download_parts(download.id, lost)
+        return kept
+
+    # -- fetching ------------------------------------------------------------
+
+    def _fetch_missing(
+        self, download: Download, kept: dict[int, DownloadPart], fd: int
+    ) -> dict[int, str]:
+        """Fetch every range not in ``kept``; the base64 SHA-256 of every range."""
+        hashes = {number: part.sha256 for number, part in kept.items()}
+        todo = [r for r in self._ranges(download) if r[0] not in kept]
+        if not todo:
+            return hashes
+        stop = threading.Event()
+        with (
+            _Confirmations(self.store, download.id, self.counter) as confirmations,
+            ThreadPoolExecutor(
+                max_workers=min(self.concurrency, len(todo)),
+                thread_name_prefix=f"ferryman-download-{download.id}",
+            ) as pool,
+        ):
+            futures: list[Future[DownloadPart]] = [
+                pool.submit(self._fetch, download, number, start, size, fd, stop, confirmations)
+                for number, start, size in todo
+            ]
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in finished if f.exception() is not None), None)
+            if failed is not None:
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                error = failed.exception()
+                assert error is not None
+                if isinstance(error, S3Error) and error.code in _CHANGED:
+                    pool.shutdown(wait=True)
+                    self._object_changed(download, fd, "S3 refused its ETag (412)")
+                raise error
+        for future in futures:
+            part = future.result()
+            hashes[part.part_number] = part.sha256
+        return hashes
+
+    def _fetch(
+        self,
+        download: Download,
+        number: int,
+        start: int,
+        size: int,
+        fd: int,
+        stop: threading.Event,
+        confirmations: _Confirmations,
+    ) -> DownloadPart:
+        """One ranged GET, pinned to the version, streamed into the temporary file."""
+        if stop.is_set():
+            raise _Stopped()
+        version = {"VersionId": download.version_id} if download.version_id else {}
+        self.log.debug("fetching range %d (bytes %d-%d)", number, start, start + size - 1)
+        for attempt in range(1, self.s3.attempts + 1):
+            response = self.s3(
+                "get_object",
+                f"{download.id}:{number}",
+                Bucket=download.bucket,
+                Key=download.key,
+                Range=f"bytes={start}-{start + size - 1}",
+                IfMatch=f'"{download.etag}"',
+                **version,
+            )
+            try:
+                digest = self._stream(response["Body"], fd, start, size)
+                break
+            except _BodyCut as cut:
+                if attempt == self.s3.attempts:
+                    raise S3Error(
+                        f"s3://{download.bucket}/{download.key}: range {start}-{start + size - 1} "
+                        f"was cut short {attempt} times: {cut}",
+                        "IncompleteBody",
+                    ) from cut
+                self.s3.sleep(self.s3.backoff.delay(attempt, f"get:{download.id}:{number}"))
+        part = DownloadPart(
+            part_number=number,
+            start=start,
+            size=size,
+            sha256=digest,
+            confirmed_at=datetime.now(UTC),
+        )
+        # The bytes are in the page cache, which a killed process does not
+        # lose; a power cut may, and may keep the row: the resume re-reads and
+        # checks every confirmed range, so such a range is fetched again.
+        confirmations.add(part)
+        return part
+
+    def _stream(self, body: Any, fd: int, start: int, size: int) -> str:
+        hasher = hashlib.sha256()
+        offset, end = start, start + size
+        try:
+            while offset < end:
+                chunk = body.read(min(CHUNK, end - offset))
+                if not chunk:
+                    raise _BodyCut(f"{end - offset} B missing at offset {offset}")
+                hasher.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    offset += written
+                    view = view[written:]
+        except _BodyCut:
+            raise
+        except Exception as exc:  # urllib3/botocore errors of a connection cut mid-body
+            if not _is_cut(exc):
+                raise
+            raise _BodyCut(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            body.close()
+        return base64.b64encode(hasher.digest()).decode()
+
+    # -- finishing -----------------------------------------------------------
+
+    def _verify_and_rename(self, download: Download, hashes: dict[int, str], fd: int) -> Download:
+        expected = download.expected
+        sha256: str | None = None
+        verified_by = "size"
+        mismatch: str | None = None
+        if os.fstat(fd).st_size != download.size:
+            mismatch = f"{self.temp} has {os.fstat(fd).st_size} B, the object {download.size} B"
+        elif expected is not None:
+            kind, _, value = expected.partition(":")
+            if kind == "composite":
+                digests = b"".join(base64.b64decode(hashes[n]) for n in sorted(hashes))
+                composite = hashlib.sha256(digests).digest()
+                got = f"{base64.b64encode(composite).decode()}-{len(hashes)}"
+                verified_by = "composite"
+                if got != value:
+                    mismatch = f"S3 composite checksum {value}, the bytes give {got}"
+            else:
+                digest = _file_sha256(fd, download.size)
+                sha256 = digest.hex()
+                got = sha256 if kind == "sha256" else base64.b64encode(digest).decode()
+                verified_by = kind
+                if got != value:
+                    mismatch = f"expected {kind} {value}, the bytes give {got}"
+        if mismatch is not None:
+            self._fail(download, "verify_failed", mismatch)
+        os.replace(self.temp, self.dest)
+        if self.fsync:
+            _fsync_directory(self.dest.parent)
+        finished = self.store.finish_download(
+            download.id,
+            DownloadOutcome(
+                status=TransferStatus.SUCCEEDED, sha256=sha256, verified_by=verified_by
+            ),
+        )
+        self.log.info(
+            "download %d: %s written to %s, verified by %s",
+            download.id,
+            format_size(download.size),
+            self.dest,
+            verified_by,
+        )
+        return finished
+
+    def _object_changed(self, download: Download, fd: int, detail: str) -> NoReturn:
+        self._fail(
+            download,
+            "object_changed",
+            f"s3://{download.bucket}/{download.key} changed since this download began "
+            f"(it was ETag {download.etag}; {detail}); the {format_size(download.bytes_done)} "
+            "fetched were discarded and nothing was written to "
+            f"{self.dest}: run again to download the new version",
+        )
+
+    def _fail(self, download: Download, reason: str, detail: str) -> NoReturn:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp)
+        self.store.finish_download(
+            download.id,
+            DownloadOutcome(
+                status=TransferStatus.FAILED, reason=reason, error=f"{reason}: {detail}"
+            ),
+        )
+        self.log.error("download %d failed: %s: %s", download.id, reason, detail)
+        raise DownloadFailed(download.id, reason, detail)
+
+
+class _Confirmations:
+    """Written ranges, committed to the store in groups on ``ferryman-download-<id>-confirm``.
+
+    One transaction every :data:`CONFIRM_INTERVAL` seconds for the ranges
+    written meanwhile, rather than one per range on the fetching threads: a
+    kill loses the ranges of the last interval (fetched again), nothing else.
+    A store error stops the download at its next range; leaving the block
+    commits what is left (also when the download stops short), or raises.
+    """
+
+    def __init__(self, store: Store, download_id: int, counter: ProgressCounter) -> None:
+        self.store = store
+        self.download_id = download_id
+        self.counter = counter
+        self.error: BaseException | None = None
+        self._pending: list[DownloadPart] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"ferryman-download-{download_id}-confirm", daemon=True
+        )
+
+    def __enter__(self) -> _Confirmations:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None and exc[1] is None:
+            raise self.error
+
+    def add(self, part: DownloadPart) -> None:
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            self._pending.append(part)
+
+    def _run(self) -> None:
+        while not self._stop.wait(CONFIRM_INTERVAL):
+            self._commit()
+        self._commit()
+
+    def _commit(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch or self.error is not None:
+            return
+        try:
+            self.store.confirm_download_parts(self.download_id, batch)
+        except BaseException as exc:  # kept and raised by the fetching threads
+            log.error("download %d: recording ranges failed: %s", self.download_id, exc)
+            self.error = exc
+            return
+        for part in batch:
+            self.counter.count(part.size)
+
+
+class _Stopped(Exception):
+    """Another range failed: this one is not started."""
+
+
+class _BodyCut(Exception):
+    """The connection broke while a range's body was read: fetch the range again."""
+
+
+def _is_cut(exc: BaseException) -> bool:
+    from botocore import exceptions as bx  # type: ignore[import-untyped]
+    from urllib3 import exceptions as ux
+
+    return isinstance(
+        exc,
+        bx.ResponseStreamingError
+        | bx.IncompleteReadError
+        | bx.ReadTimeoutError
+        | ux.ProtocolError
+        | ux.ReadTimeoutError
+        | ConnectionError,
+    )
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _file_sha256(fd: int, size: int) -> bytes:
+    hasher = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(8 * MiB, size - offset), offset)
+        if not chunk:
+            break
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.digest()
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

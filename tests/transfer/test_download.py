@@ -1,0 +1,229 @@
+"""``ferryman download`` on SeaweedFS: verified, resumable after SIGKILL, pinned to a version."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import ferryman as fm
+from ferryman.errors import ConfigurationError, DownloadFailed
+from ferryman.store import Store
+from ferryman.store.schema import download_parts, downloads
+from ferryman.transfer.download import temp_path_for
+from tests.helpers import wait_until
+from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
+from tests.slow_proxy import SlowProxy
+from tests.transfer.support import REPO, MiB, file_sha256, start_ferryman, write_random
+
+__all__ = ["seaweed", "seaweed_bucket", "seaweed_env"]  # fixtures used here
+
+
+def _fetched(log_text: str) -> list[int]:
+    """Range numbers in the order the downloads logged fetching them."""
+    return [int(n) for n in re.findall(r"fetching range (\d+) ", log_text)]
+
+
+def _download_row(store_url: str) -> dict[str, Any] | None:
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(downloads)).mappings().one_or_none()
+            if row is None:
+                return None
+            parts = conn.execute(
+                sa.select(sa.func.count()).select_from(download_parts)
+            ).scalar_one()
+            return {**dict(row), "parts": parts}
+    finally:
+        engine.dispose()
+
+
+def _confirmed_ranges(store_url: str) -> set[int]:
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(sa.select(download_parts.c.part_number)).scalars())
+    finally:
+        engine.dispose()
+
+
+RANGES = 9  # 40 MiB + 3 B in 5 MiB ranges
+
+
+def _start(store_url: str, log: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return start_ferryman(store_url, log, env, "download", *args)
+
+
+def test_download_is_verified_by_s3s_composite_checksum_or_the_uploads_sidecar(
+    seaweed_env: SeaweedServer, seaweed_bucket: str, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/store.db"
+    source = write_random(tmp_path / "source.bin", 23 * MiB + 17)
+    fm.transfer.upload(source, f"s3://{seaweed_bucket}/with-sidecar.bin", store=store, sidecar=True)
+    fm.transfer.upload(source, f"s3://{seaweed_bucket}/bare.bin", store=store, part_size=5 * MiB)
+
+    # Ranges not on the object's part boundaries: the sidecar's whole-file SHA-256 checks them.
+    first = fm.transfer.download(
+        f"s3://{seaweed_bucket}/with-sidecar.bin",
+        tmp_path / "one.bin",
+        store=store,
+        part_size=5 * MiB,
+    )
+    assert first.verified_by == "sha256" and first.sha256 == file_sha256(source)
+    assert (tmp_path / "one.bin").read_bytes() == source.read_bytes()
+
+    second = fm.transfer.download(f"s3://{seaweed_bucket}/bare.bin", tmp_path, store=store)
+    assert Path(second.dest_path) == tmp_path / "bare.bin"
+    assert second.verified_by == "composite" and second.part_size == 5 * MiB
+    assert file_sha256(tmp_path / "bare.bin") == file_sha256(source)
+    assert not temp_path_for(tmp_path / "bare.bin").exists()
+
+    again = fm.transfer.download(f"s3://{seaweed_bucket}/bare.bin", tmp_path, store=store)
+    assert again.id == second.id and again.finished_at == second.finished_at  # nothing fetched
+
+
+def test_a_destination_named_by_the_key_stays_in_the_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="no file name"):
+        fm.transfer.download("s3://bucket/up/..", tmp_path, store=f"sqlite:///{tmp_path}/s.db")
+    with pytest.raises(ConfigurationError, match="is not a directory"):
+        fm.transfer.download(
+            "s3://bucket/key", tmp_path / "missing" / "out", store=f"sqlite:///{tmp_path}/s.db"
+        )
+
+
+def test_killed_download_resumes_without_fetching_confirmed_ranges_again(
+    seaweed_env: SeaweedServer, seaweed_bucket: str, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/store.db"
+    Store(store).close()
+    source = write_random(tmp_path / "source.bin", 40 * MiB + 3)
+    fm.transfer.upload(source, f"s3://{seaweed_bucket}/big.bin", store=store, part_size=5 * MiB)
+    dest = tmp_path / "out" / "big.bin"
+    dest.parent.mkdir()
+    log = tmp_path / "download.log"
+    args = (f"s3://{seaweed_bucket}/big.bin", str(dest), "--concurrency", "2")
+    with SlowProxy(seaweed_env.endpoint, rate=8 * MiB) as proxy:
+        slow = child_environment(seaweed_env, AWS_ENDPOINT_URL=proxy.endpoint)
+        first = _start(store, log, slow, *args)
+        try:
+            wait_until(
+                lambda: (row := _download_row(store)) is not None and row["parts"] >= 3,
+                timeout=60,
+                what="three ranges confirmed",
+            )
+        finally:
+            first.kill()
+            first.wait(timeout=30)
+    assert not dest.exists()  # nothing at DEST until the whole object is there
+    confirmed = _confirmed_ranges(store)
+    assert len(confirmed) >= 3 and len(confirmed) < RANGES
+    before = _fetched(log.read_text())
+
+    second = _start(store, log, child_environment(seaweed_env), *args)
+    assert second.wait(timeout=120) == 0, log.read_text()[-3000:]
+    after = _fetched(log.read_text())[len(before) :]
+    # Exactly the ranges not confirmed before the kill were fetched: none twice.
+    assert sorted(after) == sorted(set(range(1, RANGES + 1)) - confirmed), (before, after)
+    assert file_sha256(dest) == file_sha256(source)
+    row = _download_row(store)
+    assert row is not None and row["status"] == "succeeded" and row["verified_by"] == "composite"
+    assert row["resumes"] == 1
+    assert not temp_path_for(dest).exists()
+
+
+def test_an_object_replaced_during_the_download_is_refused_not_mixed(
+    seaweed_env: SeaweedServer, seaweed_bucket: str, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/store.db"
+    client = seaweed_env.client()
+    old = write_random(tmp_path / "old.bin", 12 * MiB, seed=1)
+    new = write_random(tmp_path / "new.bin", 12 * MiB, seed=2)
+    url = f"s3://{seaweed_bucket}/report.bin"
+    fm.transfer.upload(old, url, store=store, part_size=5 * MiB)
+    dest = tmp_path / "report.bin"
+    dest.write_bytes(b"the previous report")
+    replaced = []
+
+    def replace_after_the_first_range(progress: fm.transfer.TransferProgress) -> None:
+        if not replaced:
+            client.put_object(Bucket=seaweed_bucket, Key="report.bin", Body=new.read_bytes())
+            replaced.append(True)
+
+    # Through a slow link, so that ranges are still to come when the first is recorded.
+    with (
+        SlowProxy(seaweed_env.endpoint, rate=4 * MiB) as proxy,
+        pytest.raises(DownloadFailed, match=r"object_changed.*changed since this download began"),
+    ):
+        fm.transfer.download(
+            url,
+            dest,
+            store=store,
+            concurrency=1,
+            part_size=5 * MiB,
+            progress=replace_after_the_first_range,
+            client=seaweed_env.client(AWS_ENDPOINT_URL=proxy.endpoint),
+        )
+    assert dest.read_bytes() == b"the previous report"  # untouched
+    assert not temp_path_for(dest).exists()
+    row = _download_row(store)
+    assert row is not None and (row["status"], row["reason"]) == ("failed", "object_changed")
+
+    # Run again: the new version, whole.
+    done = fm.transfer.download(url, dest, store=store)
+    assert done.status is fm.TransferStatus.SUCCEEDED
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == file_sha256(new)
+
+
+def test_a_resume_after_the_object_changed_is_refused_with_a_clear_error(
+    seaweed_env: SeaweedServer, seaweed_bucket: str, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/store.db"
+    Store(store).close()
+    old = write_random(tmp_path / "old.bin", 30 * MiB, seed=3)
+    fm.transfer.upload(old, f"s3://{seaweed_bucket}/data.bin", store=store, part_size=5 * MiB)
+    dest = tmp_path / "data.bin"
+    log = tmp_path / "download.log"
+    args = (f"s3://{seaweed_bucket}/data.bin", str(dest), "--concurrency", "1")
+    with SlowProxy(seaweed_env.endpoint, rate=8 * MiB) as proxy:
+        first = _start(
+            store, log, child_environment(seaweed_env, AWS_ENDPOINT_URL=proxy.endpoint), *args
+        )
+        try:
+            wait_until(
+                lambda: (row := _download_row(store)) is not None and row["parts"] >= 1,
+                timeout=60,
+                what="a range confirmed",
+            )
+        finally:
+            first.kill()
+            first.wait(timeout=30)
+    seaweed_env.client().put_object(Bucket=seaweed_bucket, Key="data.bin", Body=b"v2")
+    second = subprocess.run(
+        [sys.executable, "-m", "ferryman", "--store", store, "download", *args],
+        cwd=REPO,
+        env=child_environment(seaweed_env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert second.returncode == 8, second.stderr
+    assert "changed since this download began" in second.stderr
+    assert "run again to download the new version" in second.stderr
+    assert not dest.exists() and not temp_path_for(dest).exists()
+    third = subprocess.run(
+        [sys.executable, "-m", "ferryman", "--store", store, "download", *args],
+        cwd=REPO,
+        env=child_environment(seaweed_env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert third.returncode == 0, third.stderr
+    assert dest.read_bytes() == b"v2"
