@@ -622,4 +622,42 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/unit/test_schedules.py::test_catch_up_after_downtime[sqlite-latest-expected1-9]",),
     ),
+    # -- sync and downloads ---------------------------------------------------------
+    Mutation(
+        "sync uploads a file outside its run (no ctx: not fenced, not resumed by the run)",
+        "`sync`: each file version once, whatever is killed",
+        one(
+            "ferryman/transfer/sync.py",
+            "            ctx=ctx,\n            concurrency=target.part_concurrency,\n",
+            "            concurrency=target.part_concurrency,\n",
+        ),
+        ("tests/crash/test_sync_storm.py::test_a_killed_sync_leaves_exactly_the_files_in_s3",),
+    ),
+    Mutation(
+        "a ranged GET not pinned by If-Match",
+        "Downloads: pinned, checkpointed, verified, renamed",
+        one(
+            "ferryman/transfer/download.py",
+            '                Range=f"bytes={start}-{start + size - 1}",\n'
+            "                IfMatch=f'\"{download.etag}\"',\n",
+            '                Range=f"bytes={start}-{start + size - 1}",\n',
+        ),
+        (
+            "tests/transfer/test_download.py::"
+            "test_an_object_replaced_during_the_download_is_refused_not_mixed",
+        ),
+    ),
+    Mutation(
+        "a resumed download fetches its confirmed ranges again",
+        "Downloads: pinned, checkpointed, verified, renamed",
+        one(
+            "ferryman/transfer/download.py",
+            "todo = [r for r in self._ranges(download) if r[0] not in kept]",
+            "todo = list(self._ranges(download))",
+        ),
+        (
+            "tests/transfer/test_download.py::"
+            "test_killed_download_resumes_without_fetching_confirmed_ranges_again",
+        ),
+    ),
 )
