@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ferryman import cli_errors, cli_sensors, cli_serve, cli_transfers, logs
@@ -334,6 +335,12 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(f"live workers: {len(workers)}", highlight=False)
     for worker in workers:
         out.print(f"  {worker.id} (pid {worker.pid}, up {age(worker.started_at)})", highlight=False)
+        if worker.crashes:
+            out.print(
+                f"    [red]{worker.crashes} background crash{'es' if worker.crashes > 1 else ''}"
+                f"[/], last: {escape(worker.last_crash or '?')}",
+                highlight=False,
+            )
 
 
 @cli.command()
@@ -347,7 +354,7 @@ def workers(
         print_json(found)
         return
     table = Table(title="workers")
-    for column in ("id", "host", "pid", "started", "last seen", "state"):
+    for column in ("id", "host", "pid", "started", "last seen", "state", "crashes"):
         table.add_column(column)
     for worker in found:
         state = "alive" if worker.alive else ("stopped" if worker.stopped_at else "lost")
@@ -358,6 +365,9 @@ def workers(
             worker.started_at.isoformat(timespec="seconds"),
             f"{age(worker.last_seen_at)} ago",
             state,
+            f"{worker.crashes} (last: {escape(worker.last_crash or '?')})"
+            if worker.crashes
+            else "0",
         )
     out.print(table)
 

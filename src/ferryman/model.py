@@ -206,6 +206,8 @@ class WorkerInfo:
     last_seen_at: datetime
     stopped_at: datetime | None
     alive: bool
+    crashes: int = 0  # crashes of the process's background threads since it started
+    last_crash: str | None = None  # "thread: error" of the latest of them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,7 @@ from ferryman.errors import PayloadError, UnknownJob
 from ferryman.model import SensorResult
 from ferryman.sensors.registry import RoutingError, SensorDefinition
 from ferryman.store import NewRun
+from ferryman.supervise import supervised
 from ferryman.worker.worker import describe_error
 
 SHOWN_SKIP_REASONS = 10
@@ -64,7 +65,7 @@ def call_with_timeout(fn: Callable[[], T], timeout: float | None, *, name: str) 
         finally:
             done.set()
 
-    threading.Thread(target=target, name=name, daemon=True).start()
+    supervised(name, target)
     if not done.wait(timeout):
         return Called(timed_out=True)
     return outcome

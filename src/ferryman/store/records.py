@@ -194,6 +194,8 @@ def worker_from_row(row: sa.RowMapping, *, alive: bool) -> WorkerInfo:
         last_seen_at=_required_datetime(row["last_seen_at"]),
         stopped_at=to_datetime(row["stopped_at"]),
         alive=alive,
+        crashes=row["crashes"],
+        last_crash=row["last_crash"],
     )
 
 

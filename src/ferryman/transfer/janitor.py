@@ -19,6 +19,7 @@ from typing import Any
 from ferryman.errors import FerrymanError
 from ferryman.model import Transfer, TransferStatus
 from ferryman.store import Store
+from ferryman.supervise import crashed, supervised
 from ferryman.transfer.owners import owner_is_gone
 from ferryman.transfer.s3 import Retrying, make_client, parse_s3_url
 
@@ -131,9 +132,8 @@ class TransferResumer:
         self._store = store
         self._upload = upload
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="ferryman-transfer-resumer", daemon=True
-        )
+        # Not restarted after a crash: each transfer is resumed once per start.
+        self._thread = supervised("ferryman-transfer-resumer", self._run, start=False)
         self.resumed: list[int] = []
 
     def start(self) -> None:
@@ -166,5 +166,5 @@ class TransferResumer:
                 self.resumed.append(transfer.id)
             except FerrymanError as exc:
                 log.error("resuming transfer %d failed: %s", transfer.id, exc)
-            except Exception:
-                log.exception("resuming transfer %d crashed", transfer.id)
+            except Exception as exc:  # a fault of ferryman's: logged and counted; on to the next
+                crashed(f"ferryman-transfer-resumer (transfer {transfer.id})", exc)

@@ -308,6 +308,8 @@ class WorkerOut(BaseModel):
     stopped_at: datetime | None
     running: list[int] = Field(description="ids of the runs it holds now (the oldest 20)")
     holding: int = Field(description="how many runs it holds now")
+    crashes: int = Field(description="crashes of the process's background threads")
+    last_crash: str | None = Field(description="which thread crashed last, and why")
 
     @classmethod
     def of(cls, view: WorkerView) -> WorkerOut:
@@ -322,6 +324,8 @@ class WorkerOut(BaseModel):
             stopped_at=worker.stopped_at,
             running=[run.id for run in view.running],
             holding=view.holding,
+            crashes=worker.crashes,
+            last_crash=worker.last_crash,
         )
 
 

@@ -29,6 +29,7 @@ import uvicorn
 
 from ferryman.app import App
 from ferryman.errors import ConfigurationError
+from ferryman.supervise import supervised
 from ferryman.web.server import WebSettings, create_app
 
 DEFAULT_HOST = "127.0.0.1"
@@ -160,18 +161,19 @@ class BackgroundServer:
     def __init__(self, server: uvicorn.Server, listener: socket.socket) -> None:
         self.server = server
         self.listener = listener
-        self.thread = threading.Thread(target=self._serve, name="ferryman-web", daemon=True)
+        self.thread = supervised("ferryman-web", self._serve, start=False).thread
         self.error: BaseException | None = None
 
     def _serve(self) -> None:
         try:
             self.server.run(sockets=[self.listener])
         except BaseException as exc:  # uvicorn ends with SystemExit: catch that too
-            # Before the server is up, start() reports this and the command
-            # stops. After, nothing else hears of it: logged, and the daemon
-            # goes on without pages (its sensors and workers matter more).
             self.error = exc
-            log.error("the web server stopped: %r", exc)
+            # Before the server is up, start() reports this and the command
+            # stops. After, it is a crash for the supervisor to log and count;
+            # the daemon goes on without pages (its sensors and workers matter more).
+            if self.server.started:
+                raise
         finally:
             self.listener.close()
 

@@ -27,17 +27,13 @@ from ferryman.errors import StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Store
 from ferryman.store.faults import caused_by_store
+from ferryman.supervise import first_line
 
 log = logging.getLogger("ferryman.worker")
 
 GIVE_BACK_LIMIT = 10
 # Between tries of a store write that failed (claims, outcomes, releases).
 STORE_RETRY = Backoff(base=0.2, factor=2.0, max=5.0)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class Outages:

@@ -11,8 +11,13 @@ Threads of one worker process, each named and supervised:
 * the **heartbeat** renews every held lease each ``lease_seconds / 3`` and
   flags runs whose lease was lost.
 
-A crash of the committer or the heartbeat stops the worker with an error
-rather than letting it run on without durable outcomes or live leases. The
+Each is started by :func:`ferryman.supervise.supervised`: a crash is logged
+with its traceback, listed in :attr:`WorkReport.crashes` and written to the
+worker's row in the store, where ``ferryman status`` and the dashboard's
+workers page show it (so are crashes of the process's other background
+threads: the sensor loop, the transfer resumer, upload heartbeats). A crash
+of any worker thread stops the worker with an error rather than letting it
+run on without durable outcomes or live leases. The
 runs it had started are then left to their leases, so a crash counts their
 attempt: a run that crashes every worker it meets ends ``dead`` after
 ``max_attempts`` instead of being handed back forever.
@@ -46,6 +51,7 @@ from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.notify import Listener
+from ferryman.supervise import CRASHES, supervised
 from ferryman.worker.context import JobContext
 from ferryman.worker.outages import STORE_RETRY, Outages
 
@@ -78,6 +84,9 @@ class WorkReport:
     lease_lost: int = 0
     released: int = 0  # given back without using an attempt (on stop, or the store failed)
     errors: list[str] = field(default_factory=list)
+    # "thread: error" of each crash of this process's background threads while it
+    # worked (ferryman.supervise); a crash of a worker thread also stops the worker
+    crashes: list[str] = field(default_factory=list)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -142,6 +151,7 @@ class Worker:
         self._outages = Outages(store, self.worker_id, stop_trying=self._closed)
         self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
+        self._crash_mark = CRASHES.mark()
 
     # -- public --------------------------------------------------------------
 
@@ -307,28 +317,25 @@ class Worker:
     # -- threads -------------------------------------------------------------
 
     def _start_threads(self) -> None:
-        def supervised(name: str, target: Callable[[], None]) -> threading.Thread:
-            def body() -> None:
-                try:
-                    target()
-                except BaseException as exc:  # supervision: record and stop the worker
-                    log.exception("worker thread %s crashed", name)
-                    self._crash = exc
-                    self.report.errors.append(f"{name}: {exc!r}")
-                    self._stopping.set()
-                    self._abandon.set()
-                    with self._changed:
-                        self._changed.notify_all()
+        def stop_worker(name: str) -> Callable[[BaseException], None]:
+            def crashed(exc: BaseException) -> None:  # the worker cannot go on without it
+                self._crash = exc
+                self.report.errors.append(f"{name}: {exc!r}")
+                self._stopping.set()
+                self._abandon.set()
+                with self._changed:
+                    self._changed.notify_all()
 
-            thread = threading.Thread(target=body, name=f"ferryman-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-            return thread
+            return crashed
+
+        def start(name: str, target: Callable[[], None]) -> None:
+            thread = supervised(f"ferryman-{name}", target, on_crash=stop_worker(name))
+            self._threads.append(thread.thread)
 
         for index in range(self.concurrency):
-            supervised(f"job-{index}", self._job_thread)
-        supervised("committer", self._committer)
-        supervised("heartbeat", self._heartbeat)
+            start(f"job-{index}", self._job_thread)
+        start("committer", self._committer)
+        start("heartbeat", self._heartbeat)
         if not self.store.is_sqlite:
             self._listener = Listener(
                 self.store.backend.url,
@@ -356,8 +363,9 @@ class Worker:
         for thread in self._threads:
             if thread.name.startswith("ferryman-job-"):
                 thread.join(timeout=max(0.0, idle_by - time.monotonic()))
+        self.report.crashes = [str(crash) for crash in CRASHES.since(self._crash_mark)[1]]
         try:
-            self.store.worker_stopped(self.worker_id)
+            self.store.worker_stopped(self.worker_id, crashes=self._crashes())
         except StoreError as exc:
             log.warning("could not record the worker's stop: %s", exc)
 
@@ -506,7 +514,7 @@ class Worker:
                 held = list(self._held.values())
             try:
                 lost = self.store.renew([h.run.lease for h in held], self.lease_seconds)
-                self.store.worker_seen(self.worker_id)
+                self.store.worker_seen(self.worker_id, crashes=self._crashes())
                 failures = 0
             except StoreError as exc:
                 failures += 1
@@ -517,6 +525,13 @@ class Worker:
                     h.context.mark_lease_lost()
 
     # -- bookkeeping ---------------------------------------------------------
+
+    def _crashes(self) -> tuple[int, str | None] | None:
+        """This process's background crashes since the worker started, for its store row."""
+        count, recent = CRASHES.since(self._crash_mark)
+        if not count:
+            return None
+        return count, str(recent[-1]) if recent else None
 
     def _forget(self, run_id: int) -> None:
         with self._changed:
