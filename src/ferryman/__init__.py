@@ -5,17 +5,20 @@ nothing is lost or done twice when processes are killed, machines restart or
 several instances run at once.
 """
 
-from ferryman import transfer
+from ferryman import sensors, transfer
 from ferryman.app import App
 from ferryman.errors import (
     ConfigurationError,
     FerrymanError,
     LeaseLost,
     PayloadError,
+    PortInUse,
     Reject,
+    RoutingError,
     S3Error,
     S3Unavailable,
     SchemaMismatch,
+    SensorOutputError,
     StoreError,
     StoreUnavailable,
     TransferConflict,
@@ -23,6 +26,7 @@ from ferryman.errors import (
     TransferFailed,
     UnknownJob,
     UnknownSensor,
+    UnreadableCursor,
 )
 from ferryman.model import (
     Backoff,
@@ -35,8 +39,10 @@ from ferryman.model import (
     RunEventKind,
     RunRequest,
     RunStatus,
+    SensorKind,
     SensorResult,
     SensorState,
+    SensorStatus,
     SubmitResult,
     Transfer,
     TransferPart,
@@ -60,7 +66,9 @@ __all__ = [
     "LeaseLost",
     "Message",
     "PayloadError",
+    "PortInUse",
     "Reject",
+    "RoutingError",
     "Run",
     "RunEvent",
     "RunEventKind",
@@ -70,8 +78,11 @@ __all__ = [
     "S3Unavailable",
     "SchemaMismatch",
     "SensorContext",
+    "SensorKind",
+    "SensorOutputError",
     "SensorResult",
     "SensorState",
+    "SensorStatus",
     "StoreError",
     "StoreUnavailable",
     "SubmitResult",
@@ -83,7 +94,9 @@ __all__ = [
     "TransferStatus",
     "UnknownJob",
     "UnknownSensor",
+    "UnreadableCursor",
     "WorkReport",
     "WorkerInfo",
+    "sensors",
     "transfer",
 ]

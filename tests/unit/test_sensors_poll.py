@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
-from ferryman.sensors import SensorDaemon
 from ferryman.sensors.cursor import UnreadableCursor, decode_cursor, encode_cursor
+from ferryman.sensors.daemon import SensorDaemon
 from tests.sensor_apps import assert_history_consistent
 
 

@@ -13,19 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ferryman.errors import PayloadError, UnknownJob
+from ferryman.errors import PayloadError, RoutingError, UnknownJob
+from ferryman.errors import SensorOutputError as SensorOutputError  # engine imports it here
 from ferryman.model import SensorResult
-from ferryman.sensors.registry import RoutingError, SensorDefinition
+from ferryman.sensors.registry import SensorDefinition
 from ferryman.store import NewRun
 from ferryman.supervise import supervised
 from ferryman.worker.worker import describe_error
 
 SHOWN_SKIP_REASONS = 10
 T = TypeVar("T")
-
-
-class SensorOutputError(ValueError):
-    """A sensor returned something that is not what its kind must return."""
 
 
 # Errors in what a sensor returned are explained in one line; anything else

@@ -476,7 +476,7 @@ class SensorEngine:
     def _unrecorded(definition: SensorDefinition) -> SensorState:
         return SensorState(
             name=definition.name,
-            kind=definition.kind.value,
+            kind=definition.kind,
             cursor=None,
             state_version=0,
             status=RUNNING,

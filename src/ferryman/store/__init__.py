@@ -26,6 +26,7 @@ from ferryman.model import (
     RunEvent,
     RunStatus,
     SensorState,
+    SensorStatus,
     SubmitResult,
     Transfer,
     TransferPart,
@@ -289,7 +290,7 @@ class Store:
         with self.read("reading the sensor schedule") as conn:
             return self.sensors.schedule(conn, names)
 
-    def set_sensor_status(self, name: str, status: str) -> SensorState | None:
+    def set_sensor_status(self, name: str, status: SensorStatus) -> SensorState | None:
         with self.write("changing a sensor's status") as conn:
             return self.sensors.set_status(conn, name, status)
 

@@ -17,7 +17,9 @@ from ferryman.model import (
     RunEvent,
     RunEventKind,
     RunStatus,
+    SensorKind,
     SensorState,
+    SensorStatus,
     Transfer,
     TransferPart,
     TransferStatus,
@@ -202,10 +204,10 @@ def worker_from_row(row: sa.RowMapping, *, alive: bool) -> WorkerInfo:
 def sensor_from_row(row: sa.RowMapping) -> SensorState:
     return SensorState(
         name=row["name"],
-        kind=row["kind"],
+        kind=SensorKind(row["kind"]),
         cursor=row["cursor"],
         state_version=row["state_version"],
-        status=row["status"],
+        status=SensorStatus(row["status"]),
         consecutive_failures=row["consecutive_failures"],
         next_evaluation_at=to_datetime(row["next_evaluation_at"]),
         last_evaluation_at=to_datetime(row["last_evaluation_at"]),

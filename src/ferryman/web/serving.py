@@ -29,6 +29,7 @@ import uvicorn
 
 from ferryman.app import App
 from ferryman.errors import ConfigurationError
+from ferryman.errors import PortInUse as PortInUse  # the CLI imports it here
 from ferryman.supervise import supervised
 from ferryman.web.server import WebSettings, create_app
 
@@ -76,15 +77,6 @@ def check_bind(host: str, token: Token) -> None:
             f"refusing to listen on {host} without a configured token: set "
             f"{TOKEN_VARIABLE} (the dashboard and API would be reachable from other machines)"
         )
-
-
-class PortInUse(ConfigurationError):
-    """The address is taken, by another ferryman on this host for instance."""
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(f"{host}:{port} is already in use (by another ferryman on this host?)")
-        self.host = host
-        self.port = port
 
 
 def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:

@@ -126,7 +126,7 @@ class Worker:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
         if not jobs:
-            raise FerrymanError("this app has no jobs to work on")
+            raise ConfigurationError("this app has no jobs to work on")
         self.store = store
         self.jobs = jobs
         self.lease_seconds = lease_seconds
