@@ -33,7 +33,7 @@ FINISHED_BAD = (RunStatus.FAILED, RunStatus.DEAD)
 UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Run counts of the served jobs at one moment."""
 
@@ -43,7 +43,7 @@ class Snapshot:
     to_go: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Figures:
     """What the view shows: counts since the start, rate and ETA."""
 

@@ -68,7 +68,7 @@ def call_with_timeout(fn: Callable[[], T], timeout: float | None, *, name: str) 
     return outcome
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Prepared:
     """What a sensor asked for, ready to commit."""
 

@@ -303,7 +303,9 @@ class SensorEngine:
             except PayloadError as exc:
                 refused.append(str(exc))
         skipped = 0 if result is None else skipped_count(definition, result)
-        return Prepared(new_runs, cursor, skipped + len(refused), refused)
+        return Prepared(
+            new_runs=new_runs, cursor=cursor, skipped=skipped + len(refused), refused=refused
+        )
 
     def _fail(
         self, definition: SensorDefinition, state: SensorState, started: float, error: str

@@ -18,7 +18,7 @@ DEFAULT_POLL_TIMEOUT = 300.0
 DEFAULT_PUSH_TIMEOUT = 60.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SensorDefinition:
     """A registered sensor: its function, where its runs go, and how it is scheduled."""
 

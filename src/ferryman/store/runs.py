@@ -29,7 +29,7 @@ CHUNK = 1000
 EVENT_ERROR_CHARS = 500
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NewRun:
     """A run to enqueue. Built only with a key the store can hold exactly
     (:class:`~ferryman.PayloadError` naming it otherwise), so a batch is refused
@@ -46,7 +46,7 @@ class NewRun:
         object.__setattr__(self, "key_digest", run_key_digest(self.job, self.run_key))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lease:
     """A worker's hold on a run: valid while the run's token is still ``token``."""
 
@@ -54,7 +54,7 @@ class Lease:
     token: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimedRun:
     id: int
     job: str
@@ -67,7 +67,7 @@ class ClaimedRun:
 
     @property
     def lease(self) -> Lease:
-        return Lease(self.id, self.lease_token)
+        return Lease(run_id=self.id, token=self.lease_token)
 
 
 class OutcomeKind(enum.Enum):
@@ -77,7 +77,7 @@ class OutcomeKind(enum.Enum):
     DEAD = "dead"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """How an attempt ended, to be written fenced by its lease."""
 
@@ -551,7 +551,7 @@ class RunQueries:
         accepted: set[Lease] = set()
         if successes:
             accepted = {
-                Lease(run_id, token)
+                Lease(run_id=run_id, token=token)
                 for run_id, token in postgres.succeed(
                     conn, [(le.run_id, le.token) for le in successes], worker_id=worker_id, now=now
                 )
@@ -625,7 +625,7 @@ class RunQueries:
                 runs.c.status == RunStatus.RUNNING.value, runs.c.lease_owner == worker_id
             )
         )
-        return [Lease(row.id, row.lease_token) for row in rows]
+        return [Lease(run_id=row.id, token=row.lease_token) for row in rows]
 
     # -- operator actions ----------------------------------------------------
 

@@ -41,7 +41,7 @@ RUNNING = SensorStatus.RUNNING
 PAUSED = SensorStatus.PAUSED
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PollCommit:
     """A poll evaluation's result, to be committed if ``state_version`` is still current."""
 
@@ -57,7 +57,7 @@ class PollCommit:
     skip_reasons: str | None = None  # why run requests were refused, kept as the error
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PollFailure:
     """A failed poll evaluation: the cursor stays, the next evaluation backs off."""
 
@@ -71,7 +71,7 @@ class PollFailure:
     evaluator: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PushCommit:
     """A push evaluation: its runs, recorded once per ``(sensor, message_id)``."""
 
@@ -84,7 +84,7 @@ class PushCommit:
     skip_reasons: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleEntry:
     name: str
     status: SensorStatus

@@ -42,7 +42,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 log = logging.getLogger("ferryman.web")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Token:
     value: str
     generated: bool  # made up at start: shown once to whoever started the server
@@ -57,8 +57,8 @@ def resolve_token(environ: dict[str, str] | None = None) -> Token:
                 f"{TOKEN_VARIABLE} is too short to guard anything: use at least "
                 f"{MIN_TOKEN_LENGTH} characters"
             )
-        return Token(configured, generated=False)
-    return Token(secrets.token_urlsafe(24), generated=True)
+        return Token(value=configured, generated=False)
+    return Token(value=secrets.token_urlsafe(24), generated=True)
 
 
 def is_loopback(host: str) -> bool:

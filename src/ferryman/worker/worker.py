@@ -62,7 +62,7 @@ TRACEBACK_TAIL = 6_000
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobDefinition:
     name: str
     fn: Callable[[JobContext, Any], Any]
@@ -421,21 +421,29 @@ class Worker:
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
             return None
-        return Outcome(OutcomeKind.SUCCEEDED, run.lease, run.attempt)
+        return Outcome(kind=OutcomeKind.SUCCEEDED, lease=run.lease, attempt=run.attempt)
 
     def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
         """Reject → failed now; any other error → retry after backoff, or dead."""
         fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         if isinstance(exc, Reject):
             log.info("run rejected: %s", exc.reason, extra=fields)
-            return Outcome(OutcomeKind.FAILED, run.lease, run.attempt, error=exc.reason)
+            return Outcome(
+                kind=OutcomeKind.FAILED, lease=run.lease, attempt=run.attempt, error=exc.reason
+            )
         error = describe_error(exc)
         if run.attempt >= run.max_attempts:
             log.warning("run dead after %d attempts: %r", run.attempt, exc, extra=fields)
-            return Outcome(OutcomeKind.DEAD, run.lease, run.attempt, error=error)
+            return Outcome(kind=OutcomeKind.DEAD, lease=run.lease, attempt=run.attempt, error=error)
         delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
         log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
-        return Outcome(OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay)
+        return Outcome(
+            kind=OutcomeKind.RETRY,
+            lease=run.lease,
+            attempt=run.attempt,
+            error=error,
+            retry_delay=delay,
+        )
 
     def _give_back(self, run: ClaimedRun, exc: BaseException) -> None:
         """The store failed under the attempt: release the run, its attempt not counted."""
