@@ -31,7 +31,8 @@ from ferryman.app import App
 from ferryman.errors import ConfigurationError
 from ferryman.errors import PortInUse as PortInUse  # the CLI imports it here
 from ferryman.supervise import supervised
-from ferryman.web.server import WebSettings, create_app
+from ferryman.web.server import create_app
+from ferryman.web.settings import WebSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
