@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
 from ferryman.model import Backoff
@@ -38,6 +36,7 @@ from ferryman.sensors.engine import SensorEngine
 from ferryman.sensors.registry import SensorDefinition
 from ferryman.store.sensors import RUNNING
 from ferryman.supervise import Supervised, supervised
+from ferryman.worker.signals import on_stop_signals
 from ferryman.worker.worker import WorkReport
 
 log = logging.getLogger("ferryman.sensors")
@@ -244,17 +243,10 @@ def run_daemon(
 
 def _wait_for_signal(daemon: SensorDaemon) -> None:
     stop = threading.Event()
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping the sensor loop", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore = on_stop_signals(stop.set, "stopping the sensor loop")
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        if restore is not None:
+            restore()

@@ -7,7 +7,7 @@ configured, since a printed one-off token on a shared address helps no one.
 
 The port is bound before the server starts (:func:`listen`), so a taken port
 is known at once: ``ferryman serve`` stops with a one-line error, ``ferryman
-run`` warns and goes on without pages (see ``cli_serve.start_beside_daemon``).
+run`` warns and goes on without pages (see ``ferryman.cli.serve.start_beside_daemon``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from ferryman.app import App
-from ferryman.errors import ConfigurationError
-from ferryman.errors import PortInUse as PortInUse  # the CLI imports it here
+from ferryman.errors import ConfigurationError, PortInUse
 from ferryman.supervise import supervised
 from ferryman.web.server import create_app
 from ferryman.web.settings import WebSettings

@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import socket
 import threading
 import time
@@ -44,7 +43,6 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
@@ -54,6 +52,7 @@ from ferryman.store.notify import Listener
 from ferryman.supervise import CRASHES, supervised
 from ferryman.worker.context import JobContext
 from ferryman.worker.outages import STORE_RETRY, Outages
+from ferryman.worker.signals import on_stop_signals
 
 log = logging.getLogger("ferryman.worker")
 
@@ -168,7 +167,11 @@ class Worker:
             self._changed.notify_all()
 
     def run(self, *, until_idle: bool = False, handle_signals: bool = True) -> WorkReport:
-        restore = self._install_signal_handlers() if handle_signals else None
+        restore = (
+            on_stop_signals(self.stop, "no new claims; a second signal stops waiting")
+            if handle_signals
+            else None
+        )
         if not self._register():  # stopped before the store could be written
             if restore:
                 restore()
@@ -592,22 +595,3 @@ class Worker:
                 )
                 self._stopping.wait(delay)
         return False
-
-    def _install_signal_handlers(self) -> Callable[[], None] | None:
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info(
-                "received %s: no new claims; a second signal stops waiting",
-                signal.Signals(signum).name,
-            )
-            self.stop()
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore

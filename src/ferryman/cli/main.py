@@ -1,6 +1,6 @@
 """The ``ferryman`` command.
 
-Exit codes are listed in :mod:`ferryman.cli_output`; errors are one line on
+Exit codes are listed in :mod:`ferryman.cli.output`; errors are one line on
 stderr, never a traceback.
 """
 
@@ -22,10 +22,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ferryman import cli_errors, cli_sensors, cli_serve, cli_transfers, logs
+from ferryman import logs
 from ferryman.app import DEFAULT_STORE, App
-from ferryman.cli_errors import describe
-from ferryman.cli_output import (
+from ferryman.cli import errors as cli_errors
+from ferryman.cli import sensors as cli_sensors
+from ferryman.cli import serve as cli_serve
+from ferryman.cli import transfers as cli_transfers
+from ferryman.cli.errors import describe
+from ferryman.cli.output import (
     EXIT_NOT_FOUND,
     EXIT_SCHEMA,
     EXIT_UNAVAILABLE,
@@ -38,7 +42,7 @@ from ferryman.cli_output import (
     out,
     print_json,
 )
-from ferryman.cli_progress import WorkProgress
+from ferryman.cli.progress import WorkProgress
 from ferryman.model import Run, RunStatus, redact
 from ferryman.store import upgrade as upgrade_store
 
