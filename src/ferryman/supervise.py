@@ -12,7 +12,7 @@ target raises is never lost silently:
   thread (the worker's committer) stops, or one that must report it (an
   upload's lease heartbeat) keeps the error;
 * with ``restart=Backoff(...)`` the target is called again after the
-  backoff's delay for the crashes in a row so far — only for loops that are
+  backoff's delay for the crashes so far — only for loops that are
   safe to start over (the sensor loop, a recount); a target that returns
   normally ends the thread, and so does ``stop`` being set.
 """
@@ -130,26 +130,26 @@ class Supervised:
         return self.thread.is_alive()
 
     def _body(self) -> None:
-        in_a_row = 0
         while True:
             try:
                 self._target()
                 return
             except BaseException as exc:  # supervision: every crash is logged and counted
-                in_a_row += 1
-                self._crashed(exc, in_a_row)
+                self._crashed(exc)
             if self._restart is None or self._stop.is_set():
                 return
-            delay = self._restart.delay(in_a_row, self.name)
+            # The target returns only when its work is done, so every restart
+            # follows a crash: the delay grows with the crashes so far.
+            delay = self._restart.delay(self.crashes, self.name)
             log.info("restarting thread %s in %.1fs", self.name, delay)
             if self._stop.wait(delay):
                 return
 
-    def _crashed(self, exc: BaseException, in_a_row: int) -> None:
+    def _crashed(self, exc: BaseException) -> None:
         self.crashes += 1
         self.last_crash = exc
         restarting = "; restarting" if self._restart is not None else ""
-        crashed(self.name, exc, note=f" ({in_a_row} in a row){restarting}")
+        crashed(self.name, exc, note=f" ({self.crashes} so far){restarting}")
         if self._on_crash is not None:
             try:
                 self._on_crash(exc)
@@ -168,8 +168,8 @@ def supervised(
 ) -> Supervised:
     """Run ``target`` on a daemon thread called ``name``, supervised (see the module).
 
-    ``restart``: restart after a crash, waiting ``restart.delay(crashes in a
-    row)``; None (the default) lets the thread end. ``stop``: an event that,
+    ``restart``: restart after a crash, waiting ``restart.delay(crashes so
+    far)``; None (the default) lets the thread end. ``stop``: an event that,
     once set, ends the restarts (and the wait before one). ``start=False``
     builds the thread without starting it.
     """
