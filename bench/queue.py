@@ -257,7 +257,8 @@ def run_ferryman(args: argparse.Namespace, result: Result) -> None:
     # Start the batched phase from an empty queue, as the peers do.
     with app.engine.begin() as conn:
         if args.store == "postgres":
-            conn.execute(sa.text(f"TRUNCATE {run_events.name}, {runs.name}"))
+            # CASCADE: other tables (transfers) refer to runs; they are empty here.
+            conn.execute(sa.text(f"TRUNCATE {run_events.name}, {runs.name} CASCADE"))
         else:
             conn.execute(run_events.delete())
             conn.execute(runs.delete())

@@ -15,6 +15,10 @@ target raises is never lost silently:
   backoff's delay for the crashes so far — only for loops that are
   safe to start over (the sensor loop, a recount); a target that returns
   normally ends the thread, and so does ``stop`` being set.
+
+It also holds the two ways ferryman describes an error: :func:`first_line`
+(the type and first line, for a crash count or a log line) and
+:func:`describe_error` (the trimmed traceback kept as a run's last error).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +36,8 @@ from ferryman.model import Backoff
 log = logging.getLogger("ferryman.supervise")
 
 SUMMARY_LENGTH = 300
+TRACEBACK_HEAD = 2_000
+TRACEBACK_TAIL = 6_000
 
 
 def first_line(exc: BaseException) -> str:
@@ -39,6 +46,15 @@ def first_line(exc: BaseException) -> str:
     first = text[0] if text else ""
     line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return line[:SUMMARY_LENGTH]
+
+
+def describe_error(exc: BaseException) -> str:
+    """The traceback, trimmed in the middle so the cause and the raise site both survive."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    if len(text) <= TRACEBACK_HEAD + TRACEBACK_TAIL:
+        return text
+    cut = len(text) - TRACEBACK_HEAD - TRACEBACK_TAIL
+    return f"{text[:TRACEBACK_HEAD]}\n  ... {cut} characters cut ...\n{text[-TRACEBACK_TAIL:]}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -269,3 +269,51 @@ def test_a_job_that_makes_the_store_fail_every_time_cannot_loop(
         *("claimed", "dead"),
     ]
     assert (report.released, report.dead) == (GIVE_BACK_LIMIT, 1)
+
+
+def test_a_run_retried_at_once_and_claimed_again_stays_held(make_app: type[fm.App]) -> None:
+    """A run retried with no delay may be claimed again before its retry is forgotten.
+
+    The new claim must stay held (heartbeats renew it, ``until_idle`` waits
+    for it): here the retry's bookkeeping waits until the claim loop has taken
+    the run again, and the second attempt outlasts the lease.
+    """
+    app = make_app()
+    lease_seconds = 1.0
+
+    @app.job(max_attempts=2, backoff=fm.Backoff(base=0.0))
+    def slow_second_time(ctx: fm.JobContext, payload: object) -> None:
+        if ctx.attempt == 1:
+            raise RuntimeError("the first attempt fails")
+        ctx.checkpoint({"second attempt": "started"})
+        threading.Event().wait(2.5 * lease_seconds)  # outlive the lease: heartbeats must renew
+
+    def claimed_again_first(run: Any, outcome: str) -> None:
+        if outcome == "retry":
+            wait_until(
+                lambda: getattr(app.get_run(run.id), "attempt", 0) == 2,
+                what="the claim loop to take the retried run again",
+            )
+
+    (run_id,) = app.submit("slow_second_time", fm.RunRequest("r")).run_ids
+    worker = Worker(
+        app.store,
+        app.jobs,
+        lease_seconds=lease_seconds,
+        concurrency=2,
+        poll_interval=0.01,
+        on_outcome=claimed_again_first,
+    )
+    report = worker.run(until_idle=True, handle_signals=False)
+
+    run = app.get_run(run_id)
+    assert run is not None and (run.status, run.attempt) == (fm.RunStatus.SUCCEEDED, 2)
+    assert kinds(app, run_id) == [
+        "requested",
+        "claimed",
+        "retry_scheduled",
+        "claimed",
+        "checkpointed",
+        "succeeded",
+    ]
+    assert (report.succeeded, report.retried) == (1, 1)

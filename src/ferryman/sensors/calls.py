@@ -18,8 +18,7 @@ from ferryman.errors import SensorOutputError as SensorOutputError  # engine imp
 from ferryman.model import SensorResult
 from ferryman.sensors.registry import SensorDefinition
 from ferryman.store import NewRun
-from ferryman.supervise import supervised
-from ferryman.worker.worker import describe_error
+from ferryman.supervise import describe_error, supervised
 
 SHOWN_SKIP_REASONS = 10
 T = TypeVar("T")

@@ -39,7 +39,6 @@ import queue
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,14 +49,13 @@ from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.notify import Listener
 from ferryman.supervise import CRASHES, supervised
+from ferryman.supervise import describe_error as describe_error  # sensors import it here
 from ferryman.worker.context import JobContext
 from ferryman.worker.outages import STORE_RETRY, Outages
 from ferryman.worker.signals import on_stop_signals
 
 log = logging.getLogger("ferryman.worker")
 
-TRACEBACK_HEAD = 2_000
-TRACEBACK_TAIL = 6_000
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
 
 
@@ -86,15 +84,6 @@ class WorkReport:
     # "thread: error" of each crash of this process's background threads while it
     # worked (ferryman.supervise); a crash of a worker thread also stops the worker
     crashes: list[str] = field(default_factory=list)
-
-
-def describe_error(exc: BaseException) -> str:
-    """The traceback, trimmed in the middle so the cause and the raise site both survive."""
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    if len(text) <= TRACEBACK_HEAD + TRACEBACK_TAIL:
-        return text
-    cut = len(text) - TRACEBACK_HEAD - TRACEBACK_TAIL
-    return f"{text[:TRACEBACK_HEAD]}\n  ... {cut} characters cut ...\n{text[-TRACEBACK_TAIL:]}"
 
 
 def new_worker_id() -> str:
@@ -385,7 +374,7 @@ class Worker:
                 continue
             outcome = self._execute(run)
             if outcome is None:
-                self._forget(run.id)
+                self._forget(run)
             else:
                 self._outcomes.put((run, outcome))
 
@@ -468,7 +457,7 @@ class Worker:
                 "success committed before the connection dropped, or its lease was lost",
                 extra=fields,
             )
-        self._forget(run.id)
+        self._forget(run)
 
     def _committer(self) -> None:
         batch_limit = 1000
@@ -492,7 +481,7 @@ class Worker:
                     self._done(run, outcome.kind.value)
                 else:
                     self._lease_lost(run)
-                self._forget(run.id)
+                self._forget(run)
 
     def _commit(self, batch: Sequence[tuple[ClaimedRun, Outcome]]) -> list[bool]:
         failures = 0
@@ -544,9 +533,17 @@ class Worker:
             return None
         return count, str(recent[-1]) if recent else None
 
-    def _forget(self, run_id: int) -> None:
+    def _forget(self, run: ClaimedRun) -> None:
+        """This claim of ``run`` has ended: the worker no longer holds it.
+
+        Only this claim: a run released or retried at once may already have
+        been claimed again, by the claim loop, before its previous claim was
+        forgotten, and that new claim must stay held.
+        """
         with self._changed:
-            self._held.pop(run_id, None)
+            held = self._held.get(run.id)
+            if held is not None and held.run.lease == run.lease:
+                del self._held[run.id]
             # Wake the claim loop only when it has something to do: room for a
             # batch has just opened, or nothing is held (idle, or draining).
             # Waking it after every run made it compete with the job threads
