@@ -5,7 +5,7 @@ nothing is lost or done twice when processes are killed, machines restart or
 several instances run at once.
 """
 
-from ferryman import transfer
+from ferryman import sensors, transfer
 from ferryman.app import App
 from ferryman.errors import (
     ConfigurationError,
@@ -13,10 +13,13 @@ from ferryman.errors import (
     FerrymanError,
     LeaseLost,
     PayloadError,
+    PortInUse,
     Reject,
+    RoutingError,
     S3Error,
     S3Unavailable,
     SchemaMismatch,
+    SensorOutputError,
     StoreError,
     StoreUnavailable,
     TransferConflict,
@@ -24,6 +27,7 @@ from ferryman.errors import (
     TransferFailed,
     UnknownJob,
     UnknownSensor,
+    UnreadableCursor,
 )
 from ferryman.model import (
     Backoff,
@@ -38,8 +42,10 @@ from ferryman.model import (
     RunEventKind,
     RunRequest,
     RunStatus,
+    SensorKind,
     SensorResult,
     SensorState,
+    SensorStatus,
     SubmitResult,
     Transfer,
     TransferPart,
@@ -66,7 +72,9 @@ __all__ = [
     "LeaseLost",
     "Message",
     "PayloadError",
+    "PortInUse",
     "Reject",
+    "RoutingError",
     "Run",
     "RunEvent",
     "RunEventKind",
@@ -76,8 +84,11 @@ __all__ = [
     "S3Unavailable",
     "SchemaMismatch",
     "SensorContext",
+    "SensorKind",
+    "SensorOutputError",
     "SensorResult",
     "SensorState",
+    "SensorStatus",
     "StoreError",
     "StoreUnavailable",
     "SubmitResult",
@@ -89,7 +100,9 @@ __all__ = [
     "TransferStatus",
     "UnknownJob",
     "UnknownSensor",
+    "UnreadableCursor",
     "WorkReport",
     "WorkerInfo",
+    "sensors",
     "transfer",
 ]

@@ -202,7 +202,11 @@ class App:
             if job_name in self._jobs:
                 raise ConfigurationError(f"job {job_name!r} is registered twice")
             self._jobs[job_name] = JobDefinition(
-                job_name, function, max_attempts, backoff, frozenset(sensitive)
+                name=job_name,
+                fn=function,
+                max_attempts=max_attempts,
+                backoff=backoff,
+                sensitive=frozenset(sensitive),
             )
             return function
 
@@ -372,7 +376,12 @@ class App:
                 f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
             )
             new_runs.append(
-                NewRun(definition.name, request.run_key, payload_json, definition.max_attempts)
+                NewRun(
+                    job=definition.name,
+                    run_key=request.run_key,
+                    payload_json=payload_json,
+                    max_attempts=definition.max_attempts,
+                )
             )
         return new_runs
 

@@ -5,14 +5,18 @@
     FerrymanError
     ├── ConfigurationError      a wrong argument, URL or name, found before anything is written
     │   ├── UnknownJob          a job name this app has not registered
-    │   └── UnknownSensor       a sensor name this app has not registered
+    │   ├── UnknownSensor       a sensor name this app has not registered
+    │   └── PortInUse           the web server's address is taken
     ├── PayloadError            a payload that is not JSON, or a key that cannot be stored
+    ├── SensorOutputError       a sensor returned what its kind may not return
+    │   └── RoutingError        a run request names a job its sensor may not send to
+    ├── UnreadableCursor        a sensor's stored cursor cannot be decoded
     ├── StoreError              the store database failed; the driver error is the ``__cause__``
     │   ├── StoreUnavailable    the database cannot be reached
     │   └── SchemaMismatch      the database schema is older or newer than this code
     ├── LeaseLost               a worker's lease on a run was taken over; its write was rolled back
     ├── Reject                  raised by a job: the input is bad, fail the run now, never retry
-    └── TransferError           an upload to S3 did not complete
+    └── TransferError           an upload or download did not complete
         ├── TransferFailed      the transfer is recorded ``failed`` with a reason; upload aborted
         │   └── DownloadFailed  a download is recorded ``failed``: the object changed, or bad bytes
         ├── TransferConflict    another live process owns the transfer, or took it over
@@ -21,6 +25,8 @@
 
 Driver exceptions (psycopg, sqlite3, SQLAlchemy) are translated at the store
 boundary with ``raise ... from exc`` so callers only need to know this tree.
+Every class here is importable from :mod:`ferryman`; ``tests/unit/
+test_public_api.py`` checks that this drawing is the real tree.
 """
 
 from __future__ import annotations
@@ -52,11 +58,45 @@ class UnknownSensor(ConfigurationError):
         self.sensor = sensor
 
 
+class PortInUse(ConfigurationError):
+    """The address is taken, by another ferryman on this host for instance."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port} is already in use (by another ferryman on this host?)")
+        self.host = host
+        self.port = port
+
+
 class PayloadError(FerrymanError):
     """A payload or checkpoint that JSON cannot hold as it is (NaN, bytes, a key that is
     not a string, nesting over 100 levels), or a run_key or message_id that cannot be
     stored exactly (not a non-empty string, or holding NUL or a lone surrogate).
     Nothing was written."""
+
+
+class SensorOutputError(FerrymanError):
+    """A sensor returned something that is not what its kind must return.
+
+    Recorded as the evaluation's error (in one line, without a traceback);
+    the sensor's cursor does not move.
+    """
+
+
+class RoutingError(SensorOutputError):
+    """A run request names a job its sensor may not send to (or none, without a default)."""
+
+
+class UnreadableCursor(FerrymanError):
+    """The stored cursor of a sensor cannot be decoded by this version of ferryman."""
+
+    def __init__(self, sensor: str, stored: str, reason: str) -> None:
+        shown = stored if len(stored) <= 200 else f"{stored[:200]}..."
+        super().__init__(
+            f"sensor {sensor!r}: stored cursor {shown!r} cannot be read ({reason}); "
+            "fix it with `ferryman sensors set-cursor`"
+        )
+        self.sensor = sensor
+        self.stored = stored
 
 
 class StoreError(FerrymanError):

@@ -62,6 +62,20 @@ class EvaluationOutcome(enum.StrEnum):
     MANUAL = "manual"  # an operator set the cursor
 
 
+class SensorKind(enum.StrEnum):
+    """How a sensor gets its work: by polling on an interval, or pushed a message at a time."""
+
+    POLL = "poll"
+    PUSH = "push"
+
+
+class SensorStatus(enum.StrEnum):
+    """Whether a sensor is evaluated (``running``) or left alone (``paused``) until resumed."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Deterministic exponential backoff.
@@ -206,6 +220,8 @@ class WorkerInfo:
     last_seen_at: datetime
     stopped_at: datetime | None
     alive: bool
+    crashes: int = 0  # crashes of the process's background threads since it started
+    last_crash: str | None = None  # "thread: error" of the latest of them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,10 +239,10 @@ class SensorState:
     """The durable state of one sensor."""
 
     name: str
-    kind: str
+    kind: SensorKind
     cursor: str | None
     state_version: int
-    status: str
+    status: SensorStatus
     consecutive_failures: int
     next_evaluation_at: datetime | None
     last_evaluation_at: datetime | None

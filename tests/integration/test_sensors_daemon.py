@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 
 import ferryman as fm
-from ferryman.sensors import SensorDaemon
+from ferryman.sensors.daemon import SensorDaemon
 from tests.helpers import wait_until
 from tests.integration.test_sensors_concurrency import start
 from tests.sensor_apps import assert_history_consistent

@@ -21,7 +21,7 @@ from typing import IO
 import pytest
 
 import ferryman as fm
-from ferryman.sensors import SensorDaemon
+from ferryman.sensors.daemon import SensorDaemon
 from ferryman.store import upgrade
 from tests.helpers import wait_until
 from tests.private_pg import PrivateCluster, private_postgres

@@ -211,7 +211,13 @@ class RunQueueMachine(RuleBasedStateMachine):
         name, batch = self.jobs[job], next(self.batches)
         payloads = {key: {"key": key, "batch": batch} for key in keys}
         new_runs = [
-            adapter.NewRun(name, key, json.dumps(payloads[key]), max_attempts) for key in keys
+            adapter.NewRun(
+                job=name,
+                run_key=key,
+                payload_json=json.dumps(payloads[key]),
+                max_attempts=max_attempts,
+            )
+            for key in keys
         ]
         if how == "rolled_back":
             before = self.snapshot()
@@ -538,7 +544,9 @@ def test_a_stale_outcome_batched_with_the_current_one_is_refused(
 ) -> None:
     """A worker that took its own lapsed run over commits both attempts' outcomes at once."""
     store = queue_store
-    (run_id,) = store.enqueue([adapter.NewRun("load", "r", "{}", 3)]).run_ids
+    (run_id,) = store.enqueue(
+        [adapter.NewRun(job="load", run_key="r", payload_json="{}", max_attempts=3)]
+    ).run_ids
     (first,) = store.claim(worker_id="w", jobs=["load"], limit=1, lease_seconds=LONG_LEASE)
     assert store.renew([first.lease], LAPSE) == set()
     row = store.get_run(run_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferryman.cli_progress import RATE_WINDOW, ProgressTracker, Snapshot
+from ferryman.cli.progress import RATE_WINDOW, ProgressTracker, Snapshot
 
 
 def test_counts_rate_and_eta_come_from_the_store_counts() -> None:

@@ -26,6 +26,7 @@ from tests.unit.test_store_setup import store_at_0004_with_history
 
 pytestmark = pytest.mark.mariadb
 
+HEAD = "0007"  # the newest revision: every upgrade below ends there
 MIGRATION_0005 = importlib.import_module(
     "ferryman.store.migrations.versions.0005_key_digests_and_deliveries"
 )
@@ -97,7 +98,7 @@ def declared_tables(url: str) -> None:
 
 
 def test_migrations_produce_exactly_the_declared_schema_on_mariadb(empty_mariadb: str) -> None:
-    assert mariadb_pool.upgrade(empty_mariadb).current == ("0006",)
+    assert mariadb_pool.upgrade(empty_mariadb).current == (HEAD,)
     engine = sa.create_engine(empty_mariadb, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         assert migrate.differences(conn) == []
@@ -130,7 +131,10 @@ def test_each_test_gets_a_migrated_database_without_rows(
         with engine.begin() as conn:
             conn.execute(schema.sensors.insert().values(name="s", kind="poll", updated_at=1.0))
             conn.execute(
-                sa.text("INSERT INTO ferryman_workers VALUES ('w', 'h', 1, '[]', 1, 1, NULL)")
+                sa.text(
+                    "INSERT INTO ferryman_workers (id, host, pid, jobs, started_at, last_seen_at)"
+                    " VALUES ('w', 'h', 1, '[]', 1, 1)"
+                )
             )
             run_id = _insert_run(conn, "job", "key")
         assert run_id == 1
@@ -139,7 +143,7 @@ def test_each_test_gets_a_migrated_database_without_rows(
         assert again == name  # reused, not copied again
         with engine.begin() as conn:
             assert migrate.differences(conn) == []
-            assert migrate.revisions(conn).current == ("0006",)
+            assert migrate.revisions(conn).current == (HEAD,)
             assert conn.execute(sa.text("SELECT COUNT(*) FROM ferryman_sensors")).scalar() == 0
             assert _insert_run(conn, "job", "key") == 1  # ids start again
     finally:
@@ -204,7 +208,7 @@ def assert_upgraded_history(url: str) -> None:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            assert migrate.revisions(conn).current == ("0006",)
+            assert migrate.revisions(conn).current == (HEAD,)
             assert migrate.differences(conn) == []
             runs = conn.execute(sa.text("SELECT job, run_key, key_digest FROM ferryman_runs"))
             for job, run_key, digest in runs:
@@ -237,7 +241,7 @@ def test_upgrading_a_mariadb_store_from_0004_keeps_rows_and_computes_digests(
     empty_mariadb: str,
 ) -> None:
     history_with_non_ascii_keys(empty_mariadb)
-    assert mariadb_pool.upgrade(empty_mariadb).current == ("0006",)
+    assert mariadb_pool.upgrade(empty_mariadb).current == (HEAD,)
     assert_upgraded_history(empty_mariadb)
 
 
@@ -251,7 +255,7 @@ def test_an_upgrade_cut_short_completes_when_run_again(empty_mariadb: str, steps
     with engine.connect() as conn:
         assert migrate.revisions(conn).current == ("0004",)  # refused as the old revision
     engine.dispose()
-    assert mariadb_pool.upgrade(empty_mariadb).current == ("0006",)
+    assert mariadb_pool.upgrade(empty_mariadb).current == (HEAD,)
     assert_upgraded_history(empty_mariadb)
 
 
@@ -290,12 +294,12 @@ def test_concurrent_upgrades_of_one_mariadb_database_run_once(empty_mariadb: str
             assert upgrade.stdout is not None and upgrade.stderr is not None
             code = upgrade.wait(timeout=120)
             outcomes.append((code, upgrade.stdout.read(), upgrade.stderr.read()))
-    assert [(code, out) for code, out, _ in outcomes] == [(0, "0006\n")] * 4, outcomes
+    assert [(code, out) for code, out, _ in outcomes] == [(0, f"{HEAD}\n")] * 4, outcomes
     engine = sa.create_engine(empty_mariadb, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         assert migrate.differences(conn) == []
         versions = conn.execute(sa.text(f"SELECT version_num FROM {migrate.VERSION_TABLE}"))
-        assert versions.all() == [("0006",)]
+        assert versions.all() == [(HEAD,)]
     engine.dispose()
 
 
@@ -309,9 +313,9 @@ def test_an_upgrade_waiting_too_long_for_the_lock_names_its_holder(
         with pytest.raises(fm.StoreUnavailable, match=rf"MariaDB connection {session}\)"):
             mariadb_pool.upgrade(empty_mariadb)
         # The lock is the database's: another database's upgrade goes ahead.
-        assert mariadb_pool.upgrade(mariadb_url).current == ("0006",)
+        assert mariadb_pool.upgrade(mariadb_url).current == (HEAD,)
     holder.dispose()
-    assert mariadb_pool.upgrade(empty_mariadb).current == ("0006",)  # released
+    assert mariadb_pool.upgrade(empty_mariadb).current == (HEAD,)  # released
 
 
 def test_the_schema_is_checked_under_the_lock_only(mariadb_url: str) -> None:

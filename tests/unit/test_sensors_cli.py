@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 import ferryman as fm
-from ferryman.cli_sensors import register
+from ferryman.cli.sensors import register
 
 
 @pytest.fixture

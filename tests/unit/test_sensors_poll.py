@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
-from ferryman.sensors import SensorDaemon
 from ferryman.sensors.cursor import UnreadableCursor, decode_cursor, encode_cursor
+from ferryman.sensors.daemon import SensorDaemon
 from ferryman.store.schema import sensors
 from tests.sensor_apps import assert_history_consistent
 
@@ -88,6 +88,16 @@ REFUSE_RUNS = {
         "CREATE TRIGGER refuse_runs BEFORE INSERT ON ferryman_runs "
         "FOR EACH ROW EXECUTE FUNCTION refuse_runs()",
     ],
+    "mariadb": [
+        "CREATE TRIGGER refuse_runs BEFORE INSERT ON ferryman_runs FOR EACH ROW "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no runs today'",
+    ],
+}
+# How each database drops that trigger.
+DROP_REFUSAL = {
+    "sqlite": "DROP TRIGGER refuse_runs",
+    "postgresql": "DROP TRIGGER refuse_runs ON ferryman_runs",
+    "mariadb": "DROP TRIGGER refuse_runs",
 }
 
 
@@ -115,9 +125,7 @@ def test_a_commit_the_store_refuses_leaves_the_cursor_and_writes_no_run(
     assert (state.cursor, state.consecutive_failures) == (None, 1)
 
     with app.engine.begin() as conn:
-        conn.exec_driver_sql(
-            "DROP TRIGGER refuse_runs" + ("" if app.store.is_sqlite else " ON ferryman_runs")
-        )
+        conn.exec_driver_sql(DROP_REFUSAL[app.engine.dialect.name])
     (ok,) = app.tick(force=True)
     assert ok.outcome is fm.EvaluationOutcome.OK and ok.cursor_before is None
     assert run_keys(app) == ["n1", "n2"]

@@ -116,7 +116,9 @@ def test_inside_a_job_part_records_are_fenced_by_the_run_lease(make_app: type[fm
     )
     assert not resumed.created and [p.part_number for p in resumed.parts] == [1]
     store.confirm_part(resumed.fence, part(2), 30)
-    stale = TransferFence(opened.fence.transfer_id, resumed.fence.token, claimed.lease)
+    stale = TransferFence(
+        transfer_id=opened.fence.transfer_id, token=resumed.fence.token, run_lease=claimed.lease
+    )
     with pytest.raises(fm.LeaseLost):
         store.confirm_part(stale, part(3), 30)
 

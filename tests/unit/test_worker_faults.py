@@ -115,7 +115,9 @@ def test_an_outcome_is_counted_only_once_it_is_committed(make_app: type[fm.App])
         held = app.get_run(taken)
         assert held is not None and held.lease_owner == worker.worker_id
         # Another worker takes the run over while the job is still running.
-        app.store.release([Lease(taken, held.lease_token)], worker_id="B", reason="taken over by B")
+        app.store.release(
+            [Lease(run_id=taken, token=held.lease_token)], worker_id="B", reason="taken over by B"
+        )
         (claimed,) = app.store.claim(worker_id="B", jobs=["load"], limit=1, lease_seconds=30)
         assert claimed.id == taken
     finally:

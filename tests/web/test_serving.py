@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ferryman.cli_output import EXIT_USAGE
+from ferryman.cli.output import EXIT_USAGE
 from tests.helpers import wait_until
 from tests.web.conftest import TOKEN, free_port
 

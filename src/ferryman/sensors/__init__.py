@@ -6,26 +6,14 @@
 * :mod:`.daemon` — the sensor loop of ``ferryman run``.
 """
 
-from ferryman.sensors.context import SensorContext
-from ferryman.sensors.cursor import UnreadableCursor
-from ferryman.sensors.daemon import SensorDaemon
-from ferryman.sensors.engine import SensorEngine
-from ferryman.sensors.registry import SensorDefinition, SensorKind
-
-__all__ = [
-    "SensorContext",
-    "SensorDaemon",
-    "SensorDefinition",
-    "SensorEngine",
-    "SensorKind",
-    "UnreadableCursor",
-]
-
 # -- built-in sensors ----------------------------------------------------------
 # fm.sensors.folder, fm.sensors.s3_prefix, fm.sensors.sql_table: factories of
 # poll-sensor functions (see ferryman.sensors.builtin).
-from ferryman.sensors.builtin.folder import folder as folder
-from ferryman.sensors.builtin.s3 import s3_prefix as s3_prefix
-from ferryman.sensors.builtin.sql_table import sql_table as sql_table
+from ferryman.sensors.builtin.folder import folder
+from ferryman.sensors.builtin.s3 import s3_prefix
+from ferryman.sensors.builtin.sql_table import sql_table
+from ferryman.sensors.context import SensorContext
 
-__all__ += ["folder", "s3_prefix", "sql_table"]
+# The user-facing names only; the engine, the daemon and the definitions are
+# ferryman's own (import them from their modules).
+__all__ = ["SensorContext", "folder", "s3_prefix", "sql_table"]

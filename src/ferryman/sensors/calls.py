@@ -13,18 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ferryman.errors import PayloadError, UnknownJob
+from ferryman.errors import PayloadError, RoutingError, UnknownJob
+from ferryman.errors import SensorOutputError as SensorOutputError  # engine imports it here
 from ferryman.model import SensorResult
-from ferryman.sensors.registry import RoutingError, SensorDefinition
+from ferryman.sensors.registry import SensorDefinition
 from ferryman.store import NewRun
-from ferryman.worker.worker import describe_error
+from ferryman.supervise import describe_error, supervised
 
 SHOWN_SKIP_REASONS = 10
 T = TypeVar("T")
-
-
-class SensorOutputError(ValueError):
-    """A sensor returned something that is not what its kind must return."""
 
 
 # Errors in what a sensor returned are explained in one line; anything else
@@ -64,13 +61,13 @@ def call_with_timeout(fn: Callable[[], T], timeout: float | None, *, name: str) 
         finally:
             done.set()
 
-    threading.Thread(target=target, name=name, daemon=True).start()
+    supervised(name, target)
     if not done.wait(timeout):
         return Called(timed_out=True)
     return outcome
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Prepared:
     """What a sensor asked for, ready to commit."""
 

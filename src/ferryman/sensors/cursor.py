@@ -13,22 +13,9 @@ from __future__ import annotations
 
 import json
 
-from ferryman.errors import FerrymanError
+from ferryman.errors import UnreadableCursor as UnreadableCursor  # defined in the tree
 
 CURSOR_VERSION = 1
-
-
-class UnreadableCursor(FerrymanError):
-    """The stored cursor of a sensor cannot be decoded by this version of ferryman."""
-
-    def __init__(self, sensor: str, stored: str, reason: str) -> None:
-        shown = stored if len(stored) <= 200 else f"{stored[:200]}..."
-        super().__init__(
-            f"sensor {sensor!r}: stored cursor {shown!r} cannot be read ({reason}); "
-            "fix it with `ferryman sensors set-cursor`"
-        )
-        self.sensor = sensor
-        self.stored = stored
 
 
 def encode_cursor(value: str | None) -> str | None:

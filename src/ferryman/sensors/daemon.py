@@ -12,8 +12,9 @@ sensor's ``state_version`` lets exactly one evaluation per version count.
 The loop also prunes the evaluation history and forgets old push
 deliveries now and then. An evaluation that crashes before even its failure
 could be recorded keeps its sensor's slot for the sensor's backoff, so it is
-never retried in a tight loop. If the loop
-itself crashes it is logged and restarted after a growing delay; a store
+never retried in a tight loop. If the loop itself crashes it is logged with
+its traceback, counted where ``ferryman status`` shows it
+(:mod:`ferryman.supervise`) and restarted after a growing delay; a store
 that cannot be reached is retried the same way, but probed every second
 meanwhile, so the sensors resume as soon as it answers again rather than at
 the end of a delay that grew while it was away. That delay is the loop's
@@ -23,18 +24,19 @@ recorded in the store, whatever the loop does.
 
 from __future__ import annotations
 
+import functools
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
 from ferryman.model import Backoff
 from ferryman.sensors.engine import SensorEngine
 from ferryman.sensors.registry import SensorDefinition
 from ferryman.store.sensors import RUNNING
+from ferryman.supervise import Supervised, supervised
+from ferryman.worker.signals import on_stop_signals
 from ferryman.worker.worker import WorkReport
 
 log = logging.getLogger("ferryman.sensors")
@@ -45,6 +47,8 @@ RESTART_MAX_DELAY = 30.0
 MIN_CRASH_DELAY = 1.0  # even with a zero backoff, an evaluation that crashed waits this long
 CRASH_BACKOFF = Backoff(base=1.0, factor=2.0, max=RESTART_MAX_DELAY)
 STORE_BACKOFF = Backoff(base=0.2, factor=2.0, max=RESTART_MAX_DELAY)
+# An evaluation that could not be recorded (the store refuses writes): 0.4 s, 0.8 s ...
+RECORD_BACKOFF = Backoff(base=0.4, factor=2.0, max=RESTART_MAX_DELAY, jitter=0.0)
 PROBE_EVERY = 1.0  # while the store is away: how often to ask whether it is back
 PROBE_TIMEOUT = 2.0
 
@@ -68,13 +72,11 @@ class SensorDaemon:
         self.keep_last = keep_last
         self.idle_wait = idle_wait
         self.prune_every = prune_every
-        self.crashes = 0
-        self.last_crash: BaseException | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[str, threading.Thread] = {}
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
         self._next_prune = 0.0
         # Per sensor, evaluations in a row that crashed before recording anything;
         # each sensor's key is touched only by its own evaluation thread.
@@ -83,10 +85,10 @@ class SensorDaemon:
     # -- control -------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._supervise, name="ferryman-sensors", daemon=True
+        # Safe to restart: the loop keeps nothing but the schedule, read again each round.
+        self._thread = supervised(
+            "ferryman-sensors", self._loop, restart=CRASH_BACKOFF, stop=self._stopping
         )
-        self._thread.start()
 
     def stop(self) -> None:
         """Start no new evaluation; those under way finish (or time out) on their own."""
@@ -96,7 +98,7 @@ class SensorDaemon:
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the loop and the evaluations under way; True if all ended in time."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        threads = [self._thread] if self._thread is not None else []
+        threads = [self._thread.thread] if self._thread is not None else []
         with self._lock:
             threads += list(self._in_flight.values())
         for thread in threads:
@@ -104,24 +106,16 @@ class SensorDaemon:
         return not any(thread.is_alive() for thread in threads)
 
     @property
+    def crashes(self) -> int:
+        """Crashes of the loop itself so far (each logged, and shown by ``ferryman status``)."""
+        return self._thread.crashes if self._thread is not None else 0
+
+    @property
     def in_flight(self) -> list[str]:
         with self._lock:
             return sorted(self._in_flight)
 
     # -- loop ----------------------------------------------------------------
-
-    def _supervise(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._loop()
-            except Exception as exc:  # supervision: log, count, restart
-                self.crashes += 1
-                self.last_crash = exc
-                delay = CRASH_BACKOFF.delay(self.crashes, "sensor loop")
-                log.exception(
-                    "sensor loop crashed (%d so far); restarting in %.1fs", self.crashes, delay
-                )
-                self._stopping.wait(delay)
 
     def _loop(self) -> None:
         failures = 0
@@ -174,14 +168,13 @@ class SensorDaemon:
             with self._lock:
                 if len(self._in_flight) >= self.max_concurrent:
                     break
-                thread = threading.Thread(
-                    target=self._evaluate,
-                    args=(definitions[name],),
-                    name=f"ferryman-sensor-eval-{name}",
-                    daemon=True,
+                evaluation = supervised(
+                    f"ferryman-sensor-eval-{name}",
+                    functools.partial(self._evaluate, definitions[name]),
+                    start=False,
                 )
-                self._in_flight[name] = thread
-            thread.start()
+                self._in_flight[name] = evaluation.thread
+            evaluation.start()
         return max(wait, 0.0)
 
     def _evaluate(self, definition: SensorDefinition) -> None:
@@ -194,7 +187,7 @@ class SensorDaemon:
             self._crashed_in_a_row.pop(definition.name, None)
         except StoreError as exc:  # the store answers reads but refuses writes
             crashes = self._count_crash(definition.name)
-            delay = min(RESTART_MAX_DELAY, 0.2 * 2**crashes)
+            delay = RECORD_BACKOFF.delay(crashes, definition.name)
             log.warning(
                 "evaluation could not be recorded, next try in %.1fs: %s", delay, exc, extra=fields
             )
@@ -250,17 +243,10 @@ def run_daemon(
 
 def _wait_for_signal(daemon: SensorDaemon) -> None:
     stop = threading.Event()
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping the sensor loop", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore = on_stop_signals(stop.set, "stopping the sensor loop")
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        if restore is not None:
+            restore()

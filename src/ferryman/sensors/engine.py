@@ -305,7 +305,9 @@ class SensorEngine:
             except PayloadError as exc:
                 refused.append(str(exc))
         skipped = 0 if result is None else skipped_count(definition, result)
-        return Prepared(new_runs, cursor, skipped + len(refused), refused)
+        return Prepared(
+            new_runs=new_runs, cursor=cursor, skipped=skipped + len(refused), refused=refused
+        )
 
     def _fail(
         self, definition: SensorDefinition, state: SensorState, started: float, error: str
@@ -478,7 +480,7 @@ class SensorEngine:
     def _unrecorded(definition: SensorDefinition) -> SensorState:
         return SensorState(
             name=definition.name,
-            kind=definition.kind.value,
+            kind=definition.kind,
             cursor=None,
             state_version=0,
             status=RUNNING,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ferryman import settings
-from ferryman.errors import ConfigurationError
+from ferryman.errors import ConfigurationError, RoutingError
 from ferryman.model import Backoff, RunRequest
+from ferryman.model import SensorKind as SensorKind  # app and engine import it here
 from ferryman.sensors.context import SensorContext
 
 SensorFunction = Callable[[SensorContext, Any], Any]
@@ -18,16 +18,7 @@ DEFAULT_POLL_TIMEOUT = 300.0
 DEFAULT_PUSH_TIMEOUT = 60.0
 
 
-class SensorKind(enum.StrEnum):
-    POLL = "poll"
-    PUSH = "push"
-
-
-class RoutingError(ValueError):
-    """A run request names a job its sensor may not send to."""
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SensorDefinition:
     """A registered sensor: its function, where its runs go, and how it is scheduled."""
 

@@ -28,6 +28,7 @@ from ferryman.model import (
     RunEvent,
     RunStatus,
     SensorState,
+    SensorStatus,
     SubmitResult,
     Transfer,
     TransferPart,
@@ -61,7 +62,7 @@ from ferryman.store.transfers import (
     TransferFence,
     TransferQueries,
 )
-from ferryman.store.workers import WorkerQueries
+from ferryman.store.workers import Crashes, WorkerQueries
 
 __all__ = [
     "ClaimedRun",
@@ -279,13 +280,14 @@ class Store:
         with self.write("registering a worker") as conn:
             self.workers.register(conn, worker_id=worker_id, host=host, pid=pid, jobs=jobs)
 
-    def worker_seen(self, worker_id: str) -> None:
+    def worker_seen(self, worker_id: str, *, crashes: Crashes | None = None) -> None:
+        """Record that the worker is alive; with ``crashes``, its background threads' crashes."""
         with self.write("recording a worker heartbeat") as conn:
-            self.workers.seen(conn, worker_id)
+            self.workers.seen(conn, worker_id, crashes)
 
-    def worker_stopped(self, worker_id: str) -> None:
+    def worker_stopped(self, worker_id: str, *, crashes: Crashes | None = None) -> None:
         with self.write("recording a worker stop") as conn:
-            self.workers.stopped(conn, worker_id)
+            self.workers.stopped(conn, worker_id, crashes)
 
     def list_workers(
         self, *, alive_within: float, include_stopped: bool = False
@@ -323,7 +325,7 @@ class Store:
         with self.read("reading the sensor schedule") as conn:
             return self.sensors.schedule(conn, names)
 
-    def set_sensor_status(self, name: str, status: str) -> SensorState | None:
+    def set_sensor_status(self, name: str, status: SensorStatus) -> SensorState | None:
         with self.write("changing a sensor's status") as conn:
             return self.sensors.set_status(conn, name, status)
 

@@ -237,7 +237,7 @@ class Backend:
     ) -> bool:
         """Write the run's success in the caller's transaction; False if the lease was lost."""
         now = self.clock(conn)
-        success = Outcome(OutcomeKind.SUCCEEDED, lease, attempt)
+        success = Outcome(kind=OutcomeKind.SUCCEEDED, lease=lease, attempt=attempt)
         if not self.end(conn, success, now):
             return False
         self.log_events(conn, [outcome_event(success, now, worker_id)])

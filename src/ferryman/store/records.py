@@ -19,7 +19,9 @@ from ferryman.model import (
     RunEvent,
     RunEventKind,
     RunStatus,
+    SensorKind,
     SensorState,
+    SensorStatus,
     Transfer,
     TransferPart,
     TransferStatus,
@@ -196,16 +198,18 @@ def worker_from_row(row: sa.RowMapping, *, alive: bool) -> WorkerInfo:
         last_seen_at=_required_datetime(row["last_seen_at"]),
         stopped_at=to_datetime(row["stopped_at"]),
         alive=alive,
+        crashes=row["crashes"],
+        last_crash=row["last_crash"],
     )
 
 
 def sensor_from_row(row: sa.RowMapping) -> SensorState:
     return SensorState(
         name=row["name"],
-        kind=row["kind"],
+        kind=SensorKind(row["kind"]),
         cursor=row["cursor"],
         state_version=row["state_version"],
-        status=row["status"],
+        status=SensorStatus(row["status"]),
         consecutive_failures=row["consecutive_failures"],
         next_evaluation_at=to_datetime(row["next_evaluation_at"]),
         last_evaluation_at=to_datetime(row["last_evaluation_at"]),

@@ -27,7 +27,7 @@ CHUNK = 1000
 EVENT_ERROR_CHARS = 500
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NewRun:
     """A run to enqueue. Built only with a key the store can hold exactly
     (:class:`~ferryman.PayloadError` naming it otherwise), so a batch is refused
@@ -44,7 +44,7 @@ class NewRun:
         object.__setattr__(self, "key_digest", run_key_digest(self.job, self.run_key))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lease:
     """A worker's hold on a run: valid while the run's token is still ``token``."""
 
@@ -52,7 +52,7 @@ class Lease:
     token: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimedRun:
     id: int
     job: str
@@ -75,7 +75,7 @@ class OutcomeKind(enum.Enum):
     DEAD = "dead"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """How an attempt ended, to be written fenced by its lease."""
 

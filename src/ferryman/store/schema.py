@@ -357,6 +357,10 @@ workers = sa.Table(
     sa.Column("started_at", Epoch, nullable=False),
     sa.Column("last_seen_at", Epoch, nullable=False),
     sa.Column("stopped_at", Epoch),
+    # crashes of the process's supervised threads since the worker started
+    # (ferryman.supervise), and which thread crashed last and why
+    sa.Column("crashes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_crash", LongText),
     **MARIADB_TABLE,
 )
 

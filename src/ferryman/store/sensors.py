@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.model import Evaluation, EvaluationOutcome, SensorState
+from ferryman.model import Evaluation, EvaluationOutcome, SensorState, SensorStatus
 from ferryman.store import records
 from ferryman.store.dialect import Backend
 from ferryman.store.keys import message_digest
@@ -38,11 +38,11 @@ from ferryman.store.queue import RunQueue
 from ferryman.store.run_rows import NewRun
 from ferryman.store.schema import push_deliveries, sensor_evaluations, sensors
 
-RUNNING = "running"
-PAUSED = "paused"
+RUNNING = SensorStatus.RUNNING
+PAUSED = SensorStatus.PAUSED
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PollCommit:
     """A poll evaluation's result, to be committed if ``state_version`` is still current."""
 
@@ -58,7 +58,7 @@ class PollCommit:
     skip_reasons: str | None = None  # why run requests were refused, kept as the error
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PollFailure:
     """A failed poll evaluation: the cursor stays, the next evaluation backs off."""
 
@@ -72,7 +72,7 @@ class PollFailure:
     evaluator: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PushCommit:
     """A push evaluation: its runs, recorded once per ``(sensor, message_id)``."""
 
@@ -85,10 +85,10 @@ class PushCommit:
     skip_reasons: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleEntry:
     name: str
-    status: str
+    status: SensorStatus
     next_evaluation_at: float | None
 
     def due(self, now: float) -> bool:
@@ -151,14 +151,23 @@ class SensorQueries:
                 sensors.c.name.in_(list(names))
             )
         )
-        return now, [ScheduleEntry(row.name, row.status, row.next_evaluation_at) for row in rows]
+        return now, [
+            ScheduleEntry(
+                name=row.name,
+                status=SensorStatus(row.status),
+                next_evaluation_at=row.next_evaluation_at,
+            )
+            for row in rows
+        ]
 
-    def set_status(self, conn: sa.Connection, name: str, status: str) -> SensorState | None:
+    def set_status(
+        self, conn: sa.Connection, name: str, status: SensorStatus
+    ) -> SensorState | None:
         """Pause or resume; resuming makes the sensor due at once. ``state_version`` is
         kept: an evaluation already under way still commits (its runs and cursor
         belong together)."""
         now = self.now(conn)
-        values: dict[str, object] = {"status": status, "updated_at": now}
+        values: dict[str, object] = {"status": status.value, "updated_at": now}
         if status == RUNNING:
             values["next_evaluation_at"] = now
         matched = conn.execute(

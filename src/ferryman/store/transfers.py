@@ -48,7 +48,7 @@ class NewTransfer:
     run_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TransferFence:
     """The right to write a transfer: its id, the token it was opened with, the run's lease."""
 
@@ -175,7 +175,7 @@ class TransferQueries:
         return OpenedTransfer(
             transfer=self._current(conn, transfer_id),
             parts=self.parts(conn, transfer_id),
-            fence=TransferFence(transfer_id, token, run_lease),
+            fence=TransferFence(transfer_id=transfer_id, token=token, run_lease=run_lease),
             created=created,
         )
 

@@ -11,6 +11,16 @@ from ferryman.store import records
 from ferryman.store.dialect import Backend
 from ferryman.store.schema import workers
 
+# (crashes of the process's supervised threads, "thread: error" of the latest)
+Crashes = tuple[int, str | None]
+
+
+def _crashes(crashes: Crashes | None) -> dict[str, object]:
+    if crashes is None:
+        return {}
+    count, last = crashes
+    return {"crashes": count, "last_crash": last}
+
 
 class WorkerQueries:
     def __init__(self, backend: Backend) -> None:
@@ -31,17 +41,19 @@ class WorkerQueries:
             )
         )
 
-    def seen(self, conn: sa.Connection, worker_id: str) -> None:
+    def seen(self, conn: sa.Connection, worker_id: str, crashes: Crashes | None = None) -> None:
         conn.execute(
-            workers.update().where(workers.c.id == worker_id).values(last_seen_at=self.backend.now)
+            workers.update()
+            .where(workers.c.id == worker_id)
+            .values(last_seen_at=self.backend.now, **_crashes(crashes))
         )
 
-    def stopped(self, conn: sa.Connection, worker_id: str) -> None:
+    def stopped(self, conn: sa.Connection, worker_id: str, crashes: Crashes | None = None) -> None:
         now = self.backend.now
         conn.execute(
             workers.update()
             .where(workers.c.id == worker_id)
-            .values(last_seen_at=now, stopped_at=now)
+            .values(last_seen_at=now, stopped_at=now, **_crashes(crashes))
         )
 
     def list(

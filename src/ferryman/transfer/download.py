@@ -57,11 +57,17 @@ from ferryman.errors import (
 )
 from ferryman.model import Download, DownloadPart, TransferStatus
 from ferryman.store import DownloadOutcome, NewDownload, Store
+from ferryman.transfer.download_ranges import (
+    Confirmations,
+    b64_sha256,
+    file_sha256,
+    fsync_directory,
+    is_cut,
+)
 from ferryman.transfer.progress import Progress, ProgressCounter
 from ferryman.transfer.s3 import DEFAULT_PART_SIZE, MiB, Retrying, format_size, log
 
 CHUNK = 4 * MiB  # bytes read from a response body at a time
-CONFIRM_INTERVAL = 0.2  # seconds between the transactions that record written ranges
 TEMP_SUFFIX = ".ferryman-download"
 # Ranges cut on the object's own part boundaries (to check S3's composite
 # checksum) only while parts are at most this big: memory stays bounded by
@@ -343,7 +349,7 @@ class Downloader:
         lost: list[int] = []
         for part in parts:
             data = os.pread(fd, part.size, part.start)
-            if len(data) == part.size and _b64_sha256(data) == part.sha256:
+            if len(data) == part.size and b64_sha256(data) == part.sha256:
                 kept[part.part_number] = part
             else:
                 lost.append(part.part_number)
@@ -369,7 +375,7 @@ class Downloader:
             return hashes
         stop = threading.Event()
         with (
-            _Confirmations(self.store, download.id, self.counter) as confirmations,
+            Confirmations(self.store, download.id, self.counter) as confirmations,
             ThreadPoolExecutor(
                 max_workers=min(self.concurrency, len(todo)),
                 thread_name_prefix=f"ferryman-download-{download.id}",
@@ -404,7 +410,7 @@ class Downloader:
         size: int,
         fd: int,
         stop: threading.Event,
-        confirmations: _Confirmations,
+        confirmations: Confirmations,
     ) -> DownloadPart:
         """One ranged GET, pinned to the version, streamed into the temporary file."""
         if stop.is_set():
@@ -462,7 +468,7 @@ class Downloader:
         except _BodyCut:
             raise
         except Exception as exc:  # urllib3/botocore errors of a connection cut mid-body
-            if not _is_cut(exc):
+            if not is_cut(exc):
                 raise
             raise _BodyCut(f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -488,7 +494,7 @@ class Downloader:
                 if got != value:
                     mismatch = f"S3 composite checksum {value}, the bytes give {got}"
             else:
-                digest = _file_sha256(fd, download.size)
+                digest = file_sha256(fd, download.size)
                 sha256 = digest.hex()
                 got = sha256 if kind == "sha256" else base64.b64encode(digest).decode()
                 verified_by = kind
@@ -498,7 +504,7 @@ class Downloader:
             self._fail(download, "verify_failed", mismatch)
         os.replace(self.temp, self.dest)
         if self.fsync:
-            _fsync_directory(self.dest.parent)
+            fsync_directory(self.dest.parent)
         finished = self.store.finish_download(
             download.id,
             DownloadOutcome(
@@ -537,106 +543,9 @@ class Downloader:
         raise DownloadFailed(download.id, reason, detail)
 
 
-class _Confirmations:
-    """Written ranges, committed to the store in groups on ``ferryman-download-<id>-confirm``.
-
-    One transaction every :data:`CONFIRM_INTERVAL` seconds for the ranges
-    written meanwhile, rather than one per range on the fetching threads: a
-    kill loses the ranges of the last interval (fetched again), nothing else.
-    A store error stops the download at its next range; leaving the block
-    commits what is left (also when the download stops short), or raises.
-    """
-
-    def __init__(self, store: Store, download_id: int, counter: ProgressCounter) -> None:
-        self.store = store
-        self.download_id = download_id
-        self.counter = counter
-        self.error: BaseException | None = None
-        self._pending: list[DownloadPart] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"ferryman-download-{download_id}-confirm", daemon=True
-        )
-
-    def __enter__(self) -> _Confirmations:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self.error is not None and exc[1] is None:
-            raise self.error
-
-    def add(self, part: DownloadPart) -> None:
-        if self.error is not None:
-            raise self.error
-        with self._lock:
-            self._pending.append(part)
-
-    def _run(self) -> None:
-        while not self._stop.wait(CONFIRM_INTERVAL):
-            self._commit()
-        self._commit()
-
-    def _commit(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if not batch or self.error is not None:
-            return
-        try:
-            self.store.confirm_download_parts(self.download_id, batch)
-        except BaseException as exc:  # kept and raised by the fetching threads
-            log.error("download %d: recording ranges failed: %s", self.download_id, exc)
-            self.error = exc
-            return
-        for part in batch:
-            self.counter.count(part.size)
-
-
 class _Stopped(Exception):
     """Another range failed: this one is not started."""
 
 
 class _BodyCut(Exception):
     """The connection broke while a range's body was read: fetch the range again."""
-
-
-def _is_cut(exc: BaseException) -> bool:
-    from botocore import exceptions as bx  # type: ignore[import-untyped]
-    from urllib3 import exceptions as ux
-
-    return isinstance(
-        exc,
-        bx.ResponseStreamingError
-        | bx.IncompleteReadError
-        | bx.ReadTimeoutError
-        | ux.ProtocolError
-        | ux.ReadTimeoutError
-        | ConnectionError,
-    )
-
-
-def _b64_sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def _file_sha256(fd: int, size: int) -> bytes:
-    hasher = hashlib.sha256()
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(8 * MiB, size - offset), offset)
-        if not chunk:
-            break
-        hasher.update(chunk)
-        offset += len(chunk)
-    return hasher.digest()
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -19,6 +19,7 @@ from typing import Any
 from ferryman.errors import FerrymanError
 from ferryman.model import Transfer, TransferStatus
 from ferryman.store import Store
+from ferryman.supervise import crashed, supervised
 from ferryman.transfer.owners import owner_is_gone
 from ferryman.transfer.s3 import Retrying, make_client, parse_s3_url
 
@@ -128,12 +129,11 @@ class TransferResumer:
     """
 
     def __init__(self, store: Store, *, upload: Callable[..., Transfer] | None = None) -> None:
-        self._store = store
+        self.store = store
         self._upload = upload
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="ferryman-transfer-resumer", daemon=True
-        )
+        # Not restarted after a crash: each transfer is resumed once per start.
+        self._thread = supervised("ferryman-transfer-resumer", self._run, start=False)
         self.resumed: list[int] = []
 
     def start(self) -> None:
@@ -148,7 +148,7 @@ class TransferResumer:
 
         call = self._upload or upload
         try:
-            pending = resumable(self._store)
+            pending = resumable(self.store)
         except FerrymanError:
             log.exception("listing transfers to resume failed")
             return
@@ -161,10 +161,10 @@ class TransferResumer:
                     transfer.source_path,
                     transfer.uri,
                     follow=transfer.follow,
-                    store=self._store,
+                    store=self.store,
                 )
                 self.resumed.append(transfer.id)
             except FerrymanError as exc:
                 log.error("resuming transfer %d failed: %s", transfer.id, exc)
-            except Exception:
-                log.exception("resuming transfer %d crashed", transfer.id)
+            except Exception as exc:  # a fault of ferryman's: logged and counted; on to the next
+                crashed(f"ferryman-transfer-resumer (transfer {transfer.id})", exc)

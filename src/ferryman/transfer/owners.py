@@ -29,6 +29,7 @@ from types import TracebackType
 from ferryman.errors import FerrymanError, LeaseLost, StoreError, TransferConflict
 from ferryman.model import Transfer
 from ferryman.store import Store, TransferFence
+from ferryman.supervise import supervised
 
 _lock = threading.Lock()
 _calls = itertools.count(1)
@@ -98,7 +99,8 @@ class Hold:
     the hold at once. A store error is logged and retried at the next beat;
     once renewals have failed for a whole lease another call may take the
     transfer over, so the hold ends with that error. Any other exception is a
-    fault of the thread itself: logged and kept, never swallowed. The upload
+    fault of the thread itself: its supervisor (:mod:`ferryman.supervise`)
+    logs it with its traceback and counts it, and the hold keeps it. The upload
     checks :attr:`lost` between parts and raises it.
 
     Leaving the block by an exception (the call stopped short), a transfer
@@ -119,10 +121,13 @@ class Hold:
         self.log = log
         self.lost: BaseException | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._renew,
-            name=f"ferryman-transfer-{fence.transfer_id}-lease",
-            daemon=True,
+        # Not restarted: a heartbeat that crashed may have missed a renewal, so
+        # the upload stops with the crash (kept in ``lost``) rather than go on.
+        self._thread = supervised(
+            f"ferryman-transfer-{fence.transfer_id}-lease",
+            self._renew,
+            on_crash=self._crashed,
+            start=False,
         )
 
     def __enter__(self) -> Hold:
@@ -167,10 +172,9 @@ class Hold:
                 )
                 self.lost = exc
                 return
-            except Exception as exc:
-                self.log.exception("the transfer's lease heartbeat crashed")
-                self.lost = exc
-                return
+
+    def _crashed(self, exc: BaseException) -> None:
+        self.lost = exc
 
     def _release(self) -> None:
         # A failure here only costs the next call a wait for the lease: logged, not raised.

@@ -21,7 +21,7 @@ from ferryman.transfer.s3 import Retrying
 _NO_OBJECT = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class S3Object:
     """One key in one bucket, as the target of an upload."""
 

@@ -90,7 +90,7 @@ class Uploader:
         progress: Progress | None,
     ) -> None:
         self.store = store
-        self.target = S3Object(s3, bucket, key)
+        self.target = S3Object(s3=s3, bucket=bucket, key=key)
         self.path = path
         self.options = options
         self.metadata = metadata

@@ -5,6 +5,7 @@ daemon. Reads go through :mod:`ferryman.store.views`; writes go through the
 :class:`~ferryman.App`, the same calls the CLI makes.
 """
 
-from ferryman.web.server import WebSettings, create_app
+from ferryman.web.server import create_app
+from ferryman.web.settings import WebSettings
 
 __all__ = ["WebSettings", "create_app"]

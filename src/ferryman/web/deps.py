@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, status
 
 from ferryman.app import App
 from ferryman.web.run_counts import RunCounts
-from ferryman.web.server import WebSettings
+from ferryman.web.settings import WebSettings
 
 # Ids of runs, transfers and evaluations are 64-bit in the store, and none
 # comes near this. A larger one is refused as input (422) before any query:

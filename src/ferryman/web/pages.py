@@ -34,7 +34,7 @@ from ferryman.web.deps import (
     SettingsDep,
     token_matches,
 )
-from ferryman.web.server import WebSettings
+from ferryman.web.settings import WebSettings
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")

@@ -21,8 +21,10 @@ import time
 from dataclasses import dataclass
 
 from ferryman.app import App
+from ferryman.errors import StoreError
 from ferryman.model import RunStatus
 from ferryman.store import views
+from ferryman.supervise import supervised
 
 log = logging.getLogger("ferryman.web")
 
@@ -57,13 +59,13 @@ class RunCounts:
         if latest is None:
             return self._count()
         if start:
-            threading.Thread(target=self._recount, name="ferryman-web-counts", daemon=True).start()
+            supervised("ferryman-web-counts", self._recount)
         return latest
 
     def _recount(self) -> None:
         try:
             self._count()
-        except Exception:  # the next request tries again; until then, the last count stands
+        except StoreError:  # the next request tries again; until then, the last count stands
             log.warning("recounting runs for the overview failed", exc_info=True)
         finally:
             with self._lock:

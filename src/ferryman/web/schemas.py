@@ -1,7 +1,10 @@
 """The JSON shapes of the API (they make ``/openapi.json`` a usable schema).
 
-Built from the store's records in one place each; a payload is shown with the
-keys its job marks ``sensitive`` replaced by ``***``.
+Each reads the store's record it shows directly (pydantic ``from_attributes``)
+rather than copying it field by field; the few values shown otherwise than
+stored are converted by a validator beside their field: a payload with the
+keys its job marks ``sensitive`` replaced by ``***``, and text that cannot
+be shown as it is (see :func:`~ferryman.store.records.displayable`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    AliasPath,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from ferryman.model import (
     Evaluation,
@@ -28,7 +38,17 @@ from ferryman.web.deps import MAX_ID
 MAX_MESSAGE_ID = 1024 * 1024  # characters; the store takes ids of any length
 
 
-class RunOut(BaseModel):
+class RecordOut(BaseModel):
+    """A shape read from a record's attributes."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+def _shown(value: Any) -> Any:
+    return displayable(value)
+
+
+class RunOut(RecordOut):
     id: int
     job: str
     run_key: str
@@ -44,24 +64,15 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
 
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _redacted(cls, payload: Any, info: ValidationInfo) -> Any:
+        sensitive = (info.context or {}).get("sensitive", frozenset())
+        return displayable(redact(payload, sensitive))
+
     @classmethod
     def of(cls, run: Run, sensitive: frozenset[str]) -> RunOut:
-        return cls(
-            id=run.id,
-            job=run.job,
-            run_key=run.run_key,
-            status=run.status.value,
-            attempt=run.attempt,
-            max_attempts=run.max_attempts,
-            payload=displayable(redact(run.payload, sensitive)),
-            last_error=run.last_error,
-            lease_owner=run.lease_owner,
-            available_at=run.available_at,
-            created_at=run.created_at,
-            updated_at=run.updated_at,
-            started_at=run.started_at,
-            finished_at=run.finished_at,
-        )
+        return cls.model_validate(run, context={"sensitive": sensitive})
 
 
 class RunPage(BaseModel):
@@ -69,7 +80,7 @@ class RunPage(BaseModel):
     next_before: int | None = Field(description="pass as before_id for the next page")
 
 
-class RunEventOut(BaseModel):
+class RunEventOut(RecordOut):
     id: int
     kind: str
     at: datetime
@@ -78,20 +89,14 @@ class RunEventOut(BaseModel):
     lease_token: int | None
     detail: dict[str, Any]
 
+    shown_detail = field_validator("detail", mode="before")(_shown)
+
     @classmethod
     def of(cls, event: RunEvent) -> RunEventOut:
-        return cls(
-            id=event.id,
-            kind=event.kind.value,
-            at=event.at,
-            attempt=event.attempt,
-            worker_id=event.worker_id,
-            lease_token=event.lease_token,
-            detail=displayable(event.detail),
-        )
+        return cls.model_validate(event)
 
 
-class TransferOut(BaseModel):
+class TransferOut(RecordOut):
     id: int
     uri: str
     source_path: str
@@ -114,30 +119,10 @@ class TransferOut(BaseModel):
 
     @classmethod
     def of(cls, transfer: Transfer) -> TransferOut:
-        return cls(
-            id=transfer.id,
-            uri=transfer.uri,
-            source_path=transfer.source_path,
-            status=transfer.status.value,
-            follow=transfer.follow,
-            part_size=transfer.part_size,
-            bytes_confirmed=transfer.bytes_confirmed,
-            parts_confirmed=transfer.parts_confirmed,
-            total_size=transfer.total_size,
-            source_size=transfer.source_size,
-            sha256=transfer.sha256,
-            etag=transfer.etag,
-            verified_by=transfer.verified_by,
-            reason=transfer.reason,
-            error=transfer.error,
-            run_id=transfer.run_id,
-            resumes=transfer.resumes,
-            created_at=transfer.created_at,
-            updated_at=transfer.updated_at,
-        )
+        return cls.model_validate(transfer)
 
 
-class TransferPartOut(BaseModel):
+class TransferPartOut(RecordOut):
     part_number: int
     start: int
     size: int
@@ -148,15 +133,7 @@ class TransferPartOut(BaseModel):
 
     @classmethod
     def of(cls, part: TransferPart) -> TransferPartOut:
-        return cls(
-            part_number=part.part_number,
-            start=part.start,
-            size=part.size,
-            etag=part.etag,
-            sha256=part.sha256,
-            adopted=part.adopted,
-            confirmed_at=part.confirmed_at,
-        )
+        return cls.model_validate(part)
 
 
 class TransferPage(BaseModel):
@@ -175,7 +152,7 @@ class RunDetailOut(BaseModel):
     transfers: list[TransferOut]
 
 
-class SensorOut(BaseModel):
+class SensorOut(RecordOut):
     name: str
     kind: str
     cursor: str | None
@@ -185,22 +162,14 @@ class SensorOut(BaseModel):
     next_evaluation_at: datetime | None
     last_evaluation_at: datetime | None
 
+    shown_cursor = field_validator("cursor", mode="before")(_shown)
+
     @classmethod
     def of(cls, state: SensorState) -> SensorOut:
-        state = present_state(state)
-        return cls(
-            name=state.name,
-            kind=state.kind,
-            cursor=displayable(state.cursor),
-            state_version=state.state_version,
-            status=state.status,
-            consecutive_failures=state.consecutive_failures,
-            next_evaluation_at=state.next_evaluation_at,
-            last_evaluation_at=state.last_evaluation_at,
-        )
+        return cls.model_validate(present_state(state))
 
 
-class EvaluationOut(BaseModel):
+class EvaluationOut(RecordOut):
     id: int
     sensor: str
     outcome: str
@@ -217,26 +186,11 @@ class EvaluationOut(BaseModel):
     started_at: datetime
     finished_at: datetime
 
+    shown_cursors = field_validator("cursor_before", "cursor_after", mode="before")(_shown)
+
     @classmethod
     def of(cls, evaluation: Evaluation) -> EvaluationOut:
-        evaluation = present_evaluation(evaluation)
-        return cls(
-            id=evaluation.id,
-            sensor=evaluation.sensor,
-            outcome=evaluation.outcome.value,
-            cursor_before=displayable(evaluation.cursor_before),
-            cursor_after=displayable(evaluation.cursor_after),
-            state_version_before=evaluation.state_version_before,
-            state_version_after=evaluation.state_version_after,
-            runs_requested=evaluation.runs_requested,
-            runs_deduplicated=evaluation.runs_deduplicated,
-            items_skipped=evaluation.items_skipped,
-            run_ids=list(evaluation.run_ids),
-            error=evaluation.error,
-            evaluator=evaluation.evaluator,
-            started_at=evaluation.started_at,
-            finished_at=evaluation.finished_at,
-        )
+        return cls.model_validate(present_evaluation(evaluation))
 
 
 class EvaluationPage(BaseModel):
@@ -274,7 +228,7 @@ class SummaryOut(BaseModel):
     counts_as_of: datetime = Field(description="when jobs and totals were counted")
 
 
-class ErrorGroupOut(BaseModel):
+class ErrorGroupOut(RecordOut):
     job: str
     status: str
     error: str
@@ -286,43 +240,42 @@ class ErrorGroupOut(BaseModel):
 
     @classmethod
     def of(cls, group: ErrorGroup) -> ErrorGroupOut:
-        return cls(
-            job=group.job,
-            status=group.status.value,
-            error=group.error,
-            count=group.count,
-            newest_run_id=group.newest_run_id,
-            run_ids=group.run_ids,
-            first_seen=group.first_seen,
-            last_seen=group.last_seen,
-        )
+        return cls.model_validate(group)
 
 
-class WorkerOut(BaseModel):
-    id: str
-    host: str
-    pid: int
-    alive: bool
-    started_at: datetime
-    last_seen_at: datetime
-    stopped_at: datetime | None
+def _worker(field: str) -> Any:
+    return Field(validation_alias=AliasPath("worker", field))
+
+
+class WorkerOut(RecordOut):
+    """A worker (:class:`~ferryman.model.WorkerInfo`) and the runs it holds now."""
+
+    id: str = _worker("id")
+    host: str = _worker("host")
+    pid: int = _worker("pid")
+    alive: bool = _worker("alive")
+    started_at: datetime = _worker("started_at")
+    last_seen_at: datetime = _worker("last_seen_at")
+    stopped_at: datetime | None = _worker("stopped_at")
     running: list[int] = Field(description="ids of the runs it holds now (the oldest 20)")
     holding: int = Field(description="how many runs it holds now")
+    crashes: int = Field(
+        validation_alias=AliasPath("worker", "crashes"),
+        description="crashes of the process's background threads",
+    )
+    last_crash: str | None = Field(
+        validation_alias=AliasPath("worker", "last_crash"),
+        description="which thread crashed last, and why",
+    )
+
+    @field_validator("running", mode="before")
+    @classmethod
+    def _run_ids(cls, running: list[Run]) -> list[int]:
+        return [run.id for run in running]
 
     @classmethod
     def of(cls, view: WorkerView) -> WorkerOut:
-        worker = view.worker
-        return cls(
-            id=worker.id,
-            host=worker.host,
-            pid=worker.pid,
-            alive=worker.alive,
-            started_at=worker.started_at,
-            last_seen_at=worker.last_seen_at,
-            stopped_at=worker.stopped_at,
-            running=[run.id for run in view.running],
-            holding=view.holding,
-        )
+        return cls.model_validate(view)
 
 
 # -- request bodies ------------------------------------------------------------

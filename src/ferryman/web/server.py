@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
@@ -26,18 +24,7 @@ from ferryman.errors import (
     UnknownSensor,
 )
 from ferryman.store.records import displayable
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class WebSettings:
-    """What the server needs besides the App.
-
-    ``token`` guards every mutating request (API bearer token, dashboard
-    sign-in). ``read_only`` refuses every mutation whatever the token.
-    """
-
-    token: str
-    read_only: bool = False
+from ferryman.web.settings import WebSettings
 
 
 def create_app(app: App, settings: WebSettings) -> FastAPI:

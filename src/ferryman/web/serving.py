@@ -7,7 +7,7 @@ configured, since a printed one-off token on a shared address helps no one.
 
 The port is bound before the server starts (:func:`listen`), so a taken port
 is known at once: ``ferryman serve`` stops with a one-line error, ``ferryman
-run`` warns and goes on without pages (see ``cli_serve.start_beside_daemon``).
+run`` warns and goes on without pages (see ``ferryman.cli.serve.start_beside_daemon``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import uvicorn
 
 from ferryman.app import App
-from ferryman.errors import ConfigurationError
-from ferryman.web.server import WebSettings, create_app
+from ferryman.errors import ConfigurationError, PortInUse
+from ferryman.supervise import supervised
+from ferryman.web.server import create_app
+from ferryman.web.settings import WebSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -40,7 +42,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 log = logging.getLogger("ferryman.web")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Token:
     value: str
     generated: bool  # made up at start: shown once to whoever started the server
@@ -55,8 +57,8 @@ def resolve_token(environ: dict[str, str] | None = None) -> Token:
                 f"{TOKEN_VARIABLE} is too short to guard anything: use at least "
                 f"{MIN_TOKEN_LENGTH} characters"
             )
-        return Token(configured, generated=False)
-    return Token(secrets.token_urlsafe(24), generated=True)
+        return Token(value=configured, generated=False)
+    return Token(value=secrets.token_urlsafe(24), generated=True)
 
 
 def is_loopback(host: str) -> bool:
@@ -75,15 +77,6 @@ def check_bind(host: str, token: Token) -> None:
             f"refusing to listen on {host} without a configured token: set "
             f"{TOKEN_VARIABLE} (the dashboard and API would be reachable from other machines)"
         )
-
-
-class PortInUse(ConfigurationError):
-    """The address is taken, by another ferryman on this host for instance."""
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(f"{host}:{port} is already in use (by another ferryman on this host?)")
-        self.host = host
-        self.port = port
 
 
 def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -160,18 +153,19 @@ class BackgroundServer:
     def __init__(self, server: uvicorn.Server, listener: socket.socket) -> None:
         self.server = server
         self.listener = listener
-        self.thread = threading.Thread(target=self._serve, name="ferryman-web", daemon=True)
+        self.thread = supervised("ferryman-web", self._serve, start=False).thread
         self.error: BaseException | None = None
 
     def _serve(self) -> None:
         try:
             self.server.run(sockets=[self.listener])
         except BaseException as exc:  # uvicorn ends with SystemExit: catch that too
-            # Before the server is up, start() reports this and the command
-            # stops. After, nothing else hears of it: logged, and the daemon
-            # goes on without pages (its sensors and workers matter more).
             self.error = exc
-            log.error("the web server stopped: %r", exc)
+            # Before the server is up, start() reports this and the command
+            # stops. After, it is a crash for the supervisor to log and count;
+            # the daemon goes on without pages (its sensors and workers matter more).
+            if self.server.started:
+                raise
         finally:
             self.listener.close()
 

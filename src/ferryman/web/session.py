@@ -16,7 +16,7 @@ import secrets
 
 from fastapi import Request
 
-from ferryman.web.server import WebSettings
+from ferryman.web.settings import WebSettings
 
 COOKIE = "ferryman_session"
 MAX_AGE = 12 * 3600

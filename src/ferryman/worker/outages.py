@@ -27,6 +27,7 @@ from ferryman.errors import StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Store
 from ferryman.store.faults import caused_by_store
+from ferryman.supervise import first_line
 
 log = logging.getLogger("ferryman.worker")
 
@@ -35,16 +36,11 @@ GIVE_BACK_LIMIT = 10
 STORE_RETRY = Backoff(base=0.2, factor=2.0, max=5.0)
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 class Outages:
     """One worker's bookkeeping of the store failing under it."""
 
     def __init__(self, store: Store, worker_id: str, *, stop_trying: threading.Event) -> None:
-        self._store = store
+        self.store = store
         self._worker_id = worker_id
         self._stop_trying = stop_trying  # set when the worker shuts down
         self._given_back: dict[int, int] = {}  # run id -> attempts given back in a row
@@ -86,7 +82,7 @@ class Outages:
         failures = 0
         while True:
             try:
-                released = self._store.release(
+                released = self.store.release(
                     [run.lease], worker_id=self._worker_id, reason=reason[:1000]
                 )
                 return bool(released)
@@ -104,7 +100,7 @@ class Outages:
         an attempt counted, although no job ever ran them. Returns how many.
         """
         try:
-            released = self._store.release_unheld(
+            released = self.store.release_unheld(
                 worker_id=self._worker_id,
                 held=held,
                 reason="claimed while the store's answer was lost; never started",

@@ -11,8 +11,13 @@ Threads of one worker process, each named and supervised:
 * the **heartbeat** renews every held lease each ``lease_seconds / 3`` and
   flags runs whose lease was lost.
 
-A crash of the committer or the heartbeat stops the worker with an error
-rather than letting it run on without durable outcomes or live leases. The
+Each is started by :func:`ferryman.supervise.supervised`: a crash is logged
+with its traceback, listed in :attr:`WorkReport.crashes` and written to the
+worker's row in the store, where ``ferryman status`` and the dashboard's
+workers page show it (so are crashes of the process's other background
+threads: the sensor loop, the transfer resumer, upload heartbeats). A crash
+of any worker thread stops the worker with an error rather than letting it
+run on without durable outcomes or live leases. The
 runs it had started are then left to their leases, so a crash counts their
 attempt: a run that crashes every worker it meets ends ``dead`` after
 ``max_attempts`` instead of being handed back forever.
@@ -31,32 +36,30 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.dialect import Listener
+from ferryman.supervise import CRASHES, supervised
+from ferryman.supervise import describe_error as describe_error  # sensors import it here
 from ferryman.worker.context import JobContext
 from ferryman.worker.outages import STORE_RETRY, Outages
+from ferryman.worker.signals import on_stop_signals
 
 log = logging.getLogger("ferryman.worker")
 
-TRACEBACK_HEAD = 2_000
-TRACEBACK_TAIL = 6_000
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobDefinition:
     name: str
     fn: Callable[[JobContext, Any], Any]
@@ -78,15 +81,9 @@ class WorkReport:
     lease_lost: int = 0
     released: int = 0  # given back without using an attempt (on stop, or the store failed)
     errors: list[str] = field(default_factory=list)
-
-
-def describe_error(exc: BaseException) -> str:
-    """The traceback, trimmed in the middle so the cause and the raise site both survive."""
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    if len(text) <= TRACEBACK_HEAD + TRACEBACK_TAIL:
-        return text
-    cut = len(text) - TRACEBACK_HEAD - TRACEBACK_TAIL
-    return f"{text[:TRACEBACK_HEAD]}\n  ... {cut} characters cut ...\n{text[-TRACEBACK_TAIL:]}"
+    # "thread: error" of each crash of this process's background threads while it
+    # worked (ferryman.supervise); a crash of a worker thread also stops the worker
+    crashes: list[str] = field(default_factory=list)
 
 
 def new_worker_id() -> str:
@@ -117,7 +114,7 @@ class Worker:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
         if not jobs:
-            raise FerrymanError("this app has no jobs to work on")
+            raise ConfigurationError("this app has no jobs to work on")
         self.store = store
         self.jobs = jobs
         self.lease_seconds = lease_seconds
@@ -142,6 +139,7 @@ class Worker:
         self._outages = Outages(store, self.worker_id, stop_trying=self._closed)
         self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
+        self._crash_mark = CRASHES.mark()
 
     # -- public --------------------------------------------------------------
 
@@ -158,7 +156,11 @@ class Worker:
             self._changed.notify_all()
 
     def run(self, *, until_idle: bool = False, handle_signals: bool = True) -> WorkReport:
-        restore = self._install_signal_handlers() if handle_signals else None
+        restore = (
+            on_stop_signals(self.stop, "no new claims; a second signal stops waiting")
+            if handle_signals
+            else None
+        )
         if not self._register():  # stopped before the store could be written
             if restore:
                 restore()
@@ -307,28 +309,25 @@ class Worker:
     # -- threads -------------------------------------------------------------
 
     def _start_threads(self) -> None:
-        def supervised(name: str, target: Callable[[], None]) -> threading.Thread:
-            def body() -> None:
-                try:
-                    target()
-                except BaseException as exc:  # supervision: record and stop the worker
-                    log.exception("worker thread %s crashed", name)
-                    self._crash = exc
-                    self.report.errors.append(f"{name}: {exc!r}")
-                    self._stopping.set()
-                    self._abandon.set()
-                    with self._changed:
-                        self._changed.notify_all()
+        def stop_worker(name: str) -> Callable[[BaseException], None]:
+            def crashed(exc: BaseException) -> None:  # the worker cannot go on without it
+                self._crash = exc
+                self.report.errors.append(f"{name}: {exc!r}")
+                self._stopping.set()
+                self._abandon.set()
+                with self._changed:
+                    self._changed.notify_all()
 
-            thread = threading.Thread(target=body, name=f"ferryman-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-            return thread
+            return crashed
+
+        def start(name: str, target: Callable[[], None]) -> None:
+            thread = supervised(f"ferryman-{name}", target, on_crash=stop_worker(name))
+            self._threads.append(thread.thread)
 
         for index in range(self.concurrency):
-            supervised(f"job-{index}", self._job_thread)
-        supervised("committer", self._committer)
-        supervised("heartbeat", self._heartbeat)
+            start(f"job-{index}", self._job_thread)
+        start("committer", self._committer)
+        start("heartbeat", self._heartbeat)
         self._listener = self.store.listener(
             lambda job: self.wake() if job in self.jobs else None, name="ferryman-listener"
         )
@@ -354,8 +353,9 @@ class Worker:
         for thread in self._threads:
             if thread.name.startswith("ferryman-job-"):
                 thread.join(timeout=max(0.0, idle_by - time.monotonic()))
+        self.report.crashes = [str(crash) for crash in CRASHES.since(self._crash_mark)[1]]
         try:
-            self.store.worker_stopped(self.worker_id)
+            self.store.worker_stopped(self.worker_id, crashes=self._crashes())
         except StoreError as exc:
             log.warning("could not record the worker's stop: %s", exc)
 
@@ -411,21 +411,29 @@ class Worker:
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
             return None
-        return Outcome(OutcomeKind.SUCCEEDED, run.lease, run.attempt)
+        return Outcome(kind=OutcomeKind.SUCCEEDED, lease=run.lease, attempt=run.attempt)
 
     def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
         """Reject → failed now; any other error → retry after backoff, or dead."""
         fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         if isinstance(exc, Reject):
             log.info("run rejected: %s", exc.reason, extra=fields)
-            return Outcome(OutcomeKind.FAILED, run.lease, run.attempt, error=exc.reason)
+            return Outcome(
+                kind=OutcomeKind.FAILED, lease=run.lease, attempt=run.attempt, error=exc.reason
+            )
         error = describe_error(exc)
         if run.attempt >= run.max_attempts:
             log.warning("run dead after %d attempts: %r", run.attempt, exc, extra=fields)
-            return Outcome(OutcomeKind.DEAD, run.lease, run.attempt, error=error)
+            return Outcome(kind=OutcomeKind.DEAD, lease=run.lease, attempt=run.attempt, error=error)
         delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
         log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
-        return Outcome(OutcomeKind.RETRY, run.lease, run.attempt, error=error, retry_delay=delay)
+        return Outcome(
+            kind=OutcomeKind.RETRY,
+            lease=run.lease,
+            attempt=run.attempt,
+            error=error,
+            retry_delay=delay,
+        )
 
     def _give_back(self, run: ClaimedRun, exc: BaseException) -> None:
         """The store failed under the attempt: release the run, its attempt not counted."""
@@ -504,7 +512,7 @@ class Worker:
                 held = list(self._held.values())
             try:
                 lost = self.store.renew([h.run.lease for h in held], self.lease_seconds)
-                self.store.worker_seen(self.worker_id)
+                self.store.worker_seen(self.worker_id, crashes=self._crashes())
                 failures = 0
             except StoreError as exc:
                 failures += 1
@@ -515,6 +523,13 @@ class Worker:
                     h.context.mark_lease_lost()
 
     # -- bookkeeping ---------------------------------------------------------
+
+    def _crashes(self) -> tuple[int, str | None] | None:
+        """This process's background crashes since the worker started, for its store row."""
+        count, recent = CRASHES.since(self._crash_mark)
+        if not count:
+            return None
+        return count, str(recent[-1]) if recent else None
 
     def _forget(self, run: ClaimedRun) -> None:
         """This claim of ``run`` has ended: the worker no longer holds it.
@@ -575,22 +590,3 @@ class Worker:
                 )
                 self._stopping.wait(delay)
         return False
-
-    def _install_signal_handlers(self) -> Callable[[], None] | None:
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info(
-                "received %s: no new claims; a second signal stops waiting",
-                signal.Signals(signum).name,
-            )
-            self.stop()
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore

@@ -1,7 +1,7 @@
 """``ferryman`` commands for S3 transfers: ``upload``, ``transfers``, ``transfers gc``.
 
 :func:`register` adds them to the main Typer app. Exit codes follow
-:mod:`ferryman.cli_output`: 1 the file or bucket does not exist; 2 a usage
+:mod:`ferryman.cli.output`: 1 the file or bucket does not exist; 2 a usage
 error (bad URL, size, duration); 6 S3 refused the request (access denied);
 7 S3 cannot be reached; 8 the transfer failed (source missing or changed,
 verification failed) and was recorded so. Errors are one line on stderr.
@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ferryman.app import App
-from ferryman.cli_output import (
+from ferryman.cli.output import (
     EXIT_NOT_FOUND,
     EXIT_S3_REFUSED,
     EXIT_S3_UNAVAILABLE,
@@ -123,69 +124,68 @@ class _Bar:
             self._progress.update(self._task, completed=update.bytes_confirmed, total=update.total)
 
 
+# The options of ``upload``, named here so that the command reads as a list.
+PartSizeOption = Annotated[
+    str | None, typer.Option(help="Part size, e.g. 8MiB (default: automatic).")
+]
+FollowOption = Annotated[
+    bool, typer.Option(help="Upload a growing file; finish when it stops changing.")
+]
+StableForOption = Annotated[
+    float, typer.Option(help="--follow: seconds unchanged before finishing.")
+]
+DoneFileOption = Annotated[
+    Path | None, typer.Option(help="--follow: finish once this file exists instead.")
+]
+MetadataOption = Annotated[
+    str | None, typer.Option(help="JSON object for the sidecar (implies --sidecar).")
+]
+SidecarOption = Annotated[
+    bool, typer.Option(help="Write <key>.meta.json after the object is verified.")
+]
+RestartOption = Annotated[
+    bool, typer.Option(help="Upload afresh if the file changed under a confirmed part.")
+]
+FileSha256Option = Annotated[
+    bool,
+    typer.Option(
+        help="Record the whole file's SHA-256 (one more pass over its bytes); "
+        "the object is verified by its parts' checksums either way."
+    ),
+]
+
+
 def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
     """Add ``upload`` and ``transfers`` to ``cli``; ``load_app`` gives the App the options name."""
     transfers_cli = typer.Typer(help="S3 transfers: list them, abort orphaned uploads.")
     cli.add_typer(transfers_cli, name="transfers")
+    _add_upload(cli, load_app)
+    _add_transfer_commands(transfers_cli, load_app)
 
+
+def _add_upload(cli: typer.Typer, load_app: Callable[[], App]) -> None:
     @cli.command("upload")
     def upload_command(
         path: Annotated[Path, typer.Argument(help="Local file to upload.")],
         url: Annotated[str, typer.Argument(help="Destination, s3://bucket/key.")],
-        part_size: Annotated[
-            str | None, typer.Option(help="Part size, e.g. 8MiB (default: automatic).")
-        ] = None,
+        part_size: PartSizeOption = None,
         concurrency: Annotated[int, typer.Option(min=1, help="Parts in flight at once.")] = 4,
-        follow: Annotated[
-            bool, typer.Option(help="Upload a growing file; finish when it stops changing.")
-        ] = False,
-        stable_for: Annotated[
-            float, typer.Option(help="--follow: seconds unchanged before finishing.")
-        ] = 10.0,
-        done_file: Annotated[
-            Path | None, typer.Option(help="--follow: finish once this file exists instead.")
-        ] = None,
-        metadata: Annotated[
-            str | None, typer.Option(help="JSON object for the sidecar (implies --sidecar).")
-        ] = None,
-        sidecar: Annotated[
-            bool, typer.Option(help="Write <key>.meta.json after the object is verified.")
-        ] = False,
-        restart_on_change: Annotated[
-            bool, typer.Option(help="Upload afresh if the file changed under a confirmed part.")
-        ] = False,
-        file_sha256: Annotated[
-            bool,
-            typer.Option(
-                help="Record the whole file's SHA-256 (one more pass over its bytes); "
-                "the object is verified by its parts' checksums either way."
-            ),
-        ] = True,
+        follow: FollowOption = False,
+        stable_for: StableForOption = 10.0,
+        done_file: DoneFileOption = None,
+        metadata: MetadataOption = None,
+        sidecar: SidecarOption = False,
+        restart_on_change: RestartOption = False,
+        file_sha256: FileSha256Option = True,
         retries: Annotated[int, typer.Option(min=1, help="Attempts per S3 request.")] = 10,
         as_json: Annotated[
             bool, typer.Option("--json", help="Print the transfer as JSON.")
         ] = False,
     ) -> None:
         """Upload PATH to s3://bucket/key, resumably: run it again after a crash to continue."""
-        user_metadata = None
-        if metadata is not None:
-            try:
-                user_metadata = json.loads(metadata)
-            except ValueError as exc:
-                fail(f"--metadata is not JSON: {exc}", EXIT_USAGE)
-            if not isinstance(user_metadata, dict):
-                fail("--metadata must be a JSON object", EXIT_USAGE)
-        if not path.exists() and not follow:
-            # A transfer of a file that vanished is still resumed below, to record the failure.
-            app = load_app()
-            if not any(
-                t.source_path == str(path.absolute())
-                for t in app.store.list_transfers(status=TransferStatus.ACTIVE)
-            ):
-                fail(f"no file {path}", EXIT_NOT_FOUND)
-        if path.is_dir():
-            fail(f"{path} is a directory; upload takes one file", EXIT_USAGE)
-        try:
+        user_metadata = _metadata(metadata)
+        _check_source(path, follow=follow, load_app=load_app)
+        with _exit_codes():
             size = parse_size(part_size) if part_size is not None else None
             app = load_app()
             bar = _Bar(path.name, enabled=err.is_terminal and not as_json)
@@ -206,30 +206,13 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
                     retries=retries,
                     progress=bar,
                 )
-        except TransferFailed as exc:
-            fail(str(exc), EXIT_TRANSFER_FAILED)
-        except S3Unavailable as exc:
-            fail(str(exc), EXIT_S3_UNAVAILABLE)
-        except S3Error as exc:
-            fail(str(exc), EXIT_NOT_FOUND if exc.code == "NoSuchBucket" else EXIT_S3_REFUSED)
-        except TransferConflict as exc:
-            fail(str(exc), EXIT_USAGE)
-        except ConfigurationError as exc:
-            fail(str(exc), EXIT_USAGE)
         if as_json:
             print_json(transfer)
-            return
-        resumed = bar.last.resumed_bytes if bar.last is not None else 0
-        how = f", resumed from {format_size(resumed)}" if resumed else ""
-        digest = f"sha256 {transfer.sha256}, " if transfer.sha256 else ""
-        out.print(
-            f"uploaded {escape(transfer.uri)}: {format_size(transfer.total_size or 0)} in "
-            f"{transfer.parts_confirmed} parts{how}; {digest}"
-            f"verified by {transfer.verified_by} (transfer {transfer.id})",
-            highlight=False,
-            soft_wrap=True,
-        )
+        else:
+            _print_uploaded(transfer, bar)
 
+
+def _add_transfer_commands(transfers_cli: typer.Typer, load_app: Callable[[], App]) -> None:
     @transfers_cli.callback(invoke_without_command=True)
     def transfers_list(
         ctx: typer.Context,
@@ -270,15 +253,9 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Abort multipart uploads under the prefixes that no active transfer owns."""
-        try:
+        with _exit_codes():
             cutoff = parse_duration(older_than)
             found = gc_uploads(load_app().store, prefix, older_than=cutoff, dry_run=dry_run)
-        except ConfigurationError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except S3Unavailable as exc:
-            fail(str(exc), EXIT_S3_UNAVAILABLE)
-        except S3Error as exc:
-            fail(str(exc), EXIT_NOT_FOUND if exc.code == "NoSuchBucket" else EXIT_S3_REFUSED)
         if as_json:
             print_json(found)
             return
@@ -290,6 +267,61 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
                 highlight=False,
             )
         out.print(f"{verb} {len(found)} orphaned uploads", highlight=False)
+
+
+@contextmanager
+def _exit_codes() -> Iterator[None]:
+    """Transfer and S3 errors as one line on stderr and the exit code the module lists."""
+    try:
+        yield
+    except TransferFailed as exc:
+        fail(str(exc), EXIT_TRANSFER_FAILED)
+    except S3Unavailable as exc:
+        fail(str(exc), EXIT_S3_UNAVAILABLE)
+    except S3Error as exc:
+        fail(str(exc), EXIT_NOT_FOUND if exc.code == "NoSuchBucket" else EXIT_S3_REFUSED)
+    except (TransferConflict, ConfigurationError) as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _metadata(metadata: str | None) -> dict[str, Any] | None:
+    """``--metadata``: a JSON object, or a usage error."""
+    if metadata is None:
+        return None
+    try:
+        user_metadata = json.loads(metadata)
+    except ValueError as exc:
+        fail(f"--metadata is not JSON: {exc}", EXIT_USAGE)
+    if not isinstance(user_metadata, dict):
+        fail("--metadata must be a JSON object", EXIT_USAGE)
+    return user_metadata
+
+
+def _check_source(path: Path, *, follow: bool, load_app: Callable[[], App]) -> None:
+    """A usage error for a directory, not found for a file that is not there."""
+    if not path.exists() and not follow:
+        # A transfer of a file that vanished is still resumed, to record the failure.
+        app = load_app()
+        if not any(
+            t.source_path == str(path.absolute())
+            for t in app.store.list_transfers(status=TransferStatus.ACTIVE)
+        ):
+            fail(f"no file {path}", EXIT_NOT_FOUND)
+    if path.is_dir():
+        fail(f"{path} is a directory; upload takes one file", EXIT_USAGE)
+
+
+def _print_uploaded(transfer: Transfer, bar: _Bar) -> None:
+    resumed = bar.last.resumed_bytes if bar.last is not None else 0
+    how = f", resumed from {format_size(resumed)}" if resumed else ""
+    digest = f"sha256 {transfer.sha256}, " if transfer.sha256 else ""
+    out.print(
+        f"uploaded {escape(transfer.uri)}: {format_size(transfer.total_size or 0)} in "
+        f"{transfer.parts_confirmed} parts{how}; {digest}"
+        f"verified by {transfer.verified_by} (transfer {transfer.id})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 __all__ = ["parse_duration", "register"]

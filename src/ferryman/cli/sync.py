@@ -37,9 +37,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ferryman import cli_serve, logs
+from ferryman import logs
 from ferryman.app import App
-from ferryman.cli_output import (
+from ferryman.cli import serve as cli_serve
+from ferryman.cli.output import (
     EXIT_TRANSFER_FAILED,
     EXIT_USAGE,
     err,
@@ -47,7 +48,7 @@ from ferryman.cli_output import (
     out,
     print_json,
 )
-from ferryman.cli_transfers import parse_duration
+from ferryman.cli.transfers import parse_duration
 from ferryman.errors import ConfigurationError
 from ferryman.model import RunStatus
 from ferryman.transfer.s3 import format_size, log

@@ -1,7 +1,7 @@
 """``ferryman download``: an S3 object to a local file, resumably.
 
 :func:`register` adds the command to the main Typer app. Exit codes follow
-:mod:`ferryman.cli_output`: 1 the object or bucket does not exist; 2 a usage
+:mod:`ferryman.cli.output`: 1 the object or bucket does not exist; 2 a usage
 error (bad URL, destination, another download writing DEST); 6 S3 refused
 the request; 7 S3 cannot be reached (run again to resume); 8 the download
 failed and was recorded so (the object changed since it began, or its bytes
@@ -18,7 +18,7 @@ import typer
 from rich.markup import escape
 
 from ferryman.app import App
-from ferryman.cli_output import (
+from ferryman.cli.output import (
     EXIT_NOT_FOUND,
     EXIT_S3_REFUSED,
     EXIT_S3_UNAVAILABLE,
@@ -29,7 +29,7 @@ from ferryman.cli_output import (
     out,
     print_json,
 )
-from ferryman.cli_transfers import _Bar as ProgressBar
+from ferryman.cli.transfers import _Bar as ProgressBar
 from ferryman.errors import (
     ConfigurationError,
     S3Error,

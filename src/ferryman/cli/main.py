@@ -1,6 +1,6 @@
 """The ``ferryman`` command.
 
-Exit codes are listed in :mod:`ferryman.cli_output`; errors are one line on
+Exit codes are listed in :mod:`ferryman.cli.output`; errors are one line on
 stderr, never a traceback.
 """
 
@@ -19,20 +19,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ferryman import (
-    cli_download,
-    cli_errors,
-    cli_sensors,
-    cli_serve,
-    cli_sync,
-    cli_transfers,
-    logs,
-)
+from ferryman import logs
 from ferryman.app import DEFAULT_STORE, App
-from ferryman.cli_errors import describe
-from ferryman.cli_output import (
+from ferryman.cli import download as cli_download
+from ferryman.cli import errors as cli_errors
+from ferryman.cli import sensors as cli_sensors
+from ferryman.cli import serve as cli_serve
+from ferryman.cli import sync as cli_sync
+from ferryman.cli import transfers as cli_transfers
+from ferryman.cli.errors import describe
+from ferryman.cli.output import (
     EXIT_NOT_FOUND,
     EXIT_SCHEMA,
     EXIT_UNAVAILABLE,
@@ -45,7 +44,7 @@ from ferryman.cli_output import (
     out,
     print_json,
 )
-from ferryman.cli_progress import WorkProgress
+from ferryman.cli.progress import WorkProgress
 from ferryman.model import Run, RunStatus, redact
 from ferryman.store import upgrade as upgrade_store
 
@@ -342,6 +341,12 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(f"live workers: {len(workers)}", highlight=False)
     for worker in workers:
         out.print(f"  {worker.id} (pid {worker.pid}, up {age(worker.started_at)})", highlight=False)
+        if worker.crashes:
+            out.print(
+                f"    [red]{worker.crashes} background crash{'es' if worker.crashes > 1 else ''}"
+                f"[/], last: {escape(worker.last_crash or '?')}",
+                highlight=False,
+            )
 
 
 @cli.command()
@@ -355,7 +360,7 @@ def workers(
         print_json(found)
         return
     table = Table(title="workers")
-    for column in ("id", "host", "pid", "started", "last seen", "state"):
+    for column in ("id", "host", "pid", "started", "last seen", "state", "crashes"):
         table.add_column(column)
     for worker in found:
         state = "alive" if worker.alive else ("stopped" if worker.stopped_at else "lost")
@@ -366,6 +371,9 @@ def workers(
             worker.started_at.isoformat(timespec="seconds"),
             f"{age(worker.last_seen_at)} ago",
             state,
+            f"{worker.crashes} (last: {escape(worker.last_crash or '?')})"
+            if worker.crashes
+            else "0",
         )
     out.print(table)
 

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ferryman.app import App
-from ferryman.cli_output import (
+from ferryman.cli.output import (
     EXIT_NOT_FOUND,
     EXIT_USAGE,
     duration,
@@ -129,6 +129,16 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         except UnknownSensor as exc:
             fail(f"{exc}; is it registered by the --app you named?", EXIT_NOT_FOUND)
 
+    _add_list(sensors_cli, load_app)
+    _add_state_commands(sensors_cli, known)
+    _add_evaluation_commands(cli, known)
+    _add_tick(cli, load_app, known)
+
+
+Known = Callable[[Callable[[App], Any]], Any]  # runs an action, UnknownSensor -> exit 1
+
+
+def _add_list(sensors_cli: typer.Typer, load_app: Callable[[], App]) -> None:
     @sensors_cli.callback(invoke_without_command=True)
     def sensors_list(
         ctx: typer.Context,
@@ -155,35 +165,10 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
                 ]
             )
             return
-        table = Table(title="sensors")
-        for column in (
-            "name",
-            "kind",
-            "status",
-            "cursor",
-            "version",
-            "failures",
-            "last outcome",
-            "next",
-        ):
-            table.add_column(column, overflow="fold")
-        for state in states:
-            evaluation = last[state.name]
-            outcome = "-" if evaluation is None else evaluation.outcome.value
-            if evaluation is not None and evaluation.outcome is EvaluationOutcome.FAILED:
-                outcome = f"[red]failed[/]: {escape(last_line(evaluation.error, 60))}"
-            table.add_row(
-                escape(state.name),
-                state.kind,
-                state.status,
-                _cursor(state.cursor),
-                str(state.state_version),
-                str(state.consecutive_failures),
-                outcome,
-                _next(state),
-            )
-        out.print(table)
+        out.print(_sensors_table(states, last))
 
+
+def _add_state_commands(sensors_cli: typer.Typer, known: Known) -> None:
     @sensors_cli.command("pause")
     def sensors_pause(name: Annotated[str, typer.Argument(help="Sensor name.")]) -> None:
         """Stop evaluating a sensor, in every process, until it is resumed."""
@@ -217,6 +202,8 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
             highlight=False,
         )
 
+
+def _add_evaluation_commands(cli: typer.Typer, known: Known) -> None:
     @cli.command("evaluations")
     def evaluations(
         name: Annotated[str, typer.Argument(help="Sensor name.")],
@@ -254,6 +241,8 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         if evaluation.outcome is EvaluationOutcome.FAILED:
             fail(f"sensor {sensor}: {last_line(evaluation.error, 300)}", EXIT_NOT_FOUND)
 
+
+def _add_tick(cli: typer.Typer, load_app: Callable[[], App], known: Known) -> None:
     @cli.command("tick")
     def tick(
         sensor: Annotated[
@@ -279,6 +268,37 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         failed = [e.sensor for e in done if e.outcome is EvaluationOutcome.FAILED]
         if failed:
             fail(f"evaluation failed for {', '.join(failed)}", EXIT_NOT_FOUND)
+
+
+def _sensors_table(states: Sequence[SensorState], last: dict[str, Evaluation | None]) -> Table:
+    table = Table(title="sensors")
+    for column in (
+        "name",
+        "kind",
+        "status",
+        "cursor",
+        "version",
+        "failures",
+        "last outcome",
+        "next",
+    ):
+        table.add_column(column, overflow="fold")
+    for state in states:
+        evaluation = last[state.name]
+        outcome = "-" if evaluation is None else evaluation.outcome.value
+        if evaluation is not None and evaluation.outcome is EvaluationOutcome.FAILED:
+            outcome = f"[red]failed[/]: {escape(last_line(evaluation.error, 60))}"
+        table.add_row(
+            escape(state.name),
+            state.kind,
+            state.status,
+            _cursor(state.cursor),
+            str(state.state_version),
+            str(state.consecutive_failures),
+            outcome,
+            _next(state),
+        )
+    return table
 
 
 def _next(state: SensorState) -> str:

@@ -21,7 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ferryman.app import App
+from ferryman.errors import StoreError
 from ferryman.model import RunStatus
+from ferryman.supervise import Supervised, supervised
 
 log = logging.getLogger("ferryman.worker")
 
@@ -31,7 +33,7 @@ FINISHED_BAD = (RunStatus.FAILED, RunStatus.DEAD)
 UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Run counts of the served jobs at one moment."""
 
@@ -41,7 +43,7 @@ class Snapshot:
     to_go: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Figures:
     """What the view shows: counts since the start, rate and ETA."""
 
@@ -126,7 +128,7 @@ class WorkProgress:
         self._live = live
         self._interval = interval
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
         self._tracker: ProgressTracker | None = None
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -147,8 +149,7 @@ class WorkProgress:
         self._tracker = ProgressTracker(take_snapshot(self._app, self._jobs))
         if self._live:
             self._progress.start()
-        self._thread = threading.Thread(target=self._poll, name="ferryman-progress", daemon=True)
-        self._thread.start()
+        self._thread = supervised("ferryman-progress", self._poll)
 
     def stop(self) -> None:
         """Stop polling; a live view is refreshed one last time and left on screen."""
@@ -164,7 +165,7 @@ class WorkProgress:
         while not self._stop.wait(self._interval):
             try:
                 figures = self._update()
-            except Exception as exc:  # a store hiccup must not stop the workers
+            except StoreError as exc:  # a store hiccup must not stop the workers
                 log.warning("progress: could not read run counts: %s", exc)
                 continue
             if not self._live:

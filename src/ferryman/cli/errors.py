@@ -2,7 +2,7 @@
 
 :func:`run` calls the Typer app with Typer's own error display switched off
 (``standalone_mode=False``) and turns whatever escapes a command into one
-``error: ...`` line and the exit code :mod:`ferryman.cli_output` documents:
+``error: ...`` line and the exit code :mod:`ferryman.cli.output` documents:
 
 * a usage error found while parsing (a bad option value, an unknown option or
   command, a missing argument): exit 2, the option and the value named, where
@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import typer
 from rich.markup import escape
 
-from ferryman.cli_output import (
+from ferryman.cli.output import (
     EXIT_INTERNAL,
     EXIT_NOT_FOUND,
     EXIT_S3_REFUSED,

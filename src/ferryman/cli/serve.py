@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ferryman.app import App
-from ferryman.cli_output import EXIT_USAGE, err, fail
-from ferryman.errors import ConfigurationError
+from ferryman.cli.output import EXIT_USAGE, err, fail
+from ferryman.errors import ConfigurationError, PortInUse
 
 if TYPE_CHECKING:
     from ferryman.web.serving import BackgroundServer
@@ -50,7 +50,6 @@ def start_beside_daemon(
     """
     from ferryman.web.serving import (
         BackgroundServer,
-        PortInUse,
         listen,
         log,
         make_server,
@@ -85,7 +84,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         read_only: ReadOnlyOption = False,
     ) -> None:
         """Serve the JSON API, the dashboard and /metrics until SIGTERM/SIGINT."""
-        from ferryman.web.serving import PortInUse, listen, make_server, resolve_token
+        from ferryman.web.serving import listen, make_server, resolve_token
 
         try:
             token = resolve_token()

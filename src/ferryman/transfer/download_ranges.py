@@ -1,0 +1,119 @@
+"""The parts of a download under the range loop: written ranges recorded in groups, and bytes.
+
+:class:`Confirmations` commits the ranges whose bytes are in the temporary
+file, a group at a time; the functions below hash bytes, sync a directory and
+tell a cut connection from S3's refusal.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+from ferryman.model import DownloadPart
+from ferryman.store import Store
+from ferryman.supervise import supervised
+from ferryman.transfer.progress import ProgressCounter
+from ferryman.transfer.s3 import MiB, log
+
+CONFIRM_INTERVAL = 0.2  # seconds between the transactions that record written ranges
+
+
+class Confirmations:
+    """Written ranges, committed to the store in groups on ``ferryman-download-<id>-confirm``.
+
+    One transaction every :data:`CONFIRM_INTERVAL` seconds for the ranges
+    written meanwhile, rather than one per range on the fetching threads: a
+    kill loses the ranges of the last interval (fetched again), nothing else.
+    A store error stops the download at its next range; leaving the block
+    commits what is left (also when the download stops short), or raises.
+    """
+
+    def __init__(self, store: Store, download_id: int, counter: ProgressCounter) -> None:
+        self.store = store
+        self.download_id = download_id
+        self.counter = counter
+        self.error: BaseException | None = None
+        self._pending: list[DownloadPart] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = supervised(
+            f"ferryman-download-{download_id}-confirm", self._run, start=False
+        )
+
+    def __enter__(self) -> Confirmations:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None and exc[1] is None:
+            raise self.error
+
+    def add(self, part: DownloadPart) -> None:
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            self._pending.append(part)
+
+    def _run(self) -> None:
+        while not self._stop.wait(CONFIRM_INTERVAL):
+            self._commit()
+        self._commit()
+
+    def _commit(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch or self.error is not None:
+            return
+        try:
+            self.store.confirm_download_parts(self.download_id, batch)
+        except BaseException as exc:  # kept and raised by the fetching threads
+            log.error("download %d: recording ranges failed: %s", self.download_id, exc)
+            self.error = exc
+            return
+        for part in batch:
+            self.counter.count(part.size)
+
+
+def is_cut(exc: BaseException) -> bool:
+    from botocore import exceptions as bx  # type: ignore[import-untyped]
+    from urllib3 import exceptions as ux
+
+    return isinstance(
+        exc,
+        bx.ResponseStreamingError
+        | bx.IncompleteReadError
+        | bx.ReadTimeoutError
+        | ux.ProtocolError
+        | ux.ReadTimeoutError
+        | ConnectionError,
+    )
+
+
+def b64_sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def file_sha256(fd: int, size: int) -> bytes:
+    hasher = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(8 * MiB, size - offset), offset)
+        if not chunk:
+            break
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.digest()
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
