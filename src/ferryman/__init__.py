@@ -5,7 +5,7 @@ nothing is lost or done twice when processes are killed, machines restart or
 several instances run at once.
 """
 
-from ferryman import transfer
+from ferryman import sources, transfer
 from ferryman.app import App
 from ferryman.errors import (
     ConfigurationError,
@@ -85,5 +85,6 @@ __all__ = [
     "UnknownSensor",
     "WorkReport",
     "WorkerInfo",
+    "sources",
     "transfer",
 ]

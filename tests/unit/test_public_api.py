@@ -39,6 +39,7 @@ EXPECTED = [
     "UnknownSensor",
     "WorkReport",
     "WorkerInfo",
+    "sources",
     "transfer",
 ]
 
