@@ -18,5 +18,6 @@ The broker clients are in the ``brokers`` extra: ``pip install 'ferryman[brokers
 from ferryman.sources.base import BrokerSession, Received, Source
 from ferryman.sources.consumer import SourceStats
 from ferryman.sources.rabbitmq import rabbitmq
+from ferryman.sources.redis_streams import redis_stream
 
-__all__ = ["BrokerSession", "Received", "Source", "SourceStats", "rabbitmq"]
+__all__ = ["BrokerSession", "Received", "Source", "SourceStats", "rabbitmq", "redis_stream"]
