@@ -17,7 +17,8 @@ The broker clients are in the ``brokers`` extra: ``pip install 'ferryman[brokers
 
 from ferryman.sources.base import BrokerSession, Received, Source
 from ferryman.sources.consumer import SourceStats
+from ferryman.sources.nats import nats
 from ferryman.sources.rabbitmq import rabbitmq
 from ferryman.sources.redis_streams import redis_stream
 
-__all__ = ["BrokerSession", "Received", "Source", "SourceStats", "rabbitmq", "redis_stream"]
+__all__ = ["BrokerSession", "Received", "Source", "SourceStats", "nats", "rabbitmq", "redis_stream"]
