@@ -20,5 +20,15 @@ from ferryman.sources.consumer import SourceStats
 from ferryman.sources.nats import nats
 from ferryman.sources.rabbitmq import rabbitmq
 from ferryman.sources.redis_streams import redis_stream
+from ferryman.sources.sqs import sqs
 
-__all__ = ["BrokerSession", "Received", "Source", "SourceStats", "nats", "rabbitmq", "redis_stream"]
+__all__ = [
+    "BrokerSession",
+    "Received",
+    "Source",
+    "SourceStats",
+    "nats",
+    "rabbitmq",
+    "redis_stream",
+    "sqs",
+]
