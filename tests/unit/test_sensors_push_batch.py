@@ -50,6 +50,18 @@ def test_a_redelivered_batch_writes_nothing(make_app: type[fm.App]) -> None:
     assert len(app.get_runs()) == 2
 
 
+def test_each_evaluation_of_a_batch_counts_its_own_deduplicated_runs(
+    make_app: type[fm.App],
+) -> None:
+    app = build(make_app)
+    app.submit("load", fm.RunRequest("run-a"))
+    delivered = deliver_many(app._sensor_engine, "events", [("a", None), ("b", None), ("c", None)])
+    # The sensor keys runs by message id: "a" meets the run submitted before.
+    counts = [(d.evaluation.runs_requested, d.evaluation.runs_deduplicated) for d in delivered]
+    assert counts == [(1, 1), (1, 0), (1, 0)]
+    assert len(app.get_runs()) == 3
+
+
 def test_failures_and_refusals_are_recorded_with_their_reason_and_no_delivery(
     make_app: type[fm.App],
 ) -> None:

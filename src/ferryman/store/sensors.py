@@ -36,6 +36,7 @@ from ferryman.store.dialect import Backend
 from ferryman.store.keys import message_digest
 from ferryman.store.runs import NewRun, RunQueries
 from ferryman.store.schema import push_deliveries, sensor_evaluations, sensors
+from ferryman.store.schema import runs as runs_table
 
 RUNNING = "running"
 FIND_CHUNK = 500  # message digests per lookup: well under any bound-parameter limit
@@ -494,19 +495,9 @@ class SensorQueries:
         lost = [evaluation_id for evaluation_id in evaluation_ids if evaluation_id not in won]
         if lost:
             conn.execute(sensor_evaluations.delete().where(sensor_evaluations.c.id.in_(lost)))
-        updates = []
-        for commit, evaluation_id in zip(commits, evaluation_ids, strict=True):
-            if evaluation_id in won and commit.new_runs:
-                # One message's runs at a time: the evaluation counts its own deduplications.
-                submitted = self.runs.enqueue(conn, commit.new_runs)
-                updates.append(
-                    {
-                        "b_id": evaluation_id,
-                        "b_requested": len(submitted.run_ids),
-                        "b_deduplicated": submitted.deduplicated,
-                        "b_run_ids": records.to_json(sorted(set(submitted.run_ids)), "run ids"),
-                    }
-                )
+        updates = self._enqueue_batch(
+            conn, [(c, e) for c, e in zip(commits, evaluation_ids, strict=True) if e in won]
+        )
         if updates:
             conn.execute(
                 sensor_evaluations.update()
@@ -535,6 +526,50 @@ class SensorQueries:
             else (earlier[commit.message_id], False)
             for commit, evaluation_id in zip(commits, evaluation_ids, strict=True)
         ]
+
+    def _enqueue_batch(
+        self, conn: sa.Connection, delivered: Sequence[tuple[PushCommit, int]]
+    ) -> list[dict[str, Any]]:
+        """Insert the runs of every delivered message in one call; each evaluation's counts.
+
+        One ``enqueue`` for the batch, not one per message: a round trip per
+        message would cost what the batch saves. Its run ids come back in
+        request order and are split by message. A message's deduplicated runs
+        are those that existed when the batch began, or that an earlier
+        message of the batch (or itself) requested first — as if the messages
+        had been committed one after the other. (A run that another producer
+        commits in the instant between that look-up and the insert is counted
+        as requested here, not deduplicated: the run itself is still one.)
+        """
+        new_runs = [new for commit, _ in delivered for new in commit.new_runs]
+        if not new_runs:
+            return []
+        digests = list({new.key_digest for new in new_runs})
+        seen: set[bytes] = set()
+        for start in range(0, len(digests), FIND_CHUNK):
+            query = sa.select(runs_table.c.key_digest).where(
+                runs_table.c.key_digest.in_(digests[start : start + FIND_CHUNK])
+            )
+            seen.update(bytes(digest) for digest in conn.execute(query).scalars())
+        run_ids = iter(self.runs.enqueue(conn, new_runs).run_ids)
+        updates = []
+        for commit, evaluation_id in delivered:
+            if not commit.new_runs:
+                continue
+            ids = [next(run_ids) for _ in commit.new_runs]
+            deduplicated = 0
+            for new in commit.new_runs:
+                deduplicated += new.key_digest in seen
+                seen.add(new.key_digest)
+            updates.append(
+                {
+                    "b_id": evaluation_id,
+                    "b_requested": len(ids),
+                    "b_deduplicated": deduplicated,
+                    "b_run_ids": records.to_json(sorted(set(ids)), "run ids"),
+                }
+            )
+        return updates
 
     def fail_push(
         self,
