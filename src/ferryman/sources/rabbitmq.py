@@ -58,6 +58,11 @@ class RabbitMQSource(Source):
     def connect(self, consumer: str) -> BrokerSession:
         return _Session(self, consumer)
 
+    def declare_queues(self) -> None:
+        """Declare the queue (and its dead-letter queue) now, as the consumer does when it
+        starts: messages published before the first consumer then wait in it."""
+        _Session(self, "ferryman-declare").close()
+
 
 def rabbitmq(
     url: str,
