@@ -360,6 +360,9 @@ def moto_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # ferryman's SQS source builds its client from the standard AWS variables.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")  # a moto server takes any
     try:
         yield f"http://{host}:{port}"
     finally:
