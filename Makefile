@@ -100,5 +100,14 @@ sync-storm: $(STAMP)
 	FERRYMAN_STORM_SYNC_GROW_SECONDS=30 FERRYMAN_STORM_SYNC_TIMEOUT=1800 \
 	$(BIN)/pytest tests/crash/test_sync_storm.py -q -p no:randomly
 
+# The broker crash storms at full size: per broker (RabbitMQ, Redis Streams, NATS
+# JetStream, SQS on moto), 10,000 messages while `ferryman run` is SIGKILLed 50
+# times (tests/brokers/test_storms.py; the suite runs 500 messages, 5 kills).
+# About 15 min. Not part of `make test`; `make soak` runs them too.
+.PHONY: storms-brokers
+storms-brokers: $(STAMP) services
+	FERRYMAN_STORM_BROKER_MESSAGES=10000 FERRYMAN_STORM_BROKER_KILLS=50 \
+	    $(BIN)/pytest tests/brokers/test_storms.py -o timeout=3600 -p no:logging
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,7 @@ nothing is lost or done twice when processes are killed, machines restart or
 several instances run at once.
 """
 
-from ferryman import sensors, transfer
+from ferryman import sensors, sources, transfer
 from ferryman.app import App
 from ferryman.errors import (
     ConfigurationError,
@@ -104,5 +104,6 @@ __all__ = [
     "WorkReport",
     "WorkerInfo",
     "sensors",
+    "sources",
     "transfer",
 ]

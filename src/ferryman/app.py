@@ -43,6 +43,8 @@ from ferryman.sensors.schedule import (
     DEFAULT_SCHEDULE_INTERVAL,
     define_schedule,
 )
+from ferryman.sources.base import Source
+from ferryman.sources.consumer import SourceConsumer, SourceConsumers, SourceStats
 from ferryman.store import NewRun, Store, open_store
 from ferryman.store.records import shown_key, to_json
 from ferryman.worker.context import JobContext
@@ -104,6 +106,8 @@ class App:
         self.evaluation_retention = evaluation_retention
         self.delivery_retention = _retention(delivery_retention)
         self._sensors: dict[str, SensorDefinition] = {}
+        self._sources: dict[str, Source] = {}  # push sensor -> where its messages come from
+        self._consumers: SourceConsumers | None = None
         self._sensor_engine = SensorEngine(
             lambda: self.store,
             self._sensors,
@@ -268,26 +272,38 @@ class App:
         name: str | None = None,
         jobs: Sequence[str] | None = None,
         timeout: float | None = DEFAULT_PUSH_TIMEOUT,
+        source: Source | None = None,
     ) -> Callable[[S], S]:
         """Register ``fn(ctx, message) -> list[RunRequest]``, called by :meth:`ingest`.
 
         Each message is evaluated once: a redelivered ``message_id`` returns
         the first evaluation and writes nothing. Routing is as for
         :meth:`poll_sensor`.
+
+        With a ``source`` (``fm.sources.rabbitmq(...)``, ``redis_stream``,
+        ``nats``, ``sqs``), ``ferryman run`` consumes it on a supervised
+        thread: batches of messages are delivered in one transaction each,
+        and each message is acknowledged only after its evaluation committed.
         """
+        if source is not None and not isinstance(source, Source):
+            raise ConfigurationError(
+                f"source must be one of fm.sources (rabbitmq, redis_stream, nats, sqs), "
+                f"got {source!r}"
+            )
 
         def register(function: S) -> S:
-            self._add_sensor(
-                define_sensor(
-                    function,
-                    kind=SensorKind.PUSH,
-                    name=name,
-                    job=job,
-                    jobs=jobs,
-                    backoff=DEFAULT_SENSOR_BACKOFF,
-                    timeout=timeout,
-                )
+            definition = define_sensor(
+                function,
+                kind=SensorKind.PUSH,
+                name=name,
+                job=job,
+                jobs=jobs,
+                backoff=DEFAULT_SENSOR_BACKOFF,
+                timeout=timeout,
             )
+            self._add_sensor(definition)
+            if source is not None:
+                self._sources[definition.name] = source
             return function
 
         return register
@@ -643,12 +659,37 @@ class App:
         resumer = TransferResumer(self.store) if resume_transfers else None
         if resumer is not None:
             resumer.start()
+        consumers = SourceConsumers(
+            [
+                SourceConsumer(self._sensor_engine, sensor, source)
+                for sensor, source in sorted(self._sources.items())
+            ]
+        )
+        self._consumers = consumers
+        consumers.start()
         try:
             return run_daemon(daemon, work if self._jobs else None, grace_seconds=grace_seconds)
         finally:
+            # Batches not yet committed are not acked: the broker gives them back.
+            consumers.stop(timeout=grace_seconds)
             if resumer is not None:
                 # An upload cut short here stays active and resumes next time.
                 resumer.stop(timeout=grace_seconds)
+
+    def source_stats(self) -> dict[str, SourceStats]:
+        """What each broker source consumer of this process did, by push sensor.
+
+        Empty unless :meth:`run` is running (or ran) in this process.
+        """
+        consumers = self._consumers
+        if consumers is None:
+            return {}
+        return {consumer.sensor: consumer.stats for consumer in consumers.consumers}
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """The broker sources of the push sensors, by sensor name."""
+        return dict(self._sources)
 
 
 def _retention(value: timedelta | float | None) -> timedelta | None:

@@ -13,7 +13,9 @@ suite gives it:
 * ``uploads`` — ``test_transfer_crash.py``: ``ferryman upload`` SIGKILLed
   mid-upload to SeaweedFS, then run again;
 * ``upload jobs`` — ``test_transfer_job_crash.py``: a worker SIGKILLed while
-  its job uploads; the retried run resumes the transfer.
+  its job uploads; the retried run resumes the transfer;
+* ``brokers`` — ``tests/brokers/test_storms.py``: ``ferryman run`` SIGKILLed
+  while it consumes RabbitMQ, Redis Streams, NATS JetStream and SQS.
 
 Each storm is one pytest run of that test, sized through ``FERRYMAN_STORM_*``
 variables, which appends what it did as a JSON line to the file named by
@@ -104,6 +106,14 @@ STORMS = (
         test="tests/crash/test_transfer_job_crash.py::test_a_killed_worker_s_upload_is_resumed_by_the_retried_run",
         parametrised=False,
         settings={"ITERATIONS": 5},
+    ),
+    # Each broker source in turn (RabbitMQ, Redis, NATS, SQS): 10,000 messages
+    # while ``ferryman run`` is SIGKILLed 50 times; about 4 min per broker.
+    Storm(
+        name="brokers",
+        test="tests/brokers/test_storms.py::test_sigkilled_consumers_make_exactly_one_run_per_message",
+        parametrised=False,
+        settings={"BROKER_MESSAGES": 10_000, "BROKER_KILLS": 50},
     ),
 )
 STORES = ("sqlite", "postgres")

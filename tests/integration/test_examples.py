@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
         ["examples.sensors.check_examples"],
         ["examples.xml_to_tables", "--apps", "300"],
         ["examples.folder_to_s3.check_example"],
+        ["examples.brokers.check_examples"],
     ],
 )
 def test_example_runs(command: list[str]) -> None:

@@ -440,7 +440,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "push deduplicated by message id only, whatever the sensor",
         PUSH_PROMISE,
-        one(SENSORS, "                    push_deliveries.c.sensor == sensor,\n", ""),
+        one(
+            SENSORS,
+            "                    push_deliveries.c.sensor == sensor,\n"
+            "                    push_deliveries.c.message_digest == message_digest(message_id),\n",
+            "                    push_deliveries.c.message_digest == message_digest(message_id),\n",
+        ),
         (f"{PUSH}::test_message_ids_are_compared_per_sensor_not_as_one_string",),
     ),
     Mutation(
@@ -659,5 +664,29 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/transfer/test_download.py::"
             "test_killed_download_resumes_without_fetching_confirmed_ranges_again",
         ),
+    ),
+    # -- broker sources -----------------------------------------------------------
+    Mutation(
+        "a message the sensor cannot handle acknowledged instead of dead-lettered",
+        "Broker sources",
+        one(
+            "ferryman/sources/consumer.py",
+            "                dead.append((message, _reason(outcome)))\n",
+            "                ack.append(message)\n",
+        ),
+        (
+            "tests/brokers/test_rabbitmq.py::"
+            "test_messages_the_sensor_cannot_handle_are_dead_lettered_with_the_reason",
+        ),
+    ),
+    Mutation(
+        "a broker message acknowledged before its evaluation commits",
+        "Broker sources",
+        one(
+            "ferryman/sources/consumer.py",
+            "        delivered = deliver_many(\n",
+            "        session.ack(good)\n        delivered = deliver_many(\n",
+        ),
+        ("tests/brokers/test_rabbitmq.py::test_each_message_one_run_acked_after_commit[sqlite]",),
     ),
 )

@@ -18,6 +18,7 @@ FUNCTION_LINES = 60
 # Modules allowed past MODULE_LINES, each with the reason.
 LONG_MODULES: dict[str, str] = {
     "app.py": "the App facade; its store calls are being moved behind Store methods",
+    "store/sensors.py": "to split: the push batch path (find_many, commit_push_many) apart",
 }
 
 # Functions allowed past FUNCTION_LINES ("module.py:Class.method"), each with the reason.
@@ -33,6 +34,9 @@ LONG_FUNCTIONS: dict[str, str] = {
     "sensors/builtin/s3.py:S3PrefixSensor.__call__": "to split (listing, routing)",
     "sensors/builtin/sql_table.py:sql_table": "to split (argument checks, query building)",
     "sensors/builtin/folder.py:folder": "to split (argument checks, sensor building)",
+    "sensors/batch.py:deliver_many": "to split (evaluate each message, then commit the batch)",
+    "store/sensors.py:SensorQueries.commit_push_many": "to split (evaluations, deliveries, runs)",
+    "app.py:App.run": "to split (sensor loop, broker consumers, worker)",
     "sensors/schedule.py:define_schedule": "to split (one check per argument, each naming it)",
     "store/downloads.py:DownloadQueries.open": "to split (resume or start afresh)",
     "transfer/__init__.py:download": "to split (argument checks, the download itself)",

@@ -64,13 +64,14 @@ EXPECTED = [
     "WorkReport",
     "WorkerInfo",
     "sensors",
+    "sources",
     "transfer",
 ]
 
 
 # Submodules that are part of the surface (fm.sensors.folder, fm.transfer.upload);
 # every other submodule shows up on the package only because it was imported.
-PUBLIC_MODULES = {"sensors", "transfer"}
+PUBLIC_MODULES = {"sensors", "sources", "transfer"}
 SENSOR_NAMES = ["SensorContext", "folder", "s3_prefix", "sql_table"]
 
 

@@ -269,7 +269,8 @@ def run(
     port: cli_serve.PortOption = 8765,
     read_only: cli_serve.ReadOnlyOption = False,
 ) -> None:
-    """The daemon: evaluate sensors when due and work on runs, until SIGTERM/SIGINT.
+    """The daemon: evaluate sensors when due, consume broker sources, and work on runs,
+    until SIGTERM/SIGINT.
 
     With --serve (the default) the dashboard, the JSON API and /metrics are
     served from the same process, on 127.0.0.1:8765 unless told otherwise.

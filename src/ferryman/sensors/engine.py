@@ -400,6 +400,18 @@ class SensorEngine:
         payload: Any,
     ) -> tuple[Evaluation, bool] | str:
         """Call the sensor on the message and commit; a str says why the delivery failed."""
+        commit = self.push_commit(definition, state, started, message_id, payload)
+        return commit if isinstance(commit, str) else store.commit_push_evaluation(commit)
+
+    def push_commit(
+        self,
+        definition: SensorDefinition,
+        state: SensorState,
+        started: float,
+        message_id: str,
+        payload: Any,
+    ) -> PushCommit | str:
+        """Call the sensor on the message: what to commit, or why the delivery failed."""
         context = self._context(definition, state, started)
         message = Message(message_id, payload)
         called = call_with_timeout(
@@ -417,16 +429,14 @@ class SensorEngine:
             return describe(called.error)
         prepared = called.value
         _log_refused(definition.name, prepared)
-        return store.commit_push_evaluation(
-            PushCommit(
-                sensor=definition.name,
-                message_id=message_id,
-                new_runs=prepared.new_runs,
-                skipped=prepared.skipped,
-                started_at=started,
-                evaluator=evaluator_id(),
-                skip_reasons=prepared.skip_reasons,
-            )
+        return PushCommit(
+            sensor=definition.name,
+            message_id=message_id,
+            new_runs=prepared.new_runs,
+            skipped=prepared.skipped,
+            started_at=started,
+            evaluator=evaluator_id(),
+            skip_reasons=prepared.skip_reasons,
         )
 
     def _prepare_push(

@@ -51,6 +51,7 @@ from ferryman.store.sensors import (
     PollCommit,
     PollFailure,
     PushCommit,
+    PushFailure,
     ScheduleEntry,
     SensorQueries,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "PollCommit",
     "PollFailure",
     "PushCommit",
+    "PushFailure",
     "ScheduleEntry",
     "Store",
     "TransferFence",
@@ -355,6 +357,38 @@ class Store:
     def commit_push_evaluation(self, commit: PushCommit) -> tuple[Evaluation, bool]:
         with self.write("committing a push evaluation") as conn:
             return self.sensors.commit_push(conn, commit)
+
+    def find_push_deliveries(
+        self, name: str, message_ids: Sequence[str]
+    ) -> tuple[SensorState | None, dict[str, Evaluation], float]:
+        """The sensor's state, the earlier evaluations of those messages already
+        delivered (by message id), and the database clock, read together."""
+        with self.read("looking up deliveries") as conn:
+            earlier = self.sensors.find_many(conn, name, message_ids)
+            return self.sensors.state(conn, name), earlier, self.sensors.now(conn)
+
+    def commit_push_batch(
+        self, commits: Sequence[PushCommit], failures: Sequence[PushFailure]
+    ) -> tuple[list[tuple[Evaluation, bool]], list[Evaluation]]:
+        """Many push evaluations of one sensor, ok and failed, in ONE transaction.
+
+        Returns the ok ones (each with whether this call recorded it) and the
+        failed ones, each in the order given. Nothing is recorded if it raises.
+        """
+        with self.write("committing a batch of push evaluations") as conn:
+            committed = self.sensors.commit_push_many(conn, commits)
+            failed = [
+                self.sensors.fail_push(
+                    conn,
+                    sensor=failure.sensor,
+                    message_id=failure.message_id,
+                    error=failure.error,
+                    started_at=failure.started_at,
+                    evaluator=failure.evaluator,
+                )
+                for failure in failures
+            ]
+            return committed, failed
 
     def record_push_failure(
         self, *, sensor: str, message_id: str, error: str, started_at: float, evaluator: str

@@ -12,6 +12,8 @@ right whichever processes and hosts do the work, and it survives restarts.
   only the rows written since the last, by primary key. The first scrape of
   a process folds the whole history once. On PostgreSQL rows are folded once
   they are a few seconds old, because ids there commit out of order.
+* The broker source consumers' figures (``ferryman_source_*``) are the
+  exception: they are this process's own (see :class:`SourceCollector`).
 * Scrapes within ``cache_seconds`` of each other share one reading, so
   several Prometheus servers cost the store no more than one.
 
@@ -185,10 +187,56 @@ class StoreCollector:
         )
 
 
+class SourceCollector:
+    """The broker source consumers of this process (``ferryman run`` with ``--serve``).
+
+    Unlike the store's figures these are the process's own: each daemon's
+    consumers count what they took and settled since it started, as
+    Prometheus counters of that process. Lag is what the broker last said.
+    """
+
+    COUNTERS = (
+        ("consumed", "Messages taken from the broker"),
+        ("acked", "Messages acknowledged after their evaluation committed"),
+        ("redelivered", "Messages the broker said it had delivered before"),
+        ("duplicates", "Messages whose delivery was already recorded: nothing written"),
+        ("dead_lettered", "Messages sent to the broker's dead-letter mechanism"),
+        ("released", "Messages given back unprocessed (sensor paused)"),
+        ("reconnects", "Sessions opened again after a lost connection or a failure"),
+    )
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        stats = sorted(self.app.source_stats().values(), key=lambda s: s.sensor)
+        labels = ["sensor", "source"]
+        for name, documentation in self.COUNTERS:
+            family = CounterMetricFamily(f"ferryman_source_{name}", documentation, labels=labels)
+            for one in stats:
+                family.add_metric([one.sensor, one.kind], getattr(one, name))
+            yield family
+        lag = GaugeMetricFamily(
+            "ferryman_source_lag",
+            "Messages waiting for the consumer, as the broker last told",
+            labels=labels,
+        )
+        connected = GaugeMetricFamily(
+            "ferryman_source_connected", "1 while the consumer is connected", labels=labels
+        )
+        for one in stats:
+            if one.lag is not None:
+                lag.add_metric([one.sensor, one.kind], one.lag)
+            connected.add_metric([one.sensor, one.kind], 1 if one.connected else 0)
+        yield lag
+        yield connected
+
+
 def registry_for(app: App) -> CollectorRegistry:
     """A registry of its own per App, so two Apps in one process never share figures."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(app))
+    registry.register(SourceCollector(app))
     return registry
 
 

@@ -255,6 +255,8 @@ def sensor_page(
         evaluations=[present_evaluation(e) for e in page.items],
         next_before=page.next_before,
         history=[present_evaluation(e) for e in history],
+        source=app.source_stats().get(name),
+        source_where=app.sources[name].describe() if name in app.sources else None,
     )
 
 

@@ -1,0 +1,379 @@
+"""Crash storms of broker sources: ``ferryman run`` SIGKILLed again and again while it consumes.
+
+:func:`run_storm` publishes the messages, then starts ``ferryman run`` (the
+app of :mod:`tests.brokers.storm_app`) and SIGKILLs it after a random 0.3-1 s,
+again and again; then lets one last daemon drain the queue and stops it with
+SIGTERM. The broker side of each kind is a :class:`Broker`: publish, and
+count what is left (ready, pending or in flight) once no consumer runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+import ferryman as fm
+from ferryman.store.schema import runs, sensor_evaluations
+from tests.brokers.support import NATS_URL, RABBITMQ_URL, REDIS_URL, unique
+from tests.helpers import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+DRAIN_ROUNDS = 3
+PROGRESS_WAIT = 20.0  # seconds a new daemon gets to commit its first batch before the kill
+
+
+class Broker(Protocol):
+    kind: str
+    queue: str
+
+    def publish(self, count: int) -> list[str]:
+        """Publish ``count`` messages; their message ids (what the runs are keyed by)."""
+
+    def left(self) -> int:
+        """Messages not yet acked (ready, pending or in flight), with no consumer running."""
+
+    def dead(self) -> int:
+        """Messages in the dead-letter queue or stream (0 where JetStream keeps no queue)."""
+
+    def remove(self) -> None: ...
+
+
+class RabbitBroker:
+    kind = "rabbitmq"
+
+    def __init__(self) -> None:
+        self.queue = unique("storm")
+        fm.sources.rabbitmq(RABBITMQ_URL, queue=self.queue).connect("declare").close()
+
+    def _channel(self) -> Any:
+        import pika  # type: ignore[import-untyped]
+
+        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        return connection, connection.channel()
+
+    def publish(self, count: int) -> list[str]:
+        import pika
+
+        ids = [f"m-{n:06d}" for n in range(count)]
+        connection, channel = self._channel()
+        channel.confirm_delivery()
+        for message_id in ids:
+            channel.basic_publish(
+                "", self.queue, json.dumps(message_id), pika.BasicProperties(message_id=message_id)
+            )
+        connection.close()
+        return ids
+
+    def _count(self, queue: str) -> int:
+        connection, channel = self._channel()
+        try:
+            return int(channel.queue_declare(queue, passive=True).method.message_count)
+        finally:
+            connection.close()
+
+    def left(self) -> int:
+        return self._count(self.queue)
+
+    def dead(self) -> int:
+        return self._count(f"{self.queue}.dead")
+
+    def remove(self) -> None:
+        connection, channel = self._channel()
+        channel.queue_delete(self.queue)
+        channel.queue_delete(f"{self.queue}.dead")
+        connection.close()
+
+
+class RedisBroker:
+    kind = "redis"
+
+    def __init__(self) -> None:
+        import redis
+
+        self.queue = unique("storm")
+        self.client = redis.Redis.from_url(REDIS_URL)
+
+    def publish(self, count: int) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, count, 1000):
+            pipe = self.client.pipeline()
+            for n in range(start, min(count, start + 1000)):
+                pipe.xadd(self.queue, {"payload": json.dumps(n)})
+            ids += [entry.decode() for entry in pipe.execute()]
+        return ids
+
+    def left(self) -> int:
+        for group in self.client.xinfo_groups(self.queue):
+            return int(group["pending"]) + int(group["lag"] or 0)
+        return int(self.client.xlen(self.queue))  # no group yet: nothing was read
+
+    def dead(self) -> int:
+        return int(self.client.xlen(f"{self.queue}:dead"))
+
+    def remove(self) -> None:
+        self.client.delete(self.queue, f"{self.queue}:dead")
+        self.client.close()
+
+
+class NatsBroker:
+    kind = "nats"
+
+    def __init__(self) -> None:
+        from nats.js.api import StreamConfig
+
+        self.queue = unique("storm").replace("-", "_")
+        self._jetstream(
+            lambda js: js.add_stream(StreamConfig(name=self.queue, subjects=[self.queue]))
+        )
+
+    @staticmethod
+    def _jetstream(action: Any) -> Any:
+        import nats
+
+        async def run() -> Any:
+            client = await nats.connect(NATS_URL)
+            try:
+                return await action(client.jetstream())
+            finally:
+                await client.close()
+
+        return asyncio.run(run())
+
+    def publish(self, count: int) -> list[str]:
+        ids = [f"m-{n:06d}" for n in range(count)]
+
+        async def send(js: Any) -> None:
+            for start in range(0, count, 500):
+                acks = [
+                    js.publish(
+                        self.queue,
+                        json.dumps(message_id).encode(),
+                        headers={"Nats-Msg-Id": message_id},
+                    )
+                    for message_id in ids[start : start + 500]
+                ]
+                await asyncio.gather(*acks)
+
+        self._jetstream(send)
+        return ids
+
+    def left(self) -> int:
+        async def info(js: Any) -> int:
+            try:
+                found = await js.consumer_info(self.queue, "ferryman")
+            except Exception:  # no consumer yet: nothing was delivered
+                return int((await js.stream_info(self.queue)).state.messages)
+            return int(found.num_pending) + int(found.num_ack_pending)
+
+        result: int = self._jetstream(info)
+        return result
+
+    def dead(self) -> int:
+        return 0  # terminated messages stay in the stream; the evaluations say which
+
+    def remove(self) -> None:
+        self._jetstream(lambda js: js.delete_stream(self.queue))
+
+
+class SqsBroker:
+    kind = "sqs"
+
+    def __init__(self) -> None:
+        import boto3  # type: ignore[import-untyped]
+
+        self.client = boto3.client("sqs")
+        name = unique("storm")
+        self.dead_url = self.client.create_queue(QueueName=f"{name}-dead")["QueueUrl"]
+        arn = self.client.get_queue_attributes(QueueUrl=self.dead_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "1000"})
+        self.queue = self.client.create_queue(QueueName=name, Attributes={"RedrivePolicy": policy})[
+            "QueueUrl"
+        ]
+
+    def publish(self, count: int) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, count, 10):
+            answer = self.client.send_message_batch(
+                QueueUrl=self.queue,
+                Entries=[
+                    {"Id": str(n), "MessageBody": json.dumps(n)}
+                    for n in range(start, min(count, start + 10))
+                ],
+            )
+            ids += [entry["MessageId"] for entry in answer["Successful"]]
+        return ids
+
+    def _count(self, url: str) -> int:
+        found = self.client.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(found["ApproximateNumberOfMessages"]) + int(
+            found["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+    def left(self) -> int:
+        return self._count(self.queue)
+
+    def dead(self) -> int:
+        return self._count(self.dead_url)
+
+    def remove(self) -> None:
+        self.client.delete_queue(QueueUrl=self.queue)
+        self.client.delete_queue(QueueUrl=self.dead_url)
+
+
+BROKERS: dict[str, type[RabbitBroker | RedisBroker | NatsBroker | SqsBroker]] = {
+    "rabbitmq": RabbitBroker,
+    "redis": RedisBroker,
+    "nats": NatsBroker,
+    "sqs": SqsBroker,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StormResult:
+    kills: int
+    messages: int
+    runs: int  # rows in the runs table
+    distinct: int  # distinct run keys
+    missing: int  # published messages without a run
+    failed_evaluations: int
+    dead_lettered: int
+    left: int  # messages not acked at the end
+
+
+def start_daemon(
+    broker: Broker, store_url: str, log: Path, *, work_ms: float = 0.0
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    env.update(
+        FERRYMAN_STORE=store_url,
+        BROKER_STORM_KIND=broker.kind,
+        BROKER_STORM_QUEUE=broker.queue,
+        BROKER_STORM_WORK_MS=str(work_ms),
+    )
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ferryman",
+                "--app",
+                "tests.brokers.storm_app:app",
+                "run",
+                "--no-serve",
+                "--concurrency",
+                "2",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def count_runs(app: fm.App) -> tuple[int, set[str]]:
+    with app.store.read("counting runs") as conn:
+        keys = list(conn.execute(sa.select(runs.c.run_key)).scalars())
+    return len(keys), set(keys)
+
+
+def count_evaluations(app: fm.App) -> int:
+    with app.store.read("counting evaluations") as conn:
+        return int(
+            conn.execute(sa.select(sa.func.count()).select_from(sensor_evaluations)).scalar_one()
+        )
+
+
+def run_storm(
+    broker: Broker, store_url: str, tmp: Path, *, messages: int, kills: int, seed: int = 0
+) -> StormResult:
+    """Publish, SIGKILL ``ferryman run`` ``kills`` times, drain with one last daemon, count."""
+    rng = random.Random(seed)
+    # The sensor spends this long on each message, so that consuming them all outlasts
+    # the storm (by half again) and every kill lands while messages are in work.
+    work_ms = 1000 * kills * 0.65 * 1.5 / messages
+    ids = broker.publish(messages)
+    assert len(ids) == messages
+    log = tmp / f"storm-{broker.kind}.log"
+    app = fm.App(store_url)
+    try:
+        done = 0
+        while done < kills:
+            before = count_evaluations(app)
+            daemon = start_daemon(broker, store_url, log, work_ms=work_ms)
+            # Starting Python takes longer than the storm's pace: the clock starts
+            # once this daemon has committed its first batch (or, the queue drained,
+            # after a while), then the kill comes at a random moment of consuming.
+            deadline = time.monotonic() + PROGRESS_WAIT
+            while count_evaluations(app) == before and time.monotonic() < deadline:
+                assert daemon.poll() is None, f"a daemon died on its own; see {log}"
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.3, 1.0))  # the storm's pace
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait(timeout=30)
+            done += 1
+        # One last daemon drains the queue and is stopped with SIGTERM. A batch it had
+        # taken but not delivered when the signal came goes back unacked (as it
+        # should): then another daemon takes it, a few rounds at most.
+        for _ in range(DRAIN_ROUNDS):
+            connected = _connections(log)
+            last = start_daemon(broker, store_url, log)
+            try:
+                # Up first: a SIGTERM before its handlers are in place would just kill it.
+                wait_until(
+                    lambda seen=connected: _connections(log) > seen, timeout=120, what="connected"
+                )
+                wait_until(
+                    lambda: count_runs(app)[0] >= messages and broker.left() == 0,
+                    timeout=max(120.0, messages / 20),
+                    what=f"a run for each of {messages} messages and nothing left unacked",
+                )
+            finally:
+                last.send_signal(signal.SIGTERM)
+                code = last.wait(timeout=60)
+            assert code == 0, f"the last daemon exited {code}; see {log}"
+            if broker.left() == 0:
+                break
+        total, keys = count_runs(app)
+        with app.store.read("counting evaluations") as conn:
+            failed = int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(sensor_evaluations.c.outcome == "failed")
+                ).scalar_one()
+            )
+        return StormResult(
+            kills=done,
+            messages=messages,
+            runs=total,
+            distinct=len(keys),
+            missing=len(set(ids) - keys),
+            failed_evaluations=failed,
+            dead_lettered=broker.dead(),
+            left=broker.left(),
+        )
+    finally:
+        app.close()
+
+
+def _connections(log: Path) -> int:
+    """How many times daemons logging to ``log`` connected to the broker."""
+    return (
+        log.read_text(errors="replace").count("ferryman.sources connected to")
+        if log.exists()
+        else 0
+    )
