@@ -74,16 +74,20 @@ def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path:
 
         # -- the storm ---------------------------------------------------------
         workers = [start(slot) for slot in range(WORKERS)]
+
+        def busy() -> list[int]:
+            holders = lease_holders(app)
+            return [i for i, worker in enumerate(workers) if worker.pid in holders]
+
         kills = 0
         deadline = time.monotonic() + STORM_SECONDS
         try:
             while time.monotonic() < deadline:
                 time.sleep(rng.uniform(*KILL_INTERVAL))  # the storm's rhythm, not a wait
                 # A random worker among those holding runs, so that kills land
-                # mid-work rather than on a process still starting up.
-                holders = lease_holders(app)
-                busy = [i for i, w in enumerate(workers) if w.pid in holders]
-                slot = rng.choice(busy) if busy else rng.randrange(WORKERS)
+                # mid-work rather than on a process still starting up (on a
+                # loaded machine, start-up can outlast several beats).
+                slot = rng.choice(wait_until(busy, timeout=60, what="a worker holding runs"))
                 stop(workers[slot])
                 kills += 1
                 workers[slot] = start(slot)
