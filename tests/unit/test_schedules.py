@@ -16,7 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import ferryman as fm
-from ferryman.sensors import SensorDaemon
+from ferryman.sensors.daemon import SensorDaemon
 from ferryman.sensors.schedule import iso
 from ferryman.web import WebSettings, create_app
 from tests.helpers import wait_until
