@@ -32,9 +32,10 @@ from ferryman.model import (
     TransferStatus,
     WorkerInfo,
 )
-from ferryman.store import faults, migrate
+from ferryman.store import faults, migrate, read_queries
 from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, create_backend, translated_errors
+from ferryman.store.read_model import ReadModel
 from ferryman.store.runs import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, RunQueries
 from ferryman.store.sensors import (
     PollCommit,
@@ -73,13 +74,16 @@ __all__ = [
 ]
 
 
-class Store:
+class Store(ReadModel):
     """A ferryman store database.
 
     ``create``: apply migrations when the schema is missing or older than the
     code. ``None`` (the default) means yes for SQLite — the embedded default
     needs no setup — and no for PostgreSQL, where schema changes are an
     operator's decision (``ferryman db upgrade``).
+
+    The reads behind the API, the dashboard and ``/metrics`` are methods too,
+    from :class:`~ferryman.store.read_model.ReadModel`.
     """
 
     def __init__(self, url: str | sa.URL, *, create: bool | None = None, pool_size: int = 10):
@@ -226,7 +230,7 @@ class Store:
     def summary(self, registered_jobs: Sequence[str]) -> list[JobSummary]:
         with self.read("summarising runs") as conn:
             counts = self.runs.counts(conn)
-            oldest = self.runs.oldest_due(conn)
+            oldest = read_queries.oldest_due_age(conn, self.runs.now(conn))
         names = sorted(set(counts) | set(registered_jobs))
         return [
             JobSummary(

@@ -42,13 +42,17 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ferryman.app import App
 from ferryman.model import RunEventKind, RunStatus, TransferStatus
-from ferryman.store import metrics_queries, views
-from ferryman.store.metrics_queries import DURATION_BUCKETS, Folded, Histogram
+from ferryman.store.read_model import (
+    DURATION_BUCKETS,
+    FINISHING_KINDS,
+    Folded,
+    Histogram,
+    TransferTotals,
+)
 
 router = APIRouter()
 
 CACHE_SECONDS = 5.0
-POSTGRES_SETTLE_SECONDS = 5.0
 
 
 def _histogram(name: str, documentation: str, label: str, by: dict[str, Histogram]) -> Metric:
@@ -82,16 +86,8 @@ class StoreCollector:
             yield from self._cached
 
     def _read(self) -> Iterable[Metric]:
-        store = self.app.store
-        settle = 0.0 if store.is_sqlite else POSTGRES_SETTLE_SECONDS
-        with store.read("reading metrics") as conn:
-            now = views.now(conn)
-            counts = views.run_counts(conn)
-            oldest = views.oldest_due_age(conn, now)
-            totals = metrics_queries.transfer_totals(conn)
-            live = views.count_live_workers(conn, now, alive_within=self.app.lease_seconds)
-            metrics_queries.fold_events(conn, self._folded, now - settle)
-            metrics_queries.fold_evaluations(conn, self._folded, now - settle)
+        reading = self.app.store.read_metrics(self._folded, alive_within=self.app.lease_seconds)
+        counts, oldest, totals = reading.counts, reading.oldest_due_age, reading.transfers
         folded = self._folded
 
         runs = GaugeMetricFamily("ferryman_runs", "Runs in the store", labels=["job", "status"])
@@ -127,7 +123,7 @@ class StoreCollector:
         )
         jobs = sorted({job for job, _ in folded.events} | set(counts))
         for job in jobs:
-            for kind in metrics_queries.FINISHING_KINDS:
+            for kind in FINISHING_KINDS:
                 finished.add_metric([job, kind.value], folded.events.get((job, kind.value), 0))
             expired = folded.events.get((job, RunEventKind.LEASE_EXPIRED.value), 0)
             expirations.add_metric([job], expired)
@@ -172,7 +168,7 @@ class StoreCollector:
             "ferryman_transfers", "Transfers by status", labels=["status"]
         )
         for transfer_status in TransferStatus:
-            total = totals.get(transfer_status, metrics_queries.TransferTotals(0, 0, 0))
+            total = totals.get(transfer_status, TransferTotals(0, 0, 0))
             transfer_bytes.add_metric([transfer_status.value], total.bytes_confirmed)
             transfer_parts.add_metric([transfer_status.value], total.parts_confirmed)
             transfer_count.add_metric([transfer_status.value], total.transfers)
@@ -181,7 +177,9 @@ class StoreCollector:
         yield transfer_count
 
         yield GaugeMetricFamily(
-            "ferryman_workers_live", "Workers that sent a heartbeat within a lease", value=live
+            "ferryman_workers_live",
+            "Workers that sent a heartbeat within a lease",
+            value=reading.live_workers,
         )
 
 
