@@ -12,7 +12,8 @@ from typing import Any, TypeVar, overload
 import sqlalchemy as sa
 
 from ferryman import logs, settings
-from ferryman.errors import ConfigurationError, UnknownJob
+from ferryman.errors import ConfigurationError
+from ferryman.jobs import JobRegistry
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
     DEFAULT_SENSOR_BACKOFF,
@@ -37,15 +38,14 @@ from ferryman.sensors.registry import (
     SensorKind,
     define_sensor,
 )
-from ferryman.store import NewRun, Store, open_store
-from ferryman.store.records import shown_key, to_json
+from ferryman.store import DEFAULT_STORE as DEFAULT_STORE  # the CLI reads it here
+from ferryman.store import Store, open_store
 from ferryman.worker.context import JobContext
 from ferryman.worker.processes import run_processes
 from ferryman.worker.worker import JobDefinition, Worker, WorkReport
 
 log = logging.getLogger("ferryman")
 
-DEFAULT_STORE = "sqlite:///ferryman.db"
 DEFAULT_DELIVERY_RETENTION = timedelta(days=7)
 JobFunction = Callable[[JobContext, Any], Any]
 F = TypeVar("F", bound=JobFunction)
@@ -92,16 +92,16 @@ class App:
         self.store_url = store
         self.lease_seconds = lease_seconds
         self._create = create
-        self._store: Store | None = None
+        self._opened: Store | None = None
         self._store_lock = threading.Lock()
-        self._jobs: dict[str, JobDefinition] = {}
+        self._jobs = JobRegistry()
         self.evaluation_retention = evaluation_retention
         self.delivery_retention = _retention(delivery_retention)
         self._sensors: dict[str, SensorDefinition] = {}
         self._sensor_engine = SensorEngine(
             lambda: self.store,
             self._sensors,
-            self._new_runs,
+            self._jobs,
             delivery_retention=(
                 None if self.delivery_retention is None else self.delivery_retention.total_seconds()
             ),
@@ -113,9 +113,9 @@ class App:
     def store(self) -> Store:
         """The opened store (opened, checked and, where allowed, migrated on first use)."""
         with self._store_lock:
-            if self._store is None:
-                self._store = Store(self.store_url, create=self._create)
-            return self._store
+            if self._opened is None:
+                self._opened = Store(self.store_url, create=self._create)
+            return self._opened
 
     def connect(self, timeout: float | None = None, *, log_level: int = logging.WARNING) -> Store:
         """Open the store now, waiting while it cannot be reached (a database still starting).
@@ -128,11 +128,11 @@ class App:
         ``ferryman run``, ``work`` and ``serve`` wait like this at start.
         """
         with self._store_lock:
-            if self._store is None:
-                self._store = open_store(
+            if self._opened is None:
+                self._opened = open_store(
                     self.store_url, create=self._create, timeout=timeout, log_level=log_level
                 )
-            return self._store
+            return self._opened
 
     @property
     def engine(self) -> sa.Engine:
@@ -142,16 +142,16 @@ class App:
     def use_store(self, store: str | sa.URL) -> None:
         """Point the App at another store (before it is first used), e.g. from ``--store``."""
         with self._store_lock:
-            if self._store is not None:
+            if self._opened is not None:
                 raise ConfigurationError("use_store() must be called before the store is opened")
             self.store_url = store
 
     def close(self) -> None:
         """Close the store's connections. The App reopens them if used again."""
         with self._store_lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            if self._opened is not None:
+                self._opened.close()
+                self._opened = None
 
     # -- registration --------------------------------------------------------
 
@@ -192,11 +192,10 @@ class App:
             raise ConfigurationError(f"backoff must be a ferryman.Backoff, got {backoff!r}")
 
         def register(function: JobFunction) -> JobFunction:
-            job_name = name or function.__name__
-            if job_name in self._jobs:
-                raise ConfigurationError(f"job {job_name!r} is registered twice")
-            self._jobs[job_name] = JobDefinition(
-                job_name, function, max_attempts, backoff, frozenset(sensitive)
+            self._jobs.add(
+                JobDefinition(
+                    name or function.__name__, function, max_attempts, backoff, frozenset(sensitive)
+                )
             )
             return function
 
@@ -205,12 +204,6 @@ class App:
     @property
     def jobs(self) -> dict[str, JobDefinition]:
         return dict(self._jobs)
-
-    def _job(self, name: str) -> JobDefinition:
-        try:
-            return self._jobs[name]
-        except KeyError:
-            raise UnknownJob(name, list(self._jobs)) from None
 
     def poll_sensor(
         self,
@@ -307,21 +300,8 @@ class App:
         cannot be stored exactly (it holds NUL or a lone surrogate); keys of
         any length are fine.
         """
-        new_runs = self._new_runs([(job, request) for request in run_requests])
+        new_runs = self._jobs.new_runs((job, request) for request in run_requests)
         return self.store.enqueue(new_runs, conn=conn)
-
-    def _new_runs(self, requests: Sequence[tuple[str, RunRequest]]) -> list[NewRun]:
-        new_runs = []
-        for job, request in requests:
-            definition = self._job(request.job or job)
-            payload_json = to_json(
-                request.payload,
-                f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
-            )
-            new_runs.append(
-                NewRun(definition.name, request.run_key, payload_json, definition.max_attempts)
-            )
-        return new_runs
 
     def work(
         self,
@@ -359,7 +339,7 @@ class App:
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
         )
-        selected = {name: self._job(name) for name in (jobs or self._jobs)}
+        selected = {name: self._jobs.definition(name) for name in (jobs or self._jobs)}
         store = self.store
 
         def make_worker() -> Worker:
@@ -381,9 +361,7 @@ class App:
             return worker.run(until_idle=until_idle, handle_signals=handle_signals)
 
         def after_fork() -> None:
-            # Connections inherited from the parent belong to the parent.
-            store.backend.engine.dispose(close=False)
-            store.backend.read_engine.dispose(close=False)
+            store.after_fork()
             logs.after_fork()
 
         return run_processes(

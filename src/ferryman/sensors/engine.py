@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ferryman.errors import ConfigurationError, PayloadError, StoreError, UnknownSensor
+from ferryman.jobs import JobRegistry
 from ferryman.model import (
     Evaluation,
     EvaluationOutcome,
@@ -71,7 +72,6 @@ from ferryman.worker.worker import describe_error
 log = logging.getLogger("ferryman.sensors")
 
 TICK_THREADS = 8
-NewRunsFactory = Callable[[Sequence[tuple[str, RunRequest]]], list[NewRun]]
 
 
 def evaluator_id() -> str:
@@ -99,13 +99,13 @@ class SensorEngine:
         self,
         store: Callable[[], Store],
         definitions: Mapping[str, SensorDefinition],
-        new_runs: NewRunsFactory,
+        jobs: JobRegistry,
         *,
         delivery_retention: float | None = None,
     ) -> None:
-        self._store = store
+        self._open_store = store
         self.definitions = definitions
-        self._new_runs_factory = new_runs
+        self.jobs = jobs  # what the run requests of the sensors become runs of
         self.delivery_retention = delivery_retention  # seconds; None keeps deliveries
         self._ensured: set[str] = set()
         self._ensured_in: Store | None = None
@@ -113,7 +113,7 @@ class SensorEngine:
 
     @property
     def store(self) -> Store:
-        return self._store()
+        return self._open_store()
 
     # -- registration in the store -------------------------------------------
 
@@ -299,7 +299,7 @@ class SensorEngine:
         refused: list[str] = []
         for job_and_request in routed:
             try:
-                new_runs.extend(self._new_runs_factory([job_and_request]))
+                new_runs.extend(self.jobs.new_runs([job_and_request]))
             except PayloadError as exc:
                 refused.append(str(exc))
         skipped = 0 if result is None else skipped_count(definition, result)

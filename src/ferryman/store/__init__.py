@@ -55,6 +55,7 @@ from ferryman.store.transfers import (
 from ferryman.store.workers import WorkerQueries
 
 __all__ = [
+    "DEFAULT_STORE",
     "ClaimedRun",
     "CompletedObject",
     "ConfirmedPart",
@@ -72,6 +73,10 @@ __all__ = [
     "TransferFence",
     "open_store",
 ]
+
+# The store of an App (and of ``ferryman upload``) given none: a SQLite file
+# in the working directory, created and migrated on first use.
+DEFAULT_STORE = "sqlite:///ferryman.db"
 
 
 class Store(ReadModel):
@@ -152,6 +157,31 @@ class Store(ReadModel):
     def read(self, doing: str) -> Iterator[sa.Connection]:
         with translated_errors(self.backend, doing), self.backend.read_engine.begin() as conn:
             yield conn
+
+    # -- connections handed to a job, and forks ------------------------------
+
+    @contextlib.contextmanager
+    def succeed_with(
+        self, lease: Lease, *, attempt: int, worker_id: str
+    ) -> Iterator[sa.Connection]:
+        """A write transaction that also records the run's success, fenced by ``lease``.
+
+        What the block writes commits together with the ``succeeded``
+        transition and its processing-log row, or not at all: if the lease is
+        no longer the worker's, :class:`~ferryman.LeaseLost` rolls it all back.
+        This is ``ctx.transaction()``; the caller's connection is the job's.
+        """
+        with self.transaction() as conn:
+            yield conn
+            self.runs.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's connections without closing them.
+
+        They belong to the parent; the child opens its own on first use.
+        """
+        self.backend.engine.dispose(close=False)
+        self.backend.read_engine.dispose(close=False)
 
     # -- runs ----------------------------------------------------------------
 
