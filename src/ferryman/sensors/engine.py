@@ -34,8 +34,6 @@ a delivery, so delivering the message again runs the sensor again.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +43,7 @@ from typing import Any
 
 from ferryman.errors import ConfigurationError, PayloadError, StoreError, UnknownSensor
 from ferryman.jobs import JobRegistry
+from ferryman.logs import error_summary, process_id
 from ferryman.model import (
     Evaluation,
     EvaluationOutcome,
@@ -58,7 +57,6 @@ from ferryman.sensors.calls import (
     SensorOutputError,
     call_with_timeout,
     describe,
-    last_line,
     skipped_count,
 )
 from ferryman.sensors.context import SensorContext
@@ -72,11 +70,6 @@ from ferryman.worker.worker import describe_error
 log = logging.getLogger("ferryman.sensors")
 
 TICK_THREADS = 8
-
-
-def evaluator_id() -> str:
-    """Who evaluated: host and process, kept on each evaluation row."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def present_state(state: SensorState) -> SensorState:
@@ -195,7 +188,9 @@ class SensorEngine:
             result = f"committing the evaluation failed: {exc}"
         except Exception as exc:  # a fault of ferryman's own: fail and back off, never loop
             error = describe_error(exc)
-            log.error("the evaluation failed inside ferryman: %s", last_line(error), extra=fields)
+            log.error(
+                "the evaluation failed inside ferryman: %s", error_summary(error), extra=fields
+            )
             result = f"the evaluation failed inside ferryman: {error}"
         if isinstance(result, str):
             return self._fail(definition, state, started, result)
@@ -238,7 +233,7 @@ class SensorEngine:
                 skipped=prepared.skipped,
                 started_at=started,
                 next_delay=definition.interval,
-                evaluator=evaluator_id(),
+                evaluator=process_id(),
                 skip_reasons=prepared.skip_reasons,
             )
         )
@@ -319,7 +314,7 @@ class SensorEngine:
                 started_at=started,
                 failures=failures,
                 next_delay=delay,
-                evaluator=evaluator_id(),
+                evaluator=process_id(),
             )
         )
         if evaluation.outcome is EvaluationOutcome.FAILED:
@@ -327,7 +322,7 @@ class SensorEngine:
                 "evaluation failed (%d in a row), next in %.1fs: %s",
                 failures,
                 delay,
-                last_line(error),
+                error_summary(error),
                 extra={"sensor": definition.name},
             )
         else:
@@ -420,7 +415,7 @@ class SensorEngine:
                 new_runs=prepared.new_runs,
                 skipped=prepared.skipped,
                 started_at=started,
-                evaluator=evaluator_id(),
+                evaluator=process_id(),
                 skip_reasons=prepared.skip_reasons,
             )
         )
@@ -452,9 +447,9 @@ class SensorEngine:
             message_id=message_id,
             error=error,
             started_at=started,
-            evaluator=evaluator_id(),
+            evaluator=process_id(),
         )
-        log.warning("delivery failed: %s", last_line(error), extra={"sensor": name})
+        log.warning("delivery failed: %s", error_summary(error), extra={"sensor": name})
         return present_evaluation(evaluation)
 
     # -- state and history ---------------------------------------------------

@@ -98,7 +98,7 @@ class Store(ReadModel):
         faults.watch(self.backend.engine, self.backend.read_engine)
         self.runs = RunQueries(self.backend)
         self.workers = WorkerQueries(self.backend)
-        self.transfers = TransferQueries(self.backend)
+        self.transfers = TransferQueries(self.backend, self.runs.now)
         self._blocks = BlockGuard(self.backend.engine)
         auto_upgrade = self.backend.is_sqlite if create is None else create
         try:

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 
+from ferryman.logs import error_summary
 from ferryman.model import (
     Evaluation,
     EvaluationOutcome,
@@ -212,15 +213,9 @@ def _created_before(conn: sa.Connection, run_id: int) -> sa.ColumnElement[bool]:
     )
 
 
-def error_line(error: str | None) -> str:
-    """The line that names an error: the last non-empty line of a traceback."""
-    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no error recorded)"
-
-
 def error_kind(error: str | None) -> str:
-    """:func:`error_line` with its numbers as ``N``: errors that differ only in an id group."""
-    return re.sub(r"\d+", "N", error_line(error))
+    """The error's line with its numbers as ``N``: errors that differ only in an id group."""
+    return re.sub(r"\d+", "N", error_summary(error) or "(no error recorded)")
 
 
 def dead_letters(

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ferryman.app import App
+from ferryman.logs import error_summary
 from ferryman.model import RunStatus, TransferStatus, redact
 from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount
 from ferryman.store.records import displayable
@@ -84,6 +85,7 @@ def _when_epoch(seconds: float) -> str:
 templates.env.filters["when"] = _when
 templates.env.filters["when_epoch"] = _when_epoch
 templates.env.filters["size"] = _size
+templates.env.filters["error_summary"] = error_summary
 
 
 def render(request: Request, name: str, settings: WebSettings, **context: Any) -> Response:

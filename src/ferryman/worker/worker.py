@@ -43,6 +43,7 @@ from types import FrameType
 from typing import Any
 
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
+from ferryman.logs import process_id
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.notify import Listener
@@ -90,7 +91,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{process_id()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(slots=True)
