@@ -175,6 +175,12 @@ class Store(ReadModel):
             yield conn
             self.runs.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
 
+    @contextlib.contextmanager
+    def read_for_job(self, run_id: int) -> Iterator[sa.Connection]:
+        """A read transaction handed to a job (``ctx.read()``); ferryman's own reads are methods."""
+        with self.read(f"reading for run {run_id}") as conn:
+            yield conn
+
     @property
     def url(self) -> sa.URL:
         """The store database's URL, password included: never log it."""

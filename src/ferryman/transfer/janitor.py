@@ -127,7 +127,7 @@ class TransferResumer:
     """
 
     def __init__(self, store: Store, *, upload: Callable[..., Transfer] | None = None) -> None:
-        self._store = store
+        self.store = store
         self._upload = upload
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -147,7 +147,7 @@ class TransferResumer:
 
         call = self._upload or upload
         try:
-            pending = resumable(self._store)
+            pending = resumable(self.store)
         except FerrymanError:
             log.exception("listing transfers to resume failed")
             return
@@ -160,7 +160,7 @@ class TransferResumer:
                     transfer.source_path,
                     transfer.uri,
                     follow=transfer.follow,
-                    store=self._store,
+                    store=self.store,
                 )
                 self.resumed.append(transfer.id)
             except FerrymanError as exc:

@@ -147,7 +147,7 @@ class JobContext:
         SQLite for as long as it is open. Reads are not fenced: nothing read
         here commits anything, and on SQLite the read never blocks a writer.
         """
-        with self._run_store.read(f"reading for run {self.run_id}") as conn:
+        with self._run_store.read_for_job(self.run_id) as conn:
             yield conn
 
     def checkpoint(self, data: Any) -> None:

@@ -44,7 +44,7 @@ class Outages:
     """One worker's bookkeeping of the store failing under it."""
 
     def __init__(self, store: Store, worker_id: str, *, stop_trying: threading.Event) -> None:
-        self._store = store
+        self.store = store
         self._worker_id = worker_id
         self._stop_trying = stop_trying  # set when the worker shuts down
         self._given_back: dict[int, int] = {}  # run id -> attempts given back in a row
@@ -86,7 +86,7 @@ class Outages:
         failures = 0
         while True:
             try:
-                released = self._store.release(
+                released = self.store.release(
                     [run.lease], worker_id=self._worker_id, reason=reason[:1000]
                 )
                 return bool(released)
@@ -104,7 +104,7 @@ class Outages:
         an attempt counted, although no job ever ran them. Returns how many.
         """
         try:
-            released = self._store.release_unheld(
+            released = self.store.release_unheld(
                 worker_id=self._worker_id,
                 held=held,
                 reason="claimed while the store's answer was lost; never started",

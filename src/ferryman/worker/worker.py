@@ -332,7 +332,7 @@ class Worker:
         supervised("heartbeat", self._heartbeat)
         if not self.store.is_sqlite:
             self._listener = Listener(
-                self.store.backend.url,
+                self.store.url,
                 lambda job: self.wake() if job in self.jobs else None,
                 name="ferryman-listener",
             )
