@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -96,7 +96,7 @@ class App:
         self._store_lock = threading.Lock()
         self._jobs = JobRegistry()
         self.evaluation_retention = evaluation_retention
-        self.delivery_retention = _retention(delivery_retention)
+        self.delivery_retention = settings.retention(delivery_retention)
         self._sensors: dict[str, SensorDefinition] = {}
         self._sensor_engine = SensorEngine(
             lambda: self.store,
@@ -331,7 +331,7 @@ class App:
         (after forking them, with ``processes``): start threads of your own
         there, not before, so that no child inherits them half-way.
         """
-        _check_work_settings(
+        settings.work_settings(
             concurrency=concurrency,
             processes=processes,
             prefetch=prefetch,
@@ -339,36 +339,28 @@ class App:
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
         )
-        selected = {name: self._jobs.definition(name) for name in (jobs or self._jobs)}
         store = self.store
-
-        def make_worker() -> Worker:
-            return Worker(
-                store,
-                selected,
-                lease_seconds=self.lease_seconds,
-                concurrency=concurrency,
-                prefetch=concurrency if prefetch is None else prefetch,
-                claim_batch=claim_batch,
-                poll_interval=poll_interval,
-                grace_seconds=grace_seconds,
-            )
-
+        make_worker = functools.partial(
+            Worker,
+            store,
+            {name: self._jobs.definition(name) for name in (jobs or self._jobs)},
+            lease_seconds=self.lease_seconds,
+            concurrency=concurrency,
+            prefetch=concurrency if prefetch is None else prefetch,
+            claim_batch=claim_batch,
+            poll_interval=poll_interval,
+            grace_seconds=grace_seconds,
+        )
         if processes is None:
             worker = make_worker()
             if on_started is not None:
                 on_started()
             return worker.run(until_idle=until_idle, handle_signals=handle_signals)
-
-        def after_fork() -> None:
-            store.after_fork()
-            logs.after_fork()
-
         return run_processes(
             make_worker,
             processes=processes,
             until_idle=until_idle,
-            after_fork=after_fork,
+            after_fork=functools.partial(_after_fork, store),
             on_started=on_started,
         )
 
@@ -535,7 +527,7 @@ class App:
         if not self._jobs and not self._sensors:
             raise ConfigurationError("this app registers no job and no sensor: nothing to run")
         # Checked here: work() runs on another thread, where an error would come late.
-        _check_work_settings(
+        settings.work_settings(
             concurrency=concurrency, prefetch=prefetch, grace_seconds=grace_seconds
         )
         settings.count("sensor_concurrency", sensor_concurrency, minimum=1)
@@ -568,38 +560,7 @@ class App:
                 resumer.stop(timeout=grace_seconds)
 
 
-def _retention(value: timedelta | float | None) -> timedelta | None:
-    """``delivery_retention`` as a timedelta, or ConfigurationError naming it."""
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
-        raise ConfigurationError(
-            f"delivery_retention must be a finite duration >= 0 (or None), got {value!r}"
-        )
-    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
-
-
-def _check_work_settings(
-    *,
-    concurrency: int,
-    prefetch: int | None,
-    grace_seconds: float,
-    processes: int | None = None,
-    claim_batch: int | None = None,
-    poll_interval: float | None = None,
-) -> None:
-    """Refuse a worker setting out of range (NaN and infinities included), naming it.
-
-    ``None`` is the default of the optional ones, and always fine.
-    """
-    settings.count("concurrency", concurrency, minimum=1)
-    settings.seconds("grace_seconds", grace_seconds)
-    if prefetch is not None:
-        settings.count("prefetch", prefetch, minimum=0)
-    if processes is not None:
-        settings.count("processes", processes, minimum=1)
-    if claim_batch is not None:
-        settings.count("claim_batch", claim_batch, minimum=1)
-    if poll_interval is not None:
-        settings.seconds("poll_interval", poll_interval, inclusive=False)
+def _after_fork(store: Store) -> None:
+    """In a forked worker: the parent's connections and console belong to the parent."""
+    store.after_fork()
+    logs.after_fork()

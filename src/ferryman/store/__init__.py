@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ from ferryman.model import (
     TransferStatus,
     WorkerInfo,
 )
-from ferryman.store import faults, migrate, processing_log, read_queries
+from ferryman.store import faults, migrate, read_queries
 from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, create_backend, translated_errors
 from ferryman.store.read_model import ReadModel
@@ -158,7 +158,7 @@ class Store(ReadModel):
         with translated_errors(self.backend, doing), self.backend.read_engine.begin() as conn:
             yield conn
 
-    # -- connections handed to a job, and forks ------------------------------
+    # -- connections handed to a job, the URL, forks --------------------------
 
     @contextlib.contextmanager
     def succeed_with(
@@ -185,13 +185,6 @@ class Store(ReadModel):
     def url(self) -> sa.URL:
         """The store database's URL, password included: never log it."""
         return self.backend.url
-
-    def existing_run_keys(
-        self, run_keys_by_job: Mapping[str, Sequence[str]]
-    ) -> set[tuple[str, str]]:
-        """The ``(job, run_key)`` pairs among ``run_keys_by_job`` that have a run."""
-        with self.read("looking up run keys") as conn:
-            return processing_log.existing_run_keys(conn, run_keys_by_job)
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's connections without closing them.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -31,6 +32,7 @@ from ferryman.model import (
     TransferPart,
     TransferStatus,
 )
+from ferryman.store import processing_log
 from ferryman.store import read_queries as q
 from ferryman.store.read_queries import (
     DEAD_LETTER_SAMPLE,
@@ -224,6 +226,13 @@ class ReadModel:
                 events=self.runs.get_events(conn, run_id),
                 transfers=self.transfers.list(conn, run_id=run_id)[::-1],
             )
+
+    def existing_run_keys(
+        self, run_keys_by_job: Mapping[str, Sequence[str]]
+    ) -> set[tuple[str, str]]:
+        """The ``(job, run_key)`` pairs among ``run_keys_by_job`` that have a run."""
+        with self.read("looking up run keys") as conn:
+            return processing_log.existing_run_keys(conn, run_keys_by_job)
 
     def dead_letters(self, *, job: str | None = None) -> list[ErrorGroup]:
         """Failed and dead runs grouped by job, status and error line, largest group first."""

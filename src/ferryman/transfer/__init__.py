@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 
+# Long by its documentation (every option, every error): the body is forty lines.
 def upload(
     path: str | os.PathLike[str],
     url: str,

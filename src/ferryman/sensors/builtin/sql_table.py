@@ -484,6 +484,7 @@ def _database_identity(url: sa.URL) -> tuple[Any, ...]:
     return (backend, url.host, url.port or 5432, url.database, url.username)
 
 
+# Long only by its keyword arguments and their documentation: the body is one call.
 def sql_table(
     url_or_engine: str | sa.URL | sa.Engine | HasEngine,
     table: str,
