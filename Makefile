@@ -83,5 +83,14 @@ SOAK_ARGS ?=
 soak: $(STAMP)
 	$(BIN)/python -m tests.crash.soak $(SOAK_ARGS)
 
+# The mutation check of docs/guarantees.md: each mutation breaks the code behind a
+# promise in a copy of src/ and must make one of that promise's tests fail (about
+# 5 to 8 min; tests/mutants/). Not part of `make test`. MUTANTS_ARGS: e.g. --only SKIP.
+MUTANTS_ARGS ?=
+
+.PHONY: mutants
+mutants: $(STAMP)
+	$(BIN)/python -m tests.mutants $(MUTANTS_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

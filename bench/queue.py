@@ -1,5 +1,8 @@
 """Queue throughput: ferryman next to Procrastinate, PgQueuer and DBOS, in one run.
 
+On SQLite and PostgreSQL by default; ``--store mariadb`` (or ``all``) adds
+ferryman's row on MariaDB, next to that server's single-row commits.
+
 For every system and store this measures, on no-op jobs:
 
 * **enqueue 1-by-1**: one enqueue call (one transaction) per run, timed on a
@@ -50,6 +53,8 @@ from typing import Any
 SYSTEMS = ("ferryman", "pgqueuer", "procrastinate", "dbos")
 POSTGRES_ONLY = {"pgqueuer", "procrastinate", "dbos"}
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_MARIADB = "mariadb+pymysql://root@127.0.0.1:3306/test"
+STORE_LABELS = {"postgres": "PostgreSQL", "sqlite": "SQLite", "mariadb": "MariaDB"}
 DB_PREFIX = "ferryman_bench_"
 POLL_SECONDS = 0.02  # how often the peers' tables are counted while they work
 BASELINE_SECONDS = 3.0
@@ -109,6 +114,47 @@ def check_loopback(admin: str) -> None:
     except ValueError:
         pass
     raise SystemExit(f"--pg must name a server on this machine (loopback), not {host!r}")
+
+
+def mariadb_connect(admin: str, database: str | None = None) -> Any:
+    """An autocommit PyMySQL connection to ``database`` (or the admin URL's) on the server."""
+    import pymysql
+    import sqlalchemy as sa
+
+    url = sa.make_url(admin)
+    return pymysql.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        database=database or url.database,
+        autocommit=True,
+        ssl_disabled=True,  # loopback only; PyMySQL would offer TLS on every connection
+    )
+
+
+def mariadb_url(admin: str, database: str) -> str:
+    """The store URL of ``database`` on the admin URL's server."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(admin).set(drivername="mariadb+pymysql", database=database)
+    url = url.update_query_dict({"ssl_disabled": "true"})
+    return url.render_as_string(hide_password=False)
+
+
+def mariadb_execute(admin: str, *statements: str) -> None:
+    with mariadb_connect(admin) as conn, conn.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+
+
+def check_mariadb_loopback(admin: str) -> None:
+    import sqlalchemy as sa
+
+    host = sa.make_url(admin).host or "127.0.0.1"
+    if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+        return
+    raise SystemExit(f"--mariadb must name a server on this machine (loopback), not {host!r}")
 
 
 def admin_execute(admin: str, *statements: str) -> None:
@@ -204,6 +250,25 @@ def baseline_postgres(args: argparse.Namespace, result: Result) -> None:
     result.notes.append(f"{count} autocommit INSERTs, one connection, synchronous_commit=on")
 
 
+def baseline_mariadb(args: argparse.Namespace, result: Result) -> None:
+    with mariadb_connect(args.mariadb, args.database) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE commits (id BIGINT AUTO_INCREMENT PRIMARY KEY, v INT NOT NULL)"
+            " ENGINE=InnoDB"
+        )
+        count = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < BASELINE_SECONDS:
+            cursor.execute("INSERT INTO commits (v) VALUES (%s)", (count,))
+            count += 1
+        result.processing = rate(count, time.perf_counter() - start)
+        cursor.execute("SELECT @@innodb_flush_log_at_trx_commit")
+        (flush,) = cursor.fetchone()
+    result.notes.append(
+        f"{count} autocommit INSERTs, one connection, innodb_flush_log_at_trx_commit={flush}"
+    )
+
+
 def baseline_sqlite(args: argparse.Namespace, result: Result) -> None:
     path = Path(args.sqlite_dir) / "commits.db"
     conn = sqlite3.connect(path, isolation_level=None)
@@ -238,6 +303,8 @@ def run_ferryman(args: argparse.Namespace, result: Result) -> None:
     if args.store == "postgres":
         url = pg_url(args.pg, args.database, "postgresql+psycopg")
         app = fm.App(url, create=True)
+    elif args.store == "mariadb":
+        app = fm.App(mariadb_url(args.mariadb, args.database), create=True)
     else:
         url = f"sqlite:///{Path(args.sqlite_dir) / 'ferryman.db'}"
         app = fm.App(url)
@@ -257,7 +324,8 @@ def run_ferryman(args: argparse.Namespace, result: Result) -> None:
     # Start the batched phase from an empty queue, as the peers do.
     with app.engine.begin() as conn:
         if args.store == "postgres":
-            conn.execute(sa.text(f"TRUNCATE {run_events.name}, {runs.name}"))
+            # CASCADE: other tables (transfers) refer to runs; they are empty here.
+            conn.execute(sa.text(f"TRUNCATE {run_events.name}, {runs.name} CASCADE"))
         else:
             conn.execute(run_events.delete())
             conn.execute(runs.delete())
@@ -270,7 +338,10 @@ def run_ferryman(args: argparse.Namespace, result: Result) -> None:
     progress(f"enqueue batched: {result.batched:,.0f} runs/s")
     if args.analyze:
         with app.engine.begin() as conn:
-            conn.execute(sa.text("ANALYZE"))
+            if args.store == "mariadb":
+                conn.execute(sa.text(f"ANALYZE TABLE {runs.name}, {run_events.name}")).all()
+            else:
+                conn.execute(sa.text("ANALYZE"))
 
     called = time.perf_counter()
     report = app.work(
@@ -548,6 +619,8 @@ def run_dbos(args: argparse.Namespace, result: Result) -> None:
 def run_baseline(args: argparse.Namespace, result: Result) -> None:
     if args.store == "postgres":
         baseline_postgres(args, result)
+    elif args.store == "mariadb":
+        baseline_mariadb(args, result)
     else:
         baseline_sqlite(args, result)
 
@@ -605,6 +678,15 @@ def environment(args: argparse.Namespace, system: str, store: str) -> Iterator[l
         finally:
             with contextlib.suppress(Exception):
                 drop_database(args.pg, name)
+    elif store == "mariadb":
+        name = f"{DB_PREFIX}{system}"
+        drop = f"DROP DATABASE IF EXISTS `{name}`"
+        mariadb_execute(args.mariadb, drop, f"CREATE DATABASE `{name}`")
+        try:
+            yield ["--database", name]
+        finally:
+            with contextlib.suppress(Exception):
+                mariadb_execute(args.mariadb, drop)
     else:
         directory = tempfile.mkdtemp(prefix=f"{DB_PREFIX}{system}_", dir=args.sqlite_parent)
         try:
@@ -673,6 +755,7 @@ def passthrough(args: argparse.Namespace) -> list[str]:
         "one_by_one",
         "batch_size",
         "pg",
+        "mariadb",
         "concurrency",
         "prefetch",
         "claim_batch",
@@ -731,7 +814,7 @@ def print_table(args: argparse.Namespace, baselines: list[Result], results: list
         )
     console.print(table)
     for baseline in baselines:
-        label = "PostgreSQL" if baseline.store == "postgres" else "SQLite"
+        label = STORE_LABELS[baseline.store]
         value = f"FAILED: {baseline.error}" if baseline.error else fmt(baseline.processing)
         console.print(
             f"{label} single-row commits/s: {value}  ({'; '.join(baseline.notes)})", markup=False
@@ -781,20 +864,28 @@ def parent(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"--only: unknown system(s) {', '.join(unknown)}; known: {', '.join(SYSTEMS)}"
         )
-    stores = ["postgres", "sqlite"] if args.store == "both" else [args.store]
+    stores = {"both": ["postgres", "sqlite"], "all": ["postgres", "sqlite", "mariadb"]}.get(
+        args.store, [args.store]
+    )
     if args.one_by_one > args.runs:
         args.one_by_one = args.runs
     plan = [
         (system, store)
         for store in stores
         for system in SYSTEMS
-        if system in only and not (store == "sqlite" and system in POSTGRES_ONLY)
+        if system in only and not (store != "postgres" and system in POSTGRES_ONLY)
     ]
     if "postgres" in stores:
         try:
             admin_execute(args.pg, "SELECT 1")
         except Exception as exc:
             raise SystemExit(f"cannot reach PostgreSQL at {args.pg}: {exc}") from exc
+    if "mariadb" in stores:
+        check_mariadb_loopback(args.mariadb)
+        try:
+            mariadb_execute(args.mariadb, "SELECT 1")
+        except Exception as exc:
+            raise SystemExit(f"cannot reach MariaDB at {args.mariadb}: {exc}") from exc
 
     print(
         f"ferryman queue benchmark: {args.runs:,} runs, stores: {', '.join(stores)}, "
@@ -834,7 +925,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default="", help=f"comma-separated subset of: {','.join(SYSTEMS)}"
     )
-    parser.add_argument("--store", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "postgres", "mariadb", "both", "all"],
+        default="both",
+        help="both: postgres and sqlite; all: those and mariadb",
+    )
     parser.add_argument(
         "--one-by-one",
         type=int,
@@ -843,6 +939,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=1_000, help="runs per batched enqueue")
     parser.add_argument("--pg", default=DEFAULT_PG, help="admin URL of the loopback PostgreSQL")
+    parser.add_argument(
+        "--mariadb", default=DEFAULT_MARIADB, help="admin URL of the loopback MariaDB"
+    )
     parser.add_argument(
         "--sqlite-parent",
         default=None,

@@ -50,8 +50,7 @@ import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-DATABASE = "ferryman_bench_web"
-SQLITE_PATH = Path(tempfile.gettempdir()) / "ferryman-bench-web" / "store.db"
+DATABASE = "ferryman_bench_web"  # --name: also the SQLite file's folder under the temp dir
 TOKEN = "bench-token-0123456789"
 JOBS = [f"job-{n}" for n in range(10)]
 SENSORS = [f"sensor-{n}" for n in range(5)]
@@ -65,7 +64,8 @@ TRACEBACK = (
 
 RUN_COLUMNS = (
     "id, job, run_key, payload, status, attempt, max_attempts, available_at, lease_owner, "
-    "lease_token, lease_expires_at, last_error, created_at, updated_at, started_at, finished_at"
+    "lease_token, lease_expires_at, last_error, created_at, updated_at, started_at, finished_at, "
+    "key_digest"
 )
 EVENT_COLUMNS = "run_id, kind, at, attempt, worker_id, lease_token, detail"
 EVALUATION_COLUMNS = (
@@ -87,6 +87,8 @@ def status_of(n: int) -> str:
 
 
 def run_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
+    from ferryman.store.keys import run_key_digest
+
     for n in range(1, count + 1):
         created = now - WEEK + WEEK * n / count
         status = status_of(n)
@@ -111,6 +113,7 @@ def run_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
             finished or created,
             created + 0.01 if status != "queued" else None,
             finished,
+            run_key_digest(JOBS[n % len(JOBS)], f"key-{n}"),
         )
 
 
@@ -181,19 +184,17 @@ def pg_url(admin: str, database: str) -> str:
     return f"{base}/{database}"
 
 
-def seed_postgres(admin: str, runs: int, evaluations: int, reseed: bool) -> str:
+def seed_postgres(admin: str, name: str, runs: int, evaluations: int, reseed: bool) -> str:
     from ferryman.store import upgrade
 
-    url = pg_url(admin, DATABASE)
+    url = pg_url(admin, name)
     with psycopg.connect(admin, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
-        ).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists and not reseed:
-            print(f"postgres: reusing database {DATABASE} (--reseed to rebuild)", flush=True)
+            print(f"postgres: reusing database {name} (--reseed to rebuild)", flush=True)
             return url.replace("postgresql://", "postgresql+psycopg://")
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
     sa_url = url.replace("postgresql://", "postgresql+psycopg://")
     upgrade(sa_url)
     started = time.perf_counter()
@@ -215,20 +216,21 @@ def seed_postgres(admin: str, runs: int, evaluations: int, reseed: bool) -> str:
     return sa_url
 
 
-def seed_sqlite(runs: int, evaluations: int, reseed: bool) -> str:
+def seed_sqlite(name: str, runs: int, evaluations: int, reseed: bool) -> str:
+    path = Path(tempfile.gettempdir()) / name / "store.db"
     from ferryman.store import upgrade
 
-    url = f"sqlite:///{SQLITE_PATH}"
-    if SQLITE_PATH.exists() and not reseed:
-        print(f"sqlite: reusing {SQLITE_PATH} (--reseed to rebuild)", flush=True)
+    url = f"sqlite:///{path}"
+    if path.exists() and not reseed:
+        print(f"sqlite: reusing {path} (--reseed to rebuild)", flush=True)
         return url
-    SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in SQLITE_PATH.parent.glob("store.db*"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob("store.db*"):
         leftover.unlink()
     upgrade(url)
     started = time.perf_counter()
     now = time.time()
-    conn = sqlite3.connect(SQLITE_PATH)
+    conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")  # seeding only: the bench reads afterwards
     for table, columns, rows in (
         ("ferryman_runs", RUN_COLUMNS, run_rows(runs, now)),
@@ -287,6 +289,7 @@ def hour_ago(hours: int) -> str:
 def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
     logged = [n for n in (rng.randrange(10, runs, 10) for _ in range(50))]
     middle = runs // 2
+    step = max(1, min(997, middle // 20))  # twenty pages, all inside the table
     return {
         "overview page /": ["/"],
         "overview API /api/summary": ["/api/summary"],
@@ -295,9 +298,9 @@ def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
             f"/api/runs?job={rng.choice(JOBS)}&status=failed&limit=50" for _ in range(20)
         ],
         "runs API, deep page": [
-            f"/api/runs?status=succeeded&before_id={middle - i * 997}" for i in range(20)
+            f"/api/runs?status=succeeded&before_id={middle - i * step}" for i in range(20)
         ],
-        "runs page, deep page": [f"/runs?before_id={middle - i * 997}" for i in range(20)],
+        "runs page, deep page": [f"/runs?before_id={middle - i * step}" for i in range(20)],
         "runs page, one hour a day ago": [
             f"/runs?since={hour_ago(25 + i)}&until={hour_ago(24 + i)}" for i in range(20)
         ],
@@ -344,6 +347,9 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--requests", type=int, default=100, help="per endpoint")
     parser.add_argument("--reseed", action="store_true")
+    parser.add_argument(
+        "--name", default=DATABASE, help="PostgreSQL database and SQLite folder to seed and reuse"
+    )
     parser.add_argument("--pg", default=os.environ.get("FERRYMAN_BENCH_PG", DEFAULT_PG))
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
@@ -351,9 +357,9 @@ def main() -> None:
     rows: list[str] = []
     for kind in args.stores.split(","):
         url = (
-            seed_sqlite(args.runs, args.evaluations, args.reseed)
+            seed_sqlite(args.name, args.runs, args.evaluations, args.reseed)
             if kind == "sqlite"
-            else seed_postgres(args.pg, args.runs, args.evaluations, args.reseed)
+            else seed_postgres(args.pg, args.name, args.runs, args.evaluations, args.reseed)
         )
         process, base = serve(url)
         try:

@@ -85,15 +85,13 @@ def mariadb_url(mariadb_databases: DatabasePool) -> Iterator[str]:
 
 
 # The stores every contract test runs on (``store_url``), each by its fixture.
-# "mariadb" joins STORES once ferryman opens MariaDB stores (its backend class);
-# until then mariadb_url serves the schema and migration tests alone.
 STORE_FIXTURES = {"sqlite": "sqlite_url", "postgres": "pg_url", "mariadb": "mariadb_url"}
-STORES = ("sqlite", "postgres")
+STORES = ("sqlite", "postgres", "mariadb")
 
 
 @pytest.fixture(params=STORES)
 def store_url(request: pytest.FixtureRequest) -> str:
-    """The same test on a real SQLite file and on real PostgreSQL (and MariaDB) databases."""
+    """The same test on a real SQLite file and on real PostgreSQL and MariaDB databases."""
     return str(request.getfixturevalue(STORE_FIXTURES[request.param]))
 
 

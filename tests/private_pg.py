@@ -18,18 +18,21 @@ gives a running cluster::
         private_pg.restart("immediate")
 
 ``private_postgres()`` gives one that is initialised but not started (a
-database that comes up later), optionally with password authentication.
+database that comes up later), optionally with password authentication, or
+listening on more addresses than loopback and trusting other networks (a
+worker in a network namespace of the test's own).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -61,11 +64,19 @@ def find_bindir() -> Path:
 class PrivateCluster:
     """One cluster: its binaries, its directory, its port and the user it runs as."""
 
-    def __init__(self, root: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        password: str | None = None,
+        listen: Sequence[str] = (),
+        trust: Sequence[ipaddress.IPv4Network] = (),
+    ) -> None:
         self.root = root  # holds the data directory, the socket and the log
         self.bindir = find_bindir()
         self.port = free_port()
         self.password = password
+        self.addresses = ",".join(["127.0.0.1", *listen])
         self.user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         if self.user is not None:
             os.chown(root, self.user.pw_uid, self.user.pw_gid)
@@ -81,6 +92,9 @@ class PrivateCluster:
             *("-D", str(self.datadir), "-U", "postgres", *auth),
             *("-E", "UTF8", "--no-locale", "--no-sync"),
         )
+        if trust:
+            with (self.datadir / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} trust\n" for network in trust)
 
     @property
     def datadir(self) -> Path:
@@ -90,9 +104,16 @@ class PrivateCluster:
     def log(self) -> Path:
         return self.root / "server.log"
 
-    def url(self, database: str = "postgres", *, user: str = "postgres", password: str = "") -> str:
+    def url(
+        self,
+        database: str = "postgres",
+        *,
+        user: str = "postgres",
+        password: str = "",
+        host: str = "127.0.0.1",
+    ) -> str:
         secret = f":{password}" if password else ""
-        return f"postgresql+psycopg://{user}{secret}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg://{user}{secret}@{host}:{self.port}/{database}"
 
     def start(self) -> None:
         """Start on ``port`` (another free one if it was taken meanwhile)."""
@@ -107,7 +128,7 @@ class PrivateCluster:
 
     def _start(self) -> None:
         options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            f"-p {self.port} -k {self.root} -c listen_addresses={self.addresses} "
             # Durability against an OS crash is not under test: a restart, fast
             # or immediate, keeps what the OS page cache holds.
             "-c fsync=off -c full_page_writes=off -c shared_buffers=16MB -c max_connections=60"
@@ -169,11 +190,16 @@ class PrivateCluster:
 
 
 @contextlib.contextmanager
-def private_postgres(*, password: str | None = None) -> Iterator[PrivateCluster]:
+def private_postgres(
+    *,
+    password: str | None = None,
+    listen: Sequence[str] = (),
+    trust: Sequence[ipaddress.IPv4Network] = (),
+) -> Iterator[PrivateCluster]:
     """An initialised cluster, not started; stopped (if running) and deleted at the end."""
     root = Path(tempfile.mkdtemp(prefix="ferryman-pg-"))
     try:
-        cluster = PrivateCluster(root, password=password)
+        cluster = PrivateCluster(root, password=password, listen=listen, trust=trust)
         try:
             yield cluster
         finally:

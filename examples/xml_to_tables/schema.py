@@ -1,4 +1,4 @@
-"""The tables of the XML reference pipeline, for SQLite and PostgreSQL alike.
+"""The tables of the XML reference pipeline, for SQLite, PostgreSQL and MariaDB alike.
 
 ``app_xml`` is the staging table the applications arrive in, one XML document
 per ``app_id``. The four target tables are what the job maps each document
@@ -12,6 +12,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
+
+# A contact id is part of primary keys, and MariaDB keys no TEXT column
+# without a length: there it is a VARCHAR.
+ContactId = sa.Text().with_variant(sa.String(255), "mariadb", "mysql")
 
 app_xml = sa.Table(
     "app_xml",
@@ -38,7 +42,7 @@ contact_base = sa.Table(
     "contact_base",
     metadata,
     sa.Column("app_id", sa.BigInteger, sa.ForeignKey("app_base.app_id"), primary_key=True),
-    sa.Column("contact_id", sa.Text, primary_key=True),
+    sa.Column("contact_id", ContactId, primary_key=True),
     sa.Column("role", sa.Text, nullable=False),
     sa.Column("first_name", sa.Text, nullable=False),
     sa.Column("middle_name", sa.Text),
@@ -52,7 +56,7 @@ contact_address = sa.Table(
     "contact_address",
     metadata,
     sa.Column("app_id", sa.BigInteger, primary_key=True),
-    sa.Column("contact_id", sa.Text, primary_key=True),
+    sa.Column("contact_id", ContactId, primary_key=True),
     sa.Column("position", sa.Integer, primary_key=True),  # 1-based order in the document
     sa.Column("address_type", sa.Text, nullable=False),
     sa.Column("street", sa.Text, nullable=False),
@@ -69,7 +73,7 @@ contact_employment = sa.Table(
     "contact_employment",
     metadata,
     sa.Column("app_id", sa.BigInteger, primary_key=True),
-    sa.Column("contact_id", sa.Text, primary_key=True),
+    sa.Column("contact_id", ContactId, primary_key=True),
     sa.Column("position", sa.Integer, primary_key=True),
     sa.Column("employer", sa.Text, nullable=False),
     sa.Column("job_title", sa.Text),

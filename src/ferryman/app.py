@@ -6,7 +6,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
@@ -37,6 +37,12 @@ from ferryman.sensors.registry import (
     SensorFunction,
     SensorKind,
     define_sensor,
+)
+from ferryman.sensors.schedule import (
+    DEFAULT_GRACE,
+    DEFAULT_MAX_CATCH_UP,
+    DEFAULT_SCHEDULE_INTERVAL,
+    define_schedule,
 )
 from ferryman.store import DEFAULT_STORE as DEFAULT_STORE  # the CLI reads it here
 from ferryman.store import Store, open_store
@@ -274,6 +280,53 @@ class App:
             return function
 
         return register
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        job: str,
+        cron: str,
+        timezone: str = "UTC",
+        payload: Any = None,
+        catch_up: str = "latest",
+        max_catch_up: int = DEFAULT_MAX_CATCH_UP,
+        grace: float = DEFAULT_GRACE,
+        interval: float = DEFAULT_SCHEDULE_INTERVAL,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """Run ``job`` once per tick of ``cron`` in ``timezone``: a poll sensor named ``name``.
+
+        Each tick's run has run_key ``"{name}:{tick as ISO 8601 UTC}"`` and is
+        committed in the transaction that moves the schedule's cursor to the
+        tick, so a tick gets exactly one run across processes and crashes. A
+        wall time skipped by a clock change is no tick; one repeated when the
+        clocks go back is a tick at each real instant. Ticks missed while
+        nothing evaluated the schedule run by ``catch_up``: ``"all"``,
+        ``"latest"`` (the newest only) or ``"none"`` (only those less than
+        ``grace`` seconds late), at most ``max_catch_up`` per evaluation (the
+        newest). The run's payload is ``payload``, ``payload(tick)`` if it is
+        a function, or ``{"tick": ISO}`` if it is None. The schedule is
+        evaluated at its next tick, or after ``interval`` seconds if sooner.
+        ``clock`` (an aware ``datetime`` now) replaces the store's clock, for
+        tests. ``job`` must be registered first; any bad argument is a
+        :class:`~ferryman.ConfigurationError` naming the schedule and field.
+        """
+        self._add_sensor(
+            define_schedule(
+                name,
+                job=job,
+                cron=cron,
+                timezone=timezone,
+                payload=payload,
+                catch_up=catch_up,
+                max_catch_up=max_catch_up,
+                grace=grace,
+                interval=interval,
+                clock=clock,
+                known_jobs=list(self._jobs),
+            )
+        )
 
     def _add_sensor(self, definition: SensorDefinition) -> None:
         if definition.name in self._sensors:

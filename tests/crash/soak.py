@@ -8,6 +8,8 @@ suite gives it:
   they run jobs that write their effect through ``ctx.transaction()``;
 * ``sensors`` — ``test_sensor_crash.py``: ``app.run()`` daemons SIGKILLed
   while their poll sensor evaluates;
+* ``schedules`` — ``test_schedule_crash.py``: ``app.run()`` daemons SIGKILLed
+  while they evaluate a one-second schedule;
 * ``uploads`` — ``test_transfer_crash.py``: ``ferryman upload`` SIGKILLed
   mid-upload to SeaweedFS, then run again;
 * ``upload jobs`` — ``test_transfer_job_crash.py``: a worker SIGKILLed while
@@ -82,6 +84,13 @@ STORMS = (
         test="tests/crash/test_sensor_crash.py::test_sigkill_during_evaluations_loses_and_doubles_nothing",
         parametrised=True,
         settings={"SECONDS": 150, "KILLS": 150},
+    ),
+    # Ticks of a fake clock ten times faster than real time: 150 s, a kill every 0.5-1.5 s.
+    Storm(
+        name="schedules",
+        test="tests/crash/test_schedule_crash.py::test_sigkilled_daemons_run_each_tick_exactly_once",
+        parametrised=True,
+        settings={"SCHEDULE_TICKS": 1500},
     ),
     # One kill per 30-60 MiB upload: 5-12 s each.
     Storm(

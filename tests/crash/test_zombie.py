@@ -40,7 +40,7 @@ def process_state(pid: int) -> str:
 
 def in_transaction(app: fm.App) -> bool:
     """Whether some other client is inside a transaction on the store database."""
-    if app.store.is_sqlite:
+    if app.store.backend.name == "sqlite":
         path = app.store.backend.url.database
         assert path is not None
         probe = sqlite3.connect(path, timeout=0, isolation_level=None)
@@ -55,13 +55,19 @@ def in_transaction(app: fm.App) -> bool:
             return False
         finally:
             probe.close()
+    if app.store.backend.name == "mariadb":
+        query = (
+            "SELECT count(*) FROM information_schema.innodb_trx AS t"
+            " JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id"
+            " WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
+        )
+    else:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state <> 'idle'"
+        )
     with app.store.read("looking for open transactions") as conn:
-        busy = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND state <> 'idle'"
-            )
-        ).scalar_one()
+        busy = conn.execute(sa.text(query)).scalar_one()
     return bool(busy)
 
 

@@ -30,7 +30,8 @@ from tests.crash.support import (
 )
 from tests.crash.worker_main import build_app, effects, metadata
 from tests.helpers import wait_until
-from tests.netns import Cluster, Link, private_postgres, unavailable, veth_namespace
+from tests.netns import Link, unavailable, veth_namespace
+from tests.private_pg import PrivateCluster, private_postgres
 
 LEASE_SECONDS = 2.0
 HELD = 4  # runs A holds, mid-job, when the link is cut
@@ -47,9 +48,10 @@ def link() -> Iterator[Link]:
 
 
 @pytest.fixture
-def cluster(link: Link) -> Iterator[Cluster]:
-    with private_postgres(listen=[link.host_address], trust=[link.network]) as started:
-        yield started
+def cluster(link: Link) -> Iterator[PrivateCluster]:
+    with private_postgres(listen=[link.host_address], trust=[link.network]) as cluster:
+        cluster.start()
+        yield cluster
 
 
 def sessions_in_transaction(app: fm.App, client: str) -> int:
@@ -100,7 +102,7 @@ def cut_past_the_leases(link: Link, app: fm.App, run_ids: list[int]) -> None:
 @pytest.mark.fault
 @pytest.mark.timeout(150)
 def test_a_worker_cut_off_from_postgres_is_fenced_then_resumes(
-    link: Link, cluster: Cluster, tmp_path: Path
+    link: Link, cluster: PrivateCluster, tmp_path: Path
 ) -> None:
     cluster.create_database("ferryman")
     here = cluster.url("ferryman")

@@ -90,7 +90,7 @@ def succeed_with_effect(
     """
     with store.transaction() as conn:
         conn.execute(effects.insert().values(**effect))
-        store.runs.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
+        store.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
 
 
 def let_backoff_pass(store: Store, run_id: int) -> None:

@@ -95,6 +95,53 @@ def test_resume_sends_only_what_is_missing_and_adopts_parts_s3_has(
     assert uploads(s3_client, s3_bucket) == []
 
 
+def test_an_object_completed_before_its_record_is_finished_sending_nothing(
+    tmp_path: Path, sqlite_url: str, s3_client: Any, s3_bucket: str
+) -> None:
+    source = write_random(tmp_path / "f.bin", 12 * MiB)
+    url = f"s3://{s3_bucket}/f.bin"
+
+    def stop_once_all_are_confirmed(update: fm.transfer.TransferProgress) -> None:
+        if update.parts_confirmed == 3:
+            raise Interrupted("every part confirmed, the upload not completed")
+
+    with pytest.raises(Interrupted):
+        fm.transfer.upload(
+            source, url, part_size=5 * MiB, store=sqlite_url, progress=stop_once_all_are_confirmed
+        )
+    store = Store(sqlite_url)
+    try:
+        (before,) = store.list_transfers(status=fm.TransferStatus.ACTIVE)
+        parts = store.get_transfer_parts(before.id)
+    finally:
+        store.close()
+    assert [p.part_number for p in parts] == [1, 2, 3] and before.upload_id is not None
+    # The crash came after CompleteMultipartUpload, before its record.
+    s3_client.complete_multipart_upload(
+        Bucket=s3_bucket,
+        Key="f.bin",
+        UploadId=before.upload_id,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": p.part_number, "ETag": p.etag, "ChecksumSHA256": p.sha256}
+                for p in parts
+            ]
+        },
+    )
+    seen: list[fm.transfer.TransferProgress] = []
+    done = fm.transfer.upload(source, url, store=sqlite_url, progress=seen.append)
+    assert done.id == before.id and done.status is fm.TransferStatus.SUCCEEDED
+    assert done.upload_id == before.upload_id  # no new multipart upload was started
+    assert done.verified_by in ("checksum", "etag")
+    store = Store(sqlite_url)
+    try:
+        assert store.get_transfer_parts(done.id) == parts  # nothing sent again
+    finally:
+        store.close()
+    assert object_sha256(s3_client, s3_bucket, "f.bin") == file_sha256(source)
+    assert uploads(s3_client, s3_bucket) == []
+
+
 @pytest.mark.parametrize("change", ["modified", "truncated", "missing"])
 def test_a_source_changed_between_runs_fails_and_aborts(
     tmp_path: Path, store_url: str, s3_client: Any, s3_bucket: str, change: str

@@ -518,7 +518,8 @@ def test_tick_on_the_command_line_requests_an_undecodable_file_in_one_line(
         )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
-    env["PYTHONPATH"] = str(tmp_path)
+    # The app's module first, then whatever the caller put there (make mutants: its copy of src/).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "ferryman", "--app", "undecodable_app:app"]
     command += ["--store", f"sqlite:///{tmp_path}/store.db", "tick", "--json"]
     result = subprocess.run(

@@ -383,11 +383,14 @@ def test_lost_lease_refuses_every_fenced_write(make_app: type[fm.App]) -> None:
 
     with pytest.raises(fm.LeaseLost):
         zombie.checkpoint({"offset": 20})
-    with pytest.raises(fm.LeaseLost):
-        zombie.heartbeat()
+    # Before its heartbeat notices: the store itself refuses the success, and the effect.
+    assert not zombie.lease_lost
     with pytest.raises(fm.LeaseLost), zombie.transaction() as conn:
         conn.execute(effects.insert().values(run_key="r", attempt=1))
     assert effect_keys(app) == []  # the zombie's effect was rolled back
+    with pytest.raises(fm.LeaseLost):
+        zombie.heartbeat()
+    assert zombie.lease_lost
 
     owner = JobContext(store=store, run=second, worker_id="B", lease_seconds=30)
     with owner.transaction() as conn:
@@ -481,6 +484,7 @@ def test_stop_releases_unfinished_runs_without_using_an_attempt(make_app: type[f
     run = app.get_run(run_id)
     assert run is not None
     assert (run.status, run.attempt) == (fm.RunStatus.QUEUED, 0)
+    assert run.lease_token == 2  # claimed with 1; the release moved it on
     assert kinds(app, run_id) == ["requested", "claimed", "released"]
     assert worker.report.released == 1
 

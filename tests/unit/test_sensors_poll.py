@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import ferryman as fm
 from ferryman.sensors import SensorDaemon
 from ferryman.sensors.cursor import UnreadableCursor, decode_cursor, encode_cursor
+from ferryman.store.schema import sensors
 from tests.sensor_apps import assert_history_consistent
 
 
@@ -31,17 +32,14 @@ def run_keys(app: fm.App, job: str = "load") -> list[str]:
 def stored_cursor(app: fm.App, name: str) -> str | None:
     with app.engine.begin() as conn:
         stored: str | None = conn.execute(
-            sa.text("SELECT cursor FROM ferryman_sensors WHERE name = :name"), {"name": name}
+            sa.select(sensors.c.cursor).where(sensors.c.name == name)
         ).scalar_one()
         return stored
 
 
 def set_stored_cursor(app: fm.App, name: str, stored: str) -> None:
     with app.engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE ferryman_sensors SET cursor = :cursor WHERE name = :name"),
-            {"cursor": stored, "name": name},
-        )
+        conn.execute(sensors.update().where(sensors.c.name == name).values(cursor=stored))
 
 
 # -- the commit rules --------------------------------------------------------
@@ -75,6 +73,60 @@ def test_runs_evaluation_and_cursor_commit_together(make_app: type[fm.App]) -> N
     assert [e.id for e in app.get_evaluations("numbers")] == [evaluation.id]
     # The cursor is stored as a versioned envelope; users only see the value.
     assert stored_cursor(app, "numbers") == '{"v":1,"value":"2"}'
+
+
+REFUSE_RUNS = {
+    # The database itself refuses the runs' insert, as a full disk or a dropped
+    # connection would fail the commit half-way through its statements.
+    "sqlite": [
+        "CREATE TRIGGER refuse_runs BEFORE INSERT ON ferryman_runs "
+        "BEGIN SELECT RAISE(ABORT, 'no runs today'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_runs() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'no runs today'; END $$",
+        "CREATE TRIGGER refuse_runs BEFORE INSERT ON ferryman_runs "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_runs()",
+    ],
+    "mariadb": [
+        "CREATE TRIGGER refuse_runs BEFORE INSERT ON ferryman_runs "
+        "FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no runs today'"
+    ],
+}
+
+
+def test_a_commit_the_store_refuses_leaves_the_cursor_and_writes_no_run(
+    make_app: type[fm.App],
+) -> None:
+    app = make_sensor_app(make_app)
+
+    @app.poll_sensor(job="load", interval=0, backoff=fm.Backoff(base=0))
+    def numbers(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
+        start = int(cursor or 0)
+        return fm.SensorResult(
+            run_requests=[fm.RunRequest(f"n{i}") for i in (start + 1, start + 2)],
+            cursor=str(start + 2),
+        )
+
+    with app.engine.begin() as conn:
+        for statement in REFUSE_RUNS[app.engine.dialect.name]:
+            conn.exec_driver_sql(statement)
+    (failed,) = app.tick()
+    assert failed.outcome is fm.EvaluationOutcome.FAILED
+    assert "no runs today" in (failed.error or "")
+    assert app.get_runs() == []
+    state = app.get_sensor("numbers")
+    assert (state.cursor, state.consecutive_failures) == (None, 1)
+
+    with app.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "DROP TRIGGER refuse_runs"
+            + (" ON ferryman_runs" if app.engine.dialect.name == "postgresql" else "")
+        )
+    (ok,) = app.tick(force=True)
+    assert ok.outcome is fm.EvaluationOutcome.OK and ok.cursor_before is None
+    assert run_keys(app) == ["n1", "n2"]
+    assert app.get_sensor("numbers").cursor == "2"
 
 
 def test_failure_on_item_5_of_10_records_nothing_then_all_10_once(

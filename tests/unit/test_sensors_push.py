@@ -143,6 +143,11 @@ def test_message_ids_are_compared_per_sensor_not_as_one_string(make_app: type[fm
     assert calls == [("orders", "eu:42"), ("orders:eu", "42")]
     assert sorted(run.run_key for run in app.get_runs()) == ["orders/eu:42", "orders:eu/42"]
     assert app.deliver("orders:eu", "42") == (second, False)  # a real redelivery still is one
+    # The same id sent to another sensor is another message.
+    third, created_third = app.deliver("orders", "42")
+    assert created_third and third.id not in (first.id, second.id)
+    assert calls[-1] == ("orders", "42")
+    assert app.deliver("orders", "42") == (third, False)
 
 
 def recording_app(make_app: type[fm.App], **settings: object) -> tuple[fm.App, list[str]]:

@@ -81,7 +81,8 @@ def test_a_newer_schema_is_refused(store_url: str) -> None:
     [
         ("sqlite://", "names no file"),
         ("sqlite:///:memory:", "names no file"),
-        ("mysql://root@127.0.0.1/db", "unsupported store URL"),
+        ("oracle://root@127.0.0.1/db", "unsupported store URL"),
+        ("mysql+mysqldb://root@127.0.0.1/db", "ferryman uses PyMySQL"),
         ("postgresql+asyncpg://u@h/db", "ferryman uses psycopg 3"),
         ("not a url", "invalid store URL"),
         ("sqlite:////no/such/dir/x.db", "directory '/no/such/dir' does not exist"),

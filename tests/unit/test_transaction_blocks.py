@@ -21,7 +21,7 @@ metadata = sa.MetaData()
 stock = sa.Table(
     "stock",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("reserved", sa.Integer, nullable=False),
 )
 effects = sa.Table(
@@ -69,9 +69,12 @@ def test_a_result_left_open_in_one_block_does_not_fail_the_other_runs(
     def reserve(ctx: fm.JobContext, payload: None) -> None:
         with ctx.transaction() as conn:
             # Valid SQLAlchemy: one row read of the five the statement returns.
-            result = conn.execute(
-                stock.update().values(reserved=stock.c.reserved + 1).returning(stock.c.id)
-            )
+            reserve = stock.update().values(reserved=stock.c.reserved + 1)
+            if conn.dialect.name == "mariadb":  # no UPDATE ... RETURNING: a locking read
+                result = conn.execute(sa.select(stock.c.id).with_for_update())
+                conn.execute(reserve)
+            else:
+                result = conn.execute(reserve.returning(stock.c.id))
             result.fetchone()
             kept.append(result)
 

@@ -18,9 +18,11 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
+from ferryman.store import Lease
 from ferryman.worker import Worker
 from ferryman.worker.outages import GIVE_BACK_LIMIT
 from tests.helpers import wait_until
+from tests.mariadb_pool import admin_connection, execute
 from tests.unit.test_runs_contract import create_effects, effect_keys, kinds, lease_expired
 
 
@@ -92,6 +94,49 @@ def test_keyboard_interrupt_in_the_working_thread_stops_drains_and_releases(
     assert kinds(app, second)[-1] == "released"
 
 
+def test_an_outcome_is_counted_only_once_it_is_committed(make_app: type[fm.App]) -> None:
+    app = make_app()
+    started = threading.Event()
+    proceed = threading.Event()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None:
+        if ctx.run_key == "taken":
+            started.set()
+            proceed.wait(30)  # returns after another worker took the run over
+
+    plain, taken = app.submit("load", fm.RunRequest("plain"), fm.RunRequest("taken")).run_ids
+    # One run at a time and none claimed ahead, so this worker cannot claim "taken" again.
+    worker = Worker(app.store, app.jobs, lease_seconds=30, concurrency=1, prefetch=0)
+    thread = threading.Thread(target=lambda: worker.run(until_idle=True, handle_signals=False))
+    thread.start()
+    try:
+        assert started.wait(30)
+        held = app.get_run(taken)
+        assert held is not None and held.lease_owner == worker.worker_id
+        # Another worker takes the run over while the job is still running.
+        app.store.release([Lease(taken, held.lease_token)], worker_id="B", reason="taken over by B")
+        (claimed,) = app.store.claim(worker_id="B", jobs=["load"], limit=1, lease_seconds=30)
+        assert claimed.id == taken
+    finally:
+        proceed.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+    # The job returned, but its outcome was refused: counted as a lost lease, not a success.
+    assert (worker.report.succeeded, worker.report.lease_lost) == (1, 1)
+    run = app.get_run(taken)
+    assert run is not None and (run.status, run.lease_owner) == (fm.RunStatus.RUNNING, "B")
+    # What the report counts is exactly what the store shows this worker completed.
+    completed = [
+        run_id
+        for run_id in (plain, taken)
+        for event in app.get_run_events(run_id)
+        if event.kind.value == "succeeded" and event.worker_id == worker.worker_id
+    ]
+    assert completed == [plain]
+
+
 def test_a_crashed_worker_leaves_started_runs_to_their_leases(make_app: type[fm.App]) -> None:
     app = make_app(lease_seconds=1.0)
     crashed = threading.Event()
@@ -140,7 +185,7 @@ def test_a_users_integrity_error_in_the_transaction_is_the_jobs_failure(
             conn.execute(sa.text("INSERT INTO once VALUES ('same')"))
 
     with app.engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE once (name TEXT PRIMARY KEY)"))
+        conn.execute(sa.text("CREATE TABLE once (name VARCHAR(50) PRIMARY KEY)"))
     ids = app.submit("load", fm.RunRequest("a"), fm.RunRequest("b")).run_ids
     report = app.work(until_idle=True, handle_signals=False, concurrency=1)
 
@@ -163,6 +208,13 @@ def break_the_store_under(conn: sa.Connection, store_url: str) -> None:
             conn.execute(sa.text("INSERT INTO effects (run_key) VALUES (:k)"), {"k": "x" * 200_000})
         finally:
             conn.exec_driver_sql("PRAGMA max_page_count = 1073741823")
+        return
+    if conn.dialect.name == "mariadb":
+        # An administrator kills this connection, as a restart would.
+        connection_id = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+        with admin_connection() as admin:
+            execute(admin, f"KILL {int(connection_id)}")
+        conn.execute(sa.text("INSERT INTO effects (run_key) VALUES ('never')"))
         return
     # PostgreSQL: an administrator ends this connection, as a restart would.
     pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
@@ -269,3 +321,51 @@ def test_a_job_that_makes_the_store_fail_every_time_cannot_loop(
         *("claimed", "dead"),
     ]
     assert (report.released, report.dead) == (GIVE_BACK_LIMIT, 1)
+
+
+def test_a_run_retried_at_once_and_claimed_again_stays_held(make_app: type[fm.App]) -> None:
+    """A run retried with no delay may be claimed again before its retry is forgotten.
+
+    The new claim must stay held (heartbeats renew it, ``until_idle`` waits
+    for it): here the retry's bookkeeping waits until the claim loop has taken
+    the run again, and the second attempt outlasts the lease.
+    """
+    app = make_app()
+    lease_seconds = 1.0
+
+    @app.job(max_attempts=2, backoff=fm.Backoff(base=0.0))
+    def slow_second_time(ctx: fm.JobContext, payload: object) -> None:
+        if ctx.attempt == 1:
+            raise RuntimeError("the first attempt fails")
+        ctx.checkpoint({"second attempt": "started"})
+        threading.Event().wait(2.5 * lease_seconds)  # outlive the lease: heartbeats must renew
+
+    def claimed_again_first(run: Any, outcome: str) -> None:
+        if outcome == "retry":
+            wait_until(
+                lambda: getattr(app.get_run(run.id), "attempt", 0) == 2,
+                what="the claim loop to take the retried run again",
+            )
+
+    (run_id,) = app.submit("slow_second_time", fm.RunRequest("r")).run_ids
+    worker = Worker(
+        app.store,
+        app.jobs,
+        lease_seconds=lease_seconds,
+        concurrency=2,
+        poll_interval=0.01,
+        on_outcome=claimed_again_first,
+    )
+    report = worker.run(until_idle=True, handle_signals=False)
+
+    run = app.get_run(run_id)
+    assert run is not None and (run.status, run.attempt) == (fm.RunStatus.SUCCEEDED, 2)
+    assert kinds(app, run_id) == [
+        "requested",
+        "claimed",
+        "retry_scheduled",
+        "claimed",
+        "checkpointed",
+        "succeeded",
+    ]
+    assert (report.succeeded, report.retried) == (1, 1)

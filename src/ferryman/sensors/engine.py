@@ -232,7 +232,9 @@ class SensorEngine:
                 new_runs=prepared.new_runs,
                 skipped=prepared.skipped,
                 started_at=started,
-                next_delay=definition.interval,
+                next_delay=definition.next_delay(
+                    cursor if prepared.cursor is None else prepared.cursor, started
+                ),
                 evaluator=process_id(),
                 skip_reasons=prepared.skip_reasons,
             )

@@ -39,6 +39,15 @@ class SensorDefinition:
     interval: float  # poll sensors: seconds between successful evaluations
     backoff: Backoff  # poll sensors: delay after consecutive failures
     timeout: float | None  # seconds the function may run before the evaluation fails
+    # poll sensors that know when they are next needed (schedules): seconds from
+    # the evaluation's start (the store's clock) to then, given the new cursor
+    until_next: Callable[[str | None, float], float | None] | None = None
+
+    def next_delay(self, cursor: str | None, started: float) -> float:
+        """Seconds until the next evaluation after a success: ``interval``, or less if
+        ``until_next`` says the sensor is needed sooner (never below zero)."""
+        sooner = None if self.until_next is None else self.until_next(cursor, started)
+        return self.interval if sooner is None else max(0.0, min(self.interval, sooner))
 
     def route(self, request: RunRequest) -> str:
         """The job ``request`` goes to, or :class:`RoutingError`."""

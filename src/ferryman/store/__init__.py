@@ -34,9 +34,11 @@ from ferryman.model import (
 )
 from ferryman.store import faults, migrate, read_queries
 from ferryman.store.blocks import BlockGuard
-from ferryman.store.dialect import Backend, create_backend, translated_errors
+from ferryman.store.dialect import Backend, Listener, create_backend, translated_errors
+from ferryman.store.leases import Leases
+from ferryman.store.queue import RunQueue
 from ferryman.store.read_model import ReadModel
-from ferryman.store.runs import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind, RunQueries
+from ferryman.store.run_rows import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind
 from ferryman.store.sensors import (
     PollCommit,
     PollFailure,
@@ -84,8 +86,8 @@ class Store(ReadModel):
 
     ``create``: apply migrations when the schema is missing or older than the
     code. ``None`` (the default) means yes for SQLite — the embedded default
-    needs no setup — and no for PostgreSQL, where schema changes are an
-    operator's decision (``ferryman db upgrade``).
+    needs no setup — and no for PostgreSQL and MariaDB, where schema changes
+    are an operator's decision (``ferryman db upgrade``).
 
     The reads behind the API, the dashboard and ``/metrics`` are methods too,
     from :class:`~ferryman.store.read_model.ReadModel`.
@@ -96,17 +98,18 @@ class Store(ReadModel):
         # Errors of the store's own connections are marked when the database
         # failed, so a job's attempt lost to an outage is not counted.
         faults.watch(self.backend.engine, self.backend.read_engine)
-        self.runs = RunQueries(self.backend)
+        self.runs = RunQueue(self.backend)
+        self.leases = Leases(self.backend)
         self.workers = WorkerQueries(self.backend)
         self.transfers = TransferQueries(self.backend, self.runs.now)
         self._blocks = BlockGuard(self.backend.engine)
-        auto_upgrade = self.backend.is_sqlite if create is None else create
+        auto_upgrade = self.backend.creates_schema if create is None else create
         try:
             # A read settles the common case without queueing behind writers.
             with self.read("checking the schema revision") as conn:
                 up_to_date = migrate.revisions(conn).up_to_date
             if not up_to_date:
-                with _schema_transaction(self.backend, "checking the schema revision") as conn:
+                with self.backend.schema_transaction("checking the schema revision") as conn:
                     migrate.check(conn, self.backend.safe_url, auto_upgrade=auto_upgrade)
         except BaseException:
             self.backend.dispose()
@@ -118,11 +121,20 @@ class Store(ReadModel):
         return self.backend.engine
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.backend.is_sqlite
+    def ids_in_commit_order(self) -> bool:
+        """Whether ids are allocated in commit order; if not, recent ones may still fill in."""
+        return self.backend.ids_in_commit_order
+
+    def listener(self, on_job: Callable[[str], None], *, name: str) -> Listener | None:
+        """A thread that calls ``on_job(job)`` when runs of ``job`` become due; None: poll."""
+        return self.backend.listener(on_job, name=name)
 
     def close(self) -> None:
         self.backend.dispose()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's connections without closing them."""
+        self.backend.after_fork()
 
     @contextlib.contextmanager
     def write(self, doing: str) -> Iterator[sa.Connection]:
@@ -142,10 +154,9 @@ class Store(ReadModel):
         results it leaves open are closed when it ends
         (:mod:`ferryman.store.blocks`).
         """
-        group = self.backend.group_commit
         with (
-            self.backend.engine.begin() if group is None else group.transaction() as conn,
-            self._blocks.block(conn, shared=group is not None),
+            self.backend.transaction() as conn,
+            self._blocks.block(conn, shared=self.backend.shares_transactions),
         ):
             yield conn
 
@@ -158,22 +169,7 @@ class Store(ReadModel):
         with translated_errors(self.backend, doing), self.backend.read_engine.begin() as conn:
             yield conn
 
-    # -- connections handed to a job, the URL, forks --------------------------
-
-    @contextlib.contextmanager
-    def succeed_with(
-        self, lease: Lease, *, attempt: int, worker_id: str
-    ) -> Iterator[sa.Connection]:
-        """A write transaction that also records the run's success, fenced by ``lease``.
-
-        What the block writes commits together with the ``succeeded``
-        transition and its processing-log row, or not at all: if the lease is
-        no longer the worker's, :class:`~ferryman.LeaseLost` rolls it all back.
-        This is ``ctx.transaction()``; the caller's connection is the job's.
-        """
-        with self.transaction() as conn:
-            yield conn
-            self.runs.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
+    # -- a connection handed to a job, the URL --------------------------------
 
     @contextlib.contextmanager
     def read_for_job(self, run_id: int) -> Iterator[sa.Connection]:
@@ -185,14 +181,6 @@ class Store(ReadModel):
     def url(self) -> sa.URL:
         """The store database's URL, password included: never log it."""
         return self.backend.url
-
-    def after_fork(self) -> None:
-        """In a forked child: forget the parent's connections without closing them.
-
-        They belong to the parent; the child opens its own on first use.
-        """
-        self.backend.engine.dispose(close=False)
-        self.backend.read_engine.dispose(close=False)
 
     # -- runs ----------------------------------------------------------------
 
@@ -209,27 +197,40 @@ class Store(ReadModel):
         self, *, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float
     ) -> list[ClaimedRun]:
         with self.write("claiming runs") as conn:
-            return self.runs.claim(
+            return self.leases.claim(
                 conn, worker_id=worker_id, jobs=jobs, limit=limit, lease_seconds=lease_seconds
             )
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
         with self.write("renewing leases") as conn:
-            return self.runs.renew(conn, leases, lease_seconds)
+            return self.leases.renew(conn, leases, lease_seconds)
 
     def checkpoint(self, lease: Lease, *, attempt: int, worker_id: str, data_json: str) -> None:
         with self.write("writing a checkpoint") as conn:
-            self.runs.checkpoint(
+            self.leases.checkpoint(
                 conn, lease, attempt=attempt, worker_id=worker_id, checkpoint_json=data_json
             )
 
+    def succeed_within(
+        self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
+    ) -> None:
+        """Write the run's success in ``conn``'s open transaction (from :meth:`transaction`).
+
+        Raises ``LeaseLost`` if the lease was lost; driver errors untranslated,
+        as in the transaction around it.
+        """
+        # A block refused for ending its transaction: SQLAlchemy holds that
+        # transaction for ended, so the success is not even tried.
+        self._blocks.check(conn)
+        self.leases.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
+
     def finish(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[bool]:
         with self.write("recording run outcomes") as conn:
-            return self.runs.finish(conn, outcomes, worker_id=worker_id)
+            return self.leases.finish(conn, outcomes, worker_id=worker_id)
 
     def release(self, leases: Sequence[Lease], *, worker_id: str, reason: str) -> list[int]:
         with self.write("releasing runs") as conn:
-            return self.runs.release(conn, leases, worker_id=worker_id, reason=reason)
+            return self.leases.release(conn, leases, worker_id=worker_id, reason=reason)
 
     def release_unheld(self, *, worker_id: str, held: Collection[int], reason: str) -> list[int]:
         """Release the runs leased to ``worker_id`` that are not in ``held``.
@@ -238,8 +239,8 @@ class Store(ReadModel):
         dropped) leaves runs leased to a worker that does not know it has them.
         """
         with self.write("releasing runs leased to this worker without its knowing") as conn:
-            leases = [le for le in self.runs.leased_to(conn, worker_id) if le.run_id not in held]
-            return self.runs.release(conn, leases, worker_id=worker_id, reason=reason)
+            leases = [le for le in self.leases.leased_to(conn, worker_id) if le.run_id not in held]
+            return self.leases.release(conn, leases, worker_id=worker_id, reason=reason)
 
     def requeue(
         self,
@@ -480,42 +481,11 @@ class Store(ReadModel):
             return self.transfers.active_upload_ids(conn)
 
 
-@contextlib.contextmanager
-def _schema_transaction(backend: Backend, doing: str) -> Iterator[sa.Connection]:
-    """The write transaction in which the schema is checked and upgraded.
-
-    On SQLite it runs with foreign keys off: a migration that must rebuild a
-    table (SQLite cannot drop a constraint otherwise) drops the old one, and
-    with foreign keys on that drop would delete every row referring to it
-    (the processing log). The pragma only takes effect outside a transaction,
-    hence on the driver before BEGIN; the references are checked before the
-    commit instead.
-    """
-    with translated_errors(backend, doing), backend.engine.connect() as conn:
-        driver: Any = conn.connection.dbapi_connection
-        if backend.is_sqlite:
-            driver.execute("PRAGMA foreign_keys=OFF")
-        try:
-            with conn.begin():
-                yield conn
-                if backend.is_sqlite:
-                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
-                    if broken is not None:
-                        raise StoreError(
-                            f"store {backend.safe_url}: the schema upgrade left a row of "
-                            f"{broken[0]} referring to a missing row of {broken[2]}; "
-                            "nothing was changed"
-                        )
-        finally:
-            if backend.is_sqlite:
-                driver.execute("PRAGMA foreign_keys=ON")
-
-
 def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:
     """Bring the store's schema to this code's revision; return (before, after)."""
     backend = create_backend(url, pool_size=1)
     try:
-        with _schema_transaction(backend, "upgrading the schema") as conn:
+        with backend.schema_transaction("upgrading the schema") as conn:
             before = migrate.revisions(conn).current
             after = migrate.check(conn, backend.safe_url, auto_upgrade=True)
         return before, after.head

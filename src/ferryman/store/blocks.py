@@ -95,6 +95,12 @@ class BlockGuard:
         if block.refused is not None:  # the job caught the error and went on
             raise _refusal(block.refused)
 
+    def check(self, conn: sa.Connection) -> None:
+        """Raise now if the block on ``conn`` was refused (its job caught the error)."""
+        block = self._blocks.get(conn)
+        if block is not None and block.refused is not None:
+            raise _refusal(block.refused)
+
     def _refuse(self, conn: sa.Connection, what: str) -> None:
         block = self._blocks.get(conn)
         if block is not None:

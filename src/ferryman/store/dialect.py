@@ -1,98 +1,350 @@
-"""Everything that differs between SQLite and PostgreSQL, in one place.
+"""The store database behind a URL: what every backend shares, and the registry of backends.
 
-* The backend is chosen by the URL: ``sqlite:///path`` or ``postgresql://...``
-  (psycopg 3 is always the driver).
-* SQLite: WAL journal, ``synchronous=FULL`` (a commit survives power loss),
-  foreign keys on, a busy timeout (30 s, or ``?busy_timeout=SECONDS`` in the
-  URL) that bounds every wait for another process's write lock, and every
-  write transaction opened with
-  ``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a read lock.
-  The store's writes in one process share commits (``group_commit.py``).
-  Reads use a second engine with plain ``BEGIN`` so they never wait for writers.
-* The clock is the database's: leases taken by workers on several hosts are
-  compared against one clock, not against each host's.
-* Driver errors are translated here into errors that name the cause
-  (:func:`translate`): a wrong setup, an outage, a full disk.
+One class per database holds what truly differs — its engines and their
+setup, its clock, how it claims, enqueues and finishes runs, its wake-ups,
+its locking and the driver errors it translates:
+
+* :class:`~ferryman.store.sqlite.SQLiteBackend` (``sqlite:///path``),
+* :class:`~ferryman.store.postgres.PostgresBackend` (``postgresql://...``),
+* :class:`~ferryman.store.mariadb.MariaDBBackend` (``mariadb://...``).
+
+:class:`Backend` is the small base they share: the portable (SQLAlchemy
+Core) form of each operation, which a backend replaces where its database
+has a faster or a different way. The backend is chosen by the URL's scheme
+(:func:`create_backend`). The clock is always the database's: leases taken
+by workers on several hosts are compared against one clock, not against
+each host's. Driver errors are translated into errors that name the cause
+(:func:`translate`): a wrong setup, an outage, a full disk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import os
-import re
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
-from ferryman.store.group_commit import GroupCommit
+from ferryman.model import RunEventKind
+from ferryman.store.run_rows import (
+    CLAIMED_COLUMNS,
+    Lease,
+    NewRun,
+    Outcome,
+    OutcomeKind,
+    end_values,
+    event,
+    fence,
+    lease_update,
+    outcome_event,
+)
+from ferryman.store.schema import run_events, runs
 
-SQLITE_BUSY_TIMEOUT_S = 30.0  # the default; ``?busy_timeout=SECONDS`` in the URL sets another
-POSTGRES_CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_S = 10  # for servers reached over the network
 
 
-@dataclass(frozen=True, slots=True)
+class Listener(Protocol):
+    """A background thread that wakes idle workers when their jobs get runs."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+
 class Backend:
-    """The engines and SQL fragments for one store database."""
+    """The engines, clock and SQL of one store database (see the module)."""
 
-    url: sa.URL
-    engine: Engine  # writes (BEGIN IMMEDIATE on SQLite)
-    read_engine: Engine  # reads that never block writers
-    is_sqlite: bool
-    now: sa.ColumnElement[float]
-    # SQLite: the store's write transactions in this process share commits.
-    group_commit: GroupCommit | None = None
+    name: ClassVar[str]  # "sqlite", "postgres", "mariadb": as the tests and benches call it
+    url_names: ClassVar[tuple[str, ...]]  # the URL schemes (SQLAlchemy backend names) it takes
+    example_url: ClassVar[str]
+    # Whether opening a store applies its migrations unless told otherwise:
+    # yes for the embedded default, no where schema changes are an operator's call.
+    creates_schema: ClassVar[bool] = False
+    # Whether run and event ids are allocated in commit order (one writer at a
+    # time); otherwise a reader following ids must let recent ones settle.
+    ids_in_commit_order: ClassVar[bool] = False
+    now: ClassVar[sa.ColumnElement[float]]  # the database's clock, seconds since the epoch
+
+    def __init__(self, url: sa.URL, engine: Engine, read_engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine  # writes
+        self.read_engine = read_engine or engine  # reads that never block writers
+        # Built once: SQLAlchemy memoises a statement object's cache key, so the
+        # hot paths skip building and keying a statement per call.
+        self._now_query = sa.select(self.now)
+        self._expired_query = (
+            sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
+            .where(
+                runs.c.status == "running",
+                runs.c.lease_expires_at < sa.bindparam("now"),
+                runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
+            )
+            .order_by(runs.c.lease_expires_at)
+            .limit(sa.bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+        self._lease_runs = lease_update(sa.bindparam("ids", expanding=True)).returning(
+            *CLAIMED_COLUMNS
+        )
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def normalise(cls, url: sa.URL) -> sa.URL:
+        """The URL with the driver ferryman uses, or :class:`ConfigurationError`."""
+        raise NotImplementedError
+
+    @classmethod
+    def open(cls, url: sa.URL, *, pool_size: int) -> Backend:
+        """Engines on the (normalised) ``url``."""
+        raise NotImplementedError
 
     @property
     def safe_url(self) -> str:
         return safe_url(self.url)
 
-    def insert(self, table: sa.Table) -> Any:
-        """An INSERT that supports ``on_conflict_do_nothing`` on this backend."""
-        return sqlite_insert(table) if self.is_sqlite else postgresql_insert(table)
-
     def ping(self, timeout: float) -> bool:
-        """True if the database answers ``SELECT 1`` within about ``timeout`` seconds.
-
-        PostgreSQL is asked on a connection of its own, not the pool's: after
-        an outage the pool holds connections to a server that is gone.
-        """
-        if self.is_sqlite:
-            try:
-                with self.read_engine.connect() as conn:
-                    conn.exec_driver_sql("SELECT 1").close()
-                return True
-            except sa.exc.DBAPIError:
-                return False
-        import psycopg  # local: only PostgreSQL stores get here
-
+        """True if the database answers ``SELECT 1`` within about ``timeout`` seconds."""
         try:
-            with psycopg.connect(
-                self.url.set(drivername="postgresql").render_as_string(hide_password=False),
-                connect_timeout=max(1, math.ceil(timeout)),
-                options=f"-c statement_timeout={round(timeout * 1000)}",
-                autocommit=True,
-            ) as conn:
-                conn.execute("SELECT 1")
+            with self.read_engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1").close()
             return True
-        except psycopg.Error:
+        except sa.exc.DBAPIError:
             return False
 
     def dispose(self) -> None:
-        if self.group_commit is not None:
-            self.group_commit.close()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's connections without closing them."""
+        self.engine.dispose(close=False)
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose(close=False)
+
+    # -- transactions --------------------------------------------------------
+
+    def transaction(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """A write transaction; it has committed when the block returns."""
+        return self.engine.begin()
+
+    @property
+    def shares_transactions(self) -> bool:
+        """Whether :meth:`transaction` may hand several writers one transaction."""
+        return False
+
+    @contextlib.contextmanager
+    def schema_transaction(self, doing: str) -> Iterator[sa.Connection]:
+        """The write transaction in which the schema is checked and upgraded."""
+        with translated_errors(self, doing), self.engine.begin() as conn:
+            yield conn
+
+    # -- rows ----------------------------------------------------------------
+
+    def clock(self, conn: sa.Connection) -> float:
+        """The database's time now, in seconds since the epoch."""
+        return float(conn.execute(self._now_query).scalar_one())
+
+    def insert_absent(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        rows: Sequence[dict[str, Any]],
+        *,
+        unique: Sequence[str | sa.Column[Any]],
+        where: sa.ColumnElement[bool] | sa.TextClause | None = None,
+        returning: sa.ColumnElement[Any] | None = None,
+    ) -> list[Any]:
+        """Insert the rows that no row holds yet by the unique index on ``unique``.
+
+        ``unique``: the index's columns; ``where``: its predicate, when it is partial. Returns the
+        ``returning`` value of each row inserted. A concurrent insert of the
+        same key waits for the other transaction, then skips the row.
+        """
+        raise NotImplementedError
+
+    def update_returning(
+        self, conn: sa.Connection, update: sa.Update, *columns: sa.ColumnElement[Any]
+    ) -> list[Any]:
+        """Run ``update``; the ``columns`` of each row it changed, as written."""
+        return list(conn.execute(update.returning(*columns)))
+
+    def log_events(self, conn: sa.Connection, events: Sequence[dict[str, Any]]) -> None:
+        """Append processing-log rows in the caller's transaction."""
+        if events:
+            conn.execute(run_events.insert(), list(events))
+
+    # -- runs: the hot paths -------------------------------------------------
+
+    def enqueue(
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+    ) -> list[tuple[int, bytes]]:
+        """Insert the runs whose key is new, in the order given; log ``requested``.
+
+        Returns ``(id, key digest)`` of the runs created.
+        """
+        raise NotImplementedError
+
+    def expired_leases(
+        self, conn: sa.Connection, *, now: float, jobs: Sequence[str], limit: int
+    ) -> Sequence[Any]:
+        """Running runs of ``jobs`` whose lease ran out, oldest expiry first, locked."""
+        return conn.execute(
+            self._expired_query, {"now": now, "jobs": list(jobs), "limit": limit}
+        ).all()
+
+    def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
+        """Lease ``request.reclaim`` and up to ``request.room`` due runs; log ``claimed``.
+
+        Returns the claimed rows (:data:`~ferryman.store.run_rows.CLAIMED_COLUMNS`):
+        the reclaimed runs in the order given, then the due ones oldest first.
+        """
+        raise NotImplementedError
+
+    def lease(
+        self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
+    ) -> list[Any]:
+        """Lease the given runs to the request's worker and log it (with ``request.events``).
+
+        Returns their rows, in the order of ``run_ids``.
+        """
+        if not run_ids:
+            self.log_events(conn, request.events)
+            return []
+        params = {
+            "owner": request.worker_id,
+            "expires_at": request.expires_at,
+            "at": request.now,
+            "ids": list(run_ids),
+        }
+        rows = list(conn.execute(self._lease_runs, params))
+        return self._logged_claims(conn, rows, run_ids, request)
+
+    def _logged_claims(
+        self, conn: sa.Connection, rows: list[Any], run_ids: Sequence[int], request: ClaimRequest
+    ) -> list[Any]:
+        order = {run_id: position for position, run_id in enumerate(run_ids)}
+        rows.sort(key=lambda row: order[row.id])
+        self.log_events(conn, [*request.events, *(request.claimed_event(row) for row in rows)])
+        return rows
+
+    def succeed_within(
+        self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
+    ) -> bool:
+        """Write the run's success in the caller's transaction; False if the lease was lost."""
+        now = self.clock(conn)
+        success = Outcome(OutcomeKind.SUCCEEDED, lease, attempt)
+        if not self.end(conn, success, now):
+            return False
+        self.log_events(conn, [outcome_event(success, now, worker_id)])
+        return True
+
+    def finish(
+        self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str, now: float
+    ) -> tuple[set[Lease], set[Lease]]:
+        """Write each outcome fenced by its lease: the leases accepted, and those logged."""
+        accepted: set[Lease] = set()
+        for outcome in outcomes:
+            if self.end(conn, outcome, now):
+                accepted.add(outcome.lease)
+        return accepted, set()
+
+    def end(self, conn: sa.Connection, outcome: Outcome, now: float) -> bool:
+        """One outcome, fenced by its lease (not logged); False if the lease was lost."""
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            changes: dict[str, Any] = {
+                "status": "succeeded",
+                "last_error": None,
+                "finished_at": now,
+            }
+        else:
+            values = end_values(outcome, now)
+            changes = {"status": values["status"], "last_error": values["error"]}
+            for column in ("available_at", "finished_at"):
+                if values[column] is not None:
+                    changes[column] = values[column]
+        changes.update(lease_owner=None, lease_expires_at=None, updated_at=now)
+        update = runs.update().where(fence([outcome.lease])).values(**changes)
+        return conn.execute(update).rowcount == 1
+
+    # -- wake-ups ------------------------------------------------------------
+
+    def wake(self, conn: sa.Connection, jobs: Iterable[str]) -> None:
+        """Tell idle workers of ``jobs``, once ``conn``'s transaction commits, that runs are due."""
+
+    def listener(self, on_job: Callable[[str], None], *, name: str) -> Listener | None:
+        """A thread calling ``on_job(job)`` on each wake-up; None where workers poll."""
+        return None
+
+    # -- errors --------------------------------------------------------------
+
+    def refusal(self, orig: BaseException) -> str | None:
+        """What a refused connection says is wrong with the setup (no retry cures it)."""
+        return None
+
+    def failure(self, doing: str, orig: BaseException) -> StoreError | None:
+        """An error of this database that means more than its message, if ``orig`` is one."""
+        return None
+
+    def unreachable(self, orig: BaseException | None) -> bool:
+        """Whether the driver error says the server could not be reached or went away."""
+        return False
+
+    @staticmethod
+    def is_database_failure(error: BaseException) -> bool:
+        """Whether a driver error says the database failed, rather than the statement."""
+        return False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimRequest:
+    """One claim: who, for which jobs, how many, and the runs taken back from expired leases."""
+
+    worker_id: str
+    jobs: Sequence[str]
+    room: int  # due runs wanted besides the reclaimed ones
+    reclaim: Sequence[int]
+    now: float
+    lease_seconds: float
+    # Processing-log rows to write along with the claim's own (the expired leases).
+    events: Sequence[dict[str, Any]] = ()
+
+    @property
+    def expires_at(self) -> float:
+        return self.now + self.lease_seconds
+
+    def claimed_event(self, row: Any) -> dict[str, Any]:
+        return event(
+            row.id, RunEventKind.CLAIMED, self.now, row.attempt, self.worker_id, row.lease_token
+        )
+
+
+# -- the registry ------------------------------------------------------------
+
+
+def _backends() -> tuple[type[Backend], ...]:
+    # Imported here: each backend module imports this one for its base.
+    from ferryman.store.mariadb import MariaDBBackend
+    from ferryman.store.postgres import PostgresBackend
+    from ferryman.store.sqlite import SQLiteBackend
+
+    return (SQLiteBackend, PostgresBackend, MariaDBBackend)
+
+
+def backend_class(url: sa.URL) -> type[Backend]:
+    """The backend for ``url``'s scheme, or :class:`ConfigurationError` naming those there are."""
+    for backend in _backends():
+        if url.get_backend_name() in backend.url_names:
+            return backend
+    examples = ", ".join(f"{b.example_url}" for b in _backends())
+    raise ConfigurationError(
+        f"unsupported store URL {safe_url(url)}: ferryman stores state in SQLite, "
+        f"PostgreSQL or MariaDB ({examples})"
+    )
 
 
 def safe_url(url: sa.URL) -> str:
@@ -108,131 +360,27 @@ def parse_url(raw: str | sa.URL) -> sa.URL:
         try:
             url = sa.make_url(raw)
         except sa.exc.ArgumentError as exc:
-            raise ConfigurationError(
-                f"invalid store URL {raw!r}: expected sqlite:///path/to/file.db "
-                "or postgresql://user@host/dbname"
-            ) from exc
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        if url.get_driver_name() not in ("pysqlite", ""):
-            raise ConfigurationError(
-                f"unsupported SQLite driver in {safe_url(url)}; use sqlite:///"
-            )
-        if not url.database or url.database == ":memory:":
-            raise ConfigurationError(
-                f"store URL {safe_url(url)} names no file; an in-memory SQLite database "
-                "cannot be shared between connections, use sqlite:///path/to/file.db"
-            )
-        return url.set(drivername="sqlite+pysqlite")
-    if backend in ("postgresql", "postgres"):
-        if url.get_driver_name() not in ("psycopg", "", "postgres", "postgresql"):
-            raise ConfigurationError(
-                f"unsupported PostgreSQL driver {url.get_driver_name()!r} in "
-                f"{safe_url(url)}; ferryman uses psycopg 3 (postgresql+psycopg://)"
-            )
-        return url.set(drivername="postgresql+psycopg")
-    raise ConfigurationError(
-        f"unsupported store URL {safe_url(url)}: ferryman stores state in SQLite "
-        "(sqlite:///path/to/file.db) or PostgreSQL (postgresql://user@host/dbname)"
-    )
+            examples = " or ".join(b.example_url for b in _backends())
+            raise ConfigurationError(f"invalid store URL {raw!r}: expected {examples}") from exc
+    return backend_class(url).normalise(url)
 
 
 def create_backend(raw_url: str | sa.URL, *, pool_size: int = 10) -> Backend:
     url = parse_url(raw_url)
-    if url.get_backend_name() == "sqlite":
-        return _sqlite_backend(url, pool_size)
-    return _postgres_backend(url, pool_size)
-
-
-def sqlite_busy_timeout(url: sa.URL) -> tuple[sa.URL, float]:
-    """The URL without ``busy_timeout``, and that timeout in seconds (30 by default).
-
-    It bounds every wait for another process's write lock: in SQLite's busy
-    handler and on the writer lock file (:mod:`ferryman.store.group_commit`).
-    """
-    raw = url.query.get("busy_timeout")
-    if raw is None:
-        return url, SQLITE_BUSY_TIMEOUT_S
-    text = raw if isinstance(raw, str) else raw[-1]
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigurationError(
-            f"store URL {safe_url(url)}: busy_timeout must be a positive number of seconds, "
-            f"got {text!r}"
-        )
-    return url.difference_update_query(["busy_timeout"]), seconds
-
-
-def _sqlite_backend(url: sa.URL, pool_size: int) -> Backend:
-    url, busy_timeout = sqlite_busy_timeout(url)
-    path = Path(url.database or "")
-    if not path.parent.exists():
-        raise ConfigurationError(
-            f"store URL {safe_url(url)}: directory {str(path.parent)!r} does not exist"
-        )
-
-    def make(begin: str) -> Engine:
-        engine = sa.create_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=2 * pool_size,
-            connect_args={"timeout": busy_timeout, "check_same_thread": False},
-        )
-
-        @event.listens_for(engine, "connect")
-        def _configure(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-            # Let SQLAlchemy's begin hook, not the sqlite3 module, open transactions.
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA temp_store=MEMORY")
-            cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout * 1000)}")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn: sa.Connection) -> None:
-            # On the driver: a statement through SQLAlchemy would cost more
-            # than the BEGIN itself, on every transaction.
-            try:
-                conn.connection.dbapi_connection.execute(begin).close()  # type: ignore[union-attr]
-            except sqlite3.Error as exc:
-                raise sa.exc.OperationalError(begin, (), exc) from exc
-
-        return engine
-
-    engine = make("BEGIN IMMEDIATE")
-    return Backend(
-        url=url,
-        engine=engine,
-        read_engine=make("BEGIN"),
-        is_sqlite=True,
-        now=database_now("sqlite"),
-        group_commit=GroupCommit(engine, path, where=safe_url(url), lock_timeout=busy_timeout),
-    )
-
-
-def _postgres_backend(url: sa.URL, pool_size: int) -> Backend:
-    engine = sa.create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=2 * pool_size,
-        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
-    )
-    return Backend(
-        url=url, engine=engine, read_engine=engine, is_sqlite=False, now=database_now("postgresql")
-    )
+    return backend_class(url).open(url, pool_size=pool_size)
 
 
 def database_now(dialect: str) -> sa.ColumnElement[float]:
-    """The database's clock in seconds since the epoch, the one every lease is measured by."""
-    if dialect == "sqlite":
-        return sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)", sa.Double())
-    return sa.literal_column("extract(epoch from clock_timestamp())::float8", sa.Double())
+    """The clock of the store database on SQLAlchemy dialect ``dialect``."""
+    for backend in _backends():
+        if dialect in backend.url_names:
+            return backend.now
+    raise ConfigurationError(f"no ferryman store runs on {dialect!r}")
+
+
+def is_database_failure(error: BaseException) -> bool:
+    """Whether a driver error of any backend says the database failed."""
+    return any(backend.is_database_failure(error) for backend in _backends())
 
 
 @contextlib.contextmanager
@@ -251,83 +399,19 @@ def translate(
 
     A wrong URL or server setup (no such database or role, a refused
     password) is a :class:`ConfigurationError`: no retry cures it. A server
-    that cannot be reached, or a write lock held past the busy timeout, is
+    that cannot be reached, or a lock held past the database's timeout, is
     :class:`StoreUnavailable`: it may come back.
     """
     orig = exc.orig
     detail = str(orig).strip().splitlines()[0] if orig is not None else str(exc)
     where = backend.safe_url
-    if isinstance(orig, sqlite3.Error):
-        known = _sqlite_failure(backend, doing, str(orig))
+    if orig is not None:
+        known = backend.failure(doing, orig)
         if known is not None:
             return known
-    elif orig is not None:
-        refused = _postgres_refusal(orig)
+        refused = backend.refusal(orig)
         if refused is not None:
             return ConfigurationError(f"store {where}: {refused}")
-    if exc.connection_invalidated or _is_connect_failure(exc):
+    if exc.connection_invalidated or backend.unreachable(orig):
         return StoreUnavailable(f"cannot reach store {where} while {doing}: {detail}")
     return StoreError(f"store {where} failed while {doing}: {detail}")
-
-
-# Refusals at connect time that no retry cures. libpq reports them without a
-# SQLSTATE, so the server's message is matched (servers whose lc_messages is
-# not English are reported as unreachable, as before).
-_POSTGRES_REFUSALS = (
-    ('database "[^"]*" does not exist', "create it, or name another database in the store URL"),
-    ('role "[^"]*" does not exist', "create the role, or name another user in the store URL"),
-    ('password authentication failed for user "[^"]*"', "check the password in the store URL"),
-    ("no pg_hba.conf entry for [^\n]*", "the server's pg_hba.conf does not admit this connection"),
-    ("no password supplied", "put the password in the store URL or in ~/.pgpass"),
-)
-_POSTGRES_REFUSAL_SQLSTATES = ("3D000", "28000", "28P01")  # no database; role or password
-
-
-def _postgres_refusal(orig: BaseException) -> str | None:
-    text = str(orig)
-    for pattern, advice in _POSTGRES_REFUSALS:
-        found = re.search(pattern, text)
-        if found is not None:
-            return f"{found.group(0)} ({advice})"
-    if getattr(orig, "sqlstate", None) in _POSTGRES_REFUSAL_SQLSTATES:
-        return text.strip().splitlines()[0]
-    return None
-
-
-DISK_NEARLY_FULL = 1 << 20  # bytes: less than this free, and SQLite cannot grow its files
-
-
-def _sqlite_failure(backend: Backend, doing: str, text: str) -> StoreError | None:
-    where = backend.safe_url
-    if "database is locked" in text:
-        return StoreUnavailable(
-            f"store {where}: another process held the database's write lock past the busy "
-            f"timeout while {doing} (SQLite: {text})"
-        )
-    if "disk I/O error" in text or "database or disk is full" in text:
-        directory = Path(backend.url.database or "").resolve().parent
-        try:
-            stats = os.statvfs(directory)
-        except OSError:
-            return None
-        free = stats.f_bavail * stats.f_frsize
-        if free < DISK_NEARLY_FULL:
-            return StoreError(
-                f"store {where}: the disk holding {directory} is full ({free:,} bytes free) "
-                f"while {doing}; free space there and retry (SQLite: {text})"
-            )
-    return None
-
-
-def _is_connect_failure(exc: sa.exc.DBAPIError) -> bool:
-    orig = exc.orig
-    if isinstance(orig, sqlite3.OperationalError):
-        return "unable to open database file" in str(orig)
-    import psycopg  # local: only needed when a PostgreSQL error is being classified
-
-    if not isinstance(orig, psycopg.OperationalError):
-        return False
-    # No SQLSTATE: the client never got an answer. Class 08 is a connection
-    # exception, 57P0x an administrator or crash shutdown of the server.
-    sqlstate = orig.sqlstate
-    return sqlstate is None or sqlstate.startswith("08") or sqlstate.startswith("57P")

@@ -15,9 +15,9 @@ Hence errors are **marked where they happen**:
   ``handle_error`` hook (:func:`watch`), which marks it when the database
   failed — SQLAlchemy found the connection dead, or the driver's error code
   says the server shut down, the connection broke, or the disk or its lock
-  failed;
+  failed (each backend's ``is_database_failure`` knows its driver's codes);
 * the statements ferryman runs on the driver directly (the hot paths in
-  ``sqlite.py`` and ``postgres.py``) wrap the driver's error the same way
+  the backend modules) wrap the driver's error the same way
   (:func:`driver_error`).
 
 :func:`caused_by_store` then finds such a mark anywhere in an exception's
@@ -33,37 +33,15 @@ well.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from ferryman.errors import StoreError, StoreUnavailable
+from ferryman.store.dialect import is_database_failure
 
 _MARK = "_ferryman_store_failed"
-
-# SQLite's primary result codes that mean the database, not the statement,
-# failed: busy or locked past the timeout, out of memory, an I/O error, a full
-# disk, a file that cannot be opened, a lock protocol error.
-SQLITE_FAILURES = frozenset({5, 6, 7, 10, 13, 14, 15})
-# PostgreSQL SQLSTATEs (prefixes) of the same kind: a connection exception
-# (08), insufficient resources (53: disk full, out of memory, too many
-# connections), an administrator or crash shutdown (57P01-57P03), an I/O error.
-POSTGRES_FAILURES = ("08", "53", "57P01", "57P02", "57P03", "58030")
-
-
-def is_database_failure(error: BaseException) -> bool:
-    """Whether a driver error says the database failed, rather than the statement."""
-    if isinstance(error, sqlite3.Error):
-        code = getattr(error, "sqlite_errorcode", None)
-        return code is not None and code & 0xFF in SQLITE_FAILURES
-    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
-        sqlstate = error.sqlstate
-        # No SQLSTATE on an operational error: the server never answered.
-        return sqlstate is None or sqlstate.startswith(POSTGRES_FAILURES)
-    return False
 
 
 def mark(error: BaseException) -> None:
@@ -93,7 +71,8 @@ def driver_error(
     marked when the database failed (or, on PostgreSQL, the connection broke).
     """
     broken = bool(getattr(driver_connection, "broken", False))
-    base = sqlite3.Error if isinstance(error, sqlite3.Error) else psycopg.Error
+    # The driver's DB-API base class, by which SQLAlchemy picks the wrapper's class.
+    base = next((c for c in type(error).__mro__ if c.__name__ == "Error"), Exception)
     wrapped = sa.exc.DBAPIError.instance(
         statement, None, error, base, connection_invalidated=broken
     )

@@ -1,23 +1,45 @@
-"""PostgreSQL statements for the hot paths: enqueue, claim, complete.
+"""The PostgreSQL store: one statement per hot path, wake-ups by LISTEN/NOTIFY.
 
-Each is one statement (one round trip) where the portable code in
-:mod:`ferryman.store.runs` needs two or three: data-modifying CTEs write the
-runs and their processing-log rows together, and batches travel as arrays
-(``unnest``), so a batch costs a handful of parameters instead of one per
-value. They implement exactly the portable semantics; the contract tests run
-both.
+* ``postgresql://user@host/dbname``, always through psycopg 3.
+* The hot paths (enqueue, claim, complete) are one statement (one round
+  trip) each where the portable code of
+  :class:`~ferryman.store.dialect.Backend` needs two or three:
+  data-modifying CTEs write the runs and their processing-log rows together,
+  and batches travel as arrays (``unnest``), so a batch costs a handful of
+  parameters instead of one per value. They implement exactly the portable
+  semantics; the contract tests run every store.
+* Wake-ups: writers send ``NOTIFY ferryman_runs, '<job>'`` inside the
+  transaction that makes runs due, so the notification is delivered only if
+  that transaction commits; a :class:`Listener` thread in each worker wakes
+  it. Notifications are an optimisation: a worker that misses one (the
+  listener reconnecting, say) still finds the run at its next poll.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
+from ferryman.errors import ConfigurationError
+from ferryman.model import Backoff
 from ferryman.store import faults
+from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, safe_url
+from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind
 from ferryman.store.schema import run_events, runs
+
+log = logging.getLogger("ferryman.store")
+
+CLOCK: sa.ColumnElement[float] = sa.literal_column(
+    "extract(epoch from clock_timestamp())::float8", sa.Double()
+)
 
 # Unique by the key's digest (see ferryman.store.keys): a key of any length
 # fits. Rows are inserted in the order given, which the caller sorted.
@@ -116,75 +138,238 @@ SUCCEED_ONE = f"""
 """
 
 
-def succeed_one(
-    conn: sa.Connection, run_id: int, token: int, *, attempt: int, worker_id: str
-) -> bool:
-    """Record one run's success in the caller's transaction; False if the lease was lost."""
-    driver = conn.connection.dbapi_connection
-    cursor = driver.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(
-            SUCCEED_ONE,
-            {"run_id": run_id, "token": token, "attempt": attempt, "worker": worker_id},
+class PostgresBackend(Backend):
+    """A store in a PostgreSQL database (see the module)."""
+
+    name = "postgres"
+    url_names = ("postgresql", "postgres")
+    example_url = "postgresql://user@host/dbname"
+    now = CLOCK
+
+    @classmethod
+    def normalise(cls, url: sa.URL) -> sa.URL:
+        if url.get_driver_name() not in ("psycopg", "", "postgres", "postgresql"):
+            raise ConfigurationError(
+                f"unsupported PostgreSQL driver {url.get_driver_name()!r} in "
+                f"{safe_url(url)}; ferryman uses psycopg 3 (postgresql+psycopg://)"
+            )
+        return url.set(drivername="postgresql+psycopg")
+
+    @classmethod
+    def open(cls, url: sa.URL, *, pool_size: int) -> PostgresBackend:
+        engine = sa.create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=2 * pool_size,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
         )
-        return cursor.fetchone() is not None
-    except psycopg.Error as exc:
-        # Raised as SQLAlchemy would, so that a connection lost here is known
-        # for the store's failure and not the job's.
-        raise faults.driver_error(SUCCEED_ONE, exc, driver) from exc
-    finally:
-        cursor.close()
+        return cls(url, engine)
 
+    @property
+    def _conninfo(self) -> str:
+        # psycopg takes a libpq URL: the same URL without SQLAlchemy's driver suffix.
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
-def enqueue(conn: sa.Connection, new_runs: Sequence[Any], now: float) -> list[tuple[int, bytes]]:
-    rows = conn.execute(
-        ENQUEUE,
-        {
-            "jobs": [new.job for new in new_runs],
-            "run_keys": [new.run_key for new in new_runs],
-            "digests": [new.key_digest for new in new_runs],
-            "payloads": [new.payload_json for new in new_runs],
-            "max_attempts": [new.max_attempts for new in new_runs],
-            "now": now,
-        },
-    )
-    return [(row.id, bytes(row.key_digest)) for row in rows]
+    def ping(self, timeout: float) -> bool:
+        """Asked on a connection of its own: after an outage the pool holds dead ones."""
+        try:
+            with psycopg.connect(
+                self._conninfo,
+                connect_timeout=max(1, math.ceil(timeout)),
+                options=f"-c statement_timeout={round(timeout * 1000)}",
+                autocommit=True,
+            ) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
 
+    def insert_absent(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        rows: Sequence[dict[str, Any]],
+        *,
+        unique: Sequence[str | sa.Column[Any]],
+        where: sa.ColumnElement[bool] | sa.TextClause | None = None,
+        returning: sa.ColumnElement[Any] | None = None,
+    ) -> list[Any]:
+        # PostgreSQL waits here for a concurrent inserter's transaction and then
+        # skips the row instead of raising a unique violation.
+        insert = postgresql_insert(table).on_conflict_do_nothing(
+            index_elements=list(unique), index_where=where
+        )
+        if returning is None:
+            conn.execute(insert.values(list(rows)))
+            return []
+        return list(conn.execute(insert.values(list(rows)).returning(returning)).scalars())
 
-def claim_due(
-    conn: sa.Connection,
-    *,
-    worker_id: str,
-    jobs: Sequence[str],
-    limit: int,
-    now: float,
-    lease_seconds: float,
-) -> list[sa.Row[Any]]:
-    return list(
-        conn.execute(
-            CLAIM_DUE,
+    # -- runs ----------------------------------------------------------------
+
+    def enqueue(
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+    ) -> list[tuple[int, bytes]]:
+        rows = conn.execute(
+            ENQUEUE,
             {
+                "jobs": [new.job for new in new_runs],
+                "run_keys": [new.run_key for new in new_runs],
+                "digests": [new.key_digest for new in new_runs],
+                "payloads": [new.payload_json for new in new_runs],
+                "max_attempts": [new.max_attempts for new in new_runs],
                 "now": now,
-                "jobs": list(jobs),
-                "limit": limit,
-                "worker": worker_id,
-                "expires": now + lease_seconds,
             },
         )
-    )
+        return [(row.id, bytes(row.key_digest)) for row in rows]
+
+    def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
+        """Reclaimed runs by the portable lease; due ones in one statement that logs them."""
+        claimed = self.lease(conn, request.reclaim, request)
+        if request.room <= 0:
+            return claimed
+        params = {
+            "now": request.now,
+            "jobs": list(request.jobs),
+            "limit": request.room,
+            "worker": request.worker_id,
+            "expires": request.expires_at,
+        }
+        return [*claimed, *conn.execute(CLAIM_DUE, params)]
+
+    def succeed_within(
+        self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
+    ) -> bool:
+        driver = conn.connection.dbapi_connection
+        cursor = driver.cursor()  # type: ignore[union-attr]
+        params = {"run_id": lease.run_id, "token": lease.token}
+        try:
+            cursor.execute(SUCCEED_ONE, {**params, "attempt": attempt, "worker": worker_id})
+            return cursor.fetchone() is not None
+        except psycopg.Error as exc:
+            # Raised as SQLAlchemy would, so that a connection lost here is known
+            # for the store's failure and not the job's.
+            raise faults.driver_error(SUCCEED_ONE, exc, driver) from exc
+        finally:
+            cursor.close()
+
+    def finish(
+        self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str, now: float
+    ) -> tuple[set[Lease], set[Lease]]:
+        """Successes in one statement that logs them too; then the others one by one."""
+        successes = [o.lease for o in outcomes if o.kind is OutcomeKind.SUCCEEDED]
+        accepted: set[Lease] = set()
+        if successes:
+            rows = conn.execute(
+                SUCCEED,
+                {
+                    "ids": [lease.run_id for lease in successes],
+                    "tokens": [lease.token for lease in successes],
+                    "now": now,
+                    "worker": worker_id,
+                },
+            )
+            accepted = {Lease(run_id=row.id, token=row.lease_token) for row in rows}
+        logged = set(accepted)  # the statement wrote their events
+        for outcome in outcomes:
+            if outcome.kind is not OutcomeKind.SUCCEEDED and self.end(conn, outcome, now):
+                accepted.add(outcome.lease)
+        return accepted, logged
+
+    # -- wake-ups ------------------------------------------------------------
+
+    def wake(self, conn: sa.Connection, jobs: Iterable[str]) -> None:
+        """Queue a notification per job; PostgreSQL delivers them on commit."""
+        for job in sorted(set(jobs)):
+            conn.execute(sa.select(sa.func.pg_notify(CHANNEL, job)))
+
+    def listener(self, on_job: Callable[[str], None], *, name: str) -> Listener:
+        return Listener(self._conninfo, on_job, name=name)
+
+    # -- errors --------------------------------------------------------------
+
+    def refusal(self, orig: BaseException) -> str | None:
+        text = str(orig)
+        for pattern, advice in _REFUSALS:
+            found = re.search(pattern, text)
+            if found is not None:
+                return f"{found.group(0)} ({advice})"
+        if getattr(orig, "sqlstate", None) in _REFUSAL_SQLSTATES:
+            return text.strip().splitlines()[0]
+        return None
+
+    def unreachable(self, orig: BaseException | None) -> bool:
+        if not isinstance(orig, psycopg.OperationalError):
+            return False
+        # No SQLSTATE: the client never got an answer. Class 08 is a connection
+        # exception, 57P0x an administrator or crash shutdown of the server.
+        sqlstate = orig.sqlstate
+        return sqlstate is None or sqlstate.startswith("08") or sqlstate.startswith("57P")
+
+    @staticmethod
+    def is_database_failure(error: BaseException) -> bool:
+        if not isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+        # No SQLSTATE on an operational error: the server never answered.
+        return error.sqlstate is None or error.sqlstate.startswith(FAILURES)
 
 
-def succeed(
-    conn: sa.Connection, leases: Sequence[tuple[int, int]], *, worker_id: str, now: float
-) -> set[tuple[int, int]]:
-    """Record the successes of the given ``(run_id, token)`` leases; return those accepted."""
-    rows = conn.execute(
-        SUCCEED,
-        {
-            "ids": [run_id for run_id, _ in leases],
-            "tokens": [token for _, token in leases],
-            "now": now,
-            "worker": worker_id,
-        },
-    )
-    return {(row.id, row.lease_token) for row in rows}
+# SQLSTATEs (prefixes) that mean the database, not the statement, failed: a
+# connection exception (08), insufficient resources (53: disk full, out of
+# memory, too many connections), an administrator or crash shutdown
+# (57P01-57P03), an I/O error.
+FAILURES = ("08", "53", "57P01", "57P02", "57P03", "58030")
+
+# Refusals at connect time that no retry cures. libpq reports them without a
+# SQLSTATE, so the server's message is matched (servers whose lc_messages is
+# not English are reported as unreachable, as before).
+_REFUSALS = (
+    ('database "[^"]*" does not exist', "create it, or name another database in the store URL"),
+    ('role "[^"]*" does not exist', "create the role, or name another user in the store URL"),
+    ('password authentication failed for user "[^"]*"', "check the password in the store URL"),
+    ("no pg_hba.conf entry for [^\n]*", "the server's pg_hba.conf does not admit this connection"),
+    ("no password supplied", "put the password in the store URL or in ~/.pgpass"),
+)
+_REFUSAL_SQLSTATES = ("3D000", "28000", "28P01")  # no database; role or password
+
+CHANNEL = "ferryman_runs"
+RECONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=10.0)
+# How often the thread looks up from its wait to see whether it should stop:
+# stop() waits for it, and a stopping worker should not linger for it.
+STOP_CHECK = 0.2
+
+
+class Listener:
+    """A named background thread that calls ``on_job(job)`` for each notification."""
+
+    def __init__(self, conninfo: str, on_job: Callable[[str], None], *, name: str) -> None:
+        self._conninfo = conninfo
+        self._on_job = on_job
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening; return once the thread and its connection are gone (or ``timeout``)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    failures = 0
+                    while not self._stop.is_set():
+                        for notification in conn.notifies(timeout=STOP_CHECK):
+                            self._on_job(notification.payload)
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    return  # stopped while waiting: a connection closed under us is no news
+                failures += 1
+                delay = RECONNECT_BACKOFF.delay(failures, self._thread.name)
+                log.warning("wake-up listener lost its connection, polling meanwhile: %s", exc)
+                self._stop.wait(delay)

@@ -34,6 +34,7 @@ from ferryman.model import (
 )
 from ferryman.store import processing_log
 from ferryman.store import read_queries as q
+from ferryman.store.queue import RunQueue
 from ferryman.store.read_queries import (
     DEAD_LETTER_SAMPLE,
     DURATION_BUCKETS,
@@ -47,7 +48,6 @@ from ferryman.store.read_queries import (
     TransferTotals,
     WorkerView,
 )
-from ferryman.store.runs import RunQueries
 from ferryman.store.sensors import PAUSED, SensorQueries
 from ferryman.store.transfers import TransferQueries
 
@@ -72,7 +72,7 @@ __all__ = [
     "WorkerView",
 ]
 
-# On PostgreSQL ids are handed out at insert and committed in any order, so
+# Where ids are handed out at insert and committed in any order (PostgreSQL),
 # /metrics folds a row of the log only once it is this old (see
 # :func:`~ferryman.store.read_queries.fold_events`); SQLite commits in id order.
 SETTLE_SECONDS = 5.0
@@ -140,11 +140,11 @@ class MetricsReading:
 class ReadModel:
     """The read-only Store methods behind the API, the dashboard and ``/metrics``."""
 
-    runs: RunQueries
+    runs: RunQueue
     transfers: TransferQueries
 
     @property
-    def is_sqlite(self) -> bool:
+    def ids_in_commit_order(self) -> bool:
         raise NotImplementedError
 
     @property
@@ -298,7 +298,7 @@ class ReadModel:
         folded into it (in place)."""
         with self.read("reading metrics") as conn:
             now = self.runs.now(conn)
-            cutoff = now if self.is_sqlite else now - SETTLE_SECONDS
+            cutoff = now if self.ids_in_commit_order else now - SETTLE_SECONDS
             reading = MetricsReading(
                 counts=self.runs.counts(conn),
                 oldest_due_age=q.oldest_due_age(conn, now),

@@ -34,7 +34,8 @@ from ferryman.model import Evaluation, EvaluationOutcome, SensorState
 from ferryman.store import records
 from ferryman.store.dialect import Backend
 from ferryman.store.keys import message_digest
-from ferryman.store.runs import NewRun, RunQueries
+from ferryman.store.queue import RunQueue
+from ferryman.store.run_rows import NewRun
 from ferryman.store.schema import push_deliveries, sensor_evaluations, sensors
 
 RUNNING = "running"
@@ -100,7 +101,7 @@ class ScheduleEntry:
 class SensorQueries:
     """Sensor state and evaluation history on one store database."""
 
-    def __init__(self, backend: Backend, runs: RunQueries) -> None:
+    def __init__(self, backend: Backend, runs: RunQueue) -> None:
         self.backend = backend
         self.runs = runs
         self.now = runs.now  # the database's clock: one reading of it for all the store
@@ -112,12 +113,8 @@ class SensorQueries:
         if not declared:
             return
         now = self.now(conn)
-        insert = (
-            self.backend.insert(sensors)
-            .values([{"name": name, "kind": kind, "updated_at": now} for name, kind in declared])
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        conn.execute(insert)
+        rows = [{"name": name, "kind": kind, "updated_at": now} for name, kind in declared]
+        self.backend.insert_absent(conn, sensors, rows, unique=["name"])
 
     def _state_query(self) -> sa.Select[tuple[object, ...]]:
         # Push evaluations do not touch the sensor's row (so that concurrent
@@ -175,9 +172,8 @@ class SensorQueries:
             sensors.update()
             .where(sensors.c.name == name, sensors.c.state_version == state_version)
             .values(state_version=sensors.c.state_version + 1, **values)
-            .returning(sensors.c.state_version)
-        ).first()
-        return won is not None
+        ).rowcount
+        return bool(won == 1)
 
     def commit_poll(self, conn: sa.Connection, commit: PollCommit) -> Evaluation:
         """Advance the cursor and insert the runs it stands for, or record a conflict.
@@ -333,22 +329,18 @@ class SensorQueries:
             assert existing is not None, "a conflicting delivery belongs to a committed row"
             return existing, False
         submitted = self.runs.enqueue(conn, commit.new_runs)
-        row = (
-            conn.execute(
-                sensor_evaluations.update()
-                .where(sensor_evaluations.c.id == evaluation_id)
-                .values(
-                    runs_requested=len(submitted.run_ids),
-                    runs_deduplicated=submitted.deduplicated,
-                    run_ids=records.to_json(sorted(set(submitted.run_ids)), "run ids"),
-                    finished_at=self.backend.now,
-                )
-                .returning(*sensor_evaluations.c)
+        update = (
+            sensor_evaluations.update()
+            .where(sensor_evaluations.c.id == evaluation_id)
+            .values(
+                runs_requested=len(submitted.run_ids),
+                runs_deduplicated=submitted.deduplicated,
+                run_ids=records.to_json(sorted(set(submitted.run_ids)), "run ids"),
+                finished_at=self.backend.now,
             )
-            .mappings()
-            .one()
         )
-        return records.evaluation_from_row(row), True
+        (row,) = self.backend.update_returning(conn, update, *sensor_evaluations.c)
+        return records.evaluation_from_row(row._mapping), True
 
     def _deliver(self, conn: sa.Connection, commit: PushCommit) -> int | None:
         """Insert the evaluation and claim the delivery for it; None if already delivered.
@@ -379,19 +371,22 @@ class SensorQueries:
             )
             .returning(sensor_evaluations.c.id)
         ).scalar_one()
-        delivered = conn.execute(
-            self.backend.insert(push_deliveries)
-            .values(
-                sensor=commit.sensor,
-                message_digest=message_digest(commit.message_id),
-                message_id=commit.message_id,
-                evaluation_id=evaluation_id,
-                delivered_at=self.backend.now,
-            )
-            .on_conflict_do_nothing(index_elements=["sensor", "message_digest"])
-            .returning(push_deliveries.c.evaluation_id)
-        ).scalar_one_or_none()
-        if delivered is None:
+        delivered = self.backend.insert_absent(
+            conn,
+            push_deliveries,
+            [
+                {
+                    "sensor": commit.sensor,
+                    "message_digest": message_digest(commit.message_id),
+                    "message_id": commit.message_id,
+                    "evaluation_id": evaluation_id,
+                    "delivered_at": self.backend.now,
+                }
+            ],
+            unique=["sensor", "message_digest"],
+            returning=push_deliveries.c.evaluation_id,
+        )
+        if not delivered:
             conn.execute(
                 sensor_evaluations.delete().where(sensor_evaluations.c.id == evaluation_id)
             )

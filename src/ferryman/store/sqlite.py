@@ -1,34 +1,71 @@
-"""SQLite statements for the hot paths: claim and complete.
+"""The SQLite store: a file, one writer at a time, statements run on the driver.
 
-A SQLite statement costs microseconds; SQLAlchemy's work around each
-execution (parameters, events, result objects) costs many times that, and on
-SQLite it is spent while holding the database's single write lock, which
-every other worker process is waiting for. So the statements a worker runs
-for every run are Core statements compiled once to SQLite's SQL and executed
-on the driver's cursor, inside the caller's transaction: still parameterised,
-with exactly the semantics of the portable code in :mod:`ferryman.store.runs`
-(the contract tests run both stores). A driver error is raised as SQLAlchemy
-would raise it (:func:`ferryman.store.faults.driver_error`), so it is
-translated and classified like any other. Lists travel as one JSON parameter
-(``json_each``), so a statement's text does not depend on a batch's size.
+* ``sqlite:///path``. WAL journal, ``synchronous=FULL`` (a commit survives
+  power loss), foreign keys on, a busy timeout (30 s, or
+  ``?busy_timeout=SECONDS`` in the URL) that bounds every wait for another
+  process's write lock, and every write transaction opened with ``BEGIN
+  IMMEDIATE`` so two writers never deadlock upgrading a read lock. The
+  store's writes in one process share commits (:mod:`ferryman.store.group_commit`).
+  Reads use a second engine with plain ``BEGIN`` so they never wait for writers.
+* The hot paths (claim and complete) run on the driver's cursor. A SQLite
+  statement costs microseconds; SQLAlchemy's work around each execution
+  (parameters, events, result objects) costs many times that, and on SQLite
+  it is spent while holding the database's single write lock, which every
+  other worker process is waiting for. So the statements a worker runs for
+  every run are Core statements compiled once to SQLite's SQL and executed on
+  the driver's cursor, inside the caller's transaction: still parameterised,
+  with exactly the semantics of the portable code in
+  :class:`~ferryman.store.dialect.Backend` (the contract tests run every
+  store). A driver error is raised as SQLAlchemy would raise it
+  (:func:`ferryman.store.faults.driver_error`), so it is translated and
+  classified like any other. Lists travel as one JSON parameter
+  (``json_each``), so a statement's text does not depend on a batch's size.
+* No wake-ups: one process's workers share the file, and poll it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import sqlite3
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from ferryman.model import RunStatus
+from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
+from ferryman.model import RunEventKind, RunStatus
 from ferryman.store import faults
-from ferryman.store.dialect import database_now
+from ferryman.store.dialect import Backend, ClaimRequest, safe_url, translated_errors
+from ferryman.store.group_commit import GroupCommit
+from ferryman.store.run_rows import (
+    CLAIMED_COLUMNS,
+    Lease,
+    NewRun,
+    Outcome,
+    OutcomeKind,
+    chunks,
+    end_values,
+    lease_update,
+    run_row,
+)
+from ferryman.store.run_rows import event as event_row
 from ferryman.store.schema import run_events, runs
+
+SQLITE_BUSY_TIMEOUT_S = 30.0  # the default; ``?busy_timeout=SECONDS`` in the URL sets another
+CLOCK: sa.ColumnElement[float] = sa.literal_column(
+    "((julianday('now') - 2440587.5) * 86400.0)", sa.Double()
+)
+DISK_NEARLY_FULL = 1 << 20  # bytes: less than this free, and SQLite cannot grow its files
 
 
 class DriverStatement:
@@ -92,7 +129,7 @@ def json_list(values: Sequence[Any]) -> str:
     return json.dumps(list(values))
 
 
-NOW = DriverStatement(sa.select(database_now("sqlite")))
+NOW = DriverStatement(sa.select(CLOCK))
 
 EXPIRED = DriverStatement(
     sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
@@ -130,11 +167,13 @@ SUCCEED = DriverStatement(
         lease_owner=None,
         lease_expires_at=None,
         last_error=None,
-        finished_at=database_now("sqlite"),
-        updated_at=database_now("sqlite"),
+        finished_at=CLOCK,
+        updated_at=CLOCK,
     )
     .returning(runs.c.finished_at)
 )
+
+LEASE = DriverStatement(lease_update(json_list_param("ids")).returning(*CLAIMED_COLUMNS))
 
 # A retry (queued again, later), a rejection (failed) or a death (dead):
 # the portable code sets available_at only for a retry, finished_at only for
@@ -159,3 +198,296 @@ LOG_EVENT = DriverStatement(
         {column.name: sa.bindparam(column.name) for column in run_events.c if column.name != "id"}
     )
 )
+
+
+class SQLiteBackend(Backend):
+    """A store in a SQLite file (see the module)."""
+
+    name = "sqlite"
+    url_names = ("sqlite",)
+    example_url = "sqlite:///path/to/file.db"
+    creates_schema = True
+    ids_in_commit_order = True  # one writer at a time
+    now = CLOCK
+
+    def __init__(
+        self, url: sa.URL, engine: Engine, read_engine: Engine, group_commit: GroupCommit
+    ) -> None:
+        super().__init__(url, engine, read_engine)
+        self.group_commit = group_commit
+
+    @classmethod
+    def normalise(cls, url: sa.URL) -> sa.URL:
+        if url.get_driver_name() not in ("pysqlite", ""):
+            raise ConfigurationError(
+                f"unsupported SQLite driver in {safe_url(url)}; use sqlite:///"
+            )
+        if not url.database or url.database == ":memory:":
+            raise ConfigurationError(
+                f"store URL {safe_url(url)} names no file; an in-memory SQLite database "
+                "cannot be shared between connections, use sqlite:///path/to/file.db"
+            )
+        return url.set(drivername="sqlite+pysqlite")
+
+    @classmethod
+    def open(cls, url: sa.URL, *, pool_size: int) -> SQLiteBackend:
+        url, busy_timeout = sqlite_busy_timeout(url)
+        path = Path(url.database or "")
+        if not path.parent.exists():
+            raise ConfigurationError(
+                f"store URL {safe_url(url)}: directory {str(path.parent)!r} does not exist"
+            )
+        engine = _engine(url, pool_size, busy_timeout, "BEGIN IMMEDIATE")
+        return cls(
+            url,
+            engine,
+            _engine(url, pool_size, busy_timeout, "BEGIN"),
+            GroupCommit(engine, path, where=safe_url(url), lock_timeout=busy_timeout),
+        )
+
+    def dispose(self) -> None:
+        self.group_commit.close()
+        super().dispose()
+
+    # -- transactions --------------------------------------------------------
+
+    def transaction(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        return self.group_commit.transaction()
+
+    @property
+    def shares_transactions(self) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def schema_transaction(self, doing: str) -> Iterator[sa.Connection]:
+        """The schema's write transaction, with foreign keys off.
+
+        A migration that must rebuild a table (SQLite cannot drop a
+        constraint otherwise) drops the old one, and with foreign keys on that
+        drop would delete every row referring to it (the processing log). The
+        pragma only takes effect outside a transaction, hence on the driver
+        before BEGIN; the references are checked before the commit instead.
+        """
+        with translated_errors(self, doing), self.engine.connect() as conn:
+            driver: Any = conn.connection.dbapi_connection
+            driver.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    yield conn
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise StoreError(
+                            f"store {self.safe_url}: the schema upgrade left a row of "
+                            f"{broken[0]} referring to a missing row of {broken[2]}; "
+                            "nothing was changed"
+                        )
+            finally:
+                driver.execute("PRAGMA foreign_keys=ON")
+
+    # -- rows ----------------------------------------------------------------
+
+    def clock(self, conn: sa.Connection) -> float:
+        return float(NOW.first(conn, {})[0])
+
+    def insert_absent(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        rows: Sequence[dict[str, Any]],
+        *,
+        unique: Sequence[str | sa.Column[Any]],
+        where: sa.ColumnElement[bool] | sa.TextClause | None = None,
+        returning: sa.ColumnElement[Any] | None = None,
+    ) -> list[Any]:
+        insert = sqlite_insert(table).on_conflict_do_nothing(
+            index_elements=list(unique), index_where=where
+        )
+        if returning is None:
+            conn.execute(insert, list(rows))
+            return []
+        return [
+            value
+            for row in rows
+            for value in conn.execute(insert.values(row).returning(returning)).scalars()
+        ]
+
+    def log_events(self, conn: sa.Connection, events: Sequence[dict[str, Any]]) -> None:
+        if events:
+            LOG_EVENT.many(conn, events)
+
+    # -- runs ----------------------------------------------------------------
+
+    def enqueue(
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+    ) -> list[tuple[int, bytes]]:
+        insert = (
+            sqlite_insert(runs)
+            .on_conflict_do_nothing(index_elements=["key_digest"])
+            .returning(runs.c.id, runs.c.key_digest)
+        )
+        created: list[tuple[int, bytes]] = []
+        for chunk in chunks(new_runs):
+            rows = [run_row(new, now) for new in chunk]
+            created.extend((row.id, bytes(row.key_digest)) for row in conn.execute(insert, rows))
+        events = [event_row(run_id, RunEventKind.REQUESTED, now, 0) for run_id, _ in created]
+        for events_chunk in chunks(events):
+            conn.execute(run_events.insert(), list(events_chunk))
+        return created
+
+    def expired_leases(
+        self, conn: sa.Connection, *, now: float, jobs: Sequence[str], limit: int
+    ) -> Sequence[Any]:
+        return EXPIRED.rows(conn, {"now": now, "jobs": json_list(jobs), "limit": limit})
+
+    def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
+        """Walk each job's due queue in index order, keep the oldest; lease them with the rest."""
+        candidates: list[tuple[float, int]] = []
+        if request.room > 0:
+            for job in request.jobs:
+                candidates.extend(
+                    (available_at, run_id)
+                    for run_id, available_at in DUE.rows(
+                        conn, {"job": job, "now": request.now, "limit": request.room}
+                    )
+                )
+        due = [run_id for _, run_id in sorted(candidates)[: max(request.room, 0)]]
+        return self.lease(conn, [*request.reclaim, *due], request)
+
+    def lease(
+        self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
+    ) -> list[Any]:
+        if not run_ids:
+            self.log_events(conn, request.events)
+            return []
+        params = {
+            "owner": request.worker_id,
+            "expires_at": request.expires_at,
+            "at": request.now,
+            "ids": json_list(run_ids),
+        }
+        return self._logged_claims(conn, LEASE.rows(conn, params), run_ids, request)
+
+    def succeed_within(
+        self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
+    ) -> bool:
+        row = SUCCEED.first(conn, {"run_id": lease.run_id, "token": lease.token})
+        if row is None:
+            return False
+        success = event_row(
+            lease.run_id, RunEventKind.SUCCEEDED, row[0], attempt, worker_id, lease.token
+        )
+        LOG_EVENT.many(conn, [success])
+        return True
+
+    def finish(
+        self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str, now: float
+    ) -> tuple[set[Lease], set[Lease]]:
+        """One fenced UPDATE per outcome: microseconds each on the driver."""
+        accepted: set[Lease] = set()
+        for outcome in outcomes:
+            held = {"run_id": outcome.lease.run_id, "token": outcome.lease.token}
+            if outcome.kind is OutcomeKind.SUCCEEDED:
+                row = SUCCEED.first(conn, held)
+            else:
+                row = END.first(conn, {**held, **end_values(outcome, now)})
+            if row is not None:
+                accepted.add(outcome.lease)
+        return accepted, set()
+
+    # -- errors --------------------------------------------------------------
+
+    def failure(self, doing: str, orig: BaseException) -> StoreError | None:
+        if not isinstance(orig, sqlite3.Error):
+            return None
+        text = str(orig)
+        where = self.safe_url
+        if "database is locked" in text:
+            return StoreUnavailable(
+                f"store {where}: another process held the database's write lock past the busy "
+                f"timeout while {doing} (SQLite: {text})"
+            )
+        if "disk I/O error" in text or "database or disk is full" in text:
+            directory = Path(self.url.database or "").resolve().parent
+            try:
+                stats = os.statvfs(directory)
+            except OSError:
+                return None
+            free = stats.f_bavail * stats.f_frsize
+            if free < DISK_NEARLY_FULL:
+                return StoreError(
+                    f"store {where}: the disk holding {directory} is full ({free:,} bytes free) "
+                    f"while {doing}; free space there and retry (SQLite: {text})"
+                )
+        return None
+
+    def unreachable(self, orig: BaseException | None) -> bool:
+        return isinstance(orig, sqlite3.OperationalError) and "unable to open database file" in str(
+            orig
+        )
+
+    @staticmethod
+    def is_database_failure(error: BaseException) -> bool:
+        if not isinstance(error, sqlite3.Error):
+            return False
+        code = getattr(error, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in SQLITE_FAILURES
+
+
+# SQLite's primary result codes that mean the database, not the statement,
+# failed: busy or locked past the timeout, out of memory, an I/O error, a full
+# disk, a file that cannot be opened, a lock protocol error.
+SQLITE_FAILURES = frozenset({5, 6, 7, 10, 13, 14, 15})
+
+
+def sqlite_busy_timeout(url: sa.URL) -> tuple[sa.URL, float]:
+    """The URL without ``busy_timeout``, and that timeout in seconds (30 by default).
+
+    It bounds every wait for another process's write lock: in SQLite's busy
+    handler and on the writer lock file (:mod:`ferryman.store.group_commit`).
+    """
+    raw = url.query.get("busy_timeout")
+    if raw is None:
+        return url, SQLITE_BUSY_TIMEOUT_S
+    text = raw if isinstance(raw, str) else raw[-1]
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigurationError(
+            f"store URL {safe_url(url)}: busy_timeout must be a positive number of seconds, "
+            f"got {text!r}"
+        )
+    return url.difference_update_query(["busy_timeout"]), seconds
+
+
+def _engine(url: sa.URL, pool_size: int, busy_timeout: float, begin: str) -> Engine:
+    engine = sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=2 * pool_size,
+        connect_args={"timeout": busy_timeout, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy's begin hook, not the sqlite3 module, open transactions.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA temp_store=MEMORY")
+        cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        # On the driver: a statement through SQLAlchemy would cost more
+        # than the BEGIN itself, on every transaction.
+        try:
+            conn.connection.dbapi_connection.execute(begin).close()  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            raise sa.exc.OperationalError(begin, (), exc) from exc
+
+    return engine

@@ -26,7 +26,7 @@ from ferryman.errors import ConfigurationError, LeaseLost, TransferConflict
 from ferryman.model import RunStatus, Transfer, TransferPart, TransferStatus
 from ferryman.store import records
 from ferryman.store.dialect import Backend
-from ferryman.store.runs import Lease
+from ferryman.store.run_rows import Lease
 from ferryman.store.schema import runs, transfer_parts, transfers
 
 ACTIVE = TransferStatus.ACTIVE.value
@@ -198,36 +198,35 @@ class TransferQueries:
         self, conn: sa.Connection, new: NewTransfer, owner: str, lease_seconds: float, now: float
     ) -> int | None:
         """A new active transfer's id; None if another opener's row holds the object."""
-        inserted = conn.execute(
-            self.backend.insert(transfers)
-            .values(
-                source_path=new.source_path,
-                bucket=new.bucket,
-                key=new.key,
-                status=ACTIVE,
-                follow=new.follow,
-                part_size=new.part_size,
-                source_size=new.source_size,
-                source_mtime=new.source_mtime,
-                user_metadata=new.user_metadata_json,
-                sidecar_key=new.sidecar_key,
-                run_id=new.run_id,
-                owner=owner,
-                owner_token=1,
-                lease_expires_at=now + lease_seconds,
-                created_at=now,
-                updated_at=now,
-            )
-            # PostgreSQL waits here for a concurrent opener's transaction and
-            # then skips the row instead of raising a unique violation. The
-            # predicate is spelled as in the index, so that it is inferred.
-            .on_conflict_do_nothing(
-                index_elements=[transfers.c.bucket, transfers.c.key],
-                index_where=sa.text("status = 'active'"),
-            )
-            .returning(transfers.c.id)
-        ).scalar_one_or_none()
-        return None if inserted is None else int(inserted)
+        row = {
+            "source_path": new.source_path,
+            "bucket": new.bucket,
+            "key": new.key,
+            "status": ACTIVE,
+            "follow": new.follow,
+            "part_size": new.part_size,
+            "source_size": new.source_size,
+            "source_mtime": new.source_mtime,
+            "user_metadata": new.user_metadata_json,
+            "sidecar_key": new.sidecar_key,
+            "run_id": new.run_id,
+            "owner": owner,
+            "owner_token": 1,
+            "lease_expires_at": now + lease_seconds,
+            "created_at": now,
+            "updated_at": now,
+        }
+        # A concurrent opener's row makes this wait for its transaction, then
+        # skip the row. The predicate is spelled as in the index, so that it is inferred.
+        inserted = self.backend.insert_absent(
+            conn,
+            transfers,
+            [row],
+            unique=[transfers.c.bucket, transfers.c.key],
+            where=sa.text("status = 'active'"),
+            returning=transfers.c.id,
+        )
+        return int(inserted[0]) if inserted else None
 
     def _take_over(
         self,

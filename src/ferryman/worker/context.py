@@ -132,10 +132,11 @@ class JobContext:
             )
         if self._lease_lost:
             raise LeaseLost(self.run_id, self.lease.token)
-        with self._run_store.succeed_with(
-            self.lease, attempt=self.attempt, worker_id=self.worker_id
-        ) as conn:
+        with self._run_store.transaction() as conn:
             yield conn
+            self._run_store.succeed_within(
+                conn, self.lease, attempt=self.attempt, worker_id=self.worker_id
+            )
         self._succeeded_in_transaction = True
 
     @contextlib.contextmanager

@@ -46,7 +46,7 @@ from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject
 from ferryman.logs import process_id
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
-from ferryman.store.notify import Listener
+from ferryman.store.dialect import Listener
 from ferryman.worker.context import JobContext
 from ferryman.worker.outages import STORE_RETRY, Outages
 
@@ -330,12 +330,10 @@ class Worker:
             supervised(f"job-{index}", self._job_thread)
         supervised("committer", self._committer)
         supervised("heartbeat", self._heartbeat)
-        if not self.store.is_sqlite:
-            self._listener = Listener(
-                self.store.url,
-                lambda job: self.wake() if job in self.jobs else None,
-                name="ferryman-listener",
-            )
+        self._listener = self.store.listener(
+            lambda job: self.wake() if job in self.jobs else None, name="ferryman-listener"
+        )
+        if self._listener is not None:
             self._listener.start()
 
     def _shutdown(self) -> None:
@@ -375,7 +373,7 @@ class Worker:
                 continue
             outcome = self._execute(run)
             if outcome is None:
-                self._forget(run.id)
+                self._forget(run)
             else:
                 self._outcomes.put((run, outcome))
 
@@ -450,7 +448,7 @@ class Worker:
                 "success committed before the connection dropped, or its lease was lost",
                 extra=fields,
             )
-        self._forget(run.id)
+        self._forget(run)
 
     def _committer(self) -> None:
         batch_limit = 1000
@@ -474,7 +472,7 @@ class Worker:
                     self._done(run, outcome.kind.value)
                 else:
                     self._lease_lost(run)
-                self._forget(run.id)
+                self._forget(run)
 
     def _commit(self, batch: Sequence[tuple[ClaimedRun, Outcome]]) -> list[bool]:
         failures = 0
@@ -519,9 +517,17 @@ class Worker:
 
     # -- bookkeeping ---------------------------------------------------------
 
-    def _forget(self, run_id: int) -> None:
+    def _forget(self, run: ClaimedRun) -> None:
+        """This claim of ``run`` has ended: the worker no longer holds it.
+
+        Only this claim: a run released or retried at once may already have
+        been claimed again, by the claim loop, before its previous claim was
+        forgotten, and that new claim must stay held.
+        """
         with self._changed:
-            self._held.pop(run_id, None)
+            held = self._held.get(run.id)
+            if held is not None and held.run.lease == run.lease:
+                del self._held[run.id]
             # Wake the claim loop only when it has something to do: room for a
             # batch has just opened, or nothing is held (idle, or draining).
             # Waking it after every run made it compete with the job threads

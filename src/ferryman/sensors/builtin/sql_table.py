@@ -217,6 +217,10 @@ class SqlTableSensor:
                 table = sa.Table(
                     self.table_name, sa.MetaData(), schema=self.schema, autoload_with=conn
                 )
+                for column in table.columns:
+                    # MariaDB's DOUBLE and FLOAT reflect as decimals: read as floats, as elsewhere.
+                    if isinstance(column.type, sa.Float):
+                        column.type.asdecimal = False
             except sa.exc.NoSuchTableError as exc:
                 raise ConfigurationError(
                     f"sensor {self.__name__}: table {self.run_key_prefix[:-1]!r} does not exist"

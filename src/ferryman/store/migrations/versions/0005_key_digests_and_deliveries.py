@@ -98,7 +98,7 @@ def _message_digest(message_id: str) -> bytes:
     return hashlib.sha256(message_id.encode()).digest()
 
 
-def _is_sqlite() -> bool:
+def _on_sqlite() -> bool:
     return bool(op.get_bind().dialect.name == "sqlite")
 
 
@@ -254,7 +254,7 @@ def _deliveries(again: bool) -> None:
         ["evaluation_id"],
         if_not_exists=again,
     )
-    if _is_sqlite():
+    if _on_sqlite():
         digest = "ferryman_message_digest(message_id)"
     elif on_mariadb():
         digest = "UNHEX(SHA2(message_id, 256))"
@@ -296,7 +296,7 @@ def upgrade() -> None:
     if on_mariadb():
         _upgrade_mariadb()
         return
-    if _is_sqlite():
+    if _on_sqlite():
         driver = _sqlite_driver()
         driver.create_function("ferryman_key_digest", 2, _run_key_digest, deterministic=True)
         driver.create_function("ferryman_message_digest", 1, _message_digest, deterministic=True)
@@ -343,7 +343,7 @@ def downgrade() -> None:
     op.drop_table(DELIVERIES)
     op.drop_index("ix_ferryman_sensor_evaluations_poll_key", EVALUATIONS)
     op.drop_index("ix_ferryman_runs_run_key", RUNS)
-    if _is_sqlite():
+    if _on_sqlite():
         _sqlite_driver()
         _rebuild_sqlite(RUNS, lambda name: _runs_table(name, digest=False), RUN_COLUMNS, "", "")
         _runs_indexes()

@@ -1,0 +1,206 @@
+"""A worker's side of the run queue: claim, renew, checkpoint, finish, release.
+
+Every write here is fenced by the lease it holds
+(:func:`~ferryman.store.run_rows.fence`): a worker whose lease was taken over
+matches nothing, and its write is refused with ``LeaseLost``. The statements
+that differ between databases are the backend's
+(:class:`~ferryman.store.dialect.Backend`: ``claim``, ``lease``, ``finish``,
+``succeed_within``); what they share is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.errors import LeaseLost
+from ferryman.model import RunEventKind, RunStatus
+from ferryman.store.dialect import Backend, ClaimRequest
+from ferryman.store.run_rows import (
+    CHUNK,
+    ClaimedRun,
+    Lease,
+    Outcome,
+    chunks,
+    claimed_run,
+    event,
+    fence,
+    outcome_event,
+)
+from ferryman.store.schema import runs
+
+
+class Leases:
+    """The leases workers hold on runs, on one store database."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def claim(
+        self,
+        conn: sa.Connection,
+        *,
+        worker_id: str,
+        jobs: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+    ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` due runs of ``jobs`` to ``worker_id``.
+
+        Due means queued and available, or running under an expired lease. An
+        expired run whose attempts are used up becomes ``dead`` instead of
+        being claimed again, so a job that kills its worker cannot loop forever.
+        """
+        now = self.backend.clock(conn)
+        expired = self.backend.expired_leases(conn, now=now, jobs=jobs, limit=limit)
+        reclaim, events = self._settle_expired(conn, expired, now)
+        request = ClaimRequest(
+            worker_id=worker_id,
+            jobs=jobs,
+            room=limit - len(reclaim),
+            reclaim=reclaim,
+            now=now,
+            lease_seconds=lease_seconds,
+            events=events,
+        )
+        return [claimed_run(row) for row in self.backend.claim(conn, request)]
+
+    def _settle_expired(
+        self, conn: sa.Connection, expired: Sequence[Any], now: float
+    ) -> tuple[list[int], list[dict[str, Any]]]:
+        """Runs to claim again, and the log of their expiry; a run out of attempts dies."""
+        events: list[dict[str, Any]] = []
+        reclaim: list[int] = []
+        for row in expired:
+            previous = {"previous_owner": row.lease_owner}
+            events.append(
+                event(row.id, RunEventKind.LEASE_EXPIRED, now, row.attempt, detail=previous)
+            )
+            if row.attempt < row.max_attempts:
+                reclaim.append(row.id)
+                continue
+            last = {"error": "lease expired on the last attempt"}
+            events.append(event(row.id, RunEventKind.DEAD, now, row.attempt, detail=last))
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == row.id)
+                .values(
+                    status=RunStatus.DEAD.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    lease_token=runs.c.lease_token + 1,
+                    finished_at=now,
+                    updated_at=now,
+                    last_error=(
+                        f"lease expired on attempt {row.attempt} of {row.max_attempts}: the "
+                        "worker stopped without finishing (killed, hung or cut off)"
+                    ),
+                )
+            )
+        return reclaim, events
+
+    def renew(self, conn: sa.Connection, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
+        """Extend the given leases; return the ids of runs whose lease was lost."""
+        if not leases:
+            return set()
+        now = self.backend.clock(conn)
+        kept: set[int] = set()
+        for chunk in chunks(leases, CHUNK // 2):
+            update = runs.update().where(fence(chunk)).values(lease_expires_at=now + lease_seconds)
+            kept.update(row.id for row in self.backend.update_returning(conn, update, runs.c.id))
+        return {lease.run_id for lease in leases} - kept
+
+    def checkpoint(
+        self,
+        conn: sa.Connection,
+        lease: Lease,
+        *,
+        attempt: int,
+        worker_id: str,
+        checkpoint_json: str,
+    ) -> None:
+        now = self.backend.clock(conn)
+        matched = conn.execute(
+            runs.update().where(fence([lease])).values(checkpoint=checkpoint_json, updated_at=now)
+        ).rowcount
+        if matched != 1:
+            raise LeaseLost(lease.run_id, lease.token)
+        self.backend.log_events(
+            conn,
+            [event(lease.run_id, RunEventKind.CHECKPOINTED, now, attempt, worker_id, lease.token)],
+        )
+
+    def succeed_within(
+        self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
+    ) -> None:
+        """Write the run's success inside the caller's transaction, or raise LeaseLost."""
+        if not self.backend.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id):
+            raise LeaseLost(lease.run_id, lease.token)
+
+    def finish(
+        self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str
+    ) -> list[bool]:
+        """Write how attempts ended, each fenced by its lease.
+
+        Returns, per outcome, whether it was accepted (False: the lease was
+        lost and the run belongs to someone else now). Acceptance is per
+        lease, not per run: a batch can hold the outcome of a stale lease
+        next to the current lease's outcome for the same run (a worker that
+        took its own lapsed run over), and only the current one counts.
+        """
+        now = self.backend.clock(conn)
+        accepted, logged = self.backend.finish(conn, outcomes, worker_id=worker_id, now=now)
+        self.backend.log_events(
+            conn,
+            [
+                outcome_event(outcome, now, worker_id)
+                for outcome in outcomes
+                if outcome.lease in accepted and outcome.lease not in logged
+            ],
+        )
+        return [outcome.lease in accepted for outcome in outcomes]
+
+    def release(
+        self, conn: sa.Connection, leases: Sequence[Lease], *, worker_id: str, reason: str
+    ) -> list[int]:
+        """Give runs back to the queue without using up an attempt."""
+        if not leases:
+            return []
+        now = self.backend.clock(conn)
+        update = (
+            runs.update()
+            .where(fence(leases))
+            .values(
+                status=RunStatus.QUEUED.value,
+                attempt=runs.c.attempt - 1,
+                lease_owner=None,
+                lease_expires_at=None,
+                lease_token=runs.c.lease_token + 1,
+                available_at=now,
+                updated_at=now,
+            )
+        )
+        released = self.backend.update_returning(
+            conn, update, runs.c.id, runs.c.attempt, runs.c.job
+        )
+        self.backend.wake(conn, {r.job for r in released})
+        detail = {"reason": reason}
+        self.backend.log_events(
+            conn,
+            [
+                event(r.id, RunEventKind.RELEASED, now, r.attempt, worker_id, None, detail)
+                for r in released
+            ],
+        )
+        return [r.id for r in released]
+
+    def leased_to(self, conn: sa.Connection, worker_id: str) -> list[Lease]:
+        """The leases ``worker_id`` holds on running runs, as the store sees them."""
+        rows = conn.execute(
+            sa.select(runs.c.id, runs.c.lease_token).where(
+                runs.c.status == RunStatus.RUNNING.value, runs.c.lease_owner == worker_id
+            )
+        )
+        return [Lease(run_id=row.id, token=row.lease_token) for row in rows]

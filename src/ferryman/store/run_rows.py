@@ -1,0 +1,227 @@
+"""The records of the run queue, and the rows and fragments every backend writes them with.
+
+Every write a worker makes for a run is *fenced* (:func:`fence`): it matches
+the row only while ``lease_token`` is still the token the worker got when it
+claimed the run. A claim (and a release) increments the token, so a worker
+whose lease was taken over matches nothing and its write is refused with
+``LeaseLost``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from ferryman.model import RunEventKind, RunStatus
+from ferryman.store import records
+from ferryman.store.keys import run_key_digest
+from ferryman.store.schema import runs
+
+# Rows per statement when a batch is written; keeps every statement well under
+# the bound-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
+CHUNK = 1000
+EVENT_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to enqueue. Built only with a key the store can hold exactly
+    (:class:`~ferryman.PayloadError` naming it otherwise), so a batch is refused
+    before anything is written."""
+
+    job: str
+    run_key: str
+    payload_json: str
+    max_attempts: int
+    key_digest: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        records.checked_key(self.run_key, f"run_key of job {self.job!r}")
+        object.__setattr__(self, "key_digest", run_key_digest(self.job, self.run_key))
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on a run: valid while the run's token is still ``token``."""
+
+    run_id: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    id: int
+    job: str
+    run_key: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    lease_token: int
+    checkpoint: Any
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(run_id=self.id, token=self.lease_token)
+
+
+class OutcomeKind(enum.Enum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, to be written fenced by its lease."""
+
+    kind: OutcomeKind
+    lease: Lease
+    attempt: int
+    error: str | None = None
+    retry_delay: float = 0.0
+
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_row(new: NewRun, now: float) -> dict[str, Any]:
+    """The row of a new run, queued and due at ``now``."""
+    return {
+        "job": new.job,
+        "run_key": new.run_key,
+        "key_digest": new.key_digest,
+        "payload": new.payload_json,
+        "status": RunStatus.QUEUED.value,
+        "attempt": 0,
+        "max_attempts": new.max_attempts,
+        "available_at": now,
+        "lease_token": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def event(
+    run_id: int,
+    kind: RunEventKind,
+    at: float,
+    attempt: int,
+    worker_id: str | None = None,
+    lease_token: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "kind": kind.value,
+        "at": at,
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "lease_token": lease_token,
+        "detail": None if detail is None else records.to_json(detail, "event detail"),
+    }
+
+
+def error_summary(error: str | None) -> str | None:
+    if error is None:
+        return None
+    first = error.strip().splitlines()[-1] if error.strip() else ""
+    return records.clean_text(first[:EVENT_ERROR_CHARS])
+
+
+def end_values(outcome: Outcome, now: float) -> dict[str, Any]:
+    """A retry is queued again after its delay; a rejection or a death is finished now."""
+    if outcome.kind is OutcomeKind.RETRY:
+        return {
+            "status": RunStatus.QUEUED.value,
+            "available_at": now + outcome.retry_delay,
+            "finished_at": None,
+            "error": records.clean_optional(outcome.error),
+            "now": now,
+        }
+    status = RunStatus.FAILED if outcome.kind is OutcomeKind.FAILED else RunStatus.DEAD
+    return {
+        "status": status.value,
+        "available_at": None,
+        "finished_at": now,
+        "error": records.clean_optional(outcome.error),
+        "now": now,
+    }
+
+
+def outcome_event(outcome: Outcome, now: float, worker_id: str) -> dict[str, Any]:
+    detail: dict[str, Any] | None = None
+    if outcome.kind is OutcomeKind.RETRY:
+        kind = RunEventKind.RETRY_SCHEDULED
+        detail = {"delay": round(outcome.retry_delay, 3), "error": error_summary(outcome.error)}
+    elif outcome.kind is OutcomeKind.SUCCEEDED:
+        kind = RunEventKind.SUCCEEDED
+    else:
+        kind = RunEventKind.FAILED if outcome.kind is OutcomeKind.FAILED else RunEventKind.DEAD
+        detail = {"error": error_summary(outcome.error)}
+    return event(
+        outcome.lease.run_id, kind, now, outcome.attempt, worker_id, outcome.lease.token, detail
+    )
+
+
+# What a claim returns of each run it leased (see :func:`claimed_run`).
+CLAIMED_COLUMNS = (
+    runs.c.id,
+    runs.c.job,
+    runs.c.run_key,
+    runs.c.payload,
+    runs.c.attempt,
+    runs.c.max_attempts,
+    runs.c.lease_token,
+    runs.c.checkpoint,
+)
+
+
+def fence(leases: Sequence[Lease]) -> sa.ColumnElement[bool]:
+    """The rows still running under one of ``leases``: the condition of every fenced write."""
+    return sa.and_(
+        runs.c.status == RunStatus.RUNNING.value,
+        sa.tuple_(runs.c.id, runs.c.lease_token).in_([(le.run_id, le.token) for le in leases]),
+    )
+
+
+def lease_update(run_ids: Any) -> sa.Update:
+    """The claim itself: lease the runs of ``run_ids`` (a list or a subquery), one more attempt.
+
+    Parameters ``owner``, ``expires_at`` and ``at``.
+    """
+    return (
+        runs.update()
+        .where(runs.c.id.in_(run_ids))
+        .values(
+            status=RunStatus.RUNNING.value,
+            attempt=runs.c.attempt + 1,
+            lease_owner=sa.bindparam("owner"),
+            lease_token=runs.c.lease_token + 1,
+            lease_expires_at=sa.bindparam("expires_at"),
+            started_at=sa.bindparam("at"),
+            updated_at=sa.bindparam("at"),
+        )
+    )
+
+
+def claimed_run(row: Any) -> ClaimedRun:
+    return ClaimedRun(
+        id=row.id,
+        job=row.job,
+        run_key=row.run_key,
+        payload=records.from_json(row.payload),
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        lease_token=row.lease_token,
+        checkpoint=records.from_json(row.checkpoint),
+    )

@@ -1,0 +1,625 @@
+"""The mutations: for each promise of docs/guarantees.md, the code that keeps it, broken.
+
+Each :class:`Mutation` names the promise (a heading of docs/guarantees.md), the
+exact snippet of ``src/ferryman`` that keeps it, what to put in its place, and
+the tests that must fail once it is replaced. A snippet must occur exactly once
+in its file: ``tests/mutants/test_catalogue.py`` checks that in the normal
+suite, so a refactoring that moves or rewrites the code fails there and asks
+for the snippet to be updated, instead of silently turning a mutation into a
+no-op.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = REPO / "src"
+GUARANTEES = REPO / "docs" / "guarantees.md"
+
+# Headings of docs/guarantees.md that introduce or sum up promises made under
+# other headings, or say what is *not* promised: no mutation of their own.
+NOT_PROMISES = frozenset(
+    {
+        "Guarantees",
+        "Summary",
+        "The long storm (`make soak`)",
+        "What is not promised",
+        "Sensors",
+        "What sensors do not promise",
+        "S3 transfers",
+        "What transfers do not promise",
+        "The mutation check (`make mutants`)",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Replace ``original`` (found exactly once in ``path``, under src/) by ``replacement``."""
+
+    path: str
+    original: str
+    replacement: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    name: str
+    promise: str  # a heading of docs/guarantees.md
+    edits: tuple[Edit, ...]
+    tests: tuple[str, ...]  # pytest node ids, the quickest to fail first
+    timeout: float = 300.0  # per test (pytest-timeout): a mutation may make a test hang
+
+
+def promises(text: str | None = None) -> list[str]:
+    """The headings of docs/guarantees.md that make promises."""
+    text = GUARANTEES.read_text() if text is None else text
+    headings = re.findall(r"^#{1,3} (.+?)\s*$", text, flags=re.MULTILINE)
+    return [heading for heading in headings if heading not in NOT_PROMISES]
+
+
+def one(path: str, original: str, replacement: str) -> tuple[Edit, ...]:
+    """A mutation of one edit."""
+    return (Edit(path, original, replacement),)
+
+
+DIALECT = "ferryman/store/dialect.py"
+LEASES = "ferryman/store/leases.py"
+RUN_ROWS = "ferryman/store/run_rows.py"
+SQLITE = "ferryman/store/sqlite.py"
+POSTGRES = "ferryman/store/postgres.py"
+SENSORS = "ferryman/store/sensors.py"
+
+CONTRACT = "tests/unit/test_runs_contract.py"
+POLL = "tests/unit/test_sensors_poll.py"
+PUSH = "tests/unit/test_sensors_push.py"
+FAULTS = "tests/unit/test_worker_faults.py"
+RESUME = "tests/transfer/test_resume_and_changes.py"
+
+ONE_RUN = "Exactly once: one run per run_key"
+IN_TRANSACTION = "Exactly once: effects through `ctx.transaction()`"
+PAUSED = "A paused worker cannot commit"
+SIGTERM = "SIGTERM gives back what it cannot finish"
+PUSH_PROMISE = "Push: one evaluation per message"
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # -- runs: one run per run_key -----------------------------------------------
+    Mutation(
+        "enqueue without ON CONFLICT (SQLite)",
+        ONE_RUN,
+        one(SQLITE, '            .on_conflict_do_nothing(index_elements=["key_digest"])\n', ""),
+        (f"{CONTRACT}::test_duplicate_run_keys_yield_one_run[sqlite]",),
+    ),
+    Mutation(
+        "enqueue without ON CONFLICT (PostgreSQL)",
+        ONE_RUN,
+        one(POSTGRES, "        ON CONFLICT (key_digest) DO NOTHING\n", ""),
+        (f"{CONTRACT}::test_duplicate_run_keys_yield_one_run[postgres]",),
+    ),
+    # -- effects through ctx.transaction() ----------------------------------------
+    Mutation(
+        "success write without the lease-token predicate (PostgreSQL)",
+        IN_TRANSACTION,
+        one(
+            POSTGRES,
+            "WHERE r.id = %(run_id)s AND r.lease_token = %(token)s AND r.status = 'running'",
+            "WHERE r.id = %(run_id)s AND r.status = 'running'",
+        ),
+        (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write[postgres]",),
+    ),
+    Mutation(
+        "success written in a transaction of its own, after the effect",
+        IN_TRANSACTION,
+        one(
+            "ferryman/worker/context.py",
+            "            yield conn\n            self._store.succeed_within(",
+            "            yield conn\n"
+            "        with self._store.transaction() as conn:\n"
+            "            self._store.succeed_within(",
+        ),
+        (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
+    ),
+    Mutation(
+        "group commit acknowledged before it is durable",
+        IN_TRANSACTION,
+        one(
+            "ferryman/store/group_commit.py",
+            "        self._end_turn()\n        group.committed.wait()\n",
+            "        self._end_turn()\n",
+        ),
+        (
+            "tests/unit/test_sqlite_group_commit.py::"
+            "test_a_shared_commit_that_fails_fails_every_writer_in_it_and_keeps_nothing",
+            "tests/unit/test_sqlite_group_commit.py::"
+            "test_writers_that_queue_share_one_commit_and_each_keeps_all_or_nothing",
+        ),
+    ),
+    Mutation(
+        "BlockGuard leaves a block's open results open",
+        IN_TRANSACTION,
+        one(
+            "ferryman/store/blocks.py",
+            "                    cursor.close()\n",
+            "                    pass\n",
+        ),
+        (
+            "tests/unit/test_transaction_blocks.py::"
+            "test_a_result_left_open_in_one_block_does_not_fail_the_other_runs[sqlite]",
+        ),
+        timeout=60,  # the other runs' commits fail and the test waits for them
+    ),
+    Mutation(
+        "BlockGuard lets a block commit its own transaction",
+        IN_TRANSACTION,
+        one(
+            "ferryman/store/blocks.py",
+            "    def _on_commit(self, conn: sa.Connection) -> None:\n"
+            '        self._refuse(conn, "conn.commit()")\n',
+            "    def _on_commit(self, conn: sa.Connection) -> None:\n        pass\n",
+        ),
+        (
+            "tests/unit/test_transaction_blocks.py::"
+            "test_a_block_that_ends_its_own_transaction_is_refused_and_applies_nothing",
+        ),
+    ),
+    # -- at least once -----------------------------------------------------------
+    Mutation(
+        "checkpoint not handed to the next attempt",
+        "At least once: effects outside the store",
+        one(
+            "ferryman/worker/context.py",
+            "        self._last_checkpoint = run.checkpoint\n",
+            "        self._last_checkpoint = None\n",
+        ),
+        (f"{CONTRACT}::test_checkpoint_is_handed_to_the_next_attempt",),
+    ),
+    # -- leases ------------------------------------------------------------------
+    Mutation(
+        "claim takes over live leases and leaves expired ones (SQLite)",
+        "Nothing is lost when a worker dies",
+        one(
+            SQLITE,
+            '        runs.c.lease_expires_at < sa.bindparam("now"),\n',
+            '        runs.c.lease_expires_at > sa.bindparam("now"),\n',
+        ),
+        (
+            f"{CONTRACT}::test_heartbeats_keep_a_long_job_owned[sqlite]",
+            f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write[sqlite]",
+        ),
+    ),
+    Mutation(
+        "claim never takes an expired lease over (PostgreSQL)",
+        "Nothing is lost when a worker dies",
+        one(
+            DIALECT,
+            '                runs.c.lease_expires_at < sa.bindparam("now"),\n',
+            '                runs.c.lease_expires_at < sa.bindparam("now") - 1e12,\n',
+        ),
+        (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write[postgres]",),
+    ),
+    Mutation(
+        "outcome writes without the lease-token predicate (SQLite)",
+        PAUSED,
+        one(SQLITE, '    runs.c.lease_token == sa.bindparam("token"),\n', ""),
+        (
+            f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write[sqlite]",
+            "tests/crash/test_zombie.py::"
+            "test_paused_worker_cannot_commit_after_its_run_was_taken_over[sqlite]",
+        ),
+    ),
+    Mutation(
+        "outcome writes without the lease-token predicate (PostgreSQL)",
+        PAUSED,
+        one(
+            POSTGRES,
+            "WHERE r.id = held.id AND r.lease_token = held.token AND r.status = 'running'",
+            "WHERE r.id = held.id AND r.status = 'running'",
+        ),
+        (f"{FAULTS}::test_an_outcome_is_counted_only_once_it_is_committed[postgres]",),
+    ),
+    Mutation(
+        "checkpoint not fenced",
+        PAUSED,
+        one(
+            LEASES,
+            "runs.update().where(fence([lease])).values(checkpoint=checkpoint_json",
+            "runs.update().where(runs.c.id == lease.run_id).values(checkpoint=checkpoint_json",
+        ),
+        (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
+    ),
+    Mutation(
+        "heartbeat renews without the token check",
+        PAUSED,
+        one(
+            LEASES,
+            "runs.update().where(fence(chunk))",
+            "runs.update().where(runs.c.id.in_([lease.run_id for lease in chunk]))",
+        ),
+        (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
+    ),
+    Mutation(
+        "claims without SKIP LOCKED (PostgreSQL)",
+        "Crash points, one by one",
+        one(POSTGRES, "            FOR UPDATE SKIP LOCKED\n", ""),
+        ("tests/integration/test_claim_contention.py::test_no_run_is_executed_by_two_workers",),
+    ),
+    # -- SQLite's write lock -------------------------------------------------------
+    Mutation(
+        "writer waits for the write lock for ever",
+        "What SQLite cannot fence: a paused process holding the write lock",
+        one(
+            "ferryman/store/group_commit.py",
+            "        if not waiter.wait(self.timeout):\n",
+            "        if not waiter.wait(None):\n",
+        ),
+        (
+            "tests/unit/test_sqlite_paused_writer.py::"
+            "test_a_writer_gives_up_after_the_busy_timeout_naming_the_lock",
+        ),
+        timeout=60,
+    ),
+    # -- outcomes ------------------------------------------------------------------
+    Mutation(
+        "outcome counted before its commit",
+        "Outcomes are durable before they are counted",
+        (
+            Edit(
+                "ferryman/worker/worker.py",
+                "            else:\n                self._outcomes.put((run, outcome))\n",
+                "            else:\n"
+                "                self._done(run, outcome.kind.value)\n"
+                "                self._outcomes.put((run, outcome))\n",
+            ),
+            Edit(
+                "ferryman/worker/worker.py",
+                "                if ok:\n                    self._done(run, outcome.kind.value)\n",
+                "                if ok:\n                    pass\n",
+            ),
+        ),
+        (f"{FAULTS}::test_an_outcome_is_counted_only_once_it_is_committed",),
+    ),
+    # -- start-up ------------------------------------------------------------------
+    Mutation(
+        "start-up gives up at the first unreachable store",
+        "A store that is away at start is waited for",
+        one(
+            "ferryman/store/__init__.py",
+            "        except StoreUnavailable as exc:\n            tries += 1\n",
+            "        except StoreUnavailable as exc:\n            raise exc\n",
+        ),
+        (
+            "tests/integration/test_store_startup.py::"
+            "test_work_and_run_wait_for_a_database_that_comes_up_later",
+        ),
+    ),
+    # -- full disk -----------------------------------------------------------------
+    Mutation(
+        "a full SQLite disk counts as the job's failure",
+        "A full disk (SQLite)",
+        one(
+            SQLITE,
+            "SQLITE_FAILURES = frozenset({5, 6, 7, 10, 13, 14, 15})",
+            "SQLITE_FAILURES = frozenset({5, 6, 7, 10, 14, 15})",
+        ),
+        (
+            f"{FAULTS}::test_a_store_failing_under_the_transaction_uses_no_attempt[sqlite]",
+            "tests/faults/test_sqlite_full_disk.py::"
+            "test_a_full_disk_fails_writes_clearly_and_the_same_worker_carries_on",
+        ),
+    ),
+    # -- SIGTERM -------------------------------------------------------------------
+    Mutation(
+        "release without bumping the token",
+        SIGTERM,
+        one(
+            LEASES,
+            "                lease_token=runs.c.lease_token + 1,\n"
+            "                available_at=now,\n",
+            "                available_at=now,\n",
+        ),
+        (f"{CONTRACT}::test_stop_releases_unfinished_runs_without_using_an_attempt",),
+    ),
+    Mutation(
+        "release uses up the attempt",
+        SIGTERM,
+        one(
+            LEASES,
+            "                status=RunStatus.QUEUED.value,\n"
+            "                attempt=runs.c.attempt - 1,\n",
+            "                status=RunStatus.QUEUED.value,\n",
+        ),
+        (f"{CONTRACT}::test_stop_releases_unfinished_runs_without_using_an_attempt",),
+    ),
+    # -- a job that kills its worker -------------------------------------------------
+    Mutation(
+        "lease expiry on the last attempt claims the run again",
+        "A job that kills its worker cannot loop",
+        one(
+            LEASES,
+            "            if row.attempt < row.max_attempts:\n",
+            "            if row.attempt <= row.max_attempts:\n",
+        ),
+        (f"{CONTRACT}::test_lease_expiry_on_the_last_attempt_is_dead",),
+    ),
+    Mutation(
+        "a crashed worker hands back the runs it had started",
+        "A job that kills its worker cannot loop",
+        one(
+            "ferryman/worker/worker.py",
+            "            crashed = self._crash is not None\n",
+            "            crashed = False\n",
+        ),
+        (f"{FAULTS}::test_a_crashed_worker_leaves_started_runs_to_their_leases",),
+    ),
+    # -- failures ----------------------------------------------------------------
+    Mutation(
+        "a BaseException from a job crashes the worker",
+        "Failures, retries and rejected input",
+        one(
+            "ferryman/worker/worker.py",
+            "        except BaseException as exc:\n"
+            "            if not context.succeeded_in_transaction:",
+            "        except Exception as exc:\n"
+            "            if not context.succeeded_in_transaction:",
+        ),
+        (f"{FAULTS}::test_a_job_raising_a_base_exception_fails_its_attempt",),
+    ),
+    Mutation(
+        "a rejected run retried",
+        "Failures, retries and rejected input",
+        one(
+            "ferryman/worker/worker.py",
+            "        if isinstance(exc, Reject):\n",
+            "        if False:\n",
+        ),
+        (f"{CONTRACT}::test_reject_fails_at_once_and_keeps_the_reason",),
+    ),
+    Mutation(
+        "a retry due at once, without its backoff",
+        "Failures, retries and rejected input",
+        one(
+            RUN_ROWS,
+            '            "available_at": now + outcome.retry_delay,\n',
+            '            "available_at": now,\n',
+        ),
+        (f"{CONTRACT}::test_retry_delays_are_deterministic",),
+    ),
+    Mutation(
+        "the store failing under an attempt counts it",
+        "A store outage uses no attempt",
+        one(
+            "ferryman/worker/outages.py",
+            "        if not caused_by_store(exc):\n",
+            "        if True:\n",
+        ),
+        (f"{FAULTS}::test_a_store_failing_under_the_transaction_uses_no_attempt",),
+    ),
+    # -- sensors -----------------------------------------------------------------
+    Mutation(
+        "poll cursor committed before the runs",
+        "A poll evaluation commits all of its result, or nothing",
+        one(
+            "ferryman/store/__init__.py",
+            '        with self.write("committing a sensor evaluation") as conn:\n'
+            "            return self.sensors.commit_poll(conn, commit)\n",
+            '        with self.write("committing a sensor evaluation") as conn:\n'
+            "            evaluation = self.sensors.commit_poll(\n"
+            '                conn, __import__("dataclasses").replace(commit, new_runs=())\n'
+            "            )\n"
+            "        self.enqueue(commit.new_runs)\n"
+            "        return evaluation\n",
+        ),
+        (f"{POLL}::test_a_commit_the_store_refuses_leaves_the_cursor_and_writes_no_run",),
+    ),
+    Mutation(
+        "cursor swap without the CAS on state_version",
+        "Concurrent evaluators: one wins, the others record a conflict",
+        one(
+            SENSORS,
+            "            .where(sensors.c.name == name, "
+            "sensors.c.state_version == state_version)\n",
+            "            .where(sensors.c.name == name)\n",
+        ),
+        (f"{POLL}::test_lost_race_records_conflict_and_writes_nothing_else",),
+    ),
+    Mutation(
+        "a failed evaluation is due again at once",
+        "A failing sensor keeps its cursor and backs off deterministically",
+        one(
+            SENSORS,
+            "            consecutive_failures=failure.failures,\n"
+            "            next_evaluation_at=now + failure.next_delay,\n",
+            "            consecutive_failures=failure.failures,\n"
+            "            next_evaluation_at=now,\n",
+        ),
+        (f"{POLL}::test_failure_backoff_is_deterministic_and_resets_on_success",),
+    ),
+    Mutation(
+        "push deduplicated by message id only, whatever the sensor",
+        PUSH_PROMISE,
+        one(SENSORS, "                    push_deliveries.c.sensor == sensor,\n", ""),
+        (f"{PUSH}::test_message_ids_are_compared_per_sensor_not_as_one_string",),
+    ),
+    Mutation(
+        "push deliveries kept past their retention",
+        PUSH_PROMISE,
+        one(
+            "ferryman/sensors/engine.py",
+            "        forgotten = self.store.prune_deliveries(self.delivery_retention)\n",
+            "        forgotten = 0\n",
+        ),
+        (f"{PUSH}::test_deliveries_are_forgotten_after_the_retention_window",),
+    ),
+    Mutation(
+        "a remembered delivery's evaluation pruned with the history",
+        PUSH_PROMISE,
+        one(SENSORS, "                    ~delivered,\n", ""),
+        (f"{PUSH}::test_a_redelivery_is_recognised_after_its_evaluation_history_was_pruned",),
+    ),
+    Mutation(
+        "free text stored without escaping",
+        "Keys and texts",
+        one(
+            "ferryman/store/records.py",
+            "    if _UNSTORABLE.search(text) is None:\n        return text\n",
+            "    if True:\n        return text\n",
+        ),
+        (f"{CONTRACT}::test_texts_with_lone_surrogates_are_stored_and_never_stop_the_worker",),
+    ),
+    Mutation(
+        "a run_key the store cannot hold passed on to it",
+        "Keys and texts",
+        one(
+            RUN_ROWS,
+            '        records.checked_key(self.run_key, f"run_key of job {self.job!r}")\n',
+            "",
+        ),
+        (f"{CONTRACT}::test_a_run_key_that_cannot_be_stored_is_refused_naming_it",),
+    ),
+    Mutation(
+        "one bad item fails the whole evaluation",
+        "Keys and texts",
+        one(
+            "ferryman/sensors/engine.py",
+            "            except PayloadError as exc:\n",
+            "            except ZeroDivisionError as exc:\n",
+        ),
+        (f"{POLL}::test_a_bad_item_is_skipped_with_its_reason_and_the_others_go_on",),
+    ),
+    Mutation(
+        "set-cursor commits a cursor the built-in sensor cannot read",
+        "Operators change state through the same swap",
+        one(
+            "ferryman/sensors/engine.py",
+            "        if value is not None and check is not None:\n",
+            "        if False:\n",
+        ),
+        (
+            "tests/unit/test_cli_set_cursor.py::test_a_builtin_sensor_refuses_a_cursor_it_cannot_read",
+        ),
+    ),
+    Mutation(
+        "the watermark cursor's floor at the watermark itself",
+        "Built-in sensors: what each cursor guarantees, and under which assumption",
+        one(
+            "ferryman/sensors/builtin/watermark.py",
+            "        floor = self.watermark - max(window, 1)\n",
+            "        floor = self.watermark\n",
+        ),
+        (
+            "tests/unit/test_builtin_cursors.py::"
+            "test_an_item_with_the_watermarks_timestamp_is_still_new",
+        ),
+    ),
+    # -- transfers -----------------------------------------------------------------
+    Mutation(
+        "a part counted before its row commits",
+        "A part counts once S3 acknowledged it *and* its row committed",
+        one(
+            "ferryman/transfer/sender.py",
+            "            self._commit(confirmed)\n            self.counter.count(size)\n",
+            "            self.counter.count(size)\n            self._commit(confirmed)\n",
+        ),
+        (f"{RESUME}::test_resume_sends_only_what_is_missing_and_adopts_parts_s3_has[sqlite]",),
+    ),
+    Mutation(
+        "resume without ListParts: the store taken for the truth",
+        "On resume, S3 is the truth and the file is checked",
+        one(
+            "ferryman/transfer/resume.py",
+            "        on_s3 = list_parts(target, upload_id)\n",
+            "        on_s3 = {\n"
+            "            p.part_number: ListedPart(size=p.size, etag=p.etag, sha256=p.sha256)\n"
+            "            for p in stored\n"
+            "        }\n",
+        ),
+        (f"{RESUME}::test_resume_sends_only_what_is_missing_and_adopts_parts_s3_has[sqlite]",),
+    ),
+    Mutation(
+        "confirmed parts not re-read on resume",
+        "On resume, S3 is the truth and the file is checked",
+        one(
+            "ferryman/transfer/upload.py",
+            "        if len(data) != part.size or sha256_b64(data) != part.sha256:\n",
+            "        if len(data) != part.size:\n",
+        ),
+        (f"{RESUME}::test_a_source_changed_between_runs_fails_and_aborts[sqlite-modified]",),
+    ),
+    Mutation(
+        "an object completed before its record is not recognised",
+        "Complete, then verify, then report",
+        one(
+            "ferryman/transfer/resume.py",
+            "        if completed_from(target, stored):\n",
+            "        if False:\n",
+        ),
+        (f"{RESUME}::test_an_object_completed_before_its_record_is_finished_sending_nothing",),
+    ),
+    Mutation(
+        "transfer writes without the owner token",
+        "Fenced like every other write",
+        one(
+            "ferryman/store/transfers.py",
+            "                transfers.c.owner_token == fence.token,\n"
+            "                transfers.c.status == ACTIVE,\n"
+            "            )\n"
+            "            .values(updated_at=now, **values)\n",
+            "                transfers.c.status == ACTIVE,\n"
+            "            )\n"
+            "            .values(updated_at=now, **values)\n",
+        ),
+        ("tests/unit/test_transfers_store.py::test_a_taken_over_transfer_refuses_the_old_owner",),
+    ),
+    Mutation(
+        "part records inside a job not fenced by the run's lease",
+        "Fenced like every other write",
+        one(
+            "ferryman/store/transfers.py",
+            "        if fence.run_lease is not None:\n"
+            "            self._check_run(conn, fence.run_lease, now)\n"
+            "        matched = conn.execute(\n",
+            "        matched = conn.execute(\n",
+        ),
+        (
+            "tests/unit/test_transfers_store.py::"
+            "test_inside_a_job_part_records_are_fenced_by_the_run_lease",
+        ),
+    ),
+    # -- schedules: one run per tick ---------------------------------------------
+    Mutation(
+        "a schedule's run_key taken from the clock, not from the tick",
+        "Schedules: one run per tick",
+        one(
+            "ferryman/sensors/schedule.py",
+            'return RunRequest(f"{self.name}:{iso(tick)}", payload)',
+            'return RunRequest(f"{self.name}:{iso(datetime.now(UTC))}", payload)',
+        ),
+        ("tests/unit/test_schedules.py::test_one_run_per_tick_with_exact_run_keys[sqlite]",),
+    ),
+    Mutation(
+        "a schedule evaluation asks again for the tick its cursor stands for",
+        "Schedules: one run per tick",
+        one(
+            "ferryman/sensors/schedule.py",
+            "            if last is not None and tick <= last:\n",
+            "            if last is not None and tick < last:\n",
+        ),
+        (
+            "tests/crash/test_schedule_crash.py::"
+            "test_sigkilled_daemons_run_each_tick_exactly_once[sqlite]",
+        ),
+    ),
+    Mutation(
+        "catch_up='latest' runs every missed tick",
+        "Schedules: one run per tick",
+        one(
+            "ferryman/sensors/schedule.py",
+            'limit = 1 if self.catch_up == "latest" else self.max_catch_up',
+            "limit = self.max_catch_up",
+        ),
+        ("tests/unit/test_schedules.py::test_catch_up_after_downtime[sqlite-latest-expected1-9]",),
+    ),
+)
