@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -12,7 +12,8 @@ from typing import Any, TypeVar, overload
 import sqlalchemy as sa
 
 from ferryman import logs, settings
-from ferryman.errors import ConfigurationError, UnknownJob
+from ferryman.errors import ConfigurationError
+from ferryman.jobs import JobRegistry
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
     DEFAULT_SENSOR_BACKOFF,
@@ -45,15 +46,14 @@ from ferryman.sensors.schedule import (
 )
 from ferryman.sources.base import Source
 from ferryman.sources.consumer import SourceConsumer, SourceConsumers, SourceStats
-from ferryman.store import NewRun, Store, open_store
-from ferryman.store.records import shown_key, to_json
+from ferryman.store import DEFAULT_STORE as DEFAULT_STORE  # the CLI reads it here
+from ferryman.store import Store, open_store
 from ferryman.worker.context import JobContext
 from ferryman.worker.processes import run_processes
 from ferryman.worker.worker import JobDefinition, Worker, WorkReport
 
 log = logging.getLogger("ferryman")
 
-DEFAULT_STORE = "sqlite:///ferryman.db"
 DEFAULT_DELIVERY_RETENTION = timedelta(days=7)
 JobFunction = Callable[[JobContext, Any], Any]
 F = TypeVar("F", bound=JobFunction)
@@ -100,18 +100,18 @@ class App:
         self.store_url = store
         self.lease_seconds = lease_seconds
         self._create = create
-        self._store: Store | None = None
+        self._opened: Store | None = None
         self._store_lock = threading.Lock()
-        self._jobs: dict[str, JobDefinition] = {}
+        self._jobs = JobRegistry()
         self.evaluation_retention = evaluation_retention
-        self.delivery_retention = _retention(delivery_retention)
+        self.delivery_retention = settings.retention(delivery_retention)
         self._sensors: dict[str, SensorDefinition] = {}
         self._sources: dict[str, Source] = {}  # push sensor -> where its messages come from
         self._consumers: SourceConsumers | None = None
         self._sensor_engine = SensorEngine(
             lambda: self.store,
             self._sensors,
-            self._new_runs,
+            self._jobs,
             delivery_retention=(
                 None if self.delivery_retention is None else self.delivery_retention.total_seconds()
             ),
@@ -123,9 +123,9 @@ class App:
     def store(self) -> Store:
         """The opened store (opened, checked and, where allowed, migrated on first use)."""
         with self._store_lock:
-            if self._store is None:
-                self._store = Store(self.store_url, create=self._create)
-            return self._store
+            if self._opened is None:
+                self._opened = Store(self.store_url, create=self._create)
+            return self._opened
 
     def connect(self, timeout: float | None = None, *, log_level: int = logging.WARNING) -> Store:
         """Open the store now, waiting while it cannot be reached (a database still starting).
@@ -138,11 +138,11 @@ class App:
         ``ferryman run``, ``work`` and ``serve`` wait like this at start.
         """
         with self._store_lock:
-            if self._store is None:
-                self._store = open_store(
+            if self._opened is None:
+                self._opened = open_store(
                     self.store_url, create=self._create, timeout=timeout, log_level=log_level
                 )
-            return self._store
+            return self._opened
 
     @property
     def engine(self) -> sa.Engine:
@@ -152,16 +152,16 @@ class App:
     def use_store(self, store: str | sa.URL) -> None:
         """Point the App at another store (before it is first used), e.g. from ``--store``."""
         with self._store_lock:
-            if self._store is not None:
+            if self._opened is not None:
                 raise ConfigurationError("use_store() must be called before the store is opened")
             self.store_url = store
 
     def close(self) -> None:
         """Close the store's connections. The App reopens them if used again."""
         with self._store_lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            if self._opened is not None:
+                self._opened.close()
+                self._opened = None
 
     # -- registration --------------------------------------------------------
 
@@ -202,15 +202,14 @@ class App:
             raise ConfigurationError(f"backoff must be a ferryman.Backoff, got {backoff!r}")
 
         def register(function: JobFunction) -> JobFunction:
-            job_name = name or function.__name__
-            if job_name in self._jobs:
-                raise ConfigurationError(f"job {job_name!r} is registered twice")
-            self._jobs[job_name] = JobDefinition(
-                name=job_name,
-                fn=function,
-                max_attempts=max_attempts,
-                backoff=backoff,
-                sensitive=frozenset(sensitive),
+            self._jobs.add(
+                JobDefinition(
+                    name=name or function.__name__,
+                    fn=function,
+                    max_attempts=max_attempts,
+                    backoff=backoff,
+                    sensitive=frozenset(sensitive),
+                )
             )
             return function
 
@@ -219,12 +218,6 @@ class App:
     @property
     def jobs(self) -> dict[str, JobDefinition]:
         return dict(self._jobs)
-
-    def _job(self, name: str) -> JobDefinition:
-        try:
-            return self._jobs[name]
-        except KeyError:
-            raise UnknownJob(name, list(self._jobs)) from None
 
     def poll_sensor(
         self,
@@ -380,26 +373,8 @@ class App:
         cannot be stored exactly (it holds NUL or a lone surrogate); keys of
         any length are fine.
         """
-        new_runs = self._new_runs([(job, request) for request in run_requests])
+        new_runs = self._jobs.new_runs((job, request) for request in run_requests)
         return self.store.enqueue(new_runs, conn=conn)
-
-    def _new_runs(self, requests: Sequence[tuple[str, RunRequest]]) -> list[NewRun]:
-        new_runs = []
-        for job, request in requests:
-            definition = self._job(request.job or job)
-            payload_json = to_json(
-                request.payload,
-                f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
-            )
-            new_runs.append(
-                NewRun(
-                    job=definition.name,
-                    run_key=request.run_key,
-                    payload_json=payload_json,
-                    max_attempts=definition.max_attempts,
-                )
-            )
-        return new_runs
 
     def work(
         self,
@@ -429,7 +404,7 @@ class App:
         (after forking them, with ``processes``): start threads of your own
         there, not before, so that no child inherits them half-way.
         """
-        _check_work_settings(
+        settings.work_settings(
             concurrency=concurrency,
             processes=processes,
             prefetch=prefetch,
@@ -437,37 +412,28 @@ class App:
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
         )
-        selected = {name: self._job(name) for name in (jobs or self._jobs)}
         store = self.store
-
-        def make_worker() -> Worker:
-            return Worker(
-                store,
-                selected,
-                lease_seconds=self.lease_seconds,
-                concurrency=concurrency,
-                prefetch=concurrency if prefetch is None else prefetch,
-                claim_batch=claim_batch,
-                poll_interval=poll_interval,
-                grace_seconds=grace_seconds,
-            )
-
+        make_worker = functools.partial(
+            Worker,
+            store,
+            {name: self._jobs.definition(name) for name in (jobs or self._jobs)},
+            lease_seconds=self.lease_seconds,
+            concurrency=concurrency,
+            prefetch=concurrency if prefetch is None else prefetch,
+            claim_batch=claim_batch,
+            poll_interval=poll_interval,
+            grace_seconds=grace_seconds,
+        )
         if processes is None:
             worker = make_worker()
             if on_started is not None:
                 on_started()
             return worker.run(until_idle=until_idle, handle_signals=handle_signals)
-
-        def after_fork() -> None:
-            # Connections inherited from the parent belong to the parent.
-            store.after_fork()
-            logs.after_fork()
-
         return run_processes(
             make_worker,
             processes=processes,
             until_idle=until_idle,
-            after_fork=after_fork,
+            after_fork=functools.partial(_after_fork, store),
             on_started=on_started,
         )
 
@@ -634,7 +600,7 @@ class App:
         if not self._jobs and not self._sensors:
             raise ConfigurationError("this app registers no job and no sensor: nothing to run")
         # Checked here: work() runs on another thread, where an error would come late.
-        _check_work_settings(
+        settings.work_settings(
             concurrency=concurrency, prefetch=prefetch, grace_seconds=grace_seconds
         )
         settings.count("sensor_concurrency", sensor_concurrency, minimum=1)
@@ -692,38 +658,7 @@ class App:
         return dict(self._sources)
 
 
-def _retention(value: timedelta | float | None) -> timedelta | None:
-    """``delivery_retention`` as a timedelta, or ConfigurationError naming it."""
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
-        raise ConfigurationError(
-            f"delivery_retention must be a finite duration >= 0 (or None), got {value!r}"
-        )
-    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
-
-
-def _check_work_settings(
-    *,
-    concurrency: int,
-    prefetch: int | None,
-    grace_seconds: float,
-    processes: int | None = None,
-    claim_batch: int | None = None,
-    poll_interval: float | None = None,
-) -> None:
-    """Refuse a worker setting out of range (NaN and infinities included), naming it.
-
-    ``None`` is the default of the optional ones, and always fine.
-    """
-    settings.count("concurrency", concurrency, minimum=1)
-    settings.seconds("grace_seconds", grace_seconds)
-    if prefetch is not None:
-        settings.count("prefetch", prefetch, minimum=0)
-    if processes is not None:
-        settings.count("processes", processes, minimum=1)
-    if claim_batch is not None:
-        settings.count("claim_batch", claim_batch, minimum=1)
-    if poll_interval is not None:
-        settings.seconds("poll_interval", poll_interval, inclusive=False)
+def _after_fork(store: Store) -> None:
+    """In a forked worker: the parent's connections and console belong to the parent."""
+    store.after_fork()
+    logs.after_fork()

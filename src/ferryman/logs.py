@@ -1,15 +1,36 @@
-"""Structured log lines: every record carries its run, job, sensor and attempt fields."""
+"""Structured log lines: every record carries its run, job, sensor and attempt fields.
+
+Also the two short texts that log lines and the store's rows share: who
+wrote them (:func:`process_id`) and the one line that names an error
+(:func:`error_summary`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
+
+
+def process_id() -> str:
+    """This process, as ``host:pid``: who evaluated a sensor, the start of a worker's id
+    (``host:pid:random``) and of an upload's owner (``host:pid/call``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def error_summary(text: str | None, width: int = 300) -> str:
+    """The line that names an error: the last non-empty line of a traceback or a
+    message, stripped and cut to ``width`` characters; ``""`` if there is none."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:width] if lines else ""
+
 
 # Fields ferryman attaches to records through ``extra=``; shown when present.
 CONTEXT_FIELDS = ("run_id", "job", "run_key", "attempt", "sensor", "worker_id", "transfer_id")

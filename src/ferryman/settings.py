@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+from datetime import timedelta
 from numbers import Real
 from typing import SupportsIndex
 
@@ -35,3 +36,40 @@ def count(name: str, value: object, *, minimum: int) -> int:
         if number >= minimum:
             return number
     raise ConfigurationError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def retention(value: timedelta | float | None) -> timedelta | None:
+    """``delivery_retention`` as a timedelta, or ConfigurationError naming it."""
+    if value is None:
+        return None
+    total = value.total_seconds() if isinstance(value, timedelta) else value
+    if not isinstance(total, int | float) or not math.isfinite(total) or total < 0:
+        raise ConfigurationError(
+            f"delivery_retention must be a finite duration >= 0 (or None), got {value!r}"
+        )
+    return value if isinstance(value, timedelta) else timedelta(seconds=total)
+
+
+def work_settings(
+    *,
+    concurrency: int,
+    prefetch: int | None,
+    grace_seconds: float,
+    processes: int | None = None,
+    claim_batch: int | None = None,
+    poll_interval: float | None = None,
+) -> None:
+    """Refuse a worker setting out of range (NaN and infinities included), naming it.
+
+    ``None`` is the default of the optional ones, and always fine.
+    """
+    count("concurrency", concurrency, minimum=1)
+    seconds("grace_seconds", grace_seconds)
+    if prefetch is not None:
+        count("prefetch", prefetch, minimum=0)
+    if processes is not None:
+        count("processes", processes, minimum=1)
+    if claim_batch is not None:
+        count("claim_batch", claim_batch, minimum=1)
+    if poll_interval is not None:
+        seconds("poll_interval", poll_interval, inclusive=False)

@@ -115,10 +115,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         IN_TRANSACTION,
         one(
             "ferryman/worker/context.py",
-            "            yield conn\n            self._store.succeed_within(",
+            "            yield conn\n            self._run_store.succeed_within(",
             "            yield conn\n"
-            "        with self._store.transaction() as conn:\n"
-            "            self._store.succeed_within(",
+            "        with self._run_store.transaction() as conn:\n"
+            "            self._run_store.succeed_within(",
         ),
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
     ),

@@ -18,6 +18,7 @@ FUNCTION_LINES = 60
 # Modules allowed past MODULE_LINES, each with the reason.
 LONG_MODULES: dict[str, str] = {
     "app.py": "the App facade; its store calls are being moved behind Store methods",
+    "store/__init__.py": "to split: the transfers and downloads blocks of Store apart",
     "store/sensors.py": "to split: the push batch path (find_many, commit_push_many) apart",
 }
 
@@ -28,10 +29,7 @@ LONG_FUNCTIONS: dict[str, str] = {
     "store/migrations/versions/0001_initial.py:upgrade": "one schema version's DDL",
     "store/migrations/versions/0002_transfers.py:upgrade": "one schema version's DDL",
     # Offenders in code under rework elsewhere; remove each as it is split.
-    "app.py:App.work": "argument checks and the process/thread choice; to split",
-    "sensors/builtin/folder.py:FolderSensor.__call__": "to split (scan, stability, routing)",
     "sensors/builtin/folder.py:FolderSensor._scan": "to split (walk, stability check)",
-    "sensors/builtin/s3.py:S3PrefixSensor.__call__": "to split (listing, routing)",
     "sensors/builtin/sql_table.py:sql_table": "to split (argument checks, query building)",
     "sensors/builtin/folder.py:folder": "to split (argument checks, sensor building)",
     "sensors/batch.py:deliver_many": "to split (evaluate each message, then commit the batch)",
@@ -47,7 +45,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "cli/sync.py:register": "registers one Typer command (below)",
     "cli/sync.py:register.sync_command": "a Typer command: one parameter per option",
     "transfer/__init__.py:upload": "to split (in a job / standalone)",
-    "web/metrics.py:StoreCollector._read": "to split (one read per metric family)",
 }
 
 

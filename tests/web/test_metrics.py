@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 import ferryman as fm
-from ferryman.store.metrics_queries import DURATION_BUCKETS
+from ferryman.store.read_model import DURATION_BUCKETS
 from tests.helpers import wait_until
 from tests.web.web_app import add_transfer
 

@@ -9,7 +9,6 @@ import pytest
 from starlette.testclient import TestClient
 
 import ferryman as fm
-from ferryman.store import views
 from tests.web.conftest import AUTH, TOKEN, sign_in
 from tests.web.web_app import MIB, add_transfer
 
@@ -175,15 +174,13 @@ def test_job_names_are_read_from_the_index(web_app: fm.App) -> None:
 
     other.submit("archive", fm.RunRequest("a-1", {}))
     other.close()
-    with web_app.store.read("listing job names") as conn:
-        assert views.job_names(conn) == ["archive", "flaky", "load"]
+    assert web_app.store.job_names() == ["archive", "flaky", "load"]
 
 
 def test_job_names_of_an_empty_store(store_url: str) -> None:
     app = fm.App(store_url)
     try:
-        with app.store.read("listing job names") as conn:
-            assert views.job_names(conn) == []
+        assert app.store.job_names() == []
     finally:
         app.close()
 

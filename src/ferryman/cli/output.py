@@ -21,6 +21,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ferryman.logs import error_summary
+
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
@@ -72,6 +74,5 @@ def age(moment: datetime | None) -> str:
 
 
 def last_line(text: str | None, width: int = 80) -> str:
-    """The last non-empty line of ``text`` (an error's summary), cut to ``width``."""
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1][:width] if lines else ""
+    """An error's summary (:func:`~ferryman.logs.error_summary`) cut to a table cell."""
+    return error_summary(text, width)

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferryman.errors import ConfigurationError, StoreError
+from ferryman.logs import error_summary, process_id
 from ferryman.model import Evaluation, SensorState
-from ferryman.sensors.calls import last_line
 from ferryman.sensors.engine import (
     SensorEngine,
     _log_evaluation,
     _shown_id,
-    evaluator_id,
     present_evaluation,
 )
 from ferryman.sensors.registry import SensorKind
@@ -90,7 +89,7 @@ def deliver_many(
     commits: list[PushCommit] = []
     failures: list[PushFailure] = []
     paused = state.status != RUNNING
-    evaluator = evaluator_id()
+    evaluator = process_id()
     for message_id in fresh:
         if paused:
             error = (
@@ -134,7 +133,7 @@ def deliver_many(
             evaluation=present_evaluation(evaluation), created=created
         )
     for failure, evaluation in zip(failures[: len(failures) - len(refused)], failed, strict=False):
-        log.warning("delivery failed: %s", last_line(failure.error), extra={"sensor": name})
+        log.warning("delivery failed: %s", error_summary(failure.error), extra={"sensor": name})
         outcome[failure.message_id] = Delivered(
             evaluation=present_evaluation(evaluation), created=True, retry_later=paused
         )

@@ -103,8 +103,3 @@ def describe(error: BaseException | None) -> str:
     if isinstance(error, OUTPUT_ERRORS):
         return str(error)
     return describe_error(error)
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""

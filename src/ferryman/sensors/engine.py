@@ -34,8 +34,6 @@ a delivery, so delivering the message again runs the sensor again.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +42,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ferryman.errors import ConfigurationError, PayloadError, StoreError, UnknownSensor
+from ferryman.jobs import JobRegistry
+from ferryman.logs import error_summary, process_id
 from ferryman.model import (
     Evaluation,
     EvaluationOutcome,
@@ -57,7 +57,6 @@ from ferryman.sensors.calls import (
     SensorOutputError,
     call_with_timeout,
     describe,
-    last_line,
     skipped_count,
 )
 from ferryman.sensors.context import SensorContext
@@ -71,12 +70,6 @@ from ferryman.worker.worker import describe_error
 log = logging.getLogger("ferryman.sensors")
 
 TICK_THREADS = 8
-NewRunsFactory = Callable[[Sequence[tuple[str, RunRequest]]], list[NewRun]]
-
-
-def evaluator_id() -> str:
-    """Who evaluated: host and process, kept on each evaluation row."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def present_state(state: SensorState) -> SensorState:
@@ -99,13 +92,13 @@ class SensorEngine:
         self,
         store: Callable[[], Store],
         definitions: Mapping[str, SensorDefinition],
-        new_runs: NewRunsFactory,
+        jobs: JobRegistry,
         *,
         delivery_retention: float | None = None,
     ) -> None:
-        self._store = store
+        self._open_store = store
         self.definitions = definitions
-        self._new_runs_factory = new_runs
+        self.jobs = jobs  # what the run requests of the sensors become runs of
         self.delivery_retention = delivery_retention  # seconds; None keeps deliveries
         self._ensured: set[str] = set()
         self._ensured_in: Store | None = None
@@ -113,7 +106,7 @@ class SensorEngine:
 
     @property
     def store(self) -> Store:
-        return self._store()
+        return self._open_store()
 
     # -- registration in the store -------------------------------------------
 
@@ -195,7 +188,9 @@ class SensorEngine:
             result = f"committing the evaluation failed: {exc}"
         except Exception as exc:  # a fault of ferryman's own: fail and back off, never loop
             error = describe_error(exc)
-            log.error("the evaluation failed inside ferryman: %s", last_line(error), extra=fields)
+            log.error(
+                "the evaluation failed inside ferryman: %s", error_summary(error), extra=fields
+            )
             result = f"the evaluation failed inside ferryman: {error}"
         if isinstance(result, str):
             return self._fail(definition, state, started, result)
@@ -240,7 +235,7 @@ class SensorEngine:
                 next_delay=definition.next_delay(
                     cursor if prepared.cursor is None else prepared.cursor, started
                 ),
-                evaluator=evaluator_id(),
+                evaluator=process_id(),
                 skip_reasons=prepared.skip_reasons,
             )
         )
@@ -301,7 +296,7 @@ class SensorEngine:
         refused: list[str] = []
         for job_and_request in routed:
             try:
-                new_runs.extend(self._new_runs_factory([job_and_request]))
+                new_runs.extend(self.jobs.new_runs([job_and_request]))
             except PayloadError as exc:
                 refused.append(str(exc))
         skipped = 0 if result is None else skipped_count(definition, result)
@@ -323,7 +318,7 @@ class SensorEngine:
                 started_at=started,
                 failures=failures,
                 next_delay=delay,
-                evaluator=evaluator_id(),
+                evaluator=process_id(),
             )
         )
         if evaluation.outcome is EvaluationOutcome.FAILED:
@@ -331,7 +326,7 @@ class SensorEngine:
                 "evaluation failed (%d in a row), next in %.1fs: %s",
                 failures,
                 delay,
-                last_line(error),
+                error_summary(error),
                 extra={"sensor": definition.name},
             )
         else:
@@ -435,7 +430,7 @@ class SensorEngine:
             new_runs=prepared.new_runs,
             skipped=prepared.skipped,
             started_at=started,
-            evaluator=evaluator_id(),
+            evaluator=process_id(),
             skip_reasons=prepared.skip_reasons,
         )
 
@@ -466,9 +461,9 @@ class SensorEngine:
             message_id=message_id,
             error=error,
             started_at=started,
-            evaluator=evaluator_id(),
+            evaluator=process_id(),
         )
-        log.warning("delivery failed: %s", last_line(error), extra={"sensor": name})
+        log.warning("delivery failed: %s", error_summary(error), extra={"sensor": name})
         return present_evaluation(evaluation)
 
     # -- state and history ---------------------------------------------------

@@ -35,7 +35,7 @@ from ferryman.model import (
     TransferStatus,
     WorkerInfo,
 )
-from ferryman.store import faults, migrate
+from ferryman.store import faults, migrate, read_queries
 from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, Listener, create_backend, translated_errors
 from ferryman.store.downloads import (
@@ -46,6 +46,7 @@ from ferryman.store.downloads import (
 )
 from ferryman.store.leases import Leases
 from ferryman.store.queue import RunQueue
+from ferryman.store.read_model import ReadModel
 from ferryman.store.run_rows import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind
 from ferryman.store.sensors import (
     PollCommit,
@@ -66,6 +67,7 @@ from ferryman.store.transfers import (
 from ferryman.store.workers import Crashes, WorkerQueries
 
 __all__ = [
+    "DEFAULT_STORE",
     "ClaimedRun",
     "CompletedObject",
     "ConfirmedPart",
@@ -88,14 +90,21 @@ __all__ = [
     "open_store",
 ]
 
+# The store of an App (and of ``ferryman upload``) given none: a SQLite file
+# in the working directory, created and migrated on first use.
+DEFAULT_STORE = "sqlite:///ferryman.db"
 
-class Store:
+
+class Store(ReadModel):
     """A ferryman store database.
 
     ``create``: apply migrations when the schema is missing or older than the
     code. ``None`` (the default) means yes for SQLite — the embedded default
     needs no setup — and no for PostgreSQL and MariaDB, where schema changes
     are an operator's decision (``ferryman db upgrade``).
+
+    The reads behind the API, the dashboard and ``/metrics`` are methods too,
+    from :class:`~ferryman.store.read_model.ReadModel`.
     """
 
     def __init__(self, url: str | sa.URL, *, create: bool | None = None, pool_size: int = 10):
@@ -106,7 +115,7 @@ class Store:
         self.runs = RunQueue(self.backend)
         self.leases = Leases(self.backend)
         self.workers = WorkerQueries(self.backend)
-        self.transfers = TransferQueries(self.backend)
+        self.transfers = TransferQueries(self.backend, self.runs.now)
         self._blocks = BlockGuard(self.backend.engine)
         auto_upgrade = self.backend.creates_schema if create is None else create
         try:
@@ -173,6 +182,19 @@ class Store:
     def read(self, doing: str) -> Iterator[sa.Connection]:
         with translated_errors(self.backend, doing), self.backend.read_engine.begin() as conn:
             yield conn
+
+    # -- a connection handed to a job, the URL --------------------------------
+
+    @contextlib.contextmanager
+    def read_for_job(self, run_id: int) -> Iterator[sa.Connection]:
+        """A read transaction handed to a job (``ctx.read()``); ferryman's own reads are methods."""
+        with self.read(f"reading for run {run_id}") as conn:
+            yield conn
+
+    @property
+    def url(self) -> sa.URL:
+        """The store database's URL, password included: never log it."""
+        return self.backend.url
 
     # -- runs ----------------------------------------------------------------
 
@@ -264,7 +286,7 @@ class Store:
     def summary(self, registered_jobs: Sequence[str]) -> list[JobSummary]:
         with self.read("summarising runs") as conn:
             counts = self.runs.counts(conn)
-            oldest = self.runs.oldest_due(conn)
+            oldest = read_queries.oldest_due_age(conn, self.runs.now(conn))
         names = sorted(set(counts) | set(registered_jobs))
         return [
             JobSummary(

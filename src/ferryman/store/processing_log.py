@@ -1,14 +1,17 @@
 """Which run keys already have a run: the store's ``ferryman_runs`` read as a processing log.
 
 ``mode="missing"`` of :func:`ferryman.sensors.sql_table` needs one question
-answered by the store — "which of these ``(job, run_key)`` pairs exist?" — and
-one table expression for its anti-join. Both are read-only and go through the
-store schema's table definition, so they follow the store's migrations.
+answered by the store — "which of these ``(job, run_key)`` pairs exist?"
+(:meth:`~ferryman.store.Store.existing_run_keys`) — and, when its table lives
+in the store's database, one condition for its anti-join (:func:`no_run`).
+Both are read-only and built from the store schema's table definition, so
+they follow the store's migrations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -18,9 +21,10 @@ from ferryman.store.schema import runs
 LOOKUP_CHUNK = 500
 
 
-def runs_table() -> sa.Table:
-    """The store's runs table, for an anti-join in the store's own database."""
-    return runs
+def no_run(job: str, run_key: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """True where ``job`` has no run keyed ``run_key``: an anti-join on the store's runs,
+    for a query on a table in the store's own database."""
+    return ~sa.exists().where(runs.c.job == job, runs.c.run_key == run_key)
 
 
 def existing_run_keys(

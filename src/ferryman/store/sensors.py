@@ -117,9 +117,7 @@ class SensorQueries:
     def __init__(self, backend: Backend, runs: RunQueue) -> None:
         self.backend = backend
         self.runs = runs
-
-    def now(self, conn: sa.Connection) -> float:
-        return float(conn.execute(sa.select(self.backend.now)).scalar_one())
+        self.now = runs.now  # the database's clock: one reading of it for all the store
 
     # -- state ---------------------------------------------------------------
 

@@ -89,11 +89,9 @@ class CompletedObject:
 class TransferQueries:
     """Transfers and their parts on one store database."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, now: Callable[[sa.Connection], float]) -> None:
         self.backend = backend
-
-    def now(self, conn: sa.Connection) -> float:
-        return float(conn.execute(sa.select(self.backend.now)).scalar_one())
+        self.now = now  # the database's clock: one reading of it for all the store
 
     # -- fencing -------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff, Download, Transfer
-from ferryman.store import Store
+from ferryman.store import DEFAULT_STORE, Store
 from ferryman.transfer.download import Downloader, resolve_dest
 from ferryman.transfer.progress import Progress, TransferProgress
 from ferryman.transfer.s3 import (
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from ferryman.app import App
     from ferryman.worker.context import JobContext
 
-DEFAULT_STORE = "sqlite:///ferryman.db"
 
 __all__ = [
     "MAX_PARTS",
@@ -68,6 +67,7 @@ __all__ = [
 ]
 
 
+# Long by its documentation (every option, every error): the body is forty lines.
 def upload(
     path: str | os.PathLike[str],
     url: str,
@@ -244,7 +244,7 @@ def _store(ctx: JobContext | None, store: str | sa.URL | Store | App | None) -> 
     from ferryman.app import App  # the App imports this package's users
 
     if ctx is not None:
-        yield ctx._store  # the run's own store: fenced by its lease
+        yield ctx.store  # the run's own store: fenced by its lease
     elif isinstance(store, Store):
         yield store
     elif isinstance(store, App):

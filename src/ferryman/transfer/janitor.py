@@ -111,8 +111,7 @@ def gc_uploads(
 
 def resumable(store: Store) -> list[Transfer]:
     """Active transfers outside any job whose owner is gone (dead process, expired lease)."""
-    with store.read("reading the clock") as conn:
-        now = store.transfers.now(conn)
+    now = store.now()
     return [
         t
         for t in store.list_transfers(status=TransferStatus.ACTIVE, standalone=True)

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from types import TracebackType
 
 from ferryman.errors import FerrymanError, LeaseLost, StoreError, TransferConflict
+from ferryman.logs import process_id
 from ferryman.model import Transfer
 from ferryman.store import Store, TransferFence
 from ferryman.supervise import supervised
@@ -58,7 +59,7 @@ def upload_call() -> Iterator[str]:
         call = next(_calls)
         _live.add(call)
     try:
-        yield f"{socket.gethostname()}:{os.getpid()}/{call}"
+        yield f"{process_id()}/{call}"
     finally:
         with _lock:
             _live.discard(call)

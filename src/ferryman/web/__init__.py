@@ -1,7 +1,8 @@
 """The HTTP side of ferryman: a JSON API, dashboard pages and ``/metrics``.
 
 Served by ``ferryman serve`` alone or by ``ferryman run --serve`` next to the
-daemon. Reads go through :mod:`ferryman.store.views`; writes go through the
+daemon. Reads go through the store's read model
+(:mod:`ferryman.store.read_model`); writes go through the
 :class:`~ferryman.App`, the same calls the CLI makes.
 """
 

@@ -1,9 +1,10 @@
 """The JSON API, mounted at ``/api``.
 
 Reads are open (the server binds to loopback unless told otherwise);
-every request that changes state needs the bearer token. Reads go through
-:mod:`ferryman.store.views`; writes through the :class:`~ferryman.App`, the
-same calls the CLI makes, so the API can do nothing the CLI could not.
+every request that changes state needs the bearer token. Reads are the
+store's read model (:mod:`ferryman.store.read_model`); writes go through
+the :class:`~ferryman.App`, the same calls the CLI makes, so the API can do
+nothing the CLI could not.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, st
 
 from ferryman.app import App
 from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus
-from ferryman.store import views
+from ferryman.store.read_model import MAX_PAGE
 from ferryman.web.deps import AppDep, BeforeId, RecordId, RunCountsDep, require_token
 from ferryman.web.schemas import (
     CancelOut,
@@ -56,7 +57,7 @@ GUARDED: dict[int | str, dict[str, object]] = {
 router = APIRouter(responses=ERRORS)
 Token = Depends(require_token)
 
-Limit = Annotated[int, Query(ge=1, le=views.MAX_PAGE)]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 SensorName = Annotated[str, Path(min_length=1, max_length=200)]
 
 
@@ -94,11 +95,7 @@ def summary(app: AppDep, run_counts: RunCountsDep) -> SummaryOut:
     The counts by job and status are recounted in the background at most
     every few seconds (``counts_as_of`` says when); everything else is read now.
     """
-    counted = run_counts.current()
-    with app.store.read("reading the overview") as conn:
-        overview = views.overview(
-            conn, alive_within=app.lease_seconds, counts=counted.counts, counted_at=counted.at
-        )
+    overview = app.store.overview(alive_within=app.lease_seconds, counted=run_counts.current())
     totals: dict[str, int] = {}
     for counts in overview.counts.values():
         for run_status, count in counts.items():
@@ -124,14 +121,12 @@ def summary(app: AppDep, run_counts: RunCountsDep) -> SummaryOut:
 @router.get("/sensors", response_model=list[SensorOut], tags=["sensors"])
 def list_sensors(app: AppDep) -> list[SensorOut]:
     """Every sensor in the store, failing first."""
-    with app.store.read("listing sensors") as conn:
-        return [SensorOut.of(s) for s in views.list_sensors(conn)]
+    return [SensorOut.of(s) for s in app.store.sensors_failing_first()]
 
 
 @router.get("/sensors/{name}", response_model=SensorOut, tags=["sensors"])
 def get_sensor(app: AppDep, name: SensorName) -> SensorOut:
-    with app.store.read("reading a sensor") as conn:
-        state = views.get_sensor(conn, name)
+    state = app.store.get_sensor_state(name)
     if state is None:
         raise _not_found(f"sensor {name!r}")
     return SensorOut.of(state)
@@ -146,10 +141,10 @@ def list_evaluations(
     outcome: EvaluationOutcome | None = None,
 ) -> EvaluationPage:
     """The sensor's evaluations, newest first."""
-    with app.store.read("listing evaluations") as conn:
-        if views.get_sensor(conn, name) is None:
-            raise _not_found(f"sensor {name!r}")
-        page = views.list_evaluations(conn, name, outcome=outcome, before_id=before_id, limit=limit)
+    detail = app.store.sensor_detail(name, outcome=outcome, before_id=before_id, limit=limit)
+    if detail is None:
+        raise _not_found(f"sensor {name!r}")
+    page = detail.evaluations
     return EvaluationPage(
         items=[EvaluationOut.of(e) for e in page.items], next_before=page.next_before
     )
@@ -172,16 +167,14 @@ def list_runs(
     with either, in creation order (then id). ``next_before`` pages on in
     the same order either way.
     """
-    with app.store.read("listing runs") as conn:
-        page = views.list_runs(
-            conn,
-            job=job,
-            status=status,
-            since=epoch_seconds(since),
-            until=epoch_seconds(until),
-            before_id=before_id,
-            limit=limit,
-        )
+    page = app.store.run_page(
+        job=job,
+        status=status,
+        since=epoch_seconds(since),
+        until=epoch_seconds(until),
+        before_id=before_id,
+        limit=limit,
+    )
     hidden = sensitive_fields(app)
     return RunPage(
         items=[RunOut.of(r, hidden.get(r.job, frozenset())) for r in page.items],
@@ -202,8 +195,7 @@ def retry(app: AppDep, body: RetryIn) -> RetryOut:
 @router.get("/runs/{run_id:int}", response_model=RunDetailOut, tags=["runs"])
 def get_run(app: AppDep, run_id: RecordId) -> RunDetailOut:
     """A run with its processing log (oldest first) and its last error in full."""
-    with app.store.read("reading a run") as conn:
-        detail = views.run_detail(conn, run_id)
+    detail = app.store.run_detail(run_id)
     if detail is None:
         raise _not_found(f"run {run_id}")
     hidden = sensitive_fields(app).get(detail.run.job, frozenset())
@@ -219,8 +211,7 @@ def dead_letters(
     app: AppDep, job: Annotated[str | None, Query(max_length=200)] = None
 ) -> list[ErrorGroupOut]:
     """Failed and dead runs grouped by job, status and error, largest group first."""
-    with app.store.read("grouping failed runs") as conn:
-        return [ErrorGroupOut.of(g) for g in views.dead_letters(conn, job=job)]
+    return [ErrorGroupOut.of(g) for g in app.store.dead_letters(job=job)]
 
 
 @router.get("/transfers", response_model=TransferPage, tags=["transfers"])
@@ -230,29 +221,24 @@ def list_transfers(
     before_id: BeforeId = None,
     limit: Limit = 50,
 ) -> TransferPage:
-    with app.store.read("listing transfers") as conn:
-        page = views.list_transfers(conn, status=status, before_id=before_id, limit=limit)
+    page = app.store.transfer_page(status=status, before_id=before_id, limit=limit)
     return TransferPage(items=[TransferOut.of(t) for t in page.items], next_before=page.next_before)
 
 
 @router.get("/transfers/{transfer_id:int}", response_model=TransferDetailOut, tags=["transfers"])
 def get_transfer(app: AppDep, transfer_id: RecordId) -> TransferDetailOut:
-    with app.store.read("reading a transfer") as conn:
-        found = views.transfer_detail(conn, transfer_id)
+    found = app.store.transfer_detail(transfer_id)
     if found is None:
         raise _not_found(f"transfer {transfer_id}")
-    transfer, parts = found
     return TransferDetailOut(
-        transfer=TransferOut.of(transfer), parts=[TransferPartOut.of(p) for p in parts]
+        transfer=TransferOut.of(found.transfer), parts=[TransferPartOut.of(p) for p in found.parts]
     )
 
 
 @router.get("/workers", response_model=list[WorkerOut], tags=["workers"])
 def list_workers(app: AppDep) -> list[WorkerOut]:
     """Workers newest first, live or not, with the runs each holds."""
-    with app.store.read("listing workers") as conn:
-        found = views.list_workers(conn, views.now(conn), alive_within=app.lease_seconds)
-    return [WorkerOut.of(w) for w in found]
+    return [WorkerOut.of(w) for w in app.store.worker_views(alive_within=app.lease_seconds)]
 
 
 # -- mutations -----------------------------------------------------------------

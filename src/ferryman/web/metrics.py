@@ -44,13 +44,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ferryman.app import App
 from ferryman.model import RunEventKind, RunStatus, TransferStatus
-from ferryman.store import metrics_queries, views
-from ferryman.store.metrics_queries import DURATION_BUCKETS, Folded, Histogram
+from ferryman.store.read_model import (
+    DURATION_BUCKETS,
+    FINISHING_KINDS,
+    Folded,
+    Histogram,
+    MetricsReading,
+    TransferTotals,
+)
 
 router = APIRouter()
 
 CACHE_SECONDS = 5.0
-POSTGRES_SETTLE_SECONDS = 5.0
 
 
 def _histogram(name: str, documentation: str, label: str, by: dict[str, Histogram]) -> Metric:
@@ -84,107 +89,108 @@ class StoreCollector:
             yield from self._cached
 
     def _read(self) -> Iterable[Metric]:
-        store = self.app.store
-        settle = 0.0 if store.ids_in_commit_order else POSTGRES_SETTLE_SECONDS
-        with store.read("reading metrics") as conn:
-            now = views.now(conn)
-            counts = views.run_counts(conn)
-            oldest = views.oldest_due_age(conn, now)
-            totals = metrics_queries.transfer_totals(conn)
-            live = views.count_live_workers(conn, now, alive_within=self.app.lease_seconds)
-            metrics_queries.fold_events(conn, self._folded, now - settle)
-            metrics_queries.fold_evaluations(conn, self._folded, now - settle)
-        folded = self._folded
-
-        runs = GaugeMetricFamily("ferryman_runs", "Runs in the store", labels=["job", "status"])
-        for job, by_status in sorted(counts.items()):
-            for status in RunStatus:
-                runs.add_metric([job, status.value], by_status.get(status, 0))
-        yield runs
-
-        age = GaugeMetricFamily(
-            "ferryman_oldest_due_run_age_seconds",
-            "How long the oldest queued run that is due has waited, by job",
-            labels=["job"],
-        )
-        for job in sorted(counts):
-            age.add_metric([job], oldest.get(job, 0.0))
-        yield age
-
-        finished = CounterMetricFamily(
-            "ferryman_run_finishes",
-            "Attempts that ended a run, by job and outcome (succeeded, failed, dead)",
-            labels=["job", "outcome"],
-        )
-        expirations = CounterMetricFamily(
-            "ferryman_lease_expirations",
-            "Leases that expired (a worker died or stalled), by job",
-            labels=["job"],
-        )
-        retries = CounterMetricFamily(
-            "ferryman_retries",
-            "Runs put back in the queue: retries scheduled after an error, and manual "
-            "retries of failed or dead runs, by job and kind",
-            labels=["job", "kind"],
-        )
-        jobs = sorted({job for job, _ in folded.events} | set(counts))
-        for job in jobs:
-            for kind in metrics_queries.FINISHING_KINDS:
-                finished.add_metric([job, kind.value], folded.events.get((job, kind.value), 0))
-            expired = folded.events.get((job, RunEventKind.LEASE_EXPIRED.value), 0)
-            expirations.add_metric([job], expired)
-            for kind in (RunEventKind.RETRY_SCHEDULED, RunEventKind.REQUEUED):
-                retries.add_metric([job, kind.value], folded.events.get((job, kind.value), 0))
-        yield finished
-        yield expirations
-        yield retries
-        yield _histogram(
-            "ferryman_run_duration_seconds",
-            "Duration of the attempt that finished each run, by job",
-            "job",
-            folded.run_durations,
-        )
-
-        evaluations = CounterMetricFamily(
-            "ferryman_evaluations",
-            "Sensor evaluations by sensor and outcome (ok, failed, conflict, manual)",
-            labels=["sensor", "outcome"],
-        )
-        for (sensor, outcome), count in sorted(folded.evaluations.items()):
-            evaluations.add_metric([sensor, outcome], count)
-        yield evaluations
-        yield _histogram(
-            "ferryman_evaluation_duration_seconds",
-            "Duration of sensor evaluations, by sensor",
-            "sensor",
-            folded.evaluation_durations,
-        )
-
-        transfer_bytes = GaugeMetricFamily(
-            "ferryman_transfer_bytes_confirmed",
-            "Bytes of transfers S3 acknowledged and the store recorded, by transfer status",
-            labels=["status"],
-        )
-        transfer_parts = GaugeMetricFamily(
-            "ferryman_transfer_parts_confirmed",
-            "Parts of transfers S3 acknowledged and the store recorded, by transfer status",
-            labels=["status"],
-        )
-        transfer_count = GaugeMetricFamily(
-            "ferryman_transfers", "Transfers by status", labels=["status"]
-        )
-        for transfer_status in TransferStatus:
-            total = totals.get(transfer_status, metrics_queries.TransferTotals(0, 0, 0))
-            transfer_bytes.add_metric([transfer_status.value], total.bytes_confirmed)
-            transfer_parts.add_metric([transfer_status.value], total.parts_confirmed)
-            transfer_count.add_metric([transfer_status.value], total.transfers)
-        yield transfer_bytes
-        yield transfer_parts
-        yield transfer_count
-
+        reading = self.app.store.read_metrics(self._folded, alive_within=self.app.lease_seconds)
+        yield from _run_gauges(reading)
+        yield from _run_counters(self._folded, set(reading.counts))
+        yield from _evaluation_counters(self._folded)
+        yield from _transfer_gauges(reading.transfers)
         yield GaugeMetricFamily(
-            "ferryman_workers_live", "Workers that sent a heartbeat within a lease", value=live
+            "ferryman_workers_live",
+            "Workers that sent a heartbeat within a lease",
+            value=reading.live_workers,
         )
+
+
+def _run_gauges(reading: MetricsReading) -> Iterator[Metric]:
+    runs = GaugeMetricFamily("ferryman_runs", "Runs in the store", labels=["job", "status"])
+    for job, by_status in sorted(reading.counts.items()):
+        for status in RunStatus:
+            runs.add_metric([job, status.value], by_status.get(status, 0))
+    yield runs
+    age = GaugeMetricFamily(
+        "ferryman_oldest_due_run_age_seconds",
+        "How long the oldest queued run that is due has waited, by job",
+        labels=["job"],
+    )
+    for job in sorted(reading.counts):
+        age.add_metric([job], reading.oldest_due_age.get(job, 0.0))
+    yield age
+
+
+def _run_counters(folded: Folded, counted_jobs: set[str]) -> Iterator[Metric]:
+    finished = CounterMetricFamily(
+        "ferryman_run_finishes",
+        "Attempts that ended a run, by job and outcome (succeeded, failed, dead)",
+        labels=["job", "outcome"],
+    )
+    expirations = CounterMetricFamily(
+        "ferryman_lease_expirations",
+        "Leases that expired (a worker died or stalled), by job",
+        labels=["job"],
+    )
+    retries = CounterMetricFamily(
+        "ferryman_retries",
+        "Runs put back in the queue: retries scheduled after an error, and manual "
+        "retries of failed or dead runs, by job and kind",
+        labels=["job", "kind"],
+    )
+    for job in sorted({job for job, _ in folded.events} | counted_jobs):
+        for kind in FINISHING_KINDS:
+            finished.add_metric([job, kind.value], folded.events.get((job, kind.value), 0))
+        expired = folded.events.get((job, RunEventKind.LEASE_EXPIRED.value), 0)
+        expirations.add_metric([job], expired)
+        for kind in (RunEventKind.RETRY_SCHEDULED, RunEventKind.REQUEUED):
+            retries.add_metric([job, kind.value], folded.events.get((job, kind.value), 0))
+    yield finished
+    yield expirations
+    yield retries
+    yield _histogram(
+        "ferryman_run_duration_seconds",
+        "Duration of the attempt that finished each run, by job",
+        "job",
+        folded.run_durations,
+    )
+
+
+def _evaluation_counters(folded: Folded) -> Iterator[Metric]:
+    evaluations = CounterMetricFamily(
+        "ferryman_evaluations",
+        "Sensor evaluations by sensor and outcome (ok, failed, conflict, manual)",
+        labels=["sensor", "outcome"],
+    )
+    for (sensor, outcome), count in sorted(folded.evaluations.items()):
+        evaluations.add_metric([sensor, outcome], count)
+    yield evaluations
+    yield _histogram(
+        "ferryman_evaluation_duration_seconds",
+        "Duration of sensor evaluations, by sensor",
+        "sensor",
+        folded.evaluation_durations,
+    )
+
+
+def _transfer_gauges(totals: dict[TransferStatus, TransferTotals]) -> Iterator[Metric]:
+    transfer_bytes = GaugeMetricFamily(
+        "ferryman_transfer_bytes_confirmed",
+        "Bytes of transfers S3 acknowledged and the store recorded, by transfer status",
+        labels=["status"],
+    )
+    transfer_parts = GaugeMetricFamily(
+        "ferryman_transfer_parts_confirmed",
+        "Parts of transfers S3 acknowledged and the store recorded, by transfer status",
+        labels=["status"],
+    )
+    transfer_count = GaugeMetricFamily(
+        "ferryman_transfers", "Transfers by status", labels=["status"]
+    )
+    for transfer_status in TransferStatus:
+        total = totals.get(transfer_status, TransferTotals(0, 0, 0))
+        transfer_bytes.add_metric([transfer_status.value], total.bytes_confirmed)
+        transfer_parts.add_metric([transfer_status.value], total.parts_confirmed)
+        transfer_count.add_metric([transfer_status.value], total.transfers)
+    yield transfer_bytes
+    yield transfer_parts
+    yield transfer_count
 
 
 class SourceCollector:

@@ -1,4 +1,4 @@
-"""The dashboard: server-rendered pages over the same views and App calls as the API.
+"""The dashboard: server-rendered pages over the same read model and App calls as the API.
 
 Pages are open to read. Buttons post forms that need a signed-in session
 and its CSRF token (see :mod:`ferryman.web.session`); on a read-only server
@@ -21,8 +21,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ferryman.app import App
+from ferryman.logs import error_summary
 from ferryman.model import RunStatus, TransferStatus, redact
-from ferryman.store import views
+from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount
 from ferryman.store.records import displayable
 from ferryman.web import session
 from ferryman.web.deps import (
@@ -84,6 +85,7 @@ def _when_epoch(seconds: float) -> str:
 templates.env.filters["when"] = _when
 templates.env.filters["when_epoch"] = _when_epoch
 templates.env.filters["size"] = _size
+templates.env.filters["error_summary"] = error_summary
 
 
 def render(request: Request, name: str, settings: WebSettings, **context: Any) -> Response:
@@ -175,7 +177,7 @@ def logout() -> Response:
 # -- overview ------------------------------------------------------------------
 
 
-def _chart(throughput: list[views.MinuteCount]) -> dict[str, Any]:
+def _chart(throughput: list[MinuteCount]) -> dict[str, Any]:
     """Bars for the last hour, scaled to the busiest minute."""
     peak = max((m.succeeded + m.failed for m in throughput), default=0) or 1
     height = 80
@@ -199,11 +201,7 @@ def _chart(throughput: list[views.MinuteCount]) -> dict[str, Any]:
 def overview(
     request: Request, app: AppDep, settings: SettingsDep, run_counts: RunCountsDep
 ) -> Response:
-    counted = run_counts.current()
-    with app.store.read("reading the overview") as conn:
-        found = views.overview(
-            conn, alive_within=app.lease_seconds, counts=counted.counts, counted_at=counted.at
-        )
+    found = app.store.overview(alive_within=app.lease_seconds, counted=run_counts.current())
     return render(
         request,
         "overview.html",
@@ -220,8 +218,7 @@ def overview(
 
 @router.get("/sensors")
 def sensors_page(request: Request, app: AppDep, settings: SettingsDep) -> Response:
-    with app.store.read("listing sensors") as conn:
-        found = views.list_sensors(conn)
+    found = app.store.sensors_failing_first()
     return render(request, "sensors.html", settings, sensors=[_shown(s) for s in found])
 
 
@@ -241,20 +238,17 @@ def sensor_page(
 ) -> Response:
     from ferryman.sensors.engine import present_evaluation
 
-    with app.store.read("reading a sensor") as conn:
-        state = views.get_sensor(conn, name)
-        if state is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sensor {name!r}")
-        page = views.list_evaluations(conn, name, before_id=before_id, limit=PAGE)
-        history = views.cursor_history(conn, name, limit=20)
+    detail = app.store.sensor_detail(name, before_id=before_id, limit=PAGE, history=20)
+    if detail is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sensor {name!r}")
     return render(
         request,
         "sensor.html",
         settings,
-        sensor=_shown(state),
-        evaluations=[present_evaluation(e) for e in page.items],
-        next_before=page.next_before,
-        history=[present_evaluation(e) for e in history],
+        sensor=_shown(detail.state),
+        evaluations=[present_evaluation(e) for e in detail.evaluations.items],
+        next_before=detail.evaluations.next_before,
+        history=[present_evaluation(e) for e in detail.cursor_history],
         source=app.source_stats().get(name),
         source_where=app.sources[name].describe() if name in app.sources else None,
     )
@@ -334,17 +328,15 @@ def runs_page(
     until: Annotated[str, Query(max_length=40)] = "",
     before_id: BeforeId = None,
 ) -> Response:
-    with app.store.read("listing runs") as conn:
-        page = views.list_runs(
-            conn,
-            job=job or None,
-            status=status_filter,
-            since=_parse_time(since),
-            until=_parse_time(until),
-            before_id=before_id,
-            limit=PAGE,
-        )
-        jobs = sorted(set(views.job_names(conn)) | set(app.jobs))
+    page = app.store.run_page(
+        job=job or None,
+        status=status_filter,
+        since=_parse_time(since),
+        until=_parse_time(until),
+        before_id=before_id,
+        limit=PAGE,
+    )
+    jobs = sorted(set(app.store.job_names()) | set(app.jobs))
     filters = {"job": job, "status": status_filter.value if status_filter else "", "since": since}
     filters["until"] = until
     next_query = urllib.parse.urlencode(
@@ -364,8 +356,7 @@ def runs_page(
 
 @router.get("/runs/{run_id}")
 def run_page(request: Request, app: AppDep, settings: SettingsDep, run_id: RecordId) -> Response:
-    with app.store.read("reading a run") as conn:
-        detail = views.run_detail(conn, run_id)
+    detail = app.store.run_detail(run_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
     return render(
@@ -417,11 +408,8 @@ def dead_letters_page(
     settings: SettingsDep,
     job: Annotated[str, Query(max_length=200)] = "",
 ) -> Response:
-    with app.store.read("grouping failed runs") as conn:
-        groups = views.dead_letters(conn, job=job or None)
-    return render(
-        request, "dead_letters.html", settings, groups=groups, sample=views.DEAD_LETTER_SAMPLE
-    )
+    groups = app.store.dead_letters(job=job or None)
+    return render(request, "dead_letters.html", settings, groups=groups, sample=DEAD_LETTER_SAMPLE)
 
 
 def _run_ids(listed: str) -> list[int]:
@@ -468,8 +456,7 @@ def transfers_page(
     status_filter: Annotated[TransferStatus | None, Query(alias="status")] = None,
     before_id: BeforeId = None,
 ) -> Response:
-    with app.store.read("listing transfers") as conn:
-        page = views.list_transfers(conn, status=status_filter, before_id=before_id, limit=PAGE)
+    page = app.store.transfer_page(status=status_filter, before_id=before_id, limit=PAGE)
     return render(
         request, "transfers.html", settings, transfers=page.items, next_before=page.next_before
     )
@@ -479,18 +466,15 @@ def transfers_page(
 def transfer_page(
     request: Request, app: AppDep, settings: SettingsDep, transfer_id: RecordId
 ) -> Response:
-    with app.store.read("reading a transfer") as conn:
-        found = views.transfer_detail(conn, transfer_id)
+    found = app.store.transfer_detail(transfer_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no transfer {transfer_id}")
-    transfer, parts = found
-    return render(request, "transfer.html", settings, transfer=transfer, parts=parts)
+    return render(request, "transfer.html", settings, transfer=found.transfer, parts=found.parts)
 
 
 @router.get("/workers")
 def workers_page(request: Request, app: AppDep, settings: SettingsDep) -> Response:
-    with app.store.read("listing workers") as conn:
-        found = views.list_workers(conn, views.now(conn), alive_within=app.lease_seconds)
+    found = app.store.worker_views(alive_within=app.lease_seconds)
     return render(request, "workers.html", settings, workers=found)
 
 

@@ -18,23 +18,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from ferryman.app import App
 from ferryman.errors import StoreError
-from ferryman.model import RunStatus
-from ferryman.store import views
+from ferryman.store.read_model import RunCount
 from ferryman.supervise import supervised
 
 log = logging.getLogger("ferryman.web")
 
 MIN_AGE_SECONDS = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Counted:
-    counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
-    at: float  # the database's clock when they were counted, seconds since the epoch
 
 
 class RunCounts:
@@ -44,12 +36,12 @@ class RunCounts:
         self.app = app
         self.min_age = min_age
         self._lock = threading.Lock()
-        self._latest: Counted | None = None
+        self._latest: RunCount | None = None
         self._taken = float("-inf")  # time.monotonic() of the latest count
         self._took = 0.0
         self._recounting = False
 
-    def current(self) -> Counted:
+    def current(self) -> RunCount:
         with self._lock:
             latest = self._latest
             stale = time.monotonic() - self._taken >= max(self.min_age, 10 * self._took)
@@ -71,10 +63,9 @@ class RunCounts:
             with self._lock:
                 self._recounting = False
 
-    def _count(self) -> Counted:
+    def _count(self) -> RunCount:
         started = time.monotonic()
-        with self.app.store.read("counting runs") as conn:
-            counted = Counted(counts=views.run_counts(conn), at=views.now(conn))
+        counted = self.app.store.count_runs()
         with self._lock:
             if self._latest is None or counted.at >= self._latest.at:
                 self._latest = counted

@@ -31,8 +31,8 @@ from ferryman.model import (
     redact,
 )
 from ferryman.sensors.engine import present_evaluation, present_state
+from ferryman.store.read_model import ErrorGroup, MinuteCount, WorkerView
 from ferryman.store.records import displayable
-from ferryman.store.views import ErrorGroup, MinuteCount, WorkerView
 from ferryman.web.deps import MAX_ID
 
 MAX_MESSAGE_ID = 1024 * 1024  # characters; the store takes ids of any length

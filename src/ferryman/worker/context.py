@@ -38,7 +38,7 @@ class JobContext:
         worker_id: str,
         lease_seconds: float,
     ) -> None:
-        self._store = store
+        self._run_store = store
         self._run = run
         self._lease_seconds = lease_seconds
         # Set by the heartbeat thread, read by the job's: a flag is enough.
@@ -89,6 +89,16 @@ class JobContext:
         return self._run.lease
 
     @property
+    def store(self) -> Store:
+        """The store the run lives in.
+
+        For ferryman's own helpers that write on the run's behalf, fenced by
+        :attr:`lease` (:func:`ferryman.transfer.upload`); a job writes its
+        effects through :meth:`transaction`.
+        """
+        return self._run_store
+
+    @property
     def last_checkpoint(self) -> Any:
         """The newest checkpoint of this run, from this attempt or an earlier one."""
         return self._last_checkpoint
@@ -122,9 +132,9 @@ class JobContext:
             )
         if self._lease_lost:
             raise LeaseLost(self.run_id, self.lease.token)
-        with self._store.transaction() as conn:
+        with self._run_store.transaction() as conn:
             yield conn
-            self._store.succeed_within(
+            self._run_store.succeed_within(
                 conn, self.lease, attempt=self.attempt, worker_id=self.worker_id
             )
         self._succeeded_in_transaction = True
@@ -138,20 +148,20 @@ class JobContext:
         SQLite for as long as it is open. Reads are not fenced: nothing read
         here commits anything, and on SQLite the read never blocks a writer.
         """
-        with self._store.read(f"reading for run {self.run_id}") as conn:
+        with self._run_store.read_for_job(self.run_id) as conn:
             yield conn
 
     def checkpoint(self, data: Any) -> None:
         """Durably record progress; a later attempt finds it in :attr:`last_checkpoint`."""
         data_json = to_json(data, f"checkpoint of run {self.run_id} ({self.job} {self.run_key!r})")
-        self._store.checkpoint(
+        self._run_store.checkpoint(
             self.lease, attempt=self.attempt, worker_id=self.worker_id, data_json=data_json
         )
         self._last_checkpoint = data
 
     def heartbeat(self) -> None:
         """Renew the lease now (the worker also does so every ``lease_seconds / 3``)."""
-        lost = self._store.renew([self.lease], self._lease_seconds)
+        lost = self._run_store.renew([self.lease], self._lease_seconds)
         if lost:
             self._lease_lost = True
             raise LeaseLost(self.run_id, self.lease.token)

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
+from ferryman.logs import process_id
 from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.dialect import Listener
@@ -87,7 +88,7 @@ class WorkReport:
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{process_id()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(slots=True)

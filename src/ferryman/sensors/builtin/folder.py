@@ -202,33 +202,9 @@ class FolderSensor:
         chosen = scan.candidates[: self.max_per_evaluation]
         rest = scan.candidates[self.max_per_evaluation :]
 
-        requests: list[RunRequest] = []
         decided: list[tuple[int, bytes | None]] = list(scan.refused)
-        unrouted: list[str] = []
-        errors = scan.errors
-        for candidate in chosen:
-            if not os.access(candidate.path, os.R_OK):
-                ctx.logger.error(
-                    "file %s is not readable by this process; skipped until its permissions change",
-                    candidate.relpath,
-                )
-                errors += 1
-                decided.append((candidate.changed, None))
-                continue
-            decided.append((candidate.changed, candidate.digest))
-            job = self.router.job_for(candidate.relpath)
-            if job is UNROUTED:
-                unrouted.append(candidate.relpath)
-                continue
-            payload = {
-                "path": candidate.path,
-                "relpath": candidate.relpath,
-                "size": candidate.size,
-                "mtime_ns": candidate.mtime_ns,
-            }
-            requests.append(
-                RunRequest(candidate.run_key, payload, job if isinstance(job, str) else None)
-            )
+        requests, unrouted, unreadable = self._requests(ctx, chosen, decided)
+        errors = scan.errors + unreadable
         warn_unrouted(ctx.logger, "files", unrouted)
 
         undecided = [c.changed for c in rest]
@@ -257,8 +233,47 @@ class FolderSensor:
             run_requests=requests, cursor=new_cursor, skipped=len(unrouted) + errors
         )
 
+    def _requests(
+        self,
+        ctx: SensorContext,
+        chosen: list[_Candidate],
+        decided: list[tuple[int, bytes | None]],
+    ) -> tuple[list[RunRequest], list[str], int]:
+        """The run requests of the chosen files, each file added to ``decided``;
+        also the files routed to no job, and how many could not be read."""
+        requests: list[RunRequest] = []
+        unrouted: list[str] = []
+        unreadable = 0
+        for candidate in chosen:
+            if not os.access(candidate.path, os.R_OK):
+                ctx.logger.error(
+                    "file %s is not readable by this process; skipped until its permissions change",
+                    candidate.relpath,
+                )
+                unreadable += 1
+                decided.append((candidate.changed, None))
+                continue
+            decided.append((candidate.changed, candidate.digest))
+            job = self.router.job_for(candidate.relpath)
+            if job is UNROUTED:
+                unrouted.append(candidate.relpath)
+                continue
+            payload = {
+                "path": candidate.path,
+                "relpath": candidate.relpath,
+                "size": candidate.size,
+                "mtime_ns": candidate.mtime_ns,
+            }
+            requests.append(
+                RunRequest(candidate.run_key, payload, job if isinstance(job, str) else None)
+            )
+        return requests, unrouted, unreadable
+
     # -- listing -------------------------------------------------------------
 
+    # Longer than the rest on purpose: its inner loop runs once per file in the
+    # folder (a million on a big one), so it reads locals and inlines what a
+    # helper call per file would cost.
     def _scan(
         self, ctx: SensorContext, root: str, state: Watermark, now_ns: int, cutoff: int
     ) -> _Scan:

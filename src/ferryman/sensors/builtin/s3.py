@@ -173,24 +173,7 @@ class S3PrefixSensor:
         chosen = candidates[: self.max_per_evaluation]
         rest = candidates[self.max_per_evaluation :]
 
-        requests: list[RunRequest] = []
-        unrouted: list[str] = []
-        for candidate in chosen:
-            job = self.router.job_for(candidate.key)
-            if job is UNROUTED:
-                unrouted.append(candidate.key)
-                continue
-            payload = {
-                "bucket": self.bucket,
-                "key": candidate.key,
-                "uri": f"s3://{self.bucket}/{candidate.key}",
-                "etag": candidate.etag,
-                "size": candidate.size,
-                "last_modified": candidate.last_modified.isoformat(),
-            }
-            requests.append(
-                RunRequest(candidate.run_key, payload, job if isinstance(job, str) else None)
-            )
+        requests, unrouted = self._requests(chosen)
         warn_unrouted(ctx.logger, "objects", unrouted)
         state.advance(
             ((c.changed, c.digest) for c in chosen),
@@ -210,6 +193,28 @@ class S3PrefixSensor:
             cursor_bytes=len(new_cursor or ""),
         )
         return SensorResult(run_requests=requests, cursor=new_cursor, skipped=len(unrouted))
+
+    def _requests(self, chosen: list[_Candidate]) -> tuple[list[RunRequest], list[str]]:
+        """The run requests of the chosen objects, and the keys routed to no job."""
+        requests: list[RunRequest] = []
+        unrouted: list[str] = []
+        for candidate in chosen:
+            job = self.router.job_for(candidate.key)
+            if job is UNROUTED:
+                unrouted.append(candidate.key)
+                continue
+            payload = {
+                "bucket": self.bucket,
+                "key": candidate.key,
+                "uri": f"s3://{self.bucket}/{candidate.key}",
+                "etag": candidate.etag,
+                "size": candidate.size,
+                "last_modified": candidate.last_modified.isoformat(),
+            }
+            requests.append(
+                RunRequest(candidate.run_key, payload, job if isinstance(job, str) else None)
+            )
+        return requests, unrouted
 
     def _pages(self) -> Iterator[list[dict[str, Any]]]:
         """The prefix's objects, one ListObjectsV2 page at a time."""

@@ -58,7 +58,8 @@ from ferryman.sensors.builtin.sql_state import (
 )
 from ferryman.sensors.builtin.watermark import identity_digest
 from ferryman.sensors.context import SensorContext
-from ferryman.store.processing_log import existing_run_keys, runs_table
+from ferryman.store import Store
+from ferryman.store.processing_log import existing_run_keys, no_run
 
 Where = Mapping[str, Any] | Callable[[sa.Table], sa.ColumnElement[bool]]
 
@@ -123,7 +124,8 @@ class SqlTableSensor:
         self.clock = clock
         self.last_report: dict[str, int] = {}
         self._table: sa.Table | None = None
-        self._store_engine: sa.Engine | None = None
+        self._lookups: Store | None = None  # the store asked which run keys exist
+        self._owned_stores: list[Store] = []
         self.run_key_prefix = f"{schema}.{table}:" if schema else f"{table}:"
         self.__name__ = self.__qualname__ = name or f"table_{table}"
         self.__doc__ = f"Rows of {self.run_key_prefix[:-1]} by {key_column} ({mode} mode)."
@@ -141,13 +143,39 @@ class SqlTableSensor:
                 self._engine = self._reading_engine(self._source)
             return self._engine
 
-    def _store_engine_for(self) -> sa.Engine:
-        engine = self.engine
+    def _store_url(self) -> sa.URL:
+        """The URL of the store whose runs missing mode looks for (without opening it)."""
+        store = self.store
+        if store is None:
+            return self.engine.url
+        if isinstance(store, str | sa.URL):
+            return _normalised_url(store)
+        opened = getattr(store, "store", None)  # an App: the store it evaluates with
+        if isinstance(opened, Store):
+            return opened.url
+        return store.url if isinstance(store, sa.Engine) else store.engine.url
+
+    def _existing_run_keys(
+        self, conn: sa.Connection, run_keys_by_job: Mapping[str, Sequence[str]]
+    ) -> set[tuple[str, str]]:
+        """Which of the run keys have a run: asked of the App's store, of the sensor's own
+        connection when the table is in the store's database, else of a store opened here."""
+        opened = getattr(self.store, "store", None)
+        if isinstance(opened, Store):
+            return opened.existing_run_keys(run_keys_by_job)
+        if self._in_store_database():
+            return existing_run_keys(conn, run_keys_by_job)
+        return self._lookup_store().existing_run_keys(run_keys_by_job)
+
+    def _lookup_store(self) -> Store:
+        """A store of the sensor's own on ``store=``, for lookups only; closed by :meth:`close`."""
+        url = self._store_url()  # before the lock: it may build the engine, which takes it
         with self._lock:
-            if self._store_engine is None:
-                store = self.store
-                self._store_engine = engine if store is None else self._reading_engine(store)
-            return self._store_engine
+            if self._lookups is None:
+                # create=False: a database without ferryman's tables is an error, not a new store.
+                self._lookups = Store(url, create=False, pool_size=1)
+                self._owned_stores.append(self._lookups)
+            return self._lookups
 
     def _reading_engine(self, source: str | sa.URL | sa.Engine | HasEngine) -> sa.Engine:
         """An engine for reads that never hold a write lock.
@@ -176,8 +204,11 @@ class SqlTableSensor:
         with self._lock:
             for engine in self._owned:
                 engine.dispose()
+            for store in self._owned_stores:
+                store.close()
             self._owned.clear()
-            self._engine = self._store_engine = None
+            self._owned_stores.clear()
+            self._engine = self._lookups = None
 
     def _reflect(self, conn: sa.Connection) -> sa.Table:
         # Reflected once; a race between two evaluations only reflects twice.
@@ -366,33 +397,30 @@ class SqlTableSensor:
             )
         return job
 
-    def _same_database(self, store_engine: sa.Engine) -> bool:
-        if store_engine is self.engine:
+    def _in_store_database(self) -> bool:
+        if self.store is None:
             return True
-        return _database_identity(store_engine.url) == _database_identity(self.engine.url)
+        return _database_identity(self._store_url()) == _database_identity(self.engine.url)
 
     def _evaluate_missing(
         self, ctx: SensorContext, conn: sa.Connection, table: sa.Table, cursor: str | None
     ) -> SensorResult:
         job = self._job_for_missing(ctx)
-        store_engine = self._store_engine_for()
         key_type = table.c[self.key_column].type
         python_type = _python_type(key_type)
         if (
             job is not None
             and not self.router.active
             and python_type in (int, str)
-            and self._same_database(store_engine)
+            and self._in_store_database()
         ):
             return self._missing_by_anti_join(conn, table, job)
-        return self._missing_by_lookup(ctx, conn, table, job, store_engine, cursor)
+        return self._missing_by_lookup(ctx, conn, table, job, cursor)
 
     def _missing_by_anti_join(self, conn: sa.Connection, table: sa.Table, job: str) -> SensorResult:
-        runs = runs_table()
         key = table.c[self.key_column]
         run_key = sa.literal(self.run_key_prefix, sa.Text) + sa.cast(key, sa.Text)
-        missing = ~sa.exists().where(runs.c.job == job, runs.c.run_key == run_key)
-        query = self._select(table).where(missing)
+        query = self._select(table).where(no_run(job, run_key))
         requests: list[RunRequest] = []
         skipped: list[str] = []
         for page in self._pages(conn, query, table, None):
@@ -411,7 +439,6 @@ class SqlTableSensor:
         conn: sa.Connection,
         table: sa.Table,
         job: str | None,
-        store_engine: sa.Engine,
         cursor: str | None,
     ) -> SensorResult:
         after = decode_scan_cursor(cursor)
@@ -425,8 +452,7 @@ class SqlTableSensor:
             by_job: dict[str, list[str]] = {}
             for request in candidates:
                 by_job.setdefault(request.job or job or "", []).append(request.run_key)
-            with store_engine.connect() as store_conn:
-                existing = existing_run_keys(store_conn, by_job)
+            existing = self._existing_run_keys(conn, by_job)
             for request in candidates:
                 if (request.job or job or "", request.run_key) not in existing:
                     requests.append(request)
@@ -462,6 +488,7 @@ def _database_identity(url: sa.URL) -> tuple[Any, ...]:
     return (backend, url.host, url.port or 5432, url.database, url.username)
 
 
+# Long only by its keyword arguments and their documentation: the body is one call.
 def sql_table(
     url_or_engine: str | sa.URL | sa.Engine | HasEngine,
     table: str,

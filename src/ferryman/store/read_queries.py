@@ -1,9 +1,14 @@
-"""Read-only views of the store for the HTTP API, the dashboard and ``/metrics``.
+"""The queries behind the read model (:mod:`ferryman.store.read_model`).
 
-Every list is paged by keyset (``before_id``, newest first), so a page costs
-the same on the millionth run as on the first: each query walks an index
-from one end and stops after ``limit`` rows. Counts come from the
-``(job, status, id)`` index, never from a scan of the runs themselves.
+Read-only, for the HTTP API, the dashboard and ``/metrics``. Every list is
+paged by keyset (``before_id``, newest first), so a page costs the same on
+the millionth run as on the first: each query walks an index from one end
+and stops after ``limit`` rows. Counts come from the ``(job, status, id)``
+index, never from a scan of the runs themselves.
+
+The ``/metrics`` counters are folded in from the append-only processing log
+and evaluation history by id: each call reads only the rows after the
+highest id already counted, through the primary key.
 """
 
 from __future__ import annotations
@@ -16,29 +21,19 @@ from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 
+from ferryman.logs import error_summary
 from ferryman.model import (
     Evaluation,
     EvaluationOutcome,
     Run,
-    RunEvent,
+    RunEventKind,
     RunStatus,
-    SensorState,
     Transfer,
-    TransferPart,
     TransferStatus,
     WorkerInfo,
 )
 from ferryman.store import records
-from ferryman.store.dialect import database_now
-from ferryman.store.schema import (
-    run_events,
-    runs,
-    sensor_evaluations,
-    sensors,
-    transfer_parts,
-    transfers,
-    workers,
-)
+from ferryman.store.schema import run_events, runs, sensor_evaluations, transfers, workers
 
 T = TypeVar("T")
 
@@ -64,32 +59,6 @@ class MinuteCount:
     minute: float
     succeeded: int
     failed: int  # failed or dead
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Overview:
-    """What the overview page shows."""
-
-    now: float
-    counted_at: float  # when ``counts`` were taken (they may be a few seconds old)
-    counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
-    oldest_due_age: dict[str, float]  # job -> seconds its oldest due run has waited
-    sensors: list[SensorState]  # failing first
-    throughput: list[MinuteCount]  # the last hour, oldest minute first, no gaps
-    live_workers: int
-    active_transfers: int
-
-    def total(self, status: RunStatus) -> int:
-        return sum(by_status.get(status, 0) for by_status in self.counts.values())
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RunDetail:
-    """A run with its processing log, oldest event first."""
-
-    run: Run
-    events: list[RunEvent]
-    transfers: list[Transfer]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,23 +95,7 @@ def _page(items: list[T], limit: int, ident: int | None) -> Page[T]:
     return Page(items=items, next_before=None)
 
 
-def now(conn: sa.Connection) -> float:
-    """The database's clock, the one every lease and timestamp uses."""
-    return float(conn.execute(sa.select(database_now(conn.dialect.name))).scalar_one())
-
-
 # -- runs ----------------------------------------------------------------------
-
-
-def run_counts(conn: sa.Connection) -> dict[str, dict[RunStatus, int]]:
-    """Runs by job and status, read from the ``(job, status, id)`` index."""
-    rows = conn.execute(
-        sa.select(runs.c.job, runs.c.status, sa.func.count()).group_by(runs.c.job, runs.c.status)
-    )
-    counts: dict[str, dict[RunStatus, int]] = {}
-    for job, status, count in rows:
-        counts.setdefault(job, {})[RunStatus(status)] = int(count)
-    return counts
 
 
 def _job_names_cte() -> Any:
@@ -260,32 +213,9 @@ def _created_before(conn: sa.Connection, run_id: int) -> sa.ColumnElement[bool]:
     )
 
 
-def run_detail(conn: sa.Connection, run_id: int) -> RunDetail | None:
-    row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
-    if row is None:
-        return None
-    events = conn.execute(
-        sa.select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id)
-    ).mappings()
-    owned = conn.execute(
-        sa.select(transfers).where(transfers.c.run_id == run_id).order_by(transfers.c.id)
-    ).mappings()
-    return RunDetail(
-        run=records.run_from_row(row),
-        events=[records.run_event_from_row(e) for e in events],
-        transfers=[records.transfer_from_row(t) for t in owned],
-    )
-
-
-def error_line(error: str | None) -> str:
-    """The line that names an error: the last non-empty line of a traceback."""
-    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no error recorded)"
-
-
 def error_kind(error: str | None) -> str:
-    """:func:`error_line` with its numbers as ``N``: errors that differ only in an id group."""
-    return re.sub(r"\d+", "N", error_line(error))
+    """The error's line with its numbers as ``N``: errors that differ only in an id group."""
+    return re.sub(r"\d+", "N", error_summary(error) or "(no error recorded)")
 
 
 def dead_letters(
@@ -338,18 +268,6 @@ def dead_letters(
 # -- sensors -------------------------------------------------------------------
 
 
-def list_sensors(conn: sa.Connection) -> list[SensorState]:
-    """Every sensor, failing first, then paused, then by name."""
-    rows = conn.execute(sa.select(sensors)).mappings()
-    states = [records.sensor_from_row(row) for row in rows]
-    return sorted(states, key=lambda s: (-s.consecutive_failures, s.status != "paused", s.name))
-
-
-def get_sensor(conn: sa.Connection, name: str) -> SensorState | None:
-    row = conn.execute(sa.select(sensors).where(sensors.c.name == name)).mappings().first()
-    return None if row is None else records.sensor_from_row(row)
-
-
 def list_evaluations(
     conn: sa.Connection,
     name: str,
@@ -393,18 +311,6 @@ def cursor_history(conn: sa.Connection, name: str, limit: int = 50) -> list[Eval
     return [records.evaluation_from_row(row) for row in conn.execute(query).mappings()]
 
 
-def evaluation_counts(conn: sa.Connection) -> dict[str, dict[EvaluationOutcome, int]]:
-    rows = conn.execute(
-        sa.select(
-            sensor_evaluations.c.sensor, sensor_evaluations.c.outcome, sa.func.count()
-        ).group_by(sensor_evaluations.c.sensor, sensor_evaluations.c.outcome)
-    )
-    counts: dict[str, dict[EvaluationOutcome, int]] = {}
-    for sensor, outcome, count in rows:
-        counts.setdefault(sensor, {})[EvaluationOutcome(outcome)] = int(count)
-    return counts
-
-
 # -- transfers and workers -----------------------------------------------------
 
 
@@ -423,20 +329,6 @@ def list_transfers(
         query = query.where(transfers.c.id < before_id)
     items = [records.transfer_from_row(row) for row in conn.execute(query).mappings()]
     return _page(items, limit, items[limit - 1].id if len(items) > limit else None)
-
-
-def transfer_detail(
-    conn: sa.Connection, transfer_id: int
-) -> tuple[Transfer, list[TransferPart]] | None:
-    row = conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).mappings().first()
-    if row is None:
-        return None
-    parts = conn.execute(
-        sa.select(transfer_parts)
-        .where(transfer_parts.c.transfer_id == transfer_id)
-        .order_by(transfer_parts.c.part_number)
-    ).mappings()
-    return records.transfer_from_row(row), [records.transfer_part_from_row(p) for p in parts]
 
 
 def count_active_transfers(conn: sa.Connection) -> int:
@@ -497,29 +389,182 @@ def count_live_workers(conn: sa.Connection, at: float, *, alive_within: float) -
     return int(conn.execute(query).scalar_one())
 
 
-def overview(
-    conn: sa.Connection,
-    *,
-    alive_within: float,
-    counts: dict[str, dict[RunStatus, int]] | None = None,
-    counted_at: float | None = None,
-) -> Overview:
-    """The overview; ``counts`` (taken at ``counted_at``) saves counting every run again."""
-    at = now(conn)
-    if counts is None:
-        counts, counted_at = run_counts(conn), at
-    return Overview(
-        now=at,
-        counted_at=at if counted_at is None else counted_at,
-        counts=counts,
-        oldest_due_age=oldest_due_age(conn, at),
-        sensors=list_sensors(conn),
-        throughput=throughput(conn, at),
-        live_workers=count_live_workers(conn, at, alive_within=alive_within),
-        active_transfers=count_active_transfers(conn),
+# -- /metrics: gauges read whole, counters folded in by id ----------------------
+
+# Upper bounds, in seconds, of the duration histograms (Prometheus' le labels).
+# fmt: off
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+)
+# fmt: on
+FINISHING_KINDS = (RunEventKind.SUCCEEDED, RunEventKind.FAILED, RunEventKind.DEAD)
+FOLD_CHUNK = 200_000  # log rows per query, so that a first fold of a big store stays bounded
+
+
+@dataclasses.dataclass(slots=True)
+class Histogram:
+    """Counts per bucket (not cumulative), their total and the sum of the observations."""
+
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def add(self, buckets: Sequence[int], count: int, total: float) -> None:
+        for index, value in enumerate(buckets):
+            self.buckets[index] += int(value or 0)
+        self.count += count
+        self.total += total
+
+
+@dataclasses.dataclass(slots=True)
+class Folded:
+    """What the log and the evaluation history held up to the watermarks."""
+
+    event_watermark: int = 0
+    evaluation_watermark: int = 0
+    events: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # job, kind
+    run_durations: dict[str, Histogram] = dataclasses.field(default_factory=dict)  # by job
+    evaluations: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    evaluation_durations: dict[str, Histogram] = dataclasses.field(default_factory=dict)
+
+
+def _bucket_columns(duration: sa.ColumnElement[float]) -> list[sa.ColumnElement[int]]:
+    """Observations per bucket, not cumulative; the first bucket has no lower bound,
+    so that the cumulative counts never miss an observation the count has."""
+    lower = (None, *DURATION_BUCKETS[:-1])
+    return [
+        sa.func.sum(
+            sa.case(
+                (
+                    duration <= bound
+                    if low is None
+                    else sa.and_(duration > low, duration <= bound),
+                    1,
+                ),
+                else_=0,
+            )
+        )
+        for low, bound in zip(lower, DURATION_BUCKETS, strict=True)
+    ]
+
+
+def _settled_high(
+    conn: sa.Connection, ident: sa.Column[int], at: sa.Column[float], low: int, cutoff: float
+) -> int | None:
+    """The highest id after ``low`` of rows written before ``cutoff``.
+
+    On PostgreSQL ids are handed out at insert and committed in any order:
+    a row with a lower id may still be on its way. Rows are folded only once
+    they are ``settle_seconds`` old, so the watermark does not pass one by.
+    """
+    query = sa.select(sa.func.max(ident)).where(ident > low, at <= cutoff)
+    high = conn.execute(query).scalar()
+    return None if high is None else int(high)
+
+
+def fold_events(conn: sa.Connection, folded: Folded, cutoff: float) -> None:
+    """Count log rows after ``folded.event_watermark``: by job and kind, durations of finishes.
+
+    A finish is timed from the ``claimed`` row of its own attempt, found by
+    the lease token both carry (every claim takes a new token). Not from the
+    run's ``started_at``: that is the start of the run's *latest* attempt, so
+    after a retry by hand it lies after the earlier finishes, whose durations
+    came out negative. A run that died because its lease expired on the last
+    attempt is counted but not timed: its attempt ended unseen. Durations are
+    never negative, even if the database's clock stepped back.
+    """
+    high = _settled_high(conn, run_events.c.id, run_events.c.at, folded.event_watermark, cutoff)
+    if high is None:
+        return
+    claim = run_events.alias("claim")
+    finishing = [k.value for k in FINISHING_KINDS]
+    elapsed = run_events.c.at - claim.c.at
+    duration = sa.case((elapsed < 0, 0.0), else_=elapsed)
+    timed = sa.case((run_events.c.kind.in_(finishing), duration), else_=None)
+    own_claim = sa.and_(
+        claim.c.run_id == run_events.c.run_id,
+        claim.c.lease_token == run_events.c.lease_token,
+        claim.c.kind == RunEventKind.CLAIMED.value,
+        run_events.c.kind.in_(finishing),
     )
+    while folded.event_watermark < high:
+        low, upper = folded.event_watermark, min(high, folded.event_watermark + FOLD_CHUNK)
+        query = (
+            sa.select(
+                runs.c.job,
+                run_events.c.kind,
+                sa.func.count(),
+                sa.func.count(timed),
+                sa.func.coalesce(sa.func.sum(timed), 0.0),
+                *_bucket_columns(timed),
+            )
+            .select_from(
+                run_events.join(runs, runs.c.id == run_events.c.run_id).outerjoin(claim, own_claim)
+            )
+            .where(run_events.c.id > low, run_events.c.id <= upper)
+            .group_by(runs.c.job, run_events.c.kind)
+        )
+        for job, kind, count, timed_count, total, *buckets in conn.execute(query):
+            folded.events[(job, kind)] = folded.events.get((job, kind), 0) + int(count)
+            if timed_count:
+                folded.run_durations.setdefault(job, Histogram()).add(
+                    buckets, int(timed_count), float(total)
+                )
+        folded.event_watermark = upper
 
 
-def runs_by_ids(conn: sa.Connection, run_ids: Sequence[int]) -> list[Run]:
-    query = sa.select(runs).where(runs.c.id.in_(list(run_ids))).order_by(runs.c.id.desc())
-    return [records.run_from_row(row) for row in conn.execute(query).mappings()]
+def fold_evaluations(conn: sa.Connection, folded: Folded, cutoff: float) -> None:
+    """Count evaluations after ``folded.evaluation_watermark`` by sensor and outcome."""
+    high = _settled_high(
+        conn,
+        sensor_evaluations.c.id,
+        sensor_evaluations.c.finished_at,
+        folded.evaluation_watermark,
+        cutoff,
+    )
+    if high is None:
+        return
+    duration = sensor_evaluations.c.finished_at - sensor_evaluations.c.started_at
+    while folded.evaluation_watermark < high:
+        low = folded.evaluation_watermark
+        upper = min(high, low + FOLD_CHUNK)
+        query = (
+            sa.select(
+                sensor_evaluations.c.sensor,
+                sensor_evaluations.c.outcome,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(duration), 0.0),
+                *_bucket_columns(duration),
+            )
+            .where(sensor_evaluations.c.id > low, sensor_evaluations.c.id <= upper)
+            .group_by(sensor_evaluations.c.sensor, sensor_evaluations.c.outcome)
+        )
+        for sensor, outcome, count, total, *buckets in conn.execute(query):
+            key = (sensor, outcome)
+            folded.evaluations[key] = folded.evaluations.get(key, 0) + int(count)
+            folded.evaluation_durations.setdefault(sensor, Histogram()).add(
+                buckets, int(count), float(total)
+            )
+        folded.evaluation_watermark = upper
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TransferTotals:
+    transfers: int
+    bytes_confirmed: int
+    parts_confirmed: int
+
+
+def transfer_totals(conn: sa.Connection) -> dict[TransferStatus, TransferTotals]:
+    rows = conn.execute(
+        sa.select(
+            transfers.c.status,
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(transfers.c.bytes_confirmed), 0),
+            sa.func.coalesce(sa.func.sum(transfers.c.parts_confirmed), 0),
+        ).group_by(transfers.c.status)
+    )
+    return {
+        TransferStatus(status): TransferTotals(int(count), int(size), int(parts))
+        for status, count, size, parts in rows
+    }

@@ -1,0 +1,310 @@
+"""The read model: what the HTTP API, the dashboard and ``/metrics`` read, as Store methods.
+
+:class:`ReadModel` is mixed into :class:`~ferryman.store.Store`, so a page
+asks ``app.store.overview(...)`` or ``app.store.run_detail(run_id)`` and gets
+records back; no caller outside the store holds a connection. Each method is
+one read transaction, so what it returns is one consistent picture. The
+queries themselves are in :mod:`ferryman.store.read_queries`; single records
+(a run, its processing log, a transfer and its parts) come from the same
+queries the rest of ferryman uses.
+
+Every list is paged by keyset (``before_id``, newest first) and every count
+is read from an index (see :mod:`~ferryman.store.read_queries`), so a page
+costs the same on the millionth run as on the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import sqlalchemy as sa
+
+from ferryman.model import (
+    Evaluation,
+    EvaluationOutcome,
+    Run,
+    RunEvent,
+    RunStatus,
+    SensorState,
+    Transfer,
+    TransferPart,
+    TransferStatus,
+)
+from ferryman.store import processing_log
+from ferryman.store import read_queries as q
+from ferryman.store.queue import RunQueue
+from ferryman.store.read_queries import (
+    DEAD_LETTER_SAMPLE,
+    DURATION_BUCKETS,
+    FINISHING_KINDS,
+    MAX_PAGE,
+    ErrorGroup,
+    Folded,
+    Histogram,
+    MinuteCount,
+    Page,
+    TransferTotals,
+    WorkerView,
+)
+from ferryman.store.sensors import PAUSED, SensorQueries
+from ferryman.store.transfers import TransferQueries
+
+__all__ = [
+    "DEAD_LETTER_SAMPLE",
+    "DURATION_BUCKETS",
+    "FINISHING_KINDS",
+    "MAX_PAGE",
+    "ErrorGroup",
+    "Folded",
+    "Histogram",
+    "MetricsReading",
+    "MinuteCount",
+    "Overview",
+    "Page",
+    "ReadModel",
+    "RunCount",
+    "RunDetail",
+    "SensorDetail",
+    "TransferDetail",
+    "TransferTotals",
+    "WorkerView",
+]
+
+# Where ids are handed out at insert and committed in any order (PostgreSQL),
+# /metrics folds a row of the log only once it is this old (see
+# :func:`~ferryman.store.read_queries.fold_events`); SQLite commits in id order.
+SETTLE_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunCount:
+    """Runs by job and status, and the database's clock when they were counted."""
+
+    counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
+    at: float  # seconds since the epoch
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Overview:
+    """What the overview page shows."""
+
+    now: float
+    counted_at: float  # when ``counts`` were taken (they may be a few seconds old)
+    counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
+    oldest_due_age: dict[str, float]  # job -> seconds its oldest due run has waited
+    sensors: list[SensorState]  # failing first
+    throughput: list[MinuteCount]  # the last hour, oldest minute first, no gaps
+    live_workers: int
+    active_transfers: int
+
+    def total(self, status: RunStatus) -> int:
+        return sum(by_status.get(status, 0) for by_status in self.counts.values())
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunDetail:
+    """A run with its processing log (oldest event first) and its transfers."""
+
+    run: Run
+    events: list[RunEvent]
+    transfers: list[Transfer]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SensorDetail:
+    """A sensor, a page of its evaluations and the newest moves of its cursor."""
+
+    state: SensorState
+    evaluations: Page[Evaluation]
+    cursor_history: list[Evaluation]  # newest first
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TransferDetail:
+    transfer: Transfer
+    parts: list[TransferPart]  # by part number
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsReading:
+    """The gauges of one ``/metrics`` scrape; the counters are in the :class:`Folded`."""
+
+    counts: dict[str, dict[RunStatus, int]]
+    oldest_due_age: dict[str, float]
+    transfers: dict[TransferStatus, TransferTotals]
+    live_workers: int
+
+
+class ReadModel:
+    """The read-only Store methods behind the API, the dashboard and ``/metrics``."""
+
+    runs: RunQueue
+    transfers: TransferQueries
+
+    @property
+    def ids_in_commit_order(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def sensors(self) -> SensorQueries:
+        raise NotImplementedError
+
+    def read(self, doing: str) -> contextlib.AbstractContextManager[sa.Connection]:
+        raise NotImplementedError
+
+    def now(self) -> float:
+        """The database's clock, in seconds since the epoch: the one every lease is measured by."""
+        with self.read("reading the clock") as conn:
+            return self.runs.now(conn)
+
+    # -- runs ----------------------------------------------------------------
+
+    def count_runs(self) -> RunCount:
+        """Runs by job and status, read from the ``(job, status, id)`` index.
+
+        The one read of the overview whose cost grows with the store (about
+        a tenth of a second per million runs): the server keeps the latest.
+        """
+        with self.read("counting runs") as conn:
+            return RunCount(counts=self.runs.counts(conn), at=self.runs.now(conn))
+
+    def overview(self, *, alive_within: float, counted: RunCount | None = None) -> Overview:
+        """The overview; ``counted`` (an earlier :meth:`count_runs`) saves counting again."""
+        with self.read("reading the overview") as conn:
+            at = self.runs.now(conn)
+            if counted is None:
+                counted = RunCount(counts=self.runs.counts(conn), at=at)
+            return Overview(
+                now=at,
+                counted_at=counted.at,
+                counts=counted.counts,
+                oldest_due_age=q.oldest_due_age(conn, at),
+                sensors=self._sensors_failing_first(conn),
+                throughput=q.throughput(conn, at),
+                live_workers=q.count_live_workers(conn, at, alive_within=alive_within),
+                active_transfers=q.count_active_transfers(conn),
+            )
+
+    def run_page(
+        self,
+        *,
+        job: str | None = None,
+        status: RunStatus | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> Page[Run]:
+        """Runs newest first; ``since``/``until`` bound when they were created
+        (see :func:`~ferryman.store.read_queries.list_runs`)."""
+        with self.read("listing runs") as conn:
+            return q.list_runs(
+                conn,
+                job=job,
+                status=status,
+                since=since,
+                until=until,
+                before_id=before_id,
+                limit=limit,
+            )
+
+    def job_names(self) -> list[str]:
+        """Every job that has runs; cheap however many runs there are."""
+        with self.read("listing job names") as conn:
+            return q.job_names(conn)
+
+    def run_detail(self, run_id: int) -> RunDetail | None:
+        """The run, its processing log and its transfers, read together."""
+        with self.read("reading a run") as conn:
+            run = self.runs.get_run(conn, run_id)
+            if run is None:
+                return None
+            return RunDetail(
+                run=run,
+                events=self.runs.get_events(conn, run_id),
+                transfers=self.transfers.list(conn, run_id=run_id)[::-1],
+            )
+
+    def existing_run_keys(
+        self, run_keys_by_job: Mapping[str, Sequence[str]]
+    ) -> set[tuple[str, str]]:
+        """The ``(job, run_key)`` pairs among ``run_keys_by_job`` that have a run."""
+        with self.read("looking up run keys") as conn:
+            return processing_log.existing_run_keys(conn, run_keys_by_job)
+
+    def dead_letters(self, *, job: str | None = None) -> list[ErrorGroup]:
+        """Failed and dead runs grouped by job, status and error line, largest group first."""
+        with self.read("grouping failed runs") as conn:
+            return q.dead_letters(conn, job=job)
+
+    # -- sensors -------------------------------------------------------------
+
+    def _sensors_failing_first(self, conn: sa.Connection) -> list[SensorState]:
+        return sorted(
+            self.sensors.states(conn),
+            key=lambda s: (-s.consecutive_failures, s.status != PAUSED, s.name),
+        )
+
+    def sensors_failing_first(self) -> list[SensorState]:
+        """Every sensor in the store, failing first, then paused, then by name."""
+        with self.read("listing sensors") as conn:
+            return self._sensors_failing_first(conn)
+
+    def sensor_detail(
+        self,
+        name: str,
+        *,
+        outcome: EvaluationOutcome | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+        history: int = 0,
+    ) -> SensorDetail | None:
+        """The sensor, a page of its evaluations (newest first) and its last ``history``
+        cursor moves; None if the store has no such sensor."""
+        with self.read("reading a sensor") as conn:
+            state = self.sensors.state(conn, name)
+            if state is None:
+                return None
+            page = q.list_evaluations(conn, name, outcome=outcome, before_id=before_id, limit=limit)
+            moves = q.cursor_history(conn, name, limit=history) if history else []
+            return SensorDetail(state=state, evaluations=page, cursor_history=moves)
+
+    # -- transfers and workers -----------------------------------------------
+
+    def transfer_page(
+        self, *, status: TransferStatus | None = None, before_id: int | None = None, limit: int = 50
+    ) -> Page[Transfer]:
+        with self.read("listing transfers") as conn:
+            return q.list_transfers(conn, status=status, before_id=before_id, limit=limit)
+
+    def transfer_detail(self, transfer_id: int) -> TransferDetail | None:
+        with self.read("reading a transfer") as conn:
+            transfer = self.transfers.get(conn, transfer_id)
+            if transfer is None:
+                return None
+            return TransferDetail(transfer=transfer, parts=self.transfers.parts(conn, transfer_id))
+
+    def worker_views(self, *, alive_within: float) -> list[WorkerView]:
+        """Workers newest first, live or not, each with the runs it holds."""
+        with self.read("listing workers") as conn:
+            return q.list_workers(conn, self.runs.now(conn), alive_within=alive_within)
+
+    # -- /metrics ------------------------------------------------------------
+
+    def read_metrics(self, folded: Folded, *, alive_within: float) -> MetricsReading:
+        """The gauges now, and the log and evaluations written since ``folded`` last saw them
+        folded into it (in place)."""
+        with self.read("reading metrics") as conn:
+            now = self.runs.now(conn)
+            cutoff = now if self.ids_in_commit_order else now - SETTLE_SECONDS
+            reading = MetricsReading(
+                counts=self.runs.counts(conn),
+                oldest_due_age=q.oldest_due_age(conn, now),
+                transfers=q.transfer_totals(conn),
+                live_workers=q.count_live_workers(conn, now, alive_within=alive_within),
+            )
+            q.fold_events(conn, folded, cutoff)
+            q.fold_evaluations(conn, folded, cutoff)
+            return reading
