@@ -99,7 +99,7 @@ def test_a_crash_of_the_sensor_loop_shows_in_status_report_and_dashboard(
 
     monkeypatch.setattr(engine, "poll_definitions", first_call_crashes)
     loop = SensorDaemon(engine, idle_wait=0.05)
-    worker = Worker(app.store, {"load": app._job("load")}, lease_seconds=0.6)
+    worker = Worker(app.store, {"load": app.jobs["load"]}, lease_seconds=0.6)
     reports: list[fm.WorkReport] = []
     working = threading.Thread(target=lambda: reports.append(worker.run(handle_signals=False)))
     working.start()

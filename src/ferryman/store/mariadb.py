@@ -325,11 +325,10 @@ class MariaDBBackend(Backend):
             if _code(exc.orig) != DUPLICATE_KEY:
                 raise
         created = self.insert_absent(conn, runs, rows, unique=["key_digest"], returning=runs.c.id)
-        return list(
-            conn.execute(
-                sa.select(runs.c.id, runs.c.key_digest).where(runs.c.id.in_(created))
-            ).tuples()
+        rows_created = conn.execute(
+            sa.select(runs.c.id, runs.c.key_digest).where(runs.c.id.in_(created))
         )
+        return [(row.id, bytes(row.key_digest)) for row in rows_created]
 
     def expired_leases(
         self, conn: sa.Connection, *, now: float, jobs: Sequence[str], limit: int
