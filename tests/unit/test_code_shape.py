@@ -25,9 +25,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "store/migrations/versions/0001_initial.py:upgrade": "one schema version's DDL",
     "store/migrations/versions/0002_transfers.py:upgrade": "one schema version's DDL",
     # Offenders in code under rework elsewhere; remove each as it is split.
-    "sensors/builtin/folder.py:FolderSensor._scan": "to split (walk, stability check)",
-    "sensors/builtin/sql_table.py:sql_table": "to split (argument checks, query building)",
-    "sensors/builtin/folder.py:folder": "to split (argument checks, sensor building)",
     "store/downloads.py:DownloadQueries.open": "to split (resume or start afresh)",
     "transfer/__init__.py:download": "to split (argument checks, the download itself)",
     # A Typer command declares each option as an annotated parameter: its
