@@ -51,6 +51,7 @@ class RunEventKind(enum.StrEnum):
     RELEASED = "released"
     REQUEUED = "requeued"
     CANCELLED = "cancelled"
+    SUBMITTED = "submitted"  # the run's success enqueued runs it asked for (ctx.submit)
 
 
 class EvaluationOutcome(enum.StrEnum):

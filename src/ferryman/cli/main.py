@@ -26,6 +26,7 @@ from ferryman import logs
 from ferryman.app import DEFAULT_STORE, App
 from ferryman.cli import download as cli_download
 from ferryman.cli import errors as cli_errors
+from ferryman.cli import runctl as cli_runctl
 from ferryman.cli import sensors as cli_sensors
 from ferryman.cli import serve as cli_serve
 from ferryman.cli import sync as cli_sync
@@ -463,37 +464,6 @@ def runs_show(
         out.print(run.last_error, highlight=False, markup=False)
 
 
-class RetryableStatus(enum.StrEnum):
-    FAILED = "failed"
-    DEAD = "dead"
-
-
-@cli.command()
-def retry(
-    run_ids: Annotated[list[int] | None, typer.Argument(help="Run ids.")] = None,
-    job: Annotated[str | None, typer.Option("--job")] = None,
-    status_filter: Annotated[
-        RetryableStatus | None, typer.Option("--status", help="failed or dead (default both).")
-    ] = None,
-) -> None:
-    """Put failed or dead runs back in the queue, same run_key, fresh attempts."""
-    if not run_ids and job is None and status_filter is None:
-        fail("name run ids, or --job and/or --status", EXIT_USAGE)
-    status = None if status_filter is None else RunStatus(status_filter.value)
-    requeued = settings.app().retry(run_ids or None, job=job, status=status, by="cli")
-    out.print(f"requeued {len(requeued)} runs", highlight=False)
-    if not requeued:
-        raise typer.Exit(EXIT_NOT_FOUND)
-
-
-@cli.command()
-def cancel(run_id: Annotated[int, typer.Argument(help="Run id.")]) -> None:
-    """Cancel a queued run."""
-    if not settings.app().cancel(run_id, by="cli"):
-        fail(f"run {run_id} is not queued (or does not exist); nothing cancelled", EXIT_NOT_FOUND)
-    out.print(f"cancelled run {run_id}", highlight=False)
-
-
 # -- db ----------------------------------------------------------------------
 
 
@@ -516,6 +486,7 @@ cli_sensors.register(cli, lambda: settings.app())
 cli_transfers.register(cli, lambda: settings.app())
 cli_serve.register(cli, lambda: settings.app())
 cli_download.register(cli, lambda: settings.app())
+cli_runctl.register(cli, lambda: settings.app())
 cli_sync.register(cli, lambda: settings.store or DEFAULT_STORE)
 
 

@@ -62,6 +62,7 @@ class ClaimedRun:
     max_attempts: int
     lease_token: int
     checkpoint: Any
+    claimed_at: float = 0.0  # the database's clock when this claim was made
 
     @property
     def lease(self) -> Lease:
@@ -84,6 +85,8 @@ class Outcome:
     attempt: int
     error: str | None = None
     retry_delay: float = 0.0
+    # Runs the job asked for (``ctx.submit``): enqueued only with this success.
+    children: tuple[NewRun, ...] = ()
 
 
 T = TypeVar("T")
@@ -214,8 +217,9 @@ def lease_update(run_ids: Any) -> sa.Update:
     )
 
 
-def claimed_run(row: Any) -> ClaimedRun:
+def claimed_run(row: Any, claimed_at: float = 0.0) -> ClaimedRun:
     return ClaimedRun(
+        claimed_at=claimed_at,
         id=row.id,
         job=row.job,
         run_key=row.run_key,

@@ -311,17 +311,22 @@ def ingest(app: AppDep, name: SensorName, body: MessageIn, response: Response) -
     "/runs/{run_id:int}/cancel",
     response_model=CancelOut,
     dependencies=[Token],
-    responses={**GUARDED, 409: {"model": ErrorOut, "description": "the run is not queued"}},
+    responses={
+        **GUARDED,
+        409: {"model": ErrorOut, "description": "the run is neither queued nor running"},
+    },
     tags=["runs"],
 )
 def cancel(app: AppDep, run_id: RecordId) -> CancelOut:
-    """Cancel a queued run."""
-    run = app.get_run(run_id)
-    if run is None:
-        raise _not_found(f"run {run_id}")
-    if not app.cancel(run_id, by="api"):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}, not queued")
-    cancelled = app.get_run(run_id)
-    assert cancelled is not None
+    """Cancel a queued or running run (a running run's lease is revoked: nothing it writes
+    afterwards commits)."""
+    cancelled = app.cancel(run_id, by="api")
+    if cancelled is None:
+        run = app.get_run(run_id)
+        if run is None:
+            raise _not_found(f"run {run_id}")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}, not queued or running"
+        )
     hidden = sensitive_fields(app).get(cancelled.job, frozenset())
     return CancelOut(cancelled=True, run=RunOut.of(cancelled, hidden))

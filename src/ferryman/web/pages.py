@@ -398,7 +398,8 @@ def cancel_run(
     if refused is not None:
         return refused
     cancelled = app.cancel(run_id, by="dashboard")
-    return _back(f"/runs/{run_id}", "cancelled" if cancelled else "only a queued run is cancelled")
+    message = "cancelled" if cancelled else "only a queued or running run is cancelled"
+    return _back(f"/runs/{run_id}", message)
 
 
 @router.get("/dead-letters")

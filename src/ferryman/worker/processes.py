@@ -9,6 +9,8 @@ its runs come back to the queue when their leases expire, each having used an
 attempt, so a run that kills every process it meets ends ``dead`` after
 ``max_attempts``. Children that keep dying soon after they start are replaced
 after a growing delay (1 s, 2 s, 4 s ... up to a minute), never in a tight loop.
+A child that ended itself because a job ignored its timeout
+(:mod:`ferryman.worker.deadlines`) is replaced at once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from types import FrameType
 from typing import NoReturn
 
 from ferryman.model import Backoff
+from ferryman.worker.deadlines import EXIT_HUNG
 from ferryman.worker.worker import Worker, WorkReport
 
 log = logging.getLogger("ferryman.worker")
@@ -84,7 +87,13 @@ def run_processes(
             read_end, started = child
             _collect(read_end, total)
             code = os.waitstatus_to_exitcode(status)
-            if code != 0 and not stopping.is_set() and not until_idle:
+            if code == EXIT_HUNG and not stopping.is_set():
+                # It ended itself over a job that ignored its timeout: the
+                # process is sound, replace it at once, even when working
+                # until idle (the timed-out run is queued again).
+                log.warning("worker process %d ended over a hung job; replacing it", pid)
+                spawn()
+            elif code != 0 and not stopping.is_set() and not until_idle:
                 if restarts.wait(pid, code, time.monotonic() - started, stopping):
                     spawn()
             elif code != 0:
