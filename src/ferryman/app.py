@@ -420,10 +420,9 @@ class App:
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
         )
-        store = self.store
         make_worker = functools.partial(
             Worker,
-            store,
+            self.store,
             {name: self._jobs.definition(name) for name in (jobs or self._jobs)},
             lease_seconds=self.lease_seconds,
             concurrency=concurrency,
@@ -432,7 +431,6 @@ class App:
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
             plan_runs=self._jobs.new_runs,
-            exit_when_hung=processes is not None,
         )
         if processes is None:
             worker = make_worker()
@@ -443,7 +441,7 @@ class App:
             make_worker,
             processes=processes,
             until_idle=until_idle,
-            after_fork=functools.partial(_after_fork, store),
+            after_fork=functools.partial(_after_fork, self.store),
             on_started=on_started,
         )
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 import ferryman as fm
 from tests.helpers import wait_until
+from tests.properties.replay import replay
 
 QUICK = fm.Backoff(base=0.01, factor=1.0, max=0.01)
 effects = sa.table("rc_effects", sa.column("run_key"), sa.column("attempt"))
@@ -29,6 +30,18 @@ def effect_rows(app: fm.App) -> list[tuple[str, int]]:
 
 def events(app: fm.App, run_id: int) -> list[fm.RunEvent]:
     return app.get_run_events(run_id)
+
+
+def assert_log_replays(app: fm.App, run_id: int) -> None:
+    """The processing log alone rebuilds the run's status, attempt and token."""
+    run = app.get_run(run_id)
+    assert run is not None
+    replayed = replay(events(app, run_id))
+    assert (replayed.status, replayed.attempt, replayed.lease_token) == (
+        run.status,
+        run.attempt,
+        run.lease_token,
+    )
 
 
 def wait_cancelled(ctx: fm.JobContext, within: float = 30.0) -> None:
@@ -78,6 +91,7 @@ def test_timeout_retries_with_the_message_and_refuses_a_late_commit(
     assert deadline - claimed.at == pytest.approx(timedelta(seconds=0.5), abs=timedelta(0.01))
     # The token was bumped with the timeout: the second claim's is two on.
     assert events(app, run_id)[3].lease_token == claimed.lease_token + 2  # type: ignore[operator]
+    assert_log_replays(app, run_id)
 
 
 def test_a_timeout_on_the_last_attempt_is_dead(make_app: type[fm.App]) -> None:
@@ -156,6 +170,7 @@ def test_cancel_a_running_run(make_app: type[fm.App], commit_path: str) -> None:
     assert last.kind is fm.RunEventKind.CANCELLED and last.worker_id == "alice"
     assert last.detail == {"by": "alice", "was": "running"}
     assert reports[0].succeeded == 0 and reports[0].lease_lost == 1
+    assert_log_replays(app, run_id)
 
 
 def test_cancel_returns_the_run_or_none(make_app: type[fm.App]) -> None:

@@ -52,7 +52,11 @@ def _report(app: App, verb: str, run_ids: Sequence[int], as_json: bool) -> None:
 
 def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
     """Add ``cancel`` and ``retry`` to ``cli``."""
+    _add_retry(cli, load_app)
+    _add_cancel(cli, load_app)
 
+
+def _add_retry(cli: typer.Typer, load_app: Callable[[], App]) -> None:
     @cli.command()
     def retry(
         run_ids: Annotated[list[int] | None, typer.Argument(help="Run ids.")] = None,
@@ -80,6 +84,8 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         if not requeued:
             raise typer.Exit(EXIT_NOT_FOUND)
 
+
+def _add_cancel(cli: typer.Typer, load_app: Callable[[], App]) -> None:
     @cli.command()
     def cancel(
         run_id: Annotated[int | None, typer.Argument(help="Run id.")] = None,

@@ -296,10 +296,10 @@ class Store(ReadModel):
         with self.write("cancelling runs") as conn:
             return self.runs.cancel_where(conn, job=job, status=status, by=by)
 
-    def time_out(self, outcome: Outcome, *, worker_id: str) -> bool:
+    def time_out(self, outcome: Outcome, *, timeout: float, worker_id: str) -> bool:
         """End an attempt that outlived its job's timeout, fenced; False if the lease was lost."""
         with self.write("ending an attempt past its timeout") as conn:
-            return self.leases.time_out(conn, outcome, worker_id=worker_id)
+            return self.leases.time_out(conn, outcome, timeout=timeout, worker_id=worker_id)
 
     def get_runs(self, **filters: Any) -> list[Run]:
         with self.read("reading runs") as conn:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from ferryman.errors import LeaseLost
 from ferryman.model import RunEventKind, RunStatus
+from ferryman.store import records
 from ferryman.store.dialect import Backend, ClaimRequest
 from ferryman.store.run_rows import (
     CHUNK,
@@ -163,11 +164,14 @@ class Leases:
         )
         return [outcome.lease in accepted for outcome in outcomes]
 
-    def time_out(self, conn: sa.Connection, outcome: Outcome, *, worker_id: str) -> bool:
+    def time_out(
+        self, conn: sa.Connection, outcome: Outcome, *, timeout: float, worker_id: str
+    ) -> bool:
         """End an attempt that outlived its timeout (a retry or a death), fenced by its lease.
 
         The lease token is bumped with it: the job may still be running, and
-        nothing it writes afterwards may commit. False if the lease was lost.
+        nothing it writes afterwards may commit. Its log row (``retry_scheduled``
+        or ``dead``) says ``timeout`` in its detail. False if the lease was lost.
         """
         now = self.backend.clock(conn)
         values = end_values(outcome, now)
@@ -187,7 +191,10 @@ class Leases:
         if not ended:
             return False
         self.backend.wake(conn, {row.job for row in ended})
-        self.backend.log_events(conn, [outcome_event(outcome, now, worker_id)])
+        logged = outcome_event(outcome, now, worker_id)
+        detail = {**records.from_json(logged["detail"]), "timeout": timeout}
+        logged["detail"] = records.to_json(detail, "event detail")
+        self.backend.log_events(conn, [logged])
         return True
 
     def release(

@@ -112,7 +112,9 @@ class DeadlineWatcher:
         run, message = watched.run, timed_out_message(watched.timeout)
         outcome = self._outcome(watched, message)
         try:
-            accepted = self.store.time_out(outcome, worker_id=self.worker_id)
+            accepted = self.store.time_out(
+                outcome, timeout=watched.timeout, worker_id=self.worker_id
+            )
         except StoreError as exc:
             watched.failures += 1
             watched.due = time.monotonic() + STORE_RETRY.delay(watched.failures, self.worker_id)

@@ -87,21 +87,29 @@ def run_processes(
             read_end, started = child
             _collect(read_end, total)
             code = os.waitstatus_to_exitcode(status)
-            if code == EXIT_HUNG and not stopping.is_set():
-                # It ended itself over a job that ignored its timeout: the
-                # process is sound, replace it at once, even when working
-                # until idle (the timed-out run is queued again).
-                log.warning("worker process %d ended over a hung job; replacing it", pid)
+            if code != 0 and _replace(pid, code, started, until_idle, stopping, restarts):
                 spawn()
-            elif code != 0 and not stopping.is_set() and not until_idle:
-                if restarts.wait(pid, code, time.monotonic() - started, stopping):
-                    spawn()
             elif code != 0:
                 total.errors.append(f"worker process {pid} exited with {code}")
     finally:
         restore_signals()
         stopping.close()
     return total
+
+
+def _replace(
+    pid: int, code: int, started: float, until_idle: bool, stopping: _StopFlag, restarts: _Restarts
+) -> bool:
+    """Whether child ``pid``, which exited with ``code``, is to be replaced (after a wait)."""
+    if stopping.is_set():
+        return False
+    if code == EXIT_HUNG:
+        # It ended itself over a job that ignored its timeout: the process is
+        # sound, replace it at once, even when working until idle (the
+        # timed-out run is queued again).
+        log.warning("worker process %d ended over a hung job; replacing it", pid)
+        return True
+    return not until_idle and restarts.wait(pid, code, time.monotonic() - started, stopping)
 
 
 def _install(handler: Callable[[int, FrameType | None], None]) -> Callable[[], None]:
@@ -128,7 +136,9 @@ def _child(
     code = 0
     try:
         after_fork()
-        report = make_worker().run(until_idle=until_idle, handle_signals=True)
+        worker = make_worker()
+        worker.exit_when_hung = True  # a hung job ends this process; the supervisor replaces it
+        report = worker.run(until_idle=until_idle, handle_signals=True)
         os.write(write_end, json.dumps(asdict(report)).encode())
     except BaseException:
         log.exception("worker process failed")
