@@ -46,7 +46,7 @@ from ferryman.cli.output import (
     print_json,
 )
 from ferryman.cli.progress import WorkProgress
-from ferryman.model import Run, RunStatus, redact
+from ferryman.model import Run, RunStatus, chain_links, redact
 from ferryman.store import upgrade as upgrade_store
 
 LIVE_INTERVAL = 0.5  # seconds between refreshes of the progress view
@@ -435,8 +435,10 @@ def runs_show(
         fail(f"no run {run_id} in store", EXIT_NOT_FOUND)
     run = shown(app, run)
     events = app.get_run_events(run_id)
+    parent, children = chain_links(events)
     if as_json:
-        print_json({"run": run, "events": events})
+        links = {"parent_run_id": parent, "child_run_ids": children}
+        print_json({"run": run, "events": events, **links})
         return
     out.print(
         f"[bold]run {run.id}[/] {run.job} {run.run_key!r}: [bold]{run.status.value}[/] "
@@ -446,6 +448,10 @@ def runs_show(
     out.print(f"payload: {json.dumps(run.payload)[:500]}", highlight=False, soft_wrap=True)
     if run.checkpoint is not None:
         out.print(f"checkpoint: {json.dumps(run.checkpoint)[:500]}", highlight=False)
+    if parent is not None:
+        out.print(f"requested by run {parent}", highlight=False)
+    if children:
+        out.print(f"requested runs: {', '.join(map(str, children))}", highlight=False)
     table = Table(title="processing log")
     for column in ("at", "event", "attempt", "worker", "token", "detail"):
         table.add_column(column, overflow="fold")

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 
 from ferryman.app import App
-from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus
+from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus, chain_links
 from ferryman.store.read_model import MAX_PAGE
 from ferryman.web.deps import AppDep, BeforeId, RecordId, RunCountsDep, require_token
 from ferryman.web.schemas import (
@@ -199,10 +199,13 @@ def get_run(app: AppDep, run_id: RecordId) -> RunDetailOut:
     if detail is None:
         raise _not_found(f"run {run_id}")
     hidden = sensitive_fields(app).get(detail.run.job, frozenset())
+    parent, children = chain_links(detail.events)
     return RunDetailOut(
         run=RunOut.of(detail.run, hidden),
         events=[RunEventOut.of(e) for e in detail.events],
         transfers=[TransferOut.of(t) for t in detail.transfers],
+        parent_run_id=parent,
+        child_run_ids=children,
     )
 
 
