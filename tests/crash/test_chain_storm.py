@@ -34,7 +34,7 @@ from tests.crash.support import (
 from tests.crash.worker_main import build_app, effects, metadata
 from tests.helpers import wait_until
 
-PARENTS = int(storm_setting("CHAIN_RUNS", 300))
+PARENTS = int(storm_setting("CHAIN_RUNS", 400))
 WORKERS = 3
 LEASE_SECONDS = 2.0
 STORM_SECONDS = storm_setting("CHAIN_SECONDS", 15.0)
@@ -101,7 +101,8 @@ def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
                 stop(workers[slot])
                 kills += 1
                 workers[slot] = start(slot)
-                if status_counts(app).get("succeeded", 0) >= PARENTS:
+                # Cut off while the last parents and leaves are still in flight.
+                if status_counts(app).get("succeeded", 0) >= 2 * PARENTS * 9 // 10:
                     break
         finally:
             for worker in workers:
@@ -135,9 +136,11 @@ def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
         )
         assert set(per_key) == expected and set(per_key.values()) == {1}, context
 
+        expiries = 0
         for key, parent in parents.items():
             leaf = leaves[f"{key}/leaf"]
             parent_events = app.get_run_events(parent.id)
+            expiries += sum(e.kind is fm.RunEventKind.LEASE_EXPIRED for e in parent_events)
             submitted = [e for e in parent_events if e.kind is fm.RunEventKind.SUBMITTED]
             (success,) = (e for e in parent_events if e.kind is fm.RunEventKind.SUCCEEDED)
             assert len(submitted) == 1, (key, parent_events, context)
@@ -147,7 +150,11 @@ def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
             assert requested.kind is fm.RunEventKind.REQUESTED
             assert requested.detail == {"parent_run_id": parent.id}
 
-        assert kills >= 5, context
-        print(f"{kills} kills, {in_flight_leaves} leaves when the storm was cut ({context})")
+        # The storm did strike: kills landed on parents mid-work.
+        assert kills >= 3 and expiries > 0, context
+        print(
+            f"{kills} kills, {expiries} parent leases expired, {in_flight_leaves} leaves when "
+            f"the storm was cut ({context})"
+        )
     finally:
         app.close()
