@@ -34,7 +34,7 @@ from tests.crash.support import (
 from tests.crash.worker_main import build_app, effects, metadata
 from tests.helpers import wait_until
 
-PARENTS = int(storm_setting("CHAIN_RUNS", 400))
+PARENTS = int(storm_setting("CHAIN_RUNS", 300))
 WORKERS = 3
 LEASE_SECONDS = 2.0
 STORM_SECONDS = storm_setting("CHAIN_SECONDS", 15.0)
@@ -80,8 +80,10 @@ def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
                 for i in range(PARENTS)
             ),
         )
-        worker_args = ("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "3")
-        worker_args += ("--prefetch", "1")
+        # One job at a time per worker: the storm outlasts the work, so kills
+        # keep landing on parents and leaves mid-flight.
+        worker_args = ("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "1")
+        worker_args += ("--prefetch", "0")
 
         def start(slot: int) -> subprocess.Popen[bytes]:
             return start_worker(store_url, tmp_path / f"worker-{slot}.log", *worker_args)
@@ -111,7 +113,11 @@ def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
         in_flight_leaves = _assert_iff(app, context)
 
         wait_until(lambda: live_leases(app) == 0, timeout=LEASE_SECONDS * 10, what="leases")
-        final = start_worker(store_url, tmp_path / "final.log", *worker_args, "--until-idle")
+        final = start_worker(
+            store_url,
+            tmp_path / "final.log",
+            *("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "4", "--until-idle"),
+        )
         try:
             returncode = final.wait(timeout=180)
         finally:
