@@ -37,7 +37,8 @@ from tests.helpers import wait_until
 PARENTS = int(storm_setting("CHAIN_RUNS", 300))
 WORKERS = 3
 LEASE_SECONDS = 2.0
-STORM_SECONDS = storm_setting("CHAIN_SECONDS", 15.0)
+STORM_SECONDS = storm_setting("CHAIN_SECONDS", 60.0)  # at most; it ends after KILLS kills
+KILLS = int(storm_setting("CHAIN_KILLS", 8))
 KILL_INTERVAL = (0.2, 0.6)
 WORK_MS = (10, 40)
 
@@ -97,7 +98,7 @@ def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
         kills = 0
         deadline = time.monotonic() + STORM_SECONDS
         try:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and kills < KILLS:
                 time.sleep(rng.uniform(*KILL_INTERVAL))  # the storm's rhythm, not a wait
                 slot = rng.choice(wait_until(busy, timeout=60, what="a worker holding runs"))
                 stop(workers[slot])
