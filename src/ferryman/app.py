@@ -198,7 +198,7 @@ class App:
         the run at once without retries. Payload keys named in ``sensitive``
         (at any depth) are shown as ``***`` by the API, the dashboard and
         ``ferryman runs show``; the store keeps them, since the job needs them.
-        An attempt still running ``timeout`` seconds after its claim ends as a
+        An attempt still running ``timeout`` seconds after it started ends as a
         failure, "timed out after Ns", retried per ``backoff``; the job sees
         ``ctx.deadline`` and ``ctx.cancelled`` (see docs/how-to/queues.md).
         """

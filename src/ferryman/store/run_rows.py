@@ -10,6 +10,7 @@ whose lease was taken over matches nothing and its write is refused with
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -63,6 +64,8 @@ class ClaimedRun:
     lease_token: int
     checkpoint: Any
     claimed_at: float = 0.0  # the database's clock when this claim was made
+    # This process's time.monotonic() when the claim came back (for ctx.deadline).
+    claimed_monotonic: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def lease(self) -> Lease:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +49,13 @@ class JobContext:
         self._run_store = store
         self._run = run
         self._lease_seconds = lease_seconds
-        self._timeout = timeout
+        # The attempt starts now (it may have waited in the worker since its
+        # claim): its deadline on the database's clock, read at the claim.
+        self._deadline = (
+            None
+            if timeout is None
+            else run.claimed_at + (time.monotonic() - run.claimed_monotonic) + timeout
+        )
         self._plan_runs = plan_runs
         self._children: list[NewRun] = []
         # Set by the heartbeat thread, read by the job's: a flag is enough.
@@ -130,10 +137,9 @@ class JobContext:
 
     @property
     def deadline(self) -> datetime | None:
-        """When this attempt times out (the job's ``timeout``), on the database's clock."""
-        if self._timeout is None:
-            return None
-        return datetime.fromtimestamp(self._run.claimed_at + self._timeout, UTC)
+        """When this attempt times out (``timeout`` seconds after it started), on the
+        database's clock; None if the job has no timeout."""
+        return None if self._deadline is None else datetime.fromtimestamp(self._deadline, UTC)
 
     @property
     def succeeded_in_transaction(self) -> bool:
