@@ -169,7 +169,7 @@ def test_a_child_ignoring_its_timeout_is_ended_and_replaced(store_url: str, tmp_
 
         # Its only job thread hung: the process that ran the retry is a new one.
         assert pid("claimed") != pid("succeeded")
-        assert "replacing it" in stderr
+        assert "replacing it" in stderr and "1 timed out" in stderr
         quick = app.get_run(quick_id)
         assert quick is not None and quick.status is fm.RunStatus.SUCCEEDED
     finally:

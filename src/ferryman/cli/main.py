@@ -248,7 +248,8 @@ def work(
             view.stop()
     err.print(
         f"worked: {report.succeeded} succeeded, {report.retried} retried, {report.failed} failed, "
-        f"{report.dead} dead, {report.lease_lost} lost their lease, {report.released} released",
+        f"{report.dead} dead, {report.lease_lost} lost their lease, {report.released} released"
+        + (f", {report.timed_out} timed out" if report.timed_out else ""),
         highlight=False,
     )
 

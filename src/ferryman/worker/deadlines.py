@@ -159,11 +159,12 @@ def hung(
     run: ClaimedRun,
     others: list[Lease],
     grace: float,
-    exit_process: bool,
+    exit_process: Callable[[], object] | None,
 ) -> None:
     """A job ignored its timeout for ``grace`` seconds more.
 
-    In a worker process (``exit_process``) end the process; its supervisor
+    In a worker process (``exit_process``: called last, to report what the
+    process did) end the process; its supervisor
     replaces it. Its other runs are released first (no attempt used), so they
     need not wait for their leases to expire. The hung job's attempt was
     already ended by its timeout; its connection dies with the process, and
@@ -190,4 +191,7 @@ def hung(
         store.worker_stopped(worker_id)
     except StoreError as exc:
         log.warning("could not release this process's runs; their leases will expire: %s", exc)
-    os._exit(EXIT_HUNG)
+    try:
+        exit_process()
+    finally:
+        os._exit(EXIT_HUNG)

@@ -137,7 +137,11 @@ def _child(
     try:
         after_fork()
         worker = make_worker()
-        worker.exit_when_hung = True  # a hung job ends this process; the supervisor replaces it
+
+        def last_words() -> None:  # a hung job ends this process: report what it did
+            os.write(write_end, json.dumps(asdict(worker.report)).encode())
+
+        worker.exit_when_hung = last_words
         report = worker.run(until_idle=until_idle, handle_signals=True)
         os.write(write_end, json.dumps(asdict(report)).encode())
     except BaseException:

@@ -88,7 +88,7 @@ class Worker:
         worker_id: str | None = None,
         on_outcome: Callable[[ClaimedRun, str], None] | None = None,
         plan_runs: PlanRuns | None = None,
-        exit_when_hung: bool = False,
+        exit_when_hung: Callable[[], object] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
@@ -120,7 +120,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._crash_mark = CRASHES.mark()
         self._plan_runs = plan_runs  # for ctx.submit
-        self.exit_when_hung = exit_when_hung  # a worker process: end it when a job hangs
+        self.exit_when_hung = exit_when_hung  # a worker process: its last words when a job hangs
         self._deadlines = (
             DeadlineWatcher(
                 store,
