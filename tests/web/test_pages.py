@@ -216,3 +216,6 @@ def test_a_run_page_links_the_runs_its_success_requested(
     child_id = run_id(web_app, "child-1")
     assert f'<a href="/runs/{child_id}">run {child_id}</a>' in client.get(f"/runs/{parent}").text
     assert f'<a href="/runs/{parent}">run {parent}</a>' in client.get(f"/runs/{child_id}").text
+    api = client.get(f"/api/runs/{parent}").json()
+    assert (api["parent_run_id"], api["child_run_ids"]) == (None, [child_id])
+    assert client.get(f"/api/runs/{child_id}").json()["parent_run_id"] == parent
