@@ -37,9 +37,9 @@ from tests.helpers import wait_until
 PARENTS = int(storm_setting("CHAIN_RUNS", 300))
 WORKERS = 3
 LEASE_SECONDS = 2.0
-STORM_SECONDS = storm_setting("CHAIN_SECONDS", 60.0)  # at most; it ends after KILLS kills
-KILLS = int(storm_setting("CHAIN_KILLS", 8))
-KILL_INTERVAL = (0.2, 0.6)
+STORM_SECONDS = storm_setting("CHAIN_SECONDS", 40.0)  # at most; it ends after KILLS kills
+KILLS = int(storm_setting("CHAIN_KILLS", 25))
+KILL_INTERVAL = (0.3, 0.8)
 WORK_MS = (10, 40)
 
 
