@@ -179,6 +179,7 @@ class App(SensorOperations):
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
         sensitive: Sequence[str] = (),
+        timeout: float | None = None,
     ) -> Callable[[F], F]: ...
 
     def job(
@@ -190,6 +191,7 @@ class App(SensorOperations):
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
         sensitive: Sequence[str] = (),
+        timeout: float | None = None,
     ) -> Any:
         """Register ``fn(ctx, payload)`` as a job.
 
@@ -198,8 +200,13 @@ class App(SensorOperations):
         the run at once without retries. Payload keys named in ``sensitive``
         (at any depth) are shown as ``***`` by the API, the dashboard and
         ``ferryman runs show``; the store keeps them, since the job needs them.
+        An attempt still running ``timeout`` seconds after it started ends as a
+        failure, "timed out after Ns", retried per ``backoff``; the job sees
+        ``ctx.deadline`` and ``ctx.cancelled`` (see docs/how-to/queues.md).
         """
         settings.count("max_attempts", max_attempts, minimum=1)
+        if timeout is not None:
+            settings.seconds("timeout", timeout, inclusive=False)
         if not isinstance(backoff, Backoff):
             raise ConfigurationError(f"backoff must be a ferryman.Backoff, got {backoff!r}")
 
@@ -211,6 +218,7 @@ class App(SensorOperations):
                     max_attempts=max_attempts,
                     backoff=backoff,
                     sensitive=frozenset(sensitive),
+                    timeout=timeout,
                 )
             )
             return function
@@ -414,10 +422,9 @@ class App(SensorOperations):
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
         )
-        store = self.store
         make_worker = functools.partial(
             Worker,
-            store,
+            self.store,
             {name: self._jobs.definition(name) for name in (jobs or self._jobs)},
             lease_seconds=self.lease_seconds,
             concurrency=concurrency,
@@ -425,6 +432,7 @@ class App(SensorOperations):
             claim_batch=claim_batch,
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
+            plan_runs=self._jobs.new_runs,
         )
         if processes is None:
             worker = make_worker()
@@ -435,7 +443,7 @@ class App(SensorOperations):
             make_worker,
             processes=processes,
             until_idle=until_idle,
-            after_fork=functools.partial(_after_fork, store),
+            after_fork=functools.partial(_after_fork, self.store),
             on_started=on_started,
         )
 
@@ -469,8 +477,12 @@ class App(SensorOperations):
         job: str | None = None,
         status: RunStatus | str | None = None,
         by: str | None = None,
+        since: float | None = None,
     ) -> list[int]:
-        """Put failed or dead runs back in the queue under their run_key, with fresh attempts."""
+        """Put failed or dead runs back in the queue under their run_key, with fresh attempts.
+
+        ``since``: only runs that finished within that many seconds.
+        """
         if run_ids is None and job is None and status is None:
             raise ConfigurationError("retry needs run ids, a job, or a status")
         statuses = (RunStatus.FAILED, RunStatus.DEAD) if status is None else (RunStatus(status),)
@@ -479,11 +491,25 @@ class App(SensorOperations):
                 raise ConfigurationError(
                     f"only failed or dead runs can be retried, not {candidate}"
                 )
-        return self.store.requeue(run_ids=run_ids, job=job, statuses=statuses, by=by)
+        return self.store.requeue(run_ids=run_ids, job=job, statuses=statuses, by=by, since=since)
 
-    def cancel(self, run_id: int, *, by: str | None = None) -> bool:
-        """Cancel a queued run; False if it is not queued."""
+    def cancel(self, run_id: int, *, by: str | None = None) -> Run | None:
+        """Cancel a queued or running run; the run as cancelled, or None if it was neither.
+
+        A running run's lease token is bumped, so nothing its job writes
+        afterwards commits; the job sees ``ctx.cancelled`` at the worker's
+        next heartbeat. ``by`` is recorded in the processing log.
+        """
         return self.store.cancel(run_id, by=by)
+
+    def cancel_runs(
+        self, *, job: str | None = None, status: RunStatus | str, by: str | None = None
+    ) -> list[int]:
+        """Cancel every ``queued`` (or every ``running``) run of ``job`` or of all jobs."""
+        wanted = RunStatus(status)
+        if wanted not in (RunStatus.QUEUED, RunStatus.RUNNING):
+            raise ConfigurationError(f"only queued or running runs can be cancelled, not {wanted}")
+        return self.store.cancel_where(job=job, status=wanted, by=by)
 
     def status(self) -> list[JobSummary]:
         """Run counts per job and status, and how long the oldest due run has waited."""

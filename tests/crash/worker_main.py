@@ -13,6 +13,10 @@ Jobs (their effects go to tables the tests create with :data:`metadata`):
   ``DIR/<run_key>.started`` and waits for ``DIR/<run_key>.go`` before writing
   its effect; elsewhere it writes its effect at once.
 * ``contention``: writes its effect through ``ctx.transaction()`` at once.
+* ``chain``: works a few milliseconds, asks for one ``leaf`` run
+  (``ctx.submit``), then succeeds through ``ctx.transaction()`` with its
+  effect, or (``"transaction": false``) by returning; ``leaf`` writes its
+  effect through ``ctx.transaction()``.
 
 The effects table has no unique constraint on ``run_key`` on purpose: an
 effect applied twice shows up as two rows.
@@ -99,6 +103,20 @@ def build_app(store: str, *, lease_seconds: float, gate: Path | None = None) -> 
 
     @app.job
     def contention(ctx: fm.JobContext, payload: object) -> None:
+        write_effect(ctx, time.time())
+
+    @app.job(max_attempts=1000)
+    def chain(ctx: fm.JobContext, payload: dict[str, Any]) -> None:
+        started_at = time.time()
+        low, high = payload["work_ms"]
+        time.sleep(random.uniform(low, high) / 1000)
+        ctx.submit("leaf", fm.RunRequest(f"{ctx.run_key}/leaf", {"parent": ctx.run_key}))
+        if payload["transaction"]:
+            write_effect(ctx, started_at)
+
+    @app.job(max_attempts=1000)
+    def leaf(ctx: fm.JobContext, payload: object) -> None:
+        time.sleep(random.uniform(0.005, 0.02))
         write_effect(ctx, time.time())
 
     return app

@@ -84,6 +84,10 @@ IN_TRANSACTION = "Exactly once: effects through `ctx.transaction()`"
 PAUSED = "A paused worker cannot commit"
 SIGTERM = "SIGTERM gives back what it cannot finish"
 PUSH_PROMISE = "Push: one evaluation per message"
+RUN_CONTROL = "tests/unit/test_run_control.py"
+TIMEOUTS = "Timeouts: an attempt past its deadline ends and cannot commit"
+CANCELLING = "Cancelling: nothing a cancelled run does afterwards commits"
+CHAINING = "Chaining: a downstream run exists if and only if its upstream succeeded"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # -- runs: one run per run_key -----------------------------------------------
@@ -688,5 +692,68 @@ MUTATIONS: tuple[Mutation, ...] = (
             "        session.ack(good)\n        delivered = deliver_many(\n",
         ),
         ("tests/brokers/test_rabbitmq.py::test_each_message_one_run_acked_after_commit[sqlite]",),
+    ),
+    # -- run control ---------------------------------------------------------------
+    Mutation(
+        "a timeout leaves the lease token where it was",
+        TIMEOUTS,
+        one(LEASES, '            "lease_token": runs.c.lease_token + 1,\n', ""),
+        (
+            f"{RUN_CONTROL}::test_timeout_retries_with_the_message_and_refuses_a_late_commit[sqlite]",
+        ),
+    ),
+    Mutation(
+        "the job is not told at its deadline",
+        TIMEOUTS,
+        one(
+            "ferryman/worker/deadlines.py",
+            "        watched.context.mark_lease_lost(message)\n",
+            "",
+        ),
+        (
+            f"{RUN_CONTROL}::test_timeout_retries_with_the_message_and_refuses_a_late_commit[sqlite]",
+        ),
+        timeout=120,  # the job waits for ctx.cancelled until its own 30 s deadline
+    ),
+    Mutation(
+        "only queued runs can be cancelled",
+        CANCELLING,
+        one(
+            "ferryman/store/queue.py",
+            "CANCELLABLE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)\n",
+            "CANCELLABLE = (RunStatus.QUEUED.value,)\n",
+        ),
+        (f"{RUN_CONTROL}::test_cancel_a_running_run[sqlite-transaction]",),
+    ),
+    Mutation(
+        "a cancel leaves the lease token where it was",
+        CANCELLING,
+        one(
+            "ferryman/store/queue.py",
+            "                lease_token=runs.c.lease_token + 1,\n"
+            "                finished_at=now,\n",
+            "                finished_at=now,\n",
+        ),
+        (f"{RUN_CONTROL}::test_cancel_a_running_run[sqlite-transaction]",),
+    ),
+    Mutation(
+        "children enqueued with a success that was refused",
+        CHAINING,
+        one(
+            "ferryman/store/__init__.py",
+            "                if ok and outcome.children:\n",
+            "                if outcome.children:\n",
+        ),
+        (f"{RUN_CONTROL}::test_cancel_a_running_run[sqlite-return]",),
+    ),
+    Mutation(
+        "children enqueued when ctx.submit is called, not with the success",
+        CHAINING,
+        one(
+            "ferryman/worker/context.py",
+            "        self._children.extend(self._plan_runs(",
+            "        self._run_store.enqueue(self._plan_runs(",
+        ),
+        (f"{RUN_CONTROL}::test_children_exist_iff_the_parent_succeeded[sqlite-transaction]",),
     ),
 )

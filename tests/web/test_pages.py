@@ -197,3 +197,25 @@ def test_the_runs_page_offers_every_job_with_runs_and_every_registered_one(
     chosen = client.get("/runs", params={"job": "flaky"}).text
     assert '<option value="flaky" selected>' in chosen
     assert html.escape("upstream unavailable for 3") in chosen
+
+
+def test_a_run_page_links_the_runs_its_success_requested(
+    client: TestClient, web_app: fm.App
+) -> None:
+    from ferryman.store import NewRun, Outcome, OutcomeKind
+
+    (parent,) = web_app.submit("load", fm.RunRequest("parent-1", {"n": 5})).run_ids
+    (claimed,) = web_app.store.claim(worker_id="w", jobs=["load"], limit=1, lease_seconds=30)
+    page = client.get(f"/runs/{parent}").text
+    assert ">Cancel</button>" in page  # a running run can be cancelled too
+    child = NewRun(job="load", run_key="child-1", payload_json='{"n": 6}', max_attempts=5)
+    success = Outcome(
+        kind=OutcomeKind.SUCCEEDED, lease=claimed.lease, attempt=claimed.attempt, children=(child,)
+    )
+    assert web_app.store.finish([success], worker_id="w") == [True]
+    child_id = run_id(web_app, "child-1")
+    assert f'<a href="/runs/{child_id}">run {child_id}</a>' in client.get(f"/runs/{parent}").text
+    assert f'<a href="/runs/{parent}">run {parent}</a>' in client.get(f"/runs/{child_id}").text
+    api = client.get(f"/api/runs/{parent}").json()
+    assert (api["parent_run_id"], api["child_run_ids"]) == (None, [child_id])
+    assert client.get(f"/api/runs/{child_id}").json()["parent_run_id"] == parent

@@ -224,9 +224,17 @@ class Store(ReadModel, FileTransfers):
             )
 
     def succeed_within(
-        self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
+        self,
+        conn: sa.Connection,
+        lease: Lease,
+        *,
+        attempt: int,
+        worker_id: str,
+        children: Sequence[NewRun] = (),
     ) -> None:
         """Write the run's success in ``conn``'s open transaction (from :meth:`transaction`).
+
+        ``children``: the runs the job asked for, enqueued with the success.
 
         Raises ``LeaseLost`` if the lease was lost; driver errors untranslated,
         as in the transaction around it.
@@ -235,10 +243,18 @@ class Store(ReadModel, FileTransfers):
         # transaction for ended, so the success is not even tried.
         self._blocks.check(conn)
         self.leases.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
+        if children:
+            self.runs.enqueue_children(conn, lease.run_id, attempt, children, worker_id)
 
     def finish(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[bool]:
+        """Write how attempts ended, fenced; with each accepted success, the runs it asked for."""
         with self.write("recording run outcomes") as conn:
-            return self.leases.finish(conn, outcomes, worker_id=worker_id)
+            accepted = self.leases.finish(conn, outcomes, worker_id=worker_id)
+            for outcome, ok in zip(outcomes, accepted, strict=True):
+                if ok and outcome.children:
+                    run_id, attempt = outcome.lease.run_id, outcome.attempt
+                    self.runs.enqueue_children(conn, run_id, attempt, outcome.children, worker_id)
+            return accepted
 
     def release(self, leases: Sequence[Lease], *, worker_id: str, reason: str) -> list[int]:
         with self.write("releasing runs") as conn:
@@ -261,13 +277,27 @@ class Store(ReadModel, FileTransfers):
         job: str | None = None,
         statuses: Sequence[RunStatus] = (RunStatus.FAILED, RunStatus.DEAD),
         by: str | None = None,
+        since: float | None = None,
     ) -> list[int]:
         with self.write("requeueing runs") as conn:
-            return self.runs.requeue(conn, run_ids=run_ids, job=job, statuses=statuses, by=by)
+            return self.runs.requeue(
+                conn, run_ids=run_ids, job=job, statuses=statuses, by=by, since=since
+            )
 
-    def cancel(self, run_id: int, *, by: str | None = None) -> bool:
+    def cancel(self, run_id: int, *, by: str | None = None) -> Run | None:
+        """Cancel a queued or running run (its lease token bumped); the run as cancelled."""
         with self.write("cancelling a run") as conn:
             return self.runs.cancel(conn, run_id, by=by)
+
+    def cancel_where(self, *, job: str | None, status: RunStatus, by: str | None) -> list[int]:
+        """Cancel every run of ``job`` (None: of all jobs) in ``status``; their ids."""
+        with self.write("cancelling runs") as conn:
+            return self.runs.cancel_where(conn, job=job, status=status, by=by)
+
+    def time_out(self, outcome: Outcome, *, timeout: float, worker_id: str) -> bool:
+        """End an attempt that outlived its job's timeout, fenced; False if the lease was lost."""
+        with self.write("ending an attempt past its timeout") as conn:
+            return self.leases.time_out(conn, outcome, timeout=timeout, worker_id=worker_id)
 
     def get_runs(self, **filters: Any) -> list[Run]:
         with self.read("reading runs") as conn:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from ferryman.errors import LeaseLost
 from ferryman.model import RunEventKind, RunStatus
+from ferryman.store import records
 from ferryman.store.dialect import Backend, ClaimRequest
 from ferryman.store.run_rows import (
     CHUNK,
@@ -25,6 +26,7 @@ from ferryman.store.run_rows import (
     Outcome,
     chunks,
     claimed_run,
+    end_values,
     event,
     fence,
     outcome_event,
@@ -65,7 +67,7 @@ class Leases:
             lease_seconds=lease_seconds,
             events=events,
         )
-        return [claimed_run(row) for row in self.backend.claim(conn, request)]
+        return [claimed_run(row, now) for row in self.backend.claim(conn, request)]
 
     def _settle_expired(
         self, conn: sa.Connection, expired: Sequence[Any], now: float
@@ -161,6 +163,39 @@ class Leases:
             ],
         )
         return [outcome.lease in accepted for outcome in outcomes]
+
+    def time_out(
+        self, conn: sa.Connection, outcome: Outcome, *, timeout: float, worker_id: str
+    ) -> bool:
+        """End an attempt that outlived its timeout (a retry or a death), fenced by its lease.
+
+        The lease token is bumped with it: the job may still be running, and
+        nothing it writes afterwards may commit. Its log row (``retry_scheduled``
+        or ``dead``) says ``timeout`` in its detail. False if the lease was lost.
+        """
+        now = self.backend.clock(conn)
+        values = end_values(outcome, now)
+        changes: dict[str, Any] = {
+            "status": values["status"],
+            "last_error": values["error"],
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "lease_token": runs.c.lease_token + 1,
+            "updated_at": now,
+        }
+        for column in ("available_at", "finished_at"):
+            if values[column] is not None:
+                changes[column] = values[column]
+        update = runs.update().where(fence([outcome.lease])).values(**changes)
+        ended = self.backend.update_returning(conn, update, runs.c.job)
+        if not ended:
+            return False
+        self.backend.wake(conn, {row.job for row in ended})
+        logged = outcome_event(outcome, now, worker_id)
+        detail = {**records.from_json(logged["detail"]), "timeout": timeout}
+        logged["detail"] = records.to_json(detail, "event detail")
+        self.backend.log_events(conn, [logged])
+        return True
 
     def release(
         self, conn: sa.Connection, leases: Sequence[Lease], *, worker_id: str, reason: str

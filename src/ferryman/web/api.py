@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 
 from ferryman.app import App
-from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus
+from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus, chain_links
 from ferryman.store.read_model import MAX_PAGE
 from ferryman.web.deps import AppDep, BeforeId, RecordId, RunCountsDep, require_token
 from ferryman.web.schemas import (
@@ -199,10 +199,13 @@ def get_run(app: AppDep, run_id: RecordId) -> RunDetailOut:
     if detail is None:
         raise _not_found(f"run {run_id}")
     hidden = sensitive_fields(app).get(detail.run.job, frozenset())
+    parent, children = chain_links(detail.events)
     return RunDetailOut(
         run=RunOut.of(detail.run, hidden),
         events=[RunEventOut.of(e) for e in detail.events],
         transfers=[TransferOut.of(t) for t in detail.transfers],
+        parent_run_id=parent,
+        child_run_ids=children,
     )
 
 
@@ -311,17 +314,22 @@ def ingest(app: AppDep, name: SensorName, body: MessageIn, response: Response) -
     "/runs/{run_id:int}/cancel",
     response_model=CancelOut,
     dependencies=[Token],
-    responses={**GUARDED, 409: {"model": ErrorOut, "description": "the run is not queued"}},
+    responses={
+        **GUARDED,
+        409: {"model": ErrorOut, "description": "the run is neither queued nor running"},
+    },
     tags=["runs"],
 )
 def cancel(app: AppDep, run_id: RecordId) -> CancelOut:
-    """Cancel a queued run."""
-    run = app.get_run(run_id)
-    if run is None:
-        raise _not_found(f"run {run_id}")
-    if not app.cancel(run_id, by="api"):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}, not queued")
-    cancelled = app.get_run(run_id)
-    assert cancelled is not None
+    """Cancel a queued or running run (a running run's lease is revoked: nothing it writes
+    afterwards commits)."""
+    cancelled = app.cancel(run_id, by="api")
+    if cancelled is None:
+        run = app.get_run(run_id)
+        if run is None:
+            raise _not_found(f"run {run_id}")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}, not queued or running"
+        )
     hidden = sensitive_fields(app).get(cancelled.job, frozenset())
     return CancelOut(cancelled=True, run=RunOut.of(cancelled, hidden))

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 
 from ferryman.app import App
 from ferryman.logs import error_summary
-from ferryman.model import RunStatus, TransferStatus, redact
+from ferryman.model import RunStatus, TransferStatus, chain_links, redact
 from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount
 from ferryman.store.records import displayable
 from ferryman.web import session
@@ -359,6 +359,7 @@ def run_page(request: Request, app: AppDep, settings: SettingsDep, run_id: Recor
     detail = app.store.run_detail(run_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
+    parent, children = chain_links(detail.events)
     return render(
         request,
         "run.html",
@@ -367,6 +368,8 @@ def run_page(request: Request, app: AppDep, settings: SettingsDep, run_id: Recor
         payload=redact(detail.run.payload, _hidden(app, detail.run.job)),
         events=detail.events,
         transfers=detail.transfers,
+        parent=parent,
+        children=children,
     )
 
 
@@ -398,7 +401,8 @@ def cancel_run(
     if refused is not None:
         return refused
     cancelled = app.cancel(run_id, by="dashboard")
-    return _back(f"/runs/{run_id}", "cancelled" if cancelled else "only a queued run is cancelled")
+    message = "cancelled" if cancelled else "only a queued or running run is cancelled"
+    return _back(f"/runs/{run_id}", message)
 
 
 @router.get("/dead-letters")

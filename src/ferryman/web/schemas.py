@@ -150,6 +150,9 @@ class RunDetailOut(BaseModel):
     run: RunOut
     events: list[RunEventOut]
     transfers: list[TransferOut]
+    # ctx.submit: the run whose success requested this one, and the runs this one's requested
+    parent_run_id: int | None = None
+    child_run_ids: list[int] = []
 
 
 class SensorOut(RecordOut):

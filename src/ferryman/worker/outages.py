@@ -20,8 +20,10 @@ connection, fills the disk) must not loop for ever.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from ferryman.errors import StoreError
 from ferryman.model import Backoff
@@ -115,3 +117,30 @@ class Outages:
                 len(released),
             )
         return len(released)
+
+
+def register_worker(
+    store: Store, worker_id: str, jobs: Sequence[str], stopping: threading.Event
+) -> bool:
+    """Record this worker in the store, retrying as the other loops do; False if stopped."""
+    tries = 0
+    while not stopping.is_set():
+        try:
+            store.register_worker(
+                worker_id=worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                jobs=list(jobs),
+            )
+            return True
+        except StoreError as exc:
+            tries += 1
+            delay = STORE_RETRY.delay(tries, worker_id)
+            log.warning(
+                "registering the worker failed (try %d), retrying in %.1fs: %s",
+                tries,
+                delay,
+                exc,
+            )
+            stopping.wait(delay)
+    return False

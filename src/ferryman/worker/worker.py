@@ -34,25 +34,24 @@ releases the run, once the store answers again, without using an attempt.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.logs import process_id
-from ferryman.model import Backoff
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.dialect import Listener
 from ferryman.supervise import CRASHES, supervised
 from ferryman.supervise import describe_error as describe_error  # sensors import it here
-from ferryman.worker.context import JobContext
-from ferryman.worker.outages import STORE_RETRY, Outages
+from ferryman.worker.context import JobContext, PlanRuns
+from ferryman.worker.deadlines import DeadlineWatcher, hung
+from ferryman.worker.definitions import JobDefinition as JobDefinition  # imported from here
+from ferryman.worker.definitions import WorkReport as WorkReport
+from ferryman.worker.outages import STORE_RETRY, Outages, register_worker
 from ferryman.worker.signals import on_stop_signals
 
 log = logging.getLogger("ferryman.worker")
@@ -60,31 +59,8 @@ log = logging.getLogger("ferryman.worker")
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobDefinition:
-    name: str
-    fn: Callable[[JobContext, Any], Any]
-    max_attempts: int
-    backoff: Backoff
-    sensitive: frozenset[str] = frozenset()  # payload keys never shown (see App.job)
-
-
-@dataclass(slots=True)
-class WorkReport:
-    """What one call of :meth:`ferryman.App.work` did."""
-
-    worker_id: str = ""
-    claimed: int = 0
-    succeeded: int = 0
-    retried: int = 0
-    failed: int = 0
-    dead: int = 0
-    lease_lost: int = 0
-    released: int = 0  # given back without using an attempt (on stop, or the store failed)
-    errors: list[str] = field(default_factory=list)
-    # "thread: error" of each crash of this process's background threads while it
-    # worked (ferryman.supervise); a crash of a worker thread also stops the worker
-    crashes: list[str] = field(default_factory=list)
+class _EndedByTimeout(Exception):
+    """The attempt passed its deadline and the watcher ended it; the job's result is moot."""
 
 
 def new_worker_id() -> str:
@@ -111,6 +87,8 @@ class Worker:
         grace_seconds: float = 30.0,
         worker_id: str | None = None,
         on_outcome: Callable[[ClaimedRun, str], None] | None = None,
+        plan_runs: PlanRuns | None = None,
+        exit_when_hung: Callable[[], object] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
@@ -141,6 +119,20 @@ class Worker:
         self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
         self._crash_mark = CRASHES.mark()
+        self._plan_runs = plan_runs  # for ctx.submit
+        self.exit_when_hung = exit_when_hung  # a worker process: its last words when a job hangs
+        self._deadlines = (
+            DeadlineWatcher(
+                store,
+                self.worker_id,
+                grace_seconds=grace_seconds,
+                closed=self._closed,
+                on_ended=self._timed_out,
+                on_hung=self._hung,
+            )
+            if any(job.timeout is not None for job in jobs.values())
+            else None
+        )
 
     # -- public --------------------------------------------------------------
 
@@ -162,7 +154,8 @@ class Worker:
             if handle_signals
             else None
         )
-        if not self._register():  # stopped before the store could be written
+        # False: stopped before the store could be written
+        if not register_worker(self.store, self.worker_id, list(self.jobs), self._stopping):
             if restore:
                 restore()
             return self.report
@@ -329,6 +322,8 @@ class Worker:
             start(f"job-{index}", self._job_thread)
         start("committer", self._committer)
         start("heartbeat", self._heartbeat)
+        if self._deadlines is not None:
+            start("deadlines", self._deadlines.loop)
         self._listener = self.store.listener(
             lambda job: self.wake() if job in self.jobs else None, name="ferryman-listener"
         )
@@ -380,7 +375,12 @@ class Worker:
     def _execute(self, run: ClaimedRun) -> Outcome | None:
         definition = self.jobs[run.job]
         context = JobContext(
-            store=self.store, run=run, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+            store=self.store,
+            run=run,
+            worker_id=self.worker_id,
+            lease_seconds=self.lease_seconds,
+            timeout=definition.timeout,
+            plan_runs=self._plan_runs,
         )
         with self._changed:
             held = self._held.get(run.id)
@@ -388,7 +388,10 @@ class Worker:
                 held.context = context
         fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         try:
-            definition.fn(context, run.payload)
+            self._call(definition, context, run)
+        except _EndedByTimeout:
+            self._outages.forget(run.id)
+            return None  # the deadline watcher wrote the attempt's end
         except LeaseLost:
             self._lease_lost(run)
             return None
@@ -412,7 +415,25 @@ class Worker:
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
             return None
-        return Outcome(kind=OutcomeKind.SUCCEEDED, lease=run.lease, attempt=run.attempt)
+        return Outcome(
+            kind=OutcomeKind.SUCCEEDED,
+            lease=run.lease,
+            attempt=run.attempt,
+            children=context.children,
+        )
+
+    def _call(self, definition: JobDefinition, context: JobContext, run: ClaimedRun) -> None:
+        """Call the job, under its deadline if it has a timeout."""
+        watcher = self._deadlines
+        if watcher is None or definition.timeout is None:
+            definition.fn(context, run.payload)
+            return
+        watcher.watch(run, context, definition.timeout, definition.backoff)
+        try:
+            definition.fn(context, run.payload)
+        finally:
+            if watcher.done(run):
+                raise _EndedByTimeout  # whatever the job did after its deadline counts for nothing
 
     def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
         """Reject → failed now; any other error → retry after backoff, or dead."""
@@ -558,36 +579,22 @@ class Worker:
         if self._on_outcome is not None:
             self._on_outcome(run, outcome)
 
+    def _hung(self, run: ClaimedRun) -> None:
+        with self._changed:
+            others = [h.run.lease for h in self._held.values() if h.run.id != run.id]
+        hung(self.store, self.worker_id, run, others, self.grace_seconds, self.exit_when_hung)
+
+    def _timed_out(self, run: ClaimedRun, outcome: str) -> None:
+        with self._changed:
+            self.report.timed_out += 1
+        self._done(run, outcome)
+
     def _lease_lost(self, run: ClaimedRun) -> None:
         with self._changed:
             self.report.lease_lost += 1
         log.warning(
-            "lease lost; another worker owns the run now, nothing was committed here",
+            "lease lost (cancelled, timed out or taken over); nothing was committed here",
             extra={"run_id": run.id, "job": run.job, "attempt": run.attempt},
         )
         if self._on_outcome is not None:
             self._on_outcome(run, "lease_lost")
-
-    def _register(self) -> bool:
-        """Record this worker in the store, retrying as the other loops do; False if stopped."""
-        tries = 0
-        while not self._stopping.is_set():
-            try:
-                self.store.register_worker(
-                    worker_id=self.worker_id,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    jobs=list(self.jobs),
-                )
-                return True
-            except StoreError as exc:
-                tries += 1
-                delay = STORE_RETRY.delay(tries, self.worker_id)
-                log.warning(
-                    "registering the worker failed (try %d), retrying in %.1fs: %s",
-                    tries,
-                    delay,
-                    exc,
-                )
-                self._stopping.wait(delay)
-        return False
