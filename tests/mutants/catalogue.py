@@ -268,10 +268,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "ferryman/worker/worker.py",
-                "            else:\n                self._outcomes.put((run, outcome))\n",
-                "            else:\n"
-                "                self._done(run, outcome.kind.value)\n"
-                "                self._outcomes.put((run, outcome))\n",
+                "        else:\n            self._outcomes.put((run, outcome))\n",
+                "        else:\n"
+                "            self._done(run, outcome.kind.value)\n"
+                "            self._outcomes.put((run, outcome))\n",
             ),
             Edit(
                 "ferryman/worker/worker.py",
@@ -361,9 +361,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         one(
             "ferryman/worker/worker.py",
             "        except BaseException as exc:\n"
-            "            if not context.succeeded_in_transaction:",
+            "            return self._settle(run, context, exc)\n",
             "        except Exception as exc:\n"
-            "            if not context.succeeded_in_transaction:",
+            "            return self._settle(run, context, exc)\n",
         ),
         (f"{FAULTS}::test_a_job_raising_a_base_exception_fails_its_attempt",),
     ),
