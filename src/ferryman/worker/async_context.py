@@ -17,7 +17,8 @@ threads and the event loop only awaits them:
 
 A transaction that stays open across slow awaits holds its connection (and
 on SQLite the process's write lock, see :mod:`ferryman.store.group_commit`)
-for as long: await the slow part first, then open the transaction.
+for as long, and one of the worker's :data:`BLOCKS_AT_ONCE` slots: await
+the slow part first, then open the transaction.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from ferryman.store import Lease, Store
 from ferryman.worker.context import JobContext, RunLogger
 
 T = TypeVar("T")
+
+# Transaction and read blocks of one worker's async jobs open at once, at most:
+# with the I/O pool's threads, well inside the store's pool of connections
+# (10, and 20 more under load), so the worker's heartbeat and committer never
+# wait for one. A block beyond them waits on the loop, not in the pool.
+BLOCKS_AT_ONCE = 8
 
 
 class AsyncConnection:
@@ -99,9 +106,24 @@ class _Block:
 
 @contextlib.asynccontextmanager
 async def _on_own_thread(
+    opened: Callable[[], AbstractContextManager[sa.Connection]],
+    name: str,
+    blocks: asyncio.Semaphore,
+) -> AsyncIterator[AsyncConnection]:
+    """Enter ``opened()`` on a new thread, hand the block its connection, leave it there too.
+
+    At most as many blocks as ``blocks`` allows are open at once: each holds
+    one of the store's pooled connections, and a pool emptied by jobs would
+    leave the worker's heartbeat waiting for one while its leases expire.
+    """
+    async with blocks, _holding_thread(opened, name) as connection:
+        yield connection
+
+
+@contextlib.asynccontextmanager
+async def _holding_thread(
     opened: Callable[[], AbstractContextManager[sa.Connection]], name: str
 ) -> AsyncIterator[AsyncConnection]:
-    """Enter ``opened()`` on a new thread, hand the block its connection, leave it there too."""
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
     block = _Block(opened())
     try:
@@ -132,9 +154,13 @@ class AsyncJobContext:
     is read from the run's :class:`~ferryman.JobContext`.
     """
 
-    def __init__(self, context: JobContext, io: Executor) -> None:
+    def __init__(
+        self, context: JobContext, io: Executor, blocks: asyncio.Semaphore | None = None
+    ) -> None:
         self._context = context
-        self._io = io
+        self._io = io  # checkpoints and heartbeats: a bounded pool, so bounded connections
+        # open transaction and read blocks, at most (each holds a connection)
+        self._blocks = blocks or asyncio.Semaphore(BLOCKS_AT_ONCE)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -206,12 +232,12 @@ class AsyncJobContext:
         written. The transaction lives on a thread of its own from begin to
         commit. A run succeeds once, so the block can be entered once.
         """
-        return _on_own_thread(self._context.transaction, "ferryman-transaction")
+        return _on_own_thread(self._context.transaction, "ferryman-transaction", self._blocks)
 
     def read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """``async with ctx.read() as conn:`` — :meth:`JobContext.read`, awaited: reads
         in a transaction of their own, not fenced, on a thread of their own."""
-        return _on_own_thread(self._context.read, "ferryman-read")
+        return _on_own_thread(self._context.read, "ferryman-read", self._blocks)
 
     async def checkpoint(self, data: Any) -> None:
         """Durably record progress; a later attempt finds it in :attr:`last_checkpoint`."""

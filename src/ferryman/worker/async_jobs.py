@@ -38,12 +38,12 @@ from typing import Any
 from ferryman.errors import FerrymanError
 from ferryman.store import ClaimedRun, Outcome
 from ferryman.supervise import supervised
-from ferryman.worker.async_context import AsyncJobContext
+from ferryman.worker.async_context import BLOCKS_AT_ONCE, AsyncJobContext
 from ferryman.worker.context import JobContext
 
 log = logging.getLogger("ferryman.worker")
 
-IO_THREADS = 16  # at most, per worker: checkpoints and outcomes are short writes
+IO_THREADS = 8  # at most, per worker: checkpoints and outcomes are short writes
 START_TIMEOUT = 10.0  # seconds for the loop thread to come up
 
 
@@ -81,6 +81,7 @@ class EventLoop:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._blocks: asyncio.Semaphore | None = None  # see async_context.BLOCKS_AT_ONCE
         self._stopping = False  # stop() was called: failures from here on are the stop's
         self._closing = False  # the tasks still running are being cancelled
         self._tasks: set[asyncio.Task[None]] = set()
@@ -129,6 +130,7 @@ class EventLoop:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
+        self._blocks = asyncio.Semaphore(BLOCKS_AT_ONCE)
         self._loop = asyncio.get_running_loop()
         self._ready.set()
         await self._stop.wait()
@@ -167,7 +169,7 @@ class EventLoop:
             return
         context = attempts.begin(run)
         try:
-            await attempts.call(run, AsyncJobContext(context, self.io))
+            await attempts.call(run, AsyncJobContext(context, self.io, self._blocks))
         except asyncio.CancelledError:
             if self._closing:  # it outlived the grace, and its run was released
                 attempts.ended(run, None)
