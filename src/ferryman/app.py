@@ -457,6 +457,10 @@ class App:
     def get_run(self, run_id: int) -> Run | None:
         return self.store.get_run(run_id)
 
+    def get_run_by_key(self, job: str, run_key: str) -> Run | None:
+        """The run of ``job`` with ``run_key`` (a run_key yields one run per job), or None."""
+        return self.store.get_run_by_key(job, run_key)
+
     def get_run_events(self, run_id: int) -> list[RunEvent]:
         """The run's processing log, oldest first."""
         return self.store.get_events(run_id)
