@@ -593,6 +593,30 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_inside_a_job_part_records_are_fenced_by_the_run_lease",
         ),
     ),
+    # -- async jobs -------------------------------------------------------------
+    Mutation(
+        "an async transaction that raised is committed",
+        "Async jobs",
+        one(
+            "ferryman/worker/async_context.py",
+            "            if not await _on(thread, block.leave, exc):",
+            "            if not await _on(thread, block.leave, None):",
+        ),
+        (
+            "tests/unit/test_async_jobs.py::"
+            "test_an_async_transaction_rolls_back_when_the_job_fails[sqlite]",
+        ),
+    ),
+    Mutation(
+        "async runs one at a time",
+        "Async jobs",
+        one(
+            "ferryman/worker/async_jobs.py",
+            "        self._slots = asyncio.Semaphore(self.concurrency)\n",
+            "        self._slots = asyncio.Semaphore(1)\n",
+        ),
+        ("tests/unit/test_async_jobs.py::test_async_runs_overlap_on_one_thread[sqlite]",),
+    ),
     # -- schedules: one run per tick ---------------------------------------------
     Mutation(
         "a schedule's run_key taken from the clock, not from the tick",
