@@ -10,7 +10,8 @@ The store is ``FERRYMAN_STORE`` (default ``sqlite:///queues.db`` in the
 current directory). From the repository root::
 
     python -m examples.queues.async_jobs          # create the rates table
-    ferryman --app examples.queues.async_jobs:app submit fetch_rate EURUSD --payload '{"pair": "EURUSD"}'
+    ferryman --app examples.queues.async_jobs:app submit fetch_rate EURUSD \\
+        --payload '{"pair": "EURUSD"}'
     ferryman --app examples.queues.async_jobs:app work --until-idle --concurrency 100
 
 See docs/how-to/queues.md.
