@@ -12,23 +12,23 @@ from typing import Any, TypeVar, overload
 import sqlalchemy as sa
 
 from ferryman import logs, settings
+from ferryman.app_sensors import SensorOperations
+from ferryman.daemon import broker_consumers, run_daemon_parts
 from ferryman.errors import ConfigurationError
 from ferryman.jobs import JobRegistry
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
     DEFAULT_SENSOR_BACKOFF,
     Backoff,
-    Evaluation,
     JobSummary,
     Run,
     RunEvent,
     RunRequest,
     RunStatus,
-    SensorState,
     SubmitResult,
     WorkerInfo,
 )
-from ferryman.sensors.daemon import SensorDaemon, run_daemon
+from ferryman.sensors.daemon import SensorDaemon
 from ferryman.sensors.engine import SensorEngine
 from ferryman.sensors.registry import (
     DEFAULT_POLL_TIMEOUT,
@@ -45,7 +45,7 @@ from ferryman.sensors.schedule import (
     define_schedule,
 )
 from ferryman.sources.base import Source
-from ferryman.sources.consumer import SourceConsumer, SourceConsumers, SourceStats
+from ferryman.sources.consumer import SourceConsumers
 from ferryman.store import DEFAULT_STORE as DEFAULT_STORE  # the CLI reads it here
 from ferryman.store import Store, open_store
 from ferryman.worker.async_context import AsyncJobContext
@@ -61,7 +61,9 @@ F = TypeVar("F", bound=JobFunction)
 S = TypeVar("S", bound=SensorFunction)
 
 
-class App:
+# Evaluating and operating the registered sensors is in app_sensors.py (the
+# SensorOperations mixin); starting and stopping what ``run`` runs, in daemon.py.
+class App(SensorOperations):
     """Jobs and sensors bound to one store.
 
     ``store`` is a URL: ``sqlite:///path.db`` (the embedded default: created
@@ -498,88 +500,6 @@ class App:
             alive_within=self.lease_seconds, include_stopped=include_stopped
         )
 
-    # -- sensors -------------------------------------------------------------
-
-    def tick(
-        self, sensors: Sequence[str] | None = None, *, force: bool = False
-    ) -> list[Evaluation]:
-        """Evaluate every due poll sensor once (or the named ones; ``force``: even if not due).
-
-        Paused sensors are skipped. Returns the evaluations recorded, in
-        sensor-name order: ``ok``, ``failed`` or ``conflict``.
-        """
-        return self._sensor_engine.tick(sensors, force=force)
-
-    def ingest(self, sensor: str, message_id: str, payload: Any = None) -> Evaluation:
-        """Deliver a message to a push sensor, exactly once per ``(sensor, message_id)``.
-
-        The runs it requests, its evaluation and its delivery commit together;
-        the delivery is unique by sensor and message id (of any length), so a
-        redelivery within ``delivery_retention``, even a concurrent one from
-        another process, writes nothing and returns the first evaluation. A
-        failed evaluation records no delivery, so delivering the message again
-        retries it. A message id that cannot be stored exactly (NUL, a lone
-        surrogate) is refused with :class:`~ferryman.PayloadError`. If the
-        store fails, :class:`~ferryman.StoreError` is raised and nothing was
-        recorded: acknowledge a message only once ``ingest`` has returned an
-        ``ok`` evaluation.
-        """
-        return self._sensor_engine.ingest(sensor, message_id, payload)
-
-    def deliver(self, sensor: str, message_id: str, payload: Any = None) -> tuple[Evaluation, bool]:
-        """:meth:`ingest`, also saying whether this call recorded the evaluation.
-
-        ``False``: the message had been delivered before (perhaps by a
-        concurrent call, in any process) and the first evaluation is returned.
-        The HTTP ingest endpoint answers 201 or 200 from it.
-        """
-        return self._sensor_engine.deliver(sensor, message_id, payload)
-
-    def get_sensor(self, name: str) -> SensorState:
-        """The sensor's durable state: cursor, state_version, status, failures, schedule."""
-        return self._sensor_engine.get_sensor(name)
-
-    def sensors(self) -> list[SensorState]:
-        """Every sensor in the store and every registered one, by name."""
-        return self._sensor_engine.sensors()
-
-    def get_evaluations(self, name: str, limit: int | None = None) -> list[Evaluation]:
-        """The sensor's evaluation history, oldest first; with ``limit``, the newest ``limit``."""
-        return self._sensor_engine.get_evaluations(name, limit)
-
-    def pause_sensor(self, name: str) -> SensorState:
-        """Stop evaluating the sensor (everywhere) until :meth:`resume_sensor`."""
-        return self._sensor_engine.set_status(name, paused=True)
-
-    def resume_sensor(self, name: str) -> SensorState:
-        """Evaluate the sensor again, starting at once."""
-        return self._sensor_engine.set_status(name, paused=False)
-
-    def set_cursor(self, name: str, value: str | None, *, by: str | None = None) -> Evaluation:
-        """Move the sensor's cursor: a ``manual`` evaluation recording ``by``, swapped like any.
-
-        Any evaluation under way when it commits loses its race and writes nothing.
-        """
-        return self._sensor_engine.set_cursor(name, value, by=by)
-
-    def prune_evaluations(self, keep_last: int | None = None) -> int:
-        """Delete all but the newest ``keep_last`` (default ``evaluation_retention``)
-        evaluations of each sensor; return how many were deleted.
-
-        Push deliveries older than ``delivery_retention`` are forgotten first;
-        the evaluation of a delivery still remembered is kept.
-        """
-        keep = self.evaluation_retention if keep_last is None else keep_last
-        return self._sensor_engine.prune(keep)
-
-    def prune_deliveries(self) -> int:
-        """Forget push deliveries older than ``delivery_retention``; return how many.
-
-        A message delivered again after that is evaluated again; its runs are
-        still deduplicated by run_key.
-        """
-        return self._sensor_engine.prune_deliveries()
-
     def run(
         self,
         *,
@@ -604,63 +524,31 @@ class App:
         """
         if not self._jobs and not self._sensors:
             raise ConfigurationError("this app registers no job and no sensor: nothing to run")
-        # Checked here: work() runs on another thread, where an error would come late.
+        # Checked before anything starts, so a bad value leaves nothing half-started.
         settings.work_settings(
             concurrency=concurrency, prefetch=prefetch, grace_seconds=grace_seconds
         )
         settings.count("sensor_concurrency", sensor_concurrency, minimum=1)
-        daemon = SensorDaemon(
-            self._sensor_engine,
-            max_concurrent=sensor_concurrency,
-            keep_last=self.evaluation_retention,
+        work = functools.partial(
+            self.work,
+            until_idle=False,
+            concurrency=concurrency,
+            jobs=jobs,
+            prefetch=prefetch,
+            grace_seconds=grace_seconds,
         )
-
-        def work() -> WorkReport:
-            return self.work(
-                until_idle=False,
-                concurrency=concurrency,
-                jobs=jobs,
-                prefetch=prefetch,
-                grace_seconds=grace_seconds,
-            )
-
-        # Imported here: the transfer package loads boto3 only when it is used.
-        from ferryman.transfer.janitor import TransferResumer
-
-        resumer = TransferResumer(self.store) if resume_transfers else None
-        if resumer is not None:
-            resumer.start()
-        consumers = SourceConsumers(
-            [
-                SourceConsumer(self._sensor_engine, sensor, source)
-                for sensor, source in sorted(self._sources.items())
-            ]
+        self._consumers = broker_consumers(self._sensor_engine, self._sources)
+        return run_daemon_parts(
+            SensorDaemon(
+                self._sensor_engine,
+                max_concurrent=sensor_concurrency,
+                keep_last=self.evaluation_retention,
+            ),
+            work if self._jobs else None,
+            consumers=self._consumers,
+            resume_in=self.store if resume_transfers else None,
+            grace_seconds=grace_seconds,
         )
-        self._consumers = consumers
-        consumers.start()
-        try:
-            return run_daemon(daemon, work if self._jobs else None, grace_seconds=grace_seconds)
-        finally:
-            # Batches not yet committed are not acked: the broker gives them back.
-            consumers.stop(timeout=grace_seconds)
-            if resumer is not None:
-                # An upload cut short here stays active and resumes next time.
-                resumer.stop(timeout=grace_seconds)
-
-    def source_stats(self) -> dict[str, SourceStats]:
-        """What each broker source consumer of this process did, by push sensor.
-
-        Empty unless :meth:`run` is running (or ran) in this process.
-        """
-        consumers = self._consumers
-        if consumers is None:
-            return {}
-        return {consumer.sensor: consumer.stats for consumer in consumers.consumers}
-
-    @property
-    def sources(self) -> dict[str, Source]:
-        """The broker sources of the push sensors, by sensor name."""
-        return dict(self._sources)
 
 
 def _after_fork(store: Store) -> None:

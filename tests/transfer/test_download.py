@@ -18,8 +18,8 @@ from ferryman.store import Store
 from ferryman.store.schema import download_parts, downloads
 from ferryman.transfer.download import temp_path_for
 from tests.helpers import wait_until
+from tests.proxies import SlowProxy
 from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
-from tests.slow_proxy import SlowProxy
 from tests.transfer.support import REPO, MiB, file_sha256, start_ferryman, write_random
 
 __all__ = ["seaweed", "seaweed_bucket", "seaweed_env"]  # fixtures used here

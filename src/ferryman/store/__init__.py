@@ -20,8 +20,6 @@ import sqlalchemy as sa
 from ferryman.errors import StoreError, StoreUnavailable
 from ferryman.model import (
     Backoff,
-    Download,
-    DownloadPart,
     Evaluation,
     JobSummary,
     Run,
@@ -30,9 +28,6 @@ from ferryman.model import (
     SensorState,
     SensorStatus,
     SubmitResult,
-    Transfer,
-    TransferPart,
-    TransferStatus,
     WorkerInfo,
 )
 from ferryman.store import faults, migrate, read_queries
@@ -40,11 +35,12 @@ from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, Listener, create_backend, translated_errors
 from ferryman.store.downloads import (
     DownloadOutcome,
-    DownloadQueries,
     NewDownload,
     OpenedDownload,
 )
+from ferryman.store.file_transfers import FileTransfers
 from ferryman.store.leases import Leases
+from ferryman.store.push_batches import PushBatches
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_model import ReadModel
 from ferryman.store.run_rows import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind
@@ -95,7 +91,7 @@ __all__ = [
 DEFAULT_STORE = "sqlite:///ferryman.db"
 
 
-class Store(ReadModel):
+class Store(ReadModel, FileTransfers):
     """A ferryman store database.
 
     ``create``: apply migrations when the schema is missing or older than the
@@ -104,7 +100,9 @@ class Store(ReadModel):
     are an operator's decision (``ferryman db upgrade``).
 
     The reads behind the API, the dashboard and ``/metrics`` are methods too,
-    from :class:`~ferryman.store.read_model.ReadModel`.
+    from :class:`~ferryman.store.read_model.ReadModel`, and so are uploads'
+    and downloads' records, from
+    :class:`~ferryman.store.file_transfers.FileTransfers`.
     """
 
     def __init__(self, url: str | sa.URL, *, create: bool | None = None, pool_size: int = 10):
@@ -339,6 +337,10 @@ class Store(ReadModel):
     def sensors(self) -> SensorQueries:
         return SensorQueries(self.backend, self.runs)
 
+    @functools.cached_property
+    def push_batches(self) -> PushBatches:
+        return PushBatches(self.backend, self.runs)
+
     def ensure_sensors(self, declared: Sequence[tuple[str, str]]) -> None:
         """Create the rows of the given ``(name, kind)`` sensors that have none yet."""
         with self.write("registering sensors") as conn:
@@ -398,7 +400,7 @@ class Store(ReadModel):
         """The sensor's state, the earlier evaluations of those messages already
         delivered (by message id), and the database clock, read together."""
         with self.read("looking up deliveries") as conn:
-            earlier = self.sensors.find_many(conn, name, message_ids)
+            earlier = self.push_batches.find_many(conn, name, message_ids)
             return self.sensors.state(conn, name), earlier, self.sensors.now(conn)
 
     def commit_push_batch(
@@ -410,7 +412,7 @@ class Store(ReadModel):
         failed ones, each in the order given. Nothing is recorded if it raises.
         """
         with self.write("committing a batch of push evaluations") as conn:
-            committed = self.sensors.commit_push_many(conn, commits)
+            committed = self.push_batches.commit_many(conn, commits)
             failed = [
                 self.sensors.fail_push(
                     conn,
@@ -449,127 +451,6 @@ class Store(ReadModel):
         """Forget push deliveries recorded ``older_than`` seconds ago or earlier."""
         with self.write("pruning push deliveries") as conn:
             return self.sensors.prune_deliveries(conn, older_than)
-
-    # -- transfers -----------------------------------------------------------
-
-    def open_transfer(
-        self,
-        new: NewTransfer,
-        *,
-        owner: str,
-        lease_seconds: float,
-        run_lease: Lease | None,
-        may_take_over: Callable[[Transfer, float], bool],
-    ) -> OpenedTransfer:
-        """Resume the active transfer of the object (taking it over) or create one."""
-        with self.write("opening a transfer") as conn:
-            return self.transfers.open(
-                conn,
-                new,
-                owner=owner,
-                lease_seconds=lease_seconds,
-                run_lease=run_lease,
-                may_take_over=may_take_over,
-            )
-
-    def renew_transfer(self, fence: TransferFence, lease_seconds: float) -> None:
-        with self.write("renewing a transfer") as conn:
-            self.transfers.renew(conn, fence, lease_seconds)
-
-    def release_transfer(self, fence: TransferFence) -> bool:
-        with self.write("releasing a transfer") as conn:
-            return self.transfers.release(conn, fence)
-
-    def set_transfer_upload(
-        self, fence: TransferFence, upload_id: str | None, part_size: int
-    ) -> Transfer:
-        """Record a new multipart upload (or none), forgetting earlier parts; the new transfer."""
-        with self.write("recording a multipart upload") as conn:
-            return self.transfers.set_upload(conn, fence, upload_id, part_size)
-
-    def record_transfer_source(self, fence: TransferFence, *, size: int, mtime: float) -> Transfer:
-        """Record the source file's size and mtime; the updated transfer."""
-        with self.write("recording a transfer's source") as conn:
-            return self.transfers.record_source(conn, fence, size=size, mtime=mtime)
-
-    def confirm_part(self, fence: TransferFence, part: ConfirmedPart, lease_seconds: float) -> None:
-        """Commit a part S3 acknowledged, fenced; from now on it is never sent again."""
-        with self.write("confirming an uploaded part") as conn:
-            self.transfers.confirm_part(conn, fence, part, lease_seconds)
-
-    def forget_parts(self, fence: TransferFence, part_numbers: Sequence[int]) -> Transfer:
-        """Drop confirmed parts S3 no longer has (they are sent again); the updated transfer."""
-        with self.write("forgetting parts S3 does not have") as conn:
-            return self.transfers.forget_parts(conn, fence, part_numbers)
-
-    def record_transfer_object(self, fence: TransferFence, completed: CompletedObject) -> Transfer:
-        """Record the completed, verified object; the updated transfer (still active)."""
-        with self.write("recording a completed object") as conn:
-            return self.transfers.record_object(conn, fence, completed)
-
-    def finish_transfer(
-        self,
-        fence: TransferFence,
-        status: TransferStatus,
-        *,
-        reason: str | None = None,
-        error: str | None = None,
-    ) -> Transfer:
-        """End the transfer ``succeeded`` or ``failed``; the transfer as finished."""
-        with self.write("finishing a transfer") as conn:
-            return self.transfers.finish(conn, fence, status, reason=reason, error=error)
-
-    def get_transfer(self, transfer_id: int) -> Transfer | None:
-        with self.read("reading a transfer") as conn:
-            return self.transfers.get(conn, transfer_id)
-
-    def get_transfer_parts(self, transfer_id: int) -> list[TransferPart]:
-        with self.read("reading a transfer's parts") as conn:
-            return self.transfers.parts(conn, transfer_id)
-
-    def list_transfers(self, **filters: Any) -> list[Transfer]:
-        with self.read("listing transfers") as conn:
-            return self.transfers.list(conn, **filters)
-
-    def latest_transfer(self, *, source_path: str, bucket: str, key: str) -> Transfer | None:
-        with self.read("reading a transfer") as conn:
-            return self.transfers.latest_for(conn, source_path=source_path, bucket=bucket, key=key)
-
-    def active_upload_ids(self) -> set[str]:
-        with self.read("listing active uploads") as conn:
-            return self.transfers.active_upload_ids(conn)
-
-    # -- downloads (ferryman.transfer.download) --------------------------------
-
-    @functools.cached_property
-    def downloads(self) -> DownloadQueries:
-        return DownloadQueries(self.backend)
-
-    def open_download(self, new: NewDownload) -> OpenedDownload:
-        """Resume the destination's download of the same object version, or start afresh."""
-        with self.write("opening a download") as conn:
-            return self.downloads.open(conn, new)
-
-    def find_download(self, dest_path: str) -> Download | None:
-        with self.read("reading a download") as conn:
-            return self.downloads.find(conn, dest_path)
-
-    def confirm_download_parts(self, download_id: int, parts: Sequence[DownloadPart]) -> None:
-        """Commit parts whose bytes are in the temporary file; from now on never fetched again."""
-        with self.write("confirming downloaded parts") as conn:
-            self.downloads.confirm_parts(conn, download_id, parts)
-
-    def forget_download_parts(self, download_id: int, part_numbers: Sequence[int]) -> None:
-        with self.write("forgetting downloaded parts") as conn:
-            self.downloads.forget_parts(conn, download_id, part_numbers)
-
-    def finish_download(self, download_id: int, outcome: DownloadOutcome) -> Download:
-        with self.write("finishing a download") as conn:
-            return self.downloads.finish(conn, download_id, outcome)
-
-    def list_downloads(self, *, limit: int = 50) -> list[Download]:
-        with self.read("listing downloads") as conn:
-            return self.downloads.list(conn, limit=limit)
 
 
 def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:

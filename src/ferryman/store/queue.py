@@ -169,13 +169,3 @@ class RunQueue:
         for job, status, count in rows:
             counts.setdefault(job, {})[RunStatus(status)] = count
         return counts
-
-    def oldest_due(self, conn: sa.Connection) -> dict[str, float]:
-        """Seconds the oldest due queued run of each job has waited."""
-        now = self.now(conn)
-        rows = conn.execute(
-            sa.select(runs.c.job, sa.func.min(runs.c.available_at))
-            .where(runs.c.status == RunStatus.QUEUED.value, runs.c.available_at <= now)
-            .group_by(runs.c.job)
-        )
-        return {job: max(0.0, now - oldest) for job, oldest in rows}
