@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
@@ -48,6 +48,7 @@ from ferryman.sources.base import Source
 from ferryman.sources.consumer import SourceConsumers
 from ferryman.store import DEFAULT_STORE as DEFAULT_STORE  # the CLI reads it here
 from ferryman.store import Store, open_store
+from ferryman.worker.async_context import AsyncJobContext
 from ferryman.worker.context import JobContext
 from ferryman.worker.processes import run_processes
 from ferryman.worker.worker import JobDefinition, Worker, WorkReport
@@ -55,7 +56,7 @@ from ferryman.worker.worker import JobDefinition, Worker, WorkReport
 log = logging.getLogger("ferryman")
 
 DEFAULT_DELIVERY_RETENTION = timedelta(days=7)
-JobFunction = Callable[[JobContext, Any], Any]
+JobFunction = Callable[[JobContext, Any], Any] | Callable[[AsyncJobContext, Any], Awaitable[Any]]
 F = TypeVar("F", bound=JobFunction)
 S = TypeVar("S", bound=SensorFunction)
 
@@ -465,6 +466,10 @@ class App(SensorOperations):
 
     def get_run(self, run_id: int) -> Run | None:
         return self.store.get_run(run_id)
+
+    def get_run_by_key(self, job: str, run_key: str) -> Run | None:
+        """The run of ``job`` with ``run_key`` (a run_key yields one run per job), or None."""
+        return self.store.get_run_by_key(job, run_key)
 
     def get_run_events(self, run_id: int) -> list[RunEvent]:
         """The run's processing log, oldest first."""

@@ -122,3 +122,14 @@ def test_xml_pipeline_bench_compares_ferryman_with_the_bare_loop() -> None:
             row = rf"^\| {store} \| {system} \| 1 \| {NUMBER} \|"
             assert re.search(row, output, re.MULTILINE), f"{store} {system}:\n{output}"
         assert re.search(rf"^{store}: ferryman with 1 process = {NUMBER}%", output, re.M), output
+
+
+def test_async_bench_runs_ferryman_async_and_threads() -> None:
+    output = run_bench(
+        "async_jobs.py", *("--runs", "40", "--concurrency", "20", "--sleep", "0.05", "--no-peers")
+    )
+    for system in ("ferryman async", "ferryman threads"):
+        for store in ("sqlite", "postgres"):
+            row = re.search(rf"{system}\s+{store}\s+({NUMBER})\s+({NUMBER})\s+(\d+)", output)
+            assert row, f"no {system} row on {store}:\n{output}"
+            assert 1 <= int(row.group(3)) <= 20, output  # the peak never passes concurrency

@@ -272,10 +272,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "ferryman/worker/worker.py",
-                "            else:\n                self._outcomes.put((run, outcome))\n",
-                "            else:\n"
-                "                self._done(run, outcome.kind.value)\n"
-                "                self._outcomes.put((run, outcome))\n",
+                "        else:\n            self._outcomes.put((run, outcome))\n",
+                "        else:\n"
+                "            self._done(run, outcome.kind.value)\n"
+                "            self._outcomes.put((run, outcome))\n",
             ),
             Edit(
                 "ferryman/worker/worker.py",
@@ -365,9 +365,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         one(
             "ferryman/worker/worker.py",
             "        except BaseException as exc:\n"
-            "            if not context.succeeded_in_transaction:",
+            "            return self._settle(run, context, exc)\n",
             "        except Exception as exc:\n"
-            "            if not context.succeeded_in_transaction:",
+            "            return self._settle(run, context, exc)\n",
         ),
         (f"{FAULTS}::test_a_job_raising_a_base_exception_fails_its_attempt",),
     ),
@@ -596,6 +596,30 @@ MUTATIONS: tuple[Mutation, ...] = (
             "tests/unit/test_transfers_store.py::"
             "test_inside_a_job_part_records_are_fenced_by_the_run_lease",
         ),
+    ),
+    # -- async jobs -------------------------------------------------------------
+    Mutation(
+        "an async transaction that raised is committed",
+        "Async jobs",
+        one(
+            "ferryman/worker/async_context.py",
+            "            if not await _on(thread, block.leave, exc):",
+            "            if not await _on(thread, block.leave, None):",
+        ),
+        (
+            "tests/unit/test_async_jobs.py::"
+            "test_an_async_transaction_rolls_back_when_the_job_fails[sqlite]",
+        ),
+    ),
+    Mutation(
+        "async runs one at a time",
+        "Async jobs",
+        one(
+            "ferryman/worker/async_jobs.py",
+            "        self._slots = asyncio.Semaphore(self.concurrency)\n",
+            "        self._slots = asyncio.Semaphore(1)\n",
+        ),
+        ("tests/unit/test_async_jobs.py::test_async_runs_overlap_on_one_thread[sqlite]",),
     ),
     # -- schedules: one run per tick ---------------------------------------------
     Mutation(

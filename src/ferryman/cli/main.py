@@ -29,6 +29,7 @@ from ferryman.cli import errors as cli_errors
 from ferryman.cli import runctl as cli_runctl
 from ferryman.cli import sensors as cli_sensors
 from ferryman.cli import serve as cli_serve
+from ferryman.cli import submit as cli_submit
 from ferryman.cli import sync as cli_sync
 from ferryman.cli import transfers as cli_transfers
 from ferryman.cli.errors import describe
@@ -397,18 +398,34 @@ def runs_list(
     ctx: typer.Context,
     status_filter: Annotated[RunStatus | None, typer.Option("--status")] = None,
     job: Annotated[str | None, typer.Option("--job")] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="The run with this run_key (of --job, or any job).")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Newest N runs.")] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Newest runs, filtered by status and job."""
+    """Newest runs, filtered by status and job; or the run with a run_key."""
     if ctx.invoked_subcommand is not None:
         return
     app = settings.app()
-    found = [shown(app, run) for run in app.get_runs(job=job, status=status_filter, limit=limit)]
+    if key is not None:
+        keyed = app.store.find_runs_by_key(key, None if job is None else [job])
+        if status_filter is not None:
+            keyed = [run for run in keyed if run.status is status_filter]
+        if not keyed and not as_json:
+            fail(
+                f"no run with run_key {key!r}{'' if job is None else f' of {job}'}", EXIT_NOT_FOUND
+            )
+    found = [
+        shown(app, run)
+        for run in (
+            keyed if key is not None else app.get_runs(job=job, status=status_filter, limit=limit)
+        )
+    ]
     if as_json:
         print_json(found)
         return
-    table = Table(title=f"runs (newest {limit})")
+    table = Table(title=f"runs keyed {key!r}" if key is not None else f"runs (newest {limit})")
     for column in ("id", "job", "run_key", "status", "attempt", "updated", "last error"):
         table.add_column(column, overflow="fold")
     for run in found:
@@ -492,6 +509,7 @@ def db_upgrade() -> None:
 cli_sensors.register(cli, lambda: settings.app())
 cli_transfers.register(cli, lambda: settings.app())
 cli_serve.register(cli, lambda: settings.app())
+cli_submit.register(cli, lambda: settings.app(need_jobs=True))
 cli_download.register(cli, lambda: settings.app())
 cli_runctl.register(cli, lambda: settings.app())
 cli_sync.register(cli, lambda: settings.store or DEFAULT_STORE)

@@ -307,6 +307,18 @@ class Store(ReadModel, FileTransfers):
         with self.read("reading a run") as conn:
             return self.runs.get_run(conn, run_id)
 
+    def get_run_by_key(self, job: str, run_key: str) -> Run | None:
+        """The run of ``job`` keyed ``run_key``, or None."""
+        with self.read("reading a run by its key") as conn:
+            found = self.runs.get_by_key(conn, run_key, [job])
+        return found[0] if found else None
+
+    def find_runs_by_key(self, run_key: str, jobs: Sequence[str] | None = None) -> list[Run]:
+        """The runs keyed ``run_key`` of ``jobs`` (default: every job with runs), by job."""
+        with self.read("finding runs by their key") as conn:
+            names = read_queries.job_names(conn) if jobs is None else jobs
+            return self.runs.get_by_key(conn, run_key, names)
+
     def get_events(self, run_id: int) -> list[RunEvent]:
         with self.read("reading a run's processing log") as conn:
             return self.runs.get_events(conn, run_id)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
 from ferryman.store import records
 from ferryman.store.dialect import Backend
+from ferryman.store.keys import run_key_digest
 from ferryman.store.run_rows import NewRun, chunks, event
 from ferryman.store.schema import run_events, runs
 
@@ -238,6 +239,19 @@ class RunQueue:
     def get_run(self, conn: sa.Connection, run_id: int) -> Run | None:
         row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
         return None if row is None else records.run_from_row(row)
+
+    def get_by_key(self, conn: sa.Connection, run_key: str, jobs: Sequence[str]) -> list[Run]:
+        """The runs keyed ``run_key`` of any of ``jobs`` (one per job at most), by job name.
+
+        Found through the unique index on the keys' digests (see
+        :mod:`ferryman.store.keys`), so keys of any length are one lookup.
+        """
+        by_digest = {run_key_digest(job, run_key): job for job in jobs}
+        found: list[Run] = []
+        for digests in chunks(list(by_digest)):
+            query = sa.select(runs).where(runs.c.key_digest.in_(list(digests)))
+            found.extend(records.run_from_row(row) for row in conn.execute(query).mappings())
+        return sorted(found, key=lambda run: run.job)
 
     def get_events(self, conn: sa.Connection, run_id: int) -> list[RunEvent]:
         query = sa.select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id)

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 from ferryman.model import Backoff
 
 if TYPE_CHECKING:
-    from ferryman.worker.context import JobContext
+    pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobDefinition:
     name: str
-    fn: Callable[[JobContext, Any], Any]
+    fn: Callable[..., Any]  # fn(ctx, payload); an async def one is awaited (async_jobs.py)
     max_attempts: int
     backoff: Backoff
     sensitive: frozenset[str] = frozenset()  # payload keys never shown (see App.job)

@@ -4,7 +4,9 @@ Threads of one worker process, each named and supervised:
 
 * the caller's thread runs the **claim loop**: it leases up to
   ``concurrency + prefetch`` runs in batches and hands them to
-* ``concurrency`` **job threads**, which call the job functions and produce
+* ``concurrency`` **job threads**, which call the job functions — or, for
+  ``async def`` jobs, one **event loop** that runs up to ``concurrency`` of
+  them at once as tasks (:mod:`ferryman.worker.async_jobs`) — and produce
   outcomes, which
 * the **committer** writes, many per transaction (group commit) — a run counts
   as done only once its outcome is durable;
@@ -47,20 +49,17 @@ from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.dialect import Listener
 from ferryman.supervise import CRASHES, supervised
 from ferryman.supervise import describe_error as describe_error  # sensors import it here
+from ferryman.worker.async_jobs import Attempts, EventLoop, is_async_job
 from ferryman.worker.context import JobContext, PlanRuns
 from ferryman.worker.deadlines import DeadlineWatcher, hung
 from ferryman.worker.definitions import JobDefinition as JobDefinition  # imported from here
 from ferryman.worker.definitions import WorkReport as WorkReport
-from ferryman.worker.outages import STORE_RETRY, Outages, register_worker
+from ferryman.worker.outages import STORE_RETRY, Outages, register
 from ferryman.worker.signals import on_stop_signals
 
 log = logging.getLogger("ferryman.worker")
 
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
-
-
-class _EndedByTimeout(Exception):
-    """The attempt passed its deadline and the watcher ended it; the job's result is moot."""
 
 
 def new_worker_id() -> str:
@@ -113,6 +112,17 @@ class Worker:
         self._closed = threading.Event()
         self._unstarted: list[ClaimedRun] = []  # claimed, but stopping began before they ran
         self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
+        # async def jobs run as tasks on one event loop, not on job threads
+        self._async_jobs = {name for name, job in jobs.items() if is_async_job(job.fn)}
+        attempts = Attempts(
+            deferred=self._deferred,
+            begin=self._begin,
+            settle=self._settle,
+            ended=self._attempt_ended,
+            call=lambda run, context: self.jobs[run.job].fn(context, run.payload),
+        )
+        self._event_loop = EventLoop(concurrency=concurrency, attempts=attempts)
+        self._job_threads = 0 if len(self._async_jobs) == len(jobs) else concurrency
         self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
         self._crash: BaseException | None = None
         self._outages = Outages(store, self.worker_id, stop_trying=self._closed)
@@ -154,8 +164,8 @@ class Worker:
             if handle_signals
             else None
         )
-        # False: stopped before the store could be written
-        if not register_worker(self.store, self.worker_id, list(self.jobs), self._stopping):
+        if not register(self.store, self.worker_id, list(self.jobs), stopping=self._stopping):
+            # stopped before the store could be written
             if restore:
                 restore()
             return self.report
@@ -194,7 +204,7 @@ class Worker:
                 # While job threads still have claimed runs waiting, let room
                 # build up to a real batch: one claim transaction per handful
                 # of runs would cost more than the runs themselves.
-                starving = self._runnable.qsize() == 0
+                starving = self._waiting() == 0
                 if room <= 0 or (not starving and room < self._refill_at):
                     self._changed.wait(self.poll_interval)
                     continue
@@ -223,7 +233,10 @@ class Worker:
                     for run in claimed:
                         self._held[run.id] = _Held(run)
                 for run in claimed:
-                    self._runnable.put(run)
+                    if run.job in self._async_jobs:
+                        self._event_loop.submit(run)
+                    else:
+                        self._runnable.put(run)
             if self._outages.orphans_possible and self._release_orphans():
                 continue  # they are due again: claim at once
             if claimed:
@@ -318,8 +331,10 @@ class Worker:
             thread = supervised(f"ferryman-{name}", target, on_crash=stop_worker(name))
             self._threads.append(thread.thread)
 
-        for index in range(self.concurrency):
+        for index in range(self._job_threads):
             start(f"job-{index}", self._job_thread)
+        if self._async_jobs:
+            self._threads.append(self._event_loop.start(on_crash=stop_worker("event-loop")))
         start("committer", self._committer)
         start("heartbeat", self._heartbeat)
         if self._deadlines is not None:
@@ -331,8 +346,10 @@ class Worker:
             self._listener.start()
 
     def _shutdown(self) -> None:
-        for _ in range(self.concurrency):
+        for _ in range(self._job_threads):
             self._runnable.put(None)
+        if self._async_jobs:  # async jobs still running outlived the grace: cancelled
+            self._event_loop.stop()
         self._outcomes.put(None)
         self._stopping.set()
         self._closed.set()
@@ -360,19 +377,38 @@ class Worker:
             run = self._runnable.get()
             if run is None:
                 return
-            if self._stopping.is_set():
-                with self._changed:  # never started: released with the rest, no attempt used
-                    self._unstarted.append(run)
-                    self._held.pop(run.id, None)
-                    self._changed.notify_all()
-                continue
-            outcome = self._execute(run)
-            if outcome is None:
-                self._forget(run)
-            else:
-                self._outcomes.put((run, outcome))
+            if not self._deferred(run):
+                self._attempt_ended(run, self._execute(run))
+
+    def _deferred(self, run: ClaimedRun) -> bool:
+        """Stopping began before ``run`` started: keep it for release, no attempt used."""
+        if not self._stopping.is_set():
+            return False
+        with self._changed:
+            self._unstarted.append(run)
+            self._held.pop(run.id, None)
+            self._changed.notify_all()
+        return True
+
+    def _attempt_ended(self, run: ClaimedRun, outcome: Outcome | None) -> None:
+        if outcome is None:
+            self._forget(run)
+        else:
+            self._outcomes.put((run, outcome))
 
     def _execute(self, run: ClaimedRun) -> Outcome | None:
+        context = self._begin(run)
+        try:
+            self.jobs[run.job].fn(context, run.payload)
+        # Whatever the job raises ends its attempt, SystemExit and the other
+        # BaseExceptions included: this is a job thread, so a KeyboardInterrupt
+        # here was raised by the job, not by Ctrl-C (which reaches the claim loop).
+        except BaseException as exc:
+            return self._settle(run, context, exc)
+        return self._settle(run, context, None)
+
+    def _begin(self, run: ClaimedRun) -> JobContext:
+        """The context of an attempt about to start, its deadline watched if it has one."""
         definition = self.jobs[run.job]
         context = JobContext(
             store=self.store,
@@ -386,30 +422,32 @@ class Worker:
             held = self._held.get(run.id)
             if held is not None:
                 held.context = context
-        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
-        try:
-            self._call(definition, context, run)
-        except _EndedByTimeout:
+        if self._deadlines is not None and definition.timeout is not None:
+            self._deadlines.watch(run, context, definition.timeout, definition.backoff)
+        return context
+
+    def _settle(
+        self, run: ClaimedRun, context: JobContext, exc: BaseException | None
+    ) -> Outcome | None:
+        """The outcome of an attempt that ended (raising ``exc``); None: nothing to commit."""
+        if self._ended_by_timeout(run):
             self._outages.forget(run.id)
             return None  # the deadline watcher wrote the attempt's end
-        except LeaseLost:
+        if isinstance(exc, LeaseLost):
             self._lease_lost(run)
             return None
-        # Whatever the job raises ends its attempt, SystemExit and the other
-        # BaseExceptions included: this is a job thread, so a KeyboardInterrupt
-        # here was raised by the job, not by Ctrl-C (which reaches the claim loop).
-        except BaseException as exc:
+        if exc is not None:
             if not context.succeeded_in_transaction:
                 if self._outages.may_give_back(run, exc):
                     self._give_back(run, exc)
                     return None
-                return self._failure(run, definition, exc)
+                return self._failure(run, self.jobs[run.job], exc)
             # The success is committed and cannot be taken back; say so loudly.
             log.warning(
                 "job raised after ctx.transaction() committed its success; the run stays "
                 "succeeded: %r",
                 exc,
-                extra=fields,
+                extra={"run_id": run.id, "job": run.job, "attempt": run.attempt},
             )
         self._outages.forget(run.id)
         if context.succeeded_in_transaction:
@@ -422,18 +460,12 @@ class Worker:
             children=context.children,
         )
 
-    def _call(self, definition: JobDefinition, context: JobContext, run: ClaimedRun) -> None:
-        """Call the job, under its deadline if it has a timeout."""
+    def _ended_by_timeout(self, run: ClaimedRun) -> bool:
+        """Whether the deadline watcher ended this attempt (what the job did since is moot)."""
         watcher = self._deadlines
-        if watcher is None or definition.timeout is None:
-            definition.fn(context, run.payload)
-            return
-        watcher.watch(run, context, definition.timeout, definition.backoff)
-        try:
-            definition.fn(context, run.payload)
-        finally:
-            if watcher.done(run):
-                raise _EndedByTimeout  # whatever the job did after its deadline counts for nothing
+        if watcher is None or self.jobs[run.job].timeout is None:
+            return False
+        return watcher.done(run)
 
     def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
         """Reject → failed now; any other error → retry after backoff, or dead."""
@@ -459,24 +491,12 @@ class Worker:
 
     def _give_back(self, run: ClaimedRun, exc: BaseException) -> None:
         """The store failed under the attempt: release the run, its attempt not counted."""
-        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         released = self._outages.give_back(run, exc)
         if released is None:
             return  # shutting down: still held, released with the rest or left to its lease
         if released:
             with self._changed:
                 self.report.released += 1
-            log.warning(
-                "the store failed under the job; run released, attempt not used: %r",
-                exc,
-                extra=fields,
-            )
-        else:
-            log.warning(
-                "the store failed under the job, and the run is no longer this worker's: its "
-                "success committed before the connection dropped, or its lease was lost",
-                extra=fields,
-            )
         self._forget(run)
 
     def _committer(self) -> None:
@@ -552,6 +572,10 @@ class Worker:
         if not count:
             return None
         return count, str(recent[-1]) if recent else None
+
+    def _waiting(self) -> int:
+        """Claimed runs waiting for a job thread or a slot on the event loop."""
+        return self._runnable.qsize() + self._event_loop.waiting()
 
     def _forget(self, run: ClaimedRun) -> None:
         """This claim of ``run`` has ended: the worker no longer holds it.
