@@ -375,9 +375,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a rejected run retried",
         "Failures, retries and rejected input",
         one(
-            "ferryman/worker/worker.py",
-            "        if isinstance(exc, Reject):\n",
-            "        if False:\n",
+            "ferryman/worker/outcomes.py",
+            "    if isinstance(exc, Reject):\n",
+            "    if False:\n",
         ),
         (f"{CONTRACT}::test_reject_fails_at_once_and_keeps_the_reason",),
     ),

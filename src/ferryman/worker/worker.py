@@ -15,14 +15,11 @@ Threads of one worker process, each named and supervised:
 
 Each is started by :func:`ferryman.supervise.supervised`: a crash is logged
 with its traceback, listed in :attr:`WorkReport.crashes` and written to the
-worker's row in the store, where ``ferryman status`` and the dashboard's
-workers page show it (so are crashes of the process's other background
-threads: the sensor loop, the transfer resumer, upload heartbeats). A crash
-of any worker thread stops the worker with an error rather than letting it
-run on without durable outcomes or live leases. The
-runs it had started are then left to their leases, so a crash counts their
-attempt: a run that crashes every worker it meets ends ``dead`` after
-``max_attempts`` instead of being handed back forever.
+worker's row in the store (``ferryman status``, the dashboard's workers page).
+A crash of any worker thread stops the worker with an error rather than let
+it run on without durable outcomes or live leases; the runs it had started
+are left to their leases, so a run that crashes every worker it meets ends
+``dead`` after ``max_attempts`` instead of being handed back forever.
 
 Whatever a job raises is the outcome of its attempt, ``SystemExit`` and other
 ``BaseException`` included: a library calling ``sys.exit()`` fails the run,
@@ -43,7 +40,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
+from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, StoreError
 from ferryman.logs import process_id
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.dialect import Listener
@@ -55,6 +52,7 @@ from ferryman.worker.deadlines import DeadlineWatcher, hung
 from ferryman.worker.definitions import JobDefinition as JobDefinition  # imported from here
 from ferryman.worker.definitions import WorkReport as WorkReport
 from ferryman.worker.outages import STORE_RETRY, Outages, register
+from ferryman.worker.outcomes import failure
 from ferryman.worker.signals import on_stop_signals
 
 log = logging.getLogger("ferryman.worker")
@@ -441,7 +439,7 @@ class Worker:
                 if self._outages.may_give_back(run, exc):
                     self._give_back(run, exc)
                     return None
-                return self._failure(run, self.jobs[run.job], exc)
+                return failure(run, self.jobs[run.job], exc)
             # The success is committed and cannot be taken back; say so loudly.
             log.warning(
                 "job raised after ctx.transaction() committed its success; the run stays "
@@ -466,28 +464,6 @@ class Worker:
         if watcher is None or self.jobs[run.job].timeout is None:
             return False
         return watcher.done(run)
-
-    def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
-        """Reject → failed now; any other error → retry after backoff, or dead."""
-        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
-        if isinstance(exc, Reject):
-            log.info("run rejected: %s", exc.reason, extra=fields)
-            return Outcome(
-                kind=OutcomeKind.FAILED, lease=run.lease, attempt=run.attempt, error=exc.reason
-            )
-        error = describe_error(exc)
-        if run.attempt >= run.max_attempts:
-            log.warning("run dead after %d attempts: %r", run.attempt, exc, extra=fields)
-            return Outcome(kind=OutcomeKind.DEAD, lease=run.lease, attempt=run.attempt, error=error)
-        delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
-        log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
-        return Outcome(
-            kind=OutcomeKind.RETRY,
-            lease=run.lease,
-            attempt=run.attempt,
-            error=error,
-            retry_delay=delay,
-        )
 
     def _give_back(self, run: ClaimedRun, exc: BaseException) -> None:
         """The store failed under the attempt: release the run, its attempt not counted."""
