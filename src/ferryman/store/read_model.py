@@ -32,7 +32,7 @@ from ferryman.model import (
     TransferPart,
     TransferStatus,
 )
-from ferryman.store import processing_log
+from ferryman.store import processing_log, read_views
 from ferryman.store import read_queries as q
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_queries import (
@@ -48,6 +48,7 @@ from ferryman.store.read_queries import (
     TransferTotals,
     WorkerView,
 )
+from ferryman.store.read_views import AttemptBar, DurationSlot, SlotCount, Timeline
 from ferryman.store.sensors import PAUSED, SensorQueries
 from ferryman.store.transfers import TransferQueries
 
@@ -56,6 +57,8 @@ __all__ = [
     "DURATION_BUCKETS",
     "FINISHING_KINDS",
     "MAX_PAGE",
+    "AttemptBar",
+    "DurationSlot",
     "ErrorGroup",
     "Folded",
     "Histogram",
@@ -67,6 +70,8 @@ __all__ = [
     "RunCount",
     "RunDetail",
     "SensorDetail",
+    "SlotCount",
+    "Timeline",
     "TransferDetail",
     "TransferTotals",
     "WorkerView",
@@ -227,6 +232,23 @@ class ReadModel:
                 transfers=self.transfers.list(conn, run_id=run_id)[::-1],
             )
 
+    def timeline(self, *, since: float, until: float, job: str | None = None) -> Timeline:
+        """The attempts of runs that finished in ``[since, until)`` or are running, claim to
+        end; aggregated per slot when too many (see :func:`~ferryman.store.read_views.timeline`)."""
+        with self.read("reading the timeline") as conn:
+            return read_views.timeline(conn, since=since, until=until, job=job)
+
+    def run_attempts(self, run_id: int) -> list[AttemptBar]:
+        """Every attempt of one run, claim to end, from its processing log."""
+        with self.read("reading a run's attempts") as conn:
+            return read_views.attempt_bars(conn, [run_id])
+
+    def durations(self, *, job: str, since: float, until: float) -> list[DurationSlot]:
+        """Run duration percentiles of ``job`` per time slot (see
+        :func:`~ferryman.store.read_views.durations`)."""
+        with self.read("reading run durations") as conn:
+            return read_views.durations(conn, job=job, since=since, until=until)
+
     def existing_run_keys(
         self, run_keys_by_job: Mapping[str, Sequence[str]]
     ) -> set[tuple[str, str]]:
@@ -243,7 +265,7 @@ class ReadModel:
 
     def _sensors_failing_first(self, conn: sa.Connection) -> list[SensorState]:
         return sorted(
-            self.sensors.states(conn),
+            read_views.push_failure_streaks(conn, self.sensors.states(conn)),
             key=lambda s: (-s.consecutive_failures, s.status != PAUSED, s.name),
         )
 
@@ -267,6 +289,7 @@ class ReadModel:
             state = self.sensors.state(conn, name)
             if state is None:
                 return None
+            (state,) = read_views.push_failure_streaks(conn, [state])
             page = q.list_evaluations(conn, name, outcome=outcome, before_id=before_id, limit=limit)
             moves = q.cursor_history(conn, name, limit=history) if history else []
             return SensorDetail(state=state, evaluations=page, cursor_history=moves)

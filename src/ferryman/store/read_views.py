@@ -1,0 +1,265 @@
+"""Queries behind the dashboard's timeline, charts and sensor streaks (read-only).
+
+Like :mod:`~ferryman.store.read_queries`, each walks an index from one end and
+stops: the timeline reads at most ``MAX_BARS`` runs (newest finished first,
+from the ``finished_at`` index) and their processing log (by ``run_id``);
+past that many, it counts finishes per time slot instead of drawing each
+attempt. Durations are read from the newest ``DURATION_SAMPLE`` runs that
+finished in the window, so a chart over a busy week costs the same as one
+over a quiet hour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.model import EvaluationOutcome, RunEventKind, RunStatus, SensorKind, SensorState
+from ferryman.store.schema import run_events, runs, sensor_evaluations
+
+MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
+DURATION_SAMPLE = 5000  # newest finished runs a duration chart is drawn from
+STREAK_CAP = 1000  # failures in a row of a push sensor are counted up to this
+SLOTS = 60  # time slots of an aggregated timeline or a duration chart
+
+# The events that end an attempt, and the outcome each gives its bar.
+ATTEMPT_ENDS = {
+    RunEventKind.SUCCEEDED.value: "succeeded",
+    RunEventKind.FAILED.value: "failed",
+    RunEventKind.DEAD.value: "dead",
+    RunEventKind.RETRY_SCHEDULED.value: "retried",
+    RunEventKind.LEASE_EXPIRED.value: "taken over",
+    RunEventKind.REQUEUED.value: "requeued",
+    RunEventKind.RELEASED.value: "released",
+    RunEventKind.CANCELLED.value: "cancelled",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptBar:
+    """One attempt of a run: from its claim to the event that ended it."""
+
+    run_id: int
+    job: str
+    run_key: str
+    attempt: int
+    worker_id: str | None
+    start: float
+    end: float | None  # None: still running
+    outcome: str  # succeeded, failed, dead, retried, taken over, requeued, cancelled, running
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SlotCount:
+    """Runs that finished in one slot of an aggregated timeline, by status."""
+
+    start: float
+    counts: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Timeline:
+    """Attempts in a window (``bars``), or, when there are too many, finishes per slot."""
+
+    since: float
+    until: float
+    bars: list[AttemptBar]
+    slots: list[SlotCount]  # only when aggregated
+    aggregated: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DurationSlot:
+    """Run durations (claim to finish, seconds) of the runs that finished in one slot."""
+
+    start: float
+    runs: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+def push_failure_streaks(conn: sa.Connection, states: Sequence[SensorState]) -> list[SensorState]:
+    """``states`` with each push sensor's failures in a row counted from its evaluations.
+
+    Push evaluations never write the sensor's row (concurrent deliveries must
+    not wait on one another), so its ``consecutive_failures`` stays 0: the
+    streak is read from the newest evaluations instead, through the
+    ``(sensor, id)`` index, up to ``STREAK_CAP``.
+    """
+    shown = []
+    for state in states:
+        if state.kind == SensorKind.PUSH:
+            outcomes = conn.scalars(
+                sa.select(sensor_evaluations.c.outcome)
+                .where(sensor_evaluations.c.sensor == state.name)
+                .order_by(sensor_evaluations.c.id.desc())
+                .limit(STREAK_CAP)
+            )
+            streak = 0
+            for outcome in outcomes:
+                if outcome != EvaluationOutcome.FAILED.value:
+                    break
+                streak += 1
+            state = dataclasses.replace(state, consecutive_failures=streak)
+        shown.append(state)
+    return shown
+
+
+def _finished_in(since: float, until: float, job: str | None) -> sa.Select[Any]:
+    query = sa.select(runs.c.id).where(runs.c.finished_at >= since, runs.c.finished_at < until)
+    return query.where(runs.c.job == job) if job is not None else query
+
+
+def timeline(
+    conn: sa.Connection, *, since: float, until: float, job: str | None = None
+) -> Timeline:
+    """Every attempt of the runs finished in ``[since, until)`` or running now, claim to end.
+
+    Runs are read newest finished first; when more than ``MAX_BARS`` finished
+    in the window, finishes are counted per slot instead (still from the
+    ``finished_at`` index alone, never the runs' rows).
+    """
+    finished: list[int] = list(
+        conn.scalars(
+            _finished_in(since, until, job).order_by(runs.c.finished_at.desc()).limit(MAX_BARS + 1)
+        )
+    )
+    if len(finished) > MAX_BARS:
+        return Timeline(
+            since=since,
+            until=until,
+            bars=[],
+            slots=_finish_slots(conn, since, until, job),
+            aggregated=True,
+        )
+    running_query = sa.select(runs.c.id).where(runs.c.status == RunStatus.RUNNING.value)
+    if job is not None:
+        running_query = running_query.where(runs.c.job == job)
+    running: list[int] = list(
+        conn.scalars(running_query.order_by(runs.c.id.desc()).limit(MAX_BARS))
+    )
+    return Timeline(
+        since=since,
+        until=until,
+        bars=attempt_bars(conn, sorted(set(finished) | set(running))),
+        slots=[],
+        aggregated=False,
+    )
+
+
+def attempt_bars(conn: sa.Connection, run_ids: Sequence[int]) -> list[AttemptBar]:
+    """The attempts of ``run_ids`` from their processing logs, oldest claim first."""
+    if not run_ids:
+        return []
+    rows = conn.execute(
+        sa.select(
+            run_events.c.run_id,
+            run_events.c.kind,
+            run_events.c.at,
+            run_events.c.attempt,
+            run_events.c.worker_id,
+            runs.c.job,
+            runs.c.run_key,
+            runs.c.status,
+        )
+        .join(runs, runs.c.id == run_events.c.run_id)
+        .where(run_events.c.run_id.in_(list(run_ids)))
+        .order_by(run_events.c.run_id, run_events.c.id)
+    )
+    bars: list[AttemptBar] = []
+    open_claims: dict[int, AttemptBar] = {}
+    for row in rows:
+        if row.kind == RunEventKind.CLAIMED.value:
+            if row.run_id in open_claims:  # claimed again with no end logged: taken over
+                taken = dataclasses.replace(open_claims[row.run_id], end=row.at)
+                bars.append(dataclasses.replace(taken, outcome="taken over"))
+            open_claims[row.run_id] = AttemptBar(
+                run_id=row.run_id,
+                job=row.job,
+                run_key=row.run_key,
+                attempt=row.attempt,
+                worker_id=row.worker_id,
+                start=row.at,
+                end=None,
+                outcome="running",
+            )
+            continue
+        claim = open_claims.get(row.run_id)
+        ended = ATTEMPT_ENDS.get(row.kind)
+        if claim is not None and ended is not None:
+            bars.append(dataclasses.replace(claim, end=row.at, outcome=ended))
+            del open_claims[row.run_id]
+    for claim in open_claims.values():  # still running, or its end is not logged yet
+        bars.append(claim)
+    return sorted(bars, key=lambda bar: (bar.start, bar.run_id))
+
+
+def _slot(since: float, until: float, slots: int) -> float:
+    return max(1.0, math.ceil((until - since) / slots))
+
+
+def _finish_slots(
+    conn: sa.Connection, since: float, until: float, job: str | None
+) -> list[SlotCount]:
+    width = _slot(since, until, SLOTS)
+    slot = sa.func.floor((runs.c.finished_at - since) / width).label("slot")
+    query = (
+        sa.select(slot, runs.c.status, sa.func.count())
+        .where(runs.c.finished_at >= since, runs.c.finished_at < until)
+        .group_by(slot, runs.c.status)
+    )
+    if job is not None:
+        query = query.where(runs.c.job == job)
+    counts: dict[int, dict[str, int]] = {}
+    for index, status, count in conn.execute(query):
+        by_status = counts.setdefault(int(index), {})
+        by_status[status] = by_status.get(status, 0) + int(count)
+    total = math.ceil((until - since) / width)
+    return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]
+
+
+def _percentile(ordered: Sequence[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def durations(
+    conn: sa.Connection, *, job: str, since: float, until: float, slots: int = SLOTS
+) -> list[DurationSlot]:
+    """p50/p95/p99 of run durations per slot, from the newest ``DURATION_SAMPLE`` finishes."""
+    rows = conn.execute(
+        sa.select(runs.c.finished_at, runs.c.started_at)
+        .where(
+            runs.c.job == job,
+            runs.c.finished_at >= since,
+            runs.c.finished_at < until,
+            runs.c.started_at.is_not(None),
+        )
+        .order_by(runs.c.finished_at.desc())
+        .limit(DURATION_SAMPLE)
+    )
+    width = _slot(since, until, slots)
+    by_slot: dict[int, list[float]] = {}
+    for finished_at, started_at in rows:
+        by_slot.setdefault(int((finished_at - since) // width), []).append(
+            max(0.0, finished_at - started_at)
+        )
+    result = []
+    for index in range(math.ceil((until - since) / width)):
+        ordered = sorted(by_slot.get(index, []))
+        result.append(
+            DurationSlot(
+                start=since + index * width,
+                runs=len(ordered),
+                p50=_percentile(ordered, 0.50),
+                p95=_percentile(ordered, 0.95),
+                p99=_percentile(ordered, 0.99),
+            )
+        )
+    return result
