@@ -1,0 +1,181 @@
+"""What the dashboard says must be true: counts' age, overdue sensors, push failures,
+confirmations; and the views that draw: the timeline, a job's page, run search.
+
+On every store (sqlite, postgres, mariadb), through the pages a browser gets.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+import sqlalchemy as sa
+from starlette.testclient import TestClient
+
+import ferryman as fm
+from ferryman.store import read_views
+from ferryman.store.read_model import RunCount
+from tests.web.conftest import sign_in
+from tests.web.test_pages import run_id, section
+
+
+class OldCount:
+    """Run counts taken 90 s ago and not retaken (a recount that has not finished)."""
+
+    def __init__(self, app: fm.App) -> None:
+        self.counted = RunCount(counts={}, at=app.store.now() - 90)
+
+    def current(self) -> RunCount:
+        return self.counted
+
+
+def test_the_overview_says_how_old_its_counts_are_in_red_past_a_minute(
+    client: TestClient, web_app: fm.App
+) -> None:
+    fresh = client.get("/").text
+    assert re.search(r'<span class="" id="counted-ago">\d+ s ago</span>', fresh)
+    assert "(stale:" not in fresh
+    client.app.state.run_counts = OldCount(web_app)  # type: ignore[attr-defined]
+    old = client.get("/").text
+    assert re.search(r'<span class="stale" id="counted-ago">(89|90|91|92) s ago</span>', old)
+    assert "(stale: a recount is under way" in old
+
+
+def _set_next_evaluation(app: fm.App, name: str, seconds_from_now: float) -> None:
+    """Move a sensor's next evaluation as a daemon that stopped ticking would leave it."""
+    engine = sa.create_engine(app.store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE ferryman_sensors SET next_evaluation_at = :at WHERE name = :name"),
+                {"at": app.store.now() + seconds_from_now, "name": name},
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_next_evaluation_twenty_minutes_past_is_flagged_overdue(
+    client: TestClient, web_app: fm.App
+) -> None:
+    assert "overdue" not in client.get("/sensors/numbers").text  # due in an hour
+    _set_next_evaluation(web_app, "numbers", -1200)
+    for path in ("/sensors/numbers", "/sensors", "/"):
+        page = client.get(path).text
+        assert re.search(r'<span class="overdue">overdue by 20 min</span>', page), path
+    _set_next_evaluation(web_app, "numbers", -30)  # a tick a little late is not flagged
+    assert "overdue by" not in client.get("/sensors/numbers").text
+
+
+def test_a_failing_push_sensor_shows_its_failures_and_traceback_lines(
+    client: TestClient, web_app: fm.App
+) -> None:
+    @web_app.push_sensor(job="load")
+    def picky(ctx: fm.SensorContext, message: fm.Message) -> list[fm.RunRequest]:
+        raise ValueError(f"cannot parse message {message.message_id}")
+
+    for number in (1, 2, 3):
+        failed = web_app.ingest("picky", f"p-{number}", {"n": number})
+        assert failed.outcome is fm.EvaluationOutcome.FAILED
+    page = client.get("/sensors/picky").text
+    facts = page[: page.index("</dl>")]
+    assert re.search(r"<dt>failures in a row</dt><dd>3</dd>", facts)
+    last = re.search(r"<dt>last evaluated</dt><dd>([^<]+)</dd>", facts)
+    assert last is not None and last.group(1) != "—"
+    (traceback,) = re.findall(r'<pre class="traceback">(.*?)</pre>', page, re.DOTALL)[:1]
+    assert "Traceback (most recent call last)" in traceback and "\n" in traceback.strip()
+    assert "cannot parse message p-3" in html.unescape(traceback)
+    listing = section(client.get("/").text, "Sensors")
+    assert re.search(r'<tr class="failing">\s*<td><a href="/sensors/picky">', listing)
+    web_app.ingest("picky", "p-1", {"n": 1})  # a redelivery of a failed one runs again
+    assert "<dt>failures in a row</dt><dd>4</dd>" in client.get("/sensors/picky").text
+
+
+def test_cancel_asks_first_then_cancels(client: TestClient, web_app: fm.App) -> None:
+    web_app.submit("load", fm.RunRequest("later-1", {"n": 9}))
+    queued = run_id(web_app, "later-1")
+    csrf = sign_in(client)
+    asked = client.post(f"/runs/{queued}/cancel", data={"csrf": csrf})
+    assert asked.status_code == 200 and f"Cancel run {queued}?" in asked.text
+    assert f'action="/runs/{queued}/cancel"' in asked.text and 'value="yes"' in asked.text
+    run = web_app.get_run(queued)
+    assert run is not None and run.status is fm.RunStatus.QUEUED
+    forged = client.post(f"/runs/{queued}/cancel", data={"csrf": "0" * 64, "confirmed": "yes"})
+    assert forged.status_code == 403
+    done = client.post(f"/runs/{queued}/cancel", data={"csrf": csrf, "confirmed": "yes"})
+    assert done.status_code == 200 and "cancelled" in done.text
+    run = web_app.get_run(queued)
+    assert run is not None and run.status is fm.RunStatus.CANCELLED
+
+
+def test_the_dead_letter_confirmation_names_the_error_and_the_runs(
+    client: TestClient, web_app: fm.App
+) -> None:
+    csrf = sign_in(client)
+    page = client.get("/dead-letters").text
+    dead = run_id(web_app, "flaky-1")
+    form = re.search(r'<form method="post" action="/dead-letters/retry".*?</form>', page, re.S)
+    assert form is not None
+    fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', form.group(0)))
+    fields["csrf"] = csrf
+    asked = client.post("/dead-letters/retry", data=fields)
+    assert "Retry 1 runs?" in asked.text and f"runs {dead}" in asked.text
+    assert "ended with: RuntimeError: upstream unavailable for N" in asked.text
+    run = web_app.get_run(dead)
+    assert run is not None and run.status is fm.RunStatus.DEAD
+
+
+def test_workers_are_alive_as_in_the_cli(client: TestClient) -> None:
+    for path in ("/", "/workers"):
+        page = client.get(path).text
+        assert "status-live" not in page and not re.search(r"\blive workers", page)
+    assert "alive workers" in client.get("/").text
+
+
+def test_the_timeline_draws_each_attempt_with_its_worker(
+    client: TestClient, web_app: fm.App
+) -> None:
+    page = client.get("/timeline").text
+    chart = page[page.index('<div class="chart-box" id="timeline">') :]
+    titles = [html.unescape(t) for t in re.findall(r"<title>([^<]*)</title>", chart)]
+    dead = run_id(web_app, "flaky-1")
+    (flaky,) = [t for t in titles if t.startswith(f"run {dead} flaky-1")]
+    assert "attempt 1: dead" in flaky and "worker " in flaky and "worker ?" not in flaky
+    assert f'<a href="/runs/{dead}"><rect class="bar bar-dead"' in chart
+    assert len([t for t in titles if ": succeeded" in t]) == 4
+    only = client.get("/timeline", params={"job": "flaky"}).text
+    assert only.count("<rect") == 1
+    run_page = client.get(f"/runs/{dead}").text
+    assert "attempt 1: dead" in html.unescape(section(run_page, "Attempts"))
+
+
+def test_the_timeline_counts_per_slot_when_too_many_runs_finished(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(read_views, "MAX_BARS", 2)
+    page = client.get("/timeline", params={"range": "24h"}).text
+    assert "Too many runs finished in this window" in page
+    titles = [html.unescape(t) for t in re.findall(r"<title>([^<]*)</title>", page)]
+    counted = sum(int(m.group(1)) for t in titles if (m := re.search(r": (\d+) \w+$", t)))
+    assert counted == 6  # every finished run, in some slot
+
+
+def test_a_job_page_shows_settings_counts_durations_and_dead_letters(
+    client: TestClient,
+) -> None:
+    page = client.get("/jobs/flaky").text
+    settings = section(page, "Settings")
+    assert "<dt>max_attempts</dt><dd><code>1</code></dd>" in settings
+    assert "<dt>backoff</dt>" in settings
+    assert 'href="/runs?job=flaky&status=dead">1<' in section(page, "Runs")
+    durations = section(page, "Run durations")
+    assert re.search(r"<title>[0-9:]+: p50 \d+ ms of 1 runs</title>", durations)
+    assert "RuntimeError: upstream unavailable for N" in section(page, "Dead letters")
+    load = client.get("/jobs/load").text
+    assert 'href="/sensors/numbers"' in section(load, "Sensors")
+    assert client.get("/jobs/nope").status_code == 404
+    assert client.get("/jobs/load", params={"range": "fortnight"}).status_code == 422
+    custom = client.get(
+        "/jobs/load", params={"range": "custom", "since": "2026-01-02T00:00", "until": "2026-01-01"}
+    )
+    assert custom.status_code == 400 and "must start before it ends" in custom.text
