@@ -179,3 +179,62 @@ def test_a_job_page_shows_settings_counts_durations_and_dead_letters(
         "/jobs/load", params={"range": "custom", "since": "2026-01-02T00:00", "until": "2026-01-01"}
     )
     assert custom.status_code == 400 and "must start before it ends" in custom.text
+
+
+def _listed(page: str) -> list[str]:
+    """The run keys of a runs page, in the order shown."""
+    return re.findall(r"<code>([^<]*)</code></a></td>\s*<td><span class=\"status", page)
+
+
+def test_find_runs_by_key_exact_and_prefix_and_page_both_ways(
+    client: TestClient, web_app: fm.App
+) -> None:
+    web_app.submit("load", *[fm.RunRequest(f"batch-{n:02}", {"n": n}) for n in range(7)])
+    exact = client.get("/runs", params={"run_key": "batch-03"}).text
+    assert _listed(exact) == ["batch-03"]
+    assert _listed(client.get("/runs", params={"run_key": "batch-0"}).text) == []  # exact
+    newest = client.get("/runs", params={"run_key": "batch-", "match": "prefix"}).text
+    assert _listed(newest) == [f"batch-{n:02}" for n in range(6, -1, -1)]
+    assert 'value="prefix" selected' in newest
+
+    from ferryman.web import pages
+
+    original = pages.PAGE
+    try:
+        pages.PAGE = 3
+        first = client.get("/runs", params={"run_key": "batch-", "match": "prefix"}).text
+        assert _listed(first) == ["batch-06", "batch-05", "batch-04"]
+        assert "newer runs" not in first
+        older = re.search(r'href="/runs\?([^"]+)" rel="next"', first)
+        assert older is not None and "run_key=batch-" in older.group(1)
+        second = client.get("/runs?" + html.unescape(older.group(1))).text
+        assert _listed(second) == ["batch-03", "batch-02", "batch-01"]
+        newer = re.search(r'href="/runs\?([^"]+)" rel="prev"', second)
+        assert newer is not None
+        back = client.get("/runs?" + html.unescape(newer.group(1))).text
+        assert _listed(back) == ["batch-06", "batch-05", "batch-04"]
+    finally:
+        pages.PAGE = original
+
+
+def test_filter_runs_by_worker_and_error_group_with_durations(
+    client: TestClient, web_app: fm.App
+) -> None:
+    dead = web_app.get_run(run_id(web_app, "flaky-1"))
+    assert dead is not None
+    detail = web_app.store.run_detail(dead.id)
+    assert detail is not None
+    (claimed,) = [e for e in detail.events if e.kind == "claimed"]
+    assert claimed.worker_id
+    by_worker = client.get("/runs", params={"worker": claimed.worker_id}).text
+    assert len(_listed(by_worker)) == 6  # the one worker of populate() ran them all
+    assert _listed(client.get("/runs", params={"worker": "nobody:1"}).text) == []
+    group = "RuntimeError: upstream unavailable for N"
+    by_error = client.get("/runs", params={"error": group}).text
+    assert _listed(by_error) == ["flaky-1"]
+    assert re.search(r'<td class="num">\d+ ms</td>', by_error)  # its duration
+    run_page = client.get(f"/runs/{dead.id}").text
+    link = re.search(r'<a href="([^"]+)" id="error-group">', run_page)
+    assert link is not None
+    one = client.get(html.unescape(link.group(1))).text
+    assert "One group shown" in one and one.count("Retry 1</button>") == 1

@@ -32,7 +32,7 @@ from ferryman.model import (
     TransferPart,
     TransferStatus,
 )
-from ferryman.store import processing_log, read_views
+from ferryman.store import processing_log, read_views, run_search
 from ferryman.store import read_queries as q
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_queries import (
@@ -49,6 +49,7 @@ from ferryman.store.read_queries import (
     WorkerView,
 )
 from ferryman.store.read_views import AttemptBar, DurationSlot, SlotCount, Timeline
+from ferryman.store.run_search import RunFilter, RunSearchPage
 from ferryman.store.sensors import PAUSED, SensorQueries
 from ferryman.store.transfers import TransferQueries
 
@@ -69,6 +70,8 @@ __all__ = [
     "ReadModel",
     "RunCount",
     "RunDetail",
+    "RunFilter",
+    "RunSearchPage",
     "SensorDetail",
     "SlotCount",
     "Timeline",
@@ -205,7 +208,7 @@ class ReadModel:
         """Runs newest first; ``since``/``until`` bound when they were created
         (see :func:`~ferryman.store.read_queries.list_runs`)."""
         with self.read("listing runs") as conn:
-            return q.list_runs(
+            return run_search.list_runs(
                 conn,
                 job=job,
                 status=status,
@@ -213,6 +216,21 @@ class ReadModel:
                 until=until,
                 before_id=before_id,
                 limit=limit,
+            )
+
+    def search_runs(
+        self,
+        found: RunFilter,
+        *,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> RunSearchPage:
+        """Runs newest first by any of :class:`~ferryman.store.run_search.RunFilter`'s fields,
+        paged both ways (``before_id``: older, ``after_id``: newer)."""
+        with self.read("searching runs") as conn:
+            return run_search.search_runs(
+                conn, found, before_id=before_id, after_id=after_id, limit=limit
             )
 
     def job_names(self) -> list[str]:

@@ -20,7 +20,8 @@ from markupsafe import Markup
 
 from ferryman.app import App
 from ferryman.model import Run, RunStatus, TransferStatus, redact
-from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount
+from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount, RunFilter
+from ferryman.store.read_queries import error_kind
 from ferryman.web import charts, insight, session
 from ferryman.web.deps import (
     MAX_ID,
@@ -230,40 +231,54 @@ def set_cursor(
 # -- runs ----------------------------------------------------------------------
 
 
+Text = Annotated[str, Query(max_length=200)]
+
+
 @router.get("/runs")
 def runs_page(
     request: Request,
     app: AppDep,
     settings: SettingsDep,
-    job: Annotated[str, Query(max_length=200)] = "",
+    job: Text = "",
     status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
     since: Annotated[str, Query(max_length=40)] = "",
     until: Annotated[str, Query(max_length=40)] = "",
+    run_key: Annotated[str, Query(max_length=2000)] = "",
+    match: Annotated[str, Query(pattern="^(exact|prefix)$")] = "exact",
+    worker: Text = "",
+    error: Annotated[str, Query(max_length=1000)] = "",
     before_id: BeforeId = None,
+    after_id: BeforeId = None,
 ) -> Response:
-    page = app.store.run_page(
+    found = RunFilter(
         job=job or None,
         status=status_filter,
         since=insight.parse_time(since),
         until=insight.parse_time(until),
-        before_id=before_id,
-        limit=PAGE,
+        run_key=run_key if run_key and match == "exact" else None,
+        run_key_prefix=run_key if run_key and match == "prefix" else None,
+        worker=worker or None,
+        error=error or None,
     )
-    jobs = sorted(set(app.store.job_names()) | set(app.jobs))
-    filters = {"job": job, "status": status_filter.value if status_filter else "", "since": since}
-    filters["until"] = until
-    next_query = urllib.parse.urlencode(
-        {**{k: v for k, v in filters.items() if v}, "before_id": page.next_before or ""}
-    )
+    page = app.store.search_runs(found, before_id=before_id, after_id=after_id, limit=PAGE)
+    filters = {"job": job, "status": status_filter.value if status_filter else ""}
+    filters |= {"since": since, "until": until, "run_key": run_key, "worker": worker}
+    filters |= {"error": error, "match": match if run_key else ""}
+    kept = {k: v for k, v in filters.items() if v}
     return render(
         request,
         "runs.html",
         settings,
         runs=[(r, redact(r.payload, hidden(app, r.job))) for r in page.items],
-        jobs=jobs,
+        jobs=sorted(set(app.store.job_names()) | set(app.jobs)),
         statuses=list(RunStatus),
         filters=filters,
-        next_query=next_query if page.next_before else None,
+        next_query=urllib.parse.urlencode({**kept, "before_id": page.next_before})
+        if page.next_before
+        else None,
+        previous_query=urllib.parse.urlencode({**kept, "after_id": page.previous_after})
+        if page.previous_after
+        else None,
     )
 
 
@@ -281,6 +296,9 @@ def run_page(request: Request, app: AppDep, settings: SettingsDep, run_id: Recor
         events=detail.events,
         transfers=detail.transfers,
         attempts=_attempts_chart(app, detail.run),
+        error_group=error_kind(detail.run.last_error)
+        if detail.run.status in (RunStatus.FAILED, RunStatus.DEAD)
+        else None,
     )
 
 
@@ -347,9 +365,19 @@ def dead_letters_page(
     app: AppDep,
     settings: SettingsDep,
     job: Annotated[str, Query(max_length=200)] = "",
+    error: Annotated[str, Query(max_length=1000)] = "",
 ) -> Response:
     groups = app.store.dead_letters(job=job or None)
-    return render(request, "dead_letters.html", settings, groups=groups, sample=DEAD_LETTER_SAMPLE)
+    if error:  # one group, as linked from a run that ended with its error
+        groups = [group for group in groups if group.error == error]
+    return render(
+        request,
+        "dead_letters.html",
+        settings,
+        groups=groups,
+        sample=DEAD_LETTER_SAMPLE,
+        one_group=bool(error),
+    )
 
 
 def _run_ids(listed: str) -> list[int]:

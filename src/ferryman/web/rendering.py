@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from ferryman.app import App
 from ferryman.logs import error_summary
 from ferryman.store.records import displayable
-from ferryman.web import session
+from ferryman.web import charts, session
 from ferryman.web.settings import WebSettings
 
 CONTENT_SECURITY_POLICY = (
@@ -81,6 +81,7 @@ def _when_epoch(seconds: float) -> str:
 templates.env.filters["when"] = _when
 templates.env.filters["when_epoch"] = _when_epoch
 templates.env.filters["size"] = _size
+templates.env.filters["duration"] = charts.seconds
 templates.env.filters["error_summary"] = error_summary
 
 
