@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from ferryman.store import read_views
 from ferryman.store.read_model import RunCount
 from tests.web.conftest import sign_in
 from tests.web.test_pages import run_id, section
+from tests.web.web_app import add_folder_sensor
 
 
 class OldCount:
@@ -238,3 +240,35 @@ def test_filter_runs_by_worker_and_error_group_with_durations(
     assert link is not None
     one = client.get(html.unescape(link.group(1))).text
     assert "One group shown" in one and one.count("Retry 1</button>") == 1
+
+
+def test_a_folder_sensor_cursor_is_decoded_with_the_raw_json_one_click_away(
+    client: TestClient, web_app: fm.App, tmp_path: Path
+) -> None:
+    add_folder_sensor(web_app, tmp_path / "in", files=3)
+    page = client.get("/sensors/incoming").text
+    facts = dict(re.findall(r'<dt>([^<]+)</dt><dd class="cursor-fact">([^<]+)</dd>', page))
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC \(newest file modification time decided\)",
+        facts["high-water mark"],
+    )
+    assert facts["remembered above the floor"] == "3 files"
+    raw = re.search(r"<summary>raw JSON</summary><code id=\"cursor\">([^<]+)</code>", page)
+    assert raw is not None and '"kind":"folder"' in html.unescape(raw.group(1))
+    latest = page[page.index('id="latest-items"') :].split("</dd>")[0]
+    keys = re.findall(r"<code>([^<]+)</code>", latest)  # path@mtime_ns:size
+    assert [key.split("@")[0] for key in keys] == [f"export-00{n}.csv" for n in range(3)]
+    listing = client.get("/sensors").text
+    row = listing[listing.index('href="/sensors/incoming"') :].split("</tr>")[0]
+    assert '<span class="status status-ok">ok</span>' in row  # its last outcome
+
+
+def test_push_evaluations_show_their_message_id_and_link_their_runs(
+    client: TestClient, web_app: fm.App
+) -> None:
+    page = client.get("/sensors/inbox").text
+    evaluations = section(page, "Evaluations")
+    assert "<th>message id</th>" in evaluations and "<code>m-1</code>" in evaluations
+    msg = run_id(web_app, "msg-m-1")
+    assert f'<a href="/runs/{msg}">{msg}</a>' in evaluations
+    assert "<th class=\"num\">skipped</th>" in evaluations

@@ -292,6 +292,16 @@ class ReadModel:
         with self.read("listing sensors") as conn:
             return self._sensors_failing_first(conn)
 
+    def last_outcomes(self, names: Sequence[str]) -> dict[str, EvaluationOutcome]:
+        """The outcome of each named sensor's newest evaluation (none yet: left out)."""
+        with self.read("reading sensors' last outcomes") as conn:
+            return read_views.last_outcomes(conn, names)
+
+    def runs_by_id(self, run_ids: Sequence[int]) -> list[Run]:
+        """The runs of ``run_ids`` that exist, in the order asked."""
+        with self.read("reading runs") as conn:
+            return read_views.runs_by_id(conn, run_ids)
+
     def sensor_detail(
         self,
         name: str,

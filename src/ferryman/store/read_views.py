@@ -18,7 +18,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.model import EvaluationOutcome, RunEventKind, RunStatus, SensorKind, SensorState
+from ferryman.model import (
+    EvaluationOutcome,
+    Run,
+    RunEventKind,
+    RunStatus,
+    SensorKind,
+    SensorState,
+)
+from ferryman.store import records
 from ferryman.store.schema import run_events, runs, sensor_evaluations
 
 MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
@@ -263,3 +271,27 @@ def durations(
             )
         )
     return result
+
+
+def runs_by_id(conn: sa.Connection, run_ids: Sequence[int]) -> list[Run]:
+    """The runs of ``run_ids`` that exist, in the order asked (a pruned one is left out)."""
+    if not run_ids:
+        return []
+    rows = conn.execute(sa.select(runs).where(runs.c.id.in_(list(run_ids)))).mappings()
+    found = {run.id: run for run in (records.run_from_row(row) for row in rows)}
+    return [found[run_id] for run_id in run_ids if run_id in found]
+
+
+def last_outcomes(conn: sa.Connection, names: Sequence[str]) -> dict[str, EvaluationOutcome]:
+    """The outcome of each named sensor's newest evaluation: one seek per sensor."""
+    outcomes = {}
+    for name in names:
+        outcome = conn.scalar(
+            sa.select(sensor_evaluations.c.outcome)
+            .where(sensor_evaluations.c.sensor == name)
+            .order_by(sensor_evaluations.c.id.desc())
+            .limit(1)
+        )
+        if outcome is not None:
+            outcomes[name] = EvaluationOutcome(outcome)
+    return outcomes

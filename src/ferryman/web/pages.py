@@ -19,10 +19,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 from ferryman.app import App
-from ferryman.model import Run, RunStatus, TransferStatus, redact
+from ferryman.model import Evaluation, Run, RunStatus, TransferStatus, redact
 from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount, RunFilter
 from ferryman.store.read_queries import error_kind
-from ferryman.web import charts, insight, session
+from ferryman.web import charts, cursors, insight, session
 from ferryman.web.deps import (
     MAX_ID,
     AppDep,
@@ -145,6 +145,7 @@ def sensors_page(request: Request, app: AppDep, settings: SettingsDep) -> Respon
         "sensors.html",
         settings,
         sensors=[_shown(s) for s in found],
+        outcomes=app.store.last_outcomes([s.name for s in found]),
         overdue={s.name: overdue_seconds(s.next_evaluation_at, now) for s in found},
     )
 
@@ -173,6 +174,8 @@ def sensor_page(
         "sensor.html",
         settings,
         sensor=_shown(detail.state),
+        cursor_facts=cursors.describe(_shown(detail.state).cursor),
+        latest_items=_latest_items(app, detail.evaluations.items),
         overdue=overdue_seconds(detail.state.next_evaluation_at, app.store.now()),
         evaluations=[present_evaluation(e) for e in detail.evaluations.items],
         next_before=detail.evaluations.next_before,
@@ -180,6 +183,15 @@ def sensor_page(
         source=app.source_stats().get(name),
         source_where=app.sources[name].describe() if name in app.sources else None,
     )
+
+
+def _latest_items(app: App, evaluations: list[Evaluation]) -> list[Run]:
+    """The runs the newest evaluation that requested any asked for (a few): for a folder
+    sensor, the latest files it turned into runs (their run keys name them)."""
+    for evaluation in evaluations:
+        if evaluation.run_ids:
+            return app.store.runs_by_id(list(evaluation.run_ids[:10]))
+    return []
 
 
 @router.post("/sensors/{name}/pause")
