@@ -271,4 +271,4 @@ def test_push_evaluations_show_their_message_id_and_link_their_runs(
     assert "<th>message id</th>" in evaluations and "<code>m-1</code>" in evaluations
     msg = run_id(web_app, "msg-m-1")
     assert f'<a href="/runs/{msg}">{msg}</a>' in evaluations
-    assert "<th class=\"num\">skipped</th>" in evaluations
+    assert '<th class="num">skipped</th>' in evaluations
