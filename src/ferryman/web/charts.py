@@ -11,7 +11,7 @@ never from inline styles, which that policy forbids.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
@@ -135,7 +135,7 @@ def stacked(
     plot = height - AXIS
     peak = max((sum(c.get(s, 0) for s in series) for _, c in slots), default=0) or 1
     step = width / max(1, len(slots))
-    parts = _value_axis(peak, plot, left, str)
+    parts = _value_axis(peak, plot, left, lambda value: f"{value:.3g}")
     for index, (start, counts) in enumerate(slots):
         x = left + index * step
         y = plot
@@ -155,20 +155,17 @@ def stacked(
     return _svg(height, label, parts)
 
 
-def _value_axis(peak: float, plot: float, left: float, shown: object) -> list[str]:
-    fmt = shown if callable(shown) else str
+def _value_axis(
+    peak: float, plot: float, left: float, shown: Callable[[float], str]
+) -> list[str]:
     parts = [f'<line class="axis" x1="{left}" y1="0" x2="{left}" y2="{plot}"></line>']
     for fraction in (0.0, 0.5, 1.0):
         y = plot - fraction * (plot - 4)
         parts.append(
             f'<text class="tick-label" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{escape(fmt(_round(peak * fraction)))}</text>"
+            f"{escape(shown(peak * fraction))}</text>"
         )
     return parts
-
-
-def _round(value: float) -> float | int:
-    return int(value) if value >= 10 or value == int(value) else round(value, 2)
 
 
 def percentiles(slots: Sequence[DurationSlot], window: Window, label: str) -> Markup:

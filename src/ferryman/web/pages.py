@@ -12,7 +12,7 @@ import math
 import re
 import urllib.parse
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -252,7 +252,7 @@ def runs_page(
     app: AppDep,
     settings: SettingsDep,
     job: Text = "",
-    status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
+    status_filter: Annotated[RunStatus | Literal[""], Query(alias="status")] = "",
     since: Annotated[str, Query(max_length=40)] = "",
     until: Annotated[str, Query(max_length=40)] = "",
     run_key: Annotated[str, Query(max_length=2000)] = "",
@@ -264,7 +264,7 @@ def runs_page(
 ) -> Response:
     found = RunFilter(
         job=job or None,
-        status=status_filter,
+        status=status_filter or None,  # the form's "any" sends status=
         since=insight.parse_time(since),
         until=insight.parse_time(until),
         run_key=run_key if run_key and match == "exact" else None,
