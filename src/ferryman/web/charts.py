@@ -155,9 +155,7 @@ def stacked(
     return _svg(height, label, parts)
 
 
-def _value_axis(
-    peak: float, plot: float, left: float, shown: Callable[[float], str]
-) -> list[str]:
+def _value_axis(peak: float, plot: float, left: float, shown: Callable[[float], str]) -> list[str]:
     parts = [f'<line class="axis" x1="{left}" y1="0" x2="{left}" y2="{plot}"></line>']
     for fraction in (0.0, 0.5, 1.0):
         y = plot - fraction * (plot - 4)
