@@ -274,10 +274,13 @@ class ReadModel:
         with self.read("looking up run keys") as conn:
             return processing_log.existing_run_keys(conn, run_keys_by_job)
 
-    def dead_letters(self, *, job: str | None = None) -> list[ErrorGroup]:
-        """Failed and dead runs grouped by job, status and error line, largest group first."""
+    def dead_letters(
+        self, *, job: str | None = None, sample: int = DEAD_LETTER_SAMPLE
+    ) -> list[ErrorGroup]:
+        """Failed and dead runs grouped by job, status and error line, largest group first,
+        from the newest ``sample`` of them."""
         with self.read("grouping failed runs") as conn:
-            return q.dead_letters(conn, job=job)
+            return q.dead_letters(conn, job=job, sample=sample)
 
     # -- sensors -------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from ferryman.store import records
 from ferryman.store.schema import run_events, runs, sensor_evaluations
 
 MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
-DURATION_SAMPLE = 5000  # newest finished runs a duration chart is drawn from
+DURATION_SAMPLE = 2000  # newest finished runs a duration chart is drawn from
 STREAK_CAP = 1000  # failures in a row of a push sensor are counted up to this
 SLOTS = 60  # time slots of an aggregated timeline or a duration chart
 
@@ -63,7 +63,7 @@ class AttemptBar:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SlotCount:
-    """Runs that finished in one slot of an aggregated timeline, by status."""
+    """Runs that finished in one slot of an aggregated timeline (``{"finished": n}``)."""
 
     start: float
     counts: dict[str, int]
@@ -214,19 +214,20 @@ def _slot(since: float, until: float, slots: int) -> float:
 def _finish_slots(
     conn: sa.Connection, since: float, until: float, job: str | None
 ) -> list[SlotCount]:
+    # Read from the finished_at index alone (no status: that would fetch every
+    # run of the window, 140,000 a day at a million runs a week).
     width = _slot(since, until, SLOTS)
     slot = sa.func.floor((runs.c.finished_at - since) / width).label("slot")
     query = (
-        sa.select(slot, runs.c.status, sa.func.count())
+        sa.select(slot, sa.func.count())
         .where(runs.c.finished_at >= since, runs.c.finished_at < until)
-        .group_by(slot, runs.c.status)
+        .group_by(slot)
     )
     if job is not None:
         query = query.where(runs.c.job == job)
     counts: dict[int, dict[str, int]] = {}
-    for index, status, count in conn.execute(query):
-        by_status = counts.setdefault(int(index), {})
-        by_status[status] = by_status.get(status, 0) + int(count)
+    for index, count in conn.execute(query):
+        counts[int(index)] = {"finished": int(count)}
     total = math.ceil((until - since) / width)
     return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from ferryman.model import Run, RunEventKind, RunStatus
 from ferryman.store import records
-from ferryman.store.read_queries import Page, _limit
+from ferryman.store.read_queries import DEAD_LETTER_SAMPLE, Page, _limit
 from ferryman.store.schema import run_events, runs
 
 
@@ -76,10 +76,19 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
         )
         query = query.where(runs.c.id.in_(claimed))
     if found.error is not None:
+        ended = [RunStatus.FAILED.value, RunStatus.DEAD.value]
         if found.status is None:
-            ended = [RunStatus.FAILED.value, RunStatus.DEAD.value]
             query = query.where(runs.c.status.in_(ended))
-        query = query.where(runs.c.last_error.like(error_pattern(found.error), escape="\\"))
+        # Among the runs the dead-letter page groups (its sample), so the group's
+        # count there and its list here agree, and the list costs what the page does.
+        sampled = sa.select(runs.c.id).where(runs.c.status.in_(ended))
+        if found.job is not None:
+            sampled = sampled.where(runs.c.job == found.job)
+        newest = sampled.order_by(runs.c.id.desc()).limit(DEAD_LETTER_SAMPLE).subquery()
+        query = query.where(
+            runs.c.id >= sa.select(sa.func.min(newest.c.id)).scalar_subquery(),
+            runs.c.last_error.like(error_pattern(found.error), escape="\\"),
+        )
     return query
 
 

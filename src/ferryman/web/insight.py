@@ -24,7 +24,8 @@ from ferryman.web.rendering import render
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
 RANGES = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
-FINISH_SERIES = ["succeeded", "failed", "dead", "cancelled"]
+FINISH_SERIES = ["finished"]
+JOB_DEAD_LETTER_SAMPLE = 200  # the job page groups its newest failures; /dead-letters more
 # Job settings not worth a line on its page: the function, its name, and the
 # payload keys kept secret (their names are shown on the run page as ***).
 HIDDEN_SETTINGS = frozenset({"fn", "name"})
@@ -153,6 +154,7 @@ def job_page(
         duration_chart=charts.percentiles(slots, window, f"run durations of {name}"),
         finished=sum(slot.runs for slot in slots),
         picked=picked,
-        dead_letters=app.store.dead_letters(job=name),
+        dead_letters=app.store.dead_letters(job=name, sample=JOB_DEAD_LETTER_SAMPLE),
+        dead_letter_sample=JOB_DEAD_LETTER_SAMPLE,
         sensors=sensors,
     )
