@@ -6,9 +6,11 @@ import base64
 import json
 import re
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
 
+from ferryman.model import Transfer, TransferPart, TransferStatus
 from ferryman.store.read_model import AttemptBar, DurationSlot
-from ferryman.web import charts, cursors
+from ferryman.web import charts, cursors, transfer_views
 
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
@@ -144,3 +146,47 @@ def test_built_in_cursors_are_described_and_others_left_alone() -> None:
     for own in (None, "", "42", "{not json", '{"kind": "mine"}', "[1, 2]"):
         assert cursors.describe(own) is None
     assert re.fullmatch(r"\d+ ms", charts.seconds(0.012))
+
+
+def transfer(**changes: object) -> Transfer:
+    moment = datetime.fromtimestamp(T0, UTC)
+    fields: dict[str, object] = {
+        "id": 1, "source_path": "/data/a.bin", "bucket": "b", "key": "a.bin",
+        "status": TransferStatus.ACTIVE, "follow": False, "part_size": 100, "upload_id": "u",
+        "source_size": 1000, "source_mtime": 1.0, "bytes_confirmed": 300,
+        "parts_confirmed": 3, "total_size": None, "sha256": None, "checksum": None,
+        "etag": None, "verified_by": None, "reason": None, "error": None,
+        "user_metadata": None, "sidecar_key": None, "run_id": None, "owner": "h:1",
+        "owner_token": 1, "lease_expires_at": None, "resumes": 0, "created_at": moment,
+        "updated_at": moment + timedelta(seconds=60), "finished_at": None,
+    }  # fmt: skip
+    fields.update(changes)
+    return Transfer(**fields)  # type: ignore[arg-type]
+
+
+def part(number: int, seconds: float, adopted: bool = False) -> TransferPart:
+    return TransferPart(
+        part_number=number,
+        start=(number - 1) * 100,
+        size=100,
+        etag=f"e{number}",
+        sha256="x",
+        adopted=adopted,
+        confirmed_at=datetime.fromtimestamp(T0 + seconds, UTC),
+    )
+
+
+def test_transfer_rate_time_left_and_parts_map() -> None:
+    parts = [part(1, 10), part(2, 12, adopted=True), part(3, 14)]
+    progress = transfer_views.recent_progress(transfer(), parts)
+    assert progress.rate == 50.0  # parts 2 and 3 (200 bytes) in the 4 s after part 1
+    assert progress.eta == 14.0  # 700 bytes left
+    overall = transfer_views.lifetime_progress(transfer())
+    assert overall.rate == 5.0 and overall.eta == 140.0  # 300 bytes in 60 s
+    finished = transfer(status=TransferStatus.SUCCEEDED, bytes_confirmed=1000)
+    assert transfer_views.lifetime_progress(finished).eta is None
+    svg = parsed(transfer_views.parts_map(transfer(), parts) or "")
+    kinds = [r.get("class") for r in svg.findall(f".//{SVG}rect")]
+    assert kinds == ["part-confirmed", "part-adopted", "part-confirmed"] + ["part-missing"] * 7
+    assert svg.get("aria-label") == "3 of 10 parts confirmed"
+    assert transfer_views.parts_map(transfer(source_size=None), parts) is None

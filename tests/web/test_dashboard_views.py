@@ -19,7 +19,7 @@ from ferryman.store import read_views
 from ferryman.store.read_model import RunCount
 from tests.web.conftest import sign_in
 from tests.web.test_pages import run_id, section
-from tests.web.web_app import add_folder_sensor
+from tests.web.web_app import MIB, add_folder_sensor, add_transfer
 
 
 class OldCount:
@@ -272,3 +272,22 @@ def test_push_evaluations_show_their_message_id_and_link_their_runs(
     msg = run_id(web_app, "msg-m-1")
     assert f'<a href="/runs/{msg}">{msg}</a>' in evaluations
     assert '<th class="num">skipped</th>' in evaluations
+
+
+def test_a_transfer_shows_its_rate_time_left_and_parts_map(
+    client: TestClient, web_app: fm.App
+) -> None:
+    transfer_id = add_transfer(web_app, parts=2, source_size=22 * MIB)  # 5 parts in all
+    page = client.get(f"/transfers/{transfer_id}").text
+    squares = re.findall(r'<rect class="(part-\w+)"[^>]*><title>([^<]*)</title>', page)
+    assert [kind for kind, _ in squares] == ["part-confirmed"] * 2 + ["part-missing"] * 3
+    assert squares[0][1].startswith(f"part 1: {5 * MIB} bytes from 0, confirmed ")
+    assert 'aria-label="2 of 5 parts confirmed"' in page
+    rate = re.search(r'<dd id="rate">([^<]+)</dd>', page)
+    assert rate is not None and (rate.group(1) == "—" or rate.group(1).endswith("/s"))
+    listing = client.get("/transfers", params={"status": "active"}).text
+    assert f'<a href="/transfers/{transfer_id}">{transfer_id}</a>' in listing
+    assert '<option value="active" selected>' in listing
+    done = client.get("/transfers", params={"status": "succeeded"}).text
+    assert f'<a href="/transfers/{transfer_id}">' not in done
+    assert client.get("/transfers", params={"status": ""}).status_code == 200

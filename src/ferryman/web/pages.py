@@ -22,7 +22,7 @@ from ferryman.app import App
 from ferryman.model import Evaluation, Run, RunStatus, TransferStatus, redact
 from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount, RunFilter
 from ferryman.store.read_queries import error_kind
-from ferryman.web import charts, cursors, insight, session
+from ferryman.web import charts, cursors, insight, session, transfer_views
 from ferryman.web.deps import (
     MAX_ID,
     AppDep,
@@ -447,12 +447,18 @@ def transfers_page(
     request: Request,
     app: AppDep,
     settings: SettingsDep,
-    status_filter: Annotated[TransferStatus | None, Query(alias="status")] = None,
+    status_filter: Annotated[TransferStatus | Literal[""], Query(alias="status")] = "",
     before_id: BeforeId = None,
 ) -> Response:
-    page = app.store.transfer_page(status=status_filter, before_id=before_id, limit=PAGE)
+    page = app.store.transfer_page(status=status_filter or None, before_id=before_id, limit=PAGE)
     return render(
-        request, "transfers.html", settings, transfers=page.items, next_before=page.next_before
+        request,
+        "transfers.html",
+        settings,
+        transfers=[(t, transfer_views.lifetime_progress(t)) for t in page.items],
+        next_before=page.next_before,
+        statuses=list(TransferStatus),
+        status_filter=status_filter.value if status_filter else "",
     )
 
 
@@ -463,7 +469,15 @@ def transfer_page(
     found = app.store.transfer_detail(transfer_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no transfer {transfer_id}")
-    return render(request, "transfer.html", settings, transfer=found.transfer, parts=found.parts)
+    return render(
+        request,
+        "transfer.html",
+        settings,
+        transfer=found.transfer,
+        parts=found.parts,
+        progress=transfer_views.recent_progress(found.transfer, found.parts),
+        parts_map=transfer_views.parts_map(found.transfer, found.parts),
+    )
 
 
 @router.get("/workers")
