@@ -4,9 +4,9 @@ Like :mod:`~ferryman.store.read_queries`, each walks an index from one end and
 stops: the timeline reads at most ``MAX_BARS`` runs (newest finished first,
 from the ``finished_at`` index) and their processing log (by ``run_id``);
 past that many, it counts finishes per time slot instead of drawing each
-attempt. Durations are read from the newest ``DURATION_SAMPLE`` runs that
-finished in the window, so a chart over a busy week costs the same as one
-over a quiet hour.
+attempt. Durations are read from about ``DURATION_SAMPLE`` succeeded runs
+created in the window, one in k by id, so a chart over a busy week costs
+about what one over a quiet hour does.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from ferryman.store import records
 from ferryman.store.schema import run_events, runs, sensor_evaluations
 
 MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
-DURATION_SAMPLE = 2000  # newest finished runs a duration chart is drawn from
+DURATION_SAMPLE = 2000  # succeeded runs a duration chart is drawn from, spread over its window
+CREATED_SLACK = 3600.0  # a run finishing in a window may have been created this long before
 STREAK_CAP = 1000  # failures in a row of a push sensor are counted up to this
 SLOTS = 60  # time slots of an aggregated timeline or a duration chart
 
@@ -238,21 +239,67 @@ def _percentile(ordered: Sequence[float], fraction: float) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
 
 
+def sample_residues(ratio: float) -> tuple[int, int]:
+    """``(p, m)``: keeping the ids whose remainder by the prime ``p`` is below ``m`` keeps
+    about one in ``ratio`` of them.
+
+    A prime modulus (101 or more) so that a job's ids spread over every
+    remainder even when jobs take turns (round-robin submission gives one
+    job every tenth id: ``id % 5 == 0`` would keep none or all of them).
+    """
+    modulus = 101
+    while modulus < ratio or any(modulus % d == 0 for d in range(2, math.isqrt(modulus) + 1)):
+        modulus += 2
+    return modulus, max(1, round(modulus / ratio))
+
+
+def _sampled_successes(
+    conn: sa.Connection, job: str, since: float, until: float
+) -> list[tuple[float, float]]:
+    """``(finished_at, started_at)`` of about ``DURATION_SAMPLE`` of the job's succeeded runs
+    created from ``CREATED_SLACK`` before ``since``, spread evenly over them by id.
+
+    All three reads walk the ``(job, status, id)`` index (the first the
+    ``(created_at, id)`` one): the first id of the window, how many entries
+    follow it, then about one in k of them (see :func:`sample_residues`).
+    Reading the window by finish time instead would fetch every run of every
+    job that finished in it.
+    """
+    # The first run created in the window, by a seek in the (created_at, id)
+    # index: min(id) with the same condition walks the table on SQLite.
+    first = conn.scalar(
+        sa.select(runs.c.id)
+        .where(runs.c.created_at >= since - CREATED_SLACK)
+        .order_by(runs.c.created_at, runs.c.id)
+        .limit(1)
+    )
+    if first is None:
+        return []
+    succeeded = sa.and_(
+        runs.c.job == job,
+        runs.c.status == RunStatus.SUCCEEDED.value,
+        runs.c.id >= first,
+    )
+    count = conn.scalar(sa.select(sa.func.count()).select_from(runs).where(succeeded)) or 0
+    query = sa.select(runs.c.finished_at, runs.c.started_at).where(
+        succeeded, runs.c.started_at.is_not(None)
+    )
+    if count > DURATION_SAMPLE:
+        modulus, kept = sample_residues(count / DURATION_SAMPLE)
+        query = query.where(runs.c.id % modulus < kept)
+    return [
+        (finished_at, started_at)
+        for finished_at, started_at in conn.execute(query)
+        if finished_at is not None and since <= finished_at < until
+    ]
+
+
 def durations(
     conn: sa.Connection, *, job: str, since: float, until: float, slots: int = SLOTS
 ) -> list[DurationSlot]:
-    """p50/p95/p99 of run durations per slot, from the newest ``DURATION_SAMPLE`` finishes."""
-    rows = conn.execute(
-        sa.select(runs.c.finished_at, runs.c.started_at)
-        .where(
-            runs.c.job == job,
-            runs.c.finished_at >= since,
-            runs.c.finished_at < until,
-            runs.c.started_at.is_not(None),
-        )
-        .order_by(runs.c.finished_at.desc())
-        .limit(DURATION_SAMPLE)
-    )
+    """p50/p95/p99 of the durations (claim to finish) of the job's succeeded runs per slot,
+    from an even sample of about ``DURATION_SAMPLE`` of them (see :func:`_sampled_successes`)."""
+    rows = _sampled_successes(conn, job, since, until)
     width = _slot(since, until, slots)
     by_slot: dict[int, list[float]] = {}
     for finished_at, started_at in rows:
