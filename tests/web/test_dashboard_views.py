@@ -132,6 +132,8 @@ def test_workers_are_alive_as_in_the_cli(client: TestClient) -> None:
         page = client.get(path).text
         assert "status-live" not in page and not re.search(r"\blive workers", page)
     assert "alive workers" in client.get("/").text
+    # The worker populate() ran has stopped; the CLI's `workers` says so too.
+    assert '<span class="status status-stopped">stopped</span>' in client.get("/workers").text
 
 
 def test_the_timeline_draws_each_attempt_with_its_worker(
