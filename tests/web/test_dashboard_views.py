@@ -89,6 +89,8 @@ def test_a_failing_push_sensor_shows_its_failures_and_traceback_lines(
     assert "cannot parse message p-3" in html.unescape(traceback)
     listing = section(client.get("/").text, "Sensors")
     assert re.search(r'<tr class="failing">\s*<td><a href="/sensors/picky">', listing)
+    outcomes = section(page, "Evaluations over time")
+    assert re.search(r'class="bar bar-failed"[^>]*><title>[0-9:]+: 3 failed</title>', outcomes)
     web_app.ingest("picky", "p-1", {"n": 1})  # a redelivery of a failed one runs again
     assert "<dt>failures in a row</dt><dd>4</dd>" in client.get("/sensors/picky").text
 

@@ -300,6 +300,11 @@ class ReadModel:
         with self.read("reading sensors' last outcomes") as conn:
             return read_views.last_outcomes(conn, names)
 
+    def evaluation_slots(self, sensor: str, *, since: float, until: float) -> list[SlotCount]:
+        """A sensor's evaluations per time slot by outcome (its newest few thousand)."""
+        with self.read("counting a sensor's evaluations") as conn:
+            return read_views.evaluation_slots(conn, sensor, since=since, until=until)
+
     def runs_by_id(self, run_ids: Sequence[int]) -> list[Run]:
         """The runs of ``run_ids`` that exist, in the order asked."""
         with self.read("reading runs") as conn:

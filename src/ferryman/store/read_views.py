@@ -32,6 +32,7 @@ from ferryman.store.schema import run_events, runs, sensor_evaluations
 MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
 DURATION_SAMPLE = 2000  # succeeded runs a duration chart is drawn from, spread over its window
 CREATED_SLACK = 3600.0  # a run finishing in a window may have been created this long before
+MAX_EVALUATIONS = 5000  # newest evaluations a sensor's chart is drawn from
 STREAK_CAP = 1000  # failures in a row of a push sensor are counted up to this
 SLOTS = 60  # time slots of an aggregated timeline or a duration chart
 
@@ -343,3 +344,24 @@ def last_outcomes(conn: sa.Connection, names: Sequence[str]) -> dict[str, Evalua
         if outcome is not None:
             outcomes[name] = EvaluationOutcome(outcome)
     return outcomes
+
+
+def evaluation_slots(
+    conn: sa.Connection, sensor: str, *, since: float, until: float, slots: int = SLOTS
+) -> list[SlotCount]:
+    """The sensor's evaluations per slot by outcome, from its newest ``MAX_EVALUATIONS``
+    (read from the ``(sensor, id)`` index, newest first)."""
+    rows = conn.execute(
+        sa.select(sensor_evaluations.c.outcome, sensor_evaluations.c.finished_at)
+        .where(sensor_evaluations.c.sensor == sensor)
+        .order_by(sensor_evaluations.c.id.desc())
+        .limit(MAX_EVALUATIONS)
+    )
+    width = _slot(since, until, slots)
+    counts: dict[int, dict[str, int]] = {}
+    for outcome, finished_at in rows:
+        if since <= finished_at < until:
+            by_outcome = counts.setdefault(int((finished_at - since) // width), {})
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
+    total = math.ceil((until - since) / width)
+    return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]

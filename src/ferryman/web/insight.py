@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, Response
+from markupsafe import Markup
 
 from ferryman.app import App
 from ferryman.model import RunStatus
@@ -101,6 +102,17 @@ def timeline_page(
         jobs=sorted(set(app.store.job_names()) | set(app.jobs)),
         runs=len({bar.run_id for bar in found.bars}),
     )
+
+
+OUTCOMES = ["ok", "conflict", "manual", "failed"]
+
+
+def evaluations_chart(app: App, sensor: str, picked: Picked) -> Markup:
+    """A sensor's evaluations per slot of the picked window, stacked by outcome."""
+    window = picked.window
+    slots = app.store.evaluation_slots(sensor, since=window.since, until=window.until)
+    drawn = [(slot.start, slot.counts) for slot in slots]
+    return charts.stacked(drawn, OUTCOMES, window, f"evaluations of {sensor} by outcome")
 
 
 def job_settings(app: App, name: str) -> list[tuple[str, str]]:

@@ -163,12 +163,16 @@ def sensor_page(
     settings: SettingsDep,
     name: str,
     before_id: BeforeId = None,
+    chosen: insight.Range = "24h",
+    since: insight.Moment = "",
+    until: insight.Moment = "",
 ) -> Response:
     from ferryman.sensors.engine import present_evaluation
 
     detail = app.store.sensor_detail(name, before_id=before_id, limit=PAGE, history=20)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sensor {name!r}")
+    picked = insight.pick_window(app, chosen, since, until)
     return render(
         request,
         "sensor.html",
@@ -176,6 +180,8 @@ def sensor_page(
         sensor=_shown(detail.state),
         cursor_facts=cursors.describe(_shown(detail.state).cursor),
         latest_items=_latest_items(app, detail.evaluations.items),
+        outcomes_chart=insight.evaluations_chart(app, name, picked),
+        picked=picked,
         overdue=overdue_seconds(detail.state.next_evaluation_at, app.store.now()),
         evaluations=[present_evaluation(e) for e in detail.evaluations.items],
         next_before=detail.evaluations.next_before,
