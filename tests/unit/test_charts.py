@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -200,3 +201,12 @@ def test_duration_samples_keep_about_one_in_k_even_of_round_robin_ids() -> None:
         one_job = range(3, 2_000_000, 10)  # every tenth id, as ten jobs taking turns give
         share = sum(1 for n in one_job if n % modulus < kept) / len(one_job)
         assert abs(share * ratio - 1) < 0.2, (ratio, share)
+
+
+def test_upload_throughput_per_slot() -> None:
+    parts = [dataclasses.replace(part(n, at), size=8192) for n, at in ((1, 0), (2, 2), (3, 200))]
+    done = transfer(status=TransferStatus.SUCCEEDED)
+    svg = parsed(transfer_views.throughput_chart(done, parts, T0 + 9999) or "")
+    titles = [r.find(f"{SVG}title").text for r in svg.findall(f".//{SVG}rect")]  # type: ignore[union-attr]
+    assert titles == ["08:00:00: 16 KiB", "08:03:20: 8 KiB"]  # slots of 4 s over 201 s
+    assert transfer_views.throughput_chart(done, parts[:1], T0) is None

@@ -25,6 +25,7 @@ RIGHT = 10
 AXIS = 22  # room for the time axis, below the plot
 ROW = 16  # one timeline row
 TICKS = 6
+SLOTS = 60  # bars of a chart drawn per time slot
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -483,6 +483,7 @@ def transfer_page(
         parts=found.parts,
         progress=transfer_views.recent_progress(found.transfer, found.parts),
         parts_map=transfer_views.parts_map(found.transfer, found.parts),
+        throughput=transfer_views.throughput_chart(found.transfer, found.parts, app.store.now()),
     )
 
 

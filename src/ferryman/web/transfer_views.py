@@ -14,6 +14,7 @@ import math
 from markupsafe import Markup, escape
 
 from ferryman.model import Transfer, TransferPart, TransferStatus
+from ferryman.web import charts
 
 RECENT_PARTS = 10  # parts the rate of an active upload is measured over
 MAP_COLUMNS = 50  # squares per row of a parts map
@@ -94,3 +95,20 @@ def parts_map(transfer: Transfer, parts: list[TransferPart]) -> Markup | None:
         f'height="{height}" role="img" aria-label="{escape(label)}" '
         f'xmlns="http://www.w3.org/2000/svg">' + "".join(squares) + "</svg>"
     )
+
+
+def throughput_chart(transfer: Transfer, parts: list[TransferPart], now: float) -> Markup | None:
+    """KiB confirmed per time slot, from the first part's confirmation to the last (or now)."""
+    if len(parts) < 2:
+        return None
+    times = sorted(part.confirmed_at.timestamp() for part in parts)
+    end = now if transfer.status is TransferStatus.ACTIVE else times[-1]
+    window = charts.Window(times[0], max(end, times[0] + 60) + 1)
+    width = max(1.0, math.ceil((window.until - window.since) / charts.SLOTS))
+    sent: dict[int, int] = {}
+    for part in parts:
+        slot = int((part.confirmed_at.timestamp() - window.since) // width)
+        sent[slot] = sent.get(slot, 0) + part.size // 1024
+    slots = math.ceil((window.until - window.since) / width)
+    drawn = [(window.since + i * width, {"KiB": sent.get(i, 0)}) for i in range(slots)]
+    return charts.stacked(drawn, ["KiB"], window, "KiB confirmed per time slot")
