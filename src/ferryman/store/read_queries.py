@@ -169,6 +169,22 @@ def error_kind(error: str | None) -> str:
     return re.sub(r"\d+", "N", error_summary(error) or "(no error recorded)")
 
 
+def newest_ended(conn: sa.Connection, *, job: str | None, sample: int) -> list[int]:
+    """The ids of the newest ``sample`` failed and dead runs (of ``job``), newest first.
+
+    One walk of the ``(job, status, id)`` or ``(status, id)`` index per status,
+    merged here: ``status IN (...) ORDER BY id DESC`` has SQLite scan the
+    whole table backwards instead, filtering every run on the way.
+    """
+    ids: list[int] = []
+    for status in (RunStatus.FAILED.value, RunStatus.DEAD.value):
+        query = sa.select(runs.c.id).where(runs.c.status == status)
+        if job is not None:
+            query = query.where(runs.c.job == job)
+        ids += conn.scalars(query.order_by(runs.c.id.desc()).limit(sample))
+    return sorted(ids, reverse=True)[:sample]
+
+
 def dead_letters(
     conn: sa.Connection, *, job: str | None = None, sample: int = DEAD_LETTER_SAMPLE
 ) -> list[ErrorGroup]:
@@ -189,12 +205,9 @@ def dead_letters(
         sa.select(
             runs.c.id, runs.c.job, runs.c.status, tail.label("last_error"), runs.c.finished_at
         )
-        .where(runs.c.status.in_([RunStatus.FAILED.value, RunStatus.DEAD.value]))
+        .where(runs.c.id.in_(newest_ended(conn, job=job, sample=sample)))
         .order_by(runs.c.id.desc())
-        .limit(sample)
     )
-    if job is not None:
-        query = query.where(runs.c.job == job)
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for row in conn.execute(query):
         groups.setdefault((row.job, row.status, error_kind(row.last_error)), []).append(row)

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from ferryman.model import Run, RunEventKind, RunStatus
 from ferryman.store import records
-from ferryman.store.read_queries import DEAD_LETTER_SAMPLE, Page, _limit
+from ferryman.store.read_queries import DEAD_LETTER_SAMPLE, Page, _limit, newest_ended
 from ferryman.store.schema import run_events, runs
 
 
@@ -81,12 +81,9 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
             query = query.where(runs.c.status.in_(ended))
         # Among the runs the dead-letter page groups (its sample), so the group's
         # count there and its list here agree, and the list costs what the page does.
-        sampled = sa.select(runs.c.id).where(runs.c.status.in_(ended))
-        if found.job is not None:
-            sampled = sampled.where(runs.c.job == found.job)
-        newest = sampled.order_by(runs.c.id.desc()).limit(DEAD_LETTER_SAMPLE).subquery()
+        newest = newest_ended(conn, job=found.job, sample=DEAD_LETTER_SAMPLE)
         query = query.where(
-            runs.c.id >= sa.select(sa.func.min(newest.c.id)).scalar_subquery(),
+            runs.c.id >= (newest[-1] if newest else 0),
             runs.c.last_error.like(error_pattern(found.error), escape="\\"),
         )
     return query
