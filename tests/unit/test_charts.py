@@ -123,9 +123,9 @@ def test_built_in_cursors_are_described_and_others_left_alone() -> None:
         {
             "v": 1,
             "kind": "folder",
-            "w": int(T0 * 1e9) + 250_000_000,
-            "f": int(T0 * 1e9),
-            "e": [[int(T0 * 1e9), digests]],
+            "w": int(T0 * 1e6) + 250_000,
+            "f": int(T0 * 1e6),
+            "e": [[int(T0 * 1e6), digests]],
         }
     )
     facts = dict(cursors.describe(folder) or [])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,9 @@ def test_a_folder_sensor_cursor_is_decoded_with_the_raw_json_one_click_away(
         facts["high-water mark"],
     )
     assert facts["remembered above the floor"] == "3 files"
+    shown = datetime.strptime(facts["high-water mark"][:19], "%Y-%m-%d %H:%M:%S")
+    written = max(path.stat().st_mtime for path in (tmp_path / "in").iterdir())
+    assert abs(shown.replace(tzinfo=UTC).timestamp() - written) < 2  # the newest file's time
     raw = re.search(r"<summary>raw JSON</summary><code id=\"cursor\">([^<]+)</code>", page)
     assert raw is not None and '"kind":"folder"' in html.unescape(raw.group(1))
     latest = page[page.index('id="latest-items"') :].split("</dd>")[0]

@@ -20,7 +20,7 @@ DIGEST_BYTES = 8
 
 
 def _time(value: Any, per_second: int) -> str:
-    """A change time kept as whole units (nanoseconds for files, seconds for S3) in UTC."""
+    """A change time kept as whole units (microseconds for files, seconds for S3) in UTC."""
     if not isinstance(value, int | float):
         return "—"
     moment = datetime.fromtimestamp(value / per_second, UTC)
@@ -59,7 +59,7 @@ def describe(cursor: str | None) -> list[tuple[str, str]] | None:
         return None
     kind = document.get("kind")
     if kind in ("folder", "s3") and "w" in document:
-        per_second = 1_000_000_000 if kind == "folder" else 1
+        per_second = 1_000_000 if kind == "folder" else 1  # microseconds, S3's whole seconds
         what = "file modification time" if kind == "folder" else "LastModified"
         return [
             ("high-water mark", f"{_time(document['w'], per_second)} (newest {what} decided)"),
