@@ -173,8 +173,8 @@ def newest_ended(conn: sa.Connection, *, job: str | None, sample: int) -> list[i
     """The ids of the newest ``sample`` failed and dead runs (of ``job``), newest first.
 
     One walk of the ``(job, status, id)`` or ``(status, id)`` index per status,
-    merged here: ``status IN (...) ORDER BY id DESC`` has SQLite scan the
-    whole table backwards instead, filtering every run on the way.
+    merged here: ``status IN (...) AND job = ? ORDER BY id DESC`` has SQLite
+    scan the table backwards instead, filtering every run on the way.
     """
     ids: list[int] = []
     for status in (RunStatus.FAILED.value, RunStatus.DEAD.value):
@@ -205,9 +205,16 @@ def dead_letters(
         sa.select(
             runs.c.id, runs.c.job, runs.c.status, tail.label("last_error"), runs.c.finished_at
         )
-        .where(runs.c.id.in_(newest_ended(conn, job=job, sample=sample)))
+        .where(runs.c.status.in_([RunStatus.FAILED.value, RunStatus.DEAD.value]))
         .order_by(runs.c.id.desc())
+        .limit(sample)
     )
+    if job is not None:
+        # One job's failures are sparse among the newest runs: SQLite would scan
+        # the table backwards past every other job's runs. Bound the scan by the
+        # oldest id among them, found by a walk of the (job, status, id) index.
+        newest = newest_ended(conn, job=job, sample=sample)
+        query = query.where(runs.c.job == job, runs.c.id >= (newest[-1] if newest else 0))
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for row in conn.execute(query):
         groups.setdefault((row.job, row.status, error_kind(row.last_error)), []).append(row)
