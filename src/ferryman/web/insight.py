@@ -27,8 +27,7 @@ router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 RANGES = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 FINISH_SERIES = ["finished"]
 JOB_DEAD_LETTER_SAMPLE = 200  # the job page groups its newest failures; /dead-letters more
-# Job settings not worth a line on its page: the function, its name, and the
-# payload keys kept secret (their names are shown on the run page as ***).
+# Job settings not worth a line on its page: the function and its name (in the title).
 HIDDEN_SETTINGS = frozenset({"fn", "name"})
 
 Range = Annotated[str, Query(alias="range", pattern="^(1h|24h|7d|custom)$")]
