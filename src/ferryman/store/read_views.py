@@ -32,7 +32,7 @@ from ferryman.store.schema import run_events, runs, sensor_evaluations
 MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
 DURATION_SAMPLE = 2000  # succeeded runs a duration chart is drawn from, spread over its window
 CREATED_SLACK = 3600.0  # a run finishing in a window may have been created this long before
-MAX_EVALUATIONS = 5000  # newest evaluations a sensor's chart is drawn from
+MAX_EVALUATIONS = 2000  # newest evaluations a sensor's chart is drawn from
 STREAK_CAP = 1000  # failures in a row of a push sensor are counted up to this
 SLOTS = 60  # time slots of an aggregated timeline or a duration chart
 
