@@ -110,7 +110,15 @@ def test_web_bench_times_every_page_on_both_stores() -> None:
         shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
     summary = output.rsplit("milliseconds per request", 1)[-1]
     for store in ("sqlite", "postgres"):
-        for page in ("overview page /", "run page /runs/{id}", "dead letters page", "/metrics"):
+        for page in (
+            "overview page /",
+            "run page /runs/{id}",
+            "dead letters page",
+            "/metrics",
+            "runs page, run_key exact",
+            "timeline, 24 h",
+            "job page, 24 h durations",
+        ):
             line = rf"^{store}\s+{re.escape(page)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
             assert re.search(line, summary, re.MULTILINE), f"{store} {page}:\n{output}"
 
