@@ -689,4 +689,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/brokers/test_rabbitmq.py::test_each_message_one_run_acked_after_commit[sqlite]",),
     ),
+    Mutation(
+        "a Redis consumer deleted while entries are pending with it (they are lost to the group)",
+        "Broker sources",
+        one(
+            "ferryman/sources/redis_streams.py",
+            "  if fields['name'] ~= ARGV[2] and tonumber(fields['pending']) == 0\n",
+            "  if fields['name'] ~= ARGV[2]\n",
+        ),
+        (
+            "tests/brokers/test_redis_streams.py::"
+            "test_a_consumer_with_pending_entries_is_never_deleted",
+        ),
+    ),
 )
