@@ -665,6 +665,19 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_killed_download_resumes_without_fetching_confirmed_ranges_again",
         ),
     ),
+    Mutation(
+        "download ranges recorded before their bytes are synced to disk",
+        "Downloads: pinned, checkpointed, verified, renamed",
+        one(
+            "ferryman/transfer/download_ranges.py",
+            "                os.fdatasync(self.sync_fd)",
+            "                pass",
+        ),
+        (
+            "tests/transfer/test_download.py::"
+            "test_ranges_are_recorded_only_after_their_bytes_are_synced_to_disk[True]",
+        ),
+    ),
     # -- broker sources -----------------------------------------------------------
     Mutation(
         "a message the sensor cannot handle acknowledged instead of dead-lettered",
