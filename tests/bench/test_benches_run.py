@@ -83,10 +83,15 @@ def test_sensors_bench_finds_every_new_item() -> None:
 
 
 def test_upload_bench_compares_ferryman_with_boto3() -> None:
-    output = run_bench("upload.py", "--size-mib", "16", "--rounds", "1")
+    output = run_bench("upload.py", "--size-mib", "16", "--rounds", "1", "--small-files", "8")
     for variant in ("ferryman", "boto3 default", "boto3 matched, SHA-256"):
         assert re.search(rf"^{re.escape(variant)}\s+{NUMBER}\s", output, re.MULTILINE), output
-    assert re.search(rf"ferryman = {NUMBER}x boto3's best", output), output
+    assert re.search(
+        rf"ferryman = {NUMBER}x boto3 with SHA-256 part checksums .* {NUMBER}x boto3's best; "
+        rf"client CPU {NUMBER} s/GiB, boto3 with SHA-256 {NUMBER} s/GiB",
+        output,
+    ), output
+    assert re.search(rf"mix: ferryman = {NUMBER}x boto3 with SHA-256 part checksums", output)
 
 
 def test_web_bench_times_every_page_on_both_stores() -> None:

@@ -693,6 +693,19 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_killed_download_resumes_without_fetching_confirmed_ranges_again",
         ),
     ),
+    Mutation(
+        "download ranges recorded before their bytes are synced to disk",
+        "Downloads: pinned, checkpointed, verified, renamed",
+        one(
+            "ferryman/transfer/download_ranges.py",
+            "                os.fdatasync(self.sync_fd)",
+            "                pass",
+        ),
+        (
+            "tests/transfer/test_download.py::"
+            "test_ranges_are_recorded_only_after_their_bytes_are_synced_to_disk[True]",
+        ),
+    ),
     # -- broker sources -----------------------------------------------------------
     Mutation(
         "a message the sensor cannot handle acknowledged instead of dead-lettered",
@@ -779,5 +792,18 @@ MUTATIONS: tuple[Mutation, ...] = (
             "        self._run_store.enqueue(self._plan_runs(",
         ),
         (f"{RUN_CONTROL}::test_children_exist_iff_the_parent_succeeded[sqlite-transaction]",),
+    ),
+    Mutation(
+        "a Redis consumer deleted while entries are pending with it (they are lost to the group)",
+        "Broker sources",
+        one(
+            "ferryman/sources/redis_streams.py",
+            "  if fields['name'] ~= ARGV[2] and tonumber(fields['pending']) == 0\n",
+            "  if fields['name'] ~= ARGV[2]\n",
+        ),
+        (
+            "tests/brokers/test_redis_streams.py::"
+            "test_a_consumer_with_pending_entries_is_never_deleted",
+        ),
     ),
 )
