@@ -311,7 +311,7 @@ def run(
 
 @cli.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Run counts per job and status, oldest due run, live workers."""
+    """Run counts per job and status, oldest due run, alive workers."""
     app = settings.app()
     summaries = app.status()
     workers = app.workers()
@@ -342,7 +342,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             f"{', '.join(unregistered)}; no worker of this app will run them (renamed job?)",
             highlight=False,
         )
-    out.print(f"live workers: {len(workers)}", highlight=False)
+    out.print(f"alive workers: {len(workers)}", highlight=False)
     for worker in workers:
         out.print(f"  {worker.id} (pid {worker.pid}, up {age(worker.started_at)})", highlight=False)
         if worker.crashes:
