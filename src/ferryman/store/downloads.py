@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -117,42 +118,14 @@ class DownloadQueries:
             .mappings()
             .one_or_none()
         )
-        values = {
-            "dest_path": new.dest_path,
-            "temp_path": new.temp_path,
-            "bucket": new.bucket,
-            "key": new.key,
-            "version_id": new.version_id,
-            "etag": new.etag,
-            "size": new.size,
-            "part_size": new.part_size,
-            "expected": new.expected,
-            "status": ACTIVE,
-            "bytes_done": 0,
-            "parts_done": 0,
-            "sha256": None,
-            "verified_by": None,
-            "reason": None,
-            "error": None,
-            "resumes": 0,
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": None,
-        }
+        values = _fresh_values(new, now)
         if row is None:
             download_id = conn.execute(
                 downloads.insert().values(dest_digest=digest, **values).returning(downloads.c.id)
             ).scalar_one()
             return OpenedDownload(download=self.get(conn, download_id), parts=[], created=True)
         existing = records.download_from_row(row)
-        same = (
-            existing.status is TransferStatus.ACTIVE
-            and (existing.bucket, existing.key, existing.etag, existing.version_id)
-            == (new.bucket, new.key, new.etag, new.version_id)
-            and (existing.size, existing.part_size, existing.temp_path)
-            == (new.size, new.part_size, new.temp_path)
-        )
-        if same:
+        if _same_version(existing, new):
             conn.execute(
                 downloads.update()
                 .where(downloads.c.id == existing.id)
@@ -235,3 +208,40 @@ class DownloadQueries:
             )
         )
         return self.get(conn, download_id)
+
+
+def _fresh_values(new: NewDownload, now: float) -> dict[str, Any]:
+    """A download row's columns for a download starting afresh."""
+    return {
+        "dest_path": new.dest_path,
+        "temp_path": new.temp_path,
+        "bucket": new.bucket,
+        "key": new.key,
+        "version_id": new.version_id,
+        "etag": new.etag,
+        "size": new.size,
+        "part_size": new.part_size,
+        "expected": new.expected,
+        "status": ACTIVE,
+        "bytes_done": 0,
+        "parts_done": 0,
+        "sha256": None,
+        "verified_by": None,
+        "reason": None,
+        "error": None,
+        "resumes": 0,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": None,
+    }
+
+
+def _same_version(existing: Download, new: NewDownload) -> bool:
+    """Whether an active download row is of the object version ``new`` asks for."""
+    return (
+        existing.status is TransferStatus.ACTIVE
+        and (existing.bucket, existing.key, existing.etag, existing.version_id)
+        == (new.bucket, new.key, new.etag, new.version_id)
+        and (existing.size, existing.part_size, existing.temp_path)
+        == (new.size, new.part_size, new.temp_path)
+    )

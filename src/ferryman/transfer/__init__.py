@@ -141,8 +141,6 @@ def upload(
     bucket, key = parse_s3_url(url)
     if concurrency < 1:
         raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
-    if retries < 1:
-        raise ConfigurationError(f"retries must be at least 1, got {retries}")
     sidecar_key = f"{key}.meta.json" if sidecar is True else (sidecar or None)
     options = Options(
         part_size=part_size,
@@ -155,11 +153,7 @@ def upload(
         lease_seconds=lease_seconds,
         file_sha256=file_sha256,
     )
-    s3 = Retrying(
-        client if client is not None else make_client(concurrency),
-        attempts=retries,
-        backoff=backoff or Backoff(base=0.2, factor=2.0, max=5.0),
-    )
+    s3 = _retrying(client, concurrency, retries, backoff)
     with _store(ctx, store) as opened:
         return Uploader(
             store=opened,
@@ -220,11 +214,7 @@ def download(
     if part_size is not None and part_size < 1:
         raise ConfigurationError(f"part size must be positive, got {part_size}")
     path = resolve_dest(dest, key)
-    s3 = Retrying(
-        client if client is not None else make_client(concurrency),
-        attempts=retries,
-        backoff=backoff or Backoff(base=0.2, factor=2.0, max=5.0),
-    )
+    s3 = _retrying(client, concurrency, retries, backoff)
     with _store(None, store) as opened:
         return Downloader(
             store=opened,
@@ -238,6 +228,17 @@ def download(
             progress=progress,
             fsync=fsync,
         ).run()
+
+
+def _retrying(client: Any, concurrency: int, retries: int, backoff: Backoff | None) -> Retrying:
+    """The S3 client (the given one, else one from the AWS environment), its calls retried."""
+    if retries < 1:
+        raise ConfigurationError(f"retries must be at least 1, got {retries}")
+    return Retrying(
+        client if client is not None else make_client(concurrency),
+        attempts=retries,
+        backoff=backoff or Backoff(base=0.2, factor=2.0, max=5.0),
+    )
 
 
 @contextmanager

@@ -1,4 +1,13 @@
-"""What an attempt that raised comes to: failed at once, a retry after backoff, or dead."""
+"""What an attempt that raised comes to: failed at once, a retry after backoff, or dead.
+
+Whatever a job raises is the outcome of its attempt, ``SystemExit`` and other
+``BaseException`` included: a library calling ``sys.exit()`` fails the run,
+never the worker. Only when the store's database failed under the attempt
+(see :mod:`ferryman.worker.outages`) is the attempt given back: the job thread
+releases the run, once the store answers again, without using an attempt.
+``KeyboardInterrupt`` in the thread that called :meth:`~ferryman.worker.worker.Worker.run` means
+"stop", as SIGINT does: no new claims, drain, release, then re-raise.
+"""
 
 from __future__ import annotations
 

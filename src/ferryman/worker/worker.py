@@ -21,13 +21,7 @@ it run on without durable outcomes or live leases; the runs it had started
 are left to their leases, so a run that crashes every worker it meets ends
 ``dead`` after ``max_attempts`` instead of being handed back forever.
 
-Whatever a job raises is the outcome of its attempt, ``SystemExit`` and other
-``BaseException`` included: a library calling ``sys.exit()`` fails the run,
-never the worker. Only when the store's database failed under the attempt
-(see :mod:`ferryman.worker.outages`) is the attempt given back: the job thread
-releases the run, once the store answers again, without using an attempt.
-``KeyboardInterrupt`` in the thread that called :meth:`Worker.run` means
-"stop", as SIGINT does: no new claims, drain, release, then re-raise.
+What a job's exception comes to: :mod:`ferryman.worker.outcomes`.
 """
 
 from __future__ import annotations
@@ -112,14 +106,7 @@ class Worker:
         self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
         # async def jobs run as tasks on one event loop, not on job threads
         self._async_jobs = {name for name, job in jobs.items() if is_async_job(job.fn)}
-        attempts = Attempts(
-            deferred=self._deferred,
-            begin=self._begin,
-            settle=self._settle,
-            ended=self._attempt_ended,
-            call=lambda run, context: self.jobs[run.job].fn(context, run.payload),
-        )
-        self._event_loop = EventLoop(concurrency=concurrency, attempts=attempts)
+        self._event_loop = self._new_event_loop()
         self._job_threads = 0 if len(self._async_jobs) == len(jobs) else concurrency
         self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
         self._crash: BaseException | None = None
@@ -129,17 +116,30 @@ class Worker:
         self._crash_mark = CRASHES.mark()
         self._plan_runs = plan_runs  # for ctx.submit
         self.exit_when_hung = exit_when_hung  # a worker process: its last words when a job hangs
-        self._deadlines = (
-            DeadlineWatcher(
-                store,
-                self.worker_id,
-                grace_seconds=grace_seconds,
-                closed=self._closed,
-                on_ended=self._timed_out,
-                on_hung=self._hung,
-            )
-            if any(job.timeout is not None for job in jobs.values())
-            else None
+        self._deadlines = self._new_deadline_watcher()
+
+    def _new_event_loop(self) -> EventLoop:
+        """The loop of async def jobs: their attempts begin and settle as on a job thread."""
+        attempts = Attempts(
+            deferred=self._deferred,
+            begin=self._begin,
+            settle=self._settle,
+            ended=self._attempt_ended,
+            call=lambda run, context: self.jobs[run.job].fn(context, run.payload),
+        )
+        return EventLoop(concurrency=self.concurrency, attempts=attempts)
+
+    def _new_deadline_watcher(self) -> DeadlineWatcher | None:
+        """The watcher of attempts' deadlines, if any job has a timeout."""
+        if all(job.timeout is None for job in self.jobs.values()):
+            return None
+        return DeadlineWatcher(
+            self.store,
+            self.worker_id,
+            grace_seconds=self.grace_seconds,
+            closed=self._closed,
+            on_ended=self._timed_out,
+            on_hung=self._hung,
         )
 
     # -- public --------------------------------------------------------------
