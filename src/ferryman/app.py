@@ -20,6 +20,7 @@ from ferryman.model import (
     Backoff,
     Evaluation,
     JobSummary,
+    Rate,
     Run,
     RunEvent,
     RunRequest,
@@ -177,6 +178,10 @@ class App:
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
         sensitive: Sequence[str] = (),
+        priority: int = 0,
+        concurrency: int | None = None,
+        key_concurrency: int = 1,
+        rate: Rate | None = None,
     ) -> Callable[[F], F]: ...
 
     def job(
@@ -188,6 +193,10 @@ class App:
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
         sensitive: Sequence[str] = (),
+        priority: int = 0,
+        concurrency: int | None = None,
+        key_concurrency: int = 1,
+        rate: Rate | None = None,
     ) -> Any:
         """Register ``fn(ctx, payload)`` as a job.
 
@@ -196,10 +205,18 @@ class App:
         the run at once without retries. Payload keys named in ``sensitive``
         (at any depth) are shown as ``***`` by the API, the dashboard and
         ``ferryman runs show``; the store keeps them, since the job needs them.
+
+        The queue's controls, each enforced by the store when runs are
+        claimed, across every worker process and host: ``priority`` is the
+        default of the job's runs (higher first); at most ``concurrency`` runs
+        of the job run at once; at most ``key_concurrency`` runs sharing a
+        ``RunRequest.concurrency_key``; ``rate`` (:class:`ferryman.Rate`)
+        bounds how fast its runs are claimed.
         """
         settings.count("max_attempts", max_attempts, minimum=1)
         if not isinstance(backoff, Backoff):
             raise ConfigurationError(f"backoff must be a ferryman.Backoff, got {backoff!r}")
+        controls = settings.queue_controls(priority, concurrency, key_concurrency, rate)
 
         def register(function: JobFunction) -> JobFunction:
             self._jobs.add(
@@ -209,6 +226,7 @@ class App:
                     max_attempts=max_attempts,
                     backoff=backoff,
                     sensitive=frozenset(sensitive),
+                    **controls,
                 )
             )
             return function

@@ -33,6 +33,7 @@ EXPECTED = [
     "Message",
     "PayloadError",
     "PortInUse",
+    "Rate",
     "Reject",
     "RoutingError",
     "Run",

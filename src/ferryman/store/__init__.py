@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,6 +45,7 @@ from ferryman.store.downloads import (
     OpenedDownload,
 )
 from ferryman.store.leases import Leases
+from ferryman.store.limits import JobLimits
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_model import ReadModel
 from ferryman.store.run_rows import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind
@@ -72,6 +73,7 @@ __all__ = [
     "CompletedObject",
     "ConfirmedPart",
     "DownloadOutcome",
+    "JobLimits",
     "Lease",
     "NewDownload",
     "NewRun",
@@ -208,11 +210,22 @@ class Store(ReadModel):
             return self.runs.enqueue(own, new_runs)
 
     def claim(
-        self, *, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float
+        self,
+        *,
+        worker_id: str,
+        jobs: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, JobLimits] | None = None,
     ) -> list[ClaimedRun]:
         with self.write("claiming runs") as conn:
             return self.leases.claim(
-                conn, worker_id=worker_id, jobs=jobs, limit=limit, lease_seconds=lease_seconds
+                conn,
+                worker_id=worker_id,
+                jobs=jobs,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                limits=limits,
             )
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[int]:

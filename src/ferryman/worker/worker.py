@@ -46,9 +46,10 @@ from typing import Any
 
 from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
 from ferryman.logs import process_id
-from ferryman.model import Backoff
+from ferryman.model import Backoff, Rate
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.dialect import Listener
+from ferryman.store.limits import limits_of
 from ferryman.supervise import CRASHES, supervised
 from ferryman.supervise import describe_error as describe_error  # sensors import it here
 from ferryman.worker.context import JobContext
@@ -67,6 +68,10 @@ class JobDefinition:
     max_attempts: int
     backoff: Backoff
     sensitive: frozenset[str] = frozenset()  # payload keys never shown (see App.job)
+    priority: int = 0  # this and the three below: see App.job (enforced at claim time)
+    concurrency: int | None = None
+    key_concurrency: int = 1
+    rate: Rate | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +123,7 @@ class Worker:
             raise ConfigurationError("this app has no jobs to work on")
         self.store = store
         self.jobs = jobs
+        self._limits = limits_of(jobs)
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
         self.capacity = concurrency + max(prefetch, 0)
@@ -214,6 +220,7 @@ class Worker:
                     jobs=list(self.jobs),
                     limit=min(room, self.claim_batch),
                     lease_seconds=self.lease_seconds,
+                    limits=self._limits,
                 )
                 failures = 0
             except StoreError as exc:
