@@ -79,14 +79,16 @@ class Leases:
             room = limit - len(claimed)  # the reclaimed runs are among them
             if room <= 0:
                 break
-            admitted = self.limits.admit(conn, job, limits.get(job, NO_LIMITS), room=room, now=now)
+            admitted, admitted_at = self.limits.admit(
+                conn, job, limits.get(job, NO_LIMITS), room=room, now=now
+            )
             if admitted:
                 more = ClaimRequest(
                     worker_id=worker_id,
                     jobs=(job,),
                     room=0,
                     reclaim=admitted,
-                    now=now,
+                    now=admitted_at,
                     lease_seconds=lease_seconds,
                 )
                 claimed.extend(self.backend.lease(conn, admitted, more))

@@ -130,11 +130,14 @@ class Limits:
 
     def admit(
         self, conn: sa.Connection, job: str, limits: JobLimits, *, room: int, now: float
-    ) -> list[int]:
-        """Lock and return the ids of up to ``room`` due runs of ``job`` its limits admit.
+    ) -> tuple[list[int], float]:
+        """Lock the ids of up to ``room`` due runs of ``job`` its limits admit; the claim's time.
 
         Also charges the rate bucket for them: the caller leases them in this
-        transaction.
+        transaction, at the time returned. That time is read after the
+        running runs were counted: a run whose end the count saw ended
+        earlier by the same clock, so the processing log never shows two
+        runs in one slot at once.
         """
         tokens = self._lock_job(conn, job, limits.rate, now)
         if tokens is not None:
@@ -145,7 +148,7 @@ class Limits:
         admitted = self._pick(conn, job, limits.key_concurrency, room, now) if room > 0 else []
         if tokens is not None:
             self.charge(conn, job, tokens - len(admitted), now)
-        return admitted
+        return admitted, self.backend.clock(conn) if admitted else now
 
     def charge(self, conn: sa.Connection, job: str, tokens: float, now: float) -> None:
         conn.execute(

@@ -355,7 +355,7 @@ class MariaDBBackend(Backend):
         return conn.execute(self._lock_expired, params).all()
 
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
-        """Lock the oldest due runs, skipping those another claim holds; lease them."""
+        """Lock the first due runs, skipping those another claim holds; lease them."""
         due: list[int] = []
         # Before every run: above any priority, and PyMySQL sends no infinity.
         after: tuple[int, float, int] = (PRIORITY_BOUND + 1, -sys.float_info.max, 0)
@@ -374,10 +374,13 @@ class MariaDBBackend(Backend):
             ).all()
             if not candidates:
                 break
-            order = {row.id: position for position, row in enumerate(candidates)}
+            # The first ``wanted`` in the claim's order: the lock reads them by
+            # primary key, whose order is not the claim's once priorities differ.
+            considered = candidates[:wanted]
+            order = {row.id: position for position, row in enumerate(considered)}
             locked = conn.execute(self._lock_due, {"ids": list(order), "limit": wanted})
             due.extend(sorted(locked.scalars(), key=order.__getitem__))
-            last = candidates[-1]
+            last = considered[-1]
             after = (last.priority, last.available_at, last.id)
         return self.lease(conn, [*request.reclaim, *due], request)
 
