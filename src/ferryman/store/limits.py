@@ -12,7 +12,8 @@ of the backend: each one
 2. counts what runs: ``status = 'running'`` includes a run whose lease
    expired, so the slot of a dead worker is freed only when its run is taken
    over (and is then the taker's), never while a zombie may still run it;
-3. refills the rate bucket by the database's clock and takes tokens from it;
+3. refills the rate bucket by the database's clock, read once the lock is
+   held, and takes tokens from it;
 4. locks the due runs it admits, by id, skipping those locked elsewhere, and
    leases them in the same transaction.
 
@@ -139,7 +140,11 @@ class Limits:
         earlier by the same clock, so the processing log never shows two
         runs in one slot at once.
         """
-        tokens = self._lock_job(conn, job, limits.rate, now)
+        bucket = self._lock_job(conn, job)
+        # Read again once the lock is held: claims of the job then see the
+        # clock in the order they refill the bucket, never one going back.
+        now = self.backend.clock(conn)
+        tokens = self._tokens(bucket, limits.rate, now)
         if tokens is not None:
             room = min(room, math.floor(tokens))
         if limits.concurrency is not None and room > 0:
@@ -157,20 +162,23 @@ class Limits:
             .values(tokens=tokens, refilled_at=now)
         )
 
-    def _lock_job(
-        self, conn: sa.Connection, job: str, rate: Rate | None, now: float
-    ) -> float | None:
-        """Lock the job's row (made if absent); the tokens in its bucket now, if it has a rate."""
+    def _lock_job(self, conn: sa.Connection, job: str) -> Any:
+        """Lock the job's row, made first if absent; its rate bucket as it stands."""
         row = conn.execute(self._lock, {"job": job}).first()
         if row is None:
             self.mark_keyed(conn, [job])
             row = conn.execute(self._lock, {"job": job}).one()
+        return row
+
+    @staticmethod
+    def _tokens(bucket: Any, rate: Rate | None, now: float) -> float | None:
+        """The tokens in the job's bucket at ``now``, if it has a rate."""
         if rate is None:
             return None
-        if row.tokens is None or row.refilled_at is None:
+        if bucket.tokens is None or bucket.refilled_at is None:
             return rate.capacity
-        elapsed = max(0.0, now - float(row.refilled_at))
-        refilled: float = float(row.tokens) + elapsed * rate.per_second
+        elapsed = max(0.0, now - float(bucket.refilled_at))
+        refilled: float = float(bucket.tokens) + elapsed * rate.per_second
         return min(rate.capacity, refilled)
 
     def _pick(
