@@ -209,14 +209,17 @@ except_mariadb(
         sqlite_where=runs.c.status == "queued",
     )
 )
-# A limited claim counts the running runs of each concurrency key.
+# A limited claim counts the running runs of each concurrency key. Runs
+# without a key stay out of it, so that plain jobs pay nothing for it.
 except_mariadb(
     sa.Index(
         "ix_ferryman_runs_running_keys",
         runs.c.job,
         runs.c.concurrency_digest,
-        postgresql_where=runs.c.status == "running",
-        sqlite_where=runs.c.status == "running",
+        postgresql_where=sa.and_(
+            runs.c.status == "running", runs.c.concurrency_digest.is_not(None)
+        ),
+        sqlite_where=sa.and_(runs.c.status == "running", runs.c.concurrency_digest.is_not(None)),
     )
 )
 except_mariadb(

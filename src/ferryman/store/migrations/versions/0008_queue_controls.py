@@ -29,6 +29,8 @@ depends_on = None
 
 RUNS = "ferryman_runs"
 LIMITS = "ferryman_job_limits"
+# Runs without a key stay out of the index of running keys: plain jobs pay nothing for it.
+RUNNING_KEYED = "status = 'running' AND concurrency_digest IS NOT NULL"
 
 
 def upgrade() -> None:
@@ -57,8 +59,8 @@ def upgrade() -> None:
             "ix_ferryman_runs_running_keys",
             RUNS,
             ["job", "concurrency_digest"],
-            postgresql_where=sa.text("status = 'running'"),
-            sqlite_where=sa.text("status = 'running'"),
+            postgresql_where=sa.text(RUNNING_KEYED),
+            sqlite_where=sa.text(RUNNING_KEYED),
         )
     op.create_table(
         LIMITS,
