@@ -143,7 +143,9 @@ class Limits:
         bucket = self._lock_job(conn, job)
         # Read again once the lock is held: claims of the job then see the
         # clock in the order they refill the bucket, never one going back.
-        now = self.backend.clock(conn)
+        # (One writer at a time, as on SQLite: the transaction was the lock.)
+        one_writer = self.backend.ids_in_commit_order
+        now = now if one_writer else self.backend.clock(conn)
         tokens = self._tokens(bucket, limits.rate, now)
         if tokens is not None:
             room = min(room, math.floor(tokens))
@@ -153,7 +155,7 @@ class Limits:
         admitted = self._pick(conn, job, limits.key_concurrency, room, now) if room > 0 else []
         if tokens is not None:
             self.charge(conn, job, tokens - len(admitted), now)
-        return admitted, self.backend.clock(conn) if admitted else now
+        return admitted, self.backend.clock(conn) if admitted and not one_writer else now
 
     def charge(self, conn: sa.Connection, job: str, tokens: float, now: float) -> None:
         conn.execute(
@@ -214,8 +216,8 @@ class Limits:
 
     def _locked(self, conn: sa.Connection, ids: list[int]) -> list[int]:
         """Those of ``ids`` still queued and now locked by this transaction, in their order."""
-        if not ids:
-            return []
+        if not ids or self.backend.ids_in_commit_order:
+            return ids  # one writer at a time: nobody else changed them since they were read
         locked = set(conn.execute(self._lock_due, {"ids": ids}).scalars())
         return [run_id for run_id in ids if run_id in locked]
 
