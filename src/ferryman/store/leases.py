@@ -91,7 +91,7 @@ class Leases:
                     now=admitted_at,
                     lease_seconds=lease_seconds,
                 )
-                claimed.extend(self.backend.lease(conn, admitted, more))
+                claimed.extend(self.backend.lease_queued(conn, admitted, more))
         return [claimed_run(row) for row in claimed]
 
     def _settle_expired(

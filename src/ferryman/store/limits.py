@@ -14,8 +14,8 @@ of the backend: each one
    over (and is then the taker's), never while a zombie may still run it;
 3. refills the rate bucket by the database's clock, read once the lock is
    held, and takes tokens from it;
-4. locks the due runs it admits, by id, skipping those locked elsewhere, and
-   leases them in the same transaction.
+4. leases the due runs it admits in the same transaction, skipping any
+   another transaction holds (an operator's cancel, say).
 
 A takeover of an expired lease neither needs a slot (the run held one all
 along) nor a token (its claim took one).
@@ -101,17 +101,6 @@ class Limits:
             .limit(sa.bindparam("limit"))
             .offset(sa.bindparam("offset"))
         )
-        # Locked by primary key, skipping rows another transaction holds (an
-        # operator's cancel, say); a locking read that scanned the queue would
-        # lock every row it passed on MariaDB.
-        self._lock_due = (
-            sa.select(runs.c.id)
-            .where(
-                runs.c.id.in_(sa.bindparam("ids", expanding=True)),
-                runs.c.status == RunStatus.QUEUED.value,
-            )
-            .with_for_update(skip_locked=True)
-        )
 
     def limited_jobs(
         self, conn: sa.Connection, jobs: Sequence[str], limits: Mapping[str, JobLimits]
@@ -132,13 +121,13 @@ class Limits:
     def admit(
         self, conn: sa.Connection, job: str, limits: JobLimits, *, room: int, now: float
     ) -> tuple[list[int], float]:
-        """Lock the ids of up to ``room`` due runs of ``job`` its limits admit; the claim's time.
+        """The ids of up to ``room`` due runs of ``job`` its limits admit; the claim's time.
 
         Also charges the rate bucket for them: the caller leases them in this
-        transaction, at the time returned. That time is read after the
-        running runs were counted: a run whose end the count saw ended
-        earlier by the same clock, so the processing log never shows two
-        runs in one slot at once.
+        transaction (:meth:`Backend.lease_queued`), at the time returned.
+        That time is read after the running runs were counted: a run whose
+        end the count saw ended earlier by the same clock, so the processing
+        log never shows two runs in one slot at once.
         """
         bucket = self._lock_job(conn, job)
         # Read again once the lock is held: claims of the job then see the
@@ -186,7 +175,7 @@ class Limits:
     def _pick(
         self, conn: sa.Connection, job: str, key_concurrency: int, room: int, now: float
     ) -> list[int]:
-        """Due runs in claim order whose key has room, counting those picked; locked."""
+        """Due runs in claim order whose key has room, counting those picked."""
         picked: list[int] = []
         taken: dict[bytes, int] = {}
         page = room + PAGE_SLACK
@@ -209,17 +198,10 @@ class Limits:
                         continue
                     taken[digest] = taken.get(digest, 0) + 1
                 admitted.append(row.id)
-            picked.extend(self._locked(conn, admitted))
+            picked.extend(admitted)
             if len(picked) >= room or len(rows) < page:
                 break
         return picked
-
-    def _locked(self, conn: sa.Connection, ids: list[int]) -> list[int]:
-        """Those of ``ids`` still queued and now locked by this transaction, in their order."""
-        if not ids or self.backend.ids_in_commit_order:
-            return ids  # one writer at a time: nobody else changed them since they were read
-        locked = set(conn.execute(self._lock_due, {"ids": ids}).scalars())
-        return [run_id for run_id in ids if run_id in locked]
 
 
 def limits_of(definitions: Mapping[str, Any]) -> dict[str, JobLimits]:

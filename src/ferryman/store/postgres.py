@@ -104,6 +104,30 @@ CLAIM_DUE = sa.text(
     """
 )
 
+# A limited claim's runs (ferryman.store.limits), in one statement as CLAIM_DUE:
+# those still queued and not locked elsewhere, leased and logged.
+LEASE_QUEUED = sa.text(
+    f"""
+    WITH due AS (
+        SELECT id FROM {runs.name}
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued'
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE {runs.name} AS r
+        SET status = 'running', attempt = r.attempt + 1, lease_owner = :worker,
+            lease_token = r.lease_token + 1, lease_expires_at = :expires,
+            started_at = :now, updated_at = :now
+        FROM due WHERE r.id = due.id
+        RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
+                  r.lease_token, r.checkpoint, r.priority, r.available_at
+    ), logged AS (
+        INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
+        SELECT id, 'claimed', :now, attempt, :worker, lease_token FROM claimed
+    )
+    SELECT * FROM claimed ORDER BY priority DESC, available_at, id
+    """
+)
+
 # Fenced: only rows still running under the token the worker holds match.
 SUCCEED = sa.text(
     f"""
@@ -245,6 +269,19 @@ class PostgresBackend(Backend):
             "expires": request.expires_at,
         }
         return [*claimed, *conn.execute(CLAIM_DUE, params)]
+
+    def lease_queued(
+        self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
+    ) -> list[Any]:
+        if not run_ids:
+            return []
+        params = {
+            "ids": list(run_ids),
+            "now": request.now,
+            "worker": request.worker_id,
+            "expires": request.expires_at,
+        }
+        return list(conn.execute(LEASE_QUEUED, params))
 
     def succeed_within(
         self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str

@@ -370,6 +370,12 @@ class SQLiteBackend(Backend):
         }
         return self._logged_claims(conn, LEASE.rows(conn, params), run_ids, request)
 
+    def lease_queued(
+        self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
+    ) -> list[Any]:
+        # One writer at a time: nothing changed the runs since this transaction read them.
+        return self.lease(conn, run_ids, request)
+
     def succeed_within(
         self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
     ) -> bool:
