@@ -25,13 +25,19 @@ loopback, with auth and part checksums enforced) by:
 
 Each upload runs in a fresh subprocess, so its peak memory (max RSS) is its
 own; the table shows it next to ``P x C`` and next to the RSS the process
-had before the upload began (interpreter, imports, client). The clock covers the upload call
-alone: imports and client set-up come first in every variant (ferryman's
-call includes creating its SQLite store). Two ceilings are measured on the
-same file first: reading it (from the page cache, as the uploads do) and
-hashing it with SHA-256. Every variant runs ``--rounds`` times (default 3),
+had before the upload began (interpreter, imports, client). The clock
+covers the upload call alone: imports and client set-up come first in every
+variant (for ferryman also its store, a SQLite file created and migrated
+once, as a daemon's is). Two ceilings are measured on the same file first:
+reading it (from the page cache, as the uploads do) and hashing it with
+SHA-256. Every variant runs ``--rounds`` times (default 3),
 interleaved; the best round is reported. Uploaded objects are deleted
 between rounds.
+
+Then a small-file mix: ``--small-files`` files (100; 4 KiB, 64 KiB, 512 KiB
+and 3 MiB in turn), uploaded one after another by one process, each file its
+own call, by ferryman (one store and one client for all), boto3 with SHA-256
+part checksums and boto3's defaults; files/s and client CPU seconds.
 
     .venv/bin/python bench/upload.py [--size-mib 1024] [--part-size-mib 8] [--concurrency 4]
 """
@@ -65,6 +71,9 @@ VARIANTS = (
     "boto3 matched, SHA-256",
 )
 BOTO3 = ("boto3 default", "boto3 matched")  # the peers the target is measured against
+# The small-file mix: ``--small-files`` files, uploaded one after another by one process.
+MIX = ("mix: ferryman", "mix: boto3 matched, SHA-256", "mix: boto3 default")
+MIX_SIZES = (4 * 1024, 64 * 1024, 512 * 1024, 3 * MiB)  # cycled through
 
 
 def make_file(path: Path, size: int) -> None:
@@ -110,17 +119,28 @@ def run_variant(args: argparse.Namespace) -> None:
     from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 
     part_size = args.part_size_mib * MiB
-    key = f"bench/{args.variant.replace(' ', '-').replace(',', '')}.bin"
+    name = args.variant.removeprefix("mix: ")
+    slug = args.variant.replace(" ", "-").replace(",", "").replace(":", "")
+    # One file, or every file of a folder (the small-file mix), one after another.
+    source = Path(args.path)
+    files = sorted(source.iterdir()) if source.is_dir() else [source]
     # Imports and client set-up happen before the clock starts, for every variant
     # (ferryman is imported by its own variant only, so the others' RSS is boto3's).
-    ours = args.variant.startswith("ferryman")
+    ours = name.startswith("ferryman")
     if ours:
         sys.path.insert(0, str(REPO / "src"))
         import ferryman as fm
+        from ferryman.store import Store
+        from ferryman.transfer.s3 import make_client
+
+        # Made before the clock, as boto3's client is: ferryman's S3 client, and
+        # its store (a SQLite file, created and migrated once, open for every file).
+        our_client = make_client(args.concurrency)
+        our_store = Store(f"sqlite:///{args.store}")
     client = boto3.client("s3")
     config = (
         TransferConfig()
-        if args.variant == "boto3 default"
+        if name == "boto3 default"
         else TransferConfig(
             multipart_threshold=part_size,
             multipart_chunksize=part_size,
@@ -129,19 +149,22 @@ def run_variant(args: argparse.Namespace) -> None:
     )
     before = resource.getrusage(resource.RUSAGE_SELF)
     baseline_kib, cpu_before = before.ru_maxrss, before.ru_utime + before.ru_stime
+    extra = {"ChecksumAlgorithm": "SHA256"} if name.endswith("SHA-256") else None
     started = time.perf_counter()
-    if ours:
-        fm.transfer.upload(
-            args.path,
-            f"s3://{args.bucket}/{key}",
-            part_size=part_size,
-            concurrency=args.concurrency,
-            store=f"sqlite:///{args.store}",
-            file_sha256=args.variant == "ferryman",
-        )
-    else:
-        extra = {"ChecksumAlgorithm": "SHA256"} if args.variant.endswith("SHA-256") else None
-        client.upload_file(args.path, args.bucket, key, Config=config, ExtraArgs=extra)
+    for path in files:
+        key = f"bench/{slug}/{path.name}"
+        if ours:
+            fm.transfer.upload(
+                path,
+                f"s3://{args.bucket}/{key}",
+                part_size=part_size,
+                concurrency=args.concurrency,
+                store=our_store,
+                client=our_client,
+                file_sha256=name == "ferryman",
+            )
+        else:
+            client.upload_file(str(path), args.bucket, key, Config=config, ExtraArgs=extra)
     seconds = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
@@ -195,6 +218,9 @@ def main() -> None:
     parser.add_argument("--part-size-mib", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--small-files", type=int, default=100, help="files in the small-file mix (0: none)"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--bucket", help=argparse.SUPPRESS)
@@ -216,6 +242,12 @@ def main() -> None:
         read_mib_s = read_rate(path)
         hash_mib_s = hash_rate(path)
         print(f"ceilings: read {read_mib_s:,.0f} MiB/s, SHA-256 {hash_mib_s:,.0f} MiB/s")
+        mix = root / "mix"
+        mix.mkdir()
+        for number in range(args.small_files):
+            (mix / f"{number:05d}.bin").write_bytes(os.urandom(MIX_SIZES[number % len(MIX_SIZES)]))
+        mix_mib = sum(f.stat().st_size for f in mix.iterdir()) / MiB
+        variants = (*VARIANTS, *(MIX if args.small_files else ()))
 
         server = SeaweedServer(root / "seaweed")
         server.start()
@@ -226,16 +258,17 @@ def main() -> None:
             client.create_bucket(Bucket=bucket)
             best: dict[str, dict[str, Any]] = {}
             for round_number in range(1, args.rounds + 1):
-                for variant in VARIANTS:
+                for variant in variants:
                     assert server.process is not None
                     server_cpu = process_cpu_seconds(server.process.pid)
-                    result = measure(variant, args, path, bucket, env)
+                    ours = mix if variant in MIX else path
+                    result = measure(variant, args, ours, bucket, env)
                     result["server_cpu_seconds"] = (
                         process_cpu_seconds(server.process.pid) - server_cpu
                     )
-                    rate = args.size_mib / result["seconds"]
+                    rate = (mix_mib if variant in MIX else args.size_mib) / result["seconds"]
                     print(
-                        f"round {round_number}: {variant:<26} {rate:8,.1f} MiB/s, "
+                        f"round {round_number}: {variant:<28} {rate:8,.1f} MiB/s, "
                         f"peak RSS {result['peak_mib']:,.0f} MiB, CPU s client "
                         f"{result['cpu_seconds']:.1f} server {result['server_cpu_seconds']:.1f}",
                         flush=True,
@@ -271,14 +304,40 @@ def main() -> None:
     def rate_of(variant: str) -> float:
         return float(args.size_mib / best[variant]["seconds"])
 
+    def cpu_per_gib(variant: str) -> float:
+        return float(best[variant]["cpu_seconds"] * 1024 / args.size_mib)
+
     boto_best = max(rate_of(variant) for variant in BOTO3)
+    same = "boto3 matched, SHA-256"  # the peer with the same checksums
     for variant in VARIANTS:
         if variant.startswith("ferryman"):
             print(
-                f"{variant} = {rate_of(variant) / boto_best:.2f}x boto3's best "
-                f"(target >= 1.0x), {rate_of(variant) / rate_of('boto3 matched, SHA-256'):.2f}x "
-                "boto3 with SHA-256 part checksums"
+                f"{variant} = {rate_of(variant) / rate_of(same):.2f}x boto3 with SHA-256 part "
+                f"checksums (target >= 1.0x), {rate_of(variant) / boto_best:.2f}x boto3's best; "
+                f"client CPU {cpu_per_gib(variant):.1f} s/GiB, boto3 with SHA-256 "
+                f"{cpu_per_gib(same):.1f} s/GiB (target <=)"
             )
+    if args.small_files:
+        report_mix(best, args.small_files, mix_mib)
+
+
+def report_mix(best: dict[str, dict[str, Any]], files: int, mib: float) -> None:
+    """The small-file mix's table: files/s, MiB/s and client CPU, best round of each."""
+    sizes = ", ".join(f"{size // 1024:,} KiB" for size in MIX_SIZES)
+    print(f"\nsmall-file mix: {files} files ({sizes}, in turn; {mib:,.1f} MiB), one by one")
+    print(f"{'variant':<30}{'files/s':>10}{'MiB/s':>10}{'client CPU s':>14}")
+    for variant in MIX:
+        result = best[variant]
+        print(
+            f"{variant:<30}{files / result['seconds']:>10,.1f}{mib / result['seconds']:>10,.1f}"
+            f"{result['cpu_seconds']:>14.2f}"
+        )
+    ours, peer = best["mix: ferryman"], best["mix: boto3 matched, SHA-256"]
+    print(
+        f"mix: ferryman = {peer['seconds'] / ours['seconds']:.2f}x boto3 with SHA-256 part "
+        f"checksums (target >= 1.0x); client CPU {ours['cpu_seconds']:.2f} s against "
+        f"{peer['cpu_seconds']:.2f} s (target <=)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ serve``) on a loopback port, and times requests with httpx from this process:
 the overview (page and API), the runs list filtered by job and status, a
 page deep in it, by an hour's window a day and six days back and by
 everything until six days back, a run page (page and API), the sensors,
-a sensor page, the workers, the dead letters and ``/metrics``. Prints p50 /
+a sensor page, the workers, the dead letters and ``/metrics``; runs found by
+run_key (exact and prefix) and by error group, the timeline over the last
+hour and 24 hours (all jobs and one), and a job's page with its duration
+chart over 24 hours and 7 days. Prints p50 /
 p95 / max per endpoint; the target is p95 < 200 ms. The overview serves the
 latest count of runs by job and status and recounts it in the background
 every few seconds (``ferryman/web/run_counts.py``); the first request, which
@@ -314,6 +317,16 @@ def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
         ],
         "run page /runs/{id}": [f"/runs/{n}" for n in logged],
         "run API /api/runs/{id}": [f"/api/runs/{n}" for n in logged],
+        "runs page, run_key exact": [f"/runs?run_key=key-{n}" for n in logged],
+        "runs page, run_key prefix": [f"/runs?run_key=key-{n}&match=prefix" for n in logged],
+        "runs page, error group": [
+            f"/runs?job={job}&error=ValueError:+record+N:+amount+is+not+a+number" for job in JOBS
+        ],
+        "timeline, last hour": ["/timeline"],
+        "timeline, 24 h": ["/timeline?range=24h"],
+        "timeline, 24 h, one job": [f"/timeline?range=24h&job={job}" for job in JOBS],
+        "job page, 24 h durations": [f"/jobs/{job}" for job in JOBS],
+        "job page, 7 d durations": [f"/jobs/{job}?range=7d" for job in JOBS],
         "sensors page": ["/sensors"],
         "sensor page": [f"/sensors/{name}" for name in SENSORS],
         "workers page": ["/workers"],

@@ -13,3 +13,10 @@ def convert(ctx: fm.JobContext, payload: dict[str, str]) -> None:
         raise fm.Reject(f"{ctx.run_key}: unsupported format {payload.get('format')!r}")
     if payload.get("kind") == "flaky" and ctx.attempt < 3:
         raise RuntimeError("converter crashed")
+
+
+@app.job
+def split(ctx: fm.JobContext, payload: dict[str, int]) -> None:
+    """Ask for one ``convert`` run per part; they exist once this run has succeeded."""
+    parts = [fm.RunRequest(f"{ctx.run_key}-{i}", {"kind": "good"}) for i in range(payload["n"])]
+    ctx.submit("convert", *parts)

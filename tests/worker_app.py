@@ -3,7 +3,8 @@
 ``hold`` blocks until a file named after its run key appears in
 ``FERRYMAN_TEST_GATE`` (a directory), so tests can catch a run mid-job
 without guessing at timings; ``spin`` burns a little CPU; ``quits`` calls
-``sys.exit()``, as some libraries do.
+``sys.exit()``, as some libraries do; ``stubborn`` ignores its timeout on its
+first attempt (it sleeps through ``ctx.cancelled``, as a blocking call would).
 """
 
 from __future__ import annotations
@@ -40,3 +41,9 @@ def spin(ctx: fm.JobContext, payload: dict[str, int]) -> None:
 @app.job(max_attempts=2, backoff=fm.Backoff(base=0))
 def quits(ctx: fm.JobContext, payload: object) -> None:
     sys.exit(3)
+
+
+@app.job(timeout=0.5, max_attempts=3, backoff=fm.Backoff(base=0))
+def stubborn(ctx: fm.JobContext, payload: object) -> None:
+    if ctx.attempt == 1:
+        time.sleep(120)  # a call that cannot be interrupted; only ending the process stops it

@@ -54,12 +54,13 @@ from ferryman.model import (
     WorkerInfo,
 )
 from ferryman.sensors import SensorContext
-from ferryman.worker import JobContext, WorkReport
+from ferryman.worker import AsyncJobContext, JobContext, WorkReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncJobContext",
     "Backoff",
     "ConfigurationError",
     "Download",

@@ -5,31 +5,31 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
 
 from ferryman import logs, settings
+from ferryman.app_sensors import SensorOperations
+from ferryman.daemon import broker_consumers, run_daemon_parts
 from ferryman.errors import ConfigurationError
 from ferryman.jobs import JobRegistry
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
     DEFAULT_SENSOR_BACKOFF,
     Backoff,
-    Evaluation,
     JobSummary,
     Rate,
     Run,
     RunEvent,
     RunRequest,
     RunStatus,
-    SensorState,
     SubmitResult,
     WorkerInfo,
 )
-from ferryman.sensors.daemon import SensorDaemon, run_daemon
+from ferryman.sensors.daemon import SensorDaemon
 from ferryman.sensors.engine import SensorEngine
 from ferryman.sensors.registry import (
     DEFAULT_POLL_TIMEOUT,
@@ -46,9 +46,10 @@ from ferryman.sensors.schedule import (
     define_schedule,
 )
 from ferryman.sources.base import Source
-from ferryman.sources.consumer import SourceConsumer, SourceConsumers, SourceStats
+from ferryman.sources.consumer import SourceConsumers
 from ferryman.store import DEFAULT_STORE as DEFAULT_STORE  # the CLI reads it here
 from ferryman.store import Store, open_store
+from ferryman.worker.async_context import AsyncJobContext
 from ferryman.worker.context import JobContext
 from ferryman.worker.processes import run_processes
 from ferryman.worker.worker import JobDefinition, Worker, WorkReport
@@ -56,12 +57,14 @@ from ferryman.worker.worker import JobDefinition, Worker, WorkReport
 log = logging.getLogger("ferryman")
 
 DEFAULT_DELIVERY_RETENTION = timedelta(days=7)
-JobFunction = Callable[[JobContext, Any], Any]
+JobFunction = Callable[[JobContext, Any], Any] | Callable[[AsyncJobContext, Any], Awaitable[Any]]
 F = TypeVar("F", bound=JobFunction)
 S = TypeVar("S", bound=SensorFunction)
 
 
-class App:
+# Evaluating and operating the registered sensors is in app_sensors.py (the
+# SensorOperations mixin); starting and stopping what ``run`` runs, in daemon.py.
+class App(SensorOperations):
     """Jobs and sensors bound to one store.
 
     ``store`` is a URL: ``sqlite:///path.db`` (the embedded default: created
@@ -182,6 +185,7 @@ class App:
         concurrency: int | None = None,
         key_concurrency: int = 1,
         rate: Rate | None = None,
+        timeout: float | None = None,
     ) -> Callable[[F], F]: ...
 
     def job(
@@ -197,6 +201,7 @@ class App:
         concurrency: int | None = None,
         key_concurrency: int = 1,
         rate: Rate | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Register ``fn(ctx, payload)`` as a job.
 
@@ -206,14 +211,17 @@ class App:
         (at any depth) are shown as ``***`` by the API, the dashboard and
         ``ferryman runs show``; the store keeps them, since the job needs them.
 
-        The queue's controls, each enforced by the store when runs are
-        claimed, across every worker process and host: ``priority`` is the
-        default of the job's runs (higher first); at most ``concurrency`` runs
-        of the job run at once; at most ``key_concurrency`` runs sharing a
-        ``RunRequest.concurrency_key``; ``rate`` (:class:`ferryman.Rate`)
-        bounds how fast its runs are claimed.
+        Queue controls, enforced by the store at claim time across hosts:
+        ``priority``, the default of its runs (higher first); ``concurrency``
+        runs at once at most, ``key_concurrency`` per ``RunRequest.concurrency_key``;
+        ``rate`` (:class:`ferryman.Rate`) bounds how fast runs are claimed.
+        An attempt still running ``timeout`` seconds after it started ends as a
+        failure, "timed out after Ns", retried per ``backoff``; the job sees
+        ``ctx.deadline`` and ``ctx.cancelled`` (see docs/how-to/queues.md).
         """
         settings.count("max_attempts", max_attempts, minimum=1)
+        if timeout is not None:
+            settings.seconds("timeout", timeout, inclusive=False)
         if not isinstance(backoff, Backoff):
             raise ConfigurationError(f"backoff must be a ferryman.Backoff, got {backoff!r}")
         controls = settings.queue_controls(priority, concurrency, key_concurrency, rate)
@@ -227,6 +235,7 @@ class App:
                     backoff=backoff,
                     sensitive=frozenset(sensitive),
                     **controls,
+                    timeout=timeout,
                 )
             )
             return function
@@ -430,10 +439,9 @@ class App:
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
         )
-        store = self.store
         make_worker = functools.partial(
             Worker,
-            store,
+            self.store,
             {name: self._jobs.definition(name) for name in (jobs or self._jobs)},
             lease_seconds=self.lease_seconds,
             concurrency=concurrency,
@@ -441,6 +449,7 @@ class App:
             claim_batch=claim_batch,
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,
+            plan_runs=self._jobs.new_runs,
         )
         if processes is None:
             worker = make_worker()
@@ -451,7 +460,7 @@ class App:
             make_worker,
             processes=processes,
             until_idle=until_idle,
-            after_fork=functools.partial(_after_fork, store),
+            after_fork=functools.partial(_after_fork, self.store),
             on_started=on_started,
         )
 
@@ -474,6 +483,10 @@ class App:
     def get_run(self, run_id: int) -> Run | None:
         return self.store.get_run(run_id)
 
+    def get_run_by_key(self, job: str, run_key: str) -> Run | None:
+        """The run of ``job`` with ``run_key`` (a run_key yields one run per job), or None."""
+        return self.store.get_run_by_key(job, run_key)
+
     def get_run_events(self, run_id: int) -> list[RunEvent]:
         """The run's processing log, oldest first."""
         return self.store.get_events(run_id)
@@ -485,8 +498,12 @@ class App:
         job: str | None = None,
         status: RunStatus | str | None = None,
         by: str | None = None,
+        since: float | None = None,
     ) -> list[int]:
-        """Put failed or dead runs back in the queue under their run_key, with fresh attempts."""
+        """Put failed or dead runs back in the queue under their run_key, with fresh attempts.
+
+        ``since``: only runs that finished within that many seconds.
+        """
         if run_ids is None and job is None and status is None:
             raise ConfigurationError("retry needs run ids, a job, or a status")
         statuses = (RunStatus.FAILED, RunStatus.DEAD) if status is None else (RunStatus(status),)
@@ -495,11 +512,25 @@ class App:
                 raise ConfigurationError(
                     f"only failed or dead runs can be retried, not {candidate}"
                 )
-        return self.store.requeue(run_ids=run_ids, job=job, statuses=statuses, by=by)
+        return self.store.requeue(run_ids=run_ids, job=job, statuses=statuses, by=by, since=since)
 
-    def cancel(self, run_id: int, *, by: str | None = None) -> bool:
-        """Cancel a queued run; False if it is not queued."""
+    def cancel(self, run_id: int, *, by: str | None = None) -> Run | None:
+        """Cancel a queued or running run; the run as cancelled, or None if it was neither.
+
+        A running run's lease token is bumped, so nothing its job writes
+        afterwards commits; the job sees ``ctx.cancelled`` at the worker's
+        next heartbeat. ``by`` is recorded in the processing log.
+        """
         return self.store.cancel(run_id, by=by)
+
+    def cancel_runs(
+        self, *, job: str | None = None, status: RunStatus | str, by: str | None = None
+    ) -> list[int]:
+        """Cancel every ``queued`` (or every ``running``) run of ``job`` or of all jobs."""
+        wanted = RunStatus(status)
+        if wanted not in (RunStatus.QUEUED, RunStatus.RUNNING):
+            raise ConfigurationError(f"only queued or running runs can be cancelled, not {wanted}")
+        return self.store.cancel_where(job=job, status=wanted, by=by)
 
     def status(self) -> list[JobSummary]:
         """Run counts per job and status, and how long the oldest due run has waited."""
@@ -510,88 +541,6 @@ class App:
         return self.store.list_workers(
             alive_within=self.lease_seconds, include_stopped=include_stopped
         )
-
-    # -- sensors -------------------------------------------------------------
-
-    def tick(
-        self, sensors: Sequence[str] | None = None, *, force: bool = False
-    ) -> list[Evaluation]:
-        """Evaluate every due poll sensor once (or the named ones; ``force``: even if not due).
-
-        Paused sensors are skipped. Returns the evaluations recorded, in
-        sensor-name order: ``ok``, ``failed`` or ``conflict``.
-        """
-        return self._sensor_engine.tick(sensors, force=force)
-
-    def ingest(self, sensor: str, message_id: str, payload: Any = None) -> Evaluation:
-        """Deliver a message to a push sensor, exactly once per ``(sensor, message_id)``.
-
-        The runs it requests, its evaluation and its delivery commit together;
-        the delivery is unique by sensor and message id (of any length), so a
-        redelivery within ``delivery_retention``, even a concurrent one from
-        another process, writes nothing and returns the first evaluation. A
-        failed evaluation records no delivery, so delivering the message again
-        retries it. A message id that cannot be stored exactly (NUL, a lone
-        surrogate) is refused with :class:`~ferryman.PayloadError`. If the
-        store fails, :class:`~ferryman.StoreError` is raised and nothing was
-        recorded: acknowledge a message only once ``ingest`` has returned an
-        ``ok`` evaluation.
-        """
-        return self._sensor_engine.ingest(sensor, message_id, payload)
-
-    def deliver(self, sensor: str, message_id: str, payload: Any = None) -> tuple[Evaluation, bool]:
-        """:meth:`ingest`, also saying whether this call recorded the evaluation.
-
-        ``False``: the message had been delivered before (perhaps by a
-        concurrent call, in any process) and the first evaluation is returned.
-        The HTTP ingest endpoint answers 201 or 200 from it.
-        """
-        return self._sensor_engine.deliver(sensor, message_id, payload)
-
-    def get_sensor(self, name: str) -> SensorState:
-        """The sensor's durable state: cursor, state_version, status, failures, schedule."""
-        return self._sensor_engine.get_sensor(name)
-
-    def sensors(self) -> list[SensorState]:
-        """Every sensor in the store and every registered one, by name."""
-        return self._sensor_engine.sensors()
-
-    def get_evaluations(self, name: str, limit: int | None = None) -> list[Evaluation]:
-        """The sensor's evaluation history, oldest first; with ``limit``, the newest ``limit``."""
-        return self._sensor_engine.get_evaluations(name, limit)
-
-    def pause_sensor(self, name: str) -> SensorState:
-        """Stop evaluating the sensor (everywhere) until :meth:`resume_sensor`."""
-        return self._sensor_engine.set_status(name, paused=True)
-
-    def resume_sensor(self, name: str) -> SensorState:
-        """Evaluate the sensor again, starting at once."""
-        return self._sensor_engine.set_status(name, paused=False)
-
-    def set_cursor(self, name: str, value: str | None, *, by: str | None = None) -> Evaluation:
-        """Move the sensor's cursor: a ``manual`` evaluation recording ``by``, swapped like any.
-
-        Any evaluation under way when it commits loses its race and writes nothing.
-        """
-        return self._sensor_engine.set_cursor(name, value, by=by)
-
-    def prune_evaluations(self, keep_last: int | None = None) -> int:
-        """Delete all but the newest ``keep_last`` (default ``evaluation_retention``)
-        evaluations of each sensor; return how many were deleted.
-
-        Push deliveries older than ``delivery_retention`` are forgotten first;
-        the evaluation of a delivery still remembered is kept.
-        """
-        keep = self.evaluation_retention if keep_last is None else keep_last
-        return self._sensor_engine.prune(keep)
-
-    def prune_deliveries(self) -> int:
-        """Forget push deliveries older than ``delivery_retention``; return how many.
-
-        A message delivered again after that is evaluated again; its runs are
-        still deduplicated by run_key.
-        """
-        return self._sensor_engine.prune_deliveries()
 
     def run(
         self,
@@ -617,63 +566,31 @@ class App:
         """
         if not self._jobs and not self._sensors:
             raise ConfigurationError("this app registers no job and no sensor: nothing to run")
-        # Checked here: work() runs on another thread, where an error would come late.
+        # Checked before anything starts, so a bad value leaves nothing half-started.
         settings.work_settings(
             concurrency=concurrency, prefetch=prefetch, grace_seconds=grace_seconds
         )
         settings.count("sensor_concurrency", sensor_concurrency, minimum=1)
-        daemon = SensorDaemon(
-            self._sensor_engine,
-            max_concurrent=sensor_concurrency,
-            keep_last=self.evaluation_retention,
+        work = functools.partial(
+            self.work,
+            until_idle=False,
+            concurrency=concurrency,
+            jobs=jobs,
+            prefetch=prefetch,
+            grace_seconds=grace_seconds,
         )
-
-        def work() -> WorkReport:
-            return self.work(
-                until_idle=False,
-                concurrency=concurrency,
-                jobs=jobs,
-                prefetch=prefetch,
-                grace_seconds=grace_seconds,
-            )
-
-        # Imported here: the transfer package loads boto3 only when it is used.
-        from ferryman.transfer.janitor import TransferResumer
-
-        resumer = TransferResumer(self.store) if resume_transfers else None
-        if resumer is not None:
-            resumer.start()
-        consumers = SourceConsumers(
-            [
-                SourceConsumer(self._sensor_engine, sensor, source)
-                for sensor, source in sorted(self._sources.items())
-            ]
+        self._consumers = broker_consumers(self._sensor_engine, self._sources)
+        return run_daemon_parts(
+            SensorDaemon(
+                self._sensor_engine,
+                max_concurrent=sensor_concurrency,
+                keep_last=self.evaluation_retention,
+            ),
+            work if self._jobs else None,
+            consumers=self._consumers,
+            resume_in=self.store if resume_transfers else None,
+            grace_seconds=grace_seconds,
         )
-        self._consumers = consumers
-        consumers.start()
-        try:
-            return run_daemon(daemon, work if self._jobs else None, grace_seconds=grace_seconds)
-        finally:
-            # Batches not yet committed are not acked: the broker gives them back.
-            consumers.stop(timeout=grace_seconds)
-            if resumer is not None:
-                # An upload cut short here stays active and resumes next time.
-                resumer.stop(timeout=grace_seconds)
-
-    def source_stats(self) -> dict[str, SourceStats]:
-        """What each broker source consumer of this process did, by push sensor.
-
-        Empty unless :meth:`run` is running (or ran) in this process.
-        """
-        consumers = self._consumers
-        if consumers is None:
-            return {}
-        return {consumer.sensor: consumer.stats for consumer in consumers.consumers}
-
-    @property
-    def sources(self) -> dict[str, Source]:
-        """The broker sources of the push sensors, by sensor name."""
-        return dict(self._sources)
 
 
 def _after_fork(store: Store) -> None:

@@ -51,6 +51,7 @@ class RunEventKind(enum.StrEnum):
     RELEASED = "released"
     REQUEUED = "requeued"
     CANCELLED = "cancelled"
+    SUBMITTED = "submitted"  # the run's success enqueued runs it asked for (ctx.submit)
 
 
 class EvaluationOutcome(enum.StrEnum):
@@ -415,6 +416,19 @@ class Transfer:
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+def chain_links(events: Sequence[RunEvent]) -> tuple[int | None, list[int]]:
+    """From a run's processing log: the run whose success requested it (``ctx.submit``),
+    and the runs its own success requested."""
+    parent = None
+    children: list[int] = []
+    for event in events:
+        if event.kind is RunEventKind.REQUESTED and "parent_run_id" in event.detail:
+            parent = int(event.detail["parent_run_id"])
+        elif event.kind is RunEventKind.SUBMITTED:
+            children.extend(int(run_id) for run_id in event.detail.get("run_ids", ()))
+    return parent, children
 
 
 REDACTED = "***"

@@ -83,10 +83,15 @@ def test_sensors_bench_finds_every_new_item() -> None:
 
 
 def test_upload_bench_compares_ferryman_with_boto3() -> None:
-    output = run_bench("upload.py", "--size-mib", "16", "--rounds", "1")
+    output = run_bench("upload.py", "--size-mib", "16", "--rounds", "1", "--small-files", "8")
     for variant in ("ferryman", "boto3 default", "boto3 matched, SHA-256"):
         assert re.search(rf"^{re.escape(variant)}\s+{NUMBER}\s", output, re.MULTILINE), output
-    assert re.search(rf"ferryman = {NUMBER}x boto3's best", output), output
+    assert re.search(
+        rf"ferryman = {NUMBER}x boto3 with SHA-256 part checksums .* {NUMBER}x boto3's best; "
+        rf"client CPU {NUMBER} s/GiB, boto3 with SHA-256 {NUMBER} s/GiB",
+        output,
+    ), output
+    assert re.search(rf"mix: ferryman = {NUMBER}x boto3 with SHA-256 part checksums", output)
 
 
 def test_web_bench_times_every_page_on_both_stores() -> None:
@@ -110,7 +115,15 @@ def test_web_bench_times_every_page_on_both_stores() -> None:
         shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
     summary = output.rsplit("milliseconds per request", 1)[-1]
     for store in ("sqlite", "postgres"):
-        for page in ("overview page /", "run page /runs/{id}", "dead letters page", "/metrics"):
+        for page in (
+            "overview page /",
+            "run page /runs/{id}",
+            "dead letters page",
+            "/metrics",
+            "runs page, run_key exact",
+            "timeline, 24 h",
+            "job page, 24 h durations",
+        ):
             line = rf"^{store}\s+{re.escape(page)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
             assert re.search(line, summary, re.MULTILINE), f"{store} {page}:\n{output}"
 
@@ -122,3 +135,14 @@ def test_xml_pipeline_bench_compares_ferryman_with_the_bare_loop() -> None:
             row = rf"^\| {store} \| {system} \| 1 \| {NUMBER} \|"
             assert re.search(row, output, re.MULTILINE), f"{store} {system}:\n{output}"
         assert re.search(rf"^{store}: ferryman with 1 process = {NUMBER}%", output, re.M), output
+
+
+def test_async_bench_runs_ferryman_async_and_threads() -> None:
+    output = run_bench(
+        "async_jobs.py", *("--runs", "40", "--concurrency", "20", "--sleep", "0.05", "--no-peers")
+    )
+    for system in ("ferryman async", "ferryman threads"):
+        for store in ("sqlite", "postgres"):
+            row = re.search(rf"{system}\s+{store}\s+({NUMBER})\s+({NUMBER})\s+(\d+)", output)
+            assert row, f"no {system} row on {store}:\n{output}"
+            assert 1 <= int(row.group(3)) <= 20, output  # the peak never passes concurrency

@@ -122,3 +122,48 @@ def test_the_consumer_reconnects_after_the_connection_drops(
         assert backlog(client, stream) == (0, 0)
     finally:
         proxy.close()
+
+
+def consumer_names(client: redis.Redis, stream: str, group: str = "ferryman") -> set[str]:
+    return {c["name"].decode() for c in client.xinfo_consumers(stream, group)}
+
+
+def test_consumers_of_dead_processes_are_deleted_once_nothing_is_pending_with_them(
+    pg_url: str, client: redis.Redis, stream: str
+) -> None:
+    app = build_app(pg_url, source(stream, claim_after=0.5))
+    ids = add(client, stream, [{"n": n} for n in range(10)])
+    client.xgroup_create(stream, "ferryman", id="0")
+    # Two earlier processes' consumers: one read three entries and died, one read nothing.
+    client.xreadgroup("ferryman", "gone-with-entries", {stream: ">"}, count=3)
+    client.xgroup_createconsumer(stream, "ferryman", "gone-idle")
+    assert consumer_names(client, stream) == {"gone-with-entries", "gone-idle"}
+    with consuming(app) as consumer:
+        wait_until(lambda: consumer.stats.acked == 10, what="all acked")
+        # The entries of the dead consumer were claimed first, then it was deleted.
+        wait_until(
+            lambda: consumer_names(client, stream) == {consumer.consumer_name},
+            what="only the live consumer left in the group",
+        )
+    assert sorted(run_keys(app)) == sorted(ids)
+    assert consumer.stats.redelivered == 3
+    assert backlog(client, stream) == (0, 0)
+
+
+def test_a_consumer_with_pending_entries_is_never_deleted(client: redis.Redis, stream: str) -> None:
+    """Deleting a consumer drops its pending entries: one holding any must stay, however idle."""
+    add(client, stream, [{"n": n} for n in range(4)])
+    client.xgroup_create(stream, "ferryman", id="0")
+    client.xreadgroup("ferryman", "holds-two", {stream: ">"}, count=2)
+    client.xgroup_createconsumer(stream, "ferryman", "holds-none")
+    session = source(stream, claim_after=0.001).connect("this-one")
+    try:
+        wait_until(
+            lambda: all(c["idle"] >= 1 for c in client.xinfo_consumers(stream, "ferryman")),
+            what="both consumers idle for the claim_after of 1 ms",
+        )
+        session._forget_dead_consumers()  # type: ignore[attr-defined]
+    finally:
+        session.close()
+    assert consumer_names(client, stream) == {"holds-two"}
+    assert backlog(client, stream) == (2, 2)

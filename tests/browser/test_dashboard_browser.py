@@ -21,7 +21,7 @@ import ferryman as fm
 from ferryman.web import WebSettings
 from tests.browser.conftest import shot
 from tests.web.conftest import TOKEN, LiveServer, start_server, stop_server
-from tests.web.web_app import FLAKY_FIXED, make_app, populate
+from tests.web.web_app import FLAKY_FIXED, add_folder_sensor, make_app, populate
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def served(sqlite_url: str) -> Iterator[tuple[fm.App, LiveServer]]:
     app.close()
 
 
-def test_drill_into_a_dead_run_retry_it_and_see_it_succeed(
+def test_find_a_run_by_key_see_its_attempts_retry_its_group_and_watch_it_succeed(
     served: tuple[fm.App, LiveServer],
     page: Page,
     screenshots: Path,
@@ -46,31 +46,78 @@ def test_drill_into_a_dead_run_retry_it_and_see_it_succeed(
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
     shot(page, screenshots, "1-overview")
 
-    page.get_by_role("link", name="Dead letters").click()
-    expect(page.get_by_text("RuntimeError: upstream unavailable for N")).to_be_visible()
-    page.get_by_role("link", name="newest").first.click()
+    page.get_by_role("link", name="Runs", exact=True).click()
+    page.get_by_label("run key").fill("flaky-1")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("tbody tr")).to_have_count(1)
+    shot(page, screenshots, "2-runs-search")
+    page.locator("tbody tr").first.get_by_role("link").first.click()
     expect(page.locator("#run-status")).to_have_text("dead")
     expect(page.locator("pre.traceback")).to_contain_text("Traceback (most recent call last)")
-    shot(page, screenshots, "2-dead-run")
+    bar = page.locator("#attempts rect.bar-dead")
+    expect(bar).to_have_count(1)
+    expect(bar.locator("title")).to_contain_text("attempt 1: dead · worker ")
+    shot(page, screenshots, "3-dead-run")
 
-    page.get_by_role("button", name="Retry").click()  # not signed in: asked for the token
+    page.get_by_role("link", name="Timeline of flaky").click()
+    expect(page.locator("#timeline rect.bar-dead")).to_have_count(1)
+    shot(page, screenshots, "4-timeline")
+    page.go_back()
+
+    page.get_by_role("link", name="its dead-letter group").click()
+    expect(page.get_by_text("One group shown")).to_be_visible()
+    expect(page.get_by_text("RuntimeError: upstream unavailable for N")).to_be_visible()
+    page.get_by_role("button", name="Retry 1").click()  # not signed in: asked for the token
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.get_by_label("API token").fill(TOKEN)
     page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#run-status")).to_have_text("dead")
-    page.get_by_role("button", name="Retry").click()
-    expect(page.get_by_role("status")).to_contain_text("queued again")
-    expect(page.locator("#run-status")).to_have_text("queued")
+    expect(page.get_by_text("One group shown")).to_be_visible()
+    page.get_by_role("button", name="Retry 1").click()
+    expect(page.get_by_role("heading", name="Retry 1 runs?")).to_be_visible()
+    dead = app.get_runs(job="flaky")[0]
+    assert dead.status is fm.RunStatus.DEAD  # asked, not done
+    shot(page, screenshots, "5-confirm-retry")
+    page.get_by_role("button", name="Retry 1 runs").click()
+    expect(page.get_by_role("status")).to_contain_text("1 runs queued again")
 
+    page.goto(f"{live.url}/runs/{dead.id}")
+    expect(page.locator("#run-status")).to_have_text("queued")
+    page.evaluate("window.sameDocument = true")  # gone if the page reloads
     fixed = tmp_path / "fixed"
     fixed.touch()
     monkeypatch.setenv(FLAKY_FIXED, str(fixed))
     report = app.work(until_idle=True, concurrency=1, handle_signals=False)
     assert report.succeeded == 1
-    page.reload()
-    expect(page.locator("#run-status")).to_have_text("succeeded")
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=15_000)
+    assert page.evaluate("window.sameDocument") is True
     expect(page.locator(".timeline")).to_contain_text("requeued")
-    shot(page, screenshots, "3-retried-run")
+    expect(page.locator("#attempts rect.bar-succeeded")).to_have_count(1)
+    shot(page, screenshots, "6-retried-run-live")
+
+
+def test_read_a_folder_sensor_cursor_and_a_job_duration_chart(
+    served: tuple[fm.App, LiveServer], page: Page, screenshots: Path, tmp_path: Path
+) -> None:
+    app, live = served
+    add_folder_sensor(app, tmp_path / "in", files=3)
+    page.goto(f"{live.url}/sensors")
+    page.get_by_role("link", name="incoming").click()
+    expect(page.locator("dd.cursor-fact").first).to_contain_text("newest file modification time")
+    expect(page.locator("#latest-items")).to_contain_text("export-002.csv")
+    expect(page.locator("#cursor")).to_be_hidden()
+    page.get_by_text("raw JSON").click()
+    expect(page.locator("#cursor")).to_contain_text('"kind":"folder"')
+    shot(page, screenshots, "7-folder-sensor")
+
+    page.goto(f"{live.url}/jobs/load")
+    expect(page.get_by_role("heading", name="Job load")).to_be_visible()
+    page.get_by_label("24h").check()
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#durations circle.dot-p50")).to_have_count(1)
+    expect(page.locator("#durations circle.dot-p50 title")).to_contain_text("p50")
+    point = page.locator("#durations circle.dot-p50 title")
+    expect(point).to_contain_text("of 4 runs")  # the runs that succeeded
+    shot(page, screenshots, "8-job-durations")
 
 
 def test_pause_a_sensor_from_its_page(
@@ -87,4 +134,4 @@ def test_pause_a_sensor_from_its_page(
     expect(page.get_by_role("status")).to_contain_text("sensor numbers paused")
     expect(page.get_by_role("button", name="Resume")).to_be_visible()
     assert app.get_sensor("numbers").status == "paused"
-    shot(page, screenshots, "4-paused-sensor")
+    shot(page, screenshots, "9-paused-sensor")

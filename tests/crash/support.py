@@ -29,6 +29,33 @@ def storm_setting(name: str, default: float) -> float:
     return float(os.environ.get(f"FERRYMAN_STORM_{name}", default))
 
 
+def small_storm(store_url: str) -> bool:
+    """Whether a big storm runs its small variant: in the suite, on MariaDB.
+
+    The suite runs the big storms (workers, XML pipeline) at full size on
+    SQLite and PostgreSQL and smaller on the third store: MariaDB goes through
+    the same kills, takeovers and checks, on fewer items, and the storm ends
+    once it has struck enough. ``make soak`` (``FERRYMAN_STORM_FULL=1``) runs
+    every store at full size and beyond.
+    """
+    return store_kind(store_url) == "mariadb" and not os.environ.get("FERRYMAN_STORM_FULL")
+
+
+def storm_size(name: str, store_url: str, *, full: float, small: float) -> float:
+    """``FERRYMAN_STORM_<NAME>`` if set, else ``small`` for a :func:`small_storm`, else ``full``."""
+    raw = os.environ.get(f"FERRYMAN_STORM_{name}")
+    if raw is not None:
+        return float(raw)
+    return small if small_storm(store_url) else full
+
+
+def store_kind(store_url: str) -> str:
+    """``sqlite``, ``postgres`` or ``mariadb``: which store ``store_url`` names."""
+    if store_url.startswith("sqlite"):
+        return "sqlite"
+    return "postgres" if store_url.startswith("postgresql") else "mariadb"
+
+
 def storm_range(name: str, default: tuple[float, float]) -> tuple[float, float]:
     """``(low, high)`` from ``FERRYMAN_STORM_<NAME>=low,high`` if set, else ``default``."""
     raw = os.environ.get(f"FERRYMAN_STORM_{name}")
@@ -60,7 +87,7 @@ def report_storm(
         return
     line = {
         "storm": storm,
-        "store": "sqlite" if store_url.startswith("sqlite") else "postgres",
+        "store": store_kind(store_url),
         "kills": kills,
         "unit": unit,
         "items": items,
@@ -116,6 +143,18 @@ def live_leases(app: fm.App) -> int:
                 sa.select(sa.func.count()).where(
                     runs.c.status == fm.RunStatus.RUNNING.value,
                     runs.c.lease_expires_at >= app.store.backend.now,
+                )
+            ).scalar_one()
+        )
+
+
+def count_lease_expiries(app: fm.App) -> int:
+    """``lease_expired`` rows in the processing log: runs taken over from a dead holder."""
+    with app.store.read("counting lease expiries") as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).where(
+                    run_events.c.kind == fm.RunEventKind.LEASE_EXPIRED.value
                 )
             ).scalar_one()
         )

@@ -25,7 +25,18 @@ from examples.xml_to_tables.stage import stage
 from examples.xml_to_tables.verify import verify
 
 import ferryman as fm
-from tests.crash.support import lease_holders, live_leases, processing_log, status_counts, stop
+from tests.crash.support import (
+    count_lease_expiries,
+    lease_holders,
+    live_leases,
+    processing_log,
+    report_storm,
+    small_storm,
+    status_counts,
+    stop,
+    storm_setting,
+    storm_size,
+)
 from tests.helpers import wait_until
 from tests.xml_support import (
     reference_rows,
@@ -34,32 +45,39 @@ from tests.xml_support import (
     stored_rows,
 )
 
-APPS = 2000
+# make soak sets FERRYMAN_STORM_APPS and _SECONDS for longer storms. The suite's
+# small storm (on MariaDB, see small_storm) has fewer applications and ends once
+# MIN_KILLS kills have struck and a run was taken over from a killed worker.
+FULL_APPS, SMALL_APPS = 2000, 1000
 BAD_SHARE = 0.05
 WORKERS = 3
 LEASE_SECONDS = 2.0
-STORM_SECONDS = 40.0
+STORM_SECONDS = storm_setting("SECONDS", 40.0)
+TIMEOUT = 240 + (STORM_SECONDS - 40.0) * 1.5  # what a longer storm adds
 KILL_INTERVAL = (0.2, 0.7)
-STORM_UNTIL_DONE = APPS * 9 // 10
+MIN_KILLS = 10
 EXPECTED_KINDS = {"requested", "claimed", "lease_expired", "succeeded", "failed"}
 
 
 @pytest.mark.crash
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 def test_xml_pipeline_loads_each_application_once_through_a_kill_storm(
     store_url: str, tmp_path: Path
 ) -> None:
+    apps = int(storm_size("APPS", store_url, full=FULL_APPS, small=SMALL_APPS))
+    small = small_storm(store_url)
+    storm_until_done = apps * 9 // 10
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     context = f"seed={seed}, worker logs in {tmp_path}"
     app = fm.App(store_url, lease_seconds=LEASE_SECONDS)
     try:
-        staged = stage(app.engine, APPS, bad_share=BAD_SHARE, seed=seed)
+        staged = stage(app.engine, apps, bad_share=BAD_SHARE, seed=seed)
         bad = {a.app_id: a.defect for a in staged if a.defect}
-        assert 0 < len(bad) < APPS // 10, context
+        assert 0 < len(bad) < apps // 10, context
         ticked = run_ferryman(store_url, "tick")
         assert ticked.returncode == 0, ticked.stderr
-        assert status_counts(app) == {"queued": APPS}
+        assert status_counts(app) == {"queued": apps}
 
         worker_args = ("work", "--concurrency", "1", "--prefetch", "1", "--no-progress")
 
@@ -81,7 +99,9 @@ def test_xml_pipeline_loads_each_application_once_through_a_kill_storm(
                 kills += 1
                 workers[slot] = start(slot)
                 counts = status_counts(app)
-                if counts.get("succeeded", 0) + counts.get("failed", 0) >= STORM_UNTIL_DONE:
+                if counts.get("succeeded", 0) + counts.get("failed", 0) >= storm_until_done:
+                    break
+                if small and kills >= MIN_KILLS and count_lease_expiries(app) > 0:
                     break
         finally:
             for worker in workers:
@@ -96,14 +116,27 @@ def test_xml_pipeline_loads_each_application_once_through_a_kill_storm(
         final = run_ferryman(
             store_url, *worker_args, "--until-idle", lease_seconds=LEASE_SECONDS, timeout=120
         )
+        expected = reference_rows(staged)
+        stored = stored_rows(app)
+        finished = status_counts(app)
+        report_storm(
+            "xml pipeline",
+            store_url,
+            kills=kills,
+            unit="applications",
+            items=apps,
+            lost=apps
+            - finished.get("succeeded", 0)
+            - finished.get("failed", 0)
+            + sum(len(expected[table] - set(rows)) for table, rows in stored.items()),
+            duplicated=sum(len(rows) - len(set(rows)) for rows in stored.values()),
+        )
         assert final.returncode == 0, final.stderr[-3000:]
 
         # -- the whole store -----------------------------------------------------
-        assert status_counts(app) == {"succeeded": APPS - len(bad), "failed": len(bad)}, context
+        assert finished == {"succeeded": apps - len(bad), "failed": len(bad)}, context
         assert set(verify(app.engine).values()) == {0}, context
 
-        expected = reference_rows(staged)
-        stored = stored_rows(app)
         for table, rows in stored.items():
             assert len(rows) == len(set(rows)), f"{table}: duplicate rows ({context})"
             assert set(rows) == expected[table], f"{table} differs from the reference ({context})"
@@ -141,7 +174,7 @@ def test_xml_pipeline_loads_each_application_once_through_a_kill_storm(
                 claims[-1]["lease_token"],
             ), (run_key, events, context)
 
-        assert kills >= 10, context
+        assert kills >= MIN_KILLS, context
         assert lease_expiries > 0, context
         print(f"{kills} kills, {lease_expiries} leases expired ({context})")
     finally:

@@ -16,6 +16,10 @@ Jobs (their effects go to tables the tests create with :data:`metadata`):
 * ``keyed``: like ``storm`` (no checkpoint), limited to :data:`KEYED_CONCURRENCY`
   runs at once and one run per concurrency key (the queue-controls storm).
 * ``rated``: writes nothing; claimed at most ``--rate`` times a second.
+* ``chain``: works a few milliseconds, asks for one ``leaf`` run
+  (``ctx.submit``), then succeeds through ``ctx.transaction()`` with its
+  effect, or (``"transaction": false``) by returning; ``leaf`` writes its
+  effect through ``ctx.transaction()``.
 
 The effects table has no unique constraint on ``run_key`` on purpose: an
 effect applied twice shows up as two rows.
@@ -116,6 +120,20 @@ def build_app(
 
     @app.job(rate=fm.Rate(rate, per=1.0))
     def rated(ctx: fm.JobContext, payload: object) -> None: ...
+
+    @app.job(max_attempts=1000)
+    def chain(ctx: fm.JobContext, payload: dict[str, Any]) -> None:
+        started_at = time.time()
+        low, high = payload["work_ms"]
+        time.sleep(random.uniform(low, high) / 1000)
+        ctx.submit("leaf", fm.RunRequest(f"{ctx.run_key}/leaf", {"parent": ctx.run_key}))
+        if payload["transaction"]:
+            write_effect(ctx, started_at)
+
+    @app.job(max_attempts=1000)
+    def leaf(ctx: fm.JobContext, payload: object) -> None:
+        time.sleep(random.uniform(0.005, 0.02))
+        write_effect(ctx, time.time())
 
     return app
 

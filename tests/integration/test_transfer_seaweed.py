@@ -12,8 +12,8 @@ import pytest
 
 import ferryman as fm
 from ferryman.store import Store
-from tests.fault_proxy import FaultProxy
 from tests.helpers import wait_until
+from tests.proxies import FaultProxy
 from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
 from tests.transfer.support import (
     REPO,

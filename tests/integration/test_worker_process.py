@@ -136,3 +136,41 @@ def test_a_job_calling_sys_exit_fails_its_run_and_no_process_dies(
             worker.kill()
             worker.communicate()
         app.close()
+
+
+def test_a_child_ignoring_its_timeout_is_ended_and_replaced(store_url: str, tmp_path: Path) -> None:
+    from tests.worker_app import app
+
+    app.use_store(store_url)
+    try:
+        (stuck_id,) = app.submit("stubborn", fm.RunRequest("stuck")).run_ids
+        worker = start_worker(
+            store_url,
+            tmp_path,
+            *("--processes", "1", "--concurrency", "1", "--prefetch", "0"),
+            *("--until-idle", "--grace", "1"),
+        )
+        (quick_id,) = app.submit("spin", fm.RunRequest("after", {"rounds": 10})).run_ids
+        _, stderr = worker.communicate(timeout=120)
+        assert worker.returncode == 0, stderr
+        stuck = app.get_run(stuck_id)
+        assert stuck is not None and (stuck.status, stuck.attempt) == (
+            fm.RunStatus.SUCCEEDED,
+            2,
+        )
+        events = app.get_run_events(stuck_id)
+        timed_out = [e for e in events if e.kind.value == "retry_scheduled"]
+        assert len(timed_out) == 1 and "timed out after 0.5s" in timed_out[0].detail["error"]
+
+        def pid(kind: str) -> str:
+            worker_id = next(e.worker_id for e in events if e.kind.value == kind)
+            assert worker_id is not None
+            return worker_id.split(":")[1]
+
+        # Its only job thread hung: the process that ran the retry is a new one.
+        assert pid("claimed") != pid("succeeded")
+        assert "replacing it" in stderr and "1 timed out" in stderr
+        quick = app.get_run(quick_id)
+        assert quick is not None and quick.status is fm.RunStatus.SUCCEEDED
+    finally:
+        app.close()

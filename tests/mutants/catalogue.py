@@ -84,6 +84,10 @@ IN_TRANSACTION = "Exactly once: effects through `ctx.transaction()`"
 PAUSED = "A paused worker cannot commit"
 SIGTERM = "SIGTERM gives back what it cannot finish"
 PUSH_PROMISE = "Push: one evaluation per message"
+RUN_CONTROL = "tests/unit/test_run_control.py"
+TIMEOUTS = "Timeouts: an attempt past its deadline ends and cannot commit"
+CANCELLING = "Cancelling: nothing a cancelled run does afterwards commits"
+CHAINING = "Chaining: a downstream run exists if and only if its upstream succeeded"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # -- runs: one run per run_key -----------------------------------------------
@@ -268,10 +272,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "ferryman/worker/worker.py",
-                "            else:\n                self._outcomes.put((run, outcome))\n",
-                "            else:\n"
-                "                self._done(run, outcome.kind.value)\n"
-                "                self._outcomes.put((run, outcome))\n",
+                "        else:\n            self._outcomes.put((run, outcome))\n",
+                "        else:\n"
+                "            self._done(run, outcome.kind.value)\n"
+                "            self._outcomes.put((run, outcome))\n",
             ),
             Edit(
                 "ferryman/worker/worker.py",
@@ -361,9 +365,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         one(
             "ferryman/worker/worker.py",
             "        except BaseException as exc:\n"
-            "            if not context.succeeded_in_transaction:",
+            "            return self._settle(run, context, exc)\n",
             "        except Exception as exc:\n"
-            "            if not context.succeeded_in_transaction:",
+            "            return self._settle(run, context, exc)\n",
         ),
         (f"{FAULTS}::test_a_job_raising_a_base_exception_fails_its_attempt",),
     ),
@@ -371,9 +375,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a rejected run retried",
         "Failures, retries and rejected input",
         one(
-            "ferryman/worker/worker.py",
-            "        if isinstance(exc, Reject):\n",
-            "        if False:\n",
+            "ferryman/worker/outcomes.py",
+            "    if isinstance(exc, Reject):\n",
+            "    if False:\n",
         ),
         (f"{CONTRACT}::test_reject_fails_at_once_and_keeps_the_reason",),
     ),
@@ -593,6 +597,30 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_inside_a_job_part_records_are_fenced_by_the_run_lease",
         ),
     ),
+    # -- async jobs -------------------------------------------------------------
+    Mutation(
+        "an async transaction that raised is committed",
+        "Async jobs",
+        one(
+            "ferryman/worker/async_context.py",
+            "            if not await _on(thread, block.leave, exc):",
+            "            if not await _on(thread, block.leave, None):",
+        ),
+        (
+            "tests/unit/test_async_jobs.py::"
+            "test_an_async_transaction_rolls_back_when_the_job_fails[sqlite]",
+        ),
+    ),
+    Mutation(
+        "async runs one at a time",
+        "Async jobs",
+        one(
+            "ferryman/worker/async_jobs.py",
+            "        self._slots = asyncio.Semaphore(self.concurrency)\n",
+            "        self._slots = asyncio.Semaphore(1)\n",
+        ),
+        ("tests/unit/test_async_jobs.py::test_async_runs_overlap_on_one_thread[sqlite]",),
+    ),
     # -- schedules: one run per tick ---------------------------------------------
     Mutation(
         "a schedule's run_key taken from the clock, not from the tick",
@@ -736,6 +764,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/crash/test_queue_storm.py::test_three_processes_keep_to_the_rate_limit[sqlite]",),
     ),
+    Mutation(
+        "download ranges recorded before their bytes are synced to disk",
+        "Downloads: pinned, checkpointed, verified, renamed",
+        one(
+            "ferryman/transfer/download_ranges.py",
+            "                os.fdatasync(self.sync_fd)",
+            "                pass",
+        ),
+        (
+            "tests/transfer/test_download.py::"
+            "test_ranges_are_recorded_only_after_their_bytes_are_synced_to_disk[True]",
+        ),
+    ),
     # -- broker sources -----------------------------------------------------------
     Mutation(
         "a message the sensor cannot handle acknowledged instead of dead-lettered",
@@ -759,5 +800,81 @@ MUTATIONS: tuple[Mutation, ...] = (
             "        session.ack(good)\n        delivered = deliver_many(\n",
         ),
         ("tests/brokers/test_rabbitmq.py::test_each_message_one_run_acked_after_commit[sqlite]",),
+    ),
+    # -- run control ---------------------------------------------------------------
+    Mutation(
+        "a timeout leaves the lease token where it was",
+        TIMEOUTS,
+        one(LEASES, '            "lease_token": runs.c.lease_token + 1,\n', ""),
+        (
+            f"{RUN_CONTROL}::test_timeout_retries_with_the_message_and_refuses_a_late_commit[sqlite]",
+        ),
+    ),
+    Mutation(
+        "the job is not told at its deadline",
+        TIMEOUTS,
+        one(
+            "ferryman/worker/deadlines.py",
+            "        watched.context.mark_lease_lost(message)\n",
+            "",
+        ),
+        (
+            f"{RUN_CONTROL}::test_timeout_retries_with_the_message_and_refuses_a_late_commit[sqlite]",
+        ),
+        timeout=120,  # the job waits for ctx.cancelled until its own 30 s deadline
+    ),
+    Mutation(
+        "only queued runs can be cancelled",
+        CANCELLING,
+        one(
+            "ferryman/store/queue.py",
+            "CANCELLABLE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)\n",
+            "CANCELLABLE = (RunStatus.QUEUED.value,)\n",
+        ),
+        (f"{RUN_CONTROL}::test_cancel_a_running_run[sqlite-transaction]",),
+    ),
+    Mutation(
+        "a cancel leaves the lease token where it was",
+        CANCELLING,
+        one(
+            "ferryman/store/queue.py",
+            "                lease_token=runs.c.lease_token + 1,\n"
+            "                finished_at=now,\n",
+            "                finished_at=now,\n",
+        ),
+        (f"{RUN_CONTROL}::test_cancel_a_running_run[sqlite-transaction]",),
+    ),
+    Mutation(
+        "children enqueued with a success that was refused",
+        CHAINING,
+        one(
+            "ferryman/store/__init__.py",
+            "                if ok and outcome.children:\n",
+            "                if outcome.children:\n",
+        ),
+        (f"{RUN_CONTROL}::test_cancel_a_running_run[sqlite-return]",),
+    ),
+    Mutation(
+        "children enqueued when ctx.submit is called, not with the success",
+        CHAINING,
+        one(
+            "ferryman/worker/context.py",
+            "        self._children.extend(self._plan_runs(",
+            "        self._run_store.enqueue(self._plan_runs(",
+        ),
+        (f"{RUN_CONTROL}::test_children_exist_iff_the_parent_succeeded[sqlite-transaction]",),
+    ),
+    Mutation(
+        "a Redis consumer deleted while entries are pending with it (they are lost to the group)",
+        "Broker sources",
+        one(
+            "ferryman/sources/redis_streams.py",
+            "  if fields['name'] ~= ARGV[2] and tonumber(fields['pending']) == 0\n",
+            "  if fields['name'] ~= ARGV[2]\n",
+        ),
+        (
+            "tests/brokers/test_redis_streams.py::"
+            "test_a_consumer_with_pending_entries_is_never_deleted",
+        ),
     ),
 )

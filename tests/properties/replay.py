@@ -15,7 +15,10 @@ each event:
 * the holder's writes (``checkpointed``, ``succeeded``, ``retry_scheduled``,
   ``failed``, ``dead``) carry the holder's worker, token and attempt;
 * ``requeued`` starts a fresh budget (attempt 0) for a failed or dead run;
-  ``cancelled`` ends a queued one.
+  ``cancelled`` ends a queued or running one and moves the token on;
+* an ending with ``timeout`` in its detail was written by the worker's
+  deadline watcher, which moves the token on too;
+* ``submitted`` (the runs a run asked for) follows its success.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def _apply(event: RunEvent, state: _State) -> None:
         _holder_write(event, state)
         state.status, state.holder = _ENDINGS[kind], None
         state.successes += kind is RunEventKind.SUCCEEDED
+        if "timeout" in event.detail:  # ended by the job's timeout, which revoked the lease
+            state.token += 1
     elif kind is RunEventKind.RELEASED:
         _require(state.status is RunStatus.RUNNING, event, state, "nothing to release")
         _require(event.worker_id == state.holder, event, state, "released by another worker")
@@ -103,8 +108,12 @@ def _apply(event: RunEvent, state: _State) -> None:
         _require(finished, event, state, "only failed or dead runs are requeued")
         state.status, state.attempt = RunStatus.QUEUED, 0
     elif kind is RunEventKind.CANCELLED:
-        _require(state.status is RunStatus.QUEUED, event, state, "only queued runs are cancelled")
-        state.status = RunStatus.CANCELLED
+        cancellable = state.status in (RunStatus.QUEUED, RunStatus.RUNNING)
+        _require(cancellable, event, state, "only queued or running runs are cancelled")
+        state.status, state.expired, state.holder = RunStatus.CANCELLED, False, None
+        state.token += 1  # a running run's lease is revoked with it
+    elif kind is RunEventKind.SUBMITTED:
+        _require(state.status is RunStatus.SUCCEEDED, event, state, "submitted without success")
     else:
         raise LogInconsistent(f"unknown event {kind}")
 

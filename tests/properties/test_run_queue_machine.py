@@ -446,9 +446,14 @@ class RunQueueMachine(RuleBasedStateMachine):
     @rule(index=indexes)
     def cancel(self, index: int) -> None:
         run = list(self.runs.values())[index % len(self.runs)]
-        assert self.store.cancel(run.id, by="operator") is (run.status is QUEUED)
-        if run.status is QUEUED:
-            run.status = RunStatus.CANCELLED
+        # Queued and running runs are cancelled, their token bumped (a running
+        # run's lease is revoked with it).
+        cancelled = self.store.cancel(run.id, by="operator")
+        assert (cancelled is not None) is (run.status in (QUEUED, RUNNING))
+        if cancelled is not None:
+            assert cancelled.status is RunStatus.CANCELLED
+            run.token += 1
+            run.status, run.owner, run.lapsed = RunStatus.CANCELLED, None, None
 
     @precondition(lambda self: self.runs)
     @rule(picks=st.lists(indexes, min_size=1, max_size=4), by_job=st.sampled_from((None, 0, 1)))

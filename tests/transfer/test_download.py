@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -18,8 +19,8 @@ from ferryman.store import Store
 from ferryman.store.schema import download_parts, downloads
 from ferryman.transfer.download import temp_path_for
 from tests.helpers import wait_until
+from tests.proxies import SlowProxy
 from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
-from tests.slow_proxy import SlowProxy
 from tests.transfer.support import REPO, MiB, file_sha256, start_ferryman, write_random
 
 __all__ = ["seaweed", "seaweed_bucket", "seaweed_env"]  # fixtures used here
@@ -227,3 +228,42 @@ def test_a_resume_after_the_object_changed_is_refused_with_a_clear_error(
     )
     assert third.returncode == 0, third.stderr
     assert dest.read_bytes() == b"v2"
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_ranges_are_recorded_only_after_their_bytes_are_synced_to_disk(
+    seaweed_env: SeaweedServer,
+    seaweed_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fsync: bool,
+) -> None:
+    """With fsync, each group of ranges is fdatasync-ed before its rows commit (none without)."""
+    store = f"sqlite:///{tmp_path}/store.db"
+    source = write_random(tmp_path / "source.bin", 23 * MiB + 17)
+    fm.transfer.upload(source, f"s3://{seaweed_bucket}/synced.bin", store=store, part_size=5 * MiB)
+    dest = tmp_path / "synced.bin"
+    temp = temp_path_for(dest)
+    events: list[str] = []
+    real_sync, real_confirm = os.fdatasync, Store.confirm_download_parts
+
+    def fdatasync(fd: int) -> None:
+        real_sync(fd)
+        if Path(os.readlink(f"/proc/self/fd/{fd}")) == temp:
+            events.append("sync")
+
+    def confirm(self: Store, download_id: int, parts: Any) -> Any:
+        events.append("confirm")
+        return real_confirm(self, download_id, parts)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(Store, "confirm_download_parts", confirm)
+    done = fm.transfer.download(f"s3://{seaweed_bucket}/synced.bin", dest, store=store, fsync=fsync)
+    assert done.verified_by == "composite" and file_sha256(dest) == file_sha256(source)
+    assert "confirm" in events
+    if fsync:
+        assert all(
+            events[i - 1] == "sync" for i, event in enumerate(events) if event == "confirm"
+        ), events
+    else:
+        assert "sync" not in events

@@ -19,6 +19,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "reference" / "errors.md"
 
 EXPECTED = [
     "App",
+    "AsyncJobContext",
     "Backoff",
     "ConfigurationError",
     "Download",

@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import ferryman as fm
+from ferryman.store import Outcome, OutcomeKind
 from ferryman.store.schema import runs as runs_table
 from tests.helpers import wait_until
 from tests.web.conftest import AUTH
@@ -124,12 +125,26 @@ def test_retry_then_a_worker_runs_it_again(
     assert wrong.status_code == 422
 
 
+def test_cancel_a_running_run_revokes_its_lease(client: TestClient, web_app: fm.App) -> None:
+    (run_id,) = web_app.submit("load", fm.RunRequest("busy", {"n": 1})).run_ids
+    (claimed,) = web_app.store.claim(worker_id="w", jobs=["load"], limit=1, lease_seconds=30)
+    assert claimed.id == run_id
+    cancelled = client.post(f"/api/runs/{run_id}/cancel", headers=AUTH)
+    assert cancelled.status_code == 200 and cancelled.json()["run"]["status"] == "cancelled"
+    success = Outcome(kind=OutcomeKind.SUCCEEDED, lease=claimed.lease, attempt=claimed.attempt)
+    assert web_app.store.finish([success], worker_id="w") == [False]  # the lease is gone
+    detail = client.get(f"/api/runs/{run_id}").json()
+    assert detail["run"]["status"] == "cancelled"
+    assert detail["events"][-1]["detail"] == {"by": "api", "was": "running"}
+
+
 def test_cancel_a_queued_run_only(client: TestClient, web_app: fm.App) -> None:
     (run_id,) = web_app.submit("load", fm.RunRequest("later", {"n": 9})).run_ids
     cancelled = client.post(f"/api/runs/{run_id}/cancel", headers=AUTH)
     assert cancelled.status_code == 200 and cancelled.json()["run"]["status"] == "cancelled"
     again = client.post(f"/api/runs/{run_id}/cancel", headers=AUTH)
-    assert again.status_code == 409 and "cancelled, not queued" in again.json()["detail"]
+    assert again.status_code == 409
+    assert "cancelled, not queued or running" in again.json()["detail"]
     assert client.post("/api/runs/424242/cancel", headers=AUTH).status_code == 404
 
 

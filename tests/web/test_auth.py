@@ -49,6 +49,7 @@ def mutations(dead_run: int, queued_run: int) -> list[Mutation]:
         Mutation("POST", "/api/runs/retry", "/api/runs/retry", {"run_ids": [dead_run]}),
         Mutation("POST", "/api/runs/retry", "/api/runs/retry", {"job": "flaky", "status": "dead"}),
         Mutation("POST", "/api/runs/{run_id}/cancel", f"/api/runs/{queued_run}/cancel"),
+        Mutation("POST", "/api/runs", "/api/runs", {"job": "load", "run_key": "from-outside"}),
     ]
 
 
@@ -125,10 +126,11 @@ def test_the_right_token_changes_the_store(client: TestClient, targets: tuple[in
         client.request(m.method, m.path, json=m.body, headers=AUTH).status_code
         for m in mutations(*targets)
     ]
-    assert answers == [201, 200, 200, 200, 200, 200, 200]
+    assert answers == [201, 200, 200, 200, 200, 200, 200, 201]
     sensors = {s["name"]: s for s in client.get("/api/sensors").json()}
     assert sensors["inbox"]["status"] == "paused"
     assert sensors["numbers"]["status"] == "running" and sensors["numbers"]["cursor"] == "99"
     statuses = {r["run_key"]: r["status"] for r in client.get("/api/runs").json()["items"]}
     assert statuses["flaky-1"] == "queued" and statuses["later"] == "cancelled"
     assert statuses["msg-m-2"] == "queued"
+    assert statuses["from-outside"] == "queued"

@@ -95,7 +95,10 @@ def test_changes_naming_a_huge_id_are_refused_and_change_nothing(
 def test_the_dead_letter_form_takes_ids_with_spaces(client: TestClient, web_app: fm.App) -> None:
     dead = dead_run(web_app)
     csrf = sign_in(client)
-    group = client.post("/dead-letters/retry", data={"csrf": csrf, "run_ids": f" {dead.id} , "})
+    form = {"csrf": csrf, "run_ids": f" {dead.id} , "}
+    asked = client.post("/dead-letters/retry", data=form)
+    assert asked.status_code == 200 and "Retry 1 runs?" in asked.text
+    group = client.post("/dead-letters/retry", data={**form, "confirmed": "yes"})
     assert group.status_code == 200 and "1 runs queued again" in group.text
     again = web_app.get_run(dead.id)
     assert again is not None and again.status is fm.RunStatus.QUEUED

@@ -12,7 +12,21 @@ import ferryman as fm
 from tests.web.conftest import AUTH, TOKEN, sign_in
 from tests.web.web_app import MIB, add_transfer
 
-PAGES = ["/", "/sensors", "/sensors/numbers", "/runs", "/dead-letters", "/transfers", "/workers"]
+PAGES = [
+    "/",
+    "/sensors",
+    "/sensors/numbers",
+    "/sensors/inbox",
+    "/runs",
+    "/runs?run_key=n-1",
+    "/dead-letters",
+    "/transfers",
+    "/workers",
+    "/timeline",
+    "/timeline?job=flaky&range=7d",
+    "/jobs/load",
+    "/jobs/flaky?range=1h",
+]
 
 
 def run_id(app: fm.App, key: str) -> int:
@@ -26,6 +40,9 @@ def test_every_page_renders(client: TestClient, path: str) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "<nav>" in response.text
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert "<script>" not in response.text and " style=" not in response.text
 
 
 def test_overview_shows_counts_per_job_and_the_last_hour(client: TestClient) -> None:
@@ -90,7 +107,14 @@ def test_retry_and_set_cursor_from_the_pages(client: TestClient, web_app: fm.App
     (latest,) = web_app.get_evaluations("numbers", limit=1)
     assert latest.evaluator == "dashboard"
     rejected = run_id(web_app, "bad-1")
-    group = client.post("/dead-letters/retry", data={"csrf": csrf, "run_ids": str(rejected)})
+    asked = client.post("/dead-letters/retry", data={"csrf": csrf, "run_ids": str(rejected)})
+    assert asked.status_code == 200 and "Retry 1 runs?" in asked.text
+    assert 'name="confirmed" value="yes"' in asked.text
+    still = web_app.get_run(rejected)
+    assert still is not None and still.status is fm.RunStatus.FAILED  # nothing done yet
+    group = client.post(
+        "/dead-letters/retry", data={"csrf": csrf, "run_ids": str(rejected), "confirmed": "yes"}
+    )
     assert group.status_code == 200 and "1 runs queued again" in group.text
 
 
@@ -192,8 +216,31 @@ def test_the_runs_page_offers_every_job_with_runs_and_every_registered_one(
     def idle(ctx: fm.JobContext, payload: object) -> None: ...
 
     page = client.get("/runs").text
-    offered = re.findall(r'<option value="([^"]+)"', page.split('name="status"')[0])
+    jobs = page.split('name="job"')[1].split('name="status"')[0]
+    offered = re.findall(r'<option value="([^"]+)"', jobs)
     assert offered == ["flaky", "idle", "load"]
     chosen = client.get("/runs", params={"job": "flaky"}).text
     assert '<option value="flaky" selected>' in chosen
     assert html.escape("upstream unavailable for 3") in chosen
+
+
+def test_a_run_page_links_the_runs_its_success_requested(
+    client: TestClient, web_app: fm.App
+) -> None:
+    from ferryman.store import NewRun, Outcome, OutcomeKind
+
+    (parent,) = web_app.submit("load", fm.RunRequest("parent-1", {"n": 5})).run_ids
+    (claimed,) = web_app.store.claim(worker_id="w", jobs=["load"], limit=1, lease_seconds=30)
+    page = client.get(f"/runs/{parent}").text
+    assert ">Cancel</button>" in page  # a running run can be cancelled too
+    child = NewRun(job="load", run_key="child-1", payload_json='{"n": 6}', max_attempts=5)
+    success = Outcome(
+        kind=OutcomeKind.SUCCEEDED, lease=claimed.lease, attempt=claimed.attempt, children=(child,)
+    )
+    assert web_app.store.finish([success], worker_id="w") == [True]
+    child_id = run_id(web_app, "child-1")
+    assert f'<a href="/runs/{child_id}">run {child_id}</a>' in client.get(f"/runs/{parent}").text
+    assert f'<a href="/runs/{parent}">run {parent}</a>' in client.get(f"/runs/{child_id}").text
+    api = client.get(f"/api/runs/{parent}").json()
+    assert (api["parent_run_id"], api["child_run_ids"]) == (None, [child_id])
+    assert client.get(f"/api/runs/{child_id}").json()["parent_run_id"] == parent

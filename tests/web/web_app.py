@@ -11,6 +11,7 @@ creates it before pressing retry).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import ferryman as fm
@@ -57,6 +58,19 @@ def populate(app: fm.App) -> None:
 
 
 MIB = 1024 * 1024
+
+
+def add_folder_sensor(app: fm.App, folder: Path, files: int = 3) -> None:
+    """A built-in folder sensor ``incoming`` over ``folder``, evaluated once on ``files`` files.
+
+    Its clock runs 5 s ahead so that files just written count as stable.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(files):
+        (folder / f"export-{number:03}.csv").write_text(f"row {number}\n")
+    sensor = fm.sensors.folder(folder, "*.csv", clock=lambda: time.time() + 5)
+    app.poll_sensor(job="load", interval=3600, name="incoming")(sensor)
+    app.tick(["incoming"], force=True)
 
 
 def add_transfer(app: fm.App, *, parts: int, source_size: int = 12 * MIB) -> int:

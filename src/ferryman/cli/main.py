@@ -26,8 +26,10 @@ from ferryman import logs
 from ferryman.app import DEFAULT_STORE, App
 from ferryman.cli import download as cli_download
 from ferryman.cli import errors as cli_errors
+from ferryman.cli import runctl as cli_runctl
 from ferryman.cli import sensors as cli_sensors
 from ferryman.cli import serve as cli_serve
+from ferryman.cli import submit as cli_submit
 from ferryman.cli import sync as cli_sync
 from ferryman.cli import transfers as cli_transfers
 from ferryman.cli.errors import describe
@@ -46,7 +48,7 @@ from ferryman.cli.output import (
     print_json,
 )
 from ferryman.cli.progress import WorkProgress
-from ferryman.model import Run, RunStatus, redact
+from ferryman.model import Run, RunStatus, chain_links, redact
 from ferryman.store import upgrade as upgrade_store
 
 LIVE_INTERVAL = 0.5  # seconds between refreshes of the progress view
@@ -248,7 +250,8 @@ def work(
             view.stop()
     err.print(
         f"worked: {report.succeeded} succeeded, {report.retried} retried, {report.failed} failed, "
-        f"{report.dead} dead, {report.lease_lost} lost their lease, {report.released} released",
+        f"{report.dead} dead, {report.lease_lost} lost their lease, {report.released} released"
+        + (f", {report.timed_out} timed out" if report.timed_out else ""),
         highlight=False,
     )
 
@@ -309,7 +312,7 @@ def run(
 
 @cli.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Run counts per job and status, oldest due run, live workers."""
+    """Run counts per job and status, oldest due run, alive workers."""
     app = settings.app()
     summaries = app.status()
     workers = app.workers()
@@ -340,7 +343,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             f"{', '.join(unregistered)}; no worker of this app will run them (renamed job?)",
             highlight=False,
         )
-    out.print(f"live workers: {len(workers)}", highlight=False)
+    out.print(f"alive workers: {len(workers)}", highlight=False)
     for worker in workers:
         out.print(f"  {worker.id} (pid {worker.pid}, up {age(worker.started_at)})", highlight=False)
         if worker.crashes:
@@ -396,18 +399,34 @@ def runs_list(
     ctx: typer.Context,
     status_filter: Annotated[RunStatus | None, typer.Option("--status")] = None,
     job: Annotated[str | None, typer.Option("--job")] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="The run with this run_key (of --job, or any job).")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Newest N runs.")] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Newest runs, filtered by status and job."""
+    """Newest runs, filtered by status and job; or the run with a run_key."""
     if ctx.invoked_subcommand is not None:
         return
     app = settings.app()
-    found = [shown(app, run) for run in app.get_runs(job=job, status=status_filter, limit=limit)]
+    if key is not None:
+        keyed = app.store.find_runs_by_key(key, None if job is None else [job])
+        if status_filter is not None:
+            keyed = [run for run in keyed if run.status is status_filter]
+        if not keyed and not as_json:
+            fail(
+                f"no run with run_key {key!r}{'' if job is None else f' of {job}'}", EXIT_NOT_FOUND
+            )
+    found = [
+        shown(app, run)
+        for run in (
+            keyed if key is not None else app.get_runs(job=job, status=status_filter, limit=limit)
+        )
+    ]
     if as_json:
         print_json(found)
         return
-    table = Table(title=f"runs (newest {limit})")
+    table = Table(title=f"runs keyed {key!r}" if key is not None else f"runs (newest {limit})")
     columns = ("id", "job", "run_key", "status", "prio", "due", "key", "attempt", "updated")
     for column in (*columns, "last error"):
         table.add_column(column, overflow="fold")
@@ -439,8 +458,10 @@ def runs_show(
         fail(f"no run {run_id} in store", EXIT_NOT_FOUND)
     run = shown(app, run)
     events = app.get_run_events(run_id)
+    parent, children = chain_links(events)
     if as_json:
-        print_json({"run": run, "events": events})
+        links = {"parent_run_id": parent, "child_run_ids": children}
+        print_json({"run": run, "events": events, **links})
         return
     out.print(
         f"[bold]run {run.id}[/] {run.job} {run.run_key!r}: [bold]{run.status.value}[/] "
@@ -456,6 +477,10 @@ def runs_show(
     out.print(f"payload: {json.dumps(run.payload)[:500]}", highlight=False, soft_wrap=True)
     if run.checkpoint is not None:
         out.print(f"checkpoint: {json.dumps(run.checkpoint)[:500]}", highlight=False)
+    if parent is not None:
+        out.print(f"requested by run {parent}", highlight=False)
+    if children:
+        out.print(f"requested runs: {', '.join(map(str, children))}", highlight=False)
     table = Table(title="processing log")
     for column in ("at", "event", "attempt", "worker", "token", "detail"):
         table.add_column(column, overflow="fold")
@@ -472,37 +497,6 @@ def runs_show(
     if run.last_error:
         out.print("[bold]last error[/]")
         out.print(run.last_error, highlight=False, markup=False)
-
-
-class RetryableStatus(enum.StrEnum):
-    FAILED = "failed"
-    DEAD = "dead"
-
-
-@cli.command()
-def retry(
-    run_ids: Annotated[list[int] | None, typer.Argument(help="Run ids.")] = None,
-    job: Annotated[str | None, typer.Option("--job")] = None,
-    status_filter: Annotated[
-        RetryableStatus | None, typer.Option("--status", help="failed or dead (default both).")
-    ] = None,
-) -> None:
-    """Put failed or dead runs back in the queue, same run_key, fresh attempts."""
-    if not run_ids and job is None and status_filter is None:
-        fail("name run ids, or --job and/or --status", EXIT_USAGE)
-    status = None if status_filter is None else RunStatus(status_filter.value)
-    requeued = settings.app().retry(run_ids or None, job=job, status=status, by="cli")
-    out.print(f"requeued {len(requeued)} runs", highlight=False)
-    if not requeued:
-        raise typer.Exit(EXIT_NOT_FOUND)
-
-
-@cli.command()
-def cancel(run_id: Annotated[int, typer.Argument(help="Run id.")]) -> None:
-    """Cancel a queued run."""
-    if not settings.app().cancel(run_id, by="cli"):
-        fail(f"run {run_id} is not queued (or does not exist); nothing cancelled", EXIT_NOT_FOUND)
-    out.print(f"cancelled run {run_id}", highlight=False)
 
 
 # -- db ----------------------------------------------------------------------
@@ -526,7 +520,9 @@ def db_upgrade() -> None:
 cli_sensors.register(cli, lambda: settings.app())
 cli_transfers.register(cli, lambda: settings.app())
 cli_serve.register(cli, lambda: settings.app())
+cli_submit.register(cli, lambda: settings.app(need_jobs=True))
 cli_download.register(cli, lambda: settings.app())
+cli_runctl.register(cli, lambda: settings.app())
 cli_sync.register(cli, lambda: settings.store or DEFAULT_STORE)
 
 

@@ -51,6 +51,7 @@ from ferryman.cli.output import (
 from ferryman.cli.transfers import parse_duration
 from ferryman.errors import ConfigurationError
 from ferryman.model import RunStatus
+from ferryman.supervise import supervised
 from ferryman.transfer.s3 import format_size, log
 from ferryman.transfer.sync import Sync, SyncResult, SyncTarget, planned, sync_app, sync_once
 
@@ -81,7 +82,8 @@ class SyncView:
         self.sync = sync
         self.live = live
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="ferryman-sync-progress")
+        # Not restarted: after a crash (logged) the sync goes on without its display.
+        self._thread = supervised("ferryman-sync-progress", self._poll, start=False)
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),

@@ -78,50 +78,17 @@ def deliver_many(
         checked_key(message_id, f"message_id of sensor {name!r}")
     if not messages and not refused:
         return []
-    store = engine.store
     engine.ensure([definition])
     unique = list(dict.fromkeys(message_id for message_id, _ in messages))
-    state, earlier, started = store.find_push_deliveries(name, unique)
+    state, earlier, started = engine.store.find_push_deliveries(name, unique)
     if state is None:
         raise StoreError(f"sensor {name!r} has no row in the store")
+    batch = _Batch(name=name, started=started, evaluator=process_id())
     payloads = {message_id: payload for message_id, payload in reversed(messages)}
     fresh = [message_id for message_id in unique if message_id not in earlier]
-    commits: list[PushCommit] = []
-    failures: list[PushFailure] = []
-    paused = state.status != RUNNING
-    evaluator = process_id()
-    for message_id in fresh:
-        if paused:
-            error = (
-                f"sensor {name!r} is paused: message {_shown_id(message_id)} was not "
-                "processed; it is delivered again after the sensor is resumed"
-            )
-        else:
-            error_or_commit = _evaluate(engine, name, state, started, message_id, payloads)
-            if isinstance(error_or_commit, PushCommit):
-                commits.append(error_or_commit)
-                continue
-            error = error_or_commit
-        failures.append(
-            PushFailure(
-                sensor=name,
-                message_id=message_id,
-                error=error,
-                started_at=started,
-                evaluator=evaluator,
-            )
-        )
-    failures += [
-        PushFailure(
-            sensor=name,
-            message_id=message_id,
-            error=reason,
-            started_at=started,
-            evaluator=evaluator,
-        )
-        for message_id, reason in refused
-    ]
-    committed, failed = store.commit_push_batch(commits, failures)
+    commits, failures = _evaluate_all(engine, batch, state, fresh, payloads)
+    refusals = [batch.failure(message_id, reason) for message_id, reason in refused]
+    committed, failed = engine.store.commit_push_batch(commits, failures + refusals)
     outcome: dict[str, Delivered] = {
         message_id: Delivered(evaluation=present_evaluation(evaluation), created=False)
         for message_id, evaluation in earlier.items()
@@ -132,22 +99,79 @@ def deliver_many(
         outcome[commit.message_id] = Delivered(
             evaluation=present_evaluation(evaluation), created=created
         )
-    for failure, evaluation in zip(failures[: len(failures) - len(refused)], failed, strict=False):
+    paused = state.status != RUNNING
+    for failure, evaluation in zip(failures, failed, strict=False):
         log.warning("delivery failed: %s", error_summary(failure.error), extra={"sensor": name})
         outcome[failure.message_id] = Delivered(
             evaluation=present_evaluation(evaluation), created=True, retry_later=paused
         )
-    refusals = [
+    return _in_order(messages, outcome) + [
         Delivered(evaluation=present_evaluation(evaluation), created=True)
-        for evaluation in failed[len(failures) - len(refused) :]
+        for evaluation in failed[len(failures) :]
     ]
+
+
+def _in_order(
+    messages: Sequence[tuple[str, Any]], outcome: dict[str, Delivered]
+) -> list[Delivered]:
+    """One :class:`Delivered` per message as given; a repeated id is not created again."""
     seen: set[str] = set()
     delivered = []
     for message_id, _ in messages:
         first = outcome[message_id]
         delivered.append(first if message_id not in seen else _again(first))
         seen.add(message_id)
-    return delivered + refusals
+    return delivered
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Batch:
+    """What every evaluation of one batch shares."""
+
+    name: str
+    started: float
+    evaluator: str
+
+    def failure(self, message_id: str, error: str) -> PushFailure:
+        return PushFailure(
+            sensor=self.name,
+            message_id=message_id,
+            error=error,
+            started_at=self.started,
+            evaluator=self.evaluator,
+        )
+
+
+def _evaluate_all(
+    engine: SensorEngine,
+    batch: _Batch,
+    state: SensorState,
+    fresh: Sequence[str],
+    payloads: dict[str, Any],
+) -> tuple[list[PushCommit], list[PushFailure]]:
+    """Call the sensor on each message not delivered before: the commits, the failures.
+
+    A paused sensor is not called: each message fails, to be delivered again
+    once the sensor is resumed.
+    """
+    commits: list[PushCommit] = []
+    failures: list[PushFailure] = []
+    for message_id in fresh:
+        if state.status != RUNNING:
+            failures.append(
+                batch.failure(
+                    message_id,
+                    f"sensor {batch.name!r} is paused: message {_shown_id(message_id)} was not "
+                    "processed; it is delivered again after the sensor is resumed",
+                )
+            )
+            continue
+        error_or_commit = _evaluate(engine, batch.name, state, batch.started, message_id, payloads)
+        if isinstance(error_or_commit, PushCommit):
+            commits.append(error_or_commit)
+        else:
+            failures.append(batch.failure(message_id, error_or_commit))
+    return commits, failures
 
 
 def _again(first: Delivered) -> Delivered:

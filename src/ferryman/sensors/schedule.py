@@ -312,40 +312,22 @@ def define_schedule(
     """Check a schedule and build its poll sensor; errors name the schedule and the field."""
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"a schedule needs a name (a non-empty str), got {name!r}")
-
-    def bad(field: str, problem: str) -> ConfigurationError:
-        return ConfigurationError(f"schedule {name!r}: {field} {problem}")
-
     if job not in known_jobs:
-        raise bad(
+        raise _bad(
+            name,
             "job",
             f"{job!r} is not a registered job (register it with @app.job before the schedule); "
             f"known jobs: {sorted(known_jobs)}",
         )
-    if not isinstance(cron, str):
-        raise bad("cron", f"must be a cron expression (a str), got {cron!r}")
-    try:
-        zone = ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise bad(
-            "timezone", f"{timezone!r} is not a known time zone (e.g. 'Europe/Paris')"
-        ) from None
-    try:
-        ticks = CronTicks(cron, zone)
-    except CronSimError as exc:
-        raise bad("cron", f"{cron!r} is not a cron expression: {exc}") from None
+    ticks = _cron_ticks(name, cron, timezone)
     if catch_up not in CATCH_UP_MODES:
-        raise bad("catch_up", f"must be one of {list(CATCH_UP_MODES)}, got {catch_up!r}")
+        raise _bad(name, "catch_up", f"must be one of {list(CATCH_UP_MODES)}, got {catch_up!r}")
     settings.count(f"schedule {name!r}: max_catch_up", max_catch_up, minimum=1)
     settings.seconds(f"schedule {name!r}: grace", grace)
     settings.seconds(f"schedule {name!r}: interval", interval, inclusive=False)
     if clock is not None and not callable(clock):
-        raise bad("clock", f"must be a function returning an aware datetime, got {clock!r}")
-    if payload is not None and not callable(payload):
-        try:
-            json.dumps(payload, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise bad("payload", f"is not JSON-serialisable: {exc}") from None
+        raise _bad(name, "clock", f"must be a function returning an aware datetime, got {clock!r}")
+    _check_payload(name, payload)
     schedule = Schedule(
         name,
         ticks,
@@ -366,3 +348,32 @@ def define_schedule(
         timeout=DEFAULT_POLL_TIMEOUT,
     )
     return replace(definition, until_next=schedule.seconds_until_next)
+
+
+def _bad(name: str, field: str, problem: str) -> ConfigurationError:
+    return ConfigurationError(f"schedule {name!r}: {field} {problem}")
+
+
+def _cron_ticks(name: str, cron: str, timezone: str) -> CronTicks:
+    """The ticks of ``cron`` in ``timezone``, each checked."""
+    if not isinstance(cron, str):
+        raise _bad(name, "cron", f"must be a cron expression (a str), got {cron!r}")
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise _bad(
+            name, "timezone", f"{timezone!r} is not a known time zone (e.g. 'Europe/Paris')"
+        ) from None
+    try:
+        return CronTicks(cron, zone)
+    except CronSimError as exc:
+        raise _bad(name, "cron", f"{cron!r} is not a cron expression: {exc}") from None
+
+
+def _check_payload(name: str, payload: Any) -> None:
+    """A payload given as a value (not a function of the tick) must be JSON."""
+    if payload is not None and not callable(payload):
+        try:
+            json.dumps(payload, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise _bad(name, "payload", f"is not JSON-serialisable: {exc}") from None

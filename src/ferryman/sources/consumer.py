@@ -46,6 +46,7 @@ from ferryman.sensors.batch import Delivered, deliver_many
 from ferryman.sensors.engine import SensorEngine
 from ferryman.sources.base import BrokerSession, Received, Source
 from ferryman.store.sensors import RUNNING
+from ferryman.supervise import Supervised, supervised
 from ferryman.worker.worker import describe_error
 
 log = logging.getLogger("ferryman.sources")
@@ -119,7 +120,7 @@ class SourceConsumer:
             SourceStats(sensor=sensor, kind=source.kind, where=source.describe())
         )
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: Supervised | None = None
         self._next_lag = 0.0
         self._failures = 0  # failed sessions in a row; the reconnect delay grows with it
         self._fields = {"sensor": sensor}
@@ -129,10 +130,13 @@ class SourceConsumer:
         return self._counters.stats
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._supervise, name=f"ferryman-source-{self.sensor}", daemon=True
+        # What escapes the reconnect loop is a crash: logged, counted, restarted like a reconnect.
+        self._thread = supervised(
+            f"ferryman-source-{self.sensor}",
+            self._supervise,
+            restart=RECONNECT_BACKOFF,
+            stop=self._stopping,
         )
-        self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()

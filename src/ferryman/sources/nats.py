@@ -173,11 +173,14 @@ class _Session:
         )
 
     def receive(self, max_messages: int, wait: float) -> list[Received]:
-        from nats.errors import TimeoutError as FetchTimeout
-
         try:
             messages = self._run(self.subscription.fetch(max_messages, timeout=wait))
-        except FetchTimeout:
+        except TimeoutError:
+            # Nothing came within ``wait``. nats-py raises its own TimeoutError,
+            # or asyncio's bare one when ``wait`` ran out between its two pull
+            # requests (on a busy machine). Neither means the connection is
+            # gone (that is checked below): taken for a lost broker, it cost a
+            # reconnect and its backoff.
             messages = []
         if self.client.is_closed or not self.client.is_connected:
             raise ConnectionError(f"lost the connection to {self.source.describe()}")

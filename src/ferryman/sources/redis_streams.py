@@ -5,7 +5,13 @@ of its group (created at the stream's start if missing). An entry read but
 never acked — its consumer died, or its batch's commit failed — stays in
 the group's pending entries list; every ``claim_after`` seconds the source
 takes over entries pending that long with ``XAUTOCLAIM`` and delivers them
-again (the dedupe makes that harmless for those already committed).
+again (the dedupe makes that harmless for those already committed). Each
+consumer name is its process's, so every restart adds one to the group:
+after each claim the source deletes (``XGROUP DELCONSUMER``) the consumers
+other than itself that have no pending entry and have been idle for
+``claim_after``, in one server-side script, so that no entry can become
+pending with a consumer between the check and the delete (deleting a
+consumer drops its pending entries from the group).
 
 A message the sensor cannot handle is added to the dead-letter stream
 (``<stream>:dead`` by default) with its fields, its entry id and the reason,
@@ -20,6 +26,7 @@ dict of str, or with ``payload_field``, that one field decoded by
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -38,6 +45,24 @@ from ferryman.sources.base import (
     decoded,
     json_decode,
 )
+
+log = logging.getLogger("ferryman.sources")
+
+# KEYS[1] stream; ARGV group, this consumer, idle milliseconds. Deletes the
+# group's other consumers with no pending entry, idle that long; their names.
+_FORGET_DEAD_CONSUMERS = """
+local removed = {}
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+  if fields['name'] ~= ARGV[2] and tonumber(fields['pending']) == 0
+      and tonumber(fields['idle']) >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    table.insert(removed, fields['name'])
+  end
+end
+return removed
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +152,7 @@ class _Session:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._forget_dead = self.client.register_script(_FORGET_DEAD_CONSUMERS)
         self._next_claim = 0.0
         self._own_pending = True  # first, what this consumer name read and did not ack
 
@@ -169,11 +195,25 @@ class _Session:
         deleted = answer[2] if len(answer) > 2 else []
         if deleted:  # trimmed from the stream while pending: nothing left to deliver
             self.client.xack(self.source.stream, self.source.group, *deleted)
+        if not entries:  # every entry pending that long is now this consumer's
+            self._forget_dead_consumers()
         return [
             self._received(entry_id, fields, redelivered=True)
             for entry_id, fields in entries
             if fields is not None
         ]
+
+    def _forget_dead_consumers(self) -> None:
+        """Delete consumers of earlier processes: nothing pending, idle for ``claim_after``."""
+        removed = self._forget_dead(
+            keys=[self.source.stream],
+            args=[self.source.group, self.consumer, round(self.source.claim_after * 1000)],
+        )
+        if removed:
+            names = ", ".join(n.decode("utf-8", "replace") for n in removed)
+            log.info(
+                "deleted consumers %s of group %r: gone, nothing pending", names, self.source.group
+            )
 
     def _received(
         self, entry_id: bytes, fields: dict[bytes, bytes], *, redelivered: bool

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferryman.errors import ConfigurationError
+from ferryman.model import Backoff
 from ferryman.sources.base import (
     BrokerSession,
     Decode,
@@ -41,11 +42,13 @@ from ferryman.sources.base import (
     decoded,
     json_decode,
 )
+from ferryman.supervise import supervised
 
 log = logging.getLogger("ferryman.sources")
 
 SQS_BATCH = 10  # the most SQS receives, deletes or changes in one call
 REASON_ATTRIBUTE = "ferryman-reason"
+KEEPER_RESTART = Backoff(base=1.0, factor=2.0, max=30.0)  # after a crash of the visibility keeper
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +131,13 @@ class _Session:
         self._in_work: dict[str, str] = {}  # message id -> receipt handle, while in work
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._keeper = threading.Thread(
-            target=self._keep_invisible, name="ferryman-source-sqs-visibility", daemon=True
+        # Restarted after a crash: extending the visibility again is always safe.
+        self._keeper = supervised(
+            "ferryman-source-sqs-visibility",
+            self._keep_invisible,
+            restart=KEEPER_RESTART,
+            stop=self._closed,
         )
-        self._keeper.start()
 
     def _dead_letter_queue(self) -> str:
         attributes = self.client.get_queue_attributes(

@@ -20,8 +20,6 @@ import sqlalchemy as sa
 from ferryman.errors import StoreError, StoreUnavailable
 from ferryman.model import (
     Backoff,
-    Download,
-    DownloadPart,
     Evaluation,
     JobSummary,
     Run,
@@ -30,9 +28,6 @@ from ferryman.model import (
     SensorState,
     SensorStatus,
     SubmitResult,
-    Transfer,
-    TransferPart,
-    TransferStatus,
     WorkerInfo,
 )
 from ferryman.store import faults, migrate, read_queries
@@ -40,12 +35,13 @@ from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, Listener, create_backend, translated_errors
 from ferryman.store.downloads import (
     DownloadOutcome,
-    DownloadQueries,
     NewDownload,
     OpenedDownload,
 )
+from ferryman.store.file_transfers import FileTransfers
 from ferryman.store.leases import Leases
 from ferryman.store.limits import JobLimits
+from ferryman.store.push_batches import PushBatches
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_model import ReadModel
 from ferryman.store.run_rows import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind
@@ -97,7 +93,7 @@ __all__ = [
 DEFAULT_STORE = "sqlite:///ferryman.db"
 
 
-class Store(ReadModel):
+class Store(ReadModel, FileTransfers):
     """A ferryman store database.
 
     ``create``: apply migrations when the schema is missing or older than the
@@ -106,7 +102,9 @@ class Store(ReadModel):
     are an operator's decision (``ferryman db upgrade``).
 
     The reads behind the API, the dashboard and ``/metrics`` are methods too,
-    from :class:`~ferryman.store.read_model.ReadModel`.
+    from :class:`~ferryman.store.read_model.ReadModel`, and so are uploads'
+    and downloads' records, from
+    :class:`~ferryman.store.file_transfers.FileTransfers`.
     """
 
     def __init__(self, url: str | sa.URL, *, create: bool | None = None, pool_size: int = 10):
@@ -213,7 +211,7 @@ class Store(ReadModel):
         self,
         *,
         worker_id: str,
-        jobs: Sequence[str],
+        jobs: Sequence[str] | Mapping[str, Any],
         limit: int,
         lease_seconds: float,
         limits: Mapping[str, JobLimits] | None = None,
@@ -239,9 +237,17 @@ class Store(ReadModel):
             )
 
     def succeed_within(
-        self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
+        self,
+        conn: sa.Connection,
+        lease: Lease,
+        *,
+        attempt: int,
+        worker_id: str,
+        children: Sequence[NewRun] = (),
     ) -> None:
         """Write the run's success in ``conn``'s open transaction (from :meth:`transaction`).
+
+        ``children``: the runs the job asked for, enqueued with the success.
 
         Raises ``LeaseLost`` if the lease was lost; driver errors untranslated,
         as in the transaction around it.
@@ -250,10 +256,18 @@ class Store(ReadModel):
         # transaction for ended, so the success is not even tried.
         self._blocks.check(conn)
         self.leases.succeed_within(conn, lease, attempt=attempt, worker_id=worker_id)
+        if children:
+            self.runs.enqueue_children(conn, lease.run_id, attempt, children, worker_id)
 
     def finish(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[bool]:
+        """Write how attempts ended, fenced; with each accepted success, the runs it asked for."""
         with self.write("recording run outcomes") as conn:
-            return self.leases.finish(conn, outcomes, worker_id=worker_id)
+            accepted = self.leases.finish(conn, outcomes, worker_id=worker_id)
+            for outcome, ok in zip(outcomes, accepted, strict=True):
+                if ok and outcome.children:
+                    run_id, attempt = outcome.lease.run_id, outcome.attempt
+                    self.runs.enqueue_children(conn, run_id, attempt, outcome.children, worker_id)
+            return accepted
 
     def release(self, leases: Sequence[Lease], *, worker_id: str, reason: str) -> list[int]:
         with self.write("releasing runs") as conn:
@@ -276,13 +290,27 @@ class Store(ReadModel):
         job: str | None = None,
         statuses: Sequence[RunStatus] = (RunStatus.FAILED, RunStatus.DEAD),
         by: str | None = None,
+        since: float | None = None,
     ) -> list[int]:
         with self.write("requeueing runs") as conn:
-            return self.runs.requeue(conn, run_ids=run_ids, job=job, statuses=statuses, by=by)
+            return self.runs.requeue(
+                conn, run_ids=run_ids, job=job, statuses=statuses, by=by, since=since
+            )
 
-    def cancel(self, run_id: int, *, by: str | None = None) -> bool:
+    def cancel(self, run_id: int, *, by: str | None = None) -> Run | None:
+        """Cancel a queued or running run (its lease token bumped); the run as cancelled."""
         with self.write("cancelling a run") as conn:
             return self.runs.cancel(conn, run_id, by=by)
+
+    def cancel_where(self, *, job: str | None, status: RunStatus, by: str | None) -> list[int]:
+        """Cancel every run of ``job`` (None: of all jobs) in ``status``; their ids."""
+        with self.write("cancelling runs") as conn:
+            return self.runs.cancel_where(conn, job=job, status=status, by=by)
+
+    def time_out(self, outcome: Outcome, *, timeout: float, worker_id: str) -> bool:
+        """End an attempt that outlived its job's timeout, fenced; False if the lease was lost."""
+        with self.write("ending an attempt past its timeout") as conn:
+            return self.leases.time_out(conn, outcome, timeout=timeout, worker_id=worker_id)
 
     def get_runs(self, **filters: Any) -> list[Run]:
         with self.read("reading runs") as conn:
@@ -291,6 +319,18 @@ class Store(ReadModel):
     def get_run(self, run_id: int) -> Run | None:
         with self.read("reading a run") as conn:
             return self.runs.get_run(conn, run_id)
+
+    def get_run_by_key(self, job: str, run_key: str) -> Run | None:
+        """The run of ``job`` keyed ``run_key``, or None."""
+        with self.read("reading a run by its key") as conn:
+            found = self.runs.get_by_key(conn, run_key, [job])
+        return found[0] if found else None
+
+    def find_runs_by_key(self, run_key: str, jobs: Sequence[str] | None = None) -> list[Run]:
+        """The runs keyed ``run_key`` of ``jobs`` (default: every job with runs), by job."""
+        with self.read("finding runs by their key") as conn:
+            names = read_queries.job_names(conn) if jobs is None else jobs
+            return self.runs.get_by_key(conn, run_key, names)
 
     def get_events(self, run_id: int) -> list[RunEvent]:
         with self.read("reading a run's processing log") as conn:
@@ -339,6 +379,10 @@ class Store(ReadModel):
     @functools.cached_property
     def sensors(self) -> SensorQueries:
         return SensorQueries(self.backend, self.runs)
+
+    @functools.cached_property
+    def push_batches(self) -> PushBatches:
+        return PushBatches(self.backend, self.runs)
 
     def ensure_sensors(self, declared: Sequence[tuple[str, str]]) -> None:
         """Create the rows of the given ``(name, kind)`` sensors that have none yet."""
@@ -399,7 +443,7 @@ class Store(ReadModel):
         """The sensor's state, the earlier evaluations of those messages already
         delivered (by message id), and the database clock, read together."""
         with self.read("looking up deliveries") as conn:
-            earlier = self.sensors.find_many(conn, name, message_ids)
+            earlier = self.push_batches.find_many(conn, name, message_ids)
             return self.sensors.state(conn, name), earlier, self.sensors.now(conn)
 
     def commit_push_batch(
@@ -411,7 +455,7 @@ class Store(ReadModel):
         failed ones, each in the order given. Nothing is recorded if it raises.
         """
         with self.write("committing a batch of push evaluations") as conn:
-            committed = self.sensors.commit_push_many(conn, commits)
+            committed = self.push_batches.commit_many(conn, commits)
             failed = [
                 self.sensors.fail_push(
                     conn,
@@ -450,127 +494,6 @@ class Store(ReadModel):
         """Forget push deliveries recorded ``older_than`` seconds ago or earlier."""
         with self.write("pruning push deliveries") as conn:
             return self.sensors.prune_deliveries(conn, older_than)
-
-    # -- transfers -----------------------------------------------------------
-
-    def open_transfer(
-        self,
-        new: NewTransfer,
-        *,
-        owner: str,
-        lease_seconds: float,
-        run_lease: Lease | None,
-        may_take_over: Callable[[Transfer, float], bool],
-    ) -> OpenedTransfer:
-        """Resume the active transfer of the object (taking it over) or create one."""
-        with self.write("opening a transfer") as conn:
-            return self.transfers.open(
-                conn,
-                new,
-                owner=owner,
-                lease_seconds=lease_seconds,
-                run_lease=run_lease,
-                may_take_over=may_take_over,
-            )
-
-    def renew_transfer(self, fence: TransferFence, lease_seconds: float) -> None:
-        with self.write("renewing a transfer") as conn:
-            self.transfers.renew(conn, fence, lease_seconds)
-
-    def release_transfer(self, fence: TransferFence) -> bool:
-        with self.write("releasing a transfer") as conn:
-            return self.transfers.release(conn, fence)
-
-    def set_transfer_upload(
-        self, fence: TransferFence, upload_id: str | None, part_size: int
-    ) -> Transfer:
-        """Record a new multipart upload (or none), forgetting earlier parts; the new transfer."""
-        with self.write("recording a multipart upload") as conn:
-            return self.transfers.set_upload(conn, fence, upload_id, part_size)
-
-    def record_transfer_source(self, fence: TransferFence, *, size: int, mtime: float) -> Transfer:
-        """Record the source file's size and mtime; the updated transfer."""
-        with self.write("recording a transfer's source") as conn:
-            return self.transfers.record_source(conn, fence, size=size, mtime=mtime)
-
-    def confirm_part(self, fence: TransferFence, part: ConfirmedPart, lease_seconds: float) -> None:
-        """Commit a part S3 acknowledged, fenced; from now on it is never sent again."""
-        with self.write("confirming an uploaded part") as conn:
-            self.transfers.confirm_part(conn, fence, part, lease_seconds)
-
-    def forget_parts(self, fence: TransferFence, part_numbers: Sequence[int]) -> Transfer:
-        """Drop confirmed parts S3 no longer has (they are sent again); the updated transfer."""
-        with self.write("forgetting parts S3 does not have") as conn:
-            return self.transfers.forget_parts(conn, fence, part_numbers)
-
-    def record_transfer_object(self, fence: TransferFence, completed: CompletedObject) -> Transfer:
-        """Record the completed, verified object; the updated transfer (still active)."""
-        with self.write("recording a completed object") as conn:
-            return self.transfers.record_object(conn, fence, completed)
-
-    def finish_transfer(
-        self,
-        fence: TransferFence,
-        status: TransferStatus,
-        *,
-        reason: str | None = None,
-        error: str | None = None,
-    ) -> Transfer:
-        """End the transfer ``succeeded`` or ``failed``; the transfer as finished."""
-        with self.write("finishing a transfer") as conn:
-            return self.transfers.finish(conn, fence, status, reason=reason, error=error)
-
-    def get_transfer(self, transfer_id: int) -> Transfer | None:
-        with self.read("reading a transfer") as conn:
-            return self.transfers.get(conn, transfer_id)
-
-    def get_transfer_parts(self, transfer_id: int) -> list[TransferPart]:
-        with self.read("reading a transfer's parts") as conn:
-            return self.transfers.parts(conn, transfer_id)
-
-    def list_transfers(self, **filters: Any) -> list[Transfer]:
-        with self.read("listing transfers") as conn:
-            return self.transfers.list(conn, **filters)
-
-    def latest_transfer(self, *, source_path: str, bucket: str, key: str) -> Transfer | None:
-        with self.read("reading a transfer") as conn:
-            return self.transfers.latest_for(conn, source_path=source_path, bucket=bucket, key=key)
-
-    def active_upload_ids(self) -> set[str]:
-        with self.read("listing active uploads") as conn:
-            return self.transfers.active_upload_ids(conn)
-
-    # -- downloads (ferryman.transfer.download) --------------------------------
-
-    @functools.cached_property
-    def downloads(self) -> DownloadQueries:
-        return DownloadQueries(self.backend)
-
-    def open_download(self, new: NewDownload) -> OpenedDownload:
-        """Resume the destination's download of the same object version, or start afresh."""
-        with self.write("opening a download") as conn:
-            return self.downloads.open(conn, new)
-
-    def find_download(self, dest_path: str) -> Download | None:
-        with self.read("reading a download") as conn:
-            return self.downloads.find(conn, dest_path)
-
-    def confirm_download_parts(self, download_id: int, parts: Sequence[DownloadPart]) -> None:
-        """Commit parts whose bytes are in the temporary file; from now on never fetched again."""
-        with self.write("confirming downloaded parts") as conn:
-            self.downloads.confirm_parts(conn, download_id, parts)
-
-    def forget_download_parts(self, download_id: int, part_numbers: Sequence[int]) -> None:
-        with self.write("forgetting downloaded parts") as conn:
-            self.downloads.forget_parts(conn, download_id, part_numbers)
-
-    def finish_download(self, download_id: int, outcome: DownloadOutcome) -> Download:
-        with self.write("finishing a download") as conn:
-            return self.downloads.finish(conn, download_id, outcome)
-
-    def list_downloads(self, *, limit: int = 50) -> list[Download]:
-        with self.read("listing downloads") as conn:
-            return self.downloads.list(conn, limit=limit)
 
 
 def upgrade(url: str | sa.URL) -> tuple[tuple[str, ...], str]:

@@ -57,6 +57,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ferryman.errors import FerrymanError, StoreError, StoreUnavailable
+from ferryman.supervise import supervised
 
 SAVEPOINT = "ferryman_writer"
 
@@ -136,9 +137,8 @@ class _LockWaiter:
         self._abandoned = False
         self._finished = False  # it gave the lock back: nobody wanted it any more
         self.error: OSError | None = None
-        threading.Thread(
-            target=self._wait, name=f"ferryman-writer-lock-{path.name}", daemon=True
-        ).start()
+        # Never restarted: it waits in flock once, and a second wait would lock twice.
+        supervised(f"ferryman-writer-lock-{path.name}", self._wait)
 
     def _wait(self) -> None:
         try:

@@ -17,8 +17,9 @@ import sqlalchemy as sa
 
 from ferryman.errors import LeaseLost
 from ferryman.model import RunEventKind, RunStatus
+from ferryman.store import records
 from ferryman.store.dialect import Backend, ClaimRequest
-from ferryman.store.limits import NO_LIMITS, JobLimits, Limits
+from ferryman.store.limits import NO_LIMITS, JobLimits, Limits, limits_of
 from ferryman.store.run_rows import (
     CHUNK,
     ClaimedRun,
@@ -26,6 +27,7 @@ from ferryman.store.run_rows import (
     Outcome,
     chunks,
     claimed_run,
+    end_values,
     event,
     fence,
     outcome_event,
@@ -45,7 +47,7 @@ class Leases:
         conn: sa.Connection,
         *,
         worker_id: str,
-        jobs: Sequence[str],
+        jobs: Sequence[str] | Mapping[str, Any],
         limit: int,
         lease_seconds: float,
         limits: Mapping[str, JobLimits] | None = None,
@@ -55,10 +57,14 @@ class Leases:
         Due means queued and available, or running under an expired lease. An
         expired run whose attempts are used up becomes ``dead`` instead of
         being claimed again, so a job that kills its worker cannot loop forever.
-        Higher priorities first, then by due time, then by id. Jobs with
+        Higher priorities first, then by due time, then by id. ``jobs`` may be
+        the job definitions by name, whose limits then apply. Jobs with
         ``limits`` (or runs with concurrency keys) are claimed within them
         (:mod:`ferryman.store.limits`); the others by the backend's plain claim.
         """
+        if isinstance(jobs, Mapping):  # job definitions, by name: their limits
+            limits = limits_of(jobs)
+        jobs = list(jobs)
         limits = limits or {}
         now = self.backend.clock(conn)
         expired = self.backend.expired_leases(conn, now=now, jobs=jobs, limit=limit)
@@ -74,7 +80,7 @@ class Leases:
             lease_seconds=lease_seconds,
             events=events,
         )
-        claimed = self.backend.claim(conn, request)
+        claimed = [(row, now) for row in self.backend.claim(conn, request)]
         for job in limited:
             room = limit - len(claimed)  # the reclaimed runs are among them
             if room <= 0:
@@ -91,8 +97,9 @@ class Leases:
                     now=admitted_at,
                     lease_seconds=lease_seconds,
                 )
-                claimed.extend(self.backend.lease_queued(conn, admitted, more))
-        return [claimed_run(row) for row in claimed]
+                leased = self.backend.lease_queued(conn, admitted, more)
+                claimed.extend((row, admitted_at) for row in leased)
+        return [claimed_run(row, at) for row, at in claimed]
 
     def _settle_expired(
         self, conn: sa.Connection, expired: Sequence[Any], now: float
@@ -188,6 +195,39 @@ class Leases:
             ],
         )
         return [outcome.lease in accepted for outcome in outcomes]
+
+    def time_out(
+        self, conn: sa.Connection, outcome: Outcome, *, timeout: float, worker_id: str
+    ) -> bool:
+        """End an attempt that outlived its timeout (a retry or a death), fenced by its lease.
+
+        The lease token is bumped with it: the job may still be running, and
+        nothing it writes afterwards may commit. Its log row (``retry_scheduled``
+        or ``dead``) says ``timeout`` in its detail. False if the lease was lost.
+        """
+        now = self.backend.clock(conn)
+        values = end_values(outcome, now)
+        changes: dict[str, Any] = {
+            "status": values["status"],
+            "last_error": values["error"],
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "lease_token": runs.c.lease_token + 1,
+            "updated_at": now,
+        }
+        for column in ("available_at", "finished_at"):
+            if values[column] is not None:
+                changes[column] = values[column]
+        update = runs.update().where(fence([outcome.lease])).values(**changes)
+        ended = self.backend.update_returning(conn, update, runs.c.job)
+        if not ended:
+            return False
+        self.backend.wake(conn, {row.job for row in ended})
+        logged = outcome_event(outcome, now, worker_id)
+        detail = {**records.from_json(logged["detail"]), "timeout": timeout}
+        logged["detail"] = records.to_json(detail, "event detail")
+        self.backend.log_events(conn, [logged])
+        return True
 
     def release(
         self, conn: sa.Connection, leases: Sequence[Lease], *, worker_id: str, reason: str

@@ -34,6 +34,7 @@ from ferryman.store import faults
 from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, safe_url
 from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind
 from ferryman.store.schema import run_events, runs
+from ferryman.supervise import supervised
 
 log = logging.getLogger("ferryman.store")
 
@@ -392,7 +393,10 @@ class Listener:
         self._conninfo = conninfo
         self._on_job = on_job
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # Restarted after a crash (of on_job, say): listening again is always safe.
+        self._thread = supervised(
+            name, self._run, restart=RECONNECT_BACKOFF, stop=self._stop, start=False
+        )
 
     def start(self) -> None:
         self._thread.start()

@@ -7,15 +7,20 @@ A worker's side of it — claims and the writes fenced by a lease — is in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
 from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
 from ferryman.store import records
 from ferryman.store.dialect import Backend
+from ferryman.store.keys import run_key_digest
 from ferryman.store.limits import Limits
 from ferryman.store.run_rows import NewRun, chunks, event
 from ferryman.store.schema import run_events, runs
+
+# The statuses an operator can cancel a run in.
+CANCELLABLE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
 class RunQueue:
@@ -28,7 +33,13 @@ class RunQueue:
         """The database's clock, which every lease and due time is measured by."""
         return self.backend.clock(conn)
 
-    def enqueue(self, conn: sa.Connection, new_runs: Sequence[NewRun]) -> SubmitResult:
+    def enqueue(
+        self,
+        conn: sa.Connection,
+        new_runs: Sequence[NewRun],
+        *,
+        requested_detail: dict[str, Any] | None = None,
+    ) -> SubmitResult:
         """Insert runs, skipping any ``(job, run_key)`` that exists; log ``requested``.
 
         Runs inside ``conn``'s transaction: the caller commits (or rolls back)
@@ -63,11 +74,28 @@ class RunQueue:
                 # these jobs counts the running runs of each key.
                 Limits(self.backend).mark_keyed(conn, keyed)
             self.backend.wake(conn, {new.job for new in unique.values()})
+        if created and requested_detail is not None:
+            self._detail_requested(conn, created, requested_detail)
         return SubmitResult(
             run_ids=tuple(ids[new.key_digest] for new in new_runs),
             created=len(created),
             deduplicated=len(new_runs) - len(created),
         )
+
+    def _detail_requested(
+        self, conn: sa.Connection, run_ids: Sequence[int], detail: dict[str, Any]
+    ) -> None:
+        """Add ``detail`` to the ``requested`` rows of runs just created."""
+        detail_json = records.to_json(detail, "event detail")
+        for chunk in chunks(run_ids):
+            conn.execute(
+                run_events.update()
+                .where(
+                    run_events.c.run_id.in_(list(chunk)),
+                    run_events.c.kind == RunEventKind.REQUESTED.value,
+                )
+                .values(detail=detail_json)
+            )
 
     # -- operator actions ----------------------------------------------------
 
@@ -79,10 +107,16 @@ class RunQueue:
         job: str | None = None,
         statuses: Sequence[RunStatus] = (RunStatus.FAILED, RunStatus.DEAD),
         by: str | None = None,
+        since: float | None = None,
     ) -> list[int]:
-        """Put failed or dead runs back in the queue with a fresh attempt budget."""
+        """Put failed or dead runs back in the queue with a fresh attempt budget.
+
+        ``since``: only runs that finished within that many seconds.
+        """
         now = self.now(conn)
         query = runs.update().where(runs.c.status.in_([s.value for s in statuses]))
+        if since is not None:
+            query = query.where(runs.c.finished_at >= now - since)
         if run_ids is not None:
             query = query.where(runs.c.id.in_(list(run_ids)))
         if job is not None:
@@ -104,22 +138,87 @@ class RunQueue:
             )
         return ids
 
-    def cancel(self, conn: sa.Connection, run_id: int, *, by: str | None = None) -> bool:
-        """Cancel a queued run. Returns False if it was not queued."""
+    def cancel(self, conn: sa.Connection, run_id: int, *, by: str | None = None) -> Run | None:
+        """Cancel a queued or running run; the cancelled run, or None if it was neither.
+
+        A running run's lease token is bumped with it, so nothing its worker
+        writes afterwards commits (the worker's next heartbeat tells the job).
+        """
+        for _ in range(3):  # the run may move from queued to running meanwhile
+            row = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).first()
+            if row is None or row.status not in CANCELLABLE:
+                return None
+            if self._cancel(conn, runs.c.id == run_id, row.status, by):
+                return self.get_run(conn, run_id)
+        return None
+
+    def cancel_where(
+        self,
+        conn: sa.Connection,
+        *,
+        job: str | None,
+        status: RunStatus,
+        by: str | None = None,
+    ) -> list[int]:
+        """Cancel every ``status`` run (queued or running) of ``job`` (or of every job)."""
+        if status.value not in CANCELLABLE:
+            raise ValueError(f"only queued or running runs can be cancelled, not {status}")
+        where = sa.true() if job is None else runs.c.job == job
+        return self._cancel(conn, where, status.value, by)
+
+    def _cancel(
+        self, conn: sa.Connection, where: sa.ColumnElement[bool], status: str, by: str | None
+    ) -> list[int]:
         now = self.now(conn)
         update = (
             runs.update()
-            .where(runs.c.id == run_id, runs.c.status == RunStatus.QUEUED.value)
-            .values(status=RunStatus.CANCELLED.value, finished_at=now, updated_at=now)
+            .where(where, runs.c.status == status)
+            .values(
+                status=RunStatus.CANCELLED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                lease_token=runs.c.lease_token + 1,
+                finished_at=now,
+                updated_at=now,
+            )
         )
-        cancelled = self.backend.update_returning(conn, update, runs.c.attempt)
-        if not cancelled:
-            return False
-        conn.execute(
-            run_events.insert(),
-            [event(run_id, RunEventKind.CANCELLED, now, cancelled[0].attempt, by)],
+        cancelled = self.backend.update_returning(conn, update, runs.c.id, runs.c.attempt)
+        detail = {"by": by, "was": status}
+        kind = RunEventKind.CANCELLED
+        for chunk in chunks(cancelled):
+            conn.execute(
+                run_events.insert(),
+                [event(r.id, kind, now, r.attempt, by, None, detail) for r in chunk],
+            )
+        return [r.id for r in cancelled]
+
+    # -- chaining ------------------------------------------------------------
+
+    def enqueue_children(
+        self,
+        conn: sa.Connection,
+        parent: int,
+        attempt: int,
+        children: Sequence[NewRun],
+        worker_id: str | None,
+    ) -> SubmitResult:
+        """Enqueue the runs a run asked for (``ctx.submit``), with its success, and link them.
+
+        The parent's log gets a ``submitted`` row naming the runs; each run
+        created here gets its parent in its ``requested`` row. A run_key that
+        already had a run is deduplicated as always (it is named, not created).
+        """
+        result = self.enqueue(conn, children, requested_detail={"parent_run_id": parent})
+        detail = {
+            "run_ids": list(result.run_ids),
+            "created": result.created,
+            "deduplicated": result.deduplicated,
+        }
+        now = self.now(conn)
+        self.backend.log_events(
+            conn, [event(parent, RunEventKind.SUBMITTED, now, attempt, worker_id, None, detail)]
         )
-        return True
+        return result
 
     # -- reads ---------------------------------------------------------------
 
@@ -147,6 +246,19 @@ class RunQueue:
         row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
         return None if row is None else records.run_from_row(row)
 
+    def get_by_key(self, conn: sa.Connection, run_key: str, jobs: Sequence[str]) -> list[Run]:
+        """The runs keyed ``run_key`` of any of ``jobs`` (one per job at most), by job name.
+
+        Found through the unique index on the keys' digests (see
+        :mod:`ferryman.store.keys`), so keys of any length are one lookup.
+        """
+        by_digest = {run_key_digest(job, run_key): job for job in jobs}
+        found: list[Run] = []
+        for digests in chunks(list(by_digest)):
+            query = sa.select(runs).where(runs.c.key_digest.in_(list(digests)))
+            found.extend(records.run_from_row(row) for row in conn.execute(query).mappings())
+        return sorted(found, key=lambda run: run.job)
+
     def get_events(self, conn: sa.Connection, run_id: int) -> list[RunEvent]:
         query = sa.select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id)
         return [records.run_event_from_row(row) for row in conn.execute(query).mappings()]
@@ -161,13 +273,3 @@ class RunQueue:
         for job, status, count in rows:
             counts.setdefault(job, {})[RunStatus(status)] = count
         return counts
-
-    def oldest_due(self, conn: sa.Connection) -> dict[str, float]:
-        """Seconds the oldest due queued run of each job has waited."""
-        now = self.now(conn)
-        rows = conn.execute(
-            sa.select(runs.c.job, sa.func.min(runs.c.available_at))
-            .where(runs.c.status == RunStatus.QUEUED.value, runs.c.available_at <= now)
-            .group_by(runs.c.job)
-        )
-        return {job: max(0.0, now - oldest) for job, oldest in rows}

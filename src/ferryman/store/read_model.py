@@ -32,7 +32,7 @@ from ferryman.model import (
     TransferPart,
     TransferStatus,
 )
-from ferryman.store import processing_log
+from ferryman.store import processing_log, read_views, run_search
 from ferryman.store import read_queries as q
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_queries import (
@@ -48,6 +48,8 @@ from ferryman.store.read_queries import (
     TransferTotals,
     WorkerView,
 )
+from ferryman.store.read_views import AttemptBar, DurationSlot, SlotCount, Timeline
+from ferryman.store.run_search import RunFilter, RunSearchPage
 from ferryman.store.sensors import PAUSED, SensorQueries
 from ferryman.store.transfers import TransferQueries
 
@@ -56,6 +58,8 @@ __all__ = [
     "DURATION_BUCKETS",
     "FINISHING_KINDS",
     "MAX_PAGE",
+    "AttemptBar",
+    "DurationSlot",
     "ErrorGroup",
     "Folded",
     "Histogram",
@@ -66,7 +70,11 @@ __all__ = [
     "ReadModel",
     "RunCount",
     "RunDetail",
+    "RunFilter",
+    "RunSearchPage",
     "SensorDetail",
+    "SlotCount",
+    "Timeline",
     "TransferDetail",
     "TransferTotals",
     "WorkerView",
@@ -200,7 +208,7 @@ class ReadModel:
         """Runs newest first; ``since``/``until`` bound when they were created
         (see :func:`~ferryman.store.read_queries.list_runs`)."""
         with self.read("listing runs") as conn:
-            return q.list_runs(
+            return run_search.list_runs(
                 conn,
                 job=job,
                 status=status,
@@ -208,6 +216,21 @@ class ReadModel:
                 until=until,
                 before_id=before_id,
                 limit=limit,
+            )
+
+    def search_runs(
+        self,
+        found: RunFilter,
+        *,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> RunSearchPage:
+        """Runs newest first by any of :class:`~ferryman.store.run_search.RunFilter`'s fields,
+        paged both ways (``before_id``: older, ``after_id``: newer)."""
+        with self.read("searching runs") as conn:
+            return run_search.search_runs(
+                conn, found, before_id=before_id, after_id=after_id, limit=limit
             )
 
     def job_names(self) -> list[str]:
@@ -227,6 +250,23 @@ class ReadModel:
                 transfers=self.transfers.list(conn, run_id=run_id)[::-1],
             )
 
+    def timeline(self, *, since: float, until: float, job: str | None = None) -> Timeline:
+        """The attempts of runs that finished in ``[since, until)`` or are running, claim to
+        end; aggregated per slot when too many (see :func:`~ferryman.store.read_views.timeline`)."""
+        with self.read("reading the timeline") as conn:
+            return read_views.timeline(conn, since=since, until=until, job=job)
+
+    def run_attempts(self, run_id: int) -> list[AttemptBar]:
+        """Every attempt of one run, claim to end, from its processing log."""
+        with self.read("reading a run's attempts") as conn:
+            return read_views.attempt_bars(conn, [run_id])
+
+    def durations(self, *, job: str, since: float, until: float) -> list[DurationSlot]:
+        """Run duration percentiles of ``job`` per time slot (see
+        :func:`~ferryman.store.read_views.durations`)."""
+        with self.read("reading run durations") as conn:
+            return read_views.durations(conn, job=job, since=since, until=until)
+
     def existing_run_keys(
         self, run_keys_by_job: Mapping[str, Sequence[str]]
     ) -> set[tuple[str, str]]:
@@ -234,16 +274,19 @@ class ReadModel:
         with self.read("looking up run keys") as conn:
             return processing_log.existing_run_keys(conn, run_keys_by_job)
 
-    def dead_letters(self, *, job: str | None = None) -> list[ErrorGroup]:
-        """Failed and dead runs grouped by job, status and error line, largest group first."""
+    def dead_letters(
+        self, *, job: str | None = None, sample: int = DEAD_LETTER_SAMPLE
+    ) -> list[ErrorGroup]:
+        """Failed and dead runs grouped by job, status and error line, largest group first,
+        from the newest ``sample`` of them."""
         with self.read("grouping failed runs") as conn:
-            return q.dead_letters(conn, job=job)
+            return q.dead_letters(conn, job=job, sample=sample)
 
     # -- sensors -------------------------------------------------------------
 
     def _sensors_failing_first(self, conn: sa.Connection) -> list[SensorState]:
         return sorted(
-            self.sensors.states(conn),
+            read_views.push_failure_streaks(conn, self.sensors.states(conn)),
             key=lambda s: (-s.consecutive_failures, s.status != PAUSED, s.name),
         )
 
@@ -251,6 +294,21 @@ class ReadModel:
         """Every sensor in the store, failing first, then paused, then by name."""
         with self.read("listing sensors") as conn:
             return self._sensors_failing_first(conn)
+
+    def last_outcomes(self, names: Sequence[str]) -> dict[str, EvaluationOutcome]:
+        """The outcome of each named sensor's newest evaluation (none yet: left out)."""
+        with self.read("reading sensors' last outcomes") as conn:
+            return read_views.last_outcomes(conn, names)
+
+    def evaluation_slots(self, sensor: str, *, since: float, until: float) -> list[SlotCount]:
+        """A sensor's evaluations per time slot by outcome (its newest few thousand)."""
+        with self.read("counting a sensor's evaluations") as conn:
+            return read_views.evaluation_slots(conn, sensor, since=since, until=until)
+
+    def runs_by_id(self, run_ids: Sequence[int]) -> list[Run]:
+        """The runs of ``run_ids`` that exist, in the order asked."""
+        with self.read("reading runs") as conn:
+            return read_views.runs_by_id(conn, run_ids)
 
     def sensor_detail(
         self,
@@ -267,6 +325,7 @@ class ReadModel:
             state = self.sensors.state(conn, name)
             if state is None:
                 return None
+            (state,) = read_views.push_failure_streaks(conn, [state])
             page = q.list_evaluations(conn, name, outcome=outcome, before_id=before_id, limit=limit)
             moves = q.cursor_history(conn, name, limit=history) if history else []
             return SensorDetail(state=state, evaluations=page, cursor_history=moves)

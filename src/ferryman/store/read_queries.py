@@ -164,58 +164,25 @@ def throughput(
     ]
 
 
-def list_runs(
-    conn: sa.Connection,
-    *,
-    job: str | None = None,
-    status: RunStatus | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    before_id: int | None = None,
-    limit: int = 50,
-) -> Page[Run]:
-    """Runs newest first; ``since``/``until`` bound when they were created.
-
-    Without a time window the list is in id order. With one it is in creation
-    order (then id), read from the ``(created_at, id)`` index: in id order a
-    window a week back would scan every run created since. ``before_id`` goes
-    on from that run's place in the order, whichever it is.
-    """
-    limit = _limit(limit)
-    query = sa.select(runs).limit(limit + 1)
-    if job is not None:
-        query = query.where(runs.c.job == job)
-    if status is not None:
-        query = query.where(runs.c.status == RunStatus(status).value)
-    if since is None and until is None:
-        query = query.order_by(runs.c.id.desc())
-        if before_id is not None:
-            query = query.where(runs.c.id < before_id)
-    else:
-        query = query.order_by(runs.c.created_at.desc(), runs.c.id.desc())
-        if since is not None:
-            query = query.where(runs.c.created_at >= since)
-        if until is not None:
-            query = query.where(runs.c.created_at < until)
-        if before_id is not None:
-            query = query.where(_created_before(conn, before_id))
-    items = [records.run_from_row(row) for row in conn.execute(query).mappings()]
-    return _page(items, limit, items[limit - 1].id if len(items) > limit else None)
-
-
-def _created_before(conn: sa.Connection, run_id: int) -> sa.ColumnElement[bool]:
-    """Runs after ``run_id`` in creation order (newest first)."""
-    created_at = conn.scalar(sa.select(runs.c.created_at).where(runs.c.id == run_id))
-    if created_at is None:  # no such run (pruned, or an id made up): fall back to ids
-        return runs.c.id < run_id
-    return sa.tuple_(runs.c.created_at, runs.c.id) < sa.tuple_(
-        sa.literal(created_at, runs.c.created_at.type), sa.literal(run_id, runs.c.id.type)
-    )
-
-
 def error_kind(error: str | None) -> str:
     """The error's line with its numbers as ``N``: errors that differ only in an id group."""
     return re.sub(r"\d+", "N", error_summary(error) or "(no error recorded)")
+
+
+def newest_ended(conn: sa.Connection, *, job: str | None, sample: int) -> list[int]:
+    """The ids of the newest ``sample`` failed and dead runs (of ``job``), newest first.
+
+    One walk of the ``(job, status, id)`` or ``(status, id)`` index per status,
+    merged here: ``status IN (...) AND job = ? ORDER BY id DESC`` has SQLite
+    scan the table backwards instead, filtering every run on the way.
+    """
+    ids: list[int] = []
+    for status in (RunStatus.FAILED.value, RunStatus.DEAD.value):
+        query = sa.select(runs.c.id).where(runs.c.status == status)
+        if job is not None:
+            query = query.where(runs.c.job == job)
+        ids += conn.scalars(query.order_by(runs.c.id.desc()).limit(sample))
+    return sorted(ids, reverse=True)[:sample]
 
 
 def dead_letters(
@@ -243,7 +210,11 @@ def dead_letters(
         .limit(sample)
     )
     if job is not None:
-        query = query.where(runs.c.job == job)
+        # One job's failures are sparse among the newest runs: SQLite would scan
+        # the table backwards past every other job's runs. Bound the scan by the
+        # oldest id among them, found by a walk of the (job, status, id) index.
+        newest = newest_ended(conn, job=job, sample=sample)
+        query = query.where(runs.c.job == job, runs.c.id >= (newest[-1] if newest else 0))
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for row in conn.execute(query):
         groups.setdefault((row.job, row.status, error_kind(row.last_error)), []).append(row)

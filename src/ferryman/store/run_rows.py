@@ -10,6 +10,7 @@ whose lease was taken over matches nothing and its write is refused with
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -79,6 +80,9 @@ class ClaimedRun:
     max_attempts: int
     lease_token: int
     checkpoint: Any
+    claimed_at: float = 0.0  # the database's clock when this claim was made
+    # This process's time.monotonic() when the claim came back (for ctx.deadline).
+    claimed_monotonic: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def lease(self) -> Lease:
@@ -101,6 +105,8 @@ class Outcome:
     attempt: int
     error: str | None = None
     retry_delay: float = 0.0
+    # Runs the job asked for (``ctx.submit``): enqueued only with this success.
+    children: tuple[NewRun, ...] = ()
 
 
 T = TypeVar("T")
@@ -234,8 +240,9 @@ def lease_update(run_ids: Any) -> sa.Update:
     )
 
 
-def claimed_run(row: Any) -> ClaimedRun:
+def claimed_run(row: Any, claimed_at: float = 0.0) -> ClaimedRun:
     return ClaimedRun(
+        claimed_at=claimed_at,
         id=row.id,
         job=row.job,
         run_key=row.run_key,

@@ -17,6 +17,8 @@ A push message is recorded once per ``(sensor, message_id)`` in
 (:mod:`ferryman.store.keys`), in the transaction that writes its runs and
 its evaluation. Deliveries are forgotten by age (``prune_deliveries``), not
 with the evaluation history; an evaluation is kept as long as its delivery.
+Many messages of one sensor at once (a broker source's batch) are committed
+by :mod:`ferryman.store.push_batches`, under the same rules.
 
 Cursors are stored as the text the sensors layer encodes
 (:mod:`ferryman.sensors.cursor`); this module never looks inside them.
@@ -37,11 +39,9 @@ from ferryman.store.keys import message_digest
 from ferryman.store.queue import RunQueue
 from ferryman.store.run_rows import NewRun
 from ferryman.store.schema import push_deliveries, sensor_evaluations, sensors
-from ferryman.store.schema import runs as runs_table
 
 RUNNING = SensorStatus.RUNNING
 PAUSED = SensorStatus.PAUSED
-FIND_CHUNK = 500  # message digests per lookup: well under any bound-parameter limit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -414,165 +414,6 @@ class SensorQueries:
             )
             return None
         return evaluation_id
-
-    # -- batches of push evaluations (broker sources) ---------------------------
-
-    def find_many(
-        self, conn: sa.Connection, sensor: str, message_ids: Sequence[str]
-    ) -> dict[str, Evaluation]:
-        """The first evaluations of those of ``message_ids`` already delivered, by id."""
-        by_digest = {message_digest(message_id): message_id for message_id in message_ids}
-        found: dict[str, Evaluation] = {}
-        digests = list(by_digest)
-        for start in range(0, len(digests), FIND_CHUNK):
-            rows = conn.execute(
-                sa.select(push_deliveries.c.message_digest, sensor_evaluations)
-                .join(push_deliveries, push_deliveries.c.evaluation_id == sensor_evaluations.c.id)
-                .where(
-                    push_deliveries.c.sensor == sensor,
-                    push_deliveries.c.message_digest.in_(digests[start : start + FIND_CHUNK]),
-                )
-            ).mappings()
-            for row in rows:
-                found[by_digest[bytes(row["message_digest"])]] = records.evaluation_from_row(row)
-        return found
-
-    def commit_push_many(
-        self, conn: sa.Connection, commits: Sequence[PushCommit]
-    ) -> list[tuple[Evaluation, bool]]:
-        """:meth:`commit_push` for many messages of one sensor, in the caller's transaction.
-
-        Same rules, fewer statements: the evaluations and the deliveries are
-        inserted in one statement each; a delivery that another transaction
-        recorded first takes its evaluation row back and returns the first
-        one. The message ids must be distinct.
-        """
-        if not commits:
-            return []
-        sensor = commits[0].sensor
-        version = conn.execute(
-            sa.select(sensors.c.state_version).where(sensors.c.name == sensor)
-        ).scalar_one()
-        now = self.now(conn)
-        evaluation_ids: list[int] = list(
-            conn.execute(
-                sensor_evaluations.insert().returning(
-                    sensor_evaluations.c.id, sort_by_parameter_order=True
-                ),
-                [
-                    {
-                        "sensor": commit.sensor,
-                        "idempotency_key": f"push:{commit.sensor}:{commit.message_id}",
-                        "message_id": commit.message_id,
-                        "outcome": EvaluationOutcome.OK.value,
-                        "state_version_before": version,
-                        "state_version_after": version,
-                        "items_skipped": commit.skipped,
-                        "error": records.clean_optional(commit.skip_reasons),
-                        "evaluator": records.clean_text(commit.evaluator),
-                        "started_at": commit.started_at,
-                        "finished_at": now,
-                    }
-                    for commit in commits
-                ],
-            ).scalars()
-        )
-        won = set(
-            self.backend.insert_absent(
-                conn,
-                push_deliveries,
-                [
-                    {
-                        "sensor": commit.sensor,
-                        "message_digest": message_digest(commit.message_id),
-                        "message_id": commit.message_id,
-                        "evaluation_id": evaluation_id,
-                        "delivered_at": now,
-                    }
-                    for commit, evaluation_id in zip(commits, evaluation_ids, strict=True)
-                ],
-                unique=["sensor", "message_digest"],
-                returning=push_deliveries.c.evaluation_id,
-            )
-        )
-        lost = [evaluation_id for evaluation_id in evaluation_ids if evaluation_id not in won]
-        if lost:
-            conn.execute(sensor_evaluations.delete().where(sensor_evaluations.c.id.in_(lost)))
-        updates = self._enqueue_batch(
-            conn, [(c, e) for c, e in zip(commits, evaluation_ids, strict=True) if e in won]
-        )
-        if updates:
-            conn.execute(
-                sensor_evaluations.update()
-                .where(sensor_evaluations.c.id == sa.bindparam("b_id"))
-                .values(
-                    runs_requested=sa.bindparam("b_requested"),
-                    runs_deduplicated=sa.bindparam("b_deduplicated"),
-                    run_ids=sa.bindparam("b_run_ids", type_=sensor_evaluations.c.run_ids.type),
-                ),
-                updates,
-            )
-        written: dict[int, Evaluation] = {}
-        for start in range(0, len(evaluation_ids), FIND_CHUNK):
-            chunk = [e for e in evaluation_ids[start : start + FIND_CHUNK] if e in won]
-            query = sa.select(sensor_evaluations).where(sensor_evaluations.c.id.in_(chunk))
-            for row in conn.execute(query).mappings():
-                written[row["id"]] = records.evaluation_from_row(row)
-        earlier = self.find_many(
-            conn,
-            sensor,
-            [c.message_id for c, e in zip(commits, evaluation_ids, strict=True) if e not in won],
-        )
-        return [
-            (written[evaluation_id], True)
-            if evaluation_id in won
-            else (earlier[commit.message_id], False)
-            for commit, evaluation_id in zip(commits, evaluation_ids, strict=True)
-        ]
-
-    def _enqueue_batch(
-        self, conn: sa.Connection, delivered: Sequence[tuple[PushCommit, int]]
-    ) -> list[dict[str, Any]]:
-        """Insert the runs of every delivered message in one call; each evaluation's counts.
-
-        One ``enqueue`` for the batch, not one per message: a round trip per
-        message would cost what the batch saves. Its run ids come back in
-        request order and are split by message. A message's deduplicated runs
-        are those that existed when the batch began, or that an earlier
-        message of the batch (or itself) requested first — as if the messages
-        had been committed one after the other. (A run that another producer
-        commits in the instant between that look-up and the insert is counted
-        as requested here, not deduplicated: the run itself is still one.)
-        """
-        new_runs = [new for commit, _ in delivered for new in commit.new_runs]
-        if not new_runs:
-            return []
-        digests = list({new.key_digest for new in new_runs})
-        seen: set[bytes] = set()
-        for start in range(0, len(digests), FIND_CHUNK):
-            query = sa.select(runs_table.c.key_digest).where(
-                runs_table.c.key_digest.in_(digests[start : start + FIND_CHUNK])
-            )
-            seen.update(bytes(digest) for digest in conn.execute(query).scalars())
-        run_ids = iter(self.runs.enqueue(conn, new_runs).run_ids)
-        updates = []
-        for commit, evaluation_id in delivered:
-            if not commit.new_runs:
-                continue
-            ids = [next(run_ids) for _ in commit.new_runs]
-            deduplicated = 0
-            for new in commit.new_runs:
-                deduplicated += new.key_digest in seen
-                seen.add(new.key_digest)
-            updates.append(
-                {
-                    "b_id": evaluation_id,
-                    "b_requested": len(ids),
-                    "b_deduplicated": deduplicated,
-                    "b_run_ids": records.to_json(sorted(set(ids)), "run ids"),
-                }
-            )
-        return updates
 
     def fail_push(
         self,

@@ -202,9 +202,10 @@ def download(
     its sidecar or ``x-amz-meta-sha256``, S3's composite or full-object
     SHA-256), and the temporary file is renamed to ``dest`` only then.
     ``dest`` may be a directory: the file is then named after the key.
-    ``fsync=False`` skips the fsync before the rename (about one second per
-    GiB on a slow disk): a killed download never leaves a partial ``dest``
-    either way, but a power cut just after the rename may.
+    With ``fsync`` (the default) the ranges are synced to disk as they are
+    recorded, and the file once more before the rename; ``fsync=False`` skips
+    those syncs: a killed download never leaves a partial ``dest`` either
+    way, but a power cut just after the rename may.
 
     ``part_size`` defaults to the object's own part size (so that S3's
     composite checksum can be checked range by range), else 8 MiB. The

@@ -30,12 +30,21 @@ class Confirmations:
     kill loses the ranges of the last interval (fetched again), nothing else.
     A store error stops the download at its next range; leaving the block
     commits what is left (also when the download stops short), or raises.
+
+    With ``sync_fd`` the temporary file is ``fdatasync``-ed before each such
+    transaction, so a range is recorded only once its bytes are on disk, and
+    the disk writes the file while the rest of it is still being fetched:
+    the sync before the rename is then left with one interval's bytes rather
+    than the whole file's.
     """
 
-    def __init__(self, store: Store, download_id: int, counter: ProgressCounter) -> None:
+    def __init__(
+        self, store: Store, download_id: int, counter: ProgressCounter, *, sync_fd: int | None
+    ) -> None:
         self.store = store
         self.download_id = download_id
         self.counter = counter
+        self.sync_fd = sync_fd
         self.error: BaseException | None = None
         self._pending: list[DownloadPart] = []
         self._lock = threading.Lock()
@@ -71,6 +80,8 @@ class Confirmations:
         if not batch or self.error is not None:
             return
         try:
+            if self.sync_fd is not None:
+                os.fdatasync(self.sync_fd)  # the batch's bytes are durable before their rows
             self.store.confirm_download_parts(self.download_id, batch)
         except BaseException as exc:  # kept and raised by the fetching threads
             log.error("download %d: recording ranges failed: %s", self.download_id, exc)

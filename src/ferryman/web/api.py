@@ -15,7 +15,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 
 from ferryman.app import App
-from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus
+from ferryman.errors import PayloadError
+from ferryman.model import EvaluationOutcome, RunStatus, TransferStatus, chain_links
+from ferryman.run_requests import run_request
 from ferryman.store.read_model import MAX_PAGE
 from ferryman.web.deps import AppDep, BeforeId, RecordId, RunCountsDep, require_token
 from ferryman.web.schemas import (
@@ -32,9 +34,11 @@ from ferryman.web.schemas import (
     RetryOut,
     RunDetailOut,
     RunEventOut,
+    RunIn,
     RunOut,
     RunPage,
     SensorOut,
+    SubmittedOut,
     SummaryOut,
     TransferDetailOut,
     TransferOut,
@@ -58,6 +62,7 @@ router = APIRouter(responses=ERRORS)
 Token = Depends(require_token)
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+MAX_RUN_KEY = 8192  # characters in a query string; a POST body takes keys of any length
 SensorName = Annotated[str, Path(min_length=1, max_length=200)]
 
 
@@ -159,6 +164,7 @@ def list_runs(
     until: datetime | None = None,
     before_id: BeforeId = None,
     limit: Limit = 50,
+    run_key: Annotated[str | None, Query(min_length=1, max_length=MAX_RUN_KEY)] = None,
 ) -> RunPage:
     """Runs newest first, filtered by job, status and creation time.
 
@@ -166,7 +172,21 @@ def list_runs(
     a time without an offset is UTC. Without them the runs are in id order;
     with either, in creation order (then id). ``next_before`` pages on in
     the same order either way.
+
+    With ``run_key``: the run with that key of ``job`` (or of every job, one
+    run per job at most), filtered by ``status``; nothing to page.
     """
+    hidden = sensitive_fields(app)
+    if run_key is not None:
+        keyed = app.store.find_runs_by_key(run_key, None if job is None else [job])
+        return RunPage(
+            items=[
+                RunOut.of(r, hidden.get(r.job, frozenset()))
+                for r in keyed
+                if status is None or r.status is status
+            ],
+            next_before=None,
+        )
     page = app.store.run_page(
         job=job,
         status=status,
@@ -175,10 +195,45 @@ def list_runs(
         before_id=before_id,
         limit=limit,
     )
-    hidden = sensitive_fields(app)
     return RunPage(
         items=[RunOut.of(r, hidden.get(r.job, frozenset())) for r in page.items],
         next_before=page.next_before,
+    )
+
+
+@router.post(
+    "/runs",
+    response_model=SubmittedOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Token],
+    responses={
+        **GUARDED,
+        200: {"model": SubmittedOut, "description": "the run_key had a run: returned as it is"},
+        404: {"model": ErrorOut, "description": "no such job"},
+        422: {"description": "the body is not a run request this store can take"},
+    },
+    tags=["runs"],
+)
+def submit(app: AppDep, body: RunIn, response: Response) -> SubmittedOut:
+    """Enqueue a run of ``job``, idempotent by ``run_key``.
+
+    201: created now. 200: the job had a run with this ``run_key`` already;
+    it is returned as it is (its payload is not replaced). Besides
+    ``payload``, a body may set any other field of a run request by name;
+    an unknown field, or a payload or key that cannot be stored, is a 422.
+    """
+    record = {"run_key": body.run_key, "payload": body.payload, **(body.model_extra or {})}
+    try:
+        result = app.submit(body.job, run_request(record, where="body"))
+    except PayloadError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    run = app.get_run(result.run_ids[0])
+    assert run is not None  # runs are never deleted
+    if not result.created:
+        response.status_code = status.HTTP_200_OK
+    return SubmittedOut(
+        created=bool(result.created),
+        run=RunOut.of(run, sensitive_fields(app).get(run.job, frozenset())),
     )
 
 
@@ -199,10 +254,13 @@ def get_run(app: AppDep, run_id: RecordId) -> RunDetailOut:
     if detail is None:
         raise _not_found(f"run {run_id}")
     hidden = sensitive_fields(app).get(detail.run.job, frozenset())
+    parent, children = chain_links(detail.events)
     return RunDetailOut(
         run=RunOut.of(detail.run, hidden),
         events=[RunEventOut.of(e) for e in detail.events],
         transfers=[TransferOut.of(t) for t in detail.transfers],
+        parent_run_id=parent,
+        child_run_ids=children,
     )
 
 
@@ -311,17 +369,22 @@ def ingest(app: AppDep, name: SensorName, body: MessageIn, response: Response) -
     "/runs/{run_id:int}/cancel",
     response_model=CancelOut,
     dependencies=[Token],
-    responses={**GUARDED, 409: {"model": ErrorOut, "description": "the run is not queued"}},
+    responses={
+        **GUARDED,
+        409: {"model": ErrorOut, "description": "the run is neither queued nor running"},
+    },
     tags=["runs"],
 )
 def cancel(app: AppDep, run_id: RecordId) -> CancelOut:
-    """Cancel a queued run."""
-    run = app.get_run(run_id)
-    if run is None:
-        raise _not_found(f"run {run_id}")
-    if not app.cancel(run_id, by="api"):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}, not queued")
-    cancelled = app.get_run(run_id)
-    assert cancelled is not None
+    """Cancel a queued or running run (a running run's lease is revoked: nothing it writes
+    afterwards commits)."""
+    cancelled = app.cancel(run_id, by="api")
+    if cancelled is None:
+        run = app.get_run(run_id)
+        if run is None:
+            raise _not_found(f"run {run_id}")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}, not queued or running"
+        )
     hidden = sensitive_fields(app).get(cancelled.job, frozenset())
     return CancelOut(cancelled=True, run=RunOut.of(cancelled, hidden))

@@ -12,20 +12,17 @@ import math
 import re
 import urllib.parse
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from ferryman.app import App
-from ferryman.logs import error_summary
-from ferryman.model import RunStatus, TransferStatus, redact
-from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount
-from ferryman.store.records import displayable
-from ferryman.web import session
+from ferryman.model import Evaluation, Run, RunStatus, TransferStatus, chain_links, redact
+from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount, RunFilter
+from ferryman.store.read_queries import error_kind
+from ferryman.web import charts, cursors, insight, session, transfer_views
 from ferryman.web.deps import (
     MAX_ID,
     AppDep,
@@ -35,105 +32,24 @@ from ferryman.web.deps import (
     SettingsDep,
     token_matches,
 )
+from ferryman.web.rendering import (
+    PAGE,
+    STALE_COUNT_SECONDS,
+    back,
+    confirm,
+    guard,
+    hidden,
+    local,
+    overdue_seconds,
+    render,
+    static_files,
+)
 from ferryman.web.settings import WebSettings
 
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
+__all__ = ["page_error", "router", "static_files"]
+
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
-static_files = StaticFiles(directory=HERE / "static")
-
-PAGE = 50
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def _when(moment: datetime | None) -> str:
-    return "—" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _size(count: int | None) -> str:
-    if count is None:
-        return "?"
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{count} B"
-
-
-# Every value a page shows, escaped where UTF-8 cannot hold it (a lone surrogate
-# from an undecodable file name): one bad name must not break the page.
-templates.env.finalize = displayable
-templates.env.filters["age"] = _age
-
-
-def _when_epoch(seconds: float) -> str:
-    return _when(datetime.fromtimestamp(seconds, UTC))
-
-
-templates.env.filters["when"] = _when
-templates.env.filters["when_epoch"] = _when_epoch
-templates.env.filters["size"] = _size
-templates.env.filters["error_summary"] = error_summary
-
-
-def render(request: Request, name: str, settings: WebSettings, **context: Any) -> Response:
-    signed_in = session.session_id(request, settings) is not None
-    return templates.TemplateResponse(
-        request,
-        name,
-        {
-            "signed_in": signed_in,
-            "read_only": settings.read_only,
-            "can_change": signed_in and not settings.read_only,
-            "csrf": session.csrf_token(request, settings),
-            "notice": request.query_params.get("notice", "")[:300],
-            "path": request.url.path,
-            **context,
-        },
-    )
-
-
-def _back(to: str, notice: str) -> RedirectResponse:
-    separator = "&" if "?" in to else "?"
-    target = f"{to}{separator}notice={urllib.parse.quote(notice)}"
-    return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
-
-
-def _local(target: str) -> str:
-    """Only paths on this server: ``next`` and ``back`` never lead elsewhere."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
-
-
-def _guard(request: Request, settings: WebSettings, csrf: str) -> Response | None:
-    """A response refusing the change, or None when it may go ahead."""
-    if session.session_id(request, settings) is None:
-        # Back to the page the button was on, once signed in (its path only).
-        referer = urllib.parse.urlsplit(request.headers.get("referer", ""))
-        page = referer.path + (f"?{referer.query}" if referer.query else "")
-        back = urllib.parse.quote(_local(page or "/"))
-        return RedirectResponse(f"/login?next={back}", status_code=status.HTTP_303_SEE_OTHER)
-    if not session.csrf_matches(request, settings, csrf):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "the form is stale or forged: reload it")
-    if settings.read_only:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this server is read-only")
-    return None
-
-
-def _hidden(app: App, job: str) -> frozenset[str]:
-    definition = app.jobs.get(job)
-    return definition.sensitive if definition is not None else frozenset()
+router.include_router(insight.router)
 
 
 # -- sign-in -------------------------------------------------------------------
@@ -141,7 +57,7 @@ def _hidden(app: App, job: str) -> frozenset[str]:
 
 @router.get("/login")
 def login_form(request: Request, settings: SettingsDep, next: str = "/") -> Response:
-    return render(request, "login.html", settings, next=_local(next), failed=False)
+    return render(request, "login.html", settings, next=local(next), failed=False)
 
 
 @router.post("/login")
@@ -152,10 +68,10 @@ def login(
     next: Annotated[str, Form(max_length=2000)] = "/",
 ) -> Response:
     if not token_matches(settings, token):
-        response = render(request, "login.html", settings, next=_local(next), failed=True)
+        response = render(request, "login.html", settings, next=local(next), failed=True)
         response.status_code = status.HTTP_403_FORBIDDEN
         return response
-    response = RedirectResponse(_local(next), status_code=status.HTTP_303_SEE_OTHER)
+    response = RedirectResponse(local(next), status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         session.COOKIE,
         session.new_session(settings),
@@ -202,11 +118,15 @@ def overview(
     request: Request, app: AppDep, settings: SettingsDep, run_counts: RunCountsDep
 ) -> Response:
     found = app.store.overview(alive_within=app.lease_seconds, counted=run_counts.current())
+    counted_ago = max(0.0, found.now - found.counted_at)
     return render(
         request,
         "overview.html",
         settings,
         overview=found,
+        counted_ago=counted_ago,
+        counts_stale=counted_ago > STALE_COUNT_SECONDS,
+        overdue={s.name: overdue_seconds(s.next_evaluation_at, found.now) for s in found.sensors},
         statuses=list(RunStatus),
         chart=_chart(found.throughput),
         finished_last_hour=sum(m.succeeded + m.failed for m in found.throughput),
@@ -219,7 +139,15 @@ def overview(
 @router.get("/sensors")
 def sensors_page(request: Request, app: AppDep, settings: SettingsDep) -> Response:
     found = app.store.sensors_failing_first()
-    return render(request, "sensors.html", settings, sensors=[_shown(s) for s in found])
+    now = app.store.now()
+    return render(
+        request,
+        "sensors.html",
+        settings,
+        sensors=[_shown(s) for s in found],
+        outcomes=app.store.last_outcomes([s.name for s in found]),
+        overdue={s.name: overdue_seconds(s.next_evaluation_at, now) for s in found},
+    )
 
 
 def _shown(state: Any) -> Any:
@@ -235,23 +163,41 @@ def sensor_page(
     settings: SettingsDep,
     name: str,
     before_id: BeforeId = None,
+    chosen: insight.Range = "24h",
+    since: insight.Moment = "",
+    until: insight.Moment = "",
 ) -> Response:
     from ferryman.sensors.engine import present_evaluation
 
     detail = app.store.sensor_detail(name, before_id=before_id, limit=PAGE, history=20)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sensor {name!r}")
+    picked = insight.pick_window(app, chosen, since, until)
     return render(
         request,
         "sensor.html",
         settings,
         sensor=_shown(detail.state),
+        cursor_facts=cursors.describe(_shown(detail.state).cursor),
+        latest_items=_latest_items(app, detail.evaluations.items),
+        outcomes_chart=insight.evaluations_chart(app, name, picked),
+        picked=picked,
+        overdue=overdue_seconds(detail.state.next_evaluation_at, app.store.now()),
         evaluations=[present_evaluation(e) for e in detail.evaluations.items],
         next_before=detail.evaluations.next_before,
         history=[present_evaluation(e) for e in detail.cursor_history],
         source=app.source_stats().get(name),
         source_where=app.sources[name].describe() if name in app.sources else None,
     )
+
+
+def _latest_items(app: App, evaluations: list[Evaluation]) -> list[Run]:
+    """The runs the newest evaluation that requested any asked for (a few): for a folder
+    sensor, the latest files it turned into runs (their run keys name them)."""
+    for evaluation in evaluations:
+        if evaluation.run_ids:
+            return app.store.runs_by_id(list(evaluation.run_ids[:10]))
+    return []
 
 
 @router.post("/sensors/{name}/pause")
@@ -262,11 +208,11 @@ def pause(
     name: str,
     csrf: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    refused = _guard(request, settings, csrf)
+    refused = guard(request, settings, csrf)
     if refused is not None:
         return refused
     app.pause_sensor(name)
-    return _back(f"/sensors/{urllib.parse.quote(name)}", f"sensor {name} paused")
+    return back(f"/sensors/{urllib.parse.quote(name)}", f"sensor {name} paused")
 
 
 @router.post("/sensors/{name}/resume")
@@ -277,11 +223,11 @@ def resume(
     name: str,
     csrf: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    refused = _guard(request, settings, csrf)
+    refused = guard(request, settings, csrf)
     if refused is not None:
         return refused
     app.resume_sensor(name)
-    return _back(f"/sensors/{urllib.parse.quote(name)}", f"sensor {name} resumed")
+    return back(f"/sensors/{urllib.parse.quote(name)}", f"sensor {name} resumed")
 
 
 @router.post("/sensors/{name}/cursor")
@@ -293,28 +239,17 @@ def set_cursor(
     cursor: Annotated[str, Form(max_length=10_000)] = "",
     csrf: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    refused = _guard(request, settings, csrf)
+    refused = guard(request, settings, csrf)
     if refused is not None:
         return refused
     app.set_cursor(name, cursor or None, by="dashboard")
-    return _back(f"/sensors/{urllib.parse.quote(name)}", f"cursor of {name} set")
+    return back(f"/sensors/{urllib.parse.quote(name)}", f"cursor of {name} set")
 
 
 # -- runs ----------------------------------------------------------------------
 
 
-def _parse_time(value: str) -> float | None:
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, f"not a date and time: {value!r} (use 2026-11-24T10:00)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+Text = Annotated[str, Query(max_length=200)]
 
 
 @router.get("/runs")
@@ -322,35 +257,46 @@ def runs_page(
     request: Request,
     app: AppDep,
     settings: SettingsDep,
-    job: Annotated[str, Query(max_length=200)] = "",
-    status_filter: Annotated[RunStatus | None, Query(alias="status")] = None,
+    job: Text = "",
+    status_filter: Annotated[RunStatus | Literal[""], Query(alias="status")] = "",
     since: Annotated[str, Query(max_length=40)] = "",
     until: Annotated[str, Query(max_length=40)] = "",
+    run_key: Annotated[str, Query(max_length=2000)] = "",
+    match: Annotated[str, Query(pattern="^(exact|prefix)$")] = "exact",
+    worker: Text = "",
+    error: Annotated[str, Query(max_length=1000)] = "",
     before_id: BeforeId = None,
+    after_id: BeforeId = None,
 ) -> Response:
-    page = app.store.run_page(
+    found = RunFilter(
         job=job or None,
-        status=status_filter,
-        since=_parse_time(since),
-        until=_parse_time(until),
-        before_id=before_id,
-        limit=PAGE,
+        status=status_filter or None,  # the form's "any" sends status=
+        since=insight.parse_time(since),
+        until=insight.parse_time(until),
+        run_key=run_key if run_key and match == "exact" else None,
+        run_key_prefix=run_key if run_key and match == "prefix" else None,
+        worker=worker or None,
+        error=error or None,
     )
-    jobs = sorted(set(app.store.job_names()) | set(app.jobs))
-    filters = {"job": job, "status": status_filter.value if status_filter else "", "since": since}
-    filters["until"] = until
-    next_query = urllib.parse.urlencode(
-        {**{k: v for k, v in filters.items() if v}, "before_id": page.next_before or ""}
-    )
+    page = app.store.search_runs(found, before_id=before_id, after_id=after_id, limit=PAGE)
+    filters = {"job": job, "status": status_filter.value if status_filter else ""}
+    filters |= {"since": since, "until": until, "run_key": run_key, "worker": worker}
+    filters |= {"error": error, "match": match if run_key else ""}
+    kept = {k: v for k, v in filters.items() if v}
     return render(
         request,
         "runs.html",
         settings,
-        runs=[(r, redact(r.payload, _hidden(app, r.job))) for r in page.items],
-        jobs=jobs,
+        runs=[(r, redact(r.payload, hidden(app, r.job))) for r in page.items],
+        jobs=sorted(set(app.store.job_names()) | set(app.jobs)),
         statuses=list(RunStatus),
         filters=filters,
-        next_query=next_query if page.next_before else None,
+        next_query=urllib.parse.urlencode({**kept, "before_id": page.next_before})
+        if page.next_before
+        else None,
+        previous_query=urllib.parse.urlencode({**kept, "after_id": page.previous_after})
+        if page.previous_after
+        else None,
     )
 
 
@@ -359,15 +305,35 @@ def run_page(request: Request, app: AppDep, settings: SettingsDep, run_id: Recor
     detail = app.store.run_detail(run_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
+    parent, children = chain_links(detail.events)
     return render(
         request,
         "run.html",
         settings,
         run=detail.run,
-        payload=redact(detail.run.payload, _hidden(app, detail.run.job)),
+        payload=redact(detail.run.payload, hidden(app, detail.run.job)),
         events=detail.events,
         transfers=detail.transfers,
+        parent=parent,
+        children=children,
+        attempts=_attempts_chart(app, detail.run),
+        error_group=error_kind(detail.run.last_error)
+        if detail.run.status in (RunStatus.FAILED, RunStatus.DEAD)
+        else None,
     )
+
+
+def _attempts_chart(app: App, run: Run) -> Markup | None:
+    """The run's attempts on a time axis, claim to end (None before its first claim)."""
+    bars = app.store.run_attempts(run.id)
+    if not bars:
+        return None
+    now = app.store.now()
+    start = min(bar.start for bar in bars)
+    end = max(bar.end if bar.end is not None else now for bar in bars)
+    margin = max(1.0, (end - start) * 0.05)
+    window = charts.Window(start - margin, end + margin)
+    return charts.gantt(bars, window, now, f"attempts of run {run.id}")
 
 
 @router.post("/runs/{run_id}/retry")
@@ -378,12 +344,12 @@ def retry_run(
     run_id: RecordId,
     csrf: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
-    refused = _guard(request, settings, csrf)
+    refused = guard(request, settings, csrf)
     if refused is not None:
         return refused
     retried = app.retry([run_id], by="dashboard")
     notice = f"run {run_id} queued again" if retried else f"run {run_id} is not failed or dead"
-    return _back(f"/runs/{run_id}", notice)
+    return back(f"/runs/{run_id}", notice)
 
 
 @router.post("/runs/{run_id}/cancel")
@@ -393,12 +359,25 @@ def cancel_run(
     settings: SettingsDep,
     run_id: RecordId,
     csrf: Annotated[str, Form(max_length=200)] = "",
+    confirmed: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
-    refused = _guard(request, settings, csrf)
+    refused = guard(request, settings, csrf)
     if refused is not None:
         return refused
+    if not confirmed:
+        return confirm(
+            request,
+            settings,
+            question=f"Cancel run {run_id}?",
+            action=f"/runs/{run_id}/cancel",
+            fields={},
+            button=f"Cancel run {run_id}",
+            back_to=f"/runs/{run_id}",
+            details=["It will not be run (again); a running attempt is told to stop."],
+        )
     cancelled = app.cancel(run_id, by="dashboard")
-    return _back(f"/runs/{run_id}", "cancelled" if cancelled else "only a queued run is cancelled")
+    notice = "cancelled" if cancelled else f"run {run_id} was not queued or running: not cancelled"
+    return back(f"/runs/{run_id}", notice)
 
 
 @router.get("/dead-letters")
@@ -407,9 +386,19 @@ def dead_letters_page(
     app: AppDep,
     settings: SettingsDep,
     job: Annotated[str, Query(max_length=200)] = "",
+    error: Annotated[str, Query(max_length=1000)] = "",
 ) -> Response:
     groups = app.store.dead_letters(job=job or None)
-    return render(request, "dead_letters.html", settings, groups=groups, sample=DEAD_LETTER_SAMPLE)
+    if error:  # one group, as linked from a run that ended with its error
+        groups = [group for group in groups if group.error == error]
+    return render(
+        request,
+        "dead_letters.html",
+        settings,
+        groups=groups,
+        sample=DEAD_LETTER_SAMPLE,
+        one_group=bool(error),
+    )
 
 
 def _run_ids(listed: str) -> list[int]:
@@ -434,15 +423,29 @@ def retry_group(
     settings: SettingsDep,
     run_ids: Annotated[str, Form(max_length=20_000)] = "",
     csrf: Annotated[str, Form(max_length=200)] = "",
+    confirmed: Annotated[str, Form(max_length=10)] = "",
+    error: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
-    refused = _guard(request, settings, csrf)
+    refused = guard(request, settings, csrf)
     if refused is not None:
         return refused
     ids = _run_ids(run_ids)
     if not ids:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "no runs to retry")
+    if not confirmed:
+        shown = ", ".join(str(i) for i in ids[:20]) + (" …" if len(ids) > 20 else "")
+        return confirm(
+            request,
+            settings,
+            question=f"Retry {len(ids)} runs?",
+            action="/dead-letters/retry",
+            fields={"run_ids": ",".join(str(i) for i in ids)},
+            button=f"Retry {len(ids)} runs",
+            back_to="/dead-letters",
+            details=[f"ended with: {error}" if error else "", f"runs {shown}"],
+        )
     retried = app.retry(ids, by="dashboard")
-    return _back("/dead-letters", f"{len(retried)} runs queued again")
+    return back("/dead-letters", f"{len(retried)} runs queued again")
 
 
 # -- transfers and workers -----------------------------------------------------
@@ -453,12 +456,18 @@ def transfers_page(
     request: Request,
     app: AppDep,
     settings: SettingsDep,
-    status_filter: Annotated[TransferStatus | None, Query(alias="status")] = None,
+    status_filter: Annotated[TransferStatus | Literal[""], Query(alias="status")] = "",
     before_id: BeforeId = None,
 ) -> Response:
-    page = app.store.transfer_page(status=status_filter, before_id=before_id, limit=PAGE)
+    page = app.store.transfer_page(status=status_filter or None, before_id=before_id, limit=PAGE)
     return render(
-        request, "transfers.html", settings, transfers=page.items, next_before=page.next_before
+        request,
+        "transfers.html",
+        settings,
+        transfers=[(t, transfer_views.lifetime_progress(t)) for t in page.items],
+        next_before=page.next_before,
+        statuses=list(TransferStatus),
+        status_filter=status_filter.value if status_filter else "",
     )
 
 
@@ -469,7 +478,16 @@ def transfer_page(
     found = app.store.transfer_detail(transfer_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no transfer {transfer_id}")
-    return render(request, "transfer.html", settings, transfer=found.transfer, parts=found.parts)
+    return render(
+        request,
+        "transfer.html",
+        settings,
+        transfer=found.transfer,
+        parts=found.parts,
+        progress=transfer_views.recent_progress(found.transfer, found.parts),
+        parts_map=transfer_views.parts_map(found.transfer, found.parts),
+        throughput=transfer_views.throughput_chart(found.transfer, found.parts, app.store.now()),
+    )
 
 
 @router.get("/workers")

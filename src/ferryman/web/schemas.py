@@ -152,6 +152,9 @@ class RunDetailOut(BaseModel):
     run: RunOut
     events: list[RunEventOut]
     transfers: list[TransferOut]
+    # ctx.submit: the run whose success requested this one, and the runs this one's requested
+    parent_run_id: int | None = None
+    child_run_ids: list[int] = []
 
 
 class SensorOut(RecordOut):
@@ -294,6 +297,23 @@ class RetryIn(BaseModel):
     )
     job: str | None = Field(default=None, max_length=200)
     status: str | None = Field(default=None, pattern="^(failed|dead)$")
+
+
+class RunIn(BaseModel):
+    """A run to enqueue: its job, run_key and payload, and any other field of
+    :class:`~ferryman.RunRequest` by name (see :mod:`ferryman.run_requests`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job: str = Field(min_length=1, max_length=200)
+    # Any length submit() takes (keys are unique by digest), within the body limit.
+    run_key: str = Field(min_length=1, max_length=MAX_MESSAGE_ID)
+    payload: Any = None
+
+
+class SubmittedOut(BaseModel):
+    created: bool = Field(description="false: the run_key had a run already, returned as it is")
+    run: RunOut
 
 
 class RetryOut(BaseModel):

@@ -62,11 +62,24 @@ def _is_api(request: Request) -> bool:
 async def _http_error(request: Request, exc: Exception) -> Response:
     """JSON for the API, a page in the dashboard's layout for everything else."""
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        exc.headers = {**(exc.headers or {}), "Allow": _allowed(request)}
     if _is_api(request) or request.url.path.startswith("/static"):
         return await http_exception_handler(request, exc)
     from ferryman.web.pages import page_error
 
     return page_error(request, exc.status_code, str(exc.detail))
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route of the path takes (``GET /api/runs`` and ``POST`` are two
+    routes, and the router's own 405 names only the first one's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 async def _invalid_request(request: Request, exc: Exception) -> Response:

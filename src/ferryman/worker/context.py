@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.errors import FerrymanError, LeaseLost
-from ferryman.store import ClaimedRun, Lease, Store
+from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost
+from ferryman.model import RunRequest
+from ferryman.store import ClaimedRun, Lease, NewRun, Store
 from ferryman.store.records import to_json
+
+# Turns ``(job, request)`` pairs into runs to enqueue (the App's JobRegistry.new_runs).
+PlanRuns = Callable[[Iterable[tuple[str, RunRequest]]], list[NewRun]]
 
 
 class RunLogger(logging.LoggerAdapter[logging.Logger]):
@@ -37,12 +43,24 @@ class JobContext:
         run: ClaimedRun,
         worker_id: str,
         lease_seconds: float,
+        timeout: float | None = None,
+        plan_runs: PlanRuns | None = None,
     ) -> None:
         self._run_store = store
         self._run = run
         self._lease_seconds = lease_seconds
+        # The attempt starts now (it may have waited in the worker since its
+        # claim): its deadline on the database's clock, read at the claim.
+        self._deadline = (
+            None
+            if timeout is None
+            else run.claimed_at + (time.monotonic() - run.claimed_monotonic) + timeout
+        )
+        self._plan_runs = plan_runs
+        self._children: list[NewRun] = []
         # Set by the heartbeat thread, read by the job's: a flag is enough.
         self._lease_lost = False
+        self.ended_by: str | None = None  # why the attempt ended elsewhere (timeout, cancel)
         self._succeeded_in_transaction = False
         self._last_checkpoint = run.checkpoint
         self.worker_id = worker_id
@@ -109,11 +127,51 @@ class JobContext:
         return self._lease_lost
 
     @property
+    def cancelled(self) -> bool:
+        """True once the job should stop: cancelled, past its deadline, or taken over.
+
+        Set by the worker's heartbeat (within ``lease_seconds / 3`` of a
+        cancel) or at the deadline. Nothing the job writes afterwards commits.
+        """
+        return self._lease_lost
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When this attempt times out (``timeout`` seconds after it started), on the
+        database's clock; None if the job has no timeout."""
+        return None if self._deadline is None else datetime.fromtimestamp(self._deadline, UTC)
+
+    @property
     def succeeded_in_transaction(self) -> bool:
         return self._succeeded_in_transaction
 
-    def mark_lease_lost(self) -> None:
+    @property
+    def children(self) -> tuple[NewRun, ...]:
+        """The runs :meth:`submit` asked for, enqueued with this run's success."""
+        return tuple(self._children)
+
+    def mark_lease_lost(self, reason: str | None = None) -> None:
+        if reason is not None and self.ended_by is None:
+            self.ended_by = reason
         self._lease_lost = True
+
+    def submit(self, job: str, *run_requests: RunRequest) -> None:
+        """Ask for runs of ``job`` that are enqueued if, and only if, this run succeeds.
+
+        They are written in the same transaction as the run's success: in
+        :meth:`transaction` when the job uses it, otherwise with the success
+        the worker records when the job returns. A failed attempt enqueues
+        nothing; the next attempt asks again. ``RunRequest.job`` overrides
+        ``job``; run_keys are deduplicated as everywhere.
+        """
+        if self._succeeded_in_transaction:
+            raise FerrymanError(
+                f"run {self.run_id}: ctx.submit() after ctx.transaction() committed the "
+                "run's success; submit before or inside the transaction"
+            )
+        if self._plan_runs is None:
+            raise ConfigurationError("this worker was built without its app's jobs: no ctx.submit")
+        self._children.extend(self._plan_runs((job, request) for request in run_requests))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
@@ -135,7 +193,11 @@ class JobContext:
         with self._run_store.transaction() as conn:
             yield conn
             self._run_store.succeed_within(
-                conn, self.lease, attempt=self.attempt, worker_id=self.worker_id
+                conn,
+                self.lease,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+                children=self._children,
             )
         self._succeeded_in_transaction = True
 

@@ -20,8 +20,10 @@ connection, fills the disk) must not loop for ever.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from ferryman.errors import StoreError
 from ferryman.model import Backoff
@@ -85,13 +87,27 @@ class Outages:
                 released = self.store.release(
                     [run.lease], worker_id=self._worker_id, reason=reason[:1000]
                 )
-                return bool(released)
+                break
             except StoreError as store_exc:
                 failures += 1
                 delay = STORE_RETRY.delay(failures, self._worker_id)
                 log.warning("giving a run back failed, retrying in %.1fs: %s", delay, store_exc)
                 if self._stop_trying.wait(delay):
                     return None
+        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
+        if released:
+            log.warning(
+                "the store failed under the job; run released, attempt not used: %r",
+                exc,
+                extra=fields,
+            )
+        else:
+            log.warning(
+                "the store failed under the job, and the run is no longer this worker's: its "
+                "success committed before the connection dropped, or its lease was lost",
+                extra=fields,
+            )
+        return bool(released)
 
     def release_orphans(self, held: Collection[int]) -> int:
         """After a failed claim: release the runs leased to this worker beyond ``held``.
@@ -115,3 +131,27 @@ class Outages:
                 len(released),
             )
         return len(released)
+
+
+def register(
+    store: Store, worker_id: str, jobs: Sequence[str], *, stopping: threading.Event
+) -> bool:
+    """Record a starting worker in the store, retrying as the worker's loops do.
+
+    False if ``stopping`` was set before the store could be written.
+    """
+    tries = 0
+    while not stopping.is_set():
+        try:
+            store.register_worker(
+                worker_id=worker_id, host=socket.gethostname(), pid=os.getpid(), jobs=jobs
+            )
+            return True
+        except StoreError as exc:
+            tries += 1
+            delay = STORE_RETRY.delay(tries, worker_id)
+            log.warning(
+                "registering the worker failed (try %d), retrying in %.1fs: %s", tries, delay, exc
+            )
+            stopping.wait(delay)
+    return False

@@ -9,6 +9,8 @@ its runs come back to the queue when their leases expire, each having used an
 attempt, so a run that kills every process it meets ends ``dead`` after
 ``max_attempts``. Children that keep dying soon after they start are replaced
 after a growing delay (1 s, 2 s, 4 s ... up to a minute), never in a tight loop.
+A child that ended itself because a job ignored its timeout
+(:mod:`ferryman.worker.deadlines`) is replaced at once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from types import FrameType
 from typing import NoReturn
 
 from ferryman.model import Backoff
+from ferryman.worker.deadlines import EXIT_HUNG
 from ferryman.worker.worker import Worker, WorkReport
 
 log = logging.getLogger("ferryman.worker")
@@ -84,15 +87,29 @@ def run_processes(
             read_end, started = child
             _collect(read_end, total)
             code = os.waitstatus_to_exitcode(status)
-            if code != 0 and not stopping.is_set() and not until_idle:
-                if restarts.wait(pid, code, time.monotonic() - started, stopping):
-                    spawn()
+            if code != 0 and _replace(pid, code, started, until_idle, stopping, restarts):
+                spawn()
             elif code != 0:
                 total.errors.append(f"worker process {pid} exited with {code}")
     finally:
         restore_signals()
         stopping.close()
     return total
+
+
+def _replace(
+    pid: int, code: int, started: float, until_idle: bool, stopping: _StopFlag, restarts: _Restarts
+) -> bool:
+    """Whether child ``pid``, which exited with ``code``, is to be replaced (after a wait)."""
+    if stopping.is_set():
+        return False
+    if code == EXIT_HUNG:
+        # It ended itself over a job that ignored its timeout: the process is
+        # sound, replace it at once, even when working until idle (the
+        # timed-out run is queued again).
+        log.warning("worker process %d ended over a hung job; replacing it", pid)
+        return True
+    return not until_idle and restarts.wait(pid, code, time.monotonic() - started, stopping)
 
 
 def _install(handler: Callable[[int, FrameType | None], None]) -> Callable[[], None]:
@@ -119,7 +136,13 @@ def _child(
     code = 0
     try:
         after_fork()
-        report = make_worker().run(until_idle=until_idle, handle_signals=True)
+        worker = make_worker()
+
+        def last_words() -> None:  # a hung job ends this process: report what it did
+            os.write(write_end, json.dumps(asdict(worker.report)).encode())
+
+        worker.exit_when_hung = last_words
+        report = worker.run(until_idle=until_idle, handle_signals=True)
         os.write(write_end, json.dumps(asdict(report)).encode())
     except BaseException:
         log.exception("worker process failed")

@@ -4,7 +4,9 @@ Threads of one worker process, each named and supervised:
 
 * the caller's thread runs the **claim loop**: it leases up to
   ``concurrency + prefetch`` runs in batches and hands them to
-* ``concurrency`` **job threads**, which call the job functions and produce
+* ``concurrency`` **job threads**, which call the job functions — or, for
+  ``async def`` jobs, one **event loop** that runs up to ``concurrency`` of
+  them at once as tasks (:mod:`ferryman.worker.async_jobs`) — and produce
   outcomes, which
 * the **committer** writes, many per transaction (group commit) — a run counts
   as done only once its outcome is durable;
@@ -13,14 +15,11 @@ Threads of one worker process, each named and supervised:
 
 Each is started by :func:`ferryman.supervise.supervised`: a crash is logged
 with its traceback, listed in :attr:`WorkReport.crashes` and written to the
-worker's row in the store, where ``ferryman status`` and the dashboard's
-workers page show it (so are crashes of the process's other background
-threads: the sensor loop, the transfer resumer, upload heartbeats). A crash
-of any worker thread stops the worker with an error rather than letting it
-run on without durable outcomes or live leases. The
-runs it had started are then left to their leases, so a crash counts their
-attempt: a run that crashes every worker it meets ends ``dead`` after
-``max_attempts`` instead of being handed back forever.
+worker's row in the store (``ferryman status``, the dashboard's workers page).
+A crash of any worker thread stops the worker with an error rather than let
+it run on without durable outcomes or live leases; the runs it had started
+are left to their leases, so a run that crashes every worker it meets ends
+``dead`` after ``max_attempts`` instead of being handed back forever.
 
 Whatever a job raises is the outcome of its attempt, ``SystemExit`` and other
 ``BaseException`` included: a library calling ``sys.exit()`` fails the run,
@@ -34,62 +33,31 @@ releases the run, once the store answers again, without using an attempt.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, Reject, StoreError
+from ferryman.errors import ConfigurationError, FerrymanError, LeaseLost, StoreError
 from ferryman.logs import process_id
-from ferryman.model import Backoff, Rate
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.store.dialect import Listener
-from ferryman.store.limits import limits_of
 from ferryman.supervise import CRASHES, supervised
 from ferryman.supervise import describe_error as describe_error  # sensors import it here
-from ferryman.worker.context import JobContext
-from ferryman.worker.outages import STORE_RETRY, Outages
+from ferryman.worker.async_jobs import Attempts, EventLoop, is_async_job
+from ferryman.worker.context import JobContext, PlanRuns
+from ferryman.worker.deadlines import DeadlineWatcher, hung
+from ferryman.worker.definitions import JobDefinition as JobDefinition  # imported from here
+from ferryman.worker.definitions import WorkReport as WorkReport
+from ferryman.worker.outages import STORE_RETRY, Outages, register
+from ferryman.worker.outcomes import failure
 from ferryman.worker.signals import on_stop_signals
 
 log = logging.getLogger("ferryman.worker")
 
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobDefinition:
-    name: str
-    fn: Callable[[JobContext, Any], Any]
-    max_attempts: int
-    backoff: Backoff
-    sensitive: frozenset[str] = frozenset()  # payload keys never shown (see App.job)
-    priority: int = 0  # this and the three below: see App.job (enforced at claim time)
-    concurrency: int | None = None
-    key_concurrency: int = 1
-    rate: Rate | None = None
-
-
-@dataclass(slots=True)
-class WorkReport:
-    """What one call of :meth:`ferryman.App.work` did."""
-
-    worker_id: str = ""
-    claimed: int = 0
-    succeeded: int = 0
-    retried: int = 0
-    failed: int = 0
-    dead: int = 0
-    lease_lost: int = 0
-    released: int = 0  # given back without using an attempt (on stop, or the store failed)
-    errors: list[str] = field(default_factory=list)
-    # "thread: error" of each crash of this process's background threads while it
-    # worked (ferryman.supervise); a crash of a worker thread also stops the worker
-    crashes: list[str] = field(default_factory=list)
 
 
 def new_worker_id() -> str:
@@ -116,6 +84,8 @@ class Worker:
         grace_seconds: float = 30.0,
         worker_id: str | None = None,
         on_outcome: Callable[[ClaimedRun, str], None] | None = None,
+        plan_runs: PlanRuns | None = None,
+        exit_when_hung: Callable[[], object] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
@@ -123,7 +93,6 @@ class Worker:
             raise ConfigurationError("this app has no jobs to work on")
         self.store = store
         self.jobs = jobs
-        self._limits = limits_of(jobs)
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
         self.capacity = concurrency + max(prefetch, 0)
@@ -141,12 +110,37 @@ class Worker:
         self._closed = threading.Event()
         self._unstarted: list[ClaimedRun] = []  # claimed, but stopping began before they ran
         self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
+        # async def jobs run as tasks on one event loop, not on job threads
+        self._async_jobs = {name for name, job in jobs.items() if is_async_job(job.fn)}
+        attempts = Attempts(
+            deferred=self._deferred,
+            begin=self._begin,
+            settle=self._settle,
+            ended=self._attempt_ended,
+            call=lambda run, context: self.jobs[run.job].fn(context, run.payload),
+        )
+        self._event_loop = EventLoop(concurrency=concurrency, attempts=attempts)
+        self._job_threads = 0 if len(self._async_jobs) == len(jobs) else concurrency
         self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
         self._crash: BaseException | None = None
         self._outages = Outages(store, self.worker_id, stop_trying=self._closed)
         self._listener: Listener | None = None
         self._threads: list[threading.Thread] = []
         self._crash_mark = CRASHES.mark()
+        self._plan_runs = plan_runs  # for ctx.submit
+        self.exit_when_hung = exit_when_hung  # a worker process: its last words when a job hangs
+        self._deadlines = (
+            DeadlineWatcher(
+                store,
+                self.worker_id,
+                grace_seconds=grace_seconds,
+                closed=self._closed,
+                on_ended=self._timed_out,
+                on_hung=self._hung,
+            )
+            if any(job.timeout is not None for job in jobs.values())
+            else None
+        )
 
     # -- public --------------------------------------------------------------
 
@@ -168,7 +162,8 @@ class Worker:
             if handle_signals
             else None
         )
-        if not self._register():  # stopped before the store could be written
+        if not register(self.store, self.worker_id, list(self.jobs), stopping=self._stopping):
+            # stopped before the store could be written
             if restore:
                 restore()
             return self.report
@@ -207,7 +202,7 @@ class Worker:
                 # While job threads still have claimed runs waiting, let room
                 # build up to a real batch: one claim transaction per handful
                 # of runs would cost more than the runs themselves.
-                starving = self._runnable.qsize() == 0
+                starving = self._waiting() == 0
                 if room <= 0 or (not starving and room < self._refill_at):
                     self._changed.wait(self.poll_interval)
                     continue
@@ -217,10 +212,9 @@ class Worker:
             try:
                 claimed = self.store.claim(
                     worker_id=self.worker_id,
-                    jobs=list(self.jobs),
+                    jobs=self.jobs,  # with their definitions: the store reads their limits
                     limit=min(room, self.claim_batch),
                     lease_seconds=self.lease_seconds,
-                    limits=self._limits,
                 )
                 failures = 0
             except StoreError as exc:
@@ -237,7 +231,10 @@ class Worker:
                     for run in claimed:
                         self._held[run.id] = _Held(run)
                 for run in claimed:
-                    self._runnable.put(run)
+                    if run.job in self._async_jobs:
+                        self._event_loop.submit(run)
+                    else:
+                        self._runnable.put(run)
             if self._outages.orphans_possible and self._release_orphans():
                 continue  # they are due again: claim at once
             if claimed:
@@ -332,10 +329,14 @@ class Worker:
             thread = supervised(f"ferryman-{name}", target, on_crash=stop_worker(name))
             self._threads.append(thread.thread)
 
-        for index in range(self.concurrency):
+        for index in range(self._job_threads):
             start(f"job-{index}", self._job_thread)
+        if self._async_jobs:
+            self._threads.append(self._event_loop.start(on_crash=stop_worker("event-loop")))
         start("committer", self._committer)
         start("heartbeat", self._heartbeat)
+        if self._deadlines is not None:
+            start("deadlines", self._deadlines.loop)
         self._listener = self.store.listener(
             lambda job: self.wake() if job in self.jobs else None, name="ferryman-listener"
         )
@@ -343,8 +344,10 @@ class Worker:
             self._listener.start()
 
     def _shutdown(self) -> None:
-        for _ in range(self.concurrency):
+        for _ in range(self._job_threads):
             self._runnable.put(None)
+        if self._async_jobs:  # async jobs still running outlived the grace: cancelled
+            self._event_loop.stop()
         self._outcomes.put(None)
         self._stopping.set()
         self._closed.set()
@@ -372,97 +375,104 @@ class Worker:
             run = self._runnable.get()
             if run is None:
                 return
-            if self._stopping.is_set():
-                with self._changed:  # never started: released with the rest, no attempt used
-                    self._unstarted.append(run)
-                    self._held.pop(run.id, None)
-                    self._changed.notify_all()
-                continue
-            outcome = self._execute(run)
-            if outcome is None:
-                self._forget(run)
-            else:
-                self._outcomes.put((run, outcome))
+            if not self._deferred(run):
+                self._attempt_ended(run, self._execute(run))
+
+    def _deferred(self, run: ClaimedRun) -> bool:
+        """Stopping began before ``run`` started: keep it for release, no attempt used."""
+        if not self._stopping.is_set():
+            return False
+        with self._changed:
+            self._unstarted.append(run)
+            self._held.pop(run.id, None)
+            self._changed.notify_all()
+        return True
+
+    def _attempt_ended(self, run: ClaimedRun, outcome: Outcome | None) -> None:
+        if outcome is None:
+            self._forget(run)
+        else:
+            self._outcomes.put((run, outcome))
 
     def _execute(self, run: ClaimedRun) -> Outcome | None:
+        context = self._begin(run)
+        try:
+            self.jobs[run.job].fn(context, run.payload)
+        # Whatever the job raises ends its attempt, SystemExit and the other
+        # BaseExceptions included: this is a job thread, so a KeyboardInterrupt
+        # here was raised by the job, not by Ctrl-C (which reaches the claim loop).
+        except BaseException as exc:
+            return self._settle(run, context, exc)
+        return self._settle(run, context, None)
+
+    def _begin(self, run: ClaimedRun) -> JobContext:
+        """The context of an attempt about to start, its deadline watched if it has one."""
         definition = self.jobs[run.job]
         context = JobContext(
-            store=self.store, run=run, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+            store=self.store,
+            run=run,
+            worker_id=self.worker_id,
+            lease_seconds=self.lease_seconds,
+            timeout=definition.timeout,
+            plan_runs=self._plan_runs,
         )
         with self._changed:
             held = self._held.get(run.id)
             if held is not None:
                 held.context = context
-        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
-        try:
-            definition.fn(context, run.payload)
-        except LeaseLost:
+        if self._deadlines is not None and definition.timeout is not None:
+            self._deadlines.watch(run, context, definition.timeout, definition.backoff)
+        return context
+
+    def _settle(
+        self, run: ClaimedRun, context: JobContext, exc: BaseException | None
+    ) -> Outcome | None:
+        """The outcome of an attempt that ended (raising ``exc``); None: nothing to commit."""
+        if self._ended_by_timeout(run):
+            self._outages.forget(run.id)
+            return None  # the deadline watcher wrote the attempt's end
+        if isinstance(exc, LeaseLost):
             self._lease_lost(run)
             return None
-        # Whatever the job raises ends its attempt, SystemExit and the other
-        # BaseExceptions included: this is a job thread, so a KeyboardInterrupt
-        # here was raised by the job, not by Ctrl-C (which reaches the claim loop).
-        except BaseException as exc:
+        if exc is not None:
             if not context.succeeded_in_transaction:
                 if self._outages.may_give_back(run, exc):
                     self._give_back(run, exc)
                     return None
-                return self._failure(run, definition, exc)
+                return failure(run, self.jobs[run.job], exc)
             # The success is committed and cannot be taken back; say so loudly.
             log.warning(
                 "job raised after ctx.transaction() committed its success; the run stays "
                 "succeeded: %r",
                 exc,
-                extra=fields,
+                extra={"run_id": run.id, "job": run.job, "attempt": run.attempt},
             )
         self._outages.forget(run.id)
         if context.succeeded_in_transaction:
             self._done(run, "succeeded")
             return None
-        return Outcome(kind=OutcomeKind.SUCCEEDED, lease=run.lease, attempt=run.attempt)
-
-    def _failure(self, run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> Outcome:
-        """Reject → failed now; any other error → retry after backoff, or dead."""
-        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
-        if isinstance(exc, Reject):
-            log.info("run rejected: %s", exc.reason, extra=fields)
-            return Outcome(
-                kind=OutcomeKind.FAILED, lease=run.lease, attempt=run.attempt, error=exc.reason
-            )
-        error = describe_error(exc)
-        if run.attempt >= run.max_attempts:
-            log.warning("run dead after %d attempts: %r", run.attempt, exc, extra=fields)
-            return Outcome(kind=OutcomeKind.DEAD, lease=run.lease, attempt=run.attempt, error=error)
-        delay = definition.backoff.delay(run.attempt, f"{run.job}\x00{run.run_key}")
-        log.info("run failed, retry in %.2fs: %r", delay, exc, extra=fields)
         return Outcome(
-            kind=OutcomeKind.RETRY,
+            kind=OutcomeKind.SUCCEEDED,
             lease=run.lease,
             attempt=run.attempt,
-            error=error,
-            retry_delay=delay,
+            children=context.children,
         )
+
+    def _ended_by_timeout(self, run: ClaimedRun) -> bool:
+        """Whether the deadline watcher ended this attempt (what the job did since is moot)."""
+        watcher = self._deadlines
+        if watcher is None or self.jobs[run.job].timeout is None:
+            return False
+        return watcher.done(run)
 
     def _give_back(self, run: ClaimedRun, exc: BaseException) -> None:
         """The store failed under the attempt: release the run, its attempt not counted."""
-        fields = {"run_id": run.id, "job": run.job, "attempt": run.attempt}
         released = self._outages.give_back(run, exc)
         if released is None:
             return  # shutting down: still held, released with the rest or left to its lease
         if released:
             with self._changed:
                 self.report.released += 1
-            log.warning(
-                "the store failed under the job; run released, attempt not used: %r",
-                exc,
-                extra=fields,
-            )
-        else:
-            log.warning(
-                "the store failed under the job, and the run is no longer this worker's: its "
-                "success committed before the connection dropped, or its lease was lost",
-                extra=fields,
-            )
         self._forget(run)
 
     def _committer(self) -> None:
@@ -539,6 +549,10 @@ class Worker:
             return None
         return count, str(recent[-1]) if recent else None
 
+    def _waiting(self) -> int:
+        """Claimed runs waiting for a job thread or a slot on the event loop."""
+        return self._runnable.qsize() + self._event_loop.waiting()
+
     def _forget(self, run: ClaimedRun) -> None:
         """This claim of ``run`` has ended: the worker no longer holds it.
 
@@ -565,36 +579,22 @@ class Worker:
         if self._on_outcome is not None:
             self._on_outcome(run, outcome)
 
+    def _hung(self, run: ClaimedRun) -> None:
+        with self._changed:
+            others = [h.run.lease for h in self._held.values() if h.run.id != run.id]
+        hung(self.store, self.worker_id, run, others, self.grace_seconds, self.exit_when_hung)
+
+    def _timed_out(self, run: ClaimedRun, outcome: str) -> None:
+        with self._changed:
+            self.report.timed_out += 1
+        self._done(run, outcome)
+
     def _lease_lost(self, run: ClaimedRun) -> None:
         with self._changed:
             self.report.lease_lost += 1
         log.warning(
-            "lease lost; another worker owns the run now, nothing was committed here",
+            "lease lost (cancelled, timed out or taken over); nothing was committed here",
             extra={"run_id": run.id, "job": run.job, "attempt": run.attempt},
         )
         if self._on_outcome is not None:
             self._on_outcome(run, "lease_lost")
-
-    def _register(self) -> bool:
-        """Record this worker in the store, retrying as the other loops do; False if stopped."""
-        tries = 0
-        while not self._stopping.is_set():
-            try:
-                self.store.register_worker(
-                    worker_id=self.worker_id,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    jobs=list(self.jobs),
-                )
-                return True
-            except StoreError as exc:
-                tries += 1
-                delay = STORE_RETRY.delay(tries, self.worker_id)
-                log.warning(
-                    "registering the worker failed (try %d), retrying in %.1fs: %s",
-                    tries,
-                    delay,
-                    exc,
-                )
-                self._stopping.wait(delay)
-        return False

@@ -56,7 +56,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ferryman.errors import ConfigurationError
@@ -271,20 +271,74 @@ class FolderSensor:
 
     # -- listing -------------------------------------------------------------
 
-    # Longer than the rest on purpose: its inner loop runs once per file in the
-    # folder (a million on a big one), so it reads locals and inlines what a
-    # helper call per file would cost.
     def _scan(
         self, ctx: SensorContext, root: str, state: Watermark, now_ns: int, cutoff: int
     ) -> _Scan:
+        """Every matching file newer than the cursor: a candidate once it is ready
+        (stable, or its done marker exists), else counted as waiting."""
+        # The loop runs once per file in the folder (a million on a big one): it
+        # reads locals and inlines what a helper call per file would cost.
         scan = _Scan(candidates=[])
         floor = state.floor
         edge = state.edge
+        done_suffix = self.done_suffix
+        is_regular = stat.S_ISREG
+        future_mtime = now_ns + FUTURE_MTIME_TOLERANCE_NS
+        for entry, relpath, inherited in self._entries(ctx, root, scan):
+            try:
+                if entry.is_symlink():
+                    found = self._symlink(ctx, entry, root, relpath, state, now_ns, scan)
+                    if found is None:
+                        continue
+                    st, path, changed = found
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    if not is_regular(st.st_mode):
+                        continue
+                    path = entry.path
+                    # _changed_us, inlined.
+                    changed_ns = st.st_ctime_ns
+                    if changed_ns < st.st_mtime_ns <= future_mtime:
+                        changed_ns = st.st_mtime_ns
+                    changed = -(-changed_ns // 1000)
+            except OSError as exc:
+                _unexaminable(ctx, scan, relpath, exc)
+                continue
+            scan.matched += 1
+            if inherited > changed:
+                changed = inherited
+            if floor is not None and changed <= floor:
+                continue
+            run_key = f"{relpath}@{st.st_mtime_ns}:{st.st_size}"
+            if not run_key.isascii():
+                run_key = _storable_run_key(relpath, st)
+            digest = identity_digest(run_key)
+            if digest in edge:
+                continue
+            if changed > cutoff if done_suffix is None else not os.path.exists(path + done_suffix):
+                scan.waiting += 1
+                if scan.waiting_min is None or changed < scan.waiting_min:
+                    scan.waiting_min = changed
+                continue
+            scan.candidates.append(
+                _Candidate(changed, relpath, run_key, digest, path, st.st_size, st.st_mtime_ns)
+            )
+        return scan
+
+    def _entries(
+        self, ctx: SensorContext, root: str, scan: _Scan
+    ) -> Iterator[tuple[os.DirEntry[str], str, int]]:
+        """The entries under ``root`` that may be files to request, each with its
+        relative path and the change time inherited from a moved-in directory.
+
+        Hidden names are passed over unless a pattern asks for them, and so
+        are names the patterns leave out and done markers; subdirectories are
+        walked when ``recursive`` (not symlinked ones). A directory that cannot
+        be listed is an error counted in ``scan``, except the root, which raises.
+        """
         include, exclude = self._include, self._exclude
         done_suffix = self.done_suffix
         hidden_ok = self._hidden_ok
-        is_regular = stat.S_ISREG
-        future_mtime = now_ns + FUTURE_MTIME_TOLERANCE_NS
         # (directory path, relative prefix, change time inherited from a moved-in parent)
         stack: list[tuple[str, str, int]] = [(root, "", 0)]
         while stack:
@@ -308,59 +362,14 @@ class FolderSensor:
                             if self.recursive:
                                 stack.append(self._subdirectory(entry, relpath, inherited))
                             continue
-                        if not include(relpath, name) or exclude(relpath, name):
-                            continue
-                        if done_suffix is not None and name.endswith(done_suffix):
-                            continue  # a marker, not a file to request
-                        if entry.is_symlink():
-                            found = self._symlink(ctx, entry, root, relpath, state, now_ns, scan)
-                            if found is None:
-                                continue
-                            st, path, changed = found
-                        else:
-                            st = entry.stat(follow_symlinks=False)
-                            if not is_regular(st.st_mode):
-                                continue
-                            path = entry.path
-                            # _changed_us, inlined: this line runs once per file in the folder.
-                            changed_ns = st.st_ctime_ns
-                            if changed_ns < st.st_mtime_ns <= future_mtime:
-                                changed_ns = st.st_mtime_ns
-                            changed = -(-changed_ns // 1000)
-                    except FileNotFoundError:
-                        ctx.logger.warning("file %s vanished while the folder was listed", relpath)
-                        scan.errors += 1
-                        continue
                     except OSError as exc:
-                        ctx.logger.error("file %s cannot be examined: %s", relpath, exc)
-                        scan.errors += 1
+                        _unexaminable(ctx, scan, relpath, exc)
                         continue
-                    scan.matched += 1
-                    if inherited > changed:
-                        changed = inherited
-                    if floor is not None and changed <= floor:
+                    if not include(relpath, name) or exclude(relpath, name):
                         continue
-                    run_key = f"{relpath}@{st.st_mtime_ns}:{st.st_size}"
-                    if not run_key.isascii():
-                        run_key = _storable_run_key(relpath, st)
-                    digest = identity_digest(run_key)
-                    if digest in edge:
-                        continue
-                    if (
-                        changed > cutoff
-                        if done_suffix is None
-                        else not os.path.exists(path + done_suffix)
-                    ):
-                        scan.waiting += 1
-                        if scan.waiting_min is None or changed < scan.waiting_min:
-                            scan.waiting_min = changed
-                        continue
-                    scan.candidates.append(
-                        _Candidate(
-                            changed, relpath, run_key, digest, path, st.st_size, st.st_mtime_ns
-                        )
-                    )
-        return scan
+                    if done_suffix is not None and name.endswith(done_suffix):
+                        continue  # a marker, not a file to request
+                    yield entry, relpath, inherited
 
     def _subdirectory(
         self, entry: os.DirEntry[str], relpath: str, inherited: int
@@ -404,6 +413,14 @@ class FolderSensor:
         if not stat.S_ISREG(st.st_mode):
             return None
         return st, target, max(_changed_us(st, now_ns), _changed_us(link, now_ns))
+
+
+def _unexaminable(ctx: SensorContext, scan: _Scan, relpath: str, exc: OSError) -> None:
+    if isinstance(exc, FileNotFoundError):
+        ctx.logger.warning("file %s vanished while the folder was listed", relpath)
+    else:
+        ctx.logger.error("file %s cannot be examined: %s", relpath, exc)
+    scan.errors += 1
 
 
 def _storable_run_key(relpath: str, st: os.stat_result) -> str:
@@ -451,15 +468,13 @@ def folder(
     a dot only match a pattern that does; with ``recursive``, in
     subdirectories too, except hidden and symlinked ones) that is still there
     when an evaluation runs after it has not changed for ``stable_for``
-    seconds is requested once per version — a version being its size and
-    modification time — including files moved in with an old mtime, files
-    sharing a timestamp, and files rewritten in place. This holds as long as a
-    file's change time when it appears is at most ``safety_window`` seconds
-    older than the newest file decided before it: always on a local
-    filesystem (the kernel stamps the ctime), and on a network filesystem
-    while the server's clock is within that of this host's. The run_key is
-    ``relpath@mtime_ns:size``; the payload is ``{"path": absolute path,
-    "relpath": path relative to the folder, "size", "mtime_ns"}``.
+    seconds is requested once per version (size and mtime), moved in with an
+    old mtime, sharing a timestamp or rewritten in place, as long as it
+    appears at most ``safety_window`` seconds older than the newest file
+    decided before it: always on a local filesystem (the kernel stamps the
+    ctime); on a network one, while the server's clock is that close to this
+    host's. The run_key is ``relpath@mtime_ns:size``; the payload is
+    ``{"path": absolute path, "relpath": relative path, "size", "mtime_ns"}``.
 
     ``pattern`` may be several globs (a file matching any is taken);
     ``exclude`` globs (the same rules) leave a file out. With ``done_suffix``
@@ -471,11 +486,9 @@ def folder(
     ``routes`` maps regexes searched in the relative path to job names (first
     match wins); unmatched files are counted as skipped. At most
     ``max_per_evaluation`` files are decided per evaluation, oldest first; the
-    rest wait for the next. ``safety_window`` is how much older than the
-    newest decided file a late file may look and still be found; the cursor
-    remembers at most ``max_edge`` files. ``clock`` returns the current time
-    in seconds (injected by tests). ``name`` becomes the function's
-    ``__name__`` (default ``folder_<basename>``).
+    rest wait for the next. The cursor remembers at most ``max_edge`` files.
+    ``clock`` returns the current time in seconds (injected by tests).
+    ``name`` becomes the function's ``__name__`` (default ``folder_<basename>``).
 
     Use as ``app.poll_sensor(job="load", interval=30)(fm.sensors.folder("/data/in", "*.csv"))``.
     """

@@ -514,12 +514,8 @@ def sql_table(
 
     ``url_or_engine`` is the table's database: a URL (``postgresql://`` uses
     psycopg 3), a SQLAlchemy engine, or the App for a table in the store's
-    database. On a SQLite file the sensor reads with deferred transactions of
-    its own, so it never holds the write lock. ``table``, ``key_column``, ``columns``,
-    ``route_column`` and the keys of a ``where`` mapping are checked against
-    the table's reflected columns when the sensor is first evaluated; all
-    values are bound parameters. ``where`` is a mapping of column to value
-    (equality, ANDed) or a function ``table -> SQLAlchemy condition``.
+    database. Names are checked against the reflected table when the sensor
+    is first evaluated; all values are bound parameters.
 
     ``mode="cursor"`` guarantees each row whose key is above the cursor is
     requested once, even when keys commit out of order, provided no
@@ -527,18 +523,11 @@ def sql_table(
     ``commit_lag`` seconds (default 60; 0 on SQLite, where commits are
     serialised). ``mode="missing"`` guarantees each row without a run of its
     job (``job=``, else the sensor's job) is requested, checked against the
-    store's runs (``store=``: a URL, an engine or the App; default the table's
-    own database, where one anti-join does it).
+    runs of ``store=`` (default the table's own database).
 
-    The run_key is ``<table>:<key>``; the payload is the row's selected
-    columns (all by default) as JSON-safe values. Rows whose key is NULL are
-    ignored. Rows are read
-    ``batch_size`` at a time and at most ``max_per_evaluation`` are requested
-    per evaluation; missing mode examines at most ``max_scan`` rows per
-    evaluation (default ``10 * batch_size``). ``routes`` maps regexes searched
-    in the key's text (or ``route_column``'s value) to job names; unmatched
-    rows are counted as skipped. ``name`` becomes the function's ``__name__``
-    (default ``table_<table>``).
+    The run_key is ``<table>:<key>``; the payload is the row's ``columns``
+    (all by default) as JSON-safe values; rows whose key is NULL are ignored.
+    Every option, with its default: the table in docs/how-to/sensors.md.
     """
     return SqlTableSensor(
         url_or_engine,

@@ -1,0 +1,367 @@
+"""Queries behind the dashboard's timeline, charts and sensor streaks (read-only).
+
+Like :mod:`~ferryman.store.read_queries`, each walks an index from one end and
+stops: the timeline reads at most ``MAX_BARS`` runs (newest finished first,
+from the ``finished_at`` index) and their processing log (by ``run_id``);
+past that many, it counts finishes per time slot instead of drawing each
+attempt. Durations are read from about ``DURATION_SAMPLE`` succeeded runs
+created in the window, one in k by id, so a chart over a busy week costs
+about what one over a quiet hour does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.model import (
+    EvaluationOutcome,
+    Run,
+    RunEventKind,
+    RunStatus,
+    SensorKind,
+    SensorState,
+)
+from ferryman.store import records
+from ferryman.store.schema import run_events, runs, sensor_evaluations
+
+MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
+DURATION_SAMPLE = 2000  # succeeded runs a duration chart is drawn from, spread over its window
+CREATED_SLACK = 3600.0  # a run finishing in a window may have been created this long before
+MAX_EVALUATIONS = 2000  # newest evaluations a sensor's chart is drawn from
+STREAK_CAP = 1000  # failures in a row of a push sensor are counted up to this
+SLOTS = 60  # time slots of an aggregated timeline or a duration chart
+
+# The events that end an attempt, and the outcome each gives its bar.
+ATTEMPT_ENDS = {
+    RunEventKind.SUCCEEDED.value: "succeeded",
+    RunEventKind.FAILED.value: "failed",
+    RunEventKind.DEAD.value: "dead",
+    RunEventKind.RETRY_SCHEDULED.value: "retried",
+    RunEventKind.LEASE_EXPIRED.value: "taken over",
+    RunEventKind.REQUEUED.value: "requeued",
+    RunEventKind.RELEASED.value: "released",
+    RunEventKind.CANCELLED.value: "cancelled",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptBar:
+    """One attempt of a run: from its claim to the event that ended it."""
+
+    run_id: int
+    job: str
+    run_key: str
+    attempt: int
+    worker_id: str | None
+    start: float
+    end: float | None  # None: still running
+    outcome: str  # succeeded, failed, dead, retried, taken over, requeued, cancelled, running
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SlotCount:
+    """Runs that finished in one slot of an aggregated timeline (``{"finished": n}``)."""
+
+    start: float
+    counts: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Timeline:
+    """Attempts in a window (``bars``), or, when there are too many, finishes per slot."""
+
+    since: float
+    until: float
+    bars: list[AttemptBar]
+    slots: list[SlotCount]  # only when aggregated
+    aggregated: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DurationSlot:
+    """Run durations (claim to finish, seconds) of the runs that finished in one slot."""
+
+    start: float
+    runs: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+def push_failure_streaks(conn: sa.Connection, states: Sequence[SensorState]) -> list[SensorState]:
+    """``states`` with each push sensor's failures in a row counted from its evaluations.
+
+    Push evaluations never write the sensor's row (concurrent deliveries must
+    not wait on one another), so its ``consecutive_failures`` stays 0: the
+    streak is read from the newest evaluations instead, through the
+    ``(sensor, id)`` index, up to ``STREAK_CAP``.
+    """
+    shown = []
+    for state in states:
+        if state.kind == SensorKind.PUSH:
+            outcomes = conn.scalars(
+                sa.select(sensor_evaluations.c.outcome)
+                .where(sensor_evaluations.c.sensor == state.name)
+                .order_by(sensor_evaluations.c.id.desc())
+                .limit(STREAK_CAP)
+            )
+            streak = 0
+            for outcome in outcomes:
+                if outcome != EvaluationOutcome.FAILED.value:
+                    break
+                streak += 1
+            state = dataclasses.replace(state, consecutive_failures=streak)
+        shown.append(state)
+    return shown
+
+
+def _finished_in(since: float, until: float, job: str | None) -> sa.Select[Any]:
+    query = sa.select(runs.c.id).where(runs.c.finished_at >= since, runs.c.finished_at < until)
+    return query.where(runs.c.job == job) if job is not None else query
+
+
+def timeline(
+    conn: sa.Connection, *, since: float, until: float, job: str | None = None
+) -> Timeline:
+    """Every attempt of the runs finished in ``[since, until)`` or running now, claim to end.
+
+    Runs are read newest finished first; when more than ``MAX_BARS`` finished
+    in the window, finishes are counted per slot instead (still from the
+    ``finished_at`` index alone, never the runs' rows).
+    """
+    finished: list[int] = list(
+        conn.scalars(
+            _finished_in(since, until, job).order_by(runs.c.finished_at.desc()).limit(MAX_BARS + 1)
+        )
+    )
+    if len(finished) > MAX_BARS:
+        return Timeline(
+            since=since,
+            until=until,
+            bars=[],
+            slots=_finish_slots(conn, since, until, job),
+            aggregated=True,
+        )
+    running_query = sa.select(runs.c.id).where(runs.c.status == RunStatus.RUNNING.value)
+    if job is not None:
+        running_query = running_query.where(runs.c.job == job)
+    running: list[int] = list(
+        conn.scalars(running_query.order_by(runs.c.id.desc()).limit(MAX_BARS))
+    )
+    return Timeline(
+        since=since,
+        until=until,
+        bars=attempt_bars(conn, sorted(set(finished) | set(running))),
+        slots=[],
+        aggregated=False,
+    )
+
+
+def attempt_bars(conn: sa.Connection, run_ids: Sequence[int]) -> list[AttemptBar]:
+    """The attempts of ``run_ids`` from their processing logs, oldest claim first."""
+    if not run_ids:
+        return []
+    rows = conn.execute(
+        sa.select(
+            run_events.c.run_id,
+            run_events.c.kind,
+            run_events.c.at,
+            run_events.c.attempt,
+            run_events.c.worker_id,
+            runs.c.job,
+            runs.c.run_key,
+            runs.c.status,
+        )
+        .join(runs, runs.c.id == run_events.c.run_id)
+        .where(run_events.c.run_id.in_(list(run_ids)))
+        .order_by(run_events.c.run_id, run_events.c.id)
+    )
+    bars: list[AttemptBar] = []
+    open_claims: dict[int, AttemptBar] = {}
+    for row in rows:
+        if row.kind == RunEventKind.CLAIMED.value:
+            if row.run_id in open_claims:  # claimed again with no end logged: taken over
+                taken = dataclasses.replace(open_claims[row.run_id], end=row.at)
+                bars.append(dataclasses.replace(taken, outcome="taken over"))
+            open_claims[row.run_id] = AttemptBar(
+                run_id=row.run_id,
+                job=row.job,
+                run_key=row.run_key,
+                attempt=row.attempt,
+                worker_id=row.worker_id,
+                start=row.at,
+                end=None,
+                outcome="running",
+            )
+            continue
+        claim = open_claims.get(row.run_id)
+        ended = ATTEMPT_ENDS.get(row.kind)
+        if claim is not None and ended is not None:
+            bars.append(dataclasses.replace(claim, end=row.at, outcome=ended))
+            del open_claims[row.run_id]
+    for claim in open_claims.values():  # still running, or its end is not logged yet
+        bars.append(claim)
+    return sorted(bars, key=lambda bar: (bar.start, bar.run_id))
+
+
+def _slot(since: float, until: float, slots: int) -> float:
+    return max(1.0, math.ceil((until - since) / slots))
+
+
+def _finish_slots(
+    conn: sa.Connection, since: float, until: float, job: str | None
+) -> list[SlotCount]:
+    # Read from the finished_at index alone (no status: that would fetch every
+    # run of the window, 140,000 a day at a million runs a week).
+    width = _slot(since, until, SLOTS)
+    slot = sa.func.floor((runs.c.finished_at - since) / width).label("slot")
+    query = (
+        sa.select(slot, sa.func.count())
+        .where(runs.c.finished_at >= since, runs.c.finished_at < until)
+        .group_by(slot)
+    )
+    if job is not None:
+        query = query.where(runs.c.job == job)
+    counts: dict[int, dict[str, int]] = {}
+    for index, count in conn.execute(query):
+        counts[int(index)] = {"finished": int(count)}
+    total = math.ceil((until - since) / width)
+    return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]
+
+
+def _percentile(ordered: Sequence[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def sample_residues(ratio: float) -> tuple[int, int]:
+    """``(p, m)``: keeping the ids whose remainder by the prime ``p`` is below ``m`` keeps
+    about one in ``ratio`` of them.
+
+    A prime modulus (101 or more) so that a job's ids spread over every
+    remainder even when jobs take turns (round-robin submission gives one
+    job every tenth id: ``id % 5 == 0`` would keep none or all of them).
+    """
+    modulus = 101
+    while modulus < ratio or any(modulus % d == 0 for d in range(2, math.isqrt(modulus) + 1)):
+        modulus += 2
+    return modulus, max(1, round(modulus / ratio))
+
+
+def _sampled_successes(
+    conn: sa.Connection, job: str, since: float, until: float
+) -> list[tuple[float, float]]:
+    """``(finished_at, started_at)`` of about ``DURATION_SAMPLE`` of the job's succeeded runs
+    created from ``CREATED_SLACK`` before ``since``, spread evenly over them by id.
+
+    All three reads walk the ``(job, status, id)`` index (the first the
+    ``(created_at, id)`` one): the first id of the window, how many entries
+    follow it, then about one in k of them (see :func:`sample_residues`).
+    Reading the window by finish time instead would fetch every run of every
+    job that finished in it.
+    """
+    # The first run created in the window, by a seek in the (created_at, id)
+    # index: min(id) with the same condition walks the table on SQLite.
+    first = conn.scalar(
+        sa.select(runs.c.id)
+        .where(runs.c.created_at >= since - CREATED_SLACK)
+        .order_by(runs.c.created_at, runs.c.id)
+        .limit(1)
+    )
+    if first is None:
+        return []
+    succeeded = sa.and_(
+        runs.c.job == job,
+        runs.c.status == RunStatus.SUCCEEDED.value,
+        runs.c.id >= first,
+    )
+    count = conn.scalar(sa.select(sa.func.count()).select_from(runs).where(succeeded)) or 0
+    query = sa.select(runs.c.finished_at, runs.c.started_at).where(
+        succeeded, runs.c.started_at.is_not(None)
+    )
+    if count > DURATION_SAMPLE:
+        modulus, kept = sample_residues(count / DURATION_SAMPLE)
+        query = query.where(runs.c.id % modulus < kept)
+    return [
+        (finished_at, started_at)
+        for finished_at, started_at in conn.execute(query)
+        if finished_at is not None and since <= finished_at < until
+    ]
+
+
+def durations(
+    conn: sa.Connection, *, job: str, since: float, until: float, slots: int = SLOTS
+) -> list[DurationSlot]:
+    """p50/p95/p99 of the durations (claim to finish) of the job's succeeded runs per slot,
+    from an even sample of about ``DURATION_SAMPLE`` of them (see :func:`_sampled_successes`)."""
+    rows = _sampled_successes(conn, job, since, until)
+    width = _slot(since, until, slots)
+    by_slot: dict[int, list[float]] = {}
+    for finished_at, started_at in rows:
+        by_slot.setdefault(int((finished_at - since) // width), []).append(
+            max(0.0, finished_at - started_at)
+        )
+    result = []
+    for index in range(math.ceil((until - since) / width)):
+        ordered = sorted(by_slot.get(index, []))
+        result.append(
+            DurationSlot(
+                start=since + index * width,
+                runs=len(ordered),
+                p50=_percentile(ordered, 0.50),
+                p95=_percentile(ordered, 0.95),
+                p99=_percentile(ordered, 0.99),
+            )
+        )
+    return result
+
+
+def runs_by_id(conn: sa.Connection, run_ids: Sequence[int]) -> list[Run]:
+    """The runs of ``run_ids`` that exist, in the order asked (a pruned one is left out)."""
+    if not run_ids:
+        return []
+    rows = conn.execute(sa.select(runs).where(runs.c.id.in_(list(run_ids)))).mappings()
+    found = {run.id: run for run in (records.run_from_row(row) for row in rows)}
+    return [found[run_id] for run_id in run_ids if run_id in found]
+
+
+def last_outcomes(conn: sa.Connection, names: Sequence[str]) -> dict[str, EvaluationOutcome]:
+    """The outcome of each named sensor's newest evaluation: one seek per sensor."""
+    outcomes = {}
+    for name in names:
+        outcome = conn.scalar(
+            sa.select(sensor_evaluations.c.outcome)
+            .where(sensor_evaluations.c.sensor == name)
+            .order_by(sensor_evaluations.c.id.desc())
+            .limit(1)
+        )
+        if outcome is not None:
+            outcomes[name] = EvaluationOutcome(outcome)
+    return outcomes
+
+
+def evaluation_slots(
+    conn: sa.Connection, sensor: str, *, since: float, until: float, slots: int = SLOTS
+) -> list[SlotCount]:
+    """The sensor's evaluations per slot by outcome, from its newest ``MAX_EVALUATIONS``
+    (read from the ``(sensor, id)`` index, newest first)."""
+    rows = conn.execute(
+        sa.select(sensor_evaluations.c.outcome, sensor_evaluations.c.finished_at)
+        .where(sensor_evaluations.c.sensor == sensor)
+        .order_by(sensor_evaluations.c.id.desc())
+        .limit(MAX_EVALUATIONS)
+    )
+    width = _slot(since, until, slots)
+    counts: dict[int, dict[str, int]] = {}
+    for outcome, finished_at in rows:
+        if since <= finished_at < until:
+            by_outcome = counts.setdefault(int((finished_at - since) // width), {})
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
+    total = math.ceil((until - since) / width)
+    return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]

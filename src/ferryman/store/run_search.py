@@ -1,0 +1,159 @@
+"""Finding runs: by run_key (exact or prefix), job, status, creation window, worker, error.
+
+One page at a time, newest first, paged both ways by keyset: ``before_id``
+goes on to older runs, ``after_id`` back to newer ones, each from that run's
+place in the order. Without a time window the order is the id; with one it
+is creation time then id, read from the ``(created_at, id)`` index (in id
+order a window a week back would scan every run created since).
+
+What each filter costs: an exact run_key is a seek in the run_key index on
+every store; job and status use the ``(job, status, id)`` index. A run_key
+prefix, a worker or an error walk the runs newest first and stop at a page
+of matches, so a rare match on a huge store reads more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.model import Run, RunEventKind, RunStatus
+from ferryman.store import records
+from ferryman.store.read_queries import DEAD_LETTER_SAMPLE, Page, _limit, newest_ended
+from ferryman.store.schema import run_events, runs
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunFilter:
+    """What a list of runs is narrowed to; every field None means every run."""
+
+    job: str | None = None
+    status: RunStatus | None = None
+    since: float | None = None  # created at or after (seconds since the epoch)
+    until: float | None = None  # created before
+    run_key: str | None = None  # exactly this run_key
+    run_key_prefix: str | None = None
+    worker: str | None = None  # claimed at least once by this worker
+    error: str | None = None  # an error group's line, numbers as N (see error_kind)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunSearchPage:
+    """A page of runs, newest first, with the keys of the pages either side (None: none)."""
+
+    items: list[Run]
+    next_before: int | None  # older runs
+    previous_after: int | None  # newer runs
+
+
+def error_pattern(error: str) -> str:
+    """A LIKE pattern matching the errors of a group: its line, each N any digits."""
+    escaped = error.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return "%" + re.sub(r"N", "%", escaped) + "%"
+
+
+def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
+    query = sa.select(runs)
+    if found.job is not None:
+        query = query.where(runs.c.job == found.job)
+    if found.status is not None:
+        query = query.where(runs.c.status == RunStatus(found.status).value)
+    if found.since is not None:
+        query = query.where(runs.c.created_at >= found.since)
+    if found.until is not None:
+        query = query.where(runs.c.created_at < found.until)
+    if found.run_key is not None:
+        query = query.where(runs.c.run_key == found.run_key)
+    if found.run_key_prefix:
+        query = query.where(runs.c.run_key.startswith(found.run_key_prefix, autoescape=True))
+    if found.worker is not None:
+        claimed = sa.select(run_events.c.run_id).where(
+            run_events.c.worker_id == found.worker,
+            run_events.c.kind == RunEventKind.CLAIMED.value,
+        )
+        query = query.where(runs.c.id.in_(claimed))
+    if found.error is not None:
+        ended = [RunStatus.FAILED.value, RunStatus.DEAD.value]
+        if found.status is None:
+            query = query.where(runs.c.status.in_(ended))
+        # Among the runs the dead-letter page groups (its sample), so the group's
+        # count there and its list here agree, and the list costs what the page does.
+        newest = newest_ended(conn, job=found.job, sample=DEAD_LETTER_SAMPLE)
+        query = query.where(
+            runs.c.id >= (newest[-1] if newest else 0),
+            runs.c.last_error.like(error_pattern(found.error), escape="\\"),
+        )
+    return query
+
+
+def _order_key(conn: sa.Connection, by_time: bool, run_id: int) -> sa.ColumnElement[Any] | None:
+    """The place of ``run_id`` in the order, as a comparable expression; None if unknown."""
+    if not by_time:
+        return sa.literal(run_id, runs.c.id.type)
+    created_at = conn.scalar(sa.select(runs.c.created_at).where(runs.c.id == run_id))
+    if created_at is None:  # pruned, or an id made up
+        return None
+    return sa.tuple_(
+        sa.literal(created_at, runs.c.created_at.type), sa.literal(run_id, runs.c.id.type)
+    )
+
+
+def search_runs(
+    conn: sa.Connection,
+    found: RunFilter,
+    *,
+    before_id: int | None = None,
+    after_id: int | None = None,
+    limit: int = 50,
+) -> RunSearchPage:
+    """A page of the runs ``found`` selects, newest first (see the module for the order)."""
+    limit = _limit(limit)
+    by_time = found.since is not None or found.until is not None
+    key: Any = sa.tuple_(runs.c.created_at, runs.c.id) if by_time else runs.c.id
+    columns = [runs.c.created_at, runs.c.id] if by_time else [runs.c.id]
+    query = _filtered(conn, found).limit(limit + 1)
+    forward = after_id is not None and before_id is None
+    anchor = after_id if forward else before_id
+    if anchor is not None:
+        place = _order_key(conn, by_time, anchor)
+        if place is None:
+            place = sa.literal(anchor, runs.c.id.type)
+            key = runs.c.id
+        query = query.where(key > place if forward else key < place)
+    if forward:
+        query = query.order_by(*[c.asc() for c in columns])
+    else:
+        query = query.order_by(*[c.desc() for c in columns])
+    items = [records.run_from_row(row) for row in conn.execute(query).mappings()]
+    more = len(items) > limit
+    items = items[:limit]
+    if forward:
+        items.reverse()
+    if not items:
+        return RunSearchPage(items=[], next_before=None, previous_after=None)
+    older = more if not forward else True
+    newer = anchor is not None if not forward else more
+    return RunSearchPage(
+        items=items,
+        next_before=items[-1].id if older else None,
+        previous_after=items[0].id if newer else None,
+    )
+
+
+def list_runs(
+    conn: sa.Connection,
+    *,
+    job: str | None = None,
+    status: RunStatus | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> Page[Run]:
+    """Runs newest first by job, status and creation window (the API's list)."""
+    found = RunFilter(job=job, status=status, since=since, until=until)
+    page = search_runs(conn, found, before_id=before_id, limit=limit)
+    return Page(items=page.items, next_before=page.next_before)
