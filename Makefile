@@ -109,5 +109,14 @@ storms-brokers: $(STAMP) services
 	FERRYMAN_STORM_BROKER_MESSAGES=10000 FERRYMAN_STORM_BROKER_KILLS=50 \
 	    $(BIN)/pytest tests/brokers/test_storms.py -o timeout=3600 -p no:logging
 
+# The queue's limits at full size (tests/crash/test_queue_storm.py): three
+# processes share a rate limit for 30 s; four workers run 2,000 runs over 20
+# keys while 100 SIGKILLs strike. The suite runs 5 s and 300 runs / 10 kills.
+# About 5 min. Not part of `make test`; `make soak` runs the storm too.
+.PHONY: queue-limits
+queue-limits: $(STAMP)
+	FERRYMAN_STORM_RATE_SECONDS=30 FERRYMAN_STORM_QUEUE_RUNS=2000 FERRYMAN_STORM_QUEUE_KILLS=100 \
+	    $(BIN)/pytest tests/crash/test_queue_storm.py -q -p no:randomly -o timeout=1800
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -50,7 +50,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SYSTEMS = ("ferryman", "pgqueuer", "procrastinate", "dbos")
+# ferryman-controls: ferryman on a job with a rate limit far above the
+# throughput, each run with a priority (one of three) and a concurrency key of
+# its own, so that every claim takes the limited path (see --help).
+SYSTEMS = ("ferryman", "ferryman-controls", "pgqueuer", "procrastinate", "dbos")
 POSTGRES_ONLY = {"pgqueuer", "procrastinate", "dbos"}
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MARIADB = "mariadb+pymysql://root@127.0.0.1:3306/test"
@@ -63,6 +66,7 @@ BUSY_CPU = 0.2  # share of all CPUs other processes may use before the bench war
 # What each system promises about a completion when the job function returns.
 DURABILITY = {
     "ferryman": "outcome committed (group commit) before a run counts as done",
+    "ferryman-controls": "as ferryman",
     "pgqueuer": (
         "acks BUFFERED in memory (flushed every batch_size jobs or 0.1 s): "
         "a crash loses them and finished jobs run again"
@@ -294,7 +298,11 @@ def baseline_sqlite(args: argparse.Namespace, result: Result) -> None:
 # ---------------------------------------------------------------------------
 
 
-def run_ferryman(args: argparse.Namespace, result: Result) -> None:
+def run_ferryman_controls(args: argparse.Namespace, result: Result) -> None:
+    run_ferryman(args, result, controls=True)
+
+
+def run_ferryman(args: argparse.Namespace, result: Result, *, controls: bool = False) -> None:
     import sqlalchemy as sa
 
     import ferryman as fm
@@ -310,15 +318,22 @@ def run_ferryman(args: argparse.Namespace, result: Result) -> None:
         app = fm.App(url)
     first = FirstStart()
 
-    @app.job(name="noop")
+    limits: dict[str, Any] = {"rate": fm.Rate(10_000_000, per=1.0)} if controls else {}
+
+    @app.job(name="noop", **limits)
     def noop(ctx: fm.JobContext, payload: Any) -> None:
         first.hit()
+
+    def request(key: str, i: int) -> fm.RunRequest:
+        if not controls:
+            return fm.RunRequest(key, {"i": i})
+        return fm.RunRequest(key, {"i": i}, priority=i % 3, concurrency_key=key)
 
     _ = app.store  # open (and migrate) the store outside the timings
 
     start = time.perf_counter()
     for i in range(args.one_by_one):
-        app.submit("noop", fm.RunRequest(f"single-{i}", {"i": i}))
+        app.submit("noop", request(f"single-{i}", i))
     result.one_by_one = rate(args.one_by_one, time.perf_counter() - start)
     progress(f"enqueue 1-by-1: {result.one_by_one:,.0f} runs/s")
     # Start the batched phase from an empty queue, as the peers do.
@@ -330,7 +345,7 @@ def run_ferryman(args: argparse.Namespace, result: Result) -> None:
             conn.execute(run_events.delete())
             conn.execute(runs.delete())
 
-    requests = [fm.RunRequest(f"run-{i}", {"i": i}) for i in range(args.runs)]
+    requests = [request(f"run-{i}", i) for i in range(args.runs)]
     start = time.perf_counter()
     for offset in range(0, args.runs, args.batch_size):
         app.submit("noop", *requests[offset : offset + args.batch_size])
@@ -366,7 +381,8 @@ def run_ferryman(args: argparse.Namespace, result: Result) -> None:
     else:
         result.processing = rate(args.runs, end - first.at)
     result.notes.append(
-        f"concurrency={args.concurrency} prefetch={args.prefetch} "
+        ("priorities 0-2, a concurrency key per run, rate limit 10,000,000/s; " if controls else "")
+        + f"concurrency={args.concurrency} prefetch={args.prefetch} "
         f"claim_batch={args.claim_batch}"
         + (f" processes={args.processes}" if args.processes else "")
         + "; done = work() returned, all 'succeeded' (counted)"
@@ -628,6 +644,7 @@ def run_baseline(args: argparse.Namespace, result: Result) -> None:
 RUNNERS: dict[str, Callable[[argparse.Namespace, Result], None]] = {
     "baseline": run_baseline,
     "ferryman": run_ferryman,
+    "ferryman-controls": run_ferryman_controls,
     "pgqueuer": run_pgqueuer,
     "procrastinate": run_procrastinate,
     "dbos": run_dbos,
@@ -846,6 +863,15 @@ def targets(results: list[Result]) -> list[str]:
             ok = r.batched >= 20_000
             lines.append(
                 f"[{'met' if ok else 'MISSED'}] {store} batched enqueue {fmt(r.batched)} >= 20,000"
+            )
+    for store in ("postgres", "sqlite", "mariadb"):
+        plain, controlled = get("ferryman", store), get("ferryman-controls", store)
+        if plain and controlled and plain.processing and controlled.processing:
+            ratio = controlled.processing / plain.processing
+            lines.append(
+                f"[{'met' if ratio >= 0.9 else 'MISSED'}] {store} processing with queue "
+                f"controls {fmt(controlled.processing)} within 10 % of plain "
+                f"{fmt(plain.processing)} (ratio {ratio:.2f})"
             )
     lite = get("ferryman", "sqlite")
     if lite and lite.processing:

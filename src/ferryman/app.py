@@ -21,6 +21,7 @@ from ferryman.model import (
     DEFAULT_SENSOR_BACKOFF,
     Backoff,
     JobSummary,
+    Rate,
     Run,
     RunEvent,
     RunRequest,
@@ -180,6 +181,10 @@ class App(SensorOperations):
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
         sensitive: Sequence[str] = (),
+        priority: int = 0,
+        concurrency: int | None = None,
+        key_concurrency: int = 1,
+        rate: Rate | None = None,
         timeout: float | None = None,
     ) -> Callable[[F], F]: ...
 
@@ -192,6 +197,10 @@ class App(SensorOperations):
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_JOB_BACKOFF,
         sensitive: Sequence[str] = (),
+        priority: int = 0,
+        concurrency: int | None = None,
+        key_concurrency: int = 1,
+        rate: Rate | None = None,
         timeout: float | None = None,
     ) -> Any:
         """Register ``fn(ctx, payload)`` as a job.
@@ -201,6 +210,11 @@ class App(SensorOperations):
         the run at once without retries. Payload keys named in ``sensitive``
         (at any depth) are shown as ``***`` by the API, the dashboard and
         ``ferryman runs show``; the store keeps them, since the job needs them.
+
+        Queue controls, enforced by the store at claim time across hosts:
+        ``priority``, the default of its runs (higher first); ``concurrency``
+        runs at once at most, ``key_concurrency`` per ``RunRequest.concurrency_key``;
+        ``rate`` (:class:`ferryman.Rate`) bounds how fast runs are claimed.
         An attempt still running ``timeout`` seconds after it started ends as a
         failure, "timed out after Ns", retried per ``backoff``; the job sees
         ``ctx.deadline`` and ``ctx.cancelled`` (see docs/how-to/queues.md).
@@ -210,6 +224,7 @@ class App(SensorOperations):
             settings.seconds("timeout", timeout, inclusive=False)
         if not isinstance(backoff, Backoff):
             raise ConfigurationError(f"backoff must be a ferryman.Backoff, got {backoff!r}")
+        controls = settings.queue_controls(priority, concurrency, key_concurrency, rate)
 
         def register(function: JobFunction) -> JobFunction:
             self._jobs.add(
@@ -219,6 +234,7 @@ class App(SensorOperations):
                     max_attempts=max_attempts,
                     backoff=backoff,
                     sensitive=frozenset(sensitive),
+                    **controls,
                     timeout=timeout,
                 )
             )

@@ -10,6 +10,7 @@ naming the request otherwise).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
 
 from ferryman.errors import ConfigurationError, UnknownJob
 from ferryman.model import RunRequest
@@ -57,12 +58,30 @@ class JobRegistry(Mapping[str, JobDefinition]):
                 request.payload,
                 f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
             )
+            delay, not_before = _due(request.not_before)
             new_runs.append(
                 NewRun(
                     job=definition.name,
                     run_key=request.run_key,
                     payload_json=payload_json,
                     max_attempts=definition.max_attempts,
+                    priority=definition.priority if request.priority is None else request.priority,
+                    delay=delay,
+                    not_before=not_before,
+                    concurrency_key=request.concurrency_key,
                 )
             )
         return new_runs
+
+
+def _due(not_before: datetime | timedelta | None) -> tuple[float, float | None]:
+    """``(delay, not_before)`` of a new run: seconds after the database's now, or an instant.
+
+    A timedelta is measured from the store's clock when the run is written,
+    not from this host's; an aware datetime is an instant, whatever its zone.
+    """
+    if isinstance(not_before, timedelta):
+        return max(0.0, not_before.total_seconds()), None
+    if isinstance(not_before, datetime):
+        return 0.0, not_before.timestamp()
+    return 0.0, None

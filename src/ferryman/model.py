@@ -10,7 +10,7 @@ import enum
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ferryman.errors import ConfigurationError, PayloadError
@@ -122,21 +122,91 @@ DEFAULT_SENSOR_BACKOFF = Backoff(base=30.0, factor=2.0, max=600.0)
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """At most ``count`` claims of a job per ``per`` seconds, across every worker and host.
+
+    A token bucket kept in the store and refilled by the database's clock; a
+    claim takes tokens in its own transaction. ``burst`` is the most the bucket
+    holds (by default half a second's worth, at least one), so over any window
+    of ``per`` seconds at most ``count + burst`` runs are claimed.
+    """
+
+    count: float
+    per: float = 1.0
+    burst: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int | float) and self.count > 0):
+            raise ConfigurationError(f"Rate.count must be a positive number, got {self.count!r}")
+        seconds("Rate.per", self.per)
+        if self.per <= 0:
+            raise ConfigurationError(f"Rate.per must be a positive number, got {self.per!r}")
+        if self.burst is not None and not (isinstance(self.burst, int) and self.burst >= 1):
+            raise ConfigurationError(f"Rate.burst must be an int >= 1, got {self.burst!r}")
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per
+
+    @property
+    def capacity(self) -> float:
+        """The most tokens the bucket holds: ``burst``, or half a second's worth."""
+        if self.burst is not None:
+            return float(self.burst)
+        return float(max(1, min(self.count, round(self.per_second * 0.5))))
+
+
+@dataclass(frozen=True, slots=True)
 class RunRequest:
     """A request that ``job`` run once for ``run_key``.
 
     ``(job, run_key)`` is unique in the store: requesting the same key again
-    returns the existing run instead of creating a second one. ``payload`` must
-    be JSON-serialisable.
+    returns the existing run instead of creating a second one, untouched (its
+    priority and due time stay as first requested). ``payload`` must be
+    JSON-serialisable.
+
+    * ``priority``: higher is claimed first; ``None`` takes the job's
+      (``@app.job(priority=)``, 0 by default).
+    * ``not_before``: never claimed earlier. An aware ``datetime``, or a
+      ``timedelta`` from now as the database's clock tells it.
+    * ``concurrency_key``: runs of a job sharing a key run at most
+      ``key_concurrency`` at a time (``@app.job``, 1 by default).
     """
 
     run_key: str
     payload: Any = None
     job: str | None = None  # set by sensors that route items to several jobs
+    priority: int | None = field(default=None, kw_only=True)
+    not_before: datetime | timedelta | None = field(default=None, kw_only=True)
+    concurrency_key: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.run_key, str) or not self.run_key:
             raise PayloadError(f"run_key must be a non-empty string, got {self.run_key!r}")
+        if self.priority is not None and (
+            isinstance(self.priority, bool) or not isinstance(self.priority, int)
+        ):
+            raise PayloadError(f"priority must be an int, got {self.priority!r}")
+        if self.priority is not None and not -PRIORITY_BOUND <= self.priority <= PRIORITY_BOUND:
+            raise PayloadError(
+                f"priority must be between {-PRIORITY_BOUND} and {PRIORITY_BOUND}, "
+                f"got {self.priority!r}"
+            )
+        when = self.not_before
+        if isinstance(when, datetime) and (when.tzinfo is None or when.utcoffset() is None):
+            raise PayloadError(
+                f"not_before {when.isoformat()} of run_key {self.run_key!r} has no time zone: "
+                "give an aware datetime (datetime.now(timezone.utc) + ...) or a timedelta"
+            )
+        if when is not None and not isinstance(when, datetime | timedelta):
+            raise PayloadError(f"not_before must be an aware datetime or a timedelta, got {when!r}")
+        key = self.concurrency_key
+        if key is not None and (not isinstance(key, str) or not key):
+            raise PayloadError(f"concurrency_key must be a non-empty string, got {key!r}")
+
+
+# Priorities fit a 32-bit integer column on every store.
+PRIORITY_BOUND = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,11 +259,13 @@ class Run:
     lease_owner: str | None
     lease_token: int
     lease_expires_at: datetime | None
-    available_at: datetime
+    available_at: datetime  # when it is due: not_before, or after a retry's backoff
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    priority: int = 0
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

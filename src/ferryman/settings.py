@@ -12,7 +12,7 @@ import math
 import operator
 from datetime import timedelta
 from numbers import Real
-from typing import SupportsIndex
+from typing import Any, SupportsIndex
 
 from ferryman.errors import ConfigurationError
 
@@ -73,3 +73,28 @@ def work_settings(
         count("claim_batch", claim_batch, minimum=1)
     if poll_interval is not None:
         seconds("poll_interval", poll_interval, inclusive=False)
+
+
+def queue_controls(
+    priority: object, concurrency: object, key_concurrency: object, rate: object
+) -> dict[str, Any]:
+    """A job's queue controls (see ``App.job``), checked; ConfigurationError naming a wrong one."""
+    from ferryman.model import PRIORITY_BOUND, Rate
+
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigurationError(f"priority must be an int, got {priority!r}")
+    if not -PRIORITY_BOUND <= priority <= PRIORITY_BOUND:
+        raise ConfigurationError(
+            f"priority must be between {-PRIORITY_BOUND} and {PRIORITY_BOUND}, got {priority!r}"
+        )
+    if concurrency is not None:
+        count("concurrency", concurrency, minimum=1)
+    count("key_concurrency", key_concurrency, minimum=1)
+    if rate is not None and not isinstance(rate, Rate):
+        raise ConfigurationError(f"rate must be a ferryman.Rate, got {rate!r}")
+    return {
+        "priority": priority,
+        "concurrency": concurrency,
+        "key_concurrency": key_concurrency,
+        "rate": rate,
+    }

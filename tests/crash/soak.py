@@ -17,6 +17,8 @@ runs the biggest storms smaller:
   mid-upload to SeaweedFS, then run again;
 * ``upload jobs`` — ``test_transfer_job_crash.py``: a worker SIGKILLed while
   its job uploads; the retried run resumes the transfer;
+* ``queue limits`` — ``test_queue_storm.py``: workers SIGKILLed while they run
+  a job limited in concurrency and per concurrency key;
 * ``brokers`` — ``tests/brokers/test_storms.py``: ``ferryman run`` SIGKILLed
   while it consumes RabbitMQ, Redis Streams, NATS JetStream and SQS.
 
@@ -123,6 +125,13 @@ STORMS = (
         test="tests/crash/test_transfer_job_crash.py::test_a_killed_worker_s_upload_is_resumed_by_the_retried_run",
         parametrised=False,
         settings={"ITERATIONS": 5},
+    ),
+    # Queue limits: 2,000 runs over 20 keys, four workers, 100 SIGKILLs.
+    Storm(
+        name="queue limits",
+        test="tests/crash/test_queue_storm.py::test_keys_never_overlap_and_the_limit_holds_through_a_kill_storm",
+        parametrised=True,
+        settings={"QUEUE_RUNS": 2_000, "QUEUE_KILLS": 100},
     ),
     # Each broker source in turn (RabbitMQ, Redis, NATS, SQS): 10,000 messages
     # while ``ferryman run`` is SIGKILLed 50 times; about 4 min per broker.

@@ -13,6 +13,9 @@ Jobs (their effects go to tables the tests create with :data:`metadata`):
   ``DIR/<run_key>.started`` and waits for ``DIR/<run_key>.go`` before writing
   its effect; elsewhere it writes its effect at once.
 * ``contention``: writes its effect through ``ctx.transaction()`` at once.
+* ``keyed``: like ``storm`` (no checkpoint), limited to :data:`KEYED_CONCURRENCY`
+  runs at once and one run per concurrency key (the queue-controls storm).
+* ``rated``: writes nothing; claimed at most ``--rate`` times a second.
 * ``chain``: works a few milliseconds, asks for one ``leaf`` run
   (``ctx.submit``), then succeeds through ``ctx.transaction()`` with its
   effect, or (``"transaction": false``) by returning; ``leaf`` writes its
@@ -39,6 +42,7 @@ import ferryman as fm
 from ferryman.logs import configure
 
 GATE_TIMEOUT = 60.0
+KEYED_CONCURRENCY = 6
 
 metadata = sa.MetaData()
 
@@ -74,7 +78,9 @@ def write_effect(ctx: fm.JobContext, started_at: float, resumed_from: Any = None
         )
 
 
-def build_app(store: str, *, lease_seconds: float, gate: Path | None = None) -> fm.App:
+def build_app(
+    store: str, *, lease_seconds: float, gate: Path | None = None, rate: float = 20.0
+) -> fm.App:
     app = fm.App(store, lease_seconds=lease_seconds)
 
     # Every kill during the storm costs the runs it held an attempt.
@@ -104,6 +110,16 @@ def build_app(store: str, *, lease_seconds: float, gate: Path | None = None) -> 
     @app.job
     def contention(ctx: fm.JobContext, payload: object) -> None:
         write_effect(ctx, time.time())
+
+    @app.job(max_attempts=1000, concurrency=KEYED_CONCURRENCY, key_concurrency=1)
+    def keyed(ctx: fm.JobContext, payload: dict[str, Any]) -> None:
+        started_at = time.time()
+        low, high = payload["work_ms"]
+        time.sleep(random.uniform(low, high) / 1000)  # the job's work
+        write_effect(ctx, started_at)
+
+    @app.job(rate=fm.Rate(rate, per=1.0))
+    def rated(ctx: fm.JobContext, payload: object) -> None: ...
 
     @app.job(max_attempts=1000)
     def chain(ctx: fm.JobContext, payload: dict[str, Any]) -> None:
@@ -144,10 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ready", type=Path, help="touch this file once the store is open")
     parser.add_argument("--start-after", type=Path, help="start working once this file exists")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--rate", type=float, default=20.0, help="the rated job's claims/s")
     args = parser.parse_args(argv)
 
     configure(args.log_level)
-    app = build_app(args.store, lease_seconds=args.lease_seconds, gate=args.gate)
+    app = build_app(args.store, lease_seconds=args.lease_seconds, gate=args.gate, rate=args.rate)
     app.store  # noqa: B018 - open the store before announcing readiness
     if args.ready is not None:
         args.ready.touch()

@@ -693,6 +693,77 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_killed_download_resumes_without_fetching_confirmed_ranges_again",
         ),
     ),
+    # -- queue controls -----------------------------------------------------------
+    Mutation(
+        "the plain claim ignores priorities",
+        "Queue controls",
+        one(
+            "ferryman/store/sqlite.py",
+            "    .order_by(runs.c.priority.desc(), runs.c.available_at, runs.c.id)\n",
+            "    .order_by(runs.c.available_at, runs.c.id)\n",
+        ),
+        (
+            "tests/unit/test_queue_controls.py::"
+            "test_higher_priorities_are_claimed_before_any_queued_lower_one[sqlite-plain]",
+        ),
+    ),
+    Mutation(
+        "a run is claimed before its not_before",
+        "Queue controls",
+        one(
+            "ferryman/store/run_rows.py",
+            "        return due if self.not_before is None else max(due, self.not_before)\n",
+            "        return due\n",
+        ),
+        (
+            "tests/unit/test_queue_controls.py::"
+            "test_not_before_is_never_claimed_early_and_a_resubmit_does_not_move_it[sqlite]",
+        ),
+    ),
+    Mutation(
+        "a job's concurrency limit not counted",
+        "Queue controls",
+        one(
+            "ferryman/store/limits.py",
+            "            room = min(room, limits.concurrency - running)\n",
+            "            room = min(room, limits.concurrency)\n",
+        ),
+        (
+            "tests/unit/test_queue_controls.py::"
+            "test_job_concurrency_is_never_exceeded_by_concurrent_claimers[sqlite]",
+        ),
+    ),
+    Mutation(
+        "runs sharing a key admitted whatever runs",
+        "Queue controls",
+        (
+            Edit(
+                "ferryman/store/limits.py",
+                '                    _key_running < sa.bindparam("key_concurrency"),\n',
+                '                    sa.bindparam("key_concurrency") > 0,\n',
+            ),
+            Edit(
+                "ferryman/store/limits.py",
+                "                    if row.key_running + taken.get(digest, 0) >= key_concurrency:"
+                "\n",
+                "                    if taken.get(digest, 0) >= key_concurrency:\n",
+            ),
+        ),
+        (
+            "tests/unit/test_queue_controls.py::"
+            "test_runs_sharing_a_key_never_overlap_while_other_keys_go_on[sqlite]",
+        ),
+    ),
+    Mutation(
+        "the rate bucket not charged",
+        "Queue controls",
+        one(
+            "ferryman/store/limits.py",
+            "            room = min(room, math.floor(tokens))\n",
+            "            room = room\n",
+        ),
+        ("tests/crash/test_queue_storm.py::test_three_processes_keep_to_the_rate_limit[sqlite]",),
+    ),
     Mutation(
         "download ranges recorded before their bytes are synced to disk",
         "Downloads: pinned, checkpointed, verified, renamed",

@@ -34,6 +34,7 @@ EXPECTED = [
     "Message",
     "PayloadError",
     "PortInUse",
+    "Rate",
     "Reject",
     "RoutingError",
     "Run",

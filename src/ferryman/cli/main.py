@@ -39,6 +39,7 @@ from ferryman.cli.output import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     age,
+    due,
     duration,
     err,
     fail,
@@ -426,7 +427,8 @@ def runs_list(
         print_json(found)
         return
     table = Table(title=f"runs keyed {key!r}" if key is not None else f"runs (newest {limit})")
-    for column in ("id", "job", "run_key", "status", "attempt", "updated", "last error"):
+    columns = ("id", "job", "run_key", "status", "prio", "due", "key", "attempt", "updated")
+    for column in (*columns, "last error"):
         table.add_column(column, overflow="fold")
     for run in found:
         table.add_row(
@@ -434,6 +436,9 @@ def runs_list(
             run.job,
             run.run_key,
             run.status.value,
+            str(run.priority),
+            due(run),
+            run.concurrency_key or "",
             f"{run.attempt}/{run.max_attempts}",
             f"{age(run.updated_at)} ago",
             last_line(run.last_error),
@@ -463,6 +468,12 @@ def runs_show(
         f"attempt {run.attempt}/{run.max_attempts}",
         highlight=False,
     )
+    queue = f"priority {run.priority}"
+    if run.status is RunStatus.QUEUED:
+        queue += f", due {due(run)}"
+    if run.concurrency_key is not None:
+        queue += f", concurrency key {run.concurrency_key!r}"
+    out.print(queue, highlight=False, markup=False)
     out.print(f"payload: {json.dumps(run.payload)[:500]}", highlight=False, soft_wrap=True)
     if run.checkpoint is not None:
         out.print(f"checkpoint: {json.dumps(run.checkpoint)[:500]}", highlight=False)

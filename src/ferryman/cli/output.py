@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ferryman.logs import error_summary
+from ferryman.model import Run, RunStatus
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
@@ -71,6 +72,16 @@ def duration(seconds: float | None) -> str:
 def age(moment: datetime | None) -> str:
     """How long ago ``moment`` was."""
     return "-" if moment is None else duration((datetime.now(UTC) - moment).total_seconds())
+
+
+def due(run: Run) -> str:
+    """When a queued run becomes due: ``now``, or ``in 5m`` and the instant (UTC)."""
+    if run.status is not RunStatus.QUEUED:
+        return ""
+    wait = (run.available_at - datetime.now(UTC)).total_seconds()
+    if wait <= 0:
+        return "now"
+    return f"in {duration(wait)} ({run.available_at.strftime('%Y-%m-%d %H:%M:%S')}Z)"
 
 
 def last_line(text: str | None, width: int = 80) -> str:

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +40,7 @@ from ferryman.store.downloads import (
 )
 from ferryman.store.file_transfers import FileTransfers
 from ferryman.store.leases import Leases
+from ferryman.store.limits import JobLimits
 from ferryman.store.push_batches import PushBatches
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_model import ReadModel
@@ -68,6 +69,7 @@ __all__ = [
     "CompletedObject",
     "ConfirmedPart",
     "DownloadOutcome",
+    "JobLimits",
     "Lease",
     "NewDownload",
     "NewRun",
@@ -206,11 +208,22 @@ class Store(ReadModel, FileTransfers):
             return self.runs.enqueue(own, new_runs)
 
     def claim(
-        self, *, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float
+        self,
+        *,
+        worker_id: str,
+        jobs: Sequence[str] | Mapping[str, Any],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, JobLimits] | None = None,
     ) -> list[ClaimedRun]:
         with self.write("claiming runs") as conn:
             return self.leases.claim(
-                conn, worker_id=worker_id, jobs=jobs, limit=limit, lease_seconds=lease_seconds
+                conn,
+                worker_id=worker_id,
+                jobs=jobs,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                limits=limits,
             )
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[int]:

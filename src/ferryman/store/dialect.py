@@ -89,6 +89,11 @@ class Backend:
         self._lease_runs = lease_update(sa.bindparam("ids", expanding=True)).returning(
             *CLAIMED_COLUMNS
         )
+        self._lock_queued = (
+            sa.select(runs.c.id)
+            .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)), runs.c.status == "queued")
+            .with_for_update(skip_locked=True)
+        )
 
     # -- opening -------------------------------------------------------------
 
@@ -223,6 +228,20 @@ class Backend:
         }
         rows = list(conn.execute(self._lease_runs, params))
         return self._logged_claims(conn, rows, run_ids, request)
+
+    def lease_queued(
+        self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
+    ) -> list[Any]:
+        """Lease those of ``run_ids`` still queued, skipping rows another transaction holds.
+
+        Returns their rows in the order of ``run_ids``; the claims are logged.
+        """
+        if not run_ids:
+            return []
+        # Locked by primary key: a locking read that scanned would lock every
+        # row it passed on MariaDB.
+        locked = set(conn.execute(self._lock_queued, {"ids": list(run_ids)}).scalars())
+        return self.lease(conn, [run_id for run_id in run_ids if run_id in locked], request)
 
     def _logged_claims(
         self, conn: sa.Connection, rows: list[Any], run_ids: Sequence[int], request: ClaimRequest

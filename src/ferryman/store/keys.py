@@ -34,3 +34,12 @@ def run_key_digest(job: str, run_key: str) -> bytes:
 def message_digest(message_id: str) -> bytes:
     """The 32 bytes that stand for a message id in the unique key of deliveries."""
     return hashlib.sha256(_utf8(message_id)).digest()
+
+
+def concurrency_key_digest(concurrency_key: str) -> bytes:
+    """The 32 bytes that stand for a concurrency key where runs are counted by key.
+
+    Runs are compared by key only within their own job, so the job is not part
+    of it.
+    """
+    return hashlib.sha256(_utf8(concurrency_key)).digest()

@@ -10,7 +10,7 @@ that differ between databases are the backend's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from ferryman.errors import LeaseLost
 from ferryman.model import RunEventKind, RunStatus
 from ferryman.store import records
 from ferryman.store.dialect import Backend, ClaimRequest
+from ferryman.store.limits import NO_LIMITS, JobLimits, Limits, limits_of
 from ferryman.store.run_rows import (
     CHUNK,
     ClaimedRun,
@@ -39,35 +40,66 @@ class Leases:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self.limits = Limits(backend)
 
     def claim(
         self,
         conn: sa.Connection,
         *,
         worker_id: str,
-        jobs: Sequence[str],
+        jobs: Sequence[str] | Mapping[str, Any],
         limit: int,
         lease_seconds: float,
+        limits: Mapping[str, JobLimits] | None = None,
     ) -> list[ClaimedRun]:
         """Lease up to ``limit`` due runs of ``jobs`` to ``worker_id``.
 
         Due means queued and available, or running under an expired lease. An
         expired run whose attempts are used up becomes ``dead`` instead of
         being claimed again, so a job that kills its worker cannot loop forever.
+        Higher priorities first, then by due time, then by id. ``jobs`` may be
+        the job definitions by name, whose limits then apply. Jobs with
+        ``limits`` (or runs with concurrency keys) are claimed within them
+        (:mod:`ferryman.store.limits`); the others by the backend's plain claim.
         """
+        if isinstance(jobs, Mapping):  # job definitions, by name: their limits
+            limits = limits_of(jobs)
+        jobs = list(jobs)
+        limits = limits or {}
         now = self.backend.clock(conn)
         expired = self.backend.expired_leases(conn, now=now, jobs=jobs, limit=limit)
         reclaim, events = self._settle_expired(conn, expired, now)
+        limited = self.limits.limited_jobs(conn, jobs, limits)
+        plain = [job for job in jobs if job not in limited] if limited else jobs
         request = ClaimRequest(
             worker_id=worker_id,
-            jobs=jobs,
-            room=limit - len(reclaim),
+            jobs=plain,
+            room=limit - len(reclaim) if plain else 0,
             reclaim=reclaim,
             now=now,
             lease_seconds=lease_seconds,
             events=events,
         )
-        return [claimed_run(row, now) for row in self.backend.claim(conn, request)]
+        claimed = [(row, now) for row in self.backend.claim(conn, request)]
+        for job in limited:
+            room = limit - len(claimed)  # the reclaimed runs are among them
+            if room <= 0:
+                break
+            admitted, admitted_at = self.limits.admit(
+                conn, job, limits.get(job, NO_LIMITS), room=room, now=now
+            )
+            if admitted:
+                more = ClaimRequest(
+                    worker_id=worker_id,
+                    jobs=(job,),
+                    room=0,
+                    reclaim=admitted,
+                    now=admitted_at,
+                    lease_seconds=lease_seconds,
+                )
+                leased = self.backend.lease_queued(conn, admitted, more)
+                claimed.extend((row, admitted_at) for row in leased)
+        return [claimed_run(row, at) for row, at in claimed]
 
     def _settle_expired(
         self, conn: sa.Connection, expired: Sequence[Any], now: float

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
-from ferryman.model import RunEventKind, RunStatus
+from ferryman.model import PRIORITY_BOUND, RunEventKind, RunStatus
 from ferryman.store import migrate
 from ferryman.store.dialect import (
     CONNECT_TIMEOUT_S,
@@ -91,6 +91,33 @@ def _code(error: BaseException | None) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+def _due_query() -> sa.Select[Any]:
+    """The first due runs (higher priorities first, then the oldest), read without
+    locks, in the claim's order, after the last one read before. A run with a
+    concurrency key is the limited path's (``store/limits.py``)."""
+    after_priority: sa.BindParameter[int] = sa.bindparam("after_priority")
+    return (
+        sa.select(runs.c.id, runs.c.priority, runs.c.available_at)
+        .where(
+            runs.c.status == RunStatus.QUEUED.value,
+            runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
+            sa.or_(
+                runs.c.priority < after_priority,
+                sa.and_(
+                    runs.c.priority == after_priority,
+                    sa.tuple_(runs.c.available_at, runs.c.id)
+                    > sa.tuple_(sa.bindparam("after_at"), sa.bindparam("after_id")),
+                ),
+            ),
+            runs.c.available_at <= sa.bindparam("now"),
+            runs.c.concurrency_digest.is_(None),
+        )
+        .order_by(runs.c.priority.desc(), runs.c.available_at, runs.c.id)
+        .limit(sa.bindparam("limit"))
+        .with_hint(runs, "FORCE INDEX (ix_ferryman_runs_due)")
+    )
+
+
 class MariaDBBackend(Backend):
     """A store in a MariaDB database (see the module)."""
 
@@ -108,20 +135,7 @@ class MariaDBBackend(Backend):
             .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
             .order_by(runs.c.id)
         )
-        # The oldest due runs, read without locks, in the claim's order.
-        self._due_query = (
-            sa.select(runs.c.id, runs.c.available_at)
-            .where(
-                runs.c.status == RunStatus.QUEUED.value,
-                runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
-                sa.tuple_(runs.c.available_at, runs.c.id)
-                > sa.tuple_(sa.bindparam("after_at"), sa.bindparam("after_id")),
-                runs.c.available_at <= sa.bindparam("now"),
-            )
-            .order_by(runs.c.available_at, runs.c.id)
-            .limit(sa.bindparam("limit"))
-            .with_hint(runs, "FORCE INDEX (ix_ferryman_runs_due)")
-        )
+        self._due_query = _due_query()
         # Those of them still queued and not locked by another claim, locked by
         # primary key in its order (so the read stops at ``limit``).
         self._lock_due = (
@@ -341,9 +355,10 @@ class MariaDBBackend(Backend):
         return conn.execute(self._lock_expired, params).all()
 
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
-        """Lock the oldest due runs, skipping those another claim holds; lease them."""
+        """Lock the first due runs, skipping those another claim holds; lease them."""
         due: list[int] = []
-        after: tuple[float, int] = (-sys.float_info.max, 0)  # PyMySQL sends no infinity
+        # Before every run: above any priority, and PyMySQL sends no infinity.
+        after: tuple[int, float, int] = (PRIORITY_BOUND + 1, -sys.float_info.max, 0)
         while len(due) < request.room:
             wanted = request.room - len(due)
             candidates = conn.execute(
@@ -351,17 +366,22 @@ class MariaDBBackend(Backend):
                 {
                     "jobs": list(request.jobs),
                     "now": request.now,
-                    "after_at": after[0],
-                    "after_id": after[1],
+                    "after_priority": after[0],
+                    "after_at": after[1],
+                    "after_id": after[2],
                     "limit": wanted + CLAIM_SLACK,
                 },
             ).all()
             if not candidates:
                 break
-            order = {row.id: position for position, row in enumerate(candidates)}
+            # The first ``wanted`` in the claim's order: the lock reads them by
+            # primary key, whose order is not the claim's once priorities differ.
+            considered = candidates[:wanted]
+            order = {row.id: position for position, row in enumerate(considered)}
             locked = conn.execute(self._lock_due, {"ids": list(order), "limit": wanted})
             due.extend(sorted(locked.scalars(), key=order.__getitem__))
-            after = (candidates[-1].available_at, candidates[-1].id)
+            last = considered[-1]
+            after = (last.priority, last.available_at, last.id)
         return self.lease(conn, [*request.reclaim, *due], request)
 
     def lease(

@@ -49,13 +49,16 @@ ENQUEUE = sa.text(
     WITH inserted AS (
         INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
                                  max_attempts, available_at, lease_token, created_at,
-                                 updated_at)
-        SELECT job, run_key, key_digest, payload, 'queued', 0, max_attempts, :now, 0,
-               :now, :now
+                                 updated_at, priority, concurrency_key, concurrency_digest)
+        SELECT job, run_key, key_digest, payload, 'queued', 0, max_attempts, available_at, 0,
+               :now, :now, priority, concurrency_key, concurrency_digest
         FROM unnest(CAST(:jobs AS text[]), CAST(:run_keys AS text[]),
                     CAST(:digests AS bytea[]), CAST(:payloads AS text[]),
-                    CAST(:max_attempts AS integer[]))
-             AS input(job, run_key, key_digest, payload, max_attempts)
+                    CAST(:max_attempts AS integer[]), CAST(:available_at AS float8[]),
+                    CAST(:priorities AS integer[]), CAST(:concurrency_keys AS text[]),
+                    CAST(:concurrency_digests AS bytea[]))
+             AS input(job, run_key, key_digest, payload, max_attempts, available_at,
+                      priority, concurrency_key, concurrency_digest)
         ON CONFLICT (key_digest) DO NOTHING
         RETURNING id, key_digest
     ), logged AS (
@@ -66,22 +69,25 @@ ENQUEUE = sa.text(
     """
 )
 
-# The oldest due runs of the worker's jobs, skipping rows another worker is
-# locking right now. Each job's queue is walked in index order (LATERAL), so
-# the plan stays a short index scan however many runs are due.
+# The first due runs of the worker's jobs (higher priorities first, then the
+# oldest), skipping rows another worker is locking right now; a run with a
+# concurrency key is the limited path's (ferryman.store.limits). Each job's
+# queue is walked in index order (LATERAL), so the plan stays a short index
+# scan however many runs are due.
 CLAIM_DUE = sa.text(
     f"""
     WITH due AS (
         SELECT candidate.id
         FROM unnest(CAST(:jobs AS text[])) AS worker_job(job)
         CROSS JOIN LATERAL (
-            SELECT id, available_at FROM {runs.name}
+            SELECT id, priority, available_at FROM {runs.name}
             WHERE job = worker_job.job AND status = 'queued' AND available_at <= :now
-            ORDER BY available_at, id
+                  AND concurrency_digest IS NULL
+            ORDER BY priority DESC, available_at, id
             LIMIT :limit
             FOR UPDATE SKIP LOCKED
         ) AS candidate
-        ORDER BY candidate.available_at, candidate.id
+        ORDER BY candidate.priority DESC, candidate.available_at, candidate.id
         LIMIT :limit
     ), claimed AS (
         UPDATE {runs.name} AS r
@@ -90,12 +96,36 @@ CLAIM_DUE = sa.text(
             started_at = :now, updated_at = :now
         FROM due WHERE r.id = due.id
         RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
-                  r.lease_token, r.checkpoint, r.available_at
+                  r.lease_token, r.checkpoint, r.priority, r.available_at
     ), logged AS (
         INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
         SELECT id, 'claimed', :now, attempt, :worker, lease_token FROM claimed
     )
-    SELECT * FROM claimed ORDER BY available_at, id
+    SELECT * FROM claimed ORDER BY priority DESC, available_at, id
+    """
+)
+
+# A limited claim's runs (ferryman.store.limits), in one statement as CLAIM_DUE:
+# those still queued and not locked elsewhere, leased and logged.
+LEASE_QUEUED = sa.text(
+    f"""
+    WITH due AS (
+        SELECT id FROM {runs.name}
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued'
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE {runs.name} AS r
+        SET status = 'running', attempt = r.attempt + 1, lease_owner = :worker,
+            lease_token = r.lease_token + 1, lease_expires_at = :expires,
+            started_at = :now, updated_at = :now
+        FROM due WHERE r.id = due.id
+        RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
+                  r.lease_token, r.checkpoint, r.priority, r.available_at
+    ), logged AS (
+        INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
+        SELECT id, 'claimed', :now, attempt, :worker, lease_token FROM claimed
+    )
+    SELECT * FROM claimed ORDER BY priority DESC, available_at, id
     """
 )
 
@@ -218,6 +248,10 @@ class PostgresBackend(Backend):
                 "digests": [new.key_digest for new in new_runs],
                 "payloads": [new.payload_json for new in new_runs],
                 "max_attempts": [new.max_attempts for new in new_runs],
+                "available_at": [new.due_at(now) for new in new_runs],
+                "priorities": [new.priority for new in new_runs],
+                "concurrency_keys": [new.concurrency_key for new in new_runs],
+                "concurrency_digests": [new.concurrency_digest for new in new_runs],
                 "now": now,
             },
         )
@@ -236,6 +270,19 @@ class PostgresBackend(Backend):
             "expires": request.expires_at,
         }
         return [*claimed, *conn.execute(CLAIM_DUE, params)]
+
+    def lease_queued(
+        self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
+    ) -> list[Any]:
+        if not run_ids:
+            return []
+        params = {
+            "ids": list(run_ids),
+            "now": request.now,
+            "worker": request.worker_id,
+            "expires": request.expires_at,
+        }
+        return list(conn.execute(LEASE_QUEUED, params))
 
     def succeed_within(
         self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str

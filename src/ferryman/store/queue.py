@@ -15,6 +15,7 @@ from ferryman.model import Run, RunEvent, RunEventKind, RunStatus, SubmitResult
 from ferryman.store import records
 from ferryman.store.dialect import Backend
 from ferryman.store.keys import run_key_digest
+from ferryman.store.limits import Limits
 from ferryman.store.run_rows import NewRun, chunks, event
 from ferryman.store.schema import run_events, runs
 
@@ -67,6 +68,11 @@ class RunQueue:
             for row in conn.execute(query):
                 ids[bytes(row.key_digest)] = row.id
         if created:
+            keyed = [new.job for new in in_key_order if new.concurrency_key is not None]
+            if keyed:
+                # Before any claim can see the runs: from now on every claim of
+                # these jobs counts the running runs of each key.
+                Limits(self.backend).mark_keyed(conn, keyed)
             self.backend.wake(conn, {new.job for new in unique.values()})
         if created and requested_detail is not None:
             self._detail_requested(conn, created, requested_detail)

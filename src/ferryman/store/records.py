@@ -173,6 +173,8 @@ def run_from_row(row: sa.RowMapping) -> Run:
         updated_at=_required_datetime(row["updated_at"]),
         started_at=to_datetime(row["started_at"]),
         finished_at=to_datetime(row["finished_at"]),
+        priority=row["priority"],
+        concurrency_key=row["concurrency_key"],
     )
 
 

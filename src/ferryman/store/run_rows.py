@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from ferryman.model import RunEventKind, RunStatus
 from ferryman.store import records
-from ferryman.store.keys import run_key_digest
+from ferryman.store.keys import concurrency_key_digest, run_key_digest
 from ferryman.store.schema import runs
 
 # Rows per statement when a batch is written; keeps every statement well under
@@ -38,11 +38,28 @@ class NewRun:
     run_key: str
     payload_json: str
     max_attempts: int
+    priority: int = 0
+    # Due at the database's clock plus ``delay`` seconds, or at ``not_before``
+    # (seconds since the epoch) if that is later.
+    delay: float = 0.0
+    not_before: float | None = None
+    concurrency_key: str | None = None
     key_digest: bytes = field(init=False, repr=False, compare=False)
+    concurrency_digest: bytes | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         records.checked_key(self.run_key, f"run_key of job {self.job!r}")
         object.__setattr__(self, "key_digest", run_key_digest(self.job, self.run_key))
+        digest = None
+        if self.concurrency_key is not None:
+            records.checked_key(self.concurrency_key, f"concurrency_key of job {self.job!r}")
+            digest = concurrency_key_digest(self.concurrency_key)
+        object.__setattr__(self, "concurrency_digest", digest)
+
+    def due_at(self, now: float) -> float:
+        """When the run becomes due, given the database's clock now."""
+        due = now + self.delay
+        return due if self.not_before is None else max(due, self.not_before)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,7 +118,7 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
 
 
 def run_row(new: NewRun, now: float) -> dict[str, Any]:
-    """The row of a new run, queued and due at ``now``."""
+    """The row of a new run, queued; due at ``now`` unless it asked for later."""
     return {
         "job": new.job,
         "run_key": new.run_key,
@@ -110,7 +127,10 @@ def run_row(new: NewRun, now: float) -> dict[str, Any]:
         "status": RunStatus.QUEUED.value,
         "attempt": 0,
         "max_attempts": new.max_attempts,
-        "available_at": now,
+        "available_at": new.due_at(now),
+        "priority": new.priority,
+        "concurrency_key": new.concurrency_key,
+        "concurrency_digest": new.concurrency_digest,
         "lease_token": 0,
         "created_at": now,
         "updated_at": now,

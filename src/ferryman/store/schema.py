@@ -179,6 +179,12 @@ runs = sa.Table(
     sa.Column("updated_at", Epoch, nullable=False),
     sa.Column("started_at", Epoch),
     sa.Column("finished_at", Epoch),
+    # Higher is claimed first; within a priority, by due time (available_at), then id.
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    # Runs of one job sharing a key are limited together (key_concurrency); counted
+    # by the key's digest (keys.concurrency_key_digest), so a key of any length fits.
+    sa.Column("concurrency_key", LongText),
+    sa.Column("concurrency_digest", Digest),
     sa.UniqueConstraint("key_digest"),
     sa.CheckConstraint(
         "status IN ('queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled')",
@@ -190,14 +196,30 @@ runs = sa.Table(
 # however many finished runs the table holds, and leading with the job lets a
 # claim walk it in order even when the planner's statistics are stale (right
 # after a bulk enqueue) instead of sorting every due run.
+# Higher priorities first: the index holds the priority descending, so that the
+# claim's order (priority DESC, available_at, id) is the index's own.
 except_mariadb(
     sa.Index(
         "ix_ferryman_runs_due",
         runs.c.job,
+        runs.c.priority.desc(),
         runs.c.available_at,
         runs.c.id,
         postgresql_where=runs.c.status == "queued",
         sqlite_where=runs.c.status == "queued",
+    )
+)
+# A limited claim counts the running runs of each concurrency key. Runs
+# without a key stay out of it, so that plain jobs pay nothing for it.
+except_mariadb(
+    sa.Index(
+        "ix_ferryman_runs_running_keys",
+        runs.c.job,
+        runs.c.concurrency_digest,
+        postgresql_where=sa.and_(
+            runs.c.status == "running", runs.c.concurrency_digest.is_not(None)
+        ),
+        sqlite_where=sa.and_(runs.c.status == "running", runs.c.concurrency_digest.is_not(None)),
     )
 )
 except_mariadb(
@@ -211,7 +233,17 @@ except_mariadb(
 # MariaDB has no partial indexes: the same indexes lead with the status there, so
 # that a claim's equality on it reads the same entries in the same order.
 mariadb_only(
-    sa.Index("ix_ferryman_runs_due", runs.c.status, runs.c.job, runs.c.available_at, runs.c.id)
+    sa.Index(
+        "ix_ferryman_runs_due",
+        runs.c.status,
+        runs.c.job,
+        runs.c.priority.desc(),
+        runs.c.available_at,
+        runs.c.id,
+    )
+)
+mariadb_only(
+    sa.Index("ix_ferryman_runs_running_keys", runs.c.status, runs.c.job, runs.c.concurrency_digest)
 )
 mariadb_only(sa.Index("ix_ferryman_runs_leases", runs.c.status, runs.c.lease_expires_at))
 sa.Index("ix_ferryman_runs_job_status", runs.c.job, runs.c.status, runs.c.id)
@@ -229,6 +261,18 @@ sa.Index(
     runs.c.run_key,
     postgresql_using="hash",
     mariadb_length={"run_key": RUN_KEY_PREFIX},
+)
+
+# One row per job whose claims are limited (concurrency, rate) or whose runs
+# carry concurrency keys: claims of such a job lock it, so that they count the
+# running runs one after another, and it holds the job's rate bucket.
+job_limits = sa.Table(
+    "ferryman_job_limits",
+    metadata,
+    sa.Column("job", Name, primary_key=True),
+    sa.Column("tokens", Epoch),  # the rate bucket: tokens left at refilled_at
+    sa.Column("refilled_at", Epoch),
+    **MARIADB_TABLE,
 )
 
 run_events = sa.Table(

@@ -142,14 +142,17 @@ EXPIRED = DriverStatement(
     .limit(sa.bindparam("limit"))
 )
 
+# A run with a concurrency key is claimed by the limited path
+# (ferryman.store.limits) alone, even in a job claimed here.
 DUE = DriverStatement(
-    sa.select(runs.c.id, runs.c.available_at)
+    sa.select(runs.c.id, runs.c.priority, runs.c.available_at)
     .where(
         runs.c.job == sa.bindparam("job"),
         runs.c.status == RunStatus.QUEUED.value,
         runs.c.available_at <= sa.bindparam("now"),
+        runs.c.concurrency_digest.is_(None),
     )
-    .order_by(runs.c.available_at, runs.c.id)
+    .order_by(runs.c.priority.desc(), runs.c.available_at, runs.c.id)
     .limit(sa.bindparam("limit"))
 )
 
@@ -340,17 +343,17 @@ class SQLiteBackend(Backend):
         return EXPIRED.rows(conn, {"now": now, "jobs": json_list(jobs), "limit": limit})
 
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
-        """Walk each job's due queue in index order, keep the oldest; lease them with the rest."""
-        candidates: list[tuple[float, int]] = []
+        """Walk each job's due queue in index order, keep the first; lease them with the rest."""
+        candidates: list[tuple[int, float, int]] = []
         if request.room > 0:
             for job in request.jobs:
                 candidates.extend(
-                    (available_at, run_id)
-                    for run_id, available_at in DUE.rows(
+                    (-priority, available_at, run_id)
+                    for run_id, priority, available_at in DUE.rows(
                         conn, {"job": job, "now": request.now, "limit": request.room}
                     )
                 )
-        due = [run_id for _, run_id in sorted(candidates)[: max(request.room, 0)]]
+        due = [run_id for _, _, run_id in sorted(candidates)[: max(request.room, 0)]]
         return self.lease(conn, [*request.reclaim, *due], request)
 
     def lease(
@@ -366,6 +369,12 @@ class SQLiteBackend(Backend):
             "ids": json_list(run_ids),
         }
         return self._logged_claims(conn, LEASE.rows(conn, params), run_ids, request)
+
+    def lease_queued(
+        self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
+    ) -> list[Any]:
+        # One writer at a time: nothing changed the runs since this transaction read them.
+        return self.lease(conn, run_ids, request)
 
     def succeed_within(
         self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str

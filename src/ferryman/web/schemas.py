@@ -58,7 +58,9 @@ class RunOut(RecordOut):
     payload: Any
     last_error: str | None
     lease_owner: str | None
-    available_at: datetime
+    available_at: datetime  # when it is (or was) due: not_before, or a retry's backoff
+    priority: int
+    concurrency_key: str | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ferryman.model import Backoff
+from ferryman.model import Backoff, Rate
 
 if TYPE_CHECKING:
     pass
@@ -20,6 +20,10 @@ class JobDefinition:
     backoff: Backoff
     sensitive: frozenset[str] = frozenset()  # payload keys never shown (see App.job)
     timeout: float | None = None  # seconds an attempt may take (see App.job)
+    priority: int = 0  # this and the three below: see App.job (enforced at claim time)
+    concurrency: int | None = None
+    key_concurrency: int = 1
+    rate: Rate | None = None
 
 
 @dataclass(slots=True)

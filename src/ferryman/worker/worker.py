@@ -212,7 +212,7 @@ class Worker:
             try:
                 claimed = self.store.claim(
                     worker_id=self.worker_id,
-                    jobs=list(self.jobs),
+                    jobs=self.jobs,  # with their definitions: the store reads their limits
                     limit=min(room, self.claim_batch),
                     lease_seconds=self.lease_seconds,
                 )

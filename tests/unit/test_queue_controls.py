@@ -1,0 +1,210 @@
+"""Priorities, due times, concurrency and key limits: enforced by the store, on every store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import ferryman as fm
+from ferryman.store import JobLimits
+from tests.helpers import wait_until
+from tests.queue_support import held_slots, most_at_once, most_at_once_per_key
+
+
+def noop(ctx: fm.JobContext, payload: object) -> None: ...
+
+
+def db_now(app: fm.App) -> float:
+    with app.store.engine.begin() as conn:
+        return app.store.runs.now(conn)
+
+
+# -- priorities --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["plain", "limited"])
+def test_higher_priorities_are_claimed_before_any_queued_lower_one(
+    make_app: type[fm.App], limited: bool
+) -> None:
+    app = make_app()
+    app.job(name="load", concurrency=10_000 if limited else None)(noop)
+    limits = {"load": JobLimits(concurrency=10_000)} if limited else None
+    app.submit("load", *(fm.RunRequest(f"low-{i:04d}") for i in range(1000)))
+    app.submit("load", *(fm.RunRequest(f"high-{i}", priority=10) for i in range(10)))
+
+    claimed = []
+    for _ in range(4):  # claims of 4: the 10 first, whatever the batch
+        batch = app.store.claim(
+            worker_id="w", jobs=["load"], limit=4, lease_seconds=30, limits=limits
+        )
+        claimed.extend(run.run_key for run in batch)
+    assert claimed[:10] == [f"high-{i}" for i in range(10)]  # FIFO within a priority
+    assert claimed[10:] == ["low-0000", "low-0001", "low-0002", "low-0003", "low-0004", "low-0005"]
+
+
+def test_a_job_gives_its_priority_to_its_runs_unless_they_ask_for_another(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    app.job(name="urgent", priority=5)(noop)
+    app.job(name="routine")(noop)
+    app.submit("routine", fm.RunRequest("r1"))
+    app.submit("urgent", fm.RunRequest("u1"), fm.RunRequest("u0", priority=-1))
+    assert {run.run_key: run.priority for run in app.get_runs()} == {"r1": 0, "u1": 5, "u0": -1}
+    order = app.store.claim(worker_id="w", jobs=["routine", "urgent"], limit=3, lease_seconds=30)
+    assert [run.run_key for run in order] == ["u1", "r1", "u0"]
+
+
+def test_priorities_and_keys_are_checked_where_they_are_given() -> None:
+    with pytest.raises(fm.PayloadError, match="priority must be an int"):
+        fm.RunRequest("a", priority="high")  # type: ignore[arg-type]
+    with pytest.raises(fm.PayloadError, match="concurrency_key must be a non-empty string"):
+        fm.RunRequest("a", concurrency_key="")
+    app = fm.App("sqlite:///unused.db")
+    with pytest.raises(fm.ConfigurationError, match="concurrency must be a whole number >= 1"):
+        app.job(concurrency=0)(noop)
+    with pytest.raises(fm.ConfigurationError, match=r"rate must be a ferryman\.Rate"):
+        app.job(rate=100)(noop)  # type: ignore[arg-type]
+    with pytest.raises(fm.ConfigurationError, match=r"Rate\.count must be a positive number"):
+        fm.Rate(0)
+
+
+# -- due times ---------------------------------------------------------------
+
+
+def test_not_before_is_never_claimed_early_and_a_resubmit_does_not_move_it(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    app.job(name="load")(noop)
+    far = datetime.now(UTC) + timedelta(days=1)
+    app.submit(
+        "load",
+        fm.RunRequest("tomorrow", not_before=far),
+        fm.RunRequest("soon", not_before=timedelta(seconds=1.5)),
+    )
+    runs = {run.run_key: run for run in app.get_runs()}
+    assert runs["tomorrow"].available_at.timestamp() == pytest.approx(far.timestamp())
+    due = runs["soon"].available_at.timestamp()
+    assert due == pytest.approx(db_now(app) + 1.5, abs=1.0)  # measured on the store's clock
+
+    # Submitted again, due now: the runs stay as first requested.
+    again = app.submit("load", fm.RunRequest("soon"), fm.RunRequest("tomorrow", priority=9))
+    assert again.created == 0
+    assert {run.run_key: run.available_at.timestamp() for run in app.get_runs()} == {
+        "tomorrow": runs["tomorrow"].available_at.timestamp(),
+        "soon": due,
+    }
+    claimed: list[fm.Run] = []
+
+    def claim_soon() -> bool:
+        for run in app.store.claim(worker_id="w", jobs=["load"], limit=10, lease_seconds=30):
+            claimed.append(run)
+            assert db_now(app) >= due
+        return bool(claimed)
+
+    wait_until(claim_soon, timeout=20, what="the delayed run to be due")
+    assert [run.run_key for run in claimed] == ["soon"]
+    (event,) = [e for e in app.get_run_events(claimed[0].id) if e.kind == "claimed"]
+    assert event.at.timestamp() >= due
+
+
+def test_a_naive_not_before_is_refused_naming_the_fix() -> None:
+    with pytest.raises(fm.PayloadError, match=r"has no time zone.*aware datetime"):
+        fm.RunRequest("a", not_before=datetime(2030, 1, 1))
+
+
+# -- concurrency -------------------------------------------------------------
+
+
+def work_in_threads(app: fm.App, threads: int) -> None:
+    """``threads`` workers, each its own Worker in this process, until none finds work."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            app.work(until_idle=True, concurrency=3, poll_interval=0.05, handle_signals=False)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not errors
+
+
+def test_job_concurrency_is_never_exceeded_by_concurrent_claimers(make_app: type[fm.App]) -> None:
+    app = make_app()
+
+    @app.job(concurrency=2)
+    def limited(ctx: fm.JobContext, payload: object) -> None:
+        time.sleep(0.01)
+
+    app.submit("limited", *(fm.RunRequest(f"run-{i:03d}") for i in range(60)))
+    while any(run.status != "succeeded" for run in app.get_runs()):
+        work_in_threads(app, threads=4)
+    held = held_slots(app, "limited")
+    assert len(held) == 60
+    assert most_at_once(held) == 2  # reached, never exceeded
+
+
+def test_runs_sharing_a_key_never_overlap_while_other_keys_go_on(make_app: type[fm.App]) -> None:
+    app = make_app()
+
+    @app.job(key_concurrency=1)
+    def per_customer(ctx: fm.JobContext, payload: object) -> None:
+        time.sleep(0.01)
+
+    @app.job(key_concurrency=2)
+    def two_per_customer(ctx: fm.JobContext, payload: object) -> None:
+        time.sleep(0.01)
+
+    for job in ("per_customer", "two_per_customer"):
+        app.submit(
+            job,
+            *(
+                fm.RunRequest(f"run-{i:03d}", concurrency_key=f"customer-{i % 4}")
+                for i in range(48)
+            ),
+        )
+    while any(run.status != "succeeded" for run in app.get_runs()):
+        work_in_threads(app, threads=4)
+    one = held_slots(app, "per_customer")
+    assert len(one) == 48
+    assert set(most_at_once_per_key(one).values()) == {1}
+    assert most_at_once(one) > 1  # other keys ran meanwhile
+    two = most_at_once_per_key(held_slots(app, "two_per_customer"))
+    assert max(two.values()) <= 2
+    assert {run.concurrency_key for run in app.get_runs(job="per_customer")} == {
+        f"customer-{i}" for i in range(4)
+    }
+
+
+@pytest.mark.parametrize("limits", [JobLimits(), JobLimits(concurrency=1)], ids=["key", "job"])
+def test_an_expired_lease_frees_its_slot_only_when_taken_over(
+    make_app: type[fm.App], limits: JobLimits
+) -> None:
+    app = make_app()
+    app.job(name="serial", concurrency=limits.concurrency)(noop)
+    key = "k" if limits.concurrency is None else None
+    app.submit("serial", *(fm.RunRequest(f"run-{i}", concurrency_key=key) for i in range(2)))
+    claim = {"jobs": ["serial"], "limit": 2, "limits": {"serial": limits}}
+
+    (zombie,) = app.store.claim(worker_id="zombie", lease_seconds=0.5, **claim)  # type: ignore[arg-type]
+    assert app.store.claim(worker_id="other", lease_seconds=30, **claim) == []  # type: ignore[arg-type]
+    run = app.get_run(zombie.id)
+    assert run is not None and run.lease_expires_at is not None
+    expiry = run.lease_expires_at.timestamp()
+    wait_until(lambda: db_now(app) > expiry, what="the zombie's lease to expire")
+
+    # Past its expiry the zombie's run is taken over, and still holds the slot.
+    taken = app.store.claim(worker_id="taker", lease_seconds=30, **claim)  # type: ignore[arg-type]
+    assert [(run.id, run.attempt) for run in taken] == [(zombie.id, 2)]
+    assert app.store.claim(worker_id="other", lease_seconds=30, **claim) == []  # type: ignore[arg-type]
+    held = held_slots(app, "serial")
+    assert most_at_once(held) == 1
