@@ -244,3 +244,20 @@ def test_a_run_page_links_the_runs_its_success_requested(
     api = client.get(f"/api/runs/{parent}").json()
     assert (api["parent_run_id"], api["child_run_ids"]) == (None, [child_id])
     assert client.get(f"/api/runs/{child_id}").json()["parent_run_id"] == parent
+
+
+def test_a_run_page_shows_its_priority_due_time_and_concurrency_key(
+    client: TestClient, web_app: fm.App
+) -> None:
+    from datetime import timedelta
+
+    request = fm.RunRequest(
+        "later-1", {"n": 7}, priority=7, not_before=timedelta(hours=2), concurrency_key="cust-42"
+    )
+    (queued,) = web_app.submit("load", request).run_ids
+    facts = re.sub(r"\s+", " ", client.get(f"/runs/{queued}").text)
+    assert "<dt>priority</dt><dd>7</dd>" in facts
+    assert "<dt>concurrency key</dt><dd><code>cust-42</code></dd>" in facts
+    (run,) = [r for r in web_app.get_runs() if r.id == queued]
+    assert run.available_at > run.created_at + timedelta(seconds=7000)  # by the store's clock
+    assert re.search(r"<dt>due</dt><dd>[^<]*\b(in|20\d\d-)", facts), "the due time is shown"
