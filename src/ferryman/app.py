@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from ferryman import logs, settings
 from ferryman.errors import ConfigurationError
+from ferryman.housekeeping import DailyPrune
 from ferryman.jobs import JobRegistry
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
@@ -83,6 +84,13 @@ class App:
     it the message is evaluated again, though its runs are still deduplicated
     by run_key. ``ferryman run`` forgets older deliveries now and then, and
     :meth:`prune_deliveries` (or :meth:`prune_evaluations`) does it on demand.
+
+    ``prune_finished_after`` (a :class:`~datetime.timedelta` or seconds;
+    ``None``, the default, keeps everything): ``ferryman run`` prunes, at
+    start and then daily, the runs finished longer ago than that: their
+    payloads, checkpoints and processing logs go in small transactions, their
+    rows stay so that their run keys still deduplicate (``ferryman prune``
+    does it on demand; see docs/operations.md).
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class App:
         create: bool | None = None,
         evaluation_retention: int | None = 10_000,
         delivery_retention: timedelta | float | None = DEFAULT_DELIVERY_RETENTION,
+        prune_finished_after: timedelta | float | None = None,
     ) -> None:
         lease_seconds = settings.seconds("lease_seconds", lease_seconds, inclusive=False)
         if evaluation_retention is not None:
@@ -105,6 +114,9 @@ class App:
         self._jobs = JobRegistry()
         self.evaluation_retention = evaluation_retention
         self.delivery_retention = settings.retention(delivery_retention)
+        self.prune_finished_after = settings.retention(
+            prune_finished_after, name="prune_finished_after"
+        )
         self._sensors: dict[str, SensorDefinition] = {}
         self._sources: dict[str, Source] = {}  # push sensor -> where its messages come from
         self._consumers: SourceConsumers | None = None
@@ -625,6 +637,10 @@ class App:
         resumer = TransferResumer(self.store) if resume_transfers else None
         if resumer is not None:
             resumer.start()
+        pruner = None
+        if self.prune_finished_after is not None:
+            pruner = DailyPrune(lambda: self.store, self.prune_finished_after)
+            pruner.start()
         consumers = SourceConsumers(
             [
                 SourceConsumer(self._sensor_engine, sensor, source)
@@ -641,6 +657,8 @@ class App:
             if resumer is not None:
                 # An upload cut short here stays active and resumes next time.
                 resumer.stop(timeout=grace_seconds)
+            if pruner is not None:
+                pruner.stop(timeout=grace_seconds)
 
     def source_stats(self) -> dict[str, SourceStats]:
         """What each broker source consumer of this process did, by push sensor.

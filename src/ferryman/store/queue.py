@@ -74,9 +74,14 @@ class RunQueue:
         statuses: Sequence[RunStatus] = (RunStatus.FAILED, RunStatus.DEAD),
         by: str | None = None,
     ) -> list[int]:
-        """Put failed or dead runs back in the queue with a fresh attempt budget."""
+        """Put failed or dead runs back in the queue with a fresh attempt budget.
+
+        A pruned run (no processing log left, see :mod:`ferryman.store.prune`)
+        stays as it is: its payload is gone, there is nothing to run it with.
+        """
         now = self.now(conn)
-        query = runs.update().where(runs.c.status.in_([s.value for s in statuses]))
+        logged = sa.exists().where(run_events.c.run_id == runs.c.id)
+        query = runs.update().where(runs.c.status.in_([s.value for s in statuses]), logged)
         if run_ids is not None:
             query = query.where(runs.c.id.in_(list(run_ids)))
         if job is not None:

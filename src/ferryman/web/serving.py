@@ -33,8 +33,6 @@ from ferryman.supervise import supervised
 from ferryman.web.server import create_app
 from ferryman.web.settings import WebSettings
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
 TOKEN_VARIABLE = "FERRYMAN_API_TOKEN"  # noqa: S105 - the variable's name, not a token
 MIN_TOKEN_LENGTH = 16
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
