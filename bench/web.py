@@ -230,21 +230,29 @@ def seed_sqlite(name: str, runs: int, evaluations: int, reseed: bool) -> str:
     upgrade(url)
     started = time.perf_counter()
     now = time.time()
+    fill_sqlite(
+        path,
+        [
+            ("ferryman_runs", RUN_COLUMNS, run_rows(runs, now)),
+            ("ferryman_run_events", EVENT_COLUMNS, event_rows(runs, now)),
+            ("ferryman_sensors", SENSOR_COLUMNS, iter(sensor_rows(now, evaluations))),
+            ("ferryman_sensor_evaluations", EVALUATION_COLUMNS, evaluation_rows(evaluations, now)),
+        ],
+    )
+    print(f"sqlite: seeded in {time.perf_counter() - started:.0f} s", flush=True)
+    return url
+
+
+def fill_sqlite(path: Path, tables: list[tuple[str, str, Iterator[tuple[object, ...]]]]) -> None:
+    """Insert each (table, columns, rows) with executemany, then ANALYZE."""
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")  # seeding only: the bench reads afterwards
-    for table, columns, rows in (
-        ("ferryman_runs", RUN_COLUMNS, run_rows(runs, now)),
-        ("ferryman_run_events", EVENT_COLUMNS, event_rows(runs, now)),
-        ("ferryman_sensors", SENSOR_COLUMNS, iter(sensor_rows(now, evaluations))),
-        ("ferryman_sensor_evaluations", EVALUATION_COLUMNS, evaluation_rows(evaluations, now)),
-    ):
+    for table, columns, rows in tables:
         marks = ", ".join("?" for _ in columns.split(","))
         with conn:
             conn.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
     conn.execute("ANALYZE")
     conn.close()
-    print(f"sqlite: seeded in {time.perf_counter() - started:.0f} s", flush=True)
-    return url
 
 
 # -- measuring -----------------------------------------------------------------

@@ -122,3 +122,28 @@ def test_xml_pipeline_bench_compares_ferryman_with_the_bare_loop() -> None:
             row = rf"^\| {store} \| {system} \| 1 \| {NUMBER} \|"
             assert re.search(row, output, re.MULTILINE), f"{store} {system}:\n{output}"
         assert re.search(rf"^{store}: ferryman with 1 process = {NUMBER}%", output, re.M), output
+
+
+def test_scale_bench_compares_two_sizes_and_prunes() -> None:
+    output = run_bench(
+        "scale.py",
+        *("--sizes", "1000,3000", "--stores", "postgres,sqlite", "--reseed"),
+        *("--requests", "3", "--submits", "5", "--claims", "5"),
+    )
+    for store in ("postgres", "sqlite"):
+        assert re.search(rf"{store}: p95 in ms at 1,000 and 3,000 runs", output), (
+            f"no table for {store}:\n{output}"
+        )
+        for size in ("1,000", "3,000"):
+            assert re.search(
+                rf"{store} {size}: {NUMBER} bytes per run, {NUMBER} after .*prune", output
+            ), output
+    assert re.search(rf"submit \(one run\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", output), output
+    assert re.search(rf"claim \(one run\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", output), output
+    assert re.search(rf"first overview after start\s+{NUMBER}\s+{NUMBER}", output), output
+
+
+def test_startup_bench_times_the_three_commands() -> None:
+    output = run_bench("startup.py", "--runs", "1")
+    for command in ("import ferryman", r"ferryman --help", r"ferryman tick \(no-op sensor\)"):
+        assert re.search(rf"{command}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", output), output

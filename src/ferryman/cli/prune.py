@@ -70,6 +70,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
             f"{verb} {result.runs} runs finished before {cutoff}: {result.events} processing "
             f"log rows, {result.payloads} payloads",
             highlight=False,
+            soft_wrap=True,
         )
 
 
