@@ -158,7 +158,7 @@ def _seeded_pg(url: str, size: int) -> bool:
                 "SELECT count(*) FROM ferryman_runs WHERE id = %s", (size,)
             ).fetchone()
             events = conn.execute(
-                "SELECT count(*) FROM ferryman_run_events WHERE run_id = 10"
+                "SELECT count(*) FROM ferryman_run_events WHERE run_id <= 20"
             ).fetchone()
     except psycopg.Error:
         return False
@@ -215,7 +215,7 @@ def _seeded_sqlite(path: Path, size: int) -> bool:
     try:
         (top,) = conn.execute("SELECT max(id) FROM ferryman_runs WHERE id <= ?", (size,)).fetchone()
         (events,) = conn.execute(
-            "SELECT count(*) FROM ferryman_run_events WHERE run_id = 10"
+            "SELECT count(*) FROM ferryman_run_events WHERE run_id <= 20"
         ).fetchone()
     except sqlite3.Error:
         return False
@@ -334,7 +334,9 @@ def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> F
     figures = Figures()
     figures.p95["submit (one run)"] = p95(time_submits(url, args.submits))
     figures.p95["claim (one run)"] = p95(time_claims(url, args.claims))
-    process, base = web.serve(url)
+    started = time.perf_counter()
+    process, base = web.serve(url, start_timeout=3600)
+    figures.p95["server start until it answers"] = (time.perf_counter() - started) * 1000
     try:
         started = time.perf_counter()
         httpx.get(f"{base}/", timeout=600).raise_for_status()

@@ -265,7 +265,7 @@ def free_port() -> int:
         return port
 
 
-def serve(url: str) -> tuple[subprocess.Popen[bytes], str]:
+def serve(url: str, start_timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
     env["FERRYMAN_API_TOKEN"] = TOKEN
@@ -277,7 +277,7 @@ def serve(url: str) -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + start_timeout  # it counts the runs before it answers
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/api/sensors", timeout=5).status_code == 200:
