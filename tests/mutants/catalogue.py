@@ -689,4 +689,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/brokers/test_rabbitmq.py::test_each_message_one_run_acked_after_commit[sqlite]",),
     ),
+    Mutation(
+        "pruning deletes old runs instead of emptying them",
+        ONE_RUN,
+        one(
+            "ferryman/store/prune.py",
+            "        runs.update()\n"
+            "        .where(runs.c.id.in_(kept), _not_empty())\n"
+            "        .values(payload=EMPTY_PAYLOAD, checkpoint=None)\n",
+            "        runs.delete().where(runs.c.id.in_(kept))\n",
+        ),
+        (
+            "tests/unit/test_prune.py::"
+            "test_prune_empties_old_finished_runs_and_keeps_their_keys[sqlite]",
+        ),
+    ),
 )
