@@ -10,6 +10,8 @@ claims and finishes runs between them.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ import ferryman as fm
 from ferryman.cli import prune as cli_prune
 from ferryman.housekeeping import DailyPrune
 from ferryman.store import Store, prune
+from tests.helpers import wait_until
 
 DEADLINE = 60.0
 
@@ -203,3 +206,42 @@ def test_ferryman_prune_from_the_command_line(tmp_path: Path) -> None:
         assert all(run.payload is None for run in reopened.get_runs(job="load"))
     finally:
         reopened.close()
+
+
+def test_ferryman_run_prunes_at_start_when_the_app_says_so(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    (tmp_path / "prune_app.py").write_text(
+        "import ferryman as fm\n"
+        f"app = fm.App({url!r}, prune_finished_after=0)\n"
+        "@app.job()\n"
+        "def load(ctx, payload):\n"
+        "    pass\n"
+    )
+    app = fm.App(url)
+
+    @app.job()
+    def load(ctx: fm.JobContext, payload: Any) -> None:
+        pass
+
+    app.submit("load", *[fm.RunRequest(f"k-{n}", {"n": n}) for n in range(3)])
+    app.work(until_idle=True)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "ferryman", "--app", "prune_app.py:app", "run", "--no-serve"],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(
+            lambda: all(run.payload is None for run in app.get_runs(job="load")),
+            timeout=DEADLINE,
+            what="the daemon's first prune",
+        )
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=DEADLINE)
+        app.close()
+    assert daemon.returncode == 0, stderr.decode()
+    assert app.submit("load", fm.RunRequest("k-0", {"n": 0})).created == 0
