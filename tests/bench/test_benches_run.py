@@ -113,6 +113,8 @@ def test_web_bench_times_every_page_on_both_stores() -> None:
         for page in ("overview page /", "run page /runs/{id}", "dead letters page", "/metrics"):
             line = rf"^{store}\s+{re.escape(page)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
             assert re.search(line, summary, re.MULTILINE), f"{store} {page}:\n{output}"
+        assert re.search(rf"{store}: server start until it answers {NUMBER} s", output), output
+        assert re.search(rf"{store}: first overview {NUMBER} ms", output), output
 
 
 def test_xml_pipeline_bench_compares_ferryman_with_the_bare_loop() -> None:
