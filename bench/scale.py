@@ -312,13 +312,13 @@ def sqlite_bytes(url: str) -> tuple[float, float]:
     return compacted / count, path.stat().st_size / count
 
 
-def prune_store(url: str, finished_before: str) -> tuple[float, str]:
+def prune_store(url: str, finished_before: str, batch: int) -> tuple[float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
     env["PYTHONPATH"] = str(REPO / "src")
     started = time.perf_counter()
     command = [sys.executable, "-m", "ferryman", "--store", url, "prune"]
     completed = subprocess.run(
-        [*command, "--finished-before", finished_before, "--json"],
+        [*command, "--finished-before", finished_before, "--batch", str(batch), "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -350,31 +350,36 @@ def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> F
     finally:
         process.terminate()
         process.wait(timeout=30)
-    measure_bytes = pg_bytes if kind == "postgres" else sqlite_bytes
-    figures.bytes_before = measure_bytes(url)[0]
-    if args.prune:
-        figures.prune_seconds, figures.pruned = prune_store(url, args.finished_before)
-        figures.bytes_after = measure_bytes(url)[0]
     return figures
 
 
-def report(kind: str, sizes: list[int], found: dict[int, Figures]) -> None:
+def measure_pruning(kind: str, url: str, figures: Figures, args: argparse.Namespace) -> None:
+    """Bytes per run, then (unless --no-prune) the prune's time and the bytes after it."""
+    measure_bytes = pg_bytes if kind == "postgres" else sqlite_bytes
+    figures.bytes_before = measure_bytes(url)[0]
+    if args.prune:
+        figures.prune_seconds, figures.pruned = prune_store(url, args.finished_before, args.batch)
+        figures.bytes_after = measure_bytes(url)[0]
+
+
+def report_latency(kind: str, sizes: list[int], found: dict[int, Figures]) -> None:
     small, large = sizes[0], sizes[-1]
     print(f"\n{kind}: p95 in ms at {small:,} and {large:,} runs; target ratio <= 1.25")
     print(f"{'operation':<34}{small:>12,}{large:>14,}{'ratio':>8}")
     for name in found[small].p95:
         a, b = found[small].p95[name], found[large].p95.get(name, float("nan"))
         flag = "" if b <= 1.25 * a else "  (over 1.25)"
-        print(f"{name:<34}{a:>12.1f}{b:>14.1f}{b / a:>8.2f}{flag}")
-    for size in sizes:
-        figures = found[size]
-        line = f"{kind} {size:,}: {figures.bytes_before:,.0f} bytes per run"
-        if figures.pruned:
-            line += (
-                f", {figures.bytes_after:,.0f} after `ferryman prune --finished-before "
-                f"{DAYS // 2}d` ({figures.prune_seconds:.1f} s: {figures.pruned})"
-            )
-        print(line)
+        print(f"{name:<34}{a:>12.1f}{b:>14.1f}{b / a:>8.2f}{flag}", flush=True)
+
+
+def report_bytes(kind: str, size: int, figures: Figures) -> None:
+    line = f"{kind} {size:,}: {figures.bytes_before:,.0f} bytes per run"
+    if figures.pruned:
+        line += (
+            f", {figures.bytes_after:,.0f} after `ferryman prune --finished-before "
+            f"{DAYS // 2}d` ({figures.prune_seconds:.1f} s: {figures.pruned})"
+        )
+    print(line, flush=True)
 
 
 def main() -> None:
@@ -387,19 +392,25 @@ def main() -> None:
     parser.add_argument("--reseed", action="store_true")
     parser.add_argument("--no-prune", dest="prune", action="store_false")
     parser.add_argument("--finished-before", default=f"{DAYS // 2}d")
+    parser.add_argument("--batch", type=int, default=500, help="runs per prune transaction")
     parser.add_argument("--pg", default=os.environ.get("FERRYMAN_BENCH_PG", DEFAULT_PG))
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
     for kind in args.stores.split(","):
         found: dict[int, Figures] = {}
+        urls: dict[int, str] = {}
         for size in sizes:
-            url = (
+            urls[size] = (
                 seed_sqlite(size, args.reseed)
                 if kind == "sqlite"
                 else seed_postgres(args.pg, size, args.reseed)
             )
-            found[size] = measure_store(kind, url, size, args)
-        report(kind, sizes, found)
+            found[size] = measure_store(kind, urls[size], size, args)
+        report_latency(kind, sizes, found)
+        # Last: pruning changes the seeded stores (the next run seeds them again).
+        for size in sizes:
+            measure_pruning(kind, urls[size], found[size], args)
+            report_bytes(kind, size, found[size])
 
 
 if __name__ == "__main__":
