@@ -76,10 +76,13 @@ def next_batch(
     )
     if after is not None:
         query = query.where(
+            # Redundant with the OR below, and what lets the index scan start at
+            # ``after`` instead of the oldest run on every batch.
+            runs.c.finished_at >= after.finished_at,
             sa.or_(
                 runs.c.finished_at > after.finished_at,
                 sa.and_(runs.c.finished_at == after.finished_at, runs.c.id > after.run_id),
-            )
+            ),
         )
     return [Position(row.finished_at, row.id) for row in conn.execute(query)]
 
