@@ -118,12 +118,17 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 def warm_up(web: FastAPI) -> None:
     """Take the overview's first count of runs and fold the processing log into /metrics.
 
+    Then read the overview once: its statements are compiled on first use.
+
     A store that fails here is logged: the first request tries again.
     """
     started = time.monotonic()
+    app: App = web.state.ferryman
     try:
-        web.state.run_counts.current()
+        counted = web.state.run_counts.current()
         list(web.state.metrics.collect())
+        # The overview's queries once, so that their SQL is compiled and cached.
+        app.store.overview(alive_within=app.lease_seconds, counted=counted)
     except StoreError as exc:
         log.warning("warming up the counts failed (the first request retries): %s", exc)
         return
