@@ -127,11 +127,18 @@ def test_xml_pipeline_bench_compares_ferryman_with_the_bare_loop() -> None:
 
 
 def test_scale_bench_compares_two_sizes_and_prunes() -> None:
-    output = run_bench(
-        "scale.py",
-        *("--sizes", "1000,3000", "--stores", "postgres,sqlite", "--reseed"),
-        *("--requests", "3", "--submits", "5", "--claims", "5"),
-    )
+    try:
+        output = run_bench(
+            "scale.py",
+            *("--sizes", "1000,3000", "--stores", "postgres,sqlite", "--reseed"),
+            *("--requests", "3", "--submits", "5", "--claims", "5"),
+        )
+    finally:
+        for size in (1000, 3000):
+            name = f"ferryman_bench_scale_{size}"
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
     for store in ("postgres", "sqlite"):
         assert re.search(rf"{store}: p95 in ms at 1,000 and 3,000 runs", output), (
             f"no table for {store}:\n{output}"
