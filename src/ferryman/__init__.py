@@ -3,10 +3,17 @@
 Sensors find work, jobs process it, results land in a database or in S3, and
 nothing is lost or done twice when processes are killed, machines restart or
 several instances run at once.
+
+``import ferryman`` loads the records and the errors only: the names that
+bring SQLAlchemy, boto3 or the broker clients with them (``App``, the
+contexts, ``fm.sensors``, ``fm.sources``, ``fm.transfer``) are imported on
+first use (PEP 562), so that a command such as ``ferryman --help`` or a cron
+``ferryman tick`` does not pay for what it does not use.
 """
 
-from ferryman import sensors, sources, transfer
-from ferryman.app import App
+import importlib as _importlib
+import typing as _typing
+
 from ferryman.errors import (
     ConfigurationError,
     DownloadFailed,
@@ -53,8 +60,22 @@ from ferryman.model import (
     TransferStatus,
     WorkerInfo,
 )
-from ferryman.sensors import SensorContext
-from ferryman.worker import AsyncJobContext, JobContext, WorkReport
+
+if _typing.TYPE_CHECKING:
+    from ferryman import sensors, sources, transfer
+    from ferryman.app import App
+    from ferryman.sensors.context import SensorContext
+    from ferryman.worker import AsyncJobContext, JobContext, WorkReport
+
+# The public names imported on first use, and the module each comes from.
+_LAZY = {
+    "App": "ferryman.app",
+    "AsyncJobContext": "ferryman.worker.async_context",
+    "JobContext": "ferryman.worker.context",
+    "SensorContext": "ferryman.sensors.context",
+    "WorkReport": "ferryman.worker.worker",
+}
+_LAZY_MODULES = ("sensors", "sources", "transfer")
 
 __version__ = "0.1.0"
 
@@ -110,3 +131,19 @@ __all__ = [
     "sources",
     "transfer",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Import the heavier public names when first asked for (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
+    elif name in _LAZY_MODULES:
+        value = _importlib.import_module(f"ferryman.{name}")
+    else:
+        raise AttributeError(f"module 'ferryman' has no attribute {name!r}")
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

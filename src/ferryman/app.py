@@ -15,6 +15,7 @@ from ferryman import logs, settings
 from ferryman.app_sensors import SensorOperations
 from ferryman.daemon import broker_consumers, run_daemon_parts
 from ferryman.errors import ConfigurationError
+from ferryman.housekeeping import DailyPrune
 from ferryman.jobs import JobRegistry
 from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
@@ -87,6 +88,13 @@ class App(SensorOperations):
     it the message is evaluated again, though its runs are still deduplicated
     by run_key. ``ferryman run`` forgets older deliveries now and then, and
     :meth:`prune_deliveries` (or :meth:`prune_evaluations`) does it on demand.
+
+    ``prune_finished_after`` (a :class:`~datetime.timedelta` or seconds;
+    ``None``, the default, keeps everything): ``ferryman run`` prunes, at
+    start and then daily, the runs finished longer ago than that: their
+    payloads, checkpoints and processing logs go in small transactions, their
+    rows stay so that their run keys still deduplicate (``ferryman prune``
+    does it on demand; see docs/operations.md).
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class App(SensorOperations):
         create: bool | None = None,
         evaluation_retention: int | None = 10_000,
         delivery_retention: timedelta | float | None = DEFAULT_DELIVERY_RETENTION,
+        prune_finished_after: timedelta | float | None = None,
     ) -> None:
         lease_seconds = settings.seconds("lease_seconds", lease_seconds, inclusive=False)
         if evaluation_retention is not None:
@@ -109,6 +118,9 @@ class App(SensorOperations):
         self._jobs = JobRegistry()
         self.evaluation_retention = evaluation_retention
         self.delivery_retention = settings.retention(delivery_retention)
+        self.prune_finished_after = settings.retention(
+            prune_finished_after, name="prune_finished_after"
+        )
         self._sensors: dict[str, SensorDefinition] = {}
         self._sources: dict[str, Source] = {}  # push sensor -> where its messages come from
         self._consumers: SourceConsumers | None = None
@@ -589,6 +601,11 @@ class App(SensorOperations):
             work if self._jobs else None,
             consumers=self._consumers,
             resume_in=self.store if resume_transfers else None,
+            prune=(
+                DailyPrune(lambda: self.store, self.prune_finished_after)
+                if self.prune_finished_after is not None
+                else None
+            ),
             grace_seconds=grace_seconds,
         )
 

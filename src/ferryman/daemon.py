@@ -1,5 +1,6 @@
-"""``ferryman run``: the sensor loop, the broker consumers, the transfer resumer
-and a worker, started together and stopped in order.
+"""``ferryman run``: the sensor loop, the broker consumers, the transfer resumer,
+the daily prune (``App(prune_finished_after=...)``) and a worker, started
+together and stopped in order.
 
 :meth:`ferryman.App.run` checks its arguments and hands the pieces to
 :func:`run_daemon_parts`: the sensor loop (:class:`SensorDaemon`) on a
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 
+from ferryman.housekeeping import DailyPrune
 from ferryman.sensors.daemon import SensorDaemon, run_daemon
 from ferryman.sensors.engine import SensorEngine
 from ferryman.sources.base import Source
@@ -39,13 +41,30 @@ def run_daemon_parts(
     *,
     consumers: SourceConsumers,
     resume_in: Store | None,
+    prune: DailyPrune | None = None,
     grace_seconds: float,
 ) -> WorkReport:
-    """Start the resumer (with a store to ``resume_in``), the consumers and the
-    sensor loop, run ``work`` on this thread until stopped, then stop them in
-    the reverse order, giving each ``grace_seconds``."""
-    with _transfer_resumer(resume_in, grace_seconds), _consuming(consumers, grace_seconds):
+    """Start the daily prune (if any), the resumer (with a store to ``resume_in``),
+    the consumers and the sensor loop, run ``work`` on this thread until stopped,
+    then stop them in the reverse order, giving each ``grace_seconds``."""
+    with (
+        _pruning(prune, grace_seconds),
+        _transfer_resumer(resume_in, grace_seconds),
+        _consuming(consumers, grace_seconds),
+    ):
         return run_daemon(daemon, work, grace_seconds=grace_seconds)
+
+
+@contextlib.contextmanager
+def _pruning(prune: DailyPrune | None, grace_seconds: float) -> Iterator[None]:
+    if prune is None:
+        yield
+        return
+    prune.start()
+    try:
+        yield
+    finally:
+        prune.stop(timeout=grace_seconds)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,10 @@ from typing import Any, SupportsIndex
 
 from ferryman.errors import ConfigurationError
 
+# The store of the CLI and of ``fm.App()`` when none is named; here, away from
+# the store's modules, so that the CLI names it without importing SQLAlchemy.
+DEFAULT_STORE = "sqlite:///ferryman.db"
+
 
 def seconds(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = True) -> float:
     """``value`` as a finite float ``>= minimum`` (``> minimum`` unless ``inclusive``)."""
@@ -38,15 +42,15 @@ def count(name: str, value: object, *, minimum: int) -> int:
     raise ConfigurationError(f"{name} must be a whole number >= {minimum}, got {value!r}")
 
 
-def retention(value: timedelta | float | None) -> timedelta | None:
-    """``delivery_retention`` as a timedelta, or ConfigurationError naming it."""
+def retention(
+    value: timedelta | float | None, *, name: str = "delivery_retention"
+) -> timedelta | None:
+    """A retention setting as a timedelta, or ConfigurationError naming it."""
     if value is None:
         return None
     total = value.total_seconds() if isinstance(value, timedelta) else value
     if not isinstance(total, int | float) or not math.isfinite(total) or total < 0:
-        raise ConfigurationError(
-            f"delivery_retention must be a finite duration >= 0 (or None), got {value!r}"
-        )
+        raise ConfigurationError(f"{name} must be a finite duration >= 0 (or None), got {value!r}")
     return value if isinstance(value, timedelta) else timedelta(seconds=total)
 
 

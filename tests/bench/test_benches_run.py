@@ -126,6 +126,8 @@ def test_web_bench_times_every_page_on_both_stores() -> None:
         ):
             line = rf"^{store}\s+{re.escape(page)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
             assert re.search(line, summary, re.MULTILINE), f"{store} {page}:\n{output}"
+        assert re.search(rf"{store}: server start until it answers {NUMBER} s", output), output
+        assert re.search(rf"{store}: first overview {NUMBER} ms", output), output
 
 
 def test_xml_pipeline_bench_compares_ferryman_with_the_bare_loop() -> None:
@@ -146,3 +148,35 @@ def test_async_bench_runs_ferryman_async_and_threads() -> None:
             row = re.search(rf"{system}\s+{store}\s+({NUMBER})\s+({NUMBER})\s+(\d+)", output)
             assert row, f"no {system} row on {store}:\n{output}"
             assert 1 <= int(row.group(3)) <= 20, output  # the peak never passes concurrency
+
+
+def test_scale_bench_compares_two_sizes_and_prunes() -> None:
+    try:
+        output = run_bench(
+            "scale.py",
+            *("--sizes", "1000,3000", "--stores", "postgres,sqlite", "--reseed"),
+            *("--requests", "3", "--submits", "5", "--claims", "5"),
+        )
+    finally:
+        for size in (1000, 3000):
+            name = f"ferryman_bench_scale_{size}"
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
+    for store in ("postgres", "sqlite"):
+        assert re.search(rf"{store}: p95 in ms at 1,000 and 3,000 runs", output), (
+            f"no table for {store}:\n{output}"
+        )
+        for size in ("1,000", "3,000"):
+            assert re.search(
+                rf"{store} {size}: {NUMBER} bytes per run, {NUMBER} after .*prune", output
+            ), output
+    assert re.search(rf"submit \(one run\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", output), output
+    assert re.search(rf"claim \(one run\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", output), output
+    assert re.search(rf"first overview after start\s+{NUMBER}\s+{NUMBER}", output), output
+
+
+def test_startup_bench_times_the_three_commands() -> None:
+    output = run_bench("startup.py", "--runs", "1")
+    for command in ("import ferryman", r"ferryman --help", r"ferryman tick \(no-op sensor\)"):
+        assert re.search(rf"{command}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", output), output

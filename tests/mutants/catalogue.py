@@ -877,4 +877,19 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_a_consumer_with_pending_entries_is_never_deleted",
         ),
     ),
+    Mutation(
+        "pruning deletes old runs instead of emptying them",
+        ONE_RUN,
+        one(
+            "ferryman/store/prune.py",
+            "        runs.update()\n"
+            "        .where(runs.c.id.in_(kept), _not_empty())\n"
+            "        .values(payload=EMPTY_PAYLOAD, checkpoint=None)\n",
+            "        runs.delete().where(runs.c.id.in_(kept))\n",
+        ),
+        (
+            "tests/unit/test_prune.py::"
+            "test_prune_empties_old_finished_runs_and_keeps_their_keys[sqlite]",
+        ),
+    ),
 )

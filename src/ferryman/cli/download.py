@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from ferryman.app import App
 from ferryman.cli.output import (
     EXIT_NOT_FOUND,
     EXIT_S3_REFUSED,
@@ -37,8 +36,9 @@ from ferryman.errors import (
     TransferConflict,
     TransferFailed,
 )
-from ferryman.transfer import download, parse_size
-from ferryman.transfer.s3 import format_size
+
+if TYPE_CHECKING:  # ferryman.transfer is imported by the command (see cli/main.py)
+    from ferryman.app import App
 
 _MISSING = frozenset({"NoSuchBucket", "NoSuchKey"})
 
@@ -78,6 +78,9 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         completes, the download is refused (exit 8) instead of mixing versions.
         DEST appears only once every byte is there and verified.
         """
+        from ferryman.transfer import download, parse_size
+        from ferryman.transfer.s3 import format_size
+
         try:
             size = parse_size(part_size) if part_size is not None else None
             app = load_app()

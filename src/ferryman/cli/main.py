@@ -2,6 +2,11 @@
 
 Exit codes are listed in :mod:`ferryman.cli.output`; errors are one line on
 stderr, never a traceback.
+
+Only what ``ferryman --help`` needs is imported at the top: the App (and
+with it SQLAlchemy), the store's migrations, Rich's tables and progress view
+are imported in the commands that use them, so that the help and a cron
+``ferryman tick`` start at once (``tests/unit/test_startup.py``).
 """
 
 from __future__ import annotations
@@ -16,16 +21,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ferryman import logs
-from ferryman.app import DEFAULT_STORE, App
 from ferryman.cli import download as cli_download
 from ferryman.cli import errors as cli_errors
+from ferryman.cli import prune as cli_prune
 from ferryman.cli import runctl as cli_runctl
 from ferryman.cli import sensors as cli_sensors
 from ferryman.cli import serve as cli_serve
@@ -47,9 +51,11 @@ from ferryman.cli.output import (
     out,
     print_json,
 )
-from ferryman.cli.progress import WorkProgress
 from ferryman.model import Run, RunStatus, chain_links, redact
-from ferryman.store import upgrade as upgrade_store
+from ferryman.settings import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from ferryman.app import App
 
 LIVE_INTERVAL = 0.5  # seconds between refreshes of the progress view
 LOG_INTERVAL = 30.0  # seconds between progress log lines when not on a terminal
@@ -95,6 +101,8 @@ class Settings:
         return self._app
 
     def _load(self, need_jobs: bool) -> App:
+        from ferryman.app import App
+
         if self.app_spec is None:
             if need_jobs:
                 fail(
@@ -114,6 +122,8 @@ settings = Settings()
 
 def load_app(spec: str) -> App:
     """Import ``module:attribute`` or ``path/to/file.py:attribute``."""
+    from ferryman.app import App
+
     module_name, _, attribute = spec.partition(":")
     attribute = attribute or "app"
     try:
@@ -228,6 +238,8 @@ def work(
     ] = None,
 ) -> None:
     """Claim and execute due runs until stopped (SIGTERM/SIGINT) or idle."""
+    from ferryman.cli.progress import WorkProgress
+
     app = settings.app(need_jobs=True)
     served = jobs.split(",") if jobs else list(app.jobs)
     live = err.is_terminal if progress is None else progress
@@ -313,6 +325,8 @@ def run(
 @cli.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Run counts per job and status, oldest due run, alive workers."""
+    from rich.table import Table
+
     app = settings.app()
     summaries = app.status()
     workers = app.workers()
@@ -360,6 +374,8 @@ def workers(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Workers and when they were last seen."""
+    from rich.table import Table
+
     found = settings.app().workers(include_stopped=all_workers)
     if as_json:
         print_json(found)
@@ -406,6 +422,8 @@ def runs_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Newest runs, filtered by status and job; or the run with a run_key."""
+    from rich.table import Table
+
     if ctx.invoked_subcommand is not None:
         return
     app = settings.app()
@@ -452,6 +470,8 @@ def runs_show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """One run with its processing log and full last error."""
+    from rich.table import Table
+
     app = settings.app()
     run = app.get_run(run_id)
     if run is None:
@@ -505,6 +525,8 @@ def runs_show(
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Create or upgrade the store's tables to this version's schema."""
+    from ferryman.store import upgrade as upgrade_store
+
     url = settings.store or (
         settings.app(connect=False).store_url if settings.app_spec else DEFAULT_STORE
     )
@@ -524,6 +546,7 @@ cli_submit.register(cli, lambda: settings.app(need_jobs=True))
 cli_download.register(cli, lambda: settings.app())
 cli_runctl.register(cli, lambda: settings.app())
 cli_sync.register(cli, lambda: settings.store or DEFAULT_STORE)
+cli_prune.register(cli, lambda: settings.app())
 
 
 def main() -> None:

@@ -16,14 +16,17 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from ferryman.app import App
 from ferryman.errors import StoreError
 from ferryman.model import RunStatus
 from ferryman.supervise import Supervised, supervised
+
+if TYPE_CHECKING:
+    from ferryman.app import App
 
 log = logging.getLogger("ferryman.worker")
 

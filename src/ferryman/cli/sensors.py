@@ -15,13 +15,11 @@ import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from ferryman.app import App
 from ferryman.cli.output import (
     EXIT_NOT_FOUND,
     EXIT_USAGE,
@@ -33,6 +31,11 @@ from ferryman.cli.output import (
 )
 from ferryman.errors import UnknownSensor
 from ferryman.model import Evaluation, EvaluationOutcome, SensorState
+
+if TYPE_CHECKING:  # both imported by the commands that use them (see cli/main.py)
+    from rich.table import Table
+
+    from ferryman.app import App
 
 
 def _when(moment: datetime | None) -> str:
@@ -69,6 +72,8 @@ def _evaluation_row(evaluation: Evaluation) -> list[str]:
 
 
 def _evaluations_table(title: str, evaluations: Sequence[Evaluation]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in (
         "id",
@@ -135,7 +140,7 @@ def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
     _add_tick(cli, load_app, known)
 
 
-Known = Callable[[Callable[[App], Any]], Any]  # runs an action, UnknownSensor -> exit 1
+Known = Callable[[Callable[["App"], Any]], Any]  # runs an action, UnknownSensor -> exit 1
 
 
 def _add_list(sensors_cli: typer.Typer, load_app: Callable[[], App]) -> None:
@@ -271,6 +276,8 @@ def _add_tick(cli: typer.Typer, load_app: Callable[[], App], known: Known) -> No
 
 
 def _sensors_table(states: Sequence[SensorState], last: dict[str, Evaluation | None]) -> Table:
+    from rich.table import Table
+
     table = Table(title="sensors")
     for column in (
         "name",

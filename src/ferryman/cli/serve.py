@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ferryman.app import App
 from ferryman.cli.output import EXIT_USAGE, err, fail
 from ferryman.errors import ConfigurationError, PortInUse
 
 if TYPE_CHECKING:
+    from ferryman.app import App
     from ferryman.web.serving import BackgroundServer
 
 HostOption = Annotated[
@@ -80,6 +80,8 @@ def start_beside_daemon(
 
 
 def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
+    from ferryman.web.settings import DEFAULT_HOST, DEFAULT_PORT
+
     @cli.command("serve")
     def serve(
         host: HostOption = DEFAULT_HOST,

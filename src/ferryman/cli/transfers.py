@@ -16,21 +16,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-from ferryman.app import App
 from ferryman.cli.output import (
     EXIT_NOT_FOUND,
     EXIT_S3_REFUSED,
@@ -52,9 +42,12 @@ from ferryman.errors import (
     TransferFailed,
 )
 from ferryman.model import Transfer, TransferStatus
-from ferryman.transfer import TransferProgress, parse_size, upload
-from ferryman.transfer.janitor import gc_uploads
-from ferryman.transfer.s3 import format_size
+
+# ferryman.transfer (SQLAlchemy, the store, boto3 on use) and Rich's tables and
+# progress bars are imported by the commands that use them, not by --help.
+if TYPE_CHECKING:
+    from ferryman.app import App
+    from ferryman.transfer import TransferProgress
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
@@ -69,6 +62,8 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _rate(transfer: Transfer) -> str:
+    from ferryman.transfer.s3 import format_size
+
     end = transfer.finished_at or datetime.now(UTC)
     seconds = (end - transfer.created_at).total_seconds()
     if seconds <= 0 or not transfer.bytes_confirmed:
@@ -77,6 +72,8 @@ def _rate(transfer: Transfer) -> str:
 
 
 def _bytes(transfer: Transfer) -> str:
+    from ferryman.transfer.s3 import format_size
+
     total = transfer.total_size if transfer.total_size is not None else transfer.source_size
     done = format_size(transfer.bytes_confirmed)
     return f"{done} / {format_size(total)}" if total else done
@@ -86,6 +83,15 @@ class _Bar:
     """A Rich progress bar on a terminal; nothing otherwise."""
 
     def __init__(self, label: str, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.enabled = enabled
         self._lock = threading.Lock()
         self._task: Any = None
@@ -109,6 +115,8 @@ class _Bar:
         self._progress.stop()
 
     def __call__(self, update: TransferProgress) -> None:
+        from ferryman.transfer.s3 import format_size
+
         with self._lock:
             if self.last is None and update.resumed_bytes and not update.done:
                 err.print(
@@ -183,6 +191,8 @@ def _add_upload(cli: typer.Typer, load_app: Callable[[], App]) -> None:
         ] = False,
     ) -> None:
         """Upload PATH to s3://bucket/key, resumably: run it again after a crash to continue."""
+        from ferryman.transfer import parse_size, upload
+
         user_metadata = _metadata(metadata)
         _check_source(path, follow=follow, load_app=load_app)
         with _exit_codes():
@@ -227,6 +237,8 @@ def _add_transfer_commands(transfers_cli: typer.Typer, load_app: Callable[[], Ap
         if as_json:
             print_json(found)
             return
+        from rich.table import Table
+
         table = Table(title=f"transfers (newest {limit})")
         for column in ("id", "source", "object", "status", "bytes", "rate", "age", "error"):
             table.add_column(column, overflow="fold")
@@ -253,6 +265,8 @@ def _add_transfer_commands(transfers_cli: typer.Typer, load_app: Callable[[], Ap
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Abort multipart uploads under the prefixes that no active transfer owns."""
+        from ferryman.transfer.janitor import gc_uploads
+
         with _exit_codes():
             cutoff = parse_duration(older_than)
             found = gc_uploads(load_app().store, prefix, older_than=cutoff, dry_run=dry_run)
@@ -312,6 +326,8 @@ def _check_source(path: Path, *, follow: bool, load_app: Callable[[], App]) -> N
 
 
 def _print_uploaded(transfer: Transfer, bar: _Bar) -> None:
+    from ferryman.transfer.s3 import format_size
+
     resumed = bar.last.resumed_bytes if bar.last is not None else 0
     how = f", resumed from {format_size(resumed)}" if resumed else ""
     digest = f"sha256 {transfer.sha256}, " if transfer.sha256 else ""

@@ -30,7 +30,11 @@ from ferryman.model import (
     SubmitResult,
     WorkerInfo,
 )
-from ferryman.store import faults, migrate, read_queries
+
+# The store of an App (and of ``ferryman upload``) given none: a SQLite file
+# in the working directory, created and migrated on first use.
+from ferryman.settings import DEFAULT_STORE
+from ferryman.store import faults, migrate, prune, read_queries
 from ferryman.store.blocks import BlockGuard
 from ferryman.store.dialect import Backend, Listener, create_backend, translated_errors
 from ferryman.store.downloads import (
@@ -88,10 +92,6 @@ __all__ = [
     "open_store",
 ]
 
-# The store of an App (and of ``ferryman upload``) given none: a SQLite file
-# in the working directory, created and migrated on first use.
-DEFAULT_STORE = "sqlite:///ferryman.db"
-
 
 class Store(ReadModel, FileTransfers):
     """A ferryman store database.
@@ -121,7 +121,7 @@ class Store(ReadModel, FileTransfers):
         try:
             # A read settles the common case without queueing behind writers.
             with self.read("checking the schema revision") as conn:
-                up_to_date = migrate.revisions(conn).up_to_date
+                up_to_date = migrate.up_to_date(conn)
             if not up_to_date:
                 with self.backend.schema_transaction("checking the schema revision") as conn:
                     migrate.check(conn, self.backend.safe_url, auto_upgrade=auto_upgrade)
@@ -489,6 +489,25 @@ class Store(ReadModel, FileTransfers):
     def prune_evaluations(self, keep_last: int) -> int:
         with self.write("pruning sensor evaluations") as conn:
             return self.sensors.prune(conn, keep_last)
+
+    def prune_runs(
+        self,
+        older_than: float,
+        *,
+        batch: int = prune.DEFAULT_BATCH,
+        dry_run: bool = False,
+        after: prune.Position | None = None,
+    ) -> prune.PruneResult:
+        """Prune the runs finished ``older_than`` seconds ago or earlier (:mod:`.prune`).
+
+        Their payloads, checkpoints and processing logs go, ``batch`` runs per
+        short transaction; their rows stay, so their run keys still dedupe.
+        """
+        with self.read("reading the clock") as conn:
+            cutoff = self.runs.now(conn) - older_than
+        return prune.prune_runs(
+            self.read, self.write, cutoff, batch=batch, dry_run=dry_run, after=after
+        )
 
     def prune_deliveries(self, older_than: float) -> int:
         """Forget push deliveries recorded ``older_than`` seconds ago or earlier."""

@@ -345,13 +345,19 @@ class ClaimRequest:
 # -- the registry ------------------------------------------------------------
 
 
-def _backends() -> tuple[type[Backend], ...]:
-    # Imported here: each backend module imports this one for its base.
-    from ferryman.store.mariadb import MariaDBBackend
-    from ferryman.store.postgres import PostgresBackend
+def _backends() -> Iterator[type[Backend]]:
+    # Imported here, one at a time: each backend module imports this one for
+    # its base, and a SQLite store need not load PostgreSQL's driver (psycopg
+    # and SQLAlchemy's dialect take longer to import than the rest of a tick).
     from ferryman.store.sqlite import SQLiteBackend
 
-    return (SQLiteBackend, PostgresBackend, MariaDBBackend)
+    yield SQLiteBackend
+    from ferryman.store.postgres import PostgresBackend
+
+    yield PostgresBackend
+    from ferryman.store.mariadb import MariaDBBackend
+
+    yield MariaDBBackend
 
 
 def backend_class(url: sa.URL) -> type[Backend]:

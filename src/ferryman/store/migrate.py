@@ -11,25 +11,31 @@ MariaDB steps of every migration can run again (``IF NOT EXISTS``,
 ``IF EXISTS``, updates that compute the same values again), so running the
 upgrade again completes it; until then ferryman refuses the store as one at
 the old revision.
+
+Alembic is imported only to upgrade or compare: a store at this code's
+revision is recognised by :func:`up_to_date` from the version table and the
+migration files alone, because importing Alembic (and Mako with it) costs
+more than the rest of opening a store, and every ``ferryman tick`` from cron
+opens one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from ferryman.errors import SchemaMismatch, StoreUnavailable
 from ferryman.store import schema
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 VERSION_TABLE = "ferryman_alembic_version"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -44,6 +50,8 @@ MARIADB_LOCK_TIMEOUT_S = 600
 
 
 def _config(connection: sa.Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -65,7 +73,45 @@ class Revisions:
         return any(rev not in self.known for rev in self.current)
 
 
+# ``revision = "0007"`` and ``down_revision = "0006"`` in a migration file.
+_REVISION_LINE = re.compile(r'^(down_)?revision\b[^=\n]*=\s*"([^"]+)"\s*$', re.MULTILINE)
+
+
+@functools.cache
+def code_head() -> str | None:
+    """The newest migration's revision, read from the files of ``migrations/versions``.
+
+    None when the files do not name one head (a merge revision, whose
+    ``down_revision`` is a tuple): then :func:`up_to_date` leaves the question
+    to Alembic. ``tests/unit/test_startup.py`` checks it against Alembic's head.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("[0-9]*.py"):
+        for down, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            (parents if down else revisions).add(value)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def up_to_date(connection: sa.Connection) -> bool:
+    """Whether the database is at this code's revision, asked without Alembic.
+
+    False means "ask Alembic" (:func:`revisions`, :func:`check`): the version
+    table may be missing, older, newer, or the head unknown.
+    """
+    head = code_head()
+    if head is None or not sa.inspect(connection).has_table(VERSION_TABLE):
+        return False
+    version = sa.table(VERSION_TABLE, sa.column("version_num"))
+    current = connection.execute(sa.select(version.c.version_num)).scalars().all()
+    return list(current) == [head]
+
+
 def revisions(connection: sa.Connection) -> Revisions:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_config())
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     head = script.get_current_head()
@@ -107,6 +153,8 @@ def check(connection: sa.Connection, where: str, *, auto_upgrade: bool) -> Revis
             f"store {where} {state}; this version of ferryman needs revision {found.head}. "
             "Run `ferryman db upgrade` (or open the App with create=True)"
         )
+    from alembic import command
+
     command.upgrade(_config(connection), "head")
     return revisions(connection)
 
@@ -171,6 +219,9 @@ def differences(connection: sa.Connection) -> list[Any]:
         if reflected and type_ in ("column", "index") and dialect in schema.MARIADB:
             return (item.table.name, name) not in generated
         return True
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
 
     context = MigrationContext.configure(
         connection, opts={"version_table": VERSION_TABLE, "include_object": compared}

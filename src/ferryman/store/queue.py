@@ -111,10 +111,13 @@ class RunQueue:
     ) -> list[int]:
         """Put failed or dead runs back in the queue with a fresh attempt budget.
 
-        ``since``: only runs that finished within that many seconds.
+        ``since``: only runs that finished within that many seconds. A pruned
+        run (no processing log left, see :mod:`ferryman.store.prune`) stays as
+        it is: its payload is gone, there is nothing to run it with.
         """
         now = self.now(conn)
-        query = runs.update().where(runs.c.status.in_([s.value for s in statuses]))
+        logged = sa.exists().where(run_events.c.run_id == runs.c.id)
+        query = runs.update().where(runs.c.status.in_([s.value for s in statuses]), logged)
         if since is not None:
             query = query.where(runs.c.finished_at >= now - since)
         if run_ids is not None:

@@ -6,8 +6,9 @@ a tenth of a second per million runs. Every other part of the overview is
 an index seek. So the server keeps the latest count and serves it at once,
 saying when it was taken; a request that finds it older than ``max_age``
 starts a recount on a thread of its own and still gets the count it has.
-Only the very first request waits for a count. While nobody looks, nothing
-is counted.
+Only the very first count is waited for, and the server takes it before it
+answers any request (:func:`ferryman.web.serving.warm_up`). While nobody
+looks, nothing is counted.
 
 ``max_age`` grows with the time a count takes (ten times it, at least two
 seconds), so a huge store is recounted less often rather than kept busy.
@@ -40,6 +41,12 @@ class RunCounts:
         self._taken = float("-inf")  # time.monotonic() of the latest count
         self._took = 0.0
         self._recounting = False
+
+    @property
+    def latest(self) -> RunCount | None:
+        """The latest count taken, without counting: None before the first."""
+        with self._lock:
+            return self._latest
 
     def current(self) -> RunCount:
         with self._lock:

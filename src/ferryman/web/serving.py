@@ -8,10 +8,17 @@ configured, since a printed one-off token on a shared address helps no one.
 The port is bound before the server starts (:func:`listen`), so a taken port
 is known at once: ``ferryman serve`` stops with a one-line error, ``ferryman
 run`` warns and goes on without pages (see ``ferryman.cli.serve.start_beside_daemon``).
+
+Before it answers its first request, the server takes the overview's first
+count of runs and folds the processing log into ``/metrics`` (:func:`warm_up`),
+both of which grow with the store: a first request then costs what every
+later one does, rather than a count of every run. Connections made meanwhile
+wait in the listening socket's queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -26,15 +33,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 
 from ferryman.app import App
-from ferryman.errors import ConfigurationError, PortInUse
+from ferryman.errors import ConfigurationError, PortInUse, StoreError
 from ferryman.supervise import supervised
 from ferryman.web.server import create_app
 from ferryman.web.settings import WebSettings
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
 TOKEN_VARIABLE = "FERRYMAN_API_TOKEN"  # noqa: S105 - the variable's name, not a token
 MIN_TOKEN_LENGTH = 16
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -109,12 +115,42 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return listener
 
 
+def warm_up(web: FastAPI) -> None:
+    """Take the overview's first count of runs and fold the processing log into /metrics.
+
+    Then read the overview once: its statements are compiled on first use.
+
+    A store that fails here is logged: the first request tries again.
+    """
+    started = time.monotonic()
+    app: App = web.state.ferryman
+    try:
+        counted = web.state.run_counts.current()
+        list(web.state.metrics.collect())
+        # The overview's queries once, so that their SQL is compiled and cached.
+        app.store.overview(alive_within=app.lease_seconds, counted=counted)
+    except StoreError as exc:
+        log.warning("warming up the counts failed (the first request retries): %s", exc)
+        return
+    log.debug("web server warmed up in %.3f s", time.monotonic() - started)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, ending with status 0 on SIGTERM/SIGINT like every ferryman command.
 
     uvicorn re-raises the signal after a graceful shutdown, so the process
-    would report death by signal although it stopped cleanly.
+    would report death by signal although it stopped cleanly. Its start-up
+    warms up the counts first (:func:`warm_up`, on a thread: the event loop
+    stays free for the signals).
     """
+
+    def __init__(self, config: uvicorn.Config, web: FastAPI) -> None:
+        super().__init__(config)
+        self.web = web
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await asyncio.to_thread(warm_up, self.web)
+        await super().startup(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -140,7 +176,7 @@ def make_server(app: App, *, host: str, port: int, token: Token, read_only: bool
         access_log=False,  # one line per request would drown the daemon's own logs
         server_header=False,
     )
-    return _Server(config)
+    return _Server(config, web)
 
 
 class BackgroundServer:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WebSettings:

@@ -1,0 +1,417 @@
+"""Does the store stay fast as it grows? 100,000 runs against 10,000,000, and pruning.
+
+For each size, a store is bulk-generated (PostgreSQL: ``INSERT ... SELECT
+FROM generate_series`` in the server, a million rows per transaction;
+SQLite: ``executemany`` from a generator), then, in this order:
+
+* **submit**: ``app.submit`` of one run, one call at a time (p95 of N calls);
+* **claim**: ``Store.claim`` of one due run (p95 of N claims; each claimed
+  run is finished, so the queue stays as seeded);
+* **every dashboard and API endpoint** of ``bench/web.py`` against the real
+  ``ferryman serve`` (p95), the first overview and the first ``/metrics``
+  after start timed on their own;
+* **bytes per run** in the store (runs and their processing log), before and
+  after ``ferryman prune --finished-before 30d`` (timed).
+
+Runs are spread over the last 60 days, newest ids last, 90 % succeeded, 4 %
+failed, 2 % dead, the rest queued or running, over ten jobs; one run in ten
+has a processing log of three events (the layout of ``bench/web.py``). The
+last table prints each figure at both sizes and the ratio large/small; the
+target is a ratio of at most 1.25.
+
+Seeded stores are kept between runs (the database ``ferryman_bench_scale_<N>``,
+or ``<tmp>/ferryman_bench_scale_<N>/store.db``); ``--reseed`` builds them again,
+and pruning changes them (a later run reseeds a pruned store by itself).
+
+    .venv/bin/python bench/scale.py [--sizes 100000,10000000] [--stores postgres,sqlite]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and bench/queue.py
+# would shadow the standard library's queue module.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse
+import json
+import random
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
+
+from bench import web  # noqa: E402  (after the path set-up above)
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+DAYS = 60
+SPAN = DAYS * 24 * 3600.0
+CHUNK = 1_000_000  # rows per transaction while seeding PostgreSQL
+FINISHED = ("succeeded", "failed", "dead")
+
+
+def name_for(size: int) -> str:
+    return f"ferryman_bench_scale_{size}"
+
+
+# -- seeding -------------------------------------------------------------------
+
+# The status of run n, as bench/web.py's status_of, in SQL.
+PG_STATUS = (
+    "CASE WHEN n %% 100 < 90 THEN 'succeeded' WHEN n %% 100 < 94 THEN 'failed' "
+    "WHEN n %% 100 < 96 THEN 'dead' WHEN n %% 100 < 99 THEN 'queued' ELSE 'running' END"
+)
+
+PG_RUNS = f"""
+INSERT INTO ferryman_runs ({web.RUN_COLUMNS})
+SELECT n, 'job-' || (n %% 10), 'key-' || n,
+       '{{"n": ' || n || ', "path": "/data/in/' || n || '.xml"}}',
+       s.status,
+       CASE WHEN s.status = 'queued' THEN 0 ELSE 1 END, 5, c.created,
+       CASE WHEN s.status = 'running' THEN 'bench-worker' END,
+       CASE WHEN s.status = 'queued' THEN 0 ELSE 1 END,
+       CASE WHEN s.status = 'running' THEN %(now)s + 3600 END,
+       CASE WHEN s.status IN ('failed', 'dead') THEN %(traceback)s || n END,
+       c.created,
+       c.created + CASE WHEN s.status IN {FINISHED!r} THEN 0.05 + (n %% 7) * 0.01 ELSE 0 END,
+       CASE WHEN s.status <> 'queued' THEN c.created + 0.01 END,
+       CASE WHEN s.status IN {FINISHED!r} THEN c.created + 0.05 + (n %% 7) * 0.01 END,
+       sha256(convert_to('job-' || (n %% 10), 'UTF8') || '\\x00'::bytea
+              || convert_to('key-' || n, 'UTF8'))
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n,
+     LATERAL (SELECT {PG_STATUS} AS status) AS s,
+     LATERAL (SELECT %(now)s - {SPAN} + {SPAN} * n / %(size)s AS created) AS c
+"""
+
+PG_EVENTS = f"""
+INSERT INTO ferryman_run_events ({web.EVENT_COLUMNS})
+SELECT n, e.kind, %(now)s - {SPAN} + {SPAN} * n / %(size)s + e.offset_s, e.attempt,
+       e.worker, e.token, NULL
+FROM generate_series(%(first)s::bigint, %(last)s::bigint, 10) AS n,
+     LATERAL (SELECT {PG_STATUS} AS status) AS s,
+     LATERAL (VALUES ('requested', 0.0, 0, NULL, NULL),
+                     ('claimed', 0.01, 1, 'bench-worker', 1),
+                     (s.status, 0.05, 1, 'bench-worker', 1)) AS e(kind, offset_s, attempt,
+                                                                 worker, token)
+WHERE e.kind NOT IN ('queued', 'running')
+"""
+
+
+def seed_postgres(admin: str, size: int, reseed: bool) -> str:
+    from ferryman.store import upgrade
+
+    name = name_for(size)
+    url = web.pg_url(admin, name)
+    sa_url = url.replace("postgresql://", "postgresql+psycopg://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if exists and not reseed and _seeded_pg(url, size):
+        print(f"postgres {size:,}: reusing database {name} (--reseed to rebuild)", flush=True)
+        return sa_url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    upgrade(sa_url)
+    started = time.perf_counter()
+    now = time.time()
+    for first in range(1, size + 1, CHUNK):
+        values = {
+            "first": first,
+            "last": min(size, first + CHUNK - 1),
+            "now": now,
+            "size": size,
+            "traceback": web.TRACEBACK.split("{n}")[0],
+        }
+        with psycopg.connect(url) as conn:
+            conn.execute(PG_RUNS, values)
+            conn.execute(PG_EVENTS, values)
+        print(f"postgres {size:,}: {values['last']:,} runs", flush=True)
+    with psycopg.connect(url) as conn, conn.cursor() as cursor:
+        with cursor.copy(f"COPY ferryman_sensors ({web.SENSOR_COLUMNS}) FROM STDIN") as copy:
+            for row in web.sensor_rows(now, 0):
+                copy.write_row(row)
+        cursor.execute("SELECT setval('ferryman_runs_id_seq', %s)", (size,))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    print(f"postgres {size:,}: seeded in {time.perf_counter() - started:.0f} s", flush=True)
+    return sa_url
+
+
+def _seeded_pg(url: str, size: int) -> bool:
+    """Whether the database holds the whole seed, unpruned."""
+    try:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM ferryman_runs WHERE id = %s", (size,)
+            ).fetchone()
+            events = conn.execute(
+                "SELECT count(*) FROM ferryman_run_events WHERE run_id <= 20"
+            ).fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0] == 1 and events and events[0] > 0)
+
+
+def run_rows(size: int, now: float) -> Iterator[tuple[object, ...]]:
+    """bench/web.py's runs, spread over DAYS days instead of one week."""
+    stretch = SPAN / web.WEEK
+    for row in web.run_rows(size, now):
+        values = list(row)
+        for index in (7, 12, 13, 14, 15):  # available, created, updated, started, finished
+            if values[index] is not None:
+                values[index] = now - (now - float(values[index])) * stretch  # type: ignore[arg-type]
+        yield tuple(values)
+
+
+def event_rows(size: int, now: float) -> Iterator[tuple[object, ...]]:
+    stretch = SPAN / web.WEEK
+    for row in web.event_rows(size, now):
+        values = list(row)
+        values[2] = now - (now - float(values[2])) * stretch  # type: ignore[arg-type]
+        yield tuple(values)
+
+
+def seed_sqlite(size: int, reseed: bool) -> str:
+    from ferryman.store import upgrade
+
+    path = Path(tempfile.gettempdir()) / name_for(size) / "store.db"
+    url = f"sqlite:///{path}"
+    if path.exists() and not reseed and _seeded_sqlite(path, size):
+        print(f"sqlite {size:,}: reusing {path} (--reseed to rebuild)", flush=True)
+        return url
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob("store.db*"):
+        leftover.unlink()
+    upgrade(url)
+    started = time.perf_counter()
+    now = time.time()
+    web.fill_sqlite(
+        path,
+        [
+            ("ferryman_runs", web.RUN_COLUMNS, run_rows(size, now)),
+            ("ferryman_run_events", web.EVENT_COLUMNS, event_rows(size, now)),
+            ("ferryman_sensors", web.SENSOR_COLUMNS, iter(web.sensor_rows(now, 0))),
+        ],
+    )
+    print(f"sqlite {size:,}: seeded in {time.perf_counter() - started:.0f} s", flush=True)
+    return url
+
+
+def _seeded_sqlite(path: Path, size: int) -> bool:
+    conn = sqlite3.connect(path)
+    try:
+        (top,) = conn.execute("SELECT max(id) FROM ferryman_runs WHERE id <= ?", (size,)).fetchone()
+        (events,) = conn.execute(
+            "SELECT count(*) FROM ferryman_run_events WHERE run_id <= 20"
+        ).fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return bool(top == size and events)
+
+
+# -- measuring -----------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    """One store at one size: p95 in milliseconds by operation, bytes per run, prune time."""
+
+    p95: dict[str, float] = field(default_factory=dict)
+    bytes_before: float = 0.0
+    bytes_after: float = 0.0
+    prune_seconds: float = 0.0
+    pruned: str = ""
+
+
+def p95(timings: list[float]) -> float:
+    return web.percentile(timings, 0.95)
+
+
+def time_submits(url: str, count: int) -> list[float]:
+    import ferryman as fm
+
+    app = fm.App(url)
+
+    @app.job(name="scale_submit")
+    def scale_submit(ctx: fm.JobContext, payload: object) -> None:
+        pass
+
+    tag = f"{time.time_ns()}"
+    timings = []
+    for n in range(count):
+        started = time.perf_counter()
+        app.submit("scale_submit", fm.RunRequest(f"{tag}-{n}", {"n": n}))
+        timings.append((time.perf_counter() - started) * 1000)
+    app.close()
+    return timings
+
+
+def time_claims(url: str, count: int) -> list[float]:
+    """One due run at a time, from the seeded queue (3 % of the runs are queued)."""
+    from ferryman.store import Store
+
+    store = Store(url)
+    timings = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            claimed = store.claim(
+                worker_id="bench-scale", jobs=web.JOBS, limit=1, lease_seconds=600
+            )
+            timings.append((time.perf_counter() - started) * 1000)
+            if not claimed:
+                raise SystemExit("the seeded queue ran dry: --reseed")
+    finally:
+        store.close()
+    return timings
+
+
+def pg_bytes(url: str) -> tuple[float, float]:
+    """Row bytes per run (runs and their processing log, indexes left out), and relation bytes."""
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain) as conn:
+        rows = conn.execute(
+            "SELECT (SELECT sum(pg_column_size(r.*)) FROM ferryman_runs r)"
+            " + coalesce((SELECT sum(pg_column_size(e.*)) FROM ferryman_run_events e), 0),"
+            " pg_total_relation_size('ferryman_runs')"
+            " + pg_total_relation_size('ferryman_run_events'),"
+            " (SELECT count(*) FROM ferryman_runs)"
+        ).fetchone()
+    assert rows is not None
+    return float(rows[0]) / rows[2], float(rows[1]) / rows[2]
+
+
+def sqlite_bytes(url: str) -> tuple[float, float]:
+    """Bytes per run of a compacted copy (``VACUUM INTO``), and of the file as it is."""
+    path = Path(url.removeprefix("sqlite:///"))
+    copy = path.with_name("compacted.db")
+    copy.unlink(missing_ok=True)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("VACUUM INTO ?", (str(copy),))
+        (count,) = conn.execute("SELECT count(*) FROM ferryman_runs").fetchone()
+    finally:
+        conn.close()
+    compacted = copy.stat().st_size
+    copy.unlink()
+    return compacted / count, path.stat().st_size / count
+
+
+def prune_store(url: str, finished_before: str, batch: int) -> tuple[float, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    env["PYTHONPATH"] = str(REPO / "src")
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "ferryman", "--store", url, "prune"]
+    completed = subprocess.run(
+        [*command, "--finished-before", finished_before, "--batch", str(batch), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    counts = json.loads(completed.stdout)
+    return time.perf_counter() - started, (
+        f"{counts['runs']:,} runs, {counts['events']:,} log rows, {counts['payloads']:,} payloads"
+    )
+
+
+def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> Figures:
+    figures = Figures()
+    figures.p95["submit (one run)"] = p95(time_submits(url, args.submits))
+    figures.p95["claim (one run)"] = p95(time_claims(url, args.claims))
+    started = time.perf_counter()
+    process, base = web.serve(url, start_timeout=3600)
+    figures.p95["server start until it answers"] = (time.perf_counter() - started) * 1000
+    try:
+        started = time.perf_counter()
+        httpx.get(f"{base}/", timeout=600).raise_for_status()
+        figures.p95["first overview after start"] = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        httpx.get(f"{base}/metrics", timeout=600).raise_for_status()
+        figures.p95["first /metrics after start"] = (time.perf_counter() - started) * 1000
+        for name, paths in web.endpoints(size, random.Random(7)).items():
+            figures.p95[name] = p95(web.measure(base, paths, args.requests))
+            print(f"{kind} {size:,}: {name}: p95 {figures.p95[name]:.1f} ms", flush=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return figures
+
+
+def measure_pruning(kind: str, url: str, figures: Figures, args: argparse.Namespace) -> None:
+    """Bytes per run, then (unless --no-prune) the prune's time and the bytes after it."""
+    measure_bytes = pg_bytes if kind == "postgres" else sqlite_bytes
+    figures.bytes_before = measure_bytes(url)[0]
+    if args.prune:
+        figures.prune_seconds, figures.pruned = prune_store(url, args.finished_before, args.batch)
+        figures.bytes_after = measure_bytes(url)[0]
+
+
+def report_latency(kind: str, sizes: list[int], found: dict[int, Figures]) -> None:
+    small, large = sizes[0], sizes[-1]
+    print(f"\n{kind}: p95 in ms at {small:,} and {large:,} runs; target ratio <= 1.25")
+    print(f"{'operation':<34}{small:>12,}{large:>14,}{'ratio':>8}")
+    for name in found[small].p95:
+        a, b = found[small].p95[name], found[large].p95.get(name, float("nan"))
+        flag = "" if b <= 1.25 * a else "  (over 1.25)"
+        print(f"{name:<34}{a:>12.1f}{b:>14.1f}{b / a:>8.2f}{flag}", flush=True)
+
+
+def report_bytes(kind: str, size: int, figures: Figures) -> None:
+    line = f"{kind} {size:,}: {figures.bytes_before:,.0f} bytes per run"
+    if figures.pruned:
+        line += (
+            f", {figures.bytes_after:,.0f} after `ferryman prune --finished-before "
+            f"{DAYS // 2}d` ({figures.prune_seconds:.1f} s: {figures.pruned})"
+        )
+    print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,10000000")
+    parser.add_argument("--stores", default="postgres,sqlite")
+    parser.add_argument("--submits", type=int, default=200)
+    parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=50, help="per endpoint")
+    parser.add_argument("--reseed", action="store_true")
+    parser.add_argument("--no-prune", dest="prune", action="store_false")
+    parser.add_argument("--finished-before", default=f"{DAYS // 2}d")
+    parser.add_argument("--batch", type=int, default=500, help="runs per prune transaction")
+    parser.add_argument("--pg", default=os.environ.get("FERRYMAN_BENCH_PG", DEFAULT_PG))
+    args = parser.parse_args()
+    sizes = sorted(int(size) for size in args.sizes.split(","))
+    for kind in args.stores.split(","):
+        found: dict[int, Figures] = {}
+        urls: dict[int, str] = {}
+        for size in sizes:
+            urls[size] = (
+                seed_sqlite(size, args.reseed)
+                if kind == "sqlite"
+                else seed_postgres(args.pg, size, args.reseed)
+            )
+            found[size] = measure_store(kind, urls[size], size, args)
+        report_latency(kind, sizes, found)
+        # Last: pruning changes the seeded stores (the next run seeds them again).
+        for size in sizes:
+            measure_pruning(kind, urls[size], found[size], args)
+            report_bytes(kind, size, found[size])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The server counts runs and folds the processing log before its first request.
+
+Counting every run and folding the whole log grow with the store; done at
+start-up (``ferryman.web.serving.warm_up``), the first overview and the
+first ``/metrics`` cost what later ones do. Checked on every store, and on a
+store that cannot be reached (logged; the first request tries again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+import ferryman as fm
+from ferryman.web import WebSettings, create_app
+from ferryman.web.serving import Token, make_server, warm_up
+from tests.web.conftest import TOKEN
+
+
+def test_warm_up_takes_the_first_count_before_any_request(make_app: type[fm.App]) -> None:
+    app = make_app()
+
+    @app.job()
+    def load(ctx: fm.JobContext, payload: Any) -> None:
+        pass
+
+    app.submit("load", *[fm.RunRequest(f"k-{n}") for n in range(3)])
+    web = create_app(app, WebSettings(token=TOKEN))
+    assert web.state.run_counts.latest is None
+
+    warm_up(web)
+
+    counted = web.state.run_counts.latest
+    assert counted is not None
+    assert counted.counts["load"][fm.RunStatus.QUEUED] == 3
+
+
+def test_the_server_warms_up_when_it_starts(make_app: type[fm.App]) -> None:
+    app = make_app()
+    server = make_server(
+        app, host="127.0.0.1", port=1, token=Token(value=TOKEN, generated=False), read_only=False
+    )
+    server.config.load()
+    server.lifespan = server.config.lifespan_class(server.config)
+
+    async def start_and_stop() -> None:
+        await server.startup(sockets=[])
+        await server.shutdown()
+
+    asyncio.run(start_and_stop())
+    assert server.web.state.run_counts.latest is not None
+
+
+def test_a_store_that_cannot_be_reached_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = fm.App("postgresql+psycopg://nobody@127.0.0.1:1/none", create=False)
+    web = create_app(app, WebSettings(token=TOKEN))
+    with caplog.at_level(logging.WARNING, logger="ferryman.web"):
+        warm_up(web)
+    assert "first request retries" in caplog.text
+    assert web.state.run_counts.latest is None
