@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from ferryman.app import App
 from ferryman.cli.output import EXIT_NOT_FOUND, EXIT_USAGE, fail, out, print_json
 from ferryman.cli.transfers import parse_duration
 from ferryman.errors import ConfigurationError
 from ferryman.model import Run, RunStatus
+
+if TYPE_CHECKING:  # the App and Rich's tables load when a command runs, not for --help
+    from ferryman.app import App
 
 SHOWN = 20  # runs listed after a bulk action; the rest are counted
 
@@ -40,6 +41,8 @@ def _report(app: App, verb: str, run_ids: Sequence[int], as_json: bool) -> None:
     runs: list[Run] = [run for rid in run_ids[:SHOWN] if (run := app.get_run(rid)) is not None]
     if not runs:
         return
+    from rich.table import Table
+
     table = Table()
     for column in ("id", "job", "run_key", "status", "attempt"):
         table.add_column(column, overflow="fold")

@@ -13,16 +13,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from ferryman.app import App
 from ferryman.cli.output import EXIT_USAGE, err, fail, out, print_json
 from ferryman.errors import PayloadError, UnknownJob
 from ferryman.model import RunRequest, SubmitResult
 from ferryman.run_requests import run_request
+
+if TYPE_CHECKING:  # the App and Rich's progress bars load when a command runs, not for --help
+    from ferryman.app import App
 
 BATCH = 1000  # requests per transaction
 
@@ -97,6 +98,8 @@ def _submit_one(app: App, job: str, request: RunRequest, as_json: bool) -> None:
 def _submit_lines(
     app: App, job: str, source: str, batch: int, as_json: bool, options: dict[str, Any]
 ) -> None:
+    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]submitting to {task.description}"),
