@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 import sqlalchemy as sa
 
 from ferryman import logs, settings
+from ferryman.app_runs import RunOperations
 from ferryman.app_sensors import SensorOperations
 from ferryman.daemon import broker_consumers, run_daemon_parts
 from ferryman.errors import ConfigurationError
@@ -21,14 +22,9 @@ from ferryman.model import (
     DEFAULT_JOB_BACKOFF,
     DEFAULT_SENSOR_BACKOFF,
     Backoff,
-    JobSummary,
     Rate,
-    Run,
-    RunEvent,
     RunRequest,
-    RunStatus,
     SubmitResult,
-    WorkerInfo,
 )
 from ferryman.sensors.daemon import SensorDaemon
 from ferryman.sensors.engine import SensorEngine
@@ -65,7 +61,7 @@ S = TypeVar("S", bound=SensorFunction)
 
 # Evaluating and operating the registered sensors is in app_sensors.py (the
 # SensorOperations mixin); starting and stopping what ``run`` runs, in daemon.py.
-class App(SensorOperations):
+class App(SensorOperations, RunOperations):
     """Jobs and sensors bound to one store.
 
     ``store`` is a URL: ``sqlite:///path.db`` (the embedded default: created
@@ -474,84 +470,6 @@ class App(SensorOperations):
             until_idle=until_idle,
             after_fork=functools.partial(_after_fork, self.store),
             on_started=on_started,
-        )
-
-    def get_runs(
-        self,
-        job: str | None = None,
-        status: RunStatus | str | None = None,
-        *,
-        limit: int | None = None,
-        before_id: int | None = None,
-    ) -> list[Run]:
-        """Runs, oldest first; with ``limit``, the newest ``limit`` (before ``before_id``)."""
-        return self.store.get_runs(
-            job=job,
-            status=None if status is None else RunStatus(status),
-            limit=limit,
-            before_id=before_id,
-        )
-
-    def get_run(self, run_id: int) -> Run | None:
-        return self.store.get_run(run_id)
-
-    def get_run_by_key(self, job: str, run_key: str) -> Run | None:
-        """The run of ``job`` with ``run_key`` (a run_key yields one run per job), or None."""
-        return self.store.get_run_by_key(job, run_key)
-
-    def get_run_events(self, run_id: int) -> list[RunEvent]:
-        """The run's processing log, oldest first."""
-        return self.store.get_events(run_id)
-
-    def retry(
-        self,
-        run_ids: Sequence[int] | None = None,
-        *,
-        job: str | None = None,
-        status: RunStatus | str | None = None,
-        by: str | None = None,
-        since: float | None = None,
-    ) -> list[int]:
-        """Put failed or dead runs back in the queue under their run_key, with fresh attempts.
-
-        ``since``: only runs that finished within that many seconds.
-        """
-        if run_ids is None and job is None and status is None:
-            raise ConfigurationError("retry needs run ids, a job, or a status")
-        statuses = (RunStatus.FAILED, RunStatus.DEAD) if status is None else (RunStatus(status),)
-        for candidate in statuses:
-            if candidate not in (RunStatus.FAILED, RunStatus.DEAD):
-                raise ConfigurationError(
-                    f"only failed or dead runs can be retried, not {candidate}"
-                )
-        return self.store.requeue(run_ids=run_ids, job=job, statuses=statuses, by=by, since=since)
-
-    def cancel(self, run_id: int, *, by: str | None = None) -> Run | None:
-        """Cancel a queued or running run; the run as cancelled, or None if it was neither.
-
-        A running run's lease token is bumped, so nothing its job writes
-        afterwards commits; the job sees ``ctx.cancelled`` at the worker's
-        next heartbeat. ``by`` is recorded in the processing log.
-        """
-        return self.store.cancel(run_id, by=by)
-
-    def cancel_runs(
-        self, *, job: str | None = None, status: RunStatus | str, by: str | None = None
-    ) -> list[int]:
-        """Cancel every ``queued`` (or every ``running``) run of ``job`` or of all jobs."""
-        wanted = RunStatus(status)
-        if wanted not in (RunStatus.QUEUED, RunStatus.RUNNING):
-            raise ConfigurationError(f"only queued or running runs can be cancelled, not {wanted}")
-        return self.store.cancel_where(job=job, status=wanted, by=by)
-
-    def status(self) -> list[JobSummary]:
-        """Run counts per job and status, and how long the oldest due run has waited."""
-        return self.store.summary(list(self._jobs))
-
-    def workers(self, *, include_stopped: bool = False) -> list[WorkerInfo]:
-        """Workers that sent a heartbeat within one lease period (and stopped ones if asked)."""
-        return self.store.list_workers(
-            alive_within=self.lease_seconds, include_stopped=include_stopped
         )
 
     def run(

@@ -239,6 +239,9 @@ def test_ferryman_run_prunes_at_start_when_the_app_says_so(tmp_path: Path) -> No
             timeout=DEADLINE,
             what="the daemon's first prune",
         )
+        # Stopped once its worker is up: SIGTERM before then ends the process
+        # by the default action, before the daemon's stop handlers exist.
+        wait_until(lambda: app.workers(), timeout=DEADLINE, what="the daemon's worker")
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, stderr = daemon.communicate(timeout=DEADLINE)
