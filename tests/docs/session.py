@@ -160,11 +160,14 @@ class Session:
     # -- text in docs terms and in this machine's terms ------------------------
 
     def substitute(self, text: str) -> str:
-        for doc, here in self.substitutions.items():
+        # One pass over the text: what one substitution wrote is never read by
+        # another (a checkout under /tmp/ must not be moved by the "/tmp/" rule).
+        alternatives = []
+        for doc in sorted(self.substitutions, key=len, reverse=True):
             after = r"(?!\w)" if doc[-1].isalnum() else ""
-            pattern = rf"(?<![\w.-]){re.escape(doc)}{after}"
-            text = re.sub(pattern, here.replace("\\", "\\\\"), text)
-        return text
+            alternatives.append(f"{re.escape(doc)}{after}")
+        pattern = rf"(?<![\w.-])(?:{'|'.join(alternatives)})"
+        return re.sub(pattern, lambda found: self.substitutions[found.group(0)], text)
 
     def restore(self, text: str) -> str:
         """``text`` in the docs' terms; the scratch directory itself reads as ``/tmp/``."""
