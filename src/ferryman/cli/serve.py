@@ -13,6 +13,9 @@ import typer
 from ferryman.cli.output import EXIT_USAGE, err, fail
 from ferryman.errors import ConfigurationError, PortInUse
 
+# The server's settings module imports neither FastAPI nor uvicorn.
+from ferryman.web.settings import DEFAULT_HOST, DEFAULT_PORT
+
 if TYPE_CHECKING:
     from ferryman.app import App
     from ferryman.web.serving import BackgroundServer
@@ -21,11 +24,6 @@ HostOption = Annotated[
     str, typer.Option(help="Address to listen on; beyond loopback needs FERRYMAN_API_TOKEN.")
 ]
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
-# The server's defaults (ferryman.web.serving's DEFAULT_HOST and DEFAULT_PORT),
-# repeated so that defining the commands does not import FastAPI and uvicorn:
-# every command would pay for them, not only serve and run.
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
 ReadOnlyOption = Annotated[
     bool, typer.Option("--read-only", help="Refuse every change, token or not.")
 ]
@@ -80,8 +78,6 @@ def start_beside_daemon(
 
 
 def register(cli: typer.Typer, load_app: Callable[[], App]) -> None:
-    from ferryman.web.settings import DEFAULT_HOST, DEFAULT_PORT
-
     @cli.command("serve")
     def serve(
         host: HostOption = DEFAULT_HOST,
