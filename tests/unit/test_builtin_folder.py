@@ -233,9 +233,11 @@ UNREADABLE_SCRIPT = textwrap.dedent(
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
     logging.getLogger("ferryman.sensor").addHandler(handler)
+    # Built before dropping to nobody, who may not read the interpreter's own
+    # files: fm.sensors and what it uses are imported on first use.
+    driver = Driver(fm.sensors.folder(sys.argv[1], "*.csv", clock=Clock(time.time() + 5)))
     os.setgid(65534)
     os.setuid(65534)  # root reads everything; an ordinary user does not
-    driver = Driver(fm.sensors.folder(sys.argv[1], "*.csv", clock=Clock(time.time() + 5)))
     result = driver.evaluate()
     print(json.dumps({
         "keys": [r.run_key.split("@")[0] for r in result.run_requests],
