@@ -2,8 +2,7 @@
 
 Threads of one worker process, each named and supervised:
 
-* the caller's thread runs the **claim loop**: it leases up to
-  ``concurrency + prefetch`` runs in batches and hands them to
+* the caller's thread runs the **claim loop**: it leases runs in batches for
 * ``concurrency`` **job threads**, which call the job functions — or, for
   ``async def`` jobs, one **event loop** that runs up to ``concurrency`` of
   them at once as tasks (:mod:`ferryman.worker.async_jobs`) — and produce
@@ -16,10 +15,9 @@ Threads of one worker process, each named and supervised:
 Each is started by :func:`ferryman.supervise.supervised`: a crash is logged
 with its traceback, listed in :attr:`WorkReport.crashes` and written to the
 worker's row in the store (``ferryman status``, the dashboard's workers page).
-A crash of any worker thread stops the worker with an error rather than let
-it run on without durable outcomes or live leases; the runs it had started
-are left to their leases, so a run that crashes every worker it meets ends
-``dead`` after ``max_attempts`` instead of being handed back forever.
+A crash of a worker thread stops the worker with an error; the runs it had
+started are left to their leases, so a run that crashes every worker it
+meets ends ``dead`` after ``max_attempts``, not handed back forever.
 
 What a job's exception comes to: :mod:`ferryman.worker.outcomes`.
 """
@@ -470,9 +468,11 @@ class Worker:
         released = self._outages.give_back(run, exc)
         if released is None:
             return  # shutting down: still held, released with the rest or left to its lease
-        if released:
-            with self._changed:
+        with self._changed:
+            if released:
                 self.report.released += 1
+            else:  # no longer this worker's (outages.py logged why): counted as a lost lease
+                self.report.lease_lost += 1
         self._forget(run)
 
     def _committer(self) -> None:
