@@ -32,9 +32,10 @@ from ferryman.model import (
     TransferPart,
     TransferStatus,
 )
-from ferryman.store import processing_log, read_views, run_search
+from ferryman.store import history, processing_log, read_views, run_search
 from ferryman.store import read_queries as q
 from ferryman.store.queue import RunQueue
+from ferryman.store.history import LagSlot, QueuePoint
 from ferryman.store.read_queries import (
     DEAD_LETTER_SAMPLE,
     DURATION_BUCKETS,
@@ -63,10 +64,12 @@ __all__ = [
     "ErrorGroup",
     "Folded",
     "Histogram",
+    "LagSlot",
     "MetricsReading",
     "MinuteCount",
     "Overview",
     "Page",
+    "QueuePoint",
     "ReadModel",
     "RunCount",
     "RunDetail",
@@ -304,6 +307,27 @@ class ReadModel:
         """A sensor's evaluations per time slot by outcome (its newest few thousand)."""
         with self.read("counting a sensor's evaluations") as conn:
             return read_views.evaluation_slots(conn, sensor, since=since, until=until)
+
+    def queue_history(
+        self, *, since: float, until: float, depth_at_count: int, counted_at: float
+    ) -> list[QueuePoint]:
+        """The queue's depth and oldest due age over a window (see
+        :func:`~ferryman.store.history.queue_history`)."""
+        with self.read("reading the queue's history") as conn:
+            return history.queue_history(
+                conn,
+                since=since,
+                until=until,
+                depth_at_count=depth_at_count,
+                counted_at=counted_at,
+            )
+
+    def sensor_lag(
+        self, sensor: str, *, interval: float | None, since: float, until: float
+    ) -> list[LagSlot]:
+        """How late a sensor's evaluations started, per time slot (its newest few thousand)."""
+        with self.read("reading a sensor's lag") as conn:
+            return history.sensor_lag(conn, sensor, interval=interval, since=since, until=until)
 
     def runs_by_id(self, run_ids: Sequence[int]) -> list[Run]:
         """The runs of ``run_ids`` that exist, in the order asked."""

@@ -194,3 +194,50 @@ def percentiles(slots: Sequence[DurationSlot], window: Window, label: str) -> Ma
             parts.insert(0, f'<polyline class="line-{name}" points="{path}"></polyline>')
     parts += _time_axis(window, left, width, plot)
     return _svg(height, label, parts)
+
+
+def lines(
+    points: Sequence[tuple[float, Mapping[str, float | None]]],
+    series: Sequence[str],
+    window: Window,
+    label: str,
+    shown: Callable[[float], str],
+    height: float = 160,
+) -> Markup:
+    """One line per name of ``series`` through ``points`` (moment, values), placed by time.
+
+    A value of None leaves a gap in its line. Each point is a circle titled
+    with its time and value, so hovering (or a screen reader) gives the value.
+    """
+    left, width = LEFT, WIDTH - LEFT - RIGHT
+    plot = height - AXIS
+    peak = max((v for _, values in points for v in values.values() if v is not None), default=0)
+    peak = peak or 1.0
+    span = window.until - window.since
+    parts = _value_axis(peak, plot, left, shown)
+    for name in series:
+        runs: list[list[tuple[float, float]]] = [[]]
+        for moment, values in points:
+            value = values.get(name)
+            if value is None:
+                runs.append([])
+                continue
+            x = window.x(moment, left, width)
+            y = plot - value / peak * (plot - 4)
+            runs[-1].append((x, y))
+            title = f"{clock(moment, span)}: {name.replace('-', ' ')} {shown(value)}"
+            parts.append(
+                f'<circle class="dot-{escape(name)}" cx="{x:.1f}" cy="{y:.1f}" r="2.5">'
+                f"<title>{escape(title)}</title></circle>"
+            )
+        for run in runs:
+            if len(run) > 1:
+                path = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
+                parts.insert(0, f'<polyline class="line-{escape(name)}" points="{path}"></polyline>')
+    parts += _time_axis(window, left, width, plot)
+    return _svg(height, label, parts)
+
+
+def count(value: float) -> str:
+    """A count on a value axis or in a title: whole numbers, thousands separated."""
+    return f"{value:,.0f}"

@@ -17,7 +17,8 @@ from fastapi.responses import HTMLResponse, Response
 from markupsafe import Markup
 
 from ferryman.app import App
-from ferryman.model import RunStatus
+from ferryman.model import RunStatus, SensorKind
+from ferryman.store.read_model import RunCount
 from ferryman.web import charts
 from ferryman.web.deps import AppDep, RunCountsDep, SettingsDep
 from ferryman.web.rendering import render
@@ -112,6 +113,45 @@ def evaluations_chart(app: App, sensor: str, picked: Picked) -> Markup:
     slots = app.store.evaluation_slots(sensor, since=window.since, until=window.until)
     drawn = [(slot.start, slot.counts) for slot in slots]
     return charts.stacked(drawn, OUTCOMES, window, f"evaluations of {sensor} by outcome")
+
+
+def queue_charts(app: App, counted: RunCount, picked: Picked) -> tuple[Markup, Markup]:
+    """The queue's depth (runs queued or running) and its oldest due run's age over the
+    picked window, derived from the runs' own times (see :mod:`ferryman.store.history`)."""
+    window = picked.window
+    depth_now = sum(
+        counts.get(status, 0)
+        for counts in counted.counts.values()
+        for status in (RunStatus.QUEUED, RunStatus.RUNNING)
+    )
+    found = app.store.queue_history(
+        since=window.since, until=window.until, depth_at_count=depth_now, counted_at=counted.at
+    )
+    depth = [(p.at, {"queued-or-running": float(p.depth)}) for p in found]
+    oldest = [(p.at, {"oldest-due": p.oldest_due_age}) for p in found]
+    return (
+        charts.lines(depth, ["queued-or-running"], window, "runs queued or running", charts.count),
+        charts.lines(oldest, ["oldest-due"], window, "age of the oldest due run", charts.seconds),
+    )
+
+
+def lag_chart(app: App, sensor: str, picked: Picked) -> tuple[Markup, bool]:
+    """How late the sensor's evaluations started (p50 and max per slot), and True; for a push
+    sensor, or one this server does not register, how long each took instead, and False."""
+    window = picked.window
+    definition = app.sensor_definitions.get(sensor)
+    interval = None
+    if definition is not None and definition.kind != SensorKind.PUSH:
+        interval = definition.interval
+    slots = app.store.sensor_lag(sensor, interval=interval, since=window.since, until=window.until)
+    half = (slots[1].start - slots[0].start) / 2 if len(slots) > 1 else 0.0
+    points = [(s.start + half, {"lag-p50": s.p50, "lag-max": s.max}) for s in slots]
+    if interval is None:
+        points = [(at, {"took-p50": v["lag-p50"], "took-max": v["lag-max"]}) for at, v in points]
+    series = ["lag-p50", "lag-max"] if interval is not None else ["took-p50", "took-max"]
+    what = "lag" if interval is not None else "duration"
+    label = f"evaluation {what} of {sensor}"
+    return charts.lines(points, series, window, label, charts.seconds), interval is not None
 
 
 def job_settings(app: App, name: str) -> list[tuple[str, str]]:

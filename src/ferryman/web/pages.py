@@ -115,10 +115,19 @@ def _chart(throughput: list[MinuteCount]) -> dict[str, Any]:
 
 @router.get("/")
 def overview(
-    request: Request, app: AppDep, settings: SettingsDep, run_counts: RunCountsDep
+    request: Request,
+    app: AppDep,
+    settings: SettingsDep,
+    run_counts: RunCountsDep,
+    chosen: insight.Range = "1h",
+    since: insight.Moment = "",
+    until: insight.Moment = "",
 ) -> Response:
-    found = app.store.overview(alive_within=app.lease_seconds, counted=run_counts.current())
+    counted = run_counts.current()
+    found = app.store.overview(alive_within=app.lease_seconds, counted=counted)
     counted_ago = max(0.0, found.now - found.counted_at)
+    picked = insight.pick_window(app, chosen, since, until)
+    depth_chart, oldest_chart = insight.queue_charts(app, counted, picked)
     return render(
         request,
         "overview.html",
@@ -130,6 +139,9 @@ def overview(
         statuses=list(RunStatus),
         chart=_chart(found.throughput),
         finished_last_hour=sum(m.succeeded + m.failed for m in found.throughput),
+        picked=picked,
+        depth_chart=depth_chart,
+        oldest_chart=oldest_chart,
     )
 
 
@@ -181,6 +193,7 @@ def sensor_page(
         cursor_facts=cursors.describe(_shown(detail.state).cursor),
         latest_items=_latest_items(app, detail.evaluations.items),
         outcomes_chart=insight.evaluations_chart(app, name, picked),
+        lag=insight.lag_chart(app, name, picked),
         picked=picked,
         overdue=overdue_seconds(detail.state.next_evaluation_at, app.store.now()),
         evaluations=[present_evaluation(e) for e in detail.evaluations.items],
