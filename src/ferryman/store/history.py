@@ -135,7 +135,7 @@ def queue_history(
     return points
 
 
-def _waiting_runs(conn: sa.Connection, since: float, until: float) -> list[sa.Row[Any]]:
+def _waiting_runs(conn: sa.Connection, since: float, until: float) -> list[Any]:
     """An even sample of the runs created from ``CREATED_SLACK`` before ``since`` (by id, one
     primary-key read each) and the oldest runs queued now."""
     first = conn.scalar(
@@ -151,7 +151,7 @@ def _waiting_runs(conn: sa.Connection, since: float, until: float) -> list[sa.Ro
         runs.c.finished_at,
         runs.c.status,
     )
-    found: list[sa.Row[Any]] = []
+    found: list[Any] = []
     if first is not None:
         newest = conn.scalar(sa.select(sa.func.max(runs.c.id))) or first
         step = max(1, math.ceil((newest - first + 1) / SAMPLE))
@@ -167,7 +167,7 @@ def _waiting_runs(conn: sa.Connection, since: float, until: float) -> list[sa.Ro
     return found
 
 
-def _oldest_due_age(waiting: Sequence[sa.Row[Any]], moment: float) -> float | None:
+def _oldest_due_age(waiting: Sequence[Any], moment: float) -> float | None:
     due = [
         row.available_at
         for row in waiting

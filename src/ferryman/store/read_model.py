@@ -34,8 +34,8 @@ from ferryman.model import (
 )
 from ferryman.store import history, processing_log, read_views, run_search
 from ferryman.store import read_queries as q
-from ferryman.store.queue import RunQueue
 from ferryman.store.history import LagSlot, QueuePoint
+from ferryman.store.queue import RunQueue
 from ferryman.store.read_queries import (
     DEAD_LETTER_SAMPLE,
     DURATION_BUCKETS,

@@ -233,7 +233,8 @@ def lines(
         for run in runs:
             if len(run) > 1:
                 path = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
-                parts.insert(0, f'<polyline class="line-{escape(name)}" points="{path}"></polyline>')
+                line = f'<polyline class="line-{escape(name)}" points="{path}"></polyline>'
+                parts.insert(0, line)
     parts += _time_axis(window, left, width, plot)
     return _svg(height, label, parts)
 
