@@ -8,14 +8,15 @@ less the ones created since ``t``, plus the ones that finished since ``t``::
 
 Both terms are counted per time slot by one grouped aggregate each, on the
 ``created_at`` and ``finished_at`` indexes alone (never the runs' rows), so a
-chart costs the number of runs created and finished in its window, and is
-exact: a run retried since (its ``finished_at`` cleared) counts as not
-finished then either, a run pruned since was created and finished inside the
-window or before it.
+chart costs the number of runs created and finished in its window (and the
+slots long past are remembered a while: :class:`SlotCounts`). It is exact
+but for runs retried since they finished (their ``finished_at`` cleared: they
+count as unfinished from their creation on); a run pruned since was created
+and finished before the moments it would change.
 
 The age of the oldest due run at ``t`` is read from an even sample of the
 runs created in the window (``SAMPLE`` of them, spread by id, each read by its
-primary key) and the oldest runs queued now: a run waited at ``t`` if it was
+primary key) and the oldest due run queued now: a run waited at ``t`` if it was
 due (``available_at``) and not yet claimed (``started_at``) nor finished. A
 run's times are those of its latest attempt, so a retried run counts from its
 retry; the age is exact to about one sampled run's spacing.
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,10 +43,12 @@ from ferryman.model import EvaluationOutcome, RunStatus
 from ferryman.store.schema import runs, sensor_evaluations
 
 SLOTS = 60  # points of a chart
-SAMPLE = 2000  # runs the oldest-due age is read from, spread over the window by id
+SAMPLE = 500  # runs the oldest-due age is read from, spread over the window by id
 CREATED_SLACK = 3600.0  # a run due in the window may have been created this long before it
-OLDEST_QUEUED = 50  # the oldest runs queued now, read by the (status, id) index
 MAX_EVALUATIONS = 2000  # newest evaluations a sensor's lag is read from
+SETTLED = 60.0  # a slot that ended this long ago is counted once and reused ...
+REUSE = 600.0  # ... for this long (see SlotCounts)
+MAX_REMEMBERED = 20_000  # slots remembered at most (custom windows each bring their own)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,18 +74,58 @@ def _slot_width(since: float, until: float, slots: int) -> float:
     return max(1.0, math.ceil((until - since) / slots))
 
 
-def _counts_back(
-    conn: sa.Connection,
-    column: sa.ColumnElement[Any],
-    since: float,
-    until: float,
-    up_to: float,
-    width: float,
+class SlotCounts:
+    """Runs created and finished per time slot, the slots long past remembered a while.
+
+    Slots are aligned on multiples of their width since the epoch, so the same
+    slot is the same on every request. A slot that ended ``SETTLED`` seconds
+    ago or more is counted once and reused for ``REUSE`` seconds: a chart over a
+    week then counts only its newest slot again, not a week of runs. A run
+    retried or pruned since changes a reused slot's count only when it is
+    counted again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, float, int], tuple[int, float]] = {}
+
+    def counts(
+        self,
+        conn: sa.Connection,
+        column: sa.ColumnElement[Any],
+        first: int,
+        up_to: float,
+        width: float,
+    ) -> dict[int, int]:
+        """``{slot: rows}`` for every slot from ``first`` to the one holding ``up_to``,
+        counting rows with ``column < up_to``."""
+        now = time.monotonic()
+        last = int(up_to // width)
+        name = str(column.key)
+        with self._lock:
+            if len(self._known) > MAX_REMEMBERED:
+                self._known.clear()
+            known = {}
+            for slot in range(first, last + 1):
+                hit = self._known.get((name, width, slot))
+                if hit is None or now - hit[1] > REUSE:
+                    break
+                known[slot] = hit[0]
+        start = first + len(known)
+        counted = _count_slots(conn, column, start * width, up_to, width)
+        settled = int((up_to - SETTLED) // width)  # slots before this one have ended
+        with self._lock:
+            for slot in range(start, min(settled, last + 1)):
+                self._known[(name, width, slot)] = (counted.get(slot, 0), now)
+        return known | {slot: counted.get(slot, 0) for slot in range(start, last + 1)}
+
+
+def _count_slots(
+    conn: sa.Connection, column: sa.ColumnElement[Any], since: float, up_to: float, width: float
 ) -> dict[int, int]:
-    """Rows with ``since <= column < up_to`` counted per slot of ``width`` seconds counted
-    back from ``until``: slot ``j`` holds ``(until - (j+1) * width, until - j * width]``,
-    every row at or after ``until`` falls in a negative slot."""
-    slot = sa.func.floor((until - column) / width).label("slot")
+    """Rows with ``since <= column < up_to`` counted per slot (``column // width``), from the
+    column's index alone."""
+    slot = sa.func.floor(column / width).label("slot")
     query = (
         sa.select(slot, sa.func.count())
         .select_from(runs)
@@ -92,52 +137,58 @@ def _counts_back(
 
 def queue_history(
     conn: sa.Connection,
+    slot_counts: SlotCounts,
     *,
     since: float,
     until: float,
     depth_at_count: int,
     counted_at: float,
+    oldest_due_at: float | None,
     slots: int = SLOTS,
 ) -> list[QueuePoint]:
-    """The queue's depth and oldest due age at moments ``until - j * width`` back to ``since``
-    (about ``slots`` of them), oldest first.
+    """The queue's depth and oldest due age at each slot boundary from ``since`` to ``until``
+    (about ``slots`` of them), oldest first; the last at ``counted_at`` when the window
+    reaches it.
 
     ``depth_at_count`` is the number of queued and running runs counted at
     ``counted_at`` (the dashboard's latest count); the depth at each moment
     is derived from it as the module docstring says. The window is cut at
-    ``counted_at``: the future has no depth yet.
+    ``counted_at``: the future has no depth yet. ``oldest_due_at`` is when the
+    oldest due run queued now became due (the overview reads it, one seek per
+    job), None if no queued run is due.
     """
     until = min(until, counted_at)
-    if until <= since:
-        return []
     width = _slot_width(since, until, slots)
-    steps = int((until - since) // width)
-    created = _counts_back(conn, runs.c.created_at, since, until, counted_at, width)
-    finished = _counts_back(conn, runs.c.finished_at, since, until, counted_at, width)
-    # change[j]: runs created less runs finished after moment j (until - j * width).
-    after = sum(n for j, n in created.items() if j < 0) - sum(
-        n for j, n in finished.items() if j < 0
-    )
-    change = [after]
-    for j in range(steps):
-        change.append(change[-1] + created.get(j, 0) - finished.get(j, 0))
+    first = math.ceil(since / width)
+    if until <= since or first * width > until:
+        return []
+    created = slot_counts.counts(conn, runs.c.created_at, first, counted_at, width)
+    finished = slot_counts.counts(conn, runs.c.finished_at, first, counted_at, width)
+    # change[slot]: runs created less runs finished from the slot's start to the count.
+    change: dict[int, int] = {}
+    running = 0
+    for slot in range(int(counted_at // width), first - 1, -1):
+        running += created.get(slot, 0) - finished.get(slot, 0)
+        change[slot] = running
+    moments = [(slot * width, change[slot]) for slot in range(first, int(until // width) + 1)]
+    if until == counted_at:
+        moments.append((counted_at, 0))
     waiting = _waiting_runs(conn, since, until)
-    points = []
-    for j in range(steps, -1, -1):
-        moment = until - j * width
-        points.append(
-            QueuePoint(
-                at=moment,
-                depth=max(0, depth_at_count - change[j]),
-                oldest_due_age=_oldest_due_age(waiting, moment),
-            )
+    if oldest_due_at is not None:  # it waited from its due time on
+        waiting.append(Waiting(created_at=oldest_due_at, available_at=oldest_due_at))
+    return [
+        QueuePoint(
+            at=moment,
+            depth=max(0, depth_at_count - changed),
+            oldest_due_age=_oldest_due_age(waiting, moment),
         )
-    return points
+        for moment, changed in moments
+    ]
 
 
 def _waiting_runs(conn: sa.Connection, since: float, until: float) -> list[Any]:
     """An even sample of the runs created from ``CREATED_SLACK`` before ``since`` (by id, one
-    primary-key read each) and the oldest runs queued now."""
+    primary-key read each)."""
     first = conn.scalar(
         sa.select(runs.c.id)
         .where(runs.c.created_at >= since - CREATED_SLACK)
@@ -157,14 +208,18 @@ def _waiting_runs(conn: sa.Connection, since: float, until: float) -> list[Any]:
         step = max(1, math.ceil((newest - first + 1) / SAMPLE))
         ids = list(range(first, newest + 1, step))
         found += conn.execute(sa.select(*columns).where(runs.c.id.in_(ids))).all()
-    oldest = (
-        sa.select(runs.c.id)
-        .where(runs.c.status == RunStatus.QUEUED.value, runs.c.available_at < until)
-        .order_by(runs.c.id)
-        .limit(OLDEST_QUEUED)
-    )
-    found += conn.execute(sa.select(*columns).where(runs.c.id.in_(oldest.scalar_subquery()))).all()
     return found
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Waiting:
+    """The times of a run queued now, as a sampled run's row has them."""
+
+    created_at: float
+    available_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    status: str = RunStatus.QUEUED.value
 
 
 def _oldest_due_age(waiting: Sequence[Any], moment: float) -> float | None:

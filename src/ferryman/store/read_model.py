@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import weakref
 from collections.abc import Mapping, Sequence
 
 import sqlalchemy as sa
@@ -87,6 +88,8 @@ __all__ = [
 # /metrics folds a row of the log only once it is this old (see
 # :func:`~ferryman.store.read_queries.fold_events`); SQLite commits in id order.
 SETTLE_SECONDS = 5.0
+# Each store's runs created and finished per slot, the slots long past remembered.
+_SLOT_COUNTS: weakref.WeakKeyDictionary[ReadModel, history.SlotCounts] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -309,17 +312,25 @@ class ReadModel:
             return read_views.evaluation_slots(conn, sensor, since=since, until=until)
 
     def queue_history(
-        self, *, since: float, until: float, depth_at_count: int, counted_at: float
+        self,
+        *,
+        since: float,
+        until: float,
+        depth_at_count: int,
+        counted_at: float,
+        oldest_due_at: float | None,
     ) -> list[QueuePoint]:
         """The queue's depth and oldest due age over a window (see
         :func:`~ferryman.store.history.queue_history`)."""
         with self.read("reading the queue's history") as conn:
             return history.queue_history(
                 conn,
+                _SLOT_COUNTS.setdefault(self, history.SlotCounts()),
                 since=since,
                 until=until,
                 depth_at_count=depth_at_count,
                 counted_at=counted_at,
+                oldest_due_at=oldest_due_at,
             )
 
     def sensor_lag(

@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from ferryman.app import App
 from ferryman.model import RunStatus, SensorKind
-from ferryman.store.read_model import RunCount
+from ferryman.store.read_model import Overview
 from ferryman.web import charts
 from ferryman.web.deps import AppDep, RunCountsDep, SettingsDep
 from ferryman.web.rendering import render
@@ -115,17 +115,22 @@ def evaluations_chart(app: App, sensor: str, picked: Picked) -> Markup:
     return charts.stacked(drawn, OUTCOMES, window, f"evaluations of {sensor} by outcome")
 
 
-def queue_charts(app: App, counted: RunCount, picked: Picked) -> tuple[Markup, Markup]:
+def queue_charts(app: App, overview: Overview, picked: Picked) -> tuple[Markup, Markup]:
     """The queue's depth (runs queued or running) and its oldest due run's age over the
     picked window, derived from the runs' own times (see :mod:`ferryman.store.history`)."""
     window = picked.window
     depth_now = sum(
         counts.get(status, 0)
-        for counts in counted.counts.values()
+        for counts in overview.counts.values()
         for status in (RunStatus.QUEUED, RunStatus.RUNNING)
     )
+    ages = overview.oldest_due_age
     found = app.store.queue_history(
-        since=window.since, until=window.until, depth_at_count=depth_now, counted_at=counted.at
+        since=window.since,
+        until=window.until,
+        depth_at_count=depth_now,
+        counted_at=overview.counted_at,
+        oldest_due_at=overview.now - max(ages.values()) if ages else None,
     )
     depth = [(p.at, {"queued-or-running": float(p.depth)}) for p in found]
     oldest = [(p.at, {"oldest-due": p.oldest_due_age}) for p in found]

@@ -123,11 +123,10 @@ def overview(
     since: insight.Moment = "",
     until: insight.Moment = "",
 ) -> Response:
-    counted = run_counts.current()
-    found = app.store.overview(alive_within=app.lease_seconds, counted=counted)
+    found = app.store.overview(alive_within=app.lease_seconds, counted=run_counts.current())
     counted_ago = max(0.0, found.now - found.counted_at)
     picked = insight.pick_window(app, chosen, since, until)
-    depth_chart, oldest_chart = insight.queue_charts(app, counted, picked)
+    depth_chart, oldest_chart = insight.queue_charts(app, found, picked)
     return render(
         request,
         "overview.html",
