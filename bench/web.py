@@ -305,6 +305,8 @@ def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
     step = max(1, min(997, middle // 20))  # twenty pages, all inside the table
     return {
         "overview page /": ["/"],
+        "overview, queue over 24 h": ["/?range=24h"],
+        "overview, queue over 7 d": ["/?range=7d"],
         "overview API /api/summary": ["/api/summary"],
         "runs page, job + status": [f"/runs?job={rng.choice(JOBS)}&status=dead" for _ in range(20)],
         "runs API, job + status": [
@@ -339,6 +341,7 @@ def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
         "job page, 7 d durations": [f"/jobs/{job}?range=7d" for job in JOBS],
         "sensors page": ["/sensors"],
         "sensor page": [f"/sensors/{name}" for name in SENSORS],
+        "sensor page, 7 d": [f"/sensors/{name}?range=7d" for name in SENSORS],
         "workers page": ["/workers"],
         "dead letters page": ["/dead-letters"],
         "/metrics": ["/metrics"],
