@@ -173,64 +173,55 @@ def queue_history(
     moments = [(slot * width, change[slot]) for slot in range(first, int(until // width) + 1)]
     if until == counted_at:
         moments.append((counted_at, 0))
-    waiting = _waiting_runs(conn, since, until)
-    if oldest_due_at is not None:  # it waited from its due time on
-        waiting.append(Waiting(created_at=oldest_due_at, available_at=oldest_due_at))
+    waits = _waits(conn, since, until)
+    if oldest_due_at is not None:  # queued now: it has waited from its due time on
+        waits.append((oldest_due_at, math.inf))
     return [
         QueuePoint(
             at=moment,
             depth=max(0, depth_at_count - changed),
-            oldest_due_age=_oldest_due_age(waiting, moment),
+            oldest_due_age=_oldest_due_age(waits, moment),
         )
         for moment, changed in moments
     ]
 
 
-def _waiting_runs(conn: sa.Connection, since: float, until: float) -> list[Any]:
-    """An even sample of the runs created from ``CREATED_SLACK`` before ``since`` (by id, one
-    primary-key read each)."""
+def _waits(conn: sa.Connection, since: float, until: float) -> list[tuple[float, float]]:
+    """When each run of an even sample of those created from ``CREATED_SLACK`` before
+    ``since`` (by id, one primary-key read each) was due and waiting: ``(due, until)``."""
     first = conn.scalar(
         sa.select(runs.c.id)
         .where(runs.c.created_at >= since - CREATED_SLACK)
         .order_by(runs.c.created_at, runs.c.id)
         .limit(1)
     )
-    columns = (
-        runs.c.created_at,
-        runs.c.available_at,
-        runs.c.started_at,
-        runs.c.finished_at,
-        runs.c.status,
+    if first is None:
+        return []
+    newest = conn.scalar(sa.select(sa.func.max(runs.c.id))) or first
+    step = max(1, math.ceil((newest - first + 1) / SAMPLE))
+    rows = conn.execute(
+        sa.select(
+            runs.c.created_at,
+            runs.c.available_at,
+            runs.c.started_at,
+            runs.c.finished_at,
+            runs.c.status,
+        ).where(runs.c.id.in_(range(first, newest + 1, step)))
     )
-    found: list[Any] = []
-    if first is not None:
-        newest = conn.scalar(sa.select(sa.func.max(runs.c.id))) or first
-        step = max(1, math.ceil((newest - first + 1) / SAMPLE))
-        ids = list(range(first, newest + 1, step))
-        found += conn.execute(sa.select(*columns).where(runs.c.id.in_(ids))).all()
-    return found
+    waits = []
+    for created_at, available_at, started_at, finished_at, status in rows:
+        due = max(created_at, available_at)
+        end = math.inf if finished_at is None else finished_at
+        # A queued run's started_at is its previous attempt's: it waits again now.
+        if started_at is not None and status != RunStatus.QUEUED.value:
+            end = min(end, started_at)
+        if due < end:
+            waits.append((due, end))
+    return waits
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Waiting:
-    """The times of a run queued now, as a sampled run's row has them."""
-
-    created_at: float
-    available_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    status: str = RunStatus.QUEUED.value
-
-
-def _oldest_due_age(waiting: Sequence[Any], moment: float) -> float | None:
-    due = [
-        row.available_at
-        for row in waiting
-        if row.created_at <= moment
-        and row.available_at <= moment
-        and (row.started_at is None or row.started_at > moment or row.status == "queued")
-        and (row.finished_at is None or row.finished_at > moment)
-    ]
+def _oldest_due_age(waits: Sequence[tuple[float, float]], moment: float) -> float | None:
+    due = [start for start, end in waits if start <= moment < end]
     return moment - min(due) if due else None
 
 
