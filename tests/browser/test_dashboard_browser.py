@@ -135,3 +135,27 @@ def test_pause_a_sensor_from_its_page(
     expect(page.get_by_role("button", name="Resume")).to_be_visible()
     assert app.get_sensor("numbers").status == "paused"
     shot(page, screenshots, "9-paused-sensor")
+
+
+def test_read_the_queue_over_a_day_and_a_sensor_lag(
+    served: tuple[fm.App, LiveServer], page: Page, screenshots: Path
+) -> None:
+    app, live = served
+    app.submit("load", *[fm.RunRequest(f"later-{n}", {"n": n}) for n in range(5)])
+    page.goto(f"{live.url}/")
+    queue = page.locator("#queue")
+    queue.get_by_label("24h").check()
+    queue.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(f"{live.url}/?range=24h&since=&until=")
+    newest = page.locator("#depth circle.dot-queued-or-running title").last
+    expect(newest).to_contain_text("queued or running 5")  # the five waiting now
+    expect(page.locator("#oldest-due circle.dot-oldest-due title").last).to_contain_text(
+        "oldest due"
+    )
+    page.locator("#queue").screenshot(path=str(screenshots / "10-overview-queue.png"))
+    print(f"screenshot: {screenshots / '10-overview-queue.png'}")
+
+    page.goto(f"{live.url}/sensors/numbers?range=1h")
+    expect(page.get_by_role("heading", name="Evaluation lag")).to_be_visible()
+    expect(page.locator("#lag svg")).to_have_attribute("aria-label", "evaluation lag of numbers")
+    shot(page, screenshots, "13-sensor-lag")

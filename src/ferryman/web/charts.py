@@ -240,5 +240,6 @@ def lines(
 
 
 def count(value: float) -> str:
-    """A count on a value axis or in a title: whole numbers, thousands separated."""
-    return f"{value:,.0f}"
+    """A count on a value axis or in a title, thousands separated (half way up an axis
+    may fall between two whole numbers)."""
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
