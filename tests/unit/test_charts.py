@@ -210,3 +210,30 @@ def test_upload_throughput_per_slot() -> None:
     titles = [r.find(f"{SVG}title").text for r in svg.findall(f".//{SVG}rect")]  # type: ignore[union-attr]
     assert titles == ["08:00:00: 16 KiB", "08:03:20: 8 KiB"]  # slots of 4 s over 201 s
     assert transfer_views.throughput_chart(done, parts[:1], T0) is None
+
+
+def test_lines_place_points_by_time_break_at_gaps_and_title_each_point() -> None:
+    window = charts.Window(T0, T0 + 3600)
+    points = [
+        (T0, {"depth": 0.0, "age": None}),
+        (T0 + 1800, {"depth": 1500.0, "age": 90.0}),
+        (T0 + 2700, {"depth": None, "age": 300.0}),
+        (T0 + 3600, {"depth": 3000.0, "age": 30.0}),
+    ]
+    svg = parsed(charts.lines(points, ["depth", "age"], window, "queue <all>", charts.count))
+    assert svg.get("aria-label") == "queue <all>"
+    depth = svg.findall(f"{SVG}circle[@class='dot-depth']")
+    assert [c.findtext(f"{SVG}title") for c in depth] == [
+        "08:00: depth 0",
+        "08:30: depth 1,500",
+        "09:00: depth 3,000",
+    ]
+    xs = [float(c.get("cx", "")) for c in depth]
+    assert xs[0] == charts.LEFT and xs[2] == charts.WIDTH - charts.RIGHT
+    assert xs[1] == (xs[0] + xs[2]) / 2  # by time, not by index
+    # A missing value breaks the depth line in two: the single point after it has no line.
+    assert len(svg.findall(f"{SVG}polyline[@class='line-depth']")) == 1
+    assert len(svg.findall(f"{SVG}polyline[@class='line-age']")) == 1
+    labels = [t.text for t in svg.findall(f"{SVG}text[@class='tick-label']")]
+    assert "3,000" in labels and "1,500" in labels  # the value axis: peak and half
+    assert charts.count(2.5) == "2.5"
