@@ -9,8 +9,9 @@ page deep in it, by an hour's window a day and six days back and by
 everything until six days back, a run page (page and API), the sensors,
 a sensor page, the workers, the dead letters and ``/metrics``; runs found by
 run_key (exact and prefix) and by error group, the timeline over the last
-hour and 24 hours (all jobs and one), and a job's page with its duration
-chart over 24 hours and 7 days. Prints p50 /
+hour and 24 hours (all jobs and one), a job's page with its duration
+chart over 24 hours and 7 days, the overview with its queue charts over 24
+hours and 7 days, and a sensor's page over 7 days. Prints p50 /
 p95 / max per endpoint; the target is p95 < 200 ms. The overview serves the
 latest count of runs by job and status and recounts it in the background
 every few seconds (``ferryman/web/run_counts.py``); the server takes the first
