@@ -234,11 +234,10 @@ def dead_letters(
         .limit(sample)
     )
     if job is not None:
-        # One job's failures are sparse among the newest runs: SQLite would scan
-        # the table backwards past every other job's runs. Bound the scan by the
-        # oldest id among them, found by a walk of the (job, status, id) index.
-        newest = newest_ended(conn, job=job, sample=sample)
-        query = query.where(runs.c.job == job, runs.c.id >= (newest[-1] if newest else 0))
+        # One job's failures are sparse among the newest runs: a walk of the
+        # table backwards would pass every other job's runs. Their ids come from
+        # walks of the (job, status, id) index; the rows are read by id.
+        query = query.where(runs.c.id.in_(newest_ended(conn, job=job, sample=sample)))
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for row in conn.execute(query):
         groups.setdefault((row.job, row.status, error_kind(row.last_error)), []).append(row)
