@@ -348,6 +348,8 @@ def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> F
     finally:
         process.terminate()
         process.wait(timeout=30)
+    if not args.restart:
+        return figures
     # A restart carries forward the count and the totals the first server saved.
     process, base, cold = timing.cold_start(url, start_timeout=3600)
     process.terminate()
@@ -413,6 +415,9 @@ def main() -> None:
     )
     parser.add_argument("--seed-only", action="store_true", help="seed the stores, measure nothing")
     parser.add_argument("--no-prune", dest="prune", action="store_false")
+    parser.add_argument(
+        "--no-restart", dest="restart", action="store_false", help="start each server once"
+    )
     parser.add_argument("--finished-before", default=f"{DAYS // 2}d")
     parser.add_argument("--batch", type=int, default=500, help="runs per prune transaction")
     parser.add_argument("--pg", default=os.environ.get("FERRYMAN_BENCH_PG", DEFAULT_PG))
