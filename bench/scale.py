@@ -47,14 +47,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
-from bench import web  # noqa: E402  (after the path set-up above)
+from bench import timing, web  # noqa: E402  (after the path set-up above)
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DAYS = 60
@@ -63,8 +62,11 @@ CHUNK = 1_000_000  # rows per transaction while seeding PostgreSQL
 FINISHED = ("succeeded", "failed", "dead")
 
 
+PREFIX = "ferryman_bench_scale"  # --name
+
+
 def name_for(size: int) -> str:
-    return f"ferryman_bench_scale_{size}"
+    return f"{PREFIX}_{size}"
 
 
 # -- seeding -------------------------------------------------------------------
@@ -120,6 +122,7 @@ def seed_postgres(admin: str, size: int, reseed: bool) -> str:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     if exists and not reseed and _seeded_pg(url, size):
         print(f"postgres {size:,}: reusing database {name} (--reseed to rebuild)", flush=True)
+        upgrade(sa_url)  # a store seeded by an earlier schema: migrated with its data in place
         return sa_url
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -191,6 +194,7 @@ def seed_sqlite(size: int, reseed: bool) -> str:
     url = f"sqlite:///{path}"
     if path.exists() and not reseed and _seeded_sqlite(path, size):
         print(f"sqlite {size:,}: reusing {path} (--reseed to rebuild)", flush=True)
+        upgrade(url)
         return url
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in path.parent.glob("store.db*"):
@@ -239,7 +243,7 @@ class Figures:
 
 
 def p95(timings: list[float]) -> float:
-    return web.percentile(timings, 0.95)
+    return timing.percentile(timings, 0.95)
 
 
 def time_submits(url: str, count: int) -> list[float]:
@@ -334,23 +338,38 @@ def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> F
     figures = Figures()
     figures.p95["submit (one run)"] = p95(time_submits(url, args.submits))
     figures.p95["claim (one run)"] = p95(time_claims(url, args.claims))
-    started = time.perf_counter()
-    process, base = web.serve(url, start_timeout=3600)
-    figures.p95["server start until it answers"] = (time.perf_counter() - started) * 1000
+    forget_snapshots(url)  # the first start counts every run and folds the whole log
+    process, base, cold = timing.cold_start(url, start_timeout=3600)
+    figures.p95.update(cold)
     try:
-        started = time.perf_counter()
-        httpx.get(f"{base}/", timeout=600).raise_for_status()
-        figures.p95["first overview after start"] = (time.perf_counter() - started) * 1000
-        started = time.perf_counter()
-        httpx.get(f"{base}/metrics", timeout=600).raise_for_status()
-        figures.p95["first /metrics after start"] = (time.perf_counter() - started) * 1000
         for name, paths in web.endpoints(size, random.Random(7)).items():
-            figures.p95[name] = p95(web.measure(base, paths, args.requests))
+            figures.p95[name] = p95(timing.measure(base, paths, args.requests))
             print(f"{kind} {size:,}: {name}: p95 {figures.p95[name]:.1f} ms", flush=True)
     finally:
         process.terminate()
         process.wait(timeout=30)
+    if not args.restart:
+        return figures
+    # A restart carries forward the count and the totals the first server saved.
+    process, base, cold = timing.cold_start(url, start_timeout=3600)
+    process.terminate()
+    process.wait(timeout=30)
+    for name, ms in cold.items():
+        figures.p95[name.replace("start", "restart")] = ms
+    print(f"{kind} {size:,}: {figures.p95}", flush=True)
     return figures
+
+
+def forget_snapshots(url: str) -> None:
+    """Delete the saved counts (ferryman_read_snapshots): the next server starts from nothing."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM ferryman_read_snapshots"))
+    finally:
+        engine.dispose()
 
 
 def measure_pruning(kind: str, url: str, figures: Figures, args: argparse.Namespace) -> None:
@@ -383,6 +402,7 @@ def report_bytes(kind: str, size: int, figures: Figures) -> None:
 
 
 def main() -> None:
+    global PREFIX
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,10000000")
     parser.add_argument("--stores", default="postgres,sqlite")
@@ -390,12 +410,20 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=200)
     parser.add_argument("--requests", type=int, default=50, help="per endpoint")
     parser.add_argument("--reseed", action="store_true")
+    parser.add_argument(
+        "--name", default="ferryman_bench_scale", help="databases are named <name>_<size>"
+    )
+    parser.add_argument("--seed-only", action="store_true", help="seed the stores, measure nothing")
     parser.add_argument("--no-prune", dest="prune", action="store_false")
+    parser.add_argument(
+        "--no-restart", dest="restart", action="store_false", help="start each server once"
+    )
     parser.add_argument("--finished-before", default=f"{DAYS // 2}d")
     parser.add_argument("--batch", type=int, default=500, help="runs per prune transaction")
     parser.add_argument("--pg", default=os.environ.get("FERRYMAN_BENCH_PG", DEFAULT_PG))
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
+    PREFIX = args.name
     for kind in args.stores.split(","):
         found: dict[int, Figures] = {}
         urls: dict[int, str] = {}
@@ -405,7 +433,11 @@ def main() -> None:
                 if kind == "sqlite"
                 else seed_postgres(args.pg, size, args.reseed)
             )
+            if args.seed_only:
+                continue
             found[size] = measure_store(kind, urls[size], size, args)
+        if args.seed_only:
+            continue
         report_latency(kind, sizes, found)
         # Last: pruning changes the seeded stores (the next run seeds them again).
         for size in sizes:

@@ -41,23 +41,23 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 import argparse
 import json
 import random
-import socket
 import sqlite3
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import timing  # noqa: E402  (after the path set-up above)
+
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE = "ferryman_bench_web"  # --name: also the SQLite file's folder under the temp dir
-TOKEN = "bench-token-0123456789"
 JOBS = [f"job-{n}" for n in range(10)]
 SENSORS = [f"sensor-{n}" for n in range(5)]
 WEEK = 7 * 24 * 3600.0
@@ -264,36 +264,6 @@ def fill_sqlite(path: Path, tables: list[tuple[str, str, Iterator[tuple[object, 
 # -- measuring -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def serve(url: str, start_timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
-    env["FERRYMAN_API_TOKEN"] = TOKEN
-    env["PYTHONPATH"] = str(REPO / "src")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ferryman", "--store", url, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + start_timeout  # it counts the runs before it answers
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/api/sensors", timeout=5).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"ferryman serve did not start on {base}")
-
-
 def hour_ago(hours: int) -> str:
     """An ISO 8601 time ``hours`` before now, in UTC, to the minute."""
     moment = datetime.now(UTC) - timedelta(hours=hours)
@@ -349,24 +319,6 @@ def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
     }
 
 
-def measure(base: str, paths: list[str], requests: int) -> list[float]:
-    timings = []
-    with httpx.Client(base_url=base, timeout=60) as client:
-        for path in paths[:3]:  # warm caches and connections
-            client.get(path).raise_for_status()
-        for index in range(requests):
-            started = time.perf_counter()
-            response = client.get(paths[index % len(paths)])
-            timings.append((time.perf_counter() - started) * 1000)
-            response.raise_for_status()
-    return timings
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1_000_000)
@@ -388,22 +340,16 @@ def main() -> None:
             if kind == "sqlite"
             else seed_postgres(args.pg, args.name, args.runs, args.evaluations, args.reseed)
         )
-        started = time.perf_counter()
-        process, base = serve(url, start_timeout=600)
         # The server counts the runs and folds the processing log before it
         # answers anything (ferryman.web.serving.warm_up): timed here, and the
         # first requests after it on their own.
-        print(f"{kind}: server start until it answers {time.perf_counter() - started:.1f} s")
+        process, base, cold = timing.cold_start(url)
+        for name, ms in cold.items():
+            print(f"{kind}: {name} {ms:,.0f} ms", flush=True)
         try:
-            first = time.perf_counter()
-            httpx.get(f"{base}/metrics", timeout=600).raise_for_status()
-            print(f"{kind}: first /metrics {(time.perf_counter() - first) * 1000:.0f} ms")
-            first = time.perf_counter()
-            httpx.get(f"{base}/", timeout=600).raise_for_status()
-            print(f"{kind}: first overview {(time.perf_counter() - first) * 1000:.0f} ms")
             for name, paths in endpoints(args.runs, random.Random(7)).items():
-                timings = measure(base, paths, args.requests)
-                p50, p95 = statistics.median(timings), percentile(timings, 0.95)
+                timings = timing.measure(base, paths, args.requests)
+                p50, p95 = statistics.median(timings), timing.percentile(timings, 0.95)
                 flag = "" if p95 < 200 else "  (over 200 ms)"
                 line = f"{kind:<9}{name:<30}{p50:>9.1f}{p95:>9.1f}{max(timings):>9.1f}{flag}"
                 print(line, flush=True)

@@ -69,8 +69,9 @@ class PortInUse(ConfigurationError):
 
 class PayloadError(FerrymanError):
     """A payload or checkpoint that JSON cannot hold as it is (NaN, bytes, a key that is
-    not a string, nesting over 100 levels), or a run_key or message_id that cannot be
-    stored exactly (not a non-empty string, or holding NUL or a lone surrogate).
+    not a string, nesting over 100 levels, two lone surrogates JSON would join), or a
+    run_key or message_id that cannot be stored exactly (not a non-empty string, or
+    holding NUL or a lone surrogate).
     Nothing was written."""
 
 

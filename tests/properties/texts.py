@@ -15,6 +15,7 @@ lists) or refuse it.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from typing import Any
 
@@ -96,6 +97,16 @@ def keys() -> st.SearchStrategy[str]:
         short_texts(min_size=1, storable_only=True),
         long_texts(storable_only=True),
         texts(min_size=1),
+    )
+
+
+def json_joins(text: str) -> bool:
+    """The documented rule for documents and cursors: a lone high surrogate right before
+    a lone low one is refused, since JSON reads the two back as the one character they
+    pair to (and writes them as it writes that character)."""
+    return any(
+        0xD800 <= ord(high) <= 0xDBFF and 0xDC00 <= ord(low) <= 0xDFFF
+        for high, low in itertools.pairwise(text)
     )
 
 
@@ -188,7 +199,8 @@ def expected_document(value: Any) -> tuple[str, Any]:
     """What the store must do with ``value`` given as a JSON document, and how it reads back.
 
     A document is what JSON holds without changing it: None, booleans,
-    integers, finite floats, strings (any code point), lists (tuples read
+    integers, finite floats, strings (any code point, but no lone high surrogate right
+    before a lone low one), lists (tuples read
     back as lists) and objects with string keys, nested at most MAX_DEPTH
     levels. Anything else must be refused, not stored changed.
     """
@@ -218,7 +230,9 @@ def _depth(value: Any) -> int:
 
 
 def _readback(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        return _NOT_JSON if json_joins(value) else value
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else _NOT_JSON
@@ -226,7 +240,7 @@ def _readback(value: Any) -> Any:
         items = [_readback(item) for item in value]
         return _NOT_JSON if any(item is _NOT_JSON for item in items) else items
     if isinstance(value, dict):
-        if not all(isinstance(key, str) for key in value):
+        if not all(isinstance(key, str) and not json_joins(key) for key in value):
             return _NOT_JSON
         entries = {key: _readback(item) for key, item in value.items()}
         return _NOT_JSON if any(item is _NOT_JSON for item in entries.values()) else entries

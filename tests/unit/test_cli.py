@@ -128,6 +128,6 @@ def test_newer_schema_exit_code(store_url: str) -> None:
 
 def test_db_upgrade_is_idempotent(sqlite_url: str) -> None:
     first = ferryman("db", "upgrade", store=sqlite_url)
-    assert first.returncode == 0 and "upgraded from nothing to 0008" in first.stdout
+    assert first.returncode == 0 and "upgraded from nothing to 0009" in first.stdout
     second = ferryman("db", "upgrade", store=sqlite_url)
-    assert second.returncode == 0 and "already at revision 0008" in second.stdout
+    assert second.returncode == 0 and "already at revision 0009" in second.stdout

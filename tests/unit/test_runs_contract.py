@@ -174,6 +174,33 @@ def test_texts_with_lone_surrogates_are_stored_and_never_stop_the_worker(
     assert [run.status for run in app.get_runs(job="other")] == [fm.RunStatus.SUCCEEDED]
 
 
+def test_lone_surrogates_json_would_join_are_refused_not_stored_changed(
+    make_app: type[fm.App],
+) -> None:
+    """ "\ud800\udc80" is two code points; JSON writes and reads it as the one character
+    "\U00010080". A document or cursor holding it is refused, naming where."""
+    app = make_app()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    @app.poll_sensor(job="load", interval=3600)
+    def joins(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
+        return fm.SensorResult(cursor="at \ud800\udc80")
+
+    with pytest.raises(fm.PayloadError, match=r"lone surrogates '\\ud800\\udc80' at position 1"):
+        app.submit("load", fm.RunRequest("r1", {"name": ["x\ud800\udc80"]}))
+    with pytest.raises(fm.ConfigurationError, match="cursor that cannot be stored exactly"):
+        app.set_cursor("joins", "\udbff\udfff", by="test")
+    (evaluation,) = app.tick(force=True)
+    assert evaluation.outcome is fm.EvaluationOutcome.FAILED
+    assert "returned a cursor that cannot be stored exactly" in (evaluation.error or "")
+    assert app.get_sensor("joins").cursor is None
+    # Apart, or the real character, they are stored exactly.
+    app.submit("load", fm.RunRequest("r2", {"name": "\udc80\ud800 \U00010080"}))
+    assert app.get_runs()[0].payload == {"name": "\udc80\ud800 \U00010080"}
+
+
 # -- outcomes ----------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import ferryman as fm
+from ferryman.store import run_tally
 from ferryman.web import WebSettings, create_app
 from ferryman.web.serving import Token, make_server, warm_up
 from tests.web.conftest import TOKEN
@@ -63,3 +64,35 @@ def test_a_store_that_cannot_be_reached_is_logged_not_raised(
         warm_up(web)
     assert "first request retries" in caplog.text
     assert web.state.run_counts.latest is None
+
+
+def test_a_server_that_starts_carries_the_saved_count_and_totals_forward(
+    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first server counts every run and folds the whole log, and saves both; the
+    next one starts from them and reads only what the log gained since."""
+    app = make_app()
+
+    @app.job()
+    def load(ctx: fm.JobContext, payload: Any) -> None:
+        pass
+
+    app.submit("load", *[fm.RunRequest(f"k-{n}") for n in range(3)])
+    app.work(until_idle=True)
+    warm_up(create_app(app, WebSettings(token=TOKEN)))  # counts, folds and saves
+
+    def counting(*_args: Any) -> Any:
+        raise AssertionError("counted every run although a saved count was there")
+
+    monkeypatch.setattr(run_tally, "count", counting)
+    app.submit("load", fm.RunRequest("after-the-save"))
+    web = create_app(app, WebSettings(token=TOKEN))
+    warm_up(web)
+
+    counted = web.state.run_counts.latest
+    assert counted is not None
+    assert counted.counts["load"] == {fm.RunStatus.SUCCEEDED: 3, fm.RunStatus.QUEUED: 1}
+    saved = app.store.saved_folded()
+    assert saved is not None  # what was folded (on PostgreSQL and MariaDB, rows 5 s old)
+    if app.store.ids_in_commit_order:
+        assert saved.events[("load", "succeeded")] == 3

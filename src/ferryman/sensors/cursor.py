@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from ferryman.errors import UnreadableCursor as UnreadableCursor  # defined in the tree
+from ferryman.store.records import json_would_join
 
 CURSOR_VERSION = 1
 
@@ -24,7 +25,16 @@ def encode_cursor(value: str | None) -> str | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"a cursor is a str or None, got {type(value).__name__}")
+    problem = unstorable_cursor(value)
+    if problem is not None:
+        raise ValueError(f"a cursor that {problem}")
     return json.dumps({"v": CURSOR_VERSION, "value": value}, separators=(",", ":"))
+
+
+def unstorable_cursor(value: str) -> str | None:
+    """Why ``value`` cannot be a cursor ("cannot be stored exactly: ..."), or None."""
+    problem = json_would_join(value)
+    return None if problem is None else f"cannot be stored exactly: {problem}"
 
 
 def decode_cursor(sensor: str, stored: str | None) -> str | None:

@@ -60,7 +60,13 @@ from ferryman.sensors.calls import (
     skipped_count,
 )
 from ferryman.sensors.context import SensorContext
-from ferryman.sensors.cursor import UnreadableCursor, decode_cursor, encode_cursor, shown_cursor
+from ferryman.sensors.cursor import (
+    UnreadableCursor,
+    decode_cursor,
+    encode_cursor,
+    shown_cursor,
+    unstorable_cursor,
+)
 from ferryman.sensors.registry import SensorDefinition, SensorKind
 from ferryman.store import NewRun, PollCommit, PollFailure, PushCommit, Store
 from ferryman.store.records import checked_key
@@ -267,6 +273,10 @@ class SensorEngine:
             raise SensorOutputError(
                 f"poll sensor {definition.name!r} returned a {type(result.cursor).__name__} "
                 "cursor; a cursor is a str (or None to keep the stored one)"
+            )
+        if result.cursor is not None and (problem := unstorable_cursor(result.cursor)):
+            raise SensorOutputError(
+                f"poll sensor {definition.name!r} returned a cursor that {problem}"
             )
         return self._prepared(definition, result.run_requests, result.cursor, result)
 
@@ -520,6 +530,8 @@ class SensorEngine:
     def set_cursor(self, name: str, value: str | None, *, by: str | None) -> Evaluation:
         if value is not None and not isinstance(value, str):
             raise ConfigurationError(f"a cursor is a str or None, got {type(value).__name__}")
+        if value is not None and (problem := unstorable_cursor(value)):
+            raise ConfigurationError(f"sensor {name!r}: a cursor that {problem}")
         self._known(name)
         definition = self.definitions.get(name)
         # The built-in sensors read a cursor of their own format: refuse one they cannot

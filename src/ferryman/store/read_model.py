@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 
@@ -33,8 +33,16 @@ from ferryman.model import (
     TransferPart,
     TransferStatus,
 )
-from ferryman.store import history, processing_log, read_views, run_search
+from ferryman.store import (
+    history,
+    processing_log,
+    read_snapshots,
+    read_views,
+    run_search,
+    run_tally,
+)
 from ferryman.store import read_queries as q
+from ferryman.store.dialect import Backend, translated_errors
 from ferryman.store.history import LagSlot, QueuePoint
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_queries import (
@@ -52,6 +60,7 @@ from ferryman.store.read_queries import (
 )
 from ferryman.store.read_views import AttemptBar, DurationSlot, SlotCount, Timeline
 from ferryman.store.run_search import RunFilter, RunSearchPage
+from ferryman.store.run_tally import RunTally
 from ferryman.store.sensors import PAUSED, SensorQueries
 from ferryman.store.transfers import TransferQueries
 
@@ -92,12 +101,9 @@ SETTLE_SECONDS = 5.0
 _SLOT_COUNTS: weakref.WeakKeyDictionary[ReadModel, history.SlotCounts] = weakref.WeakKeyDictionary()
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RunCount:
-    """Runs by job and status, and the database's clock when they were counted."""
-
-    counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
-    at: float  # seconds since the epoch
+# Runs by job and status, the database's clock when they were counted, and the
+# processing-log id they include (see ferryman.store.run_tally).
+RunCount = RunTally
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +160,7 @@ class MetricsReading:
 class ReadModel:
     """The read-only Store methods behind the API, the dashboard and ``/metrics``."""
 
+    backend: Backend
     runs: RunQueue
     transfers: TransferQueries
 
@@ -168,6 +175,9 @@ class ReadModel:
     def read(self, doing: str) -> contextlib.AbstractContextManager[sa.Connection]:
         raise NotImplementedError
 
+    def write(self, doing: str) -> contextlib.AbstractContextManager[sa.Connection]:
+        raise NotImplementedError
+
     def now(self) -> float:
         """The database's clock, in seconds since the epoch: the one every lease is measured by."""
         with self.read("reading the clock") as conn:
@@ -175,14 +185,40 @@ class ReadModel:
 
     # -- runs ----------------------------------------------------------------
 
-    def count_runs(self) -> RunCount:
-        """Runs by job and status, read from the ``(job, status, id)`` index.
+    def count_runs(self, previous: RunCount | None = None) -> RunCount:
+        """Runs by job and status: ``previous`` carried forward by the processing log
+        written since (see :mod:`~ferryman.store.run_tally`), or, without one or when
+        that would read more, every run counted from the ``(job, status, id)`` index
+        (about a tenth of a second per million runs)."""
+        with self._read_snapshot("counting runs") as conn:
+            at = self.runs.now(conn)
+            if previous is not None:
+                total = sum(sum(by.values()) for by in previous.counts.values())
+                carried = run_tally.carry(conn, at, previous, total)
+                if carried is not None:
+                    return carried
+            return run_tally.count(conn, at, self.runs.counts(conn))
 
-        The one read of the overview whose cost grows with the store (about
-        a tenth of a second per million runs): the server keeps the latest.
-        """
-        with self.read("counting runs") as conn:
-            return RunCount(counts=self.runs.counts(conn), at=self.runs.now(conn))
+    def saved_run_count(self) -> RunCount | None:
+        """The count persisted last by :meth:`save_run_count` (any process's), if any."""
+        with self.read("reading the saved count of runs") as conn:
+            return run_tally.load(conn)
+
+    def save_run_count(self, counted: RunCount) -> None:
+        """Persist ``counted`` for the next server to carry forward (unless one newer is)."""
+        with self.write("saving the count of runs") as conn:
+            run_tally.save(conn, counted)
+
+    @contextlib.contextmanager
+    def _read_snapshot(self, doing: str) -> Iterator[sa.Connection]:
+        """A read transaction whose statements all see one snapshot (repeatable read):
+        SQLite's reads always do; PostgreSQL's and MariaDB's read committed do not."""
+        engine = self.backend.read_engine
+        with translated_errors(self.backend, doing), engine.connect() as conn:
+            if engine.dialect.name != "sqlite":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     def overview(self, *, alive_within: float, counted: RunCount | None = None) -> Overview:
         """The overview; ``counted`` (an earlier :meth:`count_runs`) saves counting again."""
@@ -387,14 +423,16 @@ class ReadModel:
 
     # -- /metrics ------------------------------------------------------------
 
-    def read_metrics(self, folded: Folded, *, alive_within: float) -> MetricsReading:
+    def read_metrics(
+        self, folded: Folded, *, alive_within: float, counted: RunCount | None = None
+    ) -> MetricsReading:
         """The gauges now, and the log and evaluations written since ``folded`` last saw them
-        folded into it (in place)."""
+        folded into it (in place); ``counted`` (a fresh :meth:`count_runs`) saves counting."""
         with self.read("reading metrics") as conn:
             now = self.runs.now(conn)
             cutoff = now if self.ids_in_commit_order else now - SETTLE_SECONDS
             reading = MetricsReading(
-                counts=self.runs.counts(conn),
+                counts=self.runs.counts(conn) if counted is None else counted.counts,
                 oldest_due_age=q.oldest_due_age(conn, now),
                 transfers=q.transfer_totals(conn),
                 live_workers=q.count_live_workers(conn, now, alive_within=alive_within),
@@ -402,3 +440,16 @@ class ReadModel:
             q.fold_events(conn, folded, cutoff)
             q.fold_evaluations(conn, folded, cutoff)
             return reading
+
+    def saved_folded(self) -> Folded | None:
+        """The /metrics totals saved last by :meth:`save_folded` (any process's), if any."""
+        with self.read("reading the saved metrics") as conn:
+            found = read_snapshots.load(conn, read_snapshots.METRICS)
+        return None if found is None else read_snapshots.folded_from(found[0], found[1])
+
+    def save_folded(self, folded: Folded) -> None:
+        """Save the /metrics totals for the next server to carry forward."""
+        body = read_snapshots.folded_json(folded)
+        with self.write("saving the metrics") as conn:
+            at = self.runs.now(conn)
+            read_snapshots.save(conn, read_snapshots.METRICS, folded.event_watermark, body, at)

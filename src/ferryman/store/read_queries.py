@@ -122,21 +122,45 @@ def job_names(conn: sa.Connection) -> list[str]:
 def oldest_due_age(conn: sa.Connection, at: float) -> dict[str, float]:
     """Seconds the oldest due queued run of each job has waited.
 
-    One seek per job into the claim index (``job, available_at`` over queued
-    runs), however many runs are queued: a GROUP BY would read them all.
+    Seeks in the claim index (``job, priority DESC, available_at`` over queued
+    runs), however many runs are queued: the priorities each job has queued
+    runs of, by a loose index scan from the highest (see :func:`job_names`),
+    then the oldest due run of each. A GROUP BY, or a minimum over a job's
+    entries, would read them all: the priority comes before the due time.
     """
     names = _job_names_cte()
+    queued = runs.c.status == RunStatus.QUEUED.value
+    top = sa.select(sa.func.max(runs.c.priority)).where(runs.c.job == names.c.job, queued)
+    pairs = (
+        sa.select(names.c.job.label("job"), top.scalar_subquery().label("priority"))
+        .where(names.c.job.is_not(None))
+        .cte("due_priorities", recursive=True)
+    )
+    other = runs.alias("lower_priority")
+    lower = sa.select(sa.func.max(other.c.priority)).where(
+        other.c.job == pairs.c.job,
+        other.c.status == RunStatus.QUEUED.value,
+        other.c.priority < pairs.c.priority,
+    )
+    pairs = pairs.union_all(
+        sa.select(pairs.c.job, lower.scalar_subquery()).where(pairs.c.priority.is_not(None))
+    )
     oldest = (
         sa.select(sa.func.min(runs.c.available_at))
         .where(
-            runs.c.job == names.c.job,
-            runs.c.status == RunStatus.QUEUED.value,
+            runs.c.job == pairs.c.job,
+            queued,
+            runs.c.priority == pairs.c.priority,
             runs.c.available_at <= at,
         )
         .scalar_subquery()
     )
-    rows = conn.execute(sa.select(names.c.job, oldest).where(names.c.job.is_not(None)))
-    return {job: max(0.0, at - first) for job, first in rows if first is not None}
+    query = (
+        sa.select(pairs.c.job, sa.func.min(oldest))
+        .where(pairs.c.priority.is_not(None))
+        .group_by(pairs.c.job)
+    )
+    return {job: max(0.0, at - first) for job, first in conn.execute(query) if first is not None}
 
 
 def throughput(
@@ -210,11 +234,10 @@ def dead_letters(
         .limit(sample)
     )
     if job is not None:
-        # One job's failures are sparse among the newest runs: SQLite would scan
-        # the table backwards past every other job's runs. Bound the scan by the
-        # oldest id among them, found by a walk of the (job, status, id) index.
-        newest = newest_ended(conn, job=job, sample=sample)
-        query = query.where(runs.c.job == job, runs.c.id >= (newest[-1] if newest else 0))
+        # One job's failures are sparse among the newest runs: a walk of the
+        # table backwards would pass every other job's runs. Their ids come from
+        # walks of the (job, status, id) index; the rows are read by id.
+        query = query.where(runs.c.id.in_(newest_ended(conn, job=job, sample=sample)))
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for row in conn.execute(query):
         groups.setdefault((row.job, row.status, error_kind(row.last_error)), []).append(row)

@@ -35,6 +35,10 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 # it) and the lone surrogates by which Python spells undecodable bytes (UTF-8
 # has no encoding for them).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# A lone high surrogate right before a lone low one: JSON writes the two exactly
+# as it writes the one character they pair to (U+10000 and above), and reads
+# them back as that character.
+_PAIRING_SURROGATES = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 SHOWN_KEY_CHARS = 100
 # Deeper documents are refused: JSON parsers recurse once per level, and a
 # document must read back wherever it is read (a job thread, a web request).
@@ -48,7 +52,9 @@ _CONTAINERS = (dict, list, tuple)
 #   would store changed or could not read back is refused with a PayloadError
 #   naming it: NaN and infinities, objects that are not JSON, a key that is not
 #   a string (JSON would make 1 and "1" one key), nesting over MAX_DEPTH levels.
-#   Tuples are stored, and read back, as lists.
+#   Tuples are stored, and read back, as lists. A lone high surrogate right
+#   before a lone low one is refused too (json_would_join): JSON cannot tell the
+#   two from the one character they pair to.
 # * Free text (errors, reasons, evaluators) is stored with what cannot be
 #   stored escaped as ``\x00`` and ``\udcff`` (clean_text): it is read by people.
 #   Shown anywhere (the API, the dashboard), JSON documents get the same escape
@@ -66,11 +72,23 @@ def to_json(value: Any, what: str) -> str:
         raise PayloadError(f"{what} is nested more than {MAX_DEPTH} levels deep") from None
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"{what} is not JSON-serialisable: {exc}") from exc
-    _check_document(value, what)
+    # Only a document whose JSON escapes a surrogate can hold a pair of lone ones.
+    _check_document(value, what, strings="\\ud" in text)
     return text
 
 
-def _check_document(value: Any, what: str) -> None:
+def json_would_join(text: str) -> str | None:
+    """Why JSON would not read ``text`` back as given, or None if it would."""
+    found = _PAIRING_SURROGATES.search(text)
+    if found is None:
+        return None
+    return (
+        f"it holds the lone surrogates {found.group()!r} at position {found.start()}, "
+        "which JSON reads back as the one character they pair to"
+    )
+
+
+def _check_document(value: Any, what: str, *, strings: bool) -> None:
     """Refuse what the encoder took but would not read back as given.
 
     Level by level, without recursion; the encoder has already refused
@@ -81,6 +99,8 @@ def _check_document(value: Any, what: str) -> None:
     for _ in range(MAX_DEPTH):
         deeper: list[Any] = []
         for item in level:
+            if strings:
+                _check_strings(item, what)
             if isinstance(item, dict):
                 for key in item:
                     if not isinstance(key, str):
@@ -99,6 +119,25 @@ def _check_document(value: Any, what: str) -> None:
             return
         level = deeper
     raise PayloadError(f"{what} is nested more than {MAX_DEPTH} levels deep")
+
+
+def _check_strings(item: Any, what: str) -> None:
+    """Refuse a string of ``item`` (itself, or a key or value one level down) that JSON
+    would read back as another."""
+    if isinstance(item, str):
+        found = [item]
+    elif isinstance(item, dict):
+        found = [text for pair in item.items() for text in pair if isinstance(text, str)]
+    elif isinstance(item, list | tuple):
+        found = [text for text in item if isinstance(text, str)]
+    else:
+        return
+    for text in found:
+        problem = json_would_join(text)
+        if problem is not None:
+            raise PayloadError(
+                f"{what} cannot be stored exactly: the string {shown_key(text)} {problem}"
+            )
 
 
 def clean_text(text: str) -> str:

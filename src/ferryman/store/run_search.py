@@ -8,8 +8,11 @@ order a window a week back would scan every run created since).
 
 What each filter costs: an exact run_key is a seek in the run_key index on
 every store; job and status use the ``(job, status, id)`` index. A run_key
-prefix, a worker or an error walk the runs newest first and stop at a page
-of matches, so a rare match on a huge store reads more.
+prefix is a range of an index of the keys (migration 0009 on PostgreSQL):
+up to ``PREFIX_PROBE`` matches are found there, and a prefix more runs share
+walks the runs newest first, where its matches are dense. A worker or an
+error walk the runs newest first and stop at a page of matches, so a rare
+match on a huge store reads more.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import sqlalchemy as sa
 from ferryman.model import Run, RunEventKind, RunStatus
 from ferryman.store import records
 from ferryman.store.read_queries import DEAD_LETTER_SAMPLE, Page, _limit, newest_ended
-from ferryman.store.schema import run_events, runs
+from ferryman.store.schema import RUN_KEY_PREFIX, run_events, runs
+
+PREFIX_PROBE = 2000  # runs a run_key prefix is looked up by in the index, at most
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +73,7 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
     if found.run_key is not None:
         query = query.where(runs.c.run_key == found.run_key)
     if found.run_key_prefix:
-        query = query.where(runs.c.run_key.startswith(found.run_key_prefix, autoescape=True))
+        query = query.where(*_prefixed(conn, found.run_key_prefix))
     if found.worker is not None:
         claimed = sa.select(run_events.c.run_id).where(
             run_events.c.worker_id == found.worker,
@@ -87,6 +92,45 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
             runs.c.last_error.like(error_pattern(found.error), escape="\\"),
         )
     return query
+
+
+def _prefix_range(conn: sa.Connection, prefix: str) -> list[sa.ColumnElement[bool]]:
+    """``prefix`` as a range of the run_key index (PostgreSQL: of its first
+    ``RUN_KEY_PREFIX`` characters in byte order, the index of migration 0009)."""
+    key: sa.ColumnElement[str] = runs.c.run_key
+    if conn.dialect.name == "postgresql":
+        prefix = prefix[:RUN_KEY_PREFIX]
+        first = sa.func.left(runs.c.run_key, sa.literal_column(str(RUN_KEY_PREFIX)))
+        key = first.collate("C")
+    within = [key >= prefix]
+    upper = _past(prefix)
+    if upper is not None:
+        within.append(key < upper)
+    return within
+
+
+def _past(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix`` (None: none is)."""
+    while prefix:
+        code = ord(prefix[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates are no characters: the next one is
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return prefix[:-1] + chr(code)
+        prefix = prefix[:-1]
+    return None
+
+
+def _prefixed(conn: sa.Connection, prefix: str) -> list[sa.ColumnElement[bool]]:
+    """Runs whose run_key starts with ``prefix``: the few found by the index's range
+    (up to ``PREFIX_PROBE``), or, for a prefix more runs share, a filter on the
+    newest-first walk (matches are then dense enough that a page comes quickly)."""
+    exact = runs.c.run_key.startswith(prefix, autoescape=True)
+    probe = sa.select(runs.c.id).where(*_prefix_range(conn, prefix)).limit(PREFIX_PROBE + 1)
+    ids = list(conn.scalars(probe))
+    if len(ids) > PREFIX_PROBE:
+        return [exact]
+    return [runs.c.id.in_(ids), exact] if ids else [sa.false()]
 
 
 def _order_key(conn: sa.Connection, by_time: bool, run_id: int) -> sa.ColumnElement[Any] | None:

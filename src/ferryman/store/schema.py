@@ -106,8 +106,16 @@ def except_mariadb(index: sa.Index) -> sa.Index:
     return index.ddl_if(callable_=_created_when(False))
 
 
+def postgresql_only(index: sa.Index) -> sa.Index:
+    """Create ``index`` on PostgreSQL alone."""
+    index.info["postgresql"] = True
+    return index.ddl_if(dialect="postgresql")
+
+
 def created_on(index: sa.Index, dialect: str) -> bool:
     """Whether ``index`` exists in a store on ``dialect``."""
+    if index.info.get("postgresql"):
+        return dialect == "postgresql"
     only = index.info.get("mariadb")
     return only is None or only == (dialect in MARIADB)
 
@@ -261,6 +269,29 @@ sa.Index(
     runs.c.run_key,
     postgresql_using="hash",
     mariadb_length={"run_key": RUN_KEY_PREFIX},
+)
+
+# A run_key prefix is a range of the keys (run_search): a B-tree on the first
+# RUN_KEY_PREFIX characters in byte order on PostgreSQL, whose run_key index
+# is a hash (a B-tree entry cannot hold a key of any length); SQLite's and
+# MariaDB's run_key indexes are B-trees already. No claim writes the key.
+postgresql_only(
+    sa.Index(
+        "ix_ferryman_runs_run_key_prefix",
+        sa.func.left(runs.c.run_key, sa.literal_column(str(RUN_KEY_PREFIX))).collate("C"),
+    )
+)
+
+# Read models carried forward rather than recomputed (ferryman.store.run_tally):
+# a name, the last processing-log id included, the model as JSON.
+read_snapshots = sa.Table(
+    "ferryman_read_snapshots",
+    metadata,
+    sa.Column("name", Name, primary_key=True),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("body", JsonText, nullable=False),
+    sa.Column("taken_at", Epoch, nullable=False),
+    **MARIADB_TABLE,
 )
 
 # One row per job whose claims are limited (concurrency, rate) or whose runs

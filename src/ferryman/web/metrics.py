@@ -28,6 +28,7 @@ unseen). Every bucket count is at most the histogram's count, which is the
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -43,6 +44,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ferryman.app import App
+from ferryman.errors import StoreError
 from ferryman.model import RunEventKind, RunStatus, TransferStatus
 from ferryman.store.read_model import (
     DURATION_BUCKETS,
@@ -52,6 +54,10 @@ from ferryman.store.read_model import (
     MetricsReading,
     TransferTotals,
 )
+from ferryman.store.read_snapshots import SAVE_EVERY
+from ferryman.web.run_counts import RunCounts
+
+log = logging.getLogger("ferryman.web")
 
 router = APIRouter()
 
@@ -73,11 +79,19 @@ def _histogram(name: str, documentation: str, label: str, by: dict[str, Histogra
 class StoreCollector:
     """A prometheus_client collector over one App's store."""
 
-    def __init__(self, app: App, *, cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        cache_seconds: float = CACHE_SECONDS,
+        counts: RunCounts | None = None,
+    ) -> None:
         self.app = app
         self.cache_seconds = cache_seconds
+        self.counts = counts
         self._lock = threading.Lock()
-        self._folded = Folded()
+        self._folded: Folded | None = None
+        self._saved = float("-inf")
         self._cached: list[Metric] = []
         self._cached_at = float("-inf")
 
@@ -89,16 +103,32 @@ class StoreCollector:
             yield from self._cached
 
     def _read(self) -> Iterable[Metric]:
-        reading = self.app.store.read_metrics(self._folded, alive_within=self.app.lease_seconds)
+        folded = self._folded
+        if folded is None:  # the totals saved last, by any server: only what is newer is folded
+            folded = self._folded = self.app.store.saved_folded() or Folded()
+        counted = self.counts.fresh() if self.counts is not None else None
+        reading = self.app.store.read_metrics(
+            folded, alive_within=self.app.lease_seconds, counted=counted
+        )
+        self._save(folded)
         yield from _run_gauges(reading)
-        yield from _run_counters(self._folded, set(reading.counts))
-        yield from _evaluation_counters(self._folded)
+        yield from _run_counters(folded, set(reading.counts))
+        yield from _evaluation_counters(folded)
         yield from _transfer_gauges(reading.transfers)
         yield GaugeMetricFamily(
             "ferryman_workers_live",
             "Workers that sent a heartbeat within a lease",
             value=reading.live_workers,
         )
+
+    def _save(self, folded: Folded) -> None:
+        if time.monotonic() - self._saved < SAVE_EVERY:
+            return
+        self._saved = time.monotonic()
+        try:
+            self.app.store.save_folded(folded)
+        except StoreError as exc:  # a store the server may only read: it folds at each start
+            log.info("could not save the metrics' totals: %s", exc)
 
 
 def _run_gauges(reading: MetricsReading) -> Iterator[Metric]:
@@ -238,10 +268,11 @@ class SourceCollector:
         yield connected
 
 
-def registry_for(app: App) -> CollectorRegistry:
-    """A registry of its own per App, so two Apps in one process never share figures."""
+def registry_for(app: App, counts: RunCounts | None = None) -> CollectorRegistry:
+    """A registry of its own per App, so two Apps in one process never share figures;
+    ``counts``: the server's count of runs, carried forward for each scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(app))
+    registry.register(StoreCollector(app, counts=counts))
     registry.register(SourceCollector(app))
     return registry
 

@@ -1,17 +1,20 @@
-"""Runs by job and status for the overview, recounted in the background.
+"""Runs by job and status for the overview and ``/metrics``, carried forward from the log.
 
-Counting runs by job and status is the one read on the overview whose cost
-grows with the store: it walks the whole ``(job, status, id)`` index, about
-a tenth of a second per million runs. Every other part of the overview is
-an index seek. So the server keeps the latest count and serves it at once,
-saying when it was taken; a request that finds it older than ``max_age``
-starts a recount on a thread of its own and still gets the count it has.
-Only the very first count is waited for, and the server takes it before it
-answers any request (:func:`ferryman.web.serving.warm_up`). While nobody
-looks, nothing is counted.
+Counting every run by job and status walks the whole ``(job, status, id)``
+index, seconds at ten million runs. So the server counts once and then
+carries that count forward by the processing log written since
+(:mod:`ferryman.store.run_tally`): each refresh reads only the runs that
+moved. The count is saved in the store now and then
+(:mod:`ferryman.store.read_snapshots`), and a server that starts carries the
+saved one forward instead of counting: its first count costs what the log
+gained while no server ran.
 
-``max_age`` grows with the time a count takes (ten times it, at least two
-seconds), so a huge store is recounted less often rather than kept busy.
+A request that finds the count older than ``max_age`` carries it forward
+itself when that is quick (it took less than ``SYNC_SECONDS`` last time), so
+the first look after idle is current; otherwise it starts the refresh on a
+thread of its own and gets the count it has, which says when it was taken.
+While nobody looks, nothing is counted. ``max_age`` grows with the time a
+refresh takes (ten times it, at least two seconds).
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import time
 from ferryman.app import App
 from ferryman.errors import StoreError
 from ferryman.store.read_model import RunCount
+from ferryman.store.read_snapshots import SAVE_EVERY
 from ferryman.supervise import supervised
 
 log = logging.getLogger("ferryman.web")
 
 MIN_AGE_SECONDS = 2.0
+SYNC_SECONDS = 0.05  # a refresh this quick is done in the request that needs it
 
 
 class RunCounts:
@@ -40,6 +45,7 @@ class RunCounts:
         self._latest: RunCount | None = None
         self._taken = float("-inf")  # time.monotonic() of the latest count
         self._took = 0.0
+        self._saved = float("-inf")  # time.monotonic() of the latest save
         self._recounting = False
 
     @property
@@ -52,14 +58,19 @@ class RunCounts:
         with self._lock:
             latest = self._latest
             stale = time.monotonic() - self._taken >= max(self.min_age, 10 * self._took)
-            start = latest is not None and stale and not self._recounting
+            quick = self._took < SYNC_SECONDS
+            start = latest is not None and stale and not quick and not self._recounting
             if start:
                 self._recounting = True
-        if latest is None:
+        if latest is None or (stale and quick):
             return self._count()
         if start:
             supervised("ferryman-web-counts", self._recount)
         return latest
+
+    def fresh(self) -> RunCount:
+        """The count carried forward to now (``/metrics`` reads this)."""
+        return self._count()
 
     def _recount(self) -> None:
         try:
@@ -72,10 +83,25 @@ class RunCounts:
 
     def _count(self) -> RunCount:
         started = time.monotonic()
-        counted = self.app.store.count_runs()
+        with self._lock:
+            previous = self._latest
+        if previous is None:
+            previous = self.app.store.saved_run_count()
+        counted = self.app.store.count_runs(previous)
         with self._lock:
             if self._latest is None or counted.at >= self._latest.at:
                 self._latest = counted
                 self._taken = started
                 self._took = time.monotonic() - started
+            save = started - self._saved >= SAVE_EVERY
+            if save:
+                self._saved = started
+        if save:
+            self._save(counted)
         return counted
+
+    def _save(self, counted: RunCount) -> None:
+        try:
+            self.app.store.save_run_count(counted)
+        except StoreError as exc:  # a store the server may only read: it counts at each start
+            log.info("could not save the count of runs: %s", exc)

@@ -43,8 +43,8 @@ def create_app(app: App, settings: WebSettings) -> FastAPI:
     )
     web.state.ferryman = app
     web.state.settings = settings
-    web.state.metrics = metrics.registry_for(app)
     web.state.run_counts = RunCounts(app)
+    web.state.metrics = metrics.registry_for(app, web.state.run_counts)
     web.include_router(api.router, prefix="/api")
     web.include_router(metrics.router)
     web.include_router(pages.router)

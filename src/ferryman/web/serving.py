@@ -11,8 +11,8 @@ run`` warns and goes on without pages (see ``ferryman.cli.serve.start_beside_dae
 
 Before it answers its first request, the server takes the overview's first
 count of runs and folds the processing log into ``/metrics`` (:func:`warm_up`),
-both of which grow with the store: a first request then costs what every
-later one does, rather than a count of every run. Connections made meanwhile
+carrying forward what a server saved last: a first request then costs what
+every later one does, rather than a count of every run. Connections made meanwhile
 wait in the listening socket's queue.
 """
 
@@ -118,12 +118,19 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 def warm_up(web: FastAPI) -> None:
     """Take the overview's first count of runs and fold the processing log into /metrics.
 
-    Then read the overview once: its statements are compiled on first use.
+    Both start from what a server saved last (see :mod:`ferryman.web.run_counts`),
+    so only a server on a store that never had one counts every run. Then
+    read the overview once and compile the pages' templates: each is compiled
+    on first use.
 
     A store that fails here is logged: the first request tries again.
     """
     started = time.monotonic()
     app: App = web.state.ferryman
+    from ferryman.web.rendering import templates
+
+    for name in templates.env.list_templates():  # compiled once, here, not by a first request
+        templates.env.get_template(name)
     try:
         counted = web.state.run_counts.current()
         list(web.state.metrics.collect())

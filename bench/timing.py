@@ -1,0 +1,95 @@
+"""Timing the real dashboard server, shared by ``bench/web.py`` and ``bench/scale.py``.
+
+:func:`serve` starts ``ferryman serve`` on a free loopback port in a process
+of its own; :func:`cold_start` times how long it takes to answer and then its
+first overview and first ``/metrics`` on their own (what the server does
+before it answers is in ``ferryman.web.serving.warm_up``); :func:`measure`
+times requests to one endpoint after three to warm connections and caches.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "bench-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def serve(url: str, start_timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``ferryman serve`` on ``url``'s store, once it answers: the process and its base URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    env["FERRYMAN_API_TOKEN"] = TOKEN
+    env["PYTHONPATH"] = str(REPO / "src")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ferryman", "--store", url, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + start_timeout  # it warms up before it answers
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/api/sensors", timeout=5).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"ferryman serve did not start on {base}")
+
+
+def cold_start(
+    url: str, start_timeout: float = 600.0
+) -> tuple[subprocess.Popen[bytes], str, dict[str, float]]:
+    """:func:`serve`, timed: milliseconds until it answers, then to its first overview and
+    its first ``/metrics``."""
+    figures: dict[str, float] = {}
+    started = time.perf_counter()
+    process, base = serve(url, start_timeout)
+    figures["server start until it answers"] = (time.perf_counter() - started) * 1000
+    try:
+        for name, path in (
+            ("first overview after start", "/"),
+            ("first /metrics after start", "/metrics"),
+        ):
+            started = time.perf_counter()
+            httpx.get(f"{base}{path}", timeout=start_timeout).raise_for_status()
+            figures[name] = (time.perf_counter() - started) * 1000
+    except BaseException:
+        process.kill()
+        raise
+    return process, base, figures
+
+
+def measure(base: str, paths: list[str], requests: int) -> list[float]:
+    """Milliseconds of ``requests`` GETs taking ``paths`` in turn, after three to warm up."""
+    timings = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for path in paths[:3]:  # warm caches and connections
+            client.get(path).raise_for_status()
+        for index in range(requests):
+            started = time.perf_counter()
+            response = client.get(paths[index % len(paths)])
+            timings.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+    return timings
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
