@@ -118,14 +118,15 @@ class FileTransfers:
         whole in S3, so there is no partial state worth a commit of its own.
         """
         with self.write("recording an object sent whole") as conn:
-            queries = self.transfers
-            queries.record_source(conn, fence, size=completed.total_size, mtime=source_mtime)
-            if part.size:
-                queries.confirm_part(conn, fence, part, lease_seconds)
-            recorded = queries.record_object(conn, fence, completed)
-            if finish:
-                return queries.finish(conn, fence, TransferStatus.SUCCEEDED)
-            return recorded
+            return self.transfers.record_whole(
+                conn,
+                fence,
+                part,
+                completed,
+                source_mtime=source_mtime,
+                lease_seconds=lease_seconds,
+                finish=finish,
+            )
 
     def finish_transfer(
         self,
