@@ -568,6 +568,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{RESUME}::test_an_object_completed_before_its_record_is_finished_sending_nothing",),
     ),
     Mutation(
+        "an object put before a crash is put again on resume",
+        "A file of one part is one PutObject, recorded in one commit",
+        one(
+            "ferryman/transfer/upload.py",
+            "        verification = self._already_put(data, checksum) "
+            "if transfer.resumes else None\n",
+            "        verification = None\n",
+        ),
+        (
+            "tests/transfer/test_single_put.py::"
+            "test_a_crash_between_the_put_and_its_record_is_resumed_without_a_second_put[sqlite]",
+        ),
+    ),
+    Mutation(
         "transfer writes without the owner token",
         "Fenced like every other write",
         one(

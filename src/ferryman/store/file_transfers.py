@@ -101,6 +101,33 @@ class FileTransfers:
         with self.write("recording a completed object") as conn:
             return self.transfers.record_object(conn, fence, completed)
 
+    def record_whole_object(
+        self,
+        fence: TransferFence,
+        part: ConfirmedPart,
+        completed: CompletedObject,
+        *,
+        source_mtime: float,
+        lease_seconds: float,
+        finish: bool,
+    ) -> Transfer:
+        """Record an object sent in one PutObject, in one transaction: its source, its
+        single part, the object as verified, and (``finish``) the transfer's success.
+
+        One commit where a multipart upload makes one per step: the object is already
+        whole in S3, so there is no partial state worth a commit of its own.
+        """
+        with self.write("recording an object sent whole") as conn:
+            return self.transfers.record_whole(
+                conn,
+                fence,
+                part,
+                completed,
+                source_mtime=source_mtime,
+                lease_seconds=lease_seconds,
+                finish=finish,
+            )
+
     def finish_transfer(
         self,
         fence: TransferFence,

@@ -400,6 +400,59 @@ class TransferQueries:
         )
         return self._current(conn, fence.transfer_id)
 
+    def record_whole(
+        self,
+        conn: sa.Connection,
+        fence: TransferFence,
+        part: ConfirmedPart,
+        completed: CompletedObject,
+        *,
+        source_mtime: float,
+        lease_seconds: float,
+        finish: bool,
+    ) -> Transfer:
+        """An object sent in one PutObject: its source, its one part, the object, and
+        (``finish``) the transfer's success, in one fenced update and one part row."""
+        now = self.now(conn)
+        ending: dict[str, Any] = (
+            {"status": TransferStatus.SUCCEEDED.value, "finished_at": now, "lease_expires_at": None}
+            if finish
+            else {"lease_expires_at": now + lease_seconds}
+        )
+        self._fenced(
+            conn,
+            fence,
+            now,
+            source_size=completed.total_size,
+            source_mtime=source_mtime,
+            total_size=completed.total_size,
+            sha256=completed.sha256,
+            checksum=completed.checksum,
+            etag=completed.etag,
+            verified_by=completed.verified_by,
+            bytes_confirmed=part.size,
+            parts_confirmed=1 if part.size else 0,
+            **ending,
+        )
+        conn.execute(
+            transfer_parts.delete().where(transfer_parts.c.transfer_id == fence.transfer_id)
+        )
+        if part.size:
+            conn.execute(
+                transfer_parts.insert().values(
+                    transfer_id=fence.transfer_id,
+                    part_number=part.part_number,
+                    start=part.start,
+                    size=part.size,
+                    etag=part.etag,
+                    sha256=part.sha256,
+                    adopted=part.adopted,
+                    owner_token=fence.token,
+                    confirmed_at=now,
+                )
+            )
+        return self._current(conn, fence.transfer_id)
+
     def finish(
         self,
         conn: sa.Connection,

@@ -115,6 +115,8 @@ def upload(
     with ``sha256sum``. It is one more pass over every byte (about 0.7 s of
     CPU per GiB here); ``False`` skips it where CPU is scarce. The object is
     verified either way, by its parts' SHA-256 and S3's composite checksum.
+    A file of at most one part (not followed) goes up in one PutObject whose
+    checksum is the file's SHA-256: that digest is then recorded either way.
 
     ``on_change="restart"`` uploads the file afresh when it changed behind a
     confirmed part; the default fails the transfer (``source_changed``).

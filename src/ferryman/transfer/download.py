@@ -29,9 +29,14 @@ leaves a partial DEST, a power cut right after the rename may).
 
 Threads: ``ferryman-download-<id>`` workers fetch ranges (``concurrency`` of
 them); a crash of one stops the download with its error, the ranges already
-confirmed are kept. One process writes a destination at a time: it holds an
-exclusive ``flock`` on the temporary file, which the kernel releases when
-the process dies, so a SIGKILLed download is resumed at once.
+confirmed are kept. ``ferryman-download-<id>-write`` writes what they fetch
+into the temporary file (one writer: see
+:class:`~ferryman.transfer.download_ranges.RangeWriter`); a write error
+stops the download the same way. ``ferryman-download-<id>-confirm`` records
+written ranges (:class:`~ferryman.transfer.download_ranges.Confirmations`).
+One process writes a destination at a time: it holds an exclusive
+``flock`` on the temporary file, which the kernel releases when the process
+dies, so a SIGKILLed download is resumed at once.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from ferryman.model import Download, DownloadPart, TransferStatus
 from ferryman.store import DownloadOutcome, NewDownload, Store
 from ferryman.transfer.download_ranges import (
     Confirmations,
+    RangeWriter,
     b64_sha256,
     file_sha256,
     fsync_directory,
@@ -380,6 +386,7 @@ class Downloader:
             return hashes
         stop = threading.Event()
         with (
+            RangeWriter(fd, download.id) as writer,
             Confirmations(
                 self.store, download.id, self.counter, sync_fd=fd if self.fsync else None
             ) as confirmations,
@@ -389,7 +396,7 @@ class Downloader:
             ) as pool,
         ):
             futures: list[Future[DownloadPart]] = [
-                pool.submit(self._fetch, download, number, start, size, fd, stop, confirmations)
+                pool.submit(self._fetch, download, number, start, size, writer, stop, confirmations)
                 for number, start, size in todo
             ]
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -415,7 +422,7 @@ class Downloader:
         number: int,
         start: int,
         size: int,
-        fd: int,
+        writer: RangeWriter,
         stop: threading.Event,
         confirmations: Confirmations,
     ) -> DownloadPart:
@@ -435,7 +442,7 @@ class Downloader:
                 **version,
             )
             try:
-                digest = self._stream(response["Body"], fd, start, size)
+                digest = self._stream(response["Body"], writer, start, size)
                 break
             except _BodyCut as cut:
                 if attempt == self.s3.attempts:
@@ -459,7 +466,7 @@ class Downloader:
         confirmations.add(part)
         return part
 
-    def _stream(self, body: Any, fd: int, start: int, size: int) -> str:
+    def _stream(self, body: Any, writer: RangeWriter, start: int, size: int) -> str:
         hasher = hashlib.sha256()
         offset, end = start, start + size
         try:
@@ -468,11 +475,8 @@ class Downloader:
                 if not chunk:
                     raise _BodyCut(f"{end - offset} B missing at offset {offset}")
                 hasher.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    offset += written
-                    view = view[written:]
+                writer.write(offset, chunk)
+                offset += len(chunk)
         except _BodyCut:
             raise
         except Exception as exc:  # urllib3/botocore errors of a connection cut mid-body
@@ -481,6 +485,7 @@ class Downloader:
             raise _BodyCut(f"{type(exc).__name__}: {exc}") from exc
         finally:
             body.close()
+        writer.flush()  # the range's bytes are in the file before it may be recorded
         return base64.b64encode(hasher.digest()).decode()
 
     # -- finishing -----------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import queue
 import threading
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ferryman.transfer.progress import ProgressCounter
 from ferryman.transfer.s3 import MiB, log
 
 CONFIRM_INTERVAL = 0.2  # seconds between the transactions that record written ranges
+WRITE_QUEUE = 64  # chunks fetched but not yet written (256 KiB each: 16 MiB)
 
 
 class Confirmations:
@@ -89,6 +91,66 @@ class Confirmations:
             return
         for part in batch:
             self.counter.count(part.size)
+
+
+class RangeWriter:
+    """Writes the fetched bytes into the temporary file on ``ferryman-download-<id>-write``.
+
+    One thread writes for all the fetching ones, as boto3's download does: a
+    buffered write holds the file's inode lock, so fetching threads writing
+    themselves wait on each other (a profile of 8 of them spent a quarter of
+    their time in ``pwrite``) instead of reading their sockets. The queue is
+    bounded (:data:`WRITE_QUEUE` chunks), so memory stays bounded too.
+    :meth:`flush` returns once every chunk a thread queued is in the file: a
+    range is recorded only after that. A write error (a full disk) is kept and raised by
+    every later :meth:`flush`; the thread goes on draining the queue so that
+    no fetching thread waits forever.
+    """
+
+    def __init__(self, fd: int, download_id: int) -> None:
+        self.fd = fd
+        self.error: Exception | None = None
+        self._queue: queue.Queue[tuple[int, bytes] | threading.Event | None] = queue.Queue(
+            WRITE_QUEUE
+        )
+        self._thread = supervised(f"ferryman-download-{download_id}-write", self._run, start=False)
+
+    def __enter__(self) -> RangeWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def write(self, offset: int, chunk: bytes) -> None:
+        self._queue.put((offset, chunk))
+
+    def flush(self) -> None:
+        """Wait until the chunks queued so far are written; raise a write error."""
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+            elif self.error is None:
+                try:
+                    _pwrite_all(self.fd, item[1], item[0])
+                except Exception as exc:  # kept, and raised by the fetching threads
+                    self.error = exc
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        offset += written
+        view = view[written:]
 
 
 def is_cut(exc: BaseException) -> bool:

@@ -75,6 +75,31 @@ def verify_head(head: Mapping[str, Any], parts: Sequence[TransferPart], total: i
     return Verification(verified_by="size", etag=etag, checksum=checksum)
 
 
+def verify_whole(answer: Mapping[str, Any], data: bytes, checksum: str) -> Verification:
+    """Check the object of one PutObject of ``data`` (SHA-256 ``checksum``).
+
+    ``answer`` is the PutObject response or a ``HeadObject`` one (asked with
+    ``ChecksumMode=ENABLED``). A full-object SHA-256 listed must be ours: the
+    server computed it from the bytes it stored. Else a HeadObject's size must
+    be the file's, and a plain MD5 ETag the body's MD5.
+    """
+    etag = str(answer.get("ETag", "")).strip('"')
+    listed = answer.get("ChecksumSHA256")
+    size = answer.get("ContentLength")
+    mismatch: str | None = None
+    if size is not None and int(size) != len(data):
+        mismatch = f"object has {size} B, the file {len(data)} B"
+        return Verification(verified_by="size", etag=etag, checksum=checksum, mismatch=mismatch)
+    if listed:
+        mismatch = None if listed == checksum else f"S3 checksum {listed} != expected {checksum}"
+        return Verification(verified_by="checksum", etag=etag, checksum=checksum, mismatch=mismatch)
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        mismatch = None if etag == md5 else f"ETag {etag} != the body's MD5 {md5}"
+        return Verification(verified_by="etag", etag=etag, checksum=checksum, mismatch=mismatch)
+    return Verification(verified_by="size", etag=etag, checksum=checksum)
+
+
 def sidecar_document(transfer: Transfer, parts: Sequence[TransferPart]) -> bytes:
     """The JSON sidecar of a verified object: size, digests, parts, source, times, metadata."""
     document = {

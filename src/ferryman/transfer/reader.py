@@ -180,3 +180,31 @@ def hash_file(path: Path, size: int) -> str:
         while chunk := source.read(min(8 * 1024 * 1024, size)):
             whole.update(chunk)
     return whole.hexdigest()
+
+
+def read_whole(path: Path, limit: int) -> tuple[bytes, os.stat_result] | None:
+    """The whole file and its stat when it holds at most ``limit`` bytes, else ``None``.
+
+    One read, for a file small enough to go up in one PutObject. A
+    :class:`SourceError` if the file is gone, or changed while it was read.
+    """
+    try:
+        with open(path, "rb", buffering=0) as source:
+            start = os.fstat(source.fileno())
+            if start.st_size > limit:
+                return None
+            chunks: list[bytes] = []
+            remaining = start.st_size + 1  # one byte more: a file that grew is seen
+            while remaining > 0 and (chunk := source.read(remaining)):
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            end = os.fstat(source.fileno())
+    except FileNotFoundError:
+        raise SourceError("source_missing", f"{path} no longer exists") from None
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(data) != start.st_size or (end.st_size, end.st_mtime_ns) != (
+        start.st_size,
+        start.st_mtime_ns,
+    ):
+        raise SourceError("source_changed", f"{path} changed while it was being uploaded")
+    return data, end

@@ -107,6 +107,22 @@ class S3Object:
             if exc.code != "NoSuchUpload":
                 raise
 
+    def put_whole(self, body: bytes, checksum: str) -> Mapping[str, Any]:
+        """``PutObject`` of the whole object with its SHA-256; S3's answer.
+
+        The server checks the body against ``checksum`` and refuses a mismatch
+        (``BadDigest``); a repeat after a lost answer writes the same bytes again.
+        """
+        response: Mapping[str, Any] = self.s3(
+            "put_object",
+            self.key,
+            Bucket=self.bucket,
+            Key=self.key,
+            Body=body,
+            ChecksumSHA256=checksum,
+        )
+        return response
+
     def put(self, key: str, body: bytes, checksum: str, *, content_type: str | None = None) -> str:
         """``PutObject`` of ``body`` at ``key`` of this bucket (the object, its sidecar); ETag."""
         extra = {"ContentType": content_type} if content_type is not None else {}

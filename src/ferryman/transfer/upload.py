@@ -9,6 +9,13 @@ adopted when its bytes match the file, stored parts S3 lost are sent again,
 and confirmed parts are re-read (to check the file did not change behind
 them) but never re-sent.
 
+A file of at most one part (and not followed) goes up in one PutObject
+instead, with its SHA-256, which the server checks: the transfer row opened
+before it is the recorded intent, and one commit records the object, its
+single part and (without a sidecar) the transfer's end. A crash between the
+put and that commit is resumed by a HeadObject: the object S3 holds, if its
+SHA-256 is the file's, is recorded without being sent again.
+
 Memory is bounded by ``part_size * (concurrency + 1)``: the reader holds one
 part and at most ``concurrency`` are in flight.
 
@@ -21,6 +28,7 @@ with S3, :mod:`~ferryman.transfer.s3_object` makes the calls on the object.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -31,12 +39,25 @@ from typing import Any, Literal, NoReturn, TypeVar
 
 from ferryman.errors import ConfigurationError, TransferError, TransferFailed
 from ferryman.model import Transfer, TransferPart, TransferStatus
-from ferryman.store import CompletedObject, Lease, NewTransfer, Store, TransferFence
+from ferryman.store import (
+    CompletedObject,
+    ConfirmedPart,
+    Lease,
+    NewTransfer,
+    Store,
+    TransferFence,
+)
 from ferryman.store.records import to_json
-from ferryman.transfer.objects import sha256_b64, sidecar_document, verify_head
+from ferryman.transfer.objects import (
+    Verification,
+    sha256_b64,
+    sidecar_document,
+    verify_head,
+    verify_whole,
+)
 from ferryman.transfer.owners import Hold, owner_is_gone, upload_call
 from ferryman.transfer.progress import Progress, ProgressCounter
-from ferryman.transfer.reader import Follow, PartReader, SourceError, hash_file
+from ferryman.transfer.reader import Follow, PartReader, SourceError, hash_file, read_whole
 from ferryman.transfer.resume import (
     CompletedBeforeCrash,
     Resumable,
@@ -183,8 +204,10 @@ class Uploader:
         if transfer.upload_id is None:
             if transfer.resumes:
                 self._abort_strays()
-            if stat.st_size == 0 and not self.options.follow:
-                return self._put_empty(transfer)
+            if not self.options.follow:
+                whole = self._checked(transfer, lambda: read_whole(self.path, transfer.part_size))
+                if whole is not None:
+                    return self._put_whole(transfer, *whole)
             return self._send(self._new_upload(transfer))
         match reconcile(
             self.target,
@@ -366,20 +389,67 @@ class Uploader:
         )
         return recorded
 
-    def _put_empty(self, transfer: Transfer) -> Transfer:
-        empty = sha256_b64(b"")
-        etag = self.target.put(self.target.key, b"", empty)
-        recorded = self.store.record_transfer_object(
-            self.fence,
-            CompletedObject(
-                total_size=0,
-                sha256=hashlib.sha256(b"").hexdigest(),
-                checksum=empty,
-                etag=etag,
-                verified_by="checksum",
-            ),
+    def _put_whole(self, transfer: Transfer, data: bytes, stat: os.stat_result) -> Transfer:
+        """A file of at most one part: one PutObject, then one commit.
+
+        The transfer row, open since :meth:`_open`, is the recorded intent. A
+        crash after the put and before the commit leaves it active; the resume
+        finds the object by HeadObject, with this very SHA-256, and records it
+        without sending the bytes again. The file's own SHA-256 is the
+        object's checksum: no second pass.
+        """
+        digest = hashlib.sha256(data).digest()
+        checksum = base64.b64encode(digest).decode()
+        self.counter.start(transfer_id=transfer.id, confirmed_bytes=0, confirmed_parts=0)
+        self.counter.total = len(data)
+        verification = self._already_put(data, checksum) if transfer.resumes else None
+        if verification is None:
+            answer = self.target.put_whole(data, checksum)
+            if not answer.get("ChecksumSHA256"):  # a server that does not echo it: look
+                answer = self.target.head(checksums=True)
+            verification = verify_whole(answer, data, checksum)
+        if verification.mismatch is not None:
+            self._fail(transfer, "verify_failed", verification.mismatch, abort=False)
+        part = ConfirmedPart(
+            part_number=1, start=0, size=len(data), etag=verification.etag, sha256=checksum
         )
-        return self._finish(recorded)
+        completed = CompletedObject(
+            total_size=len(data),
+            sha256=digest.hex(),
+            checksum=checksum,
+            etag=verification.etag,
+            verified_by=verification.verified_by,
+        )
+        recorded = self.store.record_whole_object(
+            self.fence,
+            part,
+            completed,
+            source_mtime=stat.st_mtime,
+            lease_seconds=self.options.lease_seconds,
+            finish=transfer.sidecar_key is None,  # else the sidecar goes first
+        )
+        self.log.info(
+            "transfer %d: object put whole, %s, verified by %s",
+            transfer.id,
+            format_size(len(data)),
+            verification.verified_by,
+        )
+        if transfer.sidecar_key is not None:
+            self.counter.count(len(data))
+            return self._finish(recorded)
+        self.counter.report_transfer(recorded)
+        return recorded
+
+    def _already_put(self, data: bytes, checksum: str) -> Verification | None:
+        """After a crash: the object a put before it left, if it holds these very bytes."""
+        head = self.target.head_if_any(checksums=True)
+        if head is None:
+            return None
+        found = verify_whole(head, data, checksum)  # its SHA-256, else its MD5 ETag
+        if found.mismatch is None and found.verified_by != "size":
+            self.log.info("the object was put before a crash; not sent again")
+            return found
+        return None
 
     def _finish(self, transfer: Transfer) -> Transfer:
         """Write the sidecar (only now: the object is verified), then mark success."""
