@@ -213,8 +213,16 @@ CLAIMED_COLUMNS = (
 
 
 def fence(leases: Sequence[Lease]) -> sa.ColumnElement[bool]:
-    """The rows still running under one of ``leases``: the condition of every fenced write."""
+    """The rows still running under one of ``leases``: the condition of every fenced write.
+
+    The rows are named by primary key first, so that a write reaches them by
+    it: on MariaDB, an ``UPDATE`` left to find them through the status index
+    locks the index entry of every running run it passes, and deadlocks with
+    a writer of one of those runs (measured with many async jobs committing
+    at once; docs/internals/mariadb.md).
+    """
     return sa.and_(
+        runs.c.id.in_([le.run_id for le in leases]),
         runs.c.status == RunStatus.RUNNING.value,
         sa.tuple_(runs.c.id, runs.c.lease_token).in_([(le.run_id, le.token) for le in leases]),
     )
