@@ -95,6 +95,12 @@ class Storm:
         return lambda: status_counts(self.app).get("succeeded", 0) >= count
 
 
+def seeded(logs: Path) -> tuple[random.Random, str]:
+    """The storm's random rhythm, and the context its assertions print to replay it."""
+    seed = random.randrange(2**32)
+    return random.Random(seed), f"seed={seed}, worker logs in {logs}"
+
+
 @contextlib.contextmanager
 def storm(
     app: fm.App,

@@ -10,7 +10,6 @@ what the dead ones left, and the whole store is checked.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 import ferryman as fm
 from tests.crash.async_worker_main import build_app
-from tests.crash.storm import assert_each_effect_once, last_worker, storm
+from tests.crash.storm import assert_each_effect_once, last_worker, seeded, storm
 from tests.crash.support import processing_log, status_counts, storm_setting
 from tests.crash.worker_main import metadata
 
@@ -38,9 +37,7 @@ ASYNC_MAIN = "tests.crash.async_worker_main"
 @pytest.mark.crash
 @pytest.mark.timeout(240)
 def test_killed_async_workers_lose_and_double_nothing(store_url: str, tmp_path: Path) -> None:
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    context = f"seed={seed}, worker logs in {tmp_path}"
+    rng, context = seeded(tmp_path)
     app = build_app(store_url, lease_seconds=LEASE_SECONDS)
     try:
         metadata.create_all(app.engine)

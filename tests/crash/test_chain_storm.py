@@ -12,13 +12,12 @@ processing log, every effect applied exactly once.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
 import ferryman as fm
-from tests.crash.storm import assert_each_effect_once, last_worker, storm
+from tests.crash.storm import assert_each_effect_once, last_worker, seeded, storm
 from tests.crash.support import status_counts, storm_setting
 from tests.crash.worker_main import build_app, metadata
 
@@ -56,9 +55,7 @@ def _assert_iff(app: fm.App, context: str) -> int:
 def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
     store_url: str, tmp_path: Path
 ) -> None:
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    context = f"seed={seed}, worker logs in {tmp_path}"
+    rng, context = seeded(tmp_path)
     app = build_app(store_url, lease_seconds=LEASE_SECONDS)
     try:
         metadata.create_all(app.engine)

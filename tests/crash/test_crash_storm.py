@@ -11,14 +11,13 @@ last tenth of the runs is still in flight), and the whole store is checked.
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 import ferryman as fm
-from tests.crash.storm import assert_each_effect_once, last_worker, storm
+from tests.crash.storm import assert_each_effect_once, last_worker, seeded, storm
 from tests.crash.support import (
     count_lease_expiries,
     processing_log,
@@ -50,9 +49,7 @@ EXPECTED_KINDS = {"requested", "claimed", "checkpointed", "lease_expired", "succ
 @pytest.mark.timeout(TIMEOUT)
 def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path: Path) -> None:
     small = small_storm(store_url)
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    context = f"seed={seed}, worker logs in {tmp_path}"
+    rng, context = seeded(tmp_path)
     app = build_app(store_url, lease_seconds=LEASE_SECONDS)
     try:
         metadata.create_all(app.engine)

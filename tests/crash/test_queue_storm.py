@@ -14,13 +14,12 @@ FERRYMAN_STORM_RATE_SECONDS).
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
 import ferryman as fm
-from tests.crash.storm import assert_each_effect_once, storm
+from tests.crash.storm import assert_each_effect_once, seeded, storm
 from tests.crash.support import live_leases, start_worker, status_counts, stop, storm_setting
 from tests.crash.worker_main import KEYED_CONCURRENCY, build_app, metadata
 from tests.helpers import wait_until
@@ -47,9 +46,7 @@ RATE_SECONDS = storm_setting("RATE_SECONDS", 5.0)
 def test_keys_never_overlap_and_the_limit_holds_through_a_kill_storm(
     store_url: str, tmp_path: Path
 ) -> None:
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    context = f"seed={seed}, worker logs in {tmp_path}"
+    rng, context = seeded(tmp_path)
     app = build_app(store_url, lease_seconds=LEASE_SECONDS)
     worker_args = ("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "3")
     try:

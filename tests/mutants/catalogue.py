@@ -71,6 +71,7 @@ LEASES = "ferryman/store/leases.py"
 RUN_ROWS = "ferryman/store/run_rows.py"
 SQLITE = "ferryman/store/sqlite.py"
 POSTGRES = "ferryman/store/postgres.py"
+MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
 
 CONTRACT = "tests/unit/test_runs_contract.py"
@@ -85,6 +86,8 @@ PAUSED = "A paused worker cannot commit"
 SIGTERM = "SIGTERM gives back what it cannot finish"
 PUSH_PROMISE = "Push: one evaluation per message"
 RUN_CONTROL = "tests/unit/test_run_control.py"
+QUEUE = "tests/unit/test_queue_controls.py"
+ASYNC_TIMEOUTS = "tests/unit/test_async_timeouts.py"
 TIMEOUTS = "Timeouts: an attempt past its deadline ends and cannot commit"
 CANCELLING = "Cancelling: nothing a cancelled run does afterwards commits"
 CHAINING = "Chaining: a downstream run exists if and only if its upstream succeeded"
@@ -890,6 +893,48 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             "tests/unit/test_prune.py::"
             "test_prune_empties_old_finished_runs_and_keeps_their_keys[sqlite]",
+        ),
+    ),
+    # -- queue controls on the other stores, timeouts of async jobs, MariaDB's contention
+    Mutation(
+        "the plain claim ignores priorities (PostgreSQL)",
+        "Queue controls",
+        (
+            Edit(
+                POSTGRES,
+                "            ORDER BY priority DESC, available_at, id\n            LIMIT :limit\n",
+                "            ORDER BY available_at, id\n            LIMIT :limit\n",
+            ),
+            Edit(
+                POSTGRES,
+                "        ORDER BY candidate.priority DESC, candidate.available_at, candidate.id\n",
+                "        ORDER BY candidate.available_at, candidate.id\n",
+            ),
+        ),
+        (
+            f"{QUEUE}::test_higher_priorities_are_claimed_before_any_queued_lower_one[postgres-plain]",
+        ),
+    ),
+    Mutation(
+        "an async attempt that timed out is retried at once, without its backoff",
+        TIMEOUTS,
+        one(
+            "ferryman/worker/deadlines.py",
+            "            retry_delay=delay,\n",
+            "            retry_delay=0.0,\n",
+        ),
+        (
+            f"{ASYNC_TIMEOUTS}::"
+            "test_an_async_timeout_tells_the_job_ends_the_attempt_and_retries_after_the_backoff[sqlite]",
+        ),
+    ),
+    Mutation(
+        "a MariaDB deadlock inside ctx.transaction() counts as the job's failure",
+        "A store outage uses no attempt",
+        one(MARIADB, " | frozenset(CONTENDED)\n", "\n"),
+        (
+            "tests/integration/test_mariadb_contention.py::"
+            "test_a_deadlock_victim_in_the_transaction_uses_no_attempt_and_is_due_at_once",
         ),
     ),
 )
