@@ -232,7 +232,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PAUSED,
         one(
             LEASES,
-            "runs.update().where(fence([lease])).values(checkpoint=checkpoint_json",
+            "fenced_update([lease]).values(checkpoint=checkpoint_json",
             "runs.update().where(runs.c.id == lease.run_id).values(checkpoint=checkpoint_json",
         ),
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
@@ -242,7 +242,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PAUSED,
         one(
             LEASES,
-            "runs.update().where(fence(chunk))",
+            "fenced_update(chunk)",
             "runs.update().where(runs.c.id.in_([lease.run_id for lease in chunk]))",
         ),
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
@@ -323,9 +323,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         SIGTERM,
         one(
             LEASES,
-            "                lease_token=runs.c.lease_token + 1,\n"
-            "                available_at=now,\n",
-            "                available_at=now,\n",
+            "            lease_token=runs.c.lease_token + 1,\n            available_at=now,\n",
+            "            available_at=now,\n",
         ),
         (f"{CONTRACT}::test_stop_releases_unfinished_runs_without_using_an_attempt",),
     ),
@@ -334,9 +333,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         SIGTERM,
         one(
             LEASES,
-            "                status=RunStatus.QUEUED.value,\n"
-            "                attempt=runs.c.attempt - 1,\n",
-            "                status=RunStatus.QUEUED.value,\n",
+            "            status=RunStatus.QUEUED.value,\n            attempt=runs.c.attempt - 1,\n",
+            "            status=RunStatus.QUEUED.value,\n",
         ),
         (f"{CONTRACT}::test_stop_releases_unfinished_runs_without_using_an_attempt",),
     ),

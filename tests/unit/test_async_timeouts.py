@@ -1,4 +1,4 @@
-"""An async job's timeout, on every store: the job is told, the attempt ends, the retry keeps its backoff.
+"""An async job's timeout, on every store: the job is told, the attempt ends, retried later.
 
 ``@app.job(timeout=s)`` on an ``async def`` job: ``ctx.deadline`` is the
 attempt's start plus ``s`` and ``ctx.cancelled`` turns true once it passes;

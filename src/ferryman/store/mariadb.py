@@ -297,7 +297,12 @@ class MariaDBBackend(Backend):
         # every row it passed.
         ids = list(conn.execute(sa.select(key).where(where)).scalars())
         if ids:
-            locked = sa.select(key).where(key.in_(ids), where).with_for_update()
+            locked = (
+                sa.select(key)
+                .where(key.in_(ids), where)
+                .with_hint(table, "FORCE INDEX (PRIMARY)")
+                .with_for_update()
+            )
             ids = list(conn.execute(locked).scalars())
         if not ids:
             return []
