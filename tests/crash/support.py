@@ -99,17 +99,22 @@ def report_storm(
 
 
 def start_worker(
-    store_url: str, log: Path, *args: str, prefix: Sequence[str] = ()
+    store_url: str,
+    log: Path,
+    *args: str,
+    prefix: Sequence[str] = (),
+    main: str = "tests.crash.worker_main",
 ) -> subprocess.Popen[bytes]:
-    """``python -m tests.crash.worker_main STORE ARGS``, its output appended to ``log``.
+    """``python -m MAIN STORE ARGS``, its output appended to ``log``.
 
-    ``prefix`` goes before the command, e.g. ``ip netns exec NAME`` to start
-    the worker in a network namespace.
+    ``main`` is the worker's module (``tests.crash.async_worker_main`` for
+    async jobs); ``prefix`` goes before the command, e.g. ``ip netns exec
+    NAME`` to start the worker in a network namespace.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
     with log.open("ab") as output:
         return subprocess.Popen(
-            [*prefix, sys.executable, "-m", "tests.crash.worker_main", store_url, *args],
+            [*prefix, sys.executable, "-m", main, store_url, *args],
             cwd=REPO,
             env=env,
             stdout=output,

@@ -12,27 +12,14 @@ processing log, every effect applied exactly once.
 
 from __future__ import annotations
 
-import random
-import subprocess
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 import ferryman as fm
-from tests.crash.support import (
-    lease_holders,
-    live_leases,
-    report_storm,
-    start_worker,
-    status_counts,
-    stop,
-    storm_setting,
-)
-from tests.crash.worker_main import build_app, effects, metadata
-from tests.helpers import wait_until
+from tests.crash.storm import assert_each_effect_once, last_worker, seeded, storm
+from tests.crash.support import status_counts, storm_setting
+from tests.crash.worker_main import build_app, metadata
 
 PARENTS = int(storm_setting("CHAIN_RUNS", 300))
 WORKERS = 3
@@ -68,9 +55,7 @@ def _assert_iff(app: fm.App, context: str) -> int:
 def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
     store_url: str, tmp_path: Path
 ) -> None:
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    context = f"seed={seed}, worker logs in {tmp_path}"
+    rng, context = seeded(tmp_path)
     app = build_app(store_url, lease_seconds=LEASE_SECONDS)
     try:
         metadata.create_all(app.engine)
@@ -85,63 +70,35 @@ def test_chained_runs_exist_iff_the_parent_succeeded_across_kills(
         # keep landing on parents and leaves mid-flight.
         worker_args = ("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "1")
         worker_args += ("--prefetch", "0")
-
-        def start(slot: int) -> subprocess.Popen[bytes]:
-            return start_worker(store_url, tmp_path / f"worker-{slot}.log", *worker_args)
-
-        workers = [start(slot) for slot in range(WORKERS)]
-
-        def busy() -> list[int]:
-            holders = lease_holders(app)
-            return [i for i, worker in enumerate(workers) if worker.pid in holders]
-
-        kills = 0
-        deadline = time.monotonic() + STORM_SECONDS
-        try:
-            while time.monotonic() < deadline and kills < KILLS:
-                time.sleep(rng.uniform(*KILL_INTERVAL))  # the storm's rhythm, not a wait
-                slot = rng.choice(wait_until(busy, timeout=60, what="a worker holding runs"))
-                stop(workers[slot])
-                kills += 1
-                workers[slot] = start(slot)
+        with storm(app, store_url, tmp_path, *worker_args, workers=WORKERS) as workers:
+            kills = workers.strike(
+                rng,
+                interval=KILL_INTERVAL,
+                kills=KILLS,
+                seconds=STORM_SECONDS,
                 # Cut off while the last parents and leaves are still in flight.
-                if status_counts(app).get("succeeded", 0) >= 2 * PARENTS * 9 // 10:
-                    break
-        finally:
-            for worker in workers:
-                stop(worker)
+                enough=workers.succeeded_at_least(2 * PARENTS * 9 // 10),
+            )
         # Cut off mid-flight: the iff holds for what committed so far.
         in_flight_leaves = _assert_iff(app, context)
 
-        wait_until(lambda: live_leases(app) == 0, timeout=LEASE_SECONDS * 10, what="leases")
-        final = start_worker(
+        final = last_worker(
+            app,
             store_url,
-            tmp_path / "final.log",
-            *("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "4", "--until-idle"),
+            tmp_path,
+            *("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "4"),
+            lease_seconds=LEASE_SECONDS,
+            timeout=180,
         )
-        try:
-            returncode = final.wait(timeout=180)
-        finally:
-            stop(final)
-        assert returncode == 0, (tmp_path / "final.log").read_text()
+        final.report()
 
         assert _assert_iff(app, context) == PARENTS
         assert status_counts(app) == {"succeeded": 2 * PARENTS}, context
         parents, leaves = _snapshot(app)
-        with app.store.read("reading effects") as conn:
-            per_key = Counter(conn.execute(sa.select(effects.c.run_key)).scalars())
         expected = {key for key, run in parents.items() if run.payload["transaction"]}
-        expected |= set(leaves)
-        report_storm(
-            "chain",
-            store_url,
-            kills=kills,
-            unit="runs",
-            items=2 * PARENTS,
-            lost=len(expected - set(per_key)),
-            duplicated=sum(n - 1 for n in per_key.values()),
+        assert_each_effect_once(
+            app, "chain", store_url, kills=kills, expected=expected | set(leaves), context=context
         )
-        assert set(per_key) == expected and set(per_key.values()) == {1}, context
 
         expiries = 0
         for key, parent in parents.items():

@@ -11,32 +11,22 @@ last tenth of the runs is still in flight), and the whole store is checked.
 from __future__ import annotations
 
 import json
-import random
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 import ferryman as fm
+from tests.crash.storm import assert_each_effect_once, last_worker, seeded, storm
 from tests.crash.support import (
     count_lease_expiries,
-    lease_holders,
-    live_leases,
     processing_log,
-    read_report,
-    report_storm,
     small_storm,
-    start_worker,
     status_counts,
-    stop,
     storm_range,
     storm_setting,
 )
-from tests.crash.worker_main import build_app, effects, metadata
-from tests.helpers import wait_until
+from tests.crash.worker_main import build_app, metadata
 
 # make soak sets FERRYMAN_STORM_RUNS, _SECONDS and _KILL_INTERVAL for longer storms.
 # The suite's small storm (on MariaDB, see small_storm) ends once MIN_KILLS kills
@@ -59,9 +49,7 @@ EXPECTED_KINDS = {"requested", "claimed", "checkpointed", "lease_expired", "succ
 @pytest.mark.timeout(TIMEOUT)
 def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path: Path) -> None:
     small = small_storm(store_url)
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    context = f"seed={seed}, worker logs in {tmp_path}"
+    rng, context = seeded(tmp_path)
     app = build_app(store_url, lease_seconds=LEASE_SECONDS)
     try:
         metadata.create_all(app.engine)
@@ -75,72 +63,39 @@ def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path:
         worker_args = ("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "3")
         worker_args += ("--prefetch", "1")
 
-        def start(slot: int) -> subprocess.Popen[bytes]:
-            return start_worker(store_url, tmp_path / f"worker-{slot}.log", *worker_args)
-
-        # -- the storm ---------------------------------------------------------
-        workers = [start(slot) for slot in range(WORKERS)]
-
-        def busy() -> list[int]:
-            holders = lease_holders(app)
-            return [i for i, worker in enumerate(workers) if worker.pid in holders]
-
-        kills = 0
-        deadline = time.monotonic() + STORM_SECONDS
-        try:
-            while time.monotonic() < deadline:
-                time.sleep(rng.uniform(*KILL_INTERVAL))  # the storm's rhythm, not a wait
-                # A random worker among those holding runs, so that kills land
-                # mid-work rather than on a process still starting up (on a
-                # loaded machine, start-up can outlast several beats).
-                slot = rng.choice(wait_until(busy, timeout=60, what="a worker holding runs"))
-                stop(workers[slot])
-                kills += 1
-                workers[slot] = start(slot)
-                if status_counts(app).get("succeeded", 0) >= STORM_UNTIL_SUCCEEDED:
-                    break
-                if small and kills >= MIN_KILLS and count_lease_expiries(app) > 0:
-                    break
-        finally:
-            for worker in workers:
-                stop(worker)
+        # -- the storm: ended with every worker killed while the last runs are in flight
+        with storm(app, store_url, tmp_path, *worker_args, workers=WORKERS) as workers:
+            struck_enough = workers.succeeded_at_least(STORM_UNTIL_SUCCEEDED)
+            kills = workers.strike(
+                rng,
+                interval=KILL_INTERVAL,
+                seconds=STORM_SECONDS,
+                # The small storm ends once it struck enough and a run was taken over.
+                enough=lambda: (
+                    struck_enough()
+                    or (small and workers.kills >= MIN_KILLS and count_lease_expiries(app) > 0)
+                ),
+            )
         during_storm = status_counts(app)
 
         # -- recovery: a last worker takes over what the dead ones held ----------
-        wait_until(
-            lambda: live_leases(app) == 0,
-            timeout=LEASE_SECONDS * 10,
-            what="the killed workers' leases to expire",
-        )
-        report_path = tmp_path / "final-report.json"
-        final = start_worker(
+        final = last_worker(
+            app,
             store_url,
-            tmp_path / "final.log",
+            tmp_path,
             *worker_args,
-            "--until-idle",
-            "--report",
-            str(report_path),
+            lease_seconds=LEASE_SECONDS,
+            timeout=max(60, RUNS / 20),
         )
-        try:
-            returncode = final.wait(timeout=max(60, RUNS / 20))
-        finally:
-            stop(final)
-        with app.store.read("reading effects") as conn:
-            effect_rows = {
-                row.run_key: row for row in conn.execute(sa.select(effects).order_by(effects.c.id))
-            }
-            per_key = Counter(conn.execute(sa.select(effects.c.run_key)).scalars())
-        report_storm(
+        effect_rows = assert_each_effect_once(
+            app,
             "workers",
             store_url,
             kills=kills,
-            unit="runs",
-            items=RUNS,
-            lost=len({f"run-{i:04d}" for i in range(RUNS)} - set(per_key)),
-            duplicated=sum(n - 1 for n in per_key.values()),
+            expected={f"run-{i:04d}" for i in range(RUNS)},
+            context=context,
         )
-        assert returncode == 0, (tmp_path / "final.log").read_text()
-        report = read_report(report_path)
+        report = final.report()
 
         # -- the whole store -----------------------------------------------------
         assert status_counts(app) == {"succeeded": RUNS}, context
@@ -150,11 +105,6 @@ def test_crash_storm_applies_every_effect_exactly_once(store_url: str, tmp_path:
             0,
             [],
         ), context
-
-        duplicates = {key: n for key, n in per_key.items() if n != 1}
-        assert duplicates == {}, f"effects applied more than once: {duplicates} ({context})"
-        assert sum(per_key.values()) == RUNS
-        assert set(per_key) == {f"run-{i:04d}" for i in range(RUNS)}
 
         runs = {run.run_key: run for run in app.get_runs(job="storm")}
         log = processing_log(app)

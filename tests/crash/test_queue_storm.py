@@ -14,26 +14,14 @@ FERRYMAN_STORM_RATE_SECONDS).
 
 from __future__ import annotations
 
-import random
-import subprocess
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 import ferryman as fm
-from tests.crash.support import (
-    lease_holders,
-    live_leases,
-    report_storm,
-    start_worker,
-    status_counts,
-    stop,
-    storm_setting,
-)
-from tests.crash.worker_main import KEYED_CONCURRENCY, build_app, effects, metadata
+from tests.crash.storm import assert_each_effect_once, seeded, storm
+from tests.crash.support import live_leases, start_worker, status_counts, stop, storm_setting
+from tests.crash.worker_main import KEYED_CONCURRENCY, build_app, metadata
 from tests.helpers import wait_until
 from tests.queue_support import (
     claim_times,
@@ -58,9 +46,7 @@ RATE_SECONDS = storm_setting("RATE_SECONDS", 5.0)
 def test_keys_never_overlap_and_the_limit_holds_through_a_kill_storm(
     store_url: str, tmp_path: Path
 ) -> None:
-    seed = random.randrange(2**32)
-    rng = random.Random(seed)
-    context = f"seed={seed}, worker logs in {tmp_path}"
+    rng, context = seeded(tmp_path)
     app = build_app(store_url, lease_seconds=LEASE_SECONDS)
     worker_args = ("--lease-seconds", str(LEASE_SECONDS), "--concurrency", "3")
     try:
@@ -74,43 +60,21 @@ def test_keys_never_overlap_and_the_limit_holds_through_a_kill_storm(
             ),
         )
 
-        def start(slot: int) -> subprocess.Popen[bytes]:
-            return start_worker(store_url, tmp_path / f"worker-{slot}.log", *worker_args)
-
-        workers = [start(slot) for slot in range(WORKERS)]
-
-        def busy() -> list[int]:
-            holders = lease_holders(app)
-            return [i for i, worker in enumerate(workers) if worker.pid in holders]
-
-        kills = 0
-        try:
-            while kills < KILLS and status_counts(app).get("succeeded", 0) < RUNS * 9 // 10:
-                time.sleep(rng.uniform(0.2, 0.6))  # the storm's rhythm, not a wait
-                slot = rng.choice(wait_until(busy, timeout=60, what="a worker holding runs"))
-                stop(workers[slot])
-                kills += 1
-                workers[slot] = start(slot)
+        with storm(app, store_url, tmp_path, *worker_args, workers=WORKERS) as workers:
+            kills = workers.strike(
+                rng,
+                interval=(0.2, 0.6),
+                kills=KILLS,
+                enough=workers.succeeded_at_least(RUNS * 9 // 10),
+            )
             wait_until(
                 lambda: status_counts(app) == {"succeeded": RUNS},
                 timeout=120 + RUNS / 5,
                 what="every run to succeed",
             )
-        finally:
-            for worker in workers:
-                stop(worker)
-        with app.store.read("reading effects") as conn:
-            per_key = Counter(conn.execute(sa.select(effects.c.run_key)).scalars())
-        report_storm(
-            "queue limits",
-            store_url,
-            kills=kills,
-            unit="runs",
-            items=RUNS,
-            lost=len(set(keys) - set(per_key)),
-            duplicated=sum(n - 1 for n in per_key.values()),
+        assert_each_effect_once(
+            app, "queue limits", store_url, kills=kills, expected=keys, context=context
         )
-        assert per_key == dict.fromkeys(keys, 1), context
 
         held = held_slots(app, "keyed")
         per_concurrency_key = most_at_once_per_key(held)

@@ -61,21 +61,26 @@ effects = sa.Table(
 )
 
 
+def effect(
+    ctx: fm.JobContext | fm.AsyncJobContext, started_at: float, resumed_from: Any = None
+) -> sa.Insert:
+    """The insert of the run's effect row: who wrote it, under which lease, from where."""
+    return effects.insert().values(
+        run_key=ctx.run_key,
+        worker_pid=os.getpid(),
+        worker_id=ctx.worker_id,
+        attempt=ctx.attempt,
+        lease_token=ctx.lease.token,
+        resumed_from=None if resumed_from is None else json.dumps(resumed_from),
+        started_at=started_at,
+        finished_at=time.time(),
+    )
+
+
 def write_effect(ctx: fm.JobContext, started_at: float, resumed_from: Any = None) -> None:
     """The run's effect, committed with its success or not at all."""
     with ctx.transaction() as conn:
-        conn.execute(
-            effects.insert().values(
-                run_key=ctx.run_key,
-                worker_pid=os.getpid(),
-                worker_id=ctx.worker_id,
-                attempt=ctx.attempt,
-                lease_token=ctx.lease.token,
-                resumed_from=None if resumed_from is None else json.dumps(resumed_from),
-                started_at=started_at,
-                finished_at=time.time(),
-            )
-        )
+        conn.execute(effect(ctx, started_at, resumed_from))
 
 
 def build_app(

@@ -71,6 +71,7 @@ LEASES = "ferryman/store/leases.py"
 RUN_ROWS = "ferryman/store/run_rows.py"
 SQLITE = "ferryman/store/sqlite.py"
 POSTGRES = "ferryman/store/postgres.py"
+MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
 
 CONTRACT = "tests/unit/test_runs_contract.py"
@@ -85,6 +86,8 @@ PAUSED = "A paused worker cannot commit"
 SIGTERM = "SIGTERM gives back what it cannot finish"
 PUSH_PROMISE = "Push: one evaluation per message"
 RUN_CONTROL = "tests/unit/test_run_control.py"
+QUEUE = "tests/unit/test_queue_controls.py"
+ASYNC_TIMEOUTS = "tests/unit/test_async_timeouts.py"
 TIMEOUTS = "Timeouts: an attempt past its deadline ends and cannot commit"
 CANCELLING = "Cancelling: nothing a cancelled run does afterwards commits"
 CHAINING = "Chaining: a downstream run exists if and only if its upstream succeeded"
@@ -229,7 +232,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PAUSED,
         one(
             LEASES,
-            "runs.update().where(fence([lease])).values(checkpoint=checkpoint_json",
+            "fenced_update([lease]).values(checkpoint=checkpoint_json",
             "runs.update().where(runs.c.id == lease.run_id).values(checkpoint=checkpoint_json",
         ),
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
@@ -239,7 +242,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PAUSED,
         one(
             LEASES,
-            "runs.update().where(fence(chunk))",
+            "fenced_update(chunk)",
             "runs.update().where(runs.c.id.in_([lease.run_id for lease in chunk]))",
         ),
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write",),
@@ -320,9 +323,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         SIGTERM,
         one(
             LEASES,
-            "                lease_token=runs.c.lease_token + 1,\n"
-            "                available_at=now,\n",
-            "                available_at=now,\n",
+            "            lease_token=runs.c.lease_token + 1,\n            available_at=now,\n",
+            "            available_at=now,\n",
         ),
         (f"{CONTRACT}::test_stop_releases_unfinished_runs_without_using_an_attempt",),
     ),
@@ -331,9 +333,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         SIGTERM,
         one(
             LEASES,
-            "                status=RunStatus.QUEUED.value,\n"
-            "                attempt=runs.c.attempt - 1,\n",
-            "                status=RunStatus.QUEUED.value,\n",
+            "            status=RunStatus.QUEUED.value,\n            attempt=runs.c.attempt - 1,\n",
+            "            status=RunStatus.QUEUED.value,\n",
         ),
         (f"{CONTRACT}::test_stop_releases_unfinished_runs_without_using_an_attempt",),
     ),
@@ -904,6 +905,48 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             "tests/unit/test_prune.py::"
             "test_prune_empties_old_finished_runs_and_keeps_their_keys[sqlite]",
+        ),
+    ),
+    # -- queue controls on the other stores, timeouts of async jobs, MariaDB's contention
+    Mutation(
+        "the plain claim ignores priorities (PostgreSQL)",
+        "Queue controls",
+        (
+            Edit(
+                POSTGRES,
+                "            ORDER BY priority DESC, available_at, id\n            LIMIT :limit\n",
+                "            ORDER BY available_at, id\n            LIMIT :limit\n",
+            ),
+            Edit(
+                POSTGRES,
+                "        ORDER BY candidate.priority DESC, candidate.available_at, candidate.id\n",
+                "        ORDER BY candidate.available_at, candidate.id\n",
+            ),
+        ),
+        (
+            f"{QUEUE}::test_higher_priorities_are_claimed_before_any_queued_lower_one[postgres-plain]",
+        ),
+    ),
+    Mutation(
+        "an async attempt that timed out is retried at once, without its backoff",
+        TIMEOUTS,
+        one(
+            "ferryman/worker/deadlines.py",
+            "            retry_delay=delay,\n",
+            "            retry_delay=0.0,\n",
+        ),
+        (
+            f"{ASYNC_TIMEOUTS}::"
+            "test_an_async_timeout_tells_the_job_ends_the_attempt_and_retries_after_the_backoff[sqlite]",
+        ),
+    ),
+    Mutation(
+        "a MariaDB deadlock inside ctx.transaction() counts as the job's failure",
+        "A store outage uses no attempt",
+        one(MARIADB, " | frozenset(CONTENDED)\n", "\n"),
+        (
+            "tests/integration/test_mariadb_contention.py::"
+            "test_a_deadlock_victim_in_the_transaction_uses_no_attempt_and_is_due_at_once",
         ),
     ),
 )

@@ -37,7 +37,7 @@ from ferryman.store.run_rows import (
     OutcomeKind,
     end_values,
     event,
-    fence,
+    fenced_update,
     lease_update,
     outcome_event,
 )
@@ -287,7 +287,7 @@ class Backend:
                 if values[column] is not None:
                     changes[column] = values[column]
         changes.update(lease_owner=None, lease_expires_at=None, updated_at=now)
-        update = runs.update().where(fence([outcome.lease])).values(**changes)
+        update = fenced_update([outcome.lease]).values(**changes)
         return conn.execute(update).rowcount == 1
 
     # -- wake-ups ------------------------------------------------------------

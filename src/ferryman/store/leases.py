@@ -29,7 +29,7 @@ from ferryman.store.run_rows import (
     claimed_run,
     end_values,
     event,
-    fence,
+    fenced_update,
     outcome_event,
 )
 from ferryman.store.schema import runs
@@ -142,7 +142,7 @@ class Leases:
         now = self.backend.clock(conn)
         kept: set[int] = set()
         for chunk in chunks(leases, CHUNK // 2):
-            update = runs.update().where(fence(chunk)).values(lease_expires_at=now + lease_seconds)
+            update = fenced_update(chunk).values(lease_expires_at=now + lease_seconds)
             kept.update(row.id for row in self.backend.update_returning(conn, update, runs.c.id))
         return {lease.run_id for lease in leases} - kept
 
@@ -157,7 +157,7 @@ class Leases:
     ) -> None:
         now = self.backend.clock(conn)
         matched = conn.execute(
-            runs.update().where(fence([lease])).values(checkpoint=checkpoint_json, updated_at=now)
+            fenced_update([lease]).values(checkpoint=checkpoint_json, updated_at=now)
         ).rowcount
         if matched != 1:
             raise LeaseLost(lease.run_id, lease.token)
@@ -218,7 +218,7 @@ class Leases:
         for column in ("available_at", "finished_at"):
             if values[column] is not None:
                 changes[column] = values[column]
-        update = runs.update().where(fence([outcome.lease])).values(**changes)
+        update = fenced_update([outcome.lease]).values(**changes)
         ended = self.backend.update_returning(conn, update, runs.c.job)
         if not ended:
             return False
@@ -236,18 +236,14 @@ class Leases:
         if not leases:
             return []
         now = self.backend.clock(conn)
-        update = (
-            runs.update()
-            .where(fence(leases))
-            .values(
-                status=RunStatus.QUEUED.value,
-                attempt=runs.c.attempt - 1,
-                lease_owner=None,
-                lease_expires_at=None,
-                lease_token=runs.c.lease_token + 1,
-                available_at=now,
-                updated_at=now,
-            )
+        update = fenced_update(leases).values(
+            status=RunStatus.QUEUED.value,
+            attempt=runs.c.attempt - 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            lease_token=runs.c.lease_token + 1,
+            available_at=now,
+            updated_at=now,
         )
         released = self.backend.update_returning(
             conn, update, runs.c.id, runs.c.attempt, runs.c.job

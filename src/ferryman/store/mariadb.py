@@ -69,15 +69,19 @@ CLAIM_SLACK = 16
 # connect (2002, 2003), gone away (2006), lost connection (2013), connection
 # killed (1927), disconnected for inactivity (4031), shutting down (1053).
 UNREACHABLE = frozenset({2002, 2003, 2006, 2013, 1927, 4031, 1053})
-# Besides those, the database failed rather than the statement: too many
-# connections (1040), out of memory (1037, 1038), disk full (1021), a table
-# full (1114).
-FAILURES = UNREACHABLE | frozenset({1040, 1037, 1038, 1021, 1114})
 # A lock wait timeout or a deadlock: the transaction may succeed when tried again.
 CONTENDED = {
     1205: "a lock was held past innodb_lock_wait_timeout",
     1213: "a deadlock with another transaction",
 }
+# Besides those, the database failed rather than the statement: too many
+# connections (1040), out of memory (1037, 1038), disk full (1021), a table
+# full (1114); and contention, as SQLite's busy and locked are: a deadlock
+# victim did nothing wrong, InnoDB rolled its transaction back, so an attempt
+# that was one is given back and due again at once instead of counting as
+# the job's failure and waiting out its backoff (an operator's ``work
+# --until-idle`` would stop before that retry is due).
+FAILURES = UNREACHABLE | frozenset({1040, 1037, 1038, 1021, 1114}) | frozenset(CONTENDED)
 # Refusals at connect time that no retry cures.
 REFUSALS = {
     1044: "the user may not use this database (GRANT it, or name another database)",
@@ -293,7 +297,12 @@ class MariaDBBackend(Backend):
         # every row it passed.
         ids = list(conn.execute(sa.select(key).where(where)).scalars())
         if ids:
-            locked = sa.select(key).where(key.in_(ids), where).with_for_update()
+            locked = (
+                sa.select(key)
+                .where(key.in_(ids), where)
+                .with_hint(table, "FORCE INDEX (PRIMARY)")
+                .with_for_update()
+            )
             ids = list(conn.execute(locked).scalars())
         if not ids:
             return []

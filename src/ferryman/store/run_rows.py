@@ -213,10 +213,34 @@ CLAIMED_COLUMNS = (
 
 
 def fence(leases: Sequence[Lease]) -> sa.ColumnElement[bool]:
-    """The rows still running under one of ``leases``: the condition of every fenced write."""
+    """The rows still running under one of ``leases``: the condition of every fenced write.
+
+    The rows are named by primary key first: on MariaDB, an ``UPDATE`` left
+    to find them through the status index locked the index entry of every
+    running run it passed, and deadlocked with a writer of one of those runs
+    (measured with many async jobs committing at once;
+    docs/internals/mariadb.md). Write with :func:`fenced_update`.
+    """
     return sa.and_(
+        runs.c.id.in_([le.run_id for le in leases]),
         runs.c.status == RunStatus.RUNNING.value,
         sa.tuple_(runs.c.id, runs.c.lease_token).in_([(le.run_id, le.token) for le in leases]),
+    )
+
+
+def fenced_update(leases: Sequence[Lease]) -> sa.Update:
+    """An UPDATE of the rows :func:`fence` matches, reaching them by primary key.
+
+    On MariaDB the primary key is forced: read through ``(status, id)``, an
+    UPDATE locks the index entry before the row, while a write that found the
+    row by primary key locks the row first, then rewrites that entry — two
+    writers of one run deadlocked in that opposite order (measured,
+    docs/internals/mariadb.md).
+    """
+    return (
+        runs.update()
+        .where(fence(leases))
+        .with_hint("FORCE INDEX (PRIMARY)", dialect_name="mariadb")
     )
 
 

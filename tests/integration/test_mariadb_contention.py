@@ -1,0 +1,99 @@
+"""A MariaDB deadlock inside ``ctx.transaction()`` is the store's contention, not the job's failure.
+
+InnoDB breaks a deadlock by rolling back one transaction whole (the victim's,
+error 1213). A run whose transaction was the victim wrote nothing and did
+nothing wrong: its attempt is given back and the run is due again at once,
+as for any failure of the store under an attempt, so ``work --until-idle``
+does not stop while it waits out a backoff (and a run allowed one attempt
+does not end ``failed``).
+
+The deadlock is made on purpose: another connection locks row 1 after
+updating many rows (InnoDB picks the transaction that changed fewer rows as
+the victim), the job locks row 2 then asks for row 1, and the other
+connection asks for row 2.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+import ferryman as fm
+
+ROWS = 200
+contended = sa.Table(
+    "contended",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.Integer, nullable=False),
+)
+
+
+def _hold_row_1_then_ask_for_row_2(
+    engine: sa.Engine, locked: threading.Event, job_holds_row_2: threading.Event
+) -> None:
+    """The other side of the deadlock: it changes many rows, so it is not the victim."""
+    with engine.begin() as conn:
+        conn.execute(contended.update().where(contended.c.id > 2).values(n=contended.c.n + 1))
+        conn.execute(contended.update().where(contended.c.id == 1).values(n=contended.c.n + 1))
+        locked.set()
+        assert job_holds_row_2.wait(60)
+        # Waits for the job's lock on row 2 while the job waits for row 1: InnoDB
+        # rolls the job's transaction back, and this update then goes through.
+        conn.execute(contended.update().where(contended.c.id == 2).values(n=contended.c.n + 1))
+
+
+@pytest.mark.timeout(120)
+def test_a_deadlock_victim_in_the_transaction_uses_no_attempt_and_is_due_at_once(
+    mariadb_url: str,
+) -> None:
+    app = fm.App(mariadb_url)
+    locked, job_holds_row_2 = threading.Event(), threading.Event()
+    victims: list[str] = []
+
+    # One attempt, and a backoff no --until-idle would wait for: were the
+    # deadlock the job's failure, the run would end failed.
+    @app.job(max_attempts=1, backoff=fm.Backoff(base=3600.0))
+    def contend(ctx: fm.JobContext, payload: object) -> None:
+        first = not victims
+        if first:
+            assert locked.wait(60)
+        with ctx.transaction() as conn:
+            conn.execute(contended.update().where(contended.c.id == 2).values(n=contended.c.n + 1))
+            if first:
+                victims.append(ctx.run_key)
+                job_holds_row_2.set()
+            conn.execute(contended.update().where(contended.c.id == 1).values(n=contended.c.n + 1))
+
+    try:
+        contended.create(app.engine)
+        with app.engine.begin() as conn:
+            conn.execute(contended.insert(), [{"id": i, "n": 0} for i in range(1, ROWS + 1)])
+        other = threading.Thread(
+            target=_hold_row_1_then_ask_for_row_2, args=(app.engine, locked, job_holds_row_2)
+        )
+        other.start()
+        (run_id,) = app.submit("contend", fm.RunRequest("r-1")).run_ids
+        report = app.work(until_idle=True, handle_signals=False, concurrency=1)
+        other.join(60)
+        assert not other.is_alive()
+
+        run = app.get_run(run_id)
+        assert run is not None
+        assert (run.status, run.attempt) == (fm.RunStatus.SUCCEEDED, 1)
+        assert (report.succeeded, report.released, report.failed, report.dead) == (1, 1, 0, 0)
+        events = app.get_run_events(run_id)
+        assert [e.kind.value for e in events] == [
+            *("requested", "claimed", "released", "claimed", "succeeded")
+        ]
+        reason = str(events[2].detail.get("reason"))
+        assert reason.startswith("the store failed during the attempt"), reason
+        assert "Deadlock" in reason, reason
+        # The victim's writes were undone; the redo's and the other side's landed once each.
+        with app.engine.connect() as conn:
+            counts = dict(conn.execute(sa.select(contended.c.id, contended.c.n)).all())
+        assert (counts[1], counts[2], counts[3]) == (2, 2, 1)
+    finally:
+        app.close()
