@@ -49,7 +49,7 @@ COMMIT_BATCH = 1000  # outcomes written per transaction at most
 
 
 def next_batch(
-    outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None],
+    outcomes: queue.SimpleQueue[tuple[ClaimedRun, Outcome] | None],
 ) -> list[tuple[ClaimedRun, Outcome]] | None:
     """The committer's next batch: what is waiting, once one outcome is; None: stop.
 

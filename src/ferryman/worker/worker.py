@@ -104,12 +104,12 @@ class Worker:
         self._abandon = threading.Event()  # stop waiting for running jobs
         self._closed = threading.Event()
         self._unstarted: list[ClaimedRun] = []  # claimed, but stopping began before they ran
-        self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
+        self._runnable: queue.SimpleQueue[ClaimedRun | None] = queue.SimpleQueue()
         # async def jobs run as tasks on one event loop, not on job threads
         self._async_jobs = {name for name, job in jobs.items() if is_async_job(job.fn)}
         self._event_loop = self._new_event_loop()
         self._job_threads = 0 if len(self._async_jobs) == len(jobs) else concurrency
-        self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
+        self._outcomes: queue.SimpleQueue[tuple[ClaimedRun, Outcome] | None] = queue.SimpleQueue()
         self._crash: BaseException | None = None
         self._outages = Outages(store, self.worker_id, stop_trying=self._closed)
         self._listener: Listener | None = None
