@@ -12,6 +12,10 @@ For every system and store this measures, on no-op jobs:
 * **processing**: from the moment the first job starts to the moment every
   completion of those ``--runs`` runs is durable in the database.
 
+ferryman's first row runs the worker at its defaults (``app.work()`` with no
+worker keyword, as ``ferryman work`` without flags); ``ferryman-tuned`` with
+``--concurrency``, ``--prefetch`` and ``--claim-batch``.
+
 Each system runs alone, in a subprocess of its own, one after the other (the
 machine has two cores and the PostgreSQL server needs one of them). Each one
 gets a freshly created PostgreSQL database, dropped again at the end; SQLite
