@@ -12,6 +12,10 @@ For every system and store this measures, on no-op jobs:
 * **processing**: from the moment the first job starts to the moment every
   completion of those ``--runs`` runs is durable in the database.
 
+ferryman's first row runs the worker at its defaults (``app.work()`` with no
+worker keyword, as ``ferryman work`` without flags); ``ferryman-tuned`` with
+``--concurrency``, ``--prefetch`` and ``--claim-batch``.
+
 Each system runs alone, in a subprocess of its own, one after the other (the
 machine has two cores and the PostgreSQL server needs one of them). Each one
 gets a freshly created PostgreSQL database, dropped again at the end; SQLite
@@ -50,10 +54,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# ferryman-controls: ferryman on a job with a rate limit far above the
-# throughput, each run with a priority (one of three) and a concurrency key of
-# its own, so that every claim takes the limited path (see --help).
-SYSTEMS = ("ferryman", "ferryman-controls", "pgqueuer", "procrastinate", "dbos")
+# ferryman: the worker at its defaults (app.work() with no keywords), the
+# row users get; ferryman-tuned: with --concurrency, --prefetch and
+# --claim-batch; ferryman-controls: at the defaults, on a job with a rate
+# limit far above the throughput, each run with a priority (one of three) and
+# a concurrency key of its own, so that every claim takes the limited path.
+SYSTEMS = ("ferryman", "ferryman-tuned", "ferryman-controls", "pgqueuer", "procrastinate", "dbos")
 POSTGRES_ONLY = {"pgqueuer", "procrastinate", "dbos"}
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MARIADB = "mariadb+pymysql://root@127.0.0.1:3306/test"
@@ -66,6 +72,7 @@ BUSY_CPU = 0.2  # share of all CPUs other processes may use before the bench war
 # What each system promises about a completion when the job function returns.
 DURABILITY = {
     "ferryman": "outcome committed (group commit) before a run counts as done",
+    "ferryman-tuned": "as ferryman",
     "ferryman-controls": "as ferryman",
     "pgqueuer": (
         "acks BUFFERED in memory (flushed every batch_size jobs or 0.1 s): "
@@ -302,7 +309,13 @@ def run_ferryman_controls(args: argparse.Namespace, result: Result) -> None:
     run_ferryman(args, result, controls=True)
 
 
-def run_ferryman(args: argparse.Namespace, result: Result, *, controls: bool = False) -> None:
+def run_ferryman_tuned(args: argparse.Namespace, result: Result) -> None:
+    run_ferryman(args, result, tuned=True)
+
+
+def run_ferryman(
+    args: argparse.Namespace, result: Result, *, controls: bool = False, tuned: bool = False
+) -> None:
     import sqlalchemy as sa
 
     import ferryman as fm
@@ -358,14 +371,19 @@ def run_ferryman(args: argparse.Namespace, result: Result, *, controls: bool = F
             else:
                 conn.execute(sa.text("ANALYZE"))
 
+    # The defaults row passes no worker keyword at all: what `ferryman work` does.
+    tuning = (
+        {
+            "concurrency": args.concurrency,
+            "prefetch": args.prefetch,
+            "claim_batch": args.claim_batch,
+        }
+        if tuned
+        else {}
+    )
     called = time.perf_counter()
     report = app.work(
-        until_idle=True,
-        concurrency=args.concurrency,
-        prefetch=args.prefetch,
-        claim_batch=args.claim_batch,
-        processes=args.processes or None,
-        handle_signals=False,
+        until_idle=True, processes=args.processes or None, handle_signals=False, **tuning
     )
     end = time.perf_counter()
     with app.engine.connect() as conn:
@@ -382,8 +400,7 @@ def run_ferryman(args: argparse.Namespace, result: Result, *, controls: bool = F
         result.processing = rate(args.runs, end - first.at)
     result.notes.append(
         ("priorities 0-2, a concurrency key per run, rate limit 10,000,000/s; " if controls else "")
-        + f"concurrency={args.concurrency} prefetch={args.prefetch} "
-        f"claim_batch={args.claim_batch}"
+        + (" ".join(f"{k}={v}" for k, v in tuning.items()) if tuned else "worker defaults")
         + (f" processes={args.processes}" if args.processes else "")
         + "; done = work() returned, all 'succeeded' (counted)"
     )
@@ -644,6 +661,7 @@ def run_baseline(args: argparse.Namespace, result: Result) -> None:
 RUNNERS: dict[str, Callable[[argparse.Namespace, Result], None]] = {
     "baseline": run_baseline,
     "ferryman": run_ferryman,
+    "ferryman-tuned": run_ferryman_tuned,
     "ferryman-controls": run_ferryman_controls,
     "pgqueuer": run_pgqueuer,
     "procrastinate": run_procrastinate,
@@ -852,10 +870,11 @@ def targets(results: list[Result]) -> list[str]:
     peers = [r for r in results if r.system in POSTGRES_ONLY and r.processing]
     if pg and pg.processing and peers:
         best = max(peers, key=lambda r: r.processing or 0.0)
-        ok = pg.processing >= (best.processing or 0.0)
+        ratio = pg.processing / (best.processing or 1.0)
         lines.append(
-            f"[{'met' if ok else 'MISSED'}] PostgreSQL processing {fmt(pg.processing)} >= "
-            f"fastest peer in this run ({best.system}, {fmt(best.processing)})"
+            f"[{'met' if ratio >= 1.5 else 'MISSED'}] PostgreSQL processing at the defaults "
+            f"{fmt(pg.processing)} >= 1.5x the fastest peer, tuned, in this run "
+            f"({best.system}, {fmt(best.processing)}; ratio {ratio:.2f})"
         )
     for store in ("postgres", "sqlite"):
         r = get("ferryman", store)
@@ -875,9 +894,10 @@ def targets(results: list[Result]) -> list[str]:
             )
     lite = get("ferryman", "sqlite")
     if lite and lite.processing:
-        ok = lite.processing >= 3_000
+        ok = lite.processing >= 10_000
         lines.append(
-            f"[{'met' if ok else 'MISSED'}] SQLite processing {fmt(lite.processing)} >= 3,000"
+            f"[{'met' if ok else 'MISSED'}] SQLite processing at the defaults "
+            f"{fmt(lite.processing)} >= 10,000"
         )
     return lines
 
@@ -981,7 +1001,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ANALYZE the database between enqueueing and processing (not timed)",
     )
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
-    ferryman = parser.add_argument_group("ferryman worker")
+    ferryman = parser.add_argument_group("ferryman worker (the ferryman-tuned row)")
     ferryman.add_argument("--concurrency", type=int, default=4)
     ferryman.add_argument("--prefetch", type=int, default=2000)
     ferryman.add_argument("--claim-batch", type=int, default=1000)

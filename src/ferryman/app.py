@@ -48,6 +48,7 @@ from ferryman.store import DEFAULT_STORE as DEFAULT_STORE  # the CLI reads it he
 from ferryman.store import Store, open_store
 from ferryman.worker.async_context import AsyncJobContext
 from ferryman.worker.context import JobContext
+from ferryman.worker.pacing import MAX_CLAIM
 from ferryman.worker.processes import run_processes
 from ferryman.worker.worker import JobDefinition, Worker, WorkReport
 
@@ -419,7 +420,7 @@ class App(SensorOperations, RunOperations):
         processes: int | None = None,
         jobs: Sequence[str] | None = None,
         prefetch: int | None = None,
-        claim_batch: int = 100,
+        claim_batch: int = MAX_CLAIM,
         poll_interval: float = 0.5,
         grace_seconds: float = 30.0,
         handle_signals: bool = True,
@@ -429,15 +430,15 @@ class App(SensorOperations, RunOperations):
 
         ``concurrency`` job threads per process; ``processes`` forks that many
         worker processes (for CPU-bound jobs), each with ``concurrency``
-        threads. A worker holds up to ``concurrency + prefetch`` runs
-        (``prefetch`` defaults to ``concurrency``) so claims come in batches;
-        with long jobs and several workers, a smaller prefetch spreads runs
-        more evenly. ``jobs`` limits the worker to some of the app's jobs. On
-        SIGTERM or SIGINT the worker stops claiming, gives running jobs
+        threads. A worker holds ``concurrency + prefetch`` runs at most; the
+        default prefetch is what the threads get through in 0.5 s (up to
+        4,000; none for long runs), so short runs are claimed ``claim_batch``
+        at a time and long ones spread evenly over workers (see
+        :mod:`ferryman.worker.pacing`). ``jobs``: some of the app's jobs only.
+        On SIGTERM or SIGINT the worker stops claiming, gives running jobs
         ``grace_seconds`` and releases the rest without using up an attempt.
-        ``on_started`` is called in this process once the workers are up
-        (after forking them, with ``processes``): start threads of your own
-        there, not before, so that no child inherits them half-way.
+        ``on_started`` is called once the workers are up (after forking them):
+        start threads of your own there, so that no child inherits them.
         """
         settings.work_settings(
             concurrency=concurrency,
@@ -453,7 +454,7 @@ class App(SensorOperations, RunOperations):
             {name: self._jobs.definition(name) for name in (jobs or self._jobs)},
             lease_seconds=self.lease_seconds,
             concurrency=concurrency,
-            prefetch=concurrency if prefetch is None else prefetch,
+            prefetch=prefetch,
             claim_batch=claim_batch,
             poll_interval=poll_interval,
             grace_seconds=grace_seconds,

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import ferryman as fm
@@ -76,6 +77,39 @@ def test_sigterm_releases_what_outlives_the_grace(store_url: str, tmp_path: Path
             assert (run.status, run.attempt) == (fm.RunStatus.QUEUED, 0)
             assert [e.kind.value for e in app.get_run_events(run_id)][-1] == "released"
     finally:
+        app.close()
+
+
+def test_long_runs_are_spread_evenly_over_workers_at_the_defaults(
+    store_url: str, tmp_path: Path
+) -> None:
+    """8 long runs, 2 workers with no flags (4 job threads each): 4 runs each.
+
+    A worker at the defaults claims no run ahead of its free threads before it
+    knows how long runs take, so neither takes the other's share.
+    """
+    from tests.worker_app import app
+
+    app.use_store(store_url)
+    keys = [f"long-{i}" for i in range(8)]
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        app.submit("hold", *(fm.RunRequest(key) for key in keys))
+        workers = [start_worker(store_url, tmp_path) for _ in range(2)]
+        started = [tmp_path / f"{key}.started" for key in keys]
+        wait_until(lambda: all(path.exists() for path in started), what="all 8 runs to start")
+        pids = Counter(path.read_text() for path in started)
+        assert sorted(pids.values()) == [4, 4], pids
+        assert set(pids) == {str(worker.pid) for worker in workers}
+        for key in keys:
+            (tmp_path / f"{key}.go").touch()
+        wait_until(
+            lambda: all(r.status is fm.RunStatus.SUCCEEDED for r in app.get_runs(job="hold")),
+            what="the 8 runs to succeed",
+        )
+    finally:
+        for worker in workers:
+            stop_worker(worker)
         app.close()
 
 

@@ -69,64 +69,62 @@ ENQUEUE = sa.text(
     """
 )
 
+
+def _claim_statement(due: str) -> sa.TextClause:
+    """Lease the runs the ``due`` query selects (locked), and log their claim: one statement.
+
+    The update finds the runs by primary key (``= ANY(ARRAY(...))``): joined
+    with ``FROM due`` instead, the planner hashes the whole runs table for
+    every claim, a cost that grows with the table, not with the claim.
+    """
+    return sa.text(
+        f"""
+        WITH due AS ({due}
+        ), claimed AS (
+            UPDATE {runs.name} AS r
+            SET status = 'running', attempt = r.attempt + 1, lease_owner = :worker,
+                lease_token = r.lease_token + 1, lease_expires_at = :expires,
+                started_at = :now, updated_at = :now
+            WHERE r.id = ANY(ARRAY(SELECT id FROM due))
+            RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
+                      r.lease_token, r.checkpoint, r.priority, r.available_at
+        ), logged AS (
+            INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
+            SELECT id, 'claimed', :now, attempt, :worker, lease_token FROM claimed
+        )
+        SELECT * FROM claimed ORDER BY priority DESC, available_at, id
+        """
+    )
+
+
 # The first due runs of the worker's jobs (higher priorities first, then the
 # oldest), skipping rows another worker is locking right now; a run with a
 # concurrency key is the limited path's (ferryman.store.limits). Each job's
 # queue is walked in index order (LATERAL), so the plan stays a short index
 # scan however many runs are due.
-CLAIM_DUE = sa.text(
+CLAIM_DUE = _claim_statement(
     f"""
-    WITH due AS (
-        SELECT candidate.id
-        FROM unnest(CAST(:jobs AS text[])) AS worker_job(job)
-        CROSS JOIN LATERAL (
-            SELECT id, priority, available_at FROM {runs.name}
-            WHERE job = worker_job.job AND status = 'queued' AND available_at <= :now
-                  AND concurrency_digest IS NULL
-            ORDER BY priority DESC, available_at, id
-            LIMIT :limit
-            FOR UPDATE SKIP LOCKED
-        ) AS candidate
-        ORDER BY candidate.priority DESC, candidate.available_at, candidate.id
-        LIMIT :limit
-    ), claimed AS (
-        UPDATE {runs.name} AS r
-        SET status = 'running', attempt = r.attempt + 1, lease_owner = :worker,
-            lease_token = r.lease_token + 1, lease_expires_at = :expires,
-            started_at = :now, updated_at = :now
-        FROM due WHERE r.id = due.id
-        RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
-                  r.lease_token, r.checkpoint, r.priority, r.available_at
-    ), logged AS (
-        INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
-        SELECT id, 'claimed', :now, attempt, :worker, lease_token FROM claimed
-    )
-    SELECT * FROM claimed ORDER BY priority DESC, available_at, id
-    """
+            SELECT candidate.id
+            FROM unnest(CAST(:jobs AS text[])) AS worker_job(job)
+            CROSS JOIN LATERAL (
+                SELECT id, priority, available_at FROM {runs.name}
+                WHERE job = worker_job.job AND status = 'queued' AND available_at <= :now
+                      AND concurrency_digest IS NULL
+                ORDER BY priority DESC, available_at, id
+                LIMIT :limit
+                FOR UPDATE SKIP LOCKED
+            ) AS candidate
+            ORDER BY candidate.priority DESC, candidate.available_at, candidate.id
+            LIMIT :limit"""
 )
 
-# A limited claim's runs (ferryman.store.limits), in one statement as CLAIM_DUE:
-# those still queued and not locked elsewhere, leased and logged.
-LEASE_QUEUED = sa.text(
+# A limited claim's runs (ferryman.store.limits): those still queued and not
+# locked elsewhere.
+LEASE_QUEUED = _claim_statement(
     f"""
-    WITH due AS (
-        SELECT id FROM {runs.name}
-        WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued'
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE {runs.name} AS r
-        SET status = 'running', attempt = r.attempt + 1, lease_owner = :worker,
-            lease_token = r.lease_token + 1, lease_expires_at = :expires,
-            started_at = :now, updated_at = :now
-        FROM due WHERE r.id = due.id
-        RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
-                  r.lease_token, r.checkpoint, r.priority, r.available_at
-    ), logged AS (
-        INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
-        SELECT id, 'claimed', :now, attempt, :worker, lease_token FROM claimed
-    )
-    SELECT * FROM claimed ORDER BY priority DESC, available_at, id
-    """
+            SELECT id FROM {runs.name}
+            WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued'
+            FOR UPDATE SKIP LOCKED"""
 )
 
 # Fenced: only rows still running under the token the worker holds match.

@@ -12,6 +12,7 @@ releases the run, once the store answers again, without using an attempt.
 from __future__ import annotations
 
 import logging
+import queue
 
 from ferryman.errors import Reject
 from ferryman.store import ClaimedRun, Outcome, OutcomeKind
@@ -42,3 +43,30 @@ def failure(run: ClaimedRun, definition: JobDefinition, exc: BaseException) -> O
         error=error,
         retry_delay=delay,
     )
+
+
+COMMIT_BATCH = 1000  # outcomes written per transaction at most
+
+
+def next_batch(
+    outcomes: queue.SimpleQueue[tuple[ClaimedRun, Outcome] | None],
+) -> list[tuple[ClaimedRun, Outcome]] | None:
+    """The committer's next batch: what is waiting, once one outcome is; None: stop.
+
+    Taking whatever has piled up while the last batch was being written makes
+    the batches grow with the load (group commit) without waiting for any.
+    """
+    first = outcomes.get()
+    if first is None:
+        return None
+    batch = [first]
+    while len(batch) < COMMIT_BATCH:
+        try:
+            item = outcomes.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            outcomes.put(None)  # stop after this batch
+            break
+        batch.append(item)
+    return batch

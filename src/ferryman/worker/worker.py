@@ -44,7 +44,8 @@ from ferryman.worker.deadlines import DeadlineWatcher, hung
 from ferryman.worker.definitions import JobDefinition as JobDefinition  # imported from here
 from ferryman.worker.definitions import WorkReport as WorkReport
 from ferryman.worker.outages import STORE_RETRY, Outages, register
-from ferryman.worker.outcomes import failure
+from ferryman.worker.outcomes import failure, next_batch
+from ferryman.worker.pacing import MAX_CLAIM, Pacer
 from ferryman.worker.signals import on_stop_signals
 
 log = logging.getLogger("ferryman.worker")
@@ -70,8 +71,8 @@ class Worker:
         *,
         lease_seconds: float,
         concurrency: int = 4,
-        prefetch: int = 0,
-        claim_batch: int = 100,
+        prefetch: int | None = None,
+        claim_batch: int = MAX_CLAIM,
         poll_interval: float = 0.5,
         grace_seconds: float = 30.0,
         worker_id: str | None = None,
@@ -87,9 +88,11 @@ class Worker:
         self.jobs = jobs
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
-        self.capacity = concurrency + max(prefetch, 0)
+        # Runs held: one per slot plus a prefetch (pacing.py), as of the last look.
+        self._pacer = Pacer(concurrency, prefetch)
+        self.capacity = concurrency
         self.claim_batch = claim_batch
-        self._refill_at = max(1, min(claim_batch, self.capacity) // 2)
+        self._refill_at = 1
         self.poll_interval = poll_interval
         self.grace_seconds = grace_seconds
         self.worker_id = worker_id or new_worker_id()
@@ -101,12 +104,12 @@ class Worker:
         self._abandon = threading.Event()  # stop waiting for running jobs
         self._closed = threading.Event()
         self._unstarted: list[ClaimedRun] = []  # claimed, but stopping began before they ran
-        self._runnable: queue.Queue[ClaimedRun | None] = queue.Queue()
+        self._runnable: queue.SimpleQueue[ClaimedRun | None] = queue.SimpleQueue()
         # async def jobs run as tasks on one event loop, not on job threads
         self._async_jobs = {name for name, job in jobs.items() if is_async_job(job.fn)}
         self._event_loop = self._new_event_loop()
         self._job_threads = 0 if len(self._async_jobs) == len(jobs) else concurrency
-        self._outcomes: queue.Queue[tuple[ClaimedRun, Outcome] | None] = queue.Queue()
+        self._outcomes: queue.SimpleQueue[tuple[ClaimedRun, Outcome] | None] = queue.SimpleQueue()
         self._crash: BaseException | None = None
         self._outages = Outages(store, self.worker_id, stop_trying=self._closed)
         self._listener: Listener | None = None
@@ -196,6 +199,8 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             with self._changed:
+                self.capacity = self._pacer.capacity()
+                self._refill_at = max(1, min(self.claim_batch, self.capacity) // 2)
                 room = self.capacity - len(self._held)
                 # While job threads still have claimed runs waiting, let room
                 # build up to a real batch: one claim transaction per handful
@@ -405,6 +410,7 @@ class Worker:
 
     def _begin(self, run: ClaimedRun) -> JobContext:
         """The context of an attempt about to start, its deadline watched if it has one."""
+        self._pacer.started(run.id)
         definition = self.jobs[run.job]
         context = JobContext(
             store=self.store,
@@ -426,6 +432,7 @@ class Worker:
         self, run: ClaimedRun, context: JobContext, exc: BaseException | None
     ) -> Outcome | None:
         """The outcome of an attempt that ended (raising ``exc``); None: nothing to commit."""
+        self._pacer.ended(run.id)
         if self._ended_by_timeout(run):
             self._outages.forget(run.id)
             return None  # the deadline watcher wrote the attempt's end
@@ -476,21 +483,7 @@ class Worker:
         self._forget(run)
 
     def _committer(self) -> None:
-        batch_limit = 1000
-        while True:
-            first = self._outcomes.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < batch_limit:
-                try:
-                    item = self._outcomes.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._outcomes.put(None)  # stop after this batch
-                    break
-                batch.append(item)
+        while (batch := next_batch(self._outcomes)) is not None:
             accepted = self._commit(batch)
             for (run, outcome), ok in zip(batch, accepted, strict=True):
                 if ok:
