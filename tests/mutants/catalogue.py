@@ -88,6 +88,7 @@ PUSH_PROMISE = "Push: one evaluation per message"
 RUN_CONTROL = "tests/unit/test_run_control.py"
 QUEUE = "tests/unit/test_queue_controls.py"
 ASYNC_TIMEOUTS = "tests/unit/test_async_timeouts.py"
+DEADLOCKS = "tests/integration/test_deadlock_victims.py"
 TIMEOUTS = "Timeouts: an attempt past its deadline ends and cannot commit"
 CANCELLING = "Cancelling: nothing a cancelled run does afterwards commits"
 CHAINING = "Chaining: a downstream run exists if and only if its upstream succeeded"
@@ -914,13 +915,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 POSTGRES,
-                "            ORDER BY priority DESC, available_at, id\n            LIMIT :limit\n",
-                "            ORDER BY available_at, id\n            LIMIT :limit\n",
+                "AND concurrency_digest IS NULL\n"
+                "                ORDER BY priority DESC, available_at, id\n",
+                "AND concurrency_digest IS NULL\n                ORDER BY available_at, id\n",
             ),
             Edit(
                 POSTGRES,
-                "        ORDER BY candidate.priority DESC, candidate.available_at, candidate.id\n",
-                "        ORDER BY candidate.available_at, candidate.id\n",
+                "ORDER BY candidate.priority DESC, candidate.available_at, candidate.id\n",
+                "ORDER BY candidate.available_at, candidate.id\n",
             ),
         ),
         (
@@ -945,8 +947,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         "A store outage uses no attempt",
         one(MARIADB, " | frozenset(CONTENDED)\n", "\n"),
         (
-            "tests/integration/test_mariadb_contention.py::"
-            "test_a_deadlock_victim_in_the_transaction_uses_no_attempt_and_is_due_at_once",
+            f"{DEADLOCKS}::test_a_deadlock_victim_in_the_transaction_uses_no_attempt_and_is_due_at_once",
+        ),
+    ),
+    Mutation(
+        "a PostgreSQL deadlock inside ctx.transaction() counts as the job's failure",
+        "A store outage uses no attempt",
+        one(POSTGRES, ', "58030", "40P01")', ', "58030")'),
+        (
+            f"{DEADLOCKS}::"
+            "test_a_deadlock_victim_in_the_transaction_uses_no_attempt_and_is_due_at_once[postgres]",
         ),
     ),
 )

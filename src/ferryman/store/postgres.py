@@ -362,8 +362,9 @@ class PostgresBackend(Backend):
 # SQLSTATEs (prefixes) that mean the database, not the statement, failed: a
 # connection exception (08), insufficient resources (53: disk full, out of
 # memory, too many connections), an administrator or crash shutdown
-# (57P01-57P03), an I/O error.
-FAILURES = ("08", "53", "57P01", "57P02", "57P03", "58030")
+# (57P01-57P03), an I/O error; and a deadlock (40P01), whose victim the server
+# chose by timing, not by anything the statement did (as on MariaDB).
+FAILURES = ("08", "53", "57P01", "57P02", "57P03", "58030", "40P01")
 
 # Refusals at connect time that no retry cures. libpq reports them without a
 # SQLSTATE, so the server's message is matched (servers whose lc_messages is
