@@ -7,6 +7,9 @@ For every system and store this measures, on no-op jobs:
 
 * **enqueue 1-by-1**: one enqueue call (one transaction) per run, timed on a
   subset (``--one-by-one``, default 2,000) and reported as runs/s;
+* **enqueue 1-by-1, 8 threads** (ferryman): the same, from ``--threads``
+  threads (default 8) of one process submitting one by one at once, as a web
+  server's request threads would; reported with its ratio to one thread;
 * **enqueue batched**: ``--runs`` runs (default 20,000) in calls of
   ``--batch-size`` runs (default 1,000);
 * **processing**: from the moment the first job starts to the moment every
@@ -81,6 +84,7 @@ class Result:
     system: str
     store: str
     one_by_one: float | None = None
+    threads: float | None = None  # 1-by-1 from --threads threads at once
     batched: float | None = None
     processing: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -336,6 +340,11 @@ def run_ferryman(args: argparse.Namespace, result: Result, *, controls: bool = F
         app.submit("noop", request(f"single-{i}", i))
     result.one_by_one = rate(args.one_by_one, time.perf_counter() - start)
     progress(f"enqueue 1-by-1: {result.one_by_one:,.0f} runs/s")
+    result.threads = submit_from_threads(app, request, args.threads, args.one_by_one)
+    progress(
+        f"enqueue 1-by-1 from {args.threads} threads: {result.threads:,.0f} runs/s "
+        f"({result.threads / result.one_by_one:.2f}x one thread)"
+    )
     # Start the batched phase from an empty queue, as the peers do.
     with app.engine.begin() as conn:
         if args.store == "postgres":
@@ -387,6 +396,37 @@ def run_ferryman(args: argparse.Namespace, result: Result, *, controls: bool = F
         + (f" processes={args.processes}" if args.processes else "")
         + "; done = work() returned, all 'succeeded' (counted)"
     )
+
+
+def submit_from_threads(
+    app: Any, request: Callable[[str, int], Any], threads: int, total: int
+) -> float:
+    """Runs/s of ``total`` submits, one per call, from ``threads`` threads at once."""
+    import threading
+
+    per_thread = max(1, total // threads)
+    ready = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def submitter(t: int) -> None:
+        ready.wait()
+        try:
+            for i in range(per_thread):
+                app.submit("noop", request(f"thread-{t}-{i}", i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=submitter, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    ready.wait()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return rate(per_thread * threads, elapsed)
 
 
 # ---------------------------------------------------------------------------
@@ -770,6 +810,7 @@ def passthrough(args: argparse.Namespace) -> list[str]:
     options = [
         "runs",
         "one_by_one",
+        "threads",
         "batch_size",
         "pg",
         "mariadb",
@@ -812,6 +853,7 @@ def print_table(args: argparse.Namespace, baselines: list[Result], results: list
     table.add_column("system")
     table.add_column("store")
     table.add_column("enqueue 1-by-1", justify="right")
+    table.add_column(f"1-by-1, {args.threads} threads", justify="right")
     table.add_column("enqueue batched", justify="right")
     table.add_column("processing", justify="right")
     table.add_column("notes", overflow="fold", max_width=80)
@@ -825,6 +867,12 @@ def print_table(args: argparse.Namespace, baselines: list[Result], results: list
             result.system,
             result.store,
             fmt(result.one_by_one),
+            fmt(result.threads)
+            + (
+                f"\n({result.threads / result.one_by_one:.1f}x)"
+                if result.threads and result.one_by_one
+                else ""
+            ),
             fmt(result.batched),
             fmt(result.processing),
             "\n".join(notes),
@@ -836,14 +884,14 @@ def print_table(args: argparse.Namespace, baselines: list[Result], results: list
         console.print(
             f"{label} single-row commits/s: {value}  ({'; '.join(baseline.notes)})", markup=False
         )
-    verdicts = targets(results)
+    verdicts = targets(results, baselines)
     if verdicts:
         console.print("Targets for ferryman:")
         for line in verdicts:
             console.print(f"  {line}", markup=False)
 
 
-def targets(results: list[Result]) -> list[str]:
+def targets(results: list[Result], baselines: list[Result]) -> list[str]:
     def get(system: str, store: str) -> Result | None:
         return next((r for r in results if r.system == system and r.store == store), None)
 
@@ -857,13 +905,7 @@ def targets(results: list[Result]) -> list[str]:
             f"[{'met' if ok else 'MISSED'}] PostgreSQL processing {fmt(pg.processing)} >= "
             f"fastest peer in this run ({best.system}, {fmt(best.processing)})"
         )
-    for store in ("postgres", "sqlite"):
-        r = get("ferryman", store)
-        if r and r.batched:
-            ok = r.batched >= 20_000
-            lines.append(
-                f"[{'met' if ok else 'MISSED'}] {store} batched enqueue {fmt(r.batched)} >= 20,000"
-            )
+    lines.extend(enqueue_targets(results, baselines))
     for store in ("postgres", "sqlite", "mariadb"):
         plain, controlled = get("ferryman", store), get("ferryman-controls", store)
         if plain and controlled and plain.processing and controlled.processing:
@@ -879,6 +921,48 @@ def targets(results: list[Result]) -> list[str]:
         lines.append(
             f"[{'met' if ok else 'MISSED'}] SQLite processing {fmt(lite.processing)} >= 3,000"
         )
+    return lines
+
+
+def enqueue_targets(results: list[Result], baselines: list[Result]) -> list[str]:
+    """Submits: against the store's bare commits, one thread, and PgQueuer, in this run."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = []
+    commits = {b.store: b.processing for b in baselines if b.processing}
+    pgqueuer = next((r for r in results if r.system == "pgqueuer" and not r.error), None)
+    for r in results:
+        if r.system != "ferryman" or r.error or not r.one_by_one:
+            continue
+        bare = commits.get(r.store)
+        if bare:
+            ratio = r.one_by_one / bare
+            lines.append(
+                f"[{verdict(ratio >= 0.8)}] {r.store} 1-by-1 submit {fmt(r.one_by_one)} >= 80 % "
+                f"of bare single-row commits {fmt(bare)} (ratio {ratio:.2f})"
+            )
+        if r.threads:
+            ratio = r.threads / r.one_by_one
+            lines.append(
+                f"[{verdict(ratio >= 3)}] {r.store} 1-by-1 from threads {fmt(r.threads)} >= 3x "
+                f"one thread {fmt(r.one_by_one)} (ratio {ratio:.2f})"
+            )
+        if r.store == "postgres" and pgqueuer and pgqueuer.one_by_one and pgqueuer.batched:
+            for what, ours, theirs in (
+                ("1-by-1", r.one_by_one, pgqueuer.one_by_one),
+                ("batched", r.batched or 0.0, pgqueuer.batched),
+            ):
+                lines.append(
+                    f"[{verdict(ours >= theirs)}] postgres {what} enqueue {fmt(ours)} >= "
+                    f"PgQueuer's {fmt(theirs)} (ratio {ours / theirs:.2f})"
+                )
+        if r.store == "sqlite" and r.batched:
+            lines.append(
+                f"[{verdict(r.batched >= 60_000)}] sqlite batched enqueue {fmt(r.batched)} "
+                ">= 60,000"
+            )
     return lines
 
 
@@ -962,6 +1046,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2_000,
         help="runs enqueued one call each (the rate is extrapolated from these)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=8, help="threads submitting 1-by-1 at once (ferryman)"
     )
     parser.add_argument("--batch-size", type=int, default=1_000, help="runs per batched enqueue")
     parser.add_argument("--pg", default=DEFAULT_PG, help="admin URL of the loopback PostgreSQL")

@@ -194,6 +194,14 @@ class Backend:
         """
         raise NotImplementedError
 
+    def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]] | None:
+        """As :meth:`enqueue`, in a transaction of its own, committed when this returns.
+
+        For backends that can do it in one statement (clock, runs, log rows
+        and wake-ups in one round trip); None here: enqueue in a transaction.
+        """
+        return None
+
     def expired_leases(
         self, conn: sa.Connection, *, now: float, jobs: Sequence[str], limit: int
     ) -> Sequence[Any]:

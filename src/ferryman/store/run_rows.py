@@ -137,6 +137,14 @@ def run_row(new: NewRun, now: float) -> dict[str, Any]:
     }
 
 
+# The columns of run_row, in its order.
+RUN_ROW_COLUMNS = (
+    *("job", "run_key", "key_digest", "payload", "status", "attempt", "max_attempts"),
+    *("available_at", "priority", "concurrency_key", "concurrency_digest", "lease_token"),
+    *("created_at", "updated_at"),
+)
+
+
 def event(
     run_id: int,
     kind: RunEventKind,

@@ -58,6 +58,7 @@ from ferryman.store.run_rows import (
     lease_update,
     run_row,
 )
+from ferryman.store.run_rows import RUN_ROW_COLUMNS
 from ferryman.store.run_rows import event as event_row
 from ferryman.store.schema import run_events, runs
 
@@ -196,6 +197,33 @@ END = DriverStatement(
     .returning(runs.c.id)
 )
 
+# Enqueue (SQLiteBackend.enqueue): the runs whose key is new, then, by id,
+# those just created and their ``requested`` rows. Ids only grow within a
+# write transaction, and it is the only writer.
+ENQUEUE_ROW = DriverStatement(
+    sqlite_insert(runs)
+    .values({name: sa.bindparam(name) for name in RUN_ROW_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["key_digest"])
+)
+LAST_RUN_ID = DriverStatement(sa.select(sa.func.coalesce(sa.func.max(runs.c.id), 0)))
+_created = runs.c.id > sa.bindparam("after")
+CREATED_RUNS = DriverStatement(
+    sa.select(runs.c.id, runs.c.key_digest).where(_created).order_by(runs.c.id)
+)
+LOG_REQUESTED = DriverStatement(
+    run_events.insert().from_select(
+        ["run_id", "kind", "at", "attempt"],
+        sa.select(
+            runs.c.id,
+            sa.literal(RunEventKind.REQUESTED.value),
+            sa.bindparam("now", type_=sa.Double()),
+            sa.literal(0),
+        )
+        .where(_created)
+        .order_by(runs.c.id),
+    )
+)
+
 LOG_EVENT = DriverStatement(
     run_events.insert().values(
         {column.name: sa.bindparam(column.name) for column in run_events.c if column.name != "id"}
@@ -323,18 +351,16 @@ class SQLiteBackend(Backend):
     def enqueue(
         self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
     ) -> list[tuple[int, bytes]]:
-        insert = (
-            sqlite_insert(runs)
-            .on_conflict_do_nothing(index_elements=["key_digest"])
-            .returning(runs.c.id, runs.c.key_digest)
-        )
-        created: list[tuple[int, bytes]] = []
-        for chunk in chunks(new_runs):
-            rows = [run_row(new, now) for new in chunk]
-            created.extend((row.id, bytes(row.key_digest)) for row in conn.execute(insert, rows))
-        events = [event_row(run_id, RunEventKind.REQUESTED, now, 0) for run_id, _ in created]
-        for events_chunk in chunks(events):
-            conn.execute(run_events.insert(), list(events_chunk))
+        """All rows in one ``executemany`` on the driver, then the created ones read back.
+
+        One writer at a time, so the runs this transaction creates are exactly
+        those with an id above the largest one before it (see ENQUEUE_ROW).
+        """
+        after = LAST_RUN_ID.first(conn, {})[0]
+        ENQUEUE_ROW.many(conn, [run_row(new, now) for new in new_runs])
+        created = [(row[0], bytes(row[1])) for row in CREATED_RUNS.rows(conn, {"after": after})]
+        if created:
+            LOG_REQUESTED.rows(conn, {"after": after, "now": now})
         return created
 
     def expired_leases(
