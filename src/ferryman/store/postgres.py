@@ -307,7 +307,9 @@ class PostgresBackend(Backend):
         )
         return [(row.id, bytes(row.key_digest)) for row in rows]
 
-    def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]] | None:
+    enqueues_committed = True
+
+    def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
         """One autocommit statement on a pooled connection's driver (ENQUEUE_ONE, _MANY)."""
         if len(new_runs) == 1:
             statement, params = ENQUEUE_ONE, _one_row(new_runs[0])

@@ -18,6 +18,7 @@ from ferryman.store.keys import run_key_digest
 from ferryman.store.limits import Limits
 from ferryman.store.run_rows import NewRun, chunks, event
 from ferryman.store.schema import run_events, runs
+from ferryman.store.shared_submits import SharedSubmits
 
 # The statuses an operator can cancel a run in.
 CANCELLABLE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
@@ -28,6 +29,8 @@ class RunQueue:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # Concurrent submits of this process, one statement for all of them.
+        self._shared = SharedSubmits(backend.enqueue_committed)
 
     def now(self, conn: sa.Connection) -> float:
         """The database's clock, which every lease and due time is measured by."""
@@ -75,16 +78,15 @@ class RunQueue:
             return SubmitResult(run_ids=(), created=0, deduplicated=0)
         if any(new.concurrency_key is not None for new in new_runs):
             return None
-        unique, in_key_order = _in_key_order(new_runs)
-        created = self.backend.enqueue_committed(in_key_order)
-        if created is None:
+        if not self.backend.enqueues_committed:
             return None
-        if len(created) == len(unique):
-            ids = {digest: run_id for run_id, digest in created}
-        else:
+        unique, in_key_order = _in_key_order(new_runs)
+        created, written = self._shared.submit(in_key_order)
+        ids = {digest: written[digest] for digest in unique if digest in written}
+        if len(ids) < len(unique):
             # Deduplicated keys: their runs are committed, a read finds them.
             with self.backend.read_engine.connect() as conn:
-                ids = self._ids(conn, unique, created)
+                ids = self._ids(conn, unique, [(run_id, key) for key, run_id in ids.items()])
         return _submitted(new_runs, ids, len(created))
 
     @staticmethod

@@ -49,16 +49,15 @@ from ferryman.store.dialect import Backend, ClaimRequest, safe_url, translated_e
 from ferryman.store.group_commit import GroupCommit
 from ferryman.store.run_rows import (
     CLAIMED_COLUMNS,
+    RUN_ROW_COLUMNS,
     Lease,
     NewRun,
     Outcome,
     OutcomeKind,
-    chunks,
     end_values,
     lease_update,
     run_row,
 )
-from ferryman.store.run_rows import RUN_ROW_COLUMNS
 from ferryman.store.run_rows import event as event_row
 from ferryman.store.schema import run_events, runs
 
