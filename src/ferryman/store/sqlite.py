@@ -56,7 +56,7 @@ from ferryman.store.run_rows import (
     OutcomeKind,
     end_values,
     lease_update,
-    run_row,
+    run_values,
 )
 from ferryman.store.run_rows import event as event_row
 from ferryman.store.schema import run_events, runs
@@ -107,9 +107,13 @@ class DriverStatement:
         return rows[0] if rows else None
 
     def many(self, conn: sa.Connection, params: Sequence[dict[str, Any]]) -> None:
+        self.many_rows(conn, [self._values(p) for p in params])
+
+    def many_rows(self, conn: sa.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Run it once per row of values, given in the statement's parameter order."""
         cursor = _cursor(conn)
         try:
-            cursor.executemany(self.sql, [self._values(p) for p in params])
+            cursor.executemany(self.sql, rows)
         except sqlite3.Error as exc:
             raise faults.driver_error(self.sql, exc) from exc
         finally:
@@ -200,10 +204,13 @@ END = DriverStatement(
 # those just created and their ``requested`` rows. Ids only grow within a
 # write transaction, and it is the only writer.
 ENQUEUE_ROW = DriverStatement(
-    sqlite_insert(runs)
-    .values({name: sa.bindparam(name) for name in RUN_ROW_COLUMNS})
-    .on_conflict_do_nothing(index_elements=["key_digest"])
+    sa.text(
+        f"INSERT INTO {runs.name} ({', '.join(RUN_ROW_COLUMNS)}) "
+        f"VALUES ({', '.join(f':{name}' for name in RUN_ROW_COLUMNS)}) "
+        "ON CONFLICT (key_digest) DO NOTHING"
+    )
 )
+assert ENQUEUE_ROW.names == RUN_ROW_COLUMNS  # the order run_values gives the values in
 LAST_RUN_ID = DriverStatement(sa.select(sa.func.coalesce(sa.func.max(runs.c.id), 0)))
 _created = runs.c.id > sa.bindparam("after")
 CREATED_RUNS = DriverStatement(
@@ -356,7 +363,7 @@ class SQLiteBackend(Backend):
         those with an id above the largest one before it (see ENQUEUE_ROW).
         """
         after = LAST_RUN_ID.first(conn, {})[0]
-        ENQUEUE_ROW.many(conn, [run_row(new, now) for new in new_runs])
+        ENQUEUE_ROW.many_rows(conn, [run_values(new, now) for new in new_runs])
         created = [(row[0], bytes(row[1])) for row in CREATED_RUNS.rows(conn, {"after": after})]
         if created:
             LOG_REQUESTED.rows(conn, {"after": after, "now": now})
