@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -310,28 +311,27 @@ class PostgresBackend(Backend):
     enqueues_committed = True
 
     def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
-        """One autocommit statement on a pooled connection's driver (ENQUEUE_ONE, _MANY)."""
+        """One autocommit statement (ENQUEUE_ONE, _MANY) on the submit connection."""
         if len(new_runs) == 1:
             statement, params = ENQUEUE_ONE, _one_row(new_runs[0])
         else:
             statement, params = ENQUEUE_MANY, _arrays(new_runs)
-        pooled = self.engine.raw_connection()
-        try:
-            driver: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
-            driver.autocommit = True
-            try:
-                with driver.cursor() as cursor:
-                    cursor.execute(statement, params)
-                    return [(row[0], bytes(row[1])) for row in cursor.fetchall()]
-            except psycopg.Error as exc:
-                if driver.broken:
-                    pooled.invalidate(exc)
-                raise faults.driver_error(statement, exc, driver) from exc
-            finally:
-                if not driver.broken and not driver.closed:
-                    driver.autocommit = False
-        finally:
-            pooled.close()
+        with self._submits.lock:
+            return self._submits.rows(statement, params)
+
+    @property
+    def _submits(self) -> SubmitConnection:
+        submits = self.__dict__.get("_submit_connection")
+        if submits is None or submits.pid != os.getpid():
+            # A forked child's own; the parent's is the parent's, never closed here.
+            submits = self.__dict__["_submit_connection"] = SubmitConnection(self._conninfo)
+        return submits
+
+    def dispose(self) -> None:
+        submits = self.__dict__.pop("_submit_connection", None)
+        if submits is not None and submits.pid == os.getpid():
+            submits.close()
+        super().dispose()
 
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
         """Reclaimed runs by the portable lease; due ones in one statement that logs them."""
@@ -485,6 +485,43 @@ RECONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=10.0)
 # How often the thread looks up from its wait to see whether it should stop:
 # stop() waits for it, and a stopping worker should not linger for it.
 STOP_CHECK = 0.2
+
+
+class SubmitConnection:
+    """The connection a process's submits are written on: one, in autocommit.
+
+    Submits go out one statement at a time (:mod:`ferryman.store.shared_submits`),
+    so one connection serves them all, without a pool's checkout and reset
+    around each. Opened on first use; a connection that broke is dropped, and
+    the next submit opens another.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: psycopg.Connection[Any] | None = None
+        self.lock = threading.Lock()  # one statement at a time on it
+        self.pid = os.getpid()
+
+    def rows(self, statement: str, params: dict[str, Any]) -> list[tuple[int, bytes]]:
+        """Run ``statement``, committed on return; errors raised as SQLAlchemy raises them."""
+        conn = self._conn
+        try:
+            if conn is None:
+                conn = self._conn = psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                )
+            with conn.cursor() as cursor:
+                cursor.execute(statement, params)
+                return [(row[0], bytes(row[1])) for row in cursor.fetchall()]
+        except psycopg.Error as exc:
+            if conn is not None and (conn.broken or conn.closed):
+                self._conn = None
+            raise faults.driver_error(statement, exc, conn) from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class Listener:
