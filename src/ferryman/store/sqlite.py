@@ -56,6 +56,7 @@ from ferryman.store.run_rows import (
     OutcomeKind,
     end_values,
     lease_update,
+    run_row,
     run_values,
 )
 from ferryman.store.run_rows import event as event_row
@@ -203,13 +204,13 @@ END = DriverStatement(
 # Enqueue (SQLiteBackend.enqueue): the runs whose key is new, then, by id,
 # those just created and their ``requested`` rows. Ids only grow within a
 # write transaction, and it is the only writer.
-ENQUEUE_ROW = DriverStatement(
-    sa.text(
-        f"INSERT INTO {runs.name} ({', '.join(RUN_ROW_COLUMNS)}) "
-        f"VALUES ({', '.join(f':{name}' for name in RUN_ROW_COLUMNS)}) "
-        "ON CONFLICT (key_digest) DO NOTHING"
-    )
+_INSERT_RUN = (
+    f"INSERT INTO {runs.name} ({', '.join(RUN_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join(f':{name}' for name in RUN_ROW_COLUMNS)}) "
+    "ON CONFLICT (key_digest) DO NOTHING"
 )
+ENQUEUE_ROW = DriverStatement(sa.text(_INSERT_RUN))
+ENQUEUE_ONE_ROW = DriverStatement(sa.text(f"{_INSERT_RUN} RETURNING id"))
 assert ENQUEUE_ROW.names == RUN_ROW_COLUMNS  # the order run_values gives the values in
 LAST_RUN_ID = DriverStatement(sa.select(sa.func.coalesce(sa.func.max(runs.c.id), 0)))
 _created = runs.c.id > sa.bindparam("after")
@@ -362,6 +363,13 @@ class SQLiteBackend(Backend):
         One writer at a time, so the runs this transaction creates are exactly
         those with an id above the largest one before it (see ENQUEUE_ROW).
         """
+        if len(new_runs) == 1:  # the common submit: its id comes back with the insert
+            (new,) = new_runs
+            row = ENQUEUE_ONE_ROW.first(conn, run_row(new, now))
+            if row is None:
+                return []
+            LOG_REQUESTED.rows(conn, {"after": row[0] - 1, "now": now})
+            return [(row[0], new.key_digest)]
         after = LAST_RUN_ID.first(conn, {})[0]
         ENQUEUE_ROW.many_rows(conn, [run_values(new, now) for new in new_runs])
         created = [(row[0], bytes(row[1])) for row in CREATED_RUNS.rows(conn, {"after": after})]
