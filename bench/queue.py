@@ -6,7 +6,12 @@ ferryman's row on MariaDB, next to that server's single-row commits.
 For every system and store this measures, on no-op jobs:
 
 * **enqueue 1-by-1**: one enqueue call (one transaction) per run, timed on a
-  subset (``--one-by-one``, default 2,000) and reported as runs/s;
+  subset (``--one-by-one``, default 2,000) and reported as runs/s; for
+  ferryman, timed in turns with as many bare single-row commits on the same
+  database (server), so that the ratio of the two holds on a busy machine;
+* **enqueue 1-by-1, 8 threads** (ferryman): the same, from ``--threads``
+  threads (default 8) of one process submitting one by one at once, as a web
+  server's request threads would; reported with its ratio to one thread;
 * **enqueue batched**: ``--runs`` runs (default 20,000) in calls of
   ``--batch-size`` runs (default 1,000);
 * **processing**: from the moment the first job starts to the moment every
@@ -88,6 +93,8 @@ class Result:
     system: str
     store: str
     one_by_one: float | None = None
+    threads: float | None = None  # 1-by-1 from --threads threads at once
+    bare_commits: float | None = None  # single-row commits interleaved with the 1-by-1 submits
     batched: float | None = None
     processing: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -344,11 +351,22 @@ def run_ferryman(
 
     _ = app.store  # open (and migrate) the store outside the timings
 
-    start = time.perf_counter()
-    for i in range(args.one_by_one):
-        app.submit("noop", request(f"single-{i}", i))
-    result.one_by_one = rate(args.one_by_one, time.perf_counter() - start)
-    progress(f"enqueue 1-by-1: {result.one_by_one:,.0f} runs/s")
+    result.one_by_one, result.bare_commits = submits_next_to_bare_commits(
+        args, lambda i: app.submit("noop", request(f"single-{i}", i))
+    )
+    progress(
+        f"enqueue 1-by-1: {result.one_by_one:,.0f} runs/s, bare single-row commits "
+        f"interleaved with them {result.bare_commits:,.0f}/s"
+    )
+    result.notes.append(
+        f"1-by-1 timed in {INTERLEAVED_BLOCKS} turns with bare single-row commits on the same "
+        f"database server: {result.bare_commits:,.0f}/s"
+    )
+    result.threads = submit_from_threads(app, request, args.threads, args.one_by_one)
+    progress(
+        f"enqueue 1-by-1 from {args.threads} threads: {result.threads:,.0f} runs/s "
+        f"({result.threads / result.one_by_one:.2f}x one thread)"
+    )
     # Start the batched phase from an empty queue, as the peers do.
     with app.engine.begin() as conn:
         if args.store == "postgres":
@@ -404,6 +422,108 @@ def run_ferryman(
         + (f" processes={args.processes}" if args.processes else "")
         + "; done = work() returned, all 'succeeded' (counted)"
     )
+
+
+# Blocks the 1-by-1 submits and the bare commits next to them are timed in,
+# alternating, so that both meet the same load of a shared machine.
+INTERLEAVED_BLOCKS = 8
+
+
+def submits_next_to_bare_commits(
+    args: argparse.Namespace, submit: Callable[[int], Any]
+) -> tuple[float, float]:
+    """Runs/s of one submit per call, and bare single-row commits/s, timed in turns."""
+    bare = BareCommits(args)
+    per_block = max(1, args.one_by_one // INTERLEAVED_BLOCKS)
+    submitted = submit_seconds = bare_seconds = 0.0
+    try:
+        for _ in range(INTERLEAVED_BLOCKS):
+            start = time.perf_counter()
+            for _ in range(per_block):
+                bare.commit()
+            bare_seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(per_block):
+                submit(int(submitted))
+                submitted += 1
+            submit_seconds += time.perf_counter() - start
+    finally:
+        bare.close()
+    total = per_block * INTERLEAVED_BLOCKS
+    return rate(total, submit_seconds), rate(total, bare_seconds)
+
+
+class BareCommits:
+    """Single-row commits on the store's database (server), as the baselines make them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.store = args.store
+        self.count = 0
+        if args.store == "postgres":
+            import psycopg
+
+            self.conn: Any = psycopg.connect(pg_url(args.pg, args.database), autocommit=True)
+            self.conn.execute("CREATE TABLE bare_commits (id bigserial PRIMARY KEY, v integer)")
+            self.sql = "INSERT INTO bare_commits (v) VALUES (%s)"
+        elif args.store == "mariadb":
+            self.conn = mariadb_connect(args.mariadb, args.database)
+            self.conn.cursor().execute(
+                "CREATE TABLE bare_commits (id BIGINT AUTO_INCREMENT PRIMARY KEY, v INT)"
+                " ENGINE=InnoDB"
+            )
+            self.sql = "INSERT INTO bare_commits (v) VALUES (%s)"
+        else:
+            self.conn = sqlite3.connect(
+                Path(args.sqlite_dir) / "bare_commits.db", isolation_level=None
+            )
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("CREATE TABLE bare_commits (id INTEGER PRIMARY KEY, v INTEGER)")
+
+    def commit(self) -> None:
+        self.count += 1
+        if self.store == "sqlite":
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT INTO bare_commits (v) VALUES (?)", (self.count,))
+            self.conn.execute("COMMIT")
+        elif self.store == "postgres":
+            self.conn.execute(self.sql, (self.count,))
+        else:
+            self.conn.cursor().execute(self.sql, (self.count,))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def submit_from_threads(
+    app: Any, request: Callable[[str, int], Any], threads: int, total: int
+) -> float:
+    """Runs/s of ``total`` submits, one per call, from ``threads`` threads at once."""
+    import threading
+
+    per_thread = max(1, total // threads)
+    ready = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def submitter(t: int) -> None:
+        ready.wait()
+        try:
+            for i in range(per_thread):
+                app.submit("noop", request(f"thread-{t}-{i}", i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=submitter, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    ready.wait()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return rate(per_thread * threads, elapsed)
 
 
 # ---------------------------------------------------------------------------
@@ -788,6 +908,7 @@ def passthrough(args: argparse.Namespace) -> list[str]:
     options = [
         "runs",
         "one_by_one",
+        "threads",
         "batch_size",
         "pg",
         "mariadb",
@@ -830,6 +951,7 @@ def print_table(args: argparse.Namespace, baselines: list[Result], results: list
     table.add_column("system")
     table.add_column("store")
     table.add_column("enqueue 1-by-1", justify="right")
+    table.add_column(f"1-by-1, {args.threads} threads", justify="right")
     table.add_column("enqueue batched", justify="right")
     table.add_column("processing", justify="right")
     table.add_column("notes", overflow="fold", max_width=80)
@@ -843,6 +965,12 @@ def print_table(args: argparse.Namespace, baselines: list[Result], results: list
             result.system,
             result.store,
             fmt(result.one_by_one),
+            fmt(result.threads)
+            + (
+                f"\n({result.threads / result.one_by_one:.1f}x)"
+                if result.threads and result.one_by_one
+                else ""
+            ),
             fmt(result.batched),
             fmt(result.processing),
             "\n".join(notes),
@@ -854,14 +982,14 @@ def print_table(args: argparse.Namespace, baselines: list[Result], results: list
         console.print(
             f"{label} single-row commits/s: {value}  ({'; '.join(baseline.notes)})", markup=False
         )
-    verdicts = targets(results)
+    verdicts = targets(results, baselines)
     if verdicts:
         console.print("Targets for ferryman:")
         for line in verdicts:
             console.print(f"  {line}", markup=False)
 
 
-def targets(results: list[Result]) -> list[str]:
+def targets(results: list[Result], baselines: list[Result]) -> list[str]:
     def get(system: str, store: str) -> Result | None:
         return next((r for r in results if r.system == system and r.store == store), None)
 
@@ -876,13 +1004,7 @@ def targets(results: list[Result]) -> list[str]:
             f"{fmt(pg.processing)} >= 1.5x the fastest peer, tuned, in this run "
             f"({best.system}, {fmt(best.processing)}; ratio {ratio:.2f})"
         )
-    for store in ("postgres", "sqlite"):
-        r = get("ferryman", store)
-        if r and r.batched:
-            ok = r.batched >= 20_000
-            lines.append(
-                f"[{'met' if ok else 'MISSED'}] {store} batched enqueue {fmt(r.batched)} >= 20,000"
-            )
+    lines.extend(enqueue_targets(results, baselines))
     for store in ("postgres", "sqlite", "mariadb"):
         plain, controlled = get("ferryman", store), get("ferryman-controls", store)
         if plain and controlled and plain.processing and controlled.processing:
@@ -899,6 +1021,49 @@ def targets(results: list[Result]) -> list[str]:
             f"[{'met' if ok else 'MISSED'}] SQLite processing at the defaults "
             f"{fmt(lite.processing)} >= 10,000"
         )
+    return lines
+
+
+def enqueue_targets(results: list[Result], baselines: list[Result]) -> list[str]:
+    """Submits: against the store's bare commits, one thread, and PgQueuer, in this run."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = []
+    commits = {b.store: b.processing for b in baselines if b.processing}
+    pgqueuer = next((r for r in results if r.system == "pgqueuer" and not r.error), None)
+    for r in results:
+        if r.system != "ferryman" or r.error or not r.one_by_one:
+            continue
+        bare = r.bare_commits or commits.get(r.store)
+        if bare:
+            ratio = r.one_by_one / bare
+            lines.append(
+                f"[{verdict(ratio >= 0.8)}] {r.store} 1-by-1 submit {fmt(r.one_by_one)} >= 80 % "
+                f"of bare single-row commits {fmt(bare)} timed in turns with them "
+                f"(ratio {ratio:.2f})"
+            )
+        if r.threads:
+            ratio = r.threads / r.one_by_one
+            lines.append(
+                f"[{verdict(ratio >= 3)}] {r.store} 1-by-1 from threads {fmt(r.threads)} >= 3x "
+                f"one thread {fmt(r.one_by_one)} (ratio {ratio:.2f})"
+            )
+        if r.store == "postgres" and pgqueuer and pgqueuer.one_by_one and pgqueuer.batched:
+            for what, ours, theirs in (
+                ("1-by-1", r.one_by_one, pgqueuer.one_by_one),
+                ("batched", r.batched or 0.0, pgqueuer.batched),
+            ):
+                lines.append(
+                    f"[{verdict(ours >= theirs)}] postgres {what} enqueue {fmt(ours)} >= "
+                    f"PgQueuer's {fmt(theirs)} (ratio {ours / theirs:.2f})"
+                )
+        if r.store == "sqlite" and r.batched:
+            lines.append(
+                f"[{verdict(r.batched >= 60_000)}] sqlite batched enqueue {fmt(r.batched)} "
+                ">= 60,000"
+            )
     return lines
 
 
@@ -982,6 +1147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2_000,
         help="runs enqueued one call each (the rate is extrapolated from these)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=8, help="threads submitting 1-by-1 at once (ferryman)"
     )
     parser.add_argument("--batch-size", type=int, default=1_000, help="runs per batched enqueue")
     parser.add_argument("--pg", default=DEFAULT_PG, help="admin URL of the loopback PostgreSQL")

@@ -401,8 +401,10 @@ class App(SensorOperations, RunOperations):
     ) -> SubmitResult:
         """Enqueue runs of ``job``; a ``run_key`` that already has a run is deduplicated.
 
-        All requests are written in one transaction (one round trip per
-        thousand). With ``conn``, they are written in the caller's own
+        All requests are written in one transaction and have committed when
+        this returns; on PostgreSQL that is one statement (one round trip),
+        shared with the submits other threads of this process make at the
+        same moment. With ``conn``, they are written in the caller's own
         transaction on the store database and commit or roll back with it.
         A request with a payload that is not JSON-serialisable refuses the
         whole batch before anything is written, and so does a run_key that

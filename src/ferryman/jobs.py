@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 
-from ferryman.errors import ConfigurationError, UnknownJob
+from ferryman.errors import ConfigurationError, PayloadError, UnknownJob
 from ferryman.model import RunRequest
 from ferryman.store import NewRun
 from ferryman.store.records import shown_key, to_json
@@ -54,10 +54,15 @@ class JobRegistry(Mapping[str, JobDefinition]):
         new_runs = []
         for job, request in requests:
             definition = self.definition(request.job or job)
-            payload_json = to_json(
-                request.payload,
-                f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
-            )
+            try:
+                payload_json = to_json(request.payload, "payload")
+            except PayloadError:
+                # Named only when refused: naming costs more than a small payload's JSON.
+                to_json(
+                    request.payload,
+                    f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
+                )
+                raise
             delay, not_before = _due(request.not_before)
             new_runs.append(
                 NewRun(

@@ -98,13 +98,17 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "enqueue without ON CONFLICT (SQLite)",
         ONE_RUN,
-        one(SQLITE, '            .on_conflict_do_nothing(index_elements=["key_digest"])\n', ""),
+        one(SQLITE, '    "ON CONFLICT (key_digest) DO NOTHING"\n', '    ""\n'),
         (f"{CONTRACT}::test_duplicate_run_keys_yield_one_run[sqlite]",),
     ),
     Mutation(
         "enqueue without ON CONFLICT (PostgreSQL)",
         ONE_RUN,
-        one(POSTGRES, "        ON CONFLICT (key_digest) DO NOTHING\n", ""),
+        one(
+            POSTGRES,
+            "        ORDER BY input.position\n        ON CONFLICT (key_digest) DO NOTHING\n",
+            "        ORDER BY input.position\n",
+        ),
         (f"{CONTRACT}::test_duplicate_run_keys_yield_one_run[postgres]",),
     ),
     # -- effects through ctx.transaction() ----------------------------------------

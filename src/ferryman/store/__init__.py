@@ -204,6 +204,10 @@ class Store(ReadModel, FileTransfers):
         if conn is not None:
             with translated_errors(self.backend, "enqueueing runs"):
                 return self.runs.enqueue(conn, new_runs)
+        with translated_errors(self.backend, "enqueueing runs"):
+            committed = self.runs.enqueue_committed(new_runs)
+        if committed is not None:
+            return committed
         with self.write("enqueueing runs") as own:
             return self.runs.enqueue(own, new_runs)
 

@@ -194,6 +194,18 @@ class Backend:
         """
         raise NotImplementedError
 
+    # Whether enqueue_committed is implemented.
+    enqueues_committed = False
+
+    def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
+        """As :meth:`enqueue`, in a transaction of its own, committed when this returns.
+
+        For backends that can do it in one statement (clock, runs, log rows
+        and wake-ups in one round trip; see :attr:`enqueues_committed`).
+        Runs without a concurrency key only.
+        """
+        raise NotImplementedError
+
     def expired_leases(
         self, conn: sa.Connection, *, now: float, jobs: Sequence[str], limit: int
     ) -> Sequence[Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,8 @@ from ferryman.store.schema import run_events, runs
 from ferryman.supervise import supervised
 
 log = logging.getLogger("ferryman.store")
+
+CHANNEL = "ferryman_runs"  # the wake-ups' (payload: the job)
 
 CLOCK: sa.ColumnElement[float] = sa.literal_column(
     "extract(epoch from clock_timestamp())::float8", sa.Double()
@@ -67,6 +70,54 @@ ENQUEUE = sa.text(
     )
     SELECT id, key_digest FROM inserted
     """
+)
+
+# A submit on a connection of its own, committed by PostgreSQL as the one
+# statement it is (autocommit): the clock, the runs, their processing-log rows
+# and the wake-ups in one round trip. Runs without a concurrency key only
+# (ferryman.store.queue). Run on psycopg's cursor, so it is prepared once per
+# connection and costs none of SQLAlchemy's per-execution work. The wake-ups
+# are a scalar subquery of the result, so they are sent once, and only when a
+# run was created; NOTIFY is delivered only if the statement commits. Rows are
+# inserted in the order given (the caller sorted them by key).
+_ENQUEUE_COMMITTED = f"""
+    WITH clock AS (
+        SELECT extract(epoch from clock_timestamp())::float8 AS now
+    ), inserted AS (
+        INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
+                                 max_attempts, available_at, lease_token, created_at,
+                                 updated_at, priority)
+        SELECT input.job, input.run_key, input.key_digest, input.payload, 'queued', 0,
+               input.max_attempts, greatest(clock.now + input.delay, input.not_before), 0,
+               clock.now, clock.now, input.priority
+        FROM {{input}}
+             AS input(job, run_key, key_digest, payload, max_attempts, delay, not_before,
+                      priority, position)
+        CROSS JOIN clock
+        ORDER BY input.position
+        ON CONFLICT (key_digest) DO NOTHING
+        RETURNING id, key_digest, job
+    ), logged AS (
+        INSERT INTO {run_events.name} (run_id, kind, at, attempt)
+        SELECT inserted.id, 'requested', clock.now, 0 FROM inserted CROSS JOIN clock
+    ), woken AS (
+        SELECT pg_notify('{CHANNEL}', job) FROM (SELECT DISTINCT job FROM inserted) AS jobs
+    )
+    SELECT id, key_digest, (SELECT count(*) FROM woken) AS woken FROM inserted
+"""
+# Many runs travel as arrays (a handful of parameters, whatever the batch's
+# size); one as plain values, which psycopg adapts several times faster.
+ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
+    "{input}",
+    """unnest(%(job)s::text[], %(run_key)s::text[], %(key_digest)s::bytea[],
+                    %(payload)s::text[], %(max_attempts)s::integer[], %(delay)s::float8[],
+                    %(not_before)s::float8[], %(priority)s::integer[]) WITH ORDINALITY""",
+)
+ENQUEUE_ONE = _ENQUEUE_COMMITTED.replace(
+    "{input}",
+    """(VALUES (%(job)s::text, %(run_key)s::text, %(key_digest)s::bytea, %(payload)s::text,
+                     %(max_attempts)s::integer, %(delay)s::float8, %(not_before)s::float8,
+                     %(priority)s::integer, 1))""",
 )
 
 
@@ -255,6 +306,31 @@ class PostgresBackend(Backend):
         )
         return [(row.id, bytes(row.key_digest)) for row in rows]
 
+    enqueues_committed = True
+
+    def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
+        """One autocommit statement (ENQUEUE_ONE, _MANY) on the submit connection."""
+        if len(new_runs) == 1:
+            statement, params = ENQUEUE_ONE, _one_row(new_runs[0])
+        else:
+            statement, params = ENQUEUE_MANY, _arrays(new_runs)
+        with self._submits.lock:
+            return self._submits.rows(statement, params)
+
+    @property
+    def _submits(self) -> SubmitConnection:
+        submits = self.__dict__.get("_submit_connection")
+        if submits is None or submits.pid != os.getpid():
+            # A forked child's own; the parent's is the parent's, never closed here.
+            submits = self.__dict__["_submit_connection"] = SubmitConnection(self._conninfo)
+        return submits
+
+    def dispose(self) -> None:
+        submits = self.__dict__.pop("_submit_connection", None)
+        if submits is not None and submits.pid == os.getpid():
+            submits.close()
+        super().dispose()
+
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
         """Reclaimed runs by the portable lease; due ones in one statement that logs them."""
         claimed = self.lease(conn, request.reclaim, request)
@@ -359,6 +435,32 @@ class PostgresBackend(Backend):
         return error.sqlstate is None or error.sqlstate.startswith(FAILURES)
 
 
+def _one_row(new: NewRun) -> dict[str, Any]:
+    return {
+        "job": new.job,
+        "run_key": new.run_key,
+        "key_digest": new.key_digest,
+        "payload": new.payload_json,
+        "max_attempts": new.max_attempts,
+        "delay": new.delay,
+        "not_before": new.not_before,
+        "priority": new.priority,
+    }
+
+
+def _arrays(new_runs: Sequence[NewRun]) -> dict[str, list[Any]]:
+    return {
+        "job": [new.job for new in new_runs],
+        "run_key": [new.run_key for new in new_runs],
+        "key_digest": [new.key_digest for new in new_runs],
+        "payload": [new.payload_json for new in new_runs],
+        "max_attempts": [new.max_attempts for new in new_runs],
+        "delay": [new.delay for new in new_runs],
+        "not_before": [new.not_before for new in new_runs],
+        "priority": [new.priority for new in new_runs],
+    }
+
+
 # SQLSTATEs (prefixes) that mean the database, not the statement, failed: a
 # connection exception (08), insufficient resources (53: disk full, out of
 # memory, too many connections), an administrator or crash shutdown
@@ -378,11 +480,47 @@ _REFUSALS = (
 )
 _REFUSAL_SQLSTATES = ("3D000", "28000", "28P01")  # no database; role or password
 
-CHANNEL = "ferryman_runs"
 RECONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=10.0)
 # How often the thread looks up from its wait to see whether it should stop:
 # stop() waits for it, and a stopping worker should not linger for it.
 STOP_CHECK = 0.2
+
+
+class SubmitConnection:
+    """The connection a process's submits are written on: one, in autocommit.
+
+    Submits go out one statement at a time (:mod:`ferryman.store.shared_submits`),
+    so one connection serves them all, without a pool's checkout and reset
+    around each. Opened on first use; a connection that broke is dropped, and
+    the next submit opens another.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: psycopg.Connection[Any] | None = None
+        self.lock = threading.Lock()  # one statement at a time on it
+        self.pid = os.getpid()
+
+    def rows(self, statement: str, params: dict[str, Any]) -> list[tuple[int, bytes]]:
+        """Run ``statement``, committed on return; errors raised as SQLAlchemy raises them."""
+        conn = self._conn
+        try:
+            if conn is None:
+                conn = self._conn = psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                )
+            with conn.cursor() as cursor:
+                cursor.execute(statement, params)
+                return [(row[0], bytes(row[1])) for row in cursor.fetchall()]
+        except psycopg.Error as exc:
+            if conn is not None and (conn.broken or conn.closed):
+                self._conn = None
+            raise faults.driver_error(statement, exc, conn) from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class Listener:

@@ -18,6 +18,7 @@ from ferryman.store.keys import run_key_digest
 from ferryman.store.limits import Limits
 from ferryman.store.run_rows import NewRun, chunks, event
 from ferryman.store.schema import run_events, runs
+from ferryman.store.shared_submits import SharedSubmits
 
 # The statuses an operator can cancel a run in.
 CANCELLABLE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
@@ -28,6 +29,8 @@ class RunQueue:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # Concurrent submits of this process, one statement for all of them.
+        self._shared = SharedSubmits(backend.enqueue_committed)
 
     def now(self, conn: sa.Connection) -> float:
         """The database's clock, which every lease and due time is measured by."""
@@ -48,25 +51,9 @@ class RunQueue:
         if not new_runs:
             return SubmitResult(run_ids=(), created=0, deduplicated=0)
         now = self.now(conn)
-        unique: dict[bytes, NewRun] = {}
-        for new in new_runs:
-            unique.setdefault(new.key_digest, new)
-        # Inserted in key order: two producers submitting overlapping keys in
-        # different orders would otherwise each wait on the other's unique-index
-        # entry (a deadlock on PostgreSQL); in one order, one simply waits.
-        in_key_order = sorted(unique.values(), key=lambda new: (new.job, new.run_key))
-        ids: dict[bytes, int] = {}
-        created: list[int] = []
-        for run_id, digest in self.backend.enqueue(conn, in_key_order, now):
-            ids[digest] = run_id
-            created.append(run_id)
-        missing = [digest for digest in unique if digest not in ids]
-        for digests in chunks(missing):
-            query = sa.select(runs.c.id, runs.c.key_digest).where(
-                runs.c.key_digest.in_(list(digests))
-            )
-            for row in conn.execute(query):
-                ids[bytes(row.key_digest)] = row.id
+        unique, in_key_order = _in_key_order(new_runs)
+        created = self.backend.enqueue(conn, in_key_order, now)
+        ids = self._ids(conn, unique, created)
         if created:
             keyed = [new.job for new in in_key_order if new.concurrency_key is not None]
             if keyed:
@@ -75,12 +62,47 @@ class RunQueue:
                 Limits(self.backend).mark_keyed(conn, keyed)
             self.backend.wake(conn, {new.job for new in unique.values()})
         if created and requested_detail is not None:
-            self._detail_requested(conn, created, requested_detail)
-        return SubmitResult(
-            run_ids=tuple(ids[new.key_digest] for new in new_runs),
-            created=len(created),
-            deduplicated=len(new_runs) - len(created),
-        )
+            self._detail_requested(conn, [run_id for run_id, _ in created], requested_detail)
+        return _submitted(new_runs, ids, len(created))
+
+    def enqueue_committed(self, new_runs: Sequence[NewRun]) -> SubmitResult | None:
+        """Enqueue in a transaction of the backend's own, committed when this returns.
+
+        One statement (one round trip) where the backend can
+        (:meth:`~ferryman.store.dialect.Backend.enqueue_committed`); None
+        where it cannot, or when a run has a concurrency key (marking its job
+        keyed is a second write in the same transaction): then the caller
+        enqueues in a transaction of its own with :meth:`enqueue`.
+        """
+        if not new_runs:
+            return SubmitResult(run_ids=(), created=0, deduplicated=0)
+        if any(new.concurrency_key is not None for new in new_runs):
+            return None
+        if not self.backend.enqueues_committed:
+            return None
+        unique, in_key_order = _in_key_order(new_runs)
+        created, written = self._shared.submit(in_key_order)
+        ids = {digest: written[digest] for digest in unique if digest in written}
+        if len(ids) < len(unique):
+            # Deduplicated keys: their runs are committed, a read finds them.
+            with self.backend.read_engine.connect() as conn:
+                ids = self._ids(conn, unique, [(run_id, key) for key, run_id in ids.items()])
+        return _submitted(new_runs, ids, len(created))
+
+    @staticmethod
+    def _ids(
+        conn: sa.Connection, unique: dict[bytes, NewRun], created: Sequence[tuple[int, bytes]]
+    ) -> dict[bytes, int]:
+        """The run id of each key: those created, and those that existed already."""
+        ids = {digest: run_id for run_id, digest in created}
+        missing = [digest for digest in unique if digest not in ids]
+        for digests in chunks(missing):
+            query = sa.select(runs.c.id, runs.c.key_digest).where(
+                runs.c.key_digest.in_(list(digests))
+            )
+            for row in conn.execute(query):
+                ids[bytes(row.key_digest)] = row.id
+        return ids
 
     def _detail_requested(
         self, conn: sa.Connection, run_ids: Sequence[int], detail: dict[str, Any]
@@ -276,3 +298,26 @@ class RunQueue:
         for job, status, count in rows:
             counts.setdefault(job, {})[RunStatus(status)] = count
         return counts
+
+
+def _in_key_order(new_runs: Sequence[NewRun]) -> tuple[dict[bytes, NewRun], list[NewRun]]:
+    """The runs by key digest, first of each key; and those in ``(job, run_key)`` order.
+
+    Inserted in key order: two producers submitting overlapping keys in
+    different orders would otherwise each wait on the other's unique-index
+    entry (a deadlock on PostgreSQL); in one order, one simply waits.
+    """
+    unique: dict[bytes, NewRun] = {}
+    for new in new_runs:
+        unique.setdefault(new.key_digest, new)
+    if len(unique) == 1:
+        return unique, list(unique.values())
+    return unique, sorted(unique.values(), key=lambda new: (new.job, new.run_key))
+
+
+def _submitted(new_runs: Sequence[NewRun], ids: dict[bytes, int], created: int) -> SubmitResult:
+    return SubmitResult(
+        run_ids=tuple(ids[new.key_digest] for new in new_runs),
+        created=created,
+        deduplicated=len(new_runs) - created,
+    )

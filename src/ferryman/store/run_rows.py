@@ -137,6 +137,23 @@ def run_row(new: NewRun, now: float) -> dict[str, Any]:
     }
 
 
+def run_values(new: NewRun, now: float) -> tuple[Any, ...]:
+    """The values of :func:`run_row`, in the order of :data:`RUN_ROW_COLUMNS`."""
+    return (
+        *(new.job, new.run_key, new.key_digest, new.payload_json, RunStatus.QUEUED.value, 0),
+        *(new.max_attempts, new.due_at(now), new.priority, new.concurrency_key),
+        *(new.concurrency_digest, 0, now, now),
+    )
+
+
+# The columns of run_row, in its order.
+RUN_ROW_COLUMNS = (
+    *("job", "run_key", "key_digest", "payload", "status", "attempt", "max_attempts"),
+    *("available_at", "priority", "concurrency_key", "concurrency_digest", "lease_token"),
+    *("created_at", "updated_at"),
+)
+
+
 def event(
     run_id: int,
     kind: RunEventKind,

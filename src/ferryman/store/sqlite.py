@@ -49,14 +49,15 @@ from ferryman.store.dialect import Backend, ClaimRequest, safe_url, translated_e
 from ferryman.store.group_commit import GroupCommit
 from ferryman.store.run_rows import (
     CLAIMED_COLUMNS,
+    RUN_ROW_COLUMNS,
     Lease,
     NewRun,
     Outcome,
     OutcomeKind,
-    chunks,
     end_values,
     lease_update,
     run_row,
+    run_values,
 )
 from ferryman.store.run_rows import event as event_row
 from ferryman.store.schema import run_events, runs
@@ -107,9 +108,13 @@ class DriverStatement:
         return rows[0] if rows else None
 
     def many(self, conn: sa.Connection, params: Sequence[dict[str, Any]]) -> None:
+        self.many_rows(conn, [self._values(p) for p in params])
+
+    def many_rows(self, conn: sa.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Run it once per row of values, given in the statement's parameter order."""
         cursor = _cursor(conn)
         try:
-            cursor.executemany(self.sql, [self._values(p) for p in params])
+            cursor.executemany(self.sql, rows)
         except sqlite3.Error as exc:
             raise faults.driver_error(self.sql, exc) from exc
         finally:
@@ -194,6 +199,36 @@ END = DriverStatement(
         updated_at=sa.bindparam("now"),
     )
     .returning(runs.c.id)
+)
+
+# Enqueue (SQLiteBackend.enqueue): the runs whose key is new, then, by id,
+# those just created and their ``requested`` rows. Ids only grow within a
+# write transaction, and it is the only writer.
+_INSERT_RUN = (
+    f"INSERT INTO {runs.name} ({', '.join(RUN_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join(f':{name}' for name in RUN_ROW_COLUMNS)}) "
+    "ON CONFLICT (key_digest) DO NOTHING"
+)
+ENQUEUE_ROW = DriverStatement(sa.text(_INSERT_RUN))
+ENQUEUE_ONE_ROW = DriverStatement(sa.text(f"{_INSERT_RUN} RETURNING id"))
+assert ENQUEUE_ROW.names == RUN_ROW_COLUMNS  # the order run_values gives the values in
+LAST_RUN_ID = DriverStatement(sa.select(sa.func.coalesce(sa.func.max(runs.c.id), 0)))
+_created = runs.c.id > sa.bindparam("after")
+CREATED_RUNS = DriverStatement(
+    sa.select(runs.c.id, runs.c.key_digest).where(_created).order_by(runs.c.id)
+)
+LOG_REQUESTED = DriverStatement(
+    run_events.insert().from_select(
+        ["run_id", "kind", "at", "attempt"],
+        sa.select(
+            runs.c.id,
+            sa.literal(RunEventKind.REQUESTED.value),
+            sa.bindparam("now", type_=sa.Double()),
+            sa.literal(0),
+        )
+        .where(_created)
+        .order_by(runs.c.id),
+    )
 )
 
 LOG_EVENT = DriverStatement(
@@ -323,18 +358,23 @@ class SQLiteBackend(Backend):
     def enqueue(
         self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
     ) -> list[tuple[int, bytes]]:
-        insert = (
-            sqlite_insert(runs)
-            .on_conflict_do_nothing(index_elements=["key_digest"])
-            .returning(runs.c.id, runs.c.key_digest)
-        )
-        created: list[tuple[int, bytes]] = []
-        for chunk in chunks(new_runs):
-            rows = [run_row(new, now) for new in chunk]
-            created.extend((row.id, bytes(row.key_digest)) for row in conn.execute(insert, rows))
-        events = [event_row(run_id, RunEventKind.REQUESTED, now, 0) for run_id, _ in created]
-        for events_chunk in chunks(events):
-            conn.execute(run_events.insert(), list(events_chunk))
+        """All rows in one ``executemany`` on the driver, then the created ones read back.
+
+        One writer at a time, so the runs this transaction creates are exactly
+        those with an id above the largest one before it (see ENQUEUE_ROW).
+        """
+        if len(new_runs) == 1:  # the common submit: its id comes back with the insert
+            (new,) = new_runs
+            row = ENQUEUE_ONE_ROW.first(conn, run_row(new, now))
+            if row is None:
+                return []
+            LOG_REQUESTED.rows(conn, {"after": row[0] - 1, "now": now})
+            return [(row[0], new.key_digest)]
+        after = LAST_RUN_ID.first(conn, {})[0]
+        ENQUEUE_ROW.many_rows(conn, [run_values(new, now) for new in new_runs])
+        created = [(row[0], bytes(row[1])) for row in CREATED_RUNS.rows(conn, {"after": after})]
+        if created:
+            LOG_REQUESTED.rows(conn, {"after": after, "now": now})
         return created
 
     def expired_leases(

@@ -1,0 +1,124 @@
+"""Submits from concurrent threads of one process, written by one statement.
+
+On PostgreSQL a submit on its own is one autocommit statement
+(:meth:`~ferryman.store.dialect.Backend.enqueue_committed`), and the commit of
+a transaction that sends NOTIFY holds a database-wide lock until its commit is
+durable: concurrent submitters' commits would queue one behind the other, one
+disk flush each. :class:`SharedSubmits` lets the threads of one process that
+submit at about the same time share a statement instead, as
+:mod:`ferryman.store.group_commit` shares SQLite's commits:
+
+* A submitter that finds no statement on its way writes its runs at once, so
+  a lone submitter never waits for company.
+* Submitters that arrive while a statement is on its way queue; when it
+  returns, the first of them writes the runs of all of them in the next one
+  (sorted by key, each key once, as a single submit would).
+* A submitter returns only once the statement carrying its runs committed; if
+  it failed, each of its submitters gets the error and none of their runs was
+  written (one statement: all or nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+from ferryman.store.run_rows import NewRun
+
+# (id, key digest) of the runs a statement created.
+Created = list[tuple[int, bytes]]
+
+
+class _Submit:
+    __slots__ = ("created", "done", "error", "ids", "leads", "new_runs")
+
+    def __init__(self, new_runs: Sequence[NewRun]) -> None:
+        self.new_runs = new_runs
+        self.done = threading.Event()
+        self.leads = False  # handed the next statement, not its outcome
+        self.created: Created = []
+        self.ids: dict[bytes, int] = {}
+        self.error: BaseException | None = None
+
+    def outcome(self) -> tuple[Created, dict[bytes, int]]:
+        if self.error is not None:
+            raise self.error
+        return self.created, self.ids
+
+
+class SharedSubmits:
+    """Write concurrent submits of this process through ``write``, one statement at a time."""
+
+    def __init__(self, write: Callable[[Sequence[NewRun]], Created]) -> None:
+        self._write = write
+        self._lock = threading.Lock()
+        self._pending: list[_Submit] = []
+        self._writing = False
+        self._pid = os.getpid()
+
+    def submit(self, new_runs: Sequence[NewRun]) -> tuple[Created, dict[bytes, int]]:
+        """Write ``new_runs`` (in key order, each key once); return once committed.
+
+        Returns the runs this submit created, and the id of every key the
+        statement created (another submitter's too: a key both asked for).
+        """
+        me = _Submit(new_runs)
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's submitters are not here
+                self._pending, self._writing, self._pid = [], False, os.getpid()
+            self._pending.append(me)
+            leads = not self._writing
+            self._writing = True
+        if not leads:
+            me.done.wait()
+            if not me.leads:
+                return me.outcome()
+        self._write_pending()
+        return me.outcome()
+
+    def _write_pending(self) -> None:
+        with self._lock:
+            group, self._pending = self._pending, []
+        try:
+            self._write_group(group)
+        finally:
+            with self._lock:
+                if self._pending:
+                    # The next statement is written by the first submitter queued.
+                    self._pending[0].leads = True
+                    self._pending[0].done.set()
+                else:
+                    self._writing = False
+
+    def _write_group(self, group: list[_Submit]) -> None:
+        if len(group) == 1:
+            merged: Sequence[NewRun] = group[0].new_runs
+        else:
+            unique: dict[bytes, NewRun] = {}
+            for submit in group:
+                for new in submit.new_runs:
+                    unique.setdefault(new.key_digest, new)
+            merged = sorted(unique.values(), key=lambda new: (new.job, new.run_key))
+        created: Created = []
+        try:
+            created = self._write(merged)
+        except BaseException as exc:  # every submitter of the statement raises it
+            for submit in group:
+                submit.error = exc
+        _hand_out(group, created)
+
+
+def _hand_out(group: list[_Submit], created: Created) -> None:
+    """Each created run to the first submitter of the group that asked for it."""
+    ids = {digest: run_id for run_id, digest in created}
+    claimed: set[bytes] = set()
+    for submit in group:
+        submit.ids = ids
+        for new in submit.new_runs:
+            digest = new.key_digest
+            if digest in ids and digest not in claimed:
+                claimed.add(digest)
+                submit.created.append((ids[digest], digest))
+        submit.leads = False
+        submit.done.set()

@@ -1,0 +1,197 @@
+"""Submits from many threads at once: one run per key, durable on return, statements shared."""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Sequence
+
+import pytest
+import sqlalchemy as sa
+
+import ferryman as fm
+from ferryman.store.run_rows import NewRun
+from ferryman.store.schema import run_events, runs
+from ferryman.store.shared_submits import SharedSubmits
+from tests.helpers import wait_until
+
+THREADS = 8
+KEYS = [f"key-{i}" for i in range(40)]
+
+
+def test_threads_submitting_the_same_keys_one_by_one_get_one_run_each(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    _ = app.store
+    start = threading.Barrier(THREADS)
+    results: dict[int, dict[str, fm.SubmitResult]] = {}
+    unseen: list[str] = []
+    errors: list[BaseException] = []
+    # A reader of its own: a submit that returned is committed, not merely sent.
+    reader = sa.create_engine(app.store.url)
+
+    def submitter(t: int) -> None:
+        mine: dict[str, fm.SubmitResult] = {}
+        order = random.Random(t).sample(KEYS, len(KEYS))
+        start.wait()
+        try:
+            for key in order:
+                mine[key] = result = app.submit("load", fm.RunRequest(key, {"t": t}))
+                with reader.connect() as conn:
+                    found = conn.execute(
+                        sa.select(runs.c.id).where(runs.c.id == result.run_ids[0])
+                    ).first()
+                if found is None:
+                    unseen.append(key)
+        except BaseException as exc:
+            errors.append(exc)
+        results[t] = mine
+
+    threads = [threading.Thread(target=submitter, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reader.dispose()
+
+    assert errors == [] and unseen == []
+    for key in KEYS:
+        answers = [results[t][key] for t in range(THREADS)]
+        assert len({answer.run_ids for answer in answers}) == 1, key  # the same run for all
+        assert sum(answer.created for answer in answers) == 1, key  # created by exactly one
+        assert sum(answer.deduplicated for answer in answers) == THREADS - 1, key
+    with app.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one() == len(KEYS)
+        requested = conn.execute(
+            sa.select(run_events.c.run_id, sa.func.count())
+            .where(run_events.c.kind == "requested")
+            .group_by(run_events.c.run_id)
+        ).all()
+    assert len(requested) == len(KEYS) and {count for _, count in requested} == {1}
+
+
+def test_submits_arriving_while_a_statement_is_out_share_the_next_one(pg_url: str) -> None:
+    """On PostgreSQL: the submitters queued behind a statement go out in one statement."""
+    app = fm.App(pg_url)
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    backend = app.store.backend
+    statements: list[int] = []
+    first_out = threading.Event()
+    release_first = threading.Event()
+
+    def write(new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
+        statements.append(len(new_runs))
+        if len(statements) == 1:
+            first_out.set()
+            release_first.wait()  # the first statement is held until the others queue
+        return backend.enqueue_committed(new_runs)
+
+    shared = app.store.runs._shared = SharedSubmits(write)
+    outcomes: queue.Queue[fm.SubmitResult] = queue.Queue()
+
+    def submit(key: str) -> None:
+        outcomes.put(app.submit("load", fm.RunRequest(key, {})))
+
+    first = threading.Thread(target=submit, args=("first",))
+    first.start()
+    first_out.wait()
+    others = [threading.Thread(target=submit, args=(f"other-{i}",)) for i in range(5)]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: len(shared._pending) == 5, what="five submitters queued")
+    release_first.set()
+    for thread in [first, *others]:
+        thread.join()
+    app.close()
+
+    assert statements == [1, 5]
+    results = [outcomes.get_nowait() for _ in range(6)]
+    assert sorted(r.created for r in results) == [1] * 6
+    assert len({r.run_ids for r in results}) == 6
+
+
+def test_a_failed_shared_statement_fails_each_of_its_submitters(pg_url: str) -> None:
+    app = fm.App(pg_url)
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    backend = app.store.backend
+    release = threading.Event()
+    calls: list[int] = []
+
+    def write(new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
+        calls.append(len(new_runs))
+        if len(calls) == 1:
+            release.wait()
+            return backend.enqueue_committed(new_runs)
+        with backend.engine.begin() as conn:  # the runs table is gone for this statement
+            conn.execute(sa.text(f"ALTER TABLE {runs.name} RENAME TO runs_away"))
+        try:
+            return backend.enqueue_committed(new_runs)
+        finally:
+            with backend.engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE runs_away RENAME TO {runs.name}"))
+
+    shared = app.store.runs._shared = SharedSubmits(write)
+    failures: queue.Queue[BaseException | None] = queue.Queue()
+
+    def submit(key: str) -> None:
+        try:
+            app.submit("load", fm.RunRequest(key, {}))
+            failures.put(None)
+        except fm.StoreError as exc:
+            failures.put(exc)
+
+    threads = [threading.Thread(target=submit, args=(f"k{i}",)) for i in range(4)]
+    threads[0].start()
+    wait_until(lambda: calls == [1], what="the first statement out")
+    for thread in threads[1:]:
+        thread.start()
+    wait_until(lambda: len(shared._pending) == 3, what="three submitters queued")
+    release.set()
+    for thread in threads:
+        thread.join()
+    outcomes = [failures.get_nowait() for _ in range(4)]
+    assert calls == [1, 3]
+    assert outcomes.count(None) == 1
+    assert all(isinstance(o, fm.StoreError) for o in outcomes if o is not None)
+    assert [run.run_key for run in app.get_runs(job="load")] == ["k0"]  # nothing of the three
+    app.close()
+
+
+@pytest.mark.parametrize("runs_per_submit", [1, 3])
+def test_a_submit_wakes_listeners_of_its_job_on_postgres(pg_url: str, runs_per_submit: int) -> None:
+    app = fm.App(pg_url)
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    woken: queue.Queue[str] = queue.Queue()
+    listener = app.store.listener(woken.put, name="test-listener")
+    assert listener is not None
+    listener.start()
+    try:
+        # Until the listener listens, a wake-up can be missed: submit until one arrives.
+        def woken_once(i: list[int] = [0]) -> bool:  # noqa: B006
+            i[0] += 1
+            requests = [fm.RunRequest(f"{i[0]}-{n}", {}) for n in range(runs_per_submit)]
+            app.submit("load", *requests)
+            try:
+                return woken.get(timeout=0.2) == "load"
+            except queue.Empty:
+                return False
+
+        wait_until(woken_once, what="a wake-up for job load")
+    finally:
+        listener.stop()
+        app.close()
