@@ -170,6 +170,10 @@ def test_a_sensor_page_draws_how_late_its_evaluations_started(store_url: str) ->
         def numbers(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
             return fm.SensorResult(run_requests=[], cursor=str(int(cursor or 0) + 1))
 
+        now = app.store.now()
+        # Before its first evaluation: empty slots.
+        empty = app.store.sensor_lag("numbers", interval=60.0, since=now - HOUR, until=now)
+        assert empty and all(s.evaluations == 0 and s.max is None for s in empty)
         for _ in range(3):
             app.tick(force=True)
         engine = sa.create_engine(app.store_url)

@@ -258,7 +258,8 @@ def sensor_lag(
     ).all()
     width = _slot_width(since, until, slots)
     lags: dict[int, list[float]] = {}
-    for newer, older in zip(rows, [*rows[1:], None], strict=True):
+    for position, newer in enumerate(rows):
+        older = rows[position + 1] if position + 1 < len(rows) else None
         if not since <= newer.started_at < until:
             continue
         if interval is None:
