@@ -70,20 +70,57 @@ class PushBatches:
         if not commits:
             return []
         now = self.runs.now(conn)
-        evaluation_ids = self._insert_evaluations(conn, commits, now)
-        pairs = list(zip(commits, evaluation_ids, strict=True))
-        won = self._record_deliveries(conn, pairs, now)
-        self._set_counts(conn, self._enqueue_batch(conn, [p for p in pairs if p[1] in won]))
-        written = self._evaluations(conn, [e for e in evaluation_ids if e in won])
-        earlier = self.find_many(
-            conn, commits[0].sensor, [c.message_id for c, e in pairs if e not in won]
-        )
+        claimed, inserted = self._claim(conn, commits, now)
+        delivered = [(c, e) for c, e in zip(commits, claimed, strict=True) if e is not None]
+        updates = self._enqueue_batch(conn, delivered)
+        written = self._written(conn, [e for _, e in delivered], updates, inserted)
+        lost = [c.message_id for c, e in zip(commits, claimed, strict=True) if e is None]
+        earlier = self.find_many(conn, commits[0].sensor, lost)
         return [
             (written[evaluation_id], True)
-            if evaluation_id in won
+            if evaluation_id is not None
             else (earlier[commit.message_id], False)
-            for commit, evaluation_id in pairs
+            for commit, evaluation_id in zip(commits, claimed, strict=True)
         ]
+
+    # -- the steps, each one or a few statements; a store may run its own ------
+
+    def _claim(
+        self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
+    ) -> tuple[list[int | None], dict[int, Evaluation]]:
+        """Record each message's evaluation and delivery.
+
+        Returns per message its evaluation id, or None where another
+        transaction delivered it first (nothing written for it); and the
+        evaluations as inserted, by id, where the store's insert returns them.
+        """
+        evaluation_ids = self._insert_evaluations(conn, commits, now)
+        won = self._record_deliveries(conn, list(zip(commits, evaluation_ids, strict=True)), now)
+        return [e if e in won else None for e in evaluation_ids], {}
+
+    def _written(
+        self,
+        conn: sa.Connection,
+        evaluation_ids: Sequence[int],
+        updates: Sequence[dict[str, Any]],
+        inserted: dict[int, Evaluation],
+    ) -> dict[int, Evaluation]:
+        """Write the runs' counts (``_enqueue_batch``'s updates); the evaluations as written.
+
+        ``inserted``: what ``_claim`` returned (unused here: the rows are read back).
+        """
+        self._set_counts(conn, updates)
+        return self._evaluations(conn, evaluation_ids)
+
+    def _existing_digests(self, conn: sa.Connection, digests: Sequence[bytes]) -> set[bytes]:
+        """Those of the run key digests that runs hold already."""
+        seen: set[bytes] = set()
+        for start in range(0, len(digests), FIND_CHUNK):
+            query = sa.select(runs_table.c.key_digest).where(
+                runs_table.c.key_digest.in_(digests[start : start + FIND_CHUNK])
+            )
+            seen.update(bytes(digest) for digest in conn.execute(query).scalars())
+        return seen
 
     def _insert_evaluations(
         self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
@@ -190,13 +227,7 @@ class PushBatches:
         new_runs = [new for commit, _ in delivered for new in commit.new_runs]
         if not new_runs:
             return []
-        digests = list({new.key_digest for new in new_runs})
-        seen: set[bytes] = set()
-        for start in range(0, len(digests), FIND_CHUNK):
-            query = sa.select(runs_table.c.key_digest).where(
-                runs_table.c.key_digest.in_(digests[start : start + FIND_CHUNK])
-            )
-            seen.update(bytes(digest) for digest in conn.execute(query).scalars())
+        seen = self._existing_digests(conn, list({new.key_digest for new in new_runs}))
         run_ids = iter(self.runs.enqueue(conn, new_runs).run_ids)
         updates = []
         for commit, evaluation_id in delivered:
