@@ -125,33 +125,38 @@ class PushBatches:
     def _insert_evaluations(
         self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
     ) -> list[int]:
-        """One ``ok`` evaluation row per message, in one statement; their ids in order."""
+        """One ``ok`` evaluation row per message; their ids in order."""
         version = conn.execute(
             sa.select(sensors.c.state_version).where(sensors.c.name == commits[0].sensor)
         ).scalar_one()
-        return list(
-            conn.execute(
-                sensor_evaluations.insert().returning(
-                    sensor_evaluations.c.id, sort_by_parameter_order=True
-                ),
-                [
-                    {
-                        "sensor": commit.sensor,
-                        "idempotency_key": f"push:{commit.sensor}:{commit.message_id}",
-                        "message_id": commit.message_id,
-                        "outcome": EvaluationOutcome.OK.value,
-                        "state_version_before": version,
-                        "state_version_after": version,
-                        "items_skipped": commit.skipped,
-                        "error": records.clean_optional(commit.skip_reasons),
-                        "evaluator": records.clean_text(commit.evaluator),
-                        "started_at": commit.started_at,
-                        "finished_at": now,
-                    }
-                    for commit in commits
-                ],
-            ).scalars()
+        return self._insert_evaluation_rows(
+            conn,
+            [
+                {
+                    "sensor": commit.sensor,
+                    "idempotency_key": f"push:{commit.sensor}:{commit.message_id}",
+                    "message_id": commit.message_id,
+                    "outcome": EvaluationOutcome.OK.value,
+                    "state_version_before": version,
+                    "state_version_after": version,
+                    "items_skipped": commit.skipped,
+                    "error": records.clean_optional(commit.skip_reasons),
+                    "evaluator": records.clean_text(commit.evaluator),
+                    "started_at": commit.started_at,
+                    "finished_at": now,
+                }
+                for commit in commits
+            ],
         )
+
+    def _insert_evaluation_rows(
+        self, conn: sa.Connection, rows: Sequence[dict[str, Any]]
+    ) -> list[int]:
+        """Insert the rows in one statement; their ids in order."""
+        insert = sensor_evaluations.insert().returning(
+            sensor_evaluations.c.id, sort_by_parameter_order=True
+        )
+        return list(conn.execute(insert, list(rows)).scalars())
 
     def _record_deliveries(
         self, conn: sa.Connection, pairs: Sequence[tuple[PushCommit, int]], now: float
@@ -161,28 +166,35 @@ class PushBatches:
         A message another transaction delivered first takes its evaluation
         row back, so it writes nothing.
         """
-        won = set(
-            self.backend.insert_absent(
-                conn,
-                push_deliveries,
-                [
-                    {
-                        "sensor": commit.sensor,
-                        "message_digest": message_digest(commit.message_id),
-                        "message_id": commit.message_id,
-                        "evaluation_id": evaluation_id,
-                        "delivered_at": now,
-                    }
-                    for commit, evaluation_id in pairs
-                ],
-                unique=["sensor", "message_digest"],
-                returning=push_deliveries.c.evaluation_id,
-            )
+        won = self._insert_deliveries(
+            conn,
+            [
+                {
+                    "sensor": commit.sensor,
+                    "message_digest": message_digest(commit.message_id),
+                    "message_id": commit.message_id,
+                    "evaluation_id": evaluation_id,
+                    "delivered_at": now,
+                }
+                for commit, evaluation_id in pairs
+            ],
         )
         lost = [evaluation_id for _, evaluation_id in pairs if evaluation_id not in won]
         if lost:
             conn.execute(sensor_evaluations.delete().where(sensor_evaluations.c.id.in_(lost)))
         return won
+
+    def _insert_deliveries(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> set[int]:
+        """Insert the delivery rows no row holds yet; the evaluation ids of those inserted."""
+        return set(
+            self.backend.insert_absent(
+                conn,
+                push_deliveries,
+                rows,
+                unique=["sensor", "message_digest"],
+                returning=push_deliveries.c.evaluation_id,
+            )
+        )
 
     def _set_counts(self, conn: sa.Connection, updates: Sequence[dict[str, Any]]) -> None:
         """Write each evaluation's runs requested, deduplicated and their ids, in one call."""
