@@ -6,6 +6,12 @@
 evaluation and its delivery in the same transaction — for many messages of
 one sensor with a few statements in all, not a few per message: the
 evaluations in one insert, the deliveries in one, the runs in one enqueue.
+
+This is the portable code (MariaDB runs it). PostgreSQL and SQLite run the
+same steps in statements of their own, compiled once
+(:mod:`ferryman.store.push_postgres`, :mod:`ferryman.store.push_sqlite`):
+building a multi-row statement afresh for each batch cost more than the
+database's work on it.
 """
 
 from __future__ import annotations
