@@ -107,7 +107,7 @@ sync-storm: $(STAMP)
 .PHONY: storms-brokers
 storms-brokers: $(STAMP) services
 	FERRYMAN_STORM_BROKER_MESSAGES=10000 FERRYMAN_STORM_BROKER_KILLS=50 \
-	    $(BIN)/pytest tests/brokers/test_storms.py -o timeout=3600 -p no:logging
+	    $(BIN)/pytest tests/brokers/test_storms.py -o timeout=3600 -p no:logging -s
 
 # The queue's limits at full size (tests/crash/test_queue_storm.py): three
 # processes share a rate limit for 30 s; four workers run 2,000 runs over 20

@@ -40,6 +40,7 @@ def test_sigkilled_consumers_make_exactly_one_run_per_message(
     kills = int(storm_setting("BROKER_KILLS", 5))
     store_url = storm_store(request, "postgres")
     result = run_storm(broker, store_url, tmp_path, messages=messages, kills=kills)
+    print(f"broker {broker.kind}: {result}")  # shown with -s (make storms-brokers)
     report_storm(
         f"broker {broker.kind}",
         store_url,
