@@ -13,8 +13,12 @@
     (1-16 MiB, so often in the middle of a part), then both sides are closed.
 
   It counts what it did so a test can show the faults really happened.
+* :class:`DropProxy` relays as it comes (any TCP protocol: the broker tests
+  put it before RabbitMQ, Redis, NATS and SQS) until :meth:`DropProxy.down`
+  cuts every relayed connection and refuses new ones, as a server that went
+  away would; :meth:`DropProxy.up` accepts again.
 
-Both accept on ``127.0.0.1`` (``proxy.endpoint``) from ``with`` to its end,
+All accept on ``127.0.0.1`` (``proxy.endpoint``) from ``with`` to its end,
 each connection on a thread of its own.
 """
 
@@ -77,6 +81,17 @@ def _shut(*sockets: socket.socket) -> None:
     for sock in sockets:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    """Relay ``source`` to ``sink`` until either side closes; then shut both."""
+    try:
+        while data := source.recv(CHUNK):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _shut(source, sink)
 
 
 class SlowProxy(_Proxy):
@@ -193,3 +208,52 @@ class FaultProxy(_Proxy):
     def _count(self, what: str) -> None:
         with self._lock:
             self.counts[what] += 1
+
+
+class DropProxy(_Proxy):
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        super().__init__(upstream, name="drop-proxy")
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._accepting = True
+
+    def __enter__(self) -> DropProxy:
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.down()
+
+    def down(self) -> None:
+        """Cut every relayed connection; refuse new ones until :meth:`up`."""
+        with self._lock:
+            self._accepting = False
+            cut = list(self._open)
+        _shut(*cut)
+
+    def up(self) -> None:
+        with self._lock:
+            self._accepting = True
+
+    def _serve_later(self, client: socket.socket) -> Callable[[], None]:
+        return lambda: self._relay(client)
+
+    def _relay(self, client: socket.socket) -> None:
+        server = self._connect(client)
+        if server is None:
+            return
+        server.settimeout(None)  # a broker connection may idle longer than a connect may take
+        with self._lock:
+            relayed = self._accepting
+            if relayed:
+                self._open.update((client, server))
+        if relayed:
+            up = threading.Thread(target=_pipe, args=(client, server), daemon=True)
+            up.start()
+            _pipe(server, client)
+            up.join(timeout=30)
+        with self._lock:
+            self._open.difference_update((client, server))
+        client.close()
+        server.close()

@@ -1,10 +1,9 @@
-"""What the broker tests share: a proxy that can drop connections, an app, checks."""
+"""What the broker tests share: an app, its consumer, checks (the proxy that drops
+connections is tests/proxies.py's ``DropProxy``)."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,74 +23,6 @@ NATS_URL = "nats://127.0.0.1:4222"
 def unique(prefix: str) -> str:
     """A broker-side name of this test's own (queues and streams outlive a test run)."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-class DropProxy:
-    """A loopback TCP relay to a broker that can cut every connection and refuse new ones.
-
-    ``down()`` closes all relayed connections and refuses new ones, as a
-    broker that went away would; ``up()`` accepts again.
-    """
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._accepting = threading.Event()
-        self._accepting.set()
-        self._closed = threading.Event()
-        self.connections = 0
-        threading.Thread(target=self._accept, name="drop-proxy", daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if not self._accepting.is_set():
-                client.close()
-                continue
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self._lock:
-                self._open.update((client, server))
-                self.connections += 1
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := src.recv(65536):
-                dst.sendall(chunk)
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-            with self._lock:
-                self._open.discard(sock)
-
-    def down(self) -> None:
-        self._accepting.clear()
-        with self._lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def up(self) -> None:
-        self._accepting.set()
-
-    def close(self) -> None:
-        self._closed.set()
-        self.down()
-        self._listener.close()
 
 
 BUILT: list[fm.App] = []  # closed after each test (tests/brokers/conftest.py)

@@ -14,7 +14,6 @@ from nats.js.api import StreamConfig
 import ferryman as fm
 from tests.brokers.support import (
     NATS_URL,
-    DropProxy,
     build_app,
     consuming,
     failed_evaluations,
@@ -23,6 +22,7 @@ from tests.brokers.support import (
     unique,
 )
 from tests.helpers import wait_until
+from tests.proxies import DropProxy
 
 
 async def _with_jetstream(action: Any) -> Any:
@@ -134,8 +134,7 @@ def test_messages_the_sensor_cannot_handle_are_terminated_with_the_reason(
 
 
 def test_the_consumer_reconnects_after_the_connection_drops(pg_url: str, stream: str) -> None:
-    proxy = DropProxy(("127.0.0.1", 4222))
-    try:
+    with DropProxy(("127.0.0.1", 4222)) as proxy:
         app = build_app(pg_url, source(stream, url=f"nats://127.0.0.1:{proxy.port}"))
         publish(stream, [(f"a-{n}", order(n)) for n in range(20)])
         with consuming(app) as consumer:
@@ -148,5 +147,3 @@ def test_the_consumer_reconnects_after_the_connection_drops(pg_url: str, stream:
         assert consumer.stats.reconnects >= 1
         assert len(set(run_keys(app))) == len(run_keys(app)) == 40
         assert consumer_backlog(stream) == (0, 0)
-    finally:
-        proxy.close()

@@ -12,7 +12,6 @@ import pytest
 import ferryman as fm
 from tests.brokers.support import (
     RABBITMQ_URL,
-    DropProxy,
     build_app,
     consuming,
     failed_evaluations,
@@ -21,6 +20,7 @@ from tests.brokers.support import (
     unique,
 )
 from tests.helpers import wait_until
+from tests.proxies import DropProxy
 
 
 @pytest.fixture
@@ -126,8 +126,7 @@ def test_messages_the_sensor_cannot_handle_are_dead_lettered_with_the_reason(
 
 
 def test_the_consumer_reconnects_after_the_connection_drops(pg_url: str, queue: str) -> None:
-    proxy = DropProxy(("127.0.0.1", 5672))
-    try:
+    with DropProxy(("127.0.0.1", 5672)) as proxy:
         url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
         app = build_app(pg_url, fm.sources.rabbitmq(url, queue=queue))
         declare(queue)
@@ -142,8 +141,6 @@ def test_the_consumer_reconnects_after_the_connection_drops(pg_url: str, queue: 
         assert consumer.stats.reconnects >= 1
         assert len(run_keys(app)) == 40 and len(set(run_keys(app))) == 40
         assert ready(queue) == 0
-    finally:
-        proxy.close()
 
 
 def test_a_paused_sensor_leaves_its_messages_in_the_queue(pg_url: str, queue: str) -> None:

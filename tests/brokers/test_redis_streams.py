@@ -11,7 +11,6 @@ import redis
 import ferryman as fm
 from tests.brokers.support import (
     REDIS_URL,
-    DropProxy,
     build_app,
     consuming,
     failed_evaluations,
@@ -20,6 +19,7 @@ from tests.brokers.support import (
     unique,
 )
 from tests.helpers import wait_until
+from tests.proxies import DropProxy
 
 
 @pytest.fixture
@@ -106,8 +106,7 @@ def test_entries_the_sensor_cannot_handle_go_to_the_dead_letter_stream(
 def test_the_consumer_reconnects_after_the_connection_drops(
     pg_url: str, client: redis.Redis, stream: str
 ) -> None:
-    proxy = DropProxy(("127.0.0.1", 6379))
-    try:
+    with DropProxy(("127.0.0.1", 6379)) as proxy:
         app = build_app(pg_url, source(stream, url=f"redis://127.0.0.1:{proxy.port}/0"))
         add(client, stream, [{"n": n} for n in range(20)])
         with consuming(app) as consumer:
@@ -120,8 +119,6 @@ def test_the_consumer_reconnects_after_the_connection_drops(
         assert consumer.stats.reconnects >= 1
         assert len(set(run_keys(app))) == len(run_keys(app)) == 40
         assert backlog(client, stream) == (0, 0)
-    finally:
-        proxy.close()
 
 
 def consumer_names(client: redis.Redis, stream: str, group: str = "ferryman") -> set[str]:

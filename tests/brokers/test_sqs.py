@@ -11,7 +11,6 @@ import pytest
 
 import ferryman as fm
 from tests.brokers.support import (
-    DropProxy,
     build_app,
     consuming,
     failed_evaluations,
@@ -19,6 +18,7 @@ from tests.brokers.support import (
     run_keys,
 )
 from tests.helpers import wait_until
+from tests.proxies import DropProxy
 from tests.s3_fixtures import s3_endpoint, s3_server
 
 __all__ = ["s3_endpoint", "s3_server"]  # fixtures
@@ -165,8 +165,7 @@ def test_the_consumer_reconnects_after_the_connection_drops(
 ) -> None:
     url, _ = queues
     port = int(s3_server.rsplit(":", 1)[1])
-    proxy = DropProxy(("127.0.0.1", port))
-    try:
+    with DropProxy(("127.0.0.1", port)) as proxy:
         # A long poll cut off mid-way may have taken messages whose answer was lost:
         # they are visible again once their (short, here) visibility timeout lapses.
         source = fm.sources.sqs(
@@ -184,5 +183,3 @@ def test_the_consumer_reconnects_after_the_connection_drops(
         assert consumer.stats.reconnects >= 1
         assert len(set(run_keys(app))) == len(run_keys(app)) == 40
         assert counts(sqs_client, url) == (0, 0)
-    finally:
-        proxy.close()

@@ -8,6 +8,8 @@ import pytest
 
 import ferryman as fm
 from ferryman.sensors.batch import deliver_many
+from ferryman.sensors.registry import SensorKind
+from ferryman.store.sensors import PushCommit
 
 
 def build(make_app: type[fm.App]) -> fm.App:
@@ -95,3 +97,28 @@ def test_a_message_id_that_cannot_be_stored_refuses_the_batch(make_app: type[fm.
     with pytest.raises(fm.PayloadError):
         deliver_many(app._sensor_engine, "events", [("ok", 1), ("a\x00b", 2)])
     assert app.get_runs() == []
+
+
+def test_a_delivery_another_transaction_committed_first_writes_nothing(
+    make_app: type[fm.App],
+) -> None:
+    """The race deliver_many's look-up cannot see: the commit itself keeps one delivery."""
+    app = build(make_app)
+    first = app.ingest("events", "m1", 1)
+    engine = app._sensor_engine
+    definition = engine.definition("events", SensorKind.PUSH)
+    state, now = app.store.read_sensor("events")
+    assert state is not None
+    # Both evaluated as if m1 were new, as a consumer racing the first delivery would.
+    made = [engine.push_commit(definition, state, now, m, n) for n, m in enumerate(["m1", "m2"])]
+    commits = [commit for commit in made if isinstance(commit, PushCommit)]
+    assert len(commits) == 2, made
+    committed, failed = app.store.commit_push_batch(commits, [])
+    assert failed == []
+    assert [created for _, created in committed] == [False, True]
+    assert committed[0][0].id == first.id and committed[0][0].run_ids == first.run_ids
+    second = committed[1][0]
+    assert second.message_id == "m2" and second.runs_requested == 1
+    assert len(second.run_ids) == 1
+    assert sorted(e.message_id or "" for e in app.get_evaluations("events")) == ["m1", "m2"]
+    assert sorted(r.run_key for r in app.get_runs()) == ["run-m1", "run-m2"]

@@ -46,6 +46,8 @@ from ferryman.store.file_transfers import FileTransfers
 from ferryman.store.leases import Leases
 from ferryman.store.limits import JobLimits
 from ferryman.store.push_batches import PushBatches
+from ferryman.store.push_postgres import PostgresPushBatches
+from ferryman.store.push_sqlite import SQLitePushBatches
 from ferryman.store.queue import RunQueue
 from ferryman.store.read_model import ReadModel
 from ferryman.store.run_rows import ClaimedRun, Lease, NewRun, Outcome, OutcomeKind
@@ -386,6 +388,10 @@ class Store(ReadModel, FileTransfers):
 
     @functools.cached_property
     def push_batches(self) -> PushBatches:
+        if self.backend.name == "postgres":  # fixed statements, rows bound as arrays
+            return PostgresPushBatches(self.backend, self.runs)
+        if self.backend.name == "sqlite":  # compiled once, run on the driver
+            return SQLitePushBatches(self.backend, self.runs)
         return PushBatches(self.backend, self.runs)
 
     def ensure_sensors(self, declared: Sequence[tuple[str, str]]) -> None:

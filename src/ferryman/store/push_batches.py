@@ -6,6 +6,12 @@
 evaluation and its delivery in the same transaction — for many messages of
 one sensor with a few statements in all, not a few per message: the
 evaluations in one insert, the deliveries in one, the runs in one enqueue.
+
+This is the portable code (MariaDB runs it). PostgreSQL and SQLite run the
+same steps in statements of their own, compiled once
+(:mod:`ferryman.store.push_postgres`, :mod:`ferryman.store.push_sqlite`):
+building a multi-row statement afresh for each batch cost more than the
+database's work on it.
 """
 
 from __future__ import annotations
@@ -70,51 +76,93 @@ class PushBatches:
         if not commits:
             return []
         now = self.runs.now(conn)
-        evaluation_ids = self._insert_evaluations(conn, commits, now)
-        pairs = list(zip(commits, evaluation_ids, strict=True))
-        won = self._record_deliveries(conn, pairs, now)
-        self._set_counts(conn, self._enqueue_batch(conn, [p for p in pairs if p[1] in won]))
-        written = self._evaluations(conn, [e for e in evaluation_ids if e in won])
-        earlier = self.find_many(
-            conn, commits[0].sensor, [c.message_id for c, e in pairs if e not in won]
-        )
+        claimed, inserted = self._claim(conn, commits, now)
+        delivered = [(c, e) for c, e in zip(commits, claimed, strict=True) if e is not None]
+        updates = self._enqueue_batch(conn, delivered)
+        written = self._written(conn, [e for _, e in delivered], updates, inserted)
+        lost = [c.message_id for c, e in zip(commits, claimed, strict=True) if e is None]
+        earlier = self.find_many(conn, commits[0].sensor, lost)
         return [
             (written[evaluation_id], True)
-            if evaluation_id in won
+            if evaluation_id is not None
             else (earlier[commit.message_id], False)
-            for commit, evaluation_id in pairs
+            for commit, evaluation_id in zip(commits, claimed, strict=True)
         ]
+
+    # -- the steps, each one or a few statements; a store may run its own ------
+
+    def _claim(
+        self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
+    ) -> tuple[list[int | None], dict[int, Evaluation]]:
+        """Record each message's evaluation and delivery.
+
+        Returns per message its evaluation id, or None where another
+        transaction delivered it first (nothing written for it); and the
+        evaluations as inserted, by id, where the store's insert returns them.
+        """
+        evaluation_ids = self._insert_evaluations(conn, commits, now)
+        won = self._record_deliveries(conn, list(zip(commits, evaluation_ids, strict=True)), now)
+        return [e if e in won else None for e in evaluation_ids], {}
+
+    def _written(
+        self,
+        conn: sa.Connection,
+        evaluation_ids: Sequence[int],
+        updates: Sequence[dict[str, Any]],
+        inserted: dict[int, Evaluation],
+    ) -> dict[int, Evaluation]:
+        """Write the runs' counts (``_enqueue_batch``'s updates); the evaluations as written.
+
+        ``inserted``: what ``_claim`` returned (unused here: the rows are read back).
+        """
+        self._set_counts(conn, updates)
+        return self._evaluations(conn, evaluation_ids)
+
+    def _existing_digests(self, conn: sa.Connection, digests: Sequence[bytes]) -> set[bytes]:
+        """Those of the run key digests that runs hold already."""
+        seen: set[bytes] = set()
+        for start in range(0, len(digests), FIND_CHUNK):
+            query = sa.select(runs_table.c.key_digest).where(
+                runs_table.c.key_digest.in_(digests[start : start + FIND_CHUNK])
+            )
+            seen.update(bytes(digest) for digest in conn.execute(query).scalars())
+        return seen
 
     def _insert_evaluations(
         self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
     ) -> list[int]:
-        """One ``ok`` evaluation row per message, in one statement; their ids in order."""
+        """One ``ok`` evaluation row per message; their ids in order."""
         version = conn.execute(
             sa.select(sensors.c.state_version).where(sensors.c.name == commits[0].sensor)
         ).scalar_one()
-        return list(
-            conn.execute(
-                sensor_evaluations.insert().returning(
-                    sensor_evaluations.c.id, sort_by_parameter_order=True
-                ),
-                [
-                    {
-                        "sensor": commit.sensor,
-                        "idempotency_key": f"push:{commit.sensor}:{commit.message_id}",
-                        "message_id": commit.message_id,
-                        "outcome": EvaluationOutcome.OK.value,
-                        "state_version_before": version,
-                        "state_version_after": version,
-                        "items_skipped": commit.skipped,
-                        "error": records.clean_optional(commit.skip_reasons),
-                        "evaluator": records.clean_text(commit.evaluator),
-                        "started_at": commit.started_at,
-                        "finished_at": now,
-                    }
-                    for commit in commits
-                ],
-            ).scalars()
+        return self._insert_evaluation_rows(
+            conn,
+            [
+                {
+                    "sensor": commit.sensor,
+                    "idempotency_key": f"push:{commit.sensor}:{commit.message_id}",
+                    "message_id": commit.message_id,
+                    "outcome": EvaluationOutcome.OK.value,
+                    "state_version_before": version,
+                    "state_version_after": version,
+                    "items_skipped": commit.skipped,
+                    "error": records.clean_optional(commit.skip_reasons),
+                    "evaluator": records.clean_text(commit.evaluator),
+                    "started_at": commit.started_at,
+                    "finished_at": now,
+                }
+                for commit in commits
+            ],
         )
+
+    def _insert_evaluation_rows(
+        self, conn: sa.Connection, rows: Sequence[dict[str, Any]]
+    ) -> list[int]:
+        """Insert the rows in one statement; their ids in order."""
+        insert = sensor_evaluations.insert().returning(
+            sensor_evaluations.c.id, sort_by_parameter_order=True
+        )
+        return list(conn.execute(insert, list(rows)).scalars())
 
     def _record_deliveries(
         self, conn: sa.Connection, pairs: Sequence[tuple[PushCommit, int]], now: float
@@ -124,28 +172,35 @@ class PushBatches:
         A message another transaction delivered first takes its evaluation
         row back, so it writes nothing.
         """
-        won = set(
-            self.backend.insert_absent(
-                conn,
-                push_deliveries,
-                [
-                    {
-                        "sensor": commit.sensor,
-                        "message_digest": message_digest(commit.message_id),
-                        "message_id": commit.message_id,
-                        "evaluation_id": evaluation_id,
-                        "delivered_at": now,
-                    }
-                    for commit, evaluation_id in pairs
-                ],
-                unique=["sensor", "message_digest"],
-                returning=push_deliveries.c.evaluation_id,
-            )
+        won = self._insert_deliveries(
+            conn,
+            [
+                {
+                    "sensor": commit.sensor,
+                    "message_digest": message_digest(commit.message_id),
+                    "message_id": commit.message_id,
+                    "evaluation_id": evaluation_id,
+                    "delivered_at": now,
+                }
+                for commit, evaluation_id in pairs
+            ],
         )
         lost = [evaluation_id for _, evaluation_id in pairs if evaluation_id not in won]
         if lost:
             conn.execute(sensor_evaluations.delete().where(sensor_evaluations.c.id.in_(lost)))
         return won
+
+    def _insert_deliveries(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> set[int]:
+        """Insert the delivery rows no row holds yet; the evaluation ids of those inserted."""
+        return set(
+            self.backend.insert_absent(
+                conn,
+                push_deliveries,
+                rows,
+                unique=["sensor", "message_digest"],
+                returning=push_deliveries.c.evaluation_id,
+            )
+        )
 
     def _set_counts(self, conn: sa.Connection, updates: Sequence[dict[str, Any]]) -> None:
         """Write each evaluation's runs requested, deduplicated and their ids, in one call."""
@@ -190,13 +245,7 @@ class PushBatches:
         new_runs = [new for commit, _ in delivered for new in commit.new_runs]
         if not new_runs:
             return []
-        digests = list({new.key_digest for new in new_runs})
-        seen: set[bytes] = set()
-        for start in range(0, len(digests), FIND_CHUNK):
-            query = sa.select(runs_table.c.key_digest).where(
-                runs_table.c.key_digest.in_(digests[start : start + FIND_CHUNK])
-            )
-            seen.update(bytes(digest) for digest in conn.execute(query).scalars())
+        seen = self._existing_digests(conn, list({new.key_digest for new in new_runs}))
         run_ids = iter(self.runs.enqueue(conn, new_runs).run_ids)
         updates = []
         for commit, evaluation_id in delivered:

@@ -1,0 +1,166 @@
+"""Batches of push evaluations on PostgreSQL: each step one statement of fixed text.
+
+The portable :class:`~ferryman.store.push_batches.PushBatches` builds
+multi-row ``INSERT``\\ s and ``IN`` lists whose text grows with the batch:
+SQLAlchemy compiles such a statement afresh for every batch, and psycopg
+parses its hundreds of placeholders again, which together cost more than
+the database's own work. Here every step is one statement whose text never
+changes, its rows bound as arrays (``unnest``), so it is compiled and
+parsed once per process:
+
+* the look-up of earlier deliveries: ``message_digest = ANY(:digests)``;
+* the claim: ONE statement inserts the deliveries (``ON CONFLICT DO
+  NOTHING``) and the evaluations of exactly those it inserted — evaluation
+  ids are drawn from the table's sequence first, so a message another
+  transaction delivered first writes no evaluation at all (nothing to take
+  back). Both inserts run in one statement, so the deliveries' foreign key
+  is checked at its end, when the evaluations are there;
+* the runs' counts: one ``UPDATE ... FROM unnest(...) RETURNING``, which
+  also gives back the evaluations as written (no second read).
+
+The semantics are the portable ones (the broker and sensor tests run on
+every store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ferryman.model import Evaluation, EvaluationOutcome
+from ferryman.store import records
+from ferryman.store.keys import message_digest
+from ferryman.store.push_batches import PushBatches
+from ferryman.store.schema import push_deliveries, runs, sensor_evaluations, sensors
+from ferryman.store.sensors import PushCommit
+
+__all__ = ["PostgresPushBatches"]
+
+EVALUATIONS = sensor_evaluations.name
+DELIVERIES = push_deliveries.name
+
+FIND = sa.text(
+    f"""
+    SELECT delivery.message_digest, evaluation.*
+    FROM {DELIVERIES} AS delivery
+    JOIN {EVALUATIONS} AS evaluation ON evaluation.id = delivery.evaluation_id
+    WHERE delivery.sensor = :sensor
+      AND delivery.message_digest = ANY(CAST(:digests AS bytea[]))
+    """
+)
+
+# Deliveries in digest order: two consumers given overlapping batches (a
+# redelivery racing the first delivery) wait on each other's index entries in
+# one order, never in a cycle.
+CLAIM = sa.text(
+    f"""
+    WITH input AS (
+        SELECT nextval(pg_get_serial_sequence('{EVALUATIONS}', 'id')) AS id, input.*
+        FROM unnest(CAST(:message_ids AS text[]), CAST(:digests AS bytea[]),
+                    CAST(:keys AS text[]), CAST(:skipped AS integer[]),
+                    CAST(:errors AS text[]), CAST(:evaluators AS text[]),
+                    CAST(:started AS float8[]))
+             AS input(message_id, digest, idempotency_key, skipped, error, evaluator,
+                      started_at)
+    ), delivered AS (
+        INSERT INTO {DELIVERIES} (sensor, message_digest, message_id, evaluation_id,
+                                  delivered_at)
+        SELECT :sensor, digest, message_id, id, :now FROM input ORDER BY digest
+        ON CONFLICT (sensor, message_digest) DO NOTHING
+        RETURNING evaluation_id
+    )
+    INSERT INTO {EVALUATIONS} (id, sensor, idempotency_key, message_id, outcome,
+                               state_version_before, state_version_after, items_skipped,
+                               error, evaluator, started_at, finished_at)
+    SELECT input.id, :sensor, idempotency_key, message_id, :outcome, sensor.state_version,
+           sensor.state_version, skipped, error, evaluator, started_at, :now
+    FROM input
+    JOIN delivered ON delivered.evaluation_id = input.id
+    CROSS JOIN (SELECT state_version FROM {sensors.name} WHERE name = :sensor) AS sensor
+    RETURNING *
+    """
+)
+
+COUNT_RUNS = sa.text(
+    f"""
+    UPDATE {EVALUATIONS} AS evaluation
+    SET runs_requested = counts.requested, runs_deduplicated = counts.deduplicated,
+        run_ids = counts.run_ids
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:requested AS integer[]),
+                CAST(:deduplicated AS integer[]), CAST(:run_ids AS text[]))
+         AS counts(id, requested, deduplicated, run_ids)
+    WHERE evaluation.id = counts.id
+    RETURNING evaluation.*
+    """
+)
+
+EXISTING_RUNS = sa.text(
+    f"SELECT key_digest FROM {runs.name} WHERE key_digest = ANY(CAST(:digests AS bytea[]))"
+)
+
+
+class PostgresPushBatches(PushBatches):
+    """:class:`PushBatches` whose steps are one fixed statement each (see the module)."""
+
+    def find_many(
+        self, conn: sa.Connection, sensor: str, message_ids: Sequence[str]
+    ) -> dict[str, Evaluation]:
+        if not message_ids:
+            return {}
+        by_digest = {message_digest(message_id): message_id for message_id in message_ids}
+        rows = conn.execute(FIND, {"sensor": sensor, "digests": list(by_digest)}).mappings()
+        return {
+            by_digest[bytes(row["message_digest"])]: records.evaluation_from_row(row)
+            for row in rows
+        }
+
+    def _claim(
+        self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
+    ) -> tuple[list[int | None], dict[int, Evaluation]]:
+        sensor = commits[0].sensor
+        rows = conn.execute(
+            CLAIM,
+            {
+                "sensor": sensor,
+                "now": now,
+                "outcome": EvaluationOutcome.OK.value,
+                "message_ids": [commit.message_id for commit in commits],
+                "digests": [message_digest(commit.message_id) for commit in commits],
+                "keys": [f"push:{sensor}:{commit.message_id}" for commit in commits],
+                "skipped": [commit.skipped for commit in commits],
+                "errors": [records.clean_optional(commit.skip_reasons) for commit in commits],
+                "evaluators": [records.clean_text(commit.evaluator) for commit in commits],
+                "started": [commit.started_at for commit in commits],
+            },
+        ).mappings()
+        inserted = {row["message_id"]: records.evaluation_from_row(row) for row in rows}
+        return [
+            found.id if (found := inserted.get(commit.message_id)) else None for commit in commits
+        ], {evaluation.id: evaluation for evaluation in inserted.values()}
+
+    def _written(
+        self,
+        conn: sa.Connection,
+        evaluation_ids: Sequence[int],
+        updates: Sequence[dict[str, Any]],
+        inserted: dict[int, Evaluation],
+    ) -> dict[int, Evaluation]:
+        written = dict(inserted)
+        if updates:
+            rows = conn.execute(
+                COUNT_RUNS,
+                {
+                    "ids": [update["b_id"] for update in updates],
+                    "requested": [update["b_requested"] for update in updates],
+                    "deduplicated": [update["b_deduplicated"] for update in updates],
+                    "run_ids": [update["b_run_ids"] for update in updates],
+                },
+            ).mappings()
+            written.update((row["id"], records.evaluation_from_row(row)) for row in rows)
+        return {evaluation_id: written[evaluation_id] for evaluation_id in evaluation_ids}
+
+    def _existing_digests(self, conn: sa.Connection, digests: Sequence[bytes]) -> set[bytes]:
+        rows = conn.execute(EXISTING_RUNS, {"digests": list(digests)}).scalars()
+        return {bytes(digest) for digest in rows}
