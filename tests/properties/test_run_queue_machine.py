@@ -61,6 +61,7 @@ from hypothesis.stateful import (
 
 import ferryman as fm
 from ferryman.model import RunEventKind, RunStatus
+from ferryman.store.records import to_json
 from tests.properties import store_adapter as adapter
 from tests.properties.profiles import bounded
 from tests.properties.queue_model import (
@@ -82,7 +83,7 @@ from tests.properties.queue_model import (
     check_row,
 )
 from tests.properties.replay import replay
-from tests.properties.texts import escaped, short_texts
+from tests.properties.texts import escaped, json_joins, short_texts
 
 indexes = st.integers(min_value=0, max_value=1_000)
 notes = short_texts(max_size=12)
@@ -355,8 +356,12 @@ class RunQueueMachine(RuleBasedStateMachine):
     def checkpoint(self, pick: int, offset: int, note: str) -> None:
         held = self.pick(self.current_leases(), pick)
         data = {"offset": offset, "note": note}
+        if json_joins(note):  # refused at the store's boundary, before anything is written
+            with pytest.raises(fm.PayloadError, match="lone surrogates"):
+                to_json(data, "checkpoint")
+            return
         self.store.checkpoint(
-            held.lease, attempt=held.attempt, worker_id=held.worker, data_json=json.dumps(data)
+            held.lease, attempt=held.attempt, worker_id=held.worker, data_json=to_json(data, "x")
         )
         self.runs[held.lease.run_id].checkpoint = data
 
