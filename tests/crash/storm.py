@@ -81,8 +81,15 @@ class Storm:
         deadline = time.monotonic() + seconds
         while self.kills < kills and time.monotonic() < deadline:
             time.sleep(rng.uniform(*interval))  # the storm's rhythm, not a wait
-            # On a loaded machine, start-up can outlast several beats.
-            slot = rng.choice(wait_until(self.busy, timeout=60, what="a worker holding runs"))
+            # On a loaded machine, start-up can outlast several beats; on a quick
+            # one the work can run out within a beat, before enough() was asked.
+            wait_until(
+                lambda: bool(self.busy()) or enough(), timeout=60, what="a worker holding runs"
+            )
+            busy = self.busy()
+            if not busy:
+                break
+            slot = rng.choice(busy)
             stop(self.workers[slot])
             self.kills += 1
             self.workers[slot] = self.start(slot)
