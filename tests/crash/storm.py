@@ -83,11 +83,15 @@ class Storm:
             time.sleep(rng.uniform(*interval))  # the storm's rhythm, not a wait
             # On a loaded machine, start-up can outlast several beats; on a quick
             # one the work can run out within a beat, before enough() was asked.
-            wait_until(
-                lambda: bool(self.busy()) or enough(), timeout=60, what="a worker holding runs"
-            )
-            busy = self.busy()
-            if not busy:
+            busy: list[int] = []
+
+            def ready() -> bool:
+                nonlocal busy
+                busy = self.busy()
+                return bool(busy) or enough()
+
+            wait_until(ready, timeout=60, what="a worker holding runs")
+            if not busy:  # enough() came true while no worker held runs
                 break
             slot = rng.choice(busy)
             stop(self.workers[slot])
