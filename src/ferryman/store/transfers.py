@@ -343,19 +343,7 @@ class TransferQueries:
                 transfer_parts.c.part_number == part.part_number,
             )
         )
-        conn.execute(
-            transfer_parts.insert().values(
-                transfer_id=fence.transfer_id,
-                part_number=part.part_number,
-                start=part.start,
-                size=part.size,
-                etag=part.etag,
-                sha256=part.sha256,
-                adopted=part.adopted,
-                owner_token=fence.token,
-                confirmed_at=now,
-            )
-        )
+        self._insert_part(conn, fence, part, now)
         self._recount(conn, fence.transfer_id)
 
     def forget_parts(
@@ -438,20 +426,27 @@ class TransferQueries:
             transfer_parts.delete().where(transfer_parts.c.transfer_id == fence.transfer_id)
         )
         if part.size:
-            conn.execute(
-                transfer_parts.insert().values(
-                    transfer_id=fence.transfer_id,
-                    part_number=part.part_number,
-                    start=part.start,
-                    size=part.size,
-                    etag=part.etag,
-                    sha256=part.sha256,
-                    adopted=part.adopted,
-                    owner_token=fence.token,
-                    confirmed_at=now,
-                )
-            )
+            self._insert_part(conn, fence, part, now)
         return self._current(conn, fence.transfer_id)
+
+    @staticmethod
+    def _insert_part(
+        conn: sa.Connection, fence: TransferFence, part: ConfirmedPart, now: float
+    ) -> None:
+        """The row of a part the server confirmed, owned by the fence's token."""
+        conn.execute(
+            transfer_parts.insert().values(
+                transfer_id=fence.transfer_id,
+                part_number=part.part_number,
+                start=part.start,
+                size=part.size,
+                etag=part.etag,
+                sha256=part.sha256,
+                adopted=part.adopted,
+                owner_token=fence.token,
+                confirmed_at=now,
+            )
+        )
 
     def finish(
         self,
