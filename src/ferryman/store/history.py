@@ -40,6 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ferryman.model import EvaluationOutcome, RunStatus
+from ferryman.store.read_views import first_created_since
 from ferryman.store.schema import runs, sensor_evaluations
 
 SLOTS = 60  # points of a chart
@@ -189,12 +190,7 @@ def queue_history(
 def _waits(conn: sa.Connection, since: float, until: float) -> list[tuple[float, float]]:
     """When each run of an even sample of those created from ``CREATED_SLACK`` before
     ``since`` (by id, one primary-key read each) was due and waiting: ``(due, until)``."""
-    first = conn.scalar(
-        sa.select(runs.c.id)
-        .where(runs.c.created_at >= since - CREATED_SLACK)
-        .order_by(runs.c.created_at, runs.c.id)
-        .limit(1)
-    )
+    first = first_created_since(conn, since - CREATED_SLACK)
     if first is None:
         return []
     newest = conn.scalar(sa.select(sa.func.max(runs.c.id))) or first

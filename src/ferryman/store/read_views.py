@@ -266,14 +266,7 @@ def _sampled_successes(
     Reading the window by finish time instead would fetch every run of every
     job that finished in it.
     """
-    # The first run created in the window, by a seek in the (created_at, id)
-    # index: min(id) with the same condition walks the table on SQLite.
-    first = conn.scalar(
-        sa.select(runs.c.id)
-        .where(runs.c.created_at >= since - CREATED_SLACK)
-        .order_by(runs.c.created_at, runs.c.id)
-        .limit(1)
-    )
+    first = first_created_since(conn, since - CREATED_SLACK)
     if first is None:
         return []
     succeeded = sa.and_(
@@ -365,3 +358,16 @@ def evaluation_slots(
             by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
     total = math.ceil((until - since) / width)
     return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]
+
+
+def first_created_since(conn: sa.Connection, moment: float) -> int | None:
+    """The id of the first run created at ``moment`` or later, by a seek in the
+    ``(created_at, id)`` index (min(id) with the same condition walks the table on
+    SQLite); None if there is none."""
+    first = conn.scalar(
+        sa.select(runs.c.id)
+        .where(runs.c.created_at >= moment)
+        .order_by(runs.c.created_at, runs.c.id)
+        .limit(1)
+    )
+    return None if first is None else int(first)
