@@ -34,10 +34,11 @@ from ferryman.model import Rate, RunStatus
 from ferryman.store.dialect import Backend
 from ferryman.store.schema import job_limits, runs
 
-# Due runs read per page while looking for runs whose key has room; pages are
-# read until the claim is full or these many pages were read.
-PAGE_SLACK = 32
-MAX_PAGES = 8
+# Due runs a claim reads ahead of its room, first: the room plus this slack.
+# When runs sharing a key leave the claim short, it reads once more, WIDE_SCAN
+# times as far.
+SCAN_SLACK = 32
+WIDE_SCAN = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,18 +57,47 @@ class JobLimits:
 
 NO_LIMITS = JobLimits()
 
-_running = runs.alias("running")
-# Running runs of the candidate's job sharing its key.
-_key_running = (
-    sa.select(sa.func.count())
-    .select_from(_running)
-    .where(
-        _running.c.job == runs.c.job,
-        _running.c.status == RunStatus.RUNNING.value,
-        _running.c.concurrency_digest == runs.c.concurrency_digest,
+
+def _due(*, counted: bool) -> sa.Select[Any]:
+    """The first ``scan`` due runs of a job, in claim order, whose key has room among running runs.
+
+    A key at its limit is passed over in the statement, however many runs it
+    has queued, so that it holds none of the others up. ``counted``: with the
+    running runs of each run's key (``key_concurrency`` above 1 admits more
+    than one run of a key, counting those).
+    """
+    running = runs.alias("running")
+    key_running = (
+        sa.select(sa.func.count())
+        .where(
+            running.c.job == runs.c.job,
+            running.c.status == RunStatus.RUNNING.value,
+            # Implied by the next term; said for the partial index of running keys.
+            running.c.concurrency_digest.is_not(None),
+            running.c.concurrency_digest == runs.c.concurrency_digest,
+        )
+        .scalar_subquery()
     )
-    .scalar_subquery()
-)
+    columns = [runs.c.id, runs.c.concurrency_digest]
+    return (
+        sa.select(*columns, key_running.label("key_running") if counted else sa.literal(0))
+        .where(
+            runs.c.job == sa.bindparam("job"),
+            runs.c.status == RunStatus.QUEUED.value,
+            runs.c.available_at <= sa.bindparam("now"),
+            sa.or_(
+                runs.c.concurrency_digest.is_(None),
+                key_running < sa.bindparam("key_concurrency"),
+            ),
+        )
+        .order_by(runs.c.priority.desc(), runs.c.available_at, runs.c.id)
+        .limit(sa.bindparam("scan"))
+    )
+
+
+# One running run per key (the default) needs no count: a key read here has none.
+DUE_ONE_PER_KEY = _due(counted=False)
+DUE_COUNTED = _due(counted=True)
 
 
 class Limits:
@@ -85,21 +115,6 @@ class Limits:
         )
         self._count_running = sa.select(sa.func.count()).where(
             runs.c.job == sa.bindparam("job"), runs.c.status == RunStatus.RUNNING.value
-        )
-        self._due = (
-            sa.select(runs.c.id, runs.c.concurrency_digest, _key_running.label("key_running"))
-            .where(
-                runs.c.job == sa.bindparam("job"),
-                runs.c.status == RunStatus.QUEUED.value,
-                runs.c.available_at <= sa.bindparam("now"),
-                sa.or_(
-                    runs.c.concurrency_digest.is_(None),
-                    _key_running < sa.bindparam("key_concurrency"),
-                ),
-            )
-            .order_by(runs.c.priority.desc(), runs.c.available_at, runs.c.id)
-            .limit(sa.bindparam("limit"))
-            .offset(sa.bindparam("offset"))
         )
 
     def limited_jobs(
@@ -175,33 +190,40 @@ class Limits:
     def _pick(
         self, conn: sa.Connection, job: str, key_concurrency: int, room: int, now: float
     ) -> list[int]:
-        """Due runs in claim order whose key has room, counting those picked."""
-        picked: list[int] = []
-        taken: dict[bytes, int] = {}
-        page = room + PAGE_SLACK
-        for number in range(MAX_PAGES):
-            params = {
-                "job": job,
-                "now": now,
-                "key_concurrency": key_concurrency,
-                "limit": page,
-                "offset": number * page,
-            }
-            rows = conn.execute(self._due, params).all()
-            admitted: list[int] = []
-            for row in rows:
-                if len(picked) + len(admitted) >= room:
-                    break
-                digest = None if row.concurrency_digest is None else bytes(row.concurrency_digest)
-                if digest is not None:
-                    if row.key_running + taken.get(digest, 0) >= key_concurrency:
-                        continue
-                    taken[digest] = taken.get(digest, 0) + 1
-                admitted.append(row.id)
-            picked.extend(admitted)
-            if len(picked) >= room or len(rows) < page:
-                break
-        return picked
+        """Due runs in claim order whose key has room, counting those picked.
+
+        Read again, further, only when runs sharing a key left the claim short.
+        """
+        due = DUE_ONE_PER_KEY if key_concurrency == 1 else DUE_COUNTED
+        params = {"job": job, "now": now, "key_concurrency": key_concurrency}
+        scan = room + SCAN_SLACK
+        while True:
+            rows = conn.execute(due, {**params, "scan": scan}).all()
+            picked = _in_key_limits(rows, key_concurrency, room)
+            if len(picked) >= room or len(rows) < scan or scan > room + SCAN_SLACK:
+                return picked
+            scan *= WIDE_SCAN
+
+
+def _in_key_limits(rows: Sequence[Any], key_concurrency: int, room: int) -> list[int]:
+    """The ids of ``rows`` (id, key digest, its running runs) in order, up to ``room``.
+
+    A run is picked while the runs of its key running and picked before it
+    number fewer than ``key_concurrency``.
+    """
+    picked: list[int] = []
+    taken: dict[bytes, int] = {}
+    for run_id, digest, key_running in rows:
+        if digest is not None:
+            digest = bytes(digest)
+            ahead = taken.get(digest, key_running)
+            if ahead >= key_concurrency:
+                continue
+            taken[digest] = ahead + 1
+        picked.append(run_id)
+        if len(picked) >= room:
+            break
+    return picked
 
 
 def limits_of(definitions: Mapping[str, Any]) -> dict[str, JobLimits]:
