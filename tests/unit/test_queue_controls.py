@@ -208,3 +208,53 @@ def test_an_expired_lease_frees_its_slot_only_when_taken_over(
     assert app.store.claim(worker_id="other", lease_seconds=30, **claim) == []  # type: ignore[arg-type]
     held = held_slots(app, "serial")
     assert most_at_once(held) == 1
+
+
+def test_a_key_at_its_limit_holds_up_no_other_key_however_many_runs_it_has_queued(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    app.job(name="per_customer")(noop)
+    app.submit("per_customer", fm.RunRequest("busy-0", concurrency_key="busy"))
+    claim = {"worker_id": "w", "jobs": app.jobs, "lease_seconds": 30}
+    assert [run.run_key for run in app.store.claim(limit=1, **claim)] == ["busy-0"]  # type: ignore[arg-type]
+    # Far more runs of the busy key than one claim reads, ahead of the other key's run.
+    busy = [fm.RunRequest(f"busy-{i}", concurrency_key="busy", priority=1) for i in range(1, 3000)]
+    app.submit("per_customer", *busy)
+    app.submit("per_customer", fm.RunRequest("idle-0", concurrency_key="idle"))
+
+    assert [run.run_key for run in app.store.claim(limit=10, **claim)] == ["idle-0"]  # type: ignore[arg-type]
+
+
+def test_one_claim_takes_runs_of_a_key_up_to_its_limit_counting_those_running(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    app.job(name="two_per_customer", key_concurrency=2)(noop)
+    app.submit("two_per_customer", fm.RunRequest("a-0", concurrency_key="a"))
+    claim = {"worker_id": "w", "jobs": app.jobs, "lease_seconds": 30}
+    assert len(app.store.claim(limit=1, **claim)) == 1  # type: ignore[arg-type]
+    app.submit(
+        "two_per_customer",
+        *(fm.RunRequest(f"a-{i}", concurrency_key="a") for i in range(1, 5)),
+        *(fm.RunRequest(f"b-{i}", concurrency_key="b") for i in range(4)),
+        fm.RunRequest("no-key"),
+    )
+
+    claimed = app.store.claim(limit=100, **claim)  # type: ignore[arg-type]
+    assert sorted(run.run_key for run in claimed) == ["a-1", "b-0", "b-1", "no-key"]
+
+
+def test_a_keyed_submit_rolled_back_leaves_the_next_one_to_mark_its_job(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    app.job(name="per_customer")(noop)  # limited by its runs' keys alone
+    with pytest.raises(RuntimeError), app.engine.begin() as conn:
+        app.submit("per_customer", fm.RunRequest("first", concurrency_key="k"), conn=conn)
+        raise RuntimeError("the application's own transaction fails")
+    app.submit("per_customer", fm.RunRequest("second", concurrency_key="k"))
+    app.submit("per_customer", fm.RunRequest("third", concurrency_key="other"))
+
+    claimed = app.store.claim(worker_id="w", jobs=app.jobs, limit=10, lease_seconds=30)
+    assert sorted(run.run_key for run in claimed) == ["second", "third"]

@@ -211,7 +211,9 @@ class Store(ReadModel, FileTransfers):
         if committed is not None:
             return committed
         with self.write("enqueueing runs") as own:
-            return self.runs.enqueue(own, new_runs)
+            submitted = self.runs.enqueue(own, new_runs)
+        self.runs.committed(new_runs)
+        return submitted
 
     def claim(
         self,

@@ -31,6 +31,11 @@ class RunQueue:
         self.backend = backend
         # Concurrent submits of this process, one statement for all of them.
         self._shared = SharedSubmits(backend.enqueue_committed)
+        self._limits = Limits(backend)
+        # Jobs whose row in ferryman_job_limits a transaction of this process
+        # wrote and committed: no later submit needs to write it again (the rows
+        # are never deleted), which spares keyed submits a statement each.
+        self._keyed_committed: set[str] = set()
 
     def now(self, conn: sa.Connection) -> float:
         """The database's clock, which every lease and due time is measured by."""
@@ -54,16 +59,20 @@ class RunQueue:
         unique, in_key_order = _in_key_order(new_runs)
         created = self.backend.enqueue(conn, in_key_order, now)
         ids = self._ids(conn, unique, created)
+        keyed = {new.job for new in in_key_order if new.concurrency_key is not None}
+        if keyed - self._keyed_committed:
+            # Before any claim can see the runs: from now on every claim of
+            # these jobs counts the running runs of each key.
+            self._limits.mark_keyed(conn, sorted(keyed - self._keyed_committed))
         if created:
-            keyed = [new.job for new in in_key_order if new.concurrency_key is not None]
-            if keyed:
-                # Before any claim can see the runs: from now on every claim of
-                # these jobs counts the running runs of each key.
-                Limits(self.backend).mark_keyed(conn, keyed)
             self.backend.wake(conn, {new.job for new in unique.values()})
         if created and requested_detail is not None:
             self._detail_requested(conn, [run_id for run_id, _ in created], requested_detail)
         return _submitted(new_runs, ids, len(created))
+
+    def committed(self, new_runs: Sequence[NewRun]) -> None:
+        """The transaction that enqueued ``new_runs`` (:meth:`enqueue`) has committed."""
+        self._keyed_committed.update(new.job for new in new_runs if new.concurrency_key is not None)
 
     def enqueue_committed(self, new_runs: Sequence[NewRun]) -> SubmitResult | None:
         """Enqueue in a transaction of the backend's own, committed when this returns.
