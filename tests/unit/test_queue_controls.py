@@ -258,3 +258,16 @@ def test_a_keyed_submit_rolled_back_leaves_the_next_one_to_mark_its_job(
 
     claimed = app.store.claim(worker_id="w", jobs=app.jobs, limit=10, lease_seconds=30)
     assert sorted(run.run_key for run in claimed) == ["second", "third"]
+
+
+def test_keyed_runs_submitted_one_by_one_keep_their_key_and_its_limit(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    app.job(name="per_customer")(noop)  # limited by its runs' keys alone
+    for i in range(4):  # the first marks the job; the others may take the one-statement submit
+        app.submit("per_customer", fm.RunRequest(f"run-{i}", concurrency_key=f"k{i % 2}"))
+
+    assert [run.concurrency_key for run in app.get_runs()] == ["k0", "k1", "k0", "k1"]
+    claimed = app.store.claim(worker_id="w", jobs=app.jobs, limit=10, lease_seconds=30)
+    assert sorted(run.run_key for run in claimed) == ["run-0", "run-1"]

@@ -74,25 +74,27 @@ ENQUEUE = sa.text(
 
 # A submit on a connection of its own, committed by PostgreSQL as the one
 # statement it is (autocommit): the clock, the runs, their processing-log rows
-# and the wake-ups in one round trip. Runs without a concurrency key only
-# (ferryman.store.queue). Run on psycopg's cursor, so it is prepared once per
-# connection and costs none of SQLAlchemy's per-execution work. The wake-ups
-# are a scalar subquery of the result, so they are sent once, and only when a
-# run was created; NOTIFY is delivered only if the statement commits. Rows are
-# inserted in the order given (the caller sorted them by key).
+# and the wake-ups in one round trip. A run with a concurrency key only once its
+# job's row in ferryman_job_limits is committed (ferryman.store.queue). Run on
+# psycopg's cursor, so it is prepared once per connection and costs none of
+# SQLAlchemy's per-execution work. The wake-ups are a scalar subquery of the
+# result, so they are sent once, and only when a run was created; NOTIFY is
+# delivered only if the statement commits. Rows are inserted in the order given
+# (the caller sorted them by key).
 _ENQUEUE_COMMITTED = f"""
     WITH clock AS (
         SELECT extract(epoch from clock_timestamp())::float8 AS now
     ), inserted AS (
         INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
                                  max_attempts, available_at, lease_token, created_at,
-                                 updated_at, priority)
+                                 updated_at, priority, concurrency_key, concurrency_digest)
         SELECT input.job, input.run_key, input.key_digest, input.payload, 'queued', 0,
                input.max_attempts, greatest(clock.now + input.delay, input.not_before), 0,
-               clock.now, clock.now, input.priority
+               clock.now, clock.now, input.priority, input.concurrency_key,
+               input.concurrency_digest
         FROM {{input}}
              AS input(job, run_key, key_digest, payload, max_attempts, delay, not_before,
-                      priority, position)
+                      priority, concurrency_key, concurrency_digest, position)
         CROSS JOIN clock
         ORDER BY input.position
         ON CONFLICT (key_digest) DO NOTHING
@@ -111,13 +113,16 @@ ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
     "{input}",
     """unnest(%(job)s::text[], %(run_key)s::text[], %(key_digest)s::bytea[],
                     %(payload)s::text[], %(max_attempts)s::integer[], %(delay)s::float8[],
-                    %(not_before)s::float8[], %(priority)s::integer[]) WITH ORDINALITY""",
+                    %(not_before)s::float8[], %(priority)s::integer[],
+                    %(concurrency_key)s::text[], %(concurrency_digest)s::bytea[])
+                    WITH ORDINALITY""",
 )
 ENQUEUE_ONE = _ENQUEUE_COMMITTED.replace(
     "{input}",
     """(VALUES (%(job)s::text, %(run_key)s::text, %(key_digest)s::bytea, %(payload)s::text,
                      %(max_attempts)s::integer, %(delay)s::float8, %(not_before)s::float8,
-                     %(priority)s::integer, 1))""",
+                     %(priority)s::integer, %(concurrency_key)s::text,
+                     %(concurrency_digest)s::bytea, 1))""",
 )
 
 
@@ -445,6 +450,8 @@ def _one_row(new: NewRun) -> dict[str, Any]:
         "delay": new.delay,
         "not_before": new.not_before,
         "priority": new.priority,
+        "concurrency_key": new.concurrency_key,
+        "concurrency_digest": new.concurrency_digest,
     }
 
 
@@ -458,6 +465,8 @@ def _arrays(new_runs: Sequence[NewRun]) -> dict[str, list[Any]]:
         "delay": [new.delay for new in new_runs],
         "not_before": [new.not_before for new in new_runs],
         "priority": [new.priority for new in new_runs],
+        "concurrency_key": [new.concurrency_key for new in new_runs],
+        "concurrency_digest": [new.concurrency_digest for new in new_runs],
     }
 
 

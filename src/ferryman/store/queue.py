@@ -79,16 +79,19 @@ class RunQueue:
 
         One statement (one round trip) where the backend can
         (:meth:`~ferryman.store.dialect.Backend.enqueue_committed`); None
-        where it cannot, or when a run has a concurrency key (marking its job
-        keyed is a second write in the same transaction): then the caller
-        enqueues in a transaction of its own with :meth:`enqueue`.
+        where it cannot, or when a run has a concurrency key whose job's row in
+        ``ferryman_job_limits`` no transaction of this process has committed yet
+        (marking the job keyed is a second write in the same transaction): then
+        the caller enqueues in a transaction of its own with :meth:`enqueue`.
         """
         if not new_runs:
             return SubmitResult(run_ids=(), created=0, deduplicated=0)
-        if any(new.concurrency_key is not None for new in new_runs):
-            return None
         if not self.backend.enqueues_committed:
             return None
+        if not {new.job for new in new_runs if new.concurrency_key is not None}.issubset(
+            self._keyed_committed
+        ):
+            return None  # the job's limits row goes in with the runs, once
         unique, in_key_order = _in_key_order(new_runs)
         created, written = self._shared.submit(in_key_order)
         ids = {digest: written[digest] for digest in unique if digest in written}
