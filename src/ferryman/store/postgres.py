@@ -33,7 +33,7 @@ from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff
 from ferryman.store import faults
 from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, safe_url
-from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind
+from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
 from ferryman.store.schema import run_events, runs
 from ferryman.supervise import supervised
 
@@ -377,8 +377,15 @@ class PostgresBackend(Backend):
     def finish(
         self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str, now: float
     ) -> tuple[set[Lease], set[Lease]]:
-        """Successes in one statement that logs them too; then the others one by one."""
+        """Successes in one statement that logs them too; then the others one by one.
+
+        ``outcomes`` come in id order, and so the successes lock their rows;
+        the others would then lock theirs out of that order, so a mixed batch
+        takes its locks in id order first.
+        """
         successes = [o.lease for o in outcomes if o.kind is OutcomeKind.SUCCEEDED]
+        if 0 < len(successes) < len(outcomes):
+            lock_in_id_order(conn, [outcome.lease for outcome in outcomes])
         accepted: set[Lease] = set()
         if successes:
             rows = conn.execute(
