@@ -26,7 +26,7 @@ from ferryman.store.run_rows import Lease, Outcome, OutcomeKind
 from tests.conftest import STORE_FIXTURES
 
 HELD = 1_000
-ROUNDS = 3
+ROUNDS = 4
 FAILED_EVERY = 10
 
 
@@ -79,24 +79,25 @@ def test_renewal_and_outcomes_over_the_same_runs_do_not_deadlock(
             # shuffled (more than one statement's worth), the committer's reversed.
             renew_order = [lease for lease, _ in leases]
             random.Random(round_).shuffle(renew_order)
-            # Mostly successes, one in FAILED_EVERY a failure: a batch of mixed
-            # outcomes is written by more than one statement on PostgreSQL.
+            # Successes only (one statement on PostgreSQL), then, every other
+            # round, one in FAILED_EVERY a failure: a batch of mixed outcomes is
+            # written by more than one statement.
             outcomes = [
-                Outcome(kind=OutcomeKind.SUCCEEDED, lease=lease, attempt=attempt)
-                if i % FAILED_EVERY
-                else Outcome(kind=OutcomeKind.FAILED, lease=lease, attempt=attempt, error="boom")
+                Outcome(kind=OutcomeKind.FAILED, lease=lease, attempt=attempt, error="boom")
+                if round_ % 2 and i % FAILED_EVERY == 0
+                else Outcome(kind=OutcomeKind.SUCCEEDED, lease=lease, attempt=attempt)
                 for i, (lease, attempt) in enumerate(reversed(leases))
             ]
             refused = _renew_and_finish_at_once(app.store, renew_order, outcomes)
             assert refused == [], f"round {round_}: {refused}"
-        failed = len(range(0, HELD, FAILED_EVERY))
+        failed = len(range(0, HELD, FAILED_EVERY)) * (ROUNDS // 2)
         counts = {
             status: len(app.store.get_runs(job="held", status=status))
             for status in (fm.RunStatus.SUCCEEDED, fm.RunStatus.FAILED)
         }
         assert counts == {
-            fm.RunStatus.SUCCEEDED: (HELD - failed) * ROUNDS,
-            fm.RunStatus.FAILED: failed * ROUNDS,
+            fm.RunStatus.SUCCEEDED: HELD * ROUNDS - failed,
+            fm.RunStatus.FAILED: failed,
         }
     finally:
         app.close()
