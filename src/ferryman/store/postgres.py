@@ -114,10 +114,9 @@ ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
                     %(not_before)s::float8[], %(priority)s::integer[]) WITH ORDINALITY""",
 )
 # One run, the common submit, without what only a batch needs (the input
-# relation, its order, the clock joined to it, DISTINCT wake-ups): PostgreSQL
-# runs it in about two thirds of the time. The clock is read once, so the run's
-# times agree; its log row takes the time the run was created at; the wake-up
-# is sent for the row returned, that is only if the run was created.
+# relation, its order, DISTINCT wake-ups). The clock is read once, so the
+# run's times agree; its log row takes the time the run was created at; the
+# wake-up is sent for the row returned, that is only if the run was created.
 ENQUEUE_ONE = f"""
     WITH inserted AS (
         INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
