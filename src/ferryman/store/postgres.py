@@ -113,12 +113,28 @@ ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
                     %(payload)s::text[], %(max_attempts)s::integer[], %(delay)s::float8[],
                     %(not_before)s::float8[], %(priority)s::integer[]) WITH ORDINALITY""",
 )
-ENQUEUE_ONE = _ENQUEUE_COMMITTED.replace(
-    "{input}",
-    """(VALUES (%(job)s::text, %(run_key)s::text, %(key_digest)s::bytea, %(payload)s::text,
-                     %(max_attempts)s::integer, %(delay)s::float8, %(not_before)s::float8,
-                     %(priority)s::integer, 1))""",
-)
+# One run, the common submit, without what only a batch needs (the input
+# relation, its order, DISTINCT wake-ups). The clock is read once, so the
+# run's times agree; its log row takes the time the run was created at; the
+# wake-up is sent for the row returned, that is only if the run was created.
+ENQUEUE_ONE = f"""
+    WITH inserted AS (
+        INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
+                                 max_attempts, available_at, lease_token, created_at,
+                                 updated_at, priority)
+        SELECT %(job)s::text, %(run_key)s::text, %(key_digest)s::bytea, %(payload)s::text,
+               'queued', 0, %(max_attempts)s::integer,
+               greatest(clock.now + %(delay)s::float8, %(not_before)s::float8), 0,
+               clock.now, clock.now, %(priority)s::integer
+        FROM (SELECT extract(epoch from clock_timestamp())::float8 AS now) AS clock
+        ON CONFLICT (key_digest) DO NOTHING
+        RETURNING id, key_digest, job, created_at
+    ), logged AS (
+        INSERT INTO {run_events.name} (run_id, kind, at, attempt)
+        SELECT id, 'requested', created_at, 0 FROM inserted
+    )
+    SELECT id, key_digest, pg_notify('{CHANNEL}', job) FROM inserted
+"""
 
 
 def _claim_statement(due: str) -> sa.TextClause:
@@ -505,29 +521,31 @@ class SubmitConnection:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._conn: psycopg.Connection[Any] | None = None
+        self._cursor: psycopg.Cursor[Any] | None = None  # kept: one cursor serves every submit
         self.lock = threading.Lock()  # one statement at a time on it
         self.pid = os.getpid()
 
     def rows(self, statement: str, params: dict[str, Any]) -> list[tuple[int, bytes]]:
         """Run ``statement``, committed on return; errors raised as SQLAlchemy raises them."""
-        conn = self._conn
+        conn, cursor = self._conn, self._cursor
         try:
-            if conn is None:
+            if conn is None or cursor is None:
                 conn = self._conn = psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
                 )
-            with conn.cursor() as cursor:
-                cursor.execute(statement, params)
-                return [(row[0], bytes(row[1])) for row in cursor.fetchall()]
+                cursor = self._cursor = conn.cursor()
+            # Prepared on first use: PostgreSQL parses and plans each statement once.
+            cursor.execute(statement, params, prepare=True)
+            return [(row[0], bytes(row[1])) for row in cursor.fetchall()]
         except psycopg.Error as exc:
             if conn is not None and (conn.broken or conn.closed):
-                self._conn = None
+                self._conn = self._cursor = None
             raise faults.driver_error(statement, exc, conn) from exc
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
-            self._conn = None
+            self._conn = self._cursor = None
 
 
 class Listener:
