@@ -298,6 +298,8 @@ class PostgresBackend(Backend):
         if returning is None:
             conn.execute(insert.values(list(rows)))
             return []
+        if len(rows) == 1:  # as parameters, so that the compiled statement is reused
+            return list(conn.execute(insert.returning(returning), rows[0]).scalars())
         return list(conn.execute(insert.values(list(rows)).returning(returning)).scalars())
 
     # -- runs ----------------------------------------------------------------
