@@ -267,16 +267,21 @@ mariadb_only(
 )
 mariadb_only(sa.Index("ix_ferryman_runs_leases", runs.c.status, runs.c.lease_expires_at))
 sa.Index("ix_ferryman_runs_job_status", runs.c.job, runs.c.status, runs.c.id)
-# Runs of one status, newest first. Not the queued ones on PostgreSQL (0010):
-# the claim index holds them all, and, the newest runs, the primary key finds
-# them backwards. SQLite uses a partial index only for a query repeating its
-# predicate.
-sa.Index("ix_ferryman_runs_status_id", runs.c.status, runs.c.id, postgresql_where=runs.c.status != "queued")
+# Runs of one status, newest first; on PostgreSQL not the queued ones (0010):
+# the claim index holds those, and the primary key finds them (the newest runs).
+sa.Index(
+    "ix_ferryman_runs_status_id",
+    runs.c.status,
+    runs.c.id,
+    postgresql_where=runs.c.status != "queued",
+)
 # The runs list within a time window reads it in creation order from here.
 sa.Index("ix_ferryman_runs_created_at", runs.c.created_at, runs.c.id)
 # Throughput per minute (the last hour), the history and pruning: each bounds
 # finished_at, so runs not finished need no entry (no partial index on MariaDB).
-sa.Index("ix_ferryman_runs_finished_at", runs.c.finished_at, **partial(runs.c.finished_at.is_not(None)))
+sa.Index(
+    "ix_ferryman_runs_finished_at", runs.c.finished_at, **partial(runs.c.finished_at.is_not(None))
+)
 # Run keys compared in SQL (ferryman.store.run_key_sql): a B-tree on the keys
 # on SQLite, on their first characters on MariaDB; on PostgreSQL the prefix
 # index below finds them (migration 0010).
