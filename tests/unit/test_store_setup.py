@@ -199,3 +199,51 @@ def test_upgrading_to_0005_keeps_runs_logs_and_deliveries(unmigrated_url: str, v
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         app.close()
+
+
+def _index_definitions(url: str) -> dict[str, str]:
+    """Every index of the store's tables as the database holds it, predicate included."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+                    )
+                )
+            else:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql != ''"
+                    )
+                )
+            return {
+                name: " ".join(ddl.replace('"', "").split())
+                for name, ddl in rows
+                if VERSION_TABLE not in ddl  # Alembic's own table, not declared
+            }
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("unmigrated_url", ["sqlite", "postgres"], indirect=True)
+def test_migrations_make_each_index_over_the_declared_rows(
+    unmigrated_url: str, request: pytest.FixtureRequest
+) -> None:
+    """Alembic compares an index's columns, not its predicate: a partial index
+    (migration 0010's) is compared here with the one the declaration creates."""
+    from ferryman.store.schema import metadata
+
+    on_sqlite = unmigrated_url.startswith("sqlite")
+    migrated = str(request.getfixturevalue("sqlite_url" if on_sqlite else "pg_url"))
+    Store(migrated, create=True).close()
+    declared = sa.create_engine(unmigrated_url)
+    try:
+        metadata.create_all(declared)
+    finally:
+        declared.dispose()
+    wanted = _index_definitions(unmigrated_url)
+    _, predicate = wanted["ix_ferryman_runs_finished_at"].split(" WHERE ")
+    assert "finished_at IS NOT NULL" in predicate
+    assert _index_definitions(migrated) == wanted
