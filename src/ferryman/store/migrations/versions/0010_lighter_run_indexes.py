@@ -38,23 +38,25 @@ NOT_QUEUED = "status != 'queued'"
 
 
 def upgrade() -> None:
-    dialect = op.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        return
-    _recreate(FINISHED_AT, ["finished_at"], where=FINISHED)
-    if dialect == "postgresql":
-        _recreate(STATUS_ID, ["status", "id"], where=NOT_QUEUED)
-        op.drop_index(RUN_KEY, RUNS)
+    _lighten(True)
 
 
 def downgrade() -> None:
+    _lighten(False)
+
+
+def _lighten(lighter: bool) -> None:
+    """The indexes of 0010 (``lighter``), or back to those of 0009."""
     dialect = op.get_bind().dialect.name
     if dialect not in ("postgresql", "sqlite"):
         return
-    _recreate(FINISHED_AT, ["finished_at"], where=None)
+    _recreate(FINISHED_AT, ["finished_at"], where=FINISHED if lighter else None)
     if dialect == "postgresql":
-        _recreate(STATUS_ID, ["status", "id"], where=None)
-        op.create_index(RUN_KEY, RUNS, ["run_key"], postgresql_using="hash")
+        _recreate(STATUS_ID, ["status", "id"], where=NOT_QUEUED if lighter else None)
+        if lighter:
+            op.drop_index(RUN_KEY, RUNS)
+        else:
+            op.create_index(RUN_KEY, RUNS, ["run_key"], postgresql_using="hash")
 
 
 def _recreate(name: str, columns: list[str], *, where: str | None) -> None:
