@@ -825,9 +825,8 @@ def child(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def environment(args: argparse.Namespace, system: str, store: str) -> Iterator[list[str]]:
     """A fresh database (or SQLite directory) for one child; extra argv for it."""
-    # The process id: two benches on one server (two checkouts) keep apart.
-    name = f"{DB_PREFIX}{system}_{os.getpid()}"
     if store == "postgres":
+        name = f"{DB_PREFIX}{system}"
         create_database(args.pg, name)
         try:
             yield ["--database", name]
@@ -835,6 +834,7 @@ def environment(args: argparse.Namespace, system: str, store: str) -> Iterator[l
             with contextlib.suppress(Exception):
                 drop_database(args.pg, name)
     elif store == "mariadb":
+        name = f"{DB_PREFIX}{system}"
         drop = f"DROP DATABASE IF EXISTS `{name}`"
         mariadb_execute(args.mariadb, drop, f"CREATE DATABASE `{name}`")
         try:
