@@ -69,7 +69,8 @@ POSTGRES_ONLY = {"pgqueuer", "procrastinate", "dbos"}
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MARIADB = "mariadb+pymysql://root@127.0.0.1:3306/test"
 STORE_LABELS = {"postgres": "PostgreSQL", "sqlite": "SQLite", "mariadb": "MariaDB"}
-DB_PREFIX = "ferryman_bench_"
+# Per run of the bench: two runs at once on one server must not drop each other's databases.
+DB_PREFIX = f"ferryman_bench_{os.getpid()}_"
 POLL_SECONDS = 0.02  # how often the peers' tables are counted while they work
 BASELINE_SECONDS = 3.0
 BUSY_CPU = 0.2  # share of all CPUs other processes may use before the bench warns

@@ -36,7 +36,7 @@ def incompressible(length: int) -> str:
     A long key of one repeated letter would be compressed by PostgreSQL to a
     few bytes and slip under any index size limit a real key runs into.
     """
-    blocks = []
+    blocks: list[str] = []
     digest = b"ferryman"
     while sum(map(len, blocks)) < length:
         digest = hashlib.sha256(digest).digest()

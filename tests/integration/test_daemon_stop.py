@@ -18,7 +18,7 @@ def test_nothing_of_the_daemon_runs_on_once_app_run_returns(make_app: type[fm.Ap
         with ctx.transaction():
             pass
 
-    @app.poll_sensor(job="count", interval=0.05, timeout=None)
+    @app.poll_sensor(job="count", interval=0.05)  # a timeout: calls on threads of their own
     def counter(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
         n = int(cursor or 0) + 1
         return fm.SensorResult(run_requests=[fm.RunRequest(str(n))], cursor=str(n))

@@ -89,6 +89,7 @@ RUN_CONTROL = "tests/unit/test_run_control.py"
 QUEUE = "tests/unit/test_queue_controls.py"
 ASYNC_TIMEOUTS = "tests/unit/test_async_timeouts.py"
 DEADLOCKS = "tests/integration/test_deadlock_victims.py"
+LOCK_ORDER = "tests/integration/test_lock_order.py"
 TIMEOUTS = "Timeouts: an attempt past its deadline ends and cannot commit"
 CANCELLING = "Cancelling: nothing a cancelled run does afterwards commits"
 CHAINING = "Chaining: a downstream run exists if and only if its upstream succeeded"
@@ -961,6 +962,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             f"{DEADLOCKS}::"
             "test_a_deadlock_victim_in_the_transaction_uses_no_attempt_and_is_due_at_once[postgres]",
+        ),
+    ),
+    Mutation(
+        "outcomes written in the order the committer holds them, not by id",
+        "A store outage uses no attempt",
+        one(
+            LEASES,
+            "in_order = sorted(outcomes, key=lambda outcome: outcome.lease.run_id)",
+            "in_order = list(outcomes)",
+        ),
+        (
+            f"{LOCK_ORDER}::test_renewal_and_outcomes_over_the_same_runs_do_not_deadlock[postgres]",
+            f"{LOCK_ORDER}::test_renewal_and_outcomes_over_the_same_runs_do_not_deadlock[mariadb]",
         ),
     ),
 )

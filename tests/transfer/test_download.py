@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +270,69 @@ def test_ranges_are_recorded_only_after_their_bytes_are_synced_to_disk(
         ), events
     else:
         assert "sync" not in events
+
+
+class _CutProxy(SlowProxy):
+    """Relays S3, but cuts each of the first ``cuts`` connections after ``after`` bytes
+    of answers: a connection lost in the middle of a range's body."""
+
+    def __init__(self, upstream: str, *, after: int, cuts: int) -> None:
+        super().__init__(upstream, rate=0)
+        self.after = after
+        self._cuts_left = cuts
+        self._lock = threading.Lock()
+        self.cut = 0  # connections cut in the middle of an answer
+
+    def _relay(self, client: socket.socket) -> None:
+        with self._lock:
+            cut, self._cuts_left = self._cuts_left > 0, self._cuts_left - 1
+        server = self._connect(client)
+        if server is None:
+            return
+        up = threading.Thread(target=_pipe, args=(client, server, None), daemon=True)
+        up.start()
+        if _pipe(server, client, self.after if cut else None):
+            with self._lock:
+                self.cut += 1
+        up.join(timeout=30)
+        client.close()
+        server.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket, limit: int | None) -> bool:
+    """Relay until either side closes, or until ``limit`` bytes; True if cut at the limit."""
+    relayed, cut = 0, False
+    try:
+        while data := source.recv(64 * 1024):
+            if limit is not None and relayed + len(data) > limit:
+                sink.sendall(data[: limit - relayed])
+                cut = True
+                break
+            sink.sendall(data)
+            relayed += len(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+    return cut
+
+
+def test_a_range_cut_mid_body_is_fetched_again_and_the_file_is_whole(
+    tmp_path: Path, seaweed_env: SeaweedServer, seaweed_bucket: str
+) -> None:
+    source = tmp_path / "cut.bin"
+    write_random(source, 12 * MiB + 7)
+    store = f"sqlite:///{tmp_path}/store.db"
+    fm.transfer.upload(source, f"s3://{seaweed_bucket}/cut.bin", store=store, part_size=5 * MiB)
+    dest = tmp_path / "cut-out.bin"
+    log = tmp_path / "download.log"
+    with _CutProxy(seaweed_env.endpoint, after=3 * MiB, cuts=3) as proxy:
+        env = child_environment(seaweed_env, AWS_ENDPOINT_URL=proxy.endpoint)
+        done = _start(store, log, env, f"s3://{seaweed_bucket}/cut.bin", str(dest))
+        assert done.wait(timeout=120) == 0, log.read_text()[-3000:]
+    # Answers of a few hundred bytes come before the ranges of 5 MiB: every cut
+    # at 3 MiB fell inside a range's body, and those ranges were fetched again.
+    assert proxy.cut == 3
+    assert file_sha256(dest) == file_sha256(source)

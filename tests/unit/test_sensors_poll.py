@@ -421,12 +421,13 @@ def test_hung_sensor_times_out_and_its_late_result_never_commits(
     make_app: type[fm.App],
 ) -> None:
     app = make_sensor_app(make_app)
-    release = threading.Event()
+    release, late = threading.Event(), threading.Event()
 
     @app.poll_sensor(job="load", interval=0, timeout=0.2, backoff=fm.Backoff(base=0))
     def stuck(ctx: fm.SensorContext, cursor: str | None) -> fm.SensorResult:
         if ctx.state_version == 0:
             release.wait(30)
+            late.set()
             return fm.SensorResult(run_requests=[fm.RunRequest("late")], cursor="late")
         return fm.SensorResult(run_requests=[fm.RunRequest("on-time")], cursor="on-time")
 
@@ -438,12 +439,11 @@ def test_hung_sensor_times_out_and_its_late_result_never_commits(
     assert next_one.outcome is fm.EvaluationOutcome.OK
 
     release.set()
-    for thread in threading.enumerate():
-        if thread.name == "ferryman-sensor-stuck":
-            thread.join(10)
+    assert late.wait(10)
+    assert app.tick()[0].outcome is fm.EvaluationOutcome.OK  # called again as usual
     assert run_keys(app) == ["on-time"]
     assert app.get_sensor("stuck").cursor == "on-time"
-    assert len(app.get_evaluations("stuck")) == 2
+    assert len(app.get_evaluations("stuck")) == 3
     assert_history_consistent(app, "stuck")
 
 

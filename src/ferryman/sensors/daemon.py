@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
 from ferryman.model import Backoff
+from ferryman.sensors.calls import stop_idle_call_threads
 from ferryman.sensors.engine import SensorEngine
 from ferryman.sensors.registry import SensorDefinition
 from ferryman.store.sensors import RUNNING
@@ -103,6 +104,7 @@ class SensorDaemon:
             threads += list(self._in_flight.values())
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        stop_idle_call_threads(deadline)
         return not any(thread.is_alive() for thread in threads)
 
     @property

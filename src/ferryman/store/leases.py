@@ -30,6 +30,7 @@ from ferryman.store.run_rows import (
     end_values,
     event,
     fenced_update,
+    lock_in_id_order,
     outcome_event,
 )
 from ferryman.store.schema import runs
@@ -140,6 +141,7 @@ class Leases:
         if not leases:
             return set()
         now = self.backend.clock(conn)
+        lock_in_id_order(conn, leases)
         kept: set[int] = set()
         for chunk in chunks(leases, CHUNK // 2):
             update = fenced_update(chunk).values(lease_expires_at=now + lease_seconds)
@@ -185,7 +187,9 @@ class Leases:
         took its own lapsed run over), and only the current one counts.
         """
         now = self.backend.clock(conn)
-        accepted, logged = self.backend.finish(conn, outcomes, worker_id=worker_id, now=now)
+        # In id order, as the heartbeat renews: see run_rows.lock_in_id_order.
+        in_order = sorted(outcomes, key=lambda outcome: outcome.lease.run_id)
+        accepted, logged = self.backend.finish(conn, in_order, worker_id=worker_id, now=now)
         self.backend.log_events(
             conn,
             [

@@ -218,6 +218,8 @@ def differences(connection: sa.Connection) -> list[Any]:
     def compared(item: Any, name: str | None, type_: str, reflected: bool, _other: Any) -> bool:
         if type_ == "index" and name in expressions:
             return False  # Alembic cannot compare an index on an expression: checked below
+        if type_ == "foreign_key_constraint" and not reflected:
+            return schema.created_on(item, dialect)
         if reflected and type_ in ("column", "index") and dialect in schema.MARIADB:
             return (item.table.name, name) not in generated
         return True

@@ -33,7 +33,7 @@ from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff
 from ferryman.store import faults
 from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, safe_url
-from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind
+from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
 from ferryman.store.schema import run_events, runs
 from ferryman.supervise import supervised
 
@@ -117,13 +117,29 @@ ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
                     %(concurrency_key)s::text[], %(concurrency_digest)s::bytea[])
                     WITH ORDINALITY""",
 )
-ENQUEUE_ONE = _ENQUEUE_COMMITTED.replace(
-    "{input}",
-    """(VALUES (%(job)s::text, %(run_key)s::text, %(key_digest)s::bytea, %(payload)s::text,
-                     %(max_attempts)s::integer, %(delay)s::float8, %(not_before)s::float8,
-                     %(priority)s::integer, %(concurrency_key)s::text,
-                     %(concurrency_digest)s::bytea, 1))""",
-)
+# One run, the common submit, without what only a batch needs (the input
+# relation, its order, DISTINCT wake-ups). The clock is read once, so the
+# run's times agree; its log row takes the time the run was created at; the
+# wake-up is sent for the row returned, that is only if the run was created.
+ENQUEUE_ONE = f"""
+    WITH inserted AS (
+        INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
+                                 max_attempts, available_at, lease_token, created_at,
+                                 updated_at, priority, concurrency_key, concurrency_digest)
+        SELECT %(job)s::text, %(run_key)s::text, %(key_digest)s::bytea, %(payload)s::text,
+               'queued', 0, %(max_attempts)s::integer,
+               greatest(clock.now + %(delay)s::float8, %(not_before)s::float8), 0,
+               clock.now, clock.now, %(priority)s::integer, %(concurrency_key)s::text,
+               %(concurrency_digest)s::bytea
+        FROM (SELECT extract(epoch from clock_timestamp())::float8 AS now) AS clock
+        ON CONFLICT (key_digest) DO NOTHING
+        RETURNING id, key_digest, job, created_at
+    ), logged AS (
+        INSERT INTO {run_events.name} (run_id, kind, at, attempt)
+        SELECT id, 'requested', created_at, 0 FROM inserted
+    )
+    SELECT id, key_digest, pg_notify('{CHANNEL}', job) FROM inserted
+"""
 
 
 def _claim_statement(due: str) -> sa.TextClause:
@@ -287,6 +303,8 @@ class PostgresBackend(Backend):
         if returning is None:
             conn.execute(insert.values(list(rows)))
             return []
+        if len(rows) == 1:  # as parameters, so that the compiled statement is reused
+            return list(conn.execute(insert.returning(returning), rows[0]).scalars())
         return list(conn.execute(insert.values(list(rows)).returning(returning)).scalars())
 
     # -- runs ----------------------------------------------------------------
@@ -382,8 +400,15 @@ class PostgresBackend(Backend):
     def finish(
         self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str, now: float
     ) -> tuple[set[Lease], set[Lease]]:
-        """Successes in one statement that logs them too; then the others one by one."""
+        """Successes in one statement that logs them too; then the others one by one.
+
+        ``outcomes`` come in id order, and so the successes lock their rows;
+        the others would then lock theirs out of that order, so a mixed batch
+        takes its locks in id order first.
+        """
         successes = [o.lease for o in outcomes if o.kind is OutcomeKind.SUCCEEDED]
+        if 0 < len(successes) < len(outcomes):
+            lock_in_id_order(conn, [outcome.lease for outcome in outcomes])
         accepted: set[Lease] = set()
         if successes:
             rows = conn.execute(
@@ -507,29 +532,31 @@ class SubmitConnection:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._conn: psycopg.Connection[Any] | None = None
+        self._cursor: psycopg.Cursor[Any] | None = None  # kept: one cursor serves every submit
         self.lock = threading.Lock()  # one statement at a time on it
         self.pid = os.getpid()
 
     def rows(self, statement: str, params: dict[str, Any]) -> list[tuple[int, bytes]]:
         """Run ``statement``, committed on return; errors raised as SQLAlchemy raises them."""
-        conn = self._conn
+        conn, cursor = self._conn, self._cursor
         try:
-            if conn is None:
+            if conn is None or cursor is None:
                 conn = self._conn = psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
                 )
-            with conn.cursor() as cursor:
-                cursor.execute(statement, params)
-                return [(row[0], bytes(row[1])) for row in cursor.fetchall()]
+                cursor = self._cursor = conn.cursor()
+            # Prepared on first use: PostgreSQL parses and plans each statement once.
+            cursor.execute(statement, params, prepare=True)
+            return [(row[0], bytes(row[1])) for row in cursor.fetchall()]
         except psycopg.Error as exc:
             if conn is not None and (conn.broken or conn.closed):
-                self._conn = None
+                self._conn = self._cursor = None
             raise faults.driver_error(statement, exc, conn) from exc
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
-            self._conn = None
+            self._conn = self._cursor = None
 
 
 class Listener:

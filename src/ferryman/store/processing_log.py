@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ferryman.store.keys import run_key_digest
+from ferryman.store.run_key_sql import SameRunKey
 from ferryman.store.schema import runs
 
 LOOKUP_CHUNK = 500
@@ -24,7 +25,7 @@ LOOKUP_CHUNK = 500
 def no_run(job: str, run_key: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
     """True where ``job`` has no run keyed ``run_key``: an anti-join on the store's runs,
     for a query on a table in the store's own database."""
-    return ~sa.exists().where(runs.c.job == job, runs.c.run_key == run_key)
+    return ~sa.exists().where(runs.c.job == job, SameRunKey(runs.c.run_key, run_key))
 
 
 def existing_run_keys(

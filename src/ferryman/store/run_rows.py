@@ -261,6 +261,23 @@ def fenced_update(leases: Sequence[Lease]) -> sa.Update:
     )
 
 
+def lock_in_id_order(conn: sa.Connection, leases: Sequence[Lease]) -> None:
+    """Lock the rows of ``leases`` in ascending id order, for the rest of the transaction.
+
+    A worker's heartbeat renews the leases it holds while its committer writes
+    the outcomes of runs that just ended, on two connections and over the same
+    rows. A statement locks rows in the order it reaches them, so two writers
+    naming them in different orders deadlock (PostgreSQL and MariaDB then roll
+    one back after a second's wait). Taken first, in one order, the locks make
+    the second writer queue behind the first. SQLite has one writer at a time
+    and no row locks: nothing to do there (SQLAlchemy leaves out ``FOR UPDATE``).
+    """
+    for chunk in chunks(sorted(lease.run_id for lease in leases)):
+        conn.execute(
+            sa.select(runs.c.id).where(runs.c.id.in_(chunk)).order_by(runs.c.id).with_for_update()
+        ).all()
+
+
 def lease_update(run_ids: Any) -> sa.Update:
     """The claim itself: lease the runs of ``run_ids`` (a list or a subquery), one more attempt.
 

@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from ferryman.model import Run, RunEventKind, RunStatus
 from ferryman.store import records
 from ferryman.store.read_queries import DEAD_LETTER_SAMPLE, Page, _limit, newest_ended
-from ferryman.store.schema import RUN_KEY_PREFIX, run_events, runs
+from ferryman.store.run_key_sql import RUN_KEY_PREFIX, SameRunKey, run_key_start
+from ferryman.store.schema import run_events, runs
 
 PREFIX_PROBE = 2000  # runs a run_key prefix is looked up by in the index, at most
 
@@ -71,7 +72,7 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
     if found.until is not None:
         query = query.where(runs.c.created_at < found.until)
     if found.run_key is not None:
-        query = query.where(runs.c.run_key == found.run_key)
+        query = query.where(SameRunKey(runs.c.run_key, found.run_key))
     if found.run_key_prefix:
         query = query.where(*_prefixed(conn, found.run_key_prefix))
     if found.worker is not None:
@@ -100,8 +101,7 @@ def _prefix_range(conn: sa.Connection, prefix: str) -> list[sa.ColumnElement[boo
     key: sa.ColumnElement[str] = runs.c.run_key
     if conn.dialect.name == "postgresql":
         prefix = prefix[:RUN_KEY_PREFIX]
-        first = sa.func.left(runs.c.run_key, sa.literal_column(str(RUN_KEY_PREFIX)))
-        key = first.collate("C")
+        key = run_key_start(runs.c.run_key)
     within = [key >= prefix]
     upper = _past(prefix)
     if upper is not None:

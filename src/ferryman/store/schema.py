@@ -24,11 +24,14 @@ compare the two (:func:`ferryman.store.migrate.differences`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
+
+from ferryman.store.run_key_sql import RUN_KEY_PREFIX, run_key_start
 
 metadata = sa.MetaData(
     naming_convention={
@@ -46,9 +49,6 @@ MARIADB = ("mariadb", "mysql")
 # 4 per character in utf8mb4). SQLite and PostgreSQL take any length.
 NAME_LENGTH = 255
 STATUS_LENGTH = 32  # the longest status value is 9 characters
-# The characters of a run key that its MariaDB index holds (a prefix index:
-# the comparison reads the whole key from the row).
-RUN_KEY_PREFIX = 255
 
 # Tables on MariaDB: InnoDB (transactions, row locks, SKIP LOCKED), and a
 # binary collation that pads no spaces, so that keys compare as PostgreSQL's
@@ -76,8 +76,16 @@ JsonText = LongText
 Digest = sa.LargeBinary().with_variant(mysql.BINARY(32), *MARIADB)
 
 
+_Made = TypeVar("_Made", sa.Index, sa.ForeignKeyConstraint)
+
+
 def _created_when(mariadb: bool) -> Any:
     """The ``ddl_if`` condition of an index made on MariaDB alone, or everywhere else."""
+    return _created_on_dialects(lambda name: (name in MARIADB) == mariadb)
+
+
+def _created_on_dialects(wanted: Callable[[str], bool]) -> Any:
+    """The ``ddl_if`` condition of an index made on the dialects ``wanted`` names."""
 
     def when(
         ddl: object,
@@ -89,7 +97,7 @@ def _created_when(mariadb: bool) -> Any:
         dialect: sa.Dialect,
         **kw: Any,
     ) -> bool:
-        return (dialect.name in MARIADB) == mariadb
+        return wanted(dialect.name)
 
     return when
 
@@ -112,10 +120,22 @@ def postgresql_only(index: sa.Index) -> sa.Index:
     return index.ddl_if(dialect="postgresql")
 
 
-def created_on(index: sa.Index, dialect: str) -> bool:
-    """Whether ``index`` exists in a store on ``dialect``."""
-    if index.info.get("postgresql"):
-        return dialect == "postgresql"
+def partial(predicate: sa.ColumnElement[bool]) -> dict[str, Any]:
+    """The options of an index over the rows ``predicate`` holds for (SQLite, PostgreSQL)."""
+    return {"postgresql_where": predicate, "sqlite_where": predicate}
+
+
+def except_postgresql(made: _Made) -> _Made:
+    """Create the index or constraint ``made`` on SQLite and MariaDB alone."""
+    made.info["postgresql"] = False
+    return made.ddl_if(callable_=_created_on_dialects(lambda name: name != "postgresql"))
+
+
+def created_on(index: sa.Index | sa.ForeignKeyConstraint, dialect: str) -> bool:
+    """Whether ``index`` (or a foreign key) exists in a store on ``dialect``."""
+    postgresql: bool | None = index.info.get("postgresql")
+    if postgresql is not None:
+        return (dialect == "postgresql") == postgresql
     only = index.info.get("mariadb")
     return only is None or only == (dialect in MARIADB)
 
@@ -213,8 +233,7 @@ except_mariadb(
         runs.c.priority.desc(),
         runs.c.available_at,
         runs.c.id,
-        postgresql_where=runs.c.status == "queued",
-        sqlite_where=runs.c.status == "queued",
+        **partial(runs.c.status == "queued"),
     )
 )
 # A limited claim counts the running runs of each concurrency key. Runs
@@ -224,18 +243,14 @@ except_mariadb(
         "ix_ferryman_runs_running_keys",
         runs.c.job,
         runs.c.concurrency_digest,
-        postgresql_where=sa.and_(
-            runs.c.status == "running", runs.c.concurrency_digest.is_not(None)
-        ),
-        sqlite_where=sa.and_(runs.c.status == "running", runs.c.concurrency_digest.is_not(None)),
+        **partial(sa.and_(runs.c.status == "running", runs.c.concurrency_digest.is_not(None))),
     )
 )
 except_mariadb(
     sa.Index(
         "ix_ferryman_runs_leases",
         runs.c.lease_expires_at,
-        postgresql_where=runs.c.status == "running",
-        sqlite_where=runs.c.status == "running",
+        **partial(runs.c.status == "running"),
     )
 )
 # MariaDB has no partial indexes: the same indexes lead with the status there, so
@@ -255,32 +270,30 @@ mariadb_only(
 )
 mariadb_only(sa.Index("ix_ferryman_runs_leases", runs.c.status, runs.c.lease_expires_at))
 sa.Index("ix_ferryman_runs_job_status", runs.c.job, runs.c.status, runs.c.id)
-sa.Index("ix_ferryman_runs_status_id", runs.c.status, runs.c.id)
+# Runs of one status, newest first; on PostgreSQL not the queued ones (0010):
+# the claim index holds those, and the primary key finds them (the newest runs).
+sa.Index(
+    "ix_ferryman_runs_status_id",
+    runs.c.status,
+    runs.c.id,
+    postgresql_where=runs.c.status != "queued",
+)
 # The runs list within a time window reads it in creation order from here.
 sa.Index("ix_ferryman_runs_created_at", runs.c.created_at, runs.c.id)
-# Throughput per minute on the dashboard and in /metrics reads the last hour only.
-sa.Index("ix_ferryman_runs_finished_at", runs.c.finished_at)
-# The SQL table sensor's anti-join compares run keys in SQL, where no digest can
-# be computed on SQLite. A hash index (PostgreSQL) takes keys of any length; on
-# SQLite, which has no such limit, the same declaration is a plain B-tree; on
-# MariaDB it indexes the keys' first characters.
+# Throughput per minute (the last hour), the history and pruning: each bounds
+# finished_at, so runs not finished need no entry (no partial index on MariaDB).
 sa.Index(
-    "ix_ferryman_runs_run_key",
-    runs.c.run_key,
-    postgresql_using="hash",
-    mariadb_length={"run_key": RUN_KEY_PREFIX},
+    "ix_ferryman_runs_finished_at", runs.c.finished_at, **partial(runs.c.finished_at.is_not(None))
 )
+# Run keys compared in SQL (ferryman.store.run_key_sql): a B-tree on the keys
+# on SQLite, on their first characters on MariaDB; on PostgreSQL the prefix
+# index below finds them (migration 0010).
+except_postgresql(
+    sa.Index("ix_ferryman_runs_run_key", runs.c.run_key, mariadb_length={"run_key": RUN_KEY_PREFIX})
+)
+# A run_key prefix is a range of the keys (run_search); a whole key, see run_key_sql.
+postgresql_only(sa.Index("ix_ferryman_runs_run_key_prefix", run_key_start(runs.c.run_key)))
 
-# A run_key prefix is a range of the keys (run_search): a B-tree on the first
-# RUN_KEY_PREFIX characters in byte order on PostgreSQL, whose run_key index
-# is a hash (a B-tree entry cannot hold a key of any length); SQLite's and
-# MariaDB's run_key indexes are B-trees already. No claim writes the key.
-postgresql_only(
-    sa.Index(
-        "ix_ferryman_runs_run_key_prefix",
-        sa.func.left(runs.c.run_key, sa.literal_column(str(RUN_KEY_PREFIX))).collate("C"),
-    )
-)
 
 # Read models carried forward rather than recomputed (ferryman.store.run_tally):
 # a name, the last processing-log id included, the model as JSON.
@@ -310,12 +323,7 @@ run_events = sa.Table(
     "ferryman_run_events",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column(
-        "run_id",
-        Id,
-        sa.ForeignKey("ferryman_runs.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    sa.Column("run_id", Id, nullable=False),
     sa.Column("kind", LongText, nullable=False),
     sa.Column("at", Epoch, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
@@ -325,6 +333,9 @@ run_events = sa.Table(
     **MARIADB_TABLE,
 )
 sa.Index("ix_ferryman_run_events_run_id", run_events.c.run_id, run_events.c.id)
+# The store writes each log row with or after its run, never deleted (pruning
+# empties it): PostgreSQL's check, a fifth of a batched enqueue, is left out (0010).
+except_postgresql(sa.ForeignKeyConstraint([run_events.c.run_id], [runs.c.id], ondelete="CASCADE"))
 
 sensors = sa.Table(
     "ferryman_sensors",

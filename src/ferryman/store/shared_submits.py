@@ -35,7 +35,9 @@ class _Submit:
 
     def __init__(self, new_runs: Sequence[NewRun]) -> None:
         self.new_runs = new_runs
-        self.done = threading.Event()
+        # Made only for a submitter that waits: a lone submitter, the common
+        # case, writes at once and never waits.
+        self.done: threading.Event | None = None
         self.leads = False  # handed the next statement, not its outcome
         self.created: Created = []
         self.ids: dict[bytes, int] = {}
@@ -67,10 +69,12 @@ class SharedSubmits:
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's submitters are not here
                 self._pending, self._writing, self._pid = [], False, os.getpid()
-            self._pending.append(me)
             leads = not self._writing
+            if not leads:
+                me.done = threading.Event()
+            self._pending.append(me)
             self._writing = True
-        if not leads:
+        if me.done is not None:
             me.done.wait()
             if not me.leads:
                 return me.outcome()
@@ -86,8 +90,10 @@ class SharedSubmits:
             with self._lock:
                 if self._pending:
                     # The next statement is written by the first submitter queued.
-                    self._pending[0].leads = True
-                    self._pending[0].done.set()
+                    following = self._pending[0]
+                    following.leads = True
+                    assert following.done is not None  # queued behind a statement: it waits
+                    following.done.set()
                 else:
                     self._writing = False
 
@@ -121,4 +127,5 @@ def _hand_out(group: list[_Submit], created: Created) -> None:
                 claimed.add(digest)
                 submit.created.append((ids[digest], digest))
         submit.leads = False
-        submit.done.set()
+        if submit.done is not None:
+            submit.done.set()

@@ -343,11 +343,11 @@ class SQLiteBackend(Backend):
         if returning is None:
             conn.execute(insert, list(rows))
             return []
-        return [
-            value
-            for row in rows
-            for value in conn.execute(insert.values(row).returning(returning)).scalars()
-        ]
+        # Each row's values as parameters of one statement, not built into it:
+        # SQLAlchemy then reuses its compiled form, where ``values(row)`` would
+        # build (and key for its cache) a parameter per column every time.
+        returns = insert.returning(returning)
+        return [value for row in rows for value in conn.execute(returns, row).scalars()]
 
     def log_events(self, conn: sa.Connection, events: Sequence[dict[str, Any]]) -> None:
         if events:

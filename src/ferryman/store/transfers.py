@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -30,6 +30,50 @@ from ferryman.store.run_rows import Lease
 from ferryman.store.schema import runs, transfer_parts, transfers
 
 ACTIVE = TransferStatus.ACTIVE.value
+
+# Built once: a statement built per call pays SQLAlchemy's construction and
+# cache-key costs each time, several times a small file's own SQL.
+_FENCED = transfers.update().where(
+    transfers.c.id == sa.bindparam("fence_id"),
+    transfers.c.owner_token == sa.bindparam("fence_token"),
+    transfers.c.status == ACTIVE,
+)
+_FENCED_RETURNING = _FENCED.returning(*transfers.c)
+_ACTIVE_OF = (
+    sa.select(transfers)
+    .where(
+        transfers.c.bucket == sa.bindparam("of_bucket"),
+        transfers.c.key == sa.bindparam("of_key"),
+        transfers.c.status == ACTIVE,
+    )
+    .with_for_update()
+)
+_BY_ID = sa.select(transfers).where(transfers.c.id == sa.bindparam("transfer_id"))
+_LATEST_FOR = (
+    sa.select(transfers)
+    .where(
+        transfers.c.source_path == sa.bindparam("of_path"),
+        transfers.c.bucket == sa.bindparam("of_bucket"),
+        transfers.c.key == sa.bindparam("of_key"),
+    )
+    .order_by(transfers.c.id.desc())
+    .limit(1)
+)
+_PARTS_OF = (
+    sa.select(transfer_parts)
+    .where(transfer_parts.c.transfer_id == sa.bindparam("of_transfer"))
+    .order_by(transfer_parts.c.part_number)
+)
+_DELETE_PARTS = transfer_parts.delete().where(
+    transfer_parts.c.transfer_id == sa.bindparam("of_transfer")
+)
+_DELETE_PART = _DELETE_PARTS.where(transfer_parts.c.part_number == sa.bindparam("of_number"))
+_INSERT_PART = transfer_parts.insert()
+_TOUCH_RUN = runs.update().where(
+    runs.c.id == sa.bindparam("of_run"),
+    runs.c.lease_token == sa.bindparam("of_token"),
+    runs.c.status == RunStatus.RUNNING.value,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,29 +139,32 @@ class TransferQueries:
 
     # -- fencing -------------------------------------------------------------
 
-    def _fenced(self, conn: sa.Connection, fence: TransferFence, now: float, **values: Any) -> None:
-        """Update the transfer row under ``fence`` or raise; nothing is written on refusal.
+    def _fenced(
+        self, conn: sa.Connection, fence: TransferFence, now: float, **values: Any
+    ) -> Transfer:
+        """Update the transfer row under ``fence`` or raise; the row as written.
 
-        The run's lease is checked first, so :class:`~ferryman.LeaseLost` means
-        just that; a run whose lease is intact but whose transfer was taken
-        over (or finished) by another upload gets :class:`~ferryman.TransferConflict`.
+        Nothing is written on refusal. The run's lease is checked first, so
+        :class:`~ferryman.LeaseLost` means just that; a run whose lease is intact
+        but whose transfer was taken over (or finished) by another upload gets
+        :class:`~ferryman.TransferConflict`. Where the database has UPDATE ...
+        RETURNING, the row comes back with the update instead of a read after it.
         """
         if fence.run_lease is not None:
             self._check_run(conn, fence.run_lease, now)
-        matched = conn.execute(
-            transfers.update()
-            .where(
-                transfers.c.id == fence.transfer_id,
-                transfers.c.owner_token == fence.token,
-                transfers.c.status == ACTIVE,
-            )
-            .values(updated_at=now, **values)
-        ).rowcount
-        if matched != 1:
+        params = {"fence_id": fence.transfer_id, "fence_token": fence.token, "updated_at": now}
+        params.update(values)
+        if conn.dialect.update_returning:
+            row = conn.execute(_FENCED_RETURNING, params).mappings().one_or_none()
+            matched = row is not None
+        else:
+            row, matched = None, conn.execute(_FENCED, params).rowcount == 1
+        if not matched:
             raise TransferConflict(
                 f"transfer {fence.transfer_id} was taken over by another upload "
                 f"(or finished) while this one held token {fence.token}"
             )
+        return self._current(conn, fence.transfer_id) if row is None else _transfer(row)
 
     # -- open / resume -------------------------------------------------------
 
@@ -159,11 +206,13 @@ class TransferQueries:
                     now=now,
                     may_take_over=may_take_over,
                 )
+                transfer, parts = self._current(conn, transfer_id), self.parts(conn, transfer_id)
                 created = False
                 break
             inserted = self._insert(conn, new, owner, lease_seconds, now)
             if inserted is not None:
-                transfer_id, token, created = inserted, 1, True
+                # The row is what was just inserted, and a new transfer has no parts.
+                transfer, parts, token, created = inserted, [], inserted.owner_token, True
                 break
         else:
             raise TransferConflict(
@@ -171,34 +220,24 @@ class TransferQueries:
                 "that started at the same moment; run again once it stops"
             )
         return OpenedTransfer(
-            transfer=self._current(conn, transfer_id),
-            parts=self.parts(conn, transfer_id),
-            fence=TransferFence(transfer_id=transfer_id, token=token, run_lease=run_lease),
+            transfer=transfer,
+            parts=parts,
+            fence=TransferFence(transfer_id=transfer.id, token=token, run_lease=run_lease),
             created=created,
         )
 
     def _active(self, conn: sa.Connection, bucket: str, key: str) -> Transfer | None:
         """The object's active transfer, locked for this transaction."""
         row = (
-            conn.execute(
-                sa.select(transfers)
-                .where(
-                    transfers.c.bucket == bucket,
-                    transfers.c.key == key,
-                    transfers.c.status == ACTIVE,
-                )
-                .with_for_update()
-            )
-            .mappings()
-            .one_or_none()
+            conn.execute(_ACTIVE_OF, {"of_bucket": bucket, "of_key": key}).mappings().one_or_none()
         )
-        return None if row is None else records.transfer_from_row(row)
+        return None if row is None else _transfer(row)
 
     def _insert(
         self, conn: sa.Connection, new: NewTransfer, owner: str, lease_seconds: float, now: float
-    ) -> int | None:
-        """A new active transfer's id; None if another opener's row holds the object."""
-        row = {
+    ) -> Transfer | None:
+        """The new active transfer; None if another opener's row holds the object."""
+        row: dict[str, Any] = {
             "source_path": new.source_path,
             "bucket": new.bucket,
             "key": new.key,
@@ -212,6 +251,11 @@ class TransferQueries:
             "run_id": new.run_id,
             "owner": owner,
             "owner_token": 1,
+            # Spelled out although they are the columns' defaults: the row
+            # returned is built from these values, not read back.
+            "bytes_confirmed": 0,
+            "parts_confirmed": 0,
+            "resumes": 0,
             "lease_expires_at": now + lease_seconds,
             "created_at": now,
             "updated_at": now,
@@ -226,7 +270,10 @@ class TransferQueries:
             where=sa.text("status = 'active'"),
             returning=transfers.c.id,
         )
-        return int(inserted[0]) if inserted else None
+        if not inserted:
+            return None
+        written = {**dict.fromkeys(transfers.c.keys()), **row, "id": int(inserted[0])}
+        return _transfer(cast(sa.RowMapping, written))  # a row is read by column name only
 
     def _take_over(
         self,
@@ -269,15 +316,8 @@ class TransferQueries:
 
     def _check_run(self, conn: sa.Connection, lease: Lease, now: float) -> None:
         """Touch the run under its lease, as a checkpoint does, or raise LeaseLost."""
-        touched = conn.execute(
-            runs.update()
-            .where(
-                runs.c.id == lease.run_id,
-                runs.c.lease_token == lease.token,
-                runs.c.status == RunStatus.RUNNING.value,
-            )
-            .values(updated_at=now)
-        ).rowcount
+        params = {"of_run": lease.run_id, "of_token": lease.token, "updated_at": now}
+        touched = conn.execute(_TOUCH_RUN, params).rowcount
         if touched != 1:
             raise LeaseLost(lease.run_id, lease.token)
 
@@ -311,7 +351,7 @@ class TransferQueries:
     ) -> Transfer:
         """Record a new multipart upload; any parts of an earlier one are forgotten."""
         now = self.now(conn)
-        self._fenced(
+        started = self._fenced(
             conn,
             fence,
             now,
@@ -320,16 +360,13 @@ class TransferQueries:
             bytes_confirmed=0,
             parts_confirmed=0,
         )
-        conn.execute(
-            transfer_parts.delete().where(transfer_parts.c.transfer_id == fence.transfer_id)
-        )
-        return self._current(conn, fence.transfer_id)
+        conn.execute(_DELETE_PARTS, {"of_transfer": fence.transfer_id})
+        return started
 
     def record_source(
         self, conn: sa.Connection, fence: TransferFence, *, size: int, mtime: float
     ) -> Transfer:
-        self._fenced(conn, fence, self.now(conn), source_size=size, source_mtime=mtime)
-        return self._current(conn, fence.transfer_id)
+        return self._fenced(conn, fence, self.now(conn), source_size=size, source_mtime=mtime)
 
     def confirm_part(
         self, conn: sa.Connection, fence: TransferFence, part: ConfirmedPart, lease_seconds: float
@@ -338,10 +375,7 @@ class TransferQueries:
         now = self.now(conn)
         self._fenced(conn, fence, now, lease_expires_at=now + lease_seconds)
         conn.execute(
-            transfer_parts.delete().where(
-                transfer_parts.c.transfer_id == fence.transfer_id,
-                transfer_parts.c.part_number == part.part_number,
-            )
+            _DELETE_PART, {"of_transfer": fence.transfer_id, "of_number": part.part_number}
         )
         self._insert_part(conn, fence, part, now)
         self._recount(conn, fence.transfer_id)
@@ -376,7 +410,7 @@ class TransferQueries:
         self, conn: sa.Connection, fence: TransferFence, completed: CompletedObject
     ) -> Transfer:
         """The object is complete and verified; the transfer stays active until its sidecar."""
-        self._fenced(
+        return self._fenced(
             conn,
             fence,
             self.now(conn),
@@ -386,7 +420,6 @@ class TransferQueries:
             etag=completed.etag,
             verified_by=completed.verified_by,
         )
-        return self._current(conn, fence.transfer_id)
 
     def record_whole(
         self,
@@ -407,7 +440,7 @@ class TransferQueries:
             if finish
             else {"lease_expires_at": now + lease_seconds}
         )
-        self._fenced(
+        recorded = self._fenced(
             conn,
             fence,
             now,
@@ -422,12 +455,10 @@ class TransferQueries:
             parts_confirmed=1 if part.size else 0,
             **ending,
         )
-        conn.execute(
-            transfer_parts.delete().where(transfer_parts.c.transfer_id == fence.transfer_id)
-        )
+        conn.execute(_DELETE_PARTS, {"of_transfer": fence.transfer_id})
         if part.size:
             self._insert_part(conn, fence, part, now)
-        return self._current(conn, fence.transfer_id)
+        return recorded
 
     @staticmethod
     def _insert_part(
@@ -435,17 +466,18 @@ class TransferQueries:
     ) -> None:
         """The row of a part the server confirmed, owned by the fence's token."""
         conn.execute(
-            transfer_parts.insert().values(
-                transfer_id=fence.transfer_id,
-                part_number=part.part_number,
-                start=part.start,
-                size=part.size,
-                etag=part.etag,
-                sha256=part.sha256,
-                adopted=part.adopted,
-                owner_token=fence.token,
-                confirmed_at=now,
-            )
+            _INSERT_PART,
+            {
+                "transfer_id": fence.transfer_id,
+                "part_number": part.part_number,
+                "start": part.start,
+                "size": part.size,
+                "etag": part.etag,
+                "sha256": part.sha256,
+                "adopted": part.adopted,
+                "owner_token": fence.token,
+                "confirmed_at": now,
+            },
         )
 
     def finish(
@@ -458,7 +490,7 @@ class TransferQueries:
         error: str | None = None,
     ) -> Transfer:
         now = self.now(conn)
-        self._fenced(
+        return self._fenced(
             conn,
             fence,
             now,
@@ -468,31 +500,19 @@ class TransferQueries:
             finished_at=now,
             lease_expires_at=None,
         )
-        return self._current(conn, fence.transfer_id)
 
     # -- reads ---------------------------------------------------------------
 
     def _current(self, conn: sa.Connection, transfer_id: int) -> Transfer:
         """The row as this transaction left it: what a write hands back to its caller."""
-        row = (
-            conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id)).mappings().one()
-        )
-        return records.transfer_from_row(row)
+        return _transfer(conn.execute(_BY_ID, {"transfer_id": transfer_id}).mappings().one())
 
     def get(self, conn: sa.Connection, transfer_id: int) -> Transfer | None:
-        row = (
-            conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id))
-            .mappings()
-            .one_or_none()
-        )
-        return None if row is None else records.transfer_from_row(row)
+        row = conn.execute(_BY_ID, {"transfer_id": transfer_id}).mappings().one_or_none()
+        return None if row is None else _transfer(row)
 
     def parts(self, conn: sa.Connection, transfer_id: int) -> list[TransferPart]:
-        rows = conn.execute(
-            sa.select(transfer_parts)
-            .where(transfer_parts.c.transfer_id == transfer_id)
-            .order_by(transfer_parts.c.part_number)
-        ).mappings()
+        rows = conn.execute(_PARTS_OF, {"of_transfer": transfer_id}).mappings()
         return [records.transfer_part_from_row(row) for row in rows]
 
     def list(
@@ -520,21 +540,9 @@ class TransferQueries:
         self, conn: sa.Connection, *, source_path: str, bucket: str, key: str
     ) -> Transfer | None:
         """The newest transfer of this file to this object, whatever its status."""
-        row = (
-            conn.execute(
-                sa.select(transfers)
-                .where(
-                    transfers.c.source_path == source_path,
-                    transfers.c.bucket == bucket,
-                    transfers.c.key == key,
-                )
-                .order_by(transfers.c.id.desc())
-                .limit(1)
-            )
-            .mappings()
-            .one_or_none()
-        )
-        return None if row is None else records.transfer_from_row(row)
+        params = {"of_path": source_path, "of_bucket": bucket, "of_key": key}
+        row = conn.execute(_LATEST_FOR, params).mappings().one_or_none()
+        return None if row is None else _transfer(row)
 
     def active_upload_ids(self, conn: sa.Connection) -> set[str]:
         """Upload ids an active transfer owns (and may still resume)."""
@@ -542,3 +550,7 @@ class TransferQueries:
             transfers.c.status == ACTIVE, transfers.c.upload_id.is_not(None)
         )
         return {str(upload_id) for upload_id in conn.execute(query).scalars()}
+
+
+def _transfer(row: sa.RowMapping) -> Transfer:
+    return records.transfer_from_row(row)

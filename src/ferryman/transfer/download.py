@@ -65,20 +65,19 @@ from ferryman.errors import (
 from ferryman.model import Download, DownloadPart, TransferStatus
 from ferryman.store import DownloadOutcome, NewDownload, Store
 from ferryman.transfer.download_ranges import (
+    CHUNK,
     Confirmations,
     RangeWriter,
     b64_sha256,
+    body_reader,
     file_sha256,
     fsync_directory,
     is_cut,
+    release_connection,
 )
 from ferryman.transfer.progress import Progress, ProgressCounter
 from ferryman.transfer.s3 import DEFAULT_PART_SIZE, MiB, Retrying, format_size, log
 
-# Bytes read from a response body at a time. Small reads cost less than big
-# ones: each read of several MiB allocates fresh memory (page faults) and
-# joins socket reads; 256 KiB measured a third of 4 MiB's CPU per GiB.
-CHUNK = 256 * 1024
 TEMP_SUFFIX = ".ferryman-download"
 # Ranges cut on the object's own part boundaries (to check S3's composite
 # checksum) only while parts are at most this big: memory stays bounded by
@@ -469,14 +468,17 @@ class Downloader:
     def _stream(self, body: Any, writer: RangeWriter, start: int, size: int) -> str:
         hasher = hashlib.sha256()
         offset, end = start, start + size
+        read_into = body_reader(body)
         try:
             while offset < end:
-                chunk = body.read(min(CHUNK, end - offset))
-                if not chunk:
+                buffer = writer.buffer()
+                count = read_into(memoryview(buffer)[: min(CHUNK, end - offset)])
+                if not count:
                     raise _BodyCut(f"{end - offset} B missing at offset {offset}")
-                hasher.update(chunk)
-                writer.write(offset, chunk)
-                offset += len(chunk)
+                hasher.update(memoryview(buffer)[:count])
+                writer.write(offset, buffer, count)
+                offset += count
+            release_connection(body)
         except _BodyCut:
             raise
         except Exception as exc:  # urllib3/botocore errors of a connection cut mid-body
