@@ -593,13 +593,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Fenced like every other write",
         one(
             "ferryman/store/transfers.py",
-            "                transfers.c.owner_token == fence.token,\n"
-            "                transfers.c.status == ACTIVE,\n"
-            "            )\n"
-            "            .values(updated_at=now, **values)\n",
-            "                transfers.c.status == ACTIVE,\n"
-            "            )\n"
-            "            .values(updated_at=now, **values)\n",
+            '    transfers.c.owner_token == sa.bindparam("fence_token"),\n',
+            '    sa.or_(transfers.c.owner_token == sa.bindparam("fence_token"), sa.true()),\n',
         ),
         ("tests/unit/test_transfers_store.py::test_a_taken_over_transfer_refuses_the_old_owner",),
     ),
@@ -610,8 +605,8 @@ MUTATIONS: tuple[Mutation, ...] = (
             "ferryman/store/transfers.py",
             "        if fence.run_lease is not None:\n"
             "            self._check_run(conn, fence.run_lease, now)\n"
-            "        matched = conn.execute(\n",
-            "        matched = conn.execute(\n",
+            "        params = {",
+            "        params = {",
         ),
         (
             "tests/unit/test_transfers_store.py::"

@@ -20,7 +20,7 @@ each host's. Driver errors are translated into errors that name the cause
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -52,6 +52,11 @@ class Listener(Protocol):
     def start(self) -> None: ...
 
     def stop(self, timeout: float = 5.0) -> None: ...
+
+
+def bindable(row: Mapping[str, Any]) -> bool:
+    """Whether every value of ``row`` can be a bound parameter (none is SQL, like the clock)."""
+    return not any(isinstance(value, sa.ClauseElement) for value in row.values())
 
 
 class Backend:

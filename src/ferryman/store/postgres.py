@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff
 from ferryman.store import faults
-from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, safe_url
+from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, bindable, safe_url
 from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
 from ferryman.store.schema import run_events, runs
 from ferryman.supervise import supervised
@@ -303,7 +303,8 @@ class PostgresBackend(Backend):
         if returning is None:
             conn.execute(insert.values(list(rows)))
             return []
-        if len(rows) == 1:  # as parameters, so that the compiled statement is reused
+        if len(rows) == 1 and bindable(rows[0]):
+            # As parameters, so that the compiled statement is reused.
             return list(conn.execute(insert.returning(returning), rows[0]).scalars())
         return list(conn.execute(insert.values(list(rows)).returning(returning)).scalars())
 

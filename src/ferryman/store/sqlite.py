@@ -45,7 +45,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
 from ferryman.model import RunEventKind, RunStatus
 from ferryman.store import faults
-from ferryman.store.dialect import Backend, ClaimRequest, safe_url, translated_errors
+from ferryman.store.dialect import Backend, ClaimRequest, bindable, safe_url, translated_errors
 from ferryman.store.group_commit import GroupCommit
 from ferryman.store.run_rows import (
     CLAIMED_COLUMNS,
@@ -347,7 +347,13 @@ class SQLiteBackend(Backend):
         # SQLAlchemy then reuses its compiled form, where ``values(row)`` would
         # build (and key for its cache) a parameter per column every time.
         returns = insert.returning(returning)
-        return [value for row in rows for value in conn.execute(returns, row).scalars()]
+        return [
+            value
+            for row in rows
+            for value in conn.execute(
+                *((returns, row) if bindable(row) else (returns.values(row),))
+            ).scalars()
+        ]
 
     def log_events(self, conn: sa.Connection, events: Sequence[dict[str, Any]]) -> None:
         if events:
