@@ -301,3 +301,27 @@ def test_a_transfer_shows_its_rate_time_left_and_parts_map(
     done = client.get("/transfers", params={"status": "succeeded"}).text
     assert f'<a href="/transfers/{transfer_id}">' not in done
     assert client.get("/transfers", params={"status": ""}).status_code == 200
+
+
+def test_a_duration_chart_reads_a_bounded_sample_spread_over_the_window(
+    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few runs from each of the window's id ranges, however many ran in it: all of
+    them while they are fewer than the sample, one per range past that."""
+    app = make_app()
+
+    @app.job()
+    def steady(ctx: fm.JobContext, payload: object) -> None:
+        pass
+
+    app.submit("steady", *[fm.RunRequest(f"k-{n}") for n in range(240)])
+    app.work(until_idle=True)
+    now = app.store.now()
+
+    def sampled() -> int:
+        slots = app.store.durations(job="steady", since=now - 600, until=now + 60)
+        return sum(slot.runs for slot in slots)
+
+    assert sampled() == 240
+    monkeypatch.setattr(read_views, "DURATION_SAMPLE", read_views.SLOTS)  # one per id range
+    assert sampled() == read_views.SLOTS
