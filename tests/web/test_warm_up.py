@@ -24,7 +24,8 @@ from ferryman.web.serving import Token, make_server, warm_up
 from tests.web.conftest import TOKEN
 
 
-def test_warm_up_takes_the_first_count_before_any_request(make_app: type[fm.App]) -> None:
+def with_three_runs(make_app: type[fm.App]) -> fm.App:
+    """An app with a job ``load`` and three runs of it queued."""
     app = make_app()
 
     @app.job()
@@ -32,6 +33,11 @@ def test_warm_up_takes_the_first_count_before_any_request(make_app: type[fm.App]
         pass
 
     app.submit("load", *[fm.RunRequest(f"k-{n}") for n in range(3)])
+    return app
+
+
+def test_warm_up_takes_the_first_count_before_any_request(make_app: type[fm.App]) -> None:
+    app = with_three_runs(make_app)
     web = create_app(app, WebSettings(token=TOKEN))
     assert web.state.run_counts.latest is None
 
@@ -63,13 +69,7 @@ def test_the_server_warms_up_when_it_starts(make_app: type[fm.App]) -> None:
 def test_a_count_asked_for_while_one_runs_waits_for_it_instead_of_counting_again(
     make_app: type[fm.App],
 ) -> None:
-    app = make_app()
-
-    @app.job()
-    def load(ctx: fm.JobContext, payload: Any) -> None:
-        pass
-
-    app.submit("load", *[fm.RunRequest(f"k-{n}") for n in range(3)])
+    app = with_three_runs(make_app)
     web = create_app(app, WebSettings(token=TOKEN))
     counting_began, go_on = threading.Event(), threading.Event()
     counted_from: list[object] = []
@@ -112,13 +112,7 @@ def test_a_server_that_starts_carries_the_saved_count_and_totals_forward(
 ) -> None:
     """The first server counts every run and folds the whole log, and saves both; the
     next one starts from them and reads only what the log gained since."""
-    app = make_app()
-
-    @app.job()
-    def load(ctx: fm.JobContext, payload: Any) -> None:
-        pass
-
-    app.submit("load", *[fm.RunRequest(f"k-{n}") for n in range(3)])
+    app = with_three_runs(make_app)
     app.work(until_idle=True)
     warm_up(create_app(app, WebSettings(token=TOKEN)))  # counts, folds and saves
 
