@@ -272,30 +272,41 @@ def _sampled_successes(
     step = max(1, math.ceil((past - first) / SLOTS))
     each = max(1, DURATION_SAMPLE // SLOTS)
 
-    def succeeded_from(low: Any) -> sa.Select[Any]:
+    def succeeded_from(low: Any, table: sa.FromClause = runs) -> sa.Select[Any]:
         return (
-            sa.select(runs.c.finished_at, runs.c.started_at)
+            sa.select(table.c.finished_at, table.c.started_at)
             .where(
-                runs.c.job == job,
-                runs.c.status == RunStatus.SUCCEEDED.value,
-                runs.c.id >= low,
-                runs.c.id < low + step,
-                runs.c.id < past,
+                table.c.job == job,
+                table.c.status == RunStatus.SUCCEEDED.value,
+                table.c.id >= low,
+                table.c.id < low + step,
+                table.c.id < past,
             )
-            .order_by(runs.c.id)
+            .order_by(table.c.id)
             .limit(each)
         )
 
     query: sa.Select[Any] | sa.CompoundSelect[Any]
     if conn.dialect.name == "postgresql":
-        # One short statement (sixty UNION arms take PostgreSQL longer to plan than to run).
         lows = sa.func.generate_series(first, past - 1, step).table_valued("low").render_derived()
         part = succeeded_from(lows.c.low).lateral("sampled")
         query = sa.select(part.c.finished_at, part.c.started_at).select_from(
             lows.join(part, sa.true())
         )
+    elif conn.dialect.name == "sqlite":
+        # No LATERAL: each range's ids by a correlated subquery, the ranges by a recursive CTE.
+        start = sa.select(sa.literal(first).label("low")).cte("lows", recursive=True)
+        lows_cte = start.union_all(
+            sa.select((start.c.low + step).label("low")).where(start.c.low + step < past)
+        )
+        sampled = runs.alias("sampled")
+        ids = succeeded_from(lows_cte.c.low, sampled).with_only_columns(sampled.c.id)
+        query = sa.select(runs.c.finished_at, runs.c.started_at).select_from(
+            lows_cte.join(runs, runs.c.id.in_(ids.correlate(lows_cte)))
+        )
     else:
-        # Each arm a subquery: SQLite takes no LIMIT on a member of a compound SELECT.
+        # MariaDB takes neither LATERAL nor a LIMIT in an IN subquery. Each arm a
+        # subquery: a member of a compound SELECT takes no LIMIT of its own elsewhere.
         arms = [succeeded_from(low).subquery() for low in range(first, past, step)]
         query = sa.union_all(*(sa.select(arm) for arm in arms))
     return [
