@@ -241,6 +241,9 @@ def test_filter_runs_by_worker_and_error_group_with_durations(
     group = "RuntimeError: upstream unavailable for N"
     by_error = client.get("/runs", params={"error": group}).text
     assert _listed(by_error) == ["flaky-1"]
+    narrowed = {"error": group, "job": "flaky", "status": "dead"}
+    assert _listed(client.get("/runs", params=narrowed).text) == ["flaky-1"]
+    assert _listed(client.get("/runs", params={**narrowed, "status": "queued"}).text) == []
     assert re.search(r'<td class="num">\d+ ms</td>', by_error)  # its duration
     run_page = client.get(f"/runs/{dead.id}").text
     link = re.search(r'<a href="([^"]+)" id="error-group">', run_page)
