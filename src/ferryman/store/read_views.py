@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -286,14 +286,29 @@ def _sampled_successes(
             .limit(each)
         )
 
-    query: sa.Select[Any] | sa.CompoundSelect[Any]
-    if conn.dialect.name == "postgresql":
+    query = _one_query_per_range(conn.dialect.name, succeeded_from, first, past, step)
+    return [
+        (finished_at, started_at)
+        for finished_at, started_at in conn.execute(query)
+        if finished_at is not None and started_at is not None and since <= finished_at < until
+    ]
+
+
+def _one_query_per_range(
+    dialect: str,
+    succeeded_from: Callable[..., sa.Select[Any]],
+    first: int,
+    past: int,
+    step: int,
+) -> sa.Select[Any] | sa.CompoundSelect[Any]:
+    """One statement reading ``succeeded_from(low)`` for each range of ids, on ``dialect``."""
+    if dialect == "postgresql":
         lows = sa.func.generate_series(first, past - 1, step).table_valued("low").render_derived()
         part = succeeded_from(lows.c.low).lateral("sampled")
-        query = sa.select(part.c.finished_at, part.c.started_at).select_from(
+        return sa.select(part.c.finished_at, part.c.started_at).select_from(
             lows.join(part, sa.true())
         )
-    elif conn.dialect.name == "sqlite":
+    if dialect == "sqlite":
         # No LATERAL: each range's ids by a correlated subquery, the ranges by a recursive CTE.
         start = sa.select(sa.literal(first).label("low")).cte("lows", recursive=True)
         lows_cte = start.union_all(
@@ -301,19 +316,13 @@ def _sampled_successes(
         )
         sampled = runs.alias("sampled")
         ids = succeeded_from(lows_cte.c.low, sampled).with_only_columns(sampled.c.id)
-        query = sa.select(runs.c.finished_at, runs.c.started_at).select_from(
+        return sa.select(runs.c.finished_at, runs.c.started_at).select_from(
             lows_cte.join(runs, runs.c.id.in_(ids.correlate(lows_cte)))
         )
-    else:
-        # MariaDB takes neither LATERAL nor a LIMIT in an IN subquery. Each arm a
-        # subquery: a member of a compound SELECT takes no LIMIT of its own elsewhere.
-        arms = [succeeded_from(low).subquery() for low in range(first, past, step)]
-        query = sa.union_all(*(sa.select(arm) for arm in arms))
-    return [
-        (finished_at, started_at)
-        for finished_at, started_at in conn.execute(query)
-        if finished_at is not None and started_at is not None and since <= finished_at < until
-    ]
+    # MariaDB takes neither LATERAL nor a LIMIT in an IN subquery. Each arm a
+    # subquery: a member of a compound SELECT takes no LIMIT of its own elsewhere.
+    arms = [succeeded_from(low).subquery() for low in range(first, past, step)]
+    return sa.union_all(*(sa.select(arm) for arm in arms))
 
 
 def durations(
