@@ -3,7 +3,7 @@
 :func:`serve` starts ``ferryman serve`` on a free loopback port in a process
 of its own; :func:`cold_start` times how long it takes to answer and then its
 first overview and first ``/metrics`` on their own (what the server does
-before it answers is in ``ferryman.web.serving.warm_up``); :func:`measure`
+as it starts, while it answers, is in ``ferryman.web.serving.warm_up``); :func:`measure`
 times requests to one endpoint after three to warm connections and caches.
 """
 
@@ -42,7 +42,7 @@ def serve(url: str, start_timeout: float = 60.0) -> tuple[subprocess.Popen[bytes
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + start_timeout  # it warms up before it answers
+    deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/api/sensors", timeout=5).status_code == 200:

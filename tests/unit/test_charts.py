@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 
 from ferryman.model import Transfer, TransferPart, TransferStatus
 from ferryman.store.read_model import AttemptBar, DurationSlot
-from ferryman.store.read_views import sample_residues
 from ferryman.web import charts, cursors, transfer_views
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -192,15 +191,6 @@ def test_transfer_rate_time_left_and_parts_map() -> None:
     assert kinds == ["part-confirmed", "part-adopted", "part-confirmed"] + ["part-missing"] * 7
     assert svg.get("aria-label") == "3 of 10 parts confirmed"
     assert transfer_views.parts_map(transfer(source_size=None), parts) is None
-
-
-def test_duration_samples_keep_about_one_in_k_even_of_round_robin_ids() -> None:
-    for ratio in (1.5, 4.0, 20.0, 350.0):
-        modulus, kept = sample_residues(ratio)
-        assert all(modulus % d for d in range(2, int(modulus**0.5) + 1))  # a prime
-        one_job = range(3, 2_000_000, 10)  # every tenth id, as ten jobs taking turns give
-        share = sum(1 for n in one_job if n % modulus < kept) / len(one_job)
-        assert abs(share * ratio - 1) < 0.2, (ratio, share)
 
 
 def test_upload_throughput_per_slot() -> None:

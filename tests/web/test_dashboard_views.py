@@ -241,6 +241,9 @@ def test_filter_runs_by_worker_and_error_group_with_durations(
     group = "RuntimeError: upstream unavailable for N"
     by_error = client.get("/runs", params={"error": group}).text
     assert _listed(by_error) == ["flaky-1"]
+    narrowed = {"error": group, "job": "flaky", "status": "dead"}
+    assert _listed(client.get("/runs", params=narrowed).text) == ["flaky-1"]
+    assert _listed(client.get("/runs", params={**narrowed, "status": "queued"}).text) == []
     assert re.search(r'<td class="num">\d+ ms</td>', by_error)  # its duration
     run_page = client.get(f"/runs/{dead.id}").text
     link = re.search(r'<a href="([^"]+)" id="error-group">', run_page)
@@ -301,3 +304,27 @@ def test_a_transfer_shows_its_rate_time_left_and_parts_map(
     done = client.get("/transfers", params={"status": "succeeded"}).text
     assert f'<a href="/transfers/{transfer_id}">' not in done
     assert client.get("/transfers", params={"status": ""}).status_code == 200
+
+
+def test_a_duration_chart_reads_a_bounded_sample_spread_over_the_window(
+    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few runs from each of the window's id ranges, however many ran in it: all of
+    them while they are fewer than the sample, one per range past that."""
+    app = make_app()
+
+    @app.job()
+    def steady(ctx: fm.JobContext, payload: object) -> None:
+        pass
+
+    app.submit("steady", *[fm.RunRequest(f"k-{n}") for n in range(240)])
+    app.work(until_idle=True)
+    now = app.store.now()
+
+    def sampled() -> int:
+        slots = app.store.durations(job="steady", since=now - 600, until=now + 60)
+        return sum(slot.runs for slot in slots)
+
+    assert sampled() == 240
+    monkeypatch.setattr(read_views, "DURATION_SAMPLE", read_views.SLOTS)  # one per id range
+    assert sampled() == read_views.SLOTS

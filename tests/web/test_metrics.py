@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,38 @@ def test_run_durations_are_per_attempt_after_retries_by_hand(
         # Timestamps read back through the API are rounded to microseconds.
         assert sum(d <= bound - 1e-5 for d in expected) <= observed
         assert observed <= sum(d <= bound + 1e-5 for d in expected)
+
+
+def test_a_scrape_during_the_first_fold_of_a_store_gets_the_gauges_without_waiting(
+    web_app: fm.App,
+) -> None:
+    """On a store with no saved totals the first fold reads the whole log (seconds on a
+    big one): a scrape meanwhile gets the gauges, and the counters once it is done."""
+    from ferryman.web.metrics import StoreCollector
+
+    collector = StoreCollector(web_app, cache_seconds=0)
+    folding, go_on = threading.Event(), threading.Event()
+    read_metrics = web_app.store.read_metrics
+
+    def first_fold_held_open(folded: Any, **kwargs: Any) -> Any:
+        if folded is not None and not go_on.is_set():
+            folding.set()
+            go_on.wait(timeout=60)
+        return read_metrics(folded, **kwargs)
+
+    web_app.store.read_metrics = first_fold_held_open  # type: ignore[method-assign]
+    first: list[set[str]] = []
+    scraping = threading.Thread(target=lambda: first.append(names(collector)))
+    scraping.start()
+    assert folding.wait(timeout=60)
+    meanwhile = names(collector)  # returns although the first fold has not ended
+    go_on.set()
+    scraping.join(timeout=60)
+    assert "ferryman_runs" in meanwhile and "ferryman_workers_live" in meanwhile
+    assert "ferryman_run_finishes" not in meanwhile
+    assert "ferryman_run_finishes" in first[0]
+    assert "ferryman_run_finishes" in names(collector)
+
+
+def names(collector: Any) -> set[str]:
+    return {family.name for family in collector.collect()}

@@ -1,15 +1,18 @@
-"""The server counts runs and folds the processing log before its first request.
+"""The server counts runs and folds the processing log as it starts, without waiting.
 
-Counting every run and folding the whole log grow with the store; done at
-start-up (``ferryman.web.serving.warm_up``), the first overview and the
-first ``/metrics`` cost what later ones do. Checked on every store, and on a
-store that cannot be reached (logged; the first request tries again).
+Counting every run and folding the whole log grow with the store; begun at
+start-up (``ferryman.web.serving.warm_up``, on a thread of its own while the
+server answers), the first overview and the first ``/metrics`` cost what
+later ones do, and a request that comes while the first count runs waits for
+it rather than counting again. Checked on every store, and on a store that
+cannot be reached (logged; the first request tries again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import pytest
@@ -21,7 +24,8 @@ from ferryman.web.serving import Token, make_server, warm_up
 from tests.web.conftest import TOKEN
 
 
-def test_warm_up_takes_the_first_count_before_any_request(make_app: type[fm.App]) -> None:
+def with_three_runs(make_app: type[fm.App]) -> fm.App:
+    """An app with a job ``load`` and three runs of it queued."""
     app = make_app()
 
     @app.job()
@@ -29,6 +33,11 @@ def test_warm_up_takes_the_first_count_before_any_request(make_app: type[fm.App]
         pass
 
     app.submit("load", *[fm.RunRequest(f"k-{n}") for n in range(3)])
+    return app
+
+
+def test_warm_up_takes_the_first_count_before_any_request(make_app: type[fm.App]) -> None:
+    app = with_three_runs(make_app)
     web = create_app(app, WebSettings(token=TOKEN))
     assert web.state.run_counts.latest is None
 
@@ -52,7 +61,39 @@ def test_the_server_warms_up_when_it_starts(make_app: type[fm.App]) -> None:
         await server.shutdown()
 
     asyncio.run(start_and_stop())
+    assert server.warming is not None
+    server.warming.join(timeout=60)
     assert server.web.state.run_counts.latest is not None
+
+
+def test_a_count_asked_for_while_one_runs_waits_for_it_instead_of_counting_again(
+    make_app: type[fm.App],
+) -> None:
+    app = with_three_runs(make_app)
+    web = create_app(app, WebSettings(token=TOKEN))
+    counting_began, go_on = threading.Event(), threading.Event()
+    counted_from: list[object] = []
+    count_runs = app.store.count_runs
+
+    def first_count_held_open(previous: Any) -> Any:
+        counted_from.append(previous)
+        counting_began.set()
+        go_on.wait(timeout=60)
+        return count_runs(previous)
+
+    app.store.count_runs = first_count_held_open  # type: ignore[method-assign]
+    warming = threading.Thread(target=warm_up, args=(web,))
+    warming.start()
+    assert counting_began.wait(timeout=60)
+    answers: list[Any] = []
+    asking = threading.Thread(target=lambda: answers.append(web.state.run_counts.current()))
+    asking.start()
+    go_on.set()
+    asking.join(timeout=60)
+    warming.join(timeout=60)
+    # Every run counted once, by the warm-up; later counts carry it forward.
+    assert counted_from.count(None) == 1
+    assert answers[0].counts["load"][fm.RunStatus.QUEUED] == 3
 
 
 def test_a_store_that_cannot_be_reached_is_logged_not_raised(
@@ -71,13 +112,7 @@ def test_a_server_that_starts_carries_the_saved_count_and_totals_forward(
 ) -> None:
     """The first server counts every run and folds the whole log, and saves both; the
     next one starts from them and reads only what the log gained since."""
-    app = make_app()
-
-    @app.job()
-    def load(ctx: fm.JobContext, payload: Any) -> None:
-        pass
-
-    app.submit("load", *[fm.RunRequest(f"k-{n}") for n in range(3)])
+    app = with_three_runs(make_app)
     app.work(until_idle=True)
     warm_up(create_app(app, WebSettings(token=TOKEN)))  # counts, folds and saves
 

@@ -424,10 +424,11 @@ class ReadModel:
     # -- /metrics ------------------------------------------------------------
 
     def read_metrics(
-        self, folded: Folded, *, alive_within: float, counted: RunCount | None = None
+        self, folded: Folded | None, *, alive_within: float, counted: RunCount | None = None
     ) -> MetricsReading:
         """The gauges now, and the log and evaluations written since ``folded`` last saw them
-        folded into it (in place); ``counted`` (a fresh :meth:`count_runs`) saves counting."""
+        folded into it (in place; None: the gauges alone); ``counted`` (a fresh
+        :meth:`count_runs`) saves counting."""
         with self.read("reading metrics") as conn:
             now = self.runs.now(conn)
             cutoff = now if self.ids_in_commit_order else now - SETTLE_SECONDS
@@ -437,8 +438,9 @@ class ReadModel:
                 transfers=q.transfer_totals(conn),
                 live_workers=q.count_live_workers(conn, now, alive_within=alive_within),
             )
-            q.fold_events(conn, folded, cutoff)
-            q.fold_evaluations(conn, folded, cutoff)
+            if folded is not None:
+                q.fold_events(conn, folded, cutoff)
+                q.fold_evaluations(conn, folded, cutoff)
             return reading
 
     def saved_folded(self) -> Folded | None:

@@ -9,8 +9,11 @@ right whichever processes and hosts do the work, and it survives restarts.
 * Counters and histograms (run finishes and their durations, lease
   expirations, retries, evaluations and their durations) are folded in from
   the append-only processing log and evaluation history: each scrape reads
-  only the rows written since the last, by primary key. The first scrape of
-  a process folds the whole history once. On PostgreSQL rows are folded once
+  only the rows written since the last, by primary key. A process starts
+  from the totals a server saved last; on a store that never had them, it
+  folds the whole history once (the server begins that as it starts), and a
+  scrape that comes meanwhile gets the gauges alone: the counters appear
+  once folded, as new series do. On PostgreSQL rows are folded once
   they are a few seconds old, because ids there commit out of order.
 * The broker source consumers' figures (``ferryman_source_*``) are the
   exception: they are this process's own (see :class:`SourceCollector`).
@@ -91,29 +94,53 @@ class StoreCollector:
         self.counts = counts
         self._lock = threading.Lock()
         self._folded: Folded | None = None
+        self._folding_everything = False  # the first fold of a store with no saved totals
         self._saved = float("-inf")
         self._cached: list[Metric] = []
         self._cached_at = float("-inf")
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            if self._folding_everything:  # seconds on a big store: the gauges will not wait
+                yield from self._gauges()
+                return
+            self._lock.acquire()
+        try:
             if time.monotonic() - self._cached_at >= self.cache_seconds:
                 self._cached = list(self._read())
                 self._cached_at = time.monotonic()
             yield from self._cached
+        finally:
+            self._lock.release()
 
     def _read(self) -> Iterable[Metric]:
         folded = self._folded
         if folded is None:  # the totals saved last, by any server: only what is newer is folded
-            folded = self._folded = self.app.store.saved_folded() or Folded()
-        counted = self.counts.fresh() if self.counts is not None else None
-        reading = self.app.store.read_metrics(
-            folded, alive_within=self.app.lease_seconds, counted=counted
-        )
+            saved = self.app.store.saved_folded()
+            self._folding_everything = saved is None
+            folded = self._folded = saved or Folded()
+        try:
+            reading = self._reading(folded)
+        finally:
+            self._folding_everything = False
         self._save(folded)
         yield from _run_gauges(reading)
         yield from _run_counters(folded, set(reading.counts))
         yield from _evaluation_counters(folded)
+        yield from self._other_gauges(reading)
+
+    def _reading(self, folded: Folded | None) -> MetricsReading:
+        counted = self.counts.fresh() if self.counts is not None else None
+        return self.app.store.read_metrics(
+            folded, alive_within=self.app.lease_seconds, counted=counted
+        )
+
+    def _gauges(self) -> Iterator[Metric]:
+        reading = self._reading(None)
+        yield from _run_gauges(reading)
+        yield from self._other_gauges(reading)
+
+    def _other_gauges(self, reading: MetricsReading) -> Iterator[Metric]:
         yield from _transfer_gauges(reading.transfers)
         yield GaugeMetricFamily(
             "ferryman_workers_live",

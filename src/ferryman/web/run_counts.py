@@ -47,6 +47,9 @@ class RunCounts:
         self._took = 0.0
         self._saved = float("-inf")  # time.monotonic() of the latest save
         self._recounting = False
+        # One count at a time: a request that asks while another count runs (the
+        # server's first, which may read every run) waits for it instead of counting too.
+        self._counting = threading.Lock()
 
     @property
     def latest(self) -> RunCount | None:
@@ -82,6 +85,14 @@ class RunCounts:
                 self._recounting = False
 
     def _count(self) -> RunCount:
+        asked = time.monotonic()
+        with self._counting:
+            with self._lock:
+                if self._latest is not None and self._taken >= asked:
+                    return self._latest  # counted by another thread while this one waited
+            return self._count_now()
+
+    def _count_now(self) -> RunCount:
         started = time.monotonic()
         with self._lock:
             previous = self._latest

@@ -9,16 +9,17 @@ The port is bound before the server starts (:func:`listen`), so a taken port
 is known at once: ``ferryman serve`` stops with a one-line error, ``ferryman
 run`` warns and goes on without pages (see ``ferryman.cli.serve.start_beside_daemon``).
 
-Before it answers its first request, the server takes the overview's first
-count of runs and folds the processing log into ``/metrics`` (:func:`warm_up`),
-carrying forward what a server saved last: a first request then costs what
-every later one does, rather than a count of every run. Connections made meanwhile
-wait in the listening socket's queue.
+As it starts, the server takes the overview's first count of runs and folds
+the processing log into ``/metrics`` (:func:`warm_up`) on a thread of its
+own, carrying forward what a server saved last: a first request then costs
+what every later one does, rather than a count of every run. It answers
+meanwhile: only on a store that never had a saved count does the warm-up
+read every run, and a request that needs the count (or the totals) while it
+runs waits for it rather than counting again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -147,16 +148,17 @@ class _Server(uvicorn.Server):
 
     uvicorn re-raises the signal after a graceful shutdown, so the process
     would report death by signal although it stopped cleanly. Its start-up
-    warms up the counts first (:func:`warm_up`, on a thread: the event loop
-    stays free for the signals).
+    begins warming up the counts (:func:`warm_up`, on a thread: neither the
+    event loop nor the first answer waits for a store that counts slowly).
     """
 
     def __init__(self, config: uvicorn.Config, web: FastAPI) -> None:
         super().__init__(config)
         self.web = web
+        self.warming: threading.Thread | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await asyncio.to_thread(warm_up, self.web)
+        self.warming = supervised("ferryman-web-warm-up", lambda: warm_up(self.web)).thread
         await super().startup(sockets=sockets)
 
     @contextlib.contextmanager
