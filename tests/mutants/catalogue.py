@@ -755,14 +755,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "ferryman/store/limits.py",
-                '                    _key_running < sa.bindparam("key_concurrency"),\n',
-                '                    sa.bindparam("key_concurrency") > 0,\n',
+                '                key_running < sa.bindparam("key_concurrency"),\n',
+                '                sa.bindparam("key_concurrency") > 0,\n',
             ),
             Edit(
                 "ferryman/store/limits.py",
-                "                    if row.key_running + taken.get(digest, 0) >= key_concurrency:"
-                "\n",
-                "                    if taken.get(digest, 0) >= key_concurrency:\n",
+                "            ahead = taken.get(digest, key_running)\n",
+                "            ahead = taken.get(digest, 0)\n",
             ),
         ),
         (
