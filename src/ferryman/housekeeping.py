@@ -42,7 +42,7 @@ class DailyPrune:
     def __init__(
         self, store: Callable[[], Store], finished_after: timedelta, *, every: float = DAY
     ) -> None:
-        self._store = store
+        self._open_store = store
         self.finished_after = finished_after.total_seconds()
         self.every = every
         self.pruned_runs = 0
@@ -62,7 +62,7 @@ class DailyPrune:
     def prune_once(self) -> None:
         """One prune, from where the last one stopped; a store error is logged, not raised."""
         try:
-            result = self._store().prune_runs(self.finished_after, after=self._last)
+            result = self._open_store().prune_runs(self.finished_after, after=self._last)
         except FerrymanError as exc:
             log.warning("pruning finished runs failed, trying again in %.0f s: %s", self.every, exc)
             return
