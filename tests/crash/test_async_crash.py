@@ -21,7 +21,7 @@ from tests.crash.storm import assert_each_effect_once, last_worker, seeded, stor
 from tests.crash.support import processing_log, status_counts, storm_setting
 from tests.crash.worker_main import metadata
 
-RUNS = int(storm_setting("ASYNC_RUNS", 600))
+RUNS = int(storm_setting("ASYNC_RUNS", 1200))
 KILLS = int(storm_setting("ASYNC_KILLS", 6))
 WORKERS = 2
 LEASE_SECONDS = 2.0
