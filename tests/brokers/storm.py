@@ -1,6 +1,7 @@
 """Crash storms of broker sources: ``ferryman run`` SIGKILLed again and again while it consumes.
 
-:func:`run_storm` publishes the messages, then starts ``ferryman run`` (the
+:func:`run_storm` publishes the messages (SQS's as the storm goes: see
+:class:`SqsBroker`), then starts ``ferryman run`` (the
 app of :mod:`tests.brokers.storm_app`) and SIGKILLs it after a random 0.3-1 s,
 again and again; then lets one last daemon drain the queue and stops it with
 SIGTERM. The broker side of each kind is a :class:`Broker`: publish, and
@@ -16,6 +17,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,9 @@ DRAIN_POLL = 0.5  # seconds between two counts while it drains (each asks the st
 class Broker(Protocol):
     kind: str
     queue: str
+    # None: every message is published before the storm; a number: published
+    # while it goes on, no more than that many waiting for a run at once.
+    backlog: int | None
 
     def publish(self, count: int) -> list[str]:
         """Publish ``count`` messages; their message ids (what the runs are keyed by)."""
@@ -53,6 +58,7 @@ class Broker(Protocol):
 
 class RabbitBroker:
     kind = "rabbitmq"
+    backlog: int | None = None
 
     def __init__(self) -> None:
         self.queue = unique("storm")
@@ -99,6 +105,7 @@ class RabbitBroker:
 
 class RedisBroker:
     kind = "redis"
+    backlog: int | None = None
 
     def __init__(self) -> None:
         import redis
@@ -130,6 +137,7 @@ class RedisBroker:
 
 class NatsBroker:
     kind = "nats"
+    backlog: int | None = None
 
     def __init__(self) -> None:
         from nats.js.api import StreamConfig
@@ -190,6 +198,10 @@ class NatsBroker:
 
 class SqsBroker:
     kind = "sqs"
+    # moto's server lists the whole queue on every send and receive: with every
+    # message published up front, 10,000 would take hours. Published as the
+    # consumers go, no more than this many waiting at once, each call stays cheap.
+    backlog: int | None = 200
 
     def __init__(self) -> None:
         import boto3  # type: ignore[import-untyped]
@@ -204,18 +216,20 @@ class SqsBroker:
         self.queue = self.client.create_queue(QueueName=name, Attributes={"RedrivePolicy": policy})[
             "QueueUrl"
         ]
+        self._sent = 0  # messages published so far, each body its number
 
     def publish(self, count: int) -> list[str]:
         ids: list[str] = []
-        for start in range(0, count, 10):
+        for start in range(self._sent, self._sent + count, 10):
             answer = self.client.send_message_batch(
                 QueueUrl=self.queue,
                 Entries=[
-                    {"Id": str(n), "MessageBody": json.dumps(n)}
-                    for n in range(start, min(count, start + 10))
+                    {"Id": str(n - start), "MessageBody": json.dumps(n)}
+                    for n in range(start, min(self._sent + count, start + 10))
                 ],
             )
             ids += [entry["MessageId"] for entry in answer["Successful"]]
+        self._sent += count
         return ids
 
     def _count(self, url: str) -> int:
@@ -301,6 +315,48 @@ def count_evaluations(app: fm.App) -> int:
         )
 
 
+class Publisher(threading.Thread):
+    """Publishes a storm's messages: all at once, or as the consumers make room.
+
+    With a ``backlog``, it publishes ten at a time whenever fewer than the
+    backlog's worth of published messages have no run yet, on a store
+    connection of its own, until all are out.
+    """
+
+    def __init__(self, broker: Broker, store_url: str, messages: int) -> None:
+        super().__init__(name=f"publish-{broker.kind}", daemon=True)
+        self.broker, self.store_url, self.messages = broker, store_url, messages
+        self.ids: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        if self.broker.backlog is None:
+            self.ids = self.broker.publish(self.messages)
+            return
+        app = fm.App(self.store_url)
+        try:
+            while len(self.ids) < self.messages:
+                if len(self.ids) - run_count(app) >= self.broker.backlog:
+                    time.sleep(DRAIN_POLL / 10)  # the pace of the look-ups, as in the drain
+                    continue
+                self.ids += self.broker.publish(min(10, self.messages - len(self.ids)))
+        except BaseException as error:  # reported by check(), in the storm's thread
+            self.error = error
+        finally:
+            app.close()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"publishing failed: {self.error!r}") from self.error
+
+    def published(self) -> list[str]:
+        if self.is_alive():
+            self.join(timeout=60)
+        self.check()
+        assert len(self.ids) == self.messages, f"{len(self.ids)} of {self.messages} published"
+        return self.ids
+
+
 def run_storm(
     broker: Broker, store_url: str, tmp: Path, *, messages: int, kills: int, seed: int = 0
 ) -> StormResult:
@@ -309,8 +365,11 @@ def run_storm(
     # The sensor spends this long on each message, so that consuming them all outlasts
     # the storm (by half again) and every kill lands while messages are in work.
     work_ms = 1000 * kills * 0.65 * 1.5 / messages
-    ids = broker.publish(messages)
-    assert len(ids) == messages
+    publisher = Publisher(broker, store_url, messages)
+    if broker.backlog is None:
+        publisher.run()
+    else:
+        publisher.start()
     log = tmp / f"storm-{broker.kind}.log"
     app = fm.App(store_url)
     try:
@@ -340,13 +399,14 @@ def run_storm(
                 wait_until(
                     lambda seen=connected: _connections(log) > seen, timeout=120, what="connected"
                 )
-                wait_drained(app, broker, messages)
+                wait_drained(app, broker, messages, publisher)
             finally:
                 last.send_signal(signal.SIGTERM)
                 code = last.wait(timeout=60)
             assert code == 0, f"the last daemon exited {code}; see {log}"
             if broker.left() == 0:
                 break
+        ids = publisher.published()
         total, keys = count_runs(app)
         with app.store.read("counting evaluations") as conn:
             failed = int(
@@ -373,7 +433,7 @@ def run_count(app: fm.App) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one())
 
 
-def wait_drained(app: fm.App, broker: Broker, messages: int) -> None:
+def wait_drained(app: fm.App, broker: Broker, messages: int, publisher: Publisher) -> None:
     """Wait for a run per message and nothing left unacked, as long as the drain goes on.
 
     Not a fixed deadline: how fast the last daemon drains depends on the broker
@@ -384,6 +444,7 @@ def wait_drained(app: fm.App, broker: Broker, messages: int) -> None:
     seen: tuple[int, int] | None = None
     since = time.monotonic()
     while True:
+        publisher.check()
         done = run_count(app)
         left = broker.left() if done >= messages else -1
         if left == 0:
