@@ -108,13 +108,17 @@ _ENQUEUE_COMMITTED = f"""
     SELECT id, key_digest, (SELECT count(*) FROM woken) AS woken FROM inserted
 """
 # Many runs travel as arrays (a handful of parameters, whatever the batch's
-# size); one as plain values, which psycopg adapts several times faster.
+# size), in binary (%b): psycopg writes a text array element by element with a
+# regular expression for the quoting, which cost a payload or a key digest
+# about 3.5 us each (measured), against 0.2 us in binary. One run travels as
+# plain values, which psycopg adapts several times faster than arrays (and, a
+# value at a time, a little faster in text than in binary).
 ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
     "{input}",
-    """unnest(%(job)s::text[], %(run_key)s::text[], %(key_digest)s::bytea[],
-                    %(payload)s::text[], %(max_attempts)s::integer[], %(delay)s::float8[],
-                    %(not_before)s::float8[], %(priority)s::integer[],
-                    %(concurrency_key)s::text[], %(concurrency_digest)s::bytea[])
+    """unnest(%(job)b::text[], %(run_key)b::text[], %(key_digest)b::bytea[],
+                    %(payload)b::text[], %(max_attempts)b::integer[], %(delay)b::float8[],
+                    %(not_before)b::float8[], %(priority)b::integer[],
+                    %(concurrency_key)b::text[], %(concurrency_digest)b::bytea[])
                     WITH ORDINALITY""",
 )
 # One run, the common submit, without what only a batch needs (the input
