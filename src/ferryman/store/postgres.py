@@ -315,8 +315,10 @@ class PostgresBackend(Backend):
     # -- runs ----------------------------------------------------------------
 
     def enqueue(
-        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None
     ) -> list[tuple[int, bytes]]:
+        if now is None:
+            now = self.clock(conn)
         rows = conn.execute(
             ENQUEUE,
             {
