@@ -26,6 +26,7 @@ from ferryman.store.schema import runs
 # the bound-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
 CHUNK = 1000
 EVENT_ERROR_CHARS = 500
+QUEUED = RunStatus.QUEUED.value  # read once: an enum's .value is a property call per run
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__,
@@ -126,7 +127,7 @@ def run_row(new: NewRun, now: float) -> dict[str, Any]:
         "run_key": new.run_key,
         "key_digest": new.key_digest,
         "payload": new.payload_json,
-        "status": RunStatus.QUEUED.value,
+        "status": QUEUED,
         "attempt": 0,
         "max_attempts": new.max_attempts,
         "available_at": new.due_at(now),
@@ -142,7 +143,7 @@ def run_row(new: NewRun, now: float) -> dict[str, Any]:
 def run_values(new: NewRun, now: float) -> tuple[Any, ...]:
     """The values of :func:`run_row`, in the order of :data:`RUN_ROW_COLUMNS`."""
     return (
-        *(new.job, new.run_key, new.key_digest, new.payload_json, RunStatus.QUEUED.value, 0),
+        *(new.job, new.run_key, new.key_digest, new.payload_json, QUEUED, 0),
         *(new.max_attempts, new.due_at(now), new.priority, new.concurrency_key),
         *(new.concurrency_digest, 0, now, now),
     )
