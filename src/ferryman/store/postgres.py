@@ -46,31 +46,29 @@ CLOCK: sa.ColumnElement[float] = sa.literal_column(
 )
 
 # Unique by the key's digest (see ferryman.store.keys): a key of any length
-# fits. Rows are inserted in the order given, which the caller sorted.
-ENQUEUE = sa.text(
-    f"""
+# fits. Rows are inserted in the order given, which the caller sorted. Arrays in
+# binary (%b, see ENQUEUE_MANY), so run as the driver's SQL (exec_driver_sql).
+ENQUEUE = f"""
     WITH inserted AS (
         INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
                                  max_attempts, available_at, lease_token, created_at,
                                  updated_at, priority, concurrency_key, concurrency_digest)
         SELECT job, run_key, key_digest, payload, 'queued', 0, max_attempts, available_at, 0,
-               :now, :now, priority, concurrency_key, concurrency_digest
-        FROM unnest(CAST(:jobs AS text[]), CAST(:run_keys AS text[]),
-                    CAST(:digests AS bytea[]), CAST(:payloads AS text[]),
-                    CAST(:max_attempts AS integer[]), CAST(:available_at AS float8[]),
-                    CAST(:priorities AS integer[]), CAST(:concurrency_keys AS text[]),
-                    CAST(:concurrency_digests AS bytea[]))
+               %(now)s, %(now)s, priority, concurrency_key, concurrency_digest
+        FROM unnest(%(jobs)b::text[], %(run_keys)b::text[], %(digests)b::bytea[],
+                    %(payloads)b::text[], %(max_attempts)b::integer[],
+                    %(available_at)b::float8[], %(priorities)b::integer[],
+                    %(concurrency_keys)b::text[], %(concurrency_digests)b::bytea[])
              AS input(job, run_key, key_digest, payload, max_attempts, available_at,
                       priority, concurrency_key, concurrency_digest)
         ON CONFLICT (key_digest) DO NOTHING
         RETURNING id, key_digest
     ), logged AS (
         INSERT INTO {run_events.name} (run_id, kind, at, attempt)
-        SELECT id, 'requested', :now, 0 FROM inserted
+        SELECT id, 'requested', %(now)s, 0 FROM inserted
     )
     SELECT id, key_digest FROM inserted
-    """
-)
+"""
 
 # A submit on a connection of its own, committed by PostgreSQL as the one
 # statement it is (autocommit): the clock, the runs, their processing-log rows
@@ -313,7 +311,7 @@ class PostgresBackend(Backend):
         self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None
     ) -> list[tuple[int, bytes]]:
         now = self.clock(conn) if now is None else now
-        rows = conn.execute(
+        rows = conn.exec_driver_sql(
             ENQUEUE,
             {
                 "jobs": [new.job for new in new_runs],
