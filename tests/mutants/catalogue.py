@@ -724,6 +724,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "a run submitted alone is claimed before its not_before (SQLite)",
+        "Queue controls",
+        one(
+            SQLITE,
+            '    f"ELSE max({_CLOCK_SQL} + :delay, :not_before) END",\n',
+            '    f"ELSE {_CLOCK_SQL} + :delay END",\n',
+        ),
+        (
+            "tests/unit/test_single_submit.py::"
+            "test_one_run_per_submit_is_timed_by_one_reading_of_the_store_clock[sqlite]",
+        ),
+    ),
+    Mutation(
         "a run is claimed before its not_before",
         "Queue controls",
         one(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -113,6 +113,39 @@ def test_large_batch_is_one_call(make_app: type[fm.App]) -> None:
     assert result.created == 2500
     assert len(set(result.run_ids)) == 2500
     assert app.submit("load", *requests).deduplicated == 2500
+
+
+def test_a_batch_stores_every_value_exactly_as_given(make_app: type[fm.App]) -> None:
+    """What an array literal must quote or spell specially comes back as it went in."""
+    app = make_app()
+
+    @app.job(max_attempts=4)
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    awkward = ["NULL", " ", ' a "quoted", {braced} \\ back\\slash ', "é 😀 \t\n"]
+    later = datetime.fromtimestamp(4_102_444_800, tz=UTC)  # 2100-01-01
+    requests = [
+        fm.RunRequest(
+            key,
+            {key: [key, None, 1.5]} if i % 2 else None,
+            priority=[-1_000_000, 1_000_000, 0, 7][i],
+            concurrency_key=None if i % 2 else key,
+            not_before=later if i == 3 else None,
+        )
+        for i, key in enumerate(awkward)
+    ]
+    # A keyed job's first submit marks it keyed in a transaction of its own; the
+    # batch then takes the path of every later submit (one statement on PostgreSQL).
+    app.submit("load", fm.RunRequest("first", concurrency_key="first"))
+    assert app.submit("load", *requests).created == len(awkward)
+    stored = {run.run_key: run for run in app.get_runs() if run.run_key != "first"}
+    assert sorted(stored) == sorted(awkward)
+    for i, key in enumerate(awkward):
+        run = stored[key]
+        assert run.payload == ({key: [key, None, 1.5]} if i % 2 else None)
+        assert (run.priority, run.max_attempts) == ([-1_000_000, 1_000_000, 0, 7][i], 4)
+        assert run.concurrency_key == (None if i % 2 else key)
+    assert stored["é 😀 \t\n"].available_at == later
 
 
 def test_run_keys_up_to_64_kib_are_one_run_each(make_app: type[fm.App]) -> None:

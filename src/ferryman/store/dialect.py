@@ -191,11 +191,12 @@ class Backend:
     # -- runs: the hot paths -------------------------------------------------
 
     def enqueue(
-        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None
     ) -> list[tuple[int, bytes]]:
         """Insert the runs whose key is new, in the order given; log ``requested``.
 
-        Returns ``(id, key digest)`` of the runs created.
+        ``now``: the database's clock, or None to read it (in the insert itself,
+        where the backend can). Returns ``(id, key digest)`` of the runs created.
         """
         raise NotImplementedError
 

@@ -313,8 +313,10 @@ class MariaDBBackend(Backend):
     # -- runs ----------------------------------------------------------------
 
     def enqueue(
-        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None
     ) -> list[tuple[int, bytes]]:
+        if now is None:
+            now = self.clock(conn)
         created: list[tuple[int, bytes]] = []
         for chunk in chunks(new_runs):
             created.extend(self._insert_new(conn, chunk, now))

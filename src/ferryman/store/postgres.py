@@ -46,31 +46,29 @@ CLOCK: sa.ColumnElement[float] = sa.literal_column(
 )
 
 # Unique by the key's digest (see ferryman.store.keys): a key of any length
-# fits. Rows are inserted in the order given, which the caller sorted.
-ENQUEUE = sa.text(
-    f"""
+# fits. Rows are inserted in the order given, which the caller sorted. Arrays in
+# binary (%b, see ENQUEUE_MANY), so run as the driver's SQL (exec_driver_sql).
+ENQUEUE = f"""
     WITH inserted AS (
         INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
                                  max_attempts, available_at, lease_token, created_at,
                                  updated_at, priority, concurrency_key, concurrency_digest)
         SELECT job, run_key, key_digest, payload, 'queued', 0, max_attempts, available_at, 0,
-               :now, :now, priority, concurrency_key, concurrency_digest
-        FROM unnest(CAST(:jobs AS text[]), CAST(:run_keys AS text[]),
-                    CAST(:digests AS bytea[]), CAST(:payloads AS text[]),
-                    CAST(:max_attempts AS integer[]), CAST(:available_at AS float8[]),
-                    CAST(:priorities AS integer[]), CAST(:concurrency_keys AS text[]),
-                    CAST(:concurrency_digests AS bytea[]))
+               %(now)s, %(now)s, priority, concurrency_key, concurrency_digest
+        FROM unnest(%(jobs)b::text[], %(run_keys)b::text[], %(digests)b::bytea[],
+                    %(payloads)b::text[], %(max_attempts)b::integer[],
+                    %(available_at)b::float8[], %(priorities)b::integer[],
+                    %(concurrency_keys)b::text[], %(concurrency_digests)b::bytea[])
              AS input(job, run_key, key_digest, payload, max_attempts, available_at,
                       priority, concurrency_key, concurrency_digest)
         ON CONFLICT (key_digest) DO NOTHING
         RETURNING id, key_digest
     ), logged AS (
         INSERT INTO {run_events.name} (run_id, kind, at, attempt)
-        SELECT id, 'requested', :now, 0 FROM inserted
+        SELECT id, 'requested', %(now)s, 0 FROM inserted
     )
     SELECT id, key_digest FROM inserted
-    """
-)
+"""
 
 # A submit on a connection of its own, committed by PostgreSQL as the one
 # statement it is (autocommit): the clock, the runs, their processing-log rows
@@ -79,8 +77,7 @@ ENQUEUE = sa.text(
 # psycopg's cursor, so it is prepared once per connection and costs none of
 # SQLAlchemy's per-execution work. The wake-ups are a scalar subquery of the
 # result, so they are sent once, and only when a run was created; NOTIFY is
-# delivered only if the statement commits. Rows are inserted in the order given
-# (the caller sorted them by key).
+# delivered only if the statement commits. Rows go in in the order given (by key).
 _ENQUEUE_COMMITTED = f"""
     WITH clock AS (
         SELECT extract(epoch from clock_timestamp())::float8 AS now
@@ -107,20 +104,20 @@ _ENQUEUE_COMMITTED = f"""
     )
     SELECT id, key_digest, (SELECT count(*) FROM woken) AS woken FROM inserted
 """
-# Many runs travel as arrays (a handful of parameters, whatever the batch's
-# size); one as plain values, which psycopg adapts several times faster.
+# Many runs travel as arrays (a handful of parameters, whatever the batch's size),
+# in binary (%b): in text psycopg quotes each payload and key digest with a regular
+# expression, 3.5 us each against 0.2 us (measured). One run as plain values, in text.
 ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
     "{input}",
-    """unnest(%(job)s::text[], %(run_key)s::text[], %(key_digest)s::bytea[],
-                    %(payload)s::text[], %(max_attempts)s::integer[], %(delay)s::float8[],
-                    %(not_before)s::float8[], %(priority)s::integer[],
-                    %(concurrency_key)s::text[], %(concurrency_digest)s::bytea[])
+    """unnest(%(job)b::text[], %(run_key)b::text[], %(key_digest)b::bytea[],
+                    %(payload)b::text[], %(max_attempts)b::integer[], %(delay)b::float8[],
+                    %(not_before)b::float8[], %(priority)b::integer[],
+                    %(concurrency_key)b::text[], %(concurrency_digest)b::bytea[])
                     WITH ORDINALITY""",
 )
-# One run, the common submit, without what only a batch needs (the input
-# relation, its order, DISTINCT wake-ups). The clock is read once, so the
-# run's times agree; its log row takes the time the run was created at; the
-# wake-up is sent for the row returned, that is only if the run was created.
+# One run, the common submit, without what only a batch needs (the input relation,
+# its order, DISTINCT wake-ups): the clock read once, so the run's times agree; its
+# log row at the run's creation; the wake-up sent only if the run was created.
 ENQUEUE_ONE = f"""
     WITH inserted AS (
         INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
@@ -311,9 +308,10 @@ class PostgresBackend(Backend):
     # -- runs ----------------------------------------------------------------
 
     def enqueue(
-        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None
     ) -> list[tuple[int, bytes]]:
-        rows = conn.execute(
+        now = self.clock(conn) if now is None else now
+        rows = conn.exec_driver_sql(
             ENQUEUE,
             {
                 "jobs": [new.job for new in new_runs],

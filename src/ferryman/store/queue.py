@@ -55,9 +55,8 @@ class RunQueue:
         """
         if not new_runs:
             return SubmitResult(run_ids=(), created=0, deduplicated=0)
-        now = self.now(conn)
         unique, in_key_order = _in_key_order(new_runs)
-        created = self.backend.enqueue(conn, in_key_order, now)
+        created = self.backend.enqueue(conn, in_key_order, None)
         ids = self._ids(conn, unique, created)
         keyed = {new.job for new in in_key_order if new.concurrency_key is not None}
         if keyed - self._keyed_committed:

@@ -63,9 +63,8 @@ from ferryman.store.run_rows import event as event_row
 from ferryman.store.schema import run_events, runs
 
 SQLITE_BUSY_TIMEOUT_S = 30.0  # the default; ``?busy_timeout=SECONDS`` in the URL sets another
-CLOCK: sa.ColumnElement[float] = sa.literal_column(
-    "((julianday('now') - 2440587.5) * 86400.0)", sa.Double()
-)
+_CLOCK_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
+CLOCK: sa.ColumnElement[float] = sa.literal_column(_CLOCK_SQL, sa.Double())
 DISK_NEARLY_FULL = 1 << 20  # bytes: less than this free, and SQLite cannot grow its files
 
 
@@ -204,13 +203,34 @@ END = DriverStatement(
 # Enqueue (SQLiteBackend.enqueue): the runs whose key is new, then, by id,
 # those just created and their ``requested`` rows. Ids only grow within a
 # write transaction, and it is the only writer.
+_VALUES = f"VALUES ({', '.join(f':{name}' for name in RUN_ROW_COLUMNS)}) "
 _INSERT_RUN = (
     f"INSERT INTO {runs.name} ({', '.join(RUN_ROW_COLUMNS)}) "
-    f"VALUES ({', '.join(f':{name}' for name in RUN_ROW_COLUMNS)}) "
+    f"{_VALUES}"
     "ON CONFLICT (key_digest) DO NOTHING"
 )
 ENQUEUE_ROW = DriverStatement(sa.text(_INSERT_RUN))
-ENQUEUE_ONE_ROW = DriverStatement(sa.text(f"{_INSERT_RUN} RETURNING id"))
+# The common submit, one run: the clock is read in the insert itself (SQLite
+# reads 'now' once per statement, so the run's times agree), which spares a
+# statement; its log row then takes the time the insert returns.
+_CLOCKED = {
+    "available_at": f"CASE WHEN :not_before IS NULL THEN {_CLOCK_SQL} + :delay "
+    f"ELSE max({_CLOCK_SQL} + :delay, :not_before) END",
+    "created_at": _CLOCK_SQL,
+    "updated_at": _CLOCK_SQL,
+}
+_CLOCKED_VALUES = f"VALUES ({', '.join(_CLOCKED.get(n, f':{n}') for n in RUN_ROW_COLUMNS)}) "
+ENQUEUE_ONE_ROW = DriverStatement(
+    sa.text(f"{_INSERT_RUN.replace(_VALUES, _CLOCKED_VALUES)} RETURNING id, created_at")
+)
+LOG_ONE_REQUESTED = DriverStatement(
+    run_events.insert().values(
+        run_id=sa.bindparam("run_id"),
+        kind=RunEventKind.REQUESTED.value,
+        at=sa.bindparam("at"),
+        attempt=0,
+    )
+)
 assert ENQUEUE_ROW.names == RUN_ROW_COLUMNS  # the order run_values gives the values in
 LAST_RUN_ID = DriverStatement(sa.select(sa.func.coalesce(sa.func.max(runs.c.id), 0)))
 _created = runs.c.id > sa.bindparam("after")
@@ -362,20 +382,22 @@ class SQLiteBackend(Backend):
     # -- runs ----------------------------------------------------------------
 
     def enqueue(
-        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float
+        self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None
     ) -> list[tuple[int, bytes]]:
         """All rows in one ``executemany`` on the driver, then the created ones read back.
 
         One writer at a time, so the runs this transaction creates are exactly
         those with an id above the largest one before it (see ENQUEUE_ROW).
         """
-        if len(new_runs) == 1:  # the common submit: its id comes back with the insert
+        if len(new_runs) == 1 and now is None:  # the common submit: two statements
             (new,) = new_runs
-            row = ENQUEUE_ONE_ROW.first(conn, run_row(new, now))
+            row = ENQUEUE_ONE_ROW.first(conn, _clocked_row(new))
             if row is None:
                 return []
-            LOG_REQUESTED.rows(conn, {"after": row[0] - 1, "now": now})
+            LOG_ONE_REQUESTED.rows(conn, {"run_id": row[0], "at": row[1]})
             return [(row[0], new.key_digest)]
+        if now is None:
+            now = self.clock(conn)
         after = LAST_RUN_ID.first(conn, {})[0]
         ENQUEUE_ROW.many_rows(conn, [run_values(new, now) for new in new_runs])
         created = [(row[0], bytes(row[1])) for row in CREATED_RUNS.rows(conn, {"after": after})]
@@ -492,6 +514,13 @@ class SQLiteBackend(Backend):
 # failed: busy or locked past the timeout, out of memory, an I/O error, a full
 # disk, a file that cannot be opened, a lock protocol error.
 SQLITE_FAILURES = frozenset({5, 6, 7, 10, 13, 14, 15})
+
+
+def _clocked_row(new: NewRun) -> dict[str, Any]:
+    """The values of :data:`ENQUEUE_ONE_ROW`: a run's row less the times the clock gives."""
+    row = run_row(new, 0.0)
+    row["delay"], row["not_before"] = new.delay, new.not_before
+    return row
 
 
 def sqlite_busy_timeout(url: sa.URL) -> tuple[sa.URL, float]:
