@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import socket
@@ -91,6 +92,38 @@ def test_download_is_verified_by_s3s_composite_checksum_or_the_uploads_sidecar(
 
     again = fm.transfer.download(f"s3://{seaweed_bucket}/bare.bin", tmp_path, store=store)
     assert again.id == second.id and again.finished_at == second.finished_at  # nothing fetched
+
+
+def test_a_one_range_download_is_held_to_the_sidecar_by_the_digest_of_its_range(
+    seaweed_env: SeaweedServer, seaweed_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object in one range is hashed once, as it arrives: that digest meets the sidecar's."""
+    store = f"sqlite:///{tmp_path}/store.db"
+    source = write_random(tmp_path / "source.bin", 3 * MiB + 5)
+    url = f"s3://{seaweed_bucket}/small.bin"
+    fm.transfer.upload(source, url, store=store, sidecar=True)
+    download_module = sys.modules["ferryman.transfer.download"]
+
+    def second_pass(fd: int, size: int) -> bytes:
+        raise AssertionError("the file was hashed a second time")
+
+    monkeypatch.setattr(download_module, "file_sha256", second_pass)
+    done = fm.transfer.download(url, tmp_path / "small.bin", store=store)
+    assert done.verified_by == "sha256" and done.sha256 == file_sha256(source)
+    assert (tmp_path / "small.bin").read_bytes() == source.read_bytes()
+
+    # A sidecar of this very object (ETag, size) whose SHA-256 the bytes do not have.
+    client = seaweed_env.client()
+    sidecar = client.get_object(Bucket=seaweed_bucket, Key="small.bin.meta.json")
+    document = json.loads(sidecar["Body"].read())
+    document["sha256"] = hashlib.sha256(b"other bytes").hexdigest()
+    client.put_object(
+        Bucket=seaweed_bucket, Key="small.bin.meta.json", Body=json.dumps(document).encode()
+    )
+    with pytest.raises(DownloadFailed, match="verify_failed"):
+        fm.transfer.download(url, tmp_path / "again.bin", store=store)
+    assert not (tmp_path / "again.bin").exists()
+    assert not temp_path_for(tmp_path / "again.bin").exists()
 
 
 def test_a_destination_named_by_the_key_stays_in_the_directory(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ boundaries, so the ranges' SHA-256s, computed as they arrive, check it with
 no second pass over the bytes); else against the whole file's SHA-256 from
 ``upload``'s sidecar (``<key>.meta.json``, when it describes this very
 object) or from ``x-amz-meta-sha256``; else S3's full-object SHA-256; else
-the size alone (``verified_by`` says which).
+the size alone (``verified_by`` says which). Those whole-file digests take
+one more pass over the file, except for an object of one range, whose
+SHA-256, computed as it arrived, is the file's.
 Only then is the temporary file, which lives beside DEST, fsynced and
 renamed to DEST (its ranges were synced as they were recorded, so the
 disk has been writing while the rest was fetched and this last sync is
@@ -509,7 +511,7 @@ class Downloader:
                 if got != value:
                     mismatch = f"S3 composite checksum {value}, the bytes give {got}"
             else:
-                digest = file_sha256(fd, download.size)
+                digest = self._whole_sha256(download, hashes, fd)
                 sha256 = digest.hex()
                 got = sha256 if kind == "sha256" else base64.b64encode(digest).decode()
                 verified_by = kind
@@ -534,6 +536,12 @@ class Downloader:
             verified_by,
         )
         return finished
+
+    def _whole_sha256(self, download: Download, hashes: dict[int, str], fd: int) -> bytes:
+        """The temporary file's SHA-256: its one range's, or one more pass over its bytes."""
+        if len(hashes) == 1 and 0 < download.size <= download.part_size:
+            return base64.b64decode(hashes[1])  # the range is the whole file, hashed on arrival
+        return file_sha256(fd, download.size)
 
     def _object_changed(self, download: Download, fd: int, detail: str) -> NoReturn:
         self._fail(
