@@ -387,17 +387,18 @@ class Downloader:
             return hashes
         stop = threading.Event()
         with (
-            RangeWriter(fd, download.id) as writer,
             Confirmations(
                 self.store, download.id, self.counter, sync_fd=fd if self.fsync else None
             ) as confirmations,
+            # Inside: every range written is passed on before the last commit.
+            RangeWriter(fd, download.id, confirmations.add) as writer,
             ThreadPoolExecutor(
                 max_workers=min(self.concurrency, len(todo)),
                 thread_name_prefix=f"ferryman-download-{download.id}",
             ) as pool,
         ):
             futures: list[Future[DownloadPart]] = [
-                pool.submit(self._fetch, download, number, start, size, writer, stop, confirmations)
+                pool.submit(self._fetch, download, number, start, size, writer, stop)
                 for number, start, size in todo
             ]
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -412,6 +413,8 @@ class Downloader:
                     pool.shutdown(wait=True)
                     self._object_changed(download, fd, "S3 refused its ETag (412)")
                 raise error
+        if writer.error is not None:  # a write (or a record) of the last ranges failed
+            raise writer.error
         for future in futures:
             part = future.result()
             hashes[part.part_number] = part.sha256
@@ -425,7 +428,6 @@ class Downloader:
         size: int,
         writer: RangeWriter,
         stop: threading.Event,
-        confirmations: Confirmations,
     ) -> DownloadPart:
         """One ranged GET, pinned to the version, streamed into the temporary file."""
         if stop.is_set():
@@ -460,11 +462,12 @@ class Downloader:
             sha256=digest,
             confirmed_at=datetime.now(UTC),
         )
-        # Recorded once its bytes are on disk (with ``fsync``; without it they
-        # are in the page cache, which a killed process does not lose). The
-        # resume re-reads and checks every confirmed range all the same, so a
-        # range a disk lost is fetched again.
-        confirmations.add(part)
+        # Recorded once its bytes are in the file (the writer passes it on after
+        # them) and on disk (with ``fsync``; without it they are in the page
+        # cache, which a killed process does not lose). The resume re-reads and
+        # checks every confirmed range all the same, so a range a disk lost is
+        # fetched again. This thread goes on to its next range meanwhile.
+        writer.confirm(part)
         return part
 
     def _stream(self, body: Any, writer: RangeWriter, start: int, size: int) -> str:
@@ -489,7 +492,6 @@ class Downloader:
             raise _BodyCut(f"{type(exc).__name__}: {exc}") from exc
         finally:
             body.close()
-        writer.flush()  # the range's bytes are in the file before it may be recorded
         return base64.b64encode(hasher.digest()).decode()
 
     # -- finishing -----------------------------------------------------------
