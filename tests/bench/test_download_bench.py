@@ -28,3 +28,4 @@ def test_download_bench_runs_in_a_tiny_configuration(capsys: pytest.CaptureFixtu
     assert all(rate > 0 for rate in best.values())
     printed = capsys.readouterr().out
     assert "x boto3's best with the same durability" in printed
+    assert "in the same round; median" in printed

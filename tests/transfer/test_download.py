@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import os
 import re
 import socket
@@ -21,6 +23,7 @@ from ferryman.errors import ConfigurationError, DownloadFailed
 from ferryman.store import Store
 from ferryman.store.schema import download_parts, downloads
 from ferryman.transfer.download import temp_path_for
+from ferryman.transfer.download_ranges import CHUNK
 from tests.helpers import wait_until
 from tests.proxies import SlowProxy
 from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
@@ -91,6 +94,38 @@ def test_download_is_verified_by_s3s_composite_checksum_or_the_uploads_sidecar(
 
     again = fm.transfer.download(f"s3://{seaweed_bucket}/bare.bin", tmp_path, store=store)
     assert again.id == second.id and again.finished_at == second.finished_at  # nothing fetched
+
+
+def test_a_one_range_download_is_held_to_the_sidecar_by_the_digest_of_its_range(
+    seaweed_env: SeaweedServer, seaweed_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object in one range is hashed once, as it arrives: that digest meets the sidecar's."""
+    store = f"sqlite:///{tmp_path}/store.db"
+    source = write_random(tmp_path / "source.bin", 3 * MiB + 5)
+    url = f"s3://{seaweed_bucket}/small.bin"
+    fm.transfer.upload(source, url, store=store, sidecar=True)
+    download_module = sys.modules["ferryman.transfer.download"]
+
+    def second_pass(fd: int, size: int) -> bytes:
+        raise AssertionError("the file was hashed a second time")
+
+    monkeypatch.setattr(download_module, "file_sha256", second_pass)
+    done = fm.transfer.download(url, tmp_path / "small.bin", store=store)
+    assert done.verified_by == "sha256" and done.sha256 == file_sha256(source)
+    assert (tmp_path / "small.bin").read_bytes() == source.read_bytes()
+
+    # A sidecar of this very object (ETag, size) whose SHA-256 the bytes do not have.
+    client = seaweed_env.client()
+    sidecar = client.get_object(Bucket=seaweed_bucket, Key="small.bin.meta.json")
+    document = json.loads(sidecar["Body"].read())
+    document["sha256"] = hashlib.sha256(b"other bytes").hexdigest()
+    client.put_object(
+        Bucket=seaweed_bucket, Key="small.bin.meta.json", Body=json.dumps(document).encode()
+    )
+    with pytest.raises(DownloadFailed, match="verify_failed"):
+        fm.transfer.download(url, tmp_path / "again.bin", store=store)
+    assert not (tmp_path / "again.bin").exists()
+    assert not temp_path_for(tmp_path / "again.bin").exists()
 
 
 def test_a_destination_named_by_the_key_stays_in_the_directory(tmp_path: Path) -> None:
@@ -270,6 +305,36 @@ def test_ranges_are_recorded_only_after_their_bytes_are_synced_to_disk(
         ), events
     else:
         assert "sync" not in events
+
+
+def test_a_range_whose_bytes_could_not_be_written_is_not_recorded(
+    seaweed_env: SeaweedServer, seaweed_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write error (a full disk) stops the download with it; the range it hit is not
+    recorded, DEST does not appear, and the next call fetches that range and finishes."""
+    store = f"sqlite:///{tmp_path}/store.db"
+    source = write_random(tmp_path / "source.bin", 23 * MiB + 17)
+    url = f"s3://{seaweed_bucket}/full-disk.bin"
+    fm.transfer.upload(source, url, store=store, part_size=5 * MiB)
+    ranges_module = sys.modules["ferryman.transfer.download_ranges"]
+    real_write = ranges_module._pwrite_all
+
+    def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+        # The last chunk of range 3: its thread has handed the range over by then.
+        if 15 * MiB - CHUNK <= offset < 15 * MiB:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, view, offset)
+
+    monkeypatch.setattr(ranges_module, "_pwrite_all", pwrite_all)
+    dest = tmp_path / "full-disk.bin"
+    with pytest.raises(OSError, match="No space left on device"):
+        fm.transfer.download(url, dest, store=store, concurrency=2)
+    assert 3 not in _confirmed_ranges(store)
+    assert not dest.exists()
+
+    monkeypatch.setattr(ranges_module, "_pwrite_all", real_write)
+    done = fm.transfer.download(url, dest, store=store, concurrency=2)
+    assert done.verified_by == "composite" and file_sha256(dest) == file_sha256(source)
 
 
 class _CutProxy(SlowProxy):

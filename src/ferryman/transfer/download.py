@@ -19,7 +19,9 @@ boundaries, so the ranges' SHA-256s, computed as they arrive, check it with
 no second pass over the bytes); else against the whole file's SHA-256 from
 ``upload``'s sidecar (``<key>.meta.json``, when it describes this very
 object) or from ``x-amz-meta-sha256``; else S3's full-object SHA-256; else
-the size alone (``verified_by`` says which).
+the size alone (``verified_by`` says which). Those whole-file digests take
+one more pass over the file, except for an object of one range, whose
+SHA-256, computed as it arrived, is the file's.
 Only then is the temporary file, which lives beside DEST, fsynced and
 renamed to DEST (its ranges were synced as they were recorded, so the
 disk has been writing while the rest was fetched and this last sync is
@@ -385,17 +387,18 @@ class Downloader:
             return hashes
         stop = threading.Event()
         with (
-            RangeWriter(fd, download.id) as writer,
             Confirmations(
                 self.store, download.id, self.counter, sync_fd=fd if self.fsync else None
             ) as confirmations,
+            # Inside: every range written is passed on before the last commit.
+            RangeWriter(fd, download.id, confirmations.add) as writer,
             ThreadPoolExecutor(
                 max_workers=min(self.concurrency, len(todo)),
                 thread_name_prefix=f"ferryman-download-{download.id}",
             ) as pool,
         ):
             futures: list[Future[DownloadPart]] = [
-                pool.submit(self._fetch, download, number, start, size, writer, stop, confirmations)
+                pool.submit(self._fetch, download, number, start, size, writer, stop)
                 for number, start, size in todo
             ]
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -410,6 +413,8 @@ class Downloader:
                     pool.shutdown(wait=True)
                     self._object_changed(download, fd, "S3 refused its ETag (412)")
                 raise error
+        if writer.error is not None:  # a write (or a record) of the last ranges failed
+            raise writer.error
         for future in futures:
             part = future.result()
             hashes[part.part_number] = part.sha256
@@ -423,7 +428,6 @@ class Downloader:
         size: int,
         writer: RangeWriter,
         stop: threading.Event,
-        confirmations: Confirmations,
     ) -> DownloadPart:
         """One ranged GET, pinned to the version, streamed into the temporary file."""
         if stop.is_set():
@@ -458,11 +462,12 @@ class Downloader:
             sha256=digest,
             confirmed_at=datetime.now(UTC),
         )
-        # Recorded once its bytes are on disk (with ``fsync``; without it they
-        # are in the page cache, which a killed process does not lose). The
-        # resume re-reads and checks every confirmed range all the same, so a
-        # range a disk lost is fetched again.
-        confirmations.add(part)
+        # Recorded once its bytes are in the file (the writer passes it on after
+        # them) and on disk (with ``fsync``; without it they are in the page
+        # cache, which a killed process does not lose). The resume re-reads and
+        # checks every confirmed range all the same, so a range a disk lost is
+        # fetched again. This thread goes on to its next range meanwhile.
+        writer.confirm(part)
         return part
 
     def _stream(self, body: Any, writer: RangeWriter, start: int, size: int) -> str:
@@ -487,7 +492,6 @@ class Downloader:
             raise _BodyCut(f"{type(exc).__name__}: {exc}") from exc
         finally:
             body.close()
-        writer.flush()  # the range's bytes are in the file before it may be recorded
         return base64.b64encode(hasher.digest()).decode()
 
     # -- finishing -----------------------------------------------------------
@@ -509,7 +513,7 @@ class Downloader:
                 if got != value:
                     mismatch = f"S3 composite checksum {value}, the bytes give {got}"
             else:
-                digest = file_sha256(fd, download.size)
+                digest = self._whole_sha256(download, hashes, fd)
                 sha256 = digest.hex()
                 got = sha256 if kind == "sha256" else base64.b64encode(digest).decode()
                 verified_by = kind
@@ -534,6 +538,12 @@ class Downloader:
             verified_by,
         )
         return finished
+
+    def _whole_sha256(self, download: Download, hashes: dict[int, str], fd: int) -> bytes:
+        """The temporary file's SHA-256: its one range's, or one more pass over its bytes."""
+        if len(hashes) == 1 and 0 < download.size <= download.part_size:
+            return base64.b64decode(hashes[1])  # the range is the whole file, hashed on arrival
+        return file_sha256(fd, download.size)
 
     def _object_changed(self, download: Download, fd: int, detail: str) -> NoReturn:
         self._fail(

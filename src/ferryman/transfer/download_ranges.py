@@ -110,16 +110,22 @@ class RangeWriter:
     bounded (:data:`WRITE_QUEUE` chunks), so memory stays bounded too; the
     chunks' buffers come back once written (:meth:`buffer`), so the fetching
     threads read into memory already mapped instead of allocating per chunk.
-    :meth:`flush` returns once every chunk a thread queued is in the file: a
-    range is recorded only after that. A write error (a full disk) is kept and raised by
-    every later :meth:`flush`; the thread goes on draining the queue so that
-    no fetching thread waits forever.
+    A fetching thread hands over a range it has read whole with :meth:`confirm`
+    and goes on to its next GET at once: the range comes out of the queue
+    after its chunks, so it is passed to ``on_written`` (to be recorded) only
+    once they are all in the file. A write error (a full disk), or an error of
+    ``on_written``, is kept: every later :meth:`write` raises it, no range is
+    passed on any more, and the thread goes on draining the queue so that no
+    fetching thread waits forever.
     """
 
-    def __init__(self, fd: int, download_id: int) -> None:
+    def __init__(
+        self, fd: int, download_id: int, on_written: Callable[[DownloadPart], None]
+    ) -> None:
         self.fd = fd
+        self.on_written = on_written
         self.error: Exception | None = None
-        self._queue: queue.Queue[tuple[int, bytearray, int] | threading.Event | None] = queue.Queue(
+        self._queue: queue.Queue[tuple[int, bytearray, int] | DownloadPart | None] = queue.Queue(
             WRITE_QUEUE
         )
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
@@ -142,20 +148,22 @@ class RangeWriter:
 
     def write(self, offset: int, buffer: bytearray, count: int) -> None:
         """Write ``buffer[:count]`` at ``offset``; the buffer is this writer's again."""
-        self._queue.put((offset, buffer, count))
-
-    def flush(self) -> None:
-        """Wait until the chunks queued so far are written; raise a write error."""
-        written = threading.Event()
-        self._queue.put(written)
-        written.wait()
         if self.error is not None:
             raise self.error
+        self._queue.put((offset, buffer, count))
+
+    def confirm(self, part: DownloadPart) -> None:
+        """Pass ``part`` to ``on_written`` once the chunks queued before it are written."""
+        self._queue.put(part)
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if isinstance(item, threading.Event):
-                item.set()
+            if isinstance(item, DownloadPart):
+                if self.error is None:
+                    try:
+                        self.on_written(item)
+                    except Exception as exc:  # a store error: kept, as a write error is
+                        self.error = exc
             else:
                 offset, buffer, count = item
                 if self.error is None:
