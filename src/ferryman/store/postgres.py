@@ -329,8 +329,8 @@ class PostgresBackend(Backend):
                 "now": now,
                 "worker": worker_id,
             }
-            done = set(driver_rows(conn, SUCCEED, params))  # (id, token) pairs
-            accepted = {lease for lease in successes if (lease.run_id, lease.token) in done}
+            done = set(driver_rows(conn, SUCCEED, params))  # (id, token): equal to the leases
+            accepted = {lease for lease in successes if lease in done}
         logged = set(accepted)  # the statement wrote their events
         for outcome in outcomes:
             if outcome.kind is not OutcomeKind.SUCCEEDED and self.end(conn, outcome, now):

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 
@@ -63,9 +63,12 @@ class NewRun:
         return due if self.not_before is None else max(due, self.not_before)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Lease:
-    """A worker's hold on a run: valid while the run's token is still ``token``."""
+class Lease(NamedTuple):
+    """A worker's hold on a run: valid while the run's token is still ``token``.
+
+    A named tuple rather than a frozen dataclass: leases are built, hashed and
+    compared several times per run a worker executes, and a tuple does that in C.
+    """
 
     run_id: int
     token: int
