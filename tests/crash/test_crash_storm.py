@@ -31,12 +31,14 @@ from tests.crash.worker_main import build_app, metadata
 # make soak sets FERRYMAN_STORM_RUNS, _SECONDS and _KILL_INTERVAL for longer storms.
 # The suite's small storm (on MariaDB, see small_storm) ends once MIN_KILLS kills
 # have struck and a run was taken over from a killed worker.
-RUNS = int(storm_setting("RUNS", 1200))
+# Enough work to outlast MIN_KILLS kills (0.5 s apart on average) however
+# quick the workers are: at 1,200 runs the work ran out after 4 to 9 kills at times.
+RUNS = int(storm_setting("RUNS", 1600))
 WORKERS = 3
 LEASE_SECONDS = 2.0
 STORM_SECONDS = storm_setting("SECONDS", 25.0)
 KILL_INTERVAL = storm_range("KILL_INTERVAL", (0.2, 0.8))
-TIMEOUT = 180 + (STORM_SECONDS - 25.0) + (RUNS - 1200) / 50  # what a longer storm adds
+TIMEOUT = 180 + (STORM_SECONDS - 25.0) + (RUNS - 1600) / 50  # what a longer storm adds
 WORK_MS = (20, 60)
 # The storm ends with every worker killed while the last runs are in flight.
 STORM_UNTIL_SUCCEEDED = RUNS * 9 // 10

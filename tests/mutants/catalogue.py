@@ -71,6 +71,7 @@ LEASES = "ferryman/store/leases.py"
 RUN_ROWS = "ferryman/store/run_rows.py"
 SQLITE = "ferryman/store/sqlite.py"
 POSTGRES = "ferryman/store/postgres.py"
+POSTGRES_LEASES = "ferryman/store/postgres_leases.py"
 MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
 
@@ -117,7 +118,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "success write without the lease-token predicate (PostgreSQL)",
         IN_TRANSACTION,
         one(
-            POSTGRES,
+            POSTGRES_LEASES,
             "WHERE r.id = %(run_id)s AND r.lease_token = %(token)s AND r.status = 'running'",
             "WHERE r.id = %(run_id)s AND r.status = 'running'",
         ),
@@ -227,7 +228,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "outcome writes without the lease-token predicate (PostgreSQL)",
         PAUSED,
         one(
-            POSTGRES,
+            POSTGRES_LEASES,
             "WHERE r.id = held.id AND r.lease_token = held.token AND r.status = 'running'",
             "WHERE r.id = held.id AND r.status = 'running'",
         ),
@@ -256,7 +257,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "claims without SKIP LOCKED (PostgreSQL)",
         "Crash points, one by one",
-        one(POSTGRES, "            FOR UPDATE SKIP LOCKED\n", ""),
+        one(POSTGRES_LEASES, "            FOR UPDATE SKIP LOCKED\n", ""),
         ("tests/integration/test_claim_contention.py::test_no_run_is_executed_by_two_workers",),
     ),
     # -- SQLite's write lock -------------------------------------------------------
@@ -926,13 +927,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Queue controls",
         (
             Edit(
-                POSTGRES,
+                POSTGRES_LEASES,
                 "AND concurrency_digest IS NULL\n"
                 "                ORDER BY priority DESC, available_at, id\n",
                 "AND concurrency_digest IS NULL\n                ORDER BY available_at, id\n",
             ),
             Edit(
-                POSTGRES,
+                POSTGRES_LEASES,
                 "ORDER BY candidate.priority DESC, candidate.available_at, candidate.id\n",
                 "ORDER BY candidate.available_at, candidate.id\n",
             ),

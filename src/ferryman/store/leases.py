@@ -10,6 +10,7 @@ that differ between databases are the backend's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -100,7 +101,8 @@ class Leases:
                 )
                 leased = self.backend.lease_queued(conn, admitted, more)
                 claimed.extend((row, admitted_at) for row in leased)
-        return [claimed_run(row, at) for row, at in claimed]
+        returned = time.monotonic()  # one reading for the batch: see ClaimedRun
+        return [claimed_run(row, at, returned) for row, at in claimed]
 
     def _settle_expired(
         self, conn: sa.Connection, expired: Sequence[Any], now: float
@@ -190,14 +192,15 @@ class Leases:
         # In id order, as the heartbeat renews: see run_rows.lock_in_id_order.
         in_order = sorted(outcomes, key=lambda outcome: outcome.lease.run_id)
         accepted, logged = self.backend.finish(conn, in_order, worker_id=worker_id, now=now)
-        self.backend.log_events(
-            conn,
-            [
-                outcome_event(outcome, now, worker_id)
-                for outcome in outcomes
-                if outcome.lease in accepted and outcome.lease not in logged
-            ],
-        )
+        if len(logged) < len(accepted):  # logged is a subset of accepted
+            self.backend.log_events(
+                conn,
+                [
+                    outcome_event(outcome, now, worker_id)
+                    for outcome in outcomes
+                    if outcome.lease in accepted and outcome.lease not in logged
+                ],
+            )
         return [outcome.lease in accepted for outcome in outcomes]
 
     def time_out(

@@ -7,7 +7,8 @@
   data-modifying CTEs write the runs and their processing-log rows together,
   and batches travel as arrays (``unnest``), so a batch costs a handful of
   parameters instead of one per value. They implement exactly the portable
-  semantics; the contract tests run every store.
+  semantics; the contract tests run every store. A worker's (claim,
+  finish) are in :mod:`ferryman.store.postgres_leases`.
 * Wake-ups: writers send ``NOTIFY ferryman_runs, '<job>'`` inside the
   transaction that makes runs due, so the notification is delivered only if
   that transaction commits; a :class:`Listener` thread in each worker wakes
@@ -33,6 +34,13 @@ from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff
 from ferryman.store import faults
 from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, bindable, safe_url
+from ferryman.store.postgres_leases import (
+    CLAIM_DUE,
+    LEASE_QUEUED,
+    SUCCEED,
+    SUCCEED_ONE,
+    driver_rows,
+)
 from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
 from ferryman.store.schema import run_events, runs
 from ferryman.supervise import supervised
@@ -136,103 +144,6 @@ ENQUEUE_ONE = f"""
         SELECT id, 'requested', created_at, 0 FROM inserted
     )
     SELECT id, key_digest, pg_notify('{CHANNEL}', job) FROM inserted
-"""
-
-
-def _claim_statement(due: str) -> sa.TextClause:
-    """Lease the runs the ``due`` query selects (locked), and log their claim: one statement.
-
-    The update finds the runs by primary key (``= ANY(ARRAY(...))``): joined
-    with ``FROM due`` instead, the planner hashes the whole runs table for
-    every claim, a cost that grows with the table, not with the claim.
-    """
-    return sa.text(
-        f"""
-        WITH due AS ({due}
-        ), claimed AS (
-            UPDATE {runs.name} AS r
-            SET status = 'running', attempt = r.attempt + 1, lease_owner = :worker,
-                lease_token = r.lease_token + 1, lease_expires_at = :expires,
-                started_at = :now, updated_at = :now
-            WHERE r.id = ANY(ARRAY(SELECT id FROM due))
-            RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
-                      r.lease_token, r.checkpoint, r.priority, r.available_at
-        ), logged AS (
-            INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
-            SELECT id, 'claimed', :now, attempt, :worker, lease_token FROM claimed
-        )
-        SELECT * FROM claimed ORDER BY priority DESC, available_at, id
-        """
-    )
-
-
-# The first due runs of the worker's jobs (higher priorities first, then the
-# oldest), skipping rows another worker is locking right now; a run with a
-# concurrency key is the limited path's (ferryman.store.limits). Each job's
-# queue is walked in index order (LATERAL), so the plan stays a short index
-# scan however many runs are due.
-CLAIM_DUE = _claim_statement(
-    f"""
-            SELECT candidate.id
-            FROM unnest(CAST(:jobs AS text[])) AS worker_job(job)
-            CROSS JOIN LATERAL (
-                SELECT id, priority, available_at FROM {runs.name}
-                WHERE job = worker_job.job AND status = 'queued' AND available_at <= :now
-                      AND concurrency_digest IS NULL
-                ORDER BY priority DESC, available_at, id
-                LIMIT :limit
-                FOR UPDATE SKIP LOCKED
-            ) AS candidate
-            ORDER BY candidate.priority DESC, candidate.available_at, candidate.id
-            LIMIT :limit"""
-)
-
-# A limited claim's runs (ferryman.store.limits): those still queued and not
-# locked elsewhere.
-LEASE_QUEUED = _claim_statement(
-    f"""
-            SELECT id FROM {runs.name}
-            WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'queued'
-            FOR UPDATE SKIP LOCKED"""
-)
-
-# Fenced: only rows still running under the token the worker holds match.
-SUCCEED = sa.text(
-    f"""
-    WITH done AS (
-        UPDATE {runs.name} AS r
-        SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL,
-            last_error = NULL, finished_at = :now, updated_at = :now
-        FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])) AS held(id, token)
-        WHERE r.id = held.id AND r.lease_token = held.token AND r.status = 'running'
-        RETURNING r.id, r.attempt, r.lease_token
-    ), logged AS (
-        INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
-        SELECT id, 'succeeded', :now, attempt, :worker, lease_token FROM done
-    )
-    SELECT id, lease_token FROM done
-    """
-)
-
-
-# A job's own success inside its ctx.transaction(), once per run: the clock is
-# read in the statement, and the statement runs on psycopg's cursor, so the
-# success costs one round trip and none of SQLAlchemy's per-execution work.
-SUCCEED_ONE = f"""
-    WITH clock AS (
-        SELECT extract(epoch from clock_timestamp())::float8 AS now
-    ), done AS (
-        UPDATE {runs.name} AS r
-        SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL,
-            last_error = NULL, finished_at = clock.now, updated_at = clock.now
-        FROM clock
-        WHERE r.id = %(run_id)s AND r.lease_token = %(token)s AND r.status = 'running'
-        RETURNING r.id, clock.now AS at
-    ), logged AS (
-        INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
-        SELECT id, 'succeeded', at, %(attempt)s, %(worker)s, %(token)s FROM done
-    )
-    SELECT id FROM done
 """
 
 
@@ -365,7 +276,7 @@ class PostgresBackend(Backend):
             "worker": request.worker_id,
             "expires": request.expires_at,
         }
-        return [*claimed, *conn.execute(CLAIM_DUE, params)]
+        return [*claimed, *driver_rows(conn, CLAIM_DUE, params)]
 
     def lease_queued(
         self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
@@ -378,7 +289,7 @@ class PostgresBackend(Backend):
             "worker": request.worker_id,
             "expires": request.expires_at,
         }
-        return list(conn.execute(LEASE_QUEUED, params))
+        return driver_rows(conn, LEASE_QUEUED, params)
 
     def succeed_within(
         self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
@@ -410,16 +321,14 @@ class PostgresBackend(Backend):
             lock_in_id_order(conn, [outcome.lease for outcome in outcomes])
         accepted: set[Lease] = set()
         if successes:
-            rows = conn.execute(
-                SUCCEED,
-                {
-                    "ids": [lease.run_id for lease in successes],
-                    "tokens": [lease.token for lease in successes],
-                    "now": now,
-                    "worker": worker_id,
-                },
-            )
-            accepted = {Lease(run_id=row.id, token=row.lease_token) for row in rows}
+            params = {
+                "ids": [lease.run_id for lease in successes],
+                "tokens": [lease.token for lease in successes],
+                "now": now,
+                "worker": worker_id,
+            }
+            done = set(driver_rows(conn, SUCCEED, params))  # (id, token): equal to the leases
+            accepted = {lease for lease in successes if lease in done}
         logged = set(accepted)  # the statement wrote their events
         for outcome in outcomes:
             if outcome.kind is not OutcomeKind.SUCCEEDED and self.end(conn, outcome, now):

@@ -51,6 +51,8 @@ from ferryman.worker.signals import on_stop_signals
 log = logging.getLogger("ferryman.worker")
 
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
+# The WorkReport counter of each outcome.
+_COUNTERS = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "dead": "dead"}
 
 
 def new_worker_id() -> str:
@@ -230,9 +232,9 @@ class Worker:
                 continue
             if claimed:
                 self.report.claimed += len(claimed)
+                entries = {run.id: _Held(run) for run in claimed}
                 with self._changed:
-                    for run in claimed:
-                        self._held[run.id] = _Held(run)
+                    self._held.update(entries)
                 for run in claimed:
                     if run.job in self._async_jobs:
                         self._event_loop.submit(run)
@@ -420,10 +422,12 @@ class Worker:
             timeout=definition.timeout,
             plan_runs=self._plan_runs,
         )
-        with self._changed:
-            held = self._held.get(run.id)
-            if held is not None:
-                held.context = context
+        # Without the lock, which the claim loop and the committer take for
+        # whole batches: the entry was added before the run was queued, and
+        # a dict lookup and an attribute's assignment are each atomic.
+        held = self._held.get(run.id)
+        if held is not None:
+            held.context = context
         if self._deadlines is not None and definition.timeout is not None:
             self._deadlines.watch(run, context, definition.timeout, definition.backoff)
         return context
@@ -490,7 +494,7 @@ class Worker:
                     self._done(run, outcome.kind.value)
                 else:
                     self._lease_lost(run)
-                self._forget(run)
+            self._forget(*(run for run, _ in batch))
 
     def _commit(self, batch: Sequence[tuple[ClaimedRun, Outcome]]) -> list[bool]:
         failures = 0
@@ -546,27 +550,30 @@ class Worker:
         """Claimed runs waiting for a job thread or a slot on the event loop."""
         return self._runnable.qsize() + self._event_loop.waiting()
 
-    def _forget(self, run: ClaimedRun) -> None:
-        """This claim of ``run`` has ended: the worker no longer holds it.
+    def _forget(self, *ended: ClaimedRun) -> None:
+        """These claims have ended: the worker no longer holds their runs.
 
-        Only this claim: a run released or retried at once may already have
+        Only these claims: a run released or retried at once may already have
         been claimed again, by the claim loop, before its previous claim was
-        forgotten, and that new claim must stay held.
+        forgotten, and that new claim (another lease token) must stay held.
         """
         with self._changed:
-            held = self._held.get(run.id)
-            if held is not None and held.run.lease == run.lease:
-                del self._held[run.id]
+            held = self._held
+            room_before = self.capacity - len(held)
+            for run in ended:
+                holding = held.get(run.id)
+                if holding is not None and holding.run.lease_token == run.lease_token:
+                    del held[run.id]
             # Wake the claim loop only when it has something to do: room for a
             # batch has just opened, or nothing is held (idle, or draining).
             # Waking it after every run made it compete with the job threads
             # for the GIL on every run, for nothing.
-            if not self._held or self.capacity - len(self._held) == self._refill_at:
+            room = self.capacity - len(held)
+            if not held or room_before < self._refill_at <= room:
                 self._changed.notify_all()
 
     def _done(self, run: ClaimedRun, outcome: str) -> None:
-        counter = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "dead": "dead"}
-        attribute = counter[outcome]
+        attribute = _COUNTERS[outcome]
         with self._changed:  # job threads and the committer both count
             setattr(self.report, attribute, getattr(self.report, attribute) + 1)
         if self._on_outcome is not None:
