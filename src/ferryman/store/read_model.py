@@ -111,7 +111,7 @@ class Overview:
     """What the overview page shows."""
 
     now: float
-    counted_at: float  # when ``counts`` were taken (they may be a few seconds old)
+    counted_at: float | None  # when ``counts`` were taken; None: not counted yet (no counts)
     counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
     oldest_due_age: dict[str, float]  # job -> seconds its oldest due run has waited
     sensors: list[SensorState]  # failing first
@@ -220,16 +220,19 @@ class ReadModel:
             with conn.begin():
                 yield conn
 
-    def overview(self, *, alive_within: float, counted: RunCount | None = None) -> Overview:
-        """The overview; ``counted`` (an earlier :meth:`count_runs`) saves counting again."""
+    def overview(
+        self, *, alive_within: float, counted: RunCount | None = None, count: bool = True
+    ) -> Overview:
+        """The overview; ``counted`` (an earlier :meth:`count_runs`) saves counting again.
+        Without it and with ``count`` False, the runs are not counted (``counted_at`` None)."""
         with self.read("reading the overview") as conn:
             at = self.runs.now(conn)
-            if counted is None:
+            if counted is None and count:
                 counted = RunCount(counts=self.runs.counts(conn), at=at)
             return Overview(
                 now=at,
-                counted_at=counted.at,
-                counts=counted.counts,
+                counted_at=None if counted is None else counted.at,
+                counts={} if counted is None else counted.counts,
                 oldest_due_age=q.oldest_due_age(conn, at),
                 sensors=self._sensors_failing_first(conn),
                 throughput=q.throughput(conn, at),

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from ferryman.logs import error_summary
 from ferryman.model import (
@@ -188,6 +189,24 @@ def throughput(
     ]
 
 
+def id_among(
+    conn: sa.Connection, column: sa.ColumnElement[int], ids: Iterable[int]
+) -> sa.ColumnElement[bool]:
+    """``column IN ids``; on PostgreSQL as ``column = ANY(:ids)``, one array parameter.
+
+    An ``IN`` list binds one parameter per id: for the 2,000 ids of a
+    dead-letter sample, rendering that statement and parsing it (SQLAlchemy
+    and psycopg, in Python) took longer than PostgreSQL took to answer it
+    (about 80 ms against 12 at a million runs). The plan is the same: the
+    primary key probed for each id.
+    """
+    listed = list(ids)
+    if conn.dialect.name == "postgresql":
+        array = sa.bindparam(None, listed, type_=postgresql.ARRAY(sa.BigInteger()))
+        return column == sa.any_(array)
+    return column.in_(listed)
+
+
 def error_kind(error: str | None) -> str:
     """The error's line with its numbers as ``N``: errors that differ only in an id group."""
     return re.sub(r"\d+", "N", error_summary(error) or "(no error recorded)")
@@ -237,7 +256,7 @@ def dead_letters(
         # One job's failures are sparse among the newest runs: a walk of the
         # table backwards would pass every other job's runs. Their ids come from
         # walks of the (job, status, id) index; the rows are read by id.
-        query = query.where(runs.c.id.in_(newest_ended(conn, job=job, sample=sample)))
+        query = query.where(id_among(conn, runs.c.id, newest_ended(conn, job=job, sample=sample)))
     groups: dict[tuple[str, str, str], list[Any]] = {}
     for row in conn.execute(query):
         groups.setdefault((row.job, row.status, error_kind(row.last_error)), []).append(row)
