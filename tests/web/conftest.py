@@ -64,12 +64,12 @@ class LiveServer:
     thread: threading.Thread
 
 
-def start_server(app: fm.App, settings: WebSettings) -> LiveServer:
-    """uvicorn on a free loopback port, on a thread; stop with :func:`stop_server`."""
+def start_server(app: fm.App, settings: WebSettings, *, counted: bool = True) -> LiveServer:
+    """uvicorn on a free loopback port, on a thread; stop with :func:`stop_server`.
+    ``counted``: its first count of runs taken before it starts (see :func:`counted_app`)."""
     port = free_port()
-    config = uvicorn.Config(
-        counted_app(app, settings), host="127.0.0.1", port=port, log_level="warning"
-    )
+    web = counted_app(app, settings) if counted else create_app(app, settings)
+    config = uvicorn.Config(web, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-web-server", daemon=True)
     thread.start()

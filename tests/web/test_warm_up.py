@@ -79,13 +79,13 @@ def test_a_count_asked_for_while_one_runs_waits_for_it_instead_of_counting_again
     counted_from: list[object] = []
     count_runs = app.store.count_runs
 
-    def first_count_held_open(previous: Any) -> Any:
+    def firstcount_held_open(previous: Any) -> Any:
         counted_from.append(previous)
         counting_began.set()
         go_on.wait(timeout=60)
         return count_runs(previous)
 
-    app.store.count_runs = first_count_held_open  # type: ignore[method-assign]
+    app.store.count_runs = firstcount_held_open  # type: ignore[method-assign]
     warming = threading.Thread(target=warm_up, args=(web,))
     warming.start()
     assert counting_began.wait(timeout=60)
@@ -137,7 +137,7 @@ def test_a_server_that_starts_carries_the_saved_count_and_totals_forward(
         assert saved.events[("load", "succeeded")] == 3
 
 
-def _count_held_open(app: fm.App) -> tuple[threading.Event, threading.Event]:
+def count_held_open(app: fm.App) -> tuple[threading.Event, threading.Event]:
     """Hold the next count of runs open until the second event is set; the first is set
     once it began (a store that counts every run, seconds at ten million)."""
     began, go_on = threading.Event(), threading.Event()
@@ -159,7 +159,7 @@ def test_the_first_overview_says_it_is_counting_instead_of_waiting_for_the_count
     while the first count runs, says so, and is filled in once the count is done."""
     app = with_three_runs(make_app)
     web = create_app(app, WebSettings(token=TOKEN))
-    began, go_on = _count_held_open(app)
+    began, go_on = count_held_open(app)
     warming = threading.Thread(target=warm_up, args=(web,))
     warming.start()
     try:
@@ -190,7 +190,7 @@ def test_the_first_overview_shows_the_saved_count_with_its_age_while_counting(
     counted = app.store.count_runs()
     app.store.save_run_count(dataclasses.replace(counted, at=counted.at - 90))
     web = create_app(app, WebSettings(token=TOKEN))
-    began, go_on = _count_held_open(app)
+    began, go_on = count_held_open(app)
     warming = threading.Thread(target=warm_up, args=(web,))
     warming.start()
     try:
