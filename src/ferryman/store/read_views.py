@@ -243,27 +243,21 @@ def _finish_slots(
     total = math.ceil((until - since) / width)
     if job is None and conn.dialect.name == "sqlite":
         return _counted_slots(conn, since, until, width, total)
-    ends: dict[int, tuple[dict[int, tuple[float, bool]], dict[int, tuple[float, bool]]]] = {}
-    for last, index, run_id, finished_at, of_job in conn.execute(
-        _ends_of_slots(conn.dialect.name, since, until, width, total, job)
-    ):
-        first_end, last_end = ends.setdefault(int(index), ({}, {}))
-        (last_end if last else first_end)[int(run_id)] = (float(finished_at), bool(of_job))
     counts: dict[int, dict[str, int]] = {}
-    for index, (first_end, last_end) in ends.items():
-        seen = first_end | last_end
-        mine = sum(1 for _, of_job in seen.values() if of_job)
+    ends = _ends_of_slots(conn.dialect.name, since, until, width, total, job)
+    for index, seen, mine, *both in conn.execute(_per_slot(ends)).all():
         if not mine:
             continue
-        head = sorted(at for at, _ in first_end.values())
-        tail = sorted(at for at, _ in last_end.values())
-        if len(seen) < len(first_end) + len(last_end) or len(head) < SLOT_SAMPLE:
-            counts[index] = {"finished": mine}  # the two ends met: every finish was read
+        head, tail = (int(both[0]), *both[1:3]), (int(both[3]), *both[4:6])
+        if seen < head[0] + tail[0] or head[0] < SLOT_SAMPLE:
+            counts[int(index)] = {"finished": int(mine)}  # the ends met: every finish was read
             continue
+        head_last, tail_first = float(head[2]), float(tail[1])
+        paces = [(n - 1) / (b - a) if b > a else 0.0 for n, a, b in (head, tail)]
         # At a pace p, a gap of g seconds between two finishes holds about p * g - 1 more.
-        between = max(0.0, tail[0] - head[-1]) * (_pace(head) + _pace(tail)) / 2 - 1
-        estimate = len(seen) + max(0.0, between)
-        counts[index] = {"estimated": max(1, round(estimate * mine / len(seen)))}
+        between = max(0.0, tail_first - head_last) * sum(paces) / 2 - 1
+        estimate = seen + max(0.0, between)
+        counts[int(index)] = {"estimated": max(1, round(estimate * mine / seen))}
     return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]
 
 
@@ -284,10 +278,25 @@ def _counted_slots(
     ]
 
 
-def _pace(times: Sequence[float]) -> float:
-    """Finishes per second over ``times`` (sorted); 0 when they share one instant."""
-    spanned = times[-1] - times[0]
-    return (len(times) - 1) / spanned if spanned > 0 else 0.0
+def _per_slot(ends: sa.CompoundSelect[Any]) -> sa.Select[Any]:
+    """Per slot of ``ends``: ``slot``, the finishes seen, of them the job's, then the
+    number, first and last finish time of each end (the database folds the rows it
+    read, one row a slot, rather than sending them)."""
+    read = ends.subquery()
+
+    def end(last: int) -> list[sa.ColumnElement[Any]]:
+        at = sa.case((read.c.last == last, read.c.finished_at))
+        return [sa.func.count(at), sa.func.min(at), sa.func.max(at)]
+
+    # Told apart by id, not by finish time: runs finished in one commit share it.
+    mine = sa.case((read.c.of_job, read.c.id))
+    return sa.select(
+        read.c.slot,
+        sa.func.count(read.c.id.distinct()),
+        sa.func.count(mine.distinct()),
+        *end(0),
+        *end(1),
+    ).group_by(read.c.slot)
 
 
 def _ends_of_slots(
