@@ -203,3 +203,27 @@ def test_the_first_overview_shows_the_saved_count_with_its_age_while_counting(
     assert re.search(r'<span class="stale" id="counted-ago">(89|90|91|92) s ago</span>', page)
     assert 'href="/runs?job=load&status=queued">3<' in page
     assert "Counting runs…" not in page
+
+
+def test_a_scrape_during_the_first_count_gets_the_other_gauges_at_once(
+    make_app: type[fm.App],
+) -> None:
+    """``/metrics`` while the server's first count of every run is under way: the gauges
+    that need no count, at once; ``ferryman_runs`` once the count is done."""
+    app = with_three_runs(make_app)
+    web = create_app(app, WebSettings(token=TOKEN))
+    began, go_on = count_held_open(app)
+    warming = threading.Thread(target=warm_up, args=(web,))
+    warming.start()
+    try:
+        assert began.wait(timeout=60)
+        with TestClient(web) as client:
+            early = client.get("/metrics").text  # answered with the count still held open
+    finally:
+        go_on.set()
+        warming.join(timeout=60)
+    assert "ferryman_workers_live 0.0" in early
+    assert "ferryman_runs{" not in early
+    with TestClient(web) as client:
+        later = client.get("/metrics").text
+    assert 'ferryman_runs{job="load",status="queued"} 3.0' in later

@@ -427,16 +427,26 @@ class ReadModel:
     # -- /metrics ------------------------------------------------------------
 
     def read_metrics(
-        self, folded: Folded | None, *, alive_within: float, counted: RunCount | None = None
+        self,
+        folded: Folded | None,
+        *,
+        alive_within: float,
+        counted: RunCount | None = None,
+        count: bool = True,
     ) -> MetricsReading:
         """The gauges now, and the log and evaluations written since ``folded`` last saw them
         folded into it (in place; None: the gauges alone); ``counted`` (a fresh
-        :meth:`count_runs`) saves counting."""
+        :meth:`count_runs`) saves counting; without it and with ``count`` False, the
+        runs are not counted (no ``counts``)."""
         with self.read("reading metrics") as conn:
             now = self.runs.now(conn)
             cutoff = now if self.ids_in_commit_order else now - SETTLE_SECONDS
+            if counted is not None:
+                counts = counted.counts
+            else:
+                counts = self.runs.counts(conn) if count else {}
             reading = MetricsReading(
-                counts=self.runs.counts(conn) if counted is None else counted.counts,
+                counts=counts,
                 oldest_due_age=q.oldest_due_age(conn, now),
                 transfers=q.transfer_totals(conn),
                 live_workers=q.count_live_workers(conn, now, alive_within=alive_within),

@@ -81,6 +81,11 @@ class RunCounts:
             supervised("ferryman-web-counts", self._recount)
         return latest
 
+    @property
+    def first_under_way(self) -> bool:
+        """Whether the first count is being taken now (nothing counted before it)."""
+        return self.latest is None and self._counting.locked()
+
     def at_once(self, wait: float = FIRST_WAIT) -> RunCount | None:
         """A count to show now, never a wait for one that reads every run.
 
