@@ -21,6 +21,7 @@ import ferryman as fm
 from ferryman.web import WebSettings
 from tests.browser.conftest import shot
 from tests.web.conftest import TOKEN, LiveServer, start_server, stop_server
+from tests.web.test_warm_up import count_held_open
 from tests.web.web_app import FLAKY_FIXED, add_folder_sensor, make_app, populate
 
 
@@ -142,6 +143,9 @@ def test_read_the_queue_over_a_day_and_a_sensor_lag(
 ) -> None:
     app, live = served
     app.submit("load", *[fm.RunRequest(f"later-{n}", {"n": n}) for n in range(5)])
+    # The server counted as it started, just before: carried forward to now, as a
+    # page does itself once the count is two seconds old.
+    live.server.config.app.state.run_counts.fresh()
     page.goto(f"{live.url}/")
     queue = page.locator("#queue")
     queue.get_by_label("24h").check()
@@ -159,3 +163,28 @@ def test_read_the_queue_over_a_day_and_a_sensor_lag(
     expect(page.get_by_role("heading", name="Evaluation lag")).to_be_visible()
     expect(page.locator("#lag svg")).to_have_attribute("aria-label", "evaluation lag of numbers")
     shot(page, screenshots, "13-sensor-lag")
+
+
+def test_the_first_overview_says_it_is_counting_and_fills_in_live(
+    sqlite_url: str, page: Page, screenshots: Path
+) -> None:
+    """A server just started, its first count of every run still under way: the overview
+    answers at once, says it is counting, and shows the figures without a reload."""
+    app = make_app(sqlite_url)
+    populate(app)
+    began, go_on = count_held_open(app)
+    live = start_server(app, WebSettings(token=TOKEN), counted=False)
+    try:
+        page.goto(f"{live.url}/")
+        assert began.wait(timeout=30)
+        expect(page.locator("#counting")).to_have_text("Counting runs…")
+        expect(page.locator(".cards .figure").first).to_have_text("…")
+        shot(page, screenshots, "15-overview-counting")
+        go_on.set()
+        expect(page.locator("#counted-ago")).to_be_visible(timeout=15_000)
+        expect(page.locator("#counting")).to_have_count(0)
+        expect(page.locator('a[href="/runs?job=flaky&status=dead"]')).to_have_text("1")
+    finally:
+        go_on.set()
+        stop_server(live)
+        app.close()

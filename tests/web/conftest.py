@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 import ferryman as fm
@@ -29,9 +30,18 @@ def web_app(store_url: str) -> Iterator[fm.App]:
     app.close()
 
 
+def counted_app(app: fm.App, settings: WebSettings) -> FastAPI:
+    """The web app with its first count of runs taken, as ``ferryman serve`` takes it as
+    it starts (``serving.warm_up``): a first overview does not wait for that count but
+    says it is counting (``tests/web/test_warm_up.py``)."""
+    web = create_app(app, settings)
+    web.state.run_counts.current()
+    return web
+
+
 @pytest.fixture
 def client(web_app: fm.App) -> Iterator[TestClient]:
-    with TestClient(create_app(web_app, WebSettings(token=TOKEN))) as test_client:
+    with TestClient(counted_app(web_app, WebSettings(token=TOKEN))) as test_client:
         yield test_client
 
 
@@ -54,12 +64,12 @@ class LiveServer:
     thread: threading.Thread
 
 
-def start_server(app: fm.App, settings: WebSettings) -> LiveServer:
-    """uvicorn on a free loopback port, on a thread; stop with :func:`stop_server`."""
+def start_server(app: fm.App, settings: WebSettings, *, counted: bool = True) -> LiveServer:
+    """uvicorn on a free loopback port, on a thread; stop with :func:`stop_server`.
+    ``counted``: its first count of runs taken before it starts (see :func:`counted_app`)."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(app, settings), host="127.0.0.1", port=port, log_level="warning"
-    )
+    web = counted_app(app, settings) if counted else create_app(app, settings)
+    config = uvicorn.Config(web, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-web-server", daemon=True)
     thread.start()

@@ -32,6 +32,9 @@ class OldCount:
     def current(self) -> RunCount:
         return self.counted
 
+    def at_once(self) -> RunCount:
+        return self.counted
+
 
 def test_the_overview_says_how_old_its_counts_are_in_red_past_a_minute(
     client: TestClient, web_app: fm.App
@@ -165,6 +168,56 @@ def test_the_timeline_counts_per_slot_when_too_many_runs_finished(
     titles = [html.unescape(t) for t in re.findall(r"<title>([^<]*)</title>", page)]
     counted = sum(int(m.group(1)) for t in titles if (m := re.search(r": (\d+) \w+$", t)))
     assert counted == 6  # every finished run, in some slot
+
+
+def _finish_all_at(app: fm.App, first: float, apart: float) -> int:
+    """Move the finish of every finished run to ``first``, ``first + apart``, ... (id order)."""
+    engine = sa.create_engine(app.store_url)
+    try:
+        with engine.begin() as conn:
+            finished = "SELECT id FROM ferryman_runs WHERE finished_at IS NOT NULL ORDER BY id"
+            ids = list(conn.scalars(sa.text(finished)))
+            for n, run_id in enumerate(ids):
+                conn.execute(
+                    sa.text("UPDATE ferryman_runs SET finished_at = :at WHERE id = :id"),
+                    {"at": first + n * apart, "id": run_id},
+                )
+    finally:
+        engine.dispose()
+    return len(ids)
+
+
+def test_a_full_slot_of_the_timeline_is_estimated_from_its_two_ends_and_said_so(
+    client: TestClient, web_app: fm.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``2 * SLOT_SAMPLE`` finishes a slot reads only its first and last few; the ones
+    between are estimated at the pace of both ends, and the page says so. (SQLite counts
+    every finish when no job is chosen: its index walk costs less than the sample.)"""
+    monkeypatch.setattr(read_views, "MAX_BARS", 2)
+    monkeypatch.setattr(read_views, "SLOT_SAMPLE", 2)
+    sqlite = web_app.store_url.startswith("sqlite")
+    now = web_app.store.now()
+    since = now - 86400
+    width = 86400 / read_views.SLOTS
+    # Mid-slot, one second apart: the first two and the last two are read, the
+    # two between are estimated at one a second.
+    finished = _finish_all_at(web_app, since + 10.5 * width, 1.0)
+    assert finished == 6
+    found = web_app.store.timeline(since=since, until=now)
+    assert found.aggregated
+    assert found.slots[10].counts == ({"finished": 6} if sqlite else {"estimated": 6})
+    assert all(not slot.counts for i, slot in enumerate(found.slots) if i != 10)
+    by_job = web_app.store.timeline(since=since, until=now, job="load").slots[10].counts
+    assert list(by_job) == ["estimated"] and 1 <= by_job["estimated"] <= 6
+    # A burst at a slot's start, then quiet: the burst's pace is not carried over the quiet.
+    _finish_all_at(web_app, since + 20 * width + 1, 0.01)
+    burst = web_app.store.timeline(since=since, until=now).slots[20].counts
+    assert burst == ({"finished": 6} if sqlite else {"estimated": 6})
+    page = client.get("/timeline", params={"range": "24h", "job": "load"}).text
+    assert "<strong>estimated</strong> where it holds more" in page
+    assert 'class="sw bar-estimated"' in page
+    titles = [html.unescape(t) for t in re.findall(r"<title>([^<]*)</title>", page)]
+    assert any(re.search(r": \d estimated$", t) for t in titles)
 
 
 def test_a_job_page_shows_settings_counts_durations_and_dead_letters(

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 import ferryman as fm
 from ferryman.store import history
 from ferryman.web import WebSettings, create_app
-from tests.web.conftest import TOKEN
+from tests.web.conftest import TOKEN, counted_app
 from tests.web.test_pages import section
 
 HOUR = 3600.0
@@ -144,7 +144,7 @@ def test_the_overview_draws_the_queue_with_a_range_picker(store_url: str) -> Non
     try:
         app.submit("load", *[fm.RunRequest(f"r-{n}", {}) for n in range(12)])
         shape = _rewrite_times(app, app.store.now())
-        with TestClient(create_app(app, WebSettings(token=TOKEN))) as client:
+        with TestClient(counted_app(app, WebSettings(token=TOKEN))) as client:
             for chosen in ("1h", "24h", "7d"):
                 page = client.get(f"/?range={chosen}").text
                 queue = section(page, "Queue over time")

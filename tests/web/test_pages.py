@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import ferryman as fm
-from tests.web.conftest import AUTH, TOKEN, sign_in
+from tests.web.conftest import AUTH, TOKEN, counted_app, sign_in
 from tests.web.web_app import MIB, add_transfer
 
 PAGES = [
@@ -119,9 +119,9 @@ def test_retry_and_set_cursor_from_the_pages(client: TestClient, web_app: fm.App
 
 
 def test_a_read_only_server_disables_every_button(web_app: fm.App) -> None:
-    from ferryman.web import WebSettings, create_app
+    from ferryman.web import WebSettings
 
-    with TestClient(create_app(web_app, WebSettings(token=TOKEN, read_only=True))) as client:
+    with TestClient(counted_app(web_app, WebSettings(token=TOKEN, read_only=True))) as client:
         csrf = sign_in(client)
         page = client.get(f"/runs/{run_id(web_app, 'flaky-1')}").text
         assert 'disabled title="this server is read-only"' in page

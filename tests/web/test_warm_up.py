@@ -11,17 +11,21 @@ cannot be reached (logged; the first request tries again).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import threading
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 import ferryman as fm
 from ferryman.store import run_tally
 from ferryman.web import WebSettings, create_app
 from ferryman.web.serving import Token, make_server, warm_up
 from tests.web.conftest import TOKEN
+from tests.web.test_pages import section
 
 
 def with_three_runs(make_app: type[fm.App]) -> fm.App:
@@ -75,13 +79,13 @@ def test_a_count_asked_for_while_one_runs_waits_for_it_instead_of_counting_again
     counted_from: list[object] = []
     count_runs = app.store.count_runs
 
-    def first_count_held_open(previous: Any) -> Any:
+    def firstcount_held_open(previous: Any) -> Any:
         counted_from.append(previous)
         counting_began.set()
         go_on.wait(timeout=60)
         return count_runs(previous)
 
-    app.store.count_runs = first_count_held_open  # type: ignore[method-assign]
+    app.store.count_runs = firstcount_held_open  # type: ignore[method-assign]
     warming = threading.Thread(target=warm_up, args=(web,))
     warming.start()
     assert counting_began.wait(timeout=60)
@@ -131,3 +135,95 @@ def test_a_server_that_starts_carries_the_saved_count_and_totals_forward(
     assert saved is not None  # what was folded (on PostgreSQL and MariaDB, rows 5 s old)
     if app.store.ids_in_commit_order:
         assert saved.events[("load", "succeeded")] == 3
+
+
+def count_held_open(app: fm.App) -> tuple[threading.Event, threading.Event]:
+    """Hold the next count of runs open until the second event is set; the first is set
+    once it began (a store that counts every run, seconds at ten million)."""
+    began, go_on = threading.Event(), threading.Event()
+    count_runs = app.store.count_runs
+
+    def held(previous: Any) -> Any:
+        began.set()
+        go_on.wait(timeout=60)
+        return count_runs(previous)
+
+    app.store.count_runs = held  # type: ignore[method-assign]
+    return began, go_on
+
+
+def test_the_first_overview_says_it_is_counting_instead_of_waiting_for_the_count(
+    make_app: type[fm.App],
+) -> None:
+    """A server just started on a store that never saved a count: the overview answers
+    while the first count runs, says so, and is filled in once the count is done."""
+    app = with_three_runs(make_app)
+    web = create_app(app, WebSettings(token=TOKEN))
+    began, go_on = count_held_open(app)
+    warming = threading.Thread(target=warm_up, args=(web,))
+    warming.start()
+    try:
+        assert began.wait(timeout=60)
+        with TestClient(web) as client:
+            page = client.get("/").text  # answered with the count still held open
+            assert "Counting runs…" in page
+            assert "data-live-pending" in page
+            assert 'id="counted-ago"' not in page
+            assert '<span class="figure">…</span>' in page
+            assert "counting…" in section(page, "Queue over time")
+    finally:
+        go_on.set()
+        warming.join(timeout=60)
+    with TestClient(web) as client:
+        page = client.get("/").text
+    assert "Counting runs…" not in page and "data-live-pending" not in page
+    assert re.search(r'<span class="" id="counted-ago">\d+ s ago</span>', page)
+    assert 'href="/runs?job=load&status=queued">3<' in page
+
+
+def test_the_first_overview_shows_the_saved_count_with_its_age_while_counting(
+    make_app: type[fm.App],
+) -> None:
+    """With a count saved by an earlier server, the first overview shows it at once, with
+    how old it is (in red past a minute), rather than wait for it to be carried forward."""
+    app = with_three_runs(make_app)
+    counted = app.store.count_runs()
+    app.store.save_run_count(dataclasses.replace(counted, at=counted.at - 90))
+    web = create_app(app, WebSettings(token=TOKEN))
+    began, go_on = count_held_open(app)
+    warming = threading.Thread(target=warm_up, args=(web,))
+    warming.start()
+    try:
+        assert began.wait(timeout=60)
+        with TestClient(web) as client:
+            page = client.get("/").text
+    finally:
+        go_on.set()
+        warming.join(timeout=60)
+    assert re.search(r'<span class="stale" id="counted-ago">(89|90|91|92) s ago</span>', page)
+    assert 'href="/runs?job=load&status=queued">3<' in page
+    assert "Counting runs…" not in page
+
+
+def test_a_scrape_during_the_first_count_gets_the_other_gauges_at_once(
+    make_app: type[fm.App],
+) -> None:
+    """``/metrics`` while the server's first count of every run is under way: the gauges
+    that need no count, at once; ``ferryman_runs`` once the count is done."""
+    app = with_three_runs(make_app)
+    web = create_app(app, WebSettings(token=TOKEN))
+    began, go_on = count_held_open(app)
+    warming = threading.Thread(target=warm_up, args=(web,))
+    warming.start()
+    try:
+        assert began.wait(timeout=60)
+        with TestClient(web) as client:
+            early = client.get("/metrics").text  # answered with the count still held open
+    finally:
+        go_on.set()
+        warming.join(timeout=60)
+    assert "ferryman_workers_live 0.0" in early
+    assert "ferryman_runs{" not in early
+    with TestClient(web) as client:
+        later = client.get("/metrics").text
+    assert 'ferryman_runs{job="load",status="queued"} 3.0' in later

@@ -40,6 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ferryman.model import EvaluationOutcome, RunStatus
+from ferryman.store.read_queries import id_among
 from ferryman.store.read_views import first_created_since
 from ferryman.store.schema import runs, sensor_evaluations
 
@@ -202,7 +203,7 @@ def _waits(conn: sa.Connection, since: float, until: float) -> list[tuple[float,
             runs.c.started_at,
             runs.c.finished_at,
             runs.c.status,
-        ).where(runs.c.id.in_(range(first, newest + 1, step)))
+        ).where(id_among(conn, runs.c.id, range(first, newest + 1, step)))
     )
     waits = []
     for created_at, available_at, started_at, finished_at, status in rows:

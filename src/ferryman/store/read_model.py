@@ -111,7 +111,7 @@ class Overview:
     """What the overview page shows."""
 
     now: float
-    counted_at: float  # when ``counts`` were taken (they may be a few seconds old)
+    counted_at: float | None  # when ``counts`` were taken; None: not counted yet (no counts)
     counts: dict[str, dict[RunStatus, int]]  # job -> status -> runs
     oldest_due_age: dict[str, float]  # job -> seconds its oldest due run has waited
     sensors: list[SensorState]  # failing first
@@ -220,16 +220,19 @@ class ReadModel:
             with conn.begin():
                 yield conn
 
-    def overview(self, *, alive_within: float, counted: RunCount | None = None) -> Overview:
-        """The overview; ``counted`` (an earlier :meth:`count_runs`) saves counting again."""
+    def overview(
+        self, *, alive_within: float, counted: RunCount | None = None, count: bool = True
+    ) -> Overview:
+        """The overview; ``counted`` (an earlier :meth:`count_runs`) saves counting again.
+        Without it and with ``count`` False, the runs are not counted (``counted_at`` None)."""
         with self.read("reading the overview") as conn:
             at = self.runs.now(conn)
-            if counted is None:
+            if counted is None and count:
                 counted = RunCount(counts=self.runs.counts(conn), at=at)
             return Overview(
                 now=at,
-                counted_at=counted.at,
-                counts=counted.counts,
+                counted_at=None if counted is None else counted.at,
+                counts={} if counted is None else counted.counts,
                 oldest_due_age=q.oldest_due_age(conn, at),
                 sensors=self._sensors_failing_first(conn),
                 throughput=q.throughput(conn, at),
@@ -424,16 +427,26 @@ class ReadModel:
     # -- /metrics ------------------------------------------------------------
 
     def read_metrics(
-        self, folded: Folded | None, *, alive_within: float, counted: RunCount | None = None
+        self,
+        folded: Folded | None,
+        *,
+        alive_within: float,
+        counted: RunCount | None = None,
+        count: bool = True,
     ) -> MetricsReading:
         """The gauges now, and the log and evaluations written since ``folded`` last saw them
         folded into it (in place; None: the gauges alone); ``counted`` (a fresh
-        :meth:`count_runs`) saves counting."""
+        :meth:`count_runs`) saves counting; without it and with ``count`` False, the
+        runs are not counted (no ``counts``)."""
         with self.read("reading metrics") as conn:
             now = self.runs.now(conn)
             cutoff = now if self.ids_in_commit_order else now - SETTLE_SECONDS
+            if counted is not None:
+                counts = counted.counts
+            else:
+                counts = self.runs.counts(conn) if count else {}
             reading = MetricsReading(
-                counts=self.runs.counts(conn) if counted is None else counted.counts,
+                counts=counts,
                 oldest_due_age=q.oldest_due_age(conn, now),
                 transfers=q.transfer_totals(conn),
                 live_workers=q.count_live_workers(conn, now, alive_within=alive_within),

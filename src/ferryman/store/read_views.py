@@ -4,9 +4,10 @@ Like :mod:`~ferryman.store.read_queries`, each walks an index from one end and
 stops: the timeline reads at most ``MAX_BARS`` runs (newest finished first,
 from the ``finished_at`` index) and their processing log (by ``run_id``);
 past that many, it counts finishes per time slot instead of drawing each
-attempt. Durations are read from about ``DURATION_SAMPLE`` succeeded runs
-created in the window, a few from each of its id ranges, so a chart over a
-busy week costs about what one over a quiet hour does.
+attempt, up to ``SLOT_SAMPLE`` a slot, and estimates a fuller slot's.
+Durations are read from about ``DURATION_SAMPLE`` succeeded runs created in
+the window, a few from each of its id ranges, so a chart over a busy week
+costs about what one over a quiet hour does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ferryman.model import (
     SensorState,
 )
 from ferryman.store import records
+from ferryman.store.read_queries import id_among
 from ferryman.store.schema import run_events, runs, sensor_evaluations
 
 MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
@@ -35,6 +37,9 @@ CREATED_SLACK = 3600.0  # a run finishing in a window may have been created this
 MAX_EVALUATIONS = 2000  # newest evaluations a sensor's chart is drawn from
 STREAK_CAP = 1000  # failures in a row of a push sensor are counted up to this
 SLOTS = 60  # time slots of an aggregated timeline or a duration chart
+SLOT_SAMPLE = (
+    25  # finishes read at each end of a slot of an aggregated timeline (see _finish_slots)
+)
 
 # The events that end an attempt, and the outcome each gives its bar.
 ATTEMPT_ENDS = {
@@ -131,8 +136,8 @@ def timeline(
     """Every attempt of the runs finished in ``[since, until)`` or running now, claim to end.
 
     Runs are read newest finished first; when more than ``MAX_BARS`` finished
-    in the window, finishes are counted per slot instead (still from the
-    ``finished_at`` index alone, never the runs' rows).
+    in the window, finishes are counted per slot instead, or estimated where a
+    slot holds more than ``SLOT_SAMPLE`` (see :func:`_finish_slots`).
     """
     finished: list[int] = list(
         conn.scalars(
@@ -178,7 +183,7 @@ def attempt_bars(conn: sa.Connection, run_ids: Sequence[int]) -> list[AttemptBar
             runs.c.status,
         )
         .join(runs, runs.c.id == run_events.c.run_id)
-        .where(run_events.c.run_id.in_(list(run_ids)))
+        .where(id_among(conn, run_events.c.run_id, run_ids))
         .order_by(run_events.c.run_id, run_events.c.id)
     )
     bars: list[AttemptBar] = []
@@ -216,22 +221,135 @@ def _slot(since: float, until: float, slots: int) -> float:
 def _finish_slots(
     conn: sa.Connection, since: float, until: float, job: str | None
 ) -> list[SlotCount]:
-    # Read from the finished_at index alone (no status: that would fetch every
-    # run of the window, 140,000 a day at a million runs a week).
+    """Runs finished per slot: counted in a slot with fewer than ``2 * SLOT_SAMPLE`` of
+    them, estimated in a fuller one (``{"estimated": n}``).
+
+    Counting every finish reads every entry of the window's ``finished_at``
+    index (17,000 a day at a million runs a week, ten times that at ten
+    million). Each slot reads its first and its last ``SLOT_SAMPLE`` entries
+    instead (one statement, two bounded index walks per slot, see
+    :func:`_ends_of_slots`). When the two meet, every finish of the slot was
+    read and is counted. When they do not, the finishes between them are
+    taken to come at the mean of the paces at either end: a burst at a slot's
+    start followed by quiet (a batch that came in, then nothing) is not
+    carried over the quiet part. With ``job``, those finishes' rows are read,
+    and the job's share of them scales the estimate.
+
+    SQLite counts every finish of every job instead: its index walk is
+    in-process and cheaper than the sample's 120 walks (1.4 ms for the 16,000
+    finishes of a day at a million runs, against 10 ms and more).
+    """
     width = _slot(since, until, SLOTS)
+    total = math.ceil((until - since) / width)
+    if job is None and conn.dialect.name == "sqlite":
+        return _counted_slots(conn, since, until, width, total)
+    counts: dict[int, dict[str, int]] = {}
+    ends = _ends_of_slots(conn.dialect.name, since, until, width, total, job)
+    for index, seen, mine, *both in conn.execute(_per_slot(ends)).all():
+        if not mine:
+            continue
+        head, tail = (int(both[0]), *both[1:3]), (int(both[3]), *both[4:6])
+        if seen < head[0] + tail[0] or head[0] < SLOT_SAMPLE:
+            counts[int(index)] = {"finished": int(mine)}  # the ends met: every finish was read
+            continue
+        head_last, tail_first = float(head[2]), float(tail[1])
+        paces = [(n - 1) / (b - a) if b > a else 0.0 for n, a, b in (head, tail)]
+        # At a pace p, a gap of g seconds between two finishes holds about p * g - 1 more.
+        between = max(0.0, tail_first - head_last) * sum(paces) / 2 - 1
+        estimate = seen + max(0.0, between)
+        counts[int(index)] = {"estimated": max(1, round(estimate * mine / seen))}
+    return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]
+
+
+def _counted_slots(
+    conn: sa.Connection, since: float, until: float, width: float, total: int
+) -> list[SlotCount]:
+    """Every finish of the window counted per slot, from the ``finished_at`` index alone."""
     slot = sa.func.floor((runs.c.finished_at - since) / width).label("slot")
     query = (
         sa.select(slot, sa.func.count())
         .where(runs.c.finished_at >= since, runs.c.finished_at < until)
         .group_by(slot)
     )
-    if job is not None:
-        query = query.where(runs.c.job == job)
-    counts: dict[int, dict[str, int]] = {}
-    for index, count in conn.execute(query):
-        counts[int(index)] = {"finished": int(count)}
-    total = math.ceil((until - since) / width)
-    return [SlotCount(start=since + i * width, counts=counts.get(i, {})) for i in range(total)]
+    counts = {int(index): int(count) for index, count in conn.execute(query)}
+    return [
+        SlotCount(start=since + i * width, counts={"finished": counts[i]} if i in counts else {})
+        for i in range(total)
+    ]
+
+
+def _per_slot(ends: sa.CompoundSelect[Any]) -> sa.Select[Any]:
+    """Per slot of ``ends``: ``slot``, the finishes seen, of them the job's, then the
+    number, first and last finish time of each end (the database folds the rows it
+    read, one row a slot, rather than sending them)."""
+    read = ends.subquery()
+
+    def end(last: int) -> list[sa.ColumnElement[Any]]:
+        at = sa.case((read.c.last == last, read.c.finished_at))
+        return [sa.func.count(at), sa.func.min(at), sa.func.max(at)]
+
+    # Told apart by id, not by finish time: runs finished in one commit share it.
+    mine = sa.case((read.c.of_job, read.c.id))
+    return sa.select(
+        read.c.slot,
+        sa.func.count(read.c.id.distinct()),
+        sa.func.count(mine.distinct()),
+        *end(0),
+        *end(1),
+    ).group_by(read.c.slot)
+
+
+def _ends_of_slots(
+    dialect: str, since: float, until: float, width: float, total: int, job: str | None
+) -> sa.CompoundSelect[Any]:
+    """``(last, slot, id, finished_at, of job)`` of the first (``last`` 0) and the last
+    (``last`` 1) ``SLOT_SAMPLE`` runs finished in each of ``total`` slots of ``width``
+    seconds from ``since``: one statement on ``dialect``."""
+
+    def end_of(index: Any, last: bool, table: sa.FromClause = runs) -> sa.Select[Any]:
+        of_job = sa.true() if job is None else table.c.job == job
+        low = since + index * width
+        order = table.c.finished_at.desc() if last else table.c.finished_at
+        return (
+            sa.select(table.c.id, table.c.finished_at, of_job.label("of_job"))
+            .where(
+                table.c.finished_at >= low,
+                table.c.finished_at < low + width,
+                table.c.finished_at < until,
+            )
+            .order_by(order)
+            .limit(SLOT_SAMPLE)
+        )
+
+    def one_end(last: bool) -> list[sa.Select[Any]]:
+        marker = sa.literal(int(last)).label("last")
+        if dialect == "postgresql":
+            slots = sa.func.generate_series(0, total - 1).table_valued("slot").render_derived()
+            part = end_of(slots.c.slot, last).lateral("part")
+            columns = [part.c.id, part.c.finished_at, part.c.of_job]
+            return [
+                sa.select(marker, slots.c.slot, *columns).select_from(slots.join(part, sa.true()))
+            ]
+        if dialect == "sqlite":
+            # No LATERAL: each slot's runs by a correlated subquery, the slots by a recursive CTE.
+            start = sa.select(sa.literal(0).label("slot")).cte(f"slots{int(last)}", recursive=True)
+            slots_cte = start.union_all(
+                sa.select((start.c.slot + 1).label("slot")).where(start.c.slot + 1 < total)
+            )
+            sampled = runs.alias("sampled")
+            ids = end_of(slots_cte.c.slot, last, sampled).with_only_columns(sampled.c.id)
+            of_job = sa.true() if job is None else runs.c.job == job
+            columns = [runs.c.id, runs.c.finished_at, of_job.label("of_job")]
+            joined = slots_cte.join(runs, runs.c.id.in_(ids.correlate(slots_cte)))
+            return [sa.select(marker, slots_cte.c.slot, *columns).select_from(joined)]
+        # MariaDB takes neither LATERAL nor a LIMIT in an IN subquery: one arm per slot.
+        arms = [end_of(sa.literal(index), last).subquery() for index in range(total)]
+        return [
+            sa.select(marker, sa.literal(index).label("slot"), *arm.c)
+            for index, arm in enumerate(arms)
+        ]
+
+    return sa.union_all(*one_end(False), *one_end(True))
 
 
 def _percentile(ordered: Sequence[float], fraction: float) -> float | None:
@@ -356,7 +474,7 @@ def runs_by_id(conn: sa.Connection, run_ids: Sequence[int]) -> list[Run]:
     """The runs of ``run_ids`` that exist, in the order asked (a pruned one is left out)."""
     if not run_ids:
         return []
-    rows = conn.execute(sa.select(runs).where(runs.c.id.in_(list(run_ids)))).mappings()
+    rows = conn.execute(sa.select(runs).where(id_among(conn, runs.c.id, run_ids))).mappings()
     found = {run.id: run for run in (records.run_from_row(row) for row in rows)}
     return [found[run_id] for run_id in run_ids if run_id in found]
 

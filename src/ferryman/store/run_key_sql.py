@@ -35,6 +35,10 @@ class SameRunKey(sa.sql.functions.FunctionElement[bool]):
     type = sa.Boolean()
     name = "same_run_key"
     inherit_cache = True
+    # A comparison already: where booleans are not native (SQLite, MariaDB), a
+    # boolean function would otherwise be compared with 1 ("run_key = ? = 1"),
+    # which no index serves (every run read: 0.2 to 1 s at a million runs).
+    _is_implicitly_boolean = True
 
 
 @compiles(SameRunKey)

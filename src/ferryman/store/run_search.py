@@ -25,7 +25,13 @@ import sqlalchemy as sa
 
 from ferryman.model import Run, RunEventKind, RunStatus
 from ferryman.store import records
-from ferryman.store.read_queries import DEAD_LETTER_SAMPLE, Page, _limit, newest_ended
+from ferryman.store.read_queries import (
+    DEAD_LETTER_SAMPLE,
+    Page,
+    _limit,
+    id_among,
+    newest_ended,
+)
 from ferryman.store.run_key_sql import RUN_KEY_PREFIX, SameRunKey, run_key_start
 from ferryman.store.schema import run_events, runs
 
@@ -91,7 +97,7 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
         if found.status is None or RunStatus(found.status).value in ended:
             # By id: SQLite would walk every run from the oldest of them up, a third
             # of a million at a million runs when the job's failures are rare.
-            query = query.where(runs.c.id.in_(newest))
+            query = query.where(id_among(conn, runs.c.id, newest))
         else:
             query = query.where(runs.c.id >= (newest[-1] if newest else 0))
         query = query.where(runs.c.last_error.like(error_pattern(found.error), escape="\\"))

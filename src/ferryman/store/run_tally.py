@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from ferryman.model import RunEventKind, RunStatus
 from ferryman.store import read_snapshots
+from ferryman.store.read_queries import id_among
 from ferryman.store.schema import run_events, runs
 
 SNAPSHOT = "run_counts"  # its row in ferryman_read_snapshots
@@ -108,7 +109,7 @@ def carry(conn: sa.Connection, at: float, tally: RunTally, total: int) -> RunTal
     pending_ids = [i for i, _ in tally.pending]
     newer = run_events.c.id > tally.event_id
     if pending_ids:
-        newer = sa.or_(newer, run_events.c.id.in_(pending_ids))
+        newer = sa.or_(newer, id_among(conn, run_events.c.id, pending_ids))
     rows = conn.execute(sa.select(run_events.c.id, run_events.c.run_id).where(newer)).all()
     moved = sorted({row.run_id for row in rows})
     if len(moved) > max(CHUNK, MOVED_SHARE * total):
@@ -140,13 +141,15 @@ def _move(conn: sa.Connection, counts: Counts, tally: RunTally, run_ids: Sequenc
     now = {
         row.id: (row.job, RunStatus(row.status))
         for row in conn.execute(
-            sa.select(runs.c.id, runs.c.job, runs.c.status).where(runs.c.id.in_(run_ids))
+            sa.select(runs.c.id, runs.c.job, runs.c.status).where(
+                id_among(conn, runs.c.id, run_ids)
+            )
         )
     }
     logs: dict[int, list[Any]] = {}
     for row in conn.execute(
         sa.select(run_events.c.id, run_events.c.run_id, run_events.c.kind, run_events.c.detail)
-        .where(run_events.c.run_id.in_(run_ids))
+        .where(id_among(conn, run_events.c.run_id, run_ids))
         .order_by(run_events.c.run_id, run_events.c.id)
     ):
         logs.setdefault(row.run_id, []).append(row)

@@ -100,7 +100,8 @@ def summary(app: AppDep, run_counts: RunCountsDep) -> SummaryOut:
     The counts by job and status are recounted in the background at most
     every few seconds (``counts_as_of`` says when); everything else is read now.
     """
-    overview = app.store.overview(alive_within=app.lease_seconds, counted=run_counts.current())
+    counted = run_counts.current()  # the API's answer carries numbers: it waits for a count
+    overview = app.store.overview(alive_within=app.lease_seconds, counted=counted)
     totals: dict[str, int] = {}
     for counts in overview.counts.values():
         for run_status, count in counts.items():
@@ -119,7 +120,7 @@ def summary(app: AppDep, run_counts: RunCountsDep) -> SummaryOut:
         throughput=[MinuteOut.of(m) for m in overview.throughput],
         live_workers=overview.live_workers,
         active_transfers=overview.active_transfers,
-        counts_as_of=datetime.fromtimestamp(overview.counted_at, UTC),
+        counts_as_of=datetime.fromtimestamp(counted.at, UTC),
     )
 
 

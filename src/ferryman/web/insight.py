@@ -19,6 +19,7 @@ from markupsafe import Markup
 from ferryman.app import App
 from ferryman.model import RunStatus, SensorKind
 from ferryman.store.read_model import Overview
+from ferryman.store.read_views import SLOT_SAMPLE
 from ferryman.web import charts
 from ferryman.web.deps import AppDep, RunCountsDep, SettingsDep
 from ferryman.web.rendering import render
@@ -26,7 +27,7 @@ from ferryman.web.rendering import render
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
 RANGES = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
-FINISH_SERIES = ["finished"]
+FINISH_SERIES = ["finished", "estimated"]  # a slot is counted or, past a sample, estimated
 JOB_DEAD_LETTER_SAMPLE = 200  # the job page groups its newest failures; /dead-letters more
 # Job settings not worth a line on its page: the function and its name (in the title).
 HIDDEN_SETTINGS = frozenset({"fn", "name"})
@@ -101,6 +102,8 @@ def timeline_page(
         job=job,
         jobs=sorted(set(app.store.job_names()) | set(app.jobs)),
         runs=len({bar.run_id for bar in found.bars}),
+        estimated=any("estimated" in slot.counts for slot in found.slots),
+        slot_sample=SLOT_SAMPLE,
     )
 
 
@@ -115,10 +118,13 @@ def evaluations_chart(app: App, sensor: str, picked: Picked) -> Markup:
     return charts.stacked(drawn, OUTCOMES, window, f"evaluations of {sensor} by outcome")
 
 
-def queue_charts(app: App, overview: Overview, picked: Picked) -> tuple[Markup, Markup]:
+def queue_charts(app: App, overview: Overview, picked: Picked) -> tuple[Markup, Markup] | None:
     """The queue's depth (runs queued or running) and its oldest due run's age over the
-    picked window, derived from the runs' own times (see :mod:`ferryman.store.history`)."""
+    picked window, derived from the runs' own times (see :mod:`ferryman.store.history`);
+    None while the runs are not counted yet (the depth is derived from the count)."""
     window = picked.window
+    if overview.counted_at is None:
+        return None
     depth_now = sum(
         counts.get(status, 0)
         for counts in overview.counts.values()

@@ -13,7 +13,8 @@ right whichever processes and hosts do the work, and it survives restarts.
   from the totals a server saved last; on a store that never had them, it
   folds the whole history once (the server begins that as it starts), and a
   scrape that comes meanwhile gets the gauges alone: the counters appear
-  once folded, as new series do. On PostgreSQL rows are folded once
+  once folded, as new series do (and ``ferryman_runs`` once the server's
+  first count of every run is done). On PostgreSQL rows are folded once
   they are a few seconds old, because ids there commit out of order.
 * The broker source consumers' figures (``ferryman_source_*``) are the
   exception: they are this process's own (see :class:`SourceCollector`).
@@ -100,6 +101,11 @@ class StoreCollector:
         self._cached_at = float("-inf")
 
     def collect(self) -> Iterator[Metric]:
+        if self.counts is not None and self.counts.first_under_way:
+            # A server just started, counting every run (seconds on a big store):
+            # the other gauges will not wait; the runs' appear once counted.
+            yield from self._gauges(with_runs=False)
+            return
         if not self._lock.acquire(blocking=False):
             if self._folding_everything:  # seconds on a big store: the gauges will not wait
                 yield from self._gauges()
@@ -129,14 +135,14 @@ class StoreCollector:
         yield from _evaluation_counters(folded)
         yield from self._other_gauges(reading)
 
-    def _reading(self, folded: Folded | None) -> MetricsReading:
-        counted = self.counts.fresh() if self.counts is not None else None
+    def _reading(self, folded: Folded | None, *, with_runs: bool = True) -> MetricsReading:
+        counted = self.counts.fresh() if self.counts is not None and with_runs else None
         return self.app.store.read_metrics(
-            folded, alive_within=self.app.lease_seconds, counted=counted
+            folded, alive_within=self.app.lease_seconds, counted=counted, count=with_runs
         )
 
-    def _gauges(self) -> Iterator[Metric]:
-        reading = self._reading(None)
+    def _gauges(self, *, with_runs: bool = True) -> Iterator[Metric]:
+        reading = self._reading(None, with_runs=with_runs)
         yield from _run_gauges(reading)
         yield from self._other_gauges(reading)
 

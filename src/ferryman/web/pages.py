@@ -123,24 +123,28 @@ def overview(
     since: insight.Moment = "",
     until: insight.Moment = "",
 ) -> Response:
-    found = app.store.overview(alive_within=app.lease_seconds, counted=run_counts.current())
-    counted_ago = max(0.0, found.now - found.counted_at)
+    # A server just started may still be counting every run: the page does not
+    # wait for it but shows the count saved last with its age, or says it is
+    # counting, and its live updates fill the figures in.
+    counted = run_counts.at_once()
+    found = app.store.overview(alive_within=app.lease_seconds, counted=counted, count=False)
+    counted_ago = None if found.counted_at is None else max(0.0, found.now - found.counted_at)
     picked = insight.pick_window(app, chosen, since, until)
-    depth_chart, oldest_chart = insight.queue_charts(app, found, picked)
+    queue = insight.queue_charts(app, found, picked)
     return render(
         request,
         "overview.html",
         settings,
         overview=found,
         counted_ago=counted_ago,
-        counts_stale=counted_ago > STALE_COUNT_SECONDS,
+        counts_stale=counted_ago is not None and counted_ago > STALE_COUNT_SECONDS,
         overdue={s.name: overdue_seconds(s.next_evaluation_at, found.now) for s in found.sensors},
         statuses=list(RunStatus),
         chart=_chart(found.throughput),
         finished_last_hour=sum(m.succeeded + m.failed for m in found.throughput),
         picked=picked,
-        depth_chart=depth_chart,
-        oldest_chart=oldest_chart,
+        depth_chart=queue[0] if queue else None,
+        oldest_chart=queue[1] if queue else None,
     )
 
 

@@ -15,6 +15,12 @@ the first look after idle is current; otherwise it starts the refresh on a
 thread of its own and gets the count it has, which says when it was taken.
 While nobody looks, nothing is counted. ``max_age`` grows with the time a
 refresh takes (ten times it, at least two seconds).
+
+Before the first count is done (a server just started: on a store that
+never saved a count, that count reads every run), a page need not wait for
+it: :meth:`RunCounts.at_once` waits ``FIRST_WAIT`` seconds at most, then
+gives the count saved last (which says how old it is) or None, for the page
+to say "counting" and fill in by its live updates.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ log = logging.getLogger("ferryman.web")
 
 MIN_AGE_SECONDS = 2.0
 SYNC_SECONDS = 0.05  # a refresh this quick is done in the request that needs it
+FIRST_WAIT = 0.05  # a page waits this long at most for the first count (see at_once)
 
 
 class RunCounts:
@@ -50,6 +57,9 @@ class RunCounts:
         # One count at a time: a request that asks while another count runs (the
         # server's first, which may read every run) waits for it instead of counting too.
         self._counting = threading.Lock()
+        self._counted = threading.Event()  # set once a count is taken
+        self._saved_count: RunCount | None = None
+        self._saved_read = False
 
     @property
     def latest(self) -> RunCount | None:
@@ -70,6 +80,45 @@ class RunCounts:
         if start:
             supervised("ferryman-web-counts", self._recount)
         return latest
+
+    @property
+    def first_under_way(self) -> bool:
+        """Whether the first count is being taken now (nothing counted before it)."""
+        return self.latest is None and self._counting.locked()
+
+    def at_once(self, wait: float = FIRST_WAIT) -> RunCount | None:
+        """A count to show now, never a wait for one that reads every run.
+
+        The latest count as :meth:`current` gives it; before the first is
+        done, that one if it comes within ``wait`` seconds (it is started if
+        nothing counts yet), else the count saved last by any server (its
+        ``at`` says how old it is), else None: no count to show yet.
+        """
+        if self.latest is not None:
+            return self.current()
+        with self._lock:
+            start = not self._recounting and not self._counting.locked()
+            if start:
+                self._recounting = True
+        if start:
+            supervised("ferryman-web-counts", self._recount)
+        if self._counted.wait(wait):
+            return self.current()
+        return self._saved_snapshot()
+
+    def _saved_snapshot(self) -> RunCount | None:
+        """The count saved in the store, read once (it only serves until the first count)."""
+        with self._lock:
+            if self._saved_read:
+                return self._saved_count
+        try:
+            saved = self.app.store.saved_run_count()
+        except StoreError as exc:
+            log.info("could not read the saved count of runs: %s", exc)
+            return None
+        with self._lock:
+            self._saved_count, self._saved_read = saved, True
+        return saved
 
     def fresh(self) -> RunCount:
         """The count carried forward to now (``/metrics`` reads this)."""
@@ -104,6 +153,7 @@ class RunCounts:
                 self._latest = counted
                 self._taken = started
                 self._took = time.monotonic() - started
+                self._counted.set()
             save = started - self._saved >= SAVE_EVERY
             if save:
                 self._saved = started

@@ -120,9 +120,12 @@ def warm_up(web: FastAPI) -> None:
     """Take the overview's first count of runs and fold the processing log into /metrics.
 
     Both start from what a server saved last (see :mod:`ferryman.web.run_counts`),
-    so only a server on a store that never had one counts every run. Then
-    read the overview once and compile the pages' templates: each is compiled
-    on first use.
+    so only a server on a store that never had one counts every run. Before
+    that, compile the pages' templates (each is compiled on first use) and
+    read the overview once (its statements are compiled on first use too): a
+    first overview does not wait for the count (see
+    :meth:`~ferryman.web.run_counts.RunCounts.at_once`), so it should not pay
+    for those either.
 
     A store that fails here is logged: the first request tries again.
     """
@@ -133,10 +136,11 @@ def warm_up(web: FastAPI) -> None:
     for name in templates.env.list_templates():  # compiled once, here, not by a first request
         templates.env.get_template(name)
     try:
-        counted = web.state.run_counts.current()
+        # The overview's queries once, so that their SQL is compiled and cached
+        # before a first overview comes, which does not wait for the count below.
+        app.store.overview(alive_within=app.lease_seconds, count=False)
+        web.state.run_counts.current()
         list(web.state.metrics.collect())
-        # The overview's queries once, so that their SQL is compiled and cached.
-        app.store.overview(alive_within=app.lease_seconds, counted=counted)
     except StoreError as exc:
         log.warning("warming up the counts failed (the first request retries): %s", exc)
         return
