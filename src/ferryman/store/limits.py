@@ -241,14 +241,15 @@ class Limits:
 
 
 def _in_key_limits(rows: Sequence[Any], key_concurrency: int, room: int) -> list[int]:
-    """The ids of ``rows`` (id, key digest, its running runs) in order, up to ``room``.
+    """The ids of ``rows`` (id, key digest, its running runs, ...) in order, up to ``room``.
 
     A run is picked while the runs of its key running and picked before it
     number fewer than ``key_concurrency``.
     """
     picked: list[int] = []
     taken: dict[bytes, int] = {}
-    for run_id, digest, key_running, *_ in rows:
+    for row in rows:
+        run_id, digest, key_running = row[0], row[1], row[2]  # and the clock, where read
         if digest is not None:
             digest = bytes(digest)
             ahead = taken.get(digest, key_running)
