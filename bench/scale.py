@@ -338,7 +338,7 @@ def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> F
     figures = Figures()
     figures.p95["submit (one run)"] = p95(time_submits(url, args.submits))
     figures.p95["claim (one run)"] = p95(time_claims(url, args.claims))
-    forget_snapshots(url)  # the first start counts every run and folds the whole log
+    web.forget_counts(url)  # the first start counts every run and folds the whole log
     process, base, cold = timing.cold_start(url, start_timeout=3600)
     figures.p95.update(cold)
     try:
@@ -358,18 +358,6 @@ def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> F
         figures.p95[name.replace("start", "restart")] = ms
     print(f"{kind} {size:,}: {figures.p95}", flush=True)
     return figures
-
-
-def forget_snapshots(url: str) -> None:
-    """Delete the saved counts (ferryman_read_snapshots): the next server starts from nothing."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM ferryman_read_snapshots"))
-    finally:
-        engine.dispose()
 
 
 def measure_pruning(kind: str, url: str, figures: Figures, args: argparse.Namespace) -> None:

@@ -45,7 +45,7 @@ def start_all(
     started = {}
     for size, url in urls.items():
         for label, checkout in checkouts.items():
-            scale.forget_snapshots(url)
+            web.forget_counts(url)
             timing.REPO = checkout  # serve() runs ferryman from this checkout's src/
             process, base, cold = timing.cold_start(url, start_timeout=3600)
             figures = ", ".join(f"{name} {ms:,.0f} ms" for name, ms in cold.items())

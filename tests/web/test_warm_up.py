@@ -11,13 +11,16 @@ cannot be reached (logged; the first request tries again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 import ferryman as fm
@@ -137,9 +140,10 @@ def test_a_server_that_starts_carries_the_saved_count_and_totals_forward(
         assert saved.events[("load", "succeeded")] == 3
 
 
-def count_held_open(app: fm.App) -> tuple[threading.Event, threading.Event]:
-    """Hold the next count of runs open until the second event is set; the first is set
-    once it began (a store that counts every run, seconds at ten million)."""
+@contextlib.contextmanager
+def first_count_held_open(app: fm.App, web: FastAPI) -> Iterator[None]:
+    """The server's warm-up under way, its first count of every run held open (a store
+    that counts every run: seconds at ten million) until the block ends."""
     began, go_on = threading.Event(), threading.Event()
     count_runs = app.store.count_runs
 
@@ -149,7 +153,14 @@ def count_held_open(app: fm.App) -> tuple[threading.Event, threading.Event]:
         return count_runs(previous)
 
     app.store.count_runs = held  # type: ignore[method-assign]
-    return began, go_on
+    warming = threading.Thread(target=warm_up, args=(web,))
+    warming.start()
+    try:
+        assert began.wait(timeout=60)
+        yield
+    finally:
+        go_on.set()
+        warming.join(timeout=60)
 
 
 def test_the_first_overview_says_it_is_counting_instead_of_waiting_for_the_count(
@@ -159,21 +170,13 @@ def test_the_first_overview_says_it_is_counting_instead_of_waiting_for_the_count
     while the first count runs, says so, and is filled in once the count is done."""
     app = with_three_runs(make_app)
     web = create_app(app, WebSettings(token=TOKEN))
-    began, go_on = count_held_open(app)
-    warming = threading.Thread(target=warm_up, args=(web,))
-    warming.start()
-    try:
-        assert began.wait(timeout=60)
-        with TestClient(web) as client:
-            page = client.get("/").text  # answered with the count still held open
-            assert "Counting runs…" in page
-            assert "data-live-pending" in page
-            assert 'id="counted-ago"' not in page
-            assert '<span class="figure">…</span>' in page
-            assert "counting…" in section(page, "Queue over time")
-    finally:
-        go_on.set()
-        warming.join(timeout=60)
+    with first_count_held_open(app, web), TestClient(web) as client:
+        page = client.get("/").text  # answered with the count still held open
+        assert "Counting runs…" in page
+        assert "data-live-pending" in page
+        assert 'id="counted-ago"' not in page
+        assert '<span class="figure">…</span>' in page
+        assert "counting…" in section(page, "Queue over time")
     with TestClient(web) as client:
         page = client.get("/").text
     assert "Counting runs…" not in page and "data-live-pending" not in page
@@ -190,16 +193,8 @@ def test_the_first_overview_shows_the_saved_count_with_its_age_while_counting(
     counted = app.store.count_runs()
     app.store.save_run_count(dataclasses.replace(counted, at=counted.at - 90))
     web = create_app(app, WebSettings(token=TOKEN))
-    began, go_on = count_held_open(app)
-    warming = threading.Thread(target=warm_up, args=(web,))
-    warming.start()
-    try:
-        assert began.wait(timeout=60)
-        with TestClient(web) as client:
-            page = client.get("/").text
-    finally:
-        go_on.set()
-        warming.join(timeout=60)
+    with first_count_held_open(app, web), TestClient(web) as client:
+        page = client.get("/").text
     assert re.search(r'<span class="stale" id="counted-ago">(89|90|91|92) s ago</span>', page)
     assert 'href="/runs?job=load&status=queued">3<' in page
     assert "Counting runs…" not in page
@@ -212,16 +207,8 @@ def test_a_scrape_during_the_first_count_gets_the_other_gauges_at_once(
     that need no count, at once; ``ferryman_runs`` once the count is done."""
     app = with_three_runs(make_app)
     web = create_app(app, WebSettings(token=TOKEN))
-    began, go_on = count_held_open(app)
-    warming = threading.Thread(target=warm_up, args=(web,))
-    warming.start()
-    try:
-        assert began.wait(timeout=60)
-        with TestClient(web) as client:
-            early = client.get("/metrics").text  # answered with the count still held open
-    finally:
-        go_on.set()
-        warming.join(timeout=60)
+    with first_count_held_open(app, web), TestClient(web) as client:
+        early = client.get("/metrics").text  # answered with the count still held open
     assert "ferryman_workers_live 0.0" in early
     assert "ferryman_runs{" not in early
     with TestClient(web) as client:
