@@ -71,6 +71,10 @@ class Backend:
     # Whether run and event ids are allocated in commit order (one writer at a
     # time); otherwise a reader following ids must let recent ones settle.
     ids_in_commit_order: ClassVar[bool] = False
+    # Whether the clock, read in a statement, is read after the statement's
+    # snapshot and after the rows it locks are locked, so that a statement can
+    # read it instead of a round trip of its own (ferryman.store.limits).
+    clock_follows_locks: ClassVar[bool] = False
     now: ClassVar[sa.ColumnElement[float]]  # the database's clock, seconds since the epoch
 
     def __init__(self, url: sa.URL, engine: Engine, read_engine: Engine | None = None) -> None:

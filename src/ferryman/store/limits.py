@@ -109,13 +109,6 @@ def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.S
 DUE_ONE_PER_KEY = _due(counted=False)
 DUE_COUNTED = _due(counted=True)
 
-# The backends whose clock, read in a statement, is read after the statement's
-# snapshot was taken and after the rows it locks are locked: PostgreSQL's
-# clock_timestamp() is evaluated as each row is produced, and a volatile
-# expression over a locking subquery only once the row is locked. (MariaDB's
-# SYSDATE() in a statement makes no such promise about InnoDB's read view.)
-CLOCK_IN_STATEMENTS = frozenset({"postgres"})
-
 
 class Limits:
     """The limited claims of one store database (see the module)."""
@@ -130,15 +123,14 @@ class Limits:
             .where(job_limits.c.job == sa.bindparam("job"))
             .with_for_update()
         )
-        self._clock_in_statements = backend.name in CLOCK_IN_STATEMENTS
+        self._clock_in_statements = backend.clock_follows_locks
         self._lock: sa.Select[Any] = lock
-        self._due = {1: DUE_ONE_PER_KEY}
-        self._due_counted = DUE_COUNTED
+        self._due_one_per_key, self._due_counted = DUE_ONE_PER_KEY, DUE_COUNTED
         if self._clock_in_statements:
             # The clock outside the locking subquery: read once the row is locked.
             bucket = lock.subquery("bucket")
             self._lock = sa.select(bucket.c.tokens, bucket.c.refilled_at, backend.now.label("now"))
-            self._due = {1: _due(counted=False, clock=backend.now)}
+            self._due_one_per_key = _due(counted=False, clock=backend.now)
             self._due_counted = _due(counted=True, clock=backend.now)
         self._count_running = sa.select(sa.func.count()).where(
             runs.c.job == sa.bindparam("job"), runs.c.status == RunStatus.RUNNING.value
@@ -226,9 +218,9 @@ class Limits:
 
         Read again, further, only when runs sharing a key left the claim short.
         Also the database's clock as the statement that counted them read it,
-        where the statement reads it (see :data:`CLOCK_IN_STATEMENTS`).
+        where the statement reads it (see ``Backend.clock_follows_locks``).
         """
-        due = self._due.get(key_concurrency, self._due_counted)
+        due = self._due_one_per_key if key_concurrency == 1 else self._due_counted
         params = {"job": job, "now": now, "key_concurrency": key_concurrency}
         scan = room + SCAN_SLACK
         while True:

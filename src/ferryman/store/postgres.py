@@ -152,6 +152,10 @@ class PostgresBackend(Backend):
 
     name = "postgres"
     url_names = ("postgresql", "postgres")
+    # clock_timestamp() is evaluated as each row is produced, and a volatile
+    # expression over a locking subquery only once the row is locked. (Not
+    # MariaDB: SYSDATE() in a statement promises nothing about InnoDB's read view.)
+    clock_follows_locks = True
     example_url = "postgresql://user@host/dbname"
     now = CLOCK
 
