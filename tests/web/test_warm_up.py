@@ -140,10 +140,9 @@ def test_a_server_that_starts_carries_the_saved_count_and_totals_forward(
         assert saved.events[("load", "succeeded")] == 3
 
 
-@contextlib.contextmanager
-def first_count_held_open(app: fm.App, web: FastAPI) -> Iterator[None]:
-    """The server's warm-up under way, its first count of every run held open (a store
-    that counts every run: seconds at ten million) until the block ends."""
+def count_held_open(app: fm.App) -> tuple[threading.Event, threading.Event]:
+    """The store's counts of every run held open (a store that counts every run: seconds
+    at ten million): ``began`` is set when one starts, which then waits for ``go_on``."""
     began, go_on = threading.Event(), threading.Event()
     count_runs = app.store.count_runs
 
@@ -153,6 +152,14 @@ def first_count_held_open(app: fm.App, web: FastAPI) -> Iterator[None]:
         return count_runs(previous)
 
     app.store.count_runs = held  # type: ignore[method-assign]
+    return began, go_on
+
+
+@contextlib.contextmanager
+def first_count_held_open(app: fm.App, web: FastAPI) -> Iterator[None]:
+    """The server's warm-up under way, its first count of every run held open until the
+    block ends."""
+    began, go_on = count_held_open(app)
     warming = threading.Thread(target=warm_up, args=(web,))
     warming.start()
     try:
