@@ -148,6 +148,41 @@ def test_a_batch_stores_every_value_exactly_as_given(make_app: type[fm.App]) -> 
     assert stored["é 😀 \t\n"].available_at == later
 
 
+def test_a_batch_due_at_once_stores_every_value_exactly_and_names_each_run(
+    make_app: type[fm.App],
+) -> None:
+    """A batch with no time of its own (the common one) is written its own way on some
+    stores: every value still comes back as given, each id is its own request's run."""
+    app = make_app()
+
+    @app.job(max_attempts=4, priority=3)
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    awkward = ["NULL", " ", ' a "quoted", {braced} \\ back\\slash ', "é 😀 \t\n", "\\u0000"]
+    keys = [*awkward, *(f"plain-{i:04}" for i in range(1200, 0, -1))]
+    app.submit("load", fm.RunRequest("first", concurrency_key="first"))  # the job is keyed
+
+    def request(i: int, key: str) -> fm.RunRequest:
+        return fm.RunRequest(
+            key,
+            {key: [key, None, 1.5, 2**53 + 1]} if i % 2 else None,
+            priority=None if i % 3 else [-1_000_000, 1_000_000][i % 2],
+            concurrency_key=key if i % 5 == 0 else None,
+        )
+
+    result = app.submit("load", *(request(i, key) for i, key in enumerate(keys)))
+    assert result.created == len(keys)
+    for i, key in enumerate(keys):
+        run = app.get_run(result.run_ids[i])
+        assert run is not None and run.run_key == key
+        assert run.payload == ({key: [key, None, 1.5, 2**53 + 1]} if i % 2 else None)
+        assert run.priority == (3 if i % 3 else [-1_000_000, 1_000_000][i % 2])
+        assert (run.max_attempts, run.attempt, run.status) == (4, 0, fm.RunStatus.QUEUED)
+        assert run.concurrency_key == (key if i % 5 == 0 else None)
+    again = app.submit("load", *(request(i, key) for i, key in enumerate(keys)))
+    assert (again.created, again.run_ids) == (0, result.run_ids)
+
+
 def test_run_keys_up_to_64_kib_are_one_run_each(make_app: type[fm.App]) -> None:
     app = make_app()
     seen: list[str] = []
