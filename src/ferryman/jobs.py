@@ -52,8 +52,13 @@ class JobRegistry(Mapping[str, JobDefinition]):
         Refuses the whole list (UnknownJob, PayloadError) before anything is written.
         """
         new_runs = []
+        # Looked up once per job in the batch, not once per run.
+        definitions: dict[str, JobDefinition] = {}
         for job, request in requests:
-            definition = self.definition(request.job or job)
+            name = request.job or job
+            definition = definitions.get(name)
+            if definition is None:
+                definition = definitions[name] = self.definition(name)
             try:
                 payload_json = to_json(request.payload, "payload")
             except PayloadError:
@@ -63,7 +68,9 @@ class JobRegistry(Mapping[str, JobDefinition]):
                     f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
                 )
                 raise
-            delay, not_before = _due(request.not_before)
+            delay, not_before = (
+                (0.0, None) if request.not_before is None else _due(request.not_before)
+            )
             new_runs.append(
                 NewRun(
                     job=definition.name,

@@ -104,6 +104,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{CONTRACT}::test_duplicate_run_keys_yield_one_run[sqlite]",),
     ),
     Mutation(
+        "a batch's key digests cut one run along (SQLite)",
+        ONE_RUN,
+        one(
+            "ferryman/store/sqlite_batch.py",
+            '    "key_digest": f"substr(:key_digests, {DIGEST_BYTES} * batch.key + 1, '
+            '{DIGEST_BYTES})",\n',
+            '    "key_digest": f"substr(:key_digests, {DIGEST_BYTES} * batch.key + 33, '
+            '{DIGEST_BYTES})",\n',
+        ),
+        (
+            f"{CONTRACT}::"
+            "test_a_batch_due_at_once_stores_every_value_exactly_and_names_each_run[sqlite]",
+        ),
+    ),
+    Mutation(
         "enqueue without ON CONFLICT (PostgreSQL)",
         ONE_RUN,
         one(

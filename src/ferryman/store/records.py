@@ -139,6 +139,14 @@ def _check_document(value: Any, what: str, *, strings: bool) -> None:
     cycles and everything that is not JSON. A payload of scalars costs a
     microsecond or two.
     """
+    if type(value) is dict and not strings:
+        # The common payload, a flat object with string keys: nothing to refuse,
+        # found without the walk's lists (a third of the payload's cost).
+        for key, child in value.items():
+            if type(key) is not str or isinstance(child, _CONTAINERS):
+                break
+        else:
+            return
     level = [value]
     for _ in range(MAX_DEPTH):
         deeper: list[Any] = []

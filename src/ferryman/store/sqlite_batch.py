@@ -5,10 +5,10 @@ statement step and the driver fourteen conversions per run, all while the
 store's single write lock is held. Carried as one JSON array instead, read
 by ``json_each`` in an ``INSERT ... SELECT``, it is one step:
 
-* the texts and integers of each run travel in the array, ``[job, run_key,
-  payload, max_attempts, priority, concurrency_key]``: JSON holds them exactly
-  (a key that cannot be stored exactly, NUL or a lone surrogate, was refused
-  when the run was built; a job name with a NUL falls back, see below);
+* the texts and integers of each run travel in the array (see COLUMN_SQL):
+  JSON holds them exactly (a key that cannot be stored exactly, NUL or a lone
+  surrogate, was refused when the run was built; a job name with a NUL falls
+  back, see below);
 * the digests travel as blobs of 32 bytes per run, cut out by the run's
   position in the array (JSON has no bytes);
 * the times are the statement's own parameters: every run of such a batch is
@@ -32,19 +32,25 @@ from ferryman.store.run_rows import QUEUED, RUN_ROW_COLUMNS, NewRun
 DIGEST_BYTES = 32
 # Where each column of a run's row comes from, as SQL over ``json_each`` (aliased
 # ``batch``): the array's fields, the digests' blobs, or the statement's parameters.
+# A run is ``[run_key, payload, job, max_attempts, priority, concurrency_key]``, or
+# just ``[run_key, payload]`` when the batch's runs share the rest (the common
+# batch: one job, no concurrency keys), given once as ``:job``, ``:max_attempts``
+# and ``:priority``. SQLite reads a run's array once per field it takes from it.
+_FIELD = "json_extract(batch.value, '$[{}]')"
+_CONCURRENCY_KEY = _FIELD.format(5)
 COLUMN_SQL = {
-    "job": "json_extract(batch.value, '$[0]')",
-    "run_key": "json_extract(batch.value, '$[1]')",
+    "job": f"coalesce(:job, {_FIELD.format(2)})",
+    "run_key": _FIELD.format(0),
     "key_digest": f"substr(:key_digests, {DIGEST_BYTES} * batch.key + 1, {DIGEST_BYTES})",
-    "payload": "json_extract(batch.value, '$[2]')",
+    "payload": _FIELD.format(1),
     "status": ":status",
     "attempt": "0",
-    "max_attempts": "json_extract(batch.value, '$[3]')",
+    "max_attempts": f"coalesce(:max_attempts, {_FIELD.format(3)})",
     "available_at": ":now",
-    "priority": "json_extract(batch.value, '$[4]')",
-    "concurrency_key": "json_extract(batch.value, '$[5]')",
-    "concurrency_digest": "CASE WHEN json_extract(batch.value, '$[5]') IS NULL THEN NULL "
-    f"ELSE substr(:concurrency_digests, {DIGEST_BYTES} * batch.key + 1, {DIGEST_BYTES}) END",
+    "priority": f"coalesce(:priority, {_FIELD.format(4)})",
+    "concurrency_key": f"CASE WHEN :keyed THEN {_CONCURRENCY_KEY} END",
+    "concurrency_digest": f"CASE WHEN :keyed AND {_CONCURRENCY_KEY} IS NOT NULL THEN "
+    f"substr(:concurrency_digests, {DIGEST_BYTES} * batch.key + 1, {DIGEST_BYTES}) END",
     "lease_token": "0",
     "created_at": ":now",
     "updated_at": ":now",
@@ -62,23 +68,45 @@ _NO_DIGEST = bytes(DIGEST_BYTES)
 def batch_params(new_runs: Sequence[NewRun], now: float) -> dict[str, Any] | None:
     """The parameters that insert ``new_runs`` due at ``now``; None if one of them
     cannot travel in JSON exactly (see the module's docstring)."""
-    rows = []
-    keyed = False
+    first = new_runs[0]
+    job, max_attempts, priority = first.job, first.max_attempts, first.priority
+    shared, keyed = True, False
     for new in new_runs:
         if new.delay or new.not_before is not None:
             return None
         keyed = keyed or new.concurrency_key is not None
-        row = (new.job, new.run_key, new.payload_json, new.max_attempts, new.priority)
-        rows.append((*row, new.concurrency_key))
-    if any("\x00" in job for job in {new.job for new in new_runs}):
-        return None
-    concurrency_digests = (
-        b"".join(new.concurrency_digest or _NO_DIGEST for new in new_runs) if keyed else b""
-    )
-    return {
-        "runs": _ENCODER.encode(rows),
+        shared = shared and (
+            new.job == job and new.max_attempts == max_attempts and new.priority == priority
+        )
+    params: dict[str, Any] = {
         "key_digests": b"".join(new.key_digest for new in new_runs),
-        "concurrency_digests": concurrency_digests,
         "status": QUEUED,
         "now": now,
+        "keyed": keyed,
+        "concurrency_digests": b"",
     }
+    if shared and not keyed:
+        if "\x00" in job:
+            return None
+        rows: list[tuple[Any, ...]] = [(new.run_key, new.payload_json) for new in new_runs]
+        params.update(job=job, max_attempts=max_attempts, priority=priority)
+    else:
+        if any("\x00" in job for job in {new.job for new in new_runs}):
+            return None
+        rows = [
+            (
+                new.run_key,
+                new.payload_json,
+                new.job,
+                new.max_attempts,
+                new.priority,
+                new.concurrency_key,
+            )
+            for new in new_runs
+        ]
+        params.update(job=None, max_attempts=None, priority=None)
+    if keyed:
+        digests = (new.concurrency_digest or _NO_DIGEST for new in new_runs)
+        params["concurrency_digests"] = b"".join(digests)
+    params["runs"] = _ENCODER.encode(rows)
+    return params
