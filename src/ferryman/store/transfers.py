@@ -69,6 +69,19 @@ _DELETE_PARTS = transfer_parts.delete().where(
 )
 _DELETE_PART = _DELETE_PARTS.where(transfer_parts.c.part_number == sa.bindparam("of_number"))
 _INSERT_PART = transfer_parts.insert()
+# Once per confirmed part: the transfer's totals, counted from its part rows.
+_PART_TOTALS = sa.select(
+    sa.func.coalesce(sa.func.sum(transfer_parts.c.size), 0),
+    sa.func.count(),
+).where(transfer_parts.c.transfer_id == sa.bindparam("of_transfer"))
+_SET_TOTALS = (
+    transfers.update()
+    .where(transfers.c.id == sa.bindparam("of_transfer"))
+    .values(
+        bytes_confirmed=sa.bindparam("new_bytes_confirmed"),
+        parts_confirmed=sa.bindparam("new_parts_confirmed"),
+    )
+)
 _TOUCH_RUN = runs.update().where(
     runs.c.id == sa.bindparam("of_run"),
     runs.c.lease_token == sa.bindparam("of_token"),
@@ -395,15 +408,14 @@ class TransferQueries:
         return self._current(conn, fence.transfer_id)
 
     def _recount(self, conn: sa.Connection, transfer_id: int) -> None:
-        totals = sa.select(
-            sa.func.coalesce(sa.func.sum(transfer_parts.c.size), 0),
-            sa.func.count(),
-        ).where(transfer_parts.c.transfer_id == transfer_id)
-        confirmed, count = conn.execute(totals).one()
+        confirmed, count = conn.execute(_PART_TOTALS, {"of_transfer": transfer_id}).one()
         conn.execute(
-            transfers.update()
-            .where(transfers.c.id == transfer_id)
-            .values(bytes_confirmed=int(confirmed), parts_confirmed=int(count))
+            _SET_TOTALS,
+            {
+                "of_transfer": transfer_id,
+                "new_bytes_confirmed": int(confirmed),
+                "new_parts_confirmed": int(count),
+            },
         )
 
     def record_object(
