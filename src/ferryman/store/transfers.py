@@ -163,11 +163,24 @@ class TransferQueries:
         :class:`~ferryman.TransferConflict`. Where the database has UPDATE ...
         RETURNING, the row comes back with the update instead of a read after it.
         """
+        row = self._update_fenced(conn, fence, now, values, returning=True)
+        return self._current(conn, fence.transfer_id) if row is None else _transfer(row)
+
+    def _update_fenced(
+        self,
+        conn: sa.Connection,
+        fence: TransferFence,
+        now: float,
+        values: dict[str, Any],
+        *,
+        returning: bool,
+    ) -> sa.RowMapping | None:
+        """:meth:`_fenced`'s update; the row, where asked for and the database returns it."""
         if fence.run_lease is not None:
             self._check_run(conn, fence.run_lease, now)
         params = {"fence_id": fence.transfer_id, "fence_token": fence.token, "updated_at": now}
         params.update(values)
-        if conn.dialect.update_returning:
+        if returning and conn.dialect.update_returning:
             row = conn.execute(_FENCED_RETURNING, params).mappings().one_or_none()
             matched = row is not None
         else:
@@ -177,7 +190,7 @@ class TransferQueries:
                 f"transfer {fence.transfer_id} was taken over by another upload "
                 f"(or finished) while this one held token {fence.token}"
             )
-        return self._current(conn, fence.transfer_id) if row is None else _transfer(row)
+        return row
 
     # -- open / resume -------------------------------------------------------
 
@@ -386,7 +399,10 @@ class TransferQueries:
     ) -> None:
         """Record a part S3 acknowledged; replaces an earlier row of the same number."""
         now = self.now(conn)
-        self._fenced(conn, fence, now, lease_expires_at=now + lease_seconds)
+        # Once per part: the fence checked and the lease renewed, no row read back.
+        self._update_fenced(
+            conn, fence, now, {"lease_expires_at": now + lease_seconds}, returning=False
+        )
         conn.execute(
             _DELETE_PART, {"of_transfer": fence.transfer_id, "of_number": part.part_number}
         )
