@@ -84,7 +84,12 @@ def test_sensors_bench_finds_every_new_item() -> None:
 
 def test_upload_bench_compares_ferryman_with_boto3() -> None:
     output = run_bench("upload.py", "--size-mib", "16", "--rounds", "1", "--small-files", "8")
-    for variant in ("ferryman", "boto3 default", "boto3 matched, SHA-256"):
+    for variant in (
+        "ferryman",
+        "boto3 default",
+        "boto3 matched, SHA-256",
+        "boto3 matched, SHA-256, unsigned body",
+    ):
         assert re.search(rf"^{re.escape(variant)}\s+{NUMBER}\s", output, re.MULTILINE), output
     assert re.search(
         rf"ferryman = {NUMBER}x boto3 with SHA-256 part checksums .* {NUMBER}x boto3's best; "

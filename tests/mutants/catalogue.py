@@ -558,6 +558,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{RESUME}::test_resume_sends_only_what_is_missing_and_adopts_parts_s3_has[sqlite]",),
     ),
     Mutation(
+        "a part's buffer read into again while S3 is still receiving it",
+        "A part counts once S3 acknowledged it *and* its row committed",
+        one(
+            "ferryman/transfer/sender.py",
+            "            checksum = sha256_b64(part.data)\n",
+            "            checksum = sha256_b64(part.data)\n            give_back()\n",
+        ),
+        (
+            "tests/transfer/test_upload_moto.py::"
+            "test_more_parts_than_buffers_each_part_holds_its_own_bytes[3]",
+        ),
+    ),
+    Mutation(
         "resume without ListParts: the store taken for the truth",
         "On resume, S3 is the truth and the file is checked",
         one(

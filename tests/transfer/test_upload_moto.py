@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,37 @@ def test_without_the_file_digest_the_object_is_still_verified_by_its_parts(
     )
     assert sidecar["sha256"] is None
     assert [p["size"] for p in sidecar["parts"]] == [5 * MiB, 5 * MiB, 1 * MiB]
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_more_parts_than_buffers_each_part_holds_its_own_bytes(
+    tmp_path: Path, sqlite_url: str, s3_client: Any, s3_bucket: str, concurrency: int
+) -> None:
+    # Parts are read into buffers reused once S3 has their bytes: concurrency + 1
+    # of them for 8 parts here, so each buffer carries several parts in turn.
+    data = os.urandom(7 * 5 * MiB + 321)
+    source = tmp_path / "data.bin"
+    source.write_bytes(data)
+    transfer = fm.transfer.upload(
+        source,
+        f"s3://{s3_bucket}/in/reused.bin",
+        part_size=5 * MiB,
+        concurrency=concurrency,
+        store=sqlite_url,
+        sidecar=True,
+    )
+    assert transfer.parts_confirmed == 8
+    assert transfer.sha256 == hashlib.sha256(data).hexdigest()
+    assert object_sha256(s3_client, s3_bucket, "in/reused.bin") == transfer.sha256
+    sidecar = json.loads(
+        s3_client.get_object(Bucket=s3_bucket, Key="in/reused.bin.meta.json")["Body"].read()
+    )
+    start = 0
+    for part in sidecar["parts"]:
+        own = data[start : start + part["size"]]
+        assert part["sha256"] == base64.b64encode(hashlib.sha256(own).digest()).decode()
+        start += part["size"]
+    assert start == len(data)
 
 
 def test_empty_and_single_part_files(

@@ -69,6 +69,19 @@ _DELETE_PARTS = transfer_parts.delete().where(
 )
 _DELETE_PART = _DELETE_PARTS.where(transfer_parts.c.part_number == sa.bindparam("of_number"))
 _INSERT_PART = transfer_parts.insert()
+# Once per confirmed part: the transfer's totals, counted from its part rows.
+_PART_TOTALS = sa.select(
+    sa.func.coalesce(sa.func.sum(transfer_parts.c.size), 0),
+    sa.func.count(),
+).where(transfer_parts.c.transfer_id == sa.bindparam("of_transfer"))
+_SET_TOTALS = (
+    transfers.update()
+    .where(transfers.c.id == sa.bindparam("of_transfer"))
+    .values(
+        bytes_confirmed=sa.bindparam("new_bytes_confirmed"),
+        parts_confirmed=sa.bindparam("new_parts_confirmed"),
+    )
+)
 _TOUCH_RUN = runs.update().where(
     runs.c.id == sa.bindparam("of_run"),
     runs.c.lease_token == sa.bindparam("of_token"),
@@ -150,11 +163,24 @@ class TransferQueries:
         :class:`~ferryman.TransferConflict`. Where the database has UPDATE ...
         RETURNING, the row comes back with the update instead of a read after it.
         """
+        row = self._update_fenced(conn, fence, now, values, returning=True)
+        return self._current(conn, fence.transfer_id) if row is None else _transfer(row)
+
+    def _update_fenced(
+        self,
+        conn: sa.Connection,
+        fence: TransferFence,
+        now: float,
+        values: dict[str, Any],
+        *,
+        returning: bool,
+    ) -> sa.RowMapping | None:
+        """:meth:`_fenced`'s update; the row, where asked for and the database returns it."""
         if fence.run_lease is not None:
             self._check_run(conn, fence.run_lease, now)
         params = {"fence_id": fence.transfer_id, "fence_token": fence.token, "updated_at": now}
         params.update(values)
-        if conn.dialect.update_returning:
+        if returning and conn.dialect.update_returning:
             row = conn.execute(_FENCED_RETURNING, params).mappings().one_or_none()
             matched = row is not None
         else:
@@ -164,7 +190,7 @@ class TransferQueries:
                 f"transfer {fence.transfer_id} was taken over by another upload "
                 f"(or finished) while this one held token {fence.token}"
             )
-        return self._current(conn, fence.transfer_id) if row is None else _transfer(row)
+        return row
 
     # -- open / resume -------------------------------------------------------
 
@@ -373,7 +399,10 @@ class TransferQueries:
     ) -> None:
         """Record a part S3 acknowledged; replaces an earlier row of the same number."""
         now = self.now(conn)
-        self._fenced(conn, fence, now, lease_expires_at=now + lease_seconds)
+        # Once per part: the fence checked and the lease renewed, no row read back.
+        self._update_fenced(
+            conn, fence, now, {"lease_expires_at": now + lease_seconds}, returning=False
+        )
         conn.execute(
             _DELETE_PART, {"of_transfer": fence.transfer_id, "of_number": part.part_number}
         )
@@ -395,15 +424,14 @@ class TransferQueries:
         return self._current(conn, fence.transfer_id)
 
     def _recount(self, conn: sa.Connection, transfer_id: int) -> None:
-        totals = sa.select(
-            sa.func.coalesce(sa.func.sum(transfer_parts.c.size), 0),
-            sa.func.count(),
-        ).where(transfer_parts.c.transfer_id == transfer_id)
-        confirmed, count = conn.execute(totals).one()
+        confirmed, count = conn.execute(_PART_TOTALS, {"of_transfer": transfer_id}).one()
         conn.execute(
-            transfers.update()
-            .where(transfers.c.id == transfer_id)
-            .values(bytes_confirmed=int(confirmed), parts_confirmed=int(count))
+            _SET_TOTALS,
+            {
+                "of_transfer": transfer_id,
+                "new_bytes_confirmed": int(confirmed),
+                "new_parts_confirmed": int(count),
+            },
         )
 
     def record_object(

@@ -245,13 +245,17 @@ def _retrying(client: Any, concurrency: int, retries: int, backoff: Backoff | No
 
 @contextmanager
 def _store(ctx: JobContext | None, store: str | sa.URL | Store | App | None) -> Iterator[Store]:
-    from ferryman.app import App  # the App imports this package's users
-
     if ctx is not None:
         yield ctx.store  # the run's own store: fenced by its lease
-    elif isinstance(store, Store):
+        return
+    if isinstance(store, Store):
         yield store
-    elif isinstance(store, App):
+        return
+    # Imported only here: the App imports this package's users, and importing
+    # it (the worker, sensors, sources) costs a first call ~0.1 s of CPU.
+    from ferryman.app import App
+
+    if isinstance(store, App):
         yield store.store
     else:
         owned = Store(store or os.environ.get("FERRYMAN_STORE") or DEFAULT_STORE)

@@ -19,7 +19,7 @@ from typing import Any
 from ferryman.model import Transfer, TransferPart
 
 
-def sha256_b64(data: bytes | memoryview) -> str:
+def sha256_b64(data: bytes | bytearray | memoryview) -> str:
     """The SHA-256 of ``data`` as S3's ``ChecksumSHA256`` header wants it."""
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 

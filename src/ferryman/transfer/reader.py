@@ -7,6 +7,12 @@ part at a time as it grows, and finished once it has not changed for
 is fixed, so the last, short part really is the last. The whole file's
 SHA-256 is computed on the way, from the bytes the parts carry.
 
+A part's bytes are read into a buffer the upload reuses (:class:`PartBuffers`):
+no part-sized allocation (and its page faults) per part, and the body handed
+to botocore is a ``bytearray``, which it sends as it is; ``bytes`` it would
+wrap in a ``BytesIO`` and copy again, 128 KiB at a time, on the way to the
+socket (about 0.2 s of CPU per GiB).
+
 Anything that makes the file unfit to upload as it stands — gone, changed
 behind the reader, too large for S3's parts — is a :class:`SourceError`
 carrying the reason the transfer records.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,13 +56,48 @@ class Follow:
     poll_interval: float
 
 
+class PartBuffers:
+    """Part-sized buffers, handed back once a part is done with and read into again.
+
+    At most ``keep`` are kept: the part being read and those in flight,
+    which bounds the memory as before. A buffer of another size (the short
+    last part) is made for its part alone and not kept.
+    """
+
+    def __init__(self, part_size: int, keep: int) -> None:
+        self.part_size = part_size
+        self.keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        if size == self.part_size:
+            with self._lock:
+                if self._free:
+                    return self._free.pop()
+        return bytearray(size)
+
+    def give_back(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(buffer) == self.part_size and len(self._free) < self.keep:
+                self._free.append(buffer)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Part:
-    """One part's bytes as read from the file."""
+    """One part's bytes as read from the file, in a buffer of ``buffers``.
+
+    Whoever is last to need the bytes calls :meth:`release`; after that the
+    buffer is read into again and ``data`` no longer holds this part.
+    """
 
     number: int
     start: int
-    data: bytes
+    data: bytearray
+    buffers: PartBuffers
+
+    def release(self) -> None:
+        self.buffers.give_back(self.data)
 
 
 class PartReader:
@@ -69,9 +111,11 @@ class PartReader:
         follow: Follow | None,
         file_sha256: bool,
         on_final_size: Callable[[int], None],
+        buffers_kept: int,
     ) -> None:
         self.path = path
         self.part_size = part_size
+        self.buffers = PartBuffers(part_size, buffers_kept)
         self.follow = follow
         self.on_final_size = on_final_size
         self.start = os.stat(path)
@@ -98,7 +142,7 @@ class PartReader:
 
         ``between`` runs before each part and while waiting for the file to
         grow (it raises to stop the reading). A part is yielded without a
-        reference kept here, so its bytes are freed once the consumer drops them.
+        reference kept here; its consumer releases it (:meth:`Part.release`).
         """
         number = 1
         while True:
@@ -165,12 +209,19 @@ class PartReader:
         return stat.st_size
 
     def _read(self, source: int, number: int, offset: int, length: int) -> Part:
-        data = os.pread(source, length, offset)
-        if len(data) != length:
-            raise SourceError("source_changed", f"{self.path} was truncated while being read")
+        data = self.buffers.take(length)
+        view = memoryview(data)
+        filled = 0
+        while filled < length:
+            count = os.preadv(source, [view[filled:]], offset + filled)
+            if count == 0:
+                self.buffers.give_back(data)
+                raise SourceError("source_changed", f"{self.path} was truncated while being read")
+            filled += count
+        view.release()  # no view outlives the read: the part's consumer owns the buffer
         if self._whole is not None:
             self._whole.update(data)
-        return Part(number=number, start=offset, data=data)
+        return Part(number=number, start=offset, data=data, buffers=self.buffers)
 
 
 def hash_file(path: Path, size: int) -> str:

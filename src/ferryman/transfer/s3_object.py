@@ -58,9 +58,13 @@ class S3Object:
         return str(created["UploadId"])
 
     def upload_part(
-        self, upload_id: str, number: int, data: bytes, checksum: str, *, retry_key: str
+        self, upload_id: str, number: int, data: bytearray, checksum: str, *, retry_key: str
     ) -> str:
-        """Send one part with its SHA-256 (``checksum``, base64); the ETag S3 gave it."""
+        """Send one part with its SHA-256 (``checksum``, base64); the ETag S3 gave it.
+
+        A ``bytearray``: botocore sends it as it is (``bytes`` it would copy
+        into a ``BytesIO`` and read back in blocks).
+        """
         response = self.s3(
             "upload_part",
             retry_key,

@@ -88,6 +88,7 @@ class PartSender:
     def _send_part(self, box: list[Part]) -> None:
         part = box.pop()
         number, start, size = part.number, part.start, len(part.data)
+        give_back = part.release  # the buffer goes back to be read into again
         released = False
         try:
             if self.hold.lost is not None:
@@ -102,8 +103,10 @@ class PartSender:
                 retry_key=f"{self.hold.fence.transfer_id}:{number}",
             )
             # S3 has the bytes: let the next part start sending while this one's
-            # row commits (an fsync). Memory stays bounded, since the bytes are
-            # dropped here; the part still counts only once its row is committed.
+            # row commits (an fsync). Memory stays bounded, since the buffer is
+            # given back here, before the slot; the part still counts only once
+            # its row is committed.
+            give_back()
             del part
             self._slots.release()
             released = True
@@ -114,6 +117,7 @@ class PartSender:
             self.counter.count(size)
         finally:
             if not released:
+                give_back()
                 self._slots.release()
 
     def _commit(self, part: ConfirmedPart) -> None:

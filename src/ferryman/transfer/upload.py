@@ -280,6 +280,8 @@ class Uploader:
             follow=self._follow(),
             file_sha256=self.options.file_sha256,
             on_final_size=self._total_known,
+            # The part being read and the parts in flight: the memory bound stays.
+            buffers_kept=self.options.concurrency + 1,
         )
         shrunk = reader.shrunk_below(plan.confirmed_end)
         if shrunk is not None:
@@ -318,12 +320,12 @@ class Uploader:
             confirmed = plan.confirmed.get(part.number)
             if confirmed is not None:
                 self._check_confirmed(transfer, confirmed, part.data)
+                part.release()
             elif (adopted := adoptable(part, plan.unconfirmed.get(part.number))) is not None:
+                part.release()
                 sender.adopt(adopted)
             else:
-                sender.send(part)
-            # The bytes must not outlive their trip to S3: the sender drops its
-            # reference once they are sent, and this one would last a part longer.
+                sender.send(part)  # the sender releases it once S3 has the bytes
             del part
 
     def _sender(self, upload_id: str) -> PartSender:
@@ -347,7 +349,7 @@ class Uploader:
     def _total_known(self, size: int) -> None:
         self.counter.total = size
 
-    def _check_confirmed(self, transfer: Transfer, part: TransferPart, data: bytes) -> None:
+    def _check_confirmed(self, transfer: Transfer, part: TransferPart, data: bytearray) -> None:
         if len(data) != part.size or sha256_b64(data) != part.sha256:
             self._changed(
                 transfer,
