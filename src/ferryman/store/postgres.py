@@ -123,6 +123,20 @@ ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
                     %(concurrency_key)b::text[], %(concurrency_digest)b::bytea[])
                     WITH ORDINALITY""",
 )
+# The same batch, for keys taken to be new: a plain insert. ON CONFLICT inserts
+# each row speculatively (a check of the unique index before the insert, a
+# speculative lock, a confirmation record in the WAL), 10-20 % of the batch's
+# server time (measured). A key that exists after all fails the whole statement
+# on the unique index, so nothing of it is committed or notified, and the batch
+# goes again as ENQUEUE_MANY: dedupe rests on the unique index either way.
+ENQUEUE_MANY_NEW = ENQUEUE_MANY.replace("\n        ON CONFLICT (key_digest) DO NOTHING", "")
+# The constraint such a key meets (named by the schema's naming convention).
+_KEY_DIGEST_UNIQUE = next(
+    str(constraint.name)
+    for constraint in runs.constraints
+    if isinstance(constraint, sa.UniqueConstraint)
+    and [column.name for column in constraint.columns] == ["key_digest"]
+)
 # One run, the common submit, without what only a batch needs (the input relation,
 # its order, DISTINCT wake-ups): the clock read once, so the run's times agree; its
 # log row at the run's creation; the wake-up sent only if the run was created.
@@ -244,15 +258,31 @@ class PostgresBackend(Backend):
         return [(row.id, bytes(row.key_digest)) for row in rows]
 
     enqueues_committed = True
+    # Whether the last batch met keys that existed: the next one is then written
+    # with ON CONFLICT at once (a producer resubmitting its keys pays for no failed
+    # statement), until a batch finds every key new again. Guarded by the submit lock.
+    _batches_meet_existing_keys = False
 
     def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
-        """One autocommit statement (ENQUEUE_ONE, _MANY) on the submit connection."""
+        """One autocommit statement (ENQUEUE_ONE, _MANY_NEW or _MANY) on the submit connection.
+
+        ``new_runs`` have one key each (the caller merged them).
+        """
+        submits = self._submits
         if len(new_runs) == 1:
-            statement, params = ENQUEUE_ONE, _one_row(new_runs[0])
-        else:
-            statement, params = ENQUEUE_MANY, _arrays(new_runs)
-        with self._submits.lock:
-            return self._submits.rows(statement, params)
+            with submits.lock:
+                return submits.rows(ENQUEUE_ONE, _one_row(new_runs[0]))
+        params = _arrays(new_runs)
+        with submits.lock:
+            if not self._batches_meet_existing_keys:
+                try:
+                    return submits.rows(ENQUEUE_MANY_NEW, params)
+                except sa.exc.IntegrityError as exc:
+                    if _constraint(exc) != _KEY_DIGEST_UNIQUE:
+                        raise
+            created = submits.rows(ENQUEUE_MANY, params)
+            self._batches_meet_existing_keys = len(created) < len(new_runs)
+            return created
 
     @property
     def _submits(self) -> SubmitConnection:
@@ -375,6 +405,12 @@ class PostgresBackend(Backend):
             return False
         # No SQLSTATE on an operational error: the server never answered.
         return error.sqlstate is None or error.sqlstate.startswith(FAILURES)
+
+
+def _constraint(error: sa.exc.DBAPIError) -> str | None:
+    """The constraint a statement violated, as the server named it."""
+    diagnostic = getattr(error.orig, "diag", None)
+    return None if diagnostic is None else diagnostic.constraint_name
 
 
 def _one_row(new: NewRun) -> dict[str, Any]:
