@@ -10,6 +10,7 @@ the runs that existed, one ``requested`` row per run.
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -109,3 +110,45 @@ def test_a_batch_waiting_on_a_key_another_transaction_writes_dedupes_against_it(
         assert conn.scalar(sa.select(sa.func.count()).select_from(runs)) == len(keys)
     app.close()
     other.close()
+
+
+def test_each_run_of_a_batch_keeps_its_own_options_and_alike_runs_share_theirs(
+    make_app: type[fm.App],
+) -> None:
+    """On PostgreSQL a batch of one job's runs with the same options sends those
+    once (``ENQUEUE_ALIKE``), any other batch per run; both write what was asked."""
+    app = make_app()
+
+    @app.job(max_attempts=2, key_concurrency=1)
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    @app.job(max_attempts=7)
+    def store(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    later = datetime.now(UTC) + timedelta(days=3)
+    app.submit("load", fm.RunRequest("first", concurrency_key="c"))  # marks the job keyed
+    alike = [
+        fm.RunRequest(f"a{i}", {"i": i}, priority=5, not_before=later, concurrency_key="c")
+        for i in range(4)
+    ]
+    app.submit("load", *alike)
+    app.submit(
+        "load",
+        fm.RunRequest("m0", {"i": 0}, priority=1),
+        fm.RunRequest("m1", {"i": 1}, not_before=later, concurrency_key="d"),
+        fm.RunRequest("m2", {"i": 2}, job="store", priority=-3),
+    )
+
+    by_key = {run.run_key: run for run in app.get_runs()}
+    seen = {
+        key: (r.job, r.payload, r.priority, r.max_attempts, r.concurrency_key, r.available_at)
+        for key, r in by_key.items()
+        if key != "first"
+    }
+    created = {key: by_key[key].created_at for key in seen}
+    assert seen == {
+        **{f"a{i}": ("load", {"i": i}, 5, 2, "c", later) for i in range(4)},
+        "m0": ("load", {"i": 0}, 1, 2, None, created["m0"]),
+        "m1": ("load", {"i": 1}, 0, 2, "d", later),
+        "m2": ("store", {"i": 2}, -3, 7, None, created["m2"]),
+    }

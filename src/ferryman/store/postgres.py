@@ -24,6 +24,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
 import psycopg
@@ -123,13 +124,39 @@ ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
                     %(concurrency_key)b::text[], %(concurrency_digest)b::bytea[])
                     WITH ORDINALITY""",
 )
-# The same batch, for keys taken to be new: a plain insert. ON CONFLICT inserts
-# each row speculatively (a check of the unique index before the insert, a
-# speculative lock, a confirmation record in the WAL), 10-20 % of the batch's
-# server time (measured). A key that exists after all fails the whole statement
-# on the unique index, so nothing of it is committed or notified, and the batch
-# goes again as ENQUEUE_MANY: dedupe rests on the unique index either way.
-ENQUEUE_MANY_NEW = ENQUEUE_MANY.replace("\n        ON CONFLICT (key_digest) DO NOTHING", "")
+# Runs alike in all but key and payload (one job's, with the same options: the
+# usual ``app.submit(job, *requests)``) send the rest once, as values: three
+# arrays to encode and unnest instead of ten, 1.2 ms less of the client's CPU and
+# 1.6 ms less of the server's per 1,000 runs (measured, of about 3 and 15).
+ENQUEUE_ALIKE = _ENQUEUE_COMMITTED.replace(
+    "{input}",
+    """(SELECT %(job)s::text, run_key, key_digest, payload, %(max_attempts)s::integer,
+                    %(delay)s::float8, %(not_before)s::float8, %(priority)s::integer,
+                    %(concurrency_key)s::text, %(concurrency_digest)s::bytea, position
+             FROM unnest(%(run_key)b::text[], %(key_digest)b::bytea[], %(payload)b::text[])
+                  WITH ORDINALITY AS alike(run_key, key_digest, payload, position))""",
+)
+# (The concurrency key's digest follows the key.)
+_SHARED_BY_ALIKE = attrgetter(
+    "job", "max_attempts", "delay", "not_before", "priority", "concurrency_key"
+)
+
+
+def _for_new_keys(statement: str) -> str:
+    """``statement`` for keys taken to be new: a plain insert.
+
+    ON CONFLICT inserts each row speculatively (a check of the unique index
+    before the insert, a speculative lock, a confirmation record in the WAL),
+    8-12 % of a batch's server CPU (measured). A key that exists after all
+    fails the whole statement on the unique index, so nothing of it is
+    committed or notified, and the batch goes again with ON CONFLICT: dedupe
+    rests on the unique index either way.
+    """
+    return statement.replace("\n        ON CONFLICT (key_digest) DO NOTHING", "")
+
+
+ENQUEUE_MANY_NEW = _for_new_keys(ENQUEUE_MANY)
+ENQUEUE_ALIKE_NEW = _for_new_keys(ENQUEUE_ALIKE)
 # The constraint such a key meets (named by the schema's naming convention).
 _KEY_DIGEST_UNIQUE = next(
     str(constraint.name)
@@ -264,7 +291,7 @@ class PostgresBackend(Backend):
     _batches_meet_existing_keys = False
 
     def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
-        """One autocommit statement (ENQUEUE_ONE, _MANY_NEW or _MANY) on the submit connection.
+        """One autocommit statement on the submit connection (ENQUEUE_ONE, _ALIKE, _MANY).
 
         ``new_runs`` have one key each (the caller merged them).
         """
@@ -272,15 +299,19 @@ class PostgresBackend(Backend):
         if len(new_runs) == 1:
             with submits.lock:
                 return submits.rows(ENQUEUE_ONE, _one_row(new_runs[0]))
-        params = _arrays(new_runs)
+        shared = _SHARED_BY_ALIKE(new_runs[0])
+        if all(_SHARED_BY_ALIKE(new) == shared for new in new_runs):
+            new_keys, deduplicating, params = ENQUEUE_ALIKE_NEW, ENQUEUE_ALIKE, _alike(new_runs)
+        else:
+            new_keys, deduplicating, params = ENQUEUE_MANY_NEW, ENQUEUE_MANY, _arrays(new_runs)
         with submits.lock:
             if not self._batches_meet_existing_keys:
                 try:
-                    return submits.rows(ENQUEUE_MANY_NEW, params)
+                    return submits.rows(new_keys, params)
                 except sa.exc.IntegrityError as exc:
                     if _constraint(exc) != _KEY_DIGEST_UNIQUE:
                         raise
-            created = submits.rows(ENQUEUE_MANY, params)
+            created = submits.rows(deduplicating, params)
             self._batches_meet_existing_keys = len(created) < len(new_runs)
             return created
 
@@ -425,6 +456,23 @@ def _one_row(new: NewRun) -> dict[str, Any]:
         "priority": new.priority,
         "concurrency_key": new.concurrency_key,
         "concurrency_digest": new.concurrency_digest,
+    }
+
+
+def _alike(new_runs: Sequence[NewRun]) -> dict[str, Any]:
+    """Parameters of ENQUEUE_ALIKE: the first run's options, everyone's key and payload."""
+    first = new_runs[0]
+    return {
+        "job": first.job,
+        "max_attempts": first.max_attempts,
+        "delay": first.delay,
+        "not_before": first.not_before,
+        "priority": first.priority,
+        "concurrency_key": first.concurrency_key,
+        "concurrency_digest": first.concurrency_digest,
+        "run_key": [new.run_key for new in new_runs],
+        "key_digest": [new.key_digest for new in new_runs],
+        "payload": [new.payload_json for new in new_runs],
     }
 
 
