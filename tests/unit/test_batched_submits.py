@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
+from ferryman.store.keys import concurrency_key_digest
 from ferryman.store.schema import run_events, runs
 from tests.helpers import wait_until
 
@@ -151,4 +152,12 @@ def test_each_run_of_a_batch_keeps_its_own_options_and_alike_runs_share_theirs(
         "m0": ("load", {"i": 0}, 1, 2, None, created["m0"]),
         "m1": ("load", {"i": 1}, 0, 2, "d", later),
         "m2": ("store", {"i": 2}, -3, 7, None, created["m2"]),
+    }
+    with app.engine.connect() as conn:
+        digests = dict(conn.execute(sa.select(runs.c.run_key, runs.c.concurrency_digest)).all())
+    assert {key: digests[key] for key in ("a0", "a3", "m1", "m2")} == {
+        "a0": concurrency_key_digest("c"),
+        "a3": concurrency_key_digest("c"),
+        "m1": concurrency_key_digest("d"),
+        "m2": None,
     }
