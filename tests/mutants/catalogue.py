@@ -128,6 +128,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         (f"{CONTRACT}::test_duplicate_run_keys_yield_one_run[postgres]",),
     ),
+    Mutation(
+        "a batch that meets an existing key is not written again with ON CONFLICT (PostgreSQL)",
+        ONE_RUN,
+        one(POSTGRES, "if _constraint(exc) != _KEY_DIGEST_UNIQUE:", "if True:"),
+        (
+            "tests/unit/test_batched_submits.py::"
+            "test_batches_repeating_some_keys_create_only_the_new_ones[postgres]",
+        ),
+    ),
     # -- effects through ctx.transaction() ----------------------------------------
     Mutation(
         "success write without the lease-token predicate (PostgreSQL)",
