@@ -24,16 +24,24 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
 from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff
 from ferryman.store import faults
-from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, bindable, safe_url
+from ferryman.store.dialect import (
+    CONNECT_TIMEOUT_S,
+    Backend,
+    ClaimRequest,
+    Prepared,
+    bindable,
+    safe_url,
+)
 from ferryman.store.postgres_leases import (
     CLAIM_DUE,
     LEASE_QUEUED,
@@ -281,6 +289,26 @@ class PostgresBackend(Backend):
             "expires": request.expires_at,
         }
         return [*claimed, *driver_rows(conn, CLAIM_DUE, params)]
+
+    def prepared(self, statement: sa.Executable) -> Prepared:
+        # On psycopg's cursor, as the plain claim: a limited claim reads up to a
+        # claim's worth of due runs, and SQLAlchemy's rows cost microseconds each.
+        assert isinstance(statement, sa.ClauseElement)
+        compiled = statement.compile(dialect=self.engine.dialect)
+        sql, defaults = compiled.string, dict(compiled.params)
+
+        def rows(conn: sa.Connection, params: dict[str, Any]) -> Sequence[Any]:
+            driver = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+            cursor = driver.cursor(row_factory=namedtuple_row)
+            try:
+                cursor.execute(sql, {**defaults, **params}, prepare=True)
+                return cursor.fetchall() if cursor.description is not None else []
+            except psycopg.Error as exc:
+                raise faults.driver_error(sql, exc, driver) from exc
+            finally:
+                cursor.close()
+
+        return rows
 
     def lease_queued(
         self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest

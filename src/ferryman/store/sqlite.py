@@ -45,7 +45,14 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
 from ferryman.model import RunEventKind, RunStatus
 from ferryman.store import faults
-from ferryman.store.dialect import Backend, ClaimRequest, bindable, safe_url, translated_errors
+from ferryman.store.dialect import (
+    Backend,
+    ClaimRequest,
+    Prepared,
+    bindable,
+    safe_url,
+    translated_errors,
+)
 from ferryman.store.group_commit import GroupCommit
 from ferryman.store.run_rows import (
     CLAIMED_COLUMNS,
@@ -404,6 +411,12 @@ class SQLiteBackend(Backend):
         if created:
             LOG_REQUESTED.rows(conn, {"after": after, "now": now})
         return created
+
+    def prepared(self, statement: sa.Executable) -> Prepared:
+        # On the driver, as the plain claim: a limited claim reads its due runs
+        # and its job's bucket while holding the write lock too.
+        assert isinstance(statement, sa.ClauseElement)
+        return DriverStatement(statement).rows
 
     def expired_leases(
         self, conn: sa.Connection, *, now: float, jobs: Sequence[str], limit: int
