@@ -59,6 +59,10 @@ def bindable(row: Mapping[str, Any]) -> bool:
     return not any(isinstance(value, sa.ClauseElement) for value in row.values())
 
 
+# A statement ready to run (Backend.prepared): its rows, read by name and position.
+Prepared = Callable[[sa.Connection, dict[str, Any]], Sequence[Any]]
+
+
 class Backend:
     """The engines, clock and SQL of one store database (see the module)."""
 
@@ -158,6 +162,15 @@ class Backend:
             yield conn
 
     # -- rows ----------------------------------------------------------------
+
+    def prepared(self, statement: sa.Executable) -> Prepared:
+        """``statement``, to be run many times: its rows for the parameters given."""
+
+        def rows(conn: sa.Connection, params: dict[str, Any]) -> Sequence[Any]:
+            result = conn.execute(statement, params)
+            return result.all() if result.returns_rows else []  # an UPDATE: none
+
+        return rows
 
     def clock(self, conn: sa.Connection) -> float:
         """The database's time now, in seconds since the epoch."""

@@ -132,9 +132,22 @@ class Limits:
             self._lock = sa.select(bucket.c.tokens, bucket.c.refilled_at, backend.now.label("now"))
             self._due_one_per_key = _due(counted=False, clock=backend.now)
             self._due_counted = _due(counted=True, clock=backend.now)
-        self._count_running = sa.select(sa.func.count()).where(
+        count_running = sa.select(sa.func.count()).where(
             runs.c.job == sa.bindparam("job"), runs.c.status == RunStatus.RUNNING.value
         )
+        # Named apart from the columns, as an UPDATE's parameters must be.
+        charge = (
+            job_limits.update()
+            .where(job_limits.c.job == sa.bindparam("charged_job"))
+            .values(tokens=sa.bindparam("tokens_left"), refilled_at=sa.bindparam("charged_at"))
+        )
+        # Run as the backend runs its hot statements (SQLite: on the driver).
+        prepared = backend.prepared
+        self._lock_rows = prepared(self._lock)
+        self._due_one_per_key_rows = prepared(self._due_one_per_key)
+        self._due_counted_rows = prepared(self._due_counted)
+        self._count_running_rows = prepared(count_running)
+        self._charge_rows = prepared(charge)
 
     def limited_jobs(
         self, conn: sa.Connection, jobs: Sequence[str], limits: Mapping[str, JobLimits]
@@ -174,7 +187,7 @@ class Limits:
         if tokens is not None:
             room = min(room, math.floor(tokens))
         if limits.concurrency is not None and room > 0:
-            running = conn.execute(self._count_running, {"job": job}).scalar_one()
+            running = self._count_running_rows(conn, {"job": job})[0][0]
             room = min(room, limits.concurrency - running)
         admitted, counted_at = (
             self._pick(conn, job, limits.key_concurrency, room, now) if room > 0 else ([], None)
@@ -186,19 +199,15 @@ class Limits:
         return admitted, self.backend.clock(conn) if counted_at is None else counted_at
 
     def charge(self, conn: sa.Connection, job: str, tokens: float, now: float) -> None:
-        conn.execute(
-            job_limits.update()
-            .where(job_limits.c.job == job)
-            .values(tokens=tokens, refilled_at=now)
-        )
+        self._charge_rows(conn, {"charged_job": job, "tokens_left": tokens, "charged_at": now})
 
     def _lock_job(self, conn: sa.Connection, job: str) -> Any:
         """Lock the job's row, made first if absent; its rate bucket as it stands."""
-        row = conn.execute(self._lock, {"job": job}).first()
-        if row is None:
+        rows = self._lock_rows(conn, {"job": job})
+        if not rows:
             self.mark_keyed(conn, [job])
-            row = conn.execute(self._lock, {"job": job}).one()
-        return row
+            rows = self._lock_rows(conn, {"job": job})
+        return rows[0]
 
     @staticmethod
     def _tokens(bucket: Any, rate: Rate | None, now: float) -> float | None:
@@ -220,11 +229,11 @@ class Limits:
         Also the database's clock as the statement that counted them read it,
         where the statement reads it (see ``Backend.clock_follows_locks``).
         """
-        due = self._due_one_per_key if key_concurrency == 1 else self._due_counted
+        due = self._due_one_per_key_rows if key_concurrency == 1 else self._due_counted_rows
         params = {"job": job, "now": now, "key_concurrency": key_concurrency}
         scan = room + SCAN_SLACK
         while True:
-            rows = conn.execute(due, {**params, "scan": scan}).all()
+            rows = due(conn, {**params, "scan": scan})
             picked = _in_key_limits(rows, key_concurrency, room)
             if len(picked) >= room or len(rows) < scan or scan > room + SCAN_SLACK:
                 counted_at = float(rows[-1].clock) if rows and self._clock_in_statements else None

@@ -25,16 +25,24 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
 from ferryman.errors import ConfigurationError
 from ferryman.model import Backoff
 from ferryman.store import faults
-from ferryman.store.dialect import CONNECT_TIMEOUT_S, Backend, ClaimRequest, bindable, safe_url
+from ferryman.store.dialect import (
+    CONNECT_TIMEOUT_S,
+    Backend,
+    ClaimRequest,
+    Prepared,
+    bindable,
+    safe_url,
+)
 from ferryman.store.postgres_leases import (
     CLAIM_DUE,
     LEASE_QUEUED,
@@ -42,6 +50,7 @@ from ferryman.store.postgres_leases import (
     SUCCEED_ONE,
     driver_rows,
 )
+from ferryman.store.postgres_submits import SubmitConnection
 from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
 from ferryman.store.schema import run_events, runs
 from ferryman.supervise import supervised
@@ -343,6 +352,26 @@ class PostgresBackend(Backend):
         }
         return [*claimed, *driver_rows(conn, CLAIM_DUE, params)]
 
+    def prepared(self, statement: sa.Executable) -> Prepared:
+        # On psycopg's cursor, as the plain claim: a limited claim reads up to a
+        # claim's worth of due runs, and SQLAlchemy's rows cost microseconds each.
+        assert isinstance(statement, sa.ClauseElement)
+        compiled = statement.compile(dialect=self.engine.dialect)
+        sql, defaults = compiled.string, dict(compiled.params)
+
+        def rows(conn: sa.Connection, params: dict[str, Any]) -> Sequence[Any]:
+            driver = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+            cursor = driver.cursor(row_factory=namedtuple_row)
+            try:
+                cursor.execute(sql, {**defaults, **params}, prepare=True)
+                return cursor.fetchall() if cursor.description is not None else []
+            except psycopg.Error as exc:
+                raise faults.driver_error(sql, exc, driver) from exc
+            finally:
+                cursor.close()
+
+        return rows
+
     def lease_queued(
         self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
     ) -> list[Any]:
@@ -514,45 +543,6 @@ RECONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=10.0)
 # How often the thread looks up from its wait to see whether it should stop:
 # stop() waits for it, and a stopping worker should not linger for it.
 STOP_CHECK = 0.2
-
-
-class SubmitConnection:
-    """The connection a process's submits are written on: one, in autocommit.
-
-    Submits go out one statement at a time (:mod:`ferryman.store.shared_submits`),
-    so one connection serves them all, without a pool's checkout and reset
-    around each. Opened on first use; a connection that broke is dropped, and
-    the next submit opens another.
-    """
-
-    def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
-        self._conn: psycopg.Connection[Any] | None = None
-        self._cursor: psycopg.Cursor[Any] | None = None  # kept: one cursor serves every submit
-        self.lock = threading.Lock()  # one statement at a time on it
-        self.pid = os.getpid()
-
-    def rows(self, statement: str, params: dict[str, Any]) -> list[tuple[int, bytes]]:
-        """Run ``statement``, committed on return; errors raised as SQLAlchemy raises them."""
-        conn, cursor = self._conn, self._cursor
-        try:
-            if conn is None or cursor is None:
-                conn = self._conn = psycopg.connect(
-                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                )
-                cursor = self._cursor = conn.cursor()
-            # Prepared on first use: PostgreSQL parses and plans each statement once.
-            cursor.execute(statement, params, prepare=True)
-            return [(row[0], bytes(row[1])) for row in cursor.fetchall()]
-        except psycopg.Error as exc:
-            if conn is not None and (conn.broken or conn.closed):
-                self._conn = self._cursor = None
-            raise faults.driver_error(statement, exc, conn) from exc
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = self._cursor = None
 
 
 class Listener:

@@ -7,7 +7,7 @@ keying and executing those statements cost many times what SQLite spends on
 them, and on SQLite that time is spent holding the database's single write
 lock. Here the three row-by-row steps run as Core statements compiled once
 to SQLite's SQL and executed on the driver's cursor
-(:class:`~ferryman.store.sqlite.DriverStatement`, as the worker's hot paths
+(:class:`~ferryman.store.sqlite_driver.DriverStatement`, as the worker's hot paths
 are): the evaluations and the deliveries one row at a time (each insert says
 which row it made), the runs' counts with ``executemany``. Same statements,
 same semantics, same transaction.
@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ferryman.store.push_batches import PushBatches
 from ferryman.store.schema import push_deliveries, sensor_evaluations
-from ferryman.store.sqlite import DriverStatement
+from ferryman.store.sqlite_driver import DriverStatement
 
 __all__ = ["SQLitePushBatches"]
 
