@@ -18,10 +18,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
+import selectors
+import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
@@ -540,9 +543,6 @@ _REFUSALS = (
 _REFUSAL_SQLSTATES = ("3D000", "28000", "28P01")  # no database; role or password
 
 RECONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=10.0)
-# How often the thread looks up from its wait to see whether it should stop:
-# stop() waits for it, and a stopping worker should not linger for it.
-STOP_CHECK = 0.2
 
 
 class Listener:
@@ -552,6 +552,9 @@ class Listener:
         self._conninfo = conninfo
         self._on_job = on_job
         self._stop = threading.Event()
+        # stop() writes a byte here to end the wait for notifications at once:
+        # a stopping worker waits for this thread, and every worker stops once.
+        self._wake_up, self._woken = socket.socketpair()
         # Restarted after a crash (of on_job, say): listening again is always safe.
         self._thread = supervised(
             name, self._run, restart=RECONNECT_BACKOFF, stop=self._stop, start=False
@@ -563,8 +566,13 @@ class Listener:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop listening; return once the thread and its connection are gone (or ``timeout``)."""
         self._stop.set()
+        with contextlib.suppress(OSError):  # closed: stopped before
+            self._wake_up.send(b"\0")
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._wake_up.close()
+            self._woken.close()
 
     def _run(self) -> None:
         failures = 0
@@ -573,9 +581,7 @@ class Listener:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     failures = 0
-                    while not self._stop.is_set():
-                        for notification in conn.notifies(timeout=STOP_CHECK):
-                            self._on_job(notification.payload)
+                    self._listen(conn)
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     return  # stopped while waiting: a connection closed under us is no news
@@ -583,3 +589,14 @@ class Listener:
                 delay = RECONNECT_BACKOFF.delay(failures, self._thread.name)
                 log.warning("wake-up listener lost its connection, polling meanwhile: %s", exc)
                 self._stop.wait(delay)
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        """Hand each notification to ``on_job`` until stopped; raises if the connection fails."""
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(conn.fileno(), selectors.EVENT_READ)
+            waiting.register(self._woken, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                for key, _ in waiting.select():
+                    if key.fileobj is not self._woken:  # notifications, or the connection's end
+                        for notification in conn.notifies(timeout=0):
+                            self._on_job(notification.payload)

@@ -1,0 +1,100 @@
+"""The PostgreSQL wake-up listener: it hears its jobs' runs, and it stops at once.
+
+A worker stops its listener on the way out of ``work()``, so the listener's
+wait for notifications must end when it is stopped, not at its next look up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+
+import psycopg
+import sqlalchemy as sa
+
+import ferryman as fm
+from tests.helpers import wait_until
+
+
+def _listening_backends(pg_url: str) -> int:
+    """Connections of this database that wait for notifications (LISTEN), now."""
+    with psycopg.connect(_admin_url(pg_url)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_stopped_listener_is_gone_with_its_connection(pg_url: str) -> None:
+    app = fm.App(pg_url)
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    woken: queue.Queue[str] = queue.Queue()
+    listener = app.store.listener(woken.put, name="test-listener")
+    assert listener is not None
+    listener.start()
+    try:
+        # Listening (a wake-up arrived), and waiting for the next one when stopped.
+        wait_until(_woken_by_a_submit(app, woken), what="a wake-up for job load")
+        assert _listening_backends(pg_url) == 1
+        listener.stop()
+        assert "test-listener" not in {thread.name for thread in threading.enumerate()}
+        wait_until(lambda: _listening_backends(pg_url) == 0, what="the listener's backend gone")
+        listener.stop()  # a second stop is harmless
+    finally:
+        listener.stop()
+        app.close()
+
+
+def test_a_listener_whose_connection_is_cut_listens_again(pg_url: str) -> None:
+    app = fm.App(pg_url)
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    woken: queue.Queue[str] = queue.Queue()
+    listener = app.store.listener(woken.put, name="test-listener")
+    assert listener is not None
+    listener.start()
+    try:
+        wait_until(_woken_by_a_submit(app, woken), what="a wake-up for job load")
+        _terminate_listening_backends(pg_url)
+        wait_until(lambda: _listening_backends(pg_url) == 0, what="the listener's backend gone")
+        wait_until(_woken_by_a_submit(app, woken), what="a wake-up after reconnecting")
+    finally:
+        listener.stop()
+        app.close()
+    assert "test-listener" not in {thread.name for thread in threading.enumerate()}
+
+
+def _woken_by_a_submit(app: fm.App, woken: queue.Queue[str]) -> Callable[[], bool]:
+    """A condition for wait_until: a new run of job load woke the listener."""
+    submitted = itertools.count()
+
+    def woken_once() -> bool:
+        app.submit("load", fm.RunRequest(f"k{next(submitted)}-{uuid.uuid4().hex}", {}))
+        try:
+            return woken.get(timeout=0.2) == "load"
+        except queue.Empty:
+            return False
+
+    return woken_once
+
+
+def _terminate_listening_backends(pg_url: str) -> None:
+    with psycopg.connect(_admin_url(pg_url), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+        )
+
+
+def _admin_url(pg_url: str) -> str:
+    return sa.make_url(pg_url).set(drivername="postgresql").render_as_string(False)
