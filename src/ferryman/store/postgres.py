@@ -18,14 +18,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import re
-import selectors
-import socket
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any, cast
@@ -36,7 +32,6 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
 from ferryman.errors import ConfigurationError
-from ferryman.model import Backoff
 from ferryman.store import faults
 from ferryman.store.dialect import (
     CONNECT_TIMEOUT_S,
@@ -46,6 +41,7 @@ from ferryman.store.dialect import (
     bindable,
     safe_url,
 )
+from ferryman.store.postgres_connections import CHANNEL, Listener, SubmitConnection
 from ferryman.store.postgres_leases import (
     CLAIM_DUE,
     LEASE_QUEUED,
@@ -53,14 +49,11 @@ from ferryman.store.postgres_leases import (
     SUCCEED_ONE,
     driver_rows,
 )
-from ferryman.store.postgres_submits import SubmitConnection
 from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
 from ferryman.store.schema import run_events, runs
-from ferryman.supervise import supervised
 
 log = logging.getLogger("ferryman.store")
 
-CHANNEL = "ferryman_runs"  # the wake-ups' (payload: the job)
 
 CLOCK: sa.ColumnElement[float] = sa.literal_column(
     "extract(epoch from clock_timestamp())::float8", sa.Double()
@@ -541,62 +534,3 @@ _REFUSALS = (
     ("no password supplied", "put the password in the store URL or in ~/.pgpass"),
 )
 _REFUSAL_SQLSTATES = ("3D000", "28000", "28P01")  # no database; role or password
-
-RECONNECT_BACKOFF = Backoff(base=0.2, factor=2.0, max=10.0)
-
-
-class Listener:
-    """A named background thread that calls ``on_job(job)`` for each notification."""
-
-    def __init__(self, conninfo: str, on_job: Callable[[str], None], *, name: str) -> None:
-        self._conninfo = conninfo
-        self._on_job = on_job
-        self._stop = threading.Event()
-        # stop() writes a byte here to end the wait for notifications at once:
-        # a stopping worker waits for this thread, and every worker stops once.
-        self._wake_up, self._woken = socket.socketpair()
-        # Restarted after a crash (of on_job, say): listening again is always safe.
-        self._thread = supervised(
-            name, self._run, restart=RECONNECT_BACKOFF, stop=self._stop, start=False
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop listening; return once the thread and its connection are gone (or ``timeout``)."""
-        self._stop.set()
-        with contextlib.suppress(OSError):  # closed: stopped before
-            self._wake_up.send(b"\0")
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self._wake_up.close()
-            self._woken.close()
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    failures = 0
-                    self._listen(conn)
-            except psycopg.Error as exc:
-                if self._stop.is_set():
-                    return  # stopped while waiting: a connection closed under us is no news
-                failures += 1
-                delay = RECONNECT_BACKOFF.delay(failures, self._thread.name)
-                log.warning("wake-up listener lost its connection, polling meanwhile: %s", exc)
-                self._stop.wait(delay)
-
-    def _listen(self, conn: psycopg.Connection[Any]) -> None:
-        """Hand each notification to ``on_job`` until stopped; raises if the connection fails."""
-        with selectors.DefaultSelector() as waiting:
-            waiting.register(conn.fileno(), selectors.EVENT_READ)
-            waiting.register(self._woken, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                for key, _ in waiting.select():
-                    if key.fileobj is not self._woken:  # notifications, or the connection's end
-                        for notification in conn.notifies(timeout=0):
-                            self._on_job(notification.payload)
