@@ -6,16 +6,18 @@ wait for notifications must end when it is stopped, not at its next look up.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psycopg
 import sqlalchemy as sa
 
 import ferryman as fm
+from ferryman.store import Listener
 from tests.helpers import wait_until
 
 
@@ -30,7 +32,9 @@ def _listening_backends(pg_url: str) -> int:
     return int(row[0])
 
 
-def test_a_stopped_listener_is_gone_with_its_connection(pg_url: str) -> None:
+@contextlib.contextmanager
+def _listening(pg_url: str) -> Iterator[tuple[fm.App, queue.Queue[str], Listener]]:
+    """A started listener of an app with a job ``load``, whose wake-ups go to the queue."""
     app = fm.App(pg_url)
 
     @app.job
@@ -41,6 +45,14 @@ def test_a_stopped_listener_is_gone_with_its_connection(pg_url: str) -> None:
     assert listener is not None
     listener.start()
     try:
+        yield app, woken, listener
+    finally:
+        listener.stop()
+        app.close()
+
+
+def test_a_stopped_listener_is_gone_with_its_connection(pg_url: str) -> None:
+    with _listening(pg_url) as (app, woken, listener):
         # Listening (a wake-up arrived), and waiting for the next one when stopped.
         wait_until(_woken_by_a_submit(app, woken), what="a wake-up for job load")
         assert _listening_backends(pg_url) == 1
@@ -48,29 +60,14 @@ def test_a_stopped_listener_is_gone_with_its_connection(pg_url: str) -> None:
         assert "test-listener" not in {thread.name for thread in threading.enumerate()}
         wait_until(lambda: _listening_backends(pg_url) == 0, what="the listener's backend gone")
         listener.stop()  # a second stop is harmless
-    finally:
-        listener.stop()
-        app.close()
 
 
 def test_a_listener_whose_connection_is_cut_listens_again(pg_url: str) -> None:
-    app = fm.App(pg_url)
-
-    @app.job
-    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
-
-    woken: queue.Queue[str] = queue.Queue()
-    listener = app.store.listener(woken.put, name="test-listener")
-    assert listener is not None
-    listener.start()
-    try:
+    with _listening(pg_url) as (app, woken, _):
         wait_until(_woken_by_a_submit(app, woken), what="a wake-up for job load")
         _terminate_listening_backends(pg_url)
         wait_until(lambda: _listening_backends(pg_url) == 0, what="the listener's backend gone")
         wait_until(_woken_by_a_submit(app, woken), what="a wake-up after reconnecting")
-    finally:
-        listener.stop()
-        app.close()
     assert "test-listener" not in {thread.name for thread in threading.enumerate()}
 
 
