@@ -821,6 +821,26 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "runs sharing a key admitted whatever runs (PostgreSQL)",
+        "Queue controls",
+        (
+            Edit(
+                "ferryman/store/limits.py",
+                '                key_running < sa.bindparam("key_concurrency"),\n',
+                '                sa.bindparam("key_concurrency") > 0,\n',
+            ),
+            Edit(
+                POSTGRES_LEASES,
+                "                        ELSE key_running - 1 + row_number() OVER (\n",
+                "                        ELSE 0 * row_number() OVER (\n",
+            ),
+        ),
+        (
+            "tests/unit/test_queue_controls.py::"
+            "test_runs_sharing_a_key_never_overlap_while_other_keys_go_on[postgres]",
+        ),
+    ),
+    Mutation(
         "the rate bucket not charged",
         "Queue controls",
         one(
