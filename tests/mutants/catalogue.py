@@ -74,6 +74,12 @@ POSTGRES = "ferryman/store/postgres.py"
 POSTGRES_LEASES = "ferryman/store/postgres_leases.py"
 MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
+# The due runs of a limited job read whatever runs of their key are running.
+KEY_RUNNING_IGNORED = Edit(
+    "ferryman/store/limits.py",
+    '                key_running < sa.bindparam("key_concurrency"),\n',
+    '                sa.bindparam("key_concurrency") > 0,\n',
+)
 
 CONTRACT = "tests/unit/test_runs_contract.py"
 POLL = "tests/unit/test_sensors_poll.py"
@@ -804,11 +810,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "runs sharing a key admitted whatever runs",
         "Queue controls",
         (
-            Edit(
-                "ferryman/store/limits.py",
-                '                key_running < sa.bindparam("key_concurrency"),\n',
-                '                sa.bindparam("key_concurrency") > 0,\n',
-            ),
+            KEY_RUNNING_IGNORED,
             Edit(
                 "ferryman/store/limits.py",
                 "            ahead = taken.get(digest, key_running)\n",
@@ -824,11 +826,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "runs sharing a key admitted whatever runs (PostgreSQL)",
         "Queue controls",
         (
-            Edit(
-                "ferryman/store/limits.py",
-                '                key_running < sa.bindparam("key_concurrency"),\n',
-                '                sa.bindparam("key_concurrency") > 0,\n',
-            ),
+            KEY_RUNNING_IGNORED,
             Edit(
                 POSTGRES_LEASES,
                 "                        ELSE key_running - 1 + row_number() OVER (\n",
