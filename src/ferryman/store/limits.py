@@ -62,7 +62,9 @@ class JobLimits:
 NO_LIMITS = JobLimits()
 
 
-def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.Select[Any]:
+def _due(
+    *, counted: bool, clock: sa.ColumnElement[float] | None = None, ordered: bool = False
+) -> sa.Select[Any]:
     """The first ``scan`` due runs of a job, in claim order, whose key has room among running runs.
 
     A key at its limit is passed over in the statement, however many runs it
@@ -70,6 +72,8 @@ def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.S
     running runs of each run's key (``key_concurrency`` above 1 admits more
     than one run of a key, counting those). ``clock``: with the database's
     clock on each row, read while the statement runs (see :class:`Limits`).
+    ``ordered``: with the columns of the claim order, for a statement that
+    picks from these rows itself (:meth:`Backend.lease_due`).
     """
     running = runs.alias("running")
     key_running = (
@@ -87,8 +91,7 @@ def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.S
         runs.c.id,
         runs.c.concurrency_digest,
         (key_running if counted else sa.literal(0, sa.Integer)).label("key_running"),
-        runs.c.priority,
-        runs.c.available_at,
+        *([runs.c.priority, runs.c.available_at] if ordered else []),
         *([] if clock is None else [clock.label("clock")]),
     ]
     return (
@@ -110,6 +113,7 @@ def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.S
 # One running run per key (the default) needs no count: a key read here has none.
 DUE_ONE_PER_KEY = _due(counted=False)
 DUE_COUNTED = _due(counted=True)
+DUE_ORDERED = {1: _due(counted=False, ordered=True), 2: _due(counted=True, ordered=True)}
 
 
 class Limits:
@@ -201,7 +205,7 @@ class Limits:
             scan = room + SCAN_SLACK
             done = self.backend.lease_due(
                 conn,
-                DUE_ONE_PER_KEY if limits.key_concurrency == 1 else DUE_COUNTED,
+                DUE_ORDERED[min(limits.key_concurrency, 2)],
                 {
                     **params,
                     "scan": scan,
