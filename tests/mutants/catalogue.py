@@ -839,6 +839,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "a claim left short by queued runs of one key reads no further (PostgreSQL)",
+        "Queue controls",
+        one(
+            "ferryman/store/limits.py",
+            "                if done.picked >= room or done.scanned < scan:\n",
+            "                if True:\n",
+        ),
+        (
+            "tests/unit/test_queue_controls.py::"
+            "test_queued_runs_of_one_key_filling_the_read_ahead_hold_up_no_other_key[postgres]",
+        ),
+    ),
+    Mutation(
         "the rate bucket not charged",
         "Queue controls",
         one(
