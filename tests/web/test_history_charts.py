@@ -135,6 +135,80 @@ def test_slots_long_past_are_counted_once_and_the_newest_again(store_url: str) -
         app.close()
 
 
+def test_throughput_counts_every_finish_and_reuses_the_minutes_long_past(
+    store_url: str,
+) -> None:
+    app = _app(store_url)
+    engine = sa.create_engine(store_url)
+    try:
+        app.submit("load", *[fm.RunRequest(f"t-{n}", {}) for n in range(40)])
+        now = app.store.now()
+        with engine.begin() as write:  # finishes over the last hour, a few in this minute
+            for n, run_id in enumerate(write.scalars(sa.text("SELECT id FROM ferryman_runs"))):
+                write.execute(
+                    sa.text(
+                        "UPDATE ferryman_runs SET status = :status, finished_at = :at"
+                        " WHERE id = :id"
+                    ),
+                    {
+                        "status": ("succeeded", "failed", "dead", "queued")[n % 4],
+                        "at": None if n % 4 == 3 else now - n * 97.0,
+                        "id": run_id,
+                    },
+                )
+        counts = history.SlotCounts()
+
+        def expected() -> list[tuple[float, int, int]]:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT status, finished_at FROM ferryman_runs"))
+                found = [(s, f) for s, f in rows if f is not None]
+            first = int(now // 60) - 59
+            return [
+                (
+                    m * 60.0,
+                    sum(1 for s, f in found if s == "succeeded" and int(f // 60) == m),
+                    sum(1 for s, f in found if s in ("failed", "dead") and int(f // 60) == m),
+                )
+                for m in range(first, first + 60)
+            ]
+
+        def drawn() -> list[tuple[float, int, int]]:
+            with engine.connect() as conn:
+                minutes = history.throughput(conn, counts, now)
+            return [(m.minute, m.succeeded, m.failed) for m in minutes]
+
+        before = expected()
+        assert drawn() == before
+        assert sum(s + f for _, s, f in before) >= 25  # most of the 30 finishes
+        # Finishes moved out of the minutes long past are not seen again (remembered);
+        # one moved into the newest minute is (it is counted again every time).
+        with engine.begin() as write:
+            write.execute(
+                sa.text("UPDATE ferryman_runs SET finished_at = :far WHERE finished_at < :at"),
+                {"far": now - 10 * HOUR, "at": now - 1200},
+            )
+            write.execute(
+                sa.text(
+                    "UPDATE ferryman_runs SET finished_at = :at WHERE id IN ("
+                    "SELECT min(id) FROM ferryman_runs WHERE finished_at = :far)"
+                ),
+                {"at": now, "far": now - 10 * HOUR},
+            )
+        again = drawn()
+        assert again[:-1] == before[:-1]
+        assert again[-1][1] + again[-1][2] == before[-1][1] + before[-1][2] + 1
+        assert drawn() == again
+        with engine.connect() as conn:  # a new cache counts them all
+            fresh = [
+                (m.minute, m.succeeded, m.failed)
+                for m in history.throughput(conn, history.SlotCounts(), now)
+            ]
+        assert fresh == expected()
+    finally:
+        engine.dispose()
+        app.close()
+
+
 def _titles(svg: str) -> list[str]:
     return [html.unescape(t) for t in re.findall(r"<title>([^<]*)</title>", svg)]
 

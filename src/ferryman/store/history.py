@@ -34,13 +34,13 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from ferryman.model import EvaluationOutcome, RunStatus
-from ferryman.store.read_queries import id_among
+from ferryman.store.read_queries import THROUGHPUT_MINUTES, MinuteCount, id_among
 from ferryman.store.read_views import first_created_since
 from ferryman.store.schema import runs, sensor_evaluations
 
@@ -89,7 +89,7 @@ class SlotCounts:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._known: dict[tuple[str, float, int], tuple[int, float]] = {}
+        self._known: dict[tuple[str, float, int], tuple[Any, float]] = {}
 
     def counts(
         self,
@@ -101,9 +101,40 @@ class SlotCounts:
     ) -> dict[int, int]:
         """``{slot: rows}`` for every slot from ``first`` to the one holding ``up_to``,
         counting rows with ``column < up_to``."""
+
+        def count(since: float) -> dict[int, Any]:
+            return _count_slots(conn, column, since, up_to, width)
+
+        last, settled = int(up_to // width), int((up_to - SETTLED) // width)
+        return self._reused(str(column.key), first, last, settled, width, count, 0)
+
+    def finishes(
+        self, conn: sa.Connection, first: int, at: float, width: float
+    ) -> dict[int, tuple[int, int]]:
+        """``{slot: (succeeded, failed or dead)}``: the runs finished in every slot from
+        ``first`` to the one holding ``at`` (the whole of it), by outcome."""
+        last = int(at // width)
+
+        def count(since: float) -> dict[int, Any]:
+            return _count_finishes(conn, since, (last + 1) * width, width)
+
+        settled = int((at - SETTLED) // width)
+        return self._reused("finishes by outcome", first, last, settled, width, count, (0, 0))
+
+    def _reused(
+        self,
+        name: str,
+        first: int,
+        last: int,
+        settled: int,
+        width: float,
+        count: Callable[[float], dict[int, Any]],
+        empty: Any,
+    ) -> dict[int, Any]:
+        """Slots ``first`` to ``last``: those remembered from ``first`` on as they were
+        counted, the rest by ``count`` (from the first not remembered); of those, the
+        ones before ``settled`` (ended ``SETTLED`` seconds ago) are remembered."""
         now = time.monotonic()
-        last = int(up_to // width)
-        name = str(column.key)
         with self._lock:
             if len(self._known) > MAX_REMEMBERED:
                 self._known.clear()
@@ -114,12 +145,11 @@ class SlotCounts:
                     break
                 known[slot] = hit[0]
         start = first + len(known)
-        counted = _count_slots(conn, column, start * width, up_to, width)
-        settled = int((up_to - SETTLED) // width)  # slots before this one have ended
+        counted = count(start * width)
         with self._lock:
             for slot in range(start, min(settled, last + 1)):
-                self._known[(name, width, slot)] = (counted.get(slot, 0), now)
-        return known | {slot: counted.get(slot, 0) for slot in range(start, last + 1)}
+                self._known[(name, width, slot)] = (counted.get(slot, empty), now)
+        return known | {slot: counted.get(slot, empty) for slot in range(start, last + 1)}
 
 
 def _count_slots(
@@ -135,6 +165,41 @@ def _count_slots(
         .group_by(slot)
     )
     return {int(index): int(count) for index, count in conn.execute(query)}
+
+
+def _count_finishes(
+    conn: sa.Connection, since: float, up_to: float, width: float
+) -> dict[int, tuple[int, int]]:
+    """Runs with ``since <= finished_at < up_to`` per slot: ``(succeeded, failed or dead)``."""
+    slot = sa.func.floor(runs.c.finished_at / width).label("slot")
+    rows = conn.execute(
+        sa.select(slot, runs.c.status, sa.func.count())
+        .where(runs.c.finished_at >= since, runs.c.finished_at < up_to)
+        .group_by(slot, runs.c.status)
+    )
+    found: dict[int, tuple[int, int]] = {}
+    for index, status, count in rows:
+        succeeded, failed = found.get(int(index), (0, 0))
+        if status == RunStatus.SUCCEEDED.value:
+            succeeded += int(count)
+        elif status in (RunStatus.FAILED.value, RunStatus.DEAD.value):
+            failed += int(count)
+        found[int(index)] = (succeeded, failed)
+    return found
+
+
+def throughput(
+    conn: sa.Connection, slot_counts: SlotCounts, at: float, minutes: int = THROUGHPUT_MINUTES
+) -> list[MinuteCount]:
+    """Runs finished per minute over the ``minutes`` up to the one holding ``at``, from the
+    ``finished_at`` index; the minutes that ended long ago as ``slot_counts`` counted them
+    (see :class:`SlotCounts`), so that a busy store counts its newest minutes alone."""
+    first = int(at // 60) - minutes + 1
+    found = slot_counts.finishes(conn, first, at, 60.0)
+    return [
+        MinuteCount(minute=m * 60.0, succeeded=found[m][0], failed=found[m][1])
+        for m in range(first, first + minutes)
+    ]
 
 
 def queue_history(
