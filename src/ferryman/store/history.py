@@ -31,6 +31,7 @@ evaluations' own durations are shown instead).
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import threading
 import time
@@ -243,11 +244,12 @@ def queue_history(
     waits = _waits(conn, since, until)
     if oldest_due_at is not None:  # queued now: it has waited from its due time on
         waits.append((oldest_due_at, math.inf))
+    ages = _oldest_due_ages(waits, [moment for moment, _ in moments])
     return [
         QueuePoint(
             at=moment,
             depth=max(0, depth_at_count - changed),
-            oldest_due_age=_oldest_due_age(waits, moment),
+            oldest_due_age=ages[moment],
         )
         for moment, changed in moments
     ]
@@ -282,9 +284,30 @@ def _waits(conn: sa.Connection, since: float, until: float) -> list[tuple[float,
     return waits
 
 
-def _oldest_due_age(waits: Sequence[tuple[float, float]], moment: float) -> float | None:
-    due = [start for start, end in waits if start <= moment < end]
-    return moment - min(due) if due else None
+def _oldest_due_ages(
+    waits: Sequence[tuple[float, float]], moments: Sequence[float]
+) -> dict[float, float | None]:
+    """``{moment: its age}``: how long the earliest wait that began at or before ``moment``
+    and had not ended by it had lasted then (None: no run waited then).
+
+    One sweep over the moments in order: the waits begun so far are kept in a
+    heap by their start, and those ended by the moment are dropped from its
+    top, for good (the moments only grow), so the top is the earliest wait
+    going on. The sample's waits times the chart's moments, compared one by
+    one, was the largest part of the overview at ten million runs.
+    """
+    begun = sorted(waits)
+    going: list[tuple[float, float]] = []
+    ages: dict[float, float | None] = {}
+    next_wait = 0
+    for moment in sorted(moments):
+        while next_wait < len(begun) and begun[next_wait][0] <= moment:
+            heapq.heappush(going, begun[next_wait])
+            next_wait += 1
+        while going and going[0][1] <= moment:
+            heapq.heappop(going)
+        ages[moment] = moment - going[0][0] if going else None
+    return ages
 
 
 def _quantile(ordered: Sequence[float], fraction: float) -> float | None:
