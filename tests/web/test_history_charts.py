@@ -135,6 +135,45 @@ def test_slots_long_past_are_counted_once_and_the_newest_again(store_url: str) -
         app.close()
 
 
+def test_a_slot_not_ended_is_counted_by_minutes_and_its_ended_minutes_are_remembered(
+    store_url: str,
+) -> None:
+    app = _app(store_url)
+    engine = sa.create_engine(store_url)
+    try:
+        app.submit("load", *[fm.RunRequest(f"m-{n}", {}) for n in range(6)])
+        start = (app.store.now() // 240) * 240  # the newest slot of four minutes
+        up_to = start + 230  # its minutes 0 and 1 have ended a minute ago or more
+        offsets = [-400, -100, 10, 70, 130, 200]  # two in ended slots, one a minute after
+        with engine.begin() as write:
+            ids = sorted(write.scalars(sa.text("SELECT id FROM ferryman_runs")))
+            for run_id, offset in zip(ids, offsets, strict=True):
+                write.execute(
+                    sa.text("UPDATE ferryman_runs SET created_at = :at WHERE id = :id"),
+                    {"at": start + offset, "id": run_id},
+                )
+        counts = history.SlotCounts()
+        column = history.runs.c.created_at
+        first = int(start // 240) - 2
+        with engine.connect() as conn:
+            before = counts.counts(conn, column, first, up_to, 240)
+        assert before == {first: 1, first + 1: 1, first + 2: 4}
+        with engine.begin() as write:  # out of ended minute 0, and of minute 2 not ended
+            for offset in (10, 130):
+                write.execute(
+                    sa.text("UPDATE ferryman_runs SET created_at = :far WHERE created_at = :at"),
+                    {"far": start - 9000, "at": start + offset},
+                )
+        with engine.connect() as conn:
+            after = counts.counts(conn, column, first, up_to, 240)
+            fresh = history.SlotCounts().counts(conn, column, first, up_to, 240)
+        assert after == {first: 1, first + 1: 1, first + 2: 3}  # minute 0 as remembered
+        assert fresh == {first: 1, first + 1: 1, first + 2: 2}
+    finally:
+        engine.dispose()
+        app.close()
+
+
 def test_throughput_counts_every_finish_and_reuses_the_minutes_long_past(
     store_url: str,
 ) -> None:

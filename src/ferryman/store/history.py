@@ -51,6 +51,7 @@ CREATED_SLACK = 3600.0  # a run due in the window may have been created this lon
 MAX_EVALUATIONS = 2000  # newest evaluations a sensor's lag is read from
 SETTLED = 60.0  # a slot that ended this long ago is counted once and reused ...
 REUSE = 600.0  # ... for this long (see SlotCounts)
+MINUTE = 60.0  # the slots a wider slot not ended yet is counted in (see SlotCounts.counts)
 MAX_REMEMBERED = 20_000  # slots remembered at most (custom windows each bring their own)
 
 
@@ -101,13 +102,34 @@ class SlotCounts:
         width: float,
     ) -> dict[int, int]:
         """``{slot: rows}`` for every slot from ``first`` to the one holding ``up_to``,
-        counting rows with ``column < up_to``."""
+        counting rows with ``column < up_to``.
 
-        def count(since: float) -> dict[int, Any]:
-            return _count_slots(conn, column, since, up_to, width)
-
+        Slots of whole minutes that have not ended yet are counted minute by
+        minute, the minutes that have ended remembered as the slots are: a
+        week's chart (slots of 168 minutes) then counts its newest minute or
+        two again, not its newest 168 (20,000 runs at ten million runs over 60
+        days, 200 at 100,000).
+        """
         last, settled = int(up_to // width), int((up_to - SETTLED) // width)
-        return self._reused(str(column.key), first, last, settled, width, count, 0)
+        if width <= MINUTE or width % MINUTE:
+
+            def count(since: float) -> dict[int, Any]:
+                return _count_slots(conn, column, since, up_to, width)
+
+            return self._reused(str(column.key), first, last, settled, width, count, 0)
+        ended = max(first, settled)  # the first slot not ended; those before, whole
+
+        def count_ended(since: float) -> dict[int, Any]:
+            return _count_slots(conn, column, since, ended * width, width)
+
+        older: dict[int, int] = {}
+        if ended > first:
+            older = self._reused(str(column.key), first, ended - 1, ended, width, count_ended, 0)
+        newest = dict.fromkeys(range(ended, last + 1), 0)
+        by_minute = self.counts(conn, column, int(ended * width // MINUTE), up_to, MINUTE)
+        for minute, rows in by_minute.items():
+            newest[int(minute * MINUTE // width)] += rows
+        return older | newest
 
     def finishes(
         self, conn: sa.Connection, first: int, at: float, width: float
