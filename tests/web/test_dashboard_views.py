@@ -220,6 +220,27 @@ def test_a_full_slot_of_the_timeline_is_estimated_from_its_two_ends_and_said_so(
     assert any(re.search(r": \d estimated$", t) for t in titles)
 
 
+def test_sqlite_counts_a_timeline_slot_only_while_the_window_holds_few_finishes(
+    web_app: fm.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``COUNTED_FINISHES`` in the window, SQLite samples each slot's ends as the other
+    stores do (counting every finish grows with the store); up to it, it counts them all."""
+    monkeypatch.setattr(read_views, "MAX_BARS", 2)
+    monkeypatch.setattr(read_views, "SLOT_SAMPLE", 2)
+    now = web_app.store.now()
+    since = now - 86400
+    width = 86400 / read_views.SLOTS
+    assert _finish_all_at(web_app, since + 10.5 * width, 1.0) == 6
+    counted = web_app.store.timeline(since=since, until=now).slots
+    monkeypatch.setattr(read_views, "COUNTED_FINISHES", 6)
+    assert web_app.store.timeline(since=since, until=now).slots == counted
+    monkeypatch.setattr(read_views, "COUNTED_FINISHES", 5)
+    sampled = web_app.store.timeline(since=since, until=now).slots
+    assert sampled[10].counts == {"estimated": 6}
+    assert [s.start for s in sampled] == [s.start for s in counted]
+    assert all(not slot.counts for i, slot in enumerate(sampled) if i != 10)
+
+
 def test_a_job_page_shows_settings_counts_durations_and_dead_letters(
     client: TestClient,
 ) -> None:

@@ -135,6 +135,119 @@ def test_slots_long_past_are_counted_once_and_the_newest_again(store_url: str) -
         app.close()
 
 
+def test_a_slot_not_ended_is_counted_by_minutes_and_its_ended_minutes_are_remembered(
+    store_url: str,
+) -> None:
+    app = _app(store_url)
+    engine = sa.create_engine(store_url)
+    try:
+        app.submit("load", *[fm.RunRequest(f"m-{n}", {}) for n in range(6)])
+        start = (app.store.now() // 240) * 240  # the newest slot of four minutes
+        up_to = start + 230  # its minutes 0 and 1 have ended a minute ago or more
+        offsets = [-400, -100, 10, 70, 130, 200]  # two in ended slots, one a minute after
+        with engine.begin() as write:
+            ids = sorted(write.scalars(sa.text("SELECT id FROM ferryman_runs")))
+            for run_id, offset in zip(ids, offsets, strict=True):
+                write.execute(
+                    sa.text("UPDATE ferryman_runs SET created_at = :at WHERE id = :id"),
+                    {"at": start + offset, "id": run_id},
+                )
+        counts = history.SlotCounts()
+        column = history.runs.c.created_at
+        first = int(start // 240) - 2
+        with engine.connect() as conn:
+            before = counts.counts(conn, column, first, up_to, 240)
+        assert before == {first: 1, first + 1: 1, first + 2: 4}
+        with engine.begin() as write:  # out of ended minute 0, and of minute 2 not ended
+            for offset in (10, 130):
+                write.execute(
+                    sa.text("UPDATE ferryman_runs SET created_at = :far WHERE created_at = :at"),
+                    {"far": start - 9000, "at": start + offset},
+                )
+        with engine.connect() as conn:
+            after = counts.counts(conn, column, first, up_to, 240)
+            fresh = history.SlotCounts().counts(conn, column, first, up_to, 240)
+        assert after == {first: 1, first + 1: 1, first + 2: 3}  # minute 0 as remembered
+        assert fresh == {first: 1, first + 1: 1, first + 2: 2}
+    finally:
+        engine.dispose()
+        app.close()
+
+
+def test_throughput_counts_every_finish_and_reuses_the_minutes_long_past(
+    store_url: str,
+) -> None:
+    app = _app(store_url)
+    engine = sa.create_engine(store_url)
+    try:
+        app.submit("load", *[fm.RunRequest(f"t-{n}", {}) for n in range(40)])
+        now = app.store.now()
+        with engine.begin() as write:  # finishes over the last hour, a few in this minute
+            for n, run_id in enumerate(write.scalars(sa.text("SELECT id FROM ferryman_runs"))):
+                write.execute(
+                    sa.text(
+                        "UPDATE ferryman_runs SET status = :status, finished_at = :at"
+                        " WHERE id = :id"
+                    ),
+                    {
+                        "status": ("succeeded", "failed", "dead", "queued")[n % 4],
+                        "at": None if n % 4 == 3 else now - n * 97.0,
+                        "id": run_id,
+                    },
+                )
+        counts = history.SlotCounts()
+
+        def expected() -> list[tuple[float, int, int]]:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT status, finished_at FROM ferryman_runs"))
+                found = [(s, f) for s, f in rows if f is not None]
+            first = int(now // 60) - 59
+            return [
+                (
+                    m * 60.0,
+                    sum(1 for s, f in found if s == "succeeded" and int(f // 60) == m),
+                    sum(1 for s, f in found if s in ("failed", "dead") and int(f // 60) == m),
+                )
+                for m in range(first, first + 60)
+            ]
+
+        def drawn() -> list[tuple[float, int, int]]:
+            with engine.connect() as conn:
+                minutes = history.throughput(conn, counts, now)
+            return [(m.minute, m.succeeded, m.failed) for m in minutes]
+
+        before = expected()
+        assert drawn() == before
+        assert sum(s + f for _, s, f in before) >= 25  # most of the 30 finishes
+        # Finishes moved out of the minutes long past are not seen again (remembered);
+        # one moved into the newest minute is (it is counted again every time).
+        with engine.begin() as write:
+            write.execute(
+                sa.text("UPDATE ferryman_runs SET finished_at = :far WHERE finished_at < :at"),
+                {"far": now - 10 * HOUR, "at": now - 1200},
+            )
+            write.execute(
+                sa.text(
+                    "UPDATE ferryman_runs SET finished_at = :at WHERE id IN ("
+                    "SELECT min(id) FROM ferryman_runs WHERE finished_at = :far)"
+                ),
+                {"at": now, "far": now - 10 * HOUR},
+            )
+        again = drawn()
+        assert again[:-1] == before[:-1]
+        assert again[-1][1] + again[-1][2] == before[-1][1] + before[-1][2] + 1
+        assert drawn() == again
+        with engine.connect() as conn:  # a new cache counts them all
+            fresh = [
+                (m.minute, m.succeeded, m.failed)
+                for m in history.throughput(conn, history.SlotCounts(), now)
+            ]
+        assert fresh == expected()
+    finally:
+        engine.dispose()
+        app.close()
+
+
 def _titles(svg: str) -> list[str]:
     return [html.unescape(t) for t in re.findall(r"<title>([^<]*)</title>", svg)]
 

@@ -235,7 +235,7 @@ class ReadModel:
                 counts={} if counted is None else counted.counts,
                 oldest_due_age=q.oldest_due_age(conn, at),
                 sensors=self._sensors_failing_first(conn),
-                throughput=q.throughput(conn, at),
+                throughput=history.throughput(conn, self._slot_counts(), at),
                 live_workers=q.count_live_workers(conn, at, alive_within=alive_within),
                 active_transfers=q.count_active_transfers(conn),
             )
@@ -350,6 +350,9 @@ class ReadModel:
         with self.read("counting a sensor's evaluations") as conn:
             return read_views.evaluation_slots(conn, sensor, since=since, until=until)
 
+    def _slot_counts(self) -> history.SlotCounts:
+        return _SLOT_COUNTS.setdefault(self, history.SlotCounts())
+
     def queue_history(
         self,
         *,
@@ -364,7 +367,7 @@ class ReadModel:
         with self.read("reading the queue's history") as conn:
             return history.queue_history(
                 conn,
-                _SLOT_COUNTS.setdefault(self, history.SlotCounts()),
+                self._slot_counts(),
                 since=since,
                 until=until,
                 depth_at_count=depth_at_count,

@@ -166,31 +166,6 @@ def oldest_due_age(conn: sa.Connection, at: float) -> dict[str, float]:
     return {job: max(0.0, at - first) for job, first in conn.execute(query) if first is not None}
 
 
-def throughput(
-    conn: sa.Connection, at: float, minutes: int = THROUGHPUT_MINUTES
-) -> list[MinuteCount]:
-    """Runs finished per minute over the last ``minutes``, from the ``finished_at`` index."""
-    start = (at // 60 - minutes + 1) * 60
-    minute = sa.func.floor(runs.c.finished_at / 60).label("minute")
-    rows = conn.execute(
-        sa.select(minute, runs.c.status, sa.func.count())
-        .where(runs.c.finished_at >= start)
-        .group_by(minute, runs.c.status)
-    )
-    succeeded: dict[int, int] = {}
-    failed: dict[int, int] = {}
-    for bucket, status, count in rows:
-        if status == RunStatus.SUCCEEDED.value:
-            succeeded[int(bucket)] = succeeded.get(int(bucket), 0) + int(count)
-        elif status in (RunStatus.FAILED.value, RunStatus.DEAD.value):
-            failed[int(bucket)] = failed.get(int(bucket), 0) + int(count)
-    first = int(start // 60)
-    return [
-        MinuteCount(minute=m * 60.0, succeeded=succeeded.get(m, 0), failed=failed.get(m, 0))
-        for m in range(first, first + minutes)
-    ]
-
-
 def id_among(
     conn: sa.Connection, column: sa.ColumnElement[int], ids: Iterable[int]
 ) -> sa.ColumnElement[bool]:
