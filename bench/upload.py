@@ -285,12 +285,14 @@ def main() -> None:
                 for variant in variants:
                     assert server.process is not None
                     server_cpu = process_cpu_seconds(server.process.pid)
-                    ours = mix if variant in MIX else path
+                    ours = mix if variant.startswith("mix: ") else path
                     result = measure(variant, args, ours, bucket, env)
                     result["server_cpu_seconds"] = (
                         process_cpu_seconds(server.process.pid) - server_cpu
                     )
-                    rate = (mix_mib if variant in MIX else args.size_mib) / result["seconds"]
+                    rate = (mix_mib if variant.startswith("mix: ") else args.size_mib) / result[
+                        "seconds"
+                    ]
                     print(
                         f"round {round_number}: {variant:<28} {rate:8,.1f} MiB/s, "
                         f"peak RSS {result['peak_mib']:,.0f} MiB, CPU s client "
