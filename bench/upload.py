@@ -77,6 +77,8 @@ VARIANTS = (
     "boto3 matched, SHA-256, unsigned body",
 )
 BOTO3 = ("boto3 default", "boto3 matched")  # the peers the target is measured against
+SAME = "boto3 matched, SHA-256"  # the peer with the same checksums, as boto3 sends them here
+UNSIGNED = "boto3 matched, SHA-256, unsigned body"  # as boto3 sends them over HTTPS
 # The small-file mix: ``--small-files`` files, uploaded one after another by one process.
 MIX = ("mix: ferryman", "mix: boto3 matched, SHA-256", "mix: boto3 default")
 MIX_SIZES = (4 * 1024, 64 * 1024, 512 * 1024, 3 * MiB)  # cycled through
@@ -135,7 +137,9 @@ def run_variant(args: argparse.Namespace) -> None:
     # (ferryman is imported by its own variant only, so the others' RSS is boto3's).
     ours = name.startswith("ferryman")
     if ours:
-        sys.path.insert(0, str(REPO / "src"))
+        # ``--baseline-src``: the variants named "... (baseline)" import ferryman from there.
+        baseline = name.endswith("(baseline)")
+        sys.path.insert(0, args.baseline_src if baseline else str(REPO / "src"))
         import ferryman as fm
         from ferryman.store import Store
         from ferryman.transfer.s3 import make_client
@@ -171,7 +175,7 @@ def run_variant(args: argparse.Namespace) -> None:
                 concurrency=args.concurrency,
                 store=our_store,
                 client=our_client,
-                file_sha256=name == "ferryman",
+                file_sha256="no file SHA-256" not in name,
             )
         else:
             client.upload_file(str(path), args.bucket, key, Config=config, ExtraArgs=extra)
@@ -214,6 +218,7 @@ def measure(
             str(args.part_size_mib),
             "--concurrency",
             str(args.concurrency),
+            *(["--baseline-src", args.baseline_src] if args.baseline_src else []),
         ]
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -230,6 +235,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--small-files", type=int, default=100, help="files in the small-file mix (0: none)"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        help="the src folder of another ferryman (e.g. a `git archive` of main): its two "
+        "variants run too, in turn with the others, named '(baseline)'",
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated words: run only the variants whose name holds one of them",
     )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -257,7 +271,7 @@ def main() -> None:
         for number in range(args.small_files):
             (mix / f"{number:05d}.bin").write_bytes(os.urandom(MIX_SIZES[number % len(MIX_SIZES)]))
         mix_mib = sum(f.stat().st_size for f in mix.iterdir()) / MiB
-        variants = (*VARIANTS, *(MIX if args.small_files else ()))
+        variants = variants_to_run(args)
 
         server = SeaweedServer(root / "seaweed")
         server.start()
@@ -271,12 +285,14 @@ def main() -> None:
                 for variant in variants:
                     assert server.process is not None
                     server_cpu = process_cpu_seconds(server.process.pid)
-                    ours = mix if variant in MIX else path
+                    ours = mix if variant.startswith("mix: ") else path
                     result = measure(variant, args, ours, bucket, env)
                     result["server_cpu_seconds"] = (
                         process_cpu_seconds(server.process.pid) - server_cpu
                     )
-                    rate = (mix_mib if variant in MIX else args.size_mib) / result["seconds"]
+                    rate = (mix_mib if variant.startswith("mix: ") else args.size_mib) / result[
+                        "seconds"
+                    ]
                     print(
                         f"round {round_number}: {variant:<28} {rate:8,.1f} MiB/s, "
                         f"peak RSS {result['peak_mib']:,.0f} MiB, CPU s client "
@@ -297,30 +313,38 @@ def main() -> None:
         f"concurrency {args.concurrency} (part x concurrency = {window} MiB)"
     )
     print(
-        f"{'variant':<28}{'MiB/s':>10}{'peak RSS MiB':>14}{'before upload':>15}"
+        f"{'variant':<38}{'MiB/s':>10}{'peak RSS MiB':>14}{'before upload':>15}"
         f"{'client CPU s':>14}{'server CPU s':>14}"
     )
-    for variant in VARIANTS:
+    for variant in [v for v in variants if v in best and not v.startswith("mix: ")]:
         result = best[variant]
         rate = args.size_mib / result["seconds"]
         print(
-            f"{variant:<28}{rate:>10,.1f}{result['peak_mib']:>14,.0f}"
+            f"{variant:<38}{rate:>10,.1f}{result['peak_mib']:>14,.0f}"
             f"{result['baseline_mib']:>15,.0f}{result['cpu_seconds']:>14.1f}"
             f"{result['server_cpu_seconds']:>14.1f}"
         )
-    print(f"{'read ceiling':<28}{read_mib_s:>10,.0f}")
-    print(f"{'SHA-256 ceiling':<28}{hash_mib_s:>10,.0f}")
+    print(f"{'read ceiling':<38}{read_mib_s:>10,.0f}")
+    print(f"{'SHA-256 ceiling':<38}{hash_mib_s:>10,.0f}")
+
+    if {SAME, UNSIGNED} <= best.keys() and any(v in best for v in BOTO3):
+        report_ratios(best, variants, args.size_mib)
+    if args.small_files and "mix: boto3 matched, SHA-256" in best:
+        report_mix(best, args.small_files, mix_mib, variants)
+
+
+def report_ratios(best: dict[str, dict[str, Any]], variants: tuple[str, ...], mib: int) -> None:
+    """Each ferryman variant's rate and CPU against boto3's with the same checksums."""
+    same, unsigned = SAME, UNSIGNED
 
     def rate_of(variant: str) -> float:
-        return float(args.size_mib / best[variant]["seconds"])
+        return float(mib / best[variant]["seconds"])
 
     def cpu_per_gib(variant: str) -> float:
-        return float(best[variant]["cpu_seconds"] * 1024 / args.size_mib)
+        return float(best[variant]["cpu_seconds"] * 1024 / mib)
 
-    boto_best = max(rate_of(variant) for variant in BOTO3)
-    same = "boto3 matched, SHA-256"  # the peer with the same checksums, as boto3 sends them here
-    unsigned = "boto3 matched, SHA-256, unsigned body"  # as boto3 sends them over HTTPS
-    for variant in VARIANTS:
+    boto_best = max(rate_of(variant) for variant in BOTO3 if variant in best)
+    for variant in [v for v in variants if v in best]:
         if variant.startswith("ferryman"):
             print(
                 f"{variant} = {rate_of(variant) / rate_of(same):.2f}x boto3 with SHA-256 part "
@@ -330,27 +354,42 @@ def main() -> None:
                 f"{cpu_per_gib(same):.2f} s/GiB (target <=), with the body unsigned "
                 f"{cpu_per_gib(unsigned):.2f} s/GiB"
             )
-    if args.small_files:
-        report_mix(best, args.small_files, mix_mib)
 
 
-def report_mix(best: dict[str, dict[str, Any]], files: int, mib: float) -> None:
+def variants_to_run(args: argparse.Namespace) -> tuple[str, ...]:
+    """Every variant (with the baseline's when given), or those ``--only`` names."""
+    variants = [*VARIANTS, *(MIX if args.small_files else ())]
+    if args.baseline_src:
+        ours = [v for v in variants if v.removeprefix("mix: ").startswith("ferryman")]
+        for variant in reversed(ours):  # each right after its own
+            variants.insert(variants.index(variant) + 1, f"{variant} (baseline)")
+    if args.only:
+        words = [word.strip() for word in args.only.split(",") if word.strip()]
+        variants = [v for v in variants if any(word in v for word in words)]
+    return tuple(variants)
+
+
+def report_mix(
+    best: dict[str, dict[str, Any]], files: int, mib: float, variants: tuple[str, ...]
+) -> None:
     """The small-file mix's table: files/s, MiB/s and client CPU, best round of each."""
     sizes = ", ".join(f"{size // 1024:,} KiB" for size in MIX_SIZES)
     print(f"\nsmall-file mix: {files} files ({sizes}, in turn; {mib:,.1f} MiB), one by one")
-    print(f"{'variant':<30}{'files/s':>10}{'MiB/s':>10}{'client CPU s':>14}")
-    for variant in MIX:
+    print(f"{'variant':<38}{'files/s':>10}{'MiB/s':>10}{'client CPU s':>14}")
+    for variant in [v for v in variants if v.startswith("mix: ")]:
         result = best[variant]
         print(
-            f"{variant:<30}{files / result['seconds']:>10,.1f}{mib / result['seconds']:>10,.1f}"
+            f"{variant:<38}{files / result['seconds']:>10,.1f}{mib / result['seconds']:>10,.1f}"
             f"{result['cpu_seconds']:>14.2f}"
         )
-    ours, peer = best["mix: ferryman"], best["mix: boto3 matched, SHA-256"]
-    print(
-        f"mix: ferryman = {peer['seconds'] / ours['seconds']:.2f}x boto3 with SHA-256 part "
-        f"checksums (target >= 1.0x); client CPU {ours['cpu_seconds']:.2f} s against "
-        f"{peer['cpu_seconds']:.2f} s (target <=)"
-    )
+    peer = best["mix: boto3 matched, SHA-256"]
+    for variant in [v for v in variants if v.startswith("mix: ferryman")]:
+        ours = best[variant]
+        print(
+            f"{variant} = {peer['seconds'] / ours['seconds']:.2f}x boto3 with SHA-256 part "
+            f"checksums (target >= 1.0x); client CPU {ours['cpu_seconds']:.2f} s against "
+            f"{peer['cpu_seconds']:.2f} s (target <=)"
+        )
 
 
 if __name__ == "__main__":

@@ -586,6 +586,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "a part's buffer read into again before the file's digest hashed it",
+        "Complete, then verify, then report",
+        one(
+            "ferryman/transfer/reader.py",
+            "            part.hold()\n            self._waiting.append(part)\n",
+            "            self._waiting.append(part)\n",
+        ),
+        (
+            "tests/unit/test_part_reader.py::"
+            "test_the_file_digest_hashes_each_buffer_before_it_is_read_into_again",
+        ),
+    ),
+    Mutation(
         "resume without ListParts: the store taken for the truth",
         "On resume, S3 is the truth and the file is checked",
         one(

@@ -75,7 +75,7 @@ def verify_head(head: Mapping[str, Any], parts: Sequence[TransferPart], total: i
     return Verification(verified_by="size", etag=etag, checksum=checksum)
 
 
-def verify_whole(answer: Mapping[str, Any], data: bytes, checksum: str) -> Verification:
+def verify_whole(answer: Mapping[str, Any], data: bytes | bytearray, checksum: str) -> Verification:
     """Check the object of one PutObject of ``data`` (SHA-256 ``checksum``).
 
     ``answer`` is the PutObject response or a ``HeadObject`` one (asked with

@@ -5,7 +5,9 @@ size and mtime must be the same at the end. A followed file is read a whole
 part at a time as it grows, and finished once it has not changed for
 ``stable_for`` seconds (or once ``done_file`` exists): from then on its size
 is fixed, so the last, short part really is the last. The whole file's
-SHA-256 is computed on the way, from the bytes the parts carry.
+SHA-256 is computed on the way, from the very buffers the parts are sent
+from, on a thread of its own (:class:`FileDigest`): no second read, no copy,
+and the reading thread goes straight on to the next part.
 
 A part's bytes are read into a buffer the upload reuses (:class:`PartBuffers`):
 no part-sized allocation (and its page faults) per part, and the body handed
@@ -24,11 +26,13 @@ import hashlib
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ferryman.supervise import supervised
 from ferryman.transfer.s3 import MAX_PARTS, format_size
 
 SourceReason = Literal["source_changed", "source_missing", "too_large"]
@@ -59,35 +63,43 @@ class Follow:
 class PartBuffers:
     """Part-sized buffers, handed back once a part is done with and read into again.
 
-    At most ``keep`` are kept: the part being read and those in flight,
-    which bounds the memory as before. A buffer of another size (the short
-    last part) is made for its part alone and not kept.
+    At most ``keep`` buffers are out at once (the part being read and those
+    in flight): :meth:`take` waits for one to come back, which bounds the
+    memory even when the file's digest lags behind the network. A buffer of
+    another size (the short last part) is made for its part alone and not
+    kept, but counts while out.
     """
 
     def __init__(self, part_size: int, keep: int) -> None:
         self.part_size = part_size
         self.keep = keep
         self._free: list[bytearray] = []
-        self._lock = threading.Lock()
+        self._out = 0
+        self._returned = threading.Condition()
 
     def take(self, size: int) -> bytearray:
-        if size == self.part_size:
-            with self._lock:
-                if self._free:
-                    return self._free.pop()
+        with self._returned:
+            while self._out >= self.keep:
+                self._returned.wait()
+            self._out += 1
+            if size == self.part_size and self._free:
+                return self._free.pop()
         return bytearray(size)
 
     def give_back(self, buffer: bytearray) -> None:
-        with self._lock:
+        with self._returned:
+            self._out -= 1
             if len(buffer) == self.part_size and len(self._free) < self.keep:
                 self._free.append(buffer)
+            self._returned.notify()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, eq=False)
 class Part:
     """One part's bytes as read from the file, in a buffer of ``buffers``.
 
-    Whoever is last to need the bytes calls :meth:`release`; after that the
+    Each holder of the bytes (the part's consumer; the file's digest, when
+    computed) calls :meth:`release` once done with them; after the last, the
     buffer is read into again and ``data`` no longer holds this part.
     """
 
@@ -95,9 +107,80 @@ class Part:
     start: int
     data: bytearray
     buffers: PartBuffers
+    holders: int = 1
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def hold(self) -> None:
+        with self._lock:
+            self.holders += 1
 
     def release(self) -> None:
-        self.buffers.give_back(self.data)
+        with self._lock:
+            self.holders -= 1
+            last = self.holders == 0
+        if last:
+            self.buffers.give_back(self.data)
+
+
+class FileDigest:
+    """The whole file's SHA-256 on a thread of its own, from the parts' own buffers.
+
+    The reader hands each part over as soon as it is read; the thread hashes
+    the parts in file order while they are being sent (hashlib lets go of
+    the GIL) and releases each once hashed. No part waits for it to be sent:
+    its buffer merely comes back later, and the reader waits only when every
+    buffer is out (:class:`PartBuffers`). :meth:`close` hashes what is left.
+    """
+
+    def __init__(self) -> None:
+        self._whole = hashlib.sha256()
+        self._waiting: deque[Part] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._crash: BaseException | None = None
+        self._thread = supervised("ferryman-file-sha256", self._run, on_crash=self._crashed)
+
+    def add(self, part: Part) -> None:
+        with self._changed:
+            if self._crash is not None:
+                return  # no digest to come: the part is not held for it
+            part.hold()
+            self._waiting.append(part)
+            self._changed.notify()
+
+    def close(self) -> None:
+        """Hash the parts still waiting, then end the thread (also after a failure)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        if self._crash is not None:
+            raise RuntimeError("the file's SHA-256 was not computed") from self._crash
+        return self._whole.hexdigest()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._waiting and not self._closed:
+                    self._changed.wait()
+                if not self._waiting:
+                    return
+                part = self._waiting.popleft()
+            try:
+                self._whole.update(part.data)
+            finally:
+                part.release()
+
+    def _crashed(self, exc: BaseException) -> None:
+        """Let go of the parts still waiting, so that the reader never waits for them."""
+        with self._changed:
+            self._crash = exc
+            waiting, self._waiting = list(self._waiting), deque()
+        for part in waiting:
+            part.release()
 
 
 class PartReader:
@@ -122,14 +205,27 @@ class PartReader:
         # Decided once: the size the upload ends at (a finished file's, from the start).
         self.final_size: int | None = None if follow else self.start.st_size
         self.size_read = 0
-        self._whole = hashlib.sha256() if file_sha256 else None
+        self.file_sha256 = file_sha256
+        self._digest: FileDigest | None = None  # started by ``with``: its thread ends with it
         self._seen = (self.start.st_size, self.start.st_mtime_ns)
         self._last_change = time.monotonic()
 
+    def __enter__(self) -> PartReader:
+        if self.file_sha256:
+            self._digest = FileDigest()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._digest is not None:
+            self._digest.close()  # its thread ends, and lets go of every buffer
+
     @property
     def sha256(self) -> str | None:
-        """The hex SHA-256 of every byte read, if asked for."""
-        return None if self._whole is None else self._whole.hexdigest()
+        """The hex SHA-256 of every byte read, if asked for (once every part was read)."""
+        if not self.file_sha256:
+            return None
+        assert self._digest is not None, "the parts were read outside a `with` block"
+        return self._digest.hexdigest()
 
     def shrunk_below(self, confirmed_end: int) -> str | None:
         """Why the file cannot hold the confirmed parts any more, if it cannot."""
@@ -219,9 +315,10 @@ class PartReader:
                 raise SourceError("source_changed", f"{self.path} was truncated while being read")
             filled += count
         view.release()  # no view outlives the read: the part's consumer owns the buffer
-        if self._whole is not None:
-            self._whole.update(data)
-        return Part(number=number, start=offset, data=data, buffers=self.buffers)
+        part = Part(number=number, start=offset, data=data, buffers=self.buffers)
+        if self._digest is not None:
+            self._digest.add(part)  # hashed on its own thread, while the part is sent
+        return part
 
 
 def hash_file(path: Path, size: int) -> str:
@@ -233,29 +330,31 @@ def hash_file(path: Path, size: int) -> str:
     return whole.hexdigest()
 
 
-def read_whole(path: Path, limit: int) -> tuple[bytes, os.stat_result] | None:
+def read_whole(path: Path, limit: int) -> tuple[bytearray, os.stat_result] | None:
     """The whole file and its stat when it holds at most ``limit`` bytes, else ``None``.
 
-    One read, for a file small enough to go up in one PutObject. A
-    :class:`SourceError` if the file is gone, or changed while it was read.
+    One read, into a ``bytearray`` (which botocore sends as it is, where it
+    would copy ``bytes`` again on the way to the socket), for a file small
+    enough to go up in one PutObject. A :class:`SourceError` if the file is
+    gone, or changed while it was read.
     """
     try:
         with open(path, "rb", buffering=0) as source:
             start = os.fstat(source.fileno())
             if start.st_size > limit:
                 return None
-            chunks: list[bytes] = []
-            remaining = start.st_size + 1  # one byte more: a file that grew is seen
-            while remaining > 0 and (chunk := source.read(remaining)):
-                chunks.append(chunk)
-                remaining -= len(chunk)
+            data = bytearray(start.st_size + 1)  # one byte more: a file that grew is seen
+            filled = 0
+            with memoryview(data) as view:
+                while filled < len(data) and (count := source.readinto(view[filled:])):
+                    filled += count
             end = os.fstat(source.fileno())
     except FileNotFoundError:
         raise SourceError("source_missing", f"{path} no longer exists") from None
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if len(data) != start.st_size or (end.st_size, end.st_mtime_ns) != (
+    if filled != start.st_size or (end.st_size, end.st_mtime_ns) != (
         start.st_size,
         start.st_mtime_ns,
     ):
         raise SourceError("source_changed", f"{path} changed while it was being uploaded")
+    del data[filled:]  # the byte more, never read into
     return data, end

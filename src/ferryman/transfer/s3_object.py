@@ -111,8 +111,10 @@ class S3Object:
             if exc.code != "NoSuchUpload":
                 raise
 
-    def put_whole(self, body: bytes, checksum: str) -> Mapping[str, Any]:
+    def put_whole(self, body: bytearray, checksum: str) -> Mapping[str, Any]:
         """``PutObject`` of the whole object with its SHA-256; S3's answer.
+
+        A ``bytearray``, as for a part: botocore sends it as it is.
 
         The server checks the body against ``checksum`` and refuses a mismatch
         (``BadDigest``); a repeat after a lost answer writes the same bytes again.

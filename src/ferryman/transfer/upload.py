@@ -291,7 +291,11 @@ class Uploader:
             transfer = self.store.record_transfer_source(
                 self.fence, size=reader.start.st_size, mtime=reader.start.st_mtime
             )
-        with open(self.path, "rb", buffering=0) as source, self._sender(plan.upload_id) as sender:
+        with (
+            reader,  # the file's digest ends with it, also after a failure
+            open(self.path, "rb", buffering=0) as source,
+            self._sender(plan.upload_id) as sender,
+        ):
             # A source problem is handled inside the pool: the upload is aborted
             # before the parts still in flight are waited for.
             self._checked(
@@ -391,7 +395,7 @@ class Uploader:
         )
         return recorded
 
-    def _put_whole(self, transfer: Transfer, data: bytes, stat: os.stat_result) -> Transfer:
+    def _put_whole(self, transfer: Transfer, data: bytearray, stat: os.stat_result) -> Transfer:
         """A file of at most one part: one PutObject, then one commit.
 
         The transfer row, open since :meth:`_open`, is the recorded intent. A
@@ -442,7 +446,7 @@ class Uploader:
         self.counter.report_transfer(recorded)
         return recorded
 
-    def _already_put(self, data: bytes, checksum: str) -> Verification | None:
+    def _already_put(self, data: bytearray, checksum: str) -> Verification | None:
         """After a crash: the object a put before it left, if it holds these very bytes."""
         head = self.target.head_if_any(checksums=True)
         if head is None:
