@@ -83,7 +83,7 @@ SELECT n, 'job-' || (n %% 10), 'key-' || n,
        '{{"n": ' || n || ', "path": "/data/in/' || n || '.xml"}}',
        s.status,
        CASE WHEN s.status = 'queued' THEN 0 ELSE 1 END, 5, c.created,
-       CASE WHEN s.status = 'running' THEN 'bench-worker' END,
+       CASE WHEN s.status = 'running' THEN 'bench-worker-6' END,
        CASE WHEN s.status = 'queued' THEN 0 ELSE 1 END,
        CASE WHEN s.status = 'running' THEN %(now)s + 3600 END,
        CASE WHEN s.status IN ('failed', 'dead') THEN %(traceback)s || n END,
@@ -101,12 +101,12 @@ FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n,
 PG_EVENTS = f"""
 INSERT INTO ferryman_run_events ({web.EVENT_COLUMNS})
 SELECT n, e.kind, %(now)s - {SPAN} + {SPAN} * n / %(size)s + e.offset_s, e.attempt,
-       e.worker, e.token, NULL
+       e.worker || least(6, 7 * n / %(size)s), e.token, NULL
 FROM generate_series(%(first)s::bigint, %(last)s::bigint, 10) AS n,
      LATERAL (SELECT {PG_STATUS} AS status) AS s,
      LATERAL (VALUES ('requested', 0.0, 0, NULL, NULL),
-                     ('claimed', 0.01, 1, 'bench-worker', 1),
-                     (s.status, 0.05, 1, 'bench-worker', 1)) AS e(kind, offset_s, attempt,
+                     ('claimed', 0.01, 1, 'bench-worker-', 1),
+                     (s.status, 0.05, 1, 'bench-worker-', 1)) AS e(kind, offset_s, attempt,
                                                                  worker, token)
 WHERE e.kind NOT IN ('queued', 'running')
 """
@@ -145,6 +145,9 @@ def seed_postgres(admin: str, size: int, reseed: bool) -> str:
     with psycopg.connect(url) as conn, conn.cursor() as cursor:
         with cursor.copy(f"COPY ferryman_sensors ({web.SENSOR_COLUMNS}) FROM STDIN") as copy:
             for row in web.sensor_rows(now, 0):
+                copy.write_row(row)
+        with cursor.copy(f"COPY ferryman_workers ({web.WORKER_COLUMNS}) FROM STDIN") as copy:
+            for row in worker_rows(now):
                 copy.write_row(row)
         cursor.execute("SELECT setval('ferryman_runs_id_seq', %s)", (size,))
     with psycopg.connect(url, autocommit=True) as conn:
@@ -187,6 +190,17 @@ def event_rows(size: int, now: float) -> Iterator[tuple[object, ...]]:
         yield tuple(values)
 
 
+def worker_rows(now: float) -> Iterator[tuple[object, ...]]:
+    """bench/web.py's workers, one per seventh of DAYS days instead of one a day."""
+    stretch = SPAN / web.WEEK
+    for row in web.worker_rows(now):
+        values = list(row)
+        for index in (4, 5, 6):  # started, last seen, stopped
+            if values[index] is not None:
+                values[index] = now - (now - float(values[index])) * stretch  # type: ignore[arg-type]
+        yield tuple(values)
+
+
 def seed_sqlite(size: int, reseed: bool) -> str:
     from ferryman.store import upgrade
 
@@ -208,6 +222,7 @@ def seed_sqlite(size: int, reseed: bool) -> str:
             ("ferryman_runs", web.RUN_COLUMNS, run_rows(size, now)),
             ("ferryman_run_events", web.EVENT_COLUMNS, event_rows(size, now)),
             ("ferryman_sensors", web.SENSOR_COLUMNS, iter(web.sensor_rows(now, 0))),
+            ("ferryman_workers", web.WORKER_COLUMNS, worker_rows(now)),
         ],
     )
     print(f"sqlite {size:,}: seeded in {time.perf_counter() - started:.0f} s", flush=True)
