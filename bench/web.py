@@ -64,7 +64,8 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE = "ferryman_bench_web"  # --name: also the SQLite file's folder under the temp dir
 JOBS = [f"job-{n}" for n in range(10)]
 SENSORS = [f"sensor-{n}" for n in range(5)]
-WEEK = 7 * 24 * 3600.0
+DAY = 24 * 3600.0
+WEEK = 7 * DAY
 TRACEBACK = (
     "Traceback (most recent call last):\n"
     '  File "pipeline.py", line 42, in load\n'
@@ -78,6 +79,7 @@ RUN_COLUMNS = (
     "key_digest"
 )
 EVENT_COLUMNS = "run_id, kind, at, attempt, worker_id, lease_token, detail"
+WORKER_COLUMNS = "id, host, pid, jobs, started_at, last_seen_at, stopped_at"
 EVALUATION_COLUMNS = (
     "sensor, idempotency_key, outcome, cursor_before, cursor_after, state_version_before, "
     "state_version_after, runs_requested, runs_deduplicated, items_skipped, run_ids, error, "
@@ -115,7 +117,7 @@ def run_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
             1 if status != "queued" else 0,
             5,
             created,
-            "bench-worker" if running else None,
+            "bench-worker-6" if running else None,  # held by the worker alive now
             1 if status != "queued" else 0,
             now + 3600 if running else None,
             TRACEBACK.format(n=n) if status in ("failed", "dead") else None,
@@ -127,14 +129,31 @@ def run_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
         )
 
 
+def worker_of(at: float, now: float) -> str:
+    """The worker that ran what was claimed at ``at``: one a day, the last still alive."""
+    return f"bench-worker-{min(6, int((at - (now - WEEK)) // DAY))}"
+
+
+def worker_rows(now: float) -> list[tuple[object, ...]]:
+    jobs = json.dumps(JOBS)
+    rows: list[tuple[object, ...]] = []
+    for day in range(7):
+        started = now - WEEK + day * DAY
+        stopped = started + DAY if day < 6 else None
+        seen = stopped if stopped is not None else now
+        rows.append((f"bench-worker-{day}", "bench", 1000 + day, jobs, started, seen, stopped))
+    return rows
+
+
 def event_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
     for n in range(10, count + 1, 10):
         created = now - WEEK + WEEK * n / count
+        worker = worker_of(created, now)
         yield (n, "requested", created, 0, None, None, None)
-        yield (n, "claimed", created + 0.01, 1, "bench-worker", 1, None)
+        yield (n, "claimed", created + 0.01, 1, worker, 1, None)
         status = status_of(n)
         if status in ("succeeded", "failed", "dead"):
-            yield (n, status, created + 0.05, 1, "bench-worker", 1, None)
+            yield (n, status, created + 0.05, 1, worker, 1, None)
 
 
 def evaluation_rows(count: int, now: float) -> Iterator[tuple[object, ...]]:
@@ -213,6 +232,7 @@ def seed_postgres(admin: str, name: str, runs: int, evaluations: int, reseed: bo
         for table, columns, rows in (
             ("ferryman_runs", RUN_COLUMNS, run_rows(runs, now)),
             ("ferryman_run_events", EVENT_COLUMNS, event_rows(runs, now)),
+            ("ferryman_workers", WORKER_COLUMNS, iter(worker_rows(now))),
             ("ferryman_sensors", SENSOR_COLUMNS, iter(sensor_rows(now, evaluations))),
             ("ferryman_sensor_evaluations", EVALUATION_COLUMNS, evaluation_rows(evaluations, now)),
         ):
@@ -245,6 +265,7 @@ def seed_sqlite(name: str, runs: int, evaluations: int, reseed: bool) -> str:
         [
             ("ferryman_runs", RUN_COLUMNS, run_rows(runs, now)),
             ("ferryman_run_events", EVENT_COLUMNS, event_rows(runs, now)),
+            ("ferryman_workers", WORKER_COLUMNS, iter(worker_rows(now))),
             ("ferryman_sensors", SENSOR_COLUMNS, iter(sensor_rows(now, evaluations))),
             ("ferryman_sensor_evaluations", EVALUATION_COLUMNS, evaluation_rows(evaluations, now)),
         ],
@@ -319,6 +340,9 @@ def endpoints(runs: int, rng: random.Random) -> dict[str, list[str]]:
         "run API /api/runs/{id}": [f"/api/runs/{n}" for n in logged],
         "runs page, run_key exact": [f"/runs?run_key=key-{n}" for n in logged],
         "runs page, run_key prefix": [f"/runs?run_key=key-{n}&match=prefix" for n in logged],
+        "runs, a stopped worker": [f"/runs?worker=bench-worker-{n}" for n in range(6)],
+        "runs, the alive worker": ["/runs?worker=bench-worker-6"],
+        "runs, an unknown worker": ["/runs?worker=no-such-worker"],
         "runs page, error group": [
             f"/runs?job={job}&error=ValueError:+record+N:+amount+is+not+a+number" for job in JOBS
         ],

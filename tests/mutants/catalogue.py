@@ -75,6 +75,12 @@ POSTGRES_LEASES = "ferryman/store/postgres_leases.py"
 MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
 RUN_TALLY = "ferryman/store/run_tally.py"
+# The due runs of a limited job read whatever runs of their key are running.
+KEY_RUNNING_IGNORED = Edit(
+    "ferryman/store/limits.py",
+    '                key_running < sa.bindparam("key_concurrency"),\n',
+    '                sa.bindparam("key_concurrency") > 0,\n',
+)
 
 CONTRACT = "tests/unit/test_runs_contract.py"
 POLL = "tests/unit/test_sensors_poll.py"
@@ -807,11 +813,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "runs sharing a key admitted whatever runs",
         "Queue controls",
         (
-            Edit(
-                "ferryman/store/limits.py",
-                '                key_running < sa.bindparam("key_concurrency"),\n',
-                '                sa.bindparam("key_concurrency") > 0,\n',
-            ),
+            KEY_RUNNING_IGNORED,
             Edit(
                 "ferryman/store/limits.py",
                 "            ahead = taken.get(digest, key_running)\n",
@@ -821,6 +823,35 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             "tests/unit/test_queue_controls.py::"
             "test_runs_sharing_a_key_never_overlap_while_other_keys_go_on[sqlite]",
+        ),
+    ),
+    Mutation(
+        "runs sharing a key admitted whatever runs (PostgreSQL)",
+        "Queue controls",
+        (
+            KEY_RUNNING_IGNORED,
+            Edit(
+                POSTGRES_LEASES,
+                "                        ELSE key_running - 1 + row_number() OVER (\n",
+                "                        ELSE 0 * row_number() OVER (\n",
+            ),
+        ),
+        (
+            "tests/unit/test_queue_controls.py::"
+            "test_runs_sharing_a_key_never_overlap_while_other_keys_go_on[postgres]",
+        ),
+    ),
+    Mutation(
+        "a claim left short by queued runs of one key reads no further (PostgreSQL)",
+        "Queue controls",
+        one(
+            "ferryman/store/limits.py",
+            "                if done.picked >= room or done.scanned < scan:\n",
+            "                if True:\n",
+        ),
+        (
+            "tests/unit/test_queue_controls.py::"
+            "test_queued_runs_of_one_key_filling_the_read_ahead_hold_up_no_other_key[postgres]",
         ),
     ),
     Mutation(

@@ -7,7 +7,6 @@ import random
 import threading
 from collections.abc import Sequence
 
-import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
@@ -165,31 +164,3 @@ def test_a_failed_shared_statement_fails_each_of_its_submitters(pg_url: str) -> 
     assert all(isinstance(o, fm.StoreError) for o in outcomes if o is not None)
     assert [run.run_key for run in app.get_runs(job="load")] == ["k0"]  # nothing of the three
     app.close()
-
-
-@pytest.mark.parametrize("runs_per_submit", [1, 3])
-def test_a_submit_wakes_listeners_of_its_job_on_postgres(pg_url: str, runs_per_submit: int) -> None:
-    app = fm.App(pg_url)
-
-    @app.job
-    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
-
-    woken: queue.Queue[str] = queue.Queue()
-    listener = app.store.listener(woken.put, name="test-listener")
-    assert listener is not None
-    listener.start()
-    try:
-        # Until the listener listens, a wake-up can be missed: submit until one arrives.
-        def woken_once(i: list[int] = [0]) -> bool:  # noqa: B006
-            i[0] += 1
-            requests = [fm.RunRequest(f"{i[0]}-{n}", {}) for n in range(runs_per_submit)]
-            app.submit("load", *requests)
-            try:
-                return woken.get(timeout=0.2) == "load"
-            except queue.Empty:
-                return False
-
-        wait_until(woken_once, what="a wake-up for job load")
-    finally:
-        listener.stop()
-        app.close()

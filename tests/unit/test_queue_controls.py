@@ -10,6 +10,8 @@ import pytest
 
 import ferryman as fm
 from ferryman.store import JobLimits
+from ferryman.store.limits import SCAN_SLACK
+from ferryman.store.run_rows import ClaimedRun, Outcome, OutcomeKind
 from tests.helpers import wait_until
 from tests.queue_support import held_slots, most_at_once, most_at_once_per_key
 
@@ -243,6 +245,40 @@ def test_one_claim_takes_runs_of_a_key_up_to_its_limit_counting_those_running(
 
     claimed = app.store.claim(limit=100, **claim)  # type: ignore[arg-type]
     assert sorted(run.run_key for run in claimed) == ["a-1", "b-0", "b-1", "no-key"]
+
+
+def test_queued_runs_of_one_key_filling_the_read_ahead_hold_up_no_other_key(
+    make_app: type[fm.App],
+) -> None:
+    # More queued runs of key "a" than a claim reads ahead of its room: the
+    # claim reads further and takes "b" too, and the rate bucket is charged
+    # for the two runs it took, not for what it read.
+    app = make_app()
+    app.job(name="per_customer", rate=fm.Rate(10, per=3600.0, burst=10))(noop)
+    app.submit(
+        "per_customer",
+        *(fm.RunRequest(f"a-{i}", concurrency_key="a") for i in range(3 * SCAN_SLACK)),
+        fm.RunRequest("b-0", concurrency_key="b"),
+    )
+    claim = {"worker_id": "w", "jobs": app.jobs, "lease_seconds": 30}
+
+    claimed = app.store.claim(limit=2, **claim)  # type: ignore[arg-type]
+    assert sorted(run.run_key[0] for run in claimed) == ["a", "b"]
+    # 10 tokens, 2 taken: 8 left, as many runs of "a", one claim after another's end.
+    taken: list[str] = []
+    for _ in range(10):
+        succeed(app, claimed)
+        claimed = app.store.claim(limit=100, **claim)  # type: ignore[arg-type]
+        taken += [run.run_key for run in claimed]
+    assert len(taken) == len(set(taken)) == 8
+    assert {key[0] for key in taken} == {"a"}
+
+
+def succeed(app: fm.App, claimed: list[ClaimedRun]) -> None:
+    outcomes = [
+        Outcome(kind=OutcomeKind.SUCCEEDED, lease=run.lease, attempt=run.attempt) for run in claimed
+    ]
+    assert all(app.store.finish(outcomes, worker_id="w"))
 
 
 def test_a_keyed_submit_rolled_back_leaves_the_next_one_to_mark_its_job(

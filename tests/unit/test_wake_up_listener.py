@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
@@ -51,6 +52,12 @@ def _listening(pg_url: str) -> Iterator[tuple[fm.App, queue.Queue[str], Listener
         app.close()
 
 
+@pytest.mark.parametrize("runs_per_submit", [1, 3])
+def test_a_submit_wakes_listeners_of_its_job(pg_url: str, runs_per_submit: int) -> None:
+    with _listening(pg_url) as (app, woken, _):
+        wait_until(_woken_by_a_submit(app, woken, runs_per_submit), what="a wake-up for job load")
+
+
 def test_a_stopped_listener_is_gone_with_its_connection(pg_url: str) -> None:
     with _listening(pg_url) as (app, woken, listener):
         # Listening (a wake-up arrived), and waiting for the next one when stopped.
@@ -71,12 +78,17 @@ def test_a_listener_whose_connection_is_cut_listens_again(pg_url: str) -> None:
     assert "test-listener" not in {thread.name for thread in threading.enumerate()}
 
 
-def _woken_by_a_submit(app: fm.App, woken: queue.Queue[str]) -> Callable[[], bool]:
-    """A condition for wait_until: a new run of job load woke the listener."""
+def _woken_by_a_submit(
+    app: fm.App, woken: queue.Queue[str], runs_per_submit: int = 1
+) -> Callable[[], bool]:
+    """A condition for wait_until: a submit of new runs of job load woke the listener.
+
+    Until the listener listens, a wake-up can be missed: wait_until submits again."""
     submitted = itertools.count()
 
     def woken_once() -> bool:
-        app.submit("load", fm.RunRequest(f"k{next(submitted)}-{uuid.uuid4().hex}", {}))
+        key = f"k{next(submitted)}-{uuid.uuid4().hex}"
+        app.submit("load", *(fm.RunRequest(f"{key}-{n}", {}) for n in range(runs_per_submit)))
         try:
             return woken.get(timeout=0.2) == "load"
         except queue.Empty:

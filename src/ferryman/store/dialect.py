@@ -287,6 +287,18 @@ class Backend:
         self.log_events(conn, [*request.events, *(request.claimed_event(row) for row in rows)])
         return rows
 
+    def lease_due(
+        self, conn: sa.Connection, due: sa.Select[Any], params: dict[str, Any], worker_id: str
+    ) -> LeasedDue | None:
+        """A limited claim's pick and lease in one statement, where the backend has one.
+
+        See :func:`ferryman.store.postgres_leases.lease_due_statement` for what
+        it does with ``due`` and ``params``; None: the backend has no such
+        statement, and the claim picks (:mod:`ferryman.store.limits`), then
+        leases (:meth:`lease_queued`).
+        """
+        return None
+
     def succeed_within(
         self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str
     ) -> bool:
@@ -353,6 +365,16 @@ class Backend:
     def is_database_failure(error: BaseException) -> bool:
         """Whether a driver error says the database failed, rather than the statement."""
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedDue:
+    """What :meth:`Backend.lease_due` did: the runs leased, at ``at``, of those it scanned."""
+
+    rows: list[Any]  # the runs leased, in claim order (CLAIMED_COLUMNS first)
+    at: float  # the claim's time, read once the due runs were counted
+    scanned: int  # due runs read
+    picked: int  # of those, runs within their key's limit, up to the room (charged)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -87,20 +88,8 @@ class Leases:
             room = limit - len(claimed)  # the reclaimed runs are among them
             if room <= 0:
                 break
-            admitted, admitted_at = self.limits.admit(
-                conn, job, limits.get(job, NO_LIMITS), room=room, now=now
-            )
-            if admitted:
-                more = ClaimRequest(
-                    worker_id=worker_id,
-                    jobs=(job,),
-                    room=0,
-                    reclaim=admitted,
-                    now=admitted_at,
-                    lease_seconds=lease_seconds,
-                )
-                leased = self.backend.lease_queued(conn, admitted, more)
-                claimed.extend((row, admitted_at) for row in leased)
+            more = replace(request, jobs=(job,), room=room, reclaim=(), events=())
+            claimed.extend(self.limits.claim(conn, job, limits.get(job, NO_LIMITS), more))
         returned = time.monotonic()  # one reading for the batch: see ClaimedRun
         return [claimed_run(row, at, returned) for row, at in claimed]
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 
 from ferryman.model import Rate, RunStatus
-from ferryman.store.dialect import Backend
+from ferryman.store.dialect import Backend, ClaimRequest
 from ferryman.store.schema import job_limits, runs
 
 # Due runs a claim reads ahead of its room, first: the room plus this slack.
@@ -62,7 +62,9 @@ class JobLimits:
 NO_LIMITS = JobLimits()
 
 
-def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.Select[Any]:
+def _due(
+    *, counted: bool, clock: sa.ColumnElement[float] | None = None, ordered: bool = False
+) -> sa.Select[Any]:
     """The first ``scan`` due runs of a job, in claim order, whose key has room among running runs.
 
     A key at its limit is passed over in the statement, however many runs it
@@ -70,6 +72,8 @@ def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.S
     running runs of each run's key (``key_concurrency`` above 1 admits more
     than one run of a key, counting those). ``clock``: with the database's
     clock on each row, read while the statement runs (see :class:`Limits`).
+    ``ordered``: with the columns of the claim order, for a statement that
+    picks from these rows itself (:meth:`Backend.lease_due`).
     """
     running = runs.alias("running")
     key_running = (
@@ -86,7 +90,8 @@ def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.S
     columns = [
         runs.c.id,
         runs.c.concurrency_digest,
-        key_running.label("key_running") if counted else sa.literal(0),
+        (key_running if counted else sa.literal(0, sa.Integer)).label("key_running"),
+        *([runs.c.priority, runs.c.available_at] if ordered else []),
         *([] if clock is None else [clock.label("clock")]),
     ]
     return (
@@ -108,6 +113,7 @@ def _due(*, counted: bool, clock: sa.ColumnElement[float] | None = None) -> sa.S
 # One running run per key (the default) needs no count: a key read here has none.
 DUE_ONE_PER_KEY = _due(counted=False)
 DUE_COUNTED = _due(counted=True)
+DUE_ORDERED = {1: _due(counted=False, ordered=True), 2: _due(counted=True, ordered=True)}
 
 
 class Limits:
@@ -165,17 +171,20 @@ class Limits:
         if rows:
             self.backend.insert_absent(conn, job_limits, rows, unique=["job"])
 
-    def admit(
-        self, conn: sa.Connection, job: str, limits: JobLimits, *, room: int, now: float
-    ) -> tuple[list[int], float]:
-        """The ids of up to ``room`` due runs of ``job`` its limits admit; the claim's time.
+    def claim(
+        self, conn: sa.Connection, job: str, limits: JobLimits, request: ClaimRequest
+    ) -> list[tuple[Any, float]]:
+        """Lease up to ``request.room`` due runs of ``job`` its limits admit; each with its time.
 
-        Also charges the rate bucket for them: the caller leases them in this
-        transaction (:meth:`Backend.lease_queued`), at the time returned.
-        That time is read after the running runs were counted: a run whose
-        end the count saw ended earlier by the same clock, so the processing
-        log never shows two runs in one slot at once.
+        Also charges the rate bucket for them. The time of a claim is read
+        after the running runs were counted: a run whose end the count saw
+        ended earlier by the same clock, so the processing log never shows
+        two runs in one slot at once. Where the backend can
+        (:meth:`Backend.lease_due`), the runs are picked and leased in one
+        statement; read again, further, only when runs sharing a key left
+        the claim short.
         """
+        room, now = request.room, request.now
         bucket = self._lock_job(conn, job)
         # Read again once the lock is held: claims of the job then see the
         # clock in the order they refill the bucket, never one going back.
@@ -189,14 +198,39 @@ class Limits:
         if limits.concurrency is not None and room > 0:
             running = self._count_running_rows(conn, {"job": job})[0][0]
             room = min(room, limits.concurrency - running)
+        leased: list[tuple[Any, float]] = []
+        charged = 0  # runs picked, charged to the bucket
+        if room > 0:
+            params = {"job": job, "now": now, "key_concurrency": limits.key_concurrency}
+            scan = room + SCAN_SLACK
+            done = self.backend.lease_due(
+                conn,
+                DUE_ORDERED[min(limits.key_concurrency, 2)],
+                {
+                    **params,
+                    "scan": scan,
+                    "room": room,
+                    "tokens": tokens,
+                    "lease_seconds": request.lease_seconds,
+                },
+                request.worker_id,
+            )
+            if done is not None:  # charged by the statement
+                leased = [(row, done.at) for row in done.rows]
+                if done.picked >= room or done.scanned < scan:
+                    return leased
+                room, charged = room - done.picked, done.picked
         admitted, counted_at = (
             self._pick(conn, job, limits.key_concurrency, room, now) if room > 0 else ([], None)
         )
         if tokens is not None:
-            self.charge(conn, job, tokens - len(admitted), now)
-        if not admitted or one_writer:
-            return admitted, now
-        return admitted, self.backend.clock(conn) if counted_at is None else counted_at
+            self.charge(conn, job, tokens - charged - len(admitted), now)
+        if admitted:
+            if not one_writer:
+                now = self.backend.clock(conn) if counted_at is None else counted_at
+            more = replace(request, jobs=(job,), room=0, reclaim=admitted, now=now, events=())
+            leased += [(row, now) for row in self.backend.lease_queued(conn, admitted, more)]
+        return leased
 
     def charge(self, conn: sa.Connection, job: str, tokens: float, now: float) -> None:
         self._charge_rows(conn, {"charged_job": job, "tokens_left": tokens, "charged_at": now})

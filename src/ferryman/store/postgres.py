@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -39,6 +40,7 @@ from ferryman.store.dialect import (
     CONNECT_TIMEOUT_S,
     Backend,
     ClaimRequest,
+    LeasedDue,
     Prepared,
     bindable,
     safe_url,
@@ -50,6 +52,7 @@ from ferryman.store.postgres_leases import (
     SUCCEED,
     SUCCEED_ONE,
     driver_rows,
+    lease_due_statement,
 )
 from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
 from ferryman.store.schema import runs
@@ -184,6 +187,13 @@ ENQUEUE_ONE = f"""
     )
     SELECT id, key_digest, pg_notify('{CHANNEL}', job) FROM inserted
 """
+
+
+@functools.cache
+def _lease_due_sql(due: sa.Select[Any], dialect: sa.Dialect) -> tuple[str, dict[str, Any]]:
+    """The statement of :meth:`PostgresBackend.lease_due` for ``due``, and its bound defaults."""
+    compiled = due.compile(dialect=dialect)
+    return lease_due_statement(compiled.string), dict(compiled.params)
 
 
 class PostgresBackend(Backend):
@@ -373,6 +383,15 @@ class PostgresBackend(Backend):
             "expires": request.expires_at,
         }
         return driver_rows(conn, LEASE_QUEUED, params)
+
+    def lease_due(
+        self, conn: sa.Connection, due: sa.Select[Any], params: dict[str, Any], worker_id: str
+    ) -> LeasedDue | None:
+        sql, defaults = _lease_due_sql(due, self.engine.dialect)
+        rows = driver_rows(conn, sql, {**defaults, **params, "worker": worker_id})
+        leased = [row for row in rows if row[0] is not None]
+        now, scanned, picked = rows[0][-3:]
+        return LeasedDue(rows=leased, at=float(now), scanned=scanned, picked=picked)
 
     def succeed_within(
         self, conn: sa.Connection, lease: Lease, *, attempt: int, worker_id: str

@@ -15,7 +15,7 @@ import psycopg
 import sqlalchemy as sa
 
 from ferryman.store import faults
-from ferryman.store.schema import run_events, runs
+from ferryman.store.schema import job_limits, run_events, runs
 
 
 def _claim_statement(due: str) -> str:
@@ -75,6 +75,67 @@ LEASE_QUEUED = _claim_statement(
             WHERE id = ANY(%(ids)s::bigint[]) AND status = 'queued'
             FOR UPDATE SKIP LOCKED"""
 )
+
+
+def lease_due_statement(due: str) -> str:
+    """A limited claim's pick and lease in one statement (ferryman.store.limits).
+
+    ``due`` reads the first ``scan`` due runs of the job whose key has room,
+    in claim order, with the running runs of each one's key
+    (``key_running``). Of those, a run is picked while the runs of its key
+    running and picked before it number fewer than ``key_concurrency``, up
+    to ``room``; the picked runs still queued and not locked elsewhere are
+    leased and their claims logged, and the job's rate bucket is charged for
+    the picked runs (when ``tokens`` is given). The claim's time: the clock
+    read once the due runs were counted. Each row: a claimed run's columns,
+    that time, the runs scanned and picked (run columns NULL if none claimed).
+    """
+    order = "priority DESC, available_at, id"
+    return f"""
+        WITH scanned AS ({due}
+        ), ranked AS (
+            SELECT id, priority, available_at,
+                   CASE WHEN concurrency_digest IS NULL THEN 0
+                        ELSE key_running - 1 + row_number() OVER (
+                            PARTITION BY concurrency_digest ORDER BY {order})
+                   END AS ahead
+            FROM scanned
+        ), picked AS (
+            SELECT id FROM ranked WHERE ahead < %(key_concurrency)s::bigint
+            ORDER BY {order} LIMIT %(room)s::bigint
+        ), stamp AS (
+            SELECT extract(epoch from clock_timestamp())::float8 AS now, counted.*
+            FROM (SELECT (SELECT count(*) FROM scanned) AS scanned,
+                         (SELECT count(*) FROM picked) AS picked) AS counted
+        ), locked AS (
+            SELECT id FROM {runs.name} WHERE id = ANY(ARRAY(SELECT id FROM picked))
+            AND status = 'queued' FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE {runs.name} AS r
+            SET status = 'running', attempt = r.attempt + 1, lease_owner = %(worker)s,
+                lease_token = r.lease_token + 1,
+                lease_expires_at = stamp.now + %(lease_seconds)s::float8,
+                started_at = stamp.now, updated_at = stamp.now
+            FROM stamp
+            WHERE r.id = ANY(ARRAY(SELECT id FROM locked))
+            RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
+                      r.lease_token, r.checkpoint, r.priority, r.available_at
+        ), logged AS (
+            INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
+            SELECT claimed.id, 'claimed', stamp.now, claimed.attempt, %(worker)s,
+                   claimed.lease_token
+            FROM claimed CROSS JOIN stamp
+        ), charged AS (
+            UPDATE {job_limits.name}
+            SET tokens = %(tokens)s::float8 - stamp.picked, refilled_at = %(now)s::float8
+            FROM stamp
+            WHERE job = %(job)s AND %(tokens)s::float8 IS NOT NULL
+        )
+        SELECT claimed.*, stamp.now, stamp.scanned, stamp.picked
+        FROM stamp LEFT JOIN claimed ON true
+        ORDER BY claimed.priority DESC, claimed.available_at, claimed.id
+        """
+
 
 # Fenced: only rows still running under the token the worker holds match.
 # Run on psycopg's cursor (driver_rows).

@@ -394,15 +394,15 @@ def list_workers(
             .group_by(runs.c.lease_owner)
         ).all()
     )
-    position = (
-        sa.func.row_number().over(partition_by=runs.c.lease_owner, order_by=runs.c.id).label("n")
-    )
-    numbered = sa.select(runs, position).where(running, runs.c.lease_owner.in_(owners)).subquery()
-    shown: dict[str, list[Run]] = {}
-    for row in conn.execute(
-        sa.select(numbered).where(numbered.c.n <= WORKER_RUNS_SHOWN).order_by(numbered.c.id)
-    ).mappings():
-        shown.setdefault(row["lease_owner"], []).append(records.run_from_row(row))
+    # One short read per worker holding runs (the live few), not every running run.
+    oldest = sa.select(runs).where(running).order_by(runs.c.id).limit(WORKER_RUNS_SHOWN)
+    shown: dict[str, list[Run]] = {
+        owner: [
+            records.run_from_row(row)
+            for row in conn.execute(oldest.where(runs.c.lease_owner == owner)).mappings()
+        ]
+        for owner in held
+    }
     return [
         WorkerView(worker=w, running=shown.get(w.id, []), holding=int(held.get(w.id, 0)))
         for w in found

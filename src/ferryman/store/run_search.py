@@ -10,9 +10,11 @@ What each filter costs: an exact run_key is a seek in the run_key index on
 every store; job and status use the ``(job, status, id)`` index. A run_key
 prefix is a range of an index of the keys (migration 0009 on PostgreSQL):
 up to ``PREFIX_PROBE`` matches are found there, and a prefix more runs share
-walks the runs newest first, where its matches are dense. A worker or an
-error walk the runs newest first and stop at a page of matches, so a rare
-match on a huge store reads more.
+walks the runs newest first, where its matches are dense. A worker's runs
+are read from the processing log written while it lived (its row in
+``ferryman_workers``), so a worker stopped days ago costs its own part of the
+log. An error walks the runs newest first and stops at a page of matches,
+so a rare match on a huge store reads more.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from ferryman.store.read_queries import (
     newest_ended,
 )
 from ferryman.store.run_key_sql import RUN_KEY_PREFIX, SameRunKey, run_key_start
-from ferryman.store.schema import run_events, runs
+from ferryman.store.schema import run_events, runs, workers
 
 PREFIX_PROBE = 2000  # runs a run_key prefix is looked up by in the index, at most
+CLAIM_SKEW = 600.0  # seconds the claims of one moment may be out of order by id
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,11 +85,7 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
     if found.run_key_prefix:
         query = query.where(*_prefixed(conn, found.run_key_prefix))
     if found.worker is not None:
-        claimed = sa.select(run_events.c.run_id).where(
-            run_events.c.worker_id == found.worker,
-            run_events.c.kind == RunEventKind.CLAIMED.value,
-        )
-        query = query.where(runs.c.id.in_(claimed))
+        query = query.where(*_claimed_by(conn, found.worker))
     if found.error is not None:
         ended = [RunStatus.FAILED.value, RunStatus.DEAD.value]
         if found.status is None:
@@ -102,6 +101,77 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
             query = query.where(runs.c.id >= (newest[-1] if newest else 0))
         query = query.where(runs.c.last_error.like(error_pattern(found.error), escape="\\"))
     return query
+
+
+def _claimed_by(conn: sa.Connection, worker: str) -> list[sa.ColumnElement[bool]]:
+    """Runs ``worker`` claimed, found among the log rows of its lifetime.
+
+    A worker registers (``ferryman_workers``) before its first claim and says
+    when it stopped, so its claims are log rows between two ids, found by
+    their times; the runs they name lie between the least and greatest run id
+    among them, where the newest-first walk starts, not at the newest run. A
+    worker the store has no row for, or one that never said it stopped (alive,
+    or killed), reads the log from its start to the newest row."""
+    claimed = sa.select(run_events.c.run_id).where(
+        run_events.c.worker_id == worker, run_events.c.kind == RunEventKind.CLAIMED.value
+    )
+    lifetime = conn.execute(
+        sa.select(workers.c.started_at, workers.c.stopped_at).where(workers.c.id == worker)
+    ).first()
+    if lifetime is None:
+        return [runs.c.id.in_(claimed)]
+    first = _first_claim_at(conn, lifetime.started_at - CLAIM_SKEW)
+    if first is None:  # nothing claimed since it started
+        return [sa.false()]
+    claimed = claimed.where(run_events.c.id >= first)
+    if lifetime.stopped_at is None:
+        return [runs.c.id.in_(claimed)]
+    after = _first_claim_at(conn, lifetime.stopped_at + CLAIM_SKEW)
+    if after is not None:
+        claimed = claimed.where(run_events.c.id < after)
+    within = claimed.subquery()
+    least, greatest = conn.execute(
+        sa.select(sa.func.min(within.c.run_id), sa.func.max(within.c.run_id))
+    ).one()
+    if least is None:
+        return [sa.false()]
+    return [runs.c.id.between(least, greatest), runs.c.id.in_(claimed)]
+
+
+def _first_claim_at(conn: sa.Connection, at: float) -> int | None:
+    """The id of the first ``claimed`` log row at or after ``at`` (None: none is).
+
+    A binary search over the log's ids, a few dozen seeks of its primary key:
+    claimed rows are written by one short statement that reads the clock and
+    takes the id together, so their times rise with their ids but for the
+    statements in flight at once (``CLAIM_SKEW`` covers them; other rows are
+    left out, as one written in a job's long transaction carries its start)."""
+
+    def claim_from(event_id: int) -> tuple[int, float] | None:
+        row = conn.execute(
+            sa.select(run_events.c.id, run_events.c.at)
+            .where(run_events.c.id >= event_id, run_events.c.kind == RunEventKind.CLAIMED.value)
+            .order_by(run_events.c.id)
+            .limit(1)
+        ).first()
+        return None if row is None else (row.id, row.at)
+
+    low = claim_from(0)
+    if low is None or low[1] >= at:
+        return None if low is None else low[0]
+    # claim_from(low) is before ``at``; find the first claim from ``high`` on that is not
+    high = conn.scalar(sa.select(sa.func.max(run_events.c.id)))
+    found: int | None = None
+    lo, hi = low[0] + 1, int(high or 0)
+    while lo <= hi:
+        middle = (lo + hi) // 2
+        probe = claim_from(middle)
+        if probe is None or probe[1] >= at:
+            found = probe[0] if probe is not None else found
+            hi = middle - 1
+        else:
+            lo = probe[0] + 1
+    return found
 
 
 def _prefix_range(conn: sa.Connection, prefix: str) -> list[sa.ColumnElement[bool]]:

@@ -1,0 +1,90 @@
+"""Runs found by the worker that claimed them: a stopped worker's runs are read
+from the part of the processing log written while it lived, and nothing of
+them is missed; a worker the store has no row for is looked up in the whole log."""
+
+from __future__ import annotations
+
+import ferryman as fm
+from ferryman.store.run_search import CLAIM_SKEW, RunFilter
+from ferryman.store.schema import run_events, workers
+
+HOUR = 3600.0
+
+
+def _app(make_app: type[fm.App]) -> fm.App:
+    app = make_app()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    return app
+
+
+def _found(app: fm.App, worker: str) -> list[int]:
+    return sorted(run.id for run in app.store.search_runs(RunFilter(worker=worker)).items)
+
+
+def _claim(app: fm.App, worker: str, count: int) -> list[int]:
+    claimed = app.store.claim(worker_id=worker, jobs=["load"], limit=count, lease_seconds=30)
+    assert len(claimed) == count
+    return sorted(run.id for run in claimed)
+
+
+def test_each_worker_finds_the_runs_it_claimed(make_app: type[fm.App]) -> None:
+    app = _app(make_app)
+    app.submit("load", *(fm.RunRequest(f"k{n}") for n in range(9)))
+
+    app.store.register_worker(worker_id="first", host="h", pid=1, jobs=["load"])
+    by_first = _claim(app, "first", 3)
+    app.store.worker_stopped("first")
+    app.store.register_worker(worker_id="second", host="h", pid=2, jobs=["load"])
+    by_second = _claim(app, "second", 3)
+    # claimed without registering (the store's own callers may): the whole log is read
+    by_unregistered = _claim(app, "unregistered", 3)
+
+    assert _found(app, "first") == by_first
+    assert _found(app, "second") == by_second  # alive: from its start to the newest row
+    assert _found(app, "unregistered") == by_unregistered
+    assert _found(app, "nobody") == []
+
+    app.store.register_worker(worker_id="idle", host="h", pid=3, jobs=["load"])
+    app.store.worker_stopped("idle")
+    assert _found(app, "idle") == []
+
+
+def test_a_stopped_workers_runs_come_from_its_lifetime_and_none_is_missed(
+    make_app: type[fm.App],
+) -> None:
+    """Three workers, each alive for an hour a day apart, claimed runs in turn; a
+    success written in a long transaction carries that transaction's older start
+    amid later claims, and must not cut any worker's range short."""
+    app = _app(make_app)
+    ids = app.submit("load", *(fm.RunRequest(f"k{n}") for n in range(60))).run_ids
+    now = app.store.now()
+    days = {"day-0": now - 3 * 24 * HOUR, "day-1": now - 2 * 24 * HOUR, "day-2": now - 24 * HOUR}
+    claimed_by: dict[str, list[int]] = {name: [] for name in days}
+    with app.engine.begin() as conn:
+        for name, started in days.items():
+            conn.execute(
+                workers.insert().values(
+                    id=name,
+                    host="h",
+                    pid=1,
+                    jobs='["load"]',
+                    started_at=started,
+                    last_seen_at=started + HOUR,
+                    stopped_at=started + HOUR,
+                )
+            )
+        for n, run_id in enumerate(ids):
+            name = list(days)[n // 20]
+            at = days[name] + (n % 20) * 60.0
+            log = {"run_id": run_id, "attempt": 1, "worker_id": name, "lease_token": 1}
+            conn.execute(run_events.insert().values(kind="claimed", at=at, **log))
+            # a success committed long after its transaction began: an old time, a late id
+            old = days["day-0"] - CLAIM_SKEW * 2
+            conn.execute(run_events.insert().values(kind="succeeded", at=old, **log))
+            claimed_by[name].append(run_id)
+
+    for name, expected in claimed_by.items():
+        assert _found(app, name) == sorted(expected)
