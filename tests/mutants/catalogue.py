@@ -74,6 +74,7 @@ POSTGRES = "ferryman/store/postgres.py"
 POSTGRES_LEASES = "ferryman/store/postgres_leases.py"
 MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
+RUN_TALLY = "ferryman/store/run_tally.py"
 # The due runs of a limited job read whatever runs of their key are running.
 KEY_RUNNING_IGNORED = Edit(
     "ferryman/store/limits.py",
@@ -86,6 +87,7 @@ POLL = "tests/unit/test_sensors_poll.py"
 PUSH = "tests/unit/test_sensors_push.py"
 FAULTS = "tests/unit/test_worker_faults.py"
 RESUME = "tests/transfer/test_resume_and_changes.py"
+TALLY = "tests/unit/test_run_tally.py"
 
 ONE_RUN = "Exactly once: one run per run_key"
 IN_TRANSACTION = "Exactly once: effects through `ctx.transaction()`"
@@ -100,6 +102,7 @@ LOCK_ORDER = "tests/integration/test_lock_order.py"
 TIMEOUTS = "Timeouts: an attempt past its deadline ends and cannot commit"
 CANCELLING = "Cancelling: nothing a cancelled run does afterwards commits"
 CHAINING = "Chaining: a downstream run exists if and only if its upstream succeeded"
+RUN_COUNTS = "Run counts are exact without counting every run"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # -- runs: one run per run_key -----------------------------------------------
@@ -1065,5 +1068,22 @@ MUTATIONS: tuple[Mutation, ...] = (
             f"{LOCK_ORDER}::test_renewal_and_outcomes_over_the_same_runs_do_not_deadlock[postgres]",
             f"{LOCK_ORDER}::test_renewal_and_outcomes_over_the_same_runs_do_not_deadlock[mariadb]",
         ),
+    ),
+    # -- run counts carried forward ------------------------------------------------
+    Mutation(
+        "the run tally ignores the runs created after it",
+        RUN_COUNTS,
+        one(RUN_TALLY, "new = sa.or_(runs.c.id > run_id, ", "new = sa.or_(sa.false(), "),
+        (f"{TALLY}::test_every_move_is_carried_exactly[sqlite]",),
+    ),
+    Mutation(
+        "the run tally forgets run ids missing below its watermark",
+        RUN_COUNTS,
+        one(
+            RUN_TALLY,
+            "*(runs.c.id.between(lo, hi) for lo, hi, _ in runs_pending)",
+            "*(sa.false() for lo, hi, _ in runs_pending)",
+        ),
+        (f"{TALLY}::test_a_run_committed_after_a_newer_one_is_counted_once[postgres]",),
     ),
 )

@@ -11,6 +11,7 @@ after a newer one is still counted once.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -149,12 +150,35 @@ def test_every_move_is_carried_exactly(
     carried(store, saved)
 
 
+def test_a_tally_saved_without_a_run_id_counts_again(
+    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tally saved before it kept the newest run id cannot tell which runs are new."""
+    app = make_app()
+
+    @app.job()
+    def ok(ctx: fm.JobContext, payload: Any) -> None:
+        pass
+
+    app.submit("ok", fm.RunRequest("before"))
+    counted = app.store.count_runs()
+    old = dataclasses.replace(counted, run_id=None, runs_pending=())
+    loaded = RunCount.from_row(0, old.to_json(), old.at)
+    assert loaded.run_id is None
+    allowed = forbid_counting(monkeypatch)
+    app.submit("ok", fm.RunRequest("after"))
+    allowed["count"] = True
+    counted = carried(app.store, loaded)
+    assert counted.counts == {"ok": {RunStatus.QUEUED: 2}} and counted.run_id is not None
+
+
 @pytest.mark.parametrize("store_url", ["postgres", "mariadb"], indirect=True)
-def test_a_log_row_committed_after_a_newer_one_is_counted_once(
+def test_a_run_committed_after_a_newer_one_is_counted_once(
     make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A submit holds its transaction open while a later one commits: the tally read
-    meanwhile includes the newer log row and not the older; the next includes both."""
+    meanwhile includes the newer run (its id above the older's) and not the older;
+    the next includes both. A submit logs nothing: runs are found by their ids."""
     app = make_app()
 
     @app.job()
@@ -166,11 +190,14 @@ def test_a_log_row_committed_after_a_newer_one_is_counted_once(
     forbid_counting(monkeypatch)
     inserted = threading.Event()
     release = threading.Event()
+    slow_ids: list[int] = []
 
     def slow_submit() -> None:
         with store.write("a slow submit") as conn:
-            store.enqueue(
-                [NewRun(job="ok", run_key="slow", payload_json="{}", max_attempts=1)], conn
+            slow_ids.extend(
+                store.enqueue(
+                    [NewRun(job="ok", run_key="slow", payload_json="{}", max_attempts=1)], conn
+                ).run_ids
             )
             inserted.set()
             release.wait(30)
@@ -179,14 +206,67 @@ def test_a_log_row_committed_after_a_newer_one_is_counted_once(
     slow.start()
     try:
         assert inserted.wait(30)
-        app.submit("ok", fm.RunRequest("quick"))  # a newer log id, committed first
+        (quick,) = app.submit("ok", fm.RunRequest("quick")).run_ids  # newer id, committed first
+        assert quick > slow_ids[0]
         counted = carried(store, counted)
         assert counted.counts == {"ok": {RunStatus.QUEUED: 1}}
-        assert counted.pending  # the slow submit's log row, on its way
+        assert counted.run_id == quick
+        assert any(lo <= slow_ids[0] <= hi for lo, hi, _ in counted.runs_pending)
+    finally:
+        release.set()
+        slow.join(30)
+    counted = carried(store, counted)
+    assert counted.counts == {"ok": {RunStatus.QUEUED: 2}}
+    counted = carried(store, counted)  # and never twice
+    assert counted.counts == {"ok": {RunStatus.QUEUED: 2}}
+    assert not any(lo <= slow_ids[0] <= hi for lo, hi, _ in counted.runs_pending)
+    # Saved and loaded, the run id and the ranges still missing are kept.
+    store.save_run_count(counted)
+    saved = store.saved_run_count()
+    assert saved is not None
+    assert (saved.run_id, saved.runs_pending) == (counted.run_id, counted.runs_pending)
+
+
+@pytest.mark.parametrize("store_url", ["postgres", "mariadb"], indirect=True)
+def test_a_log_row_committed_after_a_newer_one_is_counted_once(
+    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry by hand holds its transaction open while a cancel commits: the tally read
+    meanwhile includes the cancel's newer log row and not the retry's; the next both."""
+    app = make_app()
+
+    @app.job(max_attempts=1)
+    def bad(ctx: fm.JobContext, payload: Any) -> None:
+        raise fm.Reject("bad input")
+
+    store = app.store
+    (dead,) = app.submit("bad", fm.RunRequest("dead")).run_ids
+    app.work(until_idle=True, jobs=["bad"])
+    (queued,) = app.submit("bad", fm.RunRequest("queued")).run_ids
+    counted = store.count_runs()
+    assert counted.counts == {"bad": {RunStatus.FAILED: 1, RunStatus.QUEUED: 1}}
+    forbid_counting(monkeypatch)
+    logged = threading.Event()
+    release = threading.Event()
+
+    def slow_retry() -> None:
+        with store.write("a slow retry") as conn:
+            assert store.runs.requeue(conn, run_ids=[dead], statuses=[RunStatus.FAILED])
+            logged.set()
+            release.wait(30)
+
+    slow = threading.Thread(target=slow_retry)
+    slow.start()
+    try:
+        assert logged.wait(30)
+        assert app.cancel(queued) is not None  # a newer log id, committed first
+        counted = carried(store, counted)
+        assert counted.counts == {"bad": {RunStatus.FAILED: 1, RunStatus.CANCELLED: 1}}
+        assert counted.pending  # the slow retry's log row, on its way
     finally:
         release.set()
         slow.join(30)
     started = time.monotonic()
     counted = carried(store, counted)
-    assert counted.counts == {"ok": {RunStatus.QUEUED: 2}}
+    assert counted.counts == {"bad": {RunStatus.QUEUED: 1, RunStatus.CANCELLED: 1}}
     assert time.monotonic() - started < 30

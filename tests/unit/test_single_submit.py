@@ -29,7 +29,15 @@ def _row(app: fm.App, run_id: int) -> tuple[float, float, float, int, int]:
     return (row[0], row[1], row[2], row[3], row[4])
 
 
+def _requested_shown(app: fm.App, run_id: int) -> list[datetime]:
+    """When the run's public log says it was requested."""
+    events = app.get_run_events(run_id)
+    assert events[0].kind is fm.RunEventKind.REQUESTED
+    return [event.at for event in events if event.kind is fm.RunEventKind.REQUESTED]
+
+
 def _requested_at(app: fm.App, run_id: int) -> list[float]:
+    """The run's stored ``requested`` rows: none for a plain submit."""
     with app.engine.connect() as conn:
         return list(
             conn.execute(
@@ -54,7 +62,8 @@ def test_one_run_per_submit_is_timed_by_one_reading_of_the_store_clock(
     assert updated == created
     assert available == created + 3600.0
     assert (priority, max_attempts) == (2, 7)
-    assert _requested_at(app, run_id) == [created]
+    assert _requested_at(app, run_id) == []  # the run's row says it all
+    assert _requested_shown(app, run_id) == [datetime.fromtimestamp(created, UTC)]
 
     # An instant in the past is due at once; one in the future when it says.
     past = app.submit("load", fm.RunRequest("past", not_before=datetime(2001, 1, 1, tzinfo=UTC)))
@@ -78,6 +87,7 @@ def test_a_run_key_submitted_again_alone_writes_nothing(make_app: type[fm.App]) 
     assert again.run_ids == first.run_ids
     created, _, available, _, _ = _row(app, first.run_ids[0])
     assert available == created  # as first requested
-    assert len(_requested_at(app, first.run_ids[0])) == 1
+    assert _requested_at(app, first.run_ids[0]) == []
+    assert _requested_shown(app, first.run_ids[0]) == [datetime.fromtimestamp(created, UTC)]
     (run,) = app.get_runs()
     assert run.payload == {"v": 1}

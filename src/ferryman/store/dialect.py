@@ -210,7 +210,8 @@ class Backend:
     def enqueue(
         self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None
     ) -> list[tuple[int, bytes]]:
-        """Insert the runs whose key is new, in the order given; log ``requested``.
+        """Insert the runs whose key is new, in the order given (no log row: see
+        :meth:`~ferryman.store.queue.RunQueue.get_events`).
 
         ``now``: the database's clock, or None to read it (in the insert itself,
         where the backend can). Returns ``(id, key digest)`` of the runs created.
@@ -223,8 +224,8 @@ class Backend:
     def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
         """As :meth:`enqueue`, in a transaction of its own, committed when this returns.
 
-        For backends that can do it in one statement (clock, runs, log rows
-        and wake-ups in one round trip; see :attr:`enqueues_committed`).
+        For backends that can do it in one statement (clock, runs and
+        wake-ups in one round trip; see :attr:`enqueues_committed`).
         Runs without a concurrency key only.
         """
         raise NotImplementedError

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
-from ferryman.model import PRIORITY_BOUND, RunEventKind, RunStatus
+from ferryman.model import PRIORITY_BOUND, RunStatus
 from ferryman.store import migrate
 from ferryman.store.dialect import (
     CONNECT_TIMEOUT_S,
@@ -55,8 +55,7 @@ from ferryman.store.dialect import (
     translated_errors,
 )
 from ferryman.store.run_rows import CLAIMED_COLUMNS, NewRun, chunks, lease_update, run_row
-from ferryman.store.run_rows import event as event_row
-from ferryman.store.schema import run_events, runs
+from ferryman.store.schema import runs
 
 CLOCK: sa.ColumnElement[float] = sa.literal_column(
     "CAST(UNIX_TIMESTAMP(SYSDATE(6)) AS DOUBLE)", sa.Double()
@@ -320,9 +319,6 @@ class MariaDBBackend(Backend):
         created: list[tuple[int, bytes]] = []
         for chunk in chunks(new_runs):
             created.extend(self._insert_new(conn, chunk, now))
-        events = [event_row(run_id, RunEventKind.REQUESTED, now, 0) for run_id, _ in created]
-        for events_chunk in chunks(events):
-            conn.execute(run_events.insert().values(list(events_chunk)))
         return created
 
     def _insert_new(

@@ -4,9 +4,11 @@
 * The hot paths (enqueue, claim, complete) are one statement (one round
   trip) each where the portable code of
   :class:`~ferryman.store.dialect.Backend` needs two or three:
-  data-modifying CTEs write the runs and their processing-log rows together,
-  and batches travel as arrays (``unnest``), so a batch costs a handful of
-  parameters instead of one per value. They implement exactly the portable
+  data-modifying CTEs write rows and their processing-log rows together (a
+  new run has none: its row says it was requested, see
+  :meth:`ferryman.store.queue.RunQueue.get_events`), and batches travel as
+  arrays (``unnest``), so a batch costs a handful of parameters instead of
+  one per value. They implement exactly the portable
   semantics; the contract tests run every store. A worker's (claim,
   finish) are in :mod:`ferryman.store.postgres_leases`.
 * Wake-ups: writers send ``NOTIFY ferryman_runs, '<job>'`` inside the
@@ -53,7 +55,7 @@ from ferryman.store.postgres_leases import (
     lease_due_statement,
 )
 from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
-from ferryman.store.schema import run_events, runs
+from ferryman.store.schema import runs
 
 log = logging.getLogger("ferryman.store")
 
@@ -80,16 +82,13 @@ ENQUEUE = f"""
                       priority, concurrency_key, concurrency_digest)
         ON CONFLICT (key_digest) DO NOTHING
         RETURNING id, key_digest
-    ), logged AS (
-        INSERT INTO {run_events.name} (run_id, kind, at, attempt)
-        SELECT id, 'requested', %(now)s, 0 FROM inserted
     )
     SELECT id, key_digest FROM inserted
 """
 
 # A submit on a connection of its own, committed by PostgreSQL as the one
-# statement it is (autocommit): the clock, the runs, their processing-log rows
-# and the wake-ups in one round trip. A run with a concurrency key only once its
+# statement it is (autocommit): the clock, the runs and the wake-ups in one
+# round trip. A run with a concurrency key only once its
 # job's row in ferryman_job_limits is committed (ferryman.store.queue). Run on
 # psycopg's cursor, so it is prepared once per connection and costs none of
 # SQLAlchemy's per-execution work. The wake-ups are a scalar subquery of the
@@ -113,9 +112,6 @@ _ENQUEUE_COMMITTED = f"""
         ORDER BY input.position
         ON CONFLICT (key_digest) DO NOTHING
         RETURNING id, key_digest, job
-    ), logged AS (
-        INSERT INTO {run_events.name} (run_id, kind, at, attempt)
-        SELECT inserted.id, 'requested', clock.now, 0 FROM inserted CROSS JOIN clock
     ), woken AS (
         SELECT pg_notify('{CHANNEL}', job) FROM (SELECT DISTINCT job FROM inserted) AS jobs
     )
@@ -173,8 +169,8 @@ _KEY_DIGEST_UNIQUE = next(
     and [column.name for column in constraint.columns] == ["key_digest"]
 )
 # One run, the common submit, without what only a batch needs (the input relation,
-# its order, DISTINCT wake-ups): the clock read once, so the run's times agree; its
-# log row at the run's creation; the wake-up sent only if the run was created.
+# its order, DISTINCT wake-ups): the clock read once, so the run's times agree; the
+# wake-up sent only if the run was created.
 ENQUEUE_ONE = f"""
     WITH inserted AS (
         INSERT INTO {runs.name} (job, run_key, key_digest, payload, status, attempt,
@@ -187,10 +183,7 @@ ENQUEUE_ONE = f"""
                %(concurrency_digest)s::bytea
         FROM (SELECT extract(epoch from clock_timestamp())::float8 AS now) AS clock
         ON CONFLICT (key_digest) DO NOTHING
-        RETURNING id, key_digest, job, created_at
-    ), logged AS (
-        INSERT INTO {run_events.name} (run_id, kind, at, attempt)
-        SELECT id, 'requested', created_at, 0 FROM inserted
+        RETURNING id, key_digest, job
     )
     SELECT id, key_digest, pg_notify('{CHANNEL}', job) FROM inserted
 """

@@ -4,8 +4,8 @@ What stays of a pruned run is its row: job, run_key (so that submitting the
 same key again is still deduplicated, for ever), status, attempts, times and
 last error. Its payload reads as ``None`` afterwards, its checkpoint is gone
 and so is its processing log. A finished run without a processing log is how
-a pruned run is recognised (every run logs ``requested`` when it is created),
-and ``ferryman retry`` leaves it alone: there is no payload to run it with.
+a pruned run is recognised (every finish is logged), and ``ferryman retry``
+leaves it alone: there is no payload to run it with.
 
 Runs are pruned in batches of ``batch`` runs, walking the ``finished_at``
 index in order; each batch is read in one short read and pruned in one short

@@ -282,6 +282,20 @@ def run_event_from_row(row: sa.RowMapping) -> RunEvent:
     )
 
 
+def requested_event(run_id: int, created_at: float) -> RunEvent:
+    """The ``requested`` event of a run whose creation logged none: its row's
+    ``created_at``, id 0 (before every logged row)."""
+    return RunEvent(
+        id=0,
+        run_id=run_id,
+        kind=RunEventKind.REQUESTED,
+        at=_required_datetime(created_at),
+        attempt=0,
+        worker_id=None,
+        lease_token=None,
+    )
+
+
 def worker_from_row(row: sa.RowMapping, *, alive: bool) -> WorkerInfo:
     return WorkerInfo(
         id=row["id"],

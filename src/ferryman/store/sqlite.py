@@ -140,8 +140,8 @@ END = DriverStatement(
 )
 
 # Enqueue (SQLiteBackend.enqueue): the runs whose key is new, then, by id,
-# those just created and their ``requested`` rows. Ids only grow within a
-# write transaction, and it is the only writer.
+# those just created. Ids only grow within a write transaction, and it is the
+# only writer.
 _VALUES = f"VALUES ({', '.join(f':{name}' for name in RUN_ROW_COLUMNS)}) "
 _INSERT_RUN = (
     f"INSERT INTO {runs.name} ({', '.join(RUN_ROW_COLUMNS)}) "
@@ -151,7 +151,7 @@ _INSERT_RUN = (
 ENQUEUE_ROW = DriverStatement(sa.text(_INSERT_RUN))
 # The common submit, one run: the clock is read in the insert itself (SQLite
 # reads 'now' once per statement, so the run's times agree), which spares a
-# statement; its log row then takes the time the insert returns.
+# statement.
 _CLOCKED = {
     "available_at": f"CASE WHEN :not_before IS NULL THEN {_CLOCK_SQL} + :delay "
     f"ELSE max({_CLOCK_SQL} + :delay, :not_before) END",
@@ -160,39 +160,17 @@ _CLOCKED = {
 }
 _CLOCKED_VALUES = f"VALUES ({', '.join(_CLOCKED.get(n, f':{n}') for n in RUN_ROW_COLUMNS)}) "
 ENQUEUE_ONE_ROW = DriverStatement(
-    sa.text(f"{_INSERT_RUN.replace(_VALUES, _CLOCKED_VALUES)} RETURNING id, created_at")
+    sa.text(f"{_INSERT_RUN.replace(_VALUES, _CLOCKED_VALUES)} RETURNING id")
 )
 # A batch due at the clock: one statement, its runs one JSON parameter (sqlite_batch).
 # Its runs are read back like ENQUEUE_ROW's: RETURNING cost SQLite more (measured).
 ENQUEUE_BATCH = DriverStatement(sa.text(_INSERT_RUN.replace(_VALUES, SELECT_BATCH)))
-LOG_ONE_REQUESTED = DriverStatement(
-    run_events.insert().values(
-        run_id=sa.bindparam("run_id"),
-        kind=RunEventKind.REQUESTED.value,
-        at=sa.bindparam("at"),
-        attempt=0,
-    )
-)
 assert ENQUEUE_ROW.names == RUN_ROW_COLUMNS  # the order run_values gives the values in
 LAST_RUN_ID = DriverStatement(sa.select(sa.func.coalesce(sa.func.max(runs.c.id), 0)))
 _created = runs.c.id > sa.bindparam("after")
 CREATED_RUNS = DriverStatement(
     sa.select(runs.c.id, runs.c.key_digest).where(_created).order_by(runs.c.id)
 )
-LOG_REQUESTED = DriverStatement(
-    run_events.insert().from_select(
-        ["run_id", "kind", "at", "attempt"],
-        sa.select(
-            runs.c.id,
-            sa.literal(RunEventKind.REQUESTED.value),
-            sa.bindparam("now", type_=sa.Double()),
-            sa.literal(0),
-        )
-        .where(_created)
-        .order_by(runs.c.id),
-    )
-)
-
 LOG_EVENT = DriverStatement(
     run_events.insert().values(
         {column.name: sa.bindparam(column.name) for column in run_events.c if column.name != "id"}
@@ -332,13 +310,10 @@ class SQLiteBackend(Backend):
         One writer at a time, so the runs this transaction creates are exactly
         those with an id above the largest one before it (see ENQUEUE_ROW).
         """
-        if len(new_runs) == 1 and now is None:  # the common submit: two statements
+        if len(new_runs) == 1 and now is None:  # the common submit: one statement
             (new,) = new_runs
             row = ENQUEUE_ONE_ROW.first(conn, _clocked_row(new))
-            if row is None:
-                return []
-            LOG_ONE_REQUESTED.rows(conn, {"run_id": row[0], "at": row[1]})
-            return [(row[0], new.key_digest)]
+            return [] if row is None else [(row[0], new.key_digest)]
         if now is None:
             now = self.clock(conn)
         after = LAST_RUN_ID.first(conn, {})[0]
@@ -347,10 +322,7 @@ class SQLiteBackend(Backend):
             ENQUEUE_BATCH.tuples(conn, batch)
         else:
             ENQUEUE_ROW.many_rows(conn, [run_values(new, now) for new in new_runs])
-        created = [(row[0], bytes(row[1])) for row in CREATED_RUNS.tuples(conn, {"after": after})]
-        if created:
-            LOG_REQUESTED.rows(conn, {"after": after, "now": now})
-        return created
+        return [(row[0], bytes(row[1])) for row in CREATED_RUNS.tuples(conn, {"after": after})]
 
     def prepared(self, statement: sa.Executable) -> Prepared:
         # On the driver, as the plain claim: a limited claim reads its due runs
