@@ -4,8 +4,10 @@ them is missed; a worker the store has no row for is looked up in the whole log.
 
 from __future__ import annotations
 
+import random
+
 import ferryman as fm
-from ferryman.store.run_search import CLAIM_SKEW, RunFilter
+from ferryman.store.run_search import CLAIM_SKEW, RunFilter, _first_claim_at
 from ferryman.store.schema import run_events, workers
 
 HOUR = 3600.0
@@ -88,3 +90,33 @@ def test_a_stopped_workers_runs_come_from_its_lifetime_and_none_is_missed(
 
     for name, expected in claimed_by.items():
         assert _found(app, name) == sorted(expected)
+
+
+def test_the_first_claim_after_a_moment_is_found_however_claims_bunch(
+    make_app: type[fm.App],
+) -> None:
+    """Claims in bursts and lulls, other rows among them: the search finds exactly the
+    first claim at or after each moment, as reading every claim would."""
+    app = _app(make_app)
+    (run_id,) = app.submit("load", fm.RunRequest("k")).run_ids
+    rng = random.Random(5)
+    at, claims = 1_000_000.0, []
+    with app.engine.begin() as conn:
+        for n in range(400):
+            at += rng.choice([0.0, 0.001, 0.5, 30.0, 3600.0]) if n % 50 else 86400.0
+            log = {"run_id": run_id, "attempt": 1, "worker_id": "w", "lease_token": 1}
+            if rng.random() < 0.3:  # a row of another kind, at a time of its own
+                conn.execute(run_events.insert().values(kind="succeeded", at=rng.random(), **log))
+            claims.append(
+                (
+                    conn.execute(
+                        run_events.insert().values(kind="claimed", at=at, **log)
+                    ).inserted_primary_key[0],
+                    at,
+                )
+            )
+        moments = [rng.uniform(claims[0][1] - 10, claims[-1][1] + 10) for _ in range(60)]
+        moments += [at for _, at in claims[::37]]
+        for moment in moments:
+            expected = next((i for i, t in claims if t >= moment), None)
+            assert _first_claim_at(conn, moment) == expected, moment

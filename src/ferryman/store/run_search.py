@@ -141,37 +141,47 @@ def _claimed_by(conn: sa.Connection, worker: str) -> list[sa.ColumnElement[bool]
 def _first_claim_at(conn: sa.Connection, at: float) -> int | None:
     """The id of the first ``claimed`` log row at or after ``at`` (None: none is).
 
-    A binary search over the log's ids, a few dozen seeks of its primary key:
-    claimed rows are written by one short statement that reads the clock and
-    takes the id together, so their times rise with their ids but for the
-    statements in flight at once (``CLAIM_SKEW`` covers them; other rows are
-    left out, as one written in a job's long transaction carries its start)."""
+    Found by seeks of the log's primary key, each guessing where ``at`` falls
+    between the two claims known either side of it (claims come at a steady
+    pace, so a guess lands close), every other one halving the range instead
+    (so a burst of claims costs no more than a binary search). Claimed rows
+    are written by one short statement that reads the clock and takes the id
+    together, so their times rise with their ids but for the statements in
+    flight at once (``CLAIM_SKEW`` covers them; other rows are left out, as
+    one written in a job's long transaction carries its start)."""
+    claimed = sa.select(run_events.c.id, run_events.c.at).where(
+        run_events.c.kind == RunEventKind.CLAIMED.value
+    )
 
     def claim_from(event_id: int) -> tuple[int, float] | None:
-        row = conn.execute(
-            sa.select(run_events.c.id, run_events.c.at)
-            .where(run_events.c.id >= event_id, run_events.c.kind == RunEventKind.CLAIMED.value)
-            .order_by(run_events.c.id)
-            .limit(1)
-        ).first()
+        query = claimed.where(run_events.c.id >= event_id).order_by(run_events.c.id).limit(1)
+        row = conn.execute(query).first()
         return None if row is None else (row.id, row.at)
 
-    low = claim_from(0)
-    if low is None or low[1] >= at:
-        return None if low is None else low[0]
-    # claim_from(low) is before ``at``; find the first claim from ``high`` on that is not
-    high = conn.scalar(sa.select(sa.func.max(run_events.c.id)))
-    found: int | None = None
-    lo, hi = low[0] + 1, int(high or 0)
-    while lo <= hi:
+    first = claim_from(0)
+    newest = conn.execute(claimed.order_by(run_events.c.id.desc()).limit(1)).first()
+    if first is None or newest is None or first[1] >= at:
+        return None if first is None else first[0]
+    if newest.at < at:
+        return None
+    before, after = first, (int(newest.id), float(newest.at))  # claims either side of ``at``
+    # The first claim at or after ``at`` is ``after`` or lies between ``before`` and ``below``.
+    below = after[0]
+    guess = True
+    while before[0] + 1 < below:
+        lo, hi = before[0] + 1, below - 1
         middle = (lo + hi) // 2
+        if guess and after[1] > before[1]:
+            share = (at - before[1]) / (after[1] - before[1])
+            middle = min(hi, max(lo, before[0] + round(share * (after[0] - before[0]))))
+        guess = not guess
         probe = claim_from(middle)
-        if probe is None or probe[1] >= at:
-            found = probe[0] if probe is not None else found
-            hi = middle - 1
+        assert probe is not None  # ``after`` is one
+        if probe[1] >= at:
+            after, below = probe, middle  # and no claim between middle and it
         else:
-            lo = probe[0] + 1
-    return found
+            before = probe
+    return after[0]
 
 
 def _prefix_range(conn: sa.Connection, prefix: str) -> list[sa.ColumnElement[bool]]:
