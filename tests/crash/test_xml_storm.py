@@ -48,7 +48,7 @@ from tests.xml_support import (
 # make soak sets FERRYMAN_STORM_APPS and _SECONDS for longer storms. The suite's
 # small storm (on MariaDB, see small_storm) has fewer applications and ends once
 # MIN_KILLS kills have struck and a run was taken over from a killed worker.
-FULL_APPS, SMALL_APPS = 2000, 1000
+FULL_APPS, SMALL_APPS = 4000, 1000  # full: enough that MIN_KILLS strike before most are done
 BAD_SHARE = 0.05
 WORKERS = 3
 LEASE_SECONDS = 2.0

@@ -11,8 +11,8 @@ does not end ``failed``).
 The deadlock is made on purpose: another connection locks row 1 after
 updating many rows (InnoDB picks the transaction that changed fewer rows as
 the victim; PostgreSQL the first to wait past its deadlock_timeout, the job),
-the job locks row 2 then asks for row 1, and the other connection asks for
-row 2.
+the job locks row 2 then asks for row 1, and once the job waits for it, the
+other connection asks for row 2.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 import ferryman as fm
 from tests.conftest import STORE_FIXTURES
+from tests.helpers import wait_until
 
 ROWS = 200
 contended = sa.Table(
@@ -43,9 +44,27 @@ def _hold_row_1_then_ask_for_row_2(
         conn.execute(contended.update().where(contended.c.id == 1).values(n=contended.c.n + 1))
         locked.set()
         assert job_holds_row_2.wait(60)
+        # PostgreSQL rolls back whoever waited past deadlock_timeout first: ask for
+        # row 2 only once the job waits for row 1, so that it is the job.
+        wait_until(lambda: _waiting_for_a_lock(engine), what="the job waiting for row 1")
         # Waits for the job's lock on row 2 while the job waits for row 1: the
         # server rolls the job's transaction back, and this update then goes through.
         conn.execute(contended.update().where(contended.c.id == 2).values(n=contended.c.n + 1))
+
+
+def _waiting_for_a_lock(engine: sa.Engine) -> bool:
+    """Whether a transaction of the store's database waits for a row lock, now."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            query = (
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        else:
+            query = (
+                "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+            )
+        return bool(conn.exec_driver_sql(query).scalar_one())
 
 
 @pytest.mark.timeout(120)
