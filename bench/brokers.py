@@ -1,7 +1,9 @@
 """Broker sources: messages/s into runs, next to a bare consumer, in the same run.
 
 For each broker (RabbitMQ, Redis Streams, NATS JetStream, SQS on a moto server
-started on a loopback port), ``--messages`` messages are published to a fresh
+started on a loopback port, or with ``--sqs-server fauxqs`` on fauxqs, which
+``make fauxqs`` installs: moto scans the whole queue on every call, so its
+figures measure moto), ``--messages`` messages are published to a fresh
 queue twice, and two consumers drain them in turn:
 
 * **ferryman**: a push sensor with ``source=fm.sources.<broker>(...)``,
@@ -360,13 +362,14 @@ def moto_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    # ferryman's SQS source builds its client from the standard AWS variables.
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")  # a moto server takes any
     try:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def label(broker: str, sqs_server: str) -> str:
+    return f"sqs on {sqs_server}" if broker == "sqs" else broker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,13 +378,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brokers", default=",".join(BROKER_NAMES), help="comma-separated")
     parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL (fresh dbs made)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument(
+        "--sqs-server",
+        choices=("moto", "fauxqs"),
+        default="moto",
+        help="the SQS endpoint: moto's server, or fauxqs (installed by `make fauxqs`)",
+    )
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.brokers.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(BROKER_NAMES))
     if unknown:
         parser.error(f"unknown brokers {unknown}; choose among {list(BROKER_NAMES)}")
     rows = []
-    with moto_server() as endpoint:
+    # ferryman's SQS source builds its client from the standard AWS variables.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")  # either server takes any
+    with contextlib.ExitStack() as stack:
+        if args.sqs_server == "fauxqs" and "sqs" in chosen:
+            sys.path.insert(0, str(ROOT))
+            from tests.brokers.sqs_server import fauxqs_server
+
+            endpoint = stack.enter_context(fauxqs_server(Path(os.devnull)))
+        else:
+            endpoint = stack.enter_context(moto_server())
         makers: dict[str, Callable[[], Any]] = {
             "rabbitmq": Rabbit,
             "redis": Redis,
@@ -394,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             ours = time_ferryman(broker, args.messages, args.pg)
             rows.append({"broker": name, "ferryman": ours, "bare": bare, "ratio": ours / bare})
             print(
-                f"{name}: ferryman {ours:,.0f} msg/s, bare {bare:,.0f} msg/s, {ours / bare:.2f}x",
+                f"{label(name, args.sqs_server)}: ferryman {ours:,.0f} msg/s, "
+                f"bare {bare:,.0f} msg/s, {ours / bare:.2f}x",
                 flush=True,
             )
     print()
@@ -402,9 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for row in rows:
         figures = f"{row['ferryman']:,.0f} | {row['bare']:,.0f} | {row['ratio']:.2f}x"
-        print(f"| {row['broker']} | {figures} |")
+        print(f"| {label(row['broker'], args.sqs_server)} | {figures} |")
     if args.json:
-        args.json.write_text(json.dumps({"messages": args.messages, "rows": rows}, indent=2))
+        found = {"messages": args.messages, "sqs_server": args.sqs_server, "rows": rows}
+        args.json.write_text(json.dumps(found, indent=2))
     return 0
 
 

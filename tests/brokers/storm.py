@@ -197,15 +197,22 @@ class NatsBroker:
 
 
 class SqsBroker:
-    kind = "sqs"
-    # moto's server lists the whole queue on every send and receive: with every
-    # message published up front, 10,000 would take hours. Published as the
-    # consumers go, no more than this many waiting at once, each call stays cheap.
-    backlog: int | None = 200
+    """An SQS queue (and its redrive target) on the endpoint of ``AWS_ENDPOINT_URL``.
 
-    def __init__(self) -> None:
+    ``backlog``: moto's server scans the whole queue on every send and receive
+    (several times over): with every message published up front, 10,000 would
+    take hours. On moto they are published as the consumers go, no more than
+    200 waiting at once, so each call stays cheap; on fauxqs
+    (tests/brokers/sqs_server.py), whose calls cost the same at any length,
+    all before the storm (``backlog=None``), as on the other brokers.
+    """
+
+    kind = "sqs"
+
+    def __init__(self, backlog: int | None = 200) -> None:
         import boto3  # type: ignore[import-untyped]
 
+        self.backlog = backlog
         self.client = boto3.client("sqs")
         name = unique("storm")
         self.dead_url = self.client.create_queue(QueueName=f"{name}-dead")["QueueUrl"]

@@ -5,21 +5,26 @@ failed, and the broker holds nothing unacked. The suite runs a small storm
 (500 messages, 5 kills); ``make storms-brokers`` runs the full one (10,000
 messages, 50 kills) through ``FERRYMAN_STORM_BROKER_MESSAGES`` and
 ``FERRYMAN_STORM_BROKER_KILLS``; ``make soak`` runs it too, on both stores
-(``FERRYMAN_STORM_STORE``; PostgreSQL by default). SQS's messages are
-published while the storm goes on (moto's server lists the whole queue on
-every call: :class:`tests.brokers.storm.SqsBroker`).
+(``FERRYMAN_STORM_STORE``; PostgreSQL by default). SQS runs on moto's server,
+its messages published while the storm goes on (moto scans the whole queue on
+every call: :class:`tests.brokers.storm.SqsBroker`), or, with
+``FERRYMAN_STORM_SQS_SERVER=fauxqs`` (``make storms-brokers``), on fauxqs
+(tests/brokers/sqs_server.py), every message published up front.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.brokers.storm import BROKERS, Broker, run_storm
+from tests.brokers.sqs_server import fauxqs_server
+from tests.brokers.storm import BROKERS, Broker, SqsBroker, run_storm
 from tests.crash.support import report_storm, storm_setting, storm_store
-from tests.s3_fixtures import s3_endpoint, s3_server
+from tests.s3_fixtures import S3_ENVIRONMENT, s3_endpoint, s3_server
 
 __all__ = ["s3_endpoint", "s3_server"]  # fixtures
 
@@ -27,12 +32,24 @@ pytestmark = pytest.mark.crash
 
 
 @pytest.fixture(params=sorted(BROKERS))
-def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    if request.param == "sqs":  # moto's server, its address in the AWS variables
-        request.getfixturevalue("s3_endpoint")
-    made = BROKERS[request.param]()
-    yield made
-    made.remove()
+def broker(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Broker]:
+    with contextlib.ExitStack() as stack:
+        if request.param != "sqs":
+            made: Broker = BROKERS[request.param]()
+        elif os.environ.get("FERRYMAN_STORM_SQS_SERVER", "moto") == "fauxqs":
+            endpoint = stack.enter_context(fauxqs_server(tmp_path / "fauxqs.log"))
+            monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the daemons inherit these
+            for name, value in S3_ENVIRONMENT.items():
+                monkeypatch.setenv(name, value)
+            monkeypatch.delenv("AWS_PROFILE", raising=False)
+            made = SqsBroker(backlog=None)  # every message published before the storm
+        else:  # moto's server, its address in the AWS variables
+            request.getfixturevalue("s3_endpoint")
+            made = SqsBroker()
+        yield made
+        made.remove()
 
 
 def test_sigkilled_consumers_make_exactly_one_run_per_message(
