@@ -9,7 +9,9 @@ API: the SQS tests of tests/brokers/test_sqs.py pass against it too.
 
 ``make fauxqs`` installs it under ``.fauxqs/`` (``make storms-brokers`` does
 so first); :func:`fauxqs_server` runs it on a free port, for as long as the
-block lasts, and fails loudly when it is not installed.
+block lasts, and fails loudly when it is not installed. fauxqs 1.9.2 (the last
+release for Node.js 20) listens on every interface, not on loopback alone;
+its queue URLs name 127.0.0.1.
 """
 
 from __future__ import annotations
