@@ -40,7 +40,7 @@ from ferryman.store.schema import run_events, runs, workers
 
 PREFIX_PROBE = 2000  # runs a run_key prefix is looked up by in the index, at most
 CLAIM_SKEW = 600.0  # seconds the claims of one moment may be out of order by id
-CLAIM_WINDOW = 4000  # log rows a worker's newest claims are looked for in first
+CLAIM_WINDOW = 1000  # log rows a worker's newest claims are looked for in first
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
