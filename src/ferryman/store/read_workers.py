@@ -60,19 +60,21 @@ def list_workers(
     ]
     if not found:
         return []
+    # Every running run, not those of the workers listed: with a filter on the
+    # holder, PostgreSQL expects few rows and reads all of them to sort by id.
     held = conn.execute(
         sa.select(runs.c.id, runs.c.lease_owner)
-        .where(
-            runs.c.status == RunStatus.RUNNING.value,
-            runs.c.lease_owner.in_([w.id for w in found]),
-        )
+        .where(runs.c.status == RunStatus.RUNNING.value)
         .order_by(runs.c.id)
         .limit(HOLDING_COUNTED + 1)
     ).all()
     exact = len(held) <= HOLDING_COUNTED
+    listed = {w.id for w in found}
     holding: dict[str, int] = defaultdict(int)
     oldest: dict[str, list[int]] = defaultdict(list)
     for run_id, owner in held[:HOLDING_COUNTED]:
+        if owner not in listed:
+            continue
         holding[owner] += 1
         if len(oldest[owner]) < WORKER_RUNS_SHOWN:
             oldest[owner].append(run_id)
