@@ -129,20 +129,20 @@ def _claims_of(conn: sa.Connection, worker: str) -> Iterator[_Claims]:
     next window. Last, all of its claims: the runs they name, between the
     least and greatest run id among them. A worker the store has no row for
     reads the whole log at once."""
-    claimed = sa.select(run_events.c.run_id).where(
+    by_worker = sa.select(run_events.c.run_id).where(
         run_events.c.worker_id == worker, run_events.c.kind == RunEventKind.CLAIMED.value
     )
     lifetime = conn.execute(
         sa.select(workers.c.started_at, workers.c.stopped_at).where(workers.c.id == worker)
     ).first()
     if lifetime is None:
-        yield _Claims([runs.c.id.in_(claimed)], None)
+        yield _Claims([runs.c.id.in_(by_worker)], None)
         return
     first = _first_claim_at(conn, lifetime.started_at - CLAIM_SKEW)
     if first is None:  # nothing claimed since it started
         yield _Claims([sa.false()], None)
         return
-    claimed = claimed.where(run_events.c.id >= first)
+    claimed = by_worker.where(run_events.c.id >= first)
     end = None
     if lifetime.stopped_at is not None:
         end = _first_claim_at(conn, lifetime.stopped_at + CLAIM_SKEW)
@@ -158,8 +158,11 @@ def _claims_of(conn: sa.Connection, worker: str) -> Iterator[_Claims]:
         floor = _run_floor(conn, start)
         if floor is None:
             continue
-        newer = claimed.where(run_events.c.id >= start, run_events.c.run_id > floor)
-        ids = sorted(set(conn.scalars(newer)))
+        # One range of log ids (given two lower bounds, SQLite seeks by the first
+        # and filters by the other), the floor applied here (in SQL, SQLite would
+        # read the log by run id for it).
+        newer = conn.scalars(by_worker.where(run_events.c.id >= start, run_events.c.id < end))
+        ids = sorted({run_id for run_id in newer if run_id > floor})
         yield _Claims([id_among(conn, runs.c.id, ids)] if ids else [sa.false()], floor)
     within = claimed.subquery()
     least, greatest = conn.execute(
