@@ -12,7 +12,9 @@ prefix is a range of an index of the keys (migration 0009 on PostgreSQL):
 up to ``PREFIX_PROBE`` matches are found there, and a prefix more runs share
 walks the runs newest first, where its matches are dense. A worker's runs
 are read from the processing log written while it lived (its row in
-``ferryman_workers``), so a worker stopped days ago costs its own part of the
+``ferryman_workers``), its newest claims first, a window of the log at a
+time (see :func:`_claims_of`): a page of a busy worker that claimed a million runs
+costs a few thousand log rows; one with no registered worker reads the whole
 log. An error walks the runs newest first and stops at a page of matches,
 so a rare match on a huge store reads more.
 """
