@@ -351,13 +351,17 @@ def prune_store(url: str, finished_before: str, batch: int) -> tuple[float, str]
 
 def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> Figures:
     figures = Figures()
-    figures.p95["submit (one run)"] = p95(time_submits(url, args.submits))
-    figures.p95["claim (one run)"] = p95(time_claims(url, args.claims))
+    chosen = [part for part in args.endpoints.split(",") if part]
+    if not chosen:
+        figures.p95["submit (one run)"] = p95(time_submits(url, args.submits))
+        figures.p95["claim (one run)"] = p95(time_claims(url, args.claims))
     web.forget_counts(url)  # the first start counts every run and folds the whole log
     process, base, cold = timing.cold_start(url, start_timeout=3600)
     figures.p95.update(cold)
     try:
         for name, paths in web.endpoints(size, random.Random(7)).items():
+            if chosen and not any(part in name for part in chosen):
+                continue
             figures.p95[name] = p95(timing.measure(base, paths, args.requests))
             print(f"{kind} {size:,}: {name}: p95 {figures.p95[name]:.1f} ms", flush=True)
     finally:
@@ -420,6 +424,12 @@ def main() -> None:
     parser.add_argument("--no-prune", dest="prune", action="store_false")
     parser.add_argument(
         "--no-restart", dest="restart", action="store_false", help="start each server once"
+    )
+    parser.add_argument(
+        "--endpoints",
+        default="",
+        help="time only the endpoints whose name holds one of these comma-separated words "
+        "(and no submits or claims)",
     )
     parser.add_argument("--finished-before", default=f"{DAYS // 2}d")
     parser.add_argument("--batch", type=int, default=500, help="runs per prune transaction")

@@ -103,6 +103,7 @@ TIMEOUTS = "Timeouts: an attempt past its deadline ends and cannot commit"
 CANCELLING = "Cancelling: nothing a cancelled run does afterwards commits"
 CHAINING = "Chaining: a downstream run exists if and only if its upstream succeeded"
 RUN_COUNTS = "Run counts are exact without counting every run"
+WORKER_VIEWS = "Worker views: exact, or saying they are not"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # -- runs: one run per run_key -----------------------------------------------
@@ -1085,5 +1086,29 @@ MUTATIONS: tuple[Mutation, ...] = (
             "*(sa.false() for lo, hi, _ in runs_pending)",
         ),
         (f"{TALLY}::test_a_run_committed_after_a_newer_one_is_counted_once[postgres]",),
+    ),
+    # -- worker views ----------------------------------------------------------------
+    Mutation(
+        "a worker's runs, oldest first, given from a window of its claims too soon",
+        WORKER_VIEWS,
+        one("ferryman/store/run_search.py", "(anchor or 0) >= claims.floor", "True"),
+        (
+            "tests/unit/test_worker_search.py::"
+            "test_a_workers_newest_claims_are_read_first_and_no_run_is_missed[sqlite]",
+        ),
+    ),
+    Mutation(
+        "the workers page calls a holding exact past the running runs it read",
+        WORKER_VIEWS,
+        one(
+            "ferryman/store/read_workers.py",
+            "exact = len(held) <= HOLDING_COUNTED",
+            "exact = True",
+        ),
+        (
+            "tests/web/test_workers_page.py::"
+            "test_a_worker_holding_more_runs_than_the_page_reads_is_shown_as_at_least_that_many"
+            "[sqlite]",
+        ),
     ),
 )

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 import ferryman as fm
+from ferryman.store import run_search
 from ferryman.store.run_search import CLAIM_SKEW, RunFilter, _first_claim_at
-from ferryman.store.schema import run_events, workers
+from ferryman.store.schema import run_events, runs, workers
 
 HOUR = 3600.0
 
@@ -120,3 +123,71 @@ def test_the_first_claim_after_a_moment_is_found_however_claims_bunch(
         for moment in moments:
             expected = next((i for i, t in claims if t >= moment), None)
             assert _first_claim_at(conn, moment) == expected, moment
+
+
+def _pages(app: fm.App, worker: str, *, after_id: int | None = None) -> list[int]:
+    """Every id the search lists for ``worker``, page by page: newest first from the
+    newest, or, from ``after_id``, oldest first (each page is newest first)."""
+    seen: list[int] = []
+    before: int | None = None
+    after = after_id
+    while True:
+        page = app.store.search_runs(
+            RunFilter(worker=worker), before_id=before, after_id=after, limit=5
+        )
+        if after_id is None:
+            seen += [run.id for run in page.items]
+            before = page.next_before
+            if before is None:
+                return seen
+        else:
+            seen += [run.id for run in reversed(page.items)]
+            after = page.previous_after
+            if after is None:
+                return seen
+
+
+def test_a_workers_newest_claims_are_read_first_and_no_run_is_missed(
+    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs created five minutes apart (out of id order by up to ``CLAIM_SKEW``), each
+    claimed within minutes by one of two workers (log rows out of time order as much),
+    some claimed again hours later: every page, read from the newest claims back window
+    by window, lists exactly the runs the worker claimed."""
+    monkeypatch.setattr(run_search, "CLAIM_WINDOW", 4)
+    app = _app(make_app)
+    ids = sorted(app.submit("load", *(fm.RunRequest(f"k{n}") for n in range(300))).run_ids)
+    rng = random.Random(11)
+    base = app.store.now() - 400 * 300.0
+    claims: list[tuple[float, float, int, str]] = []  # (order, at, run id, worker)
+    with app.engine.begin() as conn:
+        for n, run_id in enumerate(ids):
+            created = base + n * 300.0 + rng.uniform(-CLAIM_SKEW / 2, CLAIM_SKEW / 2)
+            conn.execute(runs.update().where(runs.c.id == run_id).values(created_at=created))
+            for _ in range(1 if rng.random() < 0.8 else 2):
+                late = rng.random() < 0.1  # claimed again long after
+                at = created + rng.uniform(0, 30_000 if late else 300)
+                order = at + rng.uniform(-CLAIM_SKEW / 2, CLAIM_SKEW / 2)
+                claims.append((order, at, run_id, rng.choice(["stopped", "alive"])))
+        ended = max(at for _, at, _, _ in claims) + 60
+        for name, stopped in (("stopped", ended), ("alive", None)):
+            conn.execute(
+                workers.insert().values(
+                    id=name,
+                    host="h",
+                    pid=1,
+                    jobs='["load"]',
+                    started_at=base - 60,
+                    last_seen_at=ended,
+                    stopped_at=stopped,
+                )
+            )
+        for _, at, run_id, name in sorted(claims):
+            log = {"run_id": run_id, "attempt": 1, "worker_id": name, "lease_token": 1}
+            conn.execute(run_events.insert().values(kind="claimed", at=at, **log))
+
+    for name in ("stopped", "alive"):
+        expected = sorted({run_id for _, _, run_id, who in claims if who == name}, reverse=True)
+        assert _pages(app, name) == expected
+        anchor = ids[len(ids) // 2]
+        assert _pages(app, name, after_id=anchor) == sorted(i for i in expected if i > anchor)

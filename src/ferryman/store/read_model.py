@@ -56,9 +56,9 @@ from ferryman.store.read_queries import (
     MinuteCount,
     Page,
     TransferTotals,
-    WorkerView,
 )
 from ferryman.store.read_views import AttemptBar, DurationSlot, SlotCount, Timeline
+from ferryman.store.read_workers import WorkerView, count_live_workers, list_workers
 from ferryman.store.run_search import RunFilter, RunSearchPage
 from ferryman.store.run_tally import RunTally
 from ferryman.store.sensors import PAUSED, SensorQueries
@@ -236,7 +236,7 @@ class ReadModel:
                 oldest_due_age=q.oldest_due_age(conn, at),
                 sensors=self._sensors_failing_first(conn),
                 throughput=history.throughput(conn, self._slot_counts(), at),
-                live_workers=q.count_live_workers(conn, at, alive_within=alive_within),
+                live_workers=count_live_workers(conn, at, alive_within=alive_within),
                 active_transfers=q.count_active_transfers(conn),
             )
 
@@ -425,7 +425,7 @@ class ReadModel:
     def worker_views(self, *, alive_within: float) -> list[WorkerView]:
         """Workers newest first, live or not, each with the runs it holds."""
         with self.read("listing workers") as conn:
-            return q.list_workers(conn, self.runs.now(conn), alive_within=alive_within)
+            return list_workers(conn, self.runs.now(conn), alive_within=alive_within)
 
     # -- /metrics ------------------------------------------------------------
 
@@ -452,7 +452,7 @@ class ReadModel:
                 counts=counts,
                 oldest_due_age=q.oldest_due_age(conn, now),
                 transfers=q.transfer_totals(conn),
-                live_workers=q.count_live_workers(conn, now, alive_within=alive_within),
+                live_workers=count_live_workers(conn, now, alive_within=alive_within),
             )
             if folded is not None:
                 q.fold_events(conn, folded, cutoff)

@@ -26,15 +26,13 @@ from sqlalchemy.dialects import postgresql
 from ferryman.model import (
     Evaluation,
     EvaluationOutcome,
-    Run,
     RunEventKind,
     RunStatus,
     Transfer,
     TransferStatus,
-    WorkerInfo,
 )
 from ferryman.store import records
-from ferryman.store.schema import run_events, runs, sensor_evaluations, transfers, workers
+from ferryman.store.schema import run_events, runs, sensor_evaluations, transfers
 
 T = TypeVar("T")
 
@@ -76,15 +74,6 @@ class ErrorGroup:
     run_ids: list[int]  # newest first, at most 100
     first_seen: datetime | None
     last_seen: datetime | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerView:
-    """A worker and the runs it holds now (the first few of them, and how many)."""
-
-    worker: WorkerInfo
-    running: list[Run]
-    holding: int = 0
 
 
 def _limit(limit: int) -> int:
@@ -335,59 +324,6 @@ def list_transfers(
 
 def count_active_transfers(conn: sa.Connection) -> int:
     query = sa.select(sa.func.count()).where(transfers.c.status == TransferStatus.ACTIVE.value)
-    return int(conn.execute(query).scalar_one())
-
-
-WORKER_RUNS_SHOWN = 20
-
-
-def list_workers(
-    conn: sa.Connection, at: float, *, alive_within: float, limit: int = 200
-) -> list[WorkerView]:
-    """Workers newest first: live ones, and the latest that stopped or went silent.
-
-    Each with the number of runs it holds and the oldest
-    :data:`WORKER_RUNS_SHOWN` of them: a worker may hold thousands.
-    """
-    rows = conn.execute(
-        sa.select(workers).order_by(workers.c.started_at.desc()).limit(_limit(limit))
-    ).mappings()
-    found = [
-        records.worker_from_row(
-            row, alive=row["stopped_at"] is None and row["last_seen_at"] >= at - alive_within
-        )
-        for row in rows
-    ]
-    owners = [w.id for w in found]
-    if not owners:
-        return []
-    running = runs.c.status == RunStatus.RUNNING.value
-    held: dict[str, int] = dict(
-        conn.execute(
-            sa.select(runs.c.lease_owner, sa.func.count())
-            .where(running, runs.c.lease_owner.in_(owners))
-            .group_by(runs.c.lease_owner)
-        ).all()
-    )
-    # One short read per worker holding runs (the live few), not every running run.
-    oldest = sa.select(runs).where(running).order_by(runs.c.id).limit(WORKER_RUNS_SHOWN)
-    shown: dict[str, list[Run]] = {
-        owner: [
-            records.run_from_row(row)
-            for row in conn.execute(oldest.where(runs.c.lease_owner == owner)).mappings()
-        ]
-        for owner in held
-    }
-    return [
-        WorkerView(worker=w, running=shown.get(w.id, []), holding=int(held.get(w.id, 0)))
-        for w in found
-    ]
-
-
-def count_live_workers(conn: sa.Connection, at: float, *, alive_within: float) -> int:
-    query = sa.select(sa.func.count()).where(
-        workers.c.stopped_at.is_(None), workers.c.last_seen_at >= at - alive_within
-    )
     return int(conn.execute(query).scalar_one())
 
 

@@ -12,7 +12,9 @@ prefix is a range of an index of the keys (migration 0009 on PostgreSQL):
 up to ``PREFIX_PROBE`` matches are found there, and a prefix more runs share
 walks the runs newest first, where its matches are dense. A worker's runs
 are read from the processing log written while it lived (its row in
-``ferryman_workers``), so a worker stopped days ago costs its own part of the
+``ferryman_workers``), its newest claims first, a window of the log at a
+time (see :func:`_claims_of`): a page of a busy worker that claimed a million runs
+costs a few thousand log rows; one with no registered worker reads the whole
 log. An error walks the runs newest first and stops at a page of matches,
 so a rare match on a huge store reads more.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +42,7 @@ from ferryman.store.schema import run_events, runs, workers
 
 PREFIX_PROBE = 2000  # runs a run_key prefix is looked up by in the index, at most
 CLAIM_SKEW = 600.0  # seconds the claims of one moment may be out of order by id
+CLAIM_WINDOW = 1000  # log rows a worker's newest claims are looked for in first
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,8 +88,6 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
         query = query.where(SameRunKey(runs.c.run_key, found.run_key))
     if found.run_key_prefix:
         query = query.where(*_prefixed(conn, found.run_key_prefix))
-    if found.worker is not None:
-        query = query.where(*_claimed_by(conn, found.worker))
     if found.error is not None:
         ended = [RunStatus.FAILED.value, RunStatus.DEAD.value]
         if found.status is None:
@@ -103,39 +105,95 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
     return query
 
 
-def _claimed_by(conn: sa.Connection, worker: str) -> list[sa.ColumnElement[bool]]:
-    """Runs ``worker`` claimed, found among the log rows of its lifetime.
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Claims:
+    """Runs a worker claimed in some of its log rows, and whether that is all of them."""
+
+    where: list[sa.ColumnElement[bool]]
+    # Claims in older log rows name no run above this id (None: they were read too).
+    floor: int | None
+
+
+def _claims_of(conn: sa.Connection, worker: str) -> Iterator[_Claims]:
+    """Runs ``worker`` claimed, from its newest claims back, more of them each time.
 
     A worker registers (``ferryman_workers``) before its first claim and says
     when it stopped, so its claims are log rows between two ids, found by
-    their times; the runs they name lie between the least and greatest run id
-    among them, where the newest-first walk starts, not at the newest run. A
-    worker the store has no row for, or one that never said it stopped (alive,
-    or killed), reads the log from its start to the newest row."""
-    claimed = sa.select(run_events.c.run_id).where(
+    their times (alive, or killed: up to the newest row). The log is read
+    back from the end in windows growing fourfold (up to a third of the
+    lifetime in all), each yielding the runs claimed in it above a
+    ``floor``: a claim in an older row was made before the window's first
+    claim (but for ``CLAIM_SKEW``), of a run created before it, and a run
+    created ``CLAIM_SKEW`` before another has the lesser id (ids and creation
+    times are taken by one statement, as for the log), so the floor is the
+    id of the first run created ``2 * CLAIM_SKEW`` after that claim, less
+    one. A page of runs above the floor is exact; a shorter one reads the
+    next window. Last, all of its claims: the runs they name, between the
+    least and greatest run id among them. A worker the store has no row for
+    reads the whole log at once."""
+    by_worker = sa.select(run_events.c.run_id).where(
         run_events.c.worker_id == worker, run_events.c.kind == RunEventKind.CLAIMED.value
     )
     lifetime = conn.execute(
         sa.select(workers.c.started_at, workers.c.stopped_at).where(workers.c.id == worker)
     ).first()
     if lifetime is None:
-        return [runs.c.id.in_(claimed)]
+        yield _Claims([runs.c.id.in_(by_worker)], None)
+        return
     first = _first_claim_at(conn, lifetime.started_at - CLAIM_SKEW)
     if first is None:  # nothing claimed since it started
-        return [sa.false()]
-    claimed = claimed.where(run_events.c.id >= first)
-    if lifetime.stopped_at is None:
-        return [runs.c.id.in_(claimed)]
-    after = _first_claim_at(conn, lifetime.stopped_at + CLAIM_SKEW)
-    if after is not None:
-        claimed = claimed.where(run_events.c.id < after)
+        yield _Claims([sa.false()], None)
+        return
+    claimed = by_worker.where(run_events.c.id >= first)
+    end = None
+    if lifetime.stopped_at is not None:
+        end = _first_claim_at(conn, lifetime.stopped_at + CLAIM_SKEW)
+        if end is not None:
+            claimed = claimed.where(run_events.c.id < end)
+    if end is None:
+        newest = conn.scalar(sa.select(sa.func.max(run_events.c.id)))
+        end = first if newest is None else int(newest) + 1
+    window = CLAIM_WINDOW
+    while 4 * window <= end - first:  # the windows read a third of the lifetime at most
+        start = end - window
+        window *= 4
+        floor = _run_floor(conn, start)
+        if floor is None:
+            continue
+        # One range of log ids (given two lower bounds, SQLite seeks by the first
+        # and filters by the other), the floor applied here (in SQL, SQLite would
+        # read the log by run id for it).
+        newer = conn.scalars(by_worker.where(run_events.c.id >= start, run_events.c.id < end))
+        ids = sorted({run_id for run_id in newer if run_id > floor})
+        yield _Claims([id_among(conn, runs.c.id, ids)] if ids else [sa.false()], floor)
     within = claimed.subquery()
     least, greatest = conn.execute(
         sa.select(sa.func.min(within.c.run_id), sa.func.max(within.c.run_id))
     ).one()
     if least is None:
-        return [sa.false()]
-    return [runs.c.id.between(least, greatest), runs.c.id.in_(claimed)]
+        yield _Claims([sa.false()], None)
+        return
+    yield _Claims([runs.c.id.between(least, greatest), runs.c.id.in_(claimed)], None)
+
+
+def _run_floor(conn: sa.Connection, start: int) -> int | None:
+    """The greatest id a run claimed in a log row before ``start`` may have (see
+    :func:`_claims_of`); None if no run was created late enough to tell."""
+    claim = conn.execute(
+        sa.select(run_events.c.at)
+        .where(run_events.c.kind == RunEventKind.CLAIMED.value, run_events.c.id >= start)
+        .order_by(run_events.c.id)
+        .limit(1)
+    ).first()
+    if claim is None:
+        return None
+    later = conn.scalar(
+        sa.select(runs.c.id)
+        .where(runs.c.created_at > claim.at + 2 * CLAIM_SKEW)
+        .order_by(runs.c.created_at, runs.c.id)
+        .limit(1)
+    )
+    return None if later is None else int(later) - 1
 
 
 def _first_claim_at(conn: sa.Connection, at: float) -> int | None:
@@ -260,7 +318,17 @@ def search_runs(
         query = query.order_by(*[c.asc() for c in columns])
     else:
         query = query.order_by(*[c.desc() for c in columns])
-    items = [records.run_from_row(row) for row in conn.execute(query).mappings()]
+    windows = _claims_of(conn, found.worker) if found.worker is not None else [_Claims([], None)]
+    for claims in windows:
+        rows = conn.execute(query.where(*claims.where)).mappings()
+        items = [records.run_from_row(row) for row in rows]
+        # Exact once every claim was read, or, in id order, once the page lies above
+        # the floor (every run there the worker claimed was read): newest first, a
+        # whole page; oldest first, from an anchor at or above it.
+        if claims.floor is None or (
+            not by_time and (len(items) > limit if not forward else (anchor or 0) >= claims.floor)
+        ):
+            break
     more = len(items) > limit
     items = items[:limit]
     if forward:

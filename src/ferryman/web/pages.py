@@ -22,6 +22,7 @@ from ferryman.app import App
 from ferryman.model import Evaluation, Run, RunStatus, TransferStatus, chain_links, redact
 from ferryman.store.read_model import DEAD_LETTER_SAMPLE, MinuteCount, RunFilter
 from ferryman.store.read_queries import error_kind
+from ferryman.store.read_workers import HOLDING_COUNTED
 from ferryman.web import charts, cursors, insight, session, transfer_views
 from ferryman.web.deps import (
     MAX_ID,
@@ -509,7 +510,7 @@ def transfer_page(
 @router.get("/workers")
 def workers_page(request: Request, app: AppDep, settings: SettingsDep) -> Response:
     found = app.store.worker_views(alive_within=app.lease_seconds)
-    return render(request, "workers.html", settings, workers=found)
+    return render(request, "workers.html", settings, workers=found, counted=HOLDING_COUNTED)
 
 
 def page_error(request: Request, code: int, message: str) -> Response:

@@ -263,7 +263,11 @@ class WorkerOut(RecordOut):
     last_seen_at: datetime = _worker("last_seen_at")
     stopped_at: datetime | None = _worker("stopped_at")
     running: list[int] = Field(description="ids of the runs it holds now (the oldest 20)")
-    holding: int = Field(description="how many runs it holds now")
+    holding: int = Field(description="how many runs it holds now (at least, if not exact)")
+    holding_exact: bool = Field(
+        description="False: more runs were running than the page reads, and "
+        "`holding` counts this worker's among the oldest of them"
+    )
     crashes: int = Field(
         validation_alias=AliasPath("worker", "crashes"),
         description="crashes of the process's background threads",
