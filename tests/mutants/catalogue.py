@@ -580,8 +580,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "A part counts once S3 acknowledged it *and* its row committed",
         one(
             "ferryman/transfer/sender.py",
-            "            checksum = sha256_b64(part.data)\n",
-            "            checksum = sha256_b64(part.data)\n            give_back()\n",
+            "            checksum = Checksum.of(self.algorithm, part.data)\n",
+            "            checksum = Checksum.of(self.algorithm, part.data)\n"
+            "            give_back()\n",
         ),
         (
             "tests/transfer/test_upload_moto.py::"
@@ -619,7 +620,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "On resume, S3 is the truth and the file is checked",
         one(
             "ferryman/transfer/upload.py",
-            "        if len(data) != part.size or sha256_b64(data) != part.sha256:\n",
+            "        if len(data) != part.size or Checksum.of(sent.algorithm, data) != sent:\n",
             "        if len(data) != part.size:\n",
         ),
         (f"{RESUME}::test_a_source_changed_between_runs_fails_and_aborts[sqlite-modified]",),
