@@ -458,15 +458,17 @@ def redact(value: Any, sensitive: frozenset[str] | set[str]) -> Any:
 class DownloadPart:
     """One range of a download whose bytes are in the temporary file, its row committed.
 
-    ``sha256`` is the base64 SHA-256 of the range's bytes, checked against
-    the temporary file when the download resumes.
+    ``crc32`` (a download checked by the object's full-object CRC32) or
+    ``sha256`` (any other) is the base64 checksum of the range's bytes,
+    checked against the temporary file when the download resumes.
     """
 
     part_number: int
     start: int
     size: int
-    sha256: str
+    sha256: str | None
     confirmed_at: datetime
+    crc32: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -626,6 +626,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{RESUME}::test_a_source_changed_between_runs_fails_and_aborts[sqlite-modified]",),
     ),
     Mutation(
+        "the parts' CRC32s joined without shifting the first by the second's length",
+        "Complete, then verify, then report",
+        one(
+            "ferryman/transfer/crc32.py",
+            "    return _times(_zeros(length2), crc1) ^ crc2\n",
+            "    return crc1 ^ crc2\n",
+        ),
+        (
+            "tests/transfer/test_crc32.py::test_part_sized_pieces_combine",
+            "tests/integration/test_transfer_seaweed.py::"
+            "test_an_upload_is_completed_with_the_full_object_crc32_the_server_checks",
+        ),
+    ),
+    Mutation(
         "an object completed before its record is not recognised",
         "Complete, then verify, then report",
         one(

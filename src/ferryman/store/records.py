@@ -425,5 +425,6 @@ def download_part_from_row(row: sa.RowMapping) -> DownloadPart:
         start=row["start"],
         size=row["size"],
         sha256=row["sha256"],
+        crc32=row["crc32"],
         confirmed_at=_required_datetime(row["confirmed_at"]),
     )

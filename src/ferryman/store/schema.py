@@ -513,7 +513,7 @@ ACTIVE_OBJECT = MariaDBUniqueWhere(
 sa.Index("ix_ferryman_transfers_status_id", transfers.c.status, transfers.c.id)
 sa.Index("ix_ferryman_transfers_run_id", transfers.c.run_id)
 
-# A part counts once S3 returned its ETag *and* its row committed here.
+# A part counts once S3 returned its ETag and its row committed.
 transfer_parts = sa.Table(
     "ferryman_transfer_parts",
     metadata,
@@ -536,8 +536,7 @@ transfer_parts = sa.Table(
     **MARIADB_TABLE,
 )
 
-# The generated columns and indexes that stand in for unique partial indexes on
-# MariaDB; they are not columns of the tables above (no query reads them).
+# MariaDB's stand-ins for unique partial indexes (generated columns no query reads).
 MARIADB_UNIQUE_WHERE = (POLL_KEY, ACTIVE_OBJECT)
 for _unique_where in MARIADB_UNIQUE_WHERE:
     _unique_where.attach()
@@ -593,8 +592,9 @@ download_parts = sa.Table(
     sa.Column("part_number", sa.Integer, nullable=False),
     sa.Column("start", sa.BigInteger, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("sha256", LongText, nullable=False),
+    sa.Column("sha256", LongText),  # or, checked by the object's full-object CRC32:
     sa.Column("confirmed_at", Epoch, nullable=False),
+    sa.Column("crc32", LongText),
     sa.PrimaryKeyConstraint("download_id", "part_number"),
     **MARIADB_TABLE,
 )

@@ -85,6 +85,19 @@ def crc32_b64(data: bytes | bytearray | memoryview) -> str:
     return to_b64(zlib.crc32(data))
 
 
+class RunningCrc32:
+    """A CRC32 fed piece by piece, shaped as hashlib's objects for the stream it checks."""
+
+    def __init__(self) -> None:
+        self.crc = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+
+    def digest(self) -> bytes:
+        return self.crc.to_bytes(4, "big")
+
+
 def combined_b64(parts: Iterable[tuple[str, int]]) -> str:
     """The CRC32 of the concatenation of parts given as (base64 CRC32, size), in order."""
     whole = 0

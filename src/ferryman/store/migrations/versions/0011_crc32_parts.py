@@ -6,10 +6,12 @@ SHA-256 parts, also when resumed: ``ferryman_transfers.checksum_algorithm``
 is ``SHA256`` for every existing row, ``CRC32`` for new ones (written by the
 store). ``ferryman_transfer_parts.sha256`` may now be NULL (a CRC32 part),
 ``ferryman_transfer_parts.crc32`` holds the CRC32 (base64, as S3 takes it).
+Likewise ``ferryman_download_parts``: a download checked by the object's
+full-object CRC32 records each range's CRC32 instead of its SHA-256.
 
 SQLite alters a column's nullability by rebuilding the table (a batch).
-A downgrade forgets the CRC32 parts, which an older ferryman cannot check:
-they are sent again.
+A downgrade forgets the CRC32 parts and ranges, which an older ferryman
+cannot check: they are sent (fetched) again.
 
 Revision ID: 0011
 Revises: 0010
@@ -29,6 +31,7 @@ depends_on = None
 
 TRANSFERS = "ferryman_transfers"
 PARTS = "ferryman_transfer_parts"
+RANGES = "ferryman_download_parts"
 
 
 def upgrade() -> None:
@@ -42,14 +45,16 @@ def upgrade() -> None:
             TRANSFERS,
             sa.Column("checksum_algorithm", sa.Text, nullable=False, server_default="SHA256"),
         )
-    with op.batch_alter_table(PARTS) as parts:
-        parts.alter_column("sha256", existing_type=LongText, nullable=True)
-        parts.add_column(sa.Column("crc32", LongText))
+    for table in (PARTS, RANGES):
+        with op.batch_alter_table(table) as parts:
+            parts.alter_column("sha256", existing_type=LongText, nullable=True)
+            parts.add_column(sa.Column("crc32", LongText))
 
 
 def downgrade() -> None:
-    op.execute(f"DELETE FROM {PARTS} WHERE sha256 IS NULL")
-    with op.batch_alter_table(PARTS) as parts:
-        parts.drop_column("crc32")
-        parts.alter_column("sha256", existing_type=LongText, nullable=False)
+    for table in (PARTS, RANGES):
+        op.execute(f"DELETE FROM {table} WHERE sha256 IS NULL")
+        with op.batch_alter_table(table) as parts:
+            parts.drop_column("crc32")
+            parts.alter_column("sha256", existing_type=LongText, nullable=False)
     op.drop_column(TRANSFERS, "checksum_algorithm")
