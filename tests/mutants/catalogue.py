@@ -581,8 +581,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "A part counts once S3 acknowledged it *and* its row committed",
         one(
             "ferryman/transfer/sender.py",
-            "            checksum = sha256_b64(part.data)\n",
-            "            checksum = sha256_b64(part.data)\n            give_back()\n",
+            "            checksum = Checksum.of(self.algorithm, part.data)\n",
+            "            checksum = Checksum.of(self.algorithm, part.data)\n"
+            "            give_back()\n",
         ),
         (
             "tests/transfer/test_upload_moto.py::"
@@ -620,10 +621,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "On resume, S3 is the truth and the file is checked",
         one(
             "ferryman/transfer/upload.py",
-            "        if len(data) != part.size or sha256_b64(data) != part.sha256:\n",
+            "        if len(data) != part.size or Checksum.of(sent.algorithm, data) != sent:\n",
             "        if len(data) != part.size:\n",
         ),
         (f"{RESUME}::test_a_source_changed_between_runs_fails_and_aborts[sqlite-modified]",),
+    ),
+    Mutation(
+        "the parts' CRC32s joined without shifting the first by the second's length",
+        "Complete, then verify, then report",
+        one(
+            "ferryman/transfer/crc32.py",
+            "    return _times(_zeros(length2), crc1) ^ crc2\n",
+            "    return crc1 ^ crc2\n",
+        ),
+        (
+            "tests/transfer/test_crc32.py::test_part_sized_pieces_combine",
+            "tests/integration/test_transfer_seaweed.py::"
+            "test_an_upload_is_completed_with_the_full_object_crc32_the_server_checks",
+        ),
     ),
     Mutation(
         "an object completed before its record is not recognised",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,8 @@ def transfer_row(store_url: str, source: Path) -> dict[str, Any] | None:
             return None if row is None else dict(row)
     finally:
         engine.dispose()
+
+
+def crc32_b64(data: bytes) -> str:
+    """The CRC32 of ``data`` as S3's ``ChecksumCRC32`` holds it (big-endian, base64)."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -20,14 +21,22 @@ import sqlalchemy as sa
 
 import ferryman as fm
 from ferryman.errors import ConfigurationError, DownloadFailed
-from ferryman.store import Store
+from ferryman.store import NewTransfer, Store
 from ferryman.store.schema import download_parts, downloads
 from ferryman.transfer.download import temp_path_for
 from ferryman.transfer.download_ranges import CHUNK
+from ferryman.transfer.upload import Uploader
 from tests.helpers import wait_until
 from tests.proxies import SlowProxy
 from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
-from tests.transfer.support import REPO, MiB, file_sha256, start_ferryman, write_random
+from tests.transfer.support import (
+    REPO,
+    MiB,
+    crc32_b64,
+    file_sha256,
+    start_ferryman,
+    write_random,
+)
 
 __all__ = ["seaweed", "seaweed_bucket", "seaweed_env"]  # fixtures used here
 
@@ -68,11 +77,52 @@ def _start(store_url: str, log: Path, env: dict[str, str], *args: str) -> subpro
     return start_ferryman(store_url, log, env, "download", *args)
 
 
-def test_download_is_verified_by_s3s_composite_checksum_or_the_uploads_sidecar(
+def test_download_is_verified_by_s3s_full_object_crc32_whatever_the_ranges(
     seaweed_env: SeaweedServer, seaweed_bucket: str, tmp_path: Path
 ) -> None:
+    """The ranges' CRC32s, computed as they arrive, combine into the object's:
+    no second pass, also with ranges off the object's part boundaries."""
     store = f"sqlite:///{tmp_path}/store.db"
     source = write_random(tmp_path / "source.bin", 23 * MiB + 17)
+    url = f"s3://{seaweed_bucket}/crc32.bin"
+    fm.transfer.upload(source, url, store=store, part_size=5 * MiB, sidecar=True)
+    download_module = sys.modules["ferryman.transfer.download"]
+
+    def second_pass(fd: int, size: int) -> bytes:
+        raise AssertionError("the file was hashed a second time")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(download_module, "file_sha256", second_pass)
+        done = fm.transfer.download(url, tmp_path / "out.bin", store=store, part_size=3 * MiB)
+    assert (done.verified_by, done.part_size) == ("crc32", 3 * MiB)
+    assert done.expected == f"crc32:{crc32_b64(source.read_bytes())}"
+    assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
+    engine = sa.create_engine(store)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(download_parts).order_by(download_parts.c.part_number))
+            ranges = [(r.crc32, r.sha256, r.start, r.size) for r in rows]
+    finally:
+        engine.dispose()
+    data = source.read_bytes()
+    assert [(crc32, sha256) for crc32, sha256, _, _ in ranges] == [
+        (crc32_b64(data[start : start + size]), None) for _, _, start, size in ranges
+    ]
+    assert len(ranges) == 8
+
+
+def test_download_is_verified_by_s3s_composite_checksum_or_the_uploads_sidecar(
+    seaweed_env: SeaweedServer,
+    seaweed_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Objects with SHA-256 parts (uploaded before CRC32 parts, or by others)."""
+    store = f"sqlite:///{tmp_path}/store.db"
+    source = write_random(tmp_path / "source.bin", 23 * MiB + 17)
+    upload_module = sys.modules[Uploader.__module__]
+    sha256_parts = functools.partial(NewTransfer, checksum_algorithm="SHA256")
+    monkeypatch.setattr(upload_module, "NewTransfer", sha256_parts)
     fm.transfer.upload(source, f"s3://{seaweed_bucket}/with-sidecar.bin", store=store, sidecar=True)
     fm.transfer.upload(source, f"s3://{seaweed_bucket}/bare.bin", store=store, part_size=5 * MiB)
 
@@ -172,7 +222,7 @@ def test_killed_download_resumes_without_fetching_confirmed_ranges_again(
     assert sorted(after) == sorted(set(range(1, RANGES + 1)) - confirmed), (before, after)
     assert file_sha256(dest) == file_sha256(source)
     row = _download_row(store)
-    assert row is not None and row["status"] == "succeeded" and row["verified_by"] == "composite"
+    assert row is not None and row["status"] == "succeeded" and row["verified_by"] == "crc32"
     assert row["resumes"] == 1
     assert not temp_path_for(dest).exists()
 
@@ -297,7 +347,7 @@ def test_ranges_are_recorded_only_after_their_bytes_are_synced_to_disk(
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(Store, "confirm_download_parts", confirm)
     done = fm.transfer.download(f"s3://{seaweed_bucket}/synced.bin", dest, store=store, fsync=fsync)
-    assert done.verified_by == "composite" and file_sha256(dest) == file_sha256(source)
+    assert done.verified_by == "crc32" and file_sha256(dest) == file_sha256(source)
     assert "confirm" in events
     if fsync:
         assert all(
@@ -334,7 +384,7 @@ def test_a_range_whose_bytes_could_not_be_written_is_not_recorded(
 
     monkeypatch.setattr(ranges_module, "_pwrite_all", real_write)
     done = fm.transfer.download(url, dest, store=store, concurrency=2)
-    assert done.verified_by == "composite" and file_sha256(dest) == file_sha256(source)
+    assert done.verified_by == "crc32" and file_sha256(dest) == file_sha256(source)
 
 
 class _CutProxy(SlowProxy):

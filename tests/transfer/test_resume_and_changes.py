@@ -8,14 +8,18 @@ recorded, as after a crash right after a part committed.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import ferryman as fm
-from ferryman.store import Store
+from ferryman.store import NewTransfer, Store
+from ferryman.transfer.upload import Uploader
 from tests.s3_fixtures import s3_bucket, s3_client, s3_endpoint, s3_server
 from tests.transfer.support import MiB, file_sha256, object_sha256, write_random
 
@@ -63,10 +67,11 @@ def test_resume_sends_only_what_is_missing_and_adopts_parts_s3_has(
     source = write_random(tmp_path / "f.bin", 22 * MiB)
     url = f"s3://{s3_bucket}/f.bin"
     before = partial(source, url, store_url, parts=1)
-    # The next part may already have been sent and committed while the first
-    # one's row was committing: a stop lands after one part or two.
+    # The next parts may already have been sent and committed while the first
+    # one's row was committing (two threads per slot): a stop lands after one
+    # part and at most three.
     confirmed = before.parts_confirmed
-    assert confirmed in (1, 2) and before.upload_id is not None
+    assert confirmed in (1, 2, 3) and before.upload_id is not None
     data = source.read_bytes()
     # A crash after S3 took the next part but before its row committed; the one
     # after it arrived damaged.
@@ -79,7 +84,7 @@ def test_resume_sends_only_what_is_missing_and_adopts_parts_s3_has(
             UploadId=before.upload_id,
             PartNumber=number,
             Body=body,
-            ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(),
+            ChecksumCRC32=base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
         )
     seen: list[fm.transfer.TransferProgress] = []
     done = fm.transfer.upload(source, url, store=store_url, progress=seen.append)
@@ -123,10 +128,12 @@ def test_an_object_completed_before_its_record_is_finished_sending_nothing(
         UploadId=before.upload_id,
         MultipartUpload={
             "Parts": [
-                {"PartNumber": p.part_number, "ETag": p.etag, "ChecksumSHA256": p.sha256}
+                {"PartNumber": p.part_number, "ETag": p.etag, "ChecksumCRC32": p.crc32}
                 for p in parts
             ]
         },
+        ChecksumCRC32=base64.b64encode(zlib.crc32(source.read_bytes()).to_bytes(4, "big")).decode(),
+        ChecksumType="FULL_OBJECT",
     )
     seen: list[fm.transfer.TransferProgress] = []
     done = fm.transfer.upload(source, url, store=sqlite_url, progress=seen.append)
@@ -251,3 +258,37 @@ def test_the_daemon_resumes_standalone_transfers_left_active(
     finally:
         store.close()
     assert object_sha256(s3_client, s3_bucket, "f.bin") == file_sha256(source)
+
+
+def test_a_transfer_made_with_sha256_parts_is_resumed_with_sha256_parts(
+    tmp_path: Path,
+    store_url: str,
+    s3_client: Any,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transfer begun before CRC32 parts (migration 0011 marks it SHA256) keeps
+    its multipart upload: its parts, old and new, carry SHA-256s, and the
+    object is checked by S3's composite SHA-256."""
+    source = write_random(tmp_path / "f.bin", 17 * MiB)
+    url = f"s3://{s3_bucket}/f.bin"
+    with monkeypatch.context() as before_0011:
+        old = functools.partial(NewTransfer, checksum_algorithm="SHA256")
+        before_0011.setattr(sys.modules[Uploader.__module__], "NewTransfer", old)
+        before = partial(source, url, store_url, parts=1)
+    assert before.checksum_algorithm == "SHA256"
+    done = fm.transfer.upload(source, url, store=store_url)
+    assert done.id == before.id and done.resumes == 1 and done.upload_id == before.upload_id
+    assert done.checksum_algorithm == "SHA256" and done.checksum is not None
+    assert done.checksum.endswith("-4")  # composite, of 4 parts
+    store = Store(store_url)
+    try:
+        parts = store.get_transfer_parts(done.id)
+    finally:
+        store.close()
+    data = source.read_bytes()
+    assert [(p.sha256, p.crc32) for p in parts] == [
+        (base64.b64encode(hashlib.sha256(data[p.start : p.start + p.size]).digest()).decode(), None)
+        for p in parts
+    ]
+    assert object_sha256(s3_client, s3_bucket, "f.bin") == file_sha256(source) == done.sha256

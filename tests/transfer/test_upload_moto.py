@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,15 @@ def test_more_parts_than_buffers_each_part_holds_its_own_bytes(
     start = 0
     for part in sidecar["parts"]:
         own = data[start : start + part["size"]]
-        assert part["sha256"] == base64.b64encode(hashlib.sha256(own).digest()).decode()
+        assert part["crc32"] == base64.b64encode(zlib.crc32(own).to_bytes(4, "big")).decode()
+        assert part["sha256"] is None
         start += part["size"]
     assert start == len(data)
+    # The object's full-object CRC32, combined from the parts', is that of every byte.
+    whole = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    assert transfer.checksum == sidecar["checksum_crc32"] == whole
+    head = s3_client.head_object(Bucket=s3_bucket, Key="in/reused.bin", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"] == whole
 
 
 def test_empty_and_single_part_files(

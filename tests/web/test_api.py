@@ -302,6 +302,20 @@ def test_a_transfer_shows_its_bytes_and_parts(client: TestClient, web_app: fm.Ap
     assert [t["id"] for t in listed] == [transfer_id]
 
 
+def test_a_transfer_with_crc32_parts_shows_their_checksums(
+    client: TestClient, web_app: fm.App
+) -> None:
+    transfer_id = add_transfer(web_app, parts=2, crc32=True)
+    detail = client.get(f"/api/transfers/{transfer_id}").json()
+    assert detail["transfer"]["checksum_algorithm"] == "CRC32"
+    assert [(p["crc32"], p["sha256"]) for p in detail["parts"]] == [
+        ("crc-of-part-1", None),
+        ("crc-of-part-2", None),
+    ]
+    page = client.get(f"/transfers/{transfer_id}")
+    assert page.status_code == 200 and "CRC32 crc-of-part-2" in page.text
+
+
 @pytest.fixture
 def server_far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The server's local time is UTC-5: a naive time read as local time would be 5 h off."""

@@ -73,8 +73,11 @@ def add_folder_sensor(app: fm.App, folder: Path, files: int = 3) -> None:
     app.tick(["incoming"], force=True)
 
 
-def add_transfer(app: fm.App, *, parts: int, source_size: int = 12 * MIB) -> int:
-    """An active upload of ``source_size`` bytes with ``parts`` parts of 5 MiB confirmed."""
+def add_transfer(
+    app: fm.App, *, parts: int, source_size: int = 12 * MIB, crc32: bool = False
+) -> int:
+    """An active upload of ``source_size`` bytes with ``parts`` parts of 5 MiB confirmed
+    (with SHA-256 checksums, as before 0.11, or ``crc32``)."""
     store = app.store
     opened = store.open_transfer(
         NewTransfer(
@@ -88,6 +91,7 @@ def add_transfer(app: fm.App, *, parts: int, source_size: int = 12 * MIB) -> int
             user_metadata_json=None,
             sidecar_key=None,
             run_id=None,
+            checksum_algorithm="CRC32" if crc32 else "SHA256",
         ),
         owner="test:1",
         lease_seconds=30,
@@ -103,7 +107,8 @@ def add_transfer(app: fm.App, *, parts: int, source_size: int = 12 * MIB) -> int
                 start=(number - 1) * 5 * MIB,
                 size=5 * MIB,
                 etag=f"etag-{number}",
-                sha256=f"sha-of-part-{number}",
+                sha256=None if crc32 else f"sha-of-part-{number}",
+                crc32=f"crc-of-part-{number}" if crc32 else None,
             ),
             30,
         )

@@ -156,6 +156,7 @@ class DownloadQueries:
                     "start": p.start,
                     "size": p.size,
                     "sha256": p.sha256,
+                    "crc32": p.crc32,
                     "confirmed_at": now,
                 }
                 for p in parts

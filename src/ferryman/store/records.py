@@ -376,6 +376,7 @@ def transfer_from_row(row: sa.RowMapping) -> Transfer:
         created_at=_required_datetime(row["created_at"]),
         updated_at=_required_datetime(row["updated_at"]),
         finished_at=to_datetime(row["finished_at"]),
+        checksum_algorithm=row["checksum_algorithm"],
     )
 
 
@@ -386,6 +387,7 @@ def transfer_part_from_row(row: sa.RowMapping) -> TransferPart:
         size=row["size"],
         etag=row["etag"],
         sha256=row["sha256"],
+        crc32=row["crc32"],
         adopted=bool(row["adopted"]),
         confirmed_at=_required_datetime(row["confirmed_at"]),
     )
@@ -423,5 +425,6 @@ def download_part_from_row(row: sa.RowMapping) -> DownloadPart:
         start=row["start"],
         size=row["size"],
         sha256=row["sha256"],
+        crc32=row["crc32"],
         confirmed_at=_required_datetime(row["confirmed_at"]),
     )

@@ -443,16 +443,14 @@ workers = sa.Table(
     sa.Column("started_at", Epoch, nullable=False),
     sa.Column("last_seen_at", Epoch, nullable=False),
     sa.Column("stopped_at", Epoch),
-    # crashes of the process's supervised threads since the worker started
-    # (ferryman.supervise), and which thread crashed last and why
+    # crashes of its supervised threads (ferryman.supervise), the last one's and why
     sa.Column("crashes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_crash", LongText),
     **MARIADB_TABLE,
 )
 
-# One row per resumable upload of a local file to an S3 object (see
-# ferryman.transfer). ``owner_token`` fences the transfer's writes the way
-# ``lease_token`` fences a run's: taking a transfer over increments it.
+# One row per resumable upload of a local file to an S3 object (ferryman.transfer).
+# ``owner_token`` fences its writes as ``lease_token`` does a run's.
 transfers = sa.Table(
     "ferryman_transfers",
     metadata,
@@ -489,6 +487,7 @@ transfers = sa.Table(
     sa.Column("created_at", Epoch, nullable=False),
     sa.Column("updated_at", Epoch, nullable=False),
     sa.Column("finished_at", Epoch),
+    sa.Column("checksum_algorithm", Name, nullable=False, server_default="SHA256"),
     sa.CheckConstraint(
         "status IN ('active', 'succeeded', 'failed')",
         name="ck_ferryman_transfers_status",
@@ -514,7 +513,7 @@ ACTIVE_OBJECT = MariaDBUniqueWhere(
 sa.Index("ix_ferryman_transfers_status_id", transfers.c.status, transfers.c.id)
 sa.Index("ix_ferryman_transfers_run_id", transfers.c.run_id)
 
-# A part counts once S3 returned its ETag *and* its row committed here.
+# A part counts once S3 returned its ETag and its row committed.
 transfer_parts = sa.Table(
     "ferryman_transfer_parts",
     metadata,
@@ -528,16 +527,16 @@ transfer_parts = sa.Table(
     sa.Column("start", sa.BigInteger, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("etag", LongText, nullable=False),
-    sa.Column("sha256", LongText, nullable=False),
+    sa.Column("sha256", LongText),  # parts of transfers made before 0011, and whole puts
     sa.Column("adopted", sa.Boolean, nullable=False),
     sa.Column("owner_token", sa.BigInteger, nullable=False),
     sa.Column("confirmed_at", Epoch, nullable=False),
+    sa.Column("crc32", LongText),
     sa.PrimaryKeyConstraint("transfer_id", "part_number"),
     **MARIADB_TABLE,
 )
 
-# The generated columns and indexes that stand in for unique partial indexes on
-# MariaDB; they are not columns of the tables above (no query reads them).
+# MariaDB's stand-ins for unique partial indexes (generated columns no query reads).
 MARIADB_UNIQUE_WHERE = (POLL_KEY, ACTIVE_OBJECT)
 for _unique_where in MARIADB_UNIQUE_WHERE:
     _unique_where.attach()
@@ -593,8 +592,9 @@ download_parts = sa.Table(
     sa.Column("part_number", sa.Integer, nullable=False),
     sa.Column("start", sa.BigInteger, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("sha256", LongText, nullable=False),
+    sa.Column("sha256", LongText),  # or, checked by the object's full-object CRC32:
     sa.Column("confirmed_at", Epoch, nullable=False),
+    sa.Column("crc32", LongText),
     sa.PrimaryKeyConstraint("download_id", "part_number"),
     **MARIADB_TABLE,
 )

@@ -103,6 +103,7 @@ class NewTransfer:
     user_metadata_json: str | None
     sidecar_key: str | None
     run_id: int | None
+    checksum_algorithm: str = "CRC32"  # of the parts: "CRC32", or "SHA256" as before 0011
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,7 +129,8 @@ class ConfirmedPart:
     start: int
     size: int
     etag: str
-    sha256: str
+    sha256: str | None  # base64, as sent in ChecksumSHA256; or
+    crc32: str | None = None  # base64, as sent in ChecksumCRC32
     adopted: bool = False
 
 
@@ -138,7 +140,7 @@ class CompletedObject:
 
     total_size: int
     sha256: str | None  # hex, of the whole file; None when not computed
-    checksum: str  # S3's composite SHA-256 of the parts, ``base64-N``
+    checksum: str  # S3's full-object CRC32, or composite SHA-256 of the parts ``base64-N``
     etag: str
     verified_by: str  # "checksum", "etag" or "size"
 
@@ -275,6 +277,7 @@ class TransferQueries:
             "user_metadata": new.user_metadata_json,
             "sidecar_key": new.sidecar_key,
             "run_id": new.run_id,
+            "checksum_algorithm": new.checksum_algorithm,
             "owner": owner,
             "owner_token": 1,
             # Spelled out although they are the columns' defaults: the row
@@ -502,6 +505,7 @@ class TransferQueries:
                 "size": part.size,
                 "etag": part.etag,
                 "sha256": part.sha256,
+                "crc32": part.crc32,
                 "adopted": part.adopted,
                 "owner_token": fence.token,
                 "confirmed_at": now,

@@ -13,7 +13,10 @@ download runs, or between a crash and the resume, answers 412 — the
 download is recorded ``failed`` (``object_changed``), its temporary file
 removed, and nothing of the new version is mixed with the old.
 
-Verified before the rename: against S3's COMPOSITE SHA-256 of the parts
+Verified before the rename: against S3's FULL_OBJECT CRC32 where the server
+lists one (``upload``'s objects since 0.11), which the ranges' CRC32s,
+computed as they arrive, give by combining, whatever the ranges; else S3's
+COMPOSITE SHA-256 of the parts
 where the server lists one (the ranges are cut on the object's own part
 boundaries, so the ranges' SHA-256s, computed as they arrive, check it with
 no second pass over the bytes); else against the whole file's SHA-256 from
@@ -66,6 +69,7 @@ from ferryman.errors import (
 )
 from ferryman.model import Download, DownloadPart, TransferStatus
 from ferryman.store import DownloadOutcome, NewDownload, Store
+from ferryman.transfer.crc32 import RunningCrc32, combined_b64, crc32_b64
 from ferryman.transfer.download_ranges import (
     CHUNK,
     Confirmations,
@@ -97,6 +101,7 @@ class _Object:
     etag: str
     version_id: str | None
     checksum: str | None  # S3's ChecksumSHA256: full-object, or composite "b64-N"
+    crc32: str | None  # S3's full-object ChecksumCRC32
     metadata_sha256: str | None  # x-amz-meta-sha256 (hex)
     parts_count: int | None
     first_part_size: int | None
@@ -105,7 +110,7 @@ class _Object:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Plan:
     part_size: int
-    expected: str | None  # "sha256:<hex>", "checksum:<b64>", "composite:<b64-N>", or None
+    expected: str | None  # "crc32:<b64>", "sha256:<hex>", "checksum:<b64>", "composite:<b64-N>"
 
 
 def temp_path_for(dest: Path) -> Path:
@@ -275,11 +280,16 @@ class Downloader:
             parts_count = int(first.get("PartsCount") or 0) or None
             first_part = int(first["ContentLength"])
         metadata = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        # A CRC32 of a multipart object is the whole object's only if FULL_OBJECT.
+        crc32 = head.get("ChecksumCRC32") if parts_count is None else None
+        if head.get("ChecksumType") == "FULL_OBJECT":
+            crc32 = head.get("ChecksumCRC32")
         return _Object(
             size=int(head["ContentLength"]),
             etag=etag,
             version_id=head.get("VersionId") or self.version_id,
             checksum=head.get("ChecksumSHA256"),
+            crc32=crc32 or None,
             metadata_sha256=metadata.get("sha256"),
             parts_count=parts_count,
             first_part_size=first_part,
@@ -296,8 +306,11 @@ class Downloader:
             part_size = aligned
         else:
             part_size = DEFAULT_PART_SIZE
-        # S3's composite checksum first: the ranges' own SHA-256s check it, so the
-        # bytes are hashed once; a whole-file digest needs a second pass.
+        # S3's full-object CRC32 first, then its composite SHA-256: the ranges' own
+        # checksums check it, so the bytes are read once; a whole-file digest
+        # needs a second pass.
+        if head.crc32:
+            return _Plan(part_size=part_size, expected=f"crc32:{head.crc32}")
         if head.checksum and "-" in head.checksum and part_size == aligned:
             return _Plan(part_size=part_size, expected=f"composite:{head.checksum}")
         if whole:
@@ -361,7 +374,8 @@ class Downloader:
         lost: list[int] = []
         for part in parts:
             data = os.pread(fd, part.size, part.start)
-            if len(data) == part.size and b64_sha256(data) == part.sha256:
+            held = crc32_b64(data) if part.crc32 is not None else b64_sha256(data)
+            if len(data) == part.size and held == (part.crc32 or part.sha256):
                 kept[part.part_number] = part
             else:
                 lost.append(part.part_number)
@@ -380,8 +394,8 @@ class Downloader:
     def _fetch_missing(
         self, download: Download, kept: dict[int, DownloadPart], fd: int
     ) -> dict[int, str]:
-        """Fetch every range not in ``kept``; the base64 SHA-256 of every range."""
-        hashes = {number: part.sha256 for number, part in kept.items()}
+        """Fetch every range not in ``kept``; the base64 checksum of every range."""
+        hashes = {number: part.crc32 or part.sha256 or "" for number, part in kept.items()}
         todo = [r for r in self._ranges(download) if r[0] not in kept]
         if not todo:
             return hashes
@@ -417,7 +431,7 @@ class Downloader:
             raise writer.error
         for future in futures:
             part = future.result()
-            hashes[part.part_number] = part.sha256
+            hashes[part.part_number] = part.crc32 or part.sha256 or ""
         return hashes
 
     def _fetch(
@@ -433,6 +447,7 @@ class Downloader:
         if stop.is_set():
             raise _Stopped()
         version = {"VersionId": download.version_id} if download.version_id else {}
+        crc32 = (download.expected or "").startswith("crc32:")  # else SHA-256
         self.log.debug("fetching range %d (bytes %d-%d)", number, start, start + size - 1)
         for attempt in range(1, self.s3.attempts + 1):
             response = self.s3(
@@ -445,7 +460,7 @@ class Downloader:
                 **version,
             )
             try:
-                digest = self._stream(response["Body"], writer, start, size)
+                digest = self._stream(response["Body"], writer, start, size, crc32=crc32)
                 break
             except _BodyCut as cut:
                 if attempt == self.s3.attempts:
@@ -459,7 +474,8 @@ class Downloader:
             part_number=number,
             start=start,
             size=size,
-            sha256=digest,
+            sha256=None if crc32 else digest,
+            crc32=digest if crc32 else None,
             confirmed_at=datetime.now(UTC),
         )
         # Recorded once its bytes are in the file (the writer passes it on after
@@ -470,8 +486,8 @@ class Downloader:
         writer.confirm(part)
         return part
 
-    def _stream(self, body: Any, writer: RangeWriter, start: int, size: int) -> str:
-        hasher = hashlib.sha256()
+    def _stream(self, body: Any, writer: RangeWriter, start: int, size: int, *, crc32: bool) -> str:
+        hasher = hashlib.sha256() if not crc32 else RunningCrc32()
         offset, end = start, start + size
         read_into = body_reader(body)
         try:
@@ -505,7 +521,13 @@ class Downloader:
             mismatch = f"{self.temp} has {os.fstat(fd).st_size} B, the object {download.size} B"
         elif expected is not None:
             kind, _, value = expected.partition(":")
-            if kind == "composite":
+            if kind == "crc32":
+                ranges = self._ranges(download)
+                got = combined_b64((hashes[number], size) for number, _, size in ranges)
+                verified_by = "crc32"
+                if got != value:
+                    mismatch = f"S3 full-object CRC32 {value}, the bytes give {got}"
+            elif kind == "composite":
                 digests = b"".join(base64.b64decode(hashes[n]) for n in sorted(hashes))
                 composite = hashlib.sha256(digests).digest()
                 got = f"{base64.b64encode(composite).decode()}-{len(hashes)}"

@@ -1,8 +1,10 @@
 """What a finished upload is checked against, and what is written about it.
 
-S3 describes a multipart object by digests of its parts: the COMPOSITE
-SHA-256 (a hash of the part hashes) where the server keeps checksums, and the
-multipart ETag (an MD5 of the part MD5s) everywhere. :func:`verify_head`
+S3 describes a multipart object by its FULL_OBJECT CRC32 (that of all its
+bytes, which ferryman combines from the parts' CRC32s) or, for SHA-256 parts
+(transfers made before 0.11), the COMPOSITE SHA-256 (a hash of the part
+hashes), where the server keeps checksums, and by the multipart ETag (an MD5
+of the part MD5s) everywhere. :func:`verify_head`
 compares a ``HeadObject`` response with the parts ferryman recorded;
 :func:`sidecar_document` is the JSON written next to a verified object.
 """
@@ -17,6 +19,46 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferryman.model import Transfer, TransferPart
+from ferryman.transfer.crc32 import combined_b64, crc32_b64
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    """A part's checksum as S3 takes it: ``CRC32`` or ``SHA256``, base64."""
+
+    algorithm: str
+    value: str
+
+    @classmethod
+    def of(cls, algorithm: str, data: bytes | bytearray | memoryview) -> Checksum:
+        if algorithm == "CRC32":
+            return cls("CRC32", crc32_b64(data))
+        return cls("SHA256", sha256_b64(data))
+
+    def header(self) -> dict[str, str]:
+        """The request's field: ``ChecksumCRC32`` or ``ChecksumSHA256``."""
+        return {f"Checksum{self.algorithm}": self.value}
+
+    @property
+    def sha256(self) -> str | None:
+        return self.value if self.algorithm == "SHA256" else None
+
+    @property
+    def crc32(self) -> str | None:
+        return self.value if self.algorithm == "CRC32" else None
+
+
+def part_checksum(part: TransferPart) -> Checksum:
+    """The checksum a part was sent with: its CRC32, else (made before 0.11) its SHA-256."""
+    if part.crc32 is not None:
+        return Checksum("CRC32", part.crc32)
+    assert part.sha256 is not None, "a part row holds a CRC32 or a SHA-256"
+    return Checksum("SHA256", part.sha256)
+
+
+def full_object_crc32(parts: Sequence[TransferPart]) -> str:
+    """S3's FULL_OBJECT CRC32 of an object made of CRC32 ``parts`` (base64), combined."""
+    return combined_b64((part_checksum(p).value, p.size) for p in parts)
 
 
 def sha256_b64(data: bytes | bytearray | memoryview) -> str:
@@ -26,8 +68,8 @@ def sha256_b64(data: bytes | bytearray | memoryview) -> str:
 
 def composite_checksum(parts: Sequence[TransferPart]) -> str:
     """S3's COMPOSITE SHA-256 of a multipart object: hash of the part hashes, ``-N``."""
-    digest = hashlib.sha256(b"".join(base64.b64decode(p.sha256) for p in parts)).digest()
-    return f"{base64.b64encode(digest).decode()}-{len(parts)}"
+    hashes = b"".join(base64.b64decode(part_checksum(p).value) for p in parts)
+    return f"{base64.b64encode(hashlib.sha256(hashes).digest()).decode()}-{len(parts)}"
 
 
 def composite_etag(parts: Sequence[TransferPart]) -> str:
@@ -52,11 +94,13 @@ class Verification:
 def verify_head(head: Mapping[str, Any], parts: Sequence[TransferPart], total: int) -> Verification:
     """Check a ``HeadObject`` response (asked with ``ChecksumMode=ENABLED``).
 
-    The size must be the file's; then S3's composite SHA-256 must equal the
-    one computed from the recorded parts, or, where the server lists no
-    checksum, the multipart ETag must equal the one from the part ETags.
+    The size must be the file's; then S3's full-object CRC32 (CRC32 parts)
+    or composite SHA-256 (SHA-256 parts) must equal the one computed from
+    the recorded parts, or, where the server lists no checksum, the
+    multipart ETag must equal the one from the part ETags.
     """
-    checksum = composite_checksum(parts)
+    crc32 = bool(parts) and all(p.crc32 is not None for p in parts)
+    checksum = full_object_crc32(parts) if crc32 else composite_checksum(parts)
     etag = str(head.get("ETag", "")).strip('"')
     if int(head["ContentLength"]) != total:
         return Verification(
@@ -65,8 +109,8 @@ def verify_head(head: Mapping[str, Any], parts: Sequence[TransferPart], total: i
             checksum=checksum,
             mismatch=f"object has {head['ContentLength']} B, the file {total} B",
         )
-    listed = head.get("ChecksumSHA256")
-    if listed and "-" in listed:
+    listed = head.get("ChecksumCRC32") if crc32 else head.get("ChecksumSHA256")
+    if listed and (crc32 or "-" in listed):
         mismatch = None if listed == checksum else f"S3 checksum {listed} != expected {checksum}"
         return Verification(verified_by="checksum", etag=etag, checksum=checksum, mismatch=mismatch)
     if etag.endswith(f"-{len(parts)}"):
@@ -102,16 +146,20 @@ def verify_whole(answer: Mapping[str, Any], data: bytes | bytearray, checksum: s
 
 def sidecar_document(transfer: Transfer, parts: Sequence[TransferPart]) -> bytes:
     """The JSON sidecar of a verified object: size, digests, parts, source, times, metadata."""
+    crc32 = bool(parts) and all(p.crc32 is not None for p in parts)
     document = {
         "object": transfer.uri,
         "size": transfer.total_size,
         "sha256": transfer.sha256,
-        "checksum_sha256": transfer.checksum,
+        # S3's full-object CRC32 (CRC32 parts), or composite SHA-256 (SHA-256 parts)
+        "checksum_crc32": transfer.checksum if crc32 else None,
+        "checksum_sha256": None if crc32 else transfer.checksum,
         "etag": transfer.etag,
         "verified_by": transfer.verified_by,
         "part_size": transfer.part_size,
         "parts": [
-            {"part_number": p.part_number, "size": p.size, "sha256": p.sha256} for p in parts
+            {"part_number": p.part_number, "size": p.size, "sha256": p.sha256, "crc32": p.crc32}
+            for p in parts
         ],
         "source_path": transfer.source_path,
         "source_mtime": transfer.source_mtime,

@@ -3,7 +3,8 @@
 S3 is the truth. A confirmed part S3 no longer lists (or lists with another
 ETag) is sent again; a part S3 lists that the store never confirmed (the
 crash came between S3's answer and the row's commit) is adopted when its
-size and checksum match the file's bytes, else sent again. An upload S3 no
+size and checksum (S3's listed one, else the MD5 ETag) match the file's
+bytes, else sent again. An upload S3 no
 longer knows was either completed before its record (the object is there,
 made of the confirmed parts) or aborted elsewhere (a new one is started).
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from ferryman.errors import S3Error
 from ferryman.model import Transfer, TransferPart
 from ferryman.store import ConfirmedPart, Store, TransferFence
-from ferryman.transfer.objects import composite_checksum, composite_etag, sha256_b64
+from ferryman.transfer.objects import Checksum, verify_head
 from ferryman.transfer.reader import Part
 from ferryman.transfer.s3_object import S3Object
 
@@ -37,6 +38,7 @@ class ListedPart:
     size: int  # -1 where the server lists none
     etag: str  # without quotes
     sha256: str | None  # ``ChecksumSHA256`` (base64), where the server lists one
+    crc32: str | None = None  # ``ChecksumCRC32`` (base64), likewise
 
 
 S3Parts = dict[int, ListedPart]
@@ -144,6 +146,7 @@ def list_parts(target: S3Object, upload_id: str) -> S3Parts:
                 size=int(part.get("Size", -1)),
                 etag=str(part.get("ETag", "")).strip('"'),
                 sha256=part.get("ChecksumSHA256") or None,
+                crc32=part.get("ChecksumCRC32") or None,
             )
         following = int(page.get("NextPartNumberMarker") or 0)
         if not page.get("IsTruncated") or following <= marker:
@@ -163,30 +166,31 @@ def parts_s3_lost(stored: Sequence[TransferPart], on_s3: S3Parts) -> list[int]:
 def completed_from(target: S3Object, stored: Sequence[TransferPart]) -> bool:
     """After a crash between CompleteMultipartUpload and its record: is the object ours?
 
-    It is when its size is the stored parts' and its composite SHA-256 (or
-    multipart ETag) is theirs.
+    It is when its size is the stored parts' and its full-object CRC32 (or
+    composite SHA-256, or multipart ETag) is theirs.
     """
     if not stored:
         return False
     head = target.head_if_any(checksums=True)
-    if head is None or int(head["ContentLength"]) != sum(p.size for p in stored):
+    if head is None:
         return False
-    return head.get("ChecksumSHA256") == composite_checksum(stored) or str(
-        head.get("ETag", "")
-    ).strip('"') == composite_etag(stored)
+    found = verify_head(head, stored, sum(p.size for p in stored))
+    return found.mismatch is None and found.verified_by != "size"
 
 
-def adoptable(part: Part, on_s3: ListedPart | None) -> ConfirmedPart | None:
+def adoptable(part: Part, on_s3: ListedPart | None, algorithm: str) -> ConfirmedPart | None:
     """The part to record if S3's unconfirmed part ``on_s3`` holds exactly ``part``'s bytes.
 
-    Compared by S3's listed checksum where the server lists one, else by the
-    part's ETag, which for a plain part is the MD5 of its bytes.
+    Compared by S3's listed checksum (of ``algorithm``, the transfer's) where
+    the server lists one, else by the part's ETag, which for a plain part is
+    the MD5 of its bytes.
     """
     if on_s3 is None or on_s3.size != len(part.data):
         return None
-    checksum = sha256_b64(part.data)
-    if on_s3.sha256:
-        matches = on_s3.sha256 == checksum
+    checksum = Checksum.of(algorithm, part.data)
+    listed = on_s3.crc32 if checksum.algorithm == "CRC32" else on_s3.sha256
+    if listed:
+        matches = listed == checksum.value
     else:
         matches = on_s3.etag == hashlib.md5(part.data, usedforsecurity=False).hexdigest()
     if not matches:
@@ -196,7 +200,8 @@ def adoptable(part: Part, on_s3: ListedPart | None) -> ConfirmedPart | None:
         start=part.start,
         size=len(part.data),
         etag=on_s3.etag,
-        sha256=checksum,
+        sha256=checksum.sha256,
+        crc32=checksum.crc32,
         adopted=True,
     )
 

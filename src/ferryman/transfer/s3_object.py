@@ -15,6 +15,7 @@ from typing import Any
 
 from ferryman.errors import S3Error
 from ferryman.model import TransferPart
+from ferryman.transfer.objects import Checksum, full_object_crc32, part_checksum
 from ferryman.transfer.s3 import Retrying
 
 # What servers answer a HeadObject of a key that holds no object.
@@ -46,21 +47,28 @@ class S3Object:
                 return None
             raise
 
-    def create_upload(self) -> str:
-        """Start a multipart upload whose parts carry SHA-256 checksums; its id."""
+    def create_upload(self, algorithm: str) -> str:
+        """Start a multipart upload whose parts carry ``algorithm``'s checksums; its id.
+
+        CRC32 parts make a FULL_OBJECT upload: the object's CRC32 is that of all
+        its bytes, sent with the complete and checked by the server; SHA-256
+        parts (transfers made before 0.11) a COMPOSITE one.
+        """
+        full = {"ChecksumType": "FULL_OBJECT"} if algorithm == "CRC32" else {}
         created = self.s3(
             "create_multipart_upload",
             self.key,
             Bucket=self.bucket,
             Key=self.key,
-            ChecksumAlgorithm="SHA256",
+            ChecksumAlgorithm=algorithm,
+            **full,
         )
         return str(created["UploadId"])
 
     def upload_part(
-        self, upload_id: str, number: int, data: bytearray, checksum: str, *, retry_key: str
+        self, upload_id: str, number: int, data: bytearray, checksum: Checksum, *, retry_key: str
     ) -> str:
-        """Send one part with its SHA-256 (``checksum``, base64); the ETag S3 gave it.
+        """Send one part with its checksum, which the server checks; the ETag S3 gave it.
 
         A ``bytearray``: botocore sends it as it is (``bytes`` it would copy
         into a ``BytesIO`` and read back in blocks).
@@ -73,21 +81,29 @@ class S3Object:
             UploadId=upload_id,
             PartNumber=number,
             Body=data,
-            ChecksumSHA256=checksum,
+            **checksum.header(),
         )
         return str(response["ETag"]).strip('"')
 
     def complete(self, upload_id: str, parts: Sequence[TransferPart]) -> None:
-        """``CompleteMultipartUpload`` from the recorded parts."""
+        """``CompleteMultipartUpload`` from the recorded parts.
+
+        CRC32 parts: with the whole object's CRC32, combined from theirs, which
+        the server checks against the bytes it holds.
+        """
+        whole: dict[str, str] = {}
+        if parts and all(p.crc32 is not None for p in parts):
+            whole = {"ChecksumCRC32": full_object_crc32(parts), "ChecksumType": "FULL_OBJECT"}
         self._end_upload(
             "complete_multipart_upload",
             upload_id,
             MultipartUpload={
                 "Parts": [
-                    {"PartNumber": p.part_number, "ETag": p.etag, "ChecksumSHA256": p.sha256}
+                    {"PartNumber": p.part_number, "ETag": p.etag, **part_checksum(p).header()}
                     for p in parts
                 ]
             },
+            **whole,
         )
 
     def abort(self, upload_id: str | None) -> None:

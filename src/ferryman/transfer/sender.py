@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 from ferryman.store import ConfirmedPart
-from ferryman.transfer.objects import sha256_b64
+from ferryman.transfer.objects import Checksum
 from ferryman.transfer.owners import Hold
 from ferryman.transfer.progress import ProgressCounter
 from ferryman.transfer.reader import Part
@@ -36,12 +36,14 @@ class PartSender:
         *,
         target: S3Object,
         upload_id: str,
+        algorithm: str,
         hold: Hold,
         concurrency: int,
         counter: ProgressCounter,
     ) -> None:
         self.target = target
         self.upload_id = upload_id
+        self.algorithm = algorithm  # of the part checksums: CRC32, or SHA256
         self.hold = hold
         self.counter = counter
         self._slots = threading.BoundedSemaphore(concurrency)
@@ -93,7 +95,7 @@ class PartSender:
         try:
             if self.hold.lost is not None:
                 raise self.hold.lost
-            checksum = sha256_b64(part.data)
+            checksum = Checksum.of(self.algorithm, part.data)
             self.hold.log.debug("sending part %d (%d B)", number, size)
             etag = self.target.upload_part(
                 self.upload_id,
@@ -111,7 +113,12 @@ class PartSender:
             self._slots.release()
             released = True
             confirmed = ConfirmedPart(
-                part_number=number, start=start, size=size, etag=etag, sha256=checksum
+                part_number=number,
+                start=start,
+                size=size,
+                etag=etag,
+                sha256=checksum.sha256,
+                crc32=checksum.crc32,
             )
             self._commit(confirmed)
             self.counter.count(size)

@@ -49,7 +49,9 @@ from ferryman.store import (
 )
 from ferryman.store.records import to_json
 from ferryman.transfer.objects import (
+    Checksum,
     Verification,
+    part_checksum,
     sha256_b64,
     sidecar_document,
     verify_head,
@@ -246,7 +248,7 @@ class Uploader:
 
     def _new_upload(self, transfer: Transfer) -> Resumable:
         """Start a multipart upload for ``transfer``: nothing confirmed yet."""
-        upload_id = self.target.create_upload()
+        upload_id = self.target.create_upload(transfer.checksum_algorithm)
         # A crash right here leaves an upload no transfer owns: `transfers gc` aborts it.
         started = self.store.set_transfer_upload(self.fence, upload_id, transfer.part_size)
         return Resumable(transfer=started, upload_id=upload_id, confirmed={}, unconfirmed={})
@@ -294,7 +296,7 @@ class Uploader:
         with (
             reader,  # the file's digest ends with it, also after a failure
             open(self.path, "rb", buffering=0) as source,
-            self._sender(plan.upload_id) as sender,
+            self._sender(plan.upload_id, transfer.checksum_algorithm) as sender,
         ):
             # A source problem is handled inside the pool: the upload is aborted
             # before the parts still in flight are waited for.
@@ -325,17 +327,22 @@ class Uploader:
             if confirmed is not None:
                 self._check_confirmed(transfer, confirmed, part.data)
                 part.release()
-            elif (adopted := adoptable(part, plan.unconfirmed.get(part.number))) is not None:
+            elif (
+                adopted := adoptable(
+                    part, plan.unconfirmed.get(part.number), transfer.checksum_algorithm
+                )
+            ) is not None:
                 part.release()
                 sender.adopt(adopted)
             else:
                 sender.send(part)  # the sender releases it once S3 has the bytes
             del part
 
-    def _sender(self, upload_id: str) -> PartSender:
+    def _sender(self, upload_id: str, algorithm: str) -> PartSender:
         return PartSender(
             target=self.target,
             upload_id=upload_id,
+            algorithm=algorithm,
             hold=self.hold,
             concurrency=self.options.concurrency,
             counter=self.counter,
@@ -354,7 +361,11 @@ class Uploader:
         self.counter.total = size
 
     def _check_confirmed(self, transfer: Transfer, part: TransferPart, data: bytearray) -> None:
-        if len(data) != part.size or sha256_b64(data) != part.sha256:
+        # By the checksum the part was sent with: a CRC32 catches a changed
+        # file less surely than a SHA-256, but the file's SHA-256 at the end
+        # (Transfer.sha256) covers every byte again.
+        sent = part_checksum(part)
+        if len(data) != part.size or Checksum.of(sent.algorithm, data) != sent:
             self._changed(
                 transfer,
                 f"bytes {part.start}-{part.start + part.size} of {self.path} changed after "
@@ -418,7 +429,7 @@ class Uploader:
             self._fail(transfer, "verify_failed", verification.mismatch, abort=False)
         part = ConfirmedPart(
             part_number=1, start=0, size=len(data), etag=verification.etag, sha256=checksum
-        )
+        )  # with its SHA-256, the file's digest: a CRC32 would be one pass more
         completed = CompletedObject(
             total_size=len(data),
             sha256=digest.hex(),

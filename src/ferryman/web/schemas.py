@@ -110,6 +110,8 @@ class TransferOut(RecordOut):
     total_size: int | None
     source_size: int | None
     sha256: str | None
+    checksum_algorithm: str  # of the parts: CRC32, or SHA256 (transfers before 0.11)
+    checksum: str | None  # S3's full-object CRC32, or composite SHA-256
     etag: str | None
     verified_by: str | None
     reason: str | None
@@ -129,7 +131,8 @@ class TransferPartOut(RecordOut):
     start: int
     size: int
     etag: str
-    sha256: str
+    sha256: str | None  # parts sent with SHA-256 checksums (transfers before 0.11)
+    crc32: str | None  # parts sent with CRC32 checksums
     adopted: bool
     confirmed_at: datetime
 
