@@ -7,6 +7,7 @@ import random
 import threading
 from collections.abc import Sequence
 
+import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
@@ -73,9 +74,13 @@ def test_threads_submitting_the_same_keys_one_by_one_get_one_run_each(
         assert kinds == [fm.RunEventKind.REQUESTED], run
 
 
-def test_submits_arriving_while_a_statement_is_out_share_the_next_one(pg_url: str) -> None:
-    """On PostgreSQL: the submitters queued behind a statement go out in one statement."""
-    app = fm.App(pg_url)
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+def test_submits_arriving_while_a_statement_is_out_share_the_next_one(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """The submitters queued behind a statement (on SQLite, a write transaction
+    and its commit) go out in one."""
+    app = fm.App(request.getfixturevalue({"postgres": "pg_url", "sqlite": "sqlite_url"}[store]))
 
     @app.job
     def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
@@ -108,9 +113,12 @@ def test_submits_arriving_while_a_statement_is_out_share_the_next_one(pg_url: st
     release_first.set()
     for thread in [first, *others]:
         thread.join()
+    commits = getattr(getattr(backend, "group_commit", None), "commits", None)
     app.close()
 
     assert statements == [1, 5]
+    if store == "sqlite":
+        assert commits == 2  # one commit for the five queued submits
     results = [outcomes.get_nowait() for _ in range(6)]
     assert sorted(r.created for r in results) == [1] * 6
     assert len({r.run_ids for r in results}) == 6

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from ferryman.store.run_rows import NewRun
@@ -57,6 +58,7 @@ class SharedSubmits:
         self._lock = threading.Lock()
         self._pending: list[_Submit] = []
         self._writing = False
+        self._shared_last = False  # whether the last statement carried several submits
         self._pid = os.getpid()
 
     def submit(self, new_runs: Sequence[NewRun]) -> tuple[Created, dict[bytes, int]]:
@@ -78,12 +80,20 @@ class SharedSubmits:
             me.done.wait()
             if not me.leads:
                 return me.outcome()
+        elif self._shared_last:
+            # The last statement carried several submitters, and they are being
+            # woken now: this one, which did not have to be, would otherwise go
+            # out alone, and they would queue behind it for a statement of their
+            # own. Handing the interpreter over once (not waiting for anyone: a
+            # lone thread gets it straight back) lets them join this statement.
+            time.sleep(0)
         self._write_pending()
         return me.outcome()
 
     def _write_pending(self) -> None:
         with self._lock:
             group, self._pending = self._pending, []
+        self._shared_last = len(group) > 1
         try:
             self._write_group(group)
         finally:
