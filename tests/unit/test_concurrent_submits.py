@@ -124,8 +124,11 @@ def test_submits_arriving_while_a_statement_is_out_share_the_next_one(
     assert len({r.run_ids for r in results}) == 6
 
 
-def test_a_failed_shared_statement_fails_each_of_its_submitters(pg_url: str) -> None:
-    app = fm.App(pg_url)
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+def test_a_failed_shared_statement_fails_each_of_its_submitters(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    app = fm.App(request.getfixturevalue({"postgres": "pg_url", "sqlite": "sqlite_url"}[store]))
 
     @app.job
     def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
