@@ -1,7 +1,8 @@
 """Submits from concurrent threads of one process, written by one statement.
 
 On PostgreSQL a submit on its own is one autocommit statement
-(:meth:`~ferryman.store.dialect.Backend.enqueue_committed`), and the commit of
+(:meth:`~ferryman.store.dialect.Backend.enqueue_committed`; on SQLite one
+insert in a write transaction of its own), and the commit of
 a transaction that sends NOTIFY holds a database-wide lock until its commit is
 durable: concurrent submitters' commits would queue one behind the other, one
 disk flush each. :class:`SharedSubmits` lets the threads of one process that
@@ -9,7 +10,10 @@ submit at about the same time share a statement instead, as
 :mod:`ferryman.store.group_commit` shares SQLite's commits:
 
 * A submitter that finds no statement on its way writes its runs at once, so
-  a lone submitter never waits for company.
+  a lone submitter never waits for company. (Right after a shared statement
+  it first hands the interpreter over once, so that the submitters that
+  statement is waking join its statement rather than follow it: groups of
+  one alternating with full ones became full ones.)
 * Submitters that arrive while a statement is on its way queue; when it
   returns, the first of them writes the runs of all of them in the next one
   (sorted by key, each key once, as a single submit would).
