@@ -175,3 +175,34 @@ def test_a_failed_shared_statement_fails_each_of_its_submitters(
     assert all(isinstance(o, fm.StoreError) for o in outcomes if o is not None)
     assert [run.run_key for run in app.get_runs(job="load")] == ["k0"]  # nothing of the three
     app.close()
+
+
+def test_a_submit_inside_a_store_write_is_refused_while_another_thread_submits(
+    sqlite_url: str,
+) -> None:
+    """On SQLite: a thread inside a write of the store (``ctx.transaction()``) that
+    submits is refused, even while another thread's submit waits for that write to
+    end; queued behind that submit, it would wait forever."""
+    app = fm.App(sqlite_url)
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    store = app.store
+    group_commit = store.backend.group_commit  # type: ignore[attr-defined]
+    other: queue.Queue[fm.SubmitResult] = queue.Queue()
+    submitter = threading.Thread(
+        target=lambda: other.put(app.submit("load", fm.RunRequest("other", {})))
+    )
+    with store.transaction():
+        submitter.start()  # its statement waits for this write to end
+        wait_until(
+            lambda: store.runs._shared._writing and group_commit._queued == 1,
+            what="the other thread's submit waiting for this write",
+        )
+        with pytest.raises(fm.FerrymanError, match="inside another store write"):
+            app.submit("load", fm.RunRequest("inside", {}))
+    submitter.join()
+    assert other.get_nowait().created == 1
+    assert [run.run_key for run in app.get_runs()] == ["other"]
+    app.close()

@@ -57,8 +57,14 @@ class _Submit:
 class SharedSubmits:
     """Write concurrent submits of this process through ``write``, one statement at a time."""
 
-    def __init__(self, write: Callable[[Sequence[NewRun]], Created]) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[NewRun]], Created],
+        *,
+        check: Callable[[], None] = lambda: None,
+    ) -> None:
         self._write = write
+        self._check = check  # raises if the calling thread may not wait for another's statement
         self._lock = threading.Lock()
         self._pending: list[_Submit] = []
         self._writing = False
@@ -71,6 +77,7 @@ class SharedSubmits:
         Returns the runs this submit created, and the id of every key the
         statement created (another submitter's too: a key both asked for).
         """
+        self._check()
         me = _Submit(new_runs)
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's submitters are not here

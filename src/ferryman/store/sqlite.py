@@ -326,6 +326,12 @@ class SQLiteBackend(Backend):
 
     enqueues_committed = True
 
+    def check_submitter(self) -> None:
+        # A thread inside a write of this store (ctx.transaction(), say) that
+        # queued behind another thread's submit would wait for that submit,
+        # which waits for this thread's write to end: it is refused instead.
+        self.group_commit.check_outside()
+
     def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
         """:meth:`enqueue` in a write transaction of its own, committed on return.
 
