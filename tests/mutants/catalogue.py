@@ -147,6 +147,21 @@ MUTATIONS: tuple[Mutation, ...] = (
             "test_batches_repeating_some_keys_create_only_the_new_ones[postgres]",
         ),
     ),
+    Mutation(
+        "a shared submit statement's failure raised to its first submitter only",
+        ONE_RUN,
+        one(
+            "ferryman/store/shared_submits.py",
+            "            for submit in group:\n                submit.error = exc\n",
+            "            for submit in group[:1]:\n                submit.error = exc\n",
+        ),
+        (
+            "tests/unit/test_concurrent_submits.py::"
+            "test_a_failed_shared_statement_fails_each_of_its_submitters[postgres]",
+            "tests/unit/test_concurrent_submits.py::"
+            "test_a_failed_shared_statement_fails_each_of_its_submitters[sqlite]",
+        ),
+    ),
     # -- effects through ctx.transaction() ----------------------------------------
     Mutation(
         "success write without the lease-token predicate (PostgreSQL)",

@@ -7,6 +7,7 @@ import random
 import threading
 from collections.abc import Sequence
 
+import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
@@ -73,9 +74,13 @@ def test_threads_submitting_the_same_keys_one_by_one_get_one_run_each(
         assert kinds == [fm.RunEventKind.REQUESTED], run
 
 
-def test_submits_arriving_while_a_statement_is_out_share_the_next_one(pg_url: str) -> None:
-    """On PostgreSQL: the submitters queued behind a statement go out in one statement."""
-    app = fm.App(pg_url)
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+def test_submits_arriving_while_a_statement_is_out_share_the_next_one(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """The submitters queued behind a statement (on SQLite, a write transaction
+    and its commit) go out in one."""
+    app = fm.App(request.getfixturevalue({"postgres": "pg_url", "sqlite": "sqlite_url"}[store]))
 
     @app.job
     def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
@@ -108,16 +113,22 @@ def test_submits_arriving_while_a_statement_is_out_share_the_next_one(pg_url: st
     release_first.set()
     for thread in [first, *others]:
         thread.join()
+    commits = getattr(getattr(backend, "group_commit", None), "commits", None)
     app.close()
 
     assert statements == [1, 5]
+    if store == "sqlite":
+        assert commits == 2  # one commit for the five queued submits
     results = [outcomes.get_nowait() for _ in range(6)]
     assert sorted(r.created for r in results) == [1] * 6
     assert len({r.run_ids for r in results}) == 6
 
 
-def test_a_failed_shared_statement_fails_each_of_its_submitters(pg_url: str) -> None:
-    app = fm.App(pg_url)
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+def test_a_failed_shared_statement_fails_each_of_its_submitters(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    app = fm.App(request.getfixturevalue({"postgres": "pg_url", "sqlite": "sqlite_url"}[store]))
 
     @app.job
     def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
@@ -163,4 +174,35 @@ def test_a_failed_shared_statement_fails_each_of_its_submitters(pg_url: str) -> 
     assert outcomes.count(None) == 1
     assert all(isinstance(o, fm.StoreError) for o in outcomes if o is not None)
     assert [run.run_key for run in app.get_runs(job="load")] == ["k0"]  # nothing of the three
+    app.close()
+
+
+def test_a_submit_inside_a_store_write_is_refused_while_another_thread_submits(
+    sqlite_url: str,
+) -> None:
+    """On SQLite: a thread inside a write of the store (``ctx.transaction()``) that
+    submits is refused, even while another thread's submit waits for that write to
+    end; queued behind that submit, it would wait forever."""
+    app = fm.App(sqlite_url)
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    store = app.store
+    group_commit = store.backend.group_commit  # type: ignore[attr-defined]
+    other: queue.Queue[fm.SubmitResult] = queue.Queue()
+    submitter = threading.Thread(
+        target=lambda: other.put(app.submit("load", fm.RunRequest("other", {})))
+    )
+    with store.transaction():
+        submitter.start()  # its statement waits for this write to end
+        wait_until(
+            lambda: store.runs._shared._writing and group_commit._queued == 1,
+            what="the other thread's submit waiting for this write",
+        )
+        with pytest.raises(fm.FerrymanError, match="inside another store write"):
+            app.submit("load", fm.RunRequest("inside", {}))
+    submitter.join()
+    assert other.get_nowait().created == 1
+    assert [run.run_key for run in app.get_runs()] == ["other"]
     app.close()

@@ -221,6 +221,9 @@ class Backend:
     # Whether enqueue_committed is implemented.
     enqueues_committed = False
 
+    def check_submitter(self) -> None:
+        """Raise if this thread may not wait for a submit written by another thread."""
+
     def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
         """As :meth:`enqueue`, in a transaction of its own, committed when this returns.
 

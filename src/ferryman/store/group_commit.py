@@ -300,7 +300,8 @@ class GroupCommit:
 
     # -- turns ---------------------------------------------------------------
 
-    def _take_turn(self) -> None:
+    def check_outside(self) -> None:
+        """Raise if this thread is inside a write of the store: it would wait for itself."""
         if self._holder == threading.get_ident():
             raise FerrymanError(
                 "a store write was started inside another store write of the same thread "
@@ -308,6 +309,9 @@ class GroupCommit:
                 "on SQLite it would wait for itself. Write through the transaction's "
                 "connection, or after the block"
             )
+
+    def _take_turn(self) -> None:
+        self.check_outside()
         with self._counting:
             self._queued += 1
         try:

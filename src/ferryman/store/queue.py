@@ -30,7 +30,7 @@ class RunQueue:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         # Concurrent submits of this process, one statement for all of them.
-        self._shared = SharedSubmits(backend.enqueue_committed)
+        self._shared = SharedSubmits(backend.enqueue_committed, check=backend.check_submitter)
         self._limits = Limits(backend)
         # Jobs whose row in ferryman_job_limits a transaction of this process
         # wrote and committed: no later submit needs to write it again (the rows

@@ -1,7 +1,8 @@
 """Submits from concurrent threads of one process, written by one statement.
 
 On PostgreSQL a submit on its own is one autocommit statement
-(:meth:`~ferryman.store.dialect.Backend.enqueue_committed`), and the commit of
+(:meth:`~ferryman.store.dialect.Backend.enqueue_committed`; on SQLite one
+insert in a write transaction of its own), and the commit of
 a transaction that sends NOTIFY holds a database-wide lock until its commit is
 durable: concurrent submitters' commits would queue one behind the other, one
 disk flush each. :class:`SharedSubmits` lets the threads of one process that
@@ -9,7 +10,10 @@ submit at about the same time share a statement instead, as
 :mod:`ferryman.store.group_commit` shares SQLite's commits:
 
 * A submitter that finds no statement on its way writes its runs at once, so
-  a lone submitter never waits for company.
+  a lone submitter never waits for company. (Right after a shared statement
+  it first hands the interpreter over once, so that the submitters that
+  statement is waking join its statement rather than follow it: groups of
+  one alternating with full ones became full ones.)
 * Submitters that arrive while a statement is on its way queue; when it
   returns, the first of them writes the runs of all of them in the next one
   (sorted by key, each key once, as a single submit would).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from ferryman.store.run_rows import NewRun
@@ -52,11 +57,18 @@ class _Submit:
 class SharedSubmits:
     """Write concurrent submits of this process through ``write``, one statement at a time."""
 
-    def __init__(self, write: Callable[[Sequence[NewRun]], Created]) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[NewRun]], Created],
+        *,
+        check: Callable[[], None] = lambda: None,
+    ) -> None:
         self._write = write
+        self._check = check  # raises if the calling thread may not wait for another's statement
         self._lock = threading.Lock()
         self._pending: list[_Submit] = []
         self._writing = False
+        self._shared_last = False  # whether the last statement carried several submits
         self._pid = os.getpid()
 
     def submit(self, new_runs: Sequence[NewRun]) -> tuple[Created, dict[bytes, int]]:
@@ -65,6 +77,7 @@ class SharedSubmits:
         Returns the runs this submit created, and the id of every key the
         statement created (another submitter's too: a key both asked for).
         """
+        self._check()
         me = _Submit(new_runs)
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's submitters are not here
@@ -78,12 +91,20 @@ class SharedSubmits:
             me.done.wait()
             if not me.leads:
                 return me.outcome()
+        elif self._shared_last:
+            # The last statement carried several submitters, and they are being
+            # woken now: this one, which did not have to be, would otherwise go
+            # out alone, and they would queue behind it for a statement of their
+            # own. Handing the interpreter over once (not waiting for anyone: a
+            # lone thread gets it straight back) lets them join this statement.
+            time.sleep(0)
         self._write_pending()
         return me.outcome()
 
     def _write_pending(self) -> None:
         with self._lock:
             group, self._pending = self._pending, []
+        self._shared_last = len(group) > 1
         try:
             self._write_group(group)
         finally:
