@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import sqlalchemy as sa
 
 import ferryman as fm
 from ferryman.store import run_search
@@ -33,6 +34,19 @@ def _claim(app: fm.App, worker: str, count: int) -> list[int]:
     claimed = app.store.claim(worker_id=worker, jobs=["load"], limit=count, lease_seconds=30)
     assert len(claimed) == count
     return sorted(run.id for run in claimed)
+
+
+def _registered(worker: str, started: float, *, seen: float, stopped: float | None) -> sa.Insert:
+    """The row a worker writes in ``ferryman_workers``: when it started, was last seen, stopped."""
+    return workers.insert().values(
+        id=worker,
+        host="h",
+        pid=1,
+        jobs='["load"]',
+        started_at=started,
+        last_seen_at=seen,
+        stopped_at=stopped,
+    )
 
 
 def test_each_worker_finds_the_runs_it_claimed(make_app: type[fm.App]) -> None:
@@ -70,17 +84,7 @@ def test_a_stopped_workers_runs_come_from_its_lifetime_and_none_is_missed(
     claimed_by: dict[str, list[int]] = {name: [] for name in days}
     with app.engine.begin() as conn:
         for name, started in days.items():
-            conn.execute(
-                workers.insert().values(
-                    id=name,
-                    host="h",
-                    pid=1,
-                    jobs='["load"]',
-                    started_at=started,
-                    last_seen_at=started + HOUR,
-                    stopped_at=started + HOUR,
-                )
-            )
+            conn.execute(_registered(name, started, seen=started + HOUR, stopped=started + HOUR))
         for n, run_id in enumerate(ids):
             name = list(days)[n // 20]
             at = days[name] + (n % 20) * 60.0
@@ -171,17 +175,7 @@ def test_a_workers_newest_claims_are_read_first_and_no_run_is_missed(
                 claims.append((order, at, run_id, rng.choice(["stopped", "alive"])))
         ended = max(at for _, at, _, _ in claims) + 60
         for name, stopped in (("stopped", ended), ("alive", None)):
-            conn.execute(
-                workers.insert().values(
-                    id=name,
-                    host="h",
-                    pid=1,
-                    jobs='["load"]',
-                    started_at=base - 60,
-                    last_seen_at=ended,
-                    stopped_at=stopped,
-                )
-            )
+            conn.execute(_registered(name, base - 60, seen=ended, stopped=stopped))
         for _, at, run_id, name in sorted(claims):
             log = {"run_id": run_id, "attempt": 1, "worker_id": name, "lease_token": 1}
             conn.execute(run_events.insert().values(kind="claimed", at=at, **log))
