@@ -24,17 +24,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FAUXQS = REPO / ".fauxqs" / "node_modules" / "fauxqs" / "dist" / "cli.js"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _accepts(port: int) -> bool:
@@ -48,7 +41,7 @@ def fauxqs_server(log: Path) -> Iterator[str]:
     node = shutil.which("node")
     if node is None or not FAUXQS.exists():
         raise RuntimeError(f"fauxqs is not installed ({FAUXQS}, node {node}): run `make fauxqs`")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, FAUXQS_PORT=str(port), FAUXQS_HOST="127.0.0.1", FAUXQS_LOGGER="false")
     with log.open("ab") as output:
         process = subprocess.Popen(
