@@ -37,6 +37,30 @@ def _requested_per_run(app: fm.App) -> dict[int, int]:
     }
 
 
+def test_single_submits_repeating_keys_create_only_the_new_ones(make_app: type[fm.App]) -> None:
+    """One run per submit, keys new and repeated in turn: on PostgreSQL a new key
+    goes in as a plain insert, a repeated one fails it and is deduplicated."""
+    app = make_app()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    first = [app.submit("load", fm.RunRequest(f"k{i}", {"v": 1})) for i in range(3)]
+    again = [app.submit("load", fm.RunRequest(f"k{i}", {"v": 2})) for i in (2, 0)]
+    fresh = app.submit("load", fm.RunRequest("n0", {"v": 3}))
+    repeated = app.submit("load", fm.RunRequest("n0", {"v": 4}))
+    after = app.submit("load", fm.RunRequest("n1", {"v": 5}))
+
+    assert [each.created for each in [*first, *again, fresh, repeated, after]] == [
+        1, 1, 1, 0, 0, 1, 0, 1
+    ]  # fmt: skip
+    assert [each.run_ids for each in again] == [first[2].run_ids, first[0].run_ids]
+    assert repeated.run_ids == fresh.run_ids
+    by_key = {run.run_key: run.payload["v"] for run in app.get_runs(job="load")}
+    assert by_key == {"k0": 1, "k1": 1, "k2": 1, "n0": 3, "n1": 5}
+    assert _requested_per_run(app) == {run.id: 1 for run in app.get_runs()}
+
+
 def test_batches_repeating_some_keys_create_only_the_new_ones(make_app: type[fm.App]) -> None:
     app = make_app()
 
@@ -60,18 +84,19 @@ def test_batches_repeating_some_keys_create_only_the_new_ones(make_app: type[fm.
 
 
 @pytest.mark.parametrize("other_commits", [True, False])
+@pytest.mark.parametrize("keys", [[f"k{i}" for i in range(6)], ["k3"]], ids=["batch", "one"])
 def test_a_batch_waiting_on_a_key_another_transaction_writes_dedupes_against_it(
-    pg_url: str, other_commits: bool
+    pg_url: str, other_commits: bool, keys: list[str]
 ) -> None:
     """The batch blocks on the other transaction's key; once that commits the
-    batch takes its run, once it rolls back the batch creates the run itself."""
+    batch takes its run, once it rolls back the batch creates the run itself.
+    A submit of one run (``ENQUEUE_ONE_NEW`` first, too) behaves the same."""
     app, other = fm.App(pg_url), fm.App(pg_url)
     for each in (app, other):
 
         @each.job
         def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
 
-    keys = [f"k{i}" for i in range(6)]
     outcome: list[fm.SubmitResult] = []
     with other.engine.connect() as conn:
         transaction = conn.begin()
@@ -106,11 +131,11 @@ def test_a_batch_waiting_on_a_key_another_transaction_writes_dedupes_against_it(
     assert sorted(by_key) == keys
     assert submitted.run_ids == tuple(by_key[key].id for key in keys)
     if other_commits:
-        assert (submitted.created, submitted.deduplicated) == (5, 1)
+        assert (submitted.created, submitted.deduplicated) == (len(keys) - 1, 1)
         assert by_key["k3"].id == held.run_ids[0]
         assert by_key["k3"].payload == {"from": 0}
     else:
-        assert (submitted.created, submitted.deduplicated) == (6, 0)
+        assert (submitted.created, submitted.deduplicated) == (len(keys), 0)
         assert by_key["k3"].payload == {"from": 1}
     assert _requested_per_run(app) == {run.id: 1 for run in by_key.values()}
     with app.engine.connect() as conn:

@@ -187,6 +187,9 @@ ENQUEUE_ONE = f"""
     )
     SELECT id, key_digest, pg_notify('{CHANNEL}', job) FROM inserted
 """
+# The usual single submit is of a new key: written as a plain insert, it saves
+# the speculative insertion (a WAL record of its own) that ON CONFLICT makes.
+ENQUEUE_ONE_NEW = _for_new_keys(ENQUEUE_ONE)
 
 
 @functools.cache
@@ -293,10 +296,10 @@ class PostgresBackend(Backend):
         return [(row.id, bytes(row.key_digest)) for row in rows]
 
     enqueues_committed = True
-    # Whether the last batch met keys that existed: the next one is then written
+    # Whether the last submit met keys that existed: the next one is then written
     # with ON CONFLICT at once (a producer resubmitting its keys pays for no failed
-    # statement), until a batch finds every key new again. Guarded by the submit lock.
-    _batches_meet_existing_keys = False
+    # statement), until a submit finds every key new again. Guarded by the submit lock.
+    _submits_meet_existing_keys = False
 
     def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
         """One autocommit statement on the submit connection (ENQUEUE_ONE, _ALIKE, _MANY).
@@ -305,22 +308,20 @@ class PostgresBackend(Backend):
         """
         submits = self._submits
         if len(new_runs) == 1:
-            with submits.lock:
-                return submits.rows(ENQUEUE_ONE, _one_row(new_runs[0]))
-        shared = _SHARED_BY_ALIKE(new_runs[0])
-        if all(_SHARED_BY_ALIKE(new) == shared for new in new_runs):
+            new_keys, deduplicating, params = ENQUEUE_ONE_NEW, ENQUEUE_ONE, _one_row(new_runs[0])
+        elif len({_SHARED_BY_ALIKE(new) for new in new_runs}) == 1:
             new_keys, deduplicating, params = ENQUEUE_ALIKE_NEW, ENQUEUE_ALIKE, _alike(new_runs)
         else:
             new_keys, deduplicating, params = ENQUEUE_MANY_NEW, ENQUEUE_MANY, _arrays(new_runs)
         with submits.lock:
-            if not self._batches_meet_existing_keys:
+            if not self._submits_meet_existing_keys:
                 try:
                     return submits.rows(new_keys, params)
                 except sa.exc.IntegrityError as exc:
                     if _constraint(exc) != _KEY_DIGEST_UNIQUE:
                         raise
             created = submits.rows(deduplicating, params)
-            self._batches_meet_existing_keys = len(created) < len(new_runs)
+            self._submits_meet_existing_keys = len(created) < len(new_runs)
             return created
 
     @property
