@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
+from ferryman.store import shared_submits
 from ferryman.store.run_rows import NewRun
 from ferryman.store.schema import run_events, runs
 from ferryman.store.shared_submits import SharedSubmits
@@ -72,6 +73,58 @@ def test_threads_submitting_the_same_keys_one_by_one_get_one_run_each(
     for run in app.get_runs():  # each run's log shows it requested once, from its row
         kinds = [event.kind for event in app.get_run_events(run.id)]
         assert kinds == [fm.RunEventKind.REQUESTED], run
+
+
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+def test_threads_that_keep_submitting_go_out_together_in_each_statement(
+    store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a statement carried several threads, the next waits for all of them
+    to submit again (the wait's bound raised here, so that it is the threads
+    coming back that end it): four threads, one statement each round."""
+    monkeypatch.setattr(shared_submits, "GATHER_MAX_S", 10.0)
+    monkeypatch.setattr(shared_submits, "GATHER_SHARE", 1e6)
+    app = fm.App(request.getfixturevalue({"postgres": "pg_url", "sqlite": "sqlite_url"}[store]))
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    backend = app.store.backend
+    statements: list[int] = []
+    first_out = threading.Event()
+    release_first = threading.Event()
+
+    def write(new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
+        statements.append(len(new_runs))
+        if len(statements) == 1:
+            first_out.set()
+            release_first.wait()  # the first statement is held until the others queue
+        return backend.enqueue_committed(new_runs)
+
+    shared = app.store.runs._shared = SharedSubmits(write)
+    rounds = 5
+
+    def submit(thread: int, count: int) -> None:
+        for i in range(count):
+            app.submit("load", fm.RunRequest(f"t{thread}-{i}", {}))
+
+    # The first thread goes out alone and is one submit ahead of the others from
+    # then on: it submits once more, so that all of them end in the last round.
+    first = threading.Thread(target=submit, args=(0, rounds))
+    first.start()
+    first_out.wait()
+    others = [threading.Thread(target=submit, args=(i, rounds - 1)) for i in (1, 2, 3)]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: len(shared._pending) == 3, what="three submitters queued")
+    release_first.set()
+    for thread in [first, *others]:
+        thread.join()
+    created = len(app.get_runs(job="load"))
+    app.close()
+
+    assert statements == [1] + [4] * (rounds - 1)
+    assert created == 4 * rounds - 3
 
 
 @pytest.mark.parametrize("store", ["postgres", "sqlite"])
