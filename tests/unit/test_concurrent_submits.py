@@ -75,6 +75,47 @@ def test_threads_submitting_the_same_keys_one_by_one_get_one_run_each(
         assert kinds == [fm.RunEventKind.REQUESTED], run
 
 
+class _HeldFirstStatement:
+    """The app's shared submits with their first statement held until the
+    submitters started after it have queued behind it."""
+
+    def __init__(self, app: fm.App) -> None:
+        backend = app.store.backend
+        self.statements: list[int] = []  # runs per statement
+        self._out = threading.Event()
+        self._release = threading.Event()
+
+        def write(new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
+            self.statements.append(len(new_runs))
+            if len(self.statements) == 1:
+                self._out.set()
+                self._release.wait()
+            return backend.enqueue_committed(new_runs)
+
+        self._shared = app.store.runs._shared = SharedSubmits(write)
+
+    def run(self, first: threading.Thread, others: list[threading.Thread]) -> None:
+        """``first`` out alone, ``others`` queued behind it; then all of them to their end."""
+        first.start()
+        self._out.wait()
+        for thread in others:
+            thread.start()
+        queued = len(others)
+        wait_until(lambda: len(self._shared._pending) == queued, what=f"{queued} queued")
+        self._release.set()
+        for thread in [first, *others]:
+            thread.join()
+
+
+def _app_loading(store: str, request: pytest.FixtureRequest) -> fm.App:
+    app = fm.App(request.getfixturevalue({"postgres": "pg_url", "sqlite": "sqlite_url"}[store]))
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
+
+    return app
+
+
 @pytest.mark.parametrize("store", ["postgres", "sqlite"])
 def test_threads_that_keep_submitting_go_out_together_in_each_statement(
     store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -84,24 +125,8 @@ def test_threads_that_keep_submitting_go_out_together_in_each_statement(
     coming back that end it): four threads, one statement each round."""
     monkeypatch.setattr(shared_submits, "GATHER_MAX_S", 10.0)
     monkeypatch.setattr(shared_submits, "GATHER_SHARE", 1e6)
-    app = fm.App(request.getfixturevalue({"postgres": "pg_url", "sqlite": "sqlite_url"}[store]))
-
-    @app.job
-    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
-
-    backend = app.store.backend
-    statements: list[int] = []
-    first_out = threading.Event()
-    release_first = threading.Event()
-
-    def write(new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
-        statements.append(len(new_runs))
-        if len(statements) == 1:
-            first_out.set()
-            release_first.wait()  # the first statement is held until the others queue
-        return backend.enqueue_committed(new_runs)
-
-    shared = app.store.runs._shared = SharedSubmits(write)
+    app = _app_loading(store, request)
+    held = _HeldFirstStatement(app)
     rounds = 5
 
     def submit(thread: int, count: int) -> None:
@@ -110,20 +135,14 @@ def test_threads_that_keep_submitting_go_out_together_in_each_statement(
 
     # The first thread goes out alone and is one submit ahead of the others from
     # then on: it submits once more, so that all of them end in the last round.
-    first = threading.Thread(target=submit, args=(0, rounds))
-    first.start()
-    first_out.wait()
-    others = [threading.Thread(target=submit, args=(i, rounds - 1)) for i in (1, 2, 3)]
-    for thread in others:
-        thread.start()
-    wait_until(lambda: len(shared._pending) == 3, what="three submitters queued")
-    release_first.set()
-    for thread in [first, *others]:
-        thread.join()
+    held.run(
+        threading.Thread(target=submit, args=(0, rounds)),
+        [threading.Thread(target=submit, args=(i, rounds - 1)) for i in (1, 2, 3)],
+    )
     created = len(app.get_runs(job="load"))
     app.close()
 
-    assert statements == [1] + [4] * (rounds - 1)
+    assert held.statements == [1] + [4] * (rounds - 1)
     assert created == 4 * rounds - 3
 
 
@@ -133,43 +152,22 @@ def test_submits_arriving_while_a_statement_is_out_share_the_next_one(
 ) -> None:
     """The submitters queued behind a statement (on SQLite, a write transaction
     and its commit) go out in one."""
-    app = fm.App(request.getfixturevalue({"postgres": "pg_url", "sqlite": "sqlite_url"}[store]))
-
-    @app.job
-    def load(ctx: fm.JobContext, payload: dict[str, int]) -> None: ...
-
-    backend = app.store.backend
-    statements: list[int] = []
-    first_out = threading.Event()
-    release_first = threading.Event()
-
-    def write(new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
-        statements.append(len(new_runs))
-        if len(statements) == 1:
-            first_out.set()
-            release_first.wait()  # the first statement is held until the others queue
-        return backend.enqueue_committed(new_runs)
-
-    shared = app.store.runs._shared = SharedSubmits(write)
+    app = _app_loading(store, request)
+    held = _HeldFirstStatement(app)
     outcomes: queue.Queue[fm.SubmitResult] = queue.Queue()
 
     def submit(key: str) -> None:
         outcomes.put(app.submit("load", fm.RunRequest(key, {})))
 
-    first = threading.Thread(target=submit, args=("first",))
-    first.start()
-    first_out.wait()
-    others = [threading.Thread(target=submit, args=(f"other-{i}",)) for i in range(5)]
-    for thread in others:
-        thread.start()
-    wait_until(lambda: len(shared._pending) == 5, what="five submitters queued")
-    release_first.set()
-    for thread in [first, *others]:
-        thread.join()
+    held.run(
+        threading.Thread(target=submit, args=("first",)),
+        [threading.Thread(target=submit, args=(f"other-{i}",)) for i in range(5)],
+    )
+    backend = app.store.backend
     commits = getattr(getattr(backend, "group_commit", None), "commits", None)
     app.close()
 
-    assert statements == [1, 5]
+    assert held.statements == [1, 5]
     if store == "sqlite":
         assert commits == 2  # one commit for the five queued submits
     results = [outcomes.get_nowait() for _ in range(6)]
