@@ -76,21 +76,37 @@ def _due(
     picks from these rows itself (:meth:`Backend.lease_due`).
     """
     running = runs.alias("running")
-    key_running = (
-        sa.select(sa.func.count())
-        .where(
-            running.c.job == runs.c.job,
-            running.c.status == RunStatus.RUNNING.value,
-            # Implied by the next term; said for the partial index of running keys.
-            running.c.concurrency_digest.is_not(None),
-            running.c.concurrency_digest == runs.c.concurrency_digest,
-        )
-        .scalar_subquery()
+    is_running = (
+        running.c.status == RunStatus.RUNNING.value,
+        # Said for the partial index of running keys (it holds no other runs).
+        running.c.concurrency_digest.is_not(None),
     )
+    if counted:
+        key_running: sa.ColumnElement[Any] = (
+            sa.select(sa.func.count())
+            .where(
+                running.c.job == runs.c.job,
+                *is_running,
+                running.c.concurrency_digest == runs.c.concurrency_digest,
+            )
+            .scalar_subquery()
+        )
+        key_has_room = key_running < sa.bindparam("key_concurrency")
+    else:
+        # The job's running keys, read once and looked up per due run (a hashed
+        # set on PostgreSQL, an automatic index on SQLite) rather than counted
+        # per due run by a subquery: the planner, its statistics saying few runs
+        # are running, may walk every running run (and every dead index entry
+        # of one) for each due run that way, a claim then taking seconds.
+        key_running = sa.literal(0, sa.Integer)
+        running_keys = sa.select(running.c.concurrency_digest).where(
+            running.c.job == sa.bindparam("job"), *is_running
+        )
+        key_has_room = runs.c.concurrency_digest.not_in(running_keys)
     columns = [
         runs.c.id,
         runs.c.concurrency_digest,
-        (key_running if counted else sa.literal(0, sa.Integer)).label("key_running"),
+        key_running.label("key_running"),
         *([runs.c.priority, runs.c.available_at] if ordered else []),
         *([] if clock is None else [clock.label("clock")]),
     ]
@@ -100,10 +116,7 @@ def _due(
             runs.c.job == sa.bindparam("job"),
             runs.c.status == RunStatus.QUEUED.value,
             runs.c.available_at <= sa.bindparam("now"),
-            sa.or_(
-                runs.c.concurrency_digest.is_(None),
-                key_running < sa.bindparam("key_concurrency"),
-            ),
+            sa.or_(runs.c.concurrency_digest.is_(None), key_has_room),
         )
         .order_by(runs.c.priority.desc(), runs.c.available_at, runs.c.id)
         .limit(sa.bindparam("scan"))
