@@ -212,37 +212,31 @@ class Limits:
             running = self._count_running_rows(conn, {"job": job})[0][0]
             room = min(room, limits.concurrency - running)
         leased: list[tuple[Any, float]] = []
-        charged = 0  # runs picked, charged to the bucket
         if room > 0:
-            params = {"job": job, "now": now, "key_concurrency": limits.key_concurrency}
             scan = room + SCAN_SLACK
-            done = self.backend.lease_due(
-                conn,
-                DUE_ORDERED[min(limits.key_concurrency, 2)],
-                {
-                    **params,
-                    "scan": scan,
-                    "room": room,
-                    "tokens": tokens,
-                    "lease_seconds": request.lease_seconds,
-                },
-                request.worker_id,
-            )
+            params: dict[str, Any] = {"job": job, "now": now, "scan": scan, "room": room}
+            params.update(key_concurrency=limits.key_concurrency, tokens=tokens)
+            params["lease_seconds"] = request.lease_seconds
+            due = DUE_ORDERED[min(limits.key_concurrency, 2)]
+            done = self.backend.lease_due(conn, due, params, request.worker_id)
             if done is not None:  # charged by the statement
                 leased = [(row, done.at) for row in done.rows]
                 if done.picked >= room or done.scanned < scan:
                     return leased
-                room, charged = room - done.picked, done.picked
+                room -= done.picked
         admitted, counted_at = (
             self._pick(conn, job, limits.key_concurrency, room, now) if room > 0 else ([], None)
         )
-        if tokens is not None:
-            self.charge(conn, job, tokens - charged - len(admitted), now)
+        refilled_at = now
         if admitted:
             if not one_writer:
                 now = self.backend.clock(conn) if counted_at is None else counted_at
             more = replace(request, jobs=(job,), room=0, reclaim=admitted, now=now, events=())
             leased += [(row, now) for row in self.backend.lease_queued(conn, admitted, more)]
+        if tokens is not None:
+            # The runs leased, not those picked: one another transaction
+            # holds (and the lease skips) takes no token.
+            self.charge(conn, job, tokens - len(leased), refilled_at)
         return leased
 
     def charge(self, conn: sa.Connection, job: str, tokens: float, now: float) -> None:
