@@ -377,7 +377,7 @@ class LeasedDue:
     rows: list[Any]  # the runs leased, in claim order (CLAIMED_COLUMNS first)
     at: float  # the claim's time, read once the due runs were counted
     scanned: int  # due runs read
-    picked: int  # of those, runs within their key's limit, up to the room (charged)
+    picked: int  # of those, runs within their key's limit, up to the room
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

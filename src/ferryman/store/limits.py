@@ -76,21 +76,37 @@ def _due(
     picks from these rows itself (:meth:`Backend.lease_due`).
     """
     running = runs.alias("running")
-    key_running = (
-        sa.select(sa.func.count())
-        .where(
-            running.c.job == runs.c.job,
-            running.c.status == RunStatus.RUNNING.value,
-            # Implied by the next term; said for the partial index of running keys.
-            running.c.concurrency_digest.is_not(None),
-            running.c.concurrency_digest == runs.c.concurrency_digest,
-        )
-        .scalar_subquery()
+    is_running = (
+        running.c.status == RunStatus.RUNNING.value,
+        # Said for the partial index of running keys (it holds no other runs).
+        running.c.concurrency_digest.is_not(None),
     )
+    if counted:
+        key_running: sa.ColumnElement[Any] = (
+            sa.select(sa.func.count())
+            .where(
+                running.c.job == runs.c.job,
+                *is_running,
+                running.c.concurrency_digest == runs.c.concurrency_digest,
+            )
+            .scalar_subquery()
+        )
+        key_has_room = key_running < sa.bindparam("key_concurrency")
+    else:
+        # The job's running keys, read once and looked up per due run (a hashed
+        # set on PostgreSQL, an automatic index on SQLite) rather than counted
+        # per due run by a subquery: the planner, its statistics saying few runs
+        # are running, may walk every running run (and every dead index entry
+        # of one) for each due run that way, a claim then taking seconds.
+        key_running = sa.literal(0, sa.Integer)
+        running_keys = sa.select(running.c.concurrency_digest).where(
+            running.c.job == sa.bindparam("job"), *is_running
+        )
+        key_has_room = runs.c.concurrency_digest.not_in(running_keys)
     columns = [
         runs.c.id,
         runs.c.concurrency_digest,
-        (key_running if counted else sa.literal(0, sa.Integer)).label("key_running"),
+        key_running.label("key_running"),
         *([runs.c.priority, runs.c.available_at] if ordered else []),
         *([] if clock is None else [clock.label("clock")]),
     ]
@@ -100,10 +116,7 @@ def _due(
             runs.c.job == sa.bindparam("job"),
             runs.c.status == RunStatus.QUEUED.value,
             runs.c.available_at <= sa.bindparam("now"),
-            sa.or_(
-                runs.c.concurrency_digest.is_(None),
-                key_running < sa.bindparam("key_concurrency"),
-            ),
+            sa.or_(runs.c.concurrency_digest.is_(None), key_has_room),
         )
         .order_by(runs.c.priority.desc(), runs.c.available_at, runs.c.id)
         .limit(sa.bindparam("scan"))
@@ -199,37 +212,31 @@ class Limits:
             running = self._count_running_rows(conn, {"job": job})[0][0]
             room = min(room, limits.concurrency - running)
         leased: list[tuple[Any, float]] = []
-        charged = 0  # runs picked, charged to the bucket
         if room > 0:
-            params = {"job": job, "now": now, "key_concurrency": limits.key_concurrency}
             scan = room + SCAN_SLACK
-            done = self.backend.lease_due(
-                conn,
-                DUE_ORDERED[min(limits.key_concurrency, 2)],
-                {
-                    **params,
-                    "scan": scan,
-                    "room": room,
-                    "tokens": tokens,
-                    "lease_seconds": request.lease_seconds,
-                },
-                request.worker_id,
-            )
+            params: dict[str, Any] = {"job": job, "now": now, "scan": scan, "room": room}
+            params.update(key_concurrency=limits.key_concurrency, tokens=tokens)
+            params["lease_seconds"] = request.lease_seconds
+            due = DUE_ORDERED[min(limits.key_concurrency, 2)]
+            done = self.backend.lease_due(conn, due, params, request.worker_id)
             if done is not None:  # charged by the statement
                 leased = [(row, done.at) for row in done.rows]
                 if done.picked >= room or done.scanned < scan:
                     return leased
-                room, charged = room - done.picked, done.picked
+                room -= done.picked
         admitted, counted_at = (
             self._pick(conn, job, limits.key_concurrency, room, now) if room > 0 else ([], None)
         )
-        if tokens is not None:
-            self.charge(conn, job, tokens - charged - len(admitted), now)
+        refilled_at = now
         if admitted:
             if not one_writer:
                 now = self.backend.clock(conn) if counted_at is None else counted_at
             more = replace(request, jobs=(job,), room=0, reclaim=admitted, now=now, events=())
             leased += [(row, now) for row in self.backend.lease_queued(conn, admitted, more)]
+        if tokens is not None:
+            # The runs leased, not those picked: one another transaction
+            # holds (and the lease skips) takes no token.
+            self.charge(conn, job, tokens - len(leased), refilled_at)
         return leased
 
     def charge(self, conn: sa.Connection, job: str, tokens: float, now: float) -> None:

@@ -86,7 +86,7 @@ def lease_due_statement(due: str) -> str:
     running and picked before it number fewer than ``key_concurrency``, up
     to ``room``; the picked runs still queued and not locked elsewhere are
     leased and their claims logged, and the job's rate bucket is charged for
-    the picked runs (when ``tokens`` is given). The claim's time: the clock
+    the runs leased (when ``tokens`` is given). The claim's time: the clock
     read once the due runs were counted. Each row: a claimed run's columns,
     that time, the runs scanned and picked (run columns NULL if none claimed).
     """
@@ -127,8 +127,8 @@ def lease_due_statement(due: str) -> str:
             FROM claimed CROSS JOIN stamp
         ), charged AS (
             UPDATE {job_limits.name}
-            SET tokens = %(tokens)s::float8 - stamp.picked, refilled_at = %(now)s::float8
-            FROM stamp
+            SET tokens = %(tokens)s::float8 - (SELECT count(*) FROM claimed),
+                refilled_at = %(now)s::float8
             WHERE job = %(job)s AND %(tokens)s::float8 IS NOT NULL
         )
         SELECT claimed.*, stamp.now, stamp.scanned, stamp.picked
