@@ -53,9 +53,9 @@ def test_postgres_without_tables_asks_for_an_upgrade(pg_template: str) -> None:
         with pytest.raises(fm.SchemaMismatch, match=r"has no ferryman tables.*ferryman db upgrade"):
             Store(url)
         before, after = upgrade(url)
-        assert (before, after) == ((), "0011")
+        assert (before, after) == ((), "0012")
         Store(url).close()  # now it opens
-        assert upgrade(url) == (("0011",), "0011")
+        assert upgrade(url) == (("0012",), "0012")
     finally:
         drop_database("ferryman_empty_check")
 
@@ -164,7 +164,7 @@ def store_at_0004_with_history(url: str) -> None:
 def test_upgrading_to_0005_keeps_runs_logs_and_deliveries(unmigrated_url: str, via: str) -> None:
     store_at_0004_with_history(unmigrated_url)
     if via == "db upgrade":
-        assert upgrade(unmigrated_url) == (("0004",), "0011")
+        assert upgrade(unmigrated_url) == (("0004",), "0012")
     else:
         Store(unmigrated_url, create=True).close()
     app = fm.App(unmigrated_url)
