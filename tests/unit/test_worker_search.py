@@ -7,11 +7,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
-from ferryman.store import run_search
 from ferryman.store.run_search import RunFilter
 from ferryman.store.schema import run_events, runs, workers
 
@@ -123,7 +121,7 @@ def _pages(app: fm.App, found: RunFilter, *, after_id: int | None = None) -> Ite
 
 
 def test_a_workers_newest_claims_are_read_first_and_no_run_is_missed(
-    make_app: type[fm.App], monkeypatch: pytest.MonkeyPatch
+    make_app: type[fm.App],
 ) -> None:
     """Runs created five minutes apart (out of id order by up to ``SKEW``), each
     claimed within minutes by one of three workers (log rows out of time order as
@@ -131,7 +129,6 @@ def test_a_workers_newest_claims_are_read_first_and_no_run_is_missed(
     worker's successes among its claims: every page, read from the newest claims back
     window by window, lists exactly the runs the worker claimed, also narrowed by
     status, and in creation order within a time window."""
-    monkeypatch.setattr(run_search, "CLAIM_WINDOW", 4)
     app = _app(make_app)
     ids = sorted(app.submit("load", *(fm.RunRequest(f"k{n}") for n in range(300))).run_ids)
     rng = random.Random(11)

@@ -41,8 +41,7 @@ from ferryman.store.run_key_sql import RUN_KEY_PREFIX, SameRunKey, run_key_start
 from ferryman.store.schema import run_events, runs
 
 PREFIX_PROBE = 2000  # runs a run_key prefix is looked up by in the index, at most
-CLAIM_WINDOW = 256  # a worker's claims a page is looked for in first
-CLAIM_WINDOWS = 3  # windows, each four times the last, before all of its claims are read
+CLAIM_WINDOWS = 4  # windows of a worker's claims, each four times the last, before all of them
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,7 +105,7 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
 
 
 def _claims_of(
-    worker: str, *, below: int | None, above: int | None, by_time: bool
+    worker: str, *, below: int | None, above: int | None, by_time: bool, first: int
 ) -> Iterator[sa.ColumnElement[bool]]:
     """Runs ``worker`` claimed: a few of its claims first, more of them each time, then all.
 
@@ -114,7 +113,8 @@ def _claims_of(
     (migration 0012) in run id order, whether the store has a row for the
     worker or not. In id order, a page reads the claims from its anchor on
     (newest first: run ids below ``below``; oldest first: above ``above``), a
-    window of ``CLAIM_WINDOW`` log rows growing fourfold: every claimed run
+    window of ``first`` log rows (a page, unless a run was claimed twice or
+    other filters leave some out) growing fourfold: every claimed run
     between the anchor and the farthest run the window names is in it, so a
     full page from the window is exact, and a shorter one reads the next. In
     creation order (a time window), or past ``CLAIM_WINDOWS`` windows, every
@@ -130,7 +130,7 @@ def _claims_of(
             if below is not None:
                 nearest = nearest.where(run_events.c.run_id < below)
         for windows in range(CLAIM_WINDOWS):
-            window = nearest.limit(CLAIM_WINDOW * 4**windows)
+            window = nearest.limit(first * 4**windows)
             # A derived table around the LIMIT: MariaDB takes none in an IN subquery.
             yield runs.c.id.in_(sa.select(window.subquery().c.run_id))
     yield runs.c.id.in_(claimed)
@@ -214,7 +214,9 @@ def search_runs(
         query = query.order_by(*[c.desc() for c in columns])
     queries = [query]
     if found.worker is not None:
-        claims = _claims_of(found.worker, below=before_id, above=after_id, by_time=by_time)
+        claims = _claims_of(
+            found.worker, below=before_id, above=after_id, by_time=by_time, first=limit + 1
+        )
         queries = [query.where(claimed) for claimed in claims]
     for narrowed in queries:
         items = [records.run_from_row(row) for row in conn.execute(narrowed).mappings()]
