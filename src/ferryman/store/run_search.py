@@ -119,8 +119,11 @@ def _claims_of(
     full page from the window is exact, and a shorter one reads the next. In
     creation order (a time window), or past ``CLAIM_WINDOWS`` windows, every
     claim of the worker is read at once."""
+    # The kind written out, not bound: the index holds the claims alone (but on
+    # MariaDB), and a planner matches a partial index's predicate to the SQL text.
+    claims = sa.literal(RunEventKind.CLAIMED.value, literal_execute=True)
     claimed = sa.select(run_events.c.run_id).where(
-        run_events.c.worker_id == worker, run_events.c.kind == RunEventKind.CLAIMED.value
+        run_events.c.worker_id == worker, run_events.c.kind == claims
     )
     if not by_time:
         if above is not None and below is None:  # oldest first, from ``above`` up

@@ -324,12 +324,13 @@ run_events = sa.Table(
     **MARIADB_TABLE,
 )
 sa.Index("ix_ferryman_run_events_run_id", run_events.c.run_id, run_events.c.id)
-# A worker's claims, newest runs first (run_search); rows no worker wrote stay out (0012).
+# A worker's claims, newest runs first (run_search); other rows stay out but on MariaDB,
+# which has no partial indexes and finds the claims by the kind (0012).
 sa.Index(
     "ix_ferryman_run_events_worker_id",
     *(run_events.c.worker_id, run_events.c.kind, run_events.c.run_id),
     mariadb_length={"worker_id": NAME_LENGTH, "kind": STATUS_LENGTH},
-    **partial(run_events.c.worker_id.is_not(None)),
+    **partial(run_events.c.kind == sa.literal_column("'claimed'")),
 )
 # The store writes each log row with or after its run, never deleted (pruning
 # empties it): PostgreSQL's check, a fifth of a batched enqueue, is left out (0010).

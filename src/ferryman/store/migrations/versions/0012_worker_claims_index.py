@@ -3,10 +3,11 @@
 ``ix_ferryman_run_events_worker_id`` on ``(worker_id, kind, run_id)``: the
 runs a worker claimed, newest first, are a range of it
 (:mod:`ferryman.store.run_search`), whether or not the store has a row for
-the worker in ``ferryman_workers``. On SQLite and PostgreSQL it holds only
-the rows a worker wrote (``worker_id IS NOT NULL``), so that logging a
-request or an operator's change adds no entry; MariaDB has no partial
-indexes and indexes the first characters of both texts.
+the worker in ``ferryman_workers``. On SQLite and PostgreSQL it holds the
+claims alone (``kind = 'claimed'``), so that a run costs one entry, written
+with its claim, and its other log rows (requested, succeeded, ...) none;
+MariaDB has no partial indexes: it indexes every row, by the first
+characters of both texts.
 
 Revision ID: 0012
 Revises: 0011
@@ -24,7 +25,7 @@ depends_on = None
 
 EVENTS = "ferryman_run_events"
 BY_WORKER = "ix_ferryman_run_events_worker_id"
-WORKER_WROTE = sa.text("worker_id IS NOT NULL")
+CLAIMS = sa.text("kind = 'claimed'")
 
 
 def upgrade() -> None:
@@ -32,8 +33,8 @@ def upgrade() -> None:
         BY_WORKER,
         EVENTS,
         ["worker_id", "kind", "run_id"],
-        postgresql_where=WORKER_WROTE,
-        sqlite_where=WORKER_WROTE,
+        postgresql_where=CLAIMS,
+        sqlite_where=CLAIMS,
         mariadb_length={"worker_id": 255, "kind": 32},
     )
 
