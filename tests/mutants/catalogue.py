@@ -1119,9 +1119,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # -- worker views ----------------------------------------------------------------
     Mutation(
-        "a worker's runs, oldest first, given from a window of its claims too soon",
+        "a worker's runs given from a window of its claims too short for the page",
         WORKER_VIEWS,
-        one("ferryman/store/run_search.py", "(anchor or 0) >= claims.floor", "True"),
+        one("ferryman/store/run_search.py", "if len(items) > limit:", "if True:"),
         (
             "tests/unit/test_worker_search.py::"
             "test_a_workers_newest_claims_are_read_first_and_no_run_is_missed[sqlite]",

@@ -53,9 +53,9 @@ def test_postgres_without_tables_asks_for_an_upgrade(pg_template: str) -> None:
         with pytest.raises(fm.SchemaMismatch, match=r"has no ferryman tables.*ferryman db upgrade"):
             Store(url)
         before, after = upgrade(url)
-        assert (before, after) == ((), "0011")
+        assert (before, after) == ((), "0012")
         Store(url).close()  # now it opens
-        assert upgrade(url) == (("0011",), "0011")
+        assert upgrade(url) == (("0012",), "0012")
     finally:
         drop_database("ferryman_empty_check")
 
@@ -164,7 +164,7 @@ def store_at_0004_with_history(url: str) -> None:
 def test_upgrading_to_0005_keeps_runs_logs_and_deliveries(unmigrated_url: str, via: str) -> None:
     store_at_0004_with_history(unmigrated_url)
     if via == "db upgrade":
-        assert upgrade(unmigrated_url) == (("0004",), "0011")
+        assert upgrade(unmigrated_url) == (("0004",), "0012")
     else:
         Store(unmigrated_url, create=True).close()
     app = fm.App(unmigrated_url)
@@ -266,16 +266,40 @@ def test_0010_downgrades_and_upgrades_again(store_url: str) -> None:
             assert " WHERE " not in at_0009["ix_ferryman_runs_status_id"]
             assert "ix_ferryman_runs_run_key" in at_0009
         assert _run_events_refer_to_runs(engine)
-        with engine.begin() as conn:
-            command.upgrade(migrate._config(conn), "head")
-        with engine.connect() as conn:
-            assert migrate.differences(conn) == []
+        _upgrade_to_the_declared_schema(engine)
     finally:
         engine.dispose()
     if partial_indexes:
         assert _index_definitions(store_url) == at_head
     # PostgreSQL's check of each log row's run is left out (a fifth of an enqueue).
     assert _run_events_refer_to_runs(engine) == ("postgresql" not in store_url)
+
+
+def test_0012_downgrades_and_upgrades_again(store_url: str) -> None:
+    """Down to 0011 drops the log's index by worker; up again makes it as declared:
+    the claims alone where the store has partial indexes."""
+    Store(store_url, create=True).close()
+    engine = sa.create_engine(store_url, poolclass=sa.pool.NullPool)
+    by_worker = "ix_ferryman_run_events_worker_id"
+    try:
+        with engine.begin() as conn:
+            command.downgrade(migrate._config(conn), "0011")
+        with engine.connect() as conn:
+            indexes = sa.inspect(conn).get_indexes("ferryman_run_events")
+        assert by_worker not in {index["name"] for index in indexes}
+        _upgrade_to_the_declared_schema(engine)
+    finally:
+        engine.dispose()
+    if "mariadb" not in store_url:
+        _, predicate = _index_definitions(store_url)[by_worker].split(" WHERE ")
+        assert "kind = 'claimed'" in predicate
+
+
+def _upgrade_to_the_declared_schema(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        command.upgrade(migrate._config(conn), "head")
+    with engine.connect() as conn:
+        assert migrate.differences(conn) == []
 
 
 def _run_events_refer_to_runs(engine: sa.Engine) -> bool:

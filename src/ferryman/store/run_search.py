@@ -11,12 +11,12 @@ every store; job and status use the ``(job, status, id)`` index. A run_key
 prefix is a range of an index of the keys (migration 0009 on PostgreSQL):
 up to ``PREFIX_PROBE`` matches are found there, and a prefix more runs share
 walks the runs newest first, where its matches are dense. A worker's runs
-are read from the processing log written while it lived (its row in
-``ferryman_workers``), its newest claims first, a window of the log at a
-time (see :func:`_claims_of`): a page of a busy worker that claimed a million runs
-costs a few thousand log rows; one with no registered worker reads the whole
-log. An error walks the runs newest first and stops at a page of matches,
-so a rare match on a huge store reads more.
+are a range of the processing log's index by worker (migration 0012), read
+from the page's anchor a window at a time (see :func:`_claims_of`): a page
+of a busy worker reads a few hundred index entries, whatever the size of
+the log or whether the store knows the worker. An error walks the runs
+newest first and stops at a page of matches, so a rare match on a huge
+store reads more.
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ from ferryman.store.read_queries import (
     newest_ended,
 )
 from ferryman.store.run_key_sql import RUN_KEY_PREFIX, SameRunKey, run_key_start
-from ferryman.store.schema import run_events, runs, workers
+from ferryman.store.schema import run_events, runs
 
 PREFIX_PROBE = 2000  # runs a run_key prefix is looked up by in the index, at most
-CLAIM_SKEW = 600.0  # seconds the claims of one moment may be out of order by id
-CLAIM_WINDOW = 1000  # log rows a worker's newest claims are looked for in first
+CLAIM_WINDOWS = 4  # windows of a worker's claims, each four times the last, before all of them
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,141 +104,39 @@ def _filtered(conn: sa.Connection, found: RunFilter) -> sa.Select[Any]:
     return query
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Claims:
-    """Runs a worker claimed in some of its log rows, and whether that is all of them."""
+def _claims_of(
+    worker: str, *, below: int | None, above: int | None, by_time: bool, first: int
+) -> Iterator[sa.ColumnElement[bool]]:
+    """Runs ``worker`` claimed: a few of its claims first, more of them each time, then all.
 
-    where: list[sa.ColumnElement[bool]]
-    # Claims in older log rows name no run above this id (None: they were read too).
-    floor: int | None
-
-
-def _claims_of(conn: sa.Connection, worker: str) -> Iterator[_Claims]:
-    """Runs ``worker`` claimed, from its newest claims back, more of them each time.
-
-    A worker registers (``ferryman_workers``) before its first claim and says
-    when it stopped, so its claims are log rows between two ids, found by
-    their times (alive, or killed: up to the newest row). The log is read
-    back from the end in windows growing fourfold (up to a third of the
-    lifetime in all), each yielding the runs claimed in it above a
-    ``floor``: a claim in an older row was made before the window's first
-    claim (but for ``CLAIM_SKEW``), of a run created before it, and a run
-    created ``CLAIM_SKEW`` before another has the lesser id (ids and creation
-    times are taken by one statement, as for the log), so the floor is the
-    id of the first run created ``2 * CLAIM_SKEW`` after that claim, less
-    one. A page of runs above the floor is exact; a shorter one reads the
-    next window. Last, all of its claims: the runs they name, between the
-    least and greatest run id among them. A worker the store has no row for
-    reads the whole log at once."""
-    by_worker = sa.select(run_events.c.run_id).where(
-        run_events.c.worker_id == worker, run_events.c.kind == RunEventKind.CLAIMED.value
+    Its ``claimed`` log rows are a range of ``ix_ferryman_run_events_worker_id``
+    (migration 0012) in run id order, whether the store has a row for the
+    worker or not. In id order, a page reads the claims from its anchor on
+    (newest first: run ids below ``below``; oldest first: above ``above``), a
+    window of ``first`` log rows (a page, unless a run was claimed twice or
+    other filters leave some out) growing fourfold: every claimed run
+    between the anchor and the farthest run the window names is in it, so a
+    full page from the window is exact, and a shorter one reads the next. In
+    creation order (a time window), or past ``CLAIM_WINDOWS`` windows, every
+    claim of the worker is read at once."""
+    # The kind written out, not bound: the index holds the claims alone (but on
+    # MariaDB), and a planner matches a partial index's predicate to the SQL text.
+    claims = sa.literal(RunEventKind.CLAIMED.value, literal_execute=True)
+    claimed = sa.select(run_events.c.run_id).where(
+        run_events.c.worker_id == worker, run_events.c.kind == claims
     )
-    lifetime = conn.execute(
-        sa.select(workers.c.started_at, workers.c.stopped_at).where(workers.c.id == worker)
-    ).first()
-    if lifetime is None:
-        yield _Claims([runs.c.id.in_(by_worker)], None)
-        return
-    first = _first_claim_at(conn, lifetime.started_at - CLAIM_SKEW)
-    if first is None:  # nothing claimed since it started
-        yield _Claims([sa.false()], None)
-        return
-    claimed = by_worker.where(run_events.c.id >= first)
-    end = None
-    if lifetime.stopped_at is not None:
-        end = _first_claim_at(conn, lifetime.stopped_at + CLAIM_SKEW)
-        if end is not None:
-            claimed = claimed.where(run_events.c.id < end)
-    if end is None:
-        newest = conn.scalar(sa.select(sa.func.max(run_events.c.id)))
-        end = first if newest is None else int(newest) + 1
-    window = CLAIM_WINDOW
-    while 4 * window <= end - first:  # the windows read a third of the lifetime at most
-        start = end - window
-        window *= 4
-        floor = _run_floor(conn, start)
-        if floor is None:
-            continue
-        # One range of log ids (given two lower bounds, SQLite seeks by the first
-        # and filters by the other), the floor applied here (in SQL, SQLite would
-        # read the log by run id for it).
-        newer = conn.scalars(by_worker.where(run_events.c.id >= start, run_events.c.id < end))
-        ids = sorted({run_id for run_id in newer if run_id > floor})
-        yield _Claims([id_among(conn, runs.c.id, ids)] if ids else [sa.false()], floor)
-    within = claimed.subquery()
-    least, greatest = conn.execute(
-        sa.select(sa.func.min(within.c.run_id), sa.func.max(within.c.run_id))
-    ).one()
-    if least is None:
-        yield _Claims([sa.false()], None)
-        return
-    yield _Claims([runs.c.id.between(least, greatest), runs.c.id.in_(claimed)], None)
-
-
-def _run_floor(conn: sa.Connection, start: int) -> int | None:
-    """The greatest id a run claimed in a log row before ``start`` may have (see
-    :func:`_claims_of`); None if no run was created late enough to tell."""
-    claim = conn.execute(
-        sa.select(run_events.c.at)
-        .where(run_events.c.kind == RunEventKind.CLAIMED.value, run_events.c.id >= start)
-        .order_by(run_events.c.id)
-        .limit(1)
-    ).first()
-    if claim is None:
-        return None
-    later = conn.scalar(
-        sa.select(runs.c.id)
-        .where(runs.c.created_at > claim.at + 2 * CLAIM_SKEW)
-        .order_by(runs.c.created_at, runs.c.id)
-        .limit(1)
-    )
-    return None if later is None else int(later) - 1
-
-
-def _first_claim_at(conn: sa.Connection, at: float) -> int | None:
-    """The id of the first ``claimed`` log row at or after ``at`` (None: none is).
-
-    Found by seeks of the log's primary key, each guessing where ``at`` falls
-    between the two claims known either side of it (claims come at a steady
-    pace, so a guess lands close), every other one halving the range instead
-    (so a burst of claims costs no more than a binary search). Claimed rows
-    are written by one short statement that reads the clock and takes the id
-    together, so their times rise with their ids but for the statements in
-    flight at once (``CLAIM_SKEW`` covers them; other rows are left out, as
-    one written in a job's long transaction carries its start)."""
-    claimed = sa.select(run_events.c.id, run_events.c.at).where(
-        run_events.c.kind == RunEventKind.CLAIMED.value
-    )
-
-    def claim_from(event_id: int) -> tuple[int, float] | None:
-        query = claimed.where(run_events.c.id >= event_id).order_by(run_events.c.id).limit(1)
-        row = conn.execute(query).first()
-        return None if row is None else (row.id, row.at)
-
-    first = claim_from(0)
-    newest = conn.execute(claimed.order_by(run_events.c.id.desc()).limit(1)).first()
-    if first is None or newest is None or first[1] >= at:
-        return None if first is None else first[0]
-    if newest.at < at:
-        return None
-    before, after = first, (int(newest.id), float(newest.at))  # claims either side of ``at``
-    # The first claim at or after ``at`` is ``after`` or lies between ``before`` and ``below``.
-    below = after[0]
-    guess = True
-    while before[0] + 1 < below:
-        lo, hi = before[0] + 1, below - 1
-        middle = (lo + hi) // 2
-        if guess and after[1] > before[1]:
-            share = (at - before[1]) / (after[1] - before[1])
-            middle = min(hi, max(lo, before[0] + round(share * (after[0] - before[0]))))
-        guess = not guess
-        probe = claim_from(middle)
-        assert probe is not None  # ``after`` is one
-        if probe[1] >= at:
-            after, below = probe, middle  # and no claim between middle and it
+    if not by_time:
+        if above is not None and below is None:  # oldest first, from ``above`` up
+            nearest = claimed.where(run_events.c.run_id > above).order_by(run_events.c.run_id)
         else:
-            before = probe
-    return after[0]
+            nearest = claimed.order_by(run_events.c.run_id.desc())
+            if below is not None:
+                nearest = nearest.where(run_events.c.run_id < below)
+        for windows in range(CLAIM_WINDOWS):
+            window = nearest.limit(first * 4**windows)
+            # A derived table around the LIMIT: MariaDB takes none in an IN subquery.
+            yield runs.c.id.in_(sa.select(window.subquery().c.run_id))
+    yield runs.c.id.in_(claimed)
 
 
 def _prefix_range(conn: sa.Connection, prefix: str) -> list[sa.ColumnElement[bool]]:
@@ -318,16 +215,17 @@ def search_runs(
         query = query.order_by(*[c.asc() for c in columns])
     else:
         query = query.order_by(*[c.desc() for c in columns])
-    windows = _claims_of(conn, found.worker) if found.worker is not None else [_Claims([], None)]
-    for claims in windows:
-        rows = conn.execute(query.where(*claims.where)).mappings()
-        items = [records.run_from_row(row) for row in rows]
-        # Exact once every claim was read, or, in id order, once the page lies above
-        # the floor (every run there the worker claimed was read): newest first, a
-        # whole page; oldest first, from an anchor at or above it.
-        if claims.floor is None or (
-            not by_time and (len(items) > limit if not forward else (anchor or 0) >= claims.floor)
-        ):
+    queries = [query]
+    if found.worker is not None:
+        claims = _claims_of(
+            found.worker, below=before_id, above=after_id, by_time=by_time, first=limit + 1
+        )
+        queries = [query.where(claimed) for claimed in claims]
+    for narrowed in queries:
+        items = [records.run_from_row(row) for row in conn.execute(narrowed).mappings()]
+        # A whole page (one more than it shows) from a window of the worker's claims
+        # is exact (see _claims_of); the last window is all of them.
+        if len(items) > limit:
             break
     more = len(items) > limit
     items = items[:limit]

@@ -87,16 +87,7 @@ def _created_when(mariadb: bool) -> Any:
 def _created_on_dialects(wanted: Callable[[str], bool]) -> Any:
     """The ``ddl_if`` condition of an index made on the dialects ``wanted`` names."""
 
-    def when(
-        ddl: object,
-        target: object,
-        bind: object,
-        tables: object = None,
-        state: object = None,
-        *,
-        dialect: sa.Dialect,
-        **kw: Any,
-    ) -> bool:
+    def when(*_ddl_target_bind: object, dialect: sa.Dialect, **kw: Any) -> bool:
         return wanted(dialect.name)
 
     return when
@@ -333,6 +324,14 @@ run_events = sa.Table(
     **MARIADB_TABLE,
 )
 sa.Index("ix_ferryman_run_events_run_id", run_events.c.run_id, run_events.c.id)
+# A worker's claims, newest runs first (run_search); other rows stay out but on MariaDB,
+# which has no partial indexes and finds the claims by the kind (0012).
+sa.Index(
+    "ix_ferryman_run_events_worker_id",
+    *(run_events.c.worker_id, run_events.c.kind, run_events.c.run_id),
+    mariadb_length={"worker_id": NAME_LENGTH, "kind": STATUS_LENGTH},
+    **partial(run_events.c.kind == sa.literal_column("'claimed'")),
+)
 # The store writes each log row with or after its run, never deleted (pruning
 # empties it): PostgreSQL's check, a fifth of a batched enqueue, is left out (0010).
 except_postgresql(sa.ForeignKeyConstraint([run_events.c.run_id], [runs.c.id], ondelete="CASCADE"))
