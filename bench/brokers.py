@@ -399,8 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             from tests.brokers.sqs_server import fauxqs_server
 
             endpoint = stack.enter_context(fauxqs_server(Path(os.devnull)))
-        else:
+        elif "sqs" in chosen:
             endpoint = stack.enter_context(moto_server())
+        else:
+            endpoint = ""  # no SQS server is started for a run without SQS
         makers: dict[str, Callable[[], Any]] = {
             "rabbitmq": Rabbit,
             "redis": Redis,
