@@ -21,14 +21,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.model import Evaluation, EvaluationOutcome
+from ferryman.model import Evaluation, EvaluationOutcome, SensorState
 from ferryman.store import records
 from ferryman.store.dialect import Backend
 from ferryman.store.keys import message_digest
 from ferryman.store.queue import RunQueue
 from ferryman.store.schema import push_deliveries, sensor_evaluations, sensors
 from ferryman.store.schema import runs as runs_table
-from ferryman.store.sensors import PushCommit
+from ferryman.store.sensors import PushCommit, SensorQueries
 
 __all__ = ["FIND_CHUNK", "PushBatches"]
 
@@ -61,6 +61,15 @@ class PushBatches:
             for row in rows:
                 found[by_digest[bytes(row["message_digest"])]] = records.evaluation_from_row(row)
         return found
+
+    def find_with_state(
+        self, queries: SensorQueries, sensor: str, message_ids: Sequence[str]
+    ) -> tuple[SensorState | None, dict[str, Evaluation], float]:
+        """The sensor's state, the earlier evaluations of those of ``message_ids``
+        already delivered (by id), and the database clock, read together."""
+        with self.backend.read_engine.begin() as conn:
+            earlier = self.find_many(conn, sensor, message_ids)
+            return queries.state(conn, sensor), earlier, queries.now(conn)
 
     def commit_many(
         self, conn: sa.Connection, commits: Sequence[PushCommit]

@@ -8,7 +8,8 @@ the database's own work. Here every step is one statement whose text never
 changes, its rows bound as arrays (``unnest``), so it is compiled and
 parsed once per process:
 
-* the look-up of earlier deliveries: ``message_digest = ANY(:digests)``;
+* the look-up of earlier deliveries (``message_digest = ANY(:digests)``),
+  with the sensor's state and the database clock in the same statement;
 * the claim: ONE statement inserts the deliveries (``ON CONFLICT DO
   NOTHING``) and the evaluations of exactly those it inserted — evaluation
   ids are drawn from the table's sequence first, so a message another
@@ -24,21 +25,25 @@ every store).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
-from ferryman.model import Evaluation, EvaluationOutcome
+from ferryman.model import Evaluation, EvaluationOutcome, SensorState
 from ferryman.store import records
 from ferryman.store.keys import message_digest
 from ferryman.store.push_batches import PushBatches
 from ferryman.store.schema import push_deliveries, runs, sensor_evaluations, sensors
-from ferryman.store.sensors import PushCommit
+from ferryman.store.sensors import PushCommit, SensorQueries
 
 __all__ = ["PostgresPushBatches"]
 
 EVALUATIONS = sensor_evaluations.name
+STATE = "sensor_state_"  # the sensor's columns beside the evaluations' in one row
+CLOCK = "database_clock"
 DELIVERIES = push_deliveries.name
 
 FIND = sa.text(
@@ -115,6 +120,56 @@ class PostgresPushBatches(PushBatches):
             by_digest[bytes(row["message_digest"])]: records.evaluation_from_row(row)
             for row in rows
         }
+
+    def find_with_state(
+        self, queries: SensorQueries, sensor: str, message_ids: Sequence[str]
+    ) -> tuple[SensorState | None, dict[str, Evaluation], float]:
+        # One statement, not three, and outside a transaction: one statement
+        # reads one snapshot, and BEGIN and COMMIT would be two more waits on
+        # the database for each batch.
+        by_digest = {message_digest(message_id): message_id for message_id in message_ids}
+        query = self._find_with_state_query(queries)
+        with self.backend.read_engine.connect() as conn:
+            rows = (
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                .execute(query, {"sensor": sensor, "digests": list(by_digest)})
+                .mappings()
+                .all()
+            )
+        state: SensorState | None = None
+        now = 0.0
+        earlier: dict[str, Evaluation] = {}
+        for row in rows:
+            if state is None:
+                # The state's columns under their own names, as the one row builder reads them.
+                columns = {name[len(STATE) :]: row[name] for name in row if name.startswith(STATE)}
+                state = records.sensor_from_row(cast("sa.RowMapping", columns))
+                now = float(row[CLOCK])
+            if row["message_digest"] is not None:
+                found = records.evaluation_from_row(row)
+                earlier[by_digest[bytes(row["message_digest"])]] = found
+        return state, earlier, now
+
+    @functools.cache  # noqa: B019  # one query per store, built once: its text never changes
+    def _find_with_state_query(self, queries: SensorQueries) -> sa.Select[Any]:
+        """The sensor's state (one row, or none without the sensor), each earlier delivery
+        of the digests beside it, and the clock."""
+        state = queries.state_query().where(sensors.c.name == sa.bindparam("sensor")).subquery()
+        earlier = (
+            sa.select(push_deliveries.c.message_digest, sensor_evaluations)
+            .join(sensor_evaluations, sensor_evaluations.c.id == push_deliveries.c.evaluation_id)
+            .where(
+                push_deliveries.c.sensor == sa.bindparam("sensor"),
+                push_deliveries.c.message_digest
+                == sa.any_(sa.bindparam("digests", type_=postgresql.ARRAY(sa.LargeBinary))),
+            )
+            .subquery()
+        )
+        return sa.select(
+            self.backend.now.label(CLOCK),
+            *(column.label(f"{STATE}{column.name}") for column in state.c),
+            earlier,
+        ).select_from(state.outerjoin(earlier, sa.true()))
 
     def _claim(
         self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
