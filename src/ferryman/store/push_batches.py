@@ -84,8 +84,7 @@ class PushBatches:
         """
         if not commits:
             return []
-        now = self.runs.now(conn)
-        claimed, inserted = self._claim(conn, commits, now)
+        claimed, inserted = self._claim(conn, commits)
         delivered = [(c, e) for c, e in zip(commits, claimed, strict=True) if e is not None]
         updates = self._enqueue_batch(conn, delivered)
         written = self._written(conn, [e for _, e in delivered], updates, inserted)
@@ -101,14 +100,15 @@ class PushBatches:
     # -- the steps, each one or a few statements; a store may run its own ------
 
     def _claim(
-        self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
+        self, conn: sa.Connection, commits: Sequence[PushCommit]
     ) -> tuple[list[int | None], dict[int, Evaluation]]:
-        """Record each message's evaluation and delivery.
+        """Record each message's evaluation and delivery, at the database's clock.
 
         Returns per message its evaluation id, or None where another
         transaction delivered it first (nothing written for it); and the
         evaluations as inserted, by id, where the store's insert returns them.
         """
+        now = self.runs.now(conn)
         evaluation_ids = self._insert_evaluations(conn, commits, now)
         won = self._record_deliveries(conn, list(zip(commits, evaluation_ids, strict=True)), now)
         return [e if e in won else None for e in evaluation_ids], {}

@@ -10,12 +10,13 @@ parsed once per process:
 
 * the look-up of earlier deliveries (``message_digest = ANY(:digests)``),
   with the sensor's state and the database clock in the same statement;
-* the claim: ONE statement inserts the deliveries (``ON CONFLICT DO
-  NOTHING``) and the evaluations of exactly those it inserted — evaluation
-  ids are drawn from the table's sequence first, so a message another
-  transaction delivered first writes no evaluation at all (nothing to take
-  back). Both inserts run in one statement, so the deliveries' foreign key
-  is checked at its end, when the evaluations are there;
+* the claim: ONE statement reads the database's clock, inserts the
+  deliveries (``ON CONFLICT DO NOTHING``) and the evaluations of exactly
+  those it inserted — evaluation ids are drawn from the table's sequence
+  first, so a message another transaction delivered first writes no
+  evaluation at all (nothing to take back). Both inserts run in one
+  statement, so the deliveries' foreign key is checked at its end, when the
+  evaluations are there;
 * the runs' counts: one ``UPDATE ... FROM unnest(...) RETURNING``, which
   also gives back the evaluations as written (no second read).
 
@@ -61,7 +62,9 @@ FIND = sa.text(
 # one order, never in a cycle.
 CLAIM = sa.text(
     f"""
-    WITH input AS (
+    WITH clock AS (
+        SELECT extract(epoch from clock_timestamp())::float8 AS now
+    ), input AS (
         SELECT nextval(pg_get_serial_sequence('{EVALUATIONS}', 'id')) AS id, input.*
         FROM unnest(CAST(:message_ids AS text[]), CAST(:digests AS bytea[]),
                     CAST(:keys AS text[]), CAST(:skipped AS integer[]),
@@ -72,7 +75,8 @@ CLAIM = sa.text(
     ), delivered AS (
         INSERT INTO {DELIVERIES} (sensor, message_digest, message_id, evaluation_id,
                                   delivered_at)
-        SELECT :sensor, digest, message_id, id, :now FROM input ORDER BY digest
+        SELECT :sensor, digest, message_id, id, clock.now FROM input CROSS JOIN clock
+        ORDER BY digest
         ON CONFLICT (sensor, message_digest) DO NOTHING
         RETURNING evaluation_id
     )
@@ -80,10 +84,11 @@ CLAIM = sa.text(
                                state_version_before, state_version_after, items_skipped,
                                error, evaluator, started_at, finished_at)
     SELECT input.id, :sensor, idempotency_key, message_id, :outcome, sensor.state_version,
-           sensor.state_version, skipped, error, evaluator, started_at, :now
+           sensor.state_version, skipped, error, evaluator, started_at, clock.now
     FROM input
     JOIN delivered ON delivered.evaluation_id = input.id
     CROSS JOIN (SELECT state_version FROM {sensors.name} WHERE name = :sensor) AS sensor
+    CROSS JOIN clock
     RETURNING *
     """
 )
@@ -172,14 +177,13 @@ class PostgresPushBatches(PushBatches):
         ).select_from(state.outerjoin(earlier, sa.true()))
 
     def _claim(
-        self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
+        self, conn: sa.Connection, commits: Sequence[PushCommit]
     ) -> tuple[list[int | None], dict[int, Evaluation]]:
         sensor = commits[0].sensor
         rows = conn.execute(
             CLAIM,
             {
                 "sensor": sensor,
-                "now": now,
                 "outcome": EvaluationOutcome.OK.value,
                 "message_ids": [commit.message_id for commit in commits],
                 "digests": [message_digest(commit.message_id) for commit in commits],
