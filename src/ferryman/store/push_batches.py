@@ -84,9 +84,9 @@ class PushBatches:
         """
         if not commits:
             return []
-        claimed, inserted = self._claim(conn, commits)
+        claimed, inserted, existing = self._claim(conn, commits)
         delivered = [(c, e) for c, e in zip(commits, claimed, strict=True) if e is not None]
-        updates = self._enqueue_batch(conn, delivered)
+        updates = self._enqueue_batch(conn, delivered, existing)
         written = self._written(conn, [e for _, e in delivered], updates, inserted)
         lost = [c.message_id for c, e in zip(commits, claimed, strict=True) if e is None]
         earlier = self.find_many(conn, commits[0].sensor, lost)
@@ -101,17 +101,19 @@ class PushBatches:
 
     def _claim(
         self, conn: sa.Connection, commits: Sequence[PushCommit]
-    ) -> tuple[list[int | None], dict[int, Evaluation]]:
+    ) -> tuple[list[int | None], dict[int, Evaluation], set[bytes] | None]:
         """Record each message's evaluation and delivery, at the database's clock.
 
         Returns per message its evaluation id, or None where another
-        transaction delivered it first (nothing written for it); and the
-        evaluations as inserted, by id, where the store's insert returns them.
+        transaction delivered it first (nothing written for it); the
+        evaluations as inserted, by id, where the store's insert returns them;
+        and the run key digests of the commits' runs that runs held already,
+        where the store's claim looks them up (None: not looked up).
         """
         now = self.runs.now(conn)
         evaluation_ids = self._insert_evaluations(conn, commits, now)
         won = self._record_deliveries(conn, list(zip(commits, evaluation_ids, strict=True)), now)
-        return [e if e in won else None for e in evaluation_ids], {}
+        return [e if e in won else None for e in evaluation_ids], {}, None
 
     def _written(
         self,
@@ -238,7 +240,10 @@ class PushBatches:
         return written
 
     def _enqueue_batch(
-        self, conn: sa.Connection, delivered: Sequence[tuple[PushCommit, int]]
+        self,
+        conn: sa.Connection,
+        delivered: Sequence[tuple[PushCommit, int]],
+        existing: set[bytes] | None,
     ) -> list[dict[str, Any]]:
         """Insert the runs of every delivered message in one call; each evaluation's counts.
 
@@ -250,11 +255,14 @@ class PushBatches:
         had been committed one after the other. (A run that another producer
         commits in the instant between that look-up and the insert is counted
         as requested here, not deduplicated: the run itself is still one.)
+        ``existing``: the look-up's answer if the claim made it, else None.
         """
         new_runs = [new for commit, _ in delivered for new in commit.new_runs]
         if not new_runs:
             return []
-        seen = self._existing_digests(conn, list({new.key_digest for new in new_runs}))
+        if existing is None:
+            existing = self._existing_digests(conn, list({new.key_digest for new in new_runs}))
+        seen = set(existing)
         run_ids = iter(self.runs.enqueue(conn, new_runs).run_ids)
         updates = []
         for commit, evaluation_id in delivered:

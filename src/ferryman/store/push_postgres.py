@@ -16,7 +16,8 @@ parsed once per process:
   first, so a message another transaction delivered first writes no
   evaluation at all (nothing to take back). Both inserts run in one
   statement, so the deliveries' foreign key is checked at its end, when the
-  evaluations are there;
+  evaluations are there. It also says which of the batch's run keys runs
+  hold already (what the runs' counts call deduplicated);
 * the runs' counts: one ``UPDATE ... FROM unnest(...) RETURNING``, which
   also gives back the evaluations as written (no second read).
 
@@ -89,7 +90,9 @@ CLAIM = sa.text(
     JOIN delivered ON delivered.evaluation_id = input.id
     CROSS JOIN (SELECT state_version FROM {sensors.name} WHERE name = :sensor) AS sensor
     CROSS JOIN clock
-    RETURNING *
+    RETURNING *,
+        (SELECT array_agg(key_digest) FROM {runs.name}
+         WHERE key_digest = ANY(CAST(:run_digests AS bytea[]))) AS existing_run_digests
     """
 )
 
@@ -104,10 +107,6 @@ COUNT_RUNS = sa.text(
     WHERE evaluation.id = counts.id
     RETURNING evaluation.*
     """
-)
-
-EXISTING_RUNS = sa.text(
-    f"SELECT key_digest FROM {runs.name} WHERE key_digest = ANY(CAST(:digests AS bytea[]))"
 )
 
 
@@ -178,8 +177,9 @@ class PostgresPushBatches(PushBatches):
 
     def _claim(
         self, conn: sa.Connection, commits: Sequence[PushCommit]
-    ) -> tuple[list[int | None], dict[int, Evaluation]]:
+    ) -> tuple[list[int | None], dict[int, Evaluation], set[bytes] | None]:
         sensor = commits[0].sensor
+        run_digests = {new.key_digest for commit in commits for new in commit.new_runs}
         rows = conn.execute(
             CLAIM,
             {
@@ -192,12 +192,20 @@ class PostgresPushBatches(PushBatches):
                 "errors": [records.clean_optional(commit.skip_reasons) for commit in commits],
                 "evaluators": [records.clean_text(commit.evaluator) for commit in commits],
                 "started": [commit.started_at for commit in commits],
+                "run_digests": list(run_digests),
             },
         ).mappings()
-        inserted = {row["message_id"]: records.evaluation_from_row(row) for row in rows}
-        return [
-            found.id if (found := inserted.get(commit.message_id)) else None for commit in commits
-        ], {evaluation.id: evaluation for evaluation in inserted.values()}
+        inserted: dict[str, Evaluation] = {}
+        existing: set[bytes] | None = None  # no row: nothing delivered, no runs to count
+        for row in rows:
+            inserted[row["message_id"]] = records.evaluation_from_row(row)
+            if existing is None:  # the same on every row: the look-up ran once
+                existing = {bytes(digest) for digest in row["existing_run_digests"] or ()}
+        return (
+            [found.id if (found := inserted.get(c.message_id)) else None for c in commits],
+            {evaluation.id: evaluation for evaluation in inserted.values()},
+            existing,
+        )
 
     def _written(
         self,
@@ -219,7 +227,3 @@ class PostgresPushBatches(PushBatches):
             ).mappings()
             written.update((row["id"], records.evaluation_from_row(row)) for row in rows)
         return {evaluation_id: written[evaluation_id] for evaluation_id in evaluation_ids}
-
-    def _existing_digests(self, conn: sa.Connection, digests: Sequence[bytes]) -> set[bytes]:
-        rows = conn.execute(EXISTING_RUNS, {"digests": list(digests)}).scalars()
-        return {bytes(digest) for digest in rows}
