@@ -57,7 +57,9 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NATS_URL = "nats://127.0.0.1:4222"
-BATCH = 100  # messages per batch (ferryman) and per fetch or prefetch window (bare)
+# The bare consumer's fetch or prefetch window; ferryman runs with its sources' defaults,
+# as users do (a batch of up to 100).
+BATCH = 100
 BROKER_NAMES = ("rabbitmq", "redis", "nats", "sqs")
 
 
@@ -112,7 +114,7 @@ class Rabbit:
         return queue
 
     def source(self, queue: str) -> fm.sources.Source:
-        return fm.sources.rabbitmq(RABBITMQ_URL, queue=queue, batch_size=BATCH)
+        return fm.sources.rabbitmq(RABBITMQ_URL, queue=queue)
 
     def bare(self, queue: str, count: int, insert: Callable[[str, bytes], None]) -> None:
         connection = self._connection()
@@ -153,9 +155,7 @@ class Redis:
         return stream
 
     def source(self, stream: str) -> fm.sources.Source:
-        return fm.sources.redis_stream(
-            REDIS_URL, stream=stream, payload_field="payload", batch_size=BATCH
-        )
+        return fm.sources.redis_stream(REDIS_URL, stream=stream, payload_field="payload")
 
     def bare(self, stream: str, count: int, insert: Callable[[str, bytes], None]) -> None:
         self.client.xgroup_create(stream, "bare", id="0")
@@ -213,7 +213,7 @@ class Nats:
         return stream
 
     def source(self, stream: str) -> fm.sources.Source:
-        return fm.sources.nats(NATS_URL, stream=stream, batch_size=BATCH)
+        return fm.sources.nats(NATS_URL, stream=stream)
 
     def bare(self, stream: str, count: int, insert: Callable[[str, bytes], None]) -> None:
         async def consume(_client: Any, js: Any) -> None:
@@ -271,7 +271,7 @@ class Sqs:
         return url
 
     def source(self, url: str) -> fm.sources.Source:
-        return fm.sources.sqs(url, batch_size=BATCH, endpoint_url=self.endpoint, region="us-east-1")
+        return fm.sources.sqs(url, endpoint_url=self.endpoint, region="us-east-1")
 
     def bare(self, url: str, count: int, insert: Callable[[str, bytes], None]) -> None:
         done = 0
@@ -399,8 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             from tests.brokers.sqs_server import fauxqs_server
 
             endpoint = stack.enter_context(fauxqs_server(Path(os.devnull)))
-        else:
+        elif "sqs" in chosen:
             endpoint = stack.enter_context(moto_server())
+        else:
+            endpoint = ""  # no SQS server is started for a run without SQS
         makers: dict[str, Callable[[], Any]] = {
             "rabbitmq": Rabbit,
             "redis": Redis,

@@ -122,3 +122,22 @@ def test_a_delivery_another_transaction_committed_first_writes_nothing(
     assert len(second.run_ids) == 1
     assert sorted(e.message_id or "" for e in app.get_evaluations("events")) == ["m1", "m2"]
     assert sorted(r.run_key for r in app.get_runs()) == ["run-m1", "run-m2"]
+
+
+def test_a_message_delivered_to_another_sensor_is_new_to_this_one(
+    make_app: type[fm.App],
+) -> None:
+    app = build(make_app)
+
+    @app.push_sensor("load")
+    def audits(ctx: fm.SensorContext, message: fm.Message) -> list[fm.RunRequest]:
+        return [fm.RunRequest(f"audit-{message.message_id}", message.payload)]
+
+    to_events = deliver_many(app._sensor_engine, "events", [("m1", 1)])
+    to_audits = deliver_many(app._sensor_engine, "audits", [("m1", 1), ("m2", 2)])
+    assert [d.created for d in to_events + to_audits] == [True, True, True]
+    assert {d.evaluation.sensor for d in to_audits} == {"audits"}
+    assert sorted(r.run_key for r in app.get_runs()) == ["audit-m1", "audit-m2", "run-m1"]
+    assert deliver_many(app._sensor_engine, "audits", [("m1", 1)])[0].evaluation.id == (
+        to_audits[0].evaluation.id
+    )

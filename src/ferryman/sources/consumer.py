@@ -1,10 +1,13 @@
 """The consumer of one broker source inside ``ferryman run``.
 
 Threads: one named, supervised thread per source
-(``ferryman-source-<sensor>``). It connects, takes a batch of messages,
-delivers the batch to its push sensor in ONE store transaction
-(:func:`ferryman.sensors.batch.deliver_many`) and only then settles each
-message with the broker:
+(``ferryman-source-<sensor>``), the only one that talks to the broker, and
+its committer (``ferryman-commit-<sensor>``). The source thread connects,
+takes a batch of messages and hands it to the committer, which delivers it
+to the push sensor in ONE store transaction
+(:func:`ferryman.sensors.batch.deliver_many`); while that commits, the
+source thread takes the next batch from the broker. Only once the commit
+has returned does the source thread settle each message of the batch:
 
 * evaluation ``ok`` (new, or a redelivery of a message already recorded) → ack;
 * evaluation ``failed`` (bad payload, no id, the sensor raised or timed
@@ -25,6 +28,10 @@ What a crash of each part does:
 * anything else in the loop: logged, counted in ``crashes`` and restarted
   the same way, never a tight loop.
 
+A crash of the committer (a store error included) reaches the source thread
+when it waits for that batch's commit: the batch and the one taken since
+are not settled, and closing the session gives both back.
+
 ``stop()`` (SIGTERM in ``ferryman run``) lets a batch whose commit is under
 way finish and be settled; a batch not yet delivered is not acked, and
 closing the session gives it back.
@@ -38,6 +45,8 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, replace
 
 from ferryman.errors import StoreError
@@ -54,6 +63,9 @@ log = logging.getLogger("ferryman.sources")
 RECONNECT_BACKOFF = Backoff(base=0.5, factor=2.0, max=30.0)
 LAG_EVERY = 5.0  # seconds between two questions to the broker about the backlog
 PAUSED_WAIT = 1.0  # how often a paused sensor's status is read again
+# Seconds a receive may wait for messages while the previous batch commits: about
+# a batch's commit, so a quiet queue delays that batch's acks by no more than that.
+IN_FLIGHT_WAIT = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +118,14 @@ _SUMMED = frozenset(
         "crashes",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A batch handed to the committer, not yet settled with the broker."""
+
+    batch: Sequence[Received]
+    delivered: Future[list[Delivered]]
 
 
 class SourceConsumer:
@@ -186,30 +206,68 @@ class SourceConsumer:
     # -- the loop ------------------------------------------------------------
 
     def _consume(self, session: BrokerSession) -> None:
-        while not self._stopping.is_set():
-            if not self._sensor_running():
-                self._stopping.wait(PAUSED_WAIT)
-                continue
-            self._maybe_read_lag(session)
-            batch = session.receive(self.source.batch_size, self.source.wait)
-            self._failures = 0  # the broker answers: the next loss backs off from the start
-            if not batch:
-                continue
-            if self._stopping.is_set():
-                return  # not delivered: closing the session gives the batch back
-            self._handle(session, batch)
+        # One batch's commit runs on the committer thread while this thread
+        # takes the next batch from the broker: broker and store round trips
+        # overlap instead of adding up. Only this thread talks to the broker
+        # (a session is one thread's), and it settles a batch only once the
+        # committer has returned its evaluations.
+        with ThreadPoolExecutor(
+            1, thread_name_prefix=f"ferryman-commit-{self.sensor}"
+        ) as committer:
+            in_flight: _InFlight | None = None
+            try:
+                while not self._stopping.is_set():
+                    if not self._sensor_running():
+                        self._settle_in_flight(session, in_flight)
+                        in_flight = None
+                        self._stopping.wait(PAUSED_WAIT)
+                        continue
+                    self._maybe_read_lag(session)
+                    # With a commit under way, take only what is there now: the
+                    # committed batch is settled when this returns, and a long
+                    # wait for messages would hold its acks back.
+                    wait = self.source.wait if in_flight is None else IN_FLIGHT_WAIT
+                    batch = session.receive(self.source.batch_size, wait)
+                    self._failures = 0  # the broker answers: the next loss backs off from start
+                    self._settle_in_flight(session, in_flight)
+                    in_flight = None
+                    if not batch or self._stopping.is_set():
+                        continue  # not delivered: closing the session gives the batch back
+                    self._counters.add(
+                        consumed=len(batch), redelivered=sum(1 for m in batch if m.redelivered)
+                    )
+                    in_flight = _InFlight(batch, committer.submit(self._deliver, batch))
+                # Stopping: the batch whose commit is under way finishes and is settled.
+                self._settle_in_flight(session, in_flight)
+            except BaseException:
+                if in_flight is not None:
+                    # Not settled on a session that failed: the broker redelivers the
+                    # batch, and a redelivery of a committed message writes nothing.
+                    futures_wait([in_flight.delivered])
+                raise
 
-    def _handle(self, session: BrokerSession, batch: Sequence[Received]) -> None:
+    def _settle_in_flight(self, session: BrokerSession, in_flight: _InFlight | None) -> None:
+        """Wait for the batch's commit, then settle its messages; a store error is raised."""
+        if in_flight is not None:
+            self._settle(session, in_flight.batch, in_flight.delivered.result())
+
+    def _deliver(self, batch: Sequence[Received]) -> list[Delivered]:
+        """The batch's evaluations, committed in one transaction (on the committer thread)."""
         good = [m for m in batch if m.error is None]
         bad = [m for m in batch if m.error is not None]
-        self._counters.add(consumed=len(batch), redelivered=sum(1 for m in batch if m.redelivered))
-        delivered = deliver_many(
+        return deliver_many(
             self.engine,
             self.sensor,
             [(m.message_id, m.payload) for m in good],
             refused=[(m.message_id, m.error or "") for m in bad],
         )
-        # Committed: from here on every message is settled by what was recorded.
+
+    def _settle(
+        self, session: BrokerSession, batch: Sequence[Received], delivered: Sequence[Delivered]
+    ) -> None:
+        """Settle every message of a committed batch by what was recorded for it."""
+        good = [m for m in batch if m.error is None]
+        bad = [m for m in batch if m.error is not None]
         ack: list[Received] = []
         dead: list[tuple[Received, str]] = []
         again: list[Received] = []

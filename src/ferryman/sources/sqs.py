@@ -157,7 +157,10 @@ class _Session:
 
     def receive(self, max_messages: int, wait: float) -> list[Received]:
         received: list[Received] = []
-        long_poll = max(1, min(20, round(wait)))
+        # Under half a second asks for what is there now (the consumer's wait
+        # while a batch commits): a long poll of a whole second would hold that
+        # batch's deletes back on a quiet queue.
+        long_poll = min(20, max(1, round(wait))) if wait >= 0.5 else 0
         while len(received) < max_messages:
             answer = self.client.receive_message(
                 QueueUrl=self.queue_url,

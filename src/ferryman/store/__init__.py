@@ -454,9 +454,8 @@ class Store(ReadModel, FileTransfers):
     ) -> tuple[SensorState | None, dict[str, Evaluation], float]:
         """The sensor's state, the earlier evaluations of those messages already
         delivered (by message id), and the database clock, read together."""
-        with self.read("looking up deliveries") as conn:
-            earlier = self.push_batches.find_many(conn, name, message_ids)
-            return self.sensors.state(conn, name), earlier, self.sensors.now(conn)
+        with translated_errors(self.backend, "looking up deliveries"):
+            return self.push_batches.find_with_state(self.sensors, name, message_ids)
 
     def commit_push_batch(
         self, commits: Sequence[PushCommit], failures: Sequence[PushFailure]

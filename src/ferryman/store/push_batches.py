@@ -21,14 +21,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.model import Evaluation, EvaluationOutcome
+from ferryman.model import Evaluation, EvaluationOutcome, SensorState
 from ferryman.store import records
 from ferryman.store.dialect import Backend
 from ferryman.store.keys import message_digest
 from ferryman.store.queue import RunQueue
 from ferryman.store.schema import push_deliveries, sensor_evaluations, sensors
 from ferryman.store.schema import runs as runs_table
-from ferryman.store.sensors import PushCommit
+from ferryman.store.sensors import PushCommit, SensorQueries
 
 __all__ = ["FIND_CHUNK", "PushBatches"]
 
@@ -62,6 +62,15 @@ class PushBatches:
                 found[by_digest[bytes(row["message_digest"])]] = records.evaluation_from_row(row)
         return found
 
+    def find_with_state(
+        self, queries: SensorQueries, sensor: str, message_ids: Sequence[str]
+    ) -> tuple[SensorState | None, dict[str, Evaluation], float]:
+        """The sensor's state, the earlier evaluations of those of ``message_ids``
+        already delivered (by id), and the database clock, read together."""
+        with self.backend.read_engine.begin() as conn:
+            earlier = self.find_many(conn, sensor, message_ids)
+            return queries.state(conn, sensor), earlier, queries.now(conn)
+
     def commit_many(
         self, conn: sa.Connection, commits: Sequence[PushCommit]
     ) -> list[tuple[Evaluation, bool]]:
@@ -75,10 +84,9 @@ class PushBatches:
         """
         if not commits:
             return []
-        now = self.runs.now(conn)
-        claimed, inserted = self._claim(conn, commits, now)
+        claimed, inserted, existing = self._claim(conn, commits)
         delivered = [(c, e) for c, e in zip(commits, claimed, strict=True) if e is not None]
-        updates = self._enqueue_batch(conn, delivered)
+        updates = self._enqueue_batch(conn, delivered, existing)
         written = self._written(conn, [e for _, e in delivered], updates, inserted)
         lost = [c.message_id for c, e in zip(commits, claimed, strict=True) if e is None]
         earlier = self.find_many(conn, commits[0].sensor, lost)
@@ -92,17 +100,20 @@ class PushBatches:
     # -- the steps, each one or a few statements; a store may run its own ------
 
     def _claim(
-        self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
-    ) -> tuple[list[int | None], dict[int, Evaluation]]:
-        """Record each message's evaluation and delivery.
+        self, conn: sa.Connection, commits: Sequence[PushCommit]
+    ) -> tuple[list[int | None], dict[int, Evaluation], set[bytes] | None]:
+        """Record each message's evaluation and delivery, at the database's clock.
 
         Returns per message its evaluation id, or None where another
-        transaction delivered it first (nothing written for it); and the
-        evaluations as inserted, by id, where the store's insert returns them.
+        transaction delivered it first (nothing written for it); the
+        evaluations as inserted, by id, where the store's insert returns them;
+        and the run key digests of the commits' runs that runs held already,
+        where the store's claim looks them up (None: not looked up).
         """
+        now = self.runs.now(conn)
         evaluation_ids = self._insert_evaluations(conn, commits, now)
         won = self._record_deliveries(conn, list(zip(commits, evaluation_ids, strict=True)), now)
-        return [e if e in won else None for e in evaluation_ids], {}
+        return [e if e in won else None for e in evaluation_ids], {}, None
 
     def _written(
         self,
@@ -229,7 +240,10 @@ class PushBatches:
         return written
 
     def _enqueue_batch(
-        self, conn: sa.Connection, delivered: Sequence[tuple[PushCommit, int]]
+        self,
+        conn: sa.Connection,
+        delivered: Sequence[tuple[PushCommit, int]],
+        existing: set[bytes] | None,
     ) -> list[dict[str, Any]]:
         """Insert the runs of every delivered message in one call; each evaluation's counts.
 
@@ -241,11 +255,14 @@ class PushBatches:
         had been committed one after the other. (A run that another producer
         commits in the instant between that look-up and the insert is counted
         as requested here, not deduplicated: the run itself is still one.)
+        ``existing``: the look-up's answer if the claim made it, else None.
         """
         new_runs = [new for commit, _ in delivered for new in commit.new_runs]
         if not new_runs:
             return []
-        seen = self._existing_digests(conn, list({new.key_digest for new in new_runs}))
+        if existing is None:
+            existing = self._existing_digests(conn, list({new.key_digest for new in new_runs}))
+        seen = set(existing)
         run_ids = iter(self.runs.enqueue(conn, new_runs).run_ids)
         updates = []
         for commit, evaluation_id in delivered:

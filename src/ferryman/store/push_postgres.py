@@ -8,13 +8,16 @@ the database's own work. Here every step is one statement whose text never
 changes, its rows bound as arrays (``unnest``), so it is compiled and
 parsed once per process:
 
-* the look-up of earlier deliveries: ``message_digest = ANY(:digests)``;
-* the claim: ONE statement inserts the deliveries (``ON CONFLICT DO
-  NOTHING``) and the evaluations of exactly those it inserted — evaluation
-  ids are drawn from the table's sequence first, so a message another
-  transaction delivered first writes no evaluation at all (nothing to take
-  back). Both inserts run in one statement, so the deliveries' foreign key
-  is checked at its end, when the evaluations are there;
+* the look-up of earlier deliveries (``message_digest = ANY(:digests)``),
+  with the sensor's state and the database clock in the same statement;
+* the claim: ONE statement reads the database's clock, inserts the
+  deliveries (``ON CONFLICT DO NOTHING``) and the evaluations of exactly
+  those it inserted — evaluation ids are drawn from the table's sequence
+  first, so a message another transaction delivered first writes no
+  evaluation at all (nothing to take back). Both inserts run in one
+  statement, so the deliveries' foreign key is checked at its end, when the
+  evaluations are there. It also says which of the batch's run keys runs
+  hold already (what the runs' counts call deduplicated);
 * the runs' counts: one ``UPDATE ... FROM unnest(...) RETURNING``, which
   also gives back the evaluations as written (no second read).
 
@@ -24,21 +27,25 @@ every store).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
-from ferryman.model import Evaluation, EvaluationOutcome
+from ferryman.model import Evaluation, EvaluationOutcome, SensorState
 from ferryman.store import records
 from ferryman.store.keys import message_digest
 from ferryman.store.push_batches import PushBatches
 from ferryman.store.schema import push_deliveries, runs, sensor_evaluations, sensors
-from ferryman.store.sensors import PushCommit
+from ferryman.store.sensors import PushCommit, SensorQueries
 
 __all__ = ["PostgresPushBatches"]
 
 EVALUATIONS = sensor_evaluations.name
+STATE = "sensor_state_"  # the sensor's columns beside the evaluations' in one row
+CLOCK = "database_clock"
 DELIVERIES = push_deliveries.name
 
 FIND = sa.text(
@@ -56,7 +63,9 @@ FIND = sa.text(
 # one order, never in a cycle.
 CLAIM = sa.text(
     f"""
-    WITH input AS (
+    WITH clock AS (
+        SELECT extract(epoch from clock_timestamp())::float8 AS now
+    ), input AS (
         SELECT nextval(pg_get_serial_sequence('{EVALUATIONS}', 'id')) AS id, input.*
         FROM unnest(CAST(:message_ids AS text[]), CAST(:digests AS bytea[]),
                     CAST(:keys AS text[]), CAST(:skipped AS integer[]),
@@ -67,7 +76,8 @@ CLAIM = sa.text(
     ), delivered AS (
         INSERT INTO {DELIVERIES} (sensor, message_digest, message_id, evaluation_id,
                                   delivered_at)
-        SELECT :sensor, digest, message_id, id, :now FROM input ORDER BY digest
+        SELECT :sensor, digest, message_id, id, clock.now FROM input CROSS JOIN clock
+        ORDER BY digest
         ON CONFLICT (sensor, message_digest) DO NOTHING
         RETURNING evaluation_id
     )
@@ -75,11 +85,14 @@ CLAIM = sa.text(
                                state_version_before, state_version_after, items_skipped,
                                error, evaluator, started_at, finished_at)
     SELECT input.id, :sensor, idempotency_key, message_id, :outcome, sensor.state_version,
-           sensor.state_version, skipped, error, evaluator, started_at, :now
+           sensor.state_version, skipped, error, evaluator, started_at, clock.now
     FROM input
     JOIN delivered ON delivered.evaluation_id = input.id
     CROSS JOIN (SELECT state_version FROM {sensors.name} WHERE name = :sensor) AS sensor
-    RETURNING *
+    CROSS JOIN clock
+    RETURNING *,
+        (SELECT array_agg(key_digest) FROM {runs.name}
+         WHERE key_digest = ANY(CAST(:run_digests AS bytea[]))) AS existing_run_digests
     """
 )
 
@@ -94,10 +107,6 @@ COUNT_RUNS = sa.text(
     WHERE evaluation.id = counts.id
     RETURNING evaluation.*
     """
-)
-
-EXISTING_RUNS = sa.text(
-    f"SELECT key_digest FROM {runs.name} WHERE key_digest = ANY(CAST(:digests AS bytea[]))"
 )
 
 
@@ -116,15 +125,65 @@ class PostgresPushBatches(PushBatches):
             for row in rows
         }
 
+    def find_with_state(
+        self, queries: SensorQueries, sensor: str, message_ids: Sequence[str]
+    ) -> tuple[SensorState | None, dict[str, Evaluation], float]:
+        # One statement, not three, and outside a transaction: one statement
+        # reads one snapshot, and BEGIN and COMMIT would be two more waits on
+        # the database for each batch.
+        by_digest = {message_digest(message_id): message_id for message_id in message_ids}
+        query = self._find_with_state_query(queries)
+        with self.backend.read_engine.connect() as conn:
+            rows = (
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                .execute(query, {"sensor": sensor, "digests": list(by_digest)})
+                .mappings()
+                .all()
+            )
+        state: SensorState | None = None
+        now = 0.0
+        earlier: dict[str, Evaluation] = {}
+        for row in rows:
+            if state is None:
+                # The state's columns under their own names, as the one row builder reads them.
+                columns = {name[len(STATE) :]: row[name] for name in row if name.startswith(STATE)}
+                state = records.sensor_from_row(cast("sa.RowMapping", columns))
+                now = float(row[CLOCK])
+            if row["message_digest"] is not None:
+                found = records.evaluation_from_row(row)
+                earlier[by_digest[bytes(row["message_digest"])]] = found
+        return state, earlier, now
+
+    @functools.cache  # noqa: B019  # one query per store, built once: its text never changes
+    def _find_with_state_query(self, queries: SensorQueries) -> sa.Select[Any]:
+        """The sensor's state (one row, or none without the sensor), each earlier delivery
+        of the digests beside it, and the clock."""
+        state = queries.state_query().where(sensors.c.name == sa.bindparam("sensor")).subquery()
+        earlier = (
+            sa.select(push_deliveries.c.message_digest, sensor_evaluations)
+            .join(sensor_evaluations, sensor_evaluations.c.id == push_deliveries.c.evaluation_id)
+            .where(
+                push_deliveries.c.sensor == sa.bindparam("sensor"),
+                push_deliveries.c.message_digest
+                == sa.any_(sa.bindparam("digests", type_=postgresql.ARRAY(sa.LargeBinary))),
+            )
+            .subquery()
+        )
+        return sa.select(
+            self.backend.now.label(CLOCK),
+            *(column.label(f"{STATE}{column.name}") for column in state.c),
+            earlier,
+        ).select_from(state.outerjoin(earlier, sa.true()))
+
     def _claim(
-        self, conn: sa.Connection, commits: Sequence[PushCommit], now: float
-    ) -> tuple[list[int | None], dict[int, Evaluation]]:
+        self, conn: sa.Connection, commits: Sequence[PushCommit]
+    ) -> tuple[list[int | None], dict[int, Evaluation], set[bytes] | None]:
         sensor = commits[0].sensor
+        run_digests = {new.key_digest for commit in commits for new in commit.new_runs}
         rows = conn.execute(
             CLAIM,
             {
                 "sensor": sensor,
-                "now": now,
                 "outcome": EvaluationOutcome.OK.value,
                 "message_ids": [commit.message_id for commit in commits],
                 "digests": [message_digest(commit.message_id) for commit in commits],
@@ -133,12 +192,20 @@ class PostgresPushBatches(PushBatches):
                 "errors": [records.clean_optional(commit.skip_reasons) for commit in commits],
                 "evaluators": [records.clean_text(commit.evaluator) for commit in commits],
                 "started": [commit.started_at for commit in commits],
+                "run_digests": list(run_digests),
             },
         ).mappings()
-        inserted = {row["message_id"]: records.evaluation_from_row(row) for row in rows}
-        return [
-            found.id if (found := inserted.get(commit.message_id)) else None for commit in commits
-        ], {evaluation.id: evaluation for evaluation in inserted.values()}
+        inserted: dict[str, Evaluation] = {}
+        existing: set[bytes] | None = None  # no row: nothing delivered, no runs to count
+        for row in rows:
+            inserted[row["message_id"]] = records.evaluation_from_row(row)
+            if existing is None:  # the same on every row: the look-up ran once
+                existing = {bytes(digest) for digest in row["existing_run_digests"] or ()}
+        return (
+            [found.id if (found := inserted.get(c.message_id)) else None for c in commits],
+            {evaluation.id: evaluation for evaluation in inserted.values()},
+            existing,
+        )
 
     def _written(
         self,
@@ -160,7 +227,3 @@ class PostgresPushBatches(PushBatches):
             ).mappings()
             written.update((row["id"], records.evaluation_from_row(row)) for row in rows)
         return {evaluation_id: written[evaluation_id] for evaluation_id in evaluation_ids}
-
-    def _existing_digests(self, conn: sa.Connection, digests: Sequence[bytes]) -> set[bytes]:
-        rows = conn.execute(EXISTING_RUNS, {"digests": list(digests)}).scalars()
-        return {bytes(digest) for digest in rows}

@@ -129,7 +129,7 @@ class SensorQueries:
         rows = [{"name": name, "kind": kind, "updated_at": now} for name, kind in declared]
         self.backend.insert_absent(conn, sensors, rows, unique=["name"])
 
-    def _state_query(self) -> sa.Select[tuple[object, ...]]:
+    def state_query(self) -> sa.Select[tuple[object, ...]]:
         # Push evaluations do not touch the sensor's row (so that concurrent
         # deliveries never wait on one another); their last time is the newest
         # evaluation's.
@@ -145,11 +145,11 @@ class SensorQueries:
         return sa.select(*columns, last.label("last_evaluation_at"))
 
     def state(self, conn: sa.Connection, name: str) -> SensorState | None:
-        row = conn.execute(self._state_query().where(sensors.c.name == name)).mappings().first()
+        row = conn.execute(self.state_query().where(sensors.c.name == name)).mappings().first()
         return None if row is None else records.sensor_from_row(row)
 
     def states(self, conn: sa.Connection) -> list[SensorState]:
-        query = self._state_query().order_by(sensors.c.name)
+        query = self.state_query().order_by(sensors.c.name)
         return [records.sensor_from_row(row) for row in conn.execute(query).mappings()]
 
     def schedule(
