@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -141,3 +143,42 @@ def test_a_message_delivered_to_another_sensor_is_new_to_this_one(
     assert deliver_many(app._sensor_engine, "audits", [("m1", 1)])[0].evaluation.id == (
         to_audits[0].evaluation.id
     )
+
+
+def test_a_late_message_fails_alone_and_its_late_result_never_commits(
+    make_app: type[fm.App],
+) -> None:
+    app = build(make_app)
+    release, late = threading.Event(), threading.Event()
+
+    @app.push_sensor("load", timeout=0.3)
+    def slow(ctx: fm.SensorContext, message: fm.Message) -> list[fm.RunRequest]:
+        if message.payload == "hang":
+            release.wait(30)
+            late.set()
+        return [fm.RunRequest(f"slow-{message.message_id}")]
+
+    messages = [("a", 1), ("b", "hang"), ("c", 3)]
+    delivered = deliver_many(app._sensor_engine, "slow", messages)
+    outcomes = [d.evaluation.outcome.value for d in delivered]
+    assert outcomes == ["ok", "failed", "ok"]
+    assert "did not return within its timeout of 0.3s for message 'b'" in (
+        delivered[1].evaluation.error or ""
+    )
+    release.set()
+    assert late.wait(10)
+    assert sorted(r.run_key for r in app.get_runs()) == ["slow-a", "slow-c"]
+
+
+def test_each_message_of_a_batch_has_the_sensors_whole_timeout(make_app: type[fm.App]) -> None:
+    """Three calls of 0.4 s each under a 1 s timeout: the batch takes longer, no call does."""
+    app = build(make_app)
+
+    @app.push_sensor("load", timeout=1.0)
+    def steady(ctx: fm.SensorContext, message: fm.Message) -> list[fm.RunRequest]:
+        time.sleep(0.4)  # the sensor's own work, not a wait for anything
+        return [fm.RunRequest(f"steady-{message.message_id}")]
+
+    delivered = deliver_many(app._sensor_engine, "steady", [("a", 1), ("b", 2), ("c", 3)])
+    assert [d.evaluation.outcome for d in delivered] == [fm.EvaluationOutcome.OK] * 3
+    assert sorted(r.run_key for r in app.get_runs()) == ["steady-a", "steady-b", "steady-c"]

@@ -23,12 +23,8 @@ from typing import Any
 from ferryman.errors import ConfigurationError, StoreError
 from ferryman.logs import error_summary, process_id
 from ferryman.model import Evaluation, SensorState
-from ferryman.sensors.engine import (
-    SensorEngine,
-    _log_evaluation,
-    _shown_id,
-    present_evaluation,
-)
+from ferryman.sensors.calls import shown_id
+from ferryman.sensors.engine import SensorEngine, _log_evaluation, present_evaluation
 from ferryman.sensors.registry import SensorKind
 from ferryman.store import PushCommit, PushFailure
 from ferryman.store.records import checked_key
@@ -154,23 +150,28 @@ def _evaluate_all(
     A paused sensor is not called: each message fails, to be delivered again
     once the sensor is resumed.
     """
+    if state.status != RUNNING:
+        return [], [
+            batch.failure(
+                message_id,
+                f"sensor {batch.name!r} is paused: message {shown_id(message_id)} was not "
+                "processed; it is delivered again after the sensor is resumed",
+            )
+            for message_id in fresh
+        ]
+    definition = engine.definition(batch.name, SensorKind.PUSH)
+    messages = [(message_id, payloads[message_id]) for message_id in fresh]
+    try:  # the calls handed to the sensor's thread at once, not one by one
+        outcomes = engine.push_commits(definition, state, batch.started, messages)
+    except Exception:  # a fault of ferryman's own: each message alone, so only its own fails
+        outcomes = [_evaluate(engine, batch.name, state, batch.started, m, payloads) for m in fresh]
     commits: list[PushCommit] = []
     failures: list[PushFailure] = []
-    for message_id in fresh:
-        if state.status != RUNNING:
-            failures.append(
-                batch.failure(
-                    message_id,
-                    f"sensor {batch.name!r} is paused: message {_shown_id(message_id)} was not "
-                    "processed; it is delivered again after the sensor is resumed",
-                )
-            )
-            continue
-        error_or_commit = _evaluate(engine, batch.name, state, batch.started, message_id, payloads)
-        if isinstance(error_or_commit, PushCommit):
-            commits.append(error_or_commit)
+    for message_id, outcome in zip(fresh, outcomes, strict=True):
+        if isinstance(outcome, PushCommit):
+            commits.append(outcome)
         else:
-            failures.append(batch.failure(message_id, error_or_commit))
+            failures.append(batch.failure(message_id, outcome))
     return commits, failures
 
 
@@ -192,6 +193,6 @@ def _evaluate(
         return engine.push_commit(definition, state, started, message_id, payloads[message_id])
     except Exception as exc:  # a fault of ferryman's own: this message fails, not the batch
         return (
-            f"the delivery of message {_shown_id(message_id)} failed inside ferryman: "
+            f"the delivery of message {shown_id(message_id)} failed inside ferryman: "
             f"{describe_error(exc)}"
         )

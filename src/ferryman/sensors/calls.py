@@ -8,22 +8,25 @@ record.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ferryman.errors import PayloadError, RoutingError, UnknownJob
 from ferryman.errors import SensorOutputError as SensorOutputError  # engine imports it here
+from ferryman.logs import process_id
 from ferryman.model import SensorResult
 from ferryman.sensors.registry import SensorDefinition
-from ferryman.store import NewRun
+from ferryman.store import NewRun, PushCommit
 from ferryman.supervise import describe_error, supervised
 
 SHOWN_SKIP_REASONS = 10
+log = logging.getLogger("ferryman.sensors")
 T = TypeVar("T")
 
 
@@ -71,6 +74,75 @@ def call_with_timeout(fn: Callable[[], T], timeout: float | None, *, name: str) 
         return Called(timed_out=True)
     _CALL_THREADS.give_back(name, thread)
     return outcome
+
+
+def call_each_with_timeout(
+    fns: Sequence[Callable[[], T]], timeout: float | None, *, name: str
+) -> list[Called[T]]:
+    """Call each of ``fns`` in order, each within its own ``timeout``; one outcome per call.
+
+    With a timeout the calls go to one call thread together, handed over once
+    rather than once per call (the hand-over, two thread switches, cost a push
+    sensor about as much as its evaluation of a message). A late call is
+    abandoned as by :func:`call_with_timeout`, and the calls after it go on,
+    each on time, on a fresh thread.
+    """
+    if timeout is None:
+        return [call_with_timeout(fn, None, name=name) for fn in fns]
+    outcomes: list[Called[T]] = []
+    while len(outcomes) < len(fns):
+        calls = _Calls(fns[len(outcomes) :])
+        thread = _CALL_THREADS.take(name)
+        thread.run(calls.run)
+        done = calls.wait(timeout)
+        outcomes += done
+        if len(done) < len(calls.fns):  # the next call is late
+            thread.stop()
+            outcomes.append(Called(timed_out=True))
+        else:
+            _CALL_THREADS.give_back(name, thread)
+    return outcomes
+
+
+class _Calls(Generic[T]):
+    """Calls made one after another on a call thread, each timed from its own start."""
+
+    def __init__(self, fns: Sequence[Callable[[], T]]) -> None:
+        self.fns = fns
+        self._outcomes: list[Called[T]] = []
+        self._changed = threading.Condition()
+        self._started = time.monotonic()  # of the call being made
+        self._abandoned = False
+
+    def run(self) -> None:
+        for fn in self.fns:
+            with self._changed:
+                if self._abandoned:
+                    return
+                self._started = time.monotonic()
+            outcome: Called[T] = Called()
+            try:
+                outcome.value = fn()
+            except BaseException as exc:  # reported to the waiting thread, not lost
+                outcome.error = exc
+            with self._changed:
+                if self._abandoned:  # late: its result is dropped, never committed
+                    return
+                self._outcomes.append(outcome)
+                self._started = time.monotonic()  # the next call's time runs from here
+        with self._changed:
+            self._changed.notify()  # once, at the end: not a thread switch per call
+
+    def wait(self, timeout: float) -> list[Called[T]]:
+        """The outcomes in order, ending before the first call that is late."""
+        with self._changed:
+            while len(self._outcomes) < len(self.fns):
+                left = self._started + timeout - time.monotonic()
+                if left <= 0:
+                    self._abandoned = True
+                    break
+                self._changed.wait(left)
+            return list(self._outcomes)
 
 
 class _CallThread:
@@ -184,3 +256,38 @@ def describe(error: BaseException | None) -> str:
     if isinstance(error, OUTPUT_ERRORS):
         return str(error)
     return describe_error(error)
+
+
+def push_outcome(
+    definition: SensorDefinition, started: float, message_id: str, called: Called[Prepared]
+) -> PushCommit | str:
+    """What to commit for a push sensor's call on a message, or why its delivery failed."""
+    if called.timed_out:
+        return (
+            f"sensor {definition.name!r} did not return within its timeout of "
+            f"{definition.timeout}s for message {shown_id(message_id)}; its late result, "
+            "if any, is discarded"
+        )
+    if called.error is not None or called.value is None:
+        return describe(called.error)
+    prepared = called.value
+    log_refused(definition.name, prepared)
+    return PushCommit(
+        sensor=definition.name,
+        message_id=message_id,
+        new_runs=prepared.new_runs,
+        skipped=prepared.skipped,
+        started_at=started,
+        evaluator=process_id(),
+        skip_reasons=prepared.skip_reasons,
+    )
+
+
+def shown_id(message_id: str) -> str:
+    """A message id for a one-line message: quoted, and cut if very long."""
+    return repr(message_id) if len(message_id) <= 200 else f"{message_id[:200]!r}..."
+
+
+def log_refused(sensor: str, prepared: Prepared) -> None:
+    if prepared.refused:
+        log.warning("%s", prepared.skip_reasons, extra={"sensor": sensor})

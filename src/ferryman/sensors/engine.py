@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from ferryman.errors import ConfigurationError, PayloadError, StoreError, UnknownSensor
@@ -55,8 +56,12 @@ from ferryman.model import (
 from ferryman.sensors.calls import (
     Prepared,
     SensorOutputError,
+    call_each_with_timeout,
     call_with_timeout,
     describe,
+    log_refused,
+    push_outcome,
+    shown_id,
     skipped_count,
 )
 from ferryman.sensors.context import SensorContext
@@ -226,7 +231,7 @@ class SensorEngine:
         if called.error is not None or called.value is None:
             return describe(called.error)
         prepared = called.value
-        _log_refused(definition.name, prepared)
+        log_refused(definition.name, prepared)
         return store.commit_poll_evaluation(
             PollCommit(
                 sensor=definition.name,
@@ -364,7 +369,7 @@ class SensorEngine:
         store = self.store
         self.ensure([definition])
         state, existing, started = store.find_push_delivery(name, message_id)
-        shown = _shown_id(message_id)
+        shown = shown_id(message_id)
         if existing is not None:
             log.debug("message %s was delivered before", shown, extra={"sensor": name})
             return present_evaluation(existing), False
@@ -417,32 +422,31 @@ class SensorEngine:
         payload: Any,
     ) -> PushCommit | str:
         """Call the sensor on the message: what to commit, or why the delivery failed."""
-        context = self._context(definition, state, started)
-        message = Message(message_id, payload)
-        called = call_with_timeout(
-            lambda: self._prepare_push(definition, context, message),
-            definition.timeout,
-            name=f"ferryman-sensor-{definition.name}",
-        )
-        if called.timed_out:
-            return (
-                f"sensor {definition.name!r} did not return within its timeout of "
-                f"{definition.timeout}s for message {_shown_id(message_id)}; its late result, "
-                "if any, is discarded"
+        return self.push_commits(definition, state, started, [(message_id, payload)])[0]
+
+    def push_commits(
+        self,
+        definition: SensorDefinition,
+        state: SensorState,
+        started: float,
+        messages: Sequence[tuple[str, Any]],
+    ) -> list[PushCommit | str]:
+        """Call the sensor on each message in turn: what to commit, or why its delivery failed."""
+        calls = [
+            partial(
+                self._prepare_push,
+                definition,
+                self._context(definition, state, started),
+                Message(message_id, payload),
             )
-        if called.error is not None or called.value is None:
-            return describe(called.error)
-        prepared = called.value
-        _log_refused(definition.name, prepared)
-        return PushCommit(
-            sensor=definition.name,
-            message_id=message_id,
-            new_runs=prepared.new_runs,
-            skipped=prepared.skipped,
-            started_at=started,
-            evaluator=process_id(),
-            skip_reasons=prepared.skip_reasons,
-        )
+            for message_id, payload in messages
+        ]
+        name = f"ferryman-sensor-{definition.name}"
+        called = call_each_with_timeout(calls, definition.timeout, name=name)
+        return [
+            push_outcome(definition, started, message_id, outcome)
+            for (message_id, _), outcome in zip(messages, called, strict=True)
+        ]
 
     def _prepare_push(
         self, definition: SensorDefinition, context: SensorContext, message: Message
@@ -569,16 +573,6 @@ class SensorEngine:
         if deleted:
             log.info("pruned %d evaluations, kept the last %d per sensor", deleted, keep_last)
         return deleted
-
-
-def _shown_id(message_id: str) -> str:
-    """A message id for a one-line message: quoted, and cut if very long."""
-    return repr(message_id) if len(message_id) <= 200 else f"{message_id[:200]!r}..."
-
-
-def _log_refused(sensor: str, prepared: Prepared) -> None:
-    if prepared.refused:
-        log.warning("%s", prepared.skip_reasons, extra={"sensor": sensor})
 
 
 def _log_evaluation(evaluation: Evaluation) -> None:
