@@ -58,7 +58,7 @@ RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NATS_URL = "nats://127.0.0.1:4222"
 # The bare consumer's fetch or prefetch window; ferryman runs with its sources' defaults,
-# as users do (a batch of up to 100).
+# as users do (a batch of up to 250; 100 for SQS).
 BATCH = 100
 BROKER_NAMES = ("rabbitmq", "redis", "nats", "sqs")
 

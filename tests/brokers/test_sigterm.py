@@ -12,7 +12,7 @@ import ferryman as fm
 from tests.brokers.storm import BROKERS, RabbitBroker, RedisBroker, count_runs, start_daemon
 from tests.helpers import wait_until
 
-MESSAGES = 250  # two and a half batches of 100
+MESSAGES = 600  # two batches of 250 and some
 
 
 def taken(broker: RabbitBroker | RedisBroker) -> int:
@@ -33,7 +33,7 @@ def test_sigterm_during_a_batch_leaves_its_messages_unacked_then_each_runs_once(
     log = tmp_path / "daemon.log"
     try:
         ids = broker.publish(MESSAGES)
-        # The sensor spends 40 ms on each message: a batch of 100 is in work for 4 s.
+        # The sensor spends 40 ms on each message: a batch of 250 is in work for 10 s.
         daemon = start_daemon(broker, pg_url, log, work_ms=40)
         try:
             wait_until(lambda: taken(broker) > 0, timeout=120, what="a batch taken")

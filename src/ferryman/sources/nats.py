@@ -78,7 +78,7 @@ def nats(
     id_header: str | None = None,
     id_field: str | None = None,
     decode: Decode | None = json_decode,
-    batch_size: int = 100,
+    batch_size: int = 250,
     wait: float = 1.0,
     ack_wait: float = 30.0,
     max_deliver: int = 100,

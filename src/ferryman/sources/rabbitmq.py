@@ -71,7 +71,7 @@ def rabbitmq(
     id_header: str | None = None,
     id_field: str | None = None,
     decode: Decode | None = json_decode,
-    batch_size: int = 100,
+    batch_size: int = 250,
     wait: float = 1.0,
     declare: bool = True,
     dead_letter_queue: str | None = None,

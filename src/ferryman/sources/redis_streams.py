@@ -97,7 +97,7 @@ def redis_stream(
     id_field: str | None = None,
     decode: Decode | None = json_decode,
     dead_letter_stream: str | None = None,
-    batch_size: int = 100,
+    batch_size: int = 250,
     wait: float = 1.0,
     claim_after: float = 30.0,
 ) -> RedisStreamSource:
