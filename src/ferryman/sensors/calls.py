@@ -258,20 +258,29 @@ def describe(error: BaseException | None) -> str:
     return describe_error(error)
 
 
+def prepared_or_failure(
+    definition: SensorDefinition, called: Called[Prepared], *, late: str
+) -> Prepared | str:
+    """What a sensor's call prepared, or why it failed (``late`` ends the timeout's text)."""
+    if called.timed_out:
+        return (
+            f"sensor {definition.name!r} did not return within its timeout of "
+            f"{definition.timeout}s{late}"
+        )
+    if called.error is not None or called.value is None:
+        return describe(called.error)
+    log_refused(definition.name, called.value)
+    return called.value
+
+
 def push_outcome(
     definition: SensorDefinition, started: float, message_id: str, called: Called[Prepared]
 ) -> PushCommit | str:
     """What to commit for a push sensor's call on a message, or why its delivery failed."""
-    if called.timed_out:
-        return (
-            f"sensor {definition.name!r} did not return within its timeout of "
-            f"{definition.timeout}s for message {shown_id(message_id)}; its late result, "
-            "if any, is discarded"
-        )
-    if called.error is not None or called.value is None:
-        return describe(called.error)
-    prepared = called.value
-    log_refused(definition.name, prepared)
+    late = f" for message {shown_id(message_id)}; its late result, if any, is discarded"
+    prepared = prepared_or_failure(definition, called, late=late)
+    if isinstance(prepared, str):
+        return prepared
     return PushCommit(
         sensor=definition.name,
         message_id=message_id,

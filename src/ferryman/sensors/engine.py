@@ -58,8 +58,7 @@ from ferryman.sensors.calls import (
     SensorOutputError,
     call_each_with_timeout,
     call_with_timeout,
-    describe,
-    log_refused,
+    prepared_or_failure,
     push_outcome,
     shown_id,
     skipped_count,
@@ -222,16 +221,10 @@ class SensorEngine:
             definition.timeout,
             name=f"ferryman-sensor-{definition.name}",
         )
-        if called.timed_out:
-            return (
-                f"sensor {definition.name!r} did not return within its timeout of "
-                f"{definition.timeout}s; the evaluation failed and its late result, if any, "
-                "is discarded"
-            )
-        if called.error is not None or called.value is None:
-            return describe(called.error)
-        prepared = called.value
-        log_refused(definition.name, prepared)
+        late = "; the evaluation failed and its late result, if any, is discarded"
+        prepared = prepared_or_failure(definition, called, late=late)
+        if isinstance(prepared, str):
+            return prepared
         return store.commit_poll_evaluation(
             PollCommit(
                 sensor=definition.name,
