@@ -76,10 +76,19 @@ MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
 RUN_TALLY = "ferryman/store/run_tally.py"
 # The due runs of a limited job read whatever runs of their key are running.
-KEY_RUNNING_IGNORED = Edit(
-    "ferryman/store/limits.py",
-    '                key_running < sa.bindparam("key_concurrency"),\n',
-    '                sa.bindparam("key_concurrency") > 0,\n',
+# The due runs' filter by their key's running runs, both ways: counted per key
+# (key_concurrency >= 2) and the job's running keys read once (1, the default).
+KEY_RUNNING_IGNORED = (
+    Edit(
+        "ferryman/store/limits.py",
+        '        key_has_room = key_running < sa.bindparam("key_concurrency")\n',
+        '        key_has_room = sa.bindparam("key_concurrency") > 0\n',
+    ),
+    Edit(
+        "ferryman/store/limits.py",
+        "        key_has_room = runs.c.concurrency_digest.not_in(running_keys)\n",
+        "        key_has_room = sa.true()\n",
+    ),
 )
 
 CONTRACT = "tests/unit/test_runs_contract.py"
@@ -857,7 +866,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "runs sharing a key admitted whatever runs",
         "Queue controls",
         (
-            KEY_RUNNING_IGNORED,
+            *KEY_RUNNING_IGNORED,
             Edit(
                 "ferryman/store/limits.py",
                 "            ahead = taken.get(digest, key_running)\n",
@@ -873,7 +882,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "runs sharing a key admitted whatever runs (PostgreSQL)",
         "Queue controls",
         (
-            KEY_RUNNING_IGNORED,
+            *KEY_RUNNING_IGNORED,
             Edit(
                 POSTGRES_LEASES,
                 "                        ELSE key_running - 1 + row_number() OVER (\n",
@@ -940,8 +949,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Broker sources",
         one(
             "ferryman/sources/consumer.py",
-            "        delivered = deliver_many(\n",
-            "        session.ack(good)\n        delivered = deliver_many(\n",
+            "in_flight = _InFlight(batch, committer.submit(",
+            # acked as it is handed to the committer (ack returns None)
+            "in_flight = session.ack([m for m in batch if m.error is None]) or _InFlight("
+            "batch, committer.submit(",
         ),
         ("tests/brokers/test_rabbitmq.py::test_each_message_one_run_acked_after_commit[sqlite]",),
     ),
