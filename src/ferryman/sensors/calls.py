@@ -43,37 +43,12 @@ class Called(Generic[T]):
 
 
 def call_with_timeout(fn: Callable[[], T], timeout: float | None, *, name: str) -> Called[T]:
-    """Call ``fn``; with a ``timeout``, on a thread of its own that is abandoned if late.
+    """Call ``fn``; with a ``timeout``, on a call thread that is abandoned if late.
 
     Python cannot stop a thread, so a late call keeps running in the
     background; its result is dropped, never committed.
     """
-    outcome: Called[T] = Called()
-    if timeout is None:
-        try:
-            outcome.value = fn()
-        except KeyboardInterrupt:  # still means stop
-            raise
-        except BaseException as exc:  # sys.exit() in a sensor fails its evaluation
-            outcome.error = exc
-        return outcome
-    done = threading.Event()
-
-    def call() -> None:
-        try:
-            outcome.value = fn()
-        except BaseException as exc:  # reported to the evaluating thread, not lost
-            outcome.error = exc
-        finally:
-            done.set()
-
-    thread = _CALL_THREADS.take(name)
-    thread.run(call)
-    if not done.wait(timeout):
-        thread.stop()  # once the late call returns: it is abandoned, not given back
-        return Called(timed_out=True)
-    _CALL_THREADS.give_back(name, thread)
-    return outcome
+    return call_each_with_timeout([fn], timeout, name=name)[0]
 
 
 def call_each_with_timeout(
@@ -84,11 +59,11 @@ def call_each_with_timeout(
     With a timeout the calls go to one call thread together, handed over once
     rather than once per call (the hand-over, two thread switches, cost a push
     sensor about as much as its evaluation of a message). A late call is
-    abandoned as by :func:`call_with_timeout`, and the calls after it go on,
-    each on time, on a fresh thread.
+    abandoned (see :func:`call_with_timeout`), and the calls after it go on,
+    each on time, on a fresh thread. Without one they are made here.
     """
     if timeout is None:
-        return [call_with_timeout(fn, None, name=name) for fn in fns]
+        return [_called(fn) for fn in fns]
     outcomes: list[Called[T]] = []
     while len(outcomes) < len(fns):
         calls = _Calls(fns[len(outcomes) :])
@@ -97,11 +72,22 @@ def call_each_with_timeout(
         done = calls.wait(timeout)
         outcomes += done
         if len(done) < len(calls.fns):  # the next call is late
-            thread.stop()
+            thread.stop()  # once the late call returns: it is abandoned, not given back
             outcomes.append(Called(timed_out=True))
         else:
             _CALL_THREADS.give_back(name, thread)
     return outcomes
+
+
+def _called(fn: Callable[[], T]) -> Called[T]:
+    outcome: Called[T] = Called()
+    try:
+        outcome.value = fn()
+    except KeyboardInterrupt:  # on the calling thread, still means stop
+        raise
+    except BaseException as exc:  # sys.exit() in a sensor fails its evaluation
+        outcome.error = exc
+    return outcome
 
 
 class _Calls(Generic[T]):
