@@ -76,18 +76,18 @@ MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
 RUN_TALLY = "ferryman/store/run_tally.py"
 # The due runs of a limited job read whatever runs of their key are running.
-# The due runs' filter by their key's running runs, both ways: counted per key
-# (key_concurrency >= 2) and the job's running keys read once (1, the default).
+# The due runs' filter by their key's running runs, both ways: the keys with
+# key_concurrency runs running (2 and more) and any running key (1, the default).
 KEY_RUNNING_IGNORED = (
     Edit(
         "ferryman/store/limits.py",
-        '        key_has_room = key_running < sa.bindparam("key_concurrency")\n',
-        '        key_has_room = sa.bindparam("key_concurrency") > 0\n',
+        '            .having(sa.func.count() >= sa.bindparam("key_concurrency"))\n',
+        '            .having(sa.bindparam("key_concurrency") < 0)\n',
     ),
     Edit(
         "ferryman/store/limits.py",
-        "        key_has_room = runs.c.concurrency_digest.not_in(running_keys)\n",
-        "        key_has_room = sa.true()\n",
+        "        full_keys = running_keys\n",
+        "        full_keys = running_keys.where(sa.false())\n",
     ),
 )
 

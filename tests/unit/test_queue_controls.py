@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -247,6 +248,71 @@ def test_one_claim_takes_runs_of_a_key_up_to_its_limit_counting_those_running(
 
     claimed = app.store.claim(limit=100, **claim)  # type: ignore[arg-type]
     assert sorted(run.run_key for run in claimed) == ["a-1", "b-0", "b-1", "no-key"]
+
+
+def test_keys_at_their_limit_of_two_are_read_once_however_many_runs_they_have_queued(
+    make_app: type[fm.App],
+) -> None:
+    # Statistics gathered while nothing ran: a planner that trusts them may
+    # count each due run's key by walking every running run. The claim reads
+    # each run of the job at most once instead (PostgreSQL: rows its plan read).
+    app = make_app()
+    app.job(name="two_per_customer", key_concurrency=2)(noop)
+    busy = [f"busy-{key}" for key in range(20)]
+    app.submit(
+        "two_per_customer",
+        *(
+            fm.RunRequest(f"{key}-{i}", concurrency_key=key, priority=1)
+            for key in busy
+            for i in (0, 1)
+        ),
+        fm.RunRequest("half-0", concurrency_key="half", priority=1),
+        *(fm.RunRequest(f"{key}-{i}", concurrency_key=key) for i in range(2, 100) for key in busy),
+        *(
+            fm.RunRequest(f"{key}-{i}", concurrency_key=key)
+            for i in (1, 2)
+            for key in ("half", "free")
+        ),
+    )
+    with app.store.engine.begin() as conn:
+        if app.store.backend.name == "mariadb":
+            conn.execute(sa.text(f"ANALYZE TABLE {runs.name}")).all()
+        else:
+            conn.execute(sa.text("ANALYZE"))
+    claim = {"worker_id": "w", "jobs": app.jobs, "lease_seconds": 30}
+    assert len(app.store.claim(limit=41, **claim)) == 41  # type: ignore[arg-type]
+    queued, running, leased = 20 * 98 + 4, 41, 3
+
+    if app.store.backend.name == "postgres":
+        # Each run once, and the runs leased twice more (locked, then updated).
+        read = rows_read_by_a_limited_claim(app, "two_per_customer", key_concurrency=2)
+        assert read <= queued + running + 2 * leased
+    claimed = app.store.claim(limit=100, **claim)  # type: ignore[arg-type]
+    assert sorted(run.run_key for run in claimed) == ["free-1", "free-2", "half-1"]
+
+
+def rows_read_by_a_limited_claim(app: fm.App, job: str, *, key_concurrency: int) -> int:
+    """Rows of the runs table a limited claim's statement reads: EXPLAIN ANALYZE, rolled back."""
+    from ferryman.store.limits import DUE_ORDERED
+    from ferryman.store.postgres import _lease_due_sql
+
+    sql, defaults = _lease_due_sql(DUE_ORDERED[min(key_concurrency, 2)], app.store.engine.dialect)
+    params = {**defaults, "job": job, "now": db_now(app), "scan": 100 + SCAN_SLACK, "room": 100}
+    params.update(key_concurrency=key_concurrency, tokens=None, lease_seconds=30.0, worker="w")
+    with app.store.engine.connect() as conn, conn.begin() as transaction:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+        ((plan,),) = cursor.fetchall()
+        transaction.rollback()
+
+    def read(node: dict[str, Any]) -> int:
+        own = 0
+        if node.get("Relation Name") == runs.name and node["Node Type"] != "ModifyTable":
+            per_loop = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+            own = per_loop * node["Actual Loops"]
+        return own + sum(read(child) for child in node.get("Plans", ()))
+
+    return read(plan[0]["Plan"])
 
 
 def test_queued_runs_of_one_key_filling_the_read_ahead_hold_up_no_other_key(

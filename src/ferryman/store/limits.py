@@ -74,53 +74,78 @@ def _due(
     clock on each row, read while the statement runs (see :class:`Limits`).
     ``ordered``: with the columns of the claim order, for a statement that
     picks from these rows itself (:meth:`Backend.lease_due`).
+
+    The job's running keys are read once and looked up per due run (hashed),
+    never counted per due run by a subquery or a join: a planner whose
+    statistics say few runs are running may walk every running run (and dead
+    index entry of one) for each due run that way, a claim taking seconds.
     """
     running = runs.alias("running")
     is_running = (
+        running.c.job == sa.bindparam("job"),
         running.c.status == RunStatus.RUNNING.value,
         # Said for the partial index of running keys (it holds no other runs).
         running.c.concurrency_digest.is_not(None),
     )
-    if counted:
-        key_running: sa.ColumnElement[Any] = (
-            sa.select(sa.func.count())
-            .where(
-                running.c.job == runs.c.job,
-                *is_running,
-                running.c.concurrency_digest == runs.c.concurrency_digest,
-            )
-            .scalar_subquery()
+    running_keys: Any = sa.select(running.c.concurrency_digest).where(*is_running)
+    if counted:  # the keys with key_concurrency runs running are full
+        running_keys = running_keys.cte("running_keys")
+        full_keys = (
+            sa.select(running_keys.c.concurrency_digest)
+            .group_by(running_keys.c.concurrency_digest)
+            .having(sa.func.count() >= sa.bindparam("key_concurrency"))
         )
-        key_has_room = key_running < sa.bindparam("key_concurrency")
-    else:
-        # The job's running keys, read once and looked up per due run (a hashed
-        # set on PostgreSQL, an automatic index on SQLite) rather than counted
-        # per due run by a subquery: the planner, its statistics saying few runs
-        # are running, may walk every running run (and every dead index entry
-        # of one) for each due run that way, a claim then taking seconds.
-        key_running = sa.literal(0, sa.Integer)
-        running_keys = sa.select(running.c.concurrency_digest).where(
-            running.c.job == sa.bindparam("job"), *is_running
-        )
-        key_has_room = runs.c.concurrency_digest.not_in(running_keys)
-    columns = [
-        runs.c.id,
-        runs.c.concurrency_digest,
-        key_running.label("key_running"),
-        *([runs.c.priority, runs.c.available_at] if ordered else []),
-        *([] if clock is None else [clock.label("clock")]),
-    ]
-    return (
-        sa.select(*columns)
+    else:  # one running run per key (the default): a running key is full
+        full_keys = running_keys
+    queued = (
+        sa.select(runs.c.id, runs.c.concurrency_digest, runs.c.priority, runs.c.available_at)
         .where(
             runs.c.job == sa.bindparam("job"),
             runs.c.status == RunStatus.QUEUED.value,
             runs.c.available_at <= sa.bindparam("now"),
-            sa.or_(runs.c.concurrency_digest.is_(None), key_has_room),
+            sa.or_(
+                runs.c.concurrency_digest.is_(None), runs.c.concurrency_digest.not_in(full_keys)
+            ),
         )
         .order_by(runs.c.priority.desc(), runs.c.available_at, runs.c.id)
         .limit(sa.bindparam("scan"))
     )
+    # A key read here has no run running, unless key_concurrency is above 1.
+    no_count = (runs, sa.literal(0, sa.Integer), queued)
+    due, key_running, statement = _counted_per_key(queued, running_keys) if counted else no_count
+    columns = [
+        due.c.id,
+        due.c.concurrency_digest,
+        key_running.label("key_running"),
+        *([due.c.priority, due.c.available_at] if ordered else []),
+        *([] if clock is None else [clock.label("clock")]),
+    ]
+    return statement.with_only_columns(*columns, maintain_column_froms=False)
+
+
+def _counted_per_key(queued: sa.Select[Any], running_keys: Any) -> tuple[Any, Any, sa.Select[Any]]:
+    """The runs ``queued`` reads, each with the running runs of its key: a sort, no join.
+
+    The runs read and the job's running runs (``running_keys``) in one list,
+    each key's running runs summed over it: a planner that believes few runs
+    are running has no per-row lookup to choose badly for. The rows, their
+    ``key_running`` and the statement to select columns of them into.
+    """
+    due = queued.subquery("due")
+    listed = sa.union_all(
+        sa.select(*due.c, sa.literal(0, sa.Integer).label("is_running")),
+        sa.select(
+            sa.null(), running_keys.c.concurrency_digest, sa.null(), sa.null(), sa.literal(1)
+        ),
+    ).subquery("listed")
+    summed = sa.func.sum(listed.c.is_running).over(partition_by=listed.c.concurrency_digest)
+    counted = sa.select(*listed.c, summed.label("key_running")).subquery("counted")
+    statement = (
+        sa.select()
+        .where(counted.c.is_running == 0)
+        .order_by(counted.c.priority.desc(), counted.c.available_at, counted.c.id)
+    )
+    return counted, counted.c.key_running, statement
 
 
 # One running run per key (the default) needs no count: a key read here has none.
