@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -221,3 +222,21 @@ def test_a_scrape_during_the_first_count_gets_the_other_gauges_at_once(
     with TestClient(web) as client:
         later = client.get("/metrics").text
     assert 'ferryman_runs{job="load",status="queued"} 3.0' in later
+
+
+def test_a_first_count_running_longer_than_the_wait_is_not_waited_for_again(
+    make_app: type[fm.App],
+) -> None:
+    """The server's first count has run longer than a page would wait (a big store's):
+    the page shows what it has at once instead of waiting again for it."""
+    app = with_three_runs(make_app)
+    web = create_app(app, WebSettings(token=TOKEN))
+    wait = 2.0
+    with first_count_held_open(app, web):
+        began = time.monotonic()
+        threading.Event().wait(wait)  # the count, held open, has now run ``wait`` seconds
+        asked = time.monotonic()
+        assert web.state.run_counts.at_once(wait=wait) is None  # no count saved
+        answered = time.monotonic()
+    assert asked - began >= wait
+    assert answered - asked < wait / 2

@@ -18,9 +18,11 @@ refresh takes (ten times it, at least two seconds).
 
 Before the first count is done (a server just started: on a store that
 never saved a count, that count reads every run), a page need not wait for
-it: :meth:`RunCounts.at_once` waits ``FIRST_WAIT`` seconds at most, then
-gives the count saved last (which says how old it is) or None, for the page
-to say "counting" and fill in by its live updates.
+it: :meth:`RunCounts.at_once` waits until that count has run ``FIRST_WAIT``
+seconds at most (a small store's is done by then; a count already running
+longer is a big store's, not worth waiting for), then gives the count saved
+last (which says how old it is) or None, for the page to say "counting" and
+fill in by its live updates.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ log = logging.getLogger("ferryman.web")
 
 MIN_AGE_SECONDS = 2.0
 SYNC_SECONDS = 0.05  # a refresh this quick is done in the request that needs it
-FIRST_WAIT = 0.05  # a page waits this long at most for the first count (see at_once)
+FIRST_WAIT = 0.05  # a first count that took longer is not waited for (see at_once)
 
 
 class RunCounts:
@@ -60,6 +62,7 @@ class RunCounts:
         self._counted = threading.Event()  # set once a count is taken
         self._saved_count: RunCount | None = None
         self._saved_read = False
+        self._began: float | None = None  # time.monotonic() when the latest count began
 
     @property
     def latest(self) -> RunCount | None:
@@ -90,9 +93,9 @@ class RunCounts:
         """A count to show now, never a wait for one that reads every run.
 
         The latest count as :meth:`current` gives it; before the first is
-        done, that one if it comes within ``wait`` seconds (it is started if
-        nothing counts yet), else the count saved last by any server (its
-        ``at`` says how old it is), else None: no count to show yet.
+        done, that one if it is done within ``wait`` seconds of its start (it
+        is started if nothing counts yet), else the count saved last by any
+        server (its ``at`` says how old it is), else None: no count to show yet.
         """
         if self.latest is not None:
             return self.current()
@@ -100,9 +103,13 @@ class RunCounts:
             start = not self._recounting and not self._counting.locked()
             if start:
                 self._recounting = True
+            # A count that began ``wait`` ago and is not done reads a big store: the
+            # server's first, started as it starts, is not waited for again.
+            began = time.monotonic() if start or self._began is None else self._began
+        left = wait - (time.monotonic() - began)
         if start:
             supervised("ferryman-web-counts", self._recount)
-        if self._counted.wait(wait):
+        if self._counted.wait(max(0.0, left)):
             return self.current()
         return self._saved_snapshot()
 
@@ -145,6 +152,7 @@ class RunCounts:
         started = time.monotonic()
         with self._lock:
             previous = self._latest
+            self._began = started
         if previous is None:
             previous = self.app.store.saved_run_count()
         counted = self.app.store.count_runs(previous)
