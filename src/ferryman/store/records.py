@@ -100,9 +100,11 @@ def to_json_many(values: Iterable[Any]) -> list[str]:
     for value in values:
         try:
             text = join(encoder(value, 0))
-        except (RecursionError, TypeError, ValueError) as exc:
+        except BaseException as exc:
             _ENCODERS.encoder = None  # its cycle markers may be left filled
-            raise PayloadError(f"a document is not JSON-serialisable: {exc}") from exc
+            if isinstance(exc, RecursionError | TypeError | ValueError):
+                raise PayloadError(f"a document is not JSON-serialisable: {exc}") from exc
+            raise
         _check_document(value, "document", strings="\\ud" in text)
         texts.append(text)
     return texts
