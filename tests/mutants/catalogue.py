@@ -555,6 +555,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{CONTRACT}::test_a_run_key_that_cannot_be_stored_is_refused_naming_it",),
     ),
     Mutation(
+        "a batch's run_keys passed on to the store unchecked",
+        "Keys and texts",
+        one(
+            "ferryman/jobs.py",
+            "        if not storable_keys(run_keys) or not storable_keys(concurrency_keys):\n",
+            "        if False:\n",
+        ),
+        (f"{CONTRACT}::test_a_run_key_that_cannot_be_stored_is_refused_naming_it",),
+    ),
+    Mutation(
         "one bad item fails the whole evaluation",
         "Keys and texts",
         one(

@@ -201,6 +201,33 @@ def test_run_keys_up_to_64_kib_are_one_run_each(make_app: type[fm.App]) -> None:
     assert sorted(seen) == [base + "a", base + "b"]  # the job sees its key in full
 
 
+def test_a_batch_of_one_jobs_alike_runs_stores_keys_and_payloads_exactly(
+    make_app: type[fm.App],
+) -> None:
+    """Runs alike in all but key and payload (the usual batch) travel their own way on
+    some stores: each key and payload comes back as given, each id is its own key's,
+    and each key is the one a later submit of it meets."""
+    app = make_app()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    awkward = ["NULL", " ", ' a "quoted", [braced] \\ back\\slash ', "é 😀 \t\n\x01", "\\u0000"]
+    keys = [*awkward, *(f"plain-{i:04}" for i in range(1100, 0, -1))]
+    payloads = [{key: [key, None, 1.5, 2**53 + 1]} if i % 2 else key for i, key in enumerate(keys)]
+    requests = [fm.RunRequest(key, payload) for key, payload in zip(keys, payloads, strict=True)]
+
+    result = app.submit("load", *requests)
+    assert result.created == len(keys)
+    for run_id, key, payload in zip(result.run_ids, keys, payloads, strict=True):
+        run = app.get_run(run_id)
+        assert run is not None and (run.run_key, run.payload) == (key, payload)
+    again = app.submit("load", *(fm.RunRequest(key) for key in reversed(awkward)))
+    assert (again.created, again.run_ids) == (0, result.run_ids[len(awkward) - 1 :: -1])
+    alone = app.submit("load", fm.RunRequest(awkward[2]))
+    assert (alone.created, alone.run_ids) == (0, (result.run_ids[2],))
+
+
 @pytest.mark.parametrize(
     ("run_key", "problem"), [("a\x00b", "NUL"), ("name-\udcff.csv", "lone surrogate")]
 )

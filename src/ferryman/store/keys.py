@@ -18,6 +18,7 @@ digests for the rows it found; these functions must never change.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 
 # The UTF-8 of the text; "surrogatepass" only so that a digest can be taken of
@@ -29,6 +30,13 @@ def _utf8(text: str) -> bytes:
 def run_key_digest(job: str, run_key: str) -> bytes:
     """The 32 bytes that stand for ``(job, run_key)`` in the unique index of runs."""
     return hashlib.sha256(_utf8(job) + b"\x00" + _utf8(run_key)).digest()
+
+
+def run_key_digests(job: str, run_keys: Iterable[str]) -> list[bytes]:
+    """``run_key_digest(job, key)`` of each key, the job's part encoded once (a batch)."""
+    prefix = _utf8(job) + b"\x00"
+    sha256 = hashlib.sha256
+    return [sha256(prefix + key.encode("utf-8", "surrogatepass")).digest() for key in run_keys]
 
 
 def message_digest(message_id: str) -> bytes:

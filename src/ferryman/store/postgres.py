@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -130,20 +131,34 @@ ENQUEUE_MANY = _ENQUEUE_COMMITTED.replace(
 )
 # Runs alike in all but key and payload (one job's, with the same options: the
 # usual ``app.submit(job, *requests)``) send the rest once, as values: three
-# arrays to encode and unnest instead of ten, 1.2 ms less of the client's CPU and
-# 1.6 ms less of the server's per 1,000 runs (measured, of about 3 and 15).
+# lists instead of ten, 1.2 ms less of the client's CPU and 1.6 ms less of the
+# server's per 1,000 runs (measured, of about 3 and 15). The three go as one
+# value each, not as arrays (psycopg dumps an array element by element, 0.45 ms
+# each per 1,000 runs): the payloads, JSON already, joined into a JSON array
+# whose elements json_array_elements gives back verbatim (the json type keeps
+# its text as written); the keys as a JSON array of strings (non-ASCII written
+# as it is, so any database encoding reads them as a text array would); the
+# digests, 32 bytes each, one after another.
 ENQUEUE_ALIKE = _ENQUEUE_COMMITTED.replace(
     "{input}",
-    """(SELECT %(job)s::text, run_key, key_digest, payload, %(max_attempts)s::integer,
-                    %(delay)s::float8, %(not_before)s::float8, %(priority)s::integer,
-                    %(concurrency_key)s::text, %(concurrency_digest)s::bytea, position
-             FROM unnest(%(run_key)b::text[], %(key_digest)b::bytea[], %(payload)b::text[])
-                  WITH ORDINALITY AS alike(run_key, key_digest, payload, position))""",
+    """(SELECT %(job)s::text, run_key, substring(%(key_digest)s::bytea
+                    FROM position::integer * 32 - 31 FOR 32), payload::text,
+                    %(max_attempts)s::integer, %(delay)s::float8, %(not_before)s::float8,
+                    %(priority)s::integer, %(concurrency_key)s::text,
+                    %(concurrency_digest)s::bytea, position
+             FROM ROWS FROM (json_array_elements_text(%(run_key)s::json),
+                             json_array_elements(%(payload)s::json))
+                  WITH ORDINALITY AS alike(run_key, payload, position))""",
 )
 # (The concurrency key's digest follows the key.)
 _SHARED_BY_ALIKE = attrgetter(
     "job", "max_attempts", "delay", "not_before", "priority", "concurrency_key"
 )
+
+
+# The keys of ENQUEUE_ALIKE: a string's characters as they are, but for quotes,
+# backslashes and control characters (NUL and lone surrogates were refused).
+_KEYS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _for_new_keys(statement: str) -> str:
@@ -506,9 +521,9 @@ def _alike(new_runs: Sequence[NewRun]) -> dict[str, Any]:
         "priority": first.priority,
         "concurrency_key": first.concurrency_key,
         "concurrency_digest": first.concurrency_digest,
-        "run_key": [new.run_key for new in new_runs],
-        "key_digest": [new.key_digest for new in new_runs],
-        "payload": [new.payload_json for new in new_runs],
+        "run_key": _KEYS_JSON.encode([new.run_key for new in new_runs]),
+        "key_digest": b"".join([new.key_digest for new in new_runs]),
+        "payload": f"[{','.join([new.payload_json for new in new_runs])}]",
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +82,32 @@ def to_json(value: Any, what: str) -> str:
     # Only a document whose JSON escapes a surrogate can hold a pair of lone ones.
     _check_document(value, what, strings="\\ud" in text)
     return text
+
+
+def to_json_many(values: Iterable[Any]) -> list[str]:
+    """``to_json`` of each value, for a batch: the thread's encoder looked up once.
+
+    Refuses what :func:`to_json` refuses, with a :class:`PayloadError` that
+    names no document: call ``to_json`` on each for the error to show users.
+    """
+    encoder: Callable[[Any, int], Any] | None = getattr(_ENCODERS, "encoder", None)
+    if encoder is None:
+        encoder = _ENCODERS.encoder = _c_encoder()
+        if encoder is None:
+            return [to_json(value, "document") for value in values]
+    texts = []
+    join = "".join
+    for value in values:
+        try:
+            text = join(encoder(value, 0))
+        except BaseException as exc:
+            _ENCODERS.encoder = None  # its cycle markers may be left filled
+            if isinstance(exc, RecursionError | TypeError | ValueError):
+                raise PayloadError(f"a document is not JSON-serialisable: {exc}") from exc
+            raise
+        _check_document(value, "document", strings="\\ud" in text)
+        texts.append(text)
+    return texts
 
 
 def _encode(value: Any) -> str:
@@ -218,6 +244,13 @@ def displayable(value: Any) -> Any:
 def shown_key(key: str) -> str:
     """A key for a one-line message: quoted, escaped, and cut if very long."""
     return repr(key[:SHOWN_KEY_CHARS]) + ("..." if len(key) > SHOWN_KEY_CHARS else "")
+
+
+def storable_keys(keys: Iterable[str]) -> bool:
+    """Whether every key can be stored exactly (:func:`checked_key` names one that cannot)."""
+    # The characters refused are matched one at a time, so the keys run together
+    # match exactly where one of them would.
+    return _UNSTORABLE.search("".join(keys)) is None
 
 
 def checked_key(key: str, what: str) -> str:

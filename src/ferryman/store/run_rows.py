@@ -30,6 +30,9 @@ EVENT_ERROR_CHARS = 500
 QUEUED = RunStatus.QUEUED.value  # read once: an enum's .value is a property call per run
 
 
+_new_object = object.__new__
+
+
 # Not frozen: a frozen dataclass sets each field through object.__setattr__,
 # which cost 1.6 us of the 3.5 us a run took to build (measured), a tenth of a
 # batched submit's time in the client. Nothing assigns to one once built.
@@ -59,6 +62,40 @@ class NewRun:
         if self.concurrency_key is not None:
             records.checked_key(self.concurrency_key, f"concurrency_key of job {self.job!r}")
             self.concurrency_digest = concurrency_key_digest(self.concurrency_key)
+
+    @classmethod
+    def checked(
+        cls,
+        job: str,
+        run_key: str,
+        payload_json: str,
+        max_attempts: int,
+        priority: int,
+        delay: float,
+        not_before: float | None,
+        concurrency_key: str | None,
+        key_digest: bytes,
+    ) -> NewRun:
+        """The run ``NewRun(...)`` builds, of keys the caller has checked
+        (:func:`~ferryman.store.records.storable_keys`) and the digest of its run key.
+
+        A batch's runs are built here: the dataclass's keyword call and
+        ``__post_init__`` took 1.1 us of the 2 us a run cost (measured).
+        """
+        new = _new_object(cls)
+        new.job = job
+        new.run_key = run_key
+        new.payload_json = payload_json
+        new.max_attempts = max_attempts
+        new.priority = priority
+        new.delay = delay
+        new.not_before = not_before
+        new.concurrency_key = concurrency_key
+        new.key_digest = key_digest
+        new.concurrency_digest = (
+            None if concurrency_key is None else concurrency_key_digest(concurrency_key)
+        )
+        return new
 
     def due_at(self, now: float) -> float:
         """When the run becomes due, given the database's clock now."""
