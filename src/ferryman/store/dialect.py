@@ -249,6 +249,9 @@ class Backend:
         """
         raise NotImplementedError
 
+    # Whether claim_committed and succeed_committed can answer (not None).
+    commits_alone = False
+
     def claim_committed(
         self, *, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float
     ) -> tuple[list[Any], float] | None:

@@ -110,6 +110,8 @@ class Leases:
         are then leased and logged as :meth:`claim` would. None otherwise:
         the caller then claims in a transaction (:meth:`claim`).
         """
+        if not self.backend.commits_alone:
+            return None
         if isinstance(jobs, Mapping):  # job definitions, by name: their limits
             limits = limits_of(jobs)
         if limits and any(limits.get(job, NO_LIMITS).limited for job in jobs):
@@ -229,7 +231,9 @@ class Leases:
         such a statement (PostgreSQL). None otherwise: the caller then
         finishes in a transaction.
         """
-        if any(o.kind is not OutcomeKind.SUCCEEDED or o.children for o in outcomes):
+        if not self.backend.commits_alone or any(
+            o.kind is not OutcomeKind.SUCCEEDED or o.children for o in outcomes
+        ):
             return None
         # In id order, as the heartbeat renews: see run_rows.lock_in_id_order.
         leases = sorted((outcome.lease for outcome in outcomes), key=lambda lease: lease.run_id)

@@ -353,6 +353,8 @@ class PostgresBackend(Backend):
             committed.close()
         super().dispose()
 
+    commits_alone = True
+
     def claim_committed(
         self, *, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float
     ) -> tuple[list[Any], float] | None:
