@@ -8,6 +8,12 @@ the bytes are readable) until a client connection has sent a statement
 containing ``arm`` and then a ``COMMIT``: that ``COMMIT`` goes to the server,
 the server's answer (the commit done) is swallowed, and both sides of that
 connection are closed. It happens once; ``fired`` says whether it did.
+
+``lose``: what the message whose answer is lost contains, ``COMMIT`` by
+default. A statement in autocommit commits on its own; prepared, it goes out
+as two messages, its text (containing ``arm``) and then its execution: with
+``lose=b""``, the message right after the one containing ``arm`` is the
+commit whose answer is lost.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ CHUNK = 64 * 1024
 class LostCommitAnswer(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
-    def __init__(self, upstream: tuple[str, int], *, arm: bytes) -> None:
+    def __init__(self, upstream: tuple[str, int], *, arm: bytes, lose: bytes = b"COMMIT") -> None:
         super().__init__(("127.0.0.1", 0), _Relay)
         self.upstream = upstream
         self.arm = arm
+        self.lose = lose
         self.port: int = self.server_address[1]
         self.fired = threading.Event()
         self._firing = threading.Lock()
@@ -65,7 +72,7 @@ class _Relay(socketserver.BaseRequestHandler):
         armed = False
         with contextlib.suppress(OSError):
             while chunk := client.recv(CHUNK):
-                if armed and b"COMMIT" in chunk and self.server.fire():
+                if armed and self.server.lose in chunk and self.server.fire():
                     swallow.set()  # before the server can answer
                     upstream.sendall(chunk)
                     break

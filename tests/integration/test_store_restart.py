@@ -105,8 +105,9 @@ def test_postgres_restarts_mid_run_lose_double_and_use_up_nothing(
 def test_a_claim_whose_answer_is_lost_uses_no_attempt(pg_url: str) -> None:
     database = sa.make_url(pg_url).database
     assert database is not None
-    # The claim's statements lock with SKIP LOCKED; its COMMIT lands, its answer is lost.
-    with LostCommitAnswer(("127.0.0.1", 5432), arm=b"SKIP LOCKED") as proxy:
+    # The claim is one prepared statement in autocommit, locking with SKIP
+    # LOCKED: its execution, right after its text, commits; its answer is lost.
+    with LostCommitAnswer(("127.0.0.1", 5432), arm=b"SKIP LOCKED", lose=b"") as proxy:
         app = fm.App(proxy.url(database), lease_seconds=30)
 
         @app.job(max_attempts=1)

@@ -224,6 +224,16 @@ class Store(ReadModel, FileTransfers):
         lease_seconds: float,
         limits: Mapping[str, JobLimits] | None = None,
     ) -> list[ClaimedRun]:
+        with translated_errors(self.backend, "claiming runs"):
+            claimed = self.leases.claim_committed(
+                worker_id=worker_id,
+                jobs=jobs,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                limits=limits,
+            )
+        if claimed is not None:
+            return claimed
         with self.write("claiming runs") as conn:
             return self.leases.claim(
                 conn,
@@ -269,6 +279,10 @@ class Store(ReadModel, FileTransfers):
 
     def finish(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[bool]:
         """Write how attempts ended, fenced; with each accepted success, the runs it asked for."""
+        with translated_errors(self.backend, "recording run outcomes"):
+            accepted = self.leases.finish_committed(outcomes, worker_id=worker_id)
+        if accepted is not None:
+            return accepted
         with self.write("recording run outcomes") as conn:
             accepted = self.leases.finish(conn, outcomes, worker_id=worker_id)
             for outcome, ok in zip(outcomes, accepted, strict=True):

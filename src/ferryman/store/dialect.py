@@ -249,6 +249,26 @@ class Backend:
         """
         raise NotImplementedError
 
+    # Whether claim_committed and succeed_committed can answer (not None).
+    commits_alone = False
+
+    def claim_committed(
+        self, *, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float
+    ) -> tuple[list[Any], float] | None:
+        """The plain claim of up to ``limit`` due runs as one statement that commits on its own.
+
+        Where the backend has one: the claimed rows (as :meth:`claim`'s) and
+        the database's clock they were claimed at. None: not here, or not now
+        (a lease of ``jobs`` expired, or one of them is limited), so the
+        caller claims in a transaction.
+        """
+        return None
+
+    def succeed_committed(self, leases: Sequence[Lease], *, worker_id: str) -> set[Lease] | None:
+        """Successes (fenced, logged) as one statement that commits on its own: the leases
+        accepted. None: the backend has no such statement."""
+        return None
+
     def lease(
         self, conn: sa.Connection, run_ids: Sequence[int], request: ClaimRequest
     ) -> list[Any]:

@@ -27,6 +27,7 @@ from ferryman.store.run_rows import (
     ClaimedRun,
     Lease,
     Outcome,
+    OutcomeKind,
     chunks,
     claimed_run,
     end_values,
@@ -92,6 +93,37 @@ class Leases:
             claimed.extend(self.limits.claim(conn, job, limits.get(job, NO_LIMITS), more))
         returned = time.monotonic()  # one reading for the batch: see ClaimedRun
         return [claimed_run(row, at, returned) for row, at in claimed]
+
+    def claim_committed(
+        self,
+        *,
+        worker_id: str,
+        jobs: Sequence[str] | Mapping[str, Any],
+        limit: int,
+        lease_seconds: float,
+        limits: Mapping[str, JobLimits] | None = None,
+    ) -> list[ClaimedRun] | None:
+        """:meth:`claim` as one statement that commits on its own, where it can be.
+
+        That is where the backend has one (PostgreSQL) and no job of ``jobs``
+        has limits, and as long as no lease of theirs has expired: the runs
+        are then leased and logged as :meth:`claim` would. None otherwise:
+        the caller then claims in a transaction (:meth:`claim`).
+        """
+        if not self.backend.commits_alone:
+            return None
+        if isinstance(jobs, Mapping):  # job definitions, by name: their limits
+            limits = limits_of(jobs)
+        if limits and any(limits.get(job, NO_LIMITS).limited for job in jobs):
+            return None
+        answer = self.backend.claim_committed(
+            worker_id=worker_id, jobs=list(jobs), limit=limit, lease_seconds=lease_seconds
+        )
+        if answer is None:
+            return None
+        rows, now = answer
+        returned = time.monotonic()  # one reading for the batch: see ClaimedRun
+        return [claimed_run(row, now, returned) for row in rows]
 
     def _settle_expired(
         self, conn: sa.Connection, expired: Sequence[Any], now: float
@@ -190,6 +222,24 @@ class Leases:
                     if outcome.lease in accepted and outcome.lease not in logged
                 ],
             )
+        return [outcome.lease in accepted for outcome in outcomes]
+
+    def finish_committed(self, outcomes: Sequence[Outcome], *, worker_id: str) -> list[bool] | None:
+        """:meth:`finish` as one statement that commits on its own, where it can be.
+
+        That is for successes that asked for no runs, where the backend has
+        such a statement (PostgreSQL). None otherwise: the caller then
+        finishes in a transaction.
+        """
+        if not self.backend.commits_alone or any(
+            o.kind is not OutcomeKind.SUCCEEDED or o.children for o in outcomes
+        ):
+            return None
+        # In id order, as the heartbeat renews: see run_rows.lock_in_id_order.
+        leases = sorted((outcome.lease for outcome in outcomes), key=lambda lease: lease.run_id)
+        accepted = self.backend.succeed_committed(leases, worker_id=worker_id)
+        if accepted is None:
+            return None
         return [outcome.lease in accepted for outcome in outcomes]
 
     def time_out(

@@ -48,10 +48,13 @@ from ferryman.store.dialect import (
 )
 from ferryman.store.postgres_connections import CHANNEL, Listener, SubmitConnection
 from ferryman.store.postgres_leases import (
+    CLAIM_COMMITTED,
     CLAIM_DUE,
     LEASE_QUEUED,
     SUCCEED,
+    SUCCEED_COMMITTED,
     SUCCEED_ONE,
+    CommittedStatements,
     driver_rows,
     lease_due_statement,
 )
@@ -345,11 +348,56 @@ class PostgresBackend(Backend):
             submits = self.__dict__["_submit_connection"] = SubmitConnection(self._conninfo)
         return submits
 
+    @property
+    def _committed(self) -> CommittedStatements:
+        committed = self.__dict__.get("_committed_statements")
+        if committed is None or committed.pid != os.getpid():
+            # A forked child's own, as the submit connection.
+            committed = CommittedStatements(self._conninfo)
+            self.__dict__["_committed_statements"] = committed
+        return committed
+
     def dispose(self) -> None:
         submits = self.__dict__.pop("_submit_connection", None)
         if submits is not None and submits.pid == os.getpid():
             submits.close()
+        committed = self.__dict__.pop("_committed_statements", None)
+        if committed is not None and committed.pid == os.getpid():
+            committed.close()
         super().dispose()
+
+    commits_alone = True
+
+    def claim_committed(
+        self, *, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float
+    ) -> tuple[list[Any], float] | None:
+        """The plain claim in one autocommit statement (CLAIM_COMMITTED); None: not now."""
+        params = {
+            "jobs": list(jobs),
+            "limit": limit,
+            "worker": worker_id,
+            "lease_seconds": lease_seconds,
+        }
+        # The jobs seen with a limits row (ferryman.store.limits.Limits.mark_keyed).
+        limited_jobs: set[str] = self.__dict__.setdefault("_limited_jobs", set())
+        if not limited_jobs.isdisjoint(jobs):
+            return None
+        rows = self._committed.rows(CLAIM_COMMITTED, params)
+        *_, now, expired, limited = rows[0]
+        if limited:  # a job's limits row is never deleted: claimed in transactions from now on
+            limited_jobs.update(limited)
+        if expired or limited:
+            return None
+        return [row for row in rows if row[0] is not None], now
+
+    def succeed_committed(self, leases: Sequence[Lease], *, worker_id: str) -> set[Lease] | None:
+        params = {
+            "ids": [lease.run_id for lease in leases],
+            "tokens": [lease.token for lease in leases],
+            "worker": worker_id,
+        }
+        done = set(self._committed.rows(SUCCEED_COMMITTED, params))  # (id, token) pairs
+        return {lease for lease in leases if lease in done}
 
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
         """Reclaimed runs by the portable lease; due ones in one statement that logs them."""

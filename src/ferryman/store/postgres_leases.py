@@ -9,16 +9,26 @@ SQLAlchemy's work per row, which a worker paid for every run it claimed.
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
 
 from ferryman.store import faults
+from ferryman.store.dialect import CONNECT_TIMEOUT_S
 from ferryman.store.schema import job_limits, run_events, runs
 
 
-def _claim_statement(due: str) -> str:
+def _claim_statement(
+    due: str,
+    *,
+    now: str = "%(now)s",
+    expires: str = "%(expires)s",
+    before: str = "",
+    result: str = "SELECT * FROM claimed ORDER BY priority DESC, available_at, id",
+) -> str:
     """Lease the runs the ``due`` query selects (locked), and log their claim: one statement.
 
     The update finds the runs by primary key (``= ANY(ARRAY(...))``): joined
@@ -26,38 +36,44 @@ def _claim_statement(due: str) -> str:
     every claim, a cost that grows with the table, not with the claim. Run on
     psycopg's cursor (:func:`driver_rows`): its rows come back as plain
     tuples, in the order of :data:`~ferryman.store.run_rows.CLAIMED_COLUMNS`.
+    ``now`` and ``expires``: the claim's time and its leases' end (parameters
+    by default); ``before``: common table expressions ``due`` may read;
+    ``result``: the statement's rows.
     """
     return f"""
-        WITH due AS ({due}
+        WITH {before}due AS ({due}
         ), claimed AS (
             UPDATE {runs.name} AS r
             SET status = 'running', attempt = r.attempt + 1, lease_owner = %(worker)s,
-                lease_token = r.lease_token + 1, lease_expires_at = %(expires)s,
-                started_at = %(now)s, updated_at = %(now)s
+                lease_token = r.lease_token + 1, lease_expires_at = {expires},
+                started_at = {now}, updated_at = {now}
             WHERE r.id = ANY(ARRAY(SELECT id FROM due))
             RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
                       r.lease_token, r.checkpoint, r.priority, r.available_at
         ), logged AS (
             INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
-            SELECT id, 'claimed', %(now)s, attempt, %(worker)s, lease_token FROM claimed
+            SELECT id, 'claimed', {now}, attempt, %(worker)s, lease_token FROM claimed
         )
-        SELECT * FROM claimed ORDER BY priority DESC, available_at, id
+        {result}
         """
 
 
-# The first due runs of the worker's jobs (higher priorities first, then the
-# oldest), skipping rows another worker is locking right now; a run with a
-# concurrency key is the limited path's (ferryman.store.limits). Each job's
-# queue is walked in index order (LATERAL), so the plan stays a short index
-# scan however many runs are due.
-CLAIM_DUE = _claim_statement(
-    f"""
+def _plain_due(now: str, ready: str = "") -> str:
+    """The first due runs of the worker's jobs (higher priorities first, then the
+    oldest), skipping rows another worker is locking right now; a run with a
+    concurrency key is the limited path's (ferryman.store.limits).
+
+    Each job's queue is walked in index order (LATERAL), so the plan stays a
+    short index scan however many runs are due. ``now``: the claim's time;
+    ``ready``: a further condition (none is due while it is false).
+    """
+    return f"""
             SELECT candidate.id
             FROM unnest(%(jobs)s::text[]) AS worker_job(job)
             CROSS JOIN LATERAL (
                 SELECT id, priority, available_at FROM {runs.name}
                 WHERE job = worker_job.job AND status = 'queued'
-                      AND available_at <= %(now)s::float8
+                      AND available_at <= {now}{ready}
                       AND concurrency_digest IS NULL
                 ORDER BY priority DESC, available_at, id
                 LIMIT %(limit)s::bigint
@@ -65,6 +81,43 @@ CLAIM_DUE = _claim_statement(
             ) AS candidate
             ORDER BY candidate.priority DESC, candidate.available_at, candidate.id
             LIMIT %(limit)s::bigint"""
+
+
+CLAIM_DUE = _claim_statement(_plain_due("%(now)s::float8"))
+
+_CLOCK = "SELECT extract(epoch from clock_timestamp())::float8 AS now"
+
+# The plain claim as one statement in autocommit, for a worker whose jobs have
+# no limits: one round trip, where the claim in a transaction takes six
+# (BEGIN, the clock, the expired leases, the limited jobs, the claim, COMMIT),
+# each a wait for the server on a busy machine. The clock is read in the
+# statement. It claims nothing when a lease of these jobs has expired or one
+# of them has a limits row (runs with concurrency keys), and says so: the
+# claim in a transaction then settles those (Leases.claim). Each row: a
+# claimed run's columns (NULL if none claimed), the clock, whether a lease
+# expired, the jobs with a limits row.
+CLAIM_COMMITTED = _claim_statement(
+    _plain_due(
+        "(SELECT now FROM clock)",
+        "\n                      AND (SELECT NOT expired AND cardinality(limited) = 0"
+        " FROM blocked)",
+    ),
+    now="(SELECT now FROM clock)",
+    expires="(SELECT now FROM clock) + %(lease_seconds)s::float8",
+    before=f"""clock AS ({_CLOCK}
+        ), blocked AS (
+            SELECT EXISTS (
+                       SELECT FROM {runs.name}
+                       WHERE status = 'running' AND lease_expires_at < (SELECT now FROM clock)
+                             AND job = ANY(%(jobs)s::text[])
+                   ) AS expired,
+                   ARRAY(
+                       SELECT job FROM {job_limits.name} WHERE job = ANY(%(jobs)s::text[])
+                   ) AS limited
+        ), """,
+    result="""SELECT claimed.*, clock.now, blocked.expired, blocked.limited
+        FROM clock CROSS JOIN blocked LEFT JOIN claimed ON true
+        ORDER BY claimed.priority DESC, claimed.available_at, claimed.id""",
 )
 
 # A limited claim's runs (ferryman.store.limits): those still queued and not
@@ -137,22 +190,38 @@ def lease_due_statement(due: str) -> str:
         """
 
 
-# Fenced: only rows still running under the token the worker holds match.
-# Run on psycopg's cursor (driver_rows).
-SUCCEED = f"""
-    WITH done AS (
+def _succeed_statement(now: str, clock: str = "") -> str:
+    """Successes of the runs of ``ids`` held under ``tokens``, logged: one statement.
+
+    Fenced: only rows still running under the token the worker holds match.
+    ``now``: the time of the successes; ``clock``: a table expression it
+    reads. Each row: a run that succeeded, and its lease token. Run on
+    psycopg's cursor (:func:`driver_rows`, :class:`CommittedStatements`).
+    """
+    clock_table, clock_from, clock_join = (
+        (f"clock AS ({clock}), ", "clock, ", ", clock") if clock else ("", "", "")
+    )
+    return f"""
+    WITH {clock_table}done AS (
         UPDATE {runs.name} AS r
         SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL,
-            last_error = NULL, finished_at = %(now)s, updated_at = %(now)s
-        FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS held(id, token)
+            last_error = NULL, finished_at = {now}, updated_at = {now}
+        FROM {clock_from}unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS held(id, token)
         WHERE r.id = held.id AND r.lease_token = held.token AND r.status = 'running'
         RETURNING r.id, r.attempt, r.lease_token
     ), logged AS (
         INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
-        SELECT id, 'succeeded', %(now)s, attempt, %(worker)s, lease_token FROM done
+        SELECT id, 'succeeded', {now}, attempt, %(worker)s, lease_token FROM done{clock_join}
     )
     SELECT id, lease_token FROM done
 """
+
+
+SUCCEED = _succeed_statement("%(now)s")
+
+# Successes as one statement in autocommit, the clock read in it: one round
+# trip where a transaction takes four (BEGIN, the clock, SUCCEED, COMMIT).
+SUCCEED_COMMITTED = _succeed_statement("clock.now", _CLOCK)
 
 
 # A job's own success inside its ctx.transaction(), once per run: the clock is
@@ -195,3 +264,56 @@ def driver_rows(
         raise faults.driver_error(statement, exc, driver) from exc
     finally:
         cursor.close()
+
+
+class CommittedStatements:
+    """Connections in autocommit, one per thread of this process, for statements
+    that commit on their own (:data:`CLAIM_COMMITTED`, :data:`SUCCEED_COMMITTED`).
+
+    A worker's claim loop and its committer each get one, so neither waits for
+    the other, nor for a pool's checkout and reset around each statement.
+    Opened on first use; a connection that broke is dropped, and the thread's
+    next statement opens another. Closed by :meth:`close` (the store's dispose).
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[psycopg.Connection[Any]] = []
+        self.pid = os.getpid()
+
+    def rows(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run ``statement``, committed on return: its rows, as tuples.
+
+        Errors are raised as SQLAlchemy would raise them (see :func:`driver_rows`).
+        """
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                )
+                with self._lock:
+                    self._opened.append(conn)
+                self._local.conn = conn
+            with conn.cursor() as cursor:
+                cursor.execute(statement, params, prepare=True)
+                return cursor.fetchall()
+        except psycopg.Error as exc:
+            if conn is not None and (conn.broken or conn.closed):
+                self._drop(conn)
+            raise faults.driver_error(statement, exc, conn) from exc
+
+    def _drop(self, conn: psycopg.Connection[Any]) -> None:
+        self._local.conn = None
+        with self._lock:
+            if conn in self._opened:
+                self._opened.remove(conn)
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
