@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from ferryman.store import migrate  # noqa: E402
 from ferryman.store.dialect import Backend, create_backend  # noqa: E402
-from ferryman.store.postgres import ENQUEUE_MANY, PostgresBackend, _arrays  # noqa: E402
+from ferryman.store.postgres import PostgresBackend  # noqa: E402
+from ferryman.store.postgres_enqueue import ENQUEUE_MANY, array_params  # noqa: E402
 from ferryman.store.run_rows import NewRun  # noqa: E402
 
 ADMIN = "host=127.0.0.1 user=postgres dbname=postgres"
@@ -136,7 +137,7 @@ def wal_per_batch(url: str, size: int) -> str:
     conninfo = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo) as conn:
         plan = conn.execute(
-            "EXPLAIN (ANALYZE, WAL) " + ENQUEUE_MANY, _arrays(batch("wal", size))
+            "EXPLAIN (ANALYZE, WAL) " + ENQUEUE_MANY, array_params(batch("wal", size))
         ).fetchall()
         conn.rollback()
     text = "\n".join(str(row[0]) for row in plan)  # the first WAL line: the whole statement's

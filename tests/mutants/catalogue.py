@@ -71,6 +71,7 @@ LEASES = "ferryman/store/leases.py"
 RUN_ROWS = "ferryman/store/run_rows.py"
 SQLITE = "ferryman/store/sqlite.py"
 POSTGRES = "ferryman/store/postgres.py"
+POSTGRES_ENQUEUE = "ferryman/store/postgres_enqueue.py"
 POSTGRES_LEASES = "ferryman/store/postgres_leases.py"
 MARIADB = "ferryman/store/mariadb.py"
 SENSORS = "ferryman/store/sensors.py"
@@ -141,7 +142,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "enqueue without ON CONFLICT (PostgreSQL)",
         ONE_RUN,
         one(
-            POSTGRES,
+            POSTGRES_ENQUEUE,
             "        ORDER BY input.position\n        ON CONFLICT (key_digest) DO NOTHING\n",
             "        ORDER BY input.position\n",
         ),
@@ -150,7 +151,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "a batch that meets an existing key is not written again with ON CONFLICT (PostgreSQL)",
         ONE_RUN,
-        one(POSTGRES, "if _constraint(exc) != _KEY_DIGEST_UNIQUE:", "if True:"),
+        one(POSTGRES, "if _constraint(exc) != KEY_DIGEST_UNIQUE:", "if True:"),
         (
             "tests/unit/test_batched_submits.py::"
             "test_batches_repeating_some_keys_create_only_the_new_ones[postgres]",
