@@ -280,7 +280,7 @@ class CommittedStatements:
         self._conninfo = conninfo
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._opened: list[psycopg.Connection[Any]] = []
+        self._opened: dict[threading.Thread, psycopg.Connection[Any]] = {}
         self.pid = os.getpid()
 
     def rows(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -294,8 +294,7 @@ class CommittedStatements:
                 conn = psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
                 )
-                with self._lock:
-                    self._opened.append(conn)
+                self._keep(conn)
                 self._local.conn = conn
             with conn.cursor() as cursor:
                 cursor.execute(statement, params, prepare=True)
@@ -305,15 +304,26 @@ class CommittedStatements:
                 self._drop(conn)
             raise faults.driver_error(statement, exc, conn) from exc
 
+    def _keep(self, conn: psycopg.Connection[Any]) -> None:
+        """Hold ``conn`` as this thread's, and close those of threads that ended: a
+        process whose workers come and go (``app.work(until_idle=True)`` in a loop)
+        keeps one connection per live thread, not one per thread it ever had."""
+        with self._lock:
+            ended = [thread for thread in self._opened if not thread.is_alive()]
+            left = [self._opened.pop(thread) for thread in ended]
+            self._opened[threading.current_thread()] = conn
+        for old in left:
+            old.close()
+
     def _drop(self, conn: psycopg.Connection[Any]) -> None:
         self._local.conn = None
         with self._lock:
-            if conn in self._opened:
-                self._opened.remove(conn)
+            if self._opened.get(threading.current_thread()) is conn:
+                del self._opened[threading.current_thread()]
         conn.close()
 
     def close(self) -> None:
         with self._lock:
-            opened, self._opened = self._opened, []
-        for conn in opened:
+            opened, self._opened = self._opened, {}
+        for conn in opened.values():
             conn.close()
