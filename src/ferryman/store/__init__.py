@@ -224,25 +224,19 @@ class Store(ReadModel, FileTransfers):
         lease_seconds: float,
         limits: Mapping[str, JobLimits] | None = None,
     ) -> list[ClaimedRun]:
+        asked: dict[str, Any] = {
+            "worker_id": worker_id,
+            "jobs": jobs,
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+            "limits": limits,
+        }
         with translated_errors(self.backend, "claiming runs"):
-            claimed = self.leases.claim_committed(
-                worker_id=worker_id,
-                jobs=jobs,
-                limit=limit,
-                lease_seconds=lease_seconds,
-                limits=limits,
-            )
+            claimed = self.leases.claim_committed(**asked)
         if claimed is not None:
             return claimed
         with self.write("claiming runs") as conn:
-            return self.leases.claim(
-                conn,
-                worker_id=worker_id,
-                jobs=jobs,
-                limit=limit,
-                lease_seconds=lease_seconds,
-                limits=limits,
-            )
+            return self.leases.claim(conn, **asked)
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
         with self.write("renewing leases") as conn:
