@@ -82,13 +82,13 @@ RUN_TALLY = "ferryman/store/run_tally.py"
 KEY_RUNNING_IGNORED = (
     Edit(
         "ferryman/store/limits.py",
-        '            .having(sa.func.count() >= sa.bindparam("key_concurrency"))\n',
-        '            .having(sa.bindparam("key_concurrency") < 0)\n',
+        '        .having(sa.func.count() >= sa.bindparam("key_concurrency"))\n',
+        '        .having(sa.bindparam("key_concurrency") < 0)\n',
     ),
     Edit(
         "ferryman/store/limits.py",
-        "        full_keys = running_keys\n",
-        "        full_keys = running_keys.where(sa.false())\n",
+        "        return running_keys, running_keys\n",
+        "        return running_keys, running_keys.where(sa.false())\n",
     ),
 )
 

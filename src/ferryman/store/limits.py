@@ -72,33 +72,22 @@ def _due(
     running runs of each run's key (``key_concurrency`` above 1 admits more
     than one run of a key, counting those). ``clock``: with the database's
     clock on each row, read while the statement runs (see :class:`Limits`).
-    ``ordered``: with the columns of the claim order, for a statement that
-    picks from these rows itself (:meth:`Backend.lease_due`).
+    ``ordered``: with the columns of the claim order and each run's place in
+    the table (PostgreSQL's ``ctid``, as ``tid``), for a statement that picks
+    from these rows itself and finds the runs it picks by their place, no
+    index descent per run (:meth:`Backend.lease_due`, PostgreSQL's alone).
 
     The job's running keys are read once and looked up per due run (hashed),
     never counted per due run by a subquery or a join: a planner whose
     statistics say few runs are running may walk every running run (and dead
     index entry of one) for each due run that way, a claim taking seconds.
     """
-    running = runs.alias("running")
-    is_running = (
-        running.c.job == sa.bindparam("job"),
-        running.c.status == RunStatus.RUNNING.value,
-        # Said for the partial index of running keys (it holds no other runs).
-        running.c.concurrency_digest.is_not(None),
-    )
-    running_keys: Any = sa.select(running.c.concurrency_digest).where(*is_running)
-    if counted:  # the keys with key_concurrency runs running are full
-        running_keys = running_keys.cte("running_keys")
-        full_keys = (
-            sa.select(running_keys.c.concurrency_digest)
-            .group_by(running_keys.c.concurrency_digest)
-            .having(sa.func.count() >= sa.bindparam("key_concurrency"))
-        )
-    else:  # one running run per key (the default): a running key is full
-        full_keys = running_keys
+    running_keys, full_keys = _running_keys(counted)
+    place: list[Any] = [sa.literal_column(f"{runs.name}.ctid").label("tid")] if ordered else []
     queued = (
-        sa.select(runs.c.id, runs.c.concurrency_digest, runs.c.priority, runs.c.available_at)
+        sa.select(
+            runs.c.id, runs.c.concurrency_digest, runs.c.priority, runs.c.available_at, *place
+        )
         .where(
             runs.c.job == sa.bindparam("job"),
             runs.c.status == RunStatus.QUEUED.value,
@@ -111,16 +100,38 @@ def _due(
         .limit(sa.bindparam("scan"))
     )
     # A key read here has no run running, unless key_concurrency is above 1.
-    no_count = (runs, sa.literal(0, sa.Integer), queued)
+    no_count = (queued.selected_columns, sa.literal(0, sa.Integer), queued)
     due, key_running, statement = _counted_per_key(queued, running_keys) if counted else no_count
     columns = [
-        due.c.id,
-        due.c.concurrency_digest,
+        due.id,
+        due.concurrency_digest,
         key_running.label("key_running"),
-        *([due.c.priority, due.c.available_at] if ordered else []),
+        *([due.priority, due.available_at, due.tid] if ordered else []),
         *([] if clock is None else [clock.label("clock")]),
     ]
     return statement.with_only_columns(*columns, maintain_column_froms=False)
+
+
+def _running_keys(counted: bool) -> tuple[Any, Any]:
+    """The job's running keys (one row per running run) and those full (at their limit)."""
+    running = runs.alias("running")
+    is_running = (
+        running.c.job == sa.bindparam("job"),
+        running.c.status == RunStatus.RUNNING.value,
+        # Said for the partial index of running keys (it holds no other runs).
+        running.c.concurrency_digest.is_not(None),
+    )
+    running_keys: Any = sa.select(running.c.concurrency_digest).where(*is_running)
+    if not counted:  # one running run per key (the default): a running key is full
+        return running_keys, running_keys
+    # The keys with key_concurrency runs running are full.
+    running_keys = running_keys.cte("running_keys")
+    full_keys = (
+        sa.select(running_keys.c.concurrency_digest)
+        .group_by(running_keys.c.concurrency_digest)
+        .having(sa.func.count() >= sa.bindparam("key_concurrency"))
+    )
+    return running_keys, full_keys
 
 
 def _counted_per_key(queued: sa.Select[Any], running_keys: Any) -> tuple[Any, Any, sa.Select[Any]]:
@@ -128,15 +139,17 @@ def _counted_per_key(queued: sa.Select[Any], running_keys: Any) -> tuple[Any, An
 
     The runs read and the job's running runs (``running_keys``) in one list,
     each key's running runs summed over it: a planner that believes few runs
-    are running has no per-row lookup to choose badly for. The rows, their
+    are running has no per-row lookup to choose badly for. The columns of the rows, their
     ``key_running`` and the statement to select columns of them into.
     """
     due = queued.subquery("due")
+    running = [
+        running_keys.c.concurrency_digest if column.name == "concurrency_digest" else sa.null()
+        for column in due.c
+    ]
     listed = sa.union_all(
         sa.select(*due.c, sa.literal(0, sa.Integer).label("is_running")),
-        sa.select(
-            sa.null(), running_keys.c.concurrency_digest, sa.null(), sa.null(), sa.literal(1)
-        ),
+        sa.select(*running, sa.literal(1)),
     ).subquery("listed")
     summed = sa.func.sum(listed.c.is_running).over(partition_by=listed.c.concurrency_digest)
     counted = sa.select(*listed.c, summed.label("key_running")).subquery("counted")
@@ -145,7 +158,7 @@ def _counted_per_key(queued: sa.Select[Any], running_keys: Any) -> tuple[Any, An
         .where(counted.c.is_running == 0)
         .order_by(counted.c.priority.desc(), counted.c.available_at, counted.c.id)
     )
-    return counted, counted.c.key_running, statement
+    return counted.c, counted.c.key_running, statement
 
 
 # One running run per key (the default) needs no count: a key read here has none.

@@ -139,29 +139,31 @@ def lease_due_statement(due: str) -> str:
     running and picked before it number fewer than ``key_concurrency``, up
     to ``room``; the picked runs still queued and not locked elsewhere are
     leased and their claims logged, and the job's rate bucket is charged for
-    the runs leased (when ``tokens`` is given). The claim's time: the clock
-    read once the due runs were counted. Each row: a claimed run's columns,
-    that time, the runs scanned and picked (run columns NULL if none claimed).
+    the runs leased (when ``tokens`` is given); runs found by the ``ctid``
+    scanned, no index descent each (one updated since is locked as it now
+    is, its status checked again). The claim's time: the clock read once the
+    due runs were counted. Each row: a claimed run's columns, that time, the
+    runs scanned and picked (run columns NULL if none claimed).
     """
     order = "priority DESC, available_at, id"
     return f"""
         WITH scanned AS ({due}
         ), ranked AS (
-            SELECT id, priority, available_at,
+            SELECT id, priority, available_at, tid,
                    CASE WHEN concurrency_digest IS NULL THEN 0
                         ELSE key_running - 1 + row_number() OVER (
                             PARTITION BY concurrency_digest ORDER BY {order})
                    END AS ahead
             FROM scanned
         ), picked AS (
-            SELECT id FROM ranked WHERE ahead < %(key_concurrency)s::bigint
+            SELECT id, tid FROM ranked WHERE ahead < %(key_concurrency)s::bigint
             ORDER BY {order} LIMIT %(room)s::bigint
         ), stamp AS (
             SELECT extract(epoch from clock_timestamp())::float8 AS now, counted.*
             FROM (SELECT (SELECT count(*) FROM scanned) AS scanned,
                          (SELECT count(*) FROM picked) AS picked) AS counted
         ), locked AS (
-            SELECT id FROM {runs.name} WHERE id = ANY(ARRAY(SELECT id FROM picked))
+            SELECT ctid FROM {runs.name} WHERE ctid = ANY(ARRAY(SELECT tid FROM picked))
             AND status = 'queued' FOR UPDATE SKIP LOCKED
         ), claimed AS (
             UPDATE {runs.name} AS r
@@ -170,7 +172,7 @@ def lease_due_statement(due: str) -> str:
                 lease_expires_at = stamp.now + %(lease_seconds)s::float8,
                 started_at = stamp.now, updated_at = stamp.now
             FROM stamp
-            WHERE r.id = ANY(ARRAY(SELECT id FROM locked))
+            WHERE r.ctid = ANY(ARRAY(SELECT ctid FROM locked))
             RETURNING r.id, r.job, r.run_key, r.payload, r.attempt, r.max_attempts,
                       r.lease_token, r.checkpoint, r.priority, r.available_at
         ), logged AS (

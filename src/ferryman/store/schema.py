@@ -227,12 +227,13 @@ except_mariadb(
         **partial(runs.c.status == "queued"),
     )
 )
-# A limited claim counts the running runs of each concurrency key. Runs
-# without a key stay out of it, so that plain jobs pay nothing for it.
+# A job's running keys, read by its limited claims, in run order (0014); keyless runs stay out.
 except_mariadb(
     sa.Index(
         "ix_ferryman_runs_running_keys",
         runs.c.job,
+        runs.c.status,
+        runs.c.id,
         runs.c.concurrency_digest,
         **partial(sa.and_(runs.c.status == "running", runs.c.concurrency_digest.is_not(None))),
     )
