@@ -53,9 +53,9 @@ def test_postgres_without_tables_asks_for_an_upgrade(pg_template: str) -> None:
         with pytest.raises(fm.SchemaMismatch, match=r"has no ferryman tables.*ferryman db upgrade"):
             Store(url)
         before, after = upgrade(url)
-        assert (before, after) == ((), "0014")
+        assert (before, after) == ((), "0013")
         Store(url).close()  # now it opens
-        assert upgrade(url) == (("0014",), "0014")
+        assert upgrade(url) == (("0013",), "0013")
     finally:
         drop_database("ferryman_empty_check")
 
@@ -164,7 +164,7 @@ def store_at_0004_with_history(url: str) -> None:
 def test_upgrading_to_0005_keeps_runs_logs_and_deliveries(unmigrated_url: str, via: str) -> None:
     store_at_0004_with_history(unmigrated_url)
     if via == "db upgrade":
-        assert upgrade(unmigrated_url) == (("0004",), "0014")
+        assert upgrade(unmigrated_url) == (("0004",), "0013")
     else:
         Store(unmigrated_url, create=True).close()
     app = fm.App(unmigrated_url)
@@ -295,9 +295,9 @@ def test_0012_downgrades_and_upgrades_again(store_url: str) -> None:
         assert "kind = 'claimed'" in predicate
 
 
-def test_0014_downgrades_and_upgrades_again(store_url: str) -> None:
+def test_0013_downgrades_and_upgrades_again(store_url: str) -> None:
     """Down to 0012 brings back the index of running keys by key; up again makes it
-    by run, over the same rows. (MariaDB has no partial indexes: 0014 changes
+    by run, over the same rows. (MariaDB has no partial indexes: 0013 changes
     nothing there.)"""
     Store(store_url, create=True).close()
     running_keys = "ix_ferryman_runs_running_keys"

@@ -227,7 +227,7 @@ except_mariadb(
         **partial(runs.c.status == "queued"),
     )
 )
-# A job's running keys, read by its limited claims, in run order (0014); keyless runs stay out.
+# A job's running keys, read by its limited claims, in run order (0013); keyless runs stay out.
 except_mariadb(
     sa.Index(
         "ix_ferryman_runs_running_keys",

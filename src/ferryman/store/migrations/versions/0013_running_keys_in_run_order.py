@@ -14,7 +14,7 @@ planner prefers it to that one, which would look each run's key up in the
 table. MariaDB has no partial indexes: its index, which leads with the
 status, is kept.
 
-Revision ID: 0014
+Revision ID: 0013
 Revises: 0012
 """
 
@@ -25,7 +25,7 @@ from alembic import op
 
 from ferryman.store.migrations.types import on_mariadb
 
-revision = "0014"
+revision = "0013"
 down_revision = "0012"
 branch_labels = None
 depends_on = None
