@@ -274,6 +274,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write[postgres]",),
     ),
     Mutation(
+        "the one-statement claim goes on past expired leases (PostgreSQL)",
+        "Nothing is lost when a worker dies",
+        one(POSTGRES, "        if expired or limited:\n", "        if limited:\n"),
+        (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write[postgres]",),
+    ),
+    Mutation(
         "outcome writes without the lease-token predicate (SQLite)",
         PAUSED,
         one(SQLITE, '    runs.c.lease_token == sa.bindparam("token"),\n', ""),
