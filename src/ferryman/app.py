@@ -411,6 +411,8 @@ class App(SensorOperations, RunOperations):
         cannot be stored exactly (it holds NUL or a lone surrogate); keys of
         any length are fine.
         """
+        if len(run_requests) == 1:  # the usual call: one request, no batch to build
+            return self.store.enqueue((self._jobs.new_run(job, run_requests[0]),), conn=conn)
         new_runs = self._jobs.new_runs((job, request) for request in run_requests)
         return self.store.enqueue(new_runs, conn=conn)
 

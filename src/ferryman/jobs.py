@@ -100,39 +100,62 @@ class JobRegistry(Mapping[str, JobDefinition]):
         return new_runs
 
     def _new_runs_one_by_one(self, pairs: list[tuple[str, RunRequest]]) -> list[NewRun]:
-        new_runs = []
         # Looked up once per job in the batch, not once per run.
         definitions: dict[str, JobDefinition] = {}
+        new_runs = []
         for job, request in pairs:
             name = request.job or job
             definition = definitions.get(name)
             if definition is None:
                 definition = definitions[name] = self.definition(name)
-            try:
-                payload_json = to_json(request.payload, "payload")
-            except PayloadError:
-                # Named only when refused: naming costs more than a small payload's JSON.
-                to_json(
-                    request.payload,
-                    f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
-                )
-                raise
-            delay, not_before = (
-                (0.0, None) if request.not_before is None else _due(request.not_before)
-            )
-            new_runs.append(
-                NewRun(
-                    job=definition.name,
-                    run_key=request.run_key,
-                    payload_json=payload_json,
-                    max_attempts=definition.max_attempts,
-                    priority=definition.priority if request.priority is None else request.priority,
-                    delay=delay,
-                    not_before=not_before,
-                    concurrency_key=request.concurrency_key,
-                )
-            )
+            new_runs.append(_new_run(definition, request))
         return new_runs
+
+    def new_run(self, job: str, request: RunRequest) -> NewRun:
+        """The run to enqueue for one request (:meth:`new_runs` of one, without a batch's lists)."""
+        definition = self._jobs.get(request.job or job)
+        if definition is None:
+            definition = self.definition(request.job or job)  # raises UnknownJob
+        return _new_run(definition, request)
+
+
+def _new_run(definition: JobDefinition, request: RunRequest) -> NewRun:
+    """The run to enqueue for ``request`` of the job ``definition``, checked one by one."""
+    try:
+        payload_json = to_json(request.payload, "payload")
+    except PayloadError:
+        # Named only when refused: naming costs more than a small payload's JSON.
+        to_json(
+            request.payload,
+            f"payload of job {definition.name!r} run_key {shown_key(request.run_key)}",
+        )
+        raise
+    delay, not_before = (0.0, None) if request.not_before is None else _due(request.not_before)
+    run_key, concurrency_key = request.run_key, request.concurrency_key
+    priority = definition.priority if request.priority is None else request.priority
+    if storable_keys((run_key,) if concurrency_key is None else (run_key, concurrency_key)):
+        # Checked without naming the keys (NewRun's own check formats the name each time).
+        return NewRun.checked(
+            definition.name,
+            run_key,
+            payload_json,
+            definition.max_attempts,
+            priority,
+            delay,
+            not_before,
+            concurrency_key,
+            run_key_digest(definition.name, run_key),
+        )
+    return NewRun(  # refuses the key, naming it
+        job=definition.name,
+        run_key=run_key,
+        payload_json=payload_json,
+        max_attempts=definition.max_attempts,
+        priority=priority,
+        delay=delay,
+        not_before=not_before,
+        concurrency_key=concurrency_key,
+    )
 
 
 def _due(not_before: datetime | timedelta | None) -> tuple[float, float | None]:

@@ -91,6 +91,8 @@ class RunQueue:
             return SubmitResult(run_ids=(), created=0, deduplicated=0)
         if not self.backend.enqueues_committed:
             return None
+        if len(new_runs) == 1:
+            return self._enqueue_one_committed(new_runs[0])
         if not {new.job for new in new_runs if new.concurrency_key is not None}.issubset(
             self._keyed_committed
         ):
@@ -103,6 +105,18 @@ class RunQueue:
             with self.backend.read_engine.connect() as conn:
                 ids = self._ids(conn, unique, [(run_id, key) for key, run_id in ids.items()])
         return _submitted(new_runs, ids, len(created))
+
+    def _enqueue_one_committed(self, new: NewRun) -> SubmitResult | None:
+        """:meth:`enqueue_committed` of one run, the usual submit, without a batch's sets."""
+        if new.concurrency_key is not None and new.job not in self._keyed_committed:
+            return None  # the job's limits row goes in with the run, once
+        created, written = self._shared.submit((new,))
+        run_id = written.get(new.key_digest)
+        if run_id is None:
+            # A deduplicated key: its run is committed, a read finds it.
+            with self.backend.read_engine.connect() as conn:
+                run_id = self._ids(conn, {new.key_digest: new}, ())[new.key_digest]
+        return SubmitResult(run_ids=(run_id,), created=len(created), deduplicated=1 - len(created))
 
     @staticmethod
     def _ids(

@@ -174,6 +174,12 @@ class SharedSubmits:
 def _hand_out(group: list[_Submit], created: Created) -> None:
     """Each created run to the first submitter of the group that asked for it."""
     ids = {digest: run_id for run_id, digest in created}
+    if len(group) == 1:  # a lone submit, the common case: each key of it once, all its own
+        (submit,) = group
+        submit.ids, submit.created, submit.leads = ids, created, False
+        if submit.done is not None:
+            submit.done.set()
+        return
     claimed: set[bytes] = set()
     for submit in group:
         submit.ids = ids

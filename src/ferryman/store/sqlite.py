@@ -51,6 +51,7 @@ from ferryman.store.dialect import (
 from ferryman.store.group_commit import GroupCommit
 from ferryman.store.run_rows import (
     CLAIMED_COLUMNS,
+    QUEUED,
     RUN_ROW_COLUMNS,
     Lease,
     NewRun,
@@ -58,7 +59,6 @@ from ferryman.store.run_rows import (
     OutcomeKind,
     end_values,
     lease_update,
-    run_row,
     run_values,
 )
 from ferryman.store.run_rows import event as event_row
@@ -161,6 +161,11 @@ _CLOCKED = {
 _CLOCKED_VALUES = f"VALUES ({', '.join(_CLOCKED.get(n, f':{n}') for n in RUN_ROW_COLUMNS)}) "
 ENQUEUE_ONE_ROW = DriverStatement(
     sa.text(f"{_INSERT_RUN.replace(_VALUES, _CLOCKED_VALUES)} RETURNING id")
+)
+assert ENQUEUE_ONE_ROW.names == (  # the order _clocked_values gives the values in
+    *("job", "run_key", "key_digest", "payload", "status", "attempt", "max_attempts"),
+    *("not_before", "delay", "delay", "not_before"),
+    *("priority", "concurrency_key", "concurrency_digest", "lease_token"),
 )
 # A batch due at the clock: one statement, its runs one JSON parameter (sqlite_batch).
 # Its runs are read back like ENQUEUE_ROW's: RETURNING cost SQLite more (measured).
@@ -312,7 +317,7 @@ class SQLiteBackend(Backend):
         """
         if len(new_runs) == 1 and now is None:  # the common submit: one statement
             (new,) = new_runs
-            row = ENQUEUE_ONE_ROW.first(conn, _clocked_row(new))
+            row = ENQUEUE_ONE_ROW.first_of(conn, _clocked_values(new))
             return [] if row is None else [(row[0], new.key_digest)]
         if now is None:
             now = self.clock(conn)
@@ -462,11 +467,26 @@ class SQLiteBackend(Backend):
 SQLITE_FAILURES = frozenset({5, 6, 7, 10, 13, 14, 15})
 
 
-def _clocked_row(new: NewRun) -> dict[str, Any]:
-    """The values of :data:`ENQUEUE_ONE_ROW`: a run's row less the times the clock gives."""
-    row = run_row(new, 0.0)
-    row["delay"], row["not_before"] = new.delay, new.not_before
-    return row
+def _clocked_values(new: NewRun) -> tuple[Any, ...]:
+    """The values of :data:`ENQUEUE_ONE_ROW`, in its parameters' order (checked at import):
+    a run's row less the times the clock gives."""
+    return (
+        new.job,
+        new.run_key,
+        new.key_digest,
+        new.payload_json,
+        QUEUED,
+        0,
+        new.max_attempts,
+        new.not_before,  # available_at: not_before, delay, delay, not_before
+        new.delay,
+        new.delay,
+        new.not_before,
+        new.priority,
+        new.concurrency_key,
+        new.concurrency_digest,
+        0,
+    )
 
 
 def sqlite_busy_timeout(url: sa.URL) -> tuple[sa.URL, float]:

@@ -59,8 +59,24 @@ class DriverStatement:
             cursor.close()
 
     def _fetch(self, cursor: Any, params: dict[str, Any]) -> list[Any]:
+        return self._fetch_values(cursor, self._values(params))
+
+    def first_of(self, conn: sa.Connection, values: Sequence[Any]) -> Any:
+        """Run it with its values in parameter order; its first row as a tuple, or None.
+
+        For a statement run once per call (a submit's insert): no parameter
+        dict to merge, no named row to build.
+        """
+        cursor = _cursor(conn)
         try:
-            cursor.execute(self.sql, self._values(params))
+            rows = self._fetch_values(cursor, values)
+        finally:
+            cursor.close()
+        return rows[0] if rows else None
+
+    def _fetch_values(self, cursor: Any, values: Sequence[Any]) -> list[Any]:
+        try:
+            cursor.execute(self.sql, values)
             return cursor.fetchall()  # type: ignore[no-any-return]
         except sqlite3.Error as exc:
             raise faults.driver_error(self.sql, exc) from exc
