@@ -86,6 +86,7 @@ class SharedSubmits:
         self._awaited: set[int] = set()
         self._last_seconds = 0.0
         self._shared_last = False  # whether the last statement carried several submits
+        self._gathering = False  # a leader waits on _back (a lone submitter need not notify)
         self._pid = os.getpid()
 
     def submit(self, new_runs: Sequence[NewRun]) -> tuple[Created, dict[bytes, int]]:
@@ -99,10 +100,10 @@ class SharedSubmits:
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's submitters are not here
                 self._pending, self._writing, self._pid = [], False, os.getpid()
-                self._awaited = set()
+                self._awaited, self._gathering = set(), False
             if me.thread in self._awaited:
                 self._awaited.discard(me.thread)
-                if not self._awaited:
+                if not self._awaited and self._gathering:
                     self._back.notify()
             leads = not self._writing
             if not leads:
@@ -126,10 +127,14 @@ class SharedSubmits:
         """Wait, bounded, until the submitters the last statement carried queue again."""
         with self._lock:
             deadline = time.monotonic() + min(GATHER_MAX_S, GATHER_SHARE * self._last_seconds)
-            while self._awaited:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._back.wait(left):
-                    break
+            self._gathering = True
+            try:
+                while self._awaited:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._back.wait(left):
+                        break
+            finally:
+                self._gathering = False
             self._awaited = set()
 
     def _write_pending(self) -> None:
