@@ -81,6 +81,17 @@ class DriverStatement:
         except sqlite3.Error as exc:
             raise faults.driver_error(self.sql, exc) from exc
 
+    def changed(self, conn: sa.Connection, params: dict[str, Any]) -> int:
+        """Run it (a write returning nothing); the number of rows it changed."""
+        cursor = _cursor(conn)
+        try:
+            cursor.execute(self.sql, self._values(params))
+            return cursor.rowcount  # type: ignore[no-any-return]
+        except sqlite3.Error as exc:
+            raise faults.driver_error(self.sql, exc) from exc
+        finally:
+            cursor.close()
+
     def first(self, conn: sa.Connection, params: dict[str, Any]) -> Any:
         """Run it; the first row it returns, if any."""
         rows = self.rows(conn, params)
