@@ -114,25 +114,36 @@ def test_long_runs_are_spread_evenly_over_workers_at_the_defaults(
 
 
 def test_process_pool_spreads_runs_over_processes(store_url: str, tmp_path: Path) -> None:
+    """Two runs that last until the test lets them go, two processes of one job thread each.
+
+    Each child claims no run ahead of its one thread, so the second run can
+    only start in the other child: both must be seen running at once.
+    """
     from tests.worker_app import app
 
     app.use_store(store_url)
+    keys = ("left", "right")
     try:
-        app.submit("spin", *(fm.RunRequest(f"r{i}", {"rounds": 20_000}) for i in range(60)))
+        app.submit("hold", *(fm.RunRequest(key) for key in keys))
         worker = start_worker(
             store_url, tmp_path, "--processes", "2", "--concurrency", "1", "--until-idle"
         )
+        started = [tmp_path / f"{key}.started" for key in keys]
+        wait_until(lambda: all(path.exists() for path in started), what="both runs to start")
+        pids = {path.read_text() for path in started}
+        for key in keys:
+            (tmp_path / f"{key}.go").touch()
         _, stderr = worker.communicate(timeout=120)
         assert worker.returncode == 0, stderr
-        assert "60 succeeded" in stderr
-        runs = app.get_runs(job="spin")
+        assert "2 succeeded" in stderr
+        assert len(pids) == 2, pids
+        assert str(worker.pid) not in pids  # the supervisor only supervises
+        runs = app.get_runs(job="hold")
         assert {r.status for r in runs} == {fm.RunStatus.SUCCEEDED}
         claimers = {
             e.worker_id for r in runs for e in app.get_run_events(r.id) if e.kind.value == "claimed"
         }
-        pids = {worker_id.split(":")[1] for worker_id in claimers if worker_id}
-        assert len(pids) == 2
-        assert str(worker.pid) not in pids  # the supervisor only supervises
+        assert {worker_id.split(":")[1] for worker_id in claimers} == pids
     finally:
         app.close()
 
