@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo.run_demo
 
+# Two pytest processes, a test file each at a time (the tests of one file share
+# what the file sets up): most tests wait on a database, a broker or a child
+# process, so two at once on two cores take about half as long as one.
 test: $(STAMP) lint browser services
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The servers the tests talk to (PostgreSQL, MariaDB, Redis, RabbitMQ, NATS,
 # Mosquitto): started if they are down, a loud failure if one stays down.

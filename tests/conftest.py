@@ -25,6 +25,12 @@ from ferryman.store import upgrade
 from tests.mariadb_pool import DatabasePool, database_url, pool_fixture
 from tests.private_pg import private_pg as private_pg  # a cluster a test may restart
 
+# pytest-xdist's workers export COLUMNS=80 and LINES=24. The CLI's consoles read
+# COLUMNS once, when imported, and would keep 80 for good; the tests give each
+# CLI call the width it reads at (CliRunner(env={"COLUMNS": ...}), a child's env).
+for _size in ("COLUMNS", "LINES"):
+    os.environ.pop(_size, None)
+
 PG_ADMIN = os.environ.get("FERRYMAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEMPLATE = f"ferryman_template_{os.getpid()}"
 

@@ -2,7 +2,8 @@
 
 * :class:`SlowProxy` relays at a bounded rate, so a test can stop a transfer
   mid-way: bytes from the server to the client go at about ``rate`` bytes per
-  second per connection; the other direction is relayed as it comes.
+  second per connection, and from the client to the server at about
+  ``upload_rate`` when it is given (else as they come).
 * :class:`FaultProxy` breaks connections on purpose, for resilience tests.
   Every third client connection (the second, fifth ...) is answered with an
   error; the others are relayed and broken, with sizes from a seeded draw:
@@ -95,10 +96,11 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 
 class SlowProxy(_Proxy):
-    def __init__(self, upstream: str, *, rate: int) -> None:
+    def __init__(self, upstream: str, *, rate: int, upload_rate: int | None = None) -> None:
         host, _, port = upstream.removeprefix("http://").partition(":")
         super().__init__((host, int(port)), name="slow-proxy")
         self.rate = rate
+        self.upload_rate = upload_rate
 
     def __enter__(self) -> SlowProxy:
         super().__enter__()
@@ -127,7 +129,7 @@ class SlowProxy(_Proxy):
             finally:
                 _shut(source, sink)
 
-        up = threading.Thread(target=pipe, args=(client, server, None), daemon=True)
+        up = threading.Thread(target=pipe, args=(client, server, self.upload_rate), daemon=True)
         up.start()
         pipe(server, client, self.rate)
         up.join(timeout=30)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ferryman.store import Store
 from tests.helpers import wait_until
+from tests.proxies import SlowProxy
 from tests.s3_servers import SeaweedServer, child_environment, seaweed, seaweed_bucket, seaweed_env
 from tests.transfer.support import (
     REPO,
@@ -34,21 +35,25 @@ def test_the_daemon_resumes_a_killed_upload_to_the_exact_object(
     url = f"s3://{seaweed_bucket}/recordings/recording.bin"
     log = tmp_path / "upload.log"
 
-    upload = start_upload(
-        store_url, log, env, str(source), url, "--part-size", "5MiB", "--concurrency", "2"
-    )
-    try:
-        wait_until(
-            lambda: (
-                (row := transfer_row(store_url, source)) is not None
-                and row["bytes_confirmed"] >= 10 * MiB
-            ),
-            timeout=60,
-            what="two parts to be confirmed",
+    # Through a slow link (two parts in flight at 4 MiB/s each): the kill lands
+    # seconds before the last part could, however slowly this test polls.
+    with SlowProxy(seaweed_env.endpoint, rate=64 * MiB, upload_rate=4 * MiB) as proxy:
+        slow = child_environment(seaweed_env, AWS_ENDPOINT_URL=proxy.endpoint)
+        upload = start_upload(
+            store_url, log, slow, str(source), url, "--part-size", "5MiB", "--concurrency", "2"
         )
-    finally:
-        upload.kill()  # SIGKILL: the transfer stays active, its upload half done
-        upload.wait(timeout=30)
+        try:
+            wait_until(
+                lambda: (
+                    (row := transfer_row(store_url, source)) is not None
+                    and row["bytes_confirmed"] >= 10 * MiB
+                ),
+                timeout=60,
+                what="two parts to be confirmed",
+            )
+        finally:
+            upload.kill()  # SIGKILL: the transfer stays active, its upload half done
+            upload.wait(timeout=30)
     killed = transfer_row(store_url, source)
     assert killed is not None and killed["status"] == "active"
     assert killed["parts_confirmed"] >= 2
