@@ -90,6 +90,26 @@ def mariadb_url(mariadb_databases: DatabasePool) -> Iterator[str]:
     mariadb_databases.give_back(name)
 
 
+def _sendable(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape (UTF-8 refuses them)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep a test's report sendable from a pytest-xdist worker.
+
+    The property and fuzz tests feed lone surrogates through sensors and logs
+    on purpose; the log lines a test captured then hold them, and the worker
+    cannot send its report (UTF-8) to the controller, which stops the run.
+    """
+    report.sections = [(title, _sendable(text)) for title, text in report.sections]
+    if report.failed and report.longrepr is not None:
+        shown = str(report.longrepr)
+        if _sendable(shown) != shown:
+            report.longrepr = _sendable(shown)
+
+
 # The stores every contract test runs on (``store_url``), each by its fixture.
 STORE_FIXTURES = {"sqlite": "sqlite_url", "postgres": "pg_url", "mariadb": "mariadb_url"}
 STORES = ("sqlite", "postgres", "mariadb")
