@@ -113,10 +113,7 @@ class JobRegistry(Mapping[str, JobDefinition]):
 
     def new_run(self, job: str, request: RunRequest) -> NewRun:
         """The run to enqueue for one request (:meth:`new_runs` of one, without a batch's lists)."""
-        definition = self._jobs.get(request.job or job)
-        if definition is None:
-            definition = self.definition(request.job or job)  # raises UnknownJob
-        return _new_run(definition, request)
+        return _new_run(self.definition(request.job or job), request)
 
 
 def _new_run(definition: JobDefinition, request: RunRequest) -> NewRun:
