@@ -547,6 +547,32 @@ def test_lease_expiry_on_the_last_attempt_is_dead(make_app: type[fm.App]) -> Non
     assert kinds(app, run_id)[-2:] == ["lease_expired", "dead"]
 
 
+def test_lapsed_leases_are_taken_over_oldest_expiry_first(make_app: type[fm.App]) -> None:
+    app = make_app()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    run_ids = app.submit("load", *(fm.RunRequest(f"r{i}") for i in range(3))).run_ids
+    store = app.store
+    leases = {
+        run.id: run.lease
+        for run in store.claim(worker_id="gone", jobs=["load"], limit=3, lease_seconds=60)
+    }
+    # The last run's lease lapses first, the first run's last: expiry order is
+    # the reverse of id order.
+    for run_id in reversed(run_ids):
+        assert store.renew([leases[run_id]], 0.001) == set()
+        wait_until(lambda run_id=run_id: lease_expired(store, run_id), what="lease expiry")
+
+    taken = [
+        run.id
+        for _ in run_ids
+        for run in store.claim(worker_id="next", jobs=["load"], limit=1, lease_seconds=60)
+    ]
+    assert taken == list(reversed(run_ids))
+
+
 def test_heartbeats_keep_a_long_job_owned(make_app: type[fm.App]) -> None:
     app = make_app(lease_seconds=0.6)
     other_claims: list[int] = []

@@ -171,7 +171,6 @@ class MariaDBBackend(Backend):
                 runs.c.lease_expires_at < sa.bindparam("now"),
             )
             .order_by(runs.c.id)
-            .limit(sa.bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
 
@@ -356,10 +355,19 @@ class MariaDBBackend(Backend):
     ) -> Sequence[Any]:
         params = {"now": now, "jobs": list(jobs), "limit": limit + CLAIM_SLACK}
         candidates = list(conn.execute(self._expired_candidates, params).scalars())
-        if not candidates:
-            return []
-        params = {"ids": candidates, "now": now, "limit": limit}
-        return conn.execute(self._lock_expired, params).all()
+        # Locked a slice at a time in expiry order, so the oldest expiries are
+        # the ones taken: the lock reads by primary key, whose order is not
+        # the expiries', and skips those another claim holds.
+        expired: list[Any] = []
+        while len(expired) < limit and candidates:
+            considered, candidates = (
+                candidates[: limit - len(expired)],
+                candidates[limit - len(expired) :],
+            )
+            order = {run_id: position for position, run_id in enumerate(considered)}
+            locked = conn.execute(self._lock_expired, {"ids": considered, "now": now})
+            expired.extend(sorted(locked, key=lambda row: order[row.id]))
+        return expired
 
     def claim(self, conn: sa.Connection, request: ClaimRequest) -> list[Any]:
         """Lock the first due runs, skipping those another claim holds; lease them."""
