@@ -11,7 +11,8 @@ For every system and store this measures, on no-op jobs:
   database (server), so that the ratio of the two holds on a busy machine;
 * **enqueue 1-by-1, 8 threads** (ferryman): the same, from ``--threads``
   threads (default 8) of one process submitting one by one at once, as a web
-  server's request threads would; reported with its ratio to one thread;
+  server's request threads would; reported with its ratio to one thread
+  submitting as many runs, timed in turns with the threads;
 * **enqueue batched**: ``--runs`` runs (default 20,000) in calls of
   ``--batch-size`` runs (default 1,000);
 * **processing**: from the moment the first job starts to the moment every
@@ -95,6 +96,7 @@ class Result:
     store: str
     one_by_one: float | None = None
     threads: float | None = None  # 1-by-1 from --threads threads at once
+    one_thread: float | None = None  # 1-by-1 from one thread, timed in turns with the threads
     bare_commits: float | None = None  # single-row commits interleaved with the 1-by-1 submits
     batched: float | None = None
     processing: float | None = None
@@ -363,10 +365,13 @@ def run_ferryman(
         f"1-by-1 timed in {INTERLEAVED_BLOCKS} turns with bare single-row commits on the same "
         f"database server: {result.bare_commits:,.0f}/s"
     )
-    result.threads = submit_from_threads(app, request, args.threads, args.one_by_one)
+    result.threads, result.one_thread = threads_next_to_one_thread(
+        app, request, args.threads, args.one_by_one
+    )
     progress(
         f"enqueue 1-by-1 from {args.threads} threads: {result.threads:,.0f} runs/s "
-        f"({result.threads / result.one_by_one:.2f}x one thread)"
+        f"({result.threads / result.one_thread:.2f}x one thread timed in turns with them: "
+        f"{result.one_thread:,.0f} runs/s)"
     )
     # Start the batched phase from an empty queue, as the peers do.
     with app.engine.begin() as conn:
@@ -496,35 +501,58 @@ class BareCommits:
         self.conn.close()
 
 
-def submit_from_threads(
+def threads_next_to_one_thread(
     app: Any, request: Callable[[str, int], Any], threads: int, total: int
-) -> float:
-    """Runs/s of ``total`` submits, one per call, from ``threads`` threads at once."""
+) -> tuple[float, float]:
+    """Runs/s of ``total`` submits, one per call, from ``threads`` threads at once, and
+    from one thread, timed in turns (so that both meet the same disk and the same load).
+
+    The threads live through all the turns and wait on a barrier while the one
+    thread submits; each turn starts them together.
+    """
     import threading
 
-    per_thread = max(1, total // threads)
-    ready = threading.Barrier(threads + 1)
+    per_thread = max(1, total // (threads * INTERLEAVED_BLOCKS))
+    per_block = per_thread * threads
+    start = threading.Barrier(threads + 1)
+    done = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
 
     def submitter(t: int) -> None:
-        ready.wait()
-        try:
-            for i in range(per_thread):
-                app.submit("noop", request(f"thread-{t}-{i}", i))
-        except BaseException as exc:
-            errors.append(exc)
+        for block in range(INTERLEAVED_BLOCKS):
+            start.wait()
+            try:
+                for i in range(per_thread):
+                    app.submit("noop", request(f"thread-{block}-{t}-{i}", i))
+            except BaseException as exc:
+                errors.append(exc)
+            done.wait()
 
     workers = [threading.Thread(target=submitter, args=(t,)) for t in range(threads)]
     for worker in workers:
         worker.start()
-    ready.wait()
-    start = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - start
+    threaded_seconds = alone_seconds = 0.0
+    try:
+        for block in range(INTERLEAVED_BLOCKS):
+            began = time.perf_counter()
+            for i in range(per_block):
+                app.submit("noop", request(f"alone-{block}-{i}", i))
+            alone_seconds += time.perf_counter() - began
+            start.wait()
+            began = time.perf_counter()
+            done.wait()
+            threaded_seconds += time.perf_counter() - began
+    except BaseException:
+        start.abort()  # the threads stop waiting for turns that will not come
+        done.abort()
+        raise
+    finally:
+        for worker in workers:
+            worker.join()
     if errors:
         raise errors[0]
-    return rate(per_thread * threads, elapsed)
+    runs = per_block * INTERLEAVED_BLOCKS
+    return rate(runs, threaded_seconds), rate(runs, alone_seconds)
 
 
 # ---------------------------------------------------------------------------
@@ -968,8 +996,8 @@ def print_table(args: argparse.Namespace, baselines: list[Result], results: list
             fmt(result.one_by_one),
             fmt(result.threads)
             + (
-                f"\n({result.threads / result.one_by_one:.1f}x)"
-                if result.threads and result.one_by_one
+                f"\n({result.threads / (result.one_thread or result.one_by_one):.1f}x)"
+                if result.threads and (result.one_thread or result.one_by_one)
                 else ""
             ),
             fmt(result.batched),
@@ -1045,11 +1073,12 @@ def enqueue_targets(results: list[Result], baselines: list[Result]) -> list[str]
                 f"of bare single-row commits {fmt(bare)} timed in turns with them "
                 f"(ratio {ratio:.2f})"
             )
-        if r.threads:
-            ratio = r.threads / r.one_by_one
+        one_thread = r.one_thread or r.one_by_one
+        if r.threads and one_thread:
+            ratio = r.threads / one_thread
             lines.append(
                 f"[{verdict(ratio >= 3)}] {r.store} 1-by-1 from threads {fmt(r.threads)} >= 3x "
-                f"one thread {fmt(r.one_by_one)} (ratio {ratio:.2f})"
+                f"one thread {fmt(one_thread)} timed in turns with them (ratio {ratio:.2f})"
             )
         if r.store == "postgres" and pgqueuer and pgqueuer.one_by_one and pgqueuer.batched:
             for what, ours, theirs in (

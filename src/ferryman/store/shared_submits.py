@@ -46,6 +46,31 @@ GATHER_SHARE = 0.5
 GATHER_MAX_S = 0.002
 
 
+class Latch:
+    """Open once, for good; waited for by the threads that need it open.
+
+    A lock held until then, rather than a ``threading.Event``: every write
+    transaction, and every submit that waits for another's statement, makes
+    one, and an Event (a Condition and its lock) cost 3.7 us made, set and
+    waited for, of a lone submit's 70 us or so, against 0.35 us (measured).
+    """
+
+    __slots__ = ("_shut",)
+
+    def __init__(self) -> None:
+        self._shut = threading.Lock()
+        self._shut.acquire()
+
+    def set(self) -> None:
+        if self._shut.locked():  # once; only one thread opens a given latch
+            self._shut.release()
+
+    def wait(self) -> None:
+        # Every waiter takes the lock and gives it back at once: all pass once it is open.
+        with self._shut:
+            pass
+
+
 class _Submit:
     __slots__ = ("created", "done", "error", "ids", "leads", "new_runs", "thread")
 
@@ -54,7 +79,7 @@ class _Submit:
         self.thread = threading.get_ident()
         # Made only for a submitter that waits: a lone submitter, the common
         # case, writes at once and never waits.
-        self.done: threading.Event | None = None
+        self.done: Latch | None = None
         self.leads = False  # handed the next statement, not its outcome
         self.created: Created = []
         self.ids: dict[bytes, int] = {}
@@ -107,7 +132,7 @@ class SharedSubmits:
                     self._back.notify()
             leads = not self._writing
             if not leads:
-                me.done = threading.Event()
+                me.done = Latch()
             self._pending.append(me)
             self._writing = True
         if me.done is not None:
