@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,7 +79,11 @@ class Locked:
 
 
 def _due(
-    *, counted: bool, clock: sa.ColumnElement[float] | None = None, ordered: bool = False
+    *,
+    counted: bool,
+    clock: sa.ColumnElement[float] | None = None,
+    ordered: bool = False,
+    indexed_by: str | None = None,
 ) -> sa.Select[Any]:
     """The first ``scan`` due runs of a job, in claim order, whose key has room among running runs.
 
@@ -97,7 +102,7 @@ def _due(
     statistics say few runs are running may walk every running run (and dead
     index entry of one) for each due run that way, a claim taking seconds.
     """
-    running_keys, full_keys = _running_keys(counted)
+    running_keys, full_keys = _running_keys(counted, indexed_by)
     place: list[Any] = [sa.literal_column(f"{runs.name}.ctid").label("tid")] if ordered else []
     queued = (
         sa.select(
@@ -127,16 +132,30 @@ def _due(
     return statement.with_only_columns(*columns, maintain_column_froms=False)
 
 
-def _running_keys(counted: bool) -> tuple[Any, Any]:
-    """The job's running keys (one row per running run) and those full (at their limit)."""
-    running = runs.alias("running")
+def _running_keys(counted: bool, indexed_by: str | None = None) -> tuple[Any, Any]:
+    """The job's running keys (one row per running run) and those full (at their limit).
+
+    ``indexed_by``: the index (SQLite's) the running runs are found by, never a
+    walk of the table, whatever the planner's statistics say (stale after a
+    bulk enqueue, when no run was running).
+    """
+    running: Any = runs.alias("running")
+    if indexed_by is not None:  # SQLAlchemy renders no index hint for SQLite: named here
+        columns = ("job", "status", "concurrency_digest")
+        running = sa.table(runs.name, *(sa.column(name) for name in columns))
+        running = running.alias(sa.sql.quoted_name(f"running INDEXED BY {indexed_by}", False))
+        named: dict[str, Any] = {name: sa.literal_column(f"running.{name}") for name in columns}
+        running = SimpleNamespace(c=SimpleNamespace(**named), from_=running)
     is_running = (
         running.c.job == sa.bindparam("job"),
         running.c.status == RunStatus.RUNNING.value,
         # Said for the partial index of running keys (it holds no other runs).
         running.c.concurrency_digest.is_not(None),
     )
-    running_keys: Any = sa.select(running.c.concurrency_digest).where(*is_running)
+    running_keys: Any = sa.select(running.c.concurrency_digest.label("concurrency_digest"))
+    if indexed_by is not None:
+        running_keys = running_keys.select_from(running.from_)
+    running_keys = running_keys.where(*is_running)
     if not counted:  # one running run per key (the default): a running key is full
         return running_keys, running_keys
     # The keys with key_concurrency runs running are full.
@@ -197,6 +216,10 @@ class Limits:
         self._clock_in_statements = backend.clock_follows_locks
         self._lock: sa.Select[Any] = lock
         self._due_one_per_key, self._due_counted = DUE_ONE_PER_KEY, DUE_COUNTED
+        if backend.name == "sqlite":  # no index of running keys there (migration 0014)
+            by_status = "ix_ferryman_runs_job_status"
+            self._due_one_per_key = _due(counted=False, indexed_by=by_status)
+            self._due_counted = _due(counted=True, indexed_by=by_status)
         if self._clock_in_statements:
             # The clock outside the locking subquery: read on each row once it
             # is locked, the last reading after every lock.
