@@ -26,7 +26,7 @@ from tests.unit.test_store_setup import store_at_0004_with_history
 
 pytestmark = pytest.mark.mariadb
 
-HEAD = "0013"  # the newest revision: every upgrade below ends there
+HEAD = "0014"  # the newest revision: every upgrade below ends there
 MIGRATION_0005 = importlib.import_module(
     "ferryman.store.migrations.versions.0005_key_digests_and_deliveries"
 )

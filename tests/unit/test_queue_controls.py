@@ -50,6 +50,23 @@ def test_higher_priorities_are_claimed_before_any_queued_lower_one(
     assert claimed[10:] == ["low-0000", "low-0001", "low-0002", "low-0003", "low-0004", "low-0005"]
 
 
+def test_a_batch_of_mixed_priorities_is_claimed_in_order_and_its_ids_answer_its_requests(
+    make_app: type[fm.App],
+) -> None:
+    app = make_app()
+    app.job(name="load")(noop)
+    requests = [fm.RunRequest(f"r{i}", priority=i % 3) for i in range(9)]
+    submitted = app.submit("load", *requests, fm.RunRequest("late", not_before=timedelta(hours=1)))
+    by_key = {run.run_key: run.id for run in app.get_runs()}
+    assert submitted.run_ids == tuple(by_key[r.run_key] for r in [*requests, fm.RunRequest("late")])
+    claimed = app.store.claim(worker_id="w", jobs=["load"], limit=20, lease_seconds=30)
+    in_claim_order = ["r2", "r5", "r8", "r1", "r4", "r7", "r0", "r3", "r6"]
+    assert [run.run_key for run in claimed] == in_claim_order
+    if app.store.backend.name == "sqlite":  # laid out as claimed: ids in claim order
+        assert [run.id for run in claimed] == sorted(run.id for run in claimed)
+        assert by_key["late"] > max(by_key[key] for key in in_claim_order)
+
+
 def test_a_job_gives_its_priority_to_its_runs_unless_they_ask_for_another(
     make_app: type[fm.App],
 ) -> None:

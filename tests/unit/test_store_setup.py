@@ -53,9 +53,9 @@ def test_postgres_without_tables_asks_for_an_upgrade(pg_template: str) -> None:
         with pytest.raises(fm.SchemaMismatch, match=r"has no ferryman tables.*ferryman db upgrade"):
             Store(url)
         before, after = upgrade(url)
-        assert (before, after) == ((), "0013")
+        assert (before, after) == ((), "0014")
         Store(url).close()  # now it opens
-        assert upgrade(url) == (("0013",), "0013")
+        assert upgrade(url) == (("0014",), "0014")
     finally:
         drop_database("ferryman_empty_check")
 
@@ -164,7 +164,7 @@ def store_at_0004_with_history(url: str) -> None:
 def test_upgrading_to_0005_keeps_runs_logs_and_deliveries(unmigrated_url: str, via: str) -> None:
     store_at_0004_with_history(unmigrated_url)
     if via == "db upgrade":
-        assert upgrade(unmigrated_url) == (("0004",), "0013")
+        assert upgrade(unmigrated_url) == (("0004",), "0014")
     else:
         Store(unmigrated_url, create=True).close()
     app = fm.App(unmigrated_url)
@@ -295,35 +295,58 @@ def test_0012_downgrades_and_upgrades_again(store_url: str) -> None:
         assert "kind = 'claimed'" in predicate
 
 
+def _running_keys_columns(engine: sa.Engine) -> list[str] | None:
+    with engine.connect() as conn:
+        indexes = sa.inspect(conn).get_indexes("ferryman_runs")
+    named = [ix["column_names"] for ix in indexes if ix["name"] == "ix_ferryman_runs_running_keys"]
+    return named[0] if named else None
+
+
 def test_0013_downgrades_and_upgrades_again(store_url: str) -> None:
-    """Down to 0012 brings back the index of running keys by key; up again makes it
+    """Down to 0012 brings back the index of running keys by key; 0013 makes it
     by run, over the same rows. (MariaDB has no partial indexes: 0013 changes
     nothing there.)"""
     Store(store_url, create=True).close()
-    running_keys = "ix_ferryman_runs_running_keys"
     engine = sa.create_engine(store_url, poolclass=sa.pool.NullPool)
-
-    def columns() -> list[str]:
-        with engine.connect() as conn:
-            indexes = sa.inspect(conn).get_indexes("ferryman_runs")
-        return next(ix["column_names"] for ix in indexes if ix["name"] == running_keys)
-
     try:
-        at_head = columns()
+        at_head = _running_keys_columns(engine)
         with engine.begin() as conn:
             command.downgrade(migrate._config(conn), "0012")
-        at_0012 = columns()
+        at_0012 = _running_keys_columns(engine)
+        with engine.begin() as conn:
+            command.upgrade(migrate._config(conn), "0013")
+        at_0013 = _running_keys_columns(engine)
         _upgrade_to_the_declared_schema(engine)
-        assert columns() == at_head
+        assert _running_keys_columns(engine) == at_head
     finally:
         engine.dispose()
     if "mariadb" in store_url:
-        assert at_0012 == at_head == ["status", "job", "concurrency_digest"]
-    else:
-        assert at_0012 == ["job", "concurrency_digest"]
-        assert at_head == ["job", "status", "id", "concurrency_digest"]
-        _, predicate = _index_definitions(store_url)[running_keys].split(" WHERE ")
-        assert "running" in predicate and "concurrency_digest IS NOT NULL" in predicate
+        assert at_0012 == at_0013 == at_head == ["status", "job", "concurrency_digest"]
+        return
+    assert at_0012 == ["job", "concurrency_digest"]
+    assert at_0013 == ["job", "status", "id", "concurrency_digest"]
+    if store_url.startswith("sqlite"):  # none since 0014
+        assert at_head is None
+        return
+    assert at_head == at_0013
+    _, predicate = _index_definitions(store_url)["ix_ferryman_runs_running_keys"].split(" WHERE ")
+    assert "running" in predicate and "concurrency_digest IS NOT NULL" in predicate
+
+
+def test_0014_drops_the_index_of_running_keys_on_sqlite_alone(store_url: str) -> None:
+    Store(store_url, create=True).close()
+    engine = sa.create_engine(store_url, poolclass=sa.pool.NullPool)
+    try:
+        at_head = _running_keys_columns(engine)
+        with engine.begin() as conn:
+            command.downgrade(migrate._config(conn), "0013")
+        at_0013 = _running_keys_columns(engine)
+        _upgrade_to_the_declared_schema(engine)
+        assert _running_keys_columns(engine) == at_head
+    finally:
+        engine.dispose()
+    assert at_0013 is not None
+    assert (at_head is None) == store_url.startswith("sqlite")
 
 
 def _upgrade_to_the_declared_schema(engine: sa.Engine) -> None:

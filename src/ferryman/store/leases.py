@@ -70,10 +70,15 @@ class Leases:
             limits = limits_of(jobs)
         jobs = list(jobs)
         limits = limits or {}
-        now = self.backend.clock(conn)
-        expired = self.backend.expired_leases(conn, now=now, jobs=jobs, limit=limit)
+        locked = self.limits.lock_limited(conn, jobs, limits)
+        limited = locked.jobs
+        now = self.backend.clock(conn) if locked.now is None else locked.now
+        expired = (
+            self.backend.expired_leases(conn, now=now, jobs=jobs, limit=limit)
+            if locked.expired
+            else ()
+        )
         reclaim, events = self._settle_expired(conn, expired, now)
-        limited = self.limits.limited_jobs(conn, jobs, limits)
         plain = [job for job in jobs if job not in limited] if limited else jobs
         request = ClaimRequest(
             worker_id=worker_id,
@@ -90,7 +95,8 @@ class Leases:
             if room <= 0:
                 break
             more = replace(request, jobs=(job,), room=room, reclaim=(), events=())
-            claimed.extend(self.limits.claim(conn, job, limits.get(job, NO_LIMITS), more))
+            bucket = locked.buckets[job]
+            claimed.extend(self.limits.claim(conn, job, limits.get(job, NO_LIMITS), more, bucket))
         returned = time.monotonic()  # one reading for the batch: see ClaimedRun
         return [claimed_run(row, at, returned) for row, at in claimed]
 

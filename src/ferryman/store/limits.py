@@ -8,7 +8,9 @@ of the backend: each one
 1. locks the job's row in ``ferryman_job_limits`` (PostgreSQL and MariaDB;
    SQLite's write transactions already run one at a time), so that claims of
    the job count the running runs one after another, each seeing the runs the
-   one before it committed;
+   one before it committed. The claim's first statement locks the rows of all
+   its limited jobs at once, in job order, and finds which of its jobs have a
+   row (are limited) by the same read (:meth:`Limits.lock_limited`);
 2. counts what runs: ``status = 'running'`` includes a run whose lease
    expired, so the slot of a dead worker is freed only when its run is taken
    over (and is then the taker's), never while a zombie may still run it;
@@ -22,14 +24,16 @@ along) nor a token (its claim took one).
 
 On PostgreSQL the database's clock is read inside the statements that need
 it to follow something (the lock, the count) rather than by a statement of
-its own: two round trips less per claim.
+its own: the claim's clock is the one its locking statement read, so that a
+claim of a limited job costs no statement for the clock.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,8 +66,24 @@ class JobLimits:
 NO_LIMITS = JobLimits()
 
 
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """The limited jobs of a claim, their rows locked: see :meth:`Limits.lock_limited`."""
+
+    jobs: list[str]
+    buckets: dict[str, Any] = field(default_factory=dict)  # by job: tokens, refilled_at
+    # The database's clock, read once every row was locked (where the statement reads it).
+    now: float | None = None
+    # False: no lease of the claim's jobs had expired by that clock.
+    expired: bool = True
+
+
 def _due(
-    *, counted: bool, clock: sa.ColumnElement[float] | None = None, ordered: bool = False
+    *,
+    counted: bool,
+    clock: sa.ColumnElement[float] | None = None,
+    ordered: bool = False,
+    indexed_by: str | None = None,
 ) -> sa.Select[Any]:
     """The first ``scan`` due runs of a job, in claim order, whose key has room among running runs.
 
@@ -82,7 +102,7 @@ def _due(
     statistics say few runs are running may walk every running run (and dead
     index entry of one) for each due run that way, a claim taking seconds.
     """
-    running_keys, full_keys = _running_keys(counted)
+    running_keys, full_keys = _running_keys(counted, indexed_by)
     place: list[Any] = [sa.literal_column(f"{runs.name}.ctid").label("tid")] if ordered else []
     queued = (
         sa.select(
@@ -112,16 +132,30 @@ def _due(
     return statement.with_only_columns(*columns, maintain_column_froms=False)
 
 
-def _running_keys(counted: bool) -> tuple[Any, Any]:
-    """The job's running keys (one row per running run) and those full (at their limit)."""
-    running = runs.alias("running")
+def _running_keys(counted: bool, indexed_by: str | None = None) -> tuple[Any, Any]:
+    """The job's running keys (one row per running run) and those full (at their limit).
+
+    ``indexed_by``: the index (SQLite's) the running runs are found by, never a
+    walk of the table, whatever the planner's statistics say (stale after a
+    bulk enqueue, when no run was running).
+    """
+    running: Any = runs.alias("running")
+    if indexed_by is not None:  # SQLAlchemy renders no index hint for SQLite: named here
+        columns = ("job", "status", "concurrency_digest")
+        running = sa.table(runs.name, *(sa.column(name) for name in columns))
+        running = running.alias(sa.sql.quoted_name(f"running INDEXED BY {indexed_by}", False))
+        named: dict[str, Any] = {name: sa.literal_column(f"running.{name}") for name in columns}
+        running = SimpleNamespace(c=SimpleNamespace(**named), from_=running)
     is_running = (
         running.c.job == sa.bindparam("job"),
         running.c.status == RunStatus.RUNNING.value,
         # Said for the partial index of running keys (it holds no other runs).
         running.c.concurrency_digest.is_not(None),
     )
-    running_keys: Any = sa.select(running.c.concurrency_digest).where(*is_running)
+    running_keys: Any = sa.select(running.c.concurrency_digest.label("concurrency_digest"))
+    if indexed_by is not None:
+        running_keys = running_keys.select_from(running.from_)
+    running_keys = running_keys.where(*is_running)
     if not counted:  # one running run per key (the default): a running key is full
         return running_keys, running_keys
     # The keys with key_concurrency runs running are full.
@@ -172,21 +206,37 @@ class Limits:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._known = sa.select(job_limits.c.job).where(
-            job_limits.c.job.in_(sa.bindparam("jobs", expanding=True))
-        )
+        # In job order: two claims locking rows of the same jobs wait, never deadlock.
         lock = (
-            sa.select(job_limits.c.tokens, job_limits.c.refilled_at)
-            .where(job_limits.c.job == sa.bindparam("job"))
+            sa.select(job_limits.c.job, job_limits.c.tokens, job_limits.c.refilled_at)
+            .where(job_limits.c.job.in_(sa.bindparam("jobs", expanding=True)))
+            .order_by(job_limits.c.job)
             .with_for_update()
         )
         self._clock_in_statements = backend.clock_follows_locks
         self._lock: sa.Select[Any] = lock
         self._due_one_per_key, self._due_counted = DUE_ONE_PER_KEY, DUE_COUNTED
+        if backend.name == "sqlite":  # no index of running keys there (migration 0014)
+            by_status = "ix_ferryman_runs_job_status"
+            self._due_one_per_key = _due(counted=False, indexed_by=by_status)
+            self._due_counted = _due(counted=True, indexed_by=by_status)
         if self._clock_in_statements:
-            # The clock outside the locking subquery: read once the row is locked.
+            # The clock outside the locking subquery: read on each row once it
+            # is locked, the last reading after every lock.
+            # Whether a lease of the claim's jobs has expired, read with it: a
+            # claim need not look for their runs when none has. (A lease that
+            # expired after the statement's snapshot, taken before the lock,
+            # is only taken over by the next claim; one that the snapshot shows
+            # expired but a claim before took over is looked for and not found.)
+            # The clock as a subquery of its own: a value the index of
+            # leases is searched by, where the clock itself (volatile) is not.
+            expired = sa.exists().where(
+                runs.c.status == RunStatus.RUNNING.value,
+                runs.c.lease_expires_at < sa.select(backend.now).scalar_subquery(),
+                runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
+            )
             bucket = lock.subquery("bucket")
-            self._lock = sa.select(bucket.c.tokens, bucket.c.refilled_at, backend.now.label("now"))
+            self._lock = sa.select(*bucket.c, backend.now.label("now"), expired.label("expired"))
             self._due_one_per_key = _due(counted=False, clock=backend.now)
             self._due_counted = _due(counted=True, clock=backend.now)
         count_running = sa.select(sa.func.count()).where(
@@ -200,21 +250,37 @@ class Limits:
         )
         # Run as the backend runs its hot statements (SQLite: on the driver).
         prepared = backend.prepared
-        self._lock_rows = prepared(self._lock)
         self._due_one_per_key_rows = prepared(self._due_one_per_key)
         self._due_counted_rows = prepared(self._due_counted)
         self._count_running_rows = prepared(count_running)
         self._charge_rows = prepared(charge)
 
-    def limited_jobs(
+    def lock_limited(
         self, conn: sa.Connection, jobs: Sequence[str], limits: Mapping[str, JobLimits]
-    ) -> list[str]:
-        """The jobs among ``jobs`` whose claims take the limited path, in ``jobs``' order."""
-        limited = {job for job in jobs if limits.get(job, NO_LIMITS).limited}
-        others = [job for job in jobs if job not in limited]
-        if others:
-            limited.update(conn.execute(self._known, {"jobs": others}).scalars())
-        return [job for job in jobs if job in limited]
+    ) -> Locked:
+        """The jobs among ``jobs`` whose claims take the limited path, in ``jobs``' order,
+        their rows locked for the rest of the transaction; the first statement of a claim.
+
+        A job is limited by its definition or by having a row (a run of it
+        was enqueued with a key): one read locks the rows there are and tells
+        which jobs have one. A job limited by its definition gets its row
+        here, the first time. Locked before the claim reads anything else, so
+        that what it reads (its clock first) follows the claims before it.
+        """
+        if not jobs:
+            return Locked(jobs=[])
+        rows = conn.execute(self._lock, {"jobs": sorted(set(jobs))}).all()
+        missing = {job for job in jobs if limits.get(job, NO_LIMITS).limited}
+        missing.difference_update(row.job for row in rows)
+        if missing:
+            self.mark_keyed(conn, sorted(missing))
+            rows = conn.execute(self._lock, {"jobs": sorted(set(jobs))}).all()
+        buckets = {row.job: row for row in rows}
+        limited = [job for job in jobs if job in buckets]
+        if not (rows and self._clock_in_statements):
+            return Locked(jobs=limited, buckets=buckets)
+        last = rows[-1]
+        return Locked(jobs=limited, buckets=buckets, now=float(last.now), expired=last.expired)
 
     def mark_keyed(self, conn: sa.Connection, jobs: Sequence[str]) -> None:
         """Give ``jobs`` their row (if absent): their claims take the limited path from now on."""
@@ -223,7 +289,7 @@ class Limits:
             self.backend.insert_absent(conn, job_limits, rows, unique=["job"])
 
     def claim(
-        self, conn: sa.Connection, job: str, limits: JobLimits, request: ClaimRequest
+        self, conn: sa.Connection, job: str, limits: JobLimits, request: ClaimRequest, bucket: Any
     ) -> list[tuple[Any, float]]:
         """Lease up to ``request.room`` due runs of ``job`` its limits admit; each with its time.
 
@@ -235,14 +301,15 @@ class Limits:
         statement; read again, further, only when runs sharing a key left
         the claim short.
         """
+        # ``request.now`` was read once the job's row was locked (``bucket``,
+        # see lock_limited): claims of the job see the clock in the order they
+        # refill the bucket. (SQLite: the transaction was the lock.)
         room, now = request.room, request.now
-        bucket = self._lock_job(conn, job)
-        # Read again once the lock is held: claims of the job then see the
-        # clock in the order they refill the bucket, never one going back.
-        # (One writer at a time, as on SQLite: the transaction was the lock.)
         one_writer = self.backend.ids_in_commit_order
-        if not one_writer:
-            now = float(bucket.now) if self._clock_in_statements else self.backend.clock(conn)
+        if not (one_writer or self._clock_in_statements):
+            # Read again, just before the count (MariaDB): the bucket's refill
+            # then trails the claim's own time by no more than it did.
+            now = self.backend.clock(conn)
         tokens = self._tokens(bucket, limits.rate, now)
         if tokens is not None:
             room = min(room, math.floor(tokens))
@@ -279,14 +346,6 @@ class Limits:
 
     def charge(self, conn: sa.Connection, job: str, tokens: float, now: float) -> None:
         self._charge_rows(conn, {"charged_job": job, "tokens_left": tokens, "charged_at": now})
-
-    def _lock_job(self, conn: sa.Connection, job: str) -> Any:
-        """Lock the job's row, made first if absent; its rate bucket as it stands."""
-        rows = self._lock_rows(conn, {"job": job})
-        if not rows:
-            self.mark_keyed(conn, [job])
-            rows = self._lock_rows(conn, {"job": job})
-        return rows[0]
 
     @staticmethod
     def _tokens(bucket: Any, rate: Rate | None, now: float) -> float | None:

@@ -227,8 +227,8 @@ except_mariadb(
         **partial(runs.c.status == "queued"),
     )
 )
-# A job's running keys, read by its limited claims, in run order (0013); keyless runs stay out.
-except_mariadb(
+# A job's running keys, read by its limited claims, in run order (0013); not on SQLite (0014).
+postgresql_only(
     sa.Index(
         "ix_ferryman_runs_running_keys",
         runs.c.job,

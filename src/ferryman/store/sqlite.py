@@ -187,6 +187,29 @@ LOG_EVENT = DriverStatement(
 )
 
 
+def in_claim_order(new_runs: Sequence[NewRun], now: float) -> Sequence[NewRun]:
+    """``new_runs`` in the order claims take them: higher priority first, then due time.
+
+    Their ids, and so their rows' places in the table, follow: a claim of a
+    batch with mixed priorities then reads and rewrites its runs on a few
+    pages next to each other, not on every page of the batch (with
+    priorities 0, 1, 2 in turn, a claim's rows lay on 3.6 times the pages).
+    The order among runs of equal priority and due time stays the caller's
+    (stable sort), so the claims' FIFO order within a priority is unchanged.
+    Their order of insertion matters to no lock: SQLite has one writer.
+    """
+    if all(new.priority == new_runs[0].priority for new in new_runs) and not any(
+        new.delay or new.not_before is not None for new in new_runs
+    ):
+        return new_runs
+
+    def claim_order(new: NewRun) -> tuple[int, float]:
+        due = now + new.delay
+        return -new.priority, due if new.not_before is None else max(due, new.not_before)
+
+    return sorted(new_runs, key=claim_order)
+
+
 class SQLiteBackend(Backend):
     """A store in a SQLite file (see the module)."""
 
@@ -326,6 +349,7 @@ class SQLiteBackend(Backend):
         if now is None:
             now = self.clock(conn)
         after = LAST_RUN_ID.first(conn, {})[0]
+        new_runs = in_claim_order(new_runs, now)
         batch = batch_params(new_runs, now)
         if batch is not None:
             ENQUEUE_BATCH.tuples(conn, batch)
