@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -139,23 +138,22 @@ def _running_keys(counted: bool, indexed_by: str | None = None) -> tuple[Any, An
     walk of the table, whatever the planner's statistics say (stale after a
     bulk enqueue, when no run was running).
     """
-    running: Any = runs.alias("running")
-    if indexed_by is not None:  # SQLAlchemy renders no index hint for SQLite: named here
-        columns = ("job", "status", "concurrency_digest")
-        running = sa.table(runs.name, *(sa.column(name) for name in columns))
-        running = running.alias(sa.sql.quoted_name(f"running INDEXED BY {indexed_by}", False))
-        named: dict[str, Any] = {name: sa.literal_column(f"running.{name}") for name in columns}
-        running = SimpleNamespace(c=SimpleNamespace(**named), from_=running)
-    is_running = (
-        running.c.job == sa.bindparam("job"),
-        running.c.status == RunStatus.RUNNING.value,
-        # Said for the partial index of running keys (it holds no other runs).
-        running.c.concurrency_digest.is_not(None),
-    )
-    running_keys: Any = sa.select(running.c.concurrency_digest.label("concurrency_digest"))
-    if indexed_by is not None:
-        running_keys = running_keys.select_from(running.from_)
-    running_keys = running_keys.where(*is_running)
+    running_keys: Any
+    if indexed_by is None:
+        running = runs.alias("running")
+        running_keys = sa.select(running.c.concurrency_digest).where(
+            running.c.job == sa.bindparam("job"),
+            running.c.status == RunStatus.RUNNING.value,
+            # Said for the partial index of running keys (it holds no other runs).
+            running.c.concurrency_digest.is_not(None),
+        )
+    else:  # the same read, written out: SQLAlchemy renders no index hint for SQLite
+        running_keys = sa.text(
+            f"SELECT running.concurrency_digest FROM {runs.name} AS running "
+            f"INDEXED BY {indexed_by} WHERE running.job = :job "
+            f"AND running.status = '{RunStatus.RUNNING.value}' "
+            "AND running.concurrency_digest IS NOT NULL"
+        ).columns(sa.column("concurrency_digest", runs.c.concurrency_digest.type))
     if not counted:  # one running run per key (the default): a running key is full
         return running_keys, running_keys
     # The keys with key_concurrency runs running are full.
