@@ -11,6 +11,7 @@ the effects table (a second row).
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -141,4 +142,44 @@ def test_no_run_is_executed_by_two_workers(pg_url: str, tmp_path: Path) -> None:
     finally:
         for process in processes:
             stop(process)
+        app.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("store_fixture", ["pg_url", "mariadb_url"])
+def test_a_claim_passes_over_the_runs_another_claim_has_locked(
+    store_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """One claim's transaction is still open on the first run when a second claim
+    comes: the second takes the next run at once, rather than waiting for the
+    first to commit and then leasing the same run again."""
+    app = fm.App(request.getfixturevalue(store_fixture))
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    first, second = app.submit("load", fm.RunRequest("r0"), fm.RunRequest("r1")).run_ids
+    store = app.store
+    taken: list[int] = []
+    later = threading.Thread(
+        target=lambda: taken.extend(
+            run.id for run in store.claim(worker_id="B", jobs=["load"], limit=1, lease_seconds=60)
+        )
+    )
+    try:
+        with store.write("claiming in a transaction held open") as conn:
+            held = store.leases.claim(conn, worker_id="A", jobs=["load"], limit=1, lease_seconds=60)
+            assert [run.id for run in held] == [first]
+            later.start()
+            # Bounded, not a pause: the claim should be back at once; one that
+            # waits for this transaction comes back only once it commits.
+            later.join(timeout=30)
+            answered_while_held = not later.is_alive()
+        later.join()
+        assert answered_while_held, "the second claim waited for the first one's lock"
+        assert taken == [second]
+        runs_now = {run.id: run for run in app.get_runs(job="load")}
+        assert (runs_now[first].lease_owner, runs_now[first].attempt) == ("A", 1)
+        assert (runs_now[second].lease_owner, runs_now[second].attempt) == ("B", 1)
+    finally:
         app.close()

@@ -274,6 +274,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{CONTRACT}::test_lost_lease_refuses_every_fenced_write[postgres]",),
     ),
     Mutation(
+        "expired leases taken over lowest id first, not oldest expiry (MariaDB)",
+        "Nothing is lost when a worker dies",
+        one(
+            MARIADB,
+            "candidates = list(conn.execute(self._expired_candidates, params).scalars())",
+            "candidates = sorted(conn.execute(self._expired_candidates, params).scalars())",
+        ),
+        (f"{CONTRACT}::test_lapsed_leases_are_taken_over_oldest_expiry_first[mariadb]",),
+    ),
+    Mutation(
         "the one-statement claim goes on past expired leases (PostgreSQL)",
         "Nothing is lost when a worker dies",
         one(POSTGRES, "        if expired or limited:\n", "        if limited:\n"),
@@ -323,7 +333,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         "claims without SKIP LOCKED (PostgreSQL)",
         "Crash points, one by one",
         one(POSTGRES_LEASES, "            FOR UPDATE SKIP LOCKED\n", ""),
-        ("tests/integration/test_claim_contention.py::test_no_run_is_executed_by_two_workers",),
+        (
+            "tests/integration/test_claim_contention.py::"
+            "test_a_claim_passes_over_the_runs_another_claim_has_locked",
+            "tests/integration/test_claim_contention.py::test_no_run_is_executed_by_two_workers",
+        ),
     ),
     # -- SQLite's write lock -------------------------------------------------------
     Mutation(
