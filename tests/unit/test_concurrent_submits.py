@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import random
+import signal
 import threading
 from collections.abc import Sequence
 
@@ -257,3 +258,65 @@ def test_a_submit_inside_a_store_write_is_refused_while_another_thread_submits(
     assert other.get_nowait().created == 1
     assert [run.run_key for run in app.get_runs()] == ["other"]
     app.close()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_submitter_interrupted_while_queued_does_not_keep_the_others_waiting(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The submitters of a statement wake one another in turn; one that stopped
+    waiting (Ctrl-C in the main thread) is passed over, not waited for."""
+    app = _app_loading("sqlite", request)
+    backend = app.store.backend
+    out, release = threading.Event(), threading.Event()
+
+    def write(new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
+        if not out.is_set():
+            out.set()
+            release.wait()
+        return backend.enqueue_committed(new_runs)
+
+    shared = app.store.runs._shared = SharedSubmits(write)
+    outcomes: queue.Queue[fm.SubmitResult] = queue.Queue()
+
+    def submit(key: str) -> None:
+        outcomes.put(app.submit("load", fm.RunRequest(key, {})))
+
+    first = threading.Thread(target=submit, args=("first",))
+    first.start()
+    out.wait()
+    leader = threading.Thread(target=submit, args=("leader",))  # writes the next statement
+    leader.start()
+    wait_until(lambda: len(shared._pending) == 1, what="the next statement's writer queued")
+    after = [threading.Thread(target=submit, args=(f"after-{i}",)) for i in range(3)]
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    def queue_the_others_then_interrupt() -> None:
+        wait_until(lambda: len(shared._pending) == 2, what="the main thread queued")
+        for queued, thread in enumerate(after, start=3):  # woken after the main thread
+            thread.start()
+            wait_until(lambda queued=queued: len(shared._pending) == queued, what="queued")
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    helper = threading.Thread(target=queue_the_others_then_interrupt)
+    try:
+        helper.start()
+        with pytest.raises(_Interrupted):
+            app.submit("load", fm.RunRequest("interrupted", {}))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    helper.join()
+    release.set()
+    for thread in [first, leader, *after]:
+        thread.join(timeout=10)
+        assert not thread.is_alive()  # else woken by nobody
+    app.close()
+
+    results = [outcomes.get_nowait() for _ in range(5)]
+    assert sorted(r.created for r in results) == [1] * 5

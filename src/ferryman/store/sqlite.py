@@ -174,6 +174,24 @@ assert ENQUEUE_ONE_ROW.names == (  # the order _clocked_values gives the values 
 # A batch due at the clock: one statement, its runs one JSON parameter (sqlite_batch).
 # Its runs are read back like ENQUEUE_ROW's: RETURNING cost SQLite more (measured).
 ENQUEUE_BATCH = DriverStatement(sa.text(_INSERT_RUN.replace(_VALUES, SELECT_BATCH)))
+# The same due at the clock read in the insert itself (once per statement, as
+# ENQUEUE_ONE_ROW's), and the runs it created read back by the insert's own
+# count and last id: one writer, so its new ids follow one another. Two
+# statements where a clock, a last id, the insert and the read back took four:
+# threads' submits merged into one statement go this way (shared_submits).
+ENQUEUE_BATCH_CLOCKED = DriverStatement(
+    sa.text(_INSERT_RUN.replace(_VALUES, SELECT_BATCH.replace(":now", _CLOCK_SQL)))
+)
+CREATED_BY_LAST_INSERT = DriverStatement(
+    sa.select(runs.c.id, runs.c.key_digest)
+    .where(
+        sa.func.changes() > 0,
+        runs.c.id.between(
+            sa.func.last_insert_rowid() - sa.func.changes() + 1, sa.func.last_insert_rowid()
+        ),
+    )
+    .order_by(runs.c.id)
+)
 assert ENQUEUE_ROW.names == RUN_ROW_COLUMNS  # the order run_values gives the values in
 LAST_RUN_ID = DriverStatement(sa.select(sa.func.coalesce(sa.func.max(runs.c.id), 0)))
 _created = runs.c.id > sa.bindparam("after")
@@ -346,6 +364,13 @@ class SQLiteBackend(Backend):
             (new,) = new_runs
             row = ENQUEUE_ONE_ROW.first_of(conn, _clocked_values(new))
             return [] if row is None else [(row[0], new.key_digest)]
+        if now is None and not any(new.delay or new.not_before is not None for new in new_runs):
+            # Every run due at the clock: their claim order needs no time.
+            clocked = batch_params(in_claim_order(new_runs, 0.0), 0.0)
+            if clocked is not None:
+                ENQUEUE_BATCH_CLOCKED.tuples(conn, clocked)
+                rows = CREATED_BY_LAST_INSERT.tuples(conn, {})
+                return [(row[0], bytes(row[1])) for row in rows]
         if now is None:
             now = self.clock(conn)
         after = LAST_RUN_ID.first(conn, {})[0]
