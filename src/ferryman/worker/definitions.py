@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,3 +43,13 @@ class WorkReport:
     # "thread: error" of each crash of this process's background threads while it
     # worked (ferryman.supervise); a crash of a worker thread also stops the worker
     crashes: list[str] = field(default_factory=list)
+
+    def count(self, outcomes: Mapping[str, int]) -> None:
+        """Add attempts that ended, by outcome ("succeeded", "retry", "failed", "dead")."""
+        for outcome, count in outcomes.items():
+            attribute = _COUNTERS[outcome]
+            setattr(self, attribute, getattr(self, attribute) + count)
+
+
+# The WorkReport counter of each outcome.
+_COUNTERS = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "dead": "dead"}

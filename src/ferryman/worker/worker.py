@@ -29,6 +29,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -51,8 +52,6 @@ from ferryman.worker.signals import on_stop_signals
 log = logging.getLogger("ferryman.worker")
 
 JOB_THREAD_JOIN = 1.0  # seconds a stopping worker waits for its idle job threads to end
-# The WorkReport counter of each outcome.
-_COUNTERS = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "dead": "dead"}
 
 
 def new_worker_id() -> str:
@@ -458,7 +457,7 @@ class Worker:
             )
         self._outages.forget(run.id)
         if context.succeeded_in_transaction:
-            self._done(run, "succeeded")
+            self._done((run, "succeeded"))
             return None
         return Outcome(
             kind=OutcomeKind.SUCCEEDED,
@@ -489,10 +488,10 @@ class Worker:
     def _committer(self) -> None:
         while (batch := next_batch(self._outcomes)) is not None:
             accepted = self._commit(batch)
-            for (run, outcome), ok in zip(batch, accepted, strict=True):
-                if ok:
-                    self._done(run, outcome.kind.value)
-                else:
+            ended = list(zip(batch, accepted, strict=True))
+            self._done(*((run, outcome.kind.value) for (run, outcome), ok in ended if ok))
+            for (run, _), ok in ended:
+                if not ok:
                     self._lease_lost(run)
             self._forget(*(run for run, _ in batch))
 
@@ -572,12 +571,13 @@ class Worker:
             if not held or room_before < self._refill_at <= room:
                 self._changed.notify_all()
 
-    def _done(self, run: ClaimedRun, outcome: str) -> None:
-        attribute = _COUNTERS[outcome]
+    def _done(self, *ended: tuple[ClaimedRun, str]) -> None:
+        counts = Counter(outcome for _, outcome in ended)  # a committed batch: one lock
         with self._changed:  # job threads and the committer both count
-            setattr(self.report, attribute, getattr(self.report, attribute) + 1)
+            self.report.count(counts)
         if self._on_outcome is not None:
-            self._on_outcome(run, outcome)
+            for run, outcome in ended:
+                self._on_outcome(run, outcome)
 
     def _hung(self, run: ClaimedRun) -> None:
         with self._changed:
@@ -587,7 +587,7 @@ class Worker:
     def _timed_out(self, run: ClaimedRun, outcome: str) -> None:
         with self._changed:
             self.report.timed_out += 1
-        self._done(run, outcome)
+        self._done((run, outcome))
 
     def _lease_lost(self, run: ClaimedRun) -> None:
         with self._changed:
