@@ -1,4 +1,4 @@
-"""A deadlock inside ``ctx.transaction()`` is the store's contention, not the job's failure.
+"""A deadlock is the store's contention: not the job's failure, not the submit's.
 
 MariaDB and PostgreSQL break a deadlock by rolling back one transaction whole
 (the victim's: InnoDB's error 1213, PostgreSQL's SQLSTATE 40P01). A run whose
@@ -12,7 +12,8 @@ The deadlock is made on purpose: another connection locks row 1 after
 updating many rows (InnoDB picks the transaction that changed fewer rows as
 the victim; PostgreSQL the first to wait past its deadlock_timeout, the job),
 the job locks row 2 then asks for row 1, and once the job waits for it, the
-other connection asks for row 2.
+other connection asks for row 2. A submit that loses a deadlock is tried
+again by the store: it was rolled back whole, and a submit is idempotent.
 """
 
 from __future__ import annotations
@@ -119,4 +120,57 @@ def test_a_deadlock_victim_in_the_transaction_uses_no_attempt_and_is_due_at_once
             counts = dict(conn.execute(sa.select(contended.c.id, contended.c.n)).all())
         assert (counts[1], counts[2], counts[3]) == (2, 2, 1)
     finally:
+        app.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("store", ["mariadb", "postgres"])
+def test_a_submit_that_loses_a_deadlock_is_tried_again(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """A producer's open transaction holds run "b" when a submit of "a" and "b"
+    comes: the submit takes "a", then waits for "b". The producer then asks for
+    "a" too: a deadlock, whose victim is the submit (it waited first, and holds
+    less). The database rolled it back whole, so the store tries it again; once
+    the producer rolls back, the submit makes both runs and returns normally."""
+    app = fm.App(request.getfixturevalue(STORE_FIXTURES[store]))
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    app.submit("load", fm.RunRequest("warm-up"))  # the store exists before the race
+    submitted: list[fm.SubmitResult | BaseException] = []
+
+    def submit() -> None:
+        try:
+            submitted.append(app.submit("load", fm.RunRequest("a"), fm.RunRequest("b")))
+        except BaseException as exc:  # shown by the assertion below
+            submitted.append(exc)
+
+    submitter = threading.Thread(target=submit)
+    try:
+        with app.engine.connect() as producer:
+            transaction = producer.begin()
+            # Rows, so that InnoDB picks the submit as the deadlock's victim.
+            app.submit("load", *(fm.RunRequest(f"ballast-{i}") for i in range(ROWS)), conn=producer)
+            app.submit("load", fm.RunRequest("b"), conn=producer)
+            submitter.start()
+            wait_until(lambda: _waiting_for_a_lock(app.engine), what='the submit waiting for "b"')
+            # Waits for the submit's "a" until the database ends the deadlock.
+            taken = app.submit("load", fm.RunRequest("a"), conn=producer)
+            assert taken.created == 1, "the producer, not the submit, lost the deadlock"
+            wait_until(
+                lambda: _waiting_for_a_lock(app.engine) or not submitter.is_alive(),
+                what="the submit, tried again, waiting for the producer",
+            )
+            transaction.rollback()
+        submitter.join(timeout=60)
+        [result] = submitted
+        assert isinstance(result, fm.SubmitResult), f"the submit failed: {result!r}"
+        assert (result.created, result.deduplicated) == (2, 0)
+        made = {run.run_key: run.id for run in app.get_runs(job="load")}
+        assert set(made) == {"warm-up", "a", "b"}
+        assert sorted(result.run_ids) == sorted([made["a"], made["b"]])
+    finally:
+        submitter.join(timeout=60)
         app.close()

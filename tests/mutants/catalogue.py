@@ -124,6 +124,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{CONTRACT}::test_duplicate_run_keys_yield_one_run[sqlite]",),
     ),
     Mutation(
+        "a submit that loses a deadlock raises instead of being tried again",
+        ONE_RUN,
+        one(
+            DIALECT,
+            "            if tries >= CONTENDED_TRIES or orig is None "
+            "or not backend.contended(orig):\n",
+            "            if True:\n",
+        ),
+        (f"{DEADLOCKS}::test_a_submit_that_loses_a_deadlock_is_tried_again",),
+    ),
+    Mutation(
         "a batch's key digests cut one run along (SQLite)",
         ONE_RUN,
         one(
@@ -363,13 +374,14 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "ferryman/worker/worker.py",
                 "        else:\n            self._outcomes.put((run, outcome))\n",
                 "        else:\n"
-                "            self._done(run, outcome.kind.value)\n"
+                "            self._done((run, outcome.kind.value))\n"
                 "            self._outcomes.put((run, outcome))\n",
             ),
             Edit(
                 "ferryman/worker/worker.py",
-                "                if ok:\n                    self._done(run, outcome.kind.value)\n",
-                "                if ok:\n                    pass\n",
+                "            self._done(*((run, outcome.kind.value) for (run, outcome), ok "
+                "in ended if ok))\n",
+                "",
             ),
         ),
         (f"{FAULTS}::test_an_outcome_is_counted_only_once_it_is_committed",),

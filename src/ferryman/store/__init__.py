@@ -36,7 +36,13 @@ from ferryman.model import (
 from ferryman.settings import DEFAULT_STORE
 from ferryman.store import faults, migrate, prune, read_queries
 from ferryman.store.blocks import BlockGuard
-from ferryman.store.dialect import Backend, Listener, create_backend, translated_errors
+from ferryman.store.dialect import (
+    Backend,
+    Listener,
+    again_when_contended,
+    create_backend,
+    translated_errors,
+)
 from ferryman.store.downloads import (
     DownloadOutcome,
     NewDownload,
@@ -206,6 +212,9 @@ class Store(ReadModel, FileTransfers):
         if conn is not None:
             with translated_errors(self.backend, "enqueueing runs"):
                 return self.runs.enqueue(conn, new_runs)
+        return again_when_contended(self.backend, lambda: self._enqueue_alone(new_runs))
+
+    def _enqueue_alone(self, new_runs: Sequence[NewRun]) -> SubmitResult:  # in their own commit
         with translated_errors(self.backend, "enqueueing runs"):
             committed = self.runs.enqueue_committed(new_runs)
         if committed is not None:

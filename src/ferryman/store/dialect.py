@@ -20,15 +20,18 @@ each host's. Driver errors are translated into errors that name the cause
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
-from ferryman.model import RunEventKind
+from ferryman.model import Backoff, RunEventKind
 from ferryman.store.run_rows import (
     CLAIMED_COLUMNS,
     Lease,
@@ -384,6 +387,11 @@ class Backend:
         """Whether the driver error says the server could not be reached or went away."""
         return False
 
+    def contended(self, orig: BaseException) -> bool:
+        """Whether the driver error says the transaction lost a race for locks (a
+        deadlock's victim, a lock wait past the server's timeout) and was rolled back."""
+        return False
+
     @staticmethod
     def is_database_failure(error: BaseException) -> bool:
         """Whether a driver error says the database failed, rather than the statement."""
@@ -487,6 +495,33 @@ def database_now(dialect: str) -> sa.ColumnElement[float]:
 def is_database_failure(error: BaseException) -> bool:
     """Whether a driver error of any backend says the database failed."""
     return any(backend.is_database_failure(error) for backend in _backends())
+
+
+T = TypeVar("T")
+CONTENDED_TRIES = 5  # tries of a write that keeps losing races for locks
+CONTENDED_BACKOFF = Backoff(base=0.02, factor=2.0, max=0.5, jitter=0.5)
+
+
+def again_when_contended(backend: Backend, write: Callable[[], T]) -> T:
+    """``write()``, tried again while it fails for losing a race for locks.
+
+    The database rolled such a transaction back whole (:meth:`Backend.contended`:
+    a deadlock's victim, a lock wait past the server's timeout), so a write that
+    is idempotent, as a submit is (runs are unique by key), does on the next
+    try what the first would have. Concurrent producers of overlapping keys
+    meet this on MariaDB, whose inserts lock an existing key's index entry
+    shared before taking it for themselves. Up to :data:`CONTENDED_TRIES`
+    tries, a short jittered wait between.
+    """
+    for tries in itertools.count(1):
+        try:
+            return write()
+        except StoreError as exc:
+            orig = getattr(exc.__cause__, "orig", None)
+            if tries >= CONTENDED_TRIES or orig is None or not backend.contended(orig):
+                raise
+        time.sleep(CONTENDED_BACKOFF.delay(tries, str(threading.get_ident())))
+    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 @contextlib.contextmanager

@@ -436,6 +436,9 @@ class MariaDBBackend(Backend):
     def unreachable(self, orig: BaseException | None) -> bool:
         return _code(orig) in UNREACHABLE
 
+    def contended(self, orig: BaseException) -> bool:
+        return _code(orig) in CONTENDED
+
     @staticmethod
     def is_database_failure(error: BaseException) -> bool:
         try:

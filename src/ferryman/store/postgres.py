@@ -384,6 +384,10 @@ class PostgresBackend(Backend):
         sqlstate = orig.sqlstate
         return sqlstate is None or sqlstate.startswith("08") or sqlstate.startswith("57P")
 
+    def contended(self, orig: BaseException) -> bool:
+        # A deadlock's victim (40P01); a lock not had within lock_timeout (55P03).
+        return getattr(orig, "sqlstate", None) in ("40P01", "55P03")
+
     @staticmethod
     def is_database_failure(error: BaseException) -> bool:
         if not isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
