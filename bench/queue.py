@@ -244,6 +244,42 @@ class FirstStart:
         self.count += 1
 
 
+class CpuClock:
+    """CPU time spent from now on by this process and by the PostgreSQL server.
+
+    The server's is read from /proc, all of its processes summed (backends,
+    WAL writer, checkpointer, autovacuum): a figure for a server on this host,
+    with nothing else using it. On a machine whose cores both systems share,
+    processing is bound by the CPU each run costs on both sides.
+    """
+
+    def __init__(self) -> None:
+        self.process, self.server = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        times = os.times()
+        server = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if stat[stat.index("(") + 1 : stat.rindex(")")] == "postgres":
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    server += int(fields[11]) + int(fields[12])  # utime, stime in ticks
+        return times.user + times.system, server / os.sysconf("SC_CLK_TCK")
+
+    def note(self, runs: int, *, server: bool) -> str:
+        """CPU per run since this clock started, as a note of the results table."""
+        process, server_now = self._now()
+        mine = f"this process {(process - self.process) / runs * 1e6:.1f} us"
+        if not server:
+            return f"CPU per run while processing: {mine}"
+        theirs = f"PostgreSQL {(server_now - self.server) / runs * 1e6:.1f} us"
+        return f"CPU per run while processing: {mine}, {theirs}"
+
+
 PROGRESS = "progress: "
 
 
@@ -405,11 +441,15 @@ def run_ferryman(
         if tuned
         else {}
     )
+    cpu = CpuClock()
     called = time.perf_counter()
     report = app.work(
         until_idle=True, processes=args.processes or None, handle_signals=False, **tuning
     )
     end = time.perf_counter()
+    if not args.processes:  # forked workers' CPU is theirs, not this process's
+        result.notes.append(cpu.note(args.runs, server=args.store == "postgres"))
+        progress(result.notes[-1])
     with app.engine.connect() as conn:
         succeeded = conn.execute(
             sa.select(sa.func.count()).select_from(runs).where(runs.c.status == "succeeded")
@@ -629,12 +669,15 @@ async def _pgqueuer(args: argparse.Namespace, result: Result) -> None:
             url, f"SELECT {args.runs} - count(*) FROM pgqueuer", args.runs, qm.shutdown.set
         )
     )
+    cpu = CpuClock()
     await qm.run(
         batch_size=args.pgqueuer_batch_size,
         mode=QueueExecutionMode.drain,
         dequeue_timeout=timedelta(seconds=0.1),
     )
     end = await asyncio.wait_for(poller, timeout=60)
+    result.notes.append(cpu.note(args.runs, server=True))
+    progress(result.notes[-1])
     assert first.at is not None
     result.processing = rate(args.runs, end - first.at)
     async with await _psycopg_connect(url) as conn:

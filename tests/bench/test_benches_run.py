@@ -58,6 +58,8 @@ def test_queue_bench_measures_ferryman_on_every_store() -> None:
     assert re.search(rf"PostgreSQL single-row commits/s: {NUMBER}", output), output
     assert re.search(rf"SQLite single-row commits/s: {NUMBER}", output), output
     assert re.search(rf"MariaDB single-row commits/s: {NUMBER}", output), output
+    cpu = rf"CPU per run while processing: this process {NUMBER} us"
+    assert re.search(rf"{cpu}, PostgreSQL {NUMBER} us", output), output
     assert "FAILED" not in output, output
 
 
