@@ -20,7 +20,6 @@ each host's. Driver errors are translated into errors that name the cause
 from __future__ import annotations
 
 import contextlib
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -513,7 +512,9 @@ def again_when_contended(backend: Backend, write: Callable[[], T]) -> T:
     shared before taking it for themselves. Up to :data:`CONTENDED_TRIES`
     tries, a short jittered wait between.
     """
-    for tries in itertools.count(1):
+    tries = 0
+    while True:
+        tries += 1
         try:
             return write()
         except StoreError as exc:
@@ -521,7 +522,6 @@ def again_when_contended(backend: Backend, write: Callable[[], T]) -> T:
             if tries >= CONTENDED_TRIES or orig is None or not backend.contended(orig):
                 raise
         time.sleep(CONTENDED_BACKOFF.delay(tries, str(threading.get_ident())))
-    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 @contextlib.contextmanager
