@@ -5,8 +5,8 @@ FROM generate_series`` in the server, a million rows per transaction;
 SQLite: ``executemany`` from a generator), then, in this order:
 
 * **submit**: ``app.submit`` of one run, one call at a time (p95 of N calls);
-* **claim**: ``Store.claim`` of one due run (p95 of N claims; each claimed
-  run is finished, so the queue stays as seeded);
+* **claim**: ``Store.claim`` of one due run from the seeded queue (p95 of N
+  claims; each claimed run stays leased, 3 % of the runs are queued);
 * **every dashboard and API endpoint** of ``bench/web.py`` against the real
   ``ferryman serve`` (p95), the first overview and the first ``/metrics``
   after start timed on their own, and how long the server takes to finish
@@ -17,11 +17,16 @@ SQLite: ``executemany`` from a generator), then, in this order:
 * **bytes per run** in the store (runs and their processing log), before and
   after ``ferryman prune --finished-before 30d`` (timed).
 
+Submits, claims and the endpoints' requests go to every size in turns (one
+to each store, then the next round), so that the load of the moment weighs
+on each size alike; the starts are timed one size after the other.
+
 Runs are spread over the last 60 days, newest ids last, 90 % succeeded, 4 %
 failed, 2 % dead, the rest queued or running, over ten jobs; one run in ten
 has a processing log of three events (the layout of ``bench/web.py``). The
-last table prints each figure at both sizes and the ratio large/small; the
-target is a ratio of at most 1.25.
+last table prints each figure at every size and the ratio of the largest to
+the smallest (the target: at most 1.25), and with three sizes or more to the
+one before the largest as well.
 
 Seeded stores are kept between runs (the database ``ferryman_bench_scale_<N>``,
 or ``<tmp>/ferryman_bench_scale_<N>/store.db``); ``--reseed`` builds them again,
@@ -90,7 +95,7 @@ SELECT n, 'job-' || (n %% 10), 'key-' || n,
        CASE WHEN s.status = 'running' THEN 'bench-worker-6' END,
        CASE WHEN s.status = 'queued' THEN 0 ELSE 1 END,
        CASE WHEN s.status = 'running' THEN %(now)s + 3600 END,
-       CASE WHEN s.status IN ('failed', 'dead') THEN %(traceback)s || n END,
+       CASE WHEN s.status IN ('failed', 'dead') THEN %(traceback)s || n || %(error_end)s END,
        c.created,
        c.created + CASE WHEN s.status IN {FINISHED!r} THEN 0.05 + (n %% 7) * 0.01 ELSE 0 END,
        CASE WHEN s.status <> 'queued' THEN c.created + 0.01 END,
@@ -140,7 +145,9 @@ def seed_postgres(admin: str, size: int, reseed: bool) -> str:
             "last": min(size, first + CHUNK - 1),
             "now": now,
             "size": size,
+            # bench/web.py's traceback with the run's number in it, as its SQLite seed has it
             "traceback": web.TRACEBACK.split("{n}")[0],
+            "error_end": web.TRACEBACK.split("{n}")[1],
         }
         with psycopg.connect(url) as conn:
             conn.execute(PG_RUNS, values)
@@ -265,42 +272,53 @@ def p95(timings: list[float]) -> float:
     return timing.percentile(timings, 0.95)
 
 
-def time_submits(url: str, count: int) -> list[float]:
+def time_submits(urls: dict[int, str], count: int) -> dict[int, list[float]]:
+    """Milliseconds of ``count`` one-run ``app.submit`` calls to each store, in turns."""
     import ferryman as fm
 
-    app = fm.App(url)
-
-    @app.job(name="scale_submit")
-    def scale_submit(ctx: fm.JobContext, payload: object) -> None:
-        pass
-
+    apps = {size: fm.App(url) for size, url in urls.items()}
+    for app in apps.values():
+        app.job(name="scale_submit")(_no_op)
     tag = f"{time.time_ns()}"
-    timings = []
-    for n in range(count):
-        started = time.perf_counter()
-        app.submit("scale_submit", fm.RunRequest(f"{tag}-{n}", {"n": n}))
-        timings.append((time.perf_counter() - started) * 1000)
-    app.close()
+    timings: dict[int, list[float]] = {size: [] for size in urls}
+    try:
+        for app in apps.values():  # open each store's connections outside the timings
+            app.submit("scale_submit", fm.RunRequest(f"{tag}-warm", None))
+        for n in range(count):
+            for size, app in apps.items():
+                started = time.perf_counter()
+                app.submit("scale_submit", fm.RunRequest(f"{tag}-{n}", {"n": n}))
+                timings[size].append((time.perf_counter() - started) * 1000)
+    finally:
+        for app in apps.values():
+            app.close()
     return timings
 
 
-def time_claims(url: str, count: int) -> list[float]:
-    """One due run at a time, from the seeded queue (3 % of the runs are queued)."""
+def _no_op(ctx: object, payload: object) -> None:
+    pass
+
+
+def time_claims(urls: dict[int, str], count: int) -> dict[int, list[float]]:
+    """Milliseconds of ``count`` claims of one due run from each seeded queue (3 % of the
+    runs are queued), in turns."""
     from ferryman.store import Store
 
-    store = Store(url)
-    timings = []
+    stores = {size: Store(url) for size, url in urls.items()}
+    timings: dict[int, list[float]] = {size: [] for size in urls}
     try:
         for _ in range(count):
-            started = time.perf_counter()
-            claimed = store.claim(
-                worker_id="bench-scale", jobs=web.JOBS, limit=1, lease_seconds=600
-            )
-            timings.append((time.perf_counter() - started) * 1000)
-            if not claimed:
-                raise SystemExit("the seeded queue ran dry: --reseed")
+            for size, store in stores.items():
+                started = time.perf_counter()
+                claimed = store.claim(
+                    worker_id="bench-scale", jobs=web.JOBS, limit=1, lease_seconds=600
+                )
+                timings[size].append((time.perf_counter() - started) * 1000)
+                if not claimed:
+                    raise SystemExit("the seeded queue ran dry: --reseed")
     finally:
-        store.close()
+        for store in stores.values():
+            store.close()
     return timings
 
 
@@ -365,37 +383,83 @@ def warmed_up(base: str, deadline: float) -> None:
     raise SystemExit(f"{base} did not finish warming up")
 
 
-def measure_store(kind: str, url: str, size: int, args: argparse.Namespace) -> Figures:
-    figures = Figures()
+def measure_stores(kind: str, urls: dict[int, str], args: argparse.Namespace) -> dict[int, Figures]:
+    """Every figure of the stores of each size, those that can be timed in turns in turns.
+
+    Submits, claims and requests to the endpoints go to each size in turn
+    (one submit, claim or request to each store, then the next round), so
+    that the load of the moment weighs on every size alike: timed one size
+    after the other, each size saw a different machine, and the ratio moved
+    with it. The starts are timed one size after the other, each server
+    alone on its store.
+    """
+    figures = {size: Figures() for size in urls}
     chosen = [part for part in args.endpoints.split(",") if part]
     if not chosen:
-        figures.p95["submit (one run)"] = p95(time_submits(url, args.submits))
-        figures.p95["claim (one run)"] = p95(time_claims(url, args.claims))
-    web.forget_counts(url)  # the first start counts every run and folds the whole log
-    started = time.perf_counter()
-    process, base, cold = timing.cold_start(url, start_timeout=3600)
-    figures.p95.update(cold)
+        for size, timings in time_submits(urls, args.submits).items():
+            figures[size].p95["submit (one run)"] = p95(timings)
+        for size, timings in time_claims(urls, args.claims).items():
+            figures[size].p95["claim (one run)"] = p95(timings)
+    servers: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
     try:
-        warmed_up(base, deadline=time.monotonic() + 3600)
-        figures.p95["warm-up done after start"] = (time.perf_counter() - started) * 1000
-        for name, paths in web.endpoints(size, random.Random(7)).items():
-            if chosen and not any(part in name for part in chosen):
-                continue
-            figures.p95[name] = p95(timing.measure(base, paths, args.requests))
-            print(f"{kind} {size:,}: {name}: p95 {figures.p95[name]:.1f} ms", flush=True)
+        for size, url in urls.items():
+            web.forget_counts(url)  # the first start counts every run and folds the whole log
+            started = time.perf_counter()
+            process, base, cold = timing.cold_start(url, start_timeout=3600)
+            servers[size] = (process, base)
+            figures[size].p95.update(cold)
+            warmed_up(base, deadline=time.monotonic() + 3600)
+            figures[size].p95["warm-up done after start"] = (time.perf_counter() - started) * 1000
+        bases = {size: base for size, (_, base) in servers.items()}
+        for name, by_size in time_endpoints(bases, chosen, args.requests):
+            for size, taken in by_size.items():
+                figures[size].p95[name] = p95(taken)
+            shown = ", ".join(f"{size:,} {p95(taken):.1f}" for size, taken in by_size.items())
+            print(f"{kind}: {name}: p95 ms {shown}", flush=True)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
     if not args.restart:
         return figures
     # A restart carries forward the count and the totals the first server saved.
-    process, base, cold = timing.cold_start(url, start_timeout=3600)
-    process.terminate()
-    process.wait(timeout=30)
-    for name, ms in cold.items():
-        figures.p95[name.replace("start", "restart")] = ms
-    print(f"{kind} {size:,}: {figures.p95}", flush=True)
+    for size, url in urls.items():
+        process, base, cold = timing.cold_start(url, start_timeout=3600)
+        process.terminate()
+        process.wait(timeout=30)
+        for name, ms in cold.items():
+            figures[size].p95[name.replace("start", "restart")] = ms
     return figures
+
+
+def time_endpoints(
+    bases: dict[int, str], chosen: list[str], requests: int
+) -> Iterator[tuple[str, dict[int, list[float]]]]:
+    """Each endpoint of ``bench/web.py`` (those ``chosen``, or all): milliseconds of
+    ``requests`` rounds of one request to each size's server in turn."""
+    import httpx
+
+    paths = {size: web.endpoints(size, random.Random(7)) for size in bases}
+    clients = {size: httpx.Client(base_url=base, timeout=600) for size, base in bases.items()}
+    try:
+        for name in paths[min(bases)]:
+            if chosen and not any(part in name for part in chosen):
+                continue
+            for size, client in clients.items():
+                for path in paths[size][name][:3]:  # warm caches and connections
+                    client.get(path).raise_for_status()
+            timings: dict[int, list[float]] = {size: [] for size in clients}
+            for index in range(requests):
+                for size, client in clients.items():
+                    listed = paths[size][name]
+                    started = time.perf_counter()
+                    response = client.get(listed[index % len(listed)])
+                    timings[size].append((time.perf_counter() - started) * 1000)
+                    response.raise_for_status()
+            yield name, timings
+    finally:
+        for client in clients.values():
+            client.close()
 
 
 def measure_pruning(kind: str, url: str, figures: Figures, args: argparse.Namespace) -> None:
@@ -408,13 +472,27 @@ def measure_pruning(kind: str, url: str, figures: Figures, args: argparse.Namesp
 
 
 def report_latency(kind: str, sizes: list[int], found: dict[int, Figures]) -> None:
+    """Each figure at every size, and the ratio of the largest size to the smallest (the
+    target's); with three sizes or more, also to the one before the largest."""
     small, large = sizes[0], sizes[-1]
-    print(f"\n{kind}: p95 in ms at {small:,} and {large:,} runs; target ratio <= 1.25")
-    print(f"{'operation':<34}{small:>12,}{large:>14,}{'ratio':>8}")
+    middle = sizes[-2] if len(sizes) > 2 else None
+    print(
+        f"\n{kind}: p95 in ms at {', '.join(f'{size:,}' for size in sizes)} runs; "
+        f"target: {large:,} within 1.25x of {small:,}"
+    )
+    header = "".join(f"{size:>14,}" for size in sizes) + f"{'ratio':>8}"
+    if middle is not None:
+        header += f"{f'to {middle:,}':>14}"
+    print(f"{'operation':<34}{header}")
     for name in found[small].p95:
-        a, b = found[small].p95[name], found[large].p95.get(name, float("nan"))
-        flag = "" if b <= 1.25 * a else "  (over 1.25)"
-        print(f"{name:<34}{a:>12.1f}{b:>14.1f}{b / a:>8.2f}{flag}", flush=True)
+        values = [found[size].p95.get(name, float("nan")) for size in sizes]
+        line = f"{name:<34}" + "".join(f"{value:>14.1f}" for value in values)
+        line += f"{values[-1] / values[0]:>8.2f}"
+        if middle is not None:
+            line += f"{values[-1] / values[-2]:>14.2f}"
+        if not values[-1] <= 1.25 * values[0]:
+            line += "  (over 1.25)"
+        print(line, flush=True)
 
 
 def report_bytes(kind: str, size: int, figures: Figures) -> None:
@@ -457,7 +535,6 @@ def main() -> None:
     sizes = sorted(int(size) for size in args.sizes.split(","))
     PREFIX = args.name
     for kind in args.stores.split(","):
-        found: dict[int, Figures] = {}
         urls: dict[int, str] = {}
         for size in sizes:
             urls[size] = (
@@ -465,11 +542,9 @@ def main() -> None:
                 if kind == "sqlite"
                 else seed_postgres(args.pg, size, args.reseed)
             )
-            if args.seed_only:
-                continue
-            found[size] = measure_store(kind, urls[size], size, args)
         if args.seed_only:
             continue
+        found = measure_stores(kind, urls, args)
         report_latency(kind, sizes, found)
         # Last: pruning changes the seeded stores (the next run seeds them again).
         for size in sizes:

@@ -171,7 +171,7 @@ def test_scale_bench_compares_two_sizes_and_prunes() -> None:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
     for store in ("postgres", "sqlite"):
-        assert re.search(rf"{store}: p95 in ms at 1,000 and 3,000 runs", output), (
+        assert re.search(rf"{store}: p95 in ms at 1,000, 3,000 runs", output), (
             f"no table for {store}:\n{output}"
         )
         for size in ("1,000", "3,000"):

@@ -420,7 +420,7 @@ def _sampled_successes(
     query = _one_query_per_range(conn.dialect.name, succeeded_from, first, past, step)
     return [
         (finished_at, started_at)
-        for finished_at, started_at in conn.execute(query)
+        for finished_at, started_at in conn.execute(query).all()
         if finished_at is not None and started_at is not None and since <= finished_at < until
     ]
 
