@@ -315,8 +315,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         PAUSED,
         one(
             POSTGRES_LEASES,
-            "WHERE r.id = held.id AND r.lease_token = held.token AND r.status = 'running'",
-            "WHERE r.id = held.id AND r.status = 'running'",
+            "WHERE run.lease_token = lease.token AND run.status = 'running'",
+            "WHERE run.status = 'running'",
         ),
         (f"{FAULTS}::test_an_outcome_is_counted_only_once_it_is_committed[postgres]",),
     ),

@@ -202,17 +202,33 @@ def _succeed_statement(now: str, clock: str = "") -> str:
     ``now``: the time of the successes; ``clock``: a table expression it
     reads. Each row: a run that succeeded, and its lease token. Run on
     psycopg's cursor (:func:`driver_rows`, :class:`CommittedStatements`).
+
+    Each run is found by its primary key alone and locked (``held``), and
+    the fence checked on the row as locked; the update then finds the runs
+    by primary key. Joined with the runs instead, the planner may walk
+    every running run once for each success: its statistics often say that
+    none runs (the table was analysed while idle), so a nested loop over
+    the running runs looks cheapest, and 1,000 successes with 3,000 runs
+    running took 0.5 s instead of 0.02 (measured, generic plan).
     """
     clock_table, clock_from, clock_join = (
-        (f"clock AS ({clock}), ", "clock, ", ", clock") if clock else ("", "", "")
+        (f"clock AS ({clock}), ", "FROM clock", ", clock") if clock else ("", "", "")
     )
     return f"""
-    WITH {clock_table}done AS (
+    WITH {clock_table}held AS (
+        SELECT run.id
+        FROM unnest(%(ids)b::bigint[], %(tokens)b::bigint[]) AS lease(id, token)
+        CROSS JOIN LATERAL (
+            SELECT id, lease_token, status FROM {runs.name} WHERE id = lease.id
+            LIMIT 1 FOR NO KEY UPDATE
+        ) AS run
+        WHERE run.lease_token = lease.token AND run.status = 'running'
+    ), done AS (
         UPDATE {runs.name} AS r
         SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL,
             last_error = NULL, finished_at = {now}, updated_at = {now}
-        FROM {clock_from}unnest(%(ids)b::bigint[], %(tokens)b::bigint[]) AS held(id, token)
-        WHERE r.id = held.id AND r.lease_token = held.token AND r.status = 'running'
+        {clock_from}
+        WHERE r.id = ANY(ARRAY(SELECT id FROM held))
         RETURNING r.id, r.attempt, r.lease_token
     ), logged AS (
         INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token)
