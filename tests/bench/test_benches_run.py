@@ -47,7 +47,8 @@ def run_bench(script: str, *arguments: str, timeout: float = 600) -> str:
 def test_queue_bench_measures_ferryman_on_every_store() -> None:
     output = run_bench(
         "queue.py",
-        *("--runs", "200", "--one-by-one", "50", "--only", "ferryman", "--store", "all"),
+        *("--runs", "200", "--one-by-one", "50", "--only", "ferryman,ferryman-controls"),
+        *("--store", "all"),
         *("--pg", PG_ADMIN, "--mariadb", MARIADB_ADMIN),
     )
     for store in ("postgres", "sqlite", "mariadb"):
@@ -60,6 +61,12 @@ def test_queue_bench_measures_ferryman_on_every_store() -> None:
     assert re.search(rf"MariaDB single-row commits/s: {NUMBER}", output), output
     cpu = rf"CPU per run while processing: this process {NUMBER} us"
     assert re.search(rf"{cpu}, PostgreSQL {NUMBER} us", output), output
+    for store in ("postgres", "sqlite", "mariadb"):
+        in_turns = (
+            rf"{store} processing with queue controls {NUMBER} within 10 % of the same job "
+            rf"without them {NUMBER}, timed in turns \(ratio {NUMBER}\)"
+        )
+        assert re.search(in_turns, output), output
     assert "FAILED" not in output, output
 
 
