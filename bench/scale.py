@@ -6,7 +6,7 @@ SQLite: ``executemany`` from a generator), then, in this order:
 
 * **submit**: ``app.submit`` of one run, one call at a time (p95 of N calls);
 * **claim**: ``Store.claim`` of one due run from the seeded queue (p95 of N
-  claims; each claimed run stays leased, 3 % of the runs are queued);
+  claims; 3 % of the runs are queued; each claimed run then succeeds, untimed);
 * **every dashboard and API endpoint** of ``bench/web.py`` against the real
   ``ferryman serve`` (p95), the first overview and the first ``/metrics``
   after start timed on their own, and how long the server takes to finish
@@ -67,6 +67,9 @@ from bench import timing, web  # noqa: E402  (after the path set-up above)
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DAYS = 60
 SPAN = DAYS * 24 * 3600.0
+# The seed's running runs hold leases that outlast any run of the bench on a kept
+# store: expired, every claim would take one over instead of claiming a queued run.
+SEEDED_LEASE = 30 * 24 * 3600.0
 CHUNK = 1_000_000  # rows per transaction while seeding PostgreSQL
 FINISHED = ("succeeded", "failed", "dead")
 
@@ -94,7 +97,7 @@ SELECT n, 'job-' || (n %% 10), 'key-' || n,
        CASE WHEN s.status = 'queued' THEN 0 ELSE 1 END, 5, c.created,
        CASE WHEN s.status = 'running' THEN 'bench-worker-6' END,
        CASE WHEN s.status = 'queued' THEN 0 ELSE 1 END,
-       CASE WHEN s.status = 'running' THEN %(now)s + 3600 END,
+       CASE WHEN s.status = 'running' THEN %(now)s + {SEEDED_LEASE} END,
        CASE WHEN s.status IN ('failed', 'dead') THEN %(traceback)s || n || %(error_end)s END,
        c.created,
        c.created + CASE WHEN s.status IN {FINISHED!r} THEN 0.05 + (n %% 7) * 0.01 ELSE 0 END,
@@ -190,6 +193,8 @@ def run_rows(size: int, now: float) -> Iterator[tuple[object, ...]]:
         for index in (7, 12, 13, 14, 15):  # available, created, updated, started, finished
             if values[index] is not None:
                 values[index] = now - (now - float(values[index])) * stretch  # type: ignore[arg-type]
+        if values[10] is not None:  # a running run's lease
+            values[10] = now + SEEDED_LEASE
         yield tuple(values)
 
 
@@ -301,8 +306,10 @@ def _no_op(ctx: object, payload: object) -> None:
 
 def time_claims(urls: dict[int, str], count: int) -> dict[int, list[float]]:
     """Milliseconds of ``count`` claims of one due run from each seeded queue (3 % of the
-    runs are queued), in turns."""
+    runs are queued), in turns; each claimed run then succeeds, untimed, so that no
+    lease of the bench's expires into a later run's claims."""
     from ferryman.store import Store
+    from ferryman.store.run_rows import Outcome, OutcomeKind
 
     stores = {size: Store(url) for size, url in urls.items()}
     timings: dict[int, list[float]] = {size: [] for size in urls}
@@ -316,6 +323,11 @@ def time_claims(urls: dict[int, str], count: int) -> dict[int, list[float]]:
                 timings[size].append((time.perf_counter() - started) * 1000)
                 if not claimed:
                     raise SystemExit("the seeded queue ran dry: --reseed")
+                succeeded = [
+                    Outcome(kind=OutcomeKind.SUCCEEDED, lease=run.lease, attempt=run.attempt)
+                    for run in claimed
+                ]
+                store.finish(succeeded, worker_id="bench-scale")
     finally:
         for store in stores.values():
             store.close()
