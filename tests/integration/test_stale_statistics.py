@@ -78,9 +78,6 @@ def test_a_batch_of_successes_reads_each_run_by_its_key_whatever_the_statistics(
             transaction.rollback()
         # Each run of the batch found by its key, then updated: not each running
         # run compared with each success (RUNNING * BATCH).
-        import json
-
-        print(json.dumps(plan[0]["Plan"], indent=1)[:6000])
         assert rows_read(plan[0]["Plan"]) <= 3 * BATCH
 
         # And the statement does what it did: the batch succeeded, and only it.
