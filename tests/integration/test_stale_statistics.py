@@ -1,9 +1,9 @@
 """The worker's statements on PostgreSQL cost the same per run whatever the planner believes.
 
 A queue's table is often analysed while idle: its statistics then say that
-no run is running, however many are by the time a worker writes their
-successes. A statement whose plan followed those statistics would walk
-every running run once for each success. These tests force the plan a
+no run is running, however many are by the time a worker writes how their
+attempts ended. A statement whose plan followed those statistics would walk
+every running run once for each outcome. These tests force the plan a
 prepared statement gets once PostgreSQL stops planning it for its values
 (``plan_cache_mode = force_generic_plan``), with such statistics, and count
 the rows it reads (EXPLAIN ANALYZE, rolled back).
@@ -11,26 +11,22 @@ the rows it reads (EXPLAIN ANALYZE, rolled back).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
-from ferryman.store.postgres_leases import SUCCEED_COMMITTED
+from ferryman.store.postgres_leases import END, SUCCEED_COMMITTED, end_params
 from ferryman.store.run_rows import ClaimedRun, Outcome, OutcomeKind
 from ferryman.store.schema import runs
 
 FINISHED = 20_000  # runs that succeeded before the statistics were taken
-RUNNING = 600  # runs claimed, and so running, when the successes are written
-BATCH = 200  # successes written in one statement
-# The statement with its parameters numbered, for PREPARE: a plan EXPLAIN makes for
-# given values is always the custom one.
-AS_PREPARED = (
-    SUCCEED_COMMITTED.replace("%(ids)b", "$1")
-    .replace("%(tokens)b", "$2")
-    .replace("%(worker)s", "$3")
-)
+RUNNING = 600  # runs claimed, and so running, when the outcomes are written
+BATCH = 200  # outcomes written in one statement
 
 
 def noop(ctx: fm.JobContext, payload: object) -> None: ...
@@ -48,12 +44,43 @@ def rows_read(node: dict[str, Any]) -> int:
     return own + sum(rows_read(child) for child in node.get("Plans", ()))
 
 
-def test_a_batch_of_successes_reads_each_run_by_its_key_whatever_the_statistics(
-    pg_url: str,
-) -> None:
+def generic_plan(
+    app: fm.App, statement: str, types: dict[str, str], params: dict[str, Any]
+) -> dict[str, Any]:
+    """The plan ``statement`` gets once prepared and planned generically, run on ``params``
+    (rolled back). ``types``: each parameter's SQL type, in the order PREPARE numbers them."""
+    numbers = {name: f"${number}" for number, name in enumerate(types, start=1)}
+    prepared = re.sub(r"%\((\w+)\)[sb]", lambda match: numbers[match[1]], statement)
+    with app.store.engine.connect() as conn, conn.begin() as transaction:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE statement ({', '.join(types.values())}) AS {prepared}")
+        # EXECUTE's arguments as literals (a client-side cursor): a utility
+        # statement's parameters have no type the server could infer.
+        literal = psycopg.ClientCursor(cursor.connection)
+        placeholders = ", ".join(f"%s::{sql_type}" for sql_type in types.values())
+        explain = f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE statement ({placeholders})"
+        literal.execute(explain, [params[name] for name in types])
+        ((plan,),) = literal.fetchall()
+        transaction.rollback()
+    return plan[0]["Plan"]  # type: ignore[no-any-return]
+
+
+def write(app: fm.App, statement: str, params: dict[str, Any]) -> list[int]:
+    """The ids ``statement`` returns, run on ``params`` and committed."""
+    with app.store.engine.begin() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(statement, params)
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+@pytest.fixture
+def running_unknown_to_statistics(pg_url: str) -> Iterator[tuple[fm.App, list[ClaimedRun]]]:
+    """A store with FINISHED runs finished and RUNNING runs running (the batch's
+    first), analysed with none running."""
     app = fm.App(pg_url)
     try:
-        app.job(name="load")(noop)
+        app.job(name="load", max_attempts=1)(noop)
         app.submit("load", *(fm.RunRequest(f"done-{i}") for i in range(FINISHED)))
         claim = {"worker_id": "w", "jobs": app.jobs, "lease_seconds": 60}
         while claimed := app.store.claim(limit=1000, **claim):  # type: ignore[arg-type]
@@ -63,33 +90,63 @@ def test_a_batch_of_successes_reads_each_run_by_its_key_whatever_the_statistics(
             conn.execute(sa.text("ANALYZE"))  # no run is running
         claimed = app.store.claim(limit=RUNNING, **claim)  # type: ignore[arg-type]
         assert len(claimed) == RUNNING
-        batch = claimed[:BATCH]
-        ids, tokens = [run.id for run in batch], [run.lease_token for run in batch]
-        with app.store.engine.connect() as conn, conn.begin() as transaction:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            cursor.execute(f"PREPARE succeed (bigint[], bigint[], text) AS {AS_PREPARED}")
-            # EXECUTE's arguments as literals (a client-side cursor): a utility
-            # statement's parameters have no type the server could infer.
-            literal = psycopg.ClientCursor(cursor.connection)
-            explain = "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE succeed (%s, %s, %s)"
-            literal.execute(explain, (ids, tokens, "w"))
-            ((plan,),) = literal.fetchall()
-            transaction.rollback()
-        # Each run of the batch found by its key, then updated: not each running
-        # run compared with each success (RUNNING * BATCH).
-        assert rows_read(plan[0]["Plan"]) <= 3 * BATCH
-
-        # And the statement does what it did: the batch succeeded, and only it.
-        with app.store.engine.begin() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute(SUCCEED_COMMITTED, {"ids": ids, "tokens": tokens, "worker": "w"})
-            succeeded = sorted(row[0] for row in cursor.fetchall())
-        assert succeeded == sorted(run.id for run in batch)
-        statuses = {run.id: run.status for run in app.get_runs(job="load")}
-        assert sum(status is fm.RunStatus.SUCCEEDED for status in statuses.values()) == (
-            FINISHED + BATCH
-        )
-        assert all(statuses[run.id] is fm.RunStatus.SUCCEEDED for run in batch)
+        yield app, claimed[:BATCH]
     finally:
         app.close()
+
+
+def statuses(app: fm.App) -> dict[int, fm.RunStatus]:
+    return {run.id: run.status for run in app.get_runs(job="load")}
+
+
+def test_a_batch_of_successes_reads_each_run_by_its_key_whatever_the_statistics(
+    running_unknown_to_statistics: tuple[fm.App, list[ClaimedRun]],
+) -> None:
+    app, batch = running_unknown_to_statistics
+    params = {
+        "ids": [run.id for run in batch],
+        "tokens": [run.lease_token for run in batch],
+        "worker": "w",
+    }
+    types = {"ids": "bigint[]", "tokens": "bigint[]", "worker": "text"}
+    plan = generic_plan(app, SUCCEED_COMMITTED, types, params)
+    # Each run of the batch found by its key, then updated: not each running
+    # run compared with each success (RUNNING * BATCH).
+    assert rows_read(plan) <= 3 * BATCH
+
+    # And the statement does what it did: the batch succeeded, and only it.
+    assert write(app, SUCCEED_COMMITTED, params) == sorted(run.id for run in batch)
+    ended = statuses(app)
+    assert sum(status is fm.RunStatus.SUCCEEDED for status in ended.values()) == FINISHED + BATCH
+    assert all(ended[run.id] is fm.RunStatus.SUCCEEDED for run in batch)
+
+
+def test_a_batch_of_failures_reads_each_run_by_its_key_whatever_the_statistics(
+    running_unknown_to_statistics: tuple[fm.App, list[ClaimedRun]],
+) -> None:
+    app, batch = running_unknown_to_statistics
+    with app.store.engine.begin() as conn:
+        now = app.store.runs.now(conn)
+    outcomes = [
+        Outcome(kind=OutcomeKind.DEAD, lease=run.lease, attempt=run.attempt, error="boom")
+        for run in batch
+    ]
+    params = end_params(outcomes, now, "w")
+    types = {
+        "ids": "bigint[]",
+        "tokens": "bigint[]",
+        "statuses": "text[]",
+        "kinds": "text[]",
+        "errors": "text[]",
+        "available": "float8[]",
+        "finished": "float8[]",
+        "details": "text[]",
+        "now": "float8",
+        "worker": "text",
+    }
+    assert rows_read(generic_plan(app, END, types, params)) <= 3 * BATCH
+
+    assert write(app, END, params) == sorted(run.id for run in batch)
+    ended = statuses(app)
+    assert sum(status is fm.RunStatus.DEAD for status in ended.values()) == BATCH
+    assert all(ended[run.id] is fm.RunStatus.DEAD for run in batch)

@@ -321,6 +321,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{FAULTS}::test_an_outcome_is_counted_only_once_it_is_committed[postgres]",),
     ),
     Mutation(
+        "a batch with failures written without the lease-token predicate (PostgreSQL)",
+        PAUSED,
+        one(
+            POSTGRES_LEASES,
+            "WHERE run.lease_token = ending.token AND run.status = 'running'",
+            "WHERE run.status = 'running'",
+        ),
+        (
+            f"{CONTRACT}::"
+            "test_a_batch_of_outcomes_writes_only_those_under_the_current_lease[postgres]",
+        ),
+    ),
+    Mutation(
         "checkpoint not fenced",
         PAUSED,
         one(

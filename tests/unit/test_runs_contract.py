@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import ferryman as fm
-from ferryman.store import Store
+from ferryman.store import ClaimedRun, Outcome, OutcomeKind, Store
 from ferryman.worker.context import JobContext
 from tests.helpers import incompressible, wait_until
 
@@ -526,6 +526,66 @@ def test_lost_lease_refuses_every_fenced_write(make_app: type[fm.App]) -> None:
         ("lease_expired", None, None),
         ("claimed", "B", 2),
         ("succeeded", "B", 2),
+    ]
+
+
+def test_a_batch_of_outcomes_writes_only_those_under_the_current_lease(
+    make_app: type[fm.App],
+) -> None:
+    """Every kind of outcome in one batch, next to outcomes of leases since taken over."""
+    app = make_app()
+
+    @app.job
+    def load(ctx: fm.JobContext, payload: object) -> None: ...
+
+    run_ids = list(app.submit("load", *(fm.RunRequest(f"r{i}") for i in range(8))).run_ids)
+    store = app.store
+    lapsed = store.claim(worker_id="A", jobs=["load"], limit=4, lease_seconds=0.3)
+    held = store.claim(worker_id="A", jobs=["load"], limit=4, lease_seconds=30)
+    assert [run.id for run in lapsed + held] == run_ids
+    for run in lapsed:
+        wait_until(lambda run=run: lease_expired(store, run.id), what="lease expiry")
+    taken = store.claim(worker_id="B", jobs=["load"], limit=4, lease_seconds=30)
+    assert [run.id for run in taken] == run_ids[:4]
+
+    kinds_in_turn = [OutcomeKind.SUCCEEDED, OutcomeKind.RETRY, OutcomeKind.FAILED, OutcomeKind.DEAD]
+
+    def outcome(run: ClaimedRun, kind: OutcomeKind) -> Outcome:
+        error = None if kind is OutcomeKind.SUCCEEDED else f"{kind.value} {run.run_key}"
+        delay = 60.0 if kind is OutcomeKind.RETRY else 0.0
+        return Outcome(
+            kind=kind, lease=run.lease, attempt=run.attempt, error=error, retry_delay=delay
+        )
+
+    stale = [outcome(run, kind) for run, kind in zip(lapsed, kinds_in_turn, strict=True)]
+    current = [outcome(run, kind) for run, kind in zip(held, kinds_in_turn, strict=True)]
+    by_b = outcome(taken[0], OutcomeKind.FAILED)  # the same run as the stale success
+    batch = [current[3], stale[1], by_b, current[0], stale[0], current[2], stale[3], current[1]]
+    accepted = store.finish(batch, worker_id="A")
+    assert accepted == [item in current or item is by_b for item in batch]
+
+    runs = {run_id: app.get_run(run_id) for run_id in run_ids}
+    statuses = [(run.status.value, run.last_error) for run in runs.values() if run]
+    assert statuses == [
+        ("failed", "failed r0"),
+        *[("running", None)] * 3,
+        ("succeeded", None),
+        ("queued", "retry r5"),
+        ("failed", "failed r6"),
+        ("dead", "dead r7"),
+    ]
+    retried = runs[run_ids[5]]
+    assert retried is not None and retried.finished_at is None
+    assert retried.available_at.timestamp() > retried.updated_at.timestamp() + 59
+    assert [runs[run_id].lease_owner for run_id in run_ids] == [None, "B", "B", "B"] + [None] * 4  # type: ignore[union-attr]
+    ended = [event for run_id in run_ids for event in app.get_run_events(run_id)[-1:]]
+    assert [(e.kind.value, e.worker_id, e.lease_token, e.detail) for e in ended] == [
+        ("failed", "A", 2, {"error": "failed r0"}),
+        *[("claimed", "B", 2, {})] * 3,
+        ("succeeded", "A", 1, {}),
+        ("retry_scheduled", "A", 1, {"delay": 60.0, "error": "retry r5"}),
+        ("failed", "A", 1, {"error": "failed r6"}),
+        ("dead", "A", 1, {"error": "dead r7"}),
     ]
 
 

@@ -347,18 +347,11 @@ class Backend:
 
     def end(self, conn: sa.Connection, outcome: Outcome, now: float) -> bool:
         """One outcome, fenced by its lease (not logged); False if the lease was lost."""
-        if outcome.kind is OutcomeKind.SUCCEEDED:
-            changes: dict[str, Any] = {
-                "status": "succeeded",
-                "last_error": None,
-                "finished_at": now,
-            }
-        else:
-            values = end_values(outcome, now)
-            changes = {"status": values["status"], "last_error": values["error"]}
-            for column in ("available_at", "finished_at"):
-                if values[column] is not None:
-                    changes[column] = values[column]
+        values = end_values(outcome, now)
+        changes: dict[str, Any] = {"status": values["status"], "last_error": values["error"]}
+        for column in ("available_at", "finished_at"):
+            if values[column] is not None:
+                changes[column] = values[column]
         changes.update(lease_owner=None, lease_expires_at=None, updated_at=now)
         update = fenced_update([outcome.lease]).values(**changes)
         return conn.execute(update).rowcount == 1

@@ -50,15 +50,17 @@ from ferryman.store.postgres_enqueue import ENQUEUE, KEY_DIGEST_UNIQUE, submit_s
 from ferryman.store.postgres_leases import (
     CLAIM_COMMITTED,
     CLAIM_DUE,
+    END,
     LEASE_QUEUED,
     SUCCEED,
     SUCCEED_COMMITTED,
     SUCCEED_ONE,
     CommittedStatements,
     driver_rows,
+    end_params,
     lease_due_statement,
 )
-from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind, lock_in_id_order
+from ferryman.store.run_rows import Lease, NewRun, Outcome, OutcomeKind
 
 log = logging.getLogger("ferryman.store")
 
@@ -329,30 +331,22 @@ class PostgresBackend(Backend):
     def finish(
         self, conn: sa.Connection, outcomes: Sequence[Outcome], *, worker_id: str, now: float
     ) -> tuple[set[Lease], set[Lease]]:
-        """Successes in one statement that logs them too; then the others one by one.
-
-        ``outcomes`` come in id order, and so the successes lock their rows;
-        the others would then lock theirs out of that order, so a mixed batch
-        takes its locks in id order first.
-        """
-        successes = [o.lease for o in outcomes if o.kind is OutcomeKind.SUCCEEDED]
-        if 0 < len(successes) < len(outcomes):
-            lock_in_id_order(conn, [outcome.lease for outcome in outcomes])
-        accepted: set[Lease] = set()
-        if successes:
+        """The whole batch in one statement that logs it too (``outcomes`` in id order,
+        and so the statement locks their rows): successes alone take :data:`SUCCEED`,
+        a batch with any other outcome :data:`END`."""
+        if all(outcome.kind is OutcomeKind.SUCCEEDED for outcome in outcomes):
             params = {
-                "ids": [lease.run_id for lease in successes],
-                "tokens": [lease.token for lease in successes],
+                "ids": [outcome.lease.run_id for outcome in outcomes],
+                "tokens": [outcome.lease.token for outcome in outcomes],
                 "now": now,
                 "worker": worker_id,
             }
-            done = set(driver_rows(conn, SUCCEED, params))  # (id, token): equal to the leases
-            accepted = {lease for lease in successes if lease in done}
-        logged = set(accepted)  # the statement wrote their events
-        for outcome in outcomes:
-            if outcome.kind is not OutcomeKind.SUCCEEDED and self.end(conn, outcome, now):
-                accepted.add(outcome.lease)
-        return accepted, logged
+            statement = SUCCEED
+        else:
+            params, statement = end_params(outcomes, now, worker_id), END
+        done = set(driver_rows(conn, statement, params))  # (id, token): equal to the leases
+        accepted = {outcome.lease for outcome in outcomes if outcome.lease in done}
+        return accepted, accepted
 
     # -- wake-ups ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any, cast
 
 import psycopg
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 
 from ferryman.store import faults
 from ferryman.store.dialect import CONNECT_TIMEOUT_S
+from ferryman.store.run_rows import Outcome, end_values, outcome_event
 from ferryman.store.schema import job_limits, run_events, runs
 
 
@@ -243,6 +245,66 @@ SUCCEED = _succeed_statement("%(now)s")
 # Successes as one statement in autocommit, the clock read in it: one round
 # trip where a transaction takes four (BEGIN, the clock, SUCCEED, COMMIT).
 SUCCEED_COMMITTED = _succeed_statement("clock.now", _CLOCK)
+
+
+# Outcomes of every kind, logged: one statement, for a batch that holds a
+# retry, a failure or a death (successes alone take SUCCEED). Locked and
+# fenced as _succeed_statement explains; each run's own values ride along
+# (end_params), so the update joins the runs with ``held`` by primary key.
+# Found by ``= ANY(ARRAY(...))`` as well, the runs were each compared with
+# every outcome of the batch (measured, generic plan). Written one UPDATE per
+# outcome instead, rejections ended at about 2,500 runs a second.
+END = f"""
+    WITH ending AS (
+        SELECT * FROM unnest(
+            %(ids)b::bigint[], %(tokens)b::bigint[], %(statuses)s::text[], %(kinds)s::text[],
+            %(errors)s::text[], %(available)b::float8[], %(finished)b::float8[],
+            %(details)s::text[]
+        ) AS ending(id, token, status, kind, error, available_at, finished_at, detail)
+    ), held AS MATERIALIZED (
+        SELECT ending.*
+        FROM ending
+        CROSS JOIN LATERAL (
+            SELECT lease_token, status FROM {runs.name} WHERE id = ending.id
+            LIMIT 1 FOR NO KEY UPDATE
+        ) AS run
+        WHERE run.lease_token = ending.token AND run.status = 'running'
+    ), done AS (
+        UPDATE {runs.name} AS r
+        SET status = held.status, last_error = held.error,
+            available_at = coalesce(held.available_at, r.available_at),
+            finished_at = coalesce(held.finished_at, r.finished_at),
+            lease_owner = NULL, lease_expires_at = NULL, updated_at = %(now)s
+        FROM held
+        WHERE r.id = held.id
+        RETURNING r.id, r.attempt, r.lease_token, held.kind, held.detail
+    ), logged AS (
+        INSERT INTO {run_events.name} (run_id, kind, at, attempt, worker_id, lease_token, detail)
+        SELECT id, kind, %(now)s, attempt, %(worker)s, lease_token, detail FROM done
+    )
+    SELECT id, lease_token FROM done
+"""
+
+
+def end_params(outcomes: Sequence[Outcome], now: float, worker_id: str) -> dict[str, Any]:
+    """The parameters of :data:`END` for ``outcomes`` (in id order), ended at ``now``."""
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in ("ids", "tokens", "statuses", "kinds", "errors", "available", "finished")
+    }
+    details: list[str | None] = []
+    for outcome in outcomes:
+        values = end_values(outcome, now)
+        logged = outcome_event(outcome, now, worker_id)
+        columns["ids"].append(outcome.lease.run_id)
+        columns["tokens"].append(outcome.lease.token)
+        columns["statuses"].append(values["status"])
+        columns["kinds"].append(logged["kind"])
+        columns["errors"].append(values["error"])
+        columns["available"].append(values["available_at"])
+        columns["finished"].append(values["finished_at"])
+        details.append(logged["detail"])
+    return {**columns, "details": details, "now": now, "worker": worker_id}
 
 
 # A job's own success inside its ctx.transaction(), once per run: the clock is

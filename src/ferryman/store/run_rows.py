@@ -230,7 +230,18 @@ def error_summary(error: str | None) -> str | None:
 
 
 def end_values(outcome: Outcome, now: float) -> dict[str, Any]:
-    """A retry is queued again after its delay; a rejection or a death is finished now."""
+    """A retry is queued again after its delay; any other outcome is finished now.
+
+    ``available_at`` and ``finished_at`` None: the run's own value stays.
+    """
+    if outcome.kind is OutcomeKind.SUCCEEDED:
+        return {
+            "status": RunStatus.SUCCEEDED.value,
+            "available_at": None,
+            "finished_at": now,
+            "error": None,
+            "now": now,
+        }
     if outcome.kind is OutcomeKind.RETRY:
         return {
             "status": RunStatus.QUEUED.value,
