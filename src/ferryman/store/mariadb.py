@@ -37,6 +37,7 @@ database. What MariaDB does differently, each measured and explained in
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -54,7 +55,15 @@ from ferryman.store.dialect import (
     safe_url,
     translated_errors,
 )
-from ferryman.store.run_rows import CLAIMED_COLUMNS, NewRun, chunks, lease_update, run_row
+from ferryman.store.mariadb_submits import SubmitConnection
+from ferryman.store.run_rows import (
+    CHUNK,
+    CLAIMED_COLUMNS,
+    NewRun,
+    chunks,
+    lease_update,
+    run_row,
+)
 from ferryman.store.schema import runs
 
 CLOCK: sa.ColumnElement[float] = sa.literal_column(
@@ -87,6 +96,12 @@ REFUSALS = {
     1045: "access denied (check the user and password in the store URL)",
     1049: "no such database (create it, or name another database in the store URL)",
 }
+
+
+def _set_utc(dbapi_conn: Any) -> None:
+    """``UNIX_TIMESTAMP`` reads datetimes in the session's time zone: make it UTC."""
+    with dbapi_conn.cursor() as cursor:
+        cursor.execute("SET time_zone = '+00:00'")
 
 
 def _code(error: BaseException | None) -> int | None:
@@ -209,10 +224,17 @@ class MariaDBBackend(Backend):
 
         @event.listens_for(engine, "connect")
         def _utc(dbapi_conn: Any, _record: Any) -> None:
-            with dbapi_conn.cursor() as cursor:
-                cursor.execute("SET time_zone = '+00:00'")
+            _set_utc(dbapi_conn)
 
         return cls(url, engine, connect_args)
+
+    def _connect_driver(self) -> Any:
+        """A PyMySQL connection of its own, made as the engine's pool makes them."""
+        dialect = self.engine.dialect
+        args, kwargs = dialect.create_connect_args(self.engine.url)
+        conn = dialect.loaded_dbapi.connect(*args, **{**kwargs, **self._connect_args})
+        _set_utc(conn)
+        return conn
 
     def ping(self, timeout: float) -> bool:
         """Asked on a connection of its own: after an outage the pool holds dead ones."""
@@ -309,6 +331,46 @@ class MariaDBBackend(Backend):
         return list(conn.execute(sa.select(*columns).where(key.in_(ids))))
 
     # -- runs ----------------------------------------------------------------
+
+    enqueues_committed = True
+    # Whether the last submit met keys that existed: the next one is then
+    # written in a transaction that skips them at once (a producer resubmitting
+    # its keys pays for no failed statement), until a submit finds every key
+    # new again. Read and set under the submit connection's lock.
+    _submits_meet_existing_keys = False
+
+    def enqueue_committed(self, new_runs: Sequence[NewRun]) -> list[tuple[int, bytes]]:
+        """One autocommit statement on the submit connection (see
+        :mod:`~ferryman.store.mariadb_submits`); keys that exist, in a transaction."""
+        submits = self._submits
+        with submits.lock:
+            # A batch larger than a chunk is written in chunks, in one transaction.
+            if not self._submits_meet_existing_keys and len(new_runs) <= CHUNK:
+                try:
+                    return submits.insert(new_runs)
+                except sa.exc.IntegrityError as exc:
+                    if _code(exc.orig) != DUPLICATE_KEY:
+                        raise
+            with self.transaction() as conn:
+                created = self.enqueue(conn, new_runs, None)
+            self._submits_meet_existing_keys = len(created) < len(new_runs)
+            return created
+
+    @property
+    def _submits(self) -> SubmitConnection:
+        submits = self.__dict__.get("_submit_connection")
+        if submits is None or submits.pid != os.getpid():
+            # A forked child's own; the parent's is the parent's, never closed here.
+            submits = self.__dict__["_submit_connection"] = SubmitConnection(
+                self._connect_driver, self.is_database_failure
+            )
+        return submits
+
+    def dispose(self) -> None:
+        submits = self.__dict__.pop("_submit_connection", None)
+        if submits is not None and submits.pid == os.getpid():
+            submits.close()
+        super().dispose()
 
     def enqueue(
         self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None
