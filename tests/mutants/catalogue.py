@@ -334,6 +334,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "a batch of outcomes kept without comparing lease tokens (MariaDB)",
+        PAUSED,
+        one(
+            MARIADB,
+            "held = {Lease(row.id, row.lease_token) for row in rows}",
+            "held = {outcome.lease for outcome in outcomes}",
+        ),
+        (
+            f"{CONTRACT}::"
+            "test_a_batch_of_outcomes_writes_only_those_under_the_current_lease[mariadb]",
+        ),
+    ),
+    Mutation(
         "checkpoint not fenced",
         PAUSED,
         one(
