@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 import ferryman as fm
 from ferryman.store.schema import runs
+from ferryman.worker.context import JobContext
 from tests.mariadb_pool import admin_connection, execute, rows
 
 
@@ -98,3 +99,39 @@ def test_a_submit_whose_connection_the_server_closed_is_sent_again_on_a_new_one(
     assert after.created == 1
     assert [key for key, *_ in stored(app)] == ["before", "after"]
     assert len(submit_sessions(database)) >= 1
+
+
+def test_a_run_too_big_for_one_statement_is_refused_by_name_and_its_batch_not_written(
+    app: fm.App,
+) -> None:
+    big = "x" * (17 << 20)  # over the server's max_allowed_packet (16 MiB by default)
+    with pytest.raises(fm.PayloadError, match=r"run_key 'b' .* \(max_allowed_packet\)"):
+        app.submit("load", fm.RunRequest("a", "small"), fm.RunRequest("b", big))
+    with pytest.raises(fm.PayloadError, match=r"run_key 'b'"):
+        app.submit("load", fm.RunRequest("b", big))
+    assert stored(app) == []
+    # The connection was never cut: the next submit goes through at once.
+    assert app.submit("load", fm.RunRequest("c", "small")).created == 1
+
+
+def test_runs_that_fit_one_statement_each_but_not_together_are_all_written(app: fm.App) -> None:
+    payloads = {key: key * (6 << 20) for key in "abc"}  # 6 MiB each, 18 together
+    result = app.submit("load", *(fm.RunRequest(key, text) for key, text in payloads.items()))
+    assert result.created == 3
+    assert [(key, len(payload)) for key, payload, *_ in stored(app)] == [
+        (key, len(text) + 2)
+        for key, text in payloads.items()  # JSON strings: quoted
+    ]
+
+
+def test_a_checkpoint_too_big_for_one_statement_is_refused_and_the_lease_kept(
+    app: fm.App,
+) -> None:
+    app.submit("load", fm.RunRequest("a"))
+    (run,) = app.store.claim(worker_id="w", jobs=["load"], limit=1, lease_seconds=30)
+    ctx = JobContext(store=app.store, run=run, worker_id="w", lease_seconds=30)
+    with pytest.raises(fm.PayloadError, match=rf"checkpoint of run {run.id} "):
+        ctx.checkpoint({"rows": "x" * (17 << 20)})
+    ctx.checkpoint({"offset": 1})  # still held, and the connection fine
+    held = app.get_run(run.id)
+    assert held is not None and held.checkpoint == {"offset": 1}

@@ -220,6 +220,10 @@ class Backend:
         """
         raise NotImplementedError
 
+    def refuse_oversized(self, conn: sa.Connection, text: str, what: str) -> None:
+        """Raise :class:`~ferryman.PayloadError` if ``text`` cannot go to the database
+        in one statement (MariaDB's max_allowed_packet); nothing is sent then."""
+
     # Whether enqueue_committed is implemented.
     enqueues_committed = False
 

@@ -186,6 +186,7 @@ class Leases:
         worker_id: str,
         checkpoint_json: str,
     ) -> None:
+        self.backend.refuse_oversized(conn, checkpoint_json, f"checkpoint of run {lease.run_id}")
         now = self.backend.clock(conn)
         matched = conn.execute(
             fenced_update([lease]).values(checkpoint=checkpoint_json, updated_at=now)

@@ -55,15 +55,19 @@ from ferryman.store.dialect import (
     safe_url,
     translated_errors,
 )
-from ferryman.store.mariadb_submits import SubmitConnection
+from ferryman.store.mariadb_submits import (
+    ROW_BYTES,
+    SubmitConnection,
+    sized_chunks,
+    statement_bytes,
+    too_big,
+)
 from ferryman.store.run_rows import (
-    CHUNK,
     CLAIMED_COLUMNS,
     Lease,
     NewRun,
     Outcome,
     OutcomeKind,
-    chunks,
     lease_update,
     run_row,
 )
@@ -374,9 +378,10 @@ class MariaDBBackend(Backend):
         """One autocommit statement on the submit connection (see
         :mod:`~ferryman.store.mariadb_submits`); keys that exist, in a transaction."""
         submits = self._submits
+        fits = len(sized_chunks(new_runs, self._statement_limit())) == 1
         with submits.lock:
-            # A batch larger than a chunk is written in chunks, in one transaction.
-            if not self._submits_meet_existing_keys and len(new_runs) <= CHUNK:
+            # A batch larger than one insert is written in chunks, in one transaction.
+            if not self._submits_meet_existing_keys and fits:
                 try:
                     return submits.insert(new_runs)
                 except sa.exc.IntegrityError as exc:
@@ -409,9 +414,27 @@ class MariaDBBackend(Backend):
         if now is None:
             now = self.clock(conn)
         created: list[tuple[int, bytes]] = []
-        for chunk in chunks(new_runs):
+        for chunk in sized_chunks(new_runs, self._statement_limit(conn)):
             created.extend(self._insert_new(conn, chunk, now))
         return created
+
+    def _statement_limit(self, conn: sa.Connection | None = None) -> int:
+        """The longest statement the server takes (max_allowed_packet), read once."""
+        limit: int | None = self.__dict__.get("_max_allowed_packet")
+        if limit is None:
+            query = "SELECT @@max_allowed_packet"
+            if conn is None:
+                with self.engine.connect() as own:
+                    limit = int(own.exec_driver_sql(query).scalar_one())
+            else:
+                limit = int(conn.exec_driver_sql(query).scalar_one())
+            self.__dict__["_max_allowed_packet"] = limit
+        return limit
+
+    def refuse_oversized(self, conn: sa.Connection, text: str, what: str) -> None:
+        size, limit = ROW_BYTES + statement_bytes(text), self._statement_limit(conn)
+        if size > limit:
+            raise too_big(what, size, limit)
 
     def _insert_new(
         self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float

@@ -21,8 +21,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ferryman.errors import PayloadError
 from ferryman.store import faults
-from ferryman.store.run_rows import NewRun
+from ferryman.store.records import shown_key
+from ferryman.store.run_rows import CHUNK, NewRun
 from ferryman.store.schema import runs
 
 _NOW = "CAST(UNIX_TIMESTAMP(NOW(6)) AS DOUBLE)"
@@ -61,6 +63,52 @@ def insert_params(new_runs: Sequence[NewRun]) -> list[Any]:
             new.concurrency_digest,
         )
     return params
+
+
+# What a run's row takes in an insert besides its texts: its other values, quoted.
+ROW_BYTES = 512
+# Characters PyMySQL writes with a backslash before them.
+_ESCAPED = "\\'\"\n\r\x00\x1a"
+
+
+def statement_bytes(text: str) -> int:
+    """Bytes ``text`` takes in a statement PyMySQL writes: UTF-8, escapes included."""
+    size = len(text) if text.isascii() else len(text.encode())
+    return size + sum(map(text.count, _ESCAPED))
+
+
+def too_big(what: str, size: int, limit: int) -> PayloadError:
+    return PayloadError(
+        f"{what} would take {size:,} bytes in its statement, over the {limit:,} the MariaDB "
+        "server takes (max_allowed_packet): nothing was written; raise max_allowed_packet "
+        "on the server, or keep the data elsewhere and pass where it is"
+    )
+
+
+def sized_chunks(new_runs: Sequence[NewRun], limit: int) -> list[Sequence[NewRun]]:
+    """``new_runs`` in inserts of at most ``CHUNK`` runs and ``limit`` bytes each.
+
+    A run that would not fit in one alone is refused (:class:`PayloadError`)
+    before anything is sent: the server would cut the connection, which reads
+    as an outage, and a sensor would retry it forever.
+    """
+    chunked: list[Sequence[NewRun]] = []
+    chunk: list[NewRun] = []
+    size = 0
+    for new in new_runs:
+        texts = (new.payload_json, new.run_key, new.concurrency_key or "")
+        need = ROW_BYTES + sum(map(statement_bytes, texts))
+        if need > limit:
+            named = f"payload of job {new.job!r} run_key {shown_key(new.run_key)}"
+            raise too_big(named, need, limit)
+        if chunk and (len(chunk) == CHUNK or size + need > limit):
+            chunked.append(chunk)
+            chunk, size = [], 0
+        chunk.append(new)
+        size += need
+    if chunk:
+        chunked.append(chunk)
+    return chunked
 
 
 class SubmitConnection:
