@@ -397,9 +397,8 @@ class MariaDBBackend(Backend):
         submits = self.__dict__.get("_submit_connection")
         if submits is None or submits.pid != os.getpid():
             # A forked child's own; the parent's is the parent's, never closed here.
-            submits = self.__dict__["_submit_connection"] = SubmitConnection(
-                self._connect_driver, self.is_database_failure
-            )
+            submits = SubmitConnection(self._connect_driver, self.unreachable)
+            self.__dict__["_submit_connection"] = submits
         return submits
 
     def dispose(self) -> None:

@@ -119,9 +119,11 @@ class SubmitConnection:
     use; one that broke is dropped, and the next statement opens another.
     """
 
-    def __init__(self, connect: Callable[[], Any], failed: Callable[[BaseException], bool]) -> None:
+    def __init__(
+        self, connect: Callable[[], Any], unreachable: Callable[[BaseException], bool]
+    ) -> None:
         self._connect = connect  # a new driver connection, as the store's pool makes them
-        self._failed = failed  # whether a driver error says the database failed
+        self._unreachable = unreachable  # whether a driver error says the connection is gone
         self._conn: Any = None
         self.lock = threading.Lock()  # one statement at a time on it
         self.pid = os.getpid()
@@ -130,9 +132,9 @@ class SubmitConnection:
         """Insert ``new_runs`` (all new keys), committed on return; errors raised as
         SQLAlchemy raises them (a key that exists: :class:`sqlalchemy.exc.IntegrityError`).
 
-        A connection kept from an earlier submit that fails (the server closed
-        it while idle, after ``wait_timeout``; it restarted) is replaced, and
-        the statement sent once more on a new one. That is safe even if the
+        A connection kept from an earlier submit that turns out gone (the
+        server closed it while idle, after ``wait_timeout``; it restarted) is
+        replaced, and the statement sent once more on a new one. That is safe even if the
         first one committed unanswered: its keys exist then, and the second
         fails on them, to be written as keys that exist.
         """
@@ -152,13 +154,15 @@ class SubmitConnection:
 
                 if not isinstance(exc, pymysql.Error):
                     raise
-                if conn is not None and not isinstance(exc, pymysql.err.IntegrityError):
-                    # Whatever else went wrong, the next statement starts on a new connection.
+                lost = isinstance(exc, pymysql.err.InterfaceError) or self._unreachable(exc)
+                if conn is not None and lost:
                     self._conn = None
                     with contextlib.suppress(pymysql.Error, OSError):
                         conn.close()
-                    if kept and self._failed(exc):
+                    if kept:
                         continue
+                # Anything else (a key that exists, a deadlock's victim: the store
+                # tries it again) leaves the connection as it was, for the next one.
                 raise faults.driver_error(statement, exc) from exc
 
     def close(self) -> None:
