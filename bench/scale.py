@@ -457,18 +457,8 @@ def time_endpoints(
         for name in paths[min(bases)]:
             if chosen and not any(part in name for part in chosen):
                 continue
-            for size, client in clients.items():
-                for path in paths[size][name][:3]:  # warm caches and connections
-                    client.get(path).raise_for_status()
-            timings: dict[int, list[float]] = {size: [] for size in clients}
-            for index in range(requests):
-                for size, client in clients.items():
-                    listed = paths[size][name]
-                    started = time.perf_counter()
-                    response = client.get(listed[index % len(listed)])
-                    timings[size].append((time.perf_counter() - started) * 1000)
-                    response.raise_for_status()
-            yield name, timings
+            chosen_paths = {size: paths[size][name] for size in clients}
+            yield name, timing.in_turns(clients, chosen_paths, requests)
     finally:
         for client in clients.values():
             client.close()

@@ -25,7 +25,6 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 import argparse
 import random
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -61,17 +60,8 @@ def interleaved(kind: str, bases: dict[Server, str], sizes: list[int], requests:
     print(f"\n{kind}: p95 ms (p50), {requests} rounds of one request to each server")
     print(f"{'endpoint':<34}{header}")
     for name in paths[sizes[0]]:
-        timings: dict[Server, list[float]] = {server: [] for server in clients}
-        for server, client in clients.items():
-            for path in paths[server[1]][name][:2]:  # warm caches and connections
-                client.get(path).raise_for_status()
-        for index in range(requests):
-            for server, client in clients.items():
-                chosen = paths[server[1]][name]
-                started = time.perf_counter()
-                response = client.get(chosen[index % len(chosen)])
-                timings[server].append((time.perf_counter() - started) * 1000)
-                response.raise_for_status()
+        chosen = {server: paths[server[1]][name] for server in clients}
+        timings = timing.in_turns(clients, chosen, requests, warm=2)
         cells = "".join(
             f"{timing.percentile(t, 0.95):>13.1f} ({timing.percentile(t, 0.5):5.1f})"
             for t in timings.values()

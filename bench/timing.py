@@ -4,7 +4,8 @@
 of its own; :func:`cold_start` times how long it takes to answer and then its
 first overview and first ``/metrics`` on their own (what the server does
 as it starts, while it answers, is in ``ferryman.web.serving.warm_up``); :func:`measure`
-times requests to one endpoint after three to warm connections and caches.
+times requests to one endpoint after three to warm connections and caches,
+and :func:`in_turns` to several servers, one request to each in turn.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Hashable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
+
+K = TypeVar("K", bound=Hashable)
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-0123456789"
@@ -78,14 +83,26 @@ def cold_start(
 
 def measure(base: str, paths: list[str], requests: int) -> list[float]:
     """Milliseconds of ``requests`` GETs taking ``paths`` in turn, after three to warm up."""
-    timings = []
     with httpx.Client(base_url=base, timeout=60) as client:
-        for path in paths[:3]:  # warm caches and connections
+        return in_turns({base: client}, {base: paths}, requests)[base]
+
+
+def in_turns(
+    clients: Mapping[K, httpx.Client], paths: Mapping[K, list[str]], requests: int, warm: int = 3
+) -> dict[K, list[float]]:
+    """Milliseconds of ``requests`` rounds of one GET to each server of ``clients`` in turn,
+    each taking its ``paths`` in turn, after ``warm`` to each to warm caches and
+    connections. Servers timed in turns meet the same load of a shared machine."""
+    for key, client in clients.items():
+        for path in paths[key][:warm]:
             client.get(path).raise_for_status()
-        for index in range(requests):
+    timings: dict[K, list[float]] = {key: [] for key in clients}
+    for index in range(requests):
+        for key, client in clients.items():
+            listed = paths[key]
             started = time.perf_counter()
-            response = client.get(paths[index % len(paths)])
-            timings.append((time.perf_counter() - started) * 1000)
+            response = client.get(listed[index % len(listed)])
+            timings[key].append((time.perf_counter() - started) * 1000)
             response.raise_for_status()
     return timings
 
