@@ -143,6 +143,37 @@ def _due_query() -> sa.Select[Any]:
     )
 
 
+# The runs of a batch of outcomes still running, locked by primary key in its
+# order (a batch comes in id order, as the heartbeat renews); then the
+# successes among those still held.
+HELD = (
+    sa.select(runs.c.id, runs.c.lease_token)
+    .where(
+        runs.c.id.in_(sa.bindparam("ids", expanding=True)),
+        runs.c.status == RunStatus.RUNNING.value,
+    )
+    .order_by(runs.c.id)
+    .with_hint(runs, "FORCE INDEX (PRIMARY)")
+    .with_for_update()
+)
+SUCCEED_HELD = (
+    runs.update()
+    .where(
+        runs.c.id.in_(sa.bindparam("ids", expanding=True)),
+        runs.c.status == RunStatus.RUNNING.value,
+    )
+    .values(
+        status=RunStatus.SUCCEEDED.value,
+        last_error=None,
+        finished_at=sa.bindparam("now"),
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=sa.bindparam("now"),
+    )
+    .with_hint("FORCE INDEX (PRIMARY)")  # rows first, as every fenced write (run_rows)
+)
+
+
 class MariaDBBackend(Backend):
     """A store in a MariaDB database (see the module)."""
 
@@ -184,34 +215,6 @@ class MariaDBBackend(Backend):
             .order_by(runs.c.lease_expires_at)
             .limit(sa.bindparam("limit"))
             .with_hint(runs, "FORCE INDEX (ix_ferryman_runs_leases)")
-        )
-        # The runs of a batch of outcomes still running, locked by primary key in
-        # its order (a batch comes in id order, as the heartbeat renews).
-        self._held = (
-            sa.select(runs.c.id, runs.c.lease_token)
-            .where(
-                runs.c.id.in_(sa.bindparam("ids", expanding=True)),
-                runs.c.status == RunStatus.RUNNING.value,
-            )
-            .order_by(runs.c.id)
-            .with_hint(runs, "FORCE INDEX (PRIMARY)")
-            .with_for_update()
-        )
-        self._succeed_held = (
-            runs.update()
-            .where(
-                runs.c.id.in_(sa.bindparam("ids", expanding=True)),
-                runs.c.status == RunStatus.RUNNING.value,
-            )
-            .values(
-                status=RunStatus.SUCCEEDED.value,
-                last_error=None,
-                finished_at=sa.bindparam("now"),
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=sa.bindparam("now"),
-            )
-            .with_hint("FORCE INDEX (PRIMARY)")  # rows first, as every fenced write (run_rows)
         )
         self._lock_expired = (
             sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
@@ -540,7 +543,7 @@ class MariaDBBackend(Backend):
         One update per success instead took the committer 0.5 ms a run, and
         bounded a worker to about 1,300 runs a second (measured).
         """
-        rows = conn.execute(self._held, {"ids": [outcome.lease.run_id for outcome in outcomes]})
+        rows = conn.execute(HELD, {"ids": [outcome.lease.run_id for outcome in outcomes]})
         held = {Lease(row.id, row.lease_token) for row in rows}
         accepted = {outcome.lease for outcome in outcomes if outcome.lease in held}
         successes = [
@@ -549,7 +552,7 @@ class MariaDBBackend(Backend):
             if outcome.kind is OutcomeKind.SUCCEEDED and outcome.lease in accepted
         ]
         if successes:  # locked above, and still held: the update finds them all
-            conn.execute(self._succeed_held, {"ids": successes, "now": now})
+            conn.execute(SUCCEED_HELD, {"ids": successes, "now": now})
         for outcome in outcomes:
             if outcome.kind is not OutcomeKind.SUCCEEDED and outcome.lease in accepted:
                 self.end(conn, outcome, now)
