@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
 import ferryman as fm
 from tests.brokers.support import (
+    BUILT,
     REDIS_URL,
     build_app,
     consuming,
@@ -80,6 +83,36 @@ def test_entries_left_pending_by_a_dead_consumer_are_claimed_and_written_once(
     assert sorted(run_keys(app)) == sorted(ids)
     assert consumer.stats.redelivered == 5 and consumer.stats.duplicates == 2
     assert ok_evaluation_count(app) == 10
+    assert backlog(client, stream) == (0, 0)
+
+
+def test_entries_waiting_for_a_slow_commit_are_not_claimed_back_by_their_own_consumer(
+    pg_url: str, client: redis.Redis, stream: str
+) -> None:
+    """A batch read while the one before commits stays pending until its own commit.
+
+    Each commit here takes longer than ``claim_after``: the entries read during it
+    have been pending that long when the claim runs, and are still this consumer's.
+    """
+    app = fm.App(pg_url)
+    BUILT.append(app)
+
+    @app.job()
+    def load_order(ctx: fm.JobContext, payload: Any) -> None:
+        pass
+
+    @app.push_sensor("load_order", source=source(stream, batch_size=2, claim_after=0.5))
+    def orders(ctx: fm.SensorContext, message: fm.Message) -> list[fm.RunRequest]:
+        time.sleep(0.4)  # slow work: a batch of two commits after 0.8 s
+        return [fm.RunRequest(message.message_id)]
+
+    ids = add(client, stream, [{"n": n} for n in range(6)])
+    with consuming(app) as consumer:
+        wait_until(lambda: consumer.stats.acked >= 6, what="six entries acked")
+        assert consumer.stats.acked == 6
+    assert consumer.stats.redelivered == 0 and consumer.stats.duplicates == 0
+    assert sorted(run_keys(app)) == sorted(ids)
+    assert ok_evaluation_count(app) == 6
     assert backlog(client, stream) == (0, 0)
 
 

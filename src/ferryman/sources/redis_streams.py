@@ -5,7 +5,10 @@ of its group (created at the stream's start if missing). An entry read but
 never acked — its consumer died, or its batch's commit failed — stays in
 the group's pending entries list; every ``claim_after`` seconds the source
 takes over entries pending that long with ``XAUTOCLAIM`` and delivers them
-again (the dedupe makes that harmless for those already committed). Each
+again (the dedupe makes that harmless for those already committed). An
+entry this session handed out and has not settled yet is pending with it
+too; neither that claim nor a read of its own pending entries hands it out
+a second time, however long its commit takes. Each
 consumer name is its process's, so every restart adds one to the group:
 after each claim the source deletes (``XGROUP DELCONSUMER``) the consumers
 other than itself that have no pending entry and have been idle for
@@ -47,6 +50,8 @@ from ferryman.sources.base import (
 )
 
 log = logging.getLogger("ferryman.sources")
+
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]  # (entry id, fields) as redis-py returns them
 
 # KEYS[1] stream; ARGV group, this consumer, idle milliseconds. Deletes the
 # group's other consumers with no pending entry, idle that long; their names.
@@ -155,22 +160,23 @@ class _Session:
         self._forget_dead = self.client.register_script(_FORGET_DEAD_CONSUMERS)
         self._next_claim = 0.0
         self._own_pending = True  # first, what this consumer name read and did not ack
+        # Entries handed out and not yet settled. They are pending with this consumer,
+        # so a read of its own pending entries or a claim (once a commit took longer
+        # than claim_after) would find them again: they are never handed out twice.
+        self._outstanding: set[bytes] = set()
 
     def receive(self, max_messages: int, wait: float) -> list[Received]:
         if self._own_pending:
-            answer = self.client.xreadgroup(
-                self.source.group, self.consumer, {self.source.stream: "0"}, count=max_messages
-            )
-            entries = [(i, f) for i, f in (answer[0][1] if answer else []) if f]
-            if entries:
-                return [self._received(i, f, redelivered=True) for i, f in entries]
+            own = self._own_pending_entries(max_messages)
+            if own:
+                return self._hand_out(own, redelivered=True)
             self._own_pending = False
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.source.claim_after / 2
             claimed = self._claim(max_messages)
             if claimed:
                 self._next_claim = 0.0  # there may be more: claim again next time
-                return claimed
+                return self._hand_out(claimed, redelivered=True)
         answer = self.client.xreadgroup(
             self.source.group,
             self.consumer,
@@ -178,10 +184,26 @@ class _Session:
             count=max_messages,
             block=max(1, round(wait * 1000)),
         )
-        entries = answer[0][1] if answer else []
-        return [self._received(entry_id, fields, redelivered=False) for entry_id, fields in entries]
+        return self._hand_out(answer[0][1] if answer else [], redelivered=False)
 
-    def _claim(self, max_messages: int) -> list[Received]:
+    def _hand_out(self, entries: _Entries, *, redelivered: bool) -> list[Received]:
+        self._outstanding.update(entry_id for entry_id, _ in entries)
+        return [self._received(i, f, redelivered=redelivered) for i, f in entries]
+
+    def _own_pending_entries(self, max_messages: int) -> _Entries:
+        """Entries pending with this consumer that are not out already, oldest first."""
+        after = "0"
+        while True:
+            answer = self.client.xreadgroup(
+                self.source.group, self.consumer, {self.source.stream: after}, count=max_messages
+            )
+            page = answer[0][1] if answer else []
+            fresh = [(i, f) for i, f in page if f and i not in self._outstanding]
+            if fresh or not page:
+                return fresh
+            after = page[-1][0]
+
+    def _claim(self, max_messages: int) -> _Entries:
         """Entries another consumer read and did not ack within ``claim_after``."""
         answer = self.client.xautoclaim(
             self.source.stream,
@@ -197,11 +219,7 @@ class _Session:
             self.client.xack(self.source.stream, self.source.group, *deleted)
         if not entries:  # every entry pending that long is now this consumer's
             self._forget_dead_consumers()
-        return [
-            self._received(entry_id, fields, redelivered=True)
-            for entry_id, fields in entries
-            if fields is not None
-        ]
+        return [(i, f) for i, f in entries if f is not None and i not in self._outstanding]
 
     def _forget_dead_consumers(self) -> None:
         """Delete consumers of earlier processes: nothing pending, idle for ``claim_after``."""
@@ -247,6 +265,7 @@ class _Session:
     def ack(self, messages: Sequence[Received]) -> None:
         if messages:
             self.client.xack(self.source.stream, self.source.group, *[m.handle for m in messages])
+            self._outstanding.difference_update(m.handle for m in messages)
 
     def dead_letter(self, messages: Sequence[tuple[Received, str]]) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -264,9 +283,11 @@ class _Session:
             )
             pipe.xack(self.source.stream, self.source.group, message.handle)
         pipe.execute()
+        self._outstanding.difference_update(message.handle for message, _ in messages)
 
     def release(self, messages: Sequence[Received]) -> None:
         # They stay pending with this consumer, which reads its own pending entries next.
+        self._outstanding.difference_update(m.handle for m in messages)
         self._own_pending = True
 
     def lag(self) -> int | None:
