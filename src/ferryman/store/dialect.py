@@ -20,6 +20,7 @@ each host's. Driver errors are translated into errors that name the cause
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -63,6 +64,17 @@ def bindable(row: Mapping[str, Any]) -> bool:
 
 # A statement ready to run (Backend.prepared): its rows, read by name and position.
 Prepared = Callable[[sa.Connection, dict[str, Any]], Sequence[Any]]
+
+
+class ProcessConnection(Protocol):
+    """A connection a store keeps outside its engine, for the process that opened it."""
+
+    pid: int  # the process that opened it
+
+    def close(self) -> None: ...
+
+
+Connection = TypeVar("Connection", bound=ProcessConnection)
 
 
 class Backend:
@@ -135,7 +147,23 @@ class Backend:
         except sa.exc.DBAPIError:
             return False
 
+    def process_connection(self, name: str, open_one: Callable[[], Connection]) -> Connection:
+        """This process's connection ``name``, opened by ``open_one`` on first use.
+
+        A forked child opens its own: its parent's is the parent's, never used
+        or closed here. :meth:`dispose` closes them.
+        """
+        held: dict[str, ProcessConnection] = self.__dict__.setdefault("_process_connections", {})
+        connection = held.get(name)
+        if connection is None or connection.pid != os.getpid():
+            connection = held[name] = open_one()
+        return connection  # type: ignore[return-value]  # open_one made it
+
     def dispose(self) -> None:
+        held: dict[str, ProcessConnection] = self.__dict__.pop("_process_connections", {})
+        for connection in held.values():
+            if connection.pid == os.getpid():
+                connection.close()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()

@@ -37,7 +37,6 @@ database. What MariaDB does differently, each measured and explained in
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -397,18 +396,9 @@ class MariaDBBackend(Backend):
 
     @property
     def _submits(self) -> SubmitConnection:
-        submits = self.__dict__.get("_submit_connection")
-        if submits is None or submits.pid != os.getpid():
-            # A forked child's own; the parent's is the parent's, never closed here.
-            submits = SubmitConnection(self._connect_driver, self.unreachable)
-            self.__dict__["_submit_connection"] = submits
-        return submits
-
-    def dispose(self) -> None:
-        submits = self.__dict__.pop("_submit_connection", None)
-        if submits is not None and submits.pid == os.getpid():
-            submits.close()
-        super().dispose()
+        return self.process_connection(
+            "submits", lambda: SubmitConnection(self._connect_driver, self.unreachable)
+        )
 
     def enqueue(
         self, conn: sa.Connection, new_runs: Sequence[NewRun], now: float | None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
@@ -199,29 +198,13 @@ class PostgresBackend(Backend):
 
     @property
     def _submits(self) -> SubmitConnection:
-        submits = self.__dict__.get("_submit_connection")
-        if submits is None or submits.pid != os.getpid():
-            # A forked child's own; the parent's is the parent's, never closed here.
-            submits = self.__dict__["_submit_connection"] = SubmitConnection(self._conninfo)
-        return submits
+        return self.process_connection("submits", lambda: SubmitConnection(self._conninfo))
 
     @property
     def _committed(self) -> CommittedStatements:
-        committed = self.__dict__.get("_committed_statements")
-        if committed is None or committed.pid != os.getpid():
-            # A forked child's own, as the submit connection.
-            committed = CommittedStatements(self._conninfo)
-            self.__dict__["_committed_statements"] = committed
-        return committed
-
-    def dispose(self) -> None:
-        submits = self.__dict__.pop("_submit_connection", None)
-        if submits is not None and submits.pid == os.getpid():
-            submits.close()
-        committed = self.__dict__.pop("_committed_statements", None)
-        if committed is not None and committed.pid == os.getpid():
-            committed.close()
-        super().dispose()
+        return self.process_connection(
+            "committed statements", lambda: CommittedStatements(self._conninfo)
+        )
 
     commits_alone = True
 
