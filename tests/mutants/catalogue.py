@@ -1102,6 +1102,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "a Redis consumer claims back entries of its own still waiting for their commit",
+        "Broker sources",
+        one(
+            "ferryman/sources/redis_streams.py",
+            "        return [(i, f) for i, f in entries if f is not None"
+            " and i not in self._outstanding]\n",
+            "        return [(i, f) for i, f in entries if f is not None]\n",
+        ),
+        (
+            "tests/brokers/test_redis_streams.py::"
+            "test_entries_waiting_for_a_slow_commit_are_not_claimed_back_by_their_own_consumer",
+        ),
+    ),
+    Mutation(
         "pruning deletes old runs instead of emptying them",
         ONE_RUN,
         one(
