@@ -280,15 +280,18 @@ class StormResult:
 
 
 def start_daemon(
-    broker: Broker, store_url: str, log: Path, *, work_ms: float = 0.0
+    broker: Broker, store_url: str, log: Path, *, work_ms: float = 0.0, batch: int | None = None
 ) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    """``ferryman run`` of the storm app; ``batch``: its source's batch size (else the default)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FERRYMAN_", "BROKER_STORM_"))}
     env.update(
         FERRYMAN_STORE=store_url,
         BROKER_STORM_KIND=broker.kind,
         BROKER_STORM_QUEUE=broker.queue,
         BROKER_STORM_WORK_MS=str(work_ms),
     )
+    if batch is not None:
+        env["BROKER_STORM_BATCH"] = str(batch)
     with log.open("ab") as output:
         return subprocess.Popen(
             [
@@ -369,9 +372,15 @@ def run_storm(
 ) -> StormResult:
     """Publish, SIGKILL ``ferryman run`` ``kills`` times, drain with one last daemon, count."""
     rng = random.Random(seed)
-    # The sensor spends this long on each message, so that consuming them all outlasts
-    # the storm (by half again) and every kill lands while messages are in work.
-    work_ms = 1000 * kills * 0.65 * 1.5 / messages
+    # Each killed daemon takes a batch before its first commit, then consumes for
+    # 0.65 s on average (the pace below). Batches small enough that the kills take
+    # a small share of the messages that way, and the sensor spending this long on
+    # each message, so that consuming them all outlasts the storm by half again
+    # and every kill lands while messages are in work. (With the sources' default
+    # batches, the first two daemons took every message and the kills after them
+    # struck idle daemons.)
+    batch = max(1, messages // (max(1, kills) * 8))
+    work_ms = 1000 * 1.5 * kills * 0.65 / (messages - 1.5 * kills * batch)
     publisher = Publisher(broker, store_url, messages)
     if broker.backlog is None:
         publisher.run()
@@ -383,7 +392,7 @@ def run_storm(
         done = 0
         while done < kills:
             before = count_evaluations(app)
-            daemon = start_daemon(broker, store_url, log, work_ms=work_ms)
+            daemon = start_daemon(broker, store_url, log, work_ms=work_ms, batch=batch)
             # Starting Python takes longer than the storm's pace: the clock starts
             # once this daemon has committed its first batch (or, the queue drained,
             # after a while), then the kill comes at a random moment of consuming.
