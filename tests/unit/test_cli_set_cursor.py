@@ -87,9 +87,14 @@ class Cli:
     ("sensor", "kind"),
     [("inbox", "folder"), ("landing", "s3"), ("orders", "sql_table"), ("unloaded", "sql_table")],
 )
-def test_a_builtin_sensor_refuses_a_cursor_it_cannot_read(cli: Cli, sensor: str, kind: str) -> None:
+def test_a_builtin_sensor_refuses_a_cursor_it_cannot_read(
+    cli: Cli, store_url: str, sensor: str, kind: str
+) -> None:
     before = cli.sensor(sensor)
-    for bad in ("{bad json", "42", '{"v": 1, "kind": "other"}'):
+    # What makes a cursor unreadable is the sensor's, the same on every store: each
+    # way on SQLite; on the database servers, the one that reads as another kind's.
+    unreadable = ["{bad json", "42"] if store_url.startswith("sqlite") else []
+    for bad in [*unreadable, '{"v": 1, "kind": "other"}']:
         result = cli("sensors", "set-cursor", sensor, bad)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.splitlines()
