@@ -9,21 +9,28 @@ retries after ``deadlock_timeout``, a stall of a second). Both writers name
 their rows in ascending id order, whatever order the caller gave, so they
 queue behind each other instead.
 
-The test gives the two writers the same held runs in opposite orders, starts
-them at once, and asks that neither is refused, round after round.
+The first test gives the two writers the same held runs in opposite orders,
+starts them at once, and asks that neither is refused, round after round:
+whether their statements overlap is up to the machine. The second makes them
+overlap on PostgreSQL: a third transaction holds the lowest run, the renewal
+queues for it first and the finish after it, then the third lets go.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 import pytest
+import sqlalchemy as sa
 
 import ferryman as fm
 from ferryman.store import Store
 from ferryman.store.run_rows import Lease, Outcome, OutcomeKind
+from ferryman.store.schema import runs
 from tests.conftest import STORE_FIXTURES
+from tests.helpers import wait_until
 
 HELD = 1_000
 ROUNDS = 4
@@ -99,5 +106,74 @@ def test_renewal_and_outcomes_over_the_same_runs_do_not_deadlock(
             fm.RunStatus.SUCCEEDED: HELD * ROUNDS - failed,
             fm.RunStatus.FAILED: failed,
         }
+    finally:
+        app.close()
+
+
+def _waiting_for_locks(engine: sa.Engine) -> int:
+    """Transactions of the store's PostgreSQL database that wait for a lock, now."""
+    with engine.connect() as conn:
+        return int(
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).scalar_one()
+        )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("failures", [False, True], ids=["successes", "mixed"])
+def test_a_finish_queued_behind_a_renewal_of_the_same_runs_waits_its_turn(
+    pg_url: str, failures: bool
+) -> None:
+    """Both writers wait for the lowest run, the renewal first. Once it is let go,
+    the renewal locks the runs upward; the finish, waiting for that same run, holds
+    none of them. Had the finish named its runs in the order it was given
+    (highest first), it would hold all but the lowest by then: a deadlock, and
+    one of the two refused."""
+    app = fm.App(pg_url)
+
+    @app.job
+    def held(ctx: fm.JobContext, payload: object) -> None: ...
+
+    refused: list[BaseException] = []
+
+    def attempt(write: Callable[[], object]) -> None:
+        try:
+            write()
+        except fm.FerrymanError as exc:
+            refused.append(exc)
+
+    try:
+        app.submit("held", *(fm.RunRequest(f"r-{i}") for i in range(200)))
+        leases = _held_leases(app.store, "held", 200)
+        renew_order = [lease for lease, _ in leases]
+        random.Random(7).shuffle(renew_order)
+        outcomes = [
+            Outcome(kind=OutcomeKind.FAILED, lease=lease, attempt=attempt, error="boom")
+            if failures and i % FAILED_EVERY == 0
+            else Outcome(kind=OutcomeKind.SUCCEEDED, lease=lease, attempt=attempt)
+            for i, (lease, attempt) in enumerate(reversed(leases))
+        ]
+        lowest = min(lease.run_id for lease, _ in leases)
+        with app.engine.connect() as holder:
+            holder.execute(sa.select(runs.c.id).where(runs.c.id == lowest).with_for_update())
+            renewer = threading.Thread(
+                target=attempt, args=(lambda: app.store.renew(renew_order, 300),)
+            )
+            renewer.start()
+            wait_until(lambda: _waiting_for_locks(app.engine) == 1, what="the renewal waiting")
+            finisher = threading.Thread(
+                target=attempt, args=(lambda: app.store.finish(outcomes, worker_id="w:1"),)
+            )
+            finisher.start()
+            wait_until(lambda: _waiting_for_locks(app.engine) == 2, what="the finish waiting")
+            holder.rollback()
+        renewer.join(60)
+        finisher.join(60)
+        assert refused == []
+        failed = len(app.store.get_runs(job="held", status=fm.RunStatus.FAILED))
+        assert failed == (len(range(0, 200, FAILED_EVERY)) if failures else 0)
+        assert len(app.store.get_runs(job="held", status=fm.RunStatus.SUCCEEDED)) == 200 - failed
     finally:
         app.close()

@@ -1190,6 +1190,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             "in_order = list(outcomes)",
         ),
         (
+            f"{LOCK_ORDER}::test_a_finish_queued_behind_a_renewal_of_the_same_runs_waits_its_turn",
             f"{LOCK_ORDER}::test_renewal_and_outcomes_over_the_same_runs_do_not_deadlock[postgres]",
             f"{LOCK_ORDER}::test_renewal_and_outcomes_over_the_same_runs_do_not_deadlock[mariadb]",
         ),
