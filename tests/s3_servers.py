@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -44,16 +45,36 @@ PORT_FLAGS = (
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = []
+    """``count`` free loopback ports, below the kernel's range of ephemeral ports.
+
+    A port from that range, free when picked, can be taken before weed binds it
+    as the local port of an outgoing connection: weed mini's own master and
+    volume server connect to each other while its filer is still starting, and
+    a filer gRPC port taken that way failed a run ("bind: address already in
+    use"). Below the range, only another listener can take it.
+    """
+    low = _ephemeral_ports_start()
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(max(1024, low // 2), low)
+        if port in ports:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # another listener has it
+        ports.append(port)
+    return ports
+
+
+def _ephemeral_ports_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
     try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class SeaweedServer:
