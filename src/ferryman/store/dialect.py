@@ -99,6 +99,8 @@ class Backend:
         self.url = url
         self.engine = engine  # writes
         self.read_engine = read_engine or engine  # reads that never block writers
+        # Connections kept outside the engines, by name (process_connection).
+        self._process_connections: dict[str, ProcessConnection] = {}
         # Built once: SQLAlchemy memoises a statement object's cache key, so the
         # hot paths skip building and keying a statement per call.
         self._now_query = sa.select(self.now)
@@ -153,14 +155,13 @@ class Backend:
         A forked child opens its own: its parent's is the parent's, never used
         or closed here. :meth:`dispose` closes them.
         """
-        held: dict[str, ProcessConnection] = self.__dict__.setdefault("_process_connections", {})
-        connection = held.get(name)
+        connection = self._process_connections.get(name)
         if connection is None or connection.pid != os.getpid():
-            connection = held[name] = open_one()
+            connection = self._process_connections[name] = open_one()
         return connection  # type: ignore[return-value]  # open_one made it
 
     def dispose(self) -> None:
-        held: dict[str, ProcessConnection] = self.__dict__.pop("_process_connections", {})
+        held, self._process_connections = self._process_connections, {}
         for connection in held.values():
             if connection.pid == os.getpid():
                 connection.close()
