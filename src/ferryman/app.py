@@ -228,6 +228,11 @@ class App(SensorOperations, RunOperations):
         failure, "timed out after Ns", retried per ``backoff``; the job sees
         ``ctx.deadline`` and ``ctx.cancelled`` (see docs/how-to/queues.md).
         """
+        if fn is not None and not callable(fn):
+            raise ConfigurationError(
+                f"@app.job takes the job's name as a keyword: @app.job(name={fn!r}), "
+                f"not @app.job({fn!r})"
+            )
         settings.count("max_attempts", max_attempts, minimum=1)
         if timeout is not None:
             settings.seconds("timeout", timeout, inclusive=False)

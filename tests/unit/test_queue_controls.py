@@ -92,6 +92,10 @@ def test_priorities_and_keys_are_checked_where_they_are_given() -> None:
         app.job(rate=100)(noop)  # type: ignore[arg-type]
     with pytest.raises(fm.ConfigurationError, match=r"Rate\.count must be a positive number"):
         fm.Rate(0)
+    # The name given where the function goes, as other queues' decorators take it.
+    with pytest.raises(fm.ConfigurationError, match=r"@app\.job\(name='noop'\)"):
+        app.job("noop")  # type: ignore[call-overload]
+    assert "noop" not in app.jobs
 
 
 # -- due times ---------------------------------------------------------------
