@@ -11,6 +11,7 @@ the rows it reads (EXPLAIN ANALYZE, rolled back).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,8 @@ from ferryman.store.schema import runs
 FINISHED = 20_000  # runs that succeeded before the statistics were taken
 RUNNING = 600  # runs claimed, and so running, when the outcomes are written
 BATCH = 200  # outcomes written in one statement
+LIMITED_FINISHED = 5_000  # as FINISHED, for a limited job
+PREPARED = itertools.count()
 
 
 def noop(ctx: fm.JobContext, payload: object) -> None: ...
@@ -54,12 +57,15 @@ def generic_plan(
     with app.store.engine.connect() as conn, conn.begin() as transaction:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        cursor.execute(f"PREPARE statement ({', '.join(types.values())}) AS {prepared}")
+        # Named afresh each time: a statement prepared on a pooled connection may outlive
+        # the rollback (when the transaction's end was not what dropped it).
+        name = f"statement_{next(PREPARED)}"
+        cursor.execute(f"PREPARE {name} ({', '.join(types.values())}) AS {prepared}")
         # EXECUTE's arguments as literals (a client-side cursor): a utility
         # statement's parameters have no type the server could infer.
         literal = psycopg.ClientCursor(cursor.connection)
         placeholders = ", ".join(f"%s::{sql_type}" for sql_type in types.values())
-        explain = f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE statement ({placeholders})"
+        explain = f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name} ({placeholders})"
         literal.execute(explain, [params[name] for name in types])
         ((plan,),) = literal.fetchall()
         transaction.rollback()
@@ -74,14 +80,15 @@ def write(app: fm.App, statement: str, params: dict[str, Any]) -> list[int]:
         return sorted(row[0] for row in cursor.fetchall())
 
 
-@pytest.fixture
-def running_unknown_to_statistics(pg_url: str) -> Iterator[tuple[fm.App, list[ClaimedRun]]]:
-    """A store with FINISHED runs finished and RUNNING runs running (the batch's
-    first), analysed with none running."""
+def running_unknown_to_statistics_with(
+    pg_url: str, finished: int = FINISHED, **job_options: Any
+) -> Iterator[tuple[fm.App, list[ClaimedRun]]]:
+    """A store with ``finished`` runs of job ``load`` finished and RUNNING runs running (the
+    batch's first), analysed with none running; ``job_options`` as ``app.job`` takes them."""
     app = fm.App(pg_url)
     try:
-        app.job(name="load", max_attempts=1)(noop)
-        app.submit("load", *(fm.RunRequest(f"done-{i}") for i in range(FINISHED)))
+        app.job(name="load", max_attempts=1, **job_options)(noop)
+        app.submit("load", *(fm.RunRequest(f"done-{i}") for i in range(finished)))
         claim = {"worker_id": "w", "jobs": app.jobs, "lease_seconds": 60}
         while claimed := app.store.claim(limit=1000, **claim):  # type: ignore[arg-type]
             app.store.finish([success_of(run) for run in claimed], worker_id="w")
@@ -93,6 +100,22 @@ def running_unknown_to_statistics(pg_url: str) -> Iterator[tuple[fm.App, list[Cl
         yield app, claimed[:BATCH]
     finally:
         app.close()
+
+
+@pytest.fixture
+def running_unknown_to_statistics(pg_url: str) -> Iterator[tuple[fm.App, list[ClaimedRun]]]:
+    yield from running_unknown_to_statistics_with(pg_url)
+
+
+@pytest.fixture
+def limited_running_unknown_to_statistics(
+    pg_url: str,
+) -> Iterator[tuple[fm.App, list[ClaimedRun]]]:
+    """As ``running_unknown_to_statistics``, the job rate-limited: its claims take the
+    limited path (ferryman.store.limits)."""
+    yield from running_unknown_to_statistics_with(
+        pg_url, finished=LIMITED_FINISHED, rate=fm.Rate(1_000_000_000)
+    )
 
 
 def statuses(app: fm.App) -> dict[int, fm.RunStatus]:
@@ -150,3 +173,47 @@ def test_a_batch_of_failures_reads_each_run_by_its_key_whatever_the_statistics(
     ended = statuses(app)
     assert sum(status is fm.RunStatus.DEAD for status in ended.values()) == BATCH
     assert all(ended[run.id] is fm.RunStatus.DEAD for run in batch)
+
+
+SQL_TYPES = {str: "text", float: "float8", int: "bigint"}
+
+
+def compiled(
+    app: fm.App, statement: sa.Executable, **params: Any
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``statement`` as the driver gets it on ``params``, with its parameters' SQL types and
+    values (``generic_plan``'s arguments): an IN list's values each a parameter."""
+    assert isinstance(statement, sa.sql.ClauseElement)
+    expanded = statement.compile(dialect=app.store.engine.dialect).construct_expanded_state(params)
+    values = dict(expanded.parameters)
+    return expanded.statement, {name: SQL_TYPES[type(v)] for name, v in values.items()}, values
+
+
+def test_a_limited_claim_reads_no_finished_run_whatever_the_statistics(
+    limited_running_unknown_to_statistics: tuple[fm.App, list[ClaimedRun]],
+) -> None:
+    """A limited claim's first statement asks whether a lease of its jobs expired, and a
+    claim told one did reads the expired runs: both from the index of leases, never the
+    table (a plan for the status as a parameter read all of it, on every claim)."""
+    app, batch = limited_running_unknown_to_statistics
+    lock = compiled(app, app.store.leases.limits._lock, jobs=["load"])
+    # No lease expired: not one of the LIMITED_FINISHED + RUNNING runs is read.
+    assert rows_read(generic_plan(app, *lock)) == 0
+
+    expiring = batch[0]
+    with app.store.engine.begin() as conn:
+        now = app.store.runs.now(conn)
+        conn.execute(runs.update().where(runs.c.id == expiring.id).values(lease_expires_at=now))
+    assert rows_read(generic_plan(app, *lock)) <= 1
+    expired = app.store.backend._expired_query
+    assert (
+        rows_read(generic_plan(app, *compiled(app, expired, jobs=["load"], now=now + 1, limit=10)))
+        <= 1
+    )
+
+    # And the claim does what it did: it finds the expired run, which had its one
+    # attempt and so is dead now, and leaves the others running.
+    assert app.store.claim(worker_id="w2", jobs=app.jobs, limit=10, lease_seconds=60) == []
+    ended = statuses(app)
+    assert ended[expiring.id] is fm.RunStatus.DEAD
+    assert sum(status is fm.RunStatus.RUNNING for status in ended.values()) == RUNNING - 1

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ferryman.errors import ConfigurationError, StoreError, StoreUnavailable
-from ferryman.model import Backoff, RunEventKind
+from ferryman.model import Backoff, RunEventKind, RunStatus
 from ferryman.store.run_rows import (
     CLAIMED_COLUMNS,
     Lease,
@@ -43,6 +43,7 @@ from ferryman.store.run_rows import (
     fenced_update,
     lease_update,
     outcome_event,
+    status_is,
 )
 from ferryman.store.schema import run_events, runs
 
@@ -107,7 +108,7 @@ class Backend:
         self._expired_query = (
             sa.select(runs.c.id, runs.c.attempt, runs.c.max_attempts, runs.c.lease_owner)
             .where(
-                runs.c.status == "running",
+                status_is(RunStatus.RUNNING),
                 runs.c.lease_expires_at < sa.bindparam("now"),
                 runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
             )

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 
 from ferryman.model import Rate, RunStatus
 from ferryman.store.dialect import Backend, ClaimRequest
+from ferryman.store.run_rows import status_is
 from ferryman.store.schema import job_limits, runs
 
 # Due runs a claim reads ahead of its room, first: the room plus this slack.
@@ -109,7 +110,7 @@ def _due(
         )
         .where(
             runs.c.job == sa.bindparam("job"),
-            runs.c.status == RunStatus.QUEUED.value,
+            status_is(RunStatus.QUEUED),
             runs.c.available_at <= sa.bindparam("now"),
             sa.or_(
                 runs.c.concurrency_digest.is_(None), runs.c.concurrency_digest.not_in(full_keys)
@@ -143,7 +144,7 @@ def _running_keys(counted: bool, indexed_by: str | None = None) -> tuple[Any, An
         running = runs.alias("running")
         running_keys = sa.select(running.c.concurrency_digest).where(
             running.c.job == sa.bindparam("job"),
-            running.c.status == RunStatus.RUNNING.value,
+            status_is(RunStatus.RUNNING, running),
             # Said for the partial index of running keys (it holds no other runs).
             running.c.concurrency_digest.is_not(None),
         )
@@ -229,7 +230,7 @@ class Limits:
             # The clock as a subquery of its own: a value the index of
             # leases is searched by, where the clock itself (volatile) is not.
             expired = sa.exists().where(
-                runs.c.status == RunStatus.RUNNING.value,
+                status_is(RunStatus.RUNNING),
                 runs.c.lease_expires_at < sa.select(backend.now).scalar_subquery(),
                 runs.c.job.in_(sa.bindparam("jobs", expanding=True)),
             )

@@ -337,6 +337,16 @@ def lock_in_id_order(conn: sa.Connection, leases: Sequence[Lease]) -> None:
         ).all()
 
 
+def status_is(status: RunStatus, table: sa.FromClause = runs) -> sa.ColumnElement[bool]:
+    """``table.status = '<status>'`` with the status written out, not bound.
+
+    A planner matches a partial index's predicate (``status = 'running'``) to
+    the SQL text: the plan PostgreSQL keeps for a prepared statement whose
+    status is a parameter can use no such index, and reads every run instead.
+    """
+    return table.c.status == sa.literal_column(f"'{status.value}'", runs.c.status.type)
+
+
 def lease_update(run_ids: Any) -> sa.Update:
     """The claim itself: lease the runs of ``run_ids`` (a list or a subquery), one more attempt.
 
