@@ -57,8 +57,8 @@ def generic_plan(
     with app.store.engine.connect() as conn, conn.begin() as transaction:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        # Named afresh each time: a statement prepared on a pooled connection may outlive
-        # the rollback (when the transaction's end was not what dropped it).
+        # Named afresh each time: a prepared statement outlives the rollback, on a
+        # pooled connection the next call may get.
         name = f"statement_{next(PREPARED)}"
         cursor.execute(f"PREPARE {name} ({', '.join(types.values())}) AS {prepared}")
         # EXECUTE's arguments as literals (a client-side cursor): a utility

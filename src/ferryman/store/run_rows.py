@@ -342,7 +342,8 @@ def status_is(status: RunStatus, table: sa.FromClause = runs) -> sa.ColumnElemen
 
     A planner matches a partial index's predicate (``status = 'running'``) to
     the SQL text: the plan PostgreSQL keeps for a prepared statement whose
-    status is a parameter can use no such index, and reads every run instead.
+    status is a parameter can use no such index (a limited claim's lock
+    scanned the whole table that way, on every claim).
     """
     return table.c.status == sa.literal_column(f"'{status.value}'", runs.c.status.type)
 
