@@ -1,4 +1,4 @@
-"""The worker's statements on PostgreSQL cost the same per run whatever the planner believes.
+"""The store's statements on PostgreSQL cost the same whatever the planner believes.
 
 A queue's table is often analysed while idle: its statistics then say that
 no run is running, however many are by the time a worker writes how their
@@ -6,7 +6,9 @@ attempts ended. A statement whose plan followed those statistics would walk
 every running run once for each outcome. These tests force the plan a
 prepared statement gets once PostgreSQL stops planning it for its values
 (``plan_cache_mode = force_generic_plan``), with such statistics, and count
-the rows it reads (EXPLAIN ANALYZE, rolled back).
+the rows it reads (EXPLAIN ANALYZE, rolled back). A statement that compares
+the status with a constant writes it out (``run_rows.status_is``): a generic
+plan matches a partial index's predicate to the SQL text, never to a bound value.
 """
 
 from __future__ import annotations
@@ -217,3 +219,47 @@ def test_a_limited_claim_reads_no_finished_run_whatever_the_statistics(
     ended = statuses(app)
     assert ended[expiring.id] is fm.RunStatus.DEAD
     assert sum(status is fm.RunStatus.RUNNING for status in ended.values()) == RUNNING - 1
+
+
+@pytest.fixture
+def none_running_unknown_to_statistics(pg_url: str) -> Iterator[fm.App]:
+    """A store whose LIMITED_FINISHED runs a worker ran to the end, none running, analysed."""
+    app = fm.App(pg_url)
+    try:
+        app.job(name="load")(noop)
+        app.submit("load", *(fm.RunRequest(f"done-{i}") for i in range(LIMITED_FINISHED)))
+        assert app.work(until_idle=True, handle_signals=False).succeeded == LIMITED_FINISHED
+        with app.store.engine.begin() as conn:
+            conn.execute(sa.text("ANALYZE"))
+        yield app
+    finally:
+        app.close()
+
+
+def test_the_running_runs_the_dashboard_reads_come_from_their_index_whatever_the_plan(
+    none_running_unknown_to_statistics: fm.App,
+) -> None:
+    """The timeline's running runs and the workers page's are read newest or oldest
+    first, a page at most: each statement, planned generically, reads no finished run
+    (with the status bound, it walked the table by id to find none running)."""
+    app = none_running_unknown_to_statistics
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "'running'" in statement or "status = %(status" in statement:
+            sent.append((statement, dict(parameters or {})))
+
+    engines = {app.store.backend.engine, app.store.backend.read_engine}
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        timeline = app.store.timeline(since=0.0, until=1.0)  # no run finished then
+        workers = app.store.worker_views(alive_within=60.0)
+    finally:
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", capture)
+    assert timeline.bars == [] and len(workers) == 1 and workers[0].holding == 0
+    assert len(sent) == 2, sent  # the timeline's read of running runs, the workers page's
+    for statement, params in sent:
+        types = {name: SQL_TYPES[type(value)] for name, value in params.items()}
+        assert rows_read(generic_plan(app, statement, types, params)) == 0, statement

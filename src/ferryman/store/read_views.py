@@ -29,6 +29,7 @@ from ferryman.model import (
 )
 from ferryman.store import records
 from ferryman.store.read_queries import id_among
+from ferryman.store.run_rows import status_is
 from ferryman.store.schema import run_events, runs, sensor_evaluations
 
 MAX_BARS = 400  # attempts drawn one by one; past this the timeline is aggregated
@@ -153,7 +154,7 @@ def timeline(
             slots=_finish_slots(conn, since, until, job),
             aggregated=True,
         )
-    running_query = sa.select(runs.c.id).where(runs.c.status == RunStatus.RUNNING.value)
+    running_query = sa.select(runs.c.id).where(status_is(RunStatus.RUNNING))
     if job is not None:
         running_query = running_query.where(runs.c.job == job)
     running: list[int] = list(

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from ferryman.model import Run, RunStatus, WorkerInfo
 from ferryman.store import records
 from ferryman.store.read_queries import MAX_PAGE, id_among
+from ferryman.store.run_rows import status_is
 from ferryman.store.schema import runs, workers
 
 WORKER_RUNS_SHOWN = 20  # the oldest runs of each worker listed by id
@@ -64,7 +65,7 @@ def list_workers(
     # holder, PostgreSQL expects few rows and reads all of them to sort by id.
     held = conn.execute(
         sa.select(runs.c.id, runs.c.lease_owner)
-        .where(runs.c.status == RunStatus.RUNNING.value)
+        .where(status_is(RunStatus.RUNNING))
         .order_by(runs.c.id)
         .limit(HOLDING_COUNTED + 1)
     ).all()
